@@ -1,0 +1,1 @@
+"""The Cell fabric: discovery, message transport, transactions and the cell registry."""

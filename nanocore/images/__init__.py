@@ -1,0 +1,1 @@
+"""Image catalogue, streaming storage and the TLS image site."""

@@ -1,0 +1,1 @@
+"""Domain logic, one module per resource family: the only place that changes state."""

@@ -1,0 +1,1 @@
+"""Crash-safe SQLite persistence of cluster state in the data dir."""

@@ -1,0 +1,28 @@
+"""nanocore: the control node of a Nano virtualization cluster, on Twisted."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="nanocore",
+    version="0.1.0",
+    description="Drop-in replacement for Nano Core 1.4.0, on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]) + ["twisted.plugins"],
+    package_data={"nanocore.store": ["schema/*.sql"]},
+    include_package_data=True,
+    install_requires=[
+        "Twisted[tls]>=24.7",
+        "pyOpenSSL>=24.0",
+        "service-identity>=24.1",
+        "cryptography>=42",
+        "attrs>=23.2",
+        "klein>=24.8",
+    ],
+    extras_require={
+        "test": ["treq>=24.9", "hypothesis>=6.100", "coverage>=7.4"],
+        "dev": ["ruff>=0.6", "mypy>=1.11", "mypy-zope>=1.0.5", "tox>=4"],
+    },
+    entry_points={"console_scripts": ["nanocore = nanocore.cli:main"]},
+)
