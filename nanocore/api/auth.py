@@ -75,11 +75,11 @@ def canonical_uri(path: str) -> str:
     return go_query_escape(go_query_escape(path))
 
 
-def canonical_query(raw_query: str) -> str:
-    """The sorted ``key=first value`` list, parsed like Go's ``url.ParseQuery``."""
-    if not raw_query:
-        return ""
+def parse_query(raw_query: str) -> dict[str, str]:
+    """The first value of every query key, parsed like Go's ``url.ParseQuery``."""
     first: dict[str, str] = {}
+    if not raw_query:
+        return first
     for pair in raw_query.split("&"):
         if not pair or ";" in pair:
             continue
@@ -89,6 +89,12 @@ def canonical_query(raw_query: str) -> str:
         if key is None or value is None:
             continue
         first.setdefault(key, value)
+    return first
+
+
+def canonical_query(raw_query: str) -> str:
+    """The sorted ``key=first value`` list Core signs."""
+    first = parse_query(raw_query)
     ordered = sorted(first, key=lambda k: k.encode("utf-8"))
     return "&".join(f"{go_query_escape(k)}={go_query_escape(first[k])}" for k in ordered)
 
