@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -155,7 +155,8 @@ class EnvelopeTests(AppTestsMixin, SynchronousTestCase):
         answer = result_of(self.client.get("/fail/"))
         self.assertEqual(answer.status, 200)
         self.assertEqual(
-            answer.body, b'{\n  "error_code": 500,\n  "message": "invalid pool \'x\'",\n  "data": {}\n}\n'
+            answer.body,
+            b'{\n  "error_code": 500,\n  "message": "invalid pool \'x\'",\n  "data": {}\n}\n',
         )
 
     def test_unexpected_error_is_logged_and_answered(self) -> None:
@@ -225,14 +226,18 @@ class BodyTests(AppTestsMixin, SynchronousTestCase):
         self.assertEqual(answer.data["body"]["name"], "exact")
 
     def test_nested_object(self) -> None:
-        answer = result_of(self.client.post("/things/a", {"name": "x", "qos": {"cpu_priority": "low"}}))
+        answer = result_of(
+            self.client.post("/things/a", {"name": "x", "qos": {"cpu_priority": "low"}})
+        )
         self.assertEqual(answer.data["body"]["qos"], {"cpu_priority": "low"})
 
     def test_empty_body_is_eof(self) -> None:
         self.assertEqual(result_of(self.client.post("/things/a")).error, "EOF")
 
     def test_missing_required_field_is_named(self) -> None:
-        self.assertEqual(result_of(self.client.post("/things/a", {"cores": 1})).error, "name required")
+        self.assertEqual(
+            result_of(self.client.post("/things/a", {"cores": 1})).error, "name required"
+        )
 
     def test_wrong_type_names_the_field(self) -> None:
         answer = result_of(self.client.post("/things/a", {"name": "x", "cores": "2"}))
@@ -256,7 +261,9 @@ class BodyTests(AppTestsMixin, SynchronousTestCase):
 
     def test_not_an_object(self) -> None:
         answer = result_of(self.client.post("/things/a", [1]))
-        self.assertEqual(answer.error, "json: cannot unmarshal array into Go value of type request")
+        self.assertEqual(
+            answer.error, "json: cannot unmarshal array into Go value of type request"
+        )
 
     def test_invalid_json(self) -> None:
         answer = result_of(self.client.post("/things/a", raw=b"{nope"))
@@ -296,7 +303,8 @@ class WireLimitTests(SynchronousTestCase):
 
     def test_declared_length_over_the_limit(self) -> None:
         self.channel.dataReceived(
-            b"POST /api/v1/things/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 50
+            b"POST /api/v1/things/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+            + b"x" * 50
         )
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
         self.assertIn(b"request body larger than 100 bytes", self.transport.value())
@@ -344,9 +352,8 @@ class VersionDocumentTests(SynchronousTestCase):
 
     def test_openapi_requires_a_signature(self) -> None:
         self.assertEqual(
-            result_of(self.client.get("/openapi.json", signed=False)).error, "authorization required"
+            result_of(self.client.get("/openapi.json", signed=False)).error,
+            "authorization required",
         )
         answer = result_of(self.client.get("/openapi.json"))
         self.assertEqual(answer.envelope()["openapi"], "3.1.0")
-
-

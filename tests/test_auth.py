@@ -50,7 +50,12 @@ def vector_b() -> RequestParts:
         "GET",
         "/api/v1/disk_images/6f1c/file/",
         "",
-        {"host": "192.168.1.31", "nano-session": "unsecured", "nano-date": DATE, "nano-scope": SCOPE},
+        {
+            "host": "192.168.1.31",
+            "nano-session": "unsecured",
+            "nano-date": DATE,
+            "nano-scope": SCOPE,
+        },
     )
 
 
@@ -110,7 +115,8 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(
             verifier.verify(
                 with_authorization(
-                    vector_b(), sign("dummyID", KEY, vector_b(), SCOPE, WITHOUT_BODY, Variant.STREAM)
+                    vector_b(),
+                    sign("dummyID", KEY, vector_b(), SCOPE, WITHOUT_BODY, Variant.STREAM),
                 ),
                 Variant.STREAM,
             ),
@@ -139,7 +145,9 @@ class ParseTests(SynchronousTestCase):
         self.assertRefused("", "authorization required")
         self.assertRefused("Nano-HMAC-SHA256", "insufficent authorization: Nano-HMAC-SHA256")
         self.assertRefused("AWS4-HMAC-SHA256 x", "invalid signature method: AWS4-HMAC-SHA256")
-        self.assertRefused("Nano-HMAC-SHA256 Credential", "invalid authorization token: Credential")
+        self.assertRefused(
+            "Nano-HMAC-SHA256 Credential", "invalid authorization token: Credential"
+        )
         self.assertRefused("Nano-HMAC-SHA256 a=1, b=2", "unexpected token count 2/2")
         self.assertRefused("Nano-HMAC-SHA256 a=1, b=2, c=3", "invalid first token a")
         self.assertRefused("Nano-HMAC-SHA256 Credential=1, b=2, c=3", "invalid second token b")
@@ -304,11 +312,19 @@ class TamperTests(SynchronousTestCase):
             pairs[index % len(pairs)] = (name, _change(value, index))
         else:
             pairs = [(key, "v")]
-        changed = RequestParts(parts.method, parts.path, urlencode(pairs), parts.headers, parts.body)
+        changed = RequestParts(
+            parts.method, parts.path, urlencode(pairs), parts.headers, parts.body
+        )
         self.check_refused(changed, authorization)
 
-    @given(signed_requests(), st.sampled_from(["host", "content-type", "nano-session"]), st.integers(0))
-    def test_changed_header(self, request: tuple[RequestParts, str], name: str, index: int) -> None:
+    @given(
+        signed_requests(),
+        st.sampled_from(["host", "content-type", "nano-session"]),
+        st.integers(0),
+    )
+    def test_changed_header(
+        self, request: tuple[RequestParts, str], name: str, index: int
+    ) -> None:
         parts, authorization = request
         headers = dict(parts.headers)
         headers[name] = _change(headers[name], index)

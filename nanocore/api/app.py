@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import quote, unquote
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -129,7 +129,9 @@ class APIResource(Resource):
             decoded = route.body.decode(body) if route.body is not None else {}
         except DecodeError as error:
             return envelope.failure(error.message)
-        call = Call(params=params, query=parse_query(raw_query), body=decoded, credential=credential)
+        call = Call(
+            params=params, query=parse_query(raw_query), body=decoded, credential=credential
+        )
         try:
             result = route.handler(call)
         except Exception:
@@ -246,7 +248,7 @@ class LimitedRequest(ServerRequest):
         self.refused = True
         body = envelope.failure(body_too_large(self.max_body))
         channel = self.channel
-        if channel is None:
+        if channel is None or channel.transport is None:
             return
         channel.transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\n"
@@ -257,7 +259,9 @@ class LimitedRequest(ServerRequest):
 
 
 def limited_request_factory(max_body: int) -> type[LimitedRequest]:
-    return cast(type[LimitedRequest], type("LimitedRequest", (LimitedRequest,), {"max_body": max_body}))
+    return cast(
+        type[LimitedRequest], type("LimitedRequest", (LimitedRequest,), {"max_body": max_body})
+    )
 
 
 def build_api_resource(

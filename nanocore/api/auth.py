@@ -10,8 +10,8 @@ while it is fresh (Core had no replay protection).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import heapq
+import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
@@ -182,7 +182,10 @@ def parse_authorization(value: str) -> Authorization:
     if len(tokens) != 3:
         raise AuthError(f"unexpected token count {len(tokens)}/{len(tokens)}")
     for (name, _), expected, ordinal in zip(
-        tokens, ("Credential", "SignedHeaders", "Signature"), ("first", "second", "third"), strict=True
+        tokens,
+        ("Credential", "SignedHeaders", "Signature"),
+        ("first", "second", "third"),
+        strict=True,
     ):
         if name != expected:
             raise AuthError(f"invalid {ordinal} token {name}")

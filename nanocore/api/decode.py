@@ -132,7 +132,7 @@ class Body:
 
 
 def _is_empty(value: Any) -> bool:
-    return value is None or value == "" or value == () or value == 0 and value is not False
+    return value is None or value == "" or value == () or (value == 0 and value is not False)
 
 
 def _json_kind(value: Any) -> str:
@@ -153,9 +153,8 @@ def _type_error(value: Any, struct: str, item: Field, go_type: str) -> DecodeErr
     kind = _json_kind(value)
     if kind == "number":
         kind = f"number {value}"
-    return DecodeError(
-        f"json: cannot unmarshal {kind} into Go struct field {struct}.{item.name} of type {go_type}"
-    )
+    where = f"Go struct field {struct}.{item.name}"
+    return DecodeError(f"json: cannot unmarshal {kind} into {where} of type {go_type}")
 
 
 def _integer(value: Any, struct: str, item: Field, go_type: str, low: int, high: int) -> int:

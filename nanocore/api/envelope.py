@@ -1,4 +1,4 @@
-"""The ``{"error_code","message","data"}`` envelope, serialised byte-for-byte like Core's Go encoder.
+"""The ``{"error_code","message","data"}`` envelope, byte-for-byte as Core's Go encoder wrote it.
 
 Go's ``json.Encoder`` with ``SetIndent("", "  ")`` differs from Python's ``json`` in three
 visible ways that clients may compare on: integral floats carry no ``.0``, the HTML-sensitive

@@ -8,7 +8,11 @@ from nanocore import COMPATIBLE_CORE_VERSION, __version__
 from nanocore.api.route import Call, Raw, Route
 from nanocore.api.schema import ANY, STRING, obj
 
-VERSION_DOCUMENT = {"name": "nanocore", "version": __version__, "compatible": COMPATIBLE_CORE_VERSION}
+VERSION_DOCUMENT = {
+    "name": "nanocore",
+    "version": __version__,
+    "compatible": COMPATIBLE_CORE_VERSION,
+}
 
 
 def routes(all_routes: Callable[[], Sequence[Route]]) -> list[Route]:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from nanocore.api.auth import Variant
 from nanocore.api.client import Signer
@@ -34,7 +34,7 @@ class _FlushWhenFinished(Resource):
     def render(self, request: IRequest) -> bytes | int:
         result: bytes | int = self._inner.render(request)
         if result == NOT_DONE_YET:
-            request.notifyFinish().addBoth(lambda _: self._flush())
+            cast(Request, request).notifyFinish().addBoth(lambda _: self._flush())
         return result
 
 
@@ -81,7 +81,7 @@ class APIClient:
         self.clock = clock
         credential_id, key = next(iter((credentials or TEST_CREDENTIALS).items()))
         self.signer = Signer(credential_id, key)
-        self.treq = StubTreq(_FlushWhenFinished(resource, self._flush))
+        self.treq: Any = StubTreq(_FlushWhenFinished(resource, self._flush))
 
     def _flush(self) -> None:
         self.treq.flush()
@@ -110,7 +110,7 @@ class APIClient:
 
     @inlineCallbacks
     def _send(self, method: str, url: str, data: bytes, headers: dict[bytes, bytes]) -> Any:
-        response: IResponse = yield self.treq.request(
+        response: Any = yield self.treq.request(
             method,
             url,
             data=data or None,
