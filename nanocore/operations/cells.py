@@ -1,0 +1,540 @@
+"""Cell membership and the Cell lifecycle on Core (api-reference §4.2, cell-protocol.md §6).
+
+Membership is persisted (``ComputeCell`` in the store) only once the Cell has confirmed it: an
+add pushes the pool's storage and network to the Cell and commits after ``ComputeCellReadyEvent``
+arrives, holding an in-memory claim meanwhile so that a second add of the same Cell is refused.
+A Cell that never answers leaves nothing behind.
+
+The same object is the registry's :class:`~nanocore.cluster.cells.CellObserver`: connects,
+reconnects and disconnects of Cells change state here, through the store, like an API call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from attrs import define, evolve, frozen
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nanocore.cluster.cells import STATUS_STALE_AFTER, CellObserver, CellState, CellStatus
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.transactions import CellError, TransactionTimeout
+from nanocore.cluster.transport import LinkError
+from nanocore.model import ComputeCell, ComputePool, Instance
+from nanocore.operations.errors import (
+    InvalidRequest,
+    OperationError,
+    OperationTimeout,
+    UnknownEntity,
+)
+from nanocore.operations.inventory import InventoryError, read_inventory
+from nanocore.store import Delete, Put, Store, StoreError, UnitOfWork
+
+#: What the add-cell wait says on timeout (api-reference §1.6).
+ADD_TIMEOUT_MESSAGE = "wait cell ready timeout"
+#: What a forwarded cell request says on timeout.
+CELL_TIMEOUT_MESSAGE = "cell timeout"
+
+
+class CellRefused(OperationError):
+    """The Cell answered ``success: false``; the message is the Cell's own text."""
+
+
+class CellDirectory(Protocol):
+    """The part of :class:`~nanocore.cluster.cells.CellRegistry` these operations use."""
+
+    def state(self, name: str) -> CellState | None: ...
+
+    def address(self, name: str) -> str | None: ...
+
+    def status(self, name: str) -> CellStatus | None: ...
+
+    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]: ...
+
+    def send(self, name: str, message: Message) -> None: ...
+
+
+#: Called on an ungraceful disconnect of a Cell whose pool has failover on (a later issue).
+FailoverPlanner = Callable[[str, ComputePool], "Deferred[None] | None"]
+
+
+@frozen
+class CellView:
+    """A Cell as the API shows it: persisted flags merged with what the link says now."""
+
+    name: str
+    address: str
+    enabled: bool
+    alive: bool
+    pool: str = ""
+    purge_pending: bool = False
+
+
+@frozen
+class StorageAttachment:
+    """One storage device a Cell reports for its pool (``GetComputePoolCellRequest``)."""
+
+    name: str
+    attached: bool
+    error: str = ""
+
+
+@frozen
+class CellStoragePaths:
+    """Where a Cell keeps volumes (``QueryCellStorageRequest``)."""
+
+    mode: str  #: "local" or "nfs"
+    system: tuple[str, ...]
+    data: tuple[str, ...]
+
+
+CellDetail = tuple[CellView, tuple[StorageAttachment, ...]]
+
+
+@define
+class _Presence:
+    """What Core has seen of a Cell's link since it started (never persisted)."""
+
+    address: str
+    connected_at: float
+
+
+@implementer(CellObserver)
+class CellOperations:
+    """Pool membership, enable/disable/purge, live cell queries, and the Cell lifecycle."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        cells: CellDirectory,
+        clock: IReactorTime,
+        timeout: float,
+        *,
+        failover: FailoverPlanner | None = None,
+    ) -> None:
+        self._store = store
+        self._cells = cells
+        self._clock = clock
+        self._timeout = timeout
+        self._failover = failover
+        self._presence: dict[str, _Presence] = {}
+        #: cell name -> pool it is being added to (until the Cell is ready or the add fails).
+        self._claims: dict[str, str] = {}
+
+    # -- what a Cell looks like now -----------------------------------------------------------
+
+    def alive(self, name: str) -> bool:
+        """Linked and either reporting or just connected (the original sets Alive on connect)."""
+        state = self._cells.state(name)
+        if state is CellState.ALIVE:
+            return True
+        if state is CellState.CONNECTED:
+            presence = self._presence.get(name)
+            return (
+                presence is not None
+                and self._clock.seconds() - presence.connected_at < STATUS_STALE_AFTER
+            )
+        return False
+
+    def usage(self, name: str) -> CellStatus | None:
+        """The Cell's latest report while it is alive; a dead Cell's stale figures are not used."""
+        return self._cells.status(name) if self.alive(name) else None
+
+    def connected(self, name: str) -> bool:
+        return self._cells.state(name) not in (None, CellState.DISCONNECTED)
+
+    def address(self, name: str) -> str:
+        presence = self._presence.get(name)
+        if presence is not None:
+            return presence.address
+        return self._cells.address(name) or ""
+
+    def view(self, cell: ComputeCell) -> CellView:
+        return CellView(
+            name=cell.name,
+            address=self.address(cell.name),
+            enabled=cell.enabled,
+            alive=self.alive(cell.name),
+            pool=cell.pool,
+            purge_pending=cell.purge_pending,
+        )
+
+    def members(self, pool: str) -> list[ComputeCell]:
+        """The persisted cells of ``pool``, sorted by name."""
+        return sorted(
+            (cell for cell in self._store.view.cells.values() if cell.pool == pool),
+            key=lambda cell: cell.name,
+        )
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def unallocated(self) -> list[CellView]:
+        """Cells seen since start that belong to no pool (and are not being added to one)."""
+        stored = self._store.view.cells
+        views = []
+        for name in self._presence:
+            record = stored.get(name)
+            if (record is not None and record.pool) or name in self._claims:
+                continue
+            views.append(self.view(record or ComputeCell(name=name)))
+        for record in stored.values():
+            if not record.pool and record.name not in self._presence:
+                views.append(self.view(record))
+        return views
+
+    def in_pool(self, pool: str) -> list[CellView]:
+        self._pool(pool)
+        return [self.view(cell) for cell in self.members(pool)]
+
+    def get(self, pool: str, cell: str) -> Deferred[CellDetail]:
+        """The cell, with its storage attach state asked live when it is alive and enabled."""
+        try:
+            record = self._member(pool, cell)
+        except OperationError as error:
+            return fail(error)
+        view = self.view(record)
+        if not (view.alive and view.enabled):
+            return succeed((view, ()))
+        asking = self._ask(
+            cell,
+            Message(id=MessageID.GetComputePoolCellRequest, string_params={ParamKey.Cell: cell}),
+            CELL_TIMEOUT_MESSAGE,
+        )
+
+        def attachments(reply: Message) -> CellDetail:
+            names = reply.string_array_params.get(ParamKey.Storage, ())
+            errors = reply.string_array_params.get(ParamKey.Error, ())
+            attached = reply.uint_array_params.get(ParamKey.Attach, ())
+            if not (len(names) == len(errors) == len(attached)):
+                raise CellRefused(f"cell '{cell}' sent a malformed storage report")
+            return view, tuple(
+                StorageAttachment(name, bool(flag), "" if flag else error)
+                for name, error, flag in zip(names, errors, attached, strict=True)
+            )
+
+        return asking.addCallback(attachments)
+
+    def storage_paths(self, pool: str, cell: str) -> Deferred[CellStoragePaths]:
+        try:
+            self._member(pool, cell)
+            self._require_connected(cell)
+        except OperationError as error:
+            return fail(error)
+        asking = self._ask(
+            cell,
+            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: cell}),
+            CELL_TIMEOUT_MESSAGE,
+        )
+
+        def paths(reply: Message) -> CellStoragePaths:
+            mode = reply.uint_params.get(ParamKey.Mode, 0)
+            return CellStoragePaths(
+                mode="nfs" if mode == 1 else "local",
+                system=tuple(reply.string_array_params.get(ParamKey.System, ())),
+                data=tuple(reply.string_array_params.get(ParamKey.Data, ())),
+            )
+
+        return asking.addCallback(paths)
+
+    def change_storage_path(self, pool: str, cell: str, path: str) -> Deferred[None]:
+        try:
+            if not path:
+                raise InvalidRequest("target path required")
+            self._member(pool, cell)
+            self._require_connected(cell)
+        except OperationError as error:
+            return fail(error)
+        message = Message(
+            id=MessageID.ModifyCellStorageRequest,
+            string_params={ParamKey.Cell: cell, ParamKey.Path: path},
+        )
+        return self._ask(cell, message, CELL_TIMEOUT_MESSAGE).addCallback(lambda _: None)
+
+    # -- membership ---------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def add(self, pool: str, cell: str) -> Any:
+        """Push the pool to the Cell, and record the membership only once the Cell is ready."""
+        target = self._pool(pool)
+        record = self._store.view.cells.get(cell)
+        if record is not None and record.pool:
+            raise InvalidRequest(f"cell '{cell}' already in pool '{record.pool}'")
+        if cell in self._claims:
+            raise InvalidRequest(
+                f"cell '{cell}' already allocated (being added to pool '{self._claims[cell]}')"
+            )
+        if cell not in self._presence and record is None:
+            raise UnknownEntity(f"invalid cell '{cell}'")
+        self._require_connected(cell)
+        message = self.pool_ready_message(target)
+        self._claims[cell] = pool
+        try:
+            reply = yield self._ask(cell, message, ADD_TIMEOUT_MESSAGE)
+            known = {i.id: i for i in self._store.view.instances.values()}
+            try:
+                inventory = read_inventory(
+                    reply, pool=pool, cell=cell, cell_address=self.address(cell), known=known
+                )
+            except InventoryError as error:
+                raise CellRefused(f"cell '{cell}' sent an unusable inventory: {error}") from None
+            for reason in inventory.skipped:
+                self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
+            base = record or ComputeCell(name=cell)
+            changes: list[Put | Delete] = [Put(evolve(base, pool=pool))]
+            changes.extend(Put(instance) for instance in inventory.instances)
+            yield self._commit(UnitOfWork(changes))
+        finally:
+            del self._claims[cell]
+        self.log.info("{cell} added to pool {pool}", cell=cell, pool=pool)
+        return None
+
+    @inlineCallbacks
+    def remove(self, pool: str, cell: str) -> Any:
+        """Refused while the cell still holds instances; the Cell is told after the commit."""
+        self._member(pool, cell)
+        left = sum(1 for i in self._store.view.instances.values() if i.cell == cell)
+        if left:
+            raise InvalidRequest(
+                f"{left} instance(s) left in cell '{cell}', "
+                "migrate or delete all instance(s) before remove cell"
+            )
+        yield self._commit(UnitOfWork.of(Delete(ComputeCell, cell)))
+        try:
+            self._cells.send(cell, Message(id=MessageID.ComputeCellRemovedEvent))
+        except LinkError as error:
+            self.log.info("{cell} not told of its removal: {error}", cell=cell, error=str(error))
+        return None
+
+    def modify(self, pool: str, cell: str, enable: bool, purge: bool = False) -> Deferred[None]:
+        """Enable (cancelling a pending purge) or disable, optionally asking for a purge.
+
+        A purge drops every instance of the Cell; it is sent the next time the Cell connects.
+        """
+        try:
+            record = self._member(pool, cell)
+            if enable:
+                if purge:
+                    raise InvalidRequest("purge applies only when disabling a cell")
+                if record.enabled and not record.purge_pending:
+                    raise InvalidRequest(f"cell '{cell}' already enabled")
+                changed = evolve(record, enabled=True, purge_pending=False)
+            else:
+                if not record.enabled and (record.purge_pending or not purge):
+                    raise InvalidRequest(f"cell '{cell}' already disabled")
+                purging = record.purge_pending or purge
+                changed = evolve(record, enabled=False, purge_pending=purging)
+        except OperationError as error:
+            return fail(error)
+        return self._commit(UnitOfWork.of(Put(changed)))
+
+    # -- the pool push ------------------------------------------------------------------------
+
+    def pool_ready_message(self, pool: ComputePool) -> Message:
+        """``ComputePoolReadyEvent`` with the pool's storage and network, ``Mode`` always set."""
+        view = self._store.view
+        strings: dict[int, str] = {
+            ParamKey.Pool: pool.name,
+            ParamKey.Storage: pool.storage,
+            ParamKey.Network: pool.network,
+            ParamKey.Mode: "",
+        }
+        arrays: dict[int, tuple[str, ...]] = {}
+        if pool.storage:
+            storage = view.storage_pools.get(pool.storage)
+            if storage is None:
+                raise InvalidRequest(f"invalid storage pool '{pool.storage}'")
+            strings.update(
+                {
+                    ParamKey.Type: storage.type.value,
+                    ParamKey.Host: storage.host,
+                    ParamKey.Target: storage.target,
+                }
+            )
+        if pool.network:
+            network = view.address_pools.get(pool.network)
+            if network is None:
+                raise InvalidRequest(f"invalid address pool '{pool.network}'")
+            strings[ParamKey.Gateway] = network.gateway
+            strings[ParamKey.Mode] = network.provider.value
+            arrays[ParamKey.Server] = network.dns
+        return Message(
+            id=MessageID.ComputePoolReadyEvent,
+            string_params=strings,
+            string_array_params=arrays,
+        )
+
+    # -- CellObserver -------------------------------------------------------------------------
+
+    def cell_available(self, name: str, address: str) -> None:
+        self._presence[name] = _Presence(address, self._clock.seconds())
+        record = self._store.view.cells.get(name)
+        if record is None or not record.pool:
+            self.log.info(
+                "{name} connected from {address}, unallocated", name=name, address=address
+            )
+            return
+        if record.purge_pending:
+            self._purge(record).addErrback(self._logged, "purging", name)
+        else:
+            self._rejoin(record).addErrback(self._logged, "rejoining its pool", name)
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        """Usage stays in the registry; the aggregates read it from there."""
+
+    def cell_event(self, name: str, message: Message) -> None:
+        """Guest events belong to the guest operations (a later issue)."""
+        self.log.debug("{name}: event {id:#08x} not handled yet", name=name, id=message.id)
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        record = self._store.view.cells.get(name)
+        if record is None or not record.pool:
+            return
+        pool = self._store.view.compute_pools.get(record.pool)
+        if not gracefully and pool is not None and pool.failover and self._failover is not None:
+            result = self._failover(name, pool)
+            if isinstance(result, Deferred):
+                result.addErrback(self._logged, "failing over", name)
+            return
+        if not gracefully and pool is not None and pool.failover:
+            self.log.warn(
+                "{name} lost without goodbye; failover is not implemented yet, "
+                "its instances are marked lost",
+                name=name,
+            )
+        self._mark_lost(name).addErrback(self._logged, "marking instances lost", name)
+
+    # -- lifecycle internals ------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _rejoin(self, record: ComputeCell) -> Any:
+        pool = self._store.view.compute_pools.get(record.pool)
+        if pool is None:
+            return None
+        reply = yield self._ask(record.name, self.pool_ready_message(pool), ADD_TIMEOUT_MESSAGE)
+        yield self.take_inventory(record.name, record.pool, reply)
+        return None
+
+    def take_inventory(self, cell: str, pool: str, reply: Message) -> Deferred[None]:
+        """Replace Core's instances of ``cell`` with what the Cell reported."""
+        view = self._store.view
+        try:
+            inventory = read_inventory(
+                reply,
+                pool=pool,
+                cell=cell,
+                cell_address=self.address(cell),
+                known=view.instances,
+            )
+        except InventoryError as error:
+            return fail(CellRefused(f"unusable inventory: {error}"))
+        for reason in inventory.skipped:
+            self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
+        reported = {instance.id for instance in inventory.instances}
+        changes: list[Put | Delete] = [
+            Delete(Instance, instance.id)
+            for instance in view.instances.values()
+            if instance.cell == cell and instance.id not in reported
+        ]
+        changes.extend(Put(instance) for instance in inventory.instances)
+        if not changes:
+            return succeed(None)
+        return self._commit(UnitOfWork(changes))
+
+    @inlineCallbacks
+    def _purge(self, record: ComputeCell) -> Any:
+        message = Message(
+            id=MessageID.DetachInstanceRequest,
+            string_array_params={ParamKey.Instance: ()},
+        )
+        yield self._ask(record.name, message, CELL_TIMEOUT_MESSAGE)
+        view = self._store.view
+        current = view.cells.get(record.name) or record
+        changes: list[Put | Delete] = [
+            Delete(Instance, i.id) for i in view.instances.values() if i.cell == record.name
+        ]
+        changes.append(Put(evolve(current, purge_pending=False)))
+        yield self._commit(UnitOfWork(changes))
+        self.log.info("{name} purged", name=record.name)
+        return None
+
+    def _mark_lost(self, name: str) -> Deferred[None]:
+        changes = [
+            Put(evolve(instance, lost=True))
+            for instance in self._store.view.instances.values()
+            if instance.cell == name and not instance.lost
+        ]
+        if not changes:
+            return succeed(None)
+        return self._commit(UnitOfWork(changes))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _pool(self, pool: str) -> ComputePool:
+        found = self._store.view.compute_pools.get(pool)
+        if found is None:
+            raise UnknownEntity(f"invalid pool '{pool}'")
+        return found
+
+    def _member(self, pool: str, cell: str) -> ComputeCell:
+        self._pool(pool)
+        record = self._store.view.cells.get(cell)
+        if record is None or record.pool != pool:
+            raise InvalidRequest(f"cell '{cell}' not in pool '{pool}'")
+        return record
+
+    def _require_connected(self, cell: str) -> None:
+        if not self.connected(cell):
+            raise InvalidRequest(f"cell '{cell}' is not connected")
+
+    def _ask(self, cell: str, message: Message, timeout_message: str) -> Deferred[Message]:
+        asking = self._cells.request(cell, message, timeout=self._timeout)
+
+        def translate(failure: Failure) -> Failure:
+            if failure.check(TransactionTimeout):
+                return Failure(OperationTimeout(timeout_message))
+            if failure.check(CellError):
+                return Failure(CellRefused(str(failure.value) or f"cell '{cell}' failed"))
+            if failure.check(LinkError):
+                return Failure(InvalidRequest(f"cell '{cell}' is not connected"))
+            return failure
+
+        return asking.addErrback(translate)
+
+    def _commit(self, unit: UnitOfWork) -> Deferred[None]:
+        def translate(failure: Failure) -> Failure:
+            if failure.check(StoreError):
+                return Failure(InvalidRequest(str(failure.value)))
+            return failure
+
+        return self._store.commit(unit).addErrback(translate)
+
+    def _logged(self, failure: Failure, doing: str, name: str) -> None:
+        if failure.check(OperationError):
+            self.log.warn(
+                "{name}: {doing} failed: {reason}",
+                name=name,
+                doing=doing,
+                reason=failure.value.message,  # type: ignore[union-attr]
+            )
+        else:
+            self.log.failure("{name}: {doing} failed", failure, name=name, doing=doing)
+
+
+__all__ = [
+    "ADD_TIMEOUT_MESSAGE",
+    "CELL_TIMEOUT_MESSAGE",
+    "CellDirectory",
+    "CellOperations",
+    "CellRefused",
+    "CellStoragePaths",
+    "CellView",
+    "FailoverPlanner",
+    "StorageAttachment",
+]
