@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from nanocore import model as m
@@ -19,15 +20,13 @@ def pool_push_params(message: Message) -> dict[int, str]:
 
 
 class CellRouteTests(TestCase):
-    async def asyncSetUp(self) -> None:
+    def setUp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._set_up())
+
+    async def _set_up(self) -> None:
         store = await open_store(self.mktemp())
         self.addCleanup(store.close)
         self.h = Harness(store)
-
-    def setUp(self) -> object:
-        from twisted.internet.defer import Deferred
-
-        return Deferred.fromCoroutine(self.asyncSetUp())
 
     # -- lists --------------------------------------------------------------------------------
 
