@@ -20,8 +20,7 @@ import enum
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -156,7 +155,7 @@ class LinkSession:
         self.name = ""
         self.state = LinkState.HANDSHAKING
         self._last_heard = clock.seconds()
-        self._watchdog: DelayedCall | None = None
+        self._watchdog: IDelayedCall | None = None
         self._keepalive = LoopingCall(self._send_keepalive)
         self._keepalive.clock = clock
 
@@ -350,7 +349,7 @@ class FramedLinkProtocol(Int32StringReceiver):
     ) -> None:
         self._session_factory = session_factory
         self._clock = clock
-        self._abort_call: DelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
         self.session: LinkSession | None = None
 
     @property
@@ -418,7 +417,7 @@ class CellLinkFactory(Factory):
         self._core_name = core_name
         self._identify = identify
 
-    def buildProtocol(self, addr: IAddress) -> FramedLinkProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol:
         return FramedLinkProtocol(self._new_session, self._clock)
 
     def _new_session(self, wire: FramedLinkProtocol) -> LinkSession:
