@@ -20,6 +20,7 @@ import enum
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -350,7 +351,16 @@ class FramedLinkProtocol(Int32StringReceiver):
         self._session_factory = session_factory
         self._clock = clock
         self._abort_call: IDelayedCall | None = None
+        self._closed_waiters: list[Deferred[None]] | None = []
         self.session: LinkSession | None = None
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once the connection is gone (at once if it already is)."""
+        if self._closed_waiters is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed_waiters.append(d)
+        return d
 
     @property
     def address(self) -> str:
@@ -376,6 +386,9 @@ class FramedLinkProtocol(Int32StringReceiver):
         self._abort_call = None
         if self.session is not None:
             self.session.wire_lost()
+        waiters, self._closed_waiters = self._closed_waiters or [], None
+        for d in waiters:
+            d.callback(None)
 
     def write_frame(self, frame: bytes) -> None:
         self.sendString(frame)
@@ -416,9 +429,19 @@ class CellLinkFactory(Factory):
         self._clock = clock
         self._core_name = core_name
         self._identify = identify
+        #: Connections not yet closed, so that a stopping Core can wait for them.
+        self.connections: set[FramedLinkProtocol] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol:
-        return FramedLinkProtocol(self._new_session, self._clock)
+        protocol = FramedLinkProtocol(self._new_session, self._clock)
+        self.connections.add(protocol)
+        protocol.when_closed().addCallback(lambda _: self.connections.discard(protocol))
+        return protocol
+
+    def when_all_closed(self) -> Deferred[None]:
+        """Fires once every connection accepted so far is gone."""
+        waiting = [protocol.when_closed() for protocol in self.connections]
+        return gatherResults(waiting).addCallback(lambda _: None)
 
     def _new_session(self, wire: FramedLinkProtocol) -> LinkSession:
         return LinkSession(
