@@ -367,6 +367,10 @@ class FramedLinkProtocol(Int32StringReceiver):
         return _host_of(self.transport.getPeer()) if self.transport is not None else ""
 
     def connectionMade(self) -> None:
+        # Small control messages must not wait for Nagle's algorithm (and delayed ACKs).
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if callable(no_delay):
+            no_delay(True)
         self.session = self._session_factory(self)
         self.session.start()
 

@@ -118,7 +118,9 @@ class InProcessCluster:
         factory = self.factory = CellLinkFactory(
             self.registry, self.reactor, self.core_name, peer_cell_name
         )
-        endpoint = SSL4ServerEndpoint(self.reactor, port, options, interface=LOOPBACK)
+        endpoint = SSL4ServerEndpoint(
+            self.reactor, port, options, backlog=1024, interface=LOOPBACK
+        )
         self.port = await endpoint.listen(factory)
 
     def add_cell(self, name: str, **options: Any) -> FakeCell:
