@@ -26,18 +26,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet import task  # noqa: E402
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults  # noqa: E402
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS  # noqa: E402
+from twisted.internet import task
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
-from nanocore.cluster.message import Message, MessageID, ParamKey  # noqa: E402
-from nanocore.pki import (  # noqa: E402
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.pki import (
     client_tls_options,
     issue_cell_certificate,
     load_or_create_ca,
 )
-from nanocore.testing.cluster import InProcessCluster  # noqa: E402
-from nanocore.testing.fakecell import FakeCell  # noqa: E402
+from nanocore.testing.cluster import InProcessCluster
+from nanocore.testing.fakecell import FakeCell
 
 
 def cpu_seconds() -> float:
