@@ -6,6 +6,7 @@ Also the TLS edge: a client without a certificate from the cluster CA never beco
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -17,12 +18,16 @@ from nanocore.cluster.cells import CellState
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transport import DISCONNECT_AFTER
 from nanocore.pki import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
     CertificateAuthority,
     client_tls_options,
     create_ca,
     issue_cell_certificate,
     issue_server_certificate,
+    write_pair,
 )
+from nanocore.testing import simtap
 from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import FakeCell
 
@@ -142,3 +147,20 @@ class InProcessClusterTests(TestCase):
         )
         self.assertTrue(reply.success)
         self.assertIs(self.cluster.registry.state("Cell_healthy"), CellState.ALIVE)
+
+    async def test_simulator_service(self) -> None:
+        """``twistd nanocell-sim`` composes Cells that link to Core and report."""
+        cert_dir = Path(self.mktemp())
+        write_pair(self.ca, cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE)
+        host, port = self.cluster.address
+        options = simtap.Options()
+        options.parseOptions(
+            ["--cert-dir", str(cert_dir), "--core", f"{host}:{port}", "--count", "5"]
+        )
+        service = simtap.makeService(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await self.cluster.waiter.until_reported(set(options.cell_names()))
+        status = self.cluster.registry.status("Cell_sim000004")
+        assert status is not None
+        self.assertEqual(status.cores, 8)

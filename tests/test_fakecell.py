@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -15,6 +20,8 @@ from nanocore.cluster.cells import CellObserver, CellRegistry, CellState, CellSt
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, Transactions, TransactionTimeout
 from nanocore.cluster.transport import CellLinkFactory, LinkState
+from nanocore.pki import load_or_create_ca
+from nanocore.testing import simtap
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
 from nanocore.testing.guests import GuestState
 
@@ -499,3 +506,53 @@ class FakeCellTests(SynchronousTestCase):
         self.pump.flush()
         self.assertIs(link.state, LinkState.CLOSED)
         self.assertEqual(self.events.disconnected, [False])
+
+
+class SimulatorPluginTests(SynchronousTestCase):
+    """``twistd nanocell-sim``: options and the service it composes."""
+
+    def setUp(self) -> None:
+        self.cert_dir = Path(self.mktemp())
+        self.cert_dir.mkdir()
+        load_or_create_ca(self.cert_dir)
+
+    def parse(self, *args: str) -> simtap.Options:
+        options = simtap.Options()
+        options.parseOptions(["--cert-dir", str(self.cert_dir), *args])
+        return options
+
+    def test_plugin_is_found(self) -> None:
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("nanocell-sim", makers)
+        self.assertIsInstance(makers["nanocell-sim"].options(), simtap.Options)
+
+    def test_defaults(self) -> None:
+        options = self.parse()
+        self.assertEqual(
+            (options["host"], options["port"], options["count"]), ("127.0.0.1", 5600, 10)
+        )
+        self.assertEqual(options.cell_names()[:2], ["Cell_sim000000", "Cell_sim000001"])
+
+    def test_bad_options(self) -> None:
+        for args in (
+            ["--core", "localhost"],
+            ["--core", "127.0.0.1:0"],
+            ["--count", "0"],
+            ["--count", "many"],
+            ["--usage", "101"],
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+        self.assertRaises(
+            usage.UsageError,
+            simtap.Options().parseOptions,
+            ["--cert-dir", str(self.cert_dir / "missing")],
+        )
+
+    def test_make_service(self) -> None:
+        options = self.parse("--count", "3", "--prefix", "Cell_demo", "--memory", "4")
+        service = simtap.makeService(options, MemoryReactorClock())
+        assert isinstance(service, MultiService)
+        self.assertEqual(
+            sorted(s.name for s in service),
+            ["Cell_demo000000", "Cell_demo000001", "Cell_demo000002"],
+        )
