@@ -164,3 +164,20 @@ class InProcessClusterTests(TestCase):
         status = self.cluster.registry.status("Cell_sim000004")
         assert status is not None
         self.assertEqual(status.cores, 8)
+
+    async def test_cell_reconnects_after_core_drops_it(self) -> None:
+        """Like a real Cell (§2.9) it dials again; Core sees it available once more."""
+        cell = self.cluster.add_cell("Cell_back", reconnect_delay=0.05)
+        first = await cell.connected()
+        core_side = self.cluster.registry.link("Cell_back")
+        assert core_side is not None
+        dropped = self.cluster.waiter.until_disconnected("Cell_back")
+        core_side.close()
+        self.assertIs(await dropped, False)
+        self.cluster.waiter.reported.discard("Cell_back")
+        await self.cluster.waiter.until_reported({"Cell_back"})
+        second = self.cluster.registry.link("Cell_back")
+        self.assertIsNotNone(second)
+        self.assertIsNot(second, core_side)
+        self.assertIsNot(cell.link, first)
+        self.assertIs(self.cluster.registry.state("Cell_back"), CellState.ALIVE)

@@ -93,6 +93,7 @@ class FakeCell:
         usage: float = 5.0,
         report_interval: float = REPORT_INTERVAL,
         creation_time: float = 1.0,
+        reconnect_delay: float = RECONNECT_DELAY,
     ) -> None:
         self.name = name
         self.capacity = capacity
@@ -100,6 +101,7 @@ class FakeCell:
         self._clock = clock
         self._report_interval = report_interval
         self._creation_time = creation_time
+        self._reconnect_delay = reconnect_delay
         self.link: LinkSession | None = None
         self.guests: dict[str, SimulatedGuest] = {}
         self.pool = ""
@@ -130,7 +132,7 @@ class FakeCell:
         return ClientService(
             endpoint,
             self.factory(),
-            retryPolicy=lambda attempt: RECONNECT_DELAY,
+            retryPolicy=lambda attempt: self._reconnect_delay,
             clock=self._clock,
         )
 
