@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.trial.unittest import TestCase
 
@@ -167,7 +167,13 @@ class InProcessClusterTests(TestCase):
 
     async def test_cell_reconnects_after_core_drops_it(self) -> None:
         """Like a real Cell (§2.9) it dials again; Core sees it available once more."""
-        cell = self.cluster.add_cell("Cell_back", reconnect_delay=0.05)
+        lookups: list[int] = []
+
+        def locate() -> Deferred[tuple[str, int]]:
+            lookups.append(1)
+            return succeed(self.cluster.address)
+
+        cell = self.cluster.add_cell("Cell_back", locate=locate, reconnect_delay=0.05)
         first = await cell.connected()
         core_side = self.cluster.registry.link("Cell_back")
         assert core_side is not None
@@ -181,3 +187,4 @@ class InProcessClusterTests(TestCase):
         self.assertIsNot(second, core_side)
         self.assertIsNot(cell.link, first)
         self.assertIs(self.cluster.registry.state("Cell_back"), CellState.ALIVE)
+        self.assertEqual(len(lookups), 2)  # Core is looked up again for the new connection

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -28,7 +28,7 @@ from nanocore.pki import (
     peer_cell_name,
     server_tls_options,
 )
-from nanocore.testing.fakecell import FakeCell
+from nanocore.testing.fakecell import FakeCell, Locate, LocatedCoreEndpoint
 
 LOOPBACK = "127.0.0.1"
 
@@ -123,12 +123,19 @@ class InProcessCluster:
         )
         self.port = await endpoint.listen(factory)
 
-    def add_cell(self, name: str, **options: Any) -> FakeCell:
-        """Start a FakeCell with a fresh certificate; it keeps reconnecting until removed."""
+    def add_cell(self, name: str, *, locate: Locate | None = None, **options: Any) -> FakeCell:
+        """Start a FakeCell with a fresh certificate; it keeps reconnecting until removed.
+
+        ``locate`` finds Core for each connection attempt (e.g. by discovery); by default the
+        cell dials this cluster's listening address.
+        """
         cell = FakeCell(name, self.reactor, **options)
-        host, port = self.address
-        tls = client_tls_options(self.ca, host, issue_cell_certificate(self.ca, name))
-        endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(self.reactor, host, port))
+        issued = issue_cell_certificate(self.ca, name)
+        endpoint = LocatedCoreEndpoint(
+            self.reactor,
+            locate or (lambda: succeed(self.address)),
+            lambda host: client_tls_options(self.ca, host, issued),
+        )
         service = cell.service(endpoint)
         service.startService()
         self.cells[name], self.services[name] = cell, service

@@ -21,10 +21,18 @@ from typing import Any
 from attrs import evolve, frozen
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nanocore.cluster.cells import CellStatus
 from nanocore.cluster.message import Message, MessageID, ParamKey, response_id
@@ -860,3 +868,34 @@ class FakeCell:
                 ),
             )
         return [self._success(request)]
+
+
+Locate = Callable[[], Deferred[tuple[str, int]]]
+
+
+@implementer(IStreamClientEndpoint)
+class LocatedCoreEndpoint:
+    """Dial Core wherever ``locate`` says it is now, over TLS checked against that address.
+
+    ``locate`` is asked again on every connection attempt, so with :meth:`FakeCell.service` a
+    Cell re-discovers Core after losing it, as a real Cell does (§2.9). Pass a discovery query
+    (``nanocore.cluster.discovery.find_core``) or a fixed address.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        locate: Locate,
+        tls_for: Callable[[str], IOpenSSLClientConnectionCreator],
+    ) -> None:
+        self._reactor = reactor
+        self._locate = locate
+        self._tls_for = tls_for
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        async def dial() -> IProtocol:
+            host, port = await self._locate()
+            tcp = TCP4ClientEndpoint(self._reactor, host, port)
+            return await wrapClientTLS(self._tls_for(host), tcp).connect(protocolFactory)
+
+        return Deferred.fromCoroutine(dial())
