@@ -12,11 +12,12 @@ from typing import Any
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from nanocore.cluster.cells import CellState
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from nanocore.cluster.transport import DISCONNECT_AFTER
+from nanocore.cluster.transport import DISCONNECT_AFTER, LOST_AFTER
 from nanocore.pki import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -188,3 +189,35 @@ class InProcessClusterTests(TestCase):
         self.assertIsNot(cell.link, first)
         self.assertIs(self.cluster.registry.state("Cell_back"), CellState.ALIVE)
         self.assertEqual(len(lookups), 2)  # Core is looked up again for the new connection
+
+
+class FrozenCellTests(TestCase):
+    """A Cell that stops talking but keeps its connection open (a hung host), over real TLS.
+
+    Core's timers run on a Clock so the 9 s and 15 s thresholds are checked exactly and quickly;
+    the frozen Cell's own timers run on a Clock that never moves, so it sends nothing more.
+    """
+
+    async def test_silent_cell_lost_then_disconnected(self) -> None:
+        core_clock = Clock()
+        cluster = InProcessCluster(reactor, cluster_ca(), clock=core_clock)
+        await cluster.listen()
+        self.addCleanup(lambda: ensureDeferred(cluster.stop()))
+        cell = cluster.add_cell("Cell_frozen", clock=Clock())
+        await cluster.waiter.until_reported({"Cell_frozen"})
+        registry = cluster.registry
+        core_clock.advance(LOST_AFTER - 0.1)
+        self.assertIs(registry.state("Cell_frozen"), CellState.ALIVE)
+        core_clock.advance(0.1)
+        self.assertIs(registry.state("Cell_frozen"), CellState.LOST)
+        noticed = cluster.waiter.until_disconnected("Cell_frozen")
+        core_clock.advance(DISCONNECT_AFTER - LOST_AFTER - 0.1)
+        self.assertNoResult(noticed)
+        core_clock.advance(0.1)
+        self.assertIs(self.successResultOf(noticed), False)
+        self.assertIs(registry.state("Cell_frozen"), CellState.DISCONNECTED)
+        # Core said goodbye on the still-open connection; the Cell heard it.
+        assert cluster.factory is not None
+        await cluster.factory.when_all_closed()
+        await cluster.remove_cell("Cell_frozen")
+        self.assertIsNone(cell.link)

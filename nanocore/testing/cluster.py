@@ -12,7 +12,7 @@ from typing import Any
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -94,12 +94,16 @@ class InProcessCluster:
         *,
         timeout: float = 10.0,
         core_name: str = "Core_000000000000",
+        clock: IReactorTime | None = None,
     ) -> None:
         self.reactor = reactor
+        #: Core's timers (keepalive, loss, transactions); a ``Clock`` lets a test drive them
+        #: while the sockets stay real.
+        self.clock: IReactorTime = reactor if clock is None else clock
         self.ca = ca
         self.core_name = core_name
-        self.transactions = Transactions(reactor, timeout)
-        self.registry = CellRegistry(reactor, self.transactions)
+        self.transactions = Transactions(self.clock, timeout)
+        self.registry = CellRegistry(self.clock, self.transactions)
         self.waiter = Waiter()
         self.registry.subscribe(self.waiter)
         self.cells: dict[str, FakeCell] = {}
@@ -116,20 +120,28 @@ class InProcessCluster:
         issued = issue_server_certificate(self.ca, LOOPBACK)
         options = server_tls_options(self.ca, issued, require_client_certificate=True)
         factory = self.factory = CellLinkFactory(
-            self.registry, self.reactor, self.core_name, peer_cell_name
+            self.registry, self.clock, self.core_name, peer_cell_name
         )
         endpoint = SSL4ServerEndpoint(
             self.reactor, port, options, backlog=1024, interface=LOOPBACK
         )
         self.port = await endpoint.listen(factory)
 
-    def add_cell(self, name: str, *, locate: Locate | None = None, **options: Any) -> FakeCell:
+    def add_cell(
+        self,
+        name: str,
+        *,
+        locate: Locate | None = None,
+        clock: IReactorTime | None = None,
+        **options: Any,
+    ) -> FakeCell:
         """Start a FakeCell with a fresh certificate; it keeps reconnecting until removed.
 
         ``locate`` finds Core for each connection attempt (e.g. by discovery); by default the
-        cell dials this cluster's listening address.
+        cell dials this cluster's listening address. ``clock`` drives the Cell's own timers
+        (reports, keepalives); a ``Clock`` that is never advanced freezes them.
         """
-        cell = FakeCell(name, self.reactor, **options)
+        cell = FakeCell(name, self.reactor if clock is None else clock, **options)
         issued = issue_cell_certificate(self.ca, name)
         endpoint = LocatedCoreEndpoint(
             self.reactor,
