@@ -15,6 +15,7 @@ Core's session.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -117,7 +118,8 @@ class FakeCell:
         self.network: dict[str, Any] = {}
         self.storage_paths: list[str] = ["/var/lib/libvirt/images"]
         self.faults: dict[int, Fault] = {}
-        self.received: list[Message] = []
+        #: The latest messages Core sent (bounded, so a long simulation does not grow).
+        self.received: deque[Message] = deque(maxlen=1000)
         self._sessions = itertools.count(1)
         self._attach_sessions: dict[int, tuple[str, ...]] = {}
         self._ports = itertools.count(5901)
