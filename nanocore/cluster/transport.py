@@ -91,6 +91,24 @@ class FrameWire(TypingProtocol):
         """Drop the connection now, discarding anything unsent."""
 
 
+class CellLink(TypingProtocol):
+    """What the rest of Core may do with a link (docs/architecture.md); LinkSession provides it."""
+
+    @property
+    def name(self) -> str:
+        """The peer's name, from its verified certificate."""
+
+    @property
+    def address(self) -> str:
+        """The peer's IP address."""
+
+    def send(self, message: Message) -> None:
+        """Send one message or raise :class:`LinkError`."""
+
+    def close(self) -> None:
+        """Say goodbye and close."""
+
+
 class LinkHandler(TypingProtocol):
     """What sits above links: told about each link's life and its application messages."""
 
@@ -477,3 +495,7 @@ def cell_link_protocol(
         )
 
     return FramedLinkProtocol(new_session, clock)
+
+
+def _provides_cell_link(session: LinkSession) -> CellLink:
+    return session  # mypy checks here that LinkSession keeps the CellLink contract
