@@ -326,6 +326,8 @@ class ConstructionTests(SynchronousTestCase):
         self.assertRefused("id", id=2**32)
         self.assertRefused("id", id=True)
         self.assertRefused("from", from_session=1.0)
+        self.assertRefused("from", from_session=False)
+        self.assertRefused("sender", sender=None)
         self.assertRefused("to", to_session=-5)
         self.assertRefused("transaction", transaction=2**32)
         self.assertRefused("success", success=1)
@@ -356,6 +358,24 @@ class ConstructionTests(SynchronousTestCase):
             message.uint_array_params[3] = (5,)  # type: ignore[index]
 
         self.assertRaises(TypeError, mutate)
+        params: Any = message.uint_array_params
+        for method, arguments in (
+            ("update", ({3: (5,)},)),
+            ("clear", ()),
+            ("pop", (1,)),
+            ("popitem", ()),
+            ("setdefault", (3, (5,))),
+            ("__delitem__", (1,)),
+            ("__ior__", ({3: (5,)},)),
+        ):
+            self.assertRaises(TypeError, getattr(params, method), *arguments)
+        self.assertEqual(dict(message.uint_array_params), {1: (1, 2)})
+
+    def test_a_message_reuses_checked_maps(self) -> None:
+        message = Message(id=1, string_params={1: "x"})
+        copy = Message(id=2, string_params=message.string_params)
+        self.assertIs(copy.string_params, message.string_params)
+        self.assertEqual(repr(message.string_params), "{1: 'x'}")
 
     def test_sender_is_local_metadata(self) -> None:
         message = Message(id=1, sender="Cell_a")
