@@ -288,6 +288,18 @@ class ListenerTests(LogCapture):
         self.assertEqual(len(self.transport.written), 4)
         self.assertEqual(json.loads(self.transport.written[-1][0])["id"], 99)
 
+    def test_send_failure_is_logged_and_the_listener_keeps_serving(self) -> None:
+        def unreachable(packet: bytes, addr: object = None) -> None:
+            raise OSError(101, "Network is unreachable")
+
+        self.transport.write = unreachable  # type: ignore[method-assign]
+        self.ping()
+        self.assertEqual(self.listener.echoes_sent, 0)
+        self.assertIn("unreachable", self.warnings()[0])
+        del self.transport.write
+        self.ping()
+        self.assertEqual(self.listener.echoes_sent, 1)
+
     def test_service_given_late(self) -> None:
         endpoint: list[ServiceEntry] = []
         self.listener = self.make_listener(service=lambda: endpoint[0] if endpoint else None)
@@ -364,6 +376,15 @@ class PingerTests(SynchronousTestCase):
         self.failureResultOf(d, DiscoveryTimeout)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.echo(ids[0])  # late echo: nobody is waiting, nothing happens
+
+    def test_send_failure_fails_the_query_at_once(self) -> None:
+        def unreachable(packet: bytes, addr: object = None) -> None:
+            raise OSError(101, "Network is unreachable")
+
+        self.transport.write = unreachable  # type: ignore[method-assign]
+        d = self.pinger.query()
+        self.failureResultOf(d, OSError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_cancel_stops_the_query(self) -> None:
         d = self.pinger.query()

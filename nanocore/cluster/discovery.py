@@ -281,7 +281,11 @@ class DiscoveryListener(DatagramProtocol):
             self._drop("ping from {source}: echo rate limit reached", source=source, reason="")
             return
         echo = SonarEcho(id=packet.id, requestor=source, services=(service,))
-        self.transport.write(encode_packet(echo), self._echo_address)  # type: ignore[union-attr]
+        try:
+            self.transport.write(encode_packet(echo), self._echo_address)  # type: ignore[union-attr]
+        except (OSError, DiscoveryPacketError) as error:
+            self._drop("echo to {source}: {reason}", source=source, reason=error)
+            return
         self.echoes_sent += 1
 
     def _drop(self, text: str, **fields: object) -> None:
@@ -336,7 +340,12 @@ class DiscoveryPinger(DatagramProtocol):
         timers: list[IDelayedCall] = []
 
         def send() -> None:
-            self.transport.write(packet, self._ping_address)  # type: ignore[union-attr]
+            try:
+                self.transport.write(packet, self._ping_address)  # type: ignore[union-attr]
+            except OSError:
+                stop()
+                result.errback()  # e.g. no route to the group: fail now, not at the timeout
+                return
             timers.append(self._clock.callLater(resend, send))
 
         def stop(_: object = None) -> None:
