@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -373,9 +375,23 @@ class ConstructionTests(SynchronousTestCase):
 
     def test_a_message_reuses_checked_maps(self) -> None:
         message = Message(id=1, string_params={1: "x"})
-        copy = Message(id=2, string_params=message.string_params)
-        self.assertIs(copy.string_params, message.string_params)
+        again = Message(id=2, string_params=message.string_params)
+        self.assertIs(again.string_params, message.string_params)
         self.assertEqual(repr(message.string_params), "{1: 'x'}")
+
+    def test_a_checked_map_of_another_type_is_checked_again(self) -> None:
+        message = Message(id=1, string_params={1: "x"}, uint_params={1: 1})
+        error = self.assertRaises(MessageError, Message, id=2, uint_params=message.string_params)
+        self.assertEqual(error.field, "uint_params.1")
+        self.assertEqual(Message(id=3, int_params=message.uint_params).int_params, {1: 1})
+
+    def test_copy_and_pickle(self) -> None:
+        message = Message(id=1, uint_array_params={1: [1, 2]}, string_params={2: "x"})
+        self.assertEqual(copy.deepcopy(message), message)
+        self.assertEqual(copy.copy(message), message)
+        restored = pickle.loads(pickle.dumps(message))
+        self.assertEqual(restored, message)
+        self.assertRaises(TypeError, restored.string_params.clear)
 
     def test_sender_is_local_metadata(self) -> None:
         message = Message(id=1, sender="Cell_a")

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 from attrs import field, frozen
 
 __all__ = [
+    "DOCUMENT",
     "KIND_EVENT",
     "KIND_REQUEST",
     "KIND_RESPONSE",
@@ -343,9 +344,13 @@ _V = TypeVar("_V")
 
 
 class _Params(dict[int, _V]):
-    """A checked, read-only parameter map; being one means it needs no further checks."""
+    """A checked, read-only parameter map; ``checked_by`` says which check it passed."""
 
-    __slots__ = ()
+    __slots__ = ("checked_by",)
+
+    def __init__(self, items: dict[int, _V], checked_by: Callable[[str, object], _V]) -> None:
+        super().__init__(items)
+        self.checked_by = checked_by
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("message parameters are read-only; build a new Message instead")
@@ -354,10 +359,23 @@ class _Params(dict[int, _V]):
     __ior__ = _read_only
 
     def __repr__(self) -> str:
-        return f"{{{', '.join(f'{key!r}: {value!r}' for key, value in self.items())}}}"
+        return repr(dict(self))
+
+    def __copy__(self) -> _Params[_V]:
+        return self  # immutable, like a tuple
+
+    def __deepcopy__(self, memo: object) -> _Params[_V]:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Params, (dict(self), self.checked_by))
 
 
-_EMPTY: Mapping[int, Any] = _Params()
+def _no_check(where: str, value: object) -> Any:
+    raise AssertionError("the empty map holds no values")
+
+
+_EMPTY: Mapping[int, Any] = _Params({}, _no_check)
 
 
 def _convert_params(
@@ -365,9 +383,9 @@ def _convert_params(
 ) -> Mapping[int, _V]:
     """Check every key and value of one typed map and freeze it."""
     kind = type(params)
-    if kind is _Params:
-        return params
-    if kind is not dict and not isinstance(params, Mapping):
+    if kind is _Params and params.checked_by is check:  # type: ignore[attr-defined]
+        return params  # already checked as this very type: reuse, no copy
+    if kind is not dict and kind is not _Params and not isinstance(params, Mapping):
         raise MessageError(name, f"expected a mapping, got {params!r}")
     if not params:
         return _EMPTY
@@ -376,7 +394,7 @@ def _convert_params(
         if not (type(key) is int or _is_integer(key)) or not 0 <= key <= UINT32_MAX:
             raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
         checked[int(key)] = check(f"{name}.{key}", value)
-    return _Params(checked)
+    return _Params(checked, check)
 
 
 @frozen(init=False)
