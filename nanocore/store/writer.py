@@ -71,8 +71,10 @@ class _Statements:
 class Writer:
     """Applies units of work in one transaction per batch, one savepoint per unit."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, guard_io_thread: bool = True) -> None:
+        """``guard_io_thread=False`` only for synchronous tools without a reactor (import)."""
         self._connection = connection
+        self._guard_io_thread = guard_io_thread
         self._statements = {table.kind: _Statements(table) for table in TABLES}
         self._foreign_keys = self._read_foreign_keys()
         #: names of the threads that ran SQL, so tests can prove it was never the reactor's.
@@ -95,7 +97,7 @@ class Writer:
         self._connection.close()
 
     def _enter(self) -> None:
-        if isInIOThread():
+        if self._guard_io_thread and isInIOThread():
             raise RuntimeError("store SQL must never run on the reactor thread")
         self.threads_seen.add(threading.current_thread().name)
 
