@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -19,7 +18,7 @@ from nanocore.cluster.cells import CellState, CellStatus, CellUnavailable
 from nanocore.cluster.message import Message, MessageID
 from nanocore.cluster.transactions import Transactions, reply_to
 from nanocore.operations.cells import CellOperations
-from nanocore.operations.status import StatusOperations
+from nanocore.operations.core import Operations
 from nanocore.store import Put, Store, UnitOfWork
 
 reactor: Any = _reactor
@@ -136,9 +135,10 @@ class Harness:
         self.clock.advance(NOW)
         self.store = store
         self.directory = FakeDirectory(self.clock)
-        self.cells = CellOperations(store, self.directory, self.clock, timeout)
-        self.status = StatusOperations(store, self.cells, self.clock)
-        self.operations = SimpleNamespace(cells=self.cells, status=self.status)
+        self.operations = Operations(store, self.clock, cells=self.directory, timeout=timeout)
+        assert self.operations.cells is not None
+        self.cells: CellOperations = self.operations.cells
+        self.status = self.operations.status
         resource = build_api_resource(self.operations, TEST_CREDENTIALS, self.clock)
         self.api = APIClient(resource, self.clock)
 

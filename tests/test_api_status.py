@@ -77,7 +77,7 @@ class StatusRouteTests(TestCase):
                     "write_speed": 12,
                     "receive_speed": 13,
                     "send_speed": 14,
-                    "start_time": self.h.status.start_time,
+                    "start_time": self.h.operations.context.now_text(),
                 },
             },
         )

@@ -265,3 +265,24 @@ class RegistryTests(SynchronousTestCase):
         self.assertTrue(first.disconnecting and second.disconnecting)
         self.assertEqual(last_sent(first).id, MessageID.ConnectionClosedEvent)
         self.assertIs(self.registry.state("Cell_b"), CellState.DISCONNECTED)
+
+    def test_pending_request_fails_when_link_drops(self) -> None:
+        protocol, _ = self.connect("Cell_a")
+        d = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
+        protocol.connectionLost(None)
+        self.failureResultOf(d, CellUnavailable)
+        self.assertEqual(self.transactions.pending, 0)
+
+    def test_other_cell_cannot_answer(self) -> None:
+        """A reply for Cell_a's transaction arriving from Cell_b is dropped."""
+        _, transport_a = self.connect("Cell_a")
+        other, _ = self.connect("Cell_b")
+        d = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
+        token = last_sent(transport_a).from_session
+        forged = Message(
+            id=response_id(MessageID.CreateGuestRequest), success=True, to_session=token
+        )
+        other.dataReceived(frame(forged))
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d)

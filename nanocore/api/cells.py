@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -16,8 +15,10 @@ from nanocore.operations.cells import (
     CellView,
     StorageAttachment,
 )
+from nanocore.operations.errors import InvalidRequest
 
 TAG = "cells"
+
 
 CELL_ITEM: Schema = obj(name=STRING, address=STRING, enabled=BOOL, alive=BOOL, PurgeAppending=BOOL)
 ATTACHMENT: Schema = obj(("name", "attached"), name=STRING, attached=BOOL, error=STRING)
@@ -84,8 +85,14 @@ def storage_paths(paths: CellStoragePaths) -> dict[str, Any]:
     return {"mode": paths.mode, "system": list(paths.system), "data": list(paths.data)}
 
 
-def routes(cells: Callable[[], CellOperations]) -> list[Route]:
-    """``cells`` is called per request, so the table can be built before the operations."""
+def routes(ops: Any) -> list[Route]:
+    """``ops.cells`` is looked up per request, so the table can be built without operations."""
+
+    def cells() -> CellOperations:
+        family: CellOperations | None = ops.cells
+        if family is None:
+            raise InvalidRequest("this Core has no cell fabric")
+        return family
 
     def unallocated(call: Call) -> object:
         return [cell_item(view) for view in cells().unallocated()]

@@ -1,25 +1,16 @@
-"""Zone, pool and cell status routes (api-reference §3.4 #17-21, §4.4)."""
+"""Zone, pool and cell status (§3.4, §4.4)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from nanocore.api.route import Call, Route
-from nanocore.api.schema import BOOL, NUMBER, STRING, UINT, Schema, array, nullable, obj
-from nanocore.operations.status import (
-    CellFigures,
-    PoolFigures,
-    StatusOperations,
-    Usage,
-    ZoneFigures,
-)
+from nanocore.api.schema import BOOL, NUMBER, STRING, UINT, array, nullable, obj
+from nanocore.operations.status import CellState, PoolState, Usage
 
-TAG = "status"
-
-PAIR: Schema = {**array(UINT), "minItems": 2, "maxItems": 2}
-QUAD: Schema = {**array(UINT), "minItems": 4, "maxItems": 4}
-_USAGE: dict[str, Schema] = {
+_COUNTS = {"type": "array", "items": UINT, "minItems": 2, "maxItems": 2}
+_INSTANCES = {"type": "array", "items": UINT, "minItems": 4, "maxItems": 4}
+_USAGE = {
     "cpu_usage": NUMBER,
     "max_cpu": UINT,
     "available_memory": UINT,
@@ -31,106 +22,86 @@ _USAGE: dict[str, Schema] = {
     "receive_speed": UINT,
     "send_speed": UINT,
 }
-ZONE: Schema = obj(
-    name=STRING, pools=PAIR, cells=PAIR, instances=QUAD, **_USAGE, start_time=STRING
-)
-POOL: Schema = obj(name=STRING, enabled=BOOL, cells=PAIR, instances=QUAD, **_USAGE)
-CELL: Schema = obj(name=STRING, address=STRING, enabled=BOOL, alive=BOOL, instances=QUAD, **_USAGE)
+ZONE = obj(name=STRING, pools=_COUNTS, cells=_COUNTS, instances=_INSTANCES, **_USAGE,
+           start_time=STRING)  # fmt: skip
+POOL = obj(name=STRING, enabled=BOOL, cells=_COUNTS, instances=_INSTANCES, **_USAGE)
+CELL = obj(name=STRING, address=STRING, enabled=BOOL, alive=BOOL, instances=_INSTANCES, **_USAGE)
 
 
-def usage(figures: Usage, *, truncate_cpu: bool = False) -> dict[str, Any]:
-    """Speeds in their own places: the original's zone route swapped the pairs (fixed)."""
+def usage(value: Usage, truncate: bool) -> dict[str, Any]:
+    """The usage fields; lists carry an integral ``cpu_usage`` as Core's did."""
     return {
-        "cpu_usage": float(int(figures.cpu_usage)) if truncate_cpu else figures.cpu_usage,
-        "max_cpu": figures.cores,
-        "available_memory": figures.memory_available,
-        "max_memory": figures.memory_total,
-        "available_disk": figures.disk_available,
-        "max_disk": figures.disk_total,
-        "read_speed": figures.read_speed,
-        "write_speed": figures.write_speed,
-        "receive_speed": figures.receive_speed,
-        "send_speed": figures.send_speed,
+        "cpu_usage": float(int(value.cpu_usage)) if truncate else value.cpu_usage,
+        "max_cpu": value.cores,
+        "available_memory": value.memory_available,
+        "max_memory": value.memory,
+        "available_disk": value.disk_available,
+        "max_disk": value.disk,
+        "read_speed": value.read_speed,
+        "write_speed": value.write_speed,
+        "receive_speed": value.receive_speed,
+        "send_speed": value.send_speed,
     }
 
 
-def zone_document(zone: ZoneFigures) -> dict[str, Any]:
+def pool(state: PoolState, truncate: bool) -> dict[str, Any]:
     return {
-        "name": zone.name,
-        "pools": [zone.pools_disabled, zone.pools_enabled],
-        "cells": [zone.offline, zone.online],
-        "instances": zone.instances.as_list(),
-        **usage(zone.usage),
-        "start_time": zone.start_time,
+        "name": state.name,
+        "enabled": state.enabled,
+        "cells": [state.offline, state.online],
+        "instances": state.instances.as_list(),
+        **usage(state.usage, truncate),
     }
 
 
-def pool_document(pool: PoolFigures, *, in_list: bool = False) -> dict[str, Any]:
+def cell(state: CellState, truncate: bool) -> dict[str, Any]:
     return {
-        "name": pool.name,
-        "enabled": pool.enabled,
-        "cells": [pool.offline, pool.online],
-        "instances": pool.instances.as_list(),
-        **usage(pool.usage, truncate_cpu=in_list),
+        "name": state.name,
+        "address": state.address,
+        "enabled": state.enabled,
+        "alive": state.alive,
+        "instances": state.instances.as_list(),
+        **usage(state.usage, truncate),
     }
 
 
-def cell_document(cell: CellFigures, *, in_list: bool = False) -> dict[str, Any]:
-    return {
-        "name": cell.name,
-        "address": cell.address,
-        "enabled": cell.enabled,
-        "alive": cell.alive,
-        "instances": cell.instances.as_list(),
-        **usage(cell.usage, truncate_cpu=in_list),
-    }
+def routes(ops: Any) -> list[Route]:
+    def zone(call: Call) -> Any:
+        state = ops.status.zone()
+        return {
+            "name": state.name,
+            "pools": [state.disabled_pools, state.enabled_pools],
+            "cells": [state.offline, state.online],
+            "instances": state.instances.as_list(),
+            **usage(state.usage, truncate=False),
+            "start_time": state.start_time,
+        }
 
+    def pools(call: Call) -> Any:
+        return [pool(state, truncate=True) for state in ops.status.pools()] or None
 
-def routes(status: Callable[[], StatusOperations]) -> list[Route]:
-    """``status`` is called per request, so the table can be built before the operations."""
+    def one_pool(call: Call) -> Any:
+        return pool(ops.status.pool(call.params["pool"]), truncate=False)
 
-    def zone(call: Call) -> object:
-        return zone_document(status().zone())
+    def cells(call: Call) -> Any:
+        states = ops.status.cells(call.params["pool"])
+        return [cell(state, truncate=True) for state in states] or None
 
-    def pools(call: Call) -> object:
-        # ``null`` rather than ``[]`` when there is no pool, as the original answers.
-        return [pool_document(p, in_list=True) for p in status().pools()] or None
+    def one_cell(call: Call) -> Any:
+        p = call.params
+        return cell(ops.status.cell(p["pool"], p["cell"]), truncate=False)
 
-    def pool(call: Call) -> object:
-        return pool_document(status().pool(call.params["pool"]))
-
-    def cells(call: Call) -> object:
-        found = status().cells(call.params["pool"])
-        return [cell_document(c, in_list=True) for c in found] or None
-
-    def cell(call: Call) -> object:
-        return cell_document(status().cell(call.params["pool"], call.params["cell"]))
-
+    s = "status"
     return [
-        Route("GET", "/compute_zone_status/", zone, "Zone totals", TAG, response=ZONE),
-        Route(
-            "GET",
-            "/compute_pool_status/",
-            pools,
-            "Status of every pool (null when there is none; CPU truncated to an integer)",
-            TAG,
-            response=nullable(array(POOL)),
-        ),
-        Route("GET", "/compute_pool_status/:pool", pool, "Status of one pool", TAG, response=POOL),
-        Route(
-            "GET",
-            "/compute_cell_status/:pool",
-            cells,
-            "Status of the cells of a pool (null when it has none; CPU truncated)",
-            TAG,
-            response=nullable(array(CELL)),
-        ),
-        Route(
-            "GET",
-            "/compute_cell_status/:pool/:cell",
-            cell,
-            "Status of one cell of a pool",
-            TAG,
-            response=CELL,
-        ),
-    ]
+        Route("GET", "/compute_zone_status/", zone, "Zone totals", s, response=ZONE),
+        Route("GET", "/compute_pool_status/", pools,
+              "Status of every pool (null when there are none)", s,
+              response=nullable(array(POOL))),
+        Route("GET", "/compute_pool_status/:pool", one_pool, "Status of one pool", s,
+              response=POOL),
+        Route("GET", "/compute_cell_status/:pool", cells,
+              "Status of the cells of a pool (null when there are none)", s,
+              response=nullable(array(CELL))),
+        Route("GET", "/compute_cell_status/:pool/:cell", one_cell, "Status of one cell", s,
+              response=CELL),
+    ]  # fmt: skip

@@ -197,11 +197,13 @@ class CellRegistry:
     def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
         """A transaction with the Cell; fails at once with :class:`CellUnavailable` if unlinked.
 
-        Keywords (``timeout``, ``on_progress``) go to :meth:`Transactions.request`.
+        Keywords (``timeout``, ``on_progress``, ...) go to :meth:`Transactions.request`; only
+        this Cell may answer, and the request fails when its link goes down.
         """
         link = self.link(name)
         if link is None:
             return fail(CellUnavailable(f"cell {name!r} is not connected"))
+        kw.setdefault("peer", name)
         try:
             return self._transactions.request(link.send, message, **kw)
         except LinkError as e:
@@ -256,6 +258,9 @@ class CellRegistry:
         if cell is None or cell.link is not link:
             return
         cell.link = None
+        self._transactions.fail_peer(
+            link.name, CellUnavailable(f"cell {link.name!r} disconnected")
+        )
         self._notify("cell_disconnected", link.name, gracefully)
 
     # -- internals ----------------------------------------------------------------------------

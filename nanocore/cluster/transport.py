@@ -20,8 +20,8 @@ import enum
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -91,6 +91,24 @@ class FrameWire(TypingProtocol):
         """Drop the connection now, discarding anything unsent."""
 
 
+class CellLink(TypingProtocol):
+    """What the rest of Core may do with a link (docs/architecture.md); LinkSession provides it."""
+
+    @property
+    def name(self) -> str:
+        """The peer's name, from its verified certificate."""
+
+    @property
+    def address(self) -> str:
+        """The peer's IP address."""
+
+    def send(self, message: Message) -> None:
+        """Send one message or raise :class:`LinkError`."""
+
+    def close(self) -> None:
+        """Say goodbye and close."""
+
+
 class LinkHandler(TypingProtocol):
     """What sits above links: told about each link's life and its application messages."""
 
@@ -156,7 +174,7 @@ class LinkSession:
         self.name = ""
         self.state = LinkState.HANDSHAKING
         self._last_heard = clock.seconds()
-        self._watchdog: DelayedCall | None = None
+        self._watchdog: IDelayedCall | None = None
         self._keepalive = LoopingCall(self._send_keepalive)
         self._keepalive.clock = clock
 
@@ -350,14 +368,27 @@ class FramedLinkProtocol(Int32StringReceiver):
     ) -> None:
         self._session_factory = session_factory
         self._clock = clock
-        self._abort_call: DelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
+        self._closed_waiters: list[Deferred[None]] | None = []
         self.session: LinkSession | None = None
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once the connection is gone (at once if it already is)."""
+        if self._closed_waiters is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed_waiters.append(d)
+        return d
 
     @property
     def address(self) -> str:
         return _host_of(self.transport.getPeer()) if self.transport is not None else ""
 
     def connectionMade(self) -> None:
+        # Small control messages must not wait for Nagle's algorithm (and delayed ACKs).
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if callable(no_delay):
+            no_delay(True)
         self.session = self._session_factory(self)
         self.session.start()
 
@@ -377,6 +408,9 @@ class FramedLinkProtocol(Int32StringReceiver):
         self._abort_call = None
         if self.session is not None:
             self.session.wire_lost()
+        waiters, self._closed_waiters = self._closed_waiters or [], None
+        for d in waiters:
+            d.callback(None)
 
     def write_frame(self, frame: bytes) -> None:
         self.sendString(frame)
@@ -417,9 +451,19 @@ class CellLinkFactory(Factory):
         self._clock = clock
         self._core_name = core_name
         self._identify = identify
+        #: Connections not yet closed, so that a stopping Core can wait for them.
+        self.connections: set[FramedLinkProtocol] = set()
 
-    def buildProtocol(self, addr: IAddress) -> FramedLinkProtocol:
-        return FramedLinkProtocol(self._new_session, self._clock)
+    def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol:
+        protocol = FramedLinkProtocol(self._new_session, self._clock)
+        self.connections.add(protocol)
+        protocol.when_closed().addCallback(lambda _: self.connections.discard(protocol))
+        return protocol
+
+    def when_all_closed(self) -> Deferred[None]:
+        """Fires once every connection accepted so far is gone."""
+        waiting = [protocol.when_closed() for protocol in self.connections]
+        return gatherResults(waiting).addCallback(lambda _: None)
 
     def _new_session(self, wire: FramedLinkProtocol) -> LinkSession:
         return LinkSession(
@@ -451,3 +495,7 @@ def cell_link_protocol(
         )
 
     return FramedLinkProtocol(new_session, clock)
+
+
+def _provides_cell_link(session: LinkSession) -> CellLink:
+    return session  # mypy checks here that LinkSession keeps the CellLink contract

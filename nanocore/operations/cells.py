@@ -26,6 +26,7 @@ from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
 from nanocore.model import ComputeCell, ComputePool, Instance
+from nanocore.operations.base import Context
 from nanocore.operations.errors import (
     InvalidRequest,
     OperationError,
@@ -33,7 +34,8 @@ from nanocore.operations.errors import (
     UnknownEntity,
 )
 from nanocore.operations.inventory import InventoryError, read_inventory
-from nanocore.store import Delete, Put, Store, StoreError, UnitOfWork
+from nanocore.operations.status import CellUsage
+from nanocore.store import Change, Delete, Put
 
 #: What the add-cell wait says on timeout (api-reference §1.6).
 ADD_TIMEOUT_MESSAGE = "wait cell ready timeout"
@@ -112,16 +114,15 @@ class CellOperations:
 
     def __init__(
         self,
-        store: Store,
+        context: Context,
         cells: CellDirectory,
-        clock: IReactorTime,
         timeout: float,
         *,
         failover: FailoverPlanner | None = None,
     ) -> None:
-        self._store = store
+        self._context = context
         self._cells = cells
-        self._clock = clock
+        self._clock: IReactorTime = context.clock
         self._timeout = timeout
         self._failover = failover
         self._presence: dict[str, _Presence] = {}
@@ -143,9 +144,24 @@ class CellOperations:
             )
         return False
 
-    def usage(self, name: str) -> CellStatus | None:
+    def usage(self, name: str) -> CellUsage | None:
         """The Cell's latest report while it is alive; a dead Cell's stale figures are not used."""
-        return self._cells.status(name) if self.alive(name) else None
+        report = self._cells.status(name) if self.alive(name) else None
+        if report is None:
+            return None
+        read, write, receive, send = report.speed
+        return CellUsage(
+            cores=report.cores,
+            cpu_usage=report.usage,
+            memory=report.memory_total,
+            memory_available=report.memory_available,
+            disk=report.disk_total,
+            disk_available=report.disk_free,
+            read_speed=read,
+            write_speed=write,
+            receive_speed=receive,
+            send_speed=send,
+        )
 
     def connected(self, name: str) -> bool:
         return self._cells.state(name) not in (None, CellState.DISCONNECTED)
@@ -169,7 +185,7 @@ class CellOperations:
     def members(self, pool: str) -> list[ComputeCell]:
         """The persisted cells of ``pool``, sorted by name."""
         return sorted(
-            (cell for cell in self._store.view.cells.values() if cell.pool == pool),
+            (cell for cell in self._context.view.cells.values() if cell.pool == pool),
             key=lambda cell: cell.name,
         )
 
@@ -177,7 +193,7 @@ class CellOperations:
 
     def unallocated(self) -> list[CellView]:
         """Cells seen since start that belong to no pool (and are not being added to one)."""
-        stored = self._store.view.cells
+        stored = self._context.view.cells
         views = []
         for name in self._presence:
             record = stored.get(name)
@@ -263,7 +279,7 @@ class CellOperations:
     def add(self, pool: str, cell: str) -> Any:
         """Push the pool to the Cell, and record the membership only once the Cell is ready."""
         target = self._pool(pool)
-        record = self._store.view.cells.get(cell)
+        record = self._context.view.cells.get(cell)
         if record is not None and record.pool:
             raise InvalidRequest(f"cell '{cell}' already in pool '{record.pool}'")
         if cell in self._claims:
@@ -277,7 +293,7 @@ class CellOperations:
         self._claims[cell] = pool
         try:
             reply = yield self._ask(cell, message, ADD_TIMEOUT_MESSAGE)
-            known = {i.id: i for i in self._store.view.instances.values()}
+            known = {i.id: i for i in self._context.view.instances.values()}
             try:
                 inventory = read_inventory(
                     reply, pool=pool, cell=cell, cell_address=self.address(cell), known=known
@@ -287,9 +303,9 @@ class CellOperations:
             for reason in inventory.skipped:
                 self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
             base = record or ComputeCell(name=cell)
-            changes: list[Put | Delete] = [Put(evolve(base, pool=pool))]
+            changes: list[Change] = [Put(evolve(base, pool=pool))]
             changes.extend(Put(instance) for instance in inventory.instances)
-            yield self._commit(UnitOfWork(changes))
+            yield self._context.commit(*changes)
         finally:
             del self._claims[cell]
         self.log.info("{cell} added to pool {pool}", cell=cell, pool=pool)
@@ -299,13 +315,13 @@ class CellOperations:
     def remove(self, pool: str, cell: str) -> Any:
         """Refused while the cell still holds instances; the Cell is told after the commit."""
         self._member(pool, cell)
-        left = sum(1 for i in self._store.view.instances.values() if i.cell == cell)
+        left = sum(1 for i in self._context.view.instances.values() if i.cell == cell)
         if left:
             raise InvalidRequest(
                 f"{left} instance(s) left in cell '{cell}', "
                 "migrate or delete all instance(s) before remove cell"
             )
-        yield self._commit(UnitOfWork.of(Delete(ComputeCell, cell)))
+        yield self._context.commit(Delete(ComputeCell, cell))
         try:
             self._cells.send(cell, Message(id=MessageID.ComputeCellRemovedEvent))
         except LinkError as error:
@@ -332,13 +348,13 @@ class CellOperations:
                 changed = evolve(record, enabled=False, purge_pending=purging)
         except OperationError as error:
             return fail(error)
-        return self._commit(UnitOfWork.of(Put(changed)))
+        return self._context.commit(Put(changed))
 
     # -- the pool push ------------------------------------------------------------------------
 
     def pool_ready_message(self, pool: ComputePool) -> Message:
         """``ComputePoolReadyEvent`` with the pool's storage and network, ``Mode`` always set."""
-        view = self._store.view
+        view = self._context.view
         strings: dict[int, str] = {
             ParamKey.Pool: pool.name,
             ParamKey.Storage: pool.storage,
@@ -374,7 +390,7 @@ class CellOperations:
 
     def cell_available(self, name: str, address: str) -> None:
         self._presence[name] = _Presence(address, self._clock.seconds())
-        record = self._store.view.cells.get(name)
+        record = self._context.view.cells.get(name)
         if record is None or not record.pool:
             self.log.info(
                 "{name} connected from {address}, unallocated", name=name, address=address
@@ -393,10 +409,10 @@ class CellOperations:
         self.log.debug("{name}: event {id:#08x} not handled yet", name=name, id=message.id)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        record = self._store.view.cells.get(name)
+        record = self._context.view.cells.get(name)
         if record is None or not record.pool:
             return
-        pool = self._store.view.compute_pools.get(record.pool)
+        pool = self._context.view.compute_pools.get(record.pool)
         if not gracefully and pool is not None and pool.failover and self._failover is not None:
             result = self._failover(name, pool)
             if isinstance(result, Deferred):
@@ -414,7 +430,7 @@ class CellOperations:
 
     @inlineCallbacks
     def _rejoin(self, record: ComputeCell) -> Any:
-        pool = self._store.view.compute_pools.get(record.pool)
+        pool = self._context.view.compute_pools.get(record.pool)
         if pool is None:
             return None
         reply = yield self._ask(record.name, self.pool_ready_message(pool), ADD_TIMEOUT_MESSAGE)
@@ -423,7 +439,7 @@ class CellOperations:
 
     def take_inventory(self, cell: str, pool: str, reply: Message) -> Deferred[None]:
         """Replace Core's instances of ``cell`` with what the Cell reported."""
-        view = self._store.view
+        view = self._context.view
         try:
             inventory = read_inventory(
                 reply,
@@ -437,7 +453,7 @@ class CellOperations:
         for reason in inventory.skipped:
             self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
         reported = {instance.id for instance in inventory.instances}
-        changes: list[Put | Delete] = [
+        changes: list[Change] = [
             Delete(Instance, instance.id)
             for instance in view.instances.values()
             if instance.cell == cell and instance.id not in reported
@@ -445,7 +461,7 @@ class CellOperations:
         changes.extend(Put(instance) for instance in inventory.instances)
         if not changes:
             return succeed(None)
-        return self._commit(UnitOfWork(changes))
+        return self._context.commit(*changes)
 
     @inlineCallbacks
     def _purge(self, record: ComputeCell) -> Any:
@@ -454,37 +470,37 @@ class CellOperations:
             string_array_params={ParamKey.Instance: ()},
         )
         yield self._ask(record.name, message, CELL_TIMEOUT_MESSAGE)
-        view = self._store.view
+        view = self._context.view
         current = view.cells.get(record.name) or record
-        changes: list[Put | Delete] = [
+        changes: list[Change] = [
             Delete(Instance, i.id) for i in view.instances.values() if i.cell == record.name
         ]
         changes.append(Put(evolve(current, purge_pending=False)))
-        yield self._commit(UnitOfWork(changes))
+        yield self._context.commit(*changes)
         self.log.info("{name} purged", name=record.name)
         return None
 
     def _mark_lost(self, name: str) -> Deferred[None]:
         changes = [
             Put(evolve(instance, lost=True))
-            for instance in self._store.view.instances.values()
+            for instance in self._context.view.instances.values()
             if instance.cell == name and not instance.lost
         ]
         if not changes:
             return succeed(None)
-        return self._commit(UnitOfWork(changes))
+        return self._context.commit(*changes)
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _pool(self, pool: str) -> ComputePool:
-        found = self._store.view.compute_pools.get(pool)
+        found = self._context.view.compute_pools.get(pool)
         if found is None:
             raise UnknownEntity(f"invalid pool '{pool}'")
         return found
 
     def _member(self, pool: str, cell: str) -> ComputeCell:
         self._pool(pool)
-        record = self._store.view.cells.get(cell)
+        record = self._context.view.cells.get(cell)
         if record is None or record.pool != pool:
             raise InvalidRequest(f"cell '{cell}' not in pool '{pool}'")
         return record
@@ -506,14 +522,6 @@ class CellOperations:
             return failure
 
         return asking.addErrback(translate)
-
-    def _commit(self, unit: UnitOfWork) -> Deferred[None]:
-        def translate(failure: Failure) -> Failure:
-            if failure.check(StoreError):
-                return Failure(InvalidRequest(str(failure.value)))
-            return failure
-
-        return self._store.commit(unit).addErrback(translate)
 
     def _logged(self, failure: Failure, doing: str, name: str) -> None:
         if failure.check(OperationError):

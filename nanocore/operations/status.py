@@ -1,29 +1,64 @@
-"""Zone, pool and cell status aggregates (core-internals §6), computed when asked.
+"""Zone, pool and cell status aggregates (core-internals §6), computed on demand.
 
-The original kept counters that a 5 s pass recomputed and that drifted in between; here every
-figure is derived from the store (membership, instances) and the Cells' latest reports at the
-moment of the request, so there is nothing to drift. A Cell that is not alive counts offline and
-its last report is not added to anything.
+Core recomputed these every 5 s and counted a cell that was already dead as online with its
+stale usage; here a cell counts as online only while the monitor says it is alive, and only
+online cells contribute usage. Instance counters come from the store, so they cannot drift.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
 from attrs import frozen
-from twisted.internet.interfaces import IReactorTime
 
-from nanocore.model import TIME_FORMAT, ComputeCell, ComputePool, Instance, InstanceStatus
-from nanocore.operations.cells import CellOperations
+from nanocore.model import ComputeCell, Instance, InstanceStatus
+from nanocore.operations.base import Context
 from nanocore.operations.errors import InvalidRequest, UnknownEntity
-from nanocore.store import Store
 
 
 @frozen
-class InstanceCounts:
-    """Confirmed instances by state; pending creations are not counted (as in the original)."""
+class CellUsage:
+    """The resource figures of a Cell's latest status report (bytes, bytes/s, percent)."""
+
+    cores: int = 0
+    cpu_usage: float = 0.0
+    memory: int = 0
+    memory_available: int = 0
+    disk: int = 0
+    disk_available: int = 0
+    read_speed: int = 0
+    write_speed: int = 0
+    receive_speed: int = 0
+    send_speed: int = 0
+
+
+class CellMonitor(Protocol):
+    """What status needs from the Cell fabric (an adapter over ``CellRegistry``)."""
+
+    def alive(self, name: str) -> bool: ...
+
+    def address(self, name: str) -> str: ...
+
+    def usage(self, name: str) -> CellUsage | None: ...
+
+
+class NoCells:
+    """A monitor for a Core with no fabric: every cell offline."""
+
+    def alive(self, name: str) -> bool:
+        return False
+
+    def address(self, name: str) -> str:
+        return ""
+
+    def usage(self, name: str) -> CellUsage | None:
+        return None
+
+
+@frozen
+class Counters:
+    """``[stopped, running, lost, migrating]`` instances."""
 
     stopped: int = 0
     running: int = 0
@@ -33,187 +68,168 @@ class InstanceCounts:
     def as_list(self) -> list[int]:
         return [self.stopped, self.running, self.lost, self.migrating]
 
-    def __add__(self, other: InstanceCounts) -> InstanceCounts:
-        return InstanceCounts(
-            self.stopped + other.stopped,
-            self.running + other.running,
-            self.lost + other.lost,
-            self.migrating + other.migrating,
-        )
 
-    @classmethod
-    def of(cls, instances: Iterable[Instance]) -> InstanceCounts:
-        counts: Counter[str] = Counter()
-        for instance in instances:
-            if instance.status is InstanceStatus.CREATING:
-                continue
-            if instance.migrating:
-                counts["migrating"] += 1
-            elif instance.lost:
-                counts["lost"] += 1
-            elif instance.running:
-                counts["running"] += 1
-            else:
-                counts["stopped"] += 1
-        return cls(**counts)
+def count_instances(instances: Iterable[Instance]) -> Counters:
+    stopped = running = lost = migrating = 0
+    for instance in instances:
+        if instance.status is InstanceStatus.CREATING:
+            continue  # pending creations are not counted, as in the original
+        if instance.migrating:
+            migrating += 1
+        elif instance.lost:
+            lost += 1
+        elif instance.status is InstanceStatus.RUNNING:
+            running += 1
+        else:
+            stopped += 1
+    return Counters(stopped, running, lost, migrating)
 
 
 @frozen
 class Usage:
-    """Resources of online cells: cores summed, CPU the core-weighted mean, the rest summed."""
+    """Summed usage; ``cpu_usage`` is the core-weighted mean."""
 
     cores: int = 0
     cpu_usage: float = 0.0
+    memory: int = 0
     memory_available: int = 0
-    memory_total: int = 0
+    disk: int = 0
     disk_available: int = 0
-    disk_total: int = 0
     read_speed: int = 0
     write_speed: int = 0
     receive_speed: int = 0
     send_speed: int = 0
 
-    @classmethod
-    def total(cls, parts: Iterable[Usage]) -> Usage:
-        items = list(parts)
-        cores = sum(u.cores for u in items)
-        weighted = sum(u.cpu_usage * u.cores for u in items)
-        return cls(
-            cores=cores,
-            cpu_usage=weighted / cores if cores else 0.0,
-            memory_available=sum(u.memory_available for u in items),
-            memory_total=sum(u.memory_total for u in items),
-            disk_available=sum(u.disk_available for u in items),
-            disk_total=sum(u.disk_total for u in items),
-            read_speed=sum(u.read_speed for u in items),
-            write_speed=sum(u.write_speed for u in items),
-            receive_speed=sum(u.receive_speed for u in items),
-            send_speed=sum(u.send_speed for u in items),
-        )
+
+def sum_usage(usages: Iterable[CellUsage]) -> Usage:
+    items = list(usages)
+    cores = sum(u.cores for u in items)
+    weighted = sum(u.cpu_usage * u.cores for u in items)
+    return Usage(
+        cores=cores,
+        cpu_usage=weighted / cores if cores else 0.0,
+        memory=sum(u.memory for u in items),
+        memory_available=sum(u.memory_available for u in items),
+        disk=sum(u.disk for u in items),
+        disk_available=sum(u.disk_available for u in items),
+        read_speed=sum(u.read_speed for u in items),
+        write_speed=sum(u.write_speed for u in items),
+        receive_speed=sum(u.receive_speed for u in items),
+        send_speed=sum(u.send_speed for u in items),
+    )
 
 
 @frozen
-class CellFigures:
+class CellState:
     name: str
     address: str
     enabled: bool
     alive: bool
-    instances: InstanceCounts
+    instances: Counters
     usage: Usage
 
 
 @frozen
-class PoolFigures:
+class PoolState:
     name: str
     enabled: bool
     offline: int
     online: int
-    instances: InstanceCounts
+    instances: Counters
     usage: Usage
 
 
 @frozen
-class ZoneFigures:
+class ZoneState:
     name: str
-    pools_disabled: int
-    pools_enabled: int
+    disabled_pools: int
+    enabled_pools: int
     offline: int
     online: int
-    instances: InstanceCounts
+    instances: Counters
     usage: Usage
     start_time: str
 
 
-class StatusOperations:
-    """Answers the five status routes from the store and the live view of the Cells."""
+class Status:
+    def __init__(self, context: Context, monitor: CellMonitor, start_time: str) -> None:
+        self._context = context
+        self._monitor = monitor
+        self._start_time = start_time
 
-    def __init__(self, store: Store, cells: CellOperations, clock: IReactorTime) -> None:
-        self._store = store
-        self._cells = cells
-        self.start_time = time.strftime(TIME_FORMAT, time.localtime(clock.seconds()))
-
-    def _instances_by_cell(self) -> dict[str, list[Instance]]:
-        grouped: dict[str, list[Instance]] = {}
-        for instance in self._store.view.instances.values():
-            grouped.setdefault(instance.cell, []).append(instance)
-        return grouped
-
-    def _cell(self, cell: ComputeCell, instances: list[Instance]) -> CellFigures:
-        view = self._cells.view(cell)
-        report = self._cells.usage(cell.name)
-        usage = Usage()
-        if report is not None:
-            usage = Usage(
-                cores=report.cores,
-                cpu_usage=report.usage,
-                memory_available=report.memory_available,
-                memory_total=report.memory_total,
-                disk_available=report.disk_free,
-                disk_total=report.disk_total,
-                read_speed=report.speed[0],
-                write_speed=report.speed[1],
-                receive_speed=report.speed[2],
-                send_speed=report.speed[3],
-            )
-        return CellFigures(
+    def _cell(self, cell: ComputeCell) -> CellState:
+        alive = self._monitor.alive(cell.name)
+        usage = self._monitor.usage(cell.name) if alive else None
+        instances = [i for i in self._context.view.instances.values() if i.cell == cell.name]
+        return CellState(
             name=cell.name,
-            address=view.address,
+            address=self._monitor.address(cell.name),
             enabled=cell.enabled,
-            alive=view.alive,
-            instances=InstanceCounts.of(instances),
-            usage=usage,
+            alive=alive,
+            instances=count_instances(instances),
+            usage=sum_usage([usage] if usage is not None else []),
         )
 
-    def _pool(self, pool: ComputePool, by_cell: dict[str, list[Instance]]) -> PoolFigures:
-        cells = [self._cell(c, by_cell.get(c.name, [])) for c in self._cells.members(pool.name)]
-        online = [c for c in cells if c.alive]
-        return PoolFigures(
-            name=pool.name,
+    def _pool_cells(self, pool: str) -> list[ComputeCell]:
+        if pool not in self._context.view.compute_pools:
+            raise UnknownEntity(f"invalid pool '{pool}'")
+        cells = self._context.view.cells
+        return [cells[name] for name in sorted(cells) if cells[name].pool == pool]
+
+    def cells(self, pool: str) -> list[CellState]:
+        return [self._cell(cell) for cell in self._pool_cells(pool)]
+
+    def cell(self, pool: str, name: str) -> CellState:
+        for cell in self._pool_cells(pool):
+            if cell.name == name:
+                return self._cell(cell)
+        raise InvalidRequest(f"cell '{name}' not in pool '{pool}'")
+
+    def pool(self, name: str) -> PoolState:
+        states = self.cells(name)
+        pool = self._context.view.compute_pools[name]
+        online = [state for state in states if state.alive]
+        instances = [i for i in self._context.view.instances.values() if i.pool == name]
+        return PoolState(
+            name=name,
             enabled=pool.enabled,
-            offline=len(cells) - len(online),
+            offline=len(states) - len(online),
             online=len(online),
-            instances=sum((c.instances for c in cells), InstanceCounts()),
-            usage=Usage.total(c.usage for c in online),
+            instances=count_instances(instances),
+            usage=_combine(state.usage for state in online),
         )
 
-    def _require_pool(self, name: str) -> ComputePool:
-        pool = self._store.view.compute_pools.get(name)
-        if pool is None:
-            raise UnknownEntity(f"invalid pool '{name}'")
-        return pool
+    def pools(self) -> list[PoolState]:
+        return [self.pool(name) for name in sorted(self._context.view.compute_pools)]
 
-    # -- the routes ---------------------------------------------------------------------------
-
-    def zone(self) -> ZoneFigures:
-        by_cell = self._instances_by_cell()
-        pools = [self._pool(p, by_cell) for p in self._store.view.compute_pools.values()]
-        return ZoneFigures(
-            name=self._store.view.zone.name,
-            pools_disabled=sum(1 for p in pools if not p.enabled),
-            pools_enabled=sum(1 for p in pools if p.enabled),
-            offline=sum(p.offline for p in pools),
-            online=sum(p.online for p in pools),
-            instances=sum((p.instances for p in pools), InstanceCounts()),
-            usage=Usage.total(p.usage for p in pools),
-            start_time=self.start_time,
+    def zone(self) -> ZoneState:
+        pools = self.pools()
+        enabled = sum(1 for pool in pools if pool.enabled)
+        return ZoneState(
+            name=self._context.view.zone.name,
+            disabled_pools=len(pools) - enabled,
+            enabled_pools=enabled,
+            offline=sum(pool.offline for pool in pools),
+            online=sum(pool.online for pool in pools),
+            instances=count_instances(self._context.view.instances.values()),
+            usage=_combine(pool.usage for pool in pools),
+            start_time=self._start_time,
         )
 
-    def pools(self) -> list[PoolFigures]:
-        by_cell = self._instances_by_cell()
-        pools = sorted(self._store.view.compute_pools.values(), key=lambda p: p.name)
-        return [self._pool(p, by_cell) for p in pools]
 
-    def pool(self, name: str) -> PoolFigures:
-        return self._pool(self._require_pool(name), self._instances_by_cell())
-
-    def cells(self, pool: str) -> list[CellFigures]:
-        self._require_pool(pool)
-        by_cell = self._instances_by_cell()
-        return [self._cell(c, by_cell.get(c.name, [])) for c in self._cells.members(pool)]
-
-    def cell(self, pool: str, name: str) -> CellFigures:
-        self._require_pool(pool)
-        record = self._store.view.cells.get(name)
-        if record is None or record.pool != pool:
-            raise InvalidRequest(f"cell '{name}' not in pool '{pool}'")
-        return self._cell(record, self._instances_by_cell().get(name, []))
+def _combine(usages: Iterable[Usage]) -> Usage:
+    return sum_usage(
+        CellUsage(
+            cores=u.cores,
+            cpu_usage=u.cpu_usage,
+            memory=u.memory,
+            memory_available=u.memory_available,
+            disk=u.disk,
+            disk_available=u.disk_available,
+            read_speed=u.read_speed,
+            write_speed=u.write_speed,
+            receive_speed=u.receive_speed,
+            send_speed=u.send_speed,
+        )
+        for u in usages
+    )

@@ -1,0 +1,47 @@
+"""All operations families over one store, clock and Cell monitor: what the API is given."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+from nanocore.operations.addresses import AddressPools
+from nanocore.operations.base import Context, StoreLike
+from nanocore.operations.cells import CellDirectory, CellOperations, FailoverPlanner
+from nanocore.operations.pools import ComputePools, StoragePools
+from nanocore.operations.security import SecurityGroups
+from nanocore.operations.status import CellMonitor, NoCells, Status
+from nanocore.operations.templates import Templates
+
+
+class Operations:
+    """The one place that changes state; each attribute is one resource family."""
+
+    def __init__(
+        self,
+        store: StoreLike,
+        clock: IReactorTime,
+        monitor: CellMonitor | None = None,
+        *,
+        cells: CellDirectory | None = None,
+        timeout: float = 10.0,
+        failover: FailoverPlanner | None = None,
+    ) -> None:
+        """``cells`` (the ``CellRegistry``) enables the cell family, which is then the monitor.
+
+        Subscribe ``self.cells`` to the registry so that Cell events reach it.
+        """
+        self.context = Context(store, clock)
+        self.cells: CellOperations | None = None
+        if cells is not None:
+            self.cells = CellOperations(self.context, cells, timeout, failover=failover)
+            monitor = monitor or self.cells
+        self.compute_pools = ComputePools(self.context)
+        self.storage_pools = StoragePools(self.context)
+        self.address_pools = AddressPools(self.context)
+        self.templates = Templates(self.context)
+        self.security_groups = SecurityGroups(self.context)
+        self.status = Status(self.context, monitor or NoCells(), self.context.now_text())
+
+    def revision(self) -> int:
+        """Changes with every commit made through these operations (keys the API's cache)."""
+        return self.context.revision()
