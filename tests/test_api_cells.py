@@ -11,6 +11,7 @@ from nanocore import model as m
 from nanocore.api import envelope
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import reply_to
+from nanocore.store import Delete, UnitOfWork
 from tests.cellfixtures import TIMEOUT, Harness, instance, open_store, ready, status_report
 
 CELL = "Cell_0000000000a1"
@@ -174,6 +175,11 @@ class CellRouteTests(TestCase):
         answer = await adding
         self.assertEqual(answer.body, envelope.failure("wait cell ready timeout"))
         self.assertNotIn(CELL, self.h.store.view.cells)
+        # Should the Cell apply the push late, it is told to drop it.
+        self.assertEqual(
+            [(name, message.id) for name, message in self.h.directory.sent],
+            [(CELL, MessageID.ComputeCellRemovedEvent)],
+        )
         unallocated = (await self.h.api.get("/compute_pool_cells/")).data
         self.assertEqual([c["name"] for c in unallocated], [CELL])
         # The claim is gone: a later add that the Cell answers succeeds.
@@ -437,3 +443,23 @@ class CellRouteTests(TestCase):
         querying = self.h.api.get(path)
         self.h.clock.advance(TIMEOUT)
         self.assertEqual((await querying).error, "cell timeout")
+
+    async def test_pool_changed_or_deleted_during_the_wait_refuses_the_add(self) -> None:
+        self.h.connect(CELL)
+        adding = self.h.api.post(f"/compute_pool_cells/local/{CELL}")
+        await self.h.put(m.ComputePool(name="local", storage="nfs1"))
+        self.h.directory.answer(ready(self.h.directory.last_request(CELL)), CELL)
+        answer = await adding
+        self.assertEqual(answer.error, f"pool 'local' changed while adding cell '{CELL}', retry")
+        self.assertNotIn(CELL, self.h.store.view.cells)
+        self.assertEqual(
+            [message.id for _, message in self.h.directory.sent],
+            [MessageID.ComputeCellRemovedEvent],
+        )
+
+        adding = self.h.api.post(f"/compute_pool_cells/local/{CELL}")
+        await self.h.store.commit(UnitOfWork.of(Delete(m.ComputePool, "local")))
+        self.h.directory.answer(ready(self.h.directory.last_request(CELL)), CELL)
+        self.assertEqual((await adding).error, "invalid pool 'local'")
+        self.assertNotIn(CELL, self.h.store.view.cells)
+        self.assertEqual([v.name for v in self.h.cells.unallocated()], [CELL])

@@ -293,23 +293,50 @@ class CellOperations:
         self._claims[cell] = pool
         try:
             reply = yield self._ask(cell, message, ADD_TIMEOUT_MESSAGE)
-            known = {i.id: i for i in self._context.view.instances.values()}
             try:
-                inventory = read_inventory(
-                    reply, pool=pool, cell=cell, cell_address=self.address(cell), known=known
-                )
-            except InventoryError as error:
-                raise CellRefused(f"cell '{cell}' sent an unusable inventory: {error}") from None
-            for reason in inventory.skipped:
-                self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
-            base = record or ComputeCell(name=cell)
-            changes: list[Change] = [Put(evolve(base, pool=pool))]
-            changes.extend(Put(instance) for instance in inventory.instances)
-            yield self._context.commit(*changes)
+                yield self._context.commit(*self._joining(pool, cell, message, reply))
+            except Exception:
+                # The Cell applied the pool but Core will not record it: undo on the Cell.
+                self._tell_removed(cell)
+                raise
+        except OperationTimeout:
+            self._tell_removed(cell)  # in case the Cell applies the push late
+            raise
         finally:
             del self._claims[cell]
         self.log.info("{cell} added to pool {pool}", cell=cell, pool=pool)
         return None
+
+    def _joining(self, pool: str, cell: str, pushed: Message, reply: Message) -> list[Change]:
+        """The changes that record ``cell`` in ``pool`` after its ready reply, re-validated."""
+        if self.pool_ready_message(self._pool(pool)) != pushed:
+            # Storage or network changed while the Cell applied the old ones.
+            raise InvalidRequest(f"pool '{pool}' changed while adding cell '{cell}', retry")
+        record = self._context.view.cells.get(cell) or ComputeCell(name=cell)
+        if record.pool:
+            raise InvalidRequest(f"cell '{cell}' already in pool '{record.pool}'")
+        try:
+            inventory = read_inventory(
+                reply,
+                pool=pool,
+                cell=cell,
+                cell_address=self.address(cell),
+                known=self._context.view.instances,
+            )
+        except InventoryError as error:
+            raise CellRefused(f"cell '{cell}' sent an unusable inventory: {error}") from None
+        for reason in inventory.skipped:
+            self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
+        changes: list[Change] = [Put(evolve(record, pool=pool))]
+        changes.extend(Put(instance) for instance in inventory.instances)
+        return changes
+
+    def _tell_removed(self, cell: str) -> None:
+        """Best effort: a Cell that is gone has nothing to undo."""
+        try:
+            self._cells.send(cell, Message(id=MessageID.ComputeCellRemovedEvent))
+        except LinkError as error:
+            self.log.info("{cell} not told of its removal: {error}", cell=cell, error=str(error))
 
     @inlineCallbacks
     def remove(self, pool: str, cell: str) -> Any:
@@ -322,10 +349,7 @@ class CellOperations:
                 "migrate or delete all instance(s) before remove cell"
             )
         yield self._context.commit(Delete(ComputeCell, cell))
-        try:
-            self._cells.send(cell, Message(id=MessageID.ComputeCellRemovedEvent))
-        except LinkError as error:
-            self.log.info("{cell} not told of its removal: {error}", cell=cell, error=str(error))
+        self._tell_removed(cell)
         return None
 
     def modify(self, pool: str, cell: str, enable: bool, purge: bool = False) -> Deferred[None]:
