@@ -19,13 +19,14 @@ from nanocore.api import envelope
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
 from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.model import ComputeCell
 from nanocore.operations.core import Operations
 from nanocore.pki import CertificateAuthority, create_ca
 from nanocore.store import Put, Store, UnitOfWork
 from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
 from nanocore.testing.guests import GuestState, SimulatedGuest
-from tests.cellfixtures import NOW, SEED, TIMEOUT, GiB
+from tests.cellfixtures import NOW, SEED, TIMEOUT, GiB, instance
 
 reactor: Any = _reactor
 CELL = "Cell_00163e0000a1"
@@ -167,3 +168,38 @@ class FakeCellMembershipTests(TestCase):
         self.assertEqual(
             (status["alive"], status["instances"], status["max_cpu"]), (False, [0, 0, 1, 0], 0)
         )
+
+    async def round_trip(self) -> None:
+        """Everything Core sent the Cell before this has been answered and handled."""
+        reply = await self.cluster.registry.request(
+            CELL,
+            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: CELL}),
+        )
+        self.assertTrue(reply.success)
+        await self.store.commit(UnitOfWork(()))
+
+    async def test_purge_pending_cell_is_purged_when_it_connects(self) -> None:
+        await self.store.commit(
+            UnitOfWork.of(
+                Put(ComputeCell(name=CELL, pool="shared", enabled=False, purge_pending=True))
+            )
+        )
+        await self.store.commit(UnitOfWork.of(Put(instance("stale", CELL))))
+        cell = self.cluster.add_cell(CELL, clock=Clock())
+        cell.guests["stale"] = SimulatedGuest(id="stale", name="admin.vm-stale")
+        await self.cluster.waiter.until_reported({CELL})
+        await self.round_trip()
+        self.assertEqual(cell.guests, {})
+        self.assertNotIn(MessageID.ComputePoolReadyEvent, [m.id for m in cell.received])
+        self.assertEqual(dict(self.store.view.instances), {})
+        self.assertEqual(
+            self.store.view.cells[CELL],
+            ComputeCell(name=CELL, pool="shared", enabled=False, purge_pending=False),
+        )
+
+    async def test_member_reconnecting_is_sent_its_pool(self) -> None:
+        await self.store.commit(UnitOfWork.of(Put(ComputeCell(name=CELL, pool="shared"))))
+        cell = self.cluster.add_cell(CELL, clock=Clock())
+        await self.cluster.waiter.until_reported({CELL})
+        await self.round_trip()
+        self.assertEqual((cell.pool, cell.network["mode"]), ("shared", "cloudinit"))
