@@ -206,8 +206,8 @@ class Writer:
     def _delete(self, table: Table, key: Hashable) -> None:
         try:
             values = table.key_values(key)
-        except AssertionError:
-            raise NotFound(f"{table.description} key {key!r} is malformed") from None
+        except ValueError as error:
+            raise NotFound(f"{table.description} key {key!r} is malformed: {error}") from None
         try:
             cursor = self._connection.execute(self._statements[table.kind].delete, values)
         except sqlite3.IntegrityError:
