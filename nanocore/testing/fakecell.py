@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nanocore.cluster.cells import CellStatus
+from nanocore.cluster.discovery import SonarEcho, core_service, find_core
 from nanocore.cluster.message import Message, MessageID, ParamKey, response_id
 from nanocore.cluster.transactions import reply_to
 from nanocore.cluster.transport import (
@@ -901,3 +902,30 @@ class LocatedCoreEndpoint:
             return await wrapClientTLS(self._tls_for(host), tcp).connect(protocolFactory)
 
         return Deferred.fromCoroutine(dial())
+
+
+class NoCoreService(Exception):
+    """A discovery echo answered but named no "core" service."""
+
+
+def discover_core(
+    reactor: Any,
+    clock: IReactorTime,
+    *,
+    find: Callable[..., Deferred[SonarEcho]] = find_core,
+    **query: Any,
+) -> Locate:
+    """A :data:`Locate` that asks sonar discovery where Core is, as a Cell does (§1.3, §2.9).
+
+    ``query`` goes to :func:`~nanocore.cluster.discovery.find_core` (``domain``,
+    ``group_address``, ``group_port``, ``interface``, ``timeout``).
+    """
+
+    async def locate() -> tuple[str, int]:
+        echo = await find(reactor, clock, **query)
+        service = core_service(echo)
+        if service is None:
+            raise NoCoreService(f"echo {echo.id} from discovery names no core service")
+        return service.address, service.port
+
+    return lambda: Deferred.fromCoroutine(locate())
