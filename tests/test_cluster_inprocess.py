@@ -6,6 +6,9 @@ Also the TLS edge: a client without a certificate from the cluster CA never beco
 from __future__ import annotations
 
 import functools
+import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from nanocore.pki import (
 from nanocore.testing import simtap
 from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import FakeCell
+from tests import test_discovery_netns
 
 reactor: Any = _reactor
 CELLS = 100
@@ -221,3 +225,24 @@ class FrozenCellTests(TestCase):
         await cluster.factory.when_all_closed()
         await cluster.remove_cell("Cell_frozen")
         self.assertIsNone(cell.link)
+
+
+class DiscoveredFabricTests(TestCase):
+    """FakeCells find Core by real multicast discovery, then link over TLS: all inside a network
+    namespace the test creates (only ``lo``), skipped with the reason where impossible."""
+
+    timeout = 60
+
+    async def test_cells_discover_core_and_link(self) -> None:
+        namespace = await test_discovery_netns.RealMulticastTests._namespace(self)  # type: ignore[arg-type]
+        ip = shutil.which("ip")
+        assert ip is not None
+        out, err, code = await test_discovery_netns._run(
+            ip, "netns", "exec", namespace, sys.executable, "-m", "tests.netns_fabric_probe"
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        self.assertEqual(set(result["states"].values()), {"alive"})
+        self.assertEqual(len(result["states"]), 3)
+        self.assertEqual(result["addresses"], ["127.0.0.1"])
+        self.assertGreaterEqual(result["echoes"], 1)
