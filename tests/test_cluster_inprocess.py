@@ -17,8 +17,9 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
-from nanocore.cluster.cells import CellState
+from nanocore.cluster.cells import CellObserver, CellState
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transport import DISCONNECT_AFTER, LOST_AFTER
 from nanocore.pki import (
@@ -34,6 +35,7 @@ from nanocore.pki import (
 from nanocore.testing import simtap
 from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import FakeCell
+from nanocore.testing.guests import GuestState
 from tests import test_discovery_netns
 
 reactor: Any = _reactor
@@ -246,3 +248,61 @@ class DiscoveredFabricTests(TestCase):
         self.assertEqual(len(result["states"]), 3)
         self.assertEqual(result["addresses"], ["127.0.0.1"])
         self.assertGreaterEqual(result["echoes"], 1)
+
+
+@implementer(CellObserver)
+class EventWaiter:
+    """Fires a Deferred when a Cell sends an event with a given id."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, Deferred[Message]] = {}
+
+    def until(self, message_id: int) -> Deferred[Message]:
+        d: Deferred[Message] = Deferred()
+        self.waiting[message_id] = d
+        return d
+
+    def cell_event(self, name: str, message: Message) -> None:
+        d = self.waiting.pop(message.id, None)
+        if d is not None:
+            d.callback(message)
+
+    def cell_available(self, name: str, address: str) -> None:
+        pass
+
+    def cell_status(self, name: str, status: object) -> None:
+        pass
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        pass
+
+
+class GuestOverTLSTests(TestCase):
+    async def test_create_guest_and_stop_with_work_pending(self) -> None:
+        """A guest is created over the real link; stopping mid-creation leaves no timer behind."""
+        cluster = InProcessCluster(reactor, cluster_ca())
+        await cluster.listen()
+        self.addCleanup(lambda: ensureDeferred(cluster.stop()))
+        events = EventWaiter()
+        cluster.registry.subscribe(events)
+        cell = cluster.add_cell("Cell_guests", creation_time=0.05)
+        await cell.connected()
+
+        def create(guest: str) -> Deferred[Message]:
+            return cluster.registry.request(
+                "Cell_guests",
+                Message(
+                    id=MessageID.CreateGuestRequest,
+                    string_params={ParamKey.Name: "g.vm", ParamKey.Instance: guest},
+                    uint_params={ParamKey.Core: 1, ParamKey.Memory: 1 << 30},
+                    uint_array_params={ParamKey.Disk: (1 << 30,)},
+                ),
+            )
+
+        created = events.until(MessageID.GuestCreatedEvent)
+        reply = await create("guest-1")
+        self.assertEqual(reply.string_params[ParamKey.Instance], "guest-1")
+        self.assertEqual((await created).string_params[ParamKey.Instance], "guest-1")
+        cell._creation_time = 3600.0  # the next creation is still running when the test ends
+        await create("guest-2")
+        self.assertIs(cell.guests["guest-2"].state, GuestState.CREATING)
