@@ -15,6 +15,7 @@ import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
+from functools import lru_cache
 from urllib.parse import quote_plus, unquote_to_bytes
 
 from attrs import frozen
@@ -71,7 +72,9 @@ def _go_query_unescape(text: str) -> str | None:
     return unquote_to_bytes(text.replace("+", " ")).decode("utf-8", errors="replace")
 
 
+@lru_cache(maxsize=4096)
 def canonical_uri(path: str) -> str:
+    """The path escaped twice (cached: clients call the same few paths over and over)."""
     return go_query_escape(go_query_escape(path))
 
 
