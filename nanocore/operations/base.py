@@ -54,6 +54,13 @@ class Context:
     def claimed(self, claim: Hashable) -> bool:
         return claim in self._claims
 
+    def claim(self, claim: Hashable) -> None:
+        """Hold ``claim`` across a wait that precedes the commit (e.g. a Cell's answer)."""
+        self._claims.add(claim)
+
+    def release(self, claim: Hashable) -> None:
+        self._claims.discard(claim)
+
     def commit(self, *changes: Change, claims: tuple[Hashable, ...] = ()) -> Deferred[None]:
         """Commit ``changes`` as one unit; ``claims`` are held (see :meth:`claimed`) until done.
 
