@@ -32,7 +32,7 @@ def cluster_ca() -> CertificateAuthority:
     return create_ca()
 
 
-class CellRoutesTests(TestCase):
+class CellTestCase(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
         data_dir = Path(self.mktemp())
@@ -79,6 +79,8 @@ class CellRoutesTests(TestCase):
         )
         yield self.ok("POST", "/compute_pools/shared", {"storage": "nfs", "network": "net"})
 
+
+class CellRoutesTests(CellTestCase):
     @inlineCallbacks
     def test_connected_cells_are_unallocated(self) -> Any:
         listed = yield self.ok("GET", "/compute_pool_cells/")
@@ -107,8 +109,9 @@ class CellRoutesTests(TestCase):
                          [OTHER])  # fmt: skip
         self.assertEqual(
             (yield self.ok("GET", f"/compute_pool_cells/shared/{CELL}")),
-            {"name": CELL, "address": "127.0.0.1", "enabled": True, "alive": True},
-        )
+            {"name": CELL, "address": "127.0.0.1", "enabled": True, "alive": True,
+             "storage": [{"name": "nfs", "attached": True}]},
+        )  # fmt: skip
         pool = yield self.ok("GET", "/compute_pool_status/shared")
         self.assertEqual(
             (pool["cells"], pool["max_cpu"], pool["max_memory"]), ([0, 1], 8, 16 * GiB)
@@ -186,3 +189,54 @@ class CellRoutesTests(TestCase):
             f"1 instance(s) left in cell '{CELL}', "
             "migrate or delete all instance(s) before remove cell",
         )
+
+
+class CellLiveQueryTests(CellTestCase):
+    """Routes that ask the Cell itself: storage attachment, storage paths, address changes."""
+
+    @inlineCallbacks
+    def test_get_cell_reports_attached_storage(self) -> Any:
+        yield self.shared_pool()
+        yield self.ok("POST", f"/compute_pool_cells/shared/{CELL}")
+        self.assertEqual(
+            (yield self.ok("GET", f"/compute_pool_cells/shared/{CELL}")),
+            {"name": CELL, "address": "127.0.0.1", "enabled": True, "alive": True,
+             "storage": [{"name": "nfs", "attached": True}]},
+        )  # fmt: skip
+
+    @inlineCallbacks
+    def test_storage_paths(self) -> Any:
+        yield self.ok("POST", f"/compute_pool_cells/default/{CELL}")
+        path = f"/compute_cell_status/default/{CELL}/storages/"
+        self.assertEqual(
+            (yield self.ok("GET", path)),
+            {"mode": "local", "system": ["/var/lib/libvirt/images"],
+             "data": ["/var/lib/libvirt/images"]},
+        )  # fmt: skip
+        self.assertEqual((yield self.refused("PUT", path, {})), "target path required")
+        yield self.ok("PUT", path, {"default": "/data"})
+        self.assertEqual(self.cells[CELL].storage_paths, ["/data"])
+        self.assertEqual(
+            (yield self.refused("GET", f"/compute_cell_status/default/{OTHER}/storages/")),
+            f"cell '{OTHER}' not in pool 'default'",
+        )
+
+    @inlineCallbacks
+    def test_cell_error_is_forwarded(self) -> Any:
+        yield self.ok("POST", f"/compute_pool_cells/default/{CELL}")
+        self.cells[CELL].inject(MessageID.QueryCellStorageRequest, Fault(error="disk gone"))
+        self.assertEqual(
+            (yield self.refused("GET", f"/compute_cell_status/default/{CELL}/storages/")),
+            f"cell '{CELL}': disk gone",
+        )
+
+    @inlineCallbacks
+    def test_address_pool_change_reaches_member_cells(self) -> Any:
+        yield self.shared_pool()
+        yield self.ok("POST", f"/compute_pool_cells/shared/{CELL}")
+        received = len(self.cells[CELL].received)
+        yield self.ok("PUT", "/address_pools/net", {"gateway": "192.0.2.254", "provider": "dhcp"})
+        yield self.ok("GET", f"/compute_cell_status/shared/{CELL}/storages/")  # a round trip
+        later = list(self.cells[CELL].received)[received:]
+        self.assertIn(MessageID.AddressPoolChangedEvent, [m.id for m in later])
+        self.assertEqual(self.cells[CELL].network["gateway"], "192.0.2.254")

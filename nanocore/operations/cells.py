@@ -11,7 +11,7 @@ import contextlib
 from typing import Any, Protocol
 
 from attrs import evolve, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from nanocore.cluster.cells import CellState, CellStatus
@@ -105,6 +105,26 @@ class CellInfo:
     alive: bool
 
 
+@frozen
+class AttachedStorage:
+    name: str
+    attached: bool
+    error: str = ""
+
+
+@frozen
+class CellDetail:
+    info: CellInfo
+    storage: tuple[AttachedStorage, ...] = ()
+
+
+@frozen
+class StoragePaths:
+    mode: str
+    system: tuple[str, ...]
+    data: tuple[str, ...]
+
+
 class Cells:
     def __init__(
         self, context: Context, links: CellLinks, ready_timeout: float = READY_TIMEOUT
@@ -113,6 +133,11 @@ class Cells:
         self._links = links
         self._ready_timeout = ready_timeout
         self._monitor = RegistryMonitor(links)
+
+    def notify(self, name: str, message: Message) -> None:
+        """Fire-and-forget to a Cell if it is connected; a missing Cell re-syncs on rejoin."""
+        with contextlib.suppress(LinkError, InvalidRequest):
+            self._links.send(name, message)
 
     def _info(self, name: str, enabled: bool) -> CellInfo:
         return CellInfo(name, self._monitor.address(name), enabled, self._monitor.alive(name))
@@ -146,8 +171,65 @@ class Cells:
             if cells[name].pool == pool
         ]
 
-    def get(self, pool: str, name: str) -> CellInfo:
-        return self._info(name, self._member(pool, name).enabled)
+    def get(self, pool: str, name: str) -> Deferred[CellDetail]:
+        """The cell, with its storage attachment asked live while it is alive and enabled."""
+        info = self._info(name, self._member(pool, name).enabled)
+        if not (info.alive and info.enabled):
+            return succeed(CellDetail(info))
+        asked = self._ask(name, MessageID.GetComputePoolCellRequest)
+
+        def detail(reply: Message) -> CellDetail:
+            names = reply.string_array_params.get(ParamKey.Storage, ())
+            errors = reply.string_array_params.get(ParamKey.Error, ())
+            attached = reply.uint_array_params.get(ParamKey.Attach, ())
+            return CellDetail(
+                info,
+                tuple(
+                    AttachedStorage(
+                        device,
+                        bool(attached[i]) if i < len(attached) else False,
+                        errors[i] if i < len(errors) else "",
+                    )
+                    for i, device in enumerate(names)
+                ),
+            )
+
+        return asked.addCallback(detail)
+
+    def storage_paths(self, pool: str, name: str) -> Deferred[StoragePaths]:
+        self._member(pool, name)
+
+        def paths(reply: Message) -> StoragePaths:
+            mode = reply.uint_params.get(ParamKey.Mode, 0)
+            return StoragePaths(
+                "nfs" if mode == 1 else "local",
+                tuple(reply.string_array_params.get(ParamKey.System, ())),
+                tuple(reply.string_array_params.get(ParamKey.Data, ())),
+            )
+
+        return self._ask(name, MessageID.QueryCellStorageRequest).addCallback(paths)
+
+    def change_storage_path(self, pool: str, name: str, path: str) -> Deferred[None]:
+        self._member(pool, name)
+        if not path:
+            raise InvalidRequest("target path required")
+        asked = self._ask(name, MessageID.ModifyCellStorageRequest, {ParamKey.Path: path})
+        return asked.addCallback(lambda _: None)
+
+    def _ask(
+        self, name: str, message_id: int, strings: dict[int, str] | None = None
+    ) -> Deferred[Message]:
+        """A request to the Cell; its failures become messages the client can read."""
+        message = Message(id=message_id, string_params={ParamKey.Cell: name, **(strings or {})})
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(TransactionTimeout):
+                return Failure(OperationTimeout("cell timeout"))
+            if failure.check(CellError, LinkError):
+                return Failure(InvalidRequest(f"cell '{name}': {failure.value}"))
+            return failure
+
+        return self._links.request(name, message).addErrback(failed)
 
     def add(self, pool_name: str, name: str) -> Deferred[None]:
         pool = self._pool(pool_name)
@@ -211,12 +293,9 @@ class Cells:
                 "migrate or delete all instance(s) before remove cell"
             )
 
-        def notify(_: None) -> None:
-            # The Cell may be gone; it then learns its new state when it next joins a pool.
-            with contextlib.suppress(LinkError, InvalidRequest):
-                self._links.send(name, Message(id=MessageID.ComputeCellRemovedEvent))
-
-        return self._context.commit(Delete(ComputeCell, name)).addCallback(notify)
+        removed = Message(id=MessageID.ComputeCellRemovedEvent)
+        d = self._context.commit(Delete(ComputeCell, name))
+        return d.addCallback(lambda _: self.notify(name, removed))
 
     def modify(self, pool: str, name: str, enable: bool) -> Deferred[None]:
         cell = self._member(pool, name)

@@ -27,13 +27,13 @@ class Operations:
         self.context = Context(store, clock)
         self.compute_pools = ComputePools(self.context)
         self.storage_pools = StoragePools(self.context)
-        self.address_pools = AddressPools(self.context)
         self.templates = Templates(self.context)
         self.security_groups = SecurityGroups(self.context)
         links = cells if cells is not None else NoLinks()
         if monitor is None:
             monitor = RegistryMonitor(links) if cells is not None else NoCells()
         self.cells = Cells(self.context, links)
+        self.address_pools = AddressPools(self.context, self.cells.notify)
         self.status = Status(self.context, monitor, self.context.now_text())
 
     def revision(self) -> int:
