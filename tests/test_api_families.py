@@ -576,3 +576,11 @@ class CacheFollowsCommitsTests(StoreTestCase):
         self.assertEqual(len((yield self.ok("GET", "/storage_pools/"))), 1)
         yield self.ok("DELETE", "/storage_pools/s")
         self.assertEqual(len((yield self.ok("GET", "/storage_pools/"))), 0)
+
+
+class CacheFollowsOtherCommitsTests(StoreTestCase):
+    @inlineCallbacks
+    def test_commit_that_bypasses_operations_still_refreshes_lists(self) -> Any:
+        self.assertEqual(len((yield self.ok("GET", "/compute_pools/"))), 1)
+        yield self.store.commit(UnitOfWork.of(Insert(ComputeCell("cell-z", pool="default"))))
+        self.assertEqual((yield self.ok("GET", "/compute_pools/"))[0]["cells"], 1)

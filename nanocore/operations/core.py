@@ -36,6 +36,6 @@ class Operations:
         self.address_pools = AddressPools(self.context, self.cells.notify)
         self.status = Status(self.context, monitor, self.context.now_text())
 
-    def revision(self) -> int:
+    def revision(self) -> tuple[int, int]:
         """Changes with every commit made through these operations (keys the API's cache)."""
         return self.context.revision()
