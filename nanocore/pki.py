@@ -1,0 +1,349 @@
+"""The cluster CA in the cert dir and the certificates it issues.
+
+The original Core needed a root CA made by the Installer and never verified anything: every TLS
+client skipped verification. nanocore makes its own CA on first start (or uses the one the
+Installer left in the cert dir), and everything it issues is verified against that CA only:
+the image-server certificate by IP address, and the Cells' client certificates, which are the
+only source of a Cell's name on the link.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
+
+log = Logger()
+
+CA_CERT_FILE = "nano_ca.crt.pem"
+CA_KEY_FILE = "nano_ca.key.pem"
+IMAGE_CERT_FILE = "nano_image.crt.pem"
+IMAGE_KEY_FILE = "nano_image.key.pem"
+
+#: Marks a certificate issued to a Cell; a server certificate from the same CA is not a Cell.
+CELL_UNIT = "cell"
+ORGANIZATION = "nano"
+
+CA_LIFETIME = datetime.timedelta(days=20 * 365)
+LEAF_LIFETIME = datetime.timedelta(days=5 * 365)
+#: A server certificate this close to expiry is re-issued at start.
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+Now = Callable[[], datetime.datetime]
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class PKIError(Exception):
+    """The cert dir holds something nanocore cannot use; the message says what and where."""
+
+
+@attrs.frozen
+class IssuedCertificate:
+    """A certificate with its private key."""
+
+    certificate: x509.Certificate
+    private_key: CertificateIssuerPrivateKeyTypes
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def private_key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def to_twisted(self) -> ssl.PrivateCertificate:
+        return ssl.PrivateCertificate.loadPEM(self.certificate_pem + self.private_key_pem)
+
+
+@attrs.frozen
+class CertificateAuthority(IssuedCertificate):
+    """The cluster CA: it signs the image server's, Core's and every Cell's certificate."""
+
+    def issues(self, certificate: x509.Certificate) -> bool:
+        """Whether C{certificate} carries a valid signature of this CA."""
+        try:
+            certificate.verify_directly_issued_by(self.certificate)
+        except (InvalidSignature, TypeError, ValueError):
+            return False
+        return True
+
+    def trust_root(self) -> ssl.Certificate:
+        return ssl.Certificate.loadPEM(self.certificate_pem)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    # P-256: as strong as RSA-3072 and a thousand times faster to generate, which matters for
+    # tests and simulators that issue hundreds of Cell certificates.
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(common_name: str, unit: str | None = None) -> x509.Name:
+    attributes = [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ]
+    if unit is not None:
+        attributes.insert(1, x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    return x509.Name(attributes)
+
+
+def create_ca(now: Now = _utcnow) -> CertificateAuthority:
+    """A new self-signed cluster CA."""
+    key = _new_key()
+    subject = _name("nano cluster CA")
+    start = now() - datetime.timedelta(minutes=5)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertificateAuthority(certificate, key)
+
+
+def _issue(
+    ca: CertificateAuthority,
+    subject: x509.Name,
+    alternative_name: x509.GeneralName,
+    usage: x509.ObjectIdentifier,
+    now: Now,
+) -> IssuedCertificate:
+    key = _new_key()
+    start = now() - datetime.timedelta(minutes=5)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + LEAF_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([alternative_name]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.certificate.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca.private_key, hashes.SHA256())
+    )
+    return IssuedCertificate(certificate, key)
+
+
+def issue_server_certificate(
+    ca: CertificateAuthority,
+    address: str,
+    *,
+    common_name: str = "nano ImageServer",
+    now: Now = _utcnow,
+) -> IssuedCertificate:
+    """A server certificate whose only subjectAltName is the IP C{address}."""
+    ip = ipaddress.ip_address(address)
+    return _issue(ca, _name(common_name), x509.IPAddress(ip), ExtendedKeyUsageOID.SERVER_AUTH, now)
+
+
+def issue_cell_certificate(
+    ca: CertificateAuthority, cell_name: str, *, now: Now = _utcnow
+) -> IssuedCertificate:
+    """A client certificate that names a Cell; the link takes the Cell's name from it."""
+    if not cell_name or not all(c.isalnum() or c in "_-." for c in cell_name):
+        raise PKIError(f"invalid cell name {cell_name!r}: expected letters, digits, '_-.'")
+    return _issue(
+        ca,
+        _name(cell_name, unit=CELL_UNIT),
+        x509.DNSName(cell_name),
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        now,
+    )
+
+
+def _write_private(path: Path, data: bytes, mode: int) -> None:
+    """Write C{data} to C{path} atomically, never readable by others even for an instant."""
+    temporary = path.with_name(path.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
+
+
+def write_pair(issued: IssuedCertificate, cert_path: Path, key_path: Path) -> None:
+    """Store a certificate (0644) and its key (0600), the key first."""
+    cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_private(key_path, issued.private_key_pem, 0o600)
+    _write_private(cert_path, issued.certificate_pem, 0o644)
+
+
+def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Any]:
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise PKIError(f"{cert_path}: not a readable PEM certificate ({e})") from e
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise PKIError(f"{key_path}: not a readable unencrypted PEM private key ({e})") from e
+    if key.public_key().public_numbers() != certificate.public_key().public_numbers():  # type: ignore[union-attr]
+        raise PKIError(f"{key_path}: this key does not belong to {cert_path}")
+    return certificate, key
+
+
+def load_or_create_ca(cert_dir: Path, *, now: Now = _utcnow) -> CertificateAuthority:
+    """The cluster CA of C{cert_dir}, created there (key 0600) if it has none."""
+    cert_path, key_path = cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE
+    if cert_path.exists() != key_path.exists():
+        present, missing = (cert_path, key_path) if cert_path.exists() else (key_path, cert_path)
+        raise PKIError(f"{present} exists but {missing} does not: restore it or remove both")
+    if cert_path.exists():
+        certificate, key = _load_pair(cert_path, key_path)
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        if not constraints.value.ca:
+            raise PKIError(f"{cert_path}: not a CA certificate")
+        return CertificateAuthority(certificate, key)
+    ca = create_ca(now)
+    write_pair(ca, cert_path, key_path)
+    log.info("created the cluster CA in {path}", path=str(cert_path))
+    return ca
+
+
+def first_ip_address(certificate: x509.Certificate) -> str | None:
+    """The first IP subjectAltName, the one the original compares with the listen address."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    addresses = names.value.get_values_for_type(x509.IPAddress)
+    return str(addresses[0]) if addresses else None
+
+
+def ensure_server_certificate(
+    ca: CertificateAuthority,
+    address: str,
+    cert_path: Path,
+    key_path: Path,
+    *,
+    now: Now = _utcnow,
+) -> IssuedCertificate:
+    """The server certificate at C{cert_path}, (re)issued when it is missing, names another
+    address, is not from C{ca}, or is about to expire."""
+    if cert_path.exists() and key_path.exists():
+        try:
+            certificate, key = _load_pair(cert_path, key_path)
+        except PKIError as e:
+            log.warn("re-issuing the server certificate: {reason}", reason=str(e))
+        else:
+            found = first_ip_address(certificate)
+            if found != str(ipaddress.ip_address(address)):
+                log.info(
+                    "re-issuing {path}: it names {found}, the listen address is {address}",
+                    path=str(cert_path),
+                    found=found,
+                    address=address,
+                )
+            elif not ca.issues(certificate):
+                log.info("re-issuing {path}: not issued by the cluster CA", path=str(cert_path))
+            elif certificate.not_valid_after_utc - RENEW_BEFORE < now():
+                log.info("re-issuing {path}: it expires soon", path=str(cert_path))
+            else:
+                return IssuedCertificate(certificate, key)
+    issued = issue_server_certificate(ca, address, now=now)
+    write_pair(issued, cert_path, key_path)
+    log.info("issued {path} for {address}", path=str(cert_path), address=address)
+    return issued
+
+
+def server_tls_options(
+    ca: CertificateAuthority, issued: IssuedCertificate, *, require_client_certificate: bool
+) -> ssl.CertificateOptions:
+    """TLS options for a server; with C{require_client_certificate}, only clients holding a
+    certificate from C{ca} complete the handshake."""
+    own = issued.to_twisted()
+    if require_client_certificate:
+        return own.options(ca.trust_root())
+    return own.options()
+
+
+def client_tls_options(
+    ca: CertificateAuthority,
+    hostname_or_ip: str,
+    issued: IssuedCertificate | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """TLS options for a client that trusts only C{ca} and checks the server's identity
+    (an IP address or a host name) with service_identity."""
+    return ssl.optionsForClientTLS(
+        hostname_or_ip,
+        trustRoot=ca.trust_root(),
+        clientCertificate=issued.to_twisted() if issued is not None else None,
+    )
+
+
+def cell_name_of(certificate: x509.Certificate) -> str | None:
+    """The Cell name a verified client certificate carries, or None if it is not a Cell's."""
+    subject = certificate.subject
+    units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if [unit.value for unit in units] != [CELL_UNIT]:
+        return None
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage.value:
+        return None
+    dns_names = names.value.get_values_for_type(x509.DNSName)
+    return dns_names[0] if len(dns_names) == 1 else None
+
+
+def peer_cell_name(transport: Any) -> str | None:
+    """The Cell name from the client certificate of a TLS C{transport} whose handshake is done
+    (the certificate was verified against the CA by then); None if it presented no Cell's."""
+    peer = transport.getPeerCertificate()
+    if peer is None:
+        return None
+    return cell_name_of(peer.to_cryptography())
