@@ -9,8 +9,10 @@ touching the others. This module composes; it holds no behaviour of its own.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from attrs import frozen
 from klein import Klein
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
@@ -23,6 +25,13 @@ from twisted.web.server import Site
 from nanocore import COMPATIBLE_CORE_VERSION, __version__
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import Layout, LayoutOptions
+from nanocore.pki import (
+    CertificateAuthority,
+    IssuedCertificate,
+    PKIError,
+    ensure_server_certificate,
+    load_or_create_ca,
+)
 
 log = Logger()
 
@@ -70,15 +79,37 @@ def api_site(config: CoreConfig) -> Site:
 
 def api_service(config: CoreConfig, reactor: IReactorTCP) -> IService:
     """Serve the API site on `listen_address`:`port` (the original binds every interface)."""
-    endpoint = TCP4ServerEndpoint(
-        reactor, config.api.port, interface=config.domain.listen_address
-    )
+    endpoint = TCP4ServerEndpoint(reactor, config.api.port, interface=config.domain.listen_address)
     service = StreamServerEndpointService(endpoint, api_site(config))
     # As `strports.service` does: a port that cannot be bound fails startService, so twistd
     # reports it to `nanocore start` instead of logging it from a daemon that serves nothing.
     service._raiseSynchronously = True
     service.setName(API_SERVICE_NAME)
     return service
+
+
+@frozen
+class Certificates:
+    """The cluster CA and the certificate the image site (and later the Cell link) serves."""
+
+    ca: CertificateAuthority
+    image: IssuedCertificate
+
+
+def prepare_certificates(layout: Layout, config: CoreConfig) -> Certificates:
+    """Create the cluster CA if the cert folder has none; (re)issue the image certificate.
+
+    The image certificate must name `listen_address`, as in the original; relative paths in
+    image.cfg are taken from the working directory.
+    """
+    ca = load_or_create_ca(layout.cert_dir)
+    image = ensure_server_certificate(
+        ca,
+        config.domain.listen_address,
+        Path(config.image.cert_file).absolute(),
+        Path(config.image.key_file).absolute(),
+    )
+    return Certificates(ca=ca, image=image)
 
 
 def load_checked_config(layout: Layout) -> CoreConfig:
@@ -88,15 +119,24 @@ def load_checked_config(layout: Layout) -> CoreConfig:
     return load_config(layout.config_dir)
 
 
-def build_service(layout: Layout, config: CoreConfig, reactor: IReactorTCP) -> MultiService:
-    """Compose the running core from validated config; one child service per concern."""
+def build_service(
+    layout: Layout,
+    config: CoreConfig,
+    certificates: Certificates,
+    reactor: IReactorTCP,
+) -> MultiService:
+    """Compose the running core from validated config; one child service per concern.
+
+    The store, the cluster services (discovery, Cell link listener) and the image site join
+    here, each from its own function like `api_service`.
+    """
     top = MultiService()
     api_service(config, reactor).setServiceParent(top)
     return top
 
 
 def makeService(options: Options, reactor: IReactorTCP | None = None) -> MultiService:
-    """The twistd entry point; a config fault ends the process with a message naming it."""
+    """The twistd entry point; a config or certificate fault ends the process, naming it."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -106,6 +146,10 @@ def makeService(options: Options, reactor: IReactorTCP | None = None) -> MultiSe
         config = load_checked_config(layout)
     except ConfigError as error:
         raise SystemExit(f"nanocore: config error: {error}") from None
+    try:
+        certificates = prepare_certificates(layout, config)
+    except (PKIError, OSError) as error:
+        raise SystemExit(f"nanocore: certificate error: {error}") from None
     log.info(
         "nanocore {version} (compatible with Nano Core {compatible}): API on {address}:{port}",
         version=__version__,
@@ -113,4 +157,4 @@ def makeService(options: Options, reactor: IReactorTCP | None = None) -> MultiSe
         address=config.domain.listen_address,
         port=config.api.port,
     )
-    return build_service(layout, config, reactor)
+    return build_service(layout, config, certificates, reactor)
