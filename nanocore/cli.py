@@ -90,6 +90,25 @@ class ImportOptions(DataDirOptions):
         " resource.data and image.data) into nanocore's data folder. nanocore must be stopped."
     )
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Accept options after PATH too (`import-nano PATH --data-dir D`), unlike getopt."""
+        items = list(sys.argv[1:] if options is None else options)
+        takes_value = {"--" + name[:-1] for name in self.longOpt if name.endswith("=")}
+        flags: list[str] = []
+        positional: list[str] = []
+        while items:
+            item = items.pop(0)
+            if item == "--":
+                positional.extend(items)
+                break
+            if item.startswith("-") and item != "-":
+                flags.append(item)
+                if item in takes_value and items:
+                    flags.append(items.pop(0))
+            else:
+                positional.append(item)
+        super().parseOptions([*flags, "--", *positional])
+
     def parseArgs(self, source: str) -> None:  # type: ignore[override]
         self["source"] = Path(source)
 
@@ -101,6 +120,7 @@ class CommandOptions(usage.Options):
         """Print the nanocore version and exit."""
         print(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
         raise SystemExit(0)
+
     longdesc = "Nano Core control node. `nanocore COMMAND --help` describes each command."
     subCommands = [
         ["start", None, StartOptions, "start nanocore as a daemon"],
