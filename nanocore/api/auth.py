@@ -1,0 +1,293 @@
+"""Nano-HMAC-SHA256 request signatures (api-reference §2), verified more strictly than Core.
+
+The canonical request, scope and signing key are exactly Core's, so an unchanged Nano client
+signs requests nanocore accepts. On top of that: ``Nano-Date`` is required and must lie within
+``skew`` seconds of the injected clock (Core accepted any time on the same calendar day, or any
+time at all without the header), and a signature of a mutating request is accepted only once
+while it is fresh (Core had no replay protection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+from collections.abc import Mapping
+from datetime import datetime
+from enum import Enum
+from urllib.parse import quote_plus, unquote_to_bytes
+
+from attrs import frozen
+from twisted.internet.interfaces import IReactorTime
+
+METHOD = "Nano-HMAC-SHA256"
+EMPTY_PAYLOAD_HASH = hashlib.sha256(b"").hexdigest()
+UNHASHED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MUTATING_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+DEFAULT_SKEW = 300.0
+
+
+class Variant(Enum):
+    """Request signatures hash the body; stream signatures leave it out (it is proxied)."""
+
+    REQUEST = "request"
+    STREAM = "stream"
+
+
+class AuthError(Exception):
+    """Verification failed; ``message`` names the check, never the key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@frozen
+class RequestParts:
+    """What a signature covers, taken from the HTTP request by the caller.
+
+    ``path`` is percent-decoded (Go's ``URL.Path``); ``query`` is the raw query string;
+    ``headers`` maps lower-cased names to the *first* value received, and includes ``host``.
+    """
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+def go_query_escape(text: str) -> str:
+    """Go's ``url.QueryEscape``."""
+    return quote_plus(text, safe="")
+
+
+def _go_query_unescape(text: str) -> str | None:
+    """Go's ``url.QueryUnescape``, or None where Go reports a malformed escape."""
+    pieces = text.split("%")
+    for piece in pieces[1:]:
+        if len(piece) < 2 or any(c not in "0123456789abcdefABCDEF" for c in piece[:2]):
+            return None
+    return unquote_to_bytes(text.replace("+", " ")).decode("utf-8", errors="replace")
+
+
+def canonical_uri(path: str) -> str:
+    return go_query_escape(go_query_escape(path))
+
+
+def parse_query(raw_query: str) -> dict[str, str]:
+    """The first value of every query key, parsed like Go's ``url.ParseQuery``."""
+    first: dict[str, str] = {}
+    if not raw_query:
+        return first
+    for pair in raw_query.split("&"):
+        if not pair or ";" in pair:
+            continue
+        raw_key, _, raw_value = pair.partition("=")
+        key = _go_query_unescape(raw_key)
+        value = _go_query_unescape(raw_value)
+        if key is None or value is None:
+            continue
+        first.setdefault(key, value)
+    return first
+
+
+def canonical_query(raw_query: str) -> str:
+    """The sorted ``key=first value`` list Core signs."""
+    first = parse_query(raw_query)
+    ordered = sorted(first, key=lambda k: k.encode("utf-8"))
+    return "&".join(f"{go_query_escape(k)}={go_query_escape(first[k])}" for k in ordered)
+
+
+def canonical_headers(headers: Mapping[str, str], signed_headers: str) -> str:
+    lines = []
+    for name in signed_headers.split(";"):
+        value = headers.get(name)
+        if value is not None:
+            lines.append(f"{name}:{value.strip(' ')}\n")
+    return "".join(lines)
+
+
+def canonical_request(parts: RequestParts, signed_headers: str, variant: Variant) -> str:
+    pieces = [
+        canonical_uri(parts.path),
+        canonical_query(parts.query),
+        canonical_headers(parts.headers, signed_headers),
+        signed_headers,
+    ]
+    if variant is Variant.REQUEST:
+        if parts.method in UNHASHED_METHODS:
+            pieces.append(EMPTY_PAYLOAD_HASH)
+        else:
+            pieces.append(hashlib.sha256(parts.body).hexdigest())
+    return "\n".join(pieces)
+
+
+def signing_key(api_key: str, scope: str) -> bytes:
+    return hmac.digest(("nano" + api_key).encode("utf-8"), scope.encode("utf-8"), "sha256")
+
+
+def string_to_sign(date: str, scope: str, canonical_hash: str) -> str:
+    return f"{METHOD}\n{date}\n{scope}\n{canonical_hash}"
+
+
+def signature(key: bytes, parts: RequestParts, scope: str, signed: str, variant: Variant) -> str:
+    canonical_hash = hashlib.sha256(
+        canonical_request(parts, signed, variant).encode("utf-8")
+    ).hexdigest()
+    text = string_to_sign(parts.headers.get("nano-date", ""), scope, canonical_hash)
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def sign(
+    credential_id: str,
+    api_key: str,
+    parts: RequestParts,
+    scope: str,
+    signed_headers: str,
+    variant: Variant = Variant.REQUEST,
+) -> str:
+    """The ``Nano-Authorization`` value a client sends for ``parts`` (tests, benchmarks)."""
+    value = signature(signing_key(api_key, scope), parts, scope, signed_headers, variant)
+    return (
+        f"{METHOD} Credential={credential_id}/{scope}, "
+        f"SignedHeaders={signed_headers}, Signature={value}"
+    )
+
+
+@frozen
+class Authorization:
+    """The three tokens of a ``Nano-Authorization`` header."""
+
+    credential_id: str
+    scope: str
+    signed_headers: str
+    signature: str
+
+
+def parse_authorization(value: str) -> Authorization:
+    """Parse the header with Core's checks and messages, in Core's order (§2.3)."""
+    if not value:
+        raise AuthError("authorization required")
+    if len(value) <= len(METHOD):
+        raise AuthError(f"insufficent authorization: {value}")
+    if value[: len(METHOD)] != METHOD:
+        raise AuthError(f"invalid signature method: {value[: len(METHOD)]}")
+    tokens: list[tuple[str, str]] = []
+    for piece in value[len(METHOD) + 1 :].split(","):
+        name, equals, token = piece.partition("=")
+        if not equals:
+            raise AuthError(f"invalid authorization token: {piece}")
+        tokens.append((name.strip(" "), token.strip(" ")))
+    if len(tokens) != 3:
+        raise AuthError(f"unexpected token count {len(tokens)}/{len(tokens)}")
+    for (name, _), expected, ordinal in zip(
+        tokens,
+        ("Credential", "SignedHeaders", "Signature"),
+        ("first", "second", "third"),
+        strict=True,
+    ):
+        if name != expected:
+            raise AuthError(f"invalid {ordinal} token {name}")
+    credential = tokens[0][1]
+    credential_id, slash, scope = credential.partition("/")
+    if not slash:
+        raise AuthError(f"no API ID in credential: {credential}")
+    return Authorization(credential_id, scope, tokens[1][1], tokens[2][1])
+
+
+def parse_date(value: str) -> float:
+    """Seconds since the epoch of an RFC 3339 ``Nano-Date`` (an offset is required)."""
+    text = value.strip()
+    if len(text) < 20 or text[10] not in "Tt":
+        raise ValueError(value)
+    if text[-1] in "Zz":
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(value)
+    return moment.timestamp()
+
+
+class Verifier:
+    """Checks signatures against the configured credentials and the injected clock."""
+
+    def __init__(
+        self,
+        credentials: Mapping[str, str],
+        clock: IReactorTime,
+        skew: float = DEFAULT_SKEW,
+        key_cache_size: int = 1024,
+    ) -> None:
+        self._credentials = dict(credentials)
+        self._clock = clock
+        self._skew = skew
+        self._keys: dict[tuple[str, str], bytes] = {}
+        self._key_cache_size = key_cache_size
+        self._seen: set[bytes] = set()
+        self._expiries: list[tuple[float, bytes]] = []
+
+    @property
+    def skew(self) -> float:
+        return self._skew
+
+    def replay_entries(self) -> int:
+        """How many mutating signatures are remembered right now (bounded by the window)."""
+        self._expire(self._clock.seconds())
+        return len(self._seen)
+
+    def _key(self, credential_id: str, scope: str) -> bytes:
+        cached = self._keys.get((credential_id, scope))
+        if cached is None:
+            if len(self._keys) >= self._key_cache_size:
+                self._keys.clear()
+            cached = signing_key(self._credentials[credential_id], scope)
+            self._keys[(credential_id, scope)] = cached
+        return cached
+
+    def verify(self, parts: RequestParts, variant: Variant = Variant.REQUEST) -> str:
+        """Return the credential id of a valid request, or raise :class:`AuthError`."""
+        auth = parse_authorization(parts.headers.get("nano-authorization", ""))
+        if auth.credential_id not in self._credentials:
+            raise AuthError(f"invalid API ID: {auth.credential_id}")
+        date = parts.headers.get("nano-date")
+        if not date:
+            raise AuthError("Nano-Date header required")
+        try:
+            signed_at = parse_date(date)
+        except ValueError:
+            raise AuthError(f"expired request with date {date}: not an RFC 3339 time") from None
+        now = self._clock.seconds()
+        if abs(now - signed_at) > self._skew:
+            raise AuthError(
+                f"expired request with date {date}: "
+                f"more than {self._skew:g} s from the server clock"
+            )
+        scope_header = parts.headers.get("nano-scope")
+        if scope_header is not None and scope_header != auth.scope:
+            raise AuthError(f"request scope mismatch: {scope_header} => {auth.scope}")
+        expected = signature(
+            self._key(auth.credential_id, auth.scope),
+            parts,
+            auth.scope,
+            auth.signed_headers,
+            variant,
+        )
+        if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("utf-8")):
+            raise AuthError("signature corrupted")
+        if parts.method in MUTATING_METHODS:
+            self._remember(bytes.fromhex(expected), signed_at + self._skew, now)
+        return auth.credential_id
+
+    def _remember(self, digest: bytes, expiry: float, now: float) -> None:
+        self._expire(now)
+        if digest in self._seen:
+            raise AuthError("replayed request: this signature was already used")
+        self._seen.add(digest)
+        heapq.heappush(self._expiries, (expiry, digest))
+
+    def _expire(self, now: float) -> None:
+        expiries = self._expiries
+        while expiries and expiries[0][0] < now:
+            _, digest = heapq.heappop(expiries)
+            self._seen.discard(digest)

@@ -1,0 +1,602 @@
+"""The Nano message model (cell-protocol.md §3) and its strict JSON codec.
+
+Every Core↔Cell message is one ``JsonMessage`` object. A Go peer treats a
+document that is valid JSON but ill-typed for its struct (``1.0`` or ``-1`` in
+a uint map, a non-numeric key, ``"x"`` for a bool) as *incomplete* and wedges
+the link (§2.5 point 3), so this codec is exact in both directions: a
+:class:`Message` cannot be built with an ill-typed value, and :func:`decode`
+rejects what Go's typed decode would reject, always with :class:`MessageError`.
+
+This module imports nothing of ours (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from enum import IntEnum
+from typing import Any, NoReturn, TypeVar
+
+from attrs import field, frozen
+
+__all__ = [
+    "DOCUMENT",
+    "KIND_EVENT",
+    "KIND_REQUEST",
+    "KIND_RESPONSE",
+    "Message",
+    "MessageError",
+    "MessageID",
+    "ParamKey",
+    "decode",
+    "encode",
+    "message_kind",
+    "response_id",
+]
+
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+KIND_REQUEST = 0
+KIND_RESPONSE = 1
+KIND_EVENT = 2
+
+DOCUMENT = "document"
+"""The ``field`` of a :class:`MessageError` about the document as a whole."""
+
+
+class MessageError(ValueError):
+    """A message that is not a well-typed ``JsonMessage``; names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class MessageID(IntEnum):
+    """Every message id of cell-protocol.md §2 and §5 (``operate<<16 | resource<<8 | kind``)."""
+
+    # §5.1 connection control, consumed by the transport
+    ConnectionKeepAliveEvent = 0x020102
+    ConnectionOpenedEvent = 0x030102
+    ConnectionClosedEvent = 0x040102
+    # §2.6/§2.8 events a node raises to itself
+    ServiceConnectedEvent = 0x0B0002
+    ServiceDisconnectedEvent = 0x0C0002
+    ComputeCellAvailableEvent = 0x000302
+    ComputeCellDisconnectedEvent = 0x0C0302
+    # §5.2 registration, pool membership, status
+    ComputePoolReadyEvent = 0x010202
+    ComputeCellReadyEvent = 0x010302
+    ComputeCellRemovedEvent = 0x120302
+    GetComputePoolCellRequest = 0x0A0300
+    GetComputePoolCellResponse = 0x0A0301
+    CellStatusReportEvent = 0x050302
+    # §5.3 guest lifecycle
+    CreateGuestRequest = 0x000500
+    CreateGuestResponse = 0x000501
+    DeleteGuestRequest = 0x010500
+    DeleteGuestResponse = 0x010501
+    QueryGuestRequest = 0x030500
+    QueryGuestResponse = 0x030501
+    GetGuestRequest = 0x0A0500
+    GetGuestResponse = 0x0A0501
+    StartInstanceRequest = 0x0C0600
+    StartInstanceResponse = 0x0C0601
+    StopInstanceRequest = 0x0D0600
+    StopInstanceResponse = 0x0D0601
+    GetInstanceStatusRequest = 0x0E0600
+    GetInstanceStatusResponse = 0x0E0601
+    GuestCreatedEvent = 0x060502
+    GuestDeletedEvent = 0x070502
+    GuestStartedEvent = 0x080502
+    GuestStoppedEvent = 0x090502
+    GuestUpdatedEvent = 0x0A0502
+    # §5.4 guest modification
+    ModifyCoreRequest = 0x020C00
+    ModifyCoreResponse = 0x020C01
+    ModifyMemoryRequest = 0x020D00
+    ModifyMemoryResponse = 0x020D01
+    ModifyAuthRequest = 0x020F00
+    ModifyAuthResponse = 0x020F01
+    GetAuthRequest = 0x0A0F00
+    GetAuthResponse = 0x0A0F01
+    ResizeDiskRequest = 0x0F0E00
+    ResizeDiskResponse = 0x0F0E01
+    ShrinkDiskRequest = 0x100E00
+    ShrinkDiskResponse = 0x100E01  # defined by Go, but Cells answer Shrink with ResizeDisk
+    ResetSystemRequest = 0x1A1600
+    ResetSystemResponse = 0x1A1601
+    SystemResetEvent = 0x171602
+    ModifyGuestNameRequest = 0x021700
+    ModifyGuestNameResponse = 0x021701
+    ModifyPriorityRequest = 0x021800
+    ModifyPriorityResponse = 0x021801
+    ModifyDiskThresholdRequest = 0x021900
+    ModifyDiskThresholdResponse = 0x021901
+    ModifyNetworkThresholdRequest = 0x021A00
+    ModifyNetworkThresholdResponse = 0x021A01
+    ResetSecretRequest = 0x1A2000
+    ResetSecretResponse = 0x1A2001
+    ModifyAutoStartRequest = 0x022200
+    ModifyAutoStartResponse = 0x022201
+    # §5.5 media
+    InsertMediaRequest = 0x111100
+    InsertMediaResponse = 0x111101
+    EjectMediaRequest = 0x121100
+    EjectMediaResponse = 0x121101
+    MediaAttachedEvent = 0x0E1102
+    MediaDetachedEvent = 0x0F1102
+    # §5.6 snapshots
+    CreateSnapshotRequest = 0x001000
+    CreateSnapshotResponse = 0x001001
+    DeleteSnapshotRequest = 0x011000
+    DeleteSnapshotResponse = 0x011001
+    QuerySnapshotRequest = 0x031000
+    QuerySnapshotResponse = 0x031001
+    GetSnapshotRequest = 0x0A1000
+    GetSnapshotResponse = 0x0A1001
+    RestoreSnapshotRequest = 0x151000
+    RestoreSnapshotResponse = 0x151001
+    SnapshotResumedEvent = 0x101002
+    # §5.7 migration and failover (MigrateInstanceRequest is one-way)
+    AttachInstanceRequest = 0x110600
+    AttachInstanceResponse = 0x110601
+    DetachInstanceRequest = 0x120600
+    DetachInstanceResponse = 0x120601
+    MigrateInstanceRequest = 0x180600
+    InstanceMigratedEvent = 0x130602
+    InstancePurgedEvent = 0x140602
+    # §5.8 cell storage paths
+    ModifyCellStorageRequest = 0x021B00
+    ModifyCellStorageResponse = 0x021B01
+    QueryCellStorageRequest = 0x031B00
+    QueryCellStorageResponse = 0x031B01
+    # §5.9 guest security policy
+    ModifyGuestRuleRequest = 0x022100
+    ModifyGuestRuleResponse = 0x022101
+    AddGuestRuleRequest = 0x042100
+    AddGuestRuleResponse = 0x042101
+    RemoveGuestRuleRequest = 0x052100
+    RemoveGuestRuleResponse = 0x052101
+    GetGuestRuleRequest = 0x0A2100
+    GetGuestRuleResponse = 0x0A2101
+    ChangeGuestRuleOrderRequest = 0x222100
+    ChangeGuestRuleOrderResponse = 0x222101
+    ChangeGuestRuleDefaultActionRequest = 0x232100
+    ChangeGuestRuleDefaultActionResponse = 0x232101
+    # §5.11 addresses
+    AddressChangedEvent = 0x0D0B02
+    AddressPoolChangedEvent = 0x0D1402
+    # §5.12 disk images
+    CreateDiskImageRequest = 0x000900
+    CreateDiskImageResponse = 0x000901
+    DiskImageUpdatedEvent = 0x0A0902
+
+
+class ParamKey(IntEnum):
+    """Every parameter key of cell-protocol.md §3.4."""
+
+    Name = 0
+    Type = 1
+    Core = 2
+    Memory = 3
+    Disk = 4
+    Usage = 5
+    IO = 6
+    Speed = 7
+    Description = 8
+    Error = 9
+    Status = 10
+    Pool = 11
+    Cell = 12
+    Instance = 13
+    Enable = 14
+    Flag = 15
+    Option = 16
+    ID = 17
+    User = 18
+    Group = 19
+    Network = 20
+    Address = 21
+    Port = 22
+    Priority = 23
+    Limit = 24
+    Storage = 25
+    Source = 26
+    Target = 27
+    Mode = 28
+    Host = 29
+    Path = 30
+    Monitor = 31
+    Progress = 32
+    Count = 33
+    Size = 34
+    Available = 35
+    Media = 36
+    Tag = 37
+    Image = 38
+    Guest = 39
+    Secret = 40
+    Immediate = 41
+    System = 42
+    Version = 43
+    Admin = 44
+    Module = 45
+    Previous = 46
+    Next = 47
+    Current = 48
+    Create = 49
+    Modify = 50
+    Attach = 51
+    Migration = 52
+    Start = 53
+    End = 54
+    Mask = 55
+    Allocate = 56
+    Gateway = 57
+    Server = 58
+    Assign = 59
+    Internal = 60
+    External = 61
+    Day = 62
+    Hour = 63
+    Minute = 64
+    Second = 65
+    Hardware = 66
+    Data = 67
+    Display = 68
+    Device = 69
+    Protocol = 70
+    Interface = 71
+    Action = 72
+    Template = 73
+    From = 74
+    To = 75
+    Index = 76
+    Security = 77
+    Policy = 78
+
+
+def message_kind(message_id: int) -> int:
+    """The low byte of an id: a request, a response or an event (``KIND_*``)."""
+    return message_id & 0xFF
+
+
+def response_id(request_id: int) -> int:
+    """The id of the response to ``request_id`` (same operate and resource, kind 1)."""
+    if message_kind(request_id) != KIND_REQUEST:
+        raise ValueError(f"{request_id:#08x} is not a request id")
+    return request_id | KIND_RESPONSE
+
+
+# --- value checks: one per wire type; each returns the normalised value or raises -------------
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_uint32(where: str, value: object) -> int:
+    if type(value) is int and 0 <= value <= UINT32_MAX:  # the common case, fast
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT32_MAX:
+        return int(value)
+    raise MessageError(where, f"expected an integer in 0..{UINT32_MAX}, got {value!r}")
+
+
+def _check_uint(where: str, value: object) -> int:
+    if type(value) is int and 0 <= value <= UINT64_MAX:  # the common case, fast
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT64_MAX:
+        return int(value)
+    raise MessageError(where, f"expected an integer in 0..2**64-1, got {value!r}")
+
+
+def _check_int(where: str, value: object) -> int:
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:  # the common case, fast
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
+        return int(value)
+    raise MessageError(where, f"expected a signed 64-bit integer, got {value!r}")
+
+
+def _check_float(where: str, value: object) -> float:
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise MessageError(where, f"expected a finite number, got {value!r}")
+
+
+def _check_bool(where: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise MessageError(where, f"expected true or false, got {value!r}")
+    return value
+
+
+def _check_str(where: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise MessageError(where, f"expected a string, got {value!r}")
+    return str(value)
+
+
+def _check_uint_array(where: str, value: object) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple):
+        raise MessageError(where, f"expected an array of unsigned integers, got {value!r}")
+    return tuple(_check_uint(f"{where}[{i}]", item) for i, item in enumerate(value))
+
+
+def _check_str_array(where: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise MessageError(where, f"expected an array of strings, got {value!r}")
+    return tuple(_check_str(f"{where}[{i}]", item) for i, item in enumerate(value))
+
+
+_V = TypeVar("_V")
+
+
+class _Params(dict[int, _V]):
+    """A checked, read-only parameter map; ``checked_by`` says which check it passed."""
+
+    __slots__ = ("checked_by",)
+
+    def __init__(self, items: dict[int, _V], checked_by: Callable[[str, object], _V]) -> None:
+        super().__init__(items)
+        self.checked_by = checked_by
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("message parameters are read-only; build a new Message instead")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+    def __copy__(self) -> _Params[_V]:
+        return self  # immutable, like a tuple
+
+    def __deepcopy__(self, memo: object) -> _Params[_V]:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Params, (dict(self), self.checked_by))
+
+
+def _no_check(where: str, value: object) -> Any:
+    raise AssertionError("the empty map holds no values")
+
+
+_EMPTY: Mapping[int, Any] = _Params({}, _no_check)
+
+
+def _convert_params(
+    name: str, check: Callable[[str, object], _V], params: Mapping[int, Any]
+) -> Mapping[int, _V]:
+    """Check every key and value of one typed map and freeze it."""
+    kind = type(params)
+    if kind is _Params and params.checked_by is check:  # type: ignore[attr-defined]
+        return params  # already checked as this very type: reuse, no copy
+    if kind is not dict and kind is not _Params and not isinstance(params, Mapping):
+        raise MessageError(name, f"expected a mapping, got {params!r}")
+    if not params:
+        return _EMPTY
+    checked: dict[int, _V] = {}
+    for key, value in params.items():
+        if not (type(key) is int or _is_integer(key)) or not 0 <= key <= UINT32_MAX:
+            raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
+        checked[int(key)] = check(f"{name}.{key}", value)
+    return _Params(checked, check)
+
+
+@frozen(init=False)
+class Message:
+    """One ``JsonMessage``; every map is an immutable, checked mapping keyed by :class:`ParamKey`.
+
+    Every value is checked on construction (a :class:`MessageError` names the field), so no
+    ill-typed message can be sent. ``sender`` is the remote service name filled in by the
+    receiving transport; it is never serialised and takes no part in equality, so a peer
+    cannot claim another name per message.
+    """
+
+    id: int
+    success: bool = False
+    from_session: int = 0
+    to_session: int = 0
+    transaction: int = 0
+    error: str = ""
+    bool_params: Mapping[int, bool] = _EMPTY
+    string_params: Mapping[int, str] = _EMPTY
+    uint_params: Mapping[int, int] = _EMPTY
+    int_params: Mapping[int, int] = _EMPTY
+    float_params: Mapping[int, float] = _EMPTY
+    uint_array_params: Mapping[int, tuple[int, ...]] = _EMPTY
+    string_array_params: Mapping[int, tuple[str, ...]] = _EMPTY
+    sender: str = field(default="", eq=False)
+
+    # Written by hand rather than by attrs converters: messages are built on every frame in
+    # both directions, and this is several times cheaper while checking exactly the same.
+    def __init__(
+        self,
+        id: int,
+        success: bool = False,
+        from_session: int = 0,
+        to_session: int = 0,
+        transaction: int = 0,
+        error: str = "",
+        bool_params: Mapping[int, bool] = _EMPTY,
+        string_params: Mapping[int, str] = _EMPTY,
+        uint_params: Mapping[int, int] = _EMPTY,
+        int_params: Mapping[int, int] = _EMPTY,
+        float_params: Mapping[int, float] = _EMPTY,
+        uint_array_params: Mapping[int, Sequence[int]] = _EMPTY,
+        string_array_params: Mapping[int, Sequence[str]] = _EMPTY,
+        sender: str = "",
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "id", _check_uint32("id", id))
+        set_(self, "success", _check_bool("success", success))
+        set_(self, "from_session", _check_uint32("from", from_session))
+        set_(self, "to_session", _check_uint32("to", to_session))
+        set_(self, "transaction", _check_uint32("transaction", transaction))
+        set_(self, "error", _check_str("error", error))
+        set_(self, "bool_params", _convert_params("bool_params", _check_bool, bool_params))
+        set_(self, "string_params", _convert_params("string_params", _check_str, string_params))
+        set_(self, "uint_params", _convert_params("uint_params", _check_uint, uint_params))
+        set_(self, "int_params", _convert_params("int_params", _check_int, int_params))
+        set_(self, "float_params", _convert_params("float_params", _check_float, float_params))
+        set_(
+            self,
+            "uint_array_params",
+            _convert_params("uint_array_params", _check_uint_array, uint_array_params),
+        )
+        set_(
+            self,
+            "string_array_params",
+            _convert_params("string_array_params", _check_str_array, string_array_params),
+        )
+        set_(self, "sender", _check_str("sender", sender))
+
+
+# --- codec -------------------------------------------------------------------------------------
+
+_MAP_FIELDS = (
+    "bool_params",
+    "string_params",
+    "uint_params",
+    "int_params",
+    "float_params",
+    "uint_array_params",
+    "string_array_params",
+)
+_KNOWN_FIELDS = frozenset(("id", "success", "from", "to", "transaction", "error", *_MAP_FIELDS))
+_ARRAY_FIELDS = frozenset({"uint_array_params", "string_array_params"})
+_SCALAR_FIELDS = {
+    "id": "id",
+    "success": "success",
+    "from": "from_session",
+    "to": "to_session",
+    "transaction": "transaction",
+    "error": "error",
+}
+
+
+def encode(message: Message) -> bytes:
+    """Compact JSON in Go's field order, empty fields omitted, map keys as decimal strings."""
+    document: dict[str, object] = {"id": message.id}
+    if message.success:
+        document["success"] = True
+    if message.from_session:
+        document["from"] = message.from_session
+    if message.to_session:
+        document["to"] = message.to_session
+    if message.transaction:
+        document["transaction"] = message.transaction
+    if message.error:
+        document["error"] = message.error
+    for name in _MAP_FIELDS:
+        params: Mapping[int, object] = getattr(message, name)
+        if params:
+            # Go writes map keys sorted as strings; doing the same keeps output byte-identical.
+            if len(params) == 1:
+                [(key, value)] = params.items()
+                document[name] = {str(key): value}
+            else:
+                document[name] = dict(sorted([(str(key), value) for key, value in params.items()]))
+    return _serialise(document).encode("ascii")
+
+
+_serialise = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+class _Object(tuple[tuple[str, Any], ...]):
+    """A JSON object as its ordered (key, value) pairs, so duplicates resolve as in Go."""
+
+    __slots__ = ()
+
+
+def _reject_constant(name: str) -> object:
+    raise MessageError(DOCUMENT, f"{name} is not valid JSON")
+
+
+_parse = json.JSONDecoder(object_pairs_hook=_Object, parse_constant=_reject_constant).decode
+
+
+def _fold(name: str) -> str:
+    """Fold a field name the way Go matches it: Unicode simple folding (long s, Kelvin sign)."""
+    return name.lower().replace("\u017f", "s")
+
+
+def _param_key(name: str, key: str) -> int:
+    # Go parses map keys with strconv.ParseUint(key, 10, 64): ASCII digits only, no sign or
+    # spaces, and the result must fit the uint32 ParamKey.
+    if not (key.isascii() and key.isdigit()):
+        raise MessageError(name, f"parameter key {key!r} is not a decimal number")
+    try:
+        number = int(key)
+    except ValueError:  # longer than int()'s digit limit
+        number = UINT32_MAX + 1
+    if number > UINT32_MAX:
+        raise MessageError(name, f"parameter key {key!r} does not fit 32 bits")
+    return number
+
+
+def _merge_params(name: str, value: object, into: dict[int, object] | None) -> dict[int, object]:
+    if value is None:  # Go: null sets the map to nil, i.e. empty
+        return {}
+    if not isinstance(value, _Object):
+        raise MessageError(name, f"expected an object, got {_describe(value)}")
+    merged = {} if into is None else into  # Go decodes repeated maps into the same map
+    for key, item in value:
+        number = _param_key(name, key)
+        if item is None and name in _ARRAY_FIELDS:
+            item = ()  # Go writes a nil slice as null
+        elif isinstance(item, _Object):
+            raise MessageError(f"{name}.{number}", "unexpected object")
+        merged[number] = item
+    return merged
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, _Object):
+        return "an object"
+    return repr(value)
+
+
+def decode(data: bytes, sender: str = "") -> Message:
+    """Parse one ``JsonMessage``; raises :class:`MessageError` and nothing else on bad input."""
+    try:
+        text = bytes(data).decode("utf-8")
+    except (UnicodeDecodeError, TypeError, ValueError) as error:
+        raise MessageError(DOCUMENT, f"not UTF-8 ({error})") from None
+    try:
+        document = _parse(text)
+    except MessageError:
+        raise
+    except (ValueError, RecursionError) as error:
+        raise MessageError(DOCUMENT, f"not valid JSON ({error})") from None
+    if not isinstance(document, _Object):
+        raise MessageError(DOCUMENT, f"expected a JSON object, got {_describe(document)}")
+    scalars: dict[str, object] = {}
+    maps: dict[str, dict[int, object]] = {}
+    for key, value in document:
+        name = key if key in _KNOWN_FIELDS else _fold(key)
+        attribute = _SCALAR_FIELDS.get(name)
+        if attribute is not None:
+            if value is None or isinstance(value, _Object | list):
+                raise MessageError(name, f"unexpected {_describe(value)}")
+            scalars[attribute] = value
+        elif name in _MAP_FIELDS:
+            maps[name] = _merge_params(name, value, maps.get(name))
+        # unknown top-level fields are ignored, as Go does
+    if "id" not in scalars:
+        raise MessageError("id", "missing")
+    return Message(**scalars, **maps, sender=sender)  # type: ignore[arg-type]

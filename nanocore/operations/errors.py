@@ -1,0 +1,27 @@
+"""Errors an operation raises: each carries the exact message the client should read."""
+
+from __future__ import annotations
+
+
+class OperationError(Exception):
+    """A request the domain refuses; ``message`` is shown to the client verbatim."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(OperationError):
+    """The input breaks a domain rule (bad value, wrong state)."""
+
+
+class UnknownEntity(OperationError):
+    """The request names an entity that does not exist."""
+
+
+class AlreadyExists(OperationError):
+    """The request would create a second entity under a unique name or key."""
+
+
+class OperationTimeout(OperationError):
+    """A Cell or an internal step did not answer within the operation timeout."""

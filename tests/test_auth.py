@@ -1,0 +1,344 @@
+"""Nano-HMAC-SHA256: the spec's vectors, Core's parse order, and the stricter freshness rules."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore.api.auth import (
+    AuthError,
+    RequestParts,
+    Variant,
+    Verifier,
+    canonical_query,
+    canonical_request,
+    parse_authorization,
+    sign,
+    signing_key,
+)
+
+KEY = "ThisIsAKeyPlaceHolder_ChangeToYourContent"
+SCOPE = "20240501/default/nano_request"
+DATE = "2024-05-01T10:11:12+08:00"
+SIGNED_AT = datetime.fromisoformat(DATE).timestamp()
+WITH_BODY = "host;content-type;nano-session;nano-date;nano-scope"
+WITHOUT_BODY = "host;nano-session;nano-date;nano-scope"
+
+
+def vector_a() -> RequestParts:
+    return RequestParts(
+        "POST",
+        "/api/v1/guests/",
+        "b=2&a=x%20y&a=z",
+        {
+            "host": "192.168.1.31",
+            "content-type": "application/json",
+            "nano-session": "abc123",
+            "nano-date": DATE,
+            "nano-scope": SCOPE,
+        },
+        b'{"name":"vm1","owner":"admin"}',
+    )
+
+
+def vector_b() -> RequestParts:
+    return RequestParts(
+        "GET",
+        "/api/v1/disk_images/6f1c/file/",
+        "",
+        {
+            "host": "192.168.1.31",
+            "nano-session": "unsecured",
+            "nano-date": DATE,
+            "nano-scope": SCOPE,
+        },
+    )
+
+
+def with_authorization(parts: RequestParts, authorization: str) -> RequestParts:
+    headers = dict(parts.headers)
+    headers["nano-authorization"] = authorization
+    return RequestParts(parts.method, parts.path, parts.query, headers, parts.body)
+
+
+def verifier_at(moment: float, skew: float = 300.0) -> tuple[Verifier, Clock]:
+    clock = Clock()
+    clock.advance(moment)
+    return Verifier({"dummyID": KEY}, clock, skew), clock
+
+
+class VectorTests(SynchronousTestCase):
+    def test_signing_key(self) -> None:
+        self.assertEqual(
+            signing_key(KEY, SCOPE).hex(),
+            "0c234b884bd8eb6be4bed473377633b5b9deb069e5ad139f38f952d41e6eeed3",
+        )
+
+    def test_request_vector(self) -> None:
+        self.assertEqual(
+            canonical_request(vector_a(), WITH_BODY, Variant.REQUEST),
+            "%252Fapi%252Fv1%252Fguests%252F\na=x+y&b=2\nhost:192.168.1.31\n"
+            "content-type:application/json\nnano-session:abc123\n"
+            f"nano-date:{DATE}\nnano-scope:{SCOPE}\n\n{WITH_BODY}\n"
+            "0f9d22ce847e03d2f0a5bd37084057c49ae9a80658f00b87a996bce0f044c104",
+        )
+        self.assertTrue(
+            sign("dummyID", KEY, vector_a(), SCOPE, WITH_BODY).endswith(
+                "Signature=c5cafb9d609a4f878a4970dd878e6a06c4988ee07a67fb62532cda219275e05d"
+            )
+        )
+
+    def test_stream_vector(self) -> None:
+        self.assertTrue(
+            sign("dummyID", KEY, vector_b(), SCOPE, WITHOUT_BODY, Variant.STREAM).endswith(
+                "Signature=272e3a5d3b4cd771fe242f00f9e9a0e020ffb62084048c19df2c636bcd189b24"
+            )
+        )
+
+    def test_vectors_verify(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT + 60)
+        self.assertEqual(
+            verifier.verify(
+                with_authorization(
+                    vector_a(),
+                    "Nano-HMAC-SHA256 Credential=dummyID/20240501/default/nano_request, "
+                    f"SignedHeaders={WITH_BODY}, "
+                    "Signature=c5cafb9d609a4f878a4970dd878e6a06c4988ee07a67fb62532cda219275e05d",
+                )
+            ),
+            "dummyID",
+        )
+        self.assertEqual(
+            verifier.verify(
+                with_authorization(
+                    vector_b(),
+                    sign("dummyID", KEY, vector_b(), SCOPE, WITHOUT_BODY, Variant.STREAM),
+                ),
+                Variant.STREAM,
+            ),
+            "dummyID",
+        )
+
+    def test_get_ignores_the_body_in_the_hash(self) -> None:
+        parts = vector_b()
+        with_body = RequestParts("GET", parts.path, "", parts.headers, b"anything")
+        self.assertEqual(
+            canonical_request(parts, WITHOUT_BODY, Variant.REQUEST),
+            canonical_request(with_body, WITHOUT_BODY, Variant.REQUEST),
+        )
+
+    def test_query_follows_go_parse_query(self) -> None:
+        self.assertEqual(canonical_query("b=1&a&c=%zz&d=1;2&a=2&+x=y+z"), "+x=y+z&a=&b=1")
+
+
+class ParseTests(SynchronousTestCase):
+    def assertRefused(self, header: str, message: str) -> None:
+        with self.assertRaises(AuthError) as caught:
+            parse_authorization(header)
+        self.assertEqual(caught.exception.message, message)
+
+    def test_core_messages_in_core_order(self) -> None:
+        self.assertRefused("", "authorization required")
+        self.assertRefused("Nano-HMAC-SHA256", "insufficent authorization: Nano-HMAC-SHA256")
+        self.assertRefused("AWS4-HMAC-SHA256 x", "invalid signature method: AWS4-HMAC-SHA256")
+        self.assertRefused(
+            "Nano-HMAC-SHA256 Credential", "invalid authorization token: Credential"
+        )
+        self.assertRefused("Nano-HMAC-SHA256 a=1, b=2", "unexpected token count 2/2")
+        self.assertRefused("Nano-HMAC-SHA256 a=1, b=2, c=3", "invalid first token a")
+        self.assertRefused("Nano-HMAC-SHA256 Credential=1, b=2, c=3", "invalid second token b")
+        self.assertRefused(
+            "Nano-HMAC-SHA256 Credential=1, SignedHeaders=2, c=3", "invalid third token c"
+        )
+        self.assertRefused(
+            "Nano-HMAC-SHA256 Credential=1, SignedHeaders=2, Signature=3",
+            "no API ID in credential: 1",
+        )
+
+    def test_scope_is_everything_after_the_first_slash(self) -> None:
+        auth = parse_authorization(
+            "Nano-HMAC-SHA256 Credential=id/a/b/c, SignedHeaders=host, Signature=00"
+        )
+        self.assertEqual((auth.credential_id, auth.scope), ("id", "a/b/c"))
+
+
+class FreshnessTests(SynchronousTestCase):
+    def signed(self, parts: RequestParts) -> RequestParts:
+        return with_authorization(parts, sign("dummyID", KEY, parts, SCOPE, WITH_BODY))
+
+    def refusal(self, verifier: Verifier, parts: RequestParts) -> str:
+        with self.assertRaises(AuthError) as caught:
+            verifier.verify(parts)
+        return caught.exception.message
+
+    def test_unknown_credential(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        parts = with_authorization(vector_a(), sign("other", KEY, vector_a(), SCOPE, WITH_BODY))
+        self.assertEqual(self.refusal(verifier, parts), "invalid API ID: other")
+
+    def test_date_is_required(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        headers = dict(vector_a().headers)
+        del headers["nano-date"]
+        parts = RequestParts("POST", "/api/v1/guests/", "", headers, b"{}")
+        self.assertEqual(self.refusal(verifier, self.signed(parts)), "Nano-Date header required")
+
+    def test_date_within_skew_passes_and_beyond_fails(self) -> None:
+        verifier, clock = verifier_at(SIGNED_AT + 300)
+        parts = self.signed(vector_a())
+        verifier.verify(parts)
+        clock.advance(0.5)
+        self.assertIn("expired request with date", self.refusal(verifier, parts))
+
+    def test_future_date_beyond_skew_fails(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT - 301)
+        self.assertIn("expired request", self.refusal(verifier, self.signed(vector_a())))
+
+    def test_configurable_skew(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT + 30, skew=10)
+        self.assertIn("more than 10 s", self.refusal(verifier, self.signed(vector_a())))
+
+    def test_unparsable_date(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        headers = dict(vector_a().headers)
+        headers["nano-date"] = "2024-05-01 10:11:12"
+        parts = RequestParts("POST", "/api/v1/guests/", "", headers, b"{}")
+        self.assertIn("not an RFC 3339 time", self.refusal(verifier, self.signed(parts)))
+
+    def test_scope_header_must_match(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        headers = dict(vector_a().headers)
+        headers["nano-scope"] = "20240502/default/nano_request"
+        parts = RequestParts("POST", "/api/v1/guests/", "", headers, b"{}")
+        self.assertEqual(
+            self.refusal(verifier, self.signed(parts)),
+            f"request scope mismatch: 20240502/default/nano_request => {SCOPE}",
+        )
+
+    def test_replayed_mutation_is_refused(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        parts = self.signed(vector_a())
+        verifier.verify(parts)
+        self.assertEqual(
+            self.refusal(verifier, parts), "replayed request: this signature was already used"
+        )
+
+    def test_repeated_read_is_allowed(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        parts = vector_b()
+        signed = with_authorization(parts, sign("dummyID", KEY, parts, SCOPE, WITHOUT_BODY))
+        verifier.verify(signed)
+        verifier.verify(signed)
+
+    def test_replay_memory_expires_with_the_window(self) -> None:
+        verifier, clock = verifier_at(SIGNED_AT - 299)
+        verifier.verify(self.signed(vector_a()))
+        self.assertEqual(verifier.replay_entries(), 1)
+        clock.advance(299 + 300 + 1)
+        self.assertEqual(verifier.replay_entries(), 0)
+
+    def test_corrupted_signature(self) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        authorization = sign("dummyID", KEY, vector_a(), SCOPE, WITH_BODY)
+        flipped = authorization[:-1] + ("0" if authorization[-1] != "0" else "1")
+        self.assertEqual(
+            self.refusal(verifier, with_authorization(vector_a(), flipped)), "signature corrupted"
+        )
+
+
+_segment = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=8)
+_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
+_header_value = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12
+)
+
+
+@st.composite
+def signed_requests(draw: st.DrawFn) -> tuple[RequestParts, str]:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"]))
+    path = "/api/v1/" + "/".join(draw(st.lists(_segment, min_size=1, max_size=4)))
+    query = draw(st.dictionaries(_text, _text, max_size=3))
+    from urllib.parse import urlencode
+
+    headers = {
+        "host": draw(_header_value),
+        "content-type": "application/json",
+        "nano-session": draw(_header_value),
+        "nano-date": DATE,
+        "nano-scope": SCOPE,
+    }
+    body = draw(st.binary(min_size=1, max_size=64)) if method != "GET" else b""
+    parts = RequestParts(method, path, urlencode(query), headers, body)
+    return parts, sign("dummyID", KEY, parts, SCOPE, WITH_BODY)
+
+
+def _change(text: str, index: int) -> str:
+    index %= len(text)
+    replacement = "b" if text[index] != "b" else "c"
+    return text[:index] + replacement + text[index + 1 :]
+
+
+class TamperTests(SynchronousTestCase):
+    """Changing any signed byte makes verification fail."""
+
+    def check_refused(self, parts: RequestParts, authorization: str) -> None:
+        verifier, _ = verifier_at(SIGNED_AT)
+        with self.assertRaises(AuthError) as caught:
+            verifier.verify(with_authorization(parts, authorization))
+        self.assertEqual(caught.exception.message, "signature corrupted")
+
+    @given(signed_requests(), st.integers(min_value=0))
+    def test_changed_path(self, request: tuple[RequestParts, str], index: int) -> None:
+        parts, authorization = request
+        prefix = len("/api/v1/")
+        path = parts.path[:prefix] + _change(parts.path[prefix:], index).replace("/", "b")
+        if path == parts.path:
+            path += "b"
+        changed = RequestParts(parts.method, path, parts.query, parts.headers, parts.body)
+        self.check_refused(changed, authorization)
+
+    @given(signed_requests(), st.integers(min_value=0), _text)
+    def test_changed_query(self, request: tuple[RequestParts, str], index: int, key: str) -> None:
+        from urllib.parse import parse_qsl, urlencode
+
+        parts, authorization = request
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if pairs:
+            name, value = pairs[index % len(pairs)]
+            pairs[index % len(pairs)] = (name, _change(value, index))
+        else:
+            pairs = [(key, "v")]
+        changed = RequestParts(
+            parts.method, parts.path, urlencode(pairs), parts.headers, parts.body
+        )
+        self.check_refused(changed, authorization)
+
+    @given(
+        signed_requests(),
+        st.sampled_from(["host", "content-type", "nano-session"]),
+        st.integers(0),
+    )
+    def test_changed_header(
+        self, request: tuple[RequestParts, str], name: str, index: int
+    ) -> None:
+        parts, authorization = request
+        headers = dict(parts.headers)
+        headers[name] = _change(headers[name], index)
+        changed = RequestParts(parts.method, parts.path, parts.query, headers, parts.body)
+        self.check_refused(changed, authorization)
+
+    @given(signed_requests(), st.integers(min_value=0), st.integers(min_value=1, max_value=255))
+    def test_changed_body_byte(
+        self, request: tuple[RequestParts, str], index: int, delta: int
+    ) -> None:
+        parts, authorization = request
+        if parts.method == "GET":
+            return
+        body = bytearray(parts.body)
+        body[index % len(body)] = (body[index % len(body)] + delta) % 256
+        changed = RequestParts(parts.method, parts.path, parts.query, parts.headers, bytes(body))
+        self.check_refused(changed, authorization)
