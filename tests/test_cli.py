@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -196,35 +195,22 @@ class CommandTests(SynchronousTestCase):
         self.assertIn('"group_port"', err)
         self.assertFalse(self.layout.pid_file.exists())
 
-    def test_import_nano_runs_the_importer(self) -> None:
-        calls: list[tuple[Path, Path]] = []
-
-        class ImportRefused(Exception):
-            pass
-
-        def run_import(source_dir: Path, data_dir: Path) -> None:
-            calls.append((source_dir, data_dir))
-            if source_dir.name == "bad":
-                raise ImportRefused(f"{source_dir}: no resource.data")
-
-        fake = types.ModuleType("nanocore.store.importer")
-        fake.ImportRefused = ImportRefused  # type: ignore[attr-defined]
-        fake.run_import = run_import  # type: ignore[attr-defined]
-        self.patch(sys, "modules", dict(sys.modules, **{"nanocore.store.importer": fake}))
+    def test_import_nano_imports_a_nano_installation(self) -> None:
+        source = REPO_ROOT / "tests" / "fixtures" / "nano14"
         data = f"--data-dir={self.layout.data_dir}"
-        code, out, _err = self.run_command("import-nano", "/opt/nano/core/data", data)
-        self.assertEqual(code, cli.EXIT_OK)
-        self.assertIn("imported", out)
-        code, _out, err = self.run_command("import-nano", "/tmp/bad", data)
+        code, out, err = self.run_command("import-nano", str(source), data)
+        self.assertEqual(code, cli.EXIT_OK, err)
+        self.assertIn(f"imported {source} into {self.layout.data_dir}", out)
+        self.assertNotEqual(list(self.layout.data_dir.iterdir()), [])
+
+    def test_import_nano_refusal_is_reported(self) -> None:
+        empty = self.root / "empty"
+        empty.mkdir()
+        data = f"--data-dir={self.layout.data_dir}"
+        code, _out, err = self.run_command("import-nano", str(empty), data)
         self.assertEqual(code, cli.EXIT_FAILURE)
-        self.assertIn("import refused: /tmp/bad: no resource.data", err)
-        self.assertEqual(
-            calls,
-            [
-                (Path("/opt/nano/core/data"), self.layout.data_dir),
-                (Path("/tmp/bad"), self.layout.data_dir),
-            ],
-        )
+        self.assertIn("import refused: no resource.data", err)
+        self.assertEqual(list(self.layout.data_dir.iterdir()), [])
 
 
 def free_port() -> int:
