@@ -292,6 +292,9 @@ class RealDaemonTests(TestCase):
             self.assertNotEqual(first, second)
             self.assertEqual((await self.get_version())["error_code"], 0)
             await self.expect(0, "stop")
+            # The log of the killed daemon is still there: core.log is appended to.
+            log = (self.root / "log" / "core.log").read_text()
+            self.assertEqual(log.count("starting up"), 2)
 
         return ensureDeferred(scenario())
 
