@@ -318,9 +318,32 @@ class RealDaemonTests(TestCase):
         blocker.listen(1)
 
         async def scenario() -> None:
-            text = await self.expect(1, "start")
-            self.assertIn("failed to start", text)
-            self.assertIn(f"127.0.0.1:{self.port}", text)
+            the_console, _out, err = console()
+            code = await cli.start(reactor, layout_under(self.root), the_console)
+            self.assertEqual(code, cli.EXIT_FAILURE)
+            self.assertIn("failed to start", err.getvalue())
+            self.assertIn(f"127.0.0.1:{self.port}", err.getvalue())
+            self.assertIn("last lines of", err.getvalue())
             await self.expect(3, "status")
+
+        return ensureDeferred(scenario())
+
+    def test_commands_in_process(self) -> Deferred[None]:
+        """The same commands called as functions, so their code paths are measured too."""
+        layout = layout_under(self.root)
+
+        async def scenario() -> None:
+            the_console, out, err = console()
+            self.assertEqual(await cli.start(reactor, layout, the_console), 0, err.getvalue())
+            pid = pidfile.read_pid(layout.pid_file)
+            self.assertIn(f"core started, pid {pid}", out.getvalue())
+            self.assertEqual(cli.status(layout.pid_file, the_console), cli.EXIT_OK)
+            self.assertEqual(await cli.start(reactor, layout, the_console), cli.EXIT_FAILURE)
+            self.assertIn(f"already running, current pid {pid}", err.getvalue())
+            self.assertEqual(await cli.halt(reactor, layout.pid_file, the_console), cli.EXIT_OK)
+            self.assertFalse(layout.pid_file.exists())
+            self.assertEqual(await cli.start(reactor, layout, the_console), cli.EXIT_OK)
+            self.assertEqual(await cli.stop(reactor, layout.pid_file, the_console), cli.EXIT_OK)
+            self.assertEqual(cli.status(layout.pid_file, the_console), cli.EXIT_NOT_RUNNING)
 
         return ensureDeferred(scenario())
