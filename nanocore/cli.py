@@ -19,6 +19,7 @@ from typing import IO, Any, NoReturn
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
 from twisted.internet.error import TimeoutError as ProcessTimeout
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater, react
@@ -225,7 +226,7 @@ async def _port_answers(reactor: Any, address: str, port: int) -> bool:
     endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=1)
     try:
         protocol = await connectProtocol(endpoint, Protocol())
-    except Exception:
+    except ConnectError:
         return False
     if protocol.transport is not None:
         protocol.transport.loseConnection()
@@ -258,6 +259,9 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
     except ConfigError as error:
         console.complain(f"nanocore: config error: {error}")
         return EXIT_FAILURE
+    except OSError as error:
+        console.complain(f"nanocore: cannot prepare {error.filename}: {error.strerror}")
+        return EXIT_FAILURE
     if remove_stale(layout.pid_file):
         console.say(f"removed stale pid file {layout.pid_file}")
     launch: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
@@ -283,7 +287,14 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         return EXIT_FAILURE
     pid = await _wait_until_serving(reactor, layout, config, START_TIMEOUT)
     if pid is None:
-        console.complain("nanocore exited during start; last lines of the log:")
+        still_running = running_pid(layout.pid_file)
+        if still_running is None:
+            console.complain("nanocore exited during start; last lines of the log:")
+        else:
+            console.complain(
+                f"nanocore (pid {still_running}) runs but its API did not answer within"
+                f" {START_TIMEOUT:.0f} s; last lines of the log:"
+            )
         console.complain(log_tail(layout.log_file))
         return EXIT_FAILURE
     address, port = config.domain.listen_address, config.api.port

@@ -146,6 +146,8 @@ def makeService(options: Options, reactor: IReactorTCP | None = None) -> MultiSe
         config = load_checked_config(layout)
     except ConfigError as error:
         raise SystemExit(f"nanocore: config error: {error}") from None
+    except OSError as error:
+        raise SystemExit(f"nanocore: cannot prepare {error.filename}: {error.strerror}") from None
     try:
         certificates = prepare_certificates(layout, config)
     except (PKIError, OSError) as error:

@@ -195,6 +195,19 @@ class CommandTests(SynchronousTestCase):
         self.assertIn('"group_port"', err)
         self.assertFalse(self.layout.pid_file.exists())
 
+    def test_start_with_a_folder_that_cannot_be_made_spawns_nothing(self) -> None:
+        blocked = self.root / "not-a-folder"
+        blocked.write_text("a file where the log folder should be")
+        code, _out, err = self.run_command(
+            "start",
+            f"--config-dir={self.layout.config_dir}",
+            f"--data-dir={self.layout.data_dir}",
+            f"--cert-dir={self.layout.cert_dir}",
+            f"--log-dir={blocked}",
+        )
+        self.assertEqual(code, cli.EXIT_FAILURE)
+        self.assertIn(f"cannot prepare {blocked}", err)
+
     def test_import_nano_imports_a_nano_installation(self) -> None:
         source = REPO_ROOT / "tests" / "fixtures" / "nano14"
         data = f"--data-dir={self.layout.data_dir}"

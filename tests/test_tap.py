@@ -159,6 +159,13 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse((self.root / "cert" / pki.CA_CERT_FILE).exists())
         self.assertEqual(self.reactor.tcpServers, [])
 
+    def test_a_folder_that_cannot_be_made_ends_the_process(self) -> None:
+        self.root.mkdir()
+        (self.root / "data").write_text("a file where the data folder should be")
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(self.options, self.reactor)
+        self.assertIn(f"cannot prepare {self.root / 'data'}", str(caught.exception.code))
+
     def test_unusable_certificate_folder_ends_the_process(self) -> None:
         write_config(self.root / "config")
         (self.root / "cert").mkdir()
