@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,12 @@ class FakeDirectory:
 
     # -- the CellDirectory surface ------------------------------------------------------------
 
+    def names(self) -> Iterator[str]:
+        return iter(list(self.states))
+
+    def subscribe(self, observer: Any) -> None:
+        """Tests call the observer methods themselves (see ``Harness.connect``)."""
+
     def state(self, name: str) -> CellState | None:
         return self.states.get(name)
 
@@ -136,7 +142,6 @@ class Harness:
         self.store = store
         self.directory = FakeDirectory(self.clock)
         self.operations = Operations(store, self.clock, cells=self.directory, timeout=timeout)
-        assert self.operations.cells is not None
         self.cells: CellOperations = self.operations.cells
         self.status = self.operations.status
         resource = build_api_resource(self.operations, TEST_CREDENTIALS, self.clock)

@@ -207,7 +207,7 @@ class CellRouteTests(TestCase):
             request, id=MessageID.ComputeCellReadyEvent, success=False, error="mount failed"
         )
         answer = await self.h.api.post(f"/compute_pool_cells/shared/{CELL}")
-        self.assertEqual(answer.body, envelope.failure("mount failed"))
+        self.assertEqual(answer.body, envelope.failure(f"cell '{CELL}' not ready: mount failed"))
         self.assertNotIn(CELL, self.h.store.view.cells)
 
     async def test_cell_dropping_during_add_commits_nothing(self) -> None:
@@ -225,7 +225,7 @@ class CellRouteTests(TestCase):
         cases = {
             f"/compute_pool_cells/nope/{CELL}": "invalid pool 'nope'",
             f"/compute_pool_cells/shared/{CELL}": f"invalid cell '{CELL}'",
-            f"/compute_pool_cells/shared/{OTHER}": f"cell '{OTHER}' already in pool 'local'",
+            f"/compute_pool_cells/shared/{OTHER}": f"cell '{OTHER}' already allocated",
             f"/compute_pool_cells/local/{OTHER}": f"cell '{OTHER}' already in pool 'local'",
         }
         for path, message in cases.items():
@@ -309,8 +309,7 @@ class CellRouteTests(TestCase):
         self.assertEqual((await self.h.api.put(path)).error, "EOF")
         self.assertEqual(
             (await self.h.api.put(path, {"enable": "no"})).error,
-            "json: cannot unmarshal string into Go struct field "
-            "modifyCellRequest.enable of type bool",
+            "json: cannot unmarshal string into Go struct field request.enable of type bool",
         )
         self.assertEqual(
             (await self.h.api.put(path, {"enable": True, "purge": True})).error,
@@ -426,8 +425,7 @@ class CellRouteTests(TestCase):
         self.assertEqual((await self.h.api.put(path, {})).error, "target path required")
         self.assertEqual(
             (await self.h.api.put(path, {"default": 7})).error,
-            "json: cannot unmarshal number 7 into Go struct field "
-            "changeStorageRequest.default of type string",
+            "json: cannot unmarshal number 7 into Go struct field request.default of type string",
         )
         self.assertEqual((await self.h.api.get(path)).error, f"cell '{CELL}' is not connected")
         self.assertEqual(
@@ -438,7 +436,9 @@ class CellRouteTests(TestCase):
         self.h.directory.responders[CELL] = lambda request: reply_to(
             request, success=False, error="no such path"
         )
-        self.assertEqual((await self.h.api.put(path, {"default": "/x"})).error, "no such path")
+        self.assertEqual(
+            (await self.h.api.put(path, {"default": "/x"})).error, f"cell '{CELL}': no such path"
+        )
         self.h.directory.responders.clear()
         querying = self.h.api.get(path)
         self.h.clock.advance(TIMEOUT)

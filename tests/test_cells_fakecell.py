@@ -53,8 +53,6 @@ class FakeCellMembershipTests(TestCase):
         self.operations = Operations(
             self.store, self.clock, cells=self.cluster.registry, timeout=TIMEOUT
         )
-        assert self.operations.cells is not None
-        self.cluster.registry.subscribe(self.operations.cells)
         resource = build_api_resource(self.operations, TEST_CREDENTIALS, self.clock)
         self.api = APIClient(resource, self.clock)
 

@@ -15,7 +15,6 @@ from nanocore.operations.cells import (
     CellView,
     StorageAttachment,
 )
-from nanocore.operations.errors import InvalidRequest
 
 TAG = "cells"
 
@@ -42,11 +41,9 @@ MODIFY_CELL = Body(
             "connects (failover clean-up); the original dropped this flag",
         ),
     ),
-    name="modifyCellRequest",
 )
 CHANGE_STORAGE = Body(
     (Field("default", required=True, missing="target path required"),),
-    name="changeStorageRequest",
 )
 
 
@@ -89,9 +86,7 @@ def routes(ops: Any) -> list[Route]:
     """``ops.cells`` is looked up per request, so the table can be built without operations."""
 
     def cells() -> CellOperations:
-        family: CellOperations | None = ops.cells
-        if family is None:
-            raise InvalidRequest("this Core has no cell fabric")
+        family: CellOperations = ops.cells
         return family
 
     def unallocated(call: Call) -> object:

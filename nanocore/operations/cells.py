@@ -11,7 +11,7 @@ reconnects and disconnects of Cells change state here, through the store, like a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from attrs import define, evolve, frozen
@@ -21,7 +21,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nanocore.cluster.cells import STATUS_STALE_AFTER, CellObserver, CellState, CellStatus
+from nanocore.cluster.cells import (
+    STATUS_STALE_AFTER,
+    CellObserver,
+    CellState,
+    CellStatus,
+    CellUnavailable,
+)
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
@@ -41,14 +47,21 @@ from nanocore.store import Change, Delete, Put
 ADD_TIMEOUT_MESSAGE = "wait cell ready timeout"
 #: What a forwarded cell request says on timeout.
 CELL_TIMEOUT_MESSAGE = "cell timeout"
+#: What a Cell's ``success: false`` becomes (``{cell}``, ``{reason}`` = the Cell's error text).
+REFUSED = "cell '{cell}': {reason}"
+NOT_READY = "cell '{cell}' not ready: {reason}"
 
 
 class CellRefused(OperationError):
-    """The Cell answered ``success: false``; the message is the Cell's own text."""
+    """The Cell answered ``success: false`` (its error text is in the message) or nonsense."""
 
 
 class CellDirectory(Protocol):
     """The part of :class:`~nanocore.cluster.cells.CellRegistry` these operations use."""
+
+    def names(self) -> Iterator[str]: ...
+
+    def subscribe(self, observer: CellObserver) -> None: ...
 
     def state(self, name: str) -> CellState | None: ...
 
@@ -59,6 +72,31 @@ class CellDirectory(Protocol):
     def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]: ...
 
     def send(self, name: str, message: Message) -> None: ...
+
+
+class NoLinks:
+    """No fabric in this process: no Cell is ever connected."""
+
+    def names(self) -> Iterator[str]:
+        return iter(())
+
+    def subscribe(self, observer: CellObserver) -> None:
+        pass
+
+    def state(self, name: str) -> CellState | None:
+        return None
+
+    def address(self, name: str) -> str | None:
+        return None
+
+    def status(self, name: str) -> CellStatus | None:
+        return None
+
+    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
+        return fail(CellUnavailable(f"cell {name!r} is not connected"))
+
+    def send(self, name: str, message: Message) -> None:
+        raise CellUnavailable(f"cell {name!r} is not connected")
 
 
 #: Called on an ungraceful disconnect of a Cell whose pool has failover on (a later issue).
@@ -194,16 +232,20 @@ class CellOperations:
     def unallocated(self) -> list[CellView]:
         """Cells seen since start that belong to no pool (and are not being added to one)."""
         stored = self._context.view.cells
-        views = []
-        for name in self._presence:
-            record = stored.get(name)
-            if (record is not None and record.pool) or name in self._claims:
-                continue
-            views.append(self.view(record or ComputeCell(name=name)))
-        for record in stored.values():
-            if not record.pool and record.name not in self._presence:
-                views.append(self.view(record))
-        return views
+        names = {name for name, record in stored.items() if not record.pool}
+        names.update(name for name in self._presence if name not in stored)
+        names.update(name for name in self._cells.names() if name not in stored)
+        names.difference_update(self._claims)
+        return [self.view(stored.get(name) or ComputeCell(name=name)) for name in sorted(names)]
+
+    def notify(self, name: str, message: Message) -> None:
+        """Fire-and-forget to a Cell if it is connected; one that is not re-syncs on rejoin."""
+        try:
+            self._cells.send(name, message)
+        except LinkError as error:
+            self.log.info(
+                "{name} not told {id:#08x}: {error}", name=name, id=message.id, error=str(error)
+            )
 
     def in_pool(self, pool: str) -> list[CellView]:
         self._pool(pool)
@@ -280,19 +322,21 @@ class CellOperations:
         """Push the pool to the Cell, and record the membership only once the Cell is ready."""
         target = self._pool(pool)
         record = self._context.view.cells.get(cell)
+        if record is not None and record.pool == pool:
+            raise InvalidRequest(f"cell '{cell}' already in pool '{pool}'")
         if record is not None and record.pool:
-            raise InvalidRequest(f"cell '{cell}' already in pool '{record.pool}'")
+            raise InvalidRequest(f"cell '{cell}' already allocated")
         if cell in self._claims:
             raise InvalidRequest(
                 f"cell '{cell}' already allocated (being added to pool '{self._claims[cell]}')"
             )
-        if cell not in self._presence and record is None:
+        if record is None and cell not in self._presence and self._cells.state(cell) is None:
             raise UnknownEntity(f"invalid cell '{cell}'")
         self._require_connected(cell)
         message = self.pool_ready_message(target)
         self._claims[cell] = pool
         try:
-            reply = yield self._ask(cell, message, ADD_TIMEOUT_MESSAGE)
+            reply = yield self._ask(cell, message, ADD_TIMEOUT_MESSAGE, NOT_READY)
             try:
                 yield self._context.commit(*self._joining(pool, cell, message, reply))
             except Exception:
@@ -333,10 +377,7 @@ class CellOperations:
 
     def _tell_removed(self, cell: str) -> None:
         """Best effort: a Cell that is gone has nothing to undo."""
-        try:
-            self._cells.send(cell, Message(id=MessageID.ComputeCellRemovedEvent))
-        except LinkError as error:
-            self.log.info("{cell} not told of its removal: {error}", cell=cell, error=str(error))
+        self.notify(cell, Message(id=MessageID.ComputeCellRemovedEvent))
 
     @inlineCallbacks
     def remove(self, pool: str, cell: str) -> Any:
@@ -533,14 +574,18 @@ class CellOperations:
         if not self.connected(cell):
             raise InvalidRequest(f"cell '{cell}' is not connected")
 
-    def _ask(self, cell: str, message: Message, timeout_message: str) -> Deferred[Message]:
+    def _ask(
+        self, cell: str, message: Message, timeout_message: str, refusal: str = REFUSED
+    ) -> Deferred[Message]:
+        """A request to the Cell; its failures become messages the client can read."""
         asking = self._cells.request(cell, message, timeout=self._timeout)
 
         def translate(failure: Failure) -> Failure:
             if failure.check(TransactionTimeout):
                 return Failure(OperationTimeout(timeout_message))
             if failure.check(CellError):
-                return Failure(CellRefused(str(failure.value) or f"cell '{cell}' failed"))
+                reason = str(failure.value) or "failed"
+                return Failure(CellRefused(refusal.format(cell=cell, reason=reason)))
             if failure.check(LinkError):
                 return Failure(InvalidRequest(f"cell '{cell}' is not connected"))
             return failure

@@ -6,7 +6,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context, StoreLike
-from nanocore.operations.cells import CellDirectory, CellOperations, FailoverPlanner
+from nanocore.operations.cells import CellDirectory, CellOperations, FailoverPlanner, NoLinks
 from nanocore.operations.pools import ComputePools, StoragePools
 from nanocore.operations.security import SecurityGroups
 from nanocore.operations.status import CellMonitor, NoCells, Status
@@ -21,27 +21,29 @@ class Operations:
         store: StoreLike,
         clock: IReactorTime,
         monitor: CellMonitor | None = None,
-        *,
         cells: CellDirectory | None = None,
+        *,
         timeout: float = 10.0,
         failover: FailoverPlanner | None = None,
     ) -> None:
-        """``cells`` (the ``CellRegistry``) enables the cell family, which is then the monitor.
+        """``cells`` is the Cell registry; the cell family subscribes to it and is the monitor.
 
-        Subscribe ``self.cells`` to the registry so that Cell events reach it.
+        ``timeout`` is the domain timeout for Cell requests; ``failover`` plans the failover of
+        a Cell lost without goodbye from a pool with failover on (a later issue).
         """
         self.context = Context(store, clock)
-        self.cells: CellOperations | None = None
-        if cells is not None:
-            self.cells = CellOperations(self.context, cells, timeout, failover=failover)
-            monitor = monitor or self.cells
         self.compute_pools = ComputePools(self.context)
         self.storage_pools = StoragePools(self.context)
-        self.address_pools = AddressPools(self.context)
         self.templates = Templates(self.context)
         self.security_groups = SecurityGroups(self.context)
-        self.status = Status(self.context, monitor or NoCells(), self.context.now_text())
+        links = cells if cells is not None else NoLinks()
+        self.cells = CellOperations(self.context, links, timeout, failover=failover)
+        links.subscribe(self.cells)
+        if monitor is None:
+            monitor = self.cells if cells is not None else NoCells()
+        self.address_pools = AddressPools(self.context, self.cells.notify)
+        self.status = Status(self.context, monitor, self.context.now_text())
 
-    def revision(self) -> int:
+    def revision(self) -> tuple[int, int]:
         """Changes with every commit made through these operations (keys the API's cache)."""
         return self.context.revision()
