@@ -154,7 +154,7 @@ class CellOperations:
         self,
         context: Context,
         cells: CellDirectory,
-        timeout: float,
+        timeout: float | None = None,
         *,
         failover: FailoverPlanner | None = None,
     ) -> None:
@@ -578,7 +578,8 @@ class CellOperations:
         self, cell: str, message: Message, timeout_message: str, refusal: str = REFUSED
     ) -> Deferred[Message]:
         """A request to the Cell; its failures become messages the client can read."""
-        asking = self._cells.request(cell, message, timeout=self._timeout)
+        limit = {} if self._timeout is None else {"timeout": self._timeout}
+        asking = self._cells.request(cell, message, **limit)
 
         def translate(failure: Failure) -> Failure:
             if failure.check(TransactionTimeout):

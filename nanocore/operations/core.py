@@ -23,12 +23,13 @@ class Operations:
         monitor: CellMonitor | None = None,
         cells: CellDirectory | None = None,
         *,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         failover: FailoverPlanner | None = None,
     ) -> None:
         """``cells`` is the Cell registry; the cell family subscribes to it and is the monitor.
 
-        ``timeout`` is the domain timeout for Cell requests; ``failover`` plans the failover of
+        ``timeout`` bounds Cell requests (default: the registry's own, the domain timeout);
+        ``failover`` plans the failover of
         a Cell lost without goodbye from a pool with failover on (a later issue).
         """
         self.context = Context(store, clock)
