@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -326,6 +328,8 @@ class ConstructionTests(SynchronousTestCase):
         self.assertRefused("id", id=2**32)
         self.assertRefused("id", id=True)
         self.assertRefused("from", from_session=1.0)
+        self.assertRefused("from", from_session=False)
+        self.assertRefused("sender", sender=None)
         self.assertRefused("to", to_session=-5)
         self.assertRefused("transaction", transaction=2**32)
         self.assertRefused("success", success=1)
@@ -356,6 +360,38 @@ class ConstructionTests(SynchronousTestCase):
             message.uint_array_params[3] = (5,)  # type: ignore[index]
 
         self.assertRaises(TypeError, mutate)
+        params: Any = message.uint_array_params
+        for method, arguments in (
+            ("update", ({3: (5,)},)),
+            ("clear", ()),
+            ("pop", (1,)),
+            ("popitem", ()),
+            ("setdefault", (3, (5,))),
+            ("__delitem__", (1,)),
+            ("__ior__", ({3: (5,)},)),
+        ):
+            self.assertRaises(TypeError, getattr(params, method), *arguments)
+        self.assertEqual(dict(message.uint_array_params), {1: (1, 2)})
+
+    def test_a_message_reuses_checked_maps(self) -> None:
+        message = Message(id=1, string_params={1: "x"})
+        again = Message(id=2, string_params=message.string_params)
+        self.assertIs(again.string_params, message.string_params)
+        self.assertEqual(repr(message.string_params), "{1: 'x'}")
+
+    def test_a_checked_map_of_another_type_is_checked_again(self) -> None:
+        message = Message(id=1, string_params={1: "x"}, uint_params={1: 1})
+        error = self.assertRaises(MessageError, Message, id=2, uint_params=message.string_params)
+        self.assertEqual(error.field, "uint_params.1")
+        self.assertEqual(Message(id=3, int_params=message.uint_params).int_params, {1: 1})
+
+    def test_copy_and_pickle(self) -> None:
+        message = Message(id=1, uint_array_params={1: [1, 2]}, string_params={2: "x"})
+        self.assertEqual(copy.deepcopy(message), message)
+        self.assertEqual(copy.copy(message), message)
+        restored = pickle.loads(pickle.dumps(message))
+        self.assertEqual(restored, message)
+        self.assertRaises(TypeError, restored.string_params.clear)
 
     def test_sender_is_local_metadata(self) -> None:
         message = Message(id=1, sender="Cell_a")

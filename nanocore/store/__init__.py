@@ -1,1 +1,29 @@
-"""Crash-safe SQLite persistence of cluster state in the data dir."""
+"""SQLite persistence of cluster state: schema, migrations, group commit, Nano 1.4 import."""
+
+from nanocore.store.changes import Change, Delete, Insert, Put, UnitOfWork
+from nanocore.store.errors import (
+    Conflict,
+    DamagedStore,
+    NotFound,
+    StillReferenced,
+    StoreClosed,
+    StoreError,
+)
+from nanocore.store.readmodel import ReadModel
+from nanocore.store.store import Store
+
+__all__ = [
+    "Change",
+    "Conflict",
+    "DamagedStore",
+    "Delete",
+    "Insert",
+    "NotFound",
+    "Put",
+    "ReadModel",
+    "StillReferenced",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "UnitOfWork",
+]

@@ -1,0 +1,286 @@
+"""The cell registry: which Cells are linked, whether they are alive, and what they last reported.
+
+The registry sits on top of the Cell links (it is their :class:`LinkHandler`) and routes what
+arrives: replies and progress events (non-zero ``to``) go to :class:`Transactions`, status reports
+become the latest :class:`CellStatus`, and every other message goes to the subscribed
+:class:`CellObserver` s, which is how Cell events reach ``operations`` (cell-protocol.md §6).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from typing import Any
+
+from attrs import define, frozen
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.transactions import Transactions
+from nanocore.cluster.transport import LinkError, LinkSession, LinkState
+
+#: A cell whose last status report is older than this is no longer *alive* (core §6, step 2).
+STATUS_STALE_AFTER = 10.0
+
+
+class CellState(enum.Enum):
+    """How Core sees a Cell right now."""
+
+    #: Linked (handshake done) but no recent status report.
+    CONNECTED = "connected"
+    #: Linked and reported its status within ``STATUS_STALE_AFTER`` seconds.
+    ALIVE = "alive"
+    #: Linked but silent for ``transport.LOST_AFTER`` seconds.
+    LOST = "lost"
+    #: Known, but its link is gone.
+    DISCONNECTED = "disconnected"
+
+
+class StatusReportError(ValueError):
+    """A ``CellStatusReportEvent`` lacks a field or has an array of the wrong length."""
+
+
+class CellUnavailable(LinkError):
+    """No connected link to that Cell."""
+
+
+Quad = tuple[int, int, int, int]
+
+
+@frozen
+class CellStatus:
+    """One ``CellStatusReportEvent`` (§5.2). IO and Speed are zeros from real 1.4.1 Cells."""
+
+    cores: int
+    usage: float  #: host CPU %, 0-100
+    memory_available: int
+    memory_total: int
+    disk_free: int
+    disk_total: int
+    io: Quad = (0, 0, 0, 0)  #: bytes read, written, received, sent over the last interval
+    speed: Quad = (0, 0, 0, 0)  #: read, write, receive, send bytes/s
+
+    @classmethod
+    def from_message(cls, message: Message) -> CellStatus:
+        """Read a report; like the original, reject the whole of it if any field is wrong."""
+
+        def array(key: ParamKey, length: int) -> tuple[int, ...]:
+            values = message.uint_array_params.get(key)
+            if values is None or len(values) != length:
+                raise StatusReportError(f"{key.name}: expected {length} unsigned integers")
+            return tuple(values)
+
+        cores = message.uint_params.get(ParamKey.Core)
+        usage = message.float_params.get(ParamKey.Usage)
+        if cores is None:
+            raise StatusReportError("Core: missing")
+        if usage is None:
+            raise StatusReportError("Usage: missing")
+        memory = array(ParamKey.Memory, 2)
+        disk = array(ParamKey.Disk, 2)
+        io = array(ParamKey.IO, 4)
+        speed = array(ParamKey.Speed, 4)
+        return cls(
+            cores=cores,
+            usage=usage,
+            memory_available=memory[0],
+            memory_total=memory[1],
+            disk_free=disk[0],
+            disk_total=disk[1],
+            io=(io[0], io[1], io[2], io[3]),
+            speed=(speed[0], speed[1], speed[2], speed[3]),
+        )
+
+    def to_message(self) -> Message:
+        """The report as a Cell sends it."""
+        return Message(
+            id=MessageID.CellStatusReportEvent,
+            uint_params={ParamKey.Core: self.cores},
+            float_params={ParamKey.Usage: self.usage},
+            uint_array_params={
+                ParamKey.Memory: (self.memory_available, self.memory_total),
+                ParamKey.Disk: (self.disk_free, self.disk_total),
+                ParamKey.IO: self.io,
+                ParamKey.Speed: self.speed,
+            },
+        )
+
+
+class CellObserver(Interface):
+    """The rest of Core (``operations``) hears about Cells through this."""
+
+    def cell_available(name: str, address: str) -> None:
+        """A Cell completed its handshake from ``address`` (also after a reconnect)."""
+
+    def cell_status(name: str, status: CellStatus) -> None:
+        """A Cell sent a valid status report."""
+
+    def cell_event(name: str, message: Message) -> None:
+        """A Cell sent an unsolicited message (``to == 0``) other than a status report."""
+
+    def cell_disconnected(name: str, gracefully: bool) -> None:
+        """A Cell's link is gone; ``gracefully`` if the Cell said goodbye."""
+
+
+@define
+class _Cell:
+    """What the registry knows about one Cell name."""
+
+    name: str
+    address: str
+    link: LinkSession | None
+    status: CellStatus | None = None
+    reported_at: float | None = None
+
+
+class CellRegistry:
+    """Who is connected, alive, lost or disconnected, and how to reach them."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, transactions: Transactions) -> None:
+        self._clock = clock
+        self._transactions = transactions
+        self._cells: dict[str, _Cell] = {}
+        self._observers: list[Any] = []
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def names(self) -> Iterator[str]:
+        """Every Cell seen since start, linked or not."""
+        return iter(list(self._cells))
+
+    def link(self, name: str) -> LinkSession | None:
+        """The Cell's link while it is connected (lost included), else None."""
+        cell = self._cells.get(name)
+        if cell is None or cell.link is None:
+            return None
+        return cell.link
+
+    def address(self, name: str) -> str | None:
+        cell = self._cells.get(name)
+        return cell.address if cell is not None else None
+
+    def status(self, name: str) -> CellStatus | None:
+        """The latest valid status report of the Cell (kept after it disconnects)."""
+        cell = self._cells.get(name)
+        return cell.status if cell is not None else None
+
+    def state(self, name: str) -> CellState | None:
+        """The Cell's state now, or None for a name never seen."""
+        cell = self._cells.get(name)
+        if cell is None:
+            return None
+        if cell.link is None or not cell.link.connected:
+            return CellState.DISCONNECTED
+        if cell.link.state is LinkState.LOST:
+            return CellState.LOST
+        if (
+            cell.reported_at is not None
+            and self._clock.seconds() - cell.reported_at < STATUS_STALE_AFTER
+        ):
+            return CellState.ALIVE
+        return CellState.CONNECTED
+
+    # -- talking to Cells ---------------------------------------------------------------------
+
+    def send(self, name: str, message: Message) -> None:
+        """Fire-and-forget (e.g. ``ComputeCellRemovedEvent``); raises :class:`LinkError`."""
+        link = self.link(name)
+        if link is None:
+            raise CellUnavailable(f"cell {name!r} is not connected")
+        link.send(message)
+
+    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
+        """A transaction with the Cell; fails at once with :class:`CellUnavailable` if unlinked.
+
+        Keywords (``timeout``, ``on_progress``, ...) go to :meth:`Transactions.request`; only
+        this Cell may answer, and the request fails when its link goes down.
+        """
+        link = self.link(name)
+        if link is None:
+            return fail(CellUnavailable(f"cell {name!r} is not connected"))
+        kw.setdefault("peer", name)
+        try:
+            return self._transactions.request(link.send, message, **kw)
+        except LinkError as e:
+            return fail(e)
+
+    def subscribe(self, observer: CellObserver) -> None:
+        self._observers.append(observer)
+
+    def unsubscribe(self, observer: CellObserver) -> None:
+        self._observers.remove(observer)
+
+    def close_all(self) -> None:
+        """Say goodbye to every Cell (Core is stopping)."""
+        for cell in list(self._cells.values()):
+            if cell.link is not None:
+                cell.link.close()
+
+    # -- LinkHandler --------------------------------------------------------------------------
+
+    def link_connected(self, link: LinkSession) -> None:
+        cell = self._cells.get(link.name)
+        previous = cell.link if cell is not None else None
+        if cell is None:
+            cell = self._cells[link.name] = _Cell(link.name, link.address, link)
+        else:
+            cell.link, cell.address = link, link.address
+        if previous is not None and previous is not link:
+            # Same certificate, new connection: the Cell restarted before its old link timed
+            # out. The newest link wins; the old one leaves without a disconnect event.
+            self.log.info("{name} reconnected; closing its previous link", name=link.name)
+            previous.close()
+        self._notify("cell_available", link.name, link.address)
+
+    def message_received(self, link: LinkSession, message: Message) -> None:
+        if self._cells.get(link.name) is None or self._cells[link.name].link is not link:
+            return
+        if message.to_session:
+            self._transactions.deliver(message)
+        elif message.id == MessageID.CellStatusReportEvent:
+            self._status_received(link.name, message)
+        else:
+            self._notify("cell_event", link.name, message)
+
+    def link_lost(self, link: LinkSession) -> None:
+        """Lost is bookkeeping only (``state``); failover waits for the disconnect."""
+
+    def link_recovered(self, link: LinkSession) -> None:
+        """Back to connected; nothing to tell observers."""
+
+    def link_closed(self, link: LinkSession, gracefully: bool) -> None:
+        cell = self._cells.get(link.name)
+        if cell is None or cell.link is not link:
+            return
+        cell.link = None
+        self._transactions.fail_peer(
+            link.name, CellUnavailable(f"cell {link.name!r} disconnected")
+        )
+        self._notify("cell_disconnected", link.name, gracefully)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _status_received(self, name: str, message: Message) -> None:
+        try:
+            status = CellStatus.from_message(message)
+        except StatusReportError as e:
+            self.log.warn("ignoring status report from {name}: {reason}", name=name, reason=str(e))
+            return
+        cell = self._cells[name]
+        cell.status = status
+        cell.reported_at = self._clock.seconds()
+        self._notify("cell_status", name, status)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for observer in list(self._observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                self.log.failure(
+                    "observer {observer!r} failed on {event}", observer=observer, event=event
+                )

@@ -1,0 +1,501 @@
+"""The Cell link: handshake, keepalive, loss detection and graceful close over a framing.
+
+Two layers, so that a KCP adapter for stock Go Cells (cell-protocol.md §2, §7.3) can be added
+without touching anything above it:
+
+- a *wire* (:class:`FrameWire`) carries whole JSON documents, one per frame. The one shipped here
+  is :class:`FramedLinkProtocol`: TLS over TCP with a 4-byte big-endian length prefix and a
+  maximum frame size checked before the frame is buffered.
+- a :class:`LinkSession` runs the endpoint rules of §2.6-§2.8 on top of any wire, with every
+  timer on an injected clock: the ``ConnectionOpenedEvent`` handshake, keepalive every 3 s, lost
+  after 9 s and disconnected after 15 s of silence, ``ConnectionClosedEvent`` on close.
+
+What sits above a link (the :class:`~nanocore.cluster.cells.CellRegistry` on Core, a FakeCell on
+the Cell side) implements :class:`LinkHandler`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey, decode, encode
+
+#: Seconds between two keepalives on a connected link (framework ``KeepAliveInterval``).
+KEEPALIVE_INTERVAL = 3.0
+#: Seconds of silence after which a peer is *lost* (``LostThresholdInterval``).
+LOST_AFTER = 9.0
+#: Seconds of silence after which a peer is disconnected (``DisconnectThresholdInterval``).
+DISCONNECT_AFTER = 15.0
+#: Seconds a new link may take to complete the handshake before it is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+#: Seconds an orderly close may take to flush before the connection is aborted.
+CLOSE_GRACE = 3.0
+#: Largest frame accepted or sent: the Go endpoint's receive buffer (2 MiB).
+MAX_FRAME_SIZE = 2 << 20
+
+
+class ServiceType(enum.IntEnum):
+    """The service type carried in ``ConnectionOpenedEvent`` (§2.6)."""
+
+    CORE = 0
+    CELL = 1
+    IMAGE = 2
+    ROUTER = 3
+
+
+class LinkState(enum.Enum):
+    """Where a link is in its life."""
+
+    HANDSHAKING = "handshaking"
+    CONNECTED = "connected"
+    LOST = "lost"
+    CLOSED = "closed"
+
+
+class LinkError(Exception):
+    """A message could not be sent on a link."""
+
+
+class LinkClosed(LinkError):
+    """The link is not (or no longer) connected."""
+
+
+class FrameTooLarge(LinkError):
+    """An outgoing message is larger than the peer would accept."""
+
+
+class FrameWire(TypingProtocol):
+    """The framing seam: carries whole encoded messages, one per frame, to one peer."""
+
+    @property
+    def address(self) -> str:
+        """The peer's IP address."""
+
+    def write_frame(self, frame: bytes) -> None:
+        """Send one encoded message."""
+
+    def close(self) -> None:
+        """Flush what was written, then close; abort if that takes too long."""
+
+    def abort(self) -> None:
+        """Drop the connection now, discarding anything unsent."""
+
+
+class CellLink(TypingProtocol):
+    """What the rest of Core may do with a link (docs/architecture.md); LinkSession provides it."""
+
+    @property
+    def name(self) -> str:
+        """The peer's name, from its verified certificate."""
+
+    @property
+    def address(self) -> str:
+        """The peer's IP address."""
+
+    def send(self, message: Message) -> None:
+        """Send one message or raise :class:`LinkError`."""
+
+    def close(self) -> None:
+        """Say goodbye and close."""
+
+
+class LinkHandler(TypingProtocol):
+    """What sits above links: told about each link's life and its application messages."""
+
+    def link_connected(self, link: LinkSession) -> None:
+        """The handshake completed: ``link.name`` is now known and verified."""
+
+    def message_received(self, link: LinkSession, message: Message) -> None:
+        """An application message (anything but connection control) arrived."""
+
+    def link_lost(self, link: LinkSession) -> None:
+        """The peer has been silent for ``LOST_AFTER`` seconds."""
+
+    def link_recovered(self, link: LinkSession) -> None:
+        """A lost peer spoke again."""
+
+    def link_closed(self, link: LinkSession, gracefully: bool) -> None:
+        """The link is gone; ``gracefully`` only if the peer said ``ConnectionClosedEvent``."""
+
+
+def opened_event(name: str, service_type: ServiceType) -> Message:
+    """The handshake message announcing ``name`` of ``service_type``."""
+    return Message(
+        id=MessageID.ConnectionOpenedEvent,
+        string_params={ParamKey.Name: name},
+        uint_params={ParamKey.Type: int(service_type)},
+    )
+
+
+_KEEPALIVE_FRAME = encode(Message(id=MessageID.ConnectionKeepAliveEvent))
+_CLOSED_FRAME = encode(Message(id=MessageID.ConnectionClosedEvent))
+
+
+class LinkSession:
+    """One link's endpoint state machine, independent of the framing below it.
+
+    The dialing side announces itself first; the accepting side reads the peer's announcement,
+    checks it against the authenticated identity (``identify``) and answers with its own.
+    Any received frame counts as a sign of life (the original counts only keepalives).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        wire: FrameWire,
+        handler: LinkHandler,
+        clock: IReactorTime,
+        *,
+        local_name: str,
+        local_type: ServiceType,
+        peer_type: ServiceType,
+        dialer: bool,
+        identify: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._wire = wire
+        self._handler = handler
+        self._clock = clock
+        self._local_name = local_name
+        self._local_type = local_type
+        self._peer_type = peer_type
+        self._dialer = dialer
+        self._identify = identify
+        self.name = ""
+        self.state = LinkState.HANDSHAKING
+        self._last_heard = clock.seconds()
+        self._watchdog: IDelayedCall | None = None
+        self._keepalive = LoopingCall(self._send_keepalive)
+        self._keepalive.clock = clock
+
+    @property
+    def address(self) -> str:
+        """The peer's IP address."""
+        return self._wire.address
+
+    @property
+    def connected(self) -> bool:
+        """True once the handshake is done and until the link closes (lost included)."""
+        return self.state in (LinkState.CONNECTED, LinkState.LOST)
+
+    # -- driven by the wire -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The wire is up: announce ourselves if dialing, and bound the handshake."""
+        self._watchdog = self._clock.callLater(HANDSHAKE_TIMEOUT, self._handshake_expired)
+        if self._dialer:
+            self._wire.write_frame(encode(opened_event(self._local_name, self._local_type)))
+
+    def frame_received(self, frame: bytes) -> None:
+        """One whole frame arrived from the peer."""
+        if self.state is LinkState.CLOSED:
+            return
+        try:
+            message = decode(frame, sender=self.name)
+        except MessageError as e:
+            self.protocol_error(f"malformed frame: {e}")
+            return
+        if self.state is LinkState.HANDSHAKING:
+            self._handshake(message)
+            return
+        self._last_heard = self._clock.seconds()
+        if self.state is LinkState.LOST:
+            self.state = LinkState.CONNECTED
+            self.log.info(
+                "link {name} ({address}) recovered", name=self.name, address=self.address
+            )
+            self._handler.link_recovered(self)
+        if message.id == MessageID.ConnectionKeepAliveEvent:
+            return
+        if message.id == MessageID.ConnectionClosedEvent:
+            self.log.info(
+                "{name} ({address}) closed the link", name=self.name, address=self.address
+            )
+            self._finish(gracefully=True)
+            self._wire.close()
+            return
+        if message.id == MessageID.ConnectionOpenedEvent:
+            self.log.warn("{name} repeated its handshake; ignored", name=self.name)
+            return
+        self._handler.message_received(self, message)
+
+    def protocol_error(self, reason: str) -> None:
+        """The peer broke the framing or the message format: drop only this link."""
+        if self.state is LinkState.CLOSED:
+            return
+        self.log.warn(
+            "dropping link {name} ({address}): {reason}",
+            name=self.name or "(unnamed)",
+            address=self.address,
+            reason=reason,
+        )
+        self._finish(gracefully=False)
+        self._wire.abort()
+
+    def wire_lost(self) -> None:
+        """The connection below is gone."""
+        self._finish(gracefully=False)
+
+    # -- the CellLink face --------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        """Send one message; raises :class:`LinkError` rather than dropping it silently."""
+        if not self.connected:
+            raise LinkClosed(f"link to {self.name or self.address} is not connected")
+        frame = encode(message)
+        if len(frame) > MAX_FRAME_SIZE:
+            raise FrameTooLarge(f"message {message.id} is {len(frame)} bytes")
+        self._wire.write_frame(frame)
+
+    def close(self) -> None:
+        """Say goodbye (``ConnectionClosedEvent``) and close the wire."""
+        if self.state is LinkState.CLOSED:
+            return
+        if self.connected:
+            self._wire.write_frame(_CLOSED_FRAME)
+        self._finish(gracefully=False)
+        self._wire.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _handshake(self, message: Message) -> None:
+        claimed = message.string_params.get(ParamKey.Name)
+        claimed_type = message.uint_params.get(ParamKey.Type)
+        if message.id != MessageID.ConnectionOpenedEvent or claimed is None:
+            self.protocol_error(f"expected ConnectionOpenedEvent, got message {message.id}")
+            return
+        if claimed_type != self._peer_type:
+            self.protocol_error(
+                f"{claimed!r} is service type {claimed_type}, not {self._peer_type}"
+            )
+            return
+        if self._identify is not None:
+            verified = self._identify()
+            if verified is None:
+                self.protocol_error(f"{claimed!r} presented no verified certificate")
+                return
+            if verified != claimed:
+                self.protocol_error(f"certificate is for {verified!r} but peer claims {claimed!r}")
+                return
+        self.name = claimed
+        if not self._dialer:
+            self._wire.write_frame(encode(opened_event(self._local_name, self._local_type)))
+        self.state = LinkState.CONNECTED
+        self._last_heard = self._clock.seconds()
+        self._cancel_watchdog()
+        self._watchdog = self._clock.callLater(LOST_AFTER, self._watch)
+        self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
+        self.log.info("link {name} ({address}) connected", name=self.name, address=self.address)
+        self._handler.link_connected(self)
+
+    def _handshake_expired(self) -> None:
+        self._watchdog = None
+        self.protocol_error(f"no handshake within {HANDSHAKE_TIMEOUT} s")
+
+    def _send_keepalive(self) -> None:
+        # Sent while lost too: the original stops, so both ends then lose each other (§2.8).
+        self._wire.write_frame(_KEEPALIVE_FRAME)
+
+    def _watch(self) -> None:
+        """Fires at the next silence deadline; cheap because receipt only stamps a time."""
+        self._watchdog = None
+        now = self._clock.seconds()
+        silent = now - self._last_heard
+        if self.state is LinkState.CONNECTED and silent >= LOST_AFTER:
+            self.state = LinkState.LOST
+            self.log.warn(
+                "link {name} ({address}) lost: silent for {silent:.1f} s",
+                name=self.name,
+                address=self.address,
+                silent=silent,
+            )
+            self._handler.link_lost(self)
+        if self.state is LinkState.LOST and silent >= DISCONNECT_AFTER:
+            self.log.warn(
+                "link {name} ({address}) disconnected: silent for {silent:.1f} s",
+                name=self.name,
+                address=self.address,
+                silent=silent,
+            )
+            self.close()
+            return
+        if self.state is LinkState.CLOSED:
+            return
+        limit = LOST_AFTER if self.state is LinkState.CONNECTED else DISCONNECT_AFTER
+        self._watchdog = self._clock.callLater(max(0.0, limit - silent), self._watch)
+
+    def _cancel_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+
+    def _finish(self, gracefully: bool) -> None:
+        """Enter CLOSED once; tell the handler only if the link had been connected."""
+        if self.state is LinkState.CLOSED:
+            return
+        was_connected = self.connected
+        self.state = LinkState.CLOSED
+        self._cancel_watchdog()
+        if self._keepalive.running:
+            self._keepalive.stop()
+        if was_connected:
+            self._handler.link_closed(self, gracefully)
+
+
+def _host_of(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else str(address)
+
+
+class FramedLinkProtocol(Int32StringReceiver):
+    """The TLS/TCP wire: 4-byte length-prefixed frames, refused above ``MAX_FRAME_SIZE``."""
+
+    MAX_LENGTH = MAX_FRAME_SIZE
+    log = Logger()
+
+    def __init__(
+        self, session_factory: Callable[[FramedLinkProtocol], LinkSession], clock: IReactorTime
+    ) -> None:
+        self._session_factory = session_factory
+        self._clock = clock
+        self._abort_call: IDelayedCall | None = None
+        self._closed_waiters: list[Deferred[None]] | None = []
+        self.session: LinkSession | None = None
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once the connection is gone (at once if it already is)."""
+        if self._closed_waiters is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed_waiters.append(d)
+        return d
+
+    @property
+    def address(self) -> str:
+        return _host_of(self.transport.getPeer()) if self.transport is not None else ""
+
+    def connectionMade(self) -> None:
+        # Small control messages must not wait for Nagle's algorithm (and delayed ACKs).
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if callable(no_delay):
+            no_delay(True)
+        self.session = self._session_factory(self)
+        self.session.start()
+
+    def stringReceived(self, string: bytes) -> None:
+        assert self.session is not None
+        self.session.frame_received(string)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        assert self.session is not None
+        self.session.protocol_error(f"frame of {length} bytes exceeds {self.MAX_LENGTH}")
+        # Stop parsing what is already buffered behind the oversized prefix.
+        self._unprocessed = b""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        if self.session is not None:
+            self.session.wire_lost()
+        waiters, self._closed_waiters = self._closed_waiters or [], None
+        for d in waiters:
+            d.callback(None)
+
+    def write_frame(self, frame: bytes) -> None:
+        self.sendString(frame)
+
+    def close(self) -> None:
+        if self.transport is None or self._abort_call is not None:
+            return
+        self.transport.loseConnection()
+        self._abort_call = self._clock.callLater(CLOSE_GRACE, self.abort)
+
+    def abort(self) -> None:
+        self._abort_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def transport_of(wire: FramedLinkProtocol) -> ITransport:
+    """The transport under a wire, for identity checks (the TLS peer certificate)."""
+    assert wire.transport is not None
+    return wire.transport
+
+
+class CellLinkFactory(Factory):
+    """Core's listening side: every accepted connection becomes a Cell link.
+
+    ``identify`` returns the Cell name bound to the connection's verified client certificate
+    (``nanocore.pki.peer_cell_name``) or None; the Cell's claimed name must equal it.
+    """
+
+    def __init__(
+        self,
+        handler: LinkHandler,
+        clock: IReactorTime,
+        core_name: str,
+        identify: Callable[[ITransport], str | None],
+    ) -> None:
+        self._handler = handler
+        self._clock = clock
+        self._core_name = core_name
+        self._identify = identify
+        #: Connections not yet closed, so that a stopping Core can wait for them.
+        self.connections: set[FramedLinkProtocol] = set()
+
+    def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol:
+        protocol = FramedLinkProtocol(self._new_session, self._clock)
+        self.connections.add(protocol)
+        protocol.when_closed().addCallback(lambda _: self.connections.discard(protocol))
+        return protocol
+
+    def when_all_closed(self) -> Deferred[None]:
+        """Fires once every connection accepted so far is gone."""
+        waiting = [protocol.when_closed() for protocol in self.connections]
+        return gatherResults(waiting).addCallback(lambda _: None)
+
+    def _new_session(self, wire: FramedLinkProtocol) -> LinkSession:
+        return LinkSession(
+            wire,
+            self._handler,
+            self._clock,
+            local_name=self._core_name,
+            local_type=ServiceType.CORE,
+            peer_type=ServiceType.CELL,
+            dialer=False,
+            identify=lambda: self._identify(transport_of(wire)),
+        )
+
+
+def cell_link_protocol(
+    handler: LinkHandler, clock: IReactorTime, cell_name: str
+) -> FramedLinkProtocol:
+    """The Cell's dialing side of one link (used by FakeCell)."""
+
+    def new_session(wire: FramedLinkProtocol) -> LinkSession:
+        return LinkSession(
+            wire,
+            handler,
+            clock,
+            local_name=cell_name,
+            local_type=ServiceType.CELL,
+            peer_type=ServiceType.CORE,
+            dialer=True,
+        )
+
+    return FramedLinkProtocol(new_session, clock)
+
+
+def _provides_cell_link(session: LinkSession) -> CellLink:
+    return session  # mypy checks here that LinkSession keeps the CellLink contract

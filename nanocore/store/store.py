@@ -1,0 +1,203 @@
+"""The store: durable commits with group commit, and a read model that mirrors them.
+
+One single-thread pool owns the SQLite connection, so the reactor never waits on an fsync.
+Units queued while a batch is being committed form the next batch; each unit runs in its
+own savepoint, so a refused unit fails alone. A unit's Deferred fires on the reactor thread
+only after COMMIT has returned, at the same moment the read model changes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from nanocore.model import TIME_FORMAT
+from nanocore.store.changes import UnitOfWork
+from nanocore.store.errors import StoreClosed, StoreError
+from nanocore.store.readmodel import ReadModel
+from nanocore.store.schema import SchemaScript, bundled_scripts, open_database
+from nanocore.store.writer import State, Writer, apply_to_state
+
+log = Logger()
+
+Pending = list[tuple[UnitOfWork, Deferred[None]]]
+
+
+def new_template_id() -> str:
+    """An id shaped like the original's xid strings (20 characters)."""
+    return uuid.uuid4().hex[:20]
+
+
+class Store:
+    """Cluster state in ``data/nanocore.db``; see docs/architecture.md for the contract."""
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        threadpool: ThreadPool,
+        writer: Writer,
+        state: State,
+        max_batch: int = 1024,
+    ) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._writer = writer
+        self._state = state
+        self._max_batch = max_batch
+        self.view = ReadModel(state)
+        self._queue: Pending = []
+        self._in_flight = False
+        self._closing = False
+        self._closed: Deferred[None] | None = None
+        self._close_waiters: list[Deferred[None]] = []
+        self._shutdown_trigger: object | None = None
+        #: batches and units committed, for benchmarks and tests of group commit.
+        self.batches_committed = 0
+        self.units_committed = 0
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        reactor: IReactorFromThreads,
+        *,
+        scripts: tuple[SchemaScript, ...] | None = None,
+        max_batch: int = 1024,
+    ) -> Deferred[Store]:
+        """Check, migrate and load the store in ``data_dir`` (created with defaults if new)."""
+        threadpool = ThreadPool(minthreads=1, maxthreads=1, name="nanocore-store")
+        threadpool.start()
+        clock = reactor if IReactorTime.providedBy(reactor) else None
+        seconds = clock.seconds() if clock is not None else time.time()
+        now = time.strftime(TIME_FORMAT, time.localtime(seconds))
+        chosen = scripts if scripts is not None else bundled_scripts()
+
+        def work() -> tuple[Writer, State]:
+            connection = open_database(data_dir, chosen, now, new_template_id)
+            try:
+                writer = Writer(connection)
+                return writer, writer.load()
+            except BaseException:
+                connection.close()
+                raise
+
+        def opened(result: tuple[Writer, State]) -> Store:
+            store = cls(reactor, threadpool, *result, max_batch=max_batch)
+            if IReactorCore.providedBy(reactor):
+                store._shutdown_trigger = reactor.addSystemEventTrigger(
+                    "before", "shutdown", store.close
+                )
+            log.info(
+                "store open: {pools} pools, {cells} cells, {instances} instances",
+                pools=len(store.view.compute_pools),
+                cells=len(store.view.cells),
+                instances=len(store.view.instances),
+            )
+            return store
+
+        def refused(failure: Failure) -> Failure:
+            threadpool.stop()
+            return failure
+
+        opening = deferToThreadPool(reactor, threadpool, work)
+        return opening.addCallbacks(opened, refused)
+
+    # --- committing ------------------------------------------------------------------------
+
+    def commit(self, unit: UnitOfWork) -> Deferred[None]:
+        """Fire once ``unit`` is durable (and visible in ``view``), or fail with StoreError."""
+        if not isinstance(unit, UnitOfWork):
+            return fail(TypeError(f"commit() takes a UnitOfWork, not {unit!r}"))
+        if self._closing:
+            return fail(StoreClosed("the store is closed"))
+        done: Deferred[None] = Deferred()
+        self._queue.append((unit, done))
+        if not self._in_flight:
+            self._flush()
+        return done
+
+    def _flush(self) -> None:
+        batch = self._queue[: self._max_batch]
+        self._queue = self._queue[self._max_batch :]
+        self._in_flight = True
+        units = [unit for unit, _ in batch]
+        committing = deferToThreadPool(
+            self._reactor,
+            self._threadpool,
+            self._writer.apply_batch,
+            units,
+        )
+        committing.addBoth(self._batch_done, batch)
+
+    def _batch_done(self, result: list[StoreError | None] | Failure, batch: Pending) -> None:
+        self._in_flight = False
+        outcomes: list[StoreError | Failure | None]
+        if isinstance(result, Failure):
+            log.failure("store commit failed; {count} unit(s) refused", result, count=len(batch))
+            reason = f"the store could not commit: {result.getErrorMessage()}"
+            outcomes = [StoreError(reason) for _ in batch]
+        else:
+            outcomes = list(result)
+            self.batches_committed += 1
+            for (unit, _), outcome in zip(batch, outcomes, strict=True):
+                if outcome is None:
+                    apply_to_state(self._state, unit)
+                    self.units_committed += 1
+        if self._queue:
+            self._flush()
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                done.callback(None)
+            else:
+                done.errback(Failure(outcome))
+        if self._closing and not self._in_flight and not self._queue:
+            self._finish_close()
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close(self) -> Deferred[None]:
+        """Refuse new units, let queued ones commit, then close the database and thread."""
+        waiter: Deferred[None] = Deferred()
+        if self._closed is not None and self._closed.called:
+            return succeed(None)
+        self._close_waiters.append(waiter)
+        if not self._closing:
+            self._closing = True
+            if self._shutdown_trigger is not None and IReactorCore.providedBy(self._reactor):
+                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+                self._shutdown_trigger = None
+            if not self._in_flight and not self._queue:
+                self._finish_close()
+        return waiter
+
+    def _finish_close(self) -> None:
+        if self._closed is not None:
+            return
+        self._closed = deferToThreadPool(
+            self._reactor,
+            self._threadpool,
+            self._writer.close,
+        )
+
+        def stopped(result: object) -> None:
+            self._threadpool.stop()
+            if isinstance(result, Failure):
+                log.failure("closing the store failed", result)
+            waiters, self._close_waiters = self._close_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+        self._closed.addBoth(stopped)
+
+    @property
+    def writer_threads(self) -> frozenset[str]:
+        """Names of the threads that have run SQL for this store."""
+        return frozenset(self._writer.threads_seen)

@@ -1,0 +1,171 @@
+"""A whole Cell fabric in one process: Core's link listener and registry, and FakeCells.
+
+Everything runs over real TLS on 127.0.0.1 with certificates from one cluster CA, exactly as in
+production; only the Cells are simulated. Used by the in-process cluster test, the benchmarks
+and the ``nanocell-sim`` plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nanocore.cluster.cells import CellObserver, CellRegistry, CellStatus
+from nanocore.cluster.message import Message
+from nanocore.cluster.transactions import Transactions
+from nanocore.cluster.transport import CellLinkFactory
+from nanocore.pki import (
+    CertificateAuthority,
+    client_tls_options,
+    issue_cell_certificate,
+    issue_server_certificate,
+    peer_cell_name,
+    server_tls_options,
+)
+from nanocore.testing.fakecell import FakeCell, Locate, LocatedCoreEndpoint
+
+LOOPBACK = "127.0.0.1"
+
+
+@implementer(CellObserver)
+class Waiter:
+    """Fires Deferreds when the registry has seen what a test waits for."""
+
+    def __init__(self) -> None:
+        self.reported: set[str] = set()
+        self.disconnected: dict[str, bool] = {}
+        self._report_waiters: list[tuple[set[str], Deferred[None]]] = []
+        self._disconnect_waiters: dict[str, list[Deferred[bool]]] = {}
+
+    def until_reported(self, names: set[str]) -> Deferred[None]:
+        """Fires once every one of ``names`` has sent a status report."""
+        d: Deferred[None] = Deferred()
+        self._report_waiters.append((set(names), d))
+        self._check_reports()
+        return d
+
+    def until_disconnected(self, name: str) -> Deferred[bool]:
+        """Fires with ``gracefully`` when ``name``'s link next goes down."""
+        d: Deferred[bool] = Deferred()
+        self._disconnect_waiters.setdefault(name, []).append(d)
+        return d
+
+    def cell_available(self, name: str, address: str) -> None:
+        pass
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        if name not in self.reported:
+            self.reported.add(name)
+            self._check_reports()
+
+    def cell_event(self, name: str, message: Message) -> None:
+        pass
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        self.disconnected[name] = gracefully
+        for d in self._disconnect_waiters.pop(name, []):
+            d.callback(gracefully)
+
+    def _check_reports(self) -> None:
+        waiting = []
+        for names, d in self._report_waiters:
+            if names <= self.reported:
+                d.callback(None)
+            else:
+                waiting.append((names, d))
+        self._report_waiters = waiting
+
+
+class InProcessCluster:
+    """Core's side of the fabric listening on 127.0.0.1, plus any number of FakeCells."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        ca: CertificateAuthority,
+        *,
+        timeout: float = 10.0,
+        core_name: str = "Core_000000000000",
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.reactor = reactor
+        #: Core's timers (keepalive, loss, transactions); a ``Clock`` lets a test drive them
+        #: while the sockets stay real.
+        self.clock: IReactorTime = reactor if clock is None else clock
+        self.ca = ca
+        self.core_name = core_name
+        self.transactions = Transactions(self.clock, timeout)
+        self.registry = CellRegistry(self.clock, self.transactions)
+        self.waiter = Waiter()
+        self.registry.subscribe(self.waiter)
+        self.cells: dict[str, FakeCell] = {}
+        self.services: dict[str, ClientService] = {}
+        self.port: IListeningPort | None = None
+        self.factory: CellLinkFactory | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.port is not None
+        return LOOPBACK, self.port.getHost().port  # type: ignore[attr-defined]
+
+    async def listen(self, port: int = 0) -> None:
+        issued = issue_server_certificate(self.ca, LOOPBACK)
+        options = server_tls_options(self.ca, issued, require_client_certificate=True)
+        factory = self.factory = CellLinkFactory(
+            self.registry, self.clock, self.core_name, peer_cell_name
+        )
+        endpoint = SSL4ServerEndpoint(
+            self.reactor, port, options, backlog=1024, interface=LOOPBACK
+        )
+        self.port = await endpoint.listen(factory)
+
+    def add_cell(
+        self,
+        name: str,
+        *,
+        locate: Locate | None = None,
+        clock: IReactorTime | None = None,
+        **options: Any,
+    ) -> FakeCell:
+        """Start a FakeCell with a fresh certificate; it keeps reconnecting until removed.
+
+        ``locate`` finds Core for each connection attempt (e.g. by discovery); by default the
+        cell dials this cluster's listening address. ``clock`` drives the Cell's own timers
+        (reports, keepalives); a ``Clock`` that is never advanced freezes them.
+        """
+        cell = FakeCell(name, self.reactor if clock is None else clock, **options)
+        issued = issue_cell_certificate(self.ca, name)
+        endpoint = LocatedCoreEndpoint(
+            self.reactor,
+            locate or (lambda: succeed(self.address)),
+            lambda host: client_tls_options(self.ca, host, issued),
+        )
+        service = cell.service(endpoint)
+        service.startService()
+        self.cells[name], self.services[name] = cell, service
+        return cell
+
+    async def remove_cell(self, name: str) -> None:
+        """Stop a FakeCell's reconnecting and drop its connection, if any."""
+        cell = self.cells.pop(name)
+        cell.close()
+        await self.services.pop(name).stopService()
+
+    async def stop(self) -> None:
+        """Close every link gracefully, stop listening, and wait until all of it is done."""
+        await gatherResults(
+            [Deferred.fromCoroutine(self.remove_cell(n)) for n in list(self.cells)]
+        )
+        self.registry.close_all()
+        if self.port is not None:
+            await maybeDeferred(self.port.stopListening)
+        if self.factory is not None:
+            await self.factory.when_all_closed()

@@ -1,0 +1,903 @@
+"""FakeCell: a Cell that speaks the real protocol over the real link, with simulated guests.
+
+It dials Core with its CA-issued certificate, completes the handshake, reports its status every
+2 s, and answers every Core→Cell request of cell-protocol.md §5 from a table of small handlers
+over :mod:`nanocore.testing.guests`. Faults can be injected per message id: a delay, a dropped
+reply, an error reply, or a disconnect.
+
+Departures from a real Cell, chosen to make tests quick and clear: the first status report goes
+out as soon as the link is up (not after 4 s); a request missing a parameter gets an error reply
+(a real Cell stays silent); guest events that follow a reply (created, started, progress) are sent
+as unsolicited events (``to`` = 0), except ``DiskImageUpdatedEvent`` which the spec addresses to
+Core's session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import evolve, frozen
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nanocore.cluster.cells import CellStatus
+from nanocore.cluster.message import Message, MessageID, ParamKey, response_id
+from nanocore.cluster.transactions import reply_to
+from nanocore.cluster.transport import (
+    FramedLinkProtocol,
+    LinkError,
+    LinkSession,
+    cell_link_protocol,
+)
+from nanocore.testing.guests import GuestError, GuestState, Rule, SimulatedGuest
+
+#: Seconds between status reports (the Cell collector's tick).
+REPORT_INTERVAL = 2.0
+#: Seconds between reconnect attempts after the link to Core is gone (§2.9).
+RECONNECT_DELAY = 3.0
+
+GiB = 1 << 30
+
+
+@frozen
+class Capacity:
+    """What the simulated host has."""
+
+    cores: int = 8
+    memory: int = 16 * GiB
+    disk: int = 500 * GiB
+
+
+@frozen
+class Fault:
+    """What goes wrong when a request arrives; applied ``times`` times (None: always)."""
+
+    delay: float = 0.0  #: seconds before replying
+    drop: bool = False  #: never reply
+    error: str = ""  #: reply with success=false and this text, doing nothing
+    disconnect: bool = False  #: drop the connection without a goodbye
+    times: int | None = 1
+
+
+class MissingParameter(GuestError):
+    """A required parameter is absent (a real Cell would not reply at all)."""
+
+
+Handler = Callable[[Message], list[Message]]
+
+
+def _require(params: Any, key: ParamKey, what: str) -> Any:
+    try:
+        return params[key]
+    except KeyError:
+        raise MissingParameter(f"missing {what} parameter {key.name}") from None
+
+
+class FakeCell:
+    """One simulated Cell. Use :meth:`service` to keep it connected, or :meth:`connect`."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        clock: IReactorTime,
+        *,
+        capacity: Capacity = Capacity(),
+        usage: float = 5.0,
+        report_interval: float = REPORT_INTERVAL,
+        creation_time: float = 1.0,
+        reconnect_delay: float = RECONNECT_DELAY,
+    ) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.usage = usage
+        self._clock = clock
+        self._report_interval = report_interval
+        self._creation_time = creation_time
+        self._reconnect_delay = reconnect_delay
+        self.link: LinkSession | None = None
+        self.guests: dict[str, SimulatedGuest] = {}
+        self.pool = ""
+        self.storage: dict[str, str] = {}
+        self.network: dict[str, Any] = {}
+        self.storage_paths: list[str] = ["/var/lib/libvirt/images"]
+        self.faults: dict[int, Fault] = {}
+        #: The latest messages Core sent (bounded, so a long simulation does not grow).
+        self.received: deque[Message] = deque(maxlen=1000)
+        self._sessions = itertools.count(1)
+        self._attach_sessions: dict[int, tuple[str, ...]] = {}
+        self._ports = itertools.count(5901)
+        self._reporter = LoopingCall(self.report)
+        self._reporter.clock = clock
+        self._waiting: list[Deferred[LinkSession]] = []
+        self._handlers: dict[int, Handler] = self._handler_table()
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def protocol(self) -> FramedLinkProtocol:
+        """A fresh link protocol for one connection to Core."""
+        return cell_link_protocol(self, self._clock, self.name)
+
+    def factory(self) -> Factory:
+        return Factory.forProtocol(self.protocol)
+
+    def service(self, endpoint: IStreamClientEndpoint) -> ClientService:
+        """Keep a link to Core up, reconnecting every 3 s like a real Cell (§2.9)."""
+        return ClientService(
+            endpoint,
+            self.factory(),
+            retryPolicy=lambda attempt: self._reconnect_delay,
+            clock=self._clock,
+        )
+
+    def connected(self) -> Deferred[LinkSession]:
+        """Fires with the link once the handshake with Core completes (at once if it has)."""
+        if self.link is not None and self.link.connected:
+            return succeed(self.link)
+        d: Deferred[LinkSession] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def inject(self, message_id: int, fault: Fault) -> None:
+        """Make the next ``fault.times`` requests with ``message_id`` go wrong."""
+        self.faults[message_id] = fault
+
+    def report(self) -> None:
+        """Send one status report now."""
+        if self.link is not None and self.link.connected:
+            self.link.send(self.status().to_message())
+
+    def status(self) -> CellStatus:
+        memory_used = sum(g.memory for g in self.guests.values())
+        disk_used = sum(sum(g.disks) for g in self.guests.values())
+        return CellStatus(
+            cores=self.capacity.cores,
+            usage=self.usage,
+            memory_available=max(0, self.capacity.memory - memory_used),
+            memory_total=self.capacity.memory,
+            disk_free=max(0, self.capacity.disk - disk_used),
+            disk_total=self.capacity.disk,
+        )
+
+    def close(self) -> None:
+        """Stop gracefully: Core sees ``ConnectionClosedEvent``."""
+        if self.link is not None:
+            self.link.close()
+
+    def kill(self) -> None:
+        """Die abruptly: the connection drops with no goodbye."""
+        if self.link is not None:
+            self.link.protocol_error("killed")
+
+    # -- LinkHandler --------------------------------------------------------------------------
+
+    def link_connected(self, link: LinkSession) -> None:
+        self.link = link
+        if not self._reporter.running:
+            self._reporter.start(self._report_interval, now=True)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(link)
+
+    def link_lost(self, link: LinkSession) -> None:
+        pass
+
+    def link_recovered(self, link: LinkSession) -> None:
+        pass
+
+    def link_closed(self, link: LinkSession, gracefully: bool) -> None:
+        if link is self.link:
+            self.link = None
+            if self._reporter.running:
+                self._reporter.stop()
+
+    def message_received(self, link: LinkSession, message: Message) -> None:
+        self.received.append(message)
+        if message.id == MessageID.MigrateInstanceRequest:
+            self._send_all(self._migrate(message))
+            return
+        handler = self._handlers.get(message.id)
+        if handler is None:
+            self.log.info("{cell} ignores message {id:#08x}", cell=self.name, id=message.id)
+            return
+        fault = self._take_fault(message.id)
+        if fault is not None and fault.disconnect:
+            link.protocol_error(f"injected fault on {message.id:#08x}")
+            return
+        if fault is not None and fault.drop:
+            return
+        if fault is not None and fault.error:
+            replies = [self._failure(message, fault.error)]
+        else:
+            try:
+                replies = handler(message)
+            except GuestError as e:
+                replies = [self._failure(message, str(e))]
+        if fault is not None and fault.delay:
+            self._clock.callLater(fault.delay, self._send_all, replies)
+        else:
+            self._send_all(replies)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _take_fault(self, message_id: int) -> Fault | None:
+        fault = self.faults.get(message_id)
+        if fault is None:
+            return None
+        if fault.times is not None:
+            if fault.times <= 1:
+                del self.faults[message_id]
+            else:
+                self.faults[message_id] = evolve(fault, times=fault.times - 1)
+        return fault
+
+    def _send_all(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            self._send(message)
+
+    def _send(self, message: Message) -> None:
+        if self.link is None or not self.link.connected:
+            return
+        try:
+            self.link.send(message)
+        except LinkError as e:
+            self.log.warn("{cell} could not send {id}: {e}", cell=self.name, id=message.id, e=e)
+
+    def _later(self, delay: float, *messages: Message) -> None:
+        self._clock.callLater(delay, self._send_all, messages)
+
+    @staticmethod
+    def _reply_id(request: Message) -> int:
+        if request.id == MessageID.ShrinkDiskRequest:
+            return MessageID.ResizeDiskResponse  # what real Cells answer (§5.4 quirk)
+        if request.id == MessageID.ComputePoolReadyEvent:
+            return MessageID.ComputeCellReadyEvent
+        return response_id(request.id)
+
+    def _success(self, request: Message, **params: Any) -> Message:
+        return reply_to(request, id=self._reply_id(request), **params)
+
+    def _failure(self, request: Message, error: str) -> Message:
+        return reply_to(request, id=self._reply_id(request), success=False, error=error)
+
+    @staticmethod
+    def _event(message_id: int, **params: Any) -> Message:
+        return Message(id=message_id, success=True, **params)
+
+    def _guest(self, request: Message, key: ParamKey = ParamKey.Instance) -> SimulatedGuest:
+        guest_id = _require(request.string_params, key, "string")
+        try:
+            return self.guests[guest_id]
+        except KeyError:
+            raise GuestError(f"no guest {guest_id} on {self.name}") from None
+
+    def _now(self) -> str:
+        return f"{self._clock.seconds():.0f}"
+
+    def _handler_table(self) -> dict[int, Handler]:
+        m = MessageID
+        return {
+            m.ComputePoolReadyEvent: self._pool_ready,
+            m.ComputeCellRemovedEvent: self._cell_removed,
+            m.AddressPoolChangedEvent: self._address_pool_changed,
+            m.GetComputePoolCellRequest: self._get_pool_cell,
+            m.CreateGuestRequest: self._create_guest,
+            m.DeleteGuestRequest: self._delete_guest,
+            m.StartInstanceRequest: self._start,
+            m.StopInstanceRequest: self._stop,
+            m.GetInstanceStatusRequest: self._instance_status,
+            m.GetGuestRequest: self._instance_status,
+            m.ModifyGuestNameRequest: self._modify("name", ParamKey.Name, "string_params"),
+            m.ModifyCoreRequest: self._modify("cores", ParamKey.Core, "uint_params"),
+            m.ModifyMemoryRequest: self._modify("memory", ParamKey.Memory, "uint_params"),
+            m.ModifyPriorityRequest: self._modify("priority", ParamKey.Priority, "uint_params"),
+            m.ModifyAutoStartRequest: self._modify("auto_start", ParamKey.Enable, "bool_params"),
+            m.ModifyDiskThresholdRequest: self._thresholds(0, 4),
+            m.ModifyNetworkThresholdRequest: self._thresholds(4, 2),
+            m.ModifyAuthRequest: self._modify_auth,
+            m.GetAuthRequest: self._get_auth,
+            m.ResetSecretRequest: self._reset_secret,
+            m.ResizeDiskRequest: self._resize_disk,
+            m.ShrinkDiskRequest: self._shrink_disk,
+            m.ResetSystemRequest: self._reset_system,
+            m.InsertMediaRequest: self._insert_media,
+            m.EjectMediaRequest: self._eject_media,
+            m.QuerySnapshotRequest: self._query_snapshots,
+            m.GetSnapshotRequest: self._get_snapshot,
+            m.CreateSnapshotRequest: self._create_snapshot,
+            m.DeleteSnapshotRequest: self._delete_snapshot,
+            m.RestoreSnapshotRequest: self._restore_snapshot,
+            m.AttachInstanceRequest: self._attach,
+            m.DetachInstanceRequest: self._detach,
+            m.QueryCellStorageRequest: self._query_storage,
+            m.ModifyCellStorageRequest: self._modify_storage,
+            m.GetGuestRuleRequest: self._get_rules,
+            m.AddGuestRuleRequest: self._add_rule,
+            m.ModifyGuestRuleRequest: self._modify_rule,
+            m.RemoveGuestRuleRequest: self._remove_rule,
+            m.ChangeGuestRuleOrderRequest: self._change_rule_order,
+            m.ChangeGuestRuleDefaultActionRequest: self._default_rule_action,
+            m.CreateDiskImageRequest: self._create_disk_image,
+        }
+
+    # -- §5.2 pool membership -----------------------------------------------------------------
+
+    def _pool_ready(self, request: Message) -> list[Message]:
+        s = request.string_params
+        self.pool = _require(s, ParamKey.Pool, "string")
+        storage = _require(s, ParamKey.Storage, "string")
+        network = _require(s, ParamKey.Network, "string")
+        self.storage = {}
+        if storage:
+            self.storage = {
+                "name": storage,
+                "type": _require(s, ParamKey.Type, "string"),
+                "host": _require(s, ParamKey.Host, "string"),
+                "target": _require(s, ParamKey.Target, "string"),
+            }
+        self.network = {}
+        if network:
+            self.network = {
+                "name": network,
+                "gateway": _require(s, ParamKey.Gateway, "string"),
+                "mode": _require(s, ParamKey.Mode, "string"),
+                "dns": request.string_array_params.get(ParamKey.Server, ()),
+            }
+        return [self._success(request, **self._inventory())]
+
+    def _inventory(self) -> dict[str, Any]:
+        guests = list(self.guests.values())
+        strings = {
+            ParamKey.Name: [g.name for g in guests],
+            ParamKey.Instance: [g.id for g in guests],
+            ParamKey.User: [g.user for g in guests],
+            ParamKey.Group: [g.group for g in guests],
+            ParamKey.Secret: [g.monitor_secret for g in guests],
+            ParamKey.Address: [g.internal_address for g in guests],
+            ParamKey.System: [g.system for g in guests],
+            ParamKey.Create: [g.created for g in guests],
+            ParamKey.Internal: [g.internal_address for g in guests],
+            ParamKey.External: [g.external_address for g in guests],
+            ParamKey.Hardware: [g.hardware for g in guests],
+        }
+        uints = {
+            ParamKey.Core: [g.cores for g in guests],
+            ParamKey.Option: [int(g.auto_start) for g in guests],
+            ParamKey.Enable: [int(g.created_ok) for g in guests],
+            ParamKey.Progress: [g.progress for g in guests],
+            ParamKey.Status: [int(g.running) for g in guests],
+            ParamKey.Monitor: [g.monitor_port for g in guests],
+            ParamKey.Memory: [g.memory for g in guests],
+            ParamKey.Count: [len(g.disks) for g in guests],
+            ParamKey.Disk: [size for g in guests for size in g.disks],
+            ParamKey.Priority: [g.priority for g in guests],
+            ParamKey.Limit: [limit for g in guests for limit in g.limits],
+        }
+        return {
+            "uint_params": {ParamKey.Count: len(guests)},
+            "string_array_params": strings,
+            "uint_array_params": uints,
+        }
+
+    def _cell_removed(self, request: Message) -> list[Message]:
+        self.pool, self.storage, self.network = "", {}, {}
+        return []
+
+    def _address_pool_changed(self, request: Message) -> list[Message]:
+        s = request.string_params
+        self.network = {
+            "name": _require(s, ParamKey.Address, "string"),
+            "gateway": s.get(ParamKey.Gateway, ""),
+            "mode": s.get(ParamKey.Mode, ""),
+            "dns": request.string_array_params.get(ParamKey.Server, ()),
+        }
+        return []
+
+    def _get_pool_cell(self, request: Message) -> list[Message]:
+        devices = [self.storage["name"]] if self.storage else []
+        return [
+            self._success(
+                request,
+                string_array_params={
+                    ParamKey.Storage: devices,
+                    ParamKey.Error: [""] * len(devices),
+                },
+                uint_array_params={ParamKey.Attach: [1] * len(devices)},
+            )
+        ]
+
+    # -- §5.3 lifecycle -----------------------------------------------------------------------
+
+    def _create_guest(self, request: Message) -> list[Message]:
+        s, u = request.string_params, request.uint_params
+        guest_id = _require(s, ParamKey.Instance, "string")
+        if guest_id in self.guests:
+            raise GuestError(f"guest {guest_id} already exists")
+        disks = list(_require(request.uint_array_params, ParamKey.Disk, "uint array"))
+        limits = list(request.uint_array_params.get(ParamKey.Limit, (0,) * 6))
+        addresses = list(request.string_array_params.get(ParamKey.Address, ("", "")))
+        port = next(self._ports)
+        guest = SimulatedGuest(
+            id=guest_id,
+            name=_require(s, ParamKey.Name, "string"),
+            user=s.get(ParamKey.User, ""),
+            group=s.get(ParamKey.Group, ""),
+            cores=_require(u, ParamKey.Core, "uint"),
+            memory=_require(u, ParamKey.Memory, "uint"),
+            disks=disks,
+            auto_start=request.bool_params.get(ParamKey.Option, False),
+            created=self._now(),
+            monitor_port=port,
+            monitor_secret=f"vnc-{guest_id[:8]}",
+            hardware=f"00:16:3e:{port >> 16 & 0xFF:02x}:{port >> 8 & 0xFF:02x}:{port & 0xFF:02x}",
+            priority=u.get(ParamKey.Priority, 0),
+            limits=(limits + [0] * 6)[:6],
+            internal_address=addresses[0] if addresses else "",
+            external_address=addresses[1] if len(addresses) > 1 else "",
+            admin=s.get(ParamKey.Admin, "root"),
+            admin_secret=s.get(ParamKey.Secret, "") or f"secret-{guest_id[:8]}",
+        )
+        policy = request.uint_array_params.get(ParamKey.Policy, ())
+        guest.rules = [
+            Rule(policy[i] == 0, policy[i + 1], policy[i + 2], policy[i + 3], policy[i + 4])
+            for i in range(0, len(policy) - len(policy) % 5, 5)
+        ]
+        guest.default_accept = request.bool_params.get(ParamKey.Action, True)
+        self.guests[guest_id] = guest
+        cloning = ParamKey.Image in s
+        steps = 4 if cloning else 1
+        for step in range(1, steps):
+            self._clock.callLater(
+                self._creation_time * step / steps, self._progress, guest, 100 * step // steps
+            )
+        self._clock.callLater(self._creation_time, self._created, guest)
+        return [self._success(request, string_params={ParamKey.Instance: guest_id})]
+
+    def _progress(self, guest: SimulatedGuest, percent: int) -> None:
+        if self.guests.get(guest.id) is not guest:
+            return
+        guest.progress = percent
+        self._send(
+            self._event(
+                MessageID.GuestUpdatedEvent,
+                string_params={ParamKey.Instance: guest.id},
+                uint_params={ParamKey.Progress: percent},
+            )
+        )
+
+    def _created(self, guest: SimulatedGuest) -> None:
+        if self.guests.get(guest.id) is not guest:
+            return
+        guest.move("created")
+        self._send(
+            self._event(
+                MessageID.GuestCreatedEvent,
+                string_params={
+                    ParamKey.Instance: guest.id,
+                    ParamKey.Secret: guest.monitor_secret,
+                    ParamKey.Hardware: guest.hardware,
+                },
+                uint_params={ParamKey.Monitor: guest.monitor_port},
+            )
+        )
+        if guest.auto_start:
+            guest.move("start")
+            self._send(self._guest_event(MessageID.GuestStartedEvent, guest))
+
+    def _guest_event(self, message_id: int, guest: SimulatedGuest) -> Message:
+        return self._event(message_id, string_params={ParamKey.Instance: guest.id})
+
+    def _delete_guest(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        guest.require(GuestState.STOPPED, GuestState.CREATING)
+        del self.guests[guest.id]
+        return [self._success(request), self._guest_event(MessageID.GuestDeletedEvent, guest)]
+
+    def _start(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        option = request.uint_params.get(ParamKey.Option, 0)
+        if option == 2:
+            raise GuestError("boot from network is not supported")
+        guest.move("start")
+        replies = [self._success(request), self._guest_event(MessageID.GuestStartedEvent, guest)]
+        if option == 1:
+            guest.media = _require(request.string_params, ParamKey.Source, "string")
+            replies.append(self._media_event(MessageID.MediaAttachedEvent, guest))
+        return replies
+
+    def _stop(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        reboot, _force = (*request.uint_array_params.get(ParamKey.Option, ()), 0, 0)[:2]
+        if reboot:
+            guest.require(GuestState.RUNNING)
+            return [self._success(request)]
+        guest.move("stop")
+        return [self._success(request), self._guest_event(MessageID.GuestStoppedEvent, guest)]
+
+    def _instance_status(self, request: Message) -> list[Message]:
+        g = self._guest(request)
+        uints = {
+            ParamKey.Core: g.cores,
+            ParamKey.Status: int(g.running),
+            ParamKey.Monitor: g.monitor_port,
+            ParamKey.Memory: g.memory,
+            ParamKey.Priority: g.priority,
+        }
+        if not g.created_ok:
+            uints[ParamKey.Progress] = g.progress
+        return [
+            self._success(
+                request,
+                string_params={
+                    ParamKey.Name: g.name,
+                    ParamKey.Instance: g.id,
+                    ParamKey.User: g.user,
+                    ParamKey.Group: g.group,
+                    ParamKey.System: g.system,
+                    ParamKey.Secret: g.monitor_secret,
+                    ParamKey.Address: g.internal_address,
+                    ParamKey.Create: g.created,
+                    ParamKey.Hardware: g.hardware,
+                },
+                uint_params=uints,
+                bool_params={ParamKey.Enable: g.created_ok, ParamKey.Media: bool(g.media)},
+                float_params={ParamKey.Usage: 12.5 if g.running else 0.0},
+                uint_array_params={
+                    ParamKey.Option: [int(g.auto_start)],
+                    ParamKey.Disk: g.disks,
+                    ParamKey.Limit: g.limits,
+                    ParamKey.Available: [g.memory // 2, sum(g.disks) // 2],
+                    ParamKey.IO: [0, 0, 0, 0],
+                },
+            )
+        ]
+
+    # -- §5.4 modification --------------------------------------------------------------------
+
+    def _modify(self, attribute: str, key: ParamKey, params: str) -> Handler:
+        def handler(request: Message) -> list[Message]:
+            guest = self._guest(request, ParamKey.Guest)
+            setattr(guest, attribute, _require(getattr(request, params), key, params))
+            return [self._success(request)]
+
+        return handler
+
+    def _thresholds(self, start: int, count: int) -> Handler:
+        def handler(request: Message) -> list[Message]:
+            guest = self._guest(request, ParamKey.Guest)
+            values = _require(request.uint_array_params, ParamKey.Limit, "uint array")
+            if len(values) != count:
+                raise GuestError(f"Limit must have {count} values")
+            guest.limits[start : start + count] = values
+            return [self._success(request)]
+
+        return handler
+
+    def _auth_reply(self, request: Message, guest: SimulatedGuest) -> Message:
+        return self._success(
+            request,
+            string_params={ParamKey.User: guest.admin, ParamKey.Secret: guest.admin_secret},
+        )
+
+    def _modify_auth(self, request: Message) -> list[Message]:
+        guest = self._guest(request, ParamKey.Guest)
+        guest.admin = request.string_params.get(ParamKey.User, "") or guest.admin
+        secret = request.string_params.get(ParamKey.Secret, "")
+        guest.admin_secret = secret or f"generated-{self._now()}"
+        return [self._auth_reply(request, guest)]
+
+    def _get_auth(self, request: Message) -> list[Message]:
+        return [self._auth_reply(request, self._guest(request, ParamKey.Guest))]
+
+    def _reset_secret(self, request: Message) -> list[Message]:
+        guest = self._guest(request, ParamKey.Guest)
+        guest.monitor_secret = f"vnc-{next(self._sessions)}"
+        return [self._success(request, string_params={ParamKey.Secret: guest.monitor_secret})]
+
+    def _disk_index(self, request: Message, guest: SimulatedGuest) -> int:
+        index = _require(request.uint_params, ParamKey.Disk, "uint")
+        if index >= len(guest.disks):
+            raise GuestError(f"guest {guest.id} has no disk {index}")
+        return int(index)
+
+    def _resize_disk(self, request: Message) -> list[Message]:
+        guest = self._guest(request, ParamKey.Guest)
+        index = self._disk_index(request, guest)
+        size = _require(request.uint_params, ParamKey.Size, "uint")
+        if size <= guest.disks[index]:
+            raise GuestError("new size must be larger")
+        guest.disks[index] = size
+        return [self._success(request)]
+
+    def _shrink_disk(self, request: Message) -> list[Message]:
+        guest = self._guest(request, ParamKey.Guest)
+        guest.require(GuestState.STOPPED)
+        index = self._disk_index(request, guest)
+        guest.disks[index] = max(1 << 30, guest.disks[index] // 2)
+        return [self._success(request)]
+
+    def _reset_system(self, request: Message) -> list[Message]:
+        guest = self._guest(request, ParamKey.Guest)
+        guest.require(GuestState.STOPPED)
+        _require(request.string_params, ParamKey.Image, "string")
+        instance = {ParamKey.Instance: guest.id}
+        self._later(
+            self._creation_time / 2,
+            self._event(
+                MessageID.GuestUpdatedEvent,
+                string_params=instance,
+                uint_params={ParamKey.Progress: 50},
+            ),
+        )
+        self._later(
+            self._creation_time,
+            self._event(MessageID.SystemResetEvent, string_params={ParamKey.Guest: guest.id}),
+        )
+        return [self._success(request)]
+
+    # -- §5.5 media ---------------------------------------------------------------------------
+
+    def _media_event(self, message_id: int, guest: SimulatedGuest) -> Message:
+        params = {ParamKey.Instance: guest.id}
+        if message_id == MessageID.MediaAttachedEvent:
+            params[ParamKey.Media] = guest.media
+        return self._event(message_id, string_params=params)
+
+    def _insert_media(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        guest.require(GuestState.RUNNING)
+        guest.media = _require(request.string_params, ParamKey.Media, "string")
+        # A real Cell sends the event before the response (§5.5).
+        return [self._media_event(MessageID.MediaAttachedEvent, guest), self._success(request)]
+
+    def _eject_media(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        if not guest.media:
+            raise GuestError(f"no media in guest {guest.id}")
+        guest.media = ""
+        return [self._success(request), self._media_event(MessageID.MediaDetachedEvent, guest)]
+
+    # -- §5.6 snapshots -----------------------------------------------------------------------
+
+    def _snapshot_name(self, request: Message) -> str:
+        return str(_require(request.string_params, ParamKey.Name, "string"))
+
+    def _query_snapshots(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        snapshots = list(guest.snapshots.values())
+        return [
+            self._success(
+                request,
+                string_array_params={
+                    ParamKey.Name: [s.name for s in snapshots],
+                    ParamKey.Previous: [s.parent for s in snapshots],
+                },
+                uint_array_params={
+                    ParamKey.Source: [int(not s.parent) for s in snapshots],
+                    ParamKey.Current: [int(s.name == guest.current_snapshot) for s in snapshots],
+                },
+            )
+        ]
+
+    def _get_snapshot(self, request: Message) -> list[Message]:
+        snapshot = self._guest(request).snapshot(self._snapshot_name(request))
+        return [
+            self._success(
+                request,
+                bool_params={ParamKey.Status: snapshot.running},
+                string_params={
+                    ParamKey.Description: snapshot.description,
+                    ParamKey.Create: snapshot.created,
+                },
+            )
+        ]
+
+    def _create_snapshot(self, request: Message) -> list[Message]:
+        description = request.string_params.get(ParamKey.Description, "")
+        self._guest(request).take_snapshot(self._snapshot_name(request), description, self._now())
+        return [self._success(request)]
+
+    def _delete_snapshot(self, request: Message) -> list[Message]:
+        self._guest(request).delete_snapshot(self._snapshot_name(request))
+        return [self._success(request)]
+
+    def _restore_snapshot(self, request: Message) -> list[Message]:
+        self._guest(request).restore_snapshot(self._snapshot_name(request))
+        return [self._success(request)]
+
+    # -- §5.7 migration -----------------------------------------------------------------------
+
+    def _attach(self, request: Message) -> list[Message]:
+        instances = tuple(_require(request.string_array_params, ParamKey.Instance, "string array"))
+        if request.bool_params.get(ParamKey.Immediate, False):
+            source = request.string_params.get(ParamKey.Cell, "")
+            return [self._migrated(instances, immediate=True, source=source)]
+        session = next(self._sessions)
+        self._attach_sessions[session] = instances
+        # The attach transaction stays open for the MigrateInstanceRequest, then gives up.
+        self._clock.callLater(10.0, self._attach_sessions.pop, session, None)
+        reply = self._success(request)
+        return [evolve(reply, from_session=session)]
+
+    def _migrate(self, request: Message) -> list[Message]:
+        instances = self._attach_sessions.pop(request.to_session, None)
+        if instances is None:
+            self.log.warn("{cell}: migrate for an unknown attach session", cell=self.name)
+            return []
+        migration = request.string_params.get(ParamKey.Migration, "")
+        return [self._migrated(instances, immediate=False, migration=migration)]
+
+    def _migrated(
+        self, instances: tuple[str, ...], *, immediate: bool, source: str = "", migration: str = ""
+    ) -> Message:
+        ports = []
+        for guest_id in instances:
+            guest = self.guests.get(guest_id)
+            if guest is None:
+                guest = self.guests[guest_id] = SimulatedGuest(
+                    id=guest_id, name=guest_id, state=GuestState.STOPPED, progress=100
+                )
+            guest.monitor_port = next(self._ports)
+            ports.append(guest.monitor_port)
+        strings = {ParamKey.Cell: source} if immediate else {ParamKey.Migration: migration}
+        return self._event(
+            MessageID.InstanceMigratedEvent,
+            bool_params={ParamKey.Immediate: immediate},
+            string_params=strings,
+            string_array_params={ParamKey.Instance: instances},
+            uint_array_params={ParamKey.Monitor: ports},
+        )
+
+    def _detach(self, request: Message) -> list[Message]:
+        instances = request.string_array_params.get(ParamKey.Instance, ())
+        if not instances:  # purge: drop everything here (§5.7)
+            self.guests.clear()
+        for guest_id in instances:
+            self.guests.pop(guest_id, None)
+        return [self._success(request)]
+
+    # -- §5.8 storage paths -------------------------------------------------------------------
+
+    def _query_storage(self, request: Message) -> list[Message]:
+        return [
+            self._success(
+                request,
+                uint_params={ParamKey.Mode: 1 if self.storage else 0},
+                string_array_params={
+                    ParamKey.System: self.storage_paths,
+                    ParamKey.Data: self.storage_paths,
+                },
+            )
+        ]
+
+    def _modify_storage(self, request: Message) -> list[Message]:
+        path = _require(request.string_params, ParamKey.Path, "string")
+        self.storage_paths = [path]
+        return [self._success(request)]
+
+    # -- §5.9 security rules ------------------------------------------------------------------
+
+    def _rule_from(self, request: Message) -> Rule:
+        u = request.uint_params
+        return Rule(
+            accept=_require(request.bool_params, ParamKey.Action, "bool"),
+            protocol=_require(u, ParamKey.Protocol, "uint"),
+            source=_require(u, ParamKey.From, "uint"),
+            target=_require(u, ParamKey.To, "uint"),
+            port=_require(u, ParamKey.Port, "uint"),
+        )
+
+    def _index(self, request: Message) -> int:
+        return int(_require(request.int_params, ParamKey.Index, "int"))
+
+    def _get_rules(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        rules = guest.rules
+        return [
+            self._success(
+                request,
+                uint_array_params={
+                    ParamKey.From: [r.source for r in rules],
+                    ParamKey.To: [r.target for r in rules],
+                    ParamKey.Port: [r.port for r in rules],
+                    ParamKey.Protocol: [r.protocol for r in rules],
+                    ParamKey.Action: [int(not r.accept) for r in rules]
+                    + [int(not guest.default_accept)],
+                },
+            )
+        ]
+
+    def _add_rule(self, request: Message) -> list[Message]:
+        self._guest(request).rules.append(self._rule_from(request))
+        return [self._success(request)]
+
+    def _modify_rule(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        guest.rules[guest.rule_index(self._index(request))] = self._rule_from(request)
+        return [self._success(request)]
+
+    def _remove_rule(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        del guest.rules[guest.rule_index(self._index(request))]
+        return [self._success(request)]
+
+    def _change_rule_order(self, request: Message) -> list[Message]:
+        mode = _require(request.int_params, ParamKey.Mode, "int")
+        self._guest(request).move_rule(self._index(request), up=mode >= 0)
+        return [self._success(request)]
+
+    def _default_rule_action(self, request: Message) -> list[Message]:
+        guest = self._guest(request)
+        guest.default_accept = _require(request.bool_params, ParamKey.Action, "bool")
+        return [self._success(request)]
+
+    # -- §5.12 disk images --------------------------------------------------------------------
+
+    def _create_disk_image(self, request: Message) -> list[Message]:
+        guest = self._guest(request, ParamKey.Guest)
+        guest.require(GuestState.STOPPED)
+        _require(request.string_params, ParamKey.Image, "string")
+        to = request.from_session
+        for step, percent in enumerate((50, 100), start=1):
+            done = percent == 100
+            uints: dict[int, int] = {ParamKey.Progress: percent}
+            if done:
+                uints[ParamKey.Size] = sum(guest.disks[:1])
+            self._later(
+                self._creation_time * step / 2,
+                Message(
+                    id=MessageID.DiskImageUpdatedEvent,
+                    success=True,
+                    to_session=to,
+                    uint_params=uints,
+                    bool_params={ParamKey.Enable: done},
+                ),
+            )
+        return [self._success(request)]
+
+
+Locate = Callable[[], Deferred[tuple[str, int]]]
+
+
+@implementer(IStreamClientEndpoint)
+class LocatedCoreEndpoint:
+    """Dial Core wherever ``locate`` says it is now, over TLS checked against that address.
+
+    ``locate`` is asked again on every connection attempt, so with :meth:`FakeCell.service` a
+    Cell re-discovers Core after losing it, as a real Cell does (§2.9). Pass a discovery query
+    (``nanocore.cluster.discovery.find_core``) or a fixed address.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        locate: Locate,
+        tls_for: Callable[[str], IOpenSSLClientConnectionCreator],
+    ) -> None:
+        self._reactor = reactor
+        self._locate = locate
+        self._tls_for = tls_for
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        async def dial() -> IProtocol:
+            host, port = await self._locate()
+            tcp = TCP4ClientEndpoint(self._reactor, host, port)
+            return await wrapClientTLS(self._tls_for(host), tcp).connect(protocolFactory)
+
+        return Deferred.fromCoroutine(dial())

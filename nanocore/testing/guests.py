@@ -1,0 +1,152 @@
+"""Simulated guests for FakeCell: a small state machine and the records a Cell keeps per guest.
+
+A guest is CREATING until its disk is ready, then STOPPED or RUNNING. The only moves are:
+
+    CREATING ──created──► STOPPED ──start──► RUNNING ──stop──► STOPPED
+                                 └──delete (only when stopped)──► gone
+
+Everything else a Cell does to a guest (resize, media, snapshots, rules, ...) is a field change
+guarded by :meth:`SimulatedGuest.require`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from attrs import Factory, define, frozen
+
+
+class GuestError(Exception):
+    """The request does not fit the guest's state; the text goes back in the error reply."""
+
+
+class GuestState(enum.Enum):
+    CREATING = "creating"
+    STOPPED = "stopped"
+    RUNNING = "running"
+
+
+#: The moves the state machine allows: (from, action) -> to.
+TRANSITIONS: dict[tuple[GuestState, str], GuestState] = {
+    (GuestState.CREATING, "created"): GuestState.STOPPED,
+    (GuestState.STOPPED, "start"): GuestState.RUNNING,
+    (GuestState.RUNNING, "stop"): GuestState.STOPPED,
+}
+
+
+@frozen
+class Snapshot:
+    name: str
+    description: str
+    created: str
+    running: bool  #: taken while the guest was running
+    parent: str  #: "" for a root snapshot
+
+
+@frozen
+class Rule:
+    """One guest firewall rule (§5.9): action 0 accept / 1 reject, protocol 0 tcp/1 udp/2 icmp."""
+
+    accept: bool
+    protocol: int
+    source: int  #: IPv4 as a big-endian uint32, 0 = any
+    target: int
+    port: int
+
+
+@define
+class SimulatedGuest:
+    """What a Cell knows of one guest; mutable because the Cell changes it in place."""
+
+    id: str
+    name: str
+    user: str = ""
+    group: str = ""
+    cores: int = 1
+    memory: int = 1 << 30
+    disks: list[int] = Factory(lambda: [10 << 30])
+    auto_start: bool = False
+    system: str = "linux"
+    created: str = ""
+    monitor_port: int = 5901
+    monitor_secret: str = ""
+    hardware: str = "00:16:3e:00:00:01"
+    priority: int = 0
+    limits: list[int] = Factory(lambda: [0] * 6)
+    internal_address: str = ""
+    external_address: str = ""
+    admin: str = "root"
+    admin_secret: str = ""
+    state: GuestState = GuestState.CREATING
+    progress: int = 0
+    media: str = ""
+    snapshots: dict[str, Snapshot] = Factory(dict)
+    current_snapshot: str = ""
+    rules: list[Rule] = Factory(list)
+    default_accept: bool = True
+
+    @property
+    def running(self) -> bool:
+        return self.state is GuestState.RUNNING
+
+    @property
+    def created_ok(self) -> bool:
+        return self.state is not GuestState.CREATING
+
+    def move(self, action: str) -> None:
+        """Take one transition of the state machine, or raise :class:`GuestError`."""
+        target = TRANSITIONS.get((self.state, action))
+        if target is None:
+            raise GuestError(f"guest {self.id} is {self.state.value}: cannot {action}")
+        self.state = target
+        if action == "created":
+            self.progress = 100
+
+    def require(self, *states: GuestState) -> None:
+        """Refuse a change unless the guest is in one of ``states``."""
+        if self.state not in states:
+            wanted = " or ".join(s.value for s in states)
+            raise GuestError(f"guest {self.id} is {self.state.value}, must be {wanted}")
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def take_snapshot(self, name: str, description: str, now: str) -> None:
+        self.require(GuestState.STOPPED, GuestState.RUNNING)
+        if name in self.snapshots:
+            raise GuestError(f"snapshot {name} already exists")
+        parent = self.current_snapshot
+        self.snapshots[name] = Snapshot(name, description, now, self.running, parent)
+        self.current_snapshot = name
+
+    def snapshot(self, name: str) -> Snapshot:
+        try:
+            return self.snapshots[name]
+        except KeyError:
+            raise GuestError(f"no snapshot {name} on guest {self.id}") from None
+
+    def delete_snapshot(self, name: str) -> None:
+        removed = self.snapshot(name)
+        if any(s.parent == name for s in self.snapshots.values()):
+            raise GuestError(f"snapshot {name} has children")
+        del self.snapshots[name]
+        if self.current_snapshot == name:
+            self.current_snapshot = removed.parent
+
+    def restore_snapshot(self, name: str) -> None:
+        self.require(GuestState.STOPPED)
+        self.snapshot(name)
+        self.current_snapshot = name
+
+    # -- security rules -----------------------------------------------------------------------
+
+    def rule_index(self, index: int) -> int:
+        if not 0 <= index < len(self.rules):
+            raise GuestError(f"no rule {index} on guest {self.id} ({len(self.rules)} rules)")
+        return index
+
+    def move_rule(self, index: int, up: bool) -> None:
+        index = self.rule_index(index)
+        other = index - 1 if up else index + 1
+        if not 0 <= other < len(self.rules):
+            raise GuestError(f"rule {index} cannot move {'up' if up else 'down'}")
+        self.rules[index], self.rules[other] = self.rules[other], self.rules[index]

@@ -1,0 +1,87 @@
+"""The ``nanocell-sim`` twistd plugin: start N FakeCells against a Core, for demos and load.
+
+The simulator signs its Cells' certificates itself with the cluster CA from ``--cert-dir``
+(the directory Core uses), so it is meant to run beside Core, on 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.python import usage
+
+from nanocore.pki import (
+    CA_CERT_FILE,
+    client_tls_options,
+    issue_cell_certificate,
+    load_or_create_ca,
+)
+from nanocore.testing.fakecell import Capacity, FakeCell
+
+GiB = 1 << 30
+
+
+def _positive(kind: type) -> Any:
+    def check(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"must be positive, got {text}")
+        return value
+
+    check.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
+    return check
+
+
+class Options(usage.Options):
+    synopsis = "--core HOST:PORT --cert-dir DIR [--count N] [options]"
+    longdesc = (
+        "Start N simulated Cells that link to Core over TLS, report their status every 2 s and "
+        "answer every Cell request with simulated guests."
+    )
+    optParameters = [
+        ["core", None, "127.0.0.1:5600", "Core's Cell link endpoint, HOST:PORT"],
+        ["cert-dir", None, "cert", "Directory with the cluster CA (nano_ca.crt.pem/key.pem)"],
+        ["count", "n", 10, "How many Cells to simulate", _positive(int)],
+        ["prefix", None, "Cell_sim", "Cell names are PREFIX followed by a 6-digit number"],
+        ["cores", None, 8, "Logical CPUs per Cell", _positive(int)],
+        ["memory", None, 16, "Memory per Cell, GiB", _positive(int)],
+        ["disk", None, 500, "Disk per Cell, GiB", _positive(int)],
+        ["usage", None, 5.0, "Host CPU usage each Cell reports, percent", float],
+    ]
+
+    def postOptions(self) -> None:
+        host, _, port = str(self["core"]).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise usage.UsageError(f"--core must be HOST:PORT, got {self['core']!r}")
+        self["host"], self["port"] = host, int(port)
+        ca_cert = Path(self["cert-dir"]) / CA_CERT_FILE
+        if not ca_cert.exists():
+            raise usage.UsageError(f"no cluster CA at {ca_cert}: point --cert-dir at Core's")
+        if not 0.0 <= self["usage"] <= 100.0:
+            raise usage.UsageError(f"--usage must be within 0-100, got {self['usage']}")
+
+    def cell_names(self) -> list[str]:
+        return [f"{self['prefix']}{index:06d}" for index in range(self["count"])]
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor  # the composition edge
+    ca = load_or_create_ca(Path(options["cert-dir"]))
+    capacity = Capacity(
+        cores=options["cores"], memory=options["memory"] * GiB, disk=options["disk"] * GiB
+    )
+    parent = MultiService()
+    for name in options.cell_names():
+        cell = FakeCell(name, reactor, capacity=capacity, usage=options["usage"])
+        tls = client_tls_options(ca, options["host"], issue_cell_certificate(ca, name))
+        endpoint = wrapClientTLS(
+            tls, TCP4ClientEndpoint(reactor, options["host"], options["port"])
+        )
+        service = cell.service(endpoint)
+        service.setName(name)
+        service.setServiceParent(parent)
+    return parent

@@ -1,0 +1,288 @@
+"""The cell registry over real link sessions on StringTransports and a Clock."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from nanocore.cluster.cells import (
+    STATUS_STALE_AFTER,
+    CellObserver,
+    CellRegistry,
+    CellState,
+    CellStatus,
+    CellUnavailable,
+    StatusReportError,
+)
+from nanocore.cluster.message import Message, MessageID, ParamKey, decode, encode, response_id
+from nanocore.cluster.transactions import Transactions
+from nanocore.cluster.transport import (
+    DISCONNECT_AFTER,
+    LOST_AFTER,
+    CellLinkFactory,
+    FramedLinkProtocol,
+    ServiceType,
+    opened_event,
+)
+
+CORE = "Core_000000000001"
+STATUS = CellStatus(
+    cores=8,
+    usage=3.5,
+    memory_available=6_000_000_000,
+    memory_total=16_000_000_000,
+    disk_free=100,
+    disk_total=200,
+)
+
+
+def frame(message: Message) -> bytes:
+    data = encode(message)
+    return struct.pack(">I", len(data)) + data
+
+
+def last_sent(transport: StringTransport) -> Message:
+    data = transport.value()
+    messages = []
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        messages.append(decode(data[4 : 4 + length]))
+        data = data[4 + length :]
+    return messages[-1]
+
+
+@implementer(CellObserver)
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def cell_available(self, name: str, address: str) -> None:
+        self.seen.append(("available", name, address))
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        self.seen.append(("status", name, status))
+
+    def cell_event(self, name: str, message: Message) -> None:
+        self.seen.append(("event", name, message.id))
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        self.seen.append(("disconnected", name, gracefully))
+
+
+class CellStatusTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        status = CellStatus(4, 12.5, 1, 2, 3, 4, io=(1, 2, 3, 4), speed=(5, 6, 7, 8))
+        self.assertEqual(CellStatus.from_message(decode(encode(status.to_message()))), status)
+
+    def test_wire_shape(self) -> None:
+        """The report matches §3.1's example field for field."""
+        message = STATUS.to_message()
+        self.assertEqual(message.id, 328450)
+        self.assertEqual(message.uint_params, {2: 8})
+        self.assertEqual(message.float_params, {5: 3.5})
+        self.assertEqual(
+            dict(message.uint_array_params),
+            {3: (6_000_000_000, 16_000_000_000), 4: (100, 200), 6: (0,) * 4, 7: (0,) * 4},
+        )
+
+    def test_missing_or_short_fields_rejected(self) -> None:
+        good = STATUS.to_message()
+        for params in (
+            {"uint_params": {}},
+            {"float_params": {}},
+            {"uint_array_params": {**good.uint_array_params, ParamKey.Memory: (1,)}},
+            {"uint_array_params": {**good.uint_array_params, ParamKey.Speed: (1, 2, 3)}},
+            {"uint_array_params": {k: v for k, v in good.uint_array_params.items() if k != 4}},
+        ):
+            bad = Message(
+                id=good.id,
+                uint_params=params.get("uint_params", good.uint_params),  # type: ignore[arg-type]
+                float_params=params.get("float_params", good.float_params),  # type: ignore[arg-type]
+                uint_array_params=params.get("uint_array_params", good.uint_array_params),  # type: ignore[arg-type]
+            )
+            self.assertRaises(StatusReportError, CellStatus.from_message, bad)
+
+
+class RegistryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.transactions = Transactions(self.clock, timeout=10.0)
+        self.registry = CellRegistry(self.clock, self.transactions)
+        self.observer = RecordingObserver()
+        self.registry.subscribe(self.observer)
+        self.factory = CellLinkFactory(self.registry, self.clock, CORE, self.identify)
+        self._names: dict[int, str] = {}
+
+    def identify(self, transport: object) -> str:
+        return self._names[id(transport)]
+
+    def connect(
+        self, name: str, host: str = "127.0.0.2"
+    ) -> tuple[FramedLinkProtocol, StringTransport]:
+        address = IPv4Address("TCP", host, 5000)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        self._names[id(transport)] = name
+        protocol.makeConnection(transport)
+        protocol.dataReceived(frame(opened_event(name, ServiceType.CELL)))
+        return protocol, transport
+
+    def test_observer_interface(self) -> None:
+        self.assertTrue(verifyObject(CellObserver, self.observer))
+
+    def test_connect(self) -> None:
+        self.connect("Cell_a")
+        self.assertEqual(self.observer.seen, [("available", "Cell_a", "127.0.0.2")])
+        self.assertIs(self.registry.state("Cell_a"), CellState.CONNECTED)
+        self.assertEqual(self.registry.address("Cell_a"), "127.0.0.2")
+        self.assertIsNotNone(self.registry.link("Cell_a"))
+        self.assertIsNone(self.registry.state("Cell_b"))
+        self.assertEqual(list(self.registry.names()), ["Cell_a"])
+
+    def test_status_report(self) -> None:
+        protocol, _ = self.connect("Cell_a")
+        protocol.dataReceived(frame(STATUS.to_message()))
+        self.assertEqual(self.registry.status("Cell_a"), STATUS)
+        self.assertEqual(self.observer.seen[-1], ("status", "Cell_a", STATUS))
+        self.assertIs(self.registry.state("Cell_a"), CellState.ALIVE)
+
+    def test_status_goes_stale(self) -> None:
+        protocol, _ = self.connect("Cell_a")
+        keepalive = frame(Message(id=MessageID.ConnectionKeepAliveEvent))
+        protocol.dataReceived(frame(STATUS.to_message()))
+        self.clock.advance(STATUS_STALE_AFTER / 2)
+        protocol.dataReceived(keepalive)
+        self.clock.advance(STATUS_STALE_AFTER / 2)
+        protocol.dataReceived(keepalive)
+        self.assertIs(self.registry.state("Cell_a"), CellState.CONNECTED)
+        self.assertEqual(self.registry.status("Cell_a"), STATUS)
+
+    def test_bad_status_report_ignored(self) -> None:
+        """The whole report is rejected; the link and the previous status stay."""
+        protocol, transport = self.connect("Cell_a")
+        protocol.dataReceived(frame(STATUS.to_message()))
+        protocol.dataReceived(frame(Message(id=MessageID.CellStatusReportEvent)))
+        self.assertEqual(self.registry.status("Cell_a"), STATUS)
+        self.assertEqual(len(self.observer.seen), 2)
+        self.assertFalse(transport.disconnecting)
+
+    def test_unsolicited_event(self) -> None:
+        protocol, _ = self.connect("Cell_a")
+        protocol.dataReceived(frame(Message(id=MessageID.GuestCreatedEvent)))
+        self.assertEqual(self.observer.seen[-1], ("event", "Cell_a", MessageID.GuestCreatedEvent))
+
+    def test_request_and_reply(self) -> None:
+        protocol, transport = self.connect("Cell_a")
+        transport.clear()
+        d = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
+        sent = last_sent(transport)
+        self.assertEqual(sent.id, MessageID.CreateGuestRequest)
+        self.assertNotEqual(sent.from_session, 0)
+        reply = Message(
+            id=response_id(MessageID.CreateGuestRequest),
+            success=True,
+            to_session=sent.from_session,
+        )
+        protocol.dataReceived(frame(reply))
+        self.assertEqual(self.successResultOf(d), reply)
+        self.assertEqual(len(self.observer.seen), 1)
+
+    def test_late_reply_dropped(self) -> None:
+        protocol, transport = self.connect("Cell_a")
+        late = Message(
+            id=response_id(MessageID.CreateGuestRequest), success=True, to_session=987654
+        )
+        protocol.dataReceived(frame(late))
+        self.assertEqual(len(self.observer.seen), 1)
+        self.assertFalse(transport.disconnecting)
+
+    def test_request_to_unlinked_cell(self) -> None:
+        d = self.registry.request("Cell_x", Message(id=MessageID.CreateGuestRequest))
+        self.failureResultOf(d, CellUnavailable)
+        self.assertRaises(
+            CellUnavailable, self.registry.send, "Cell_x", Message(id=MessageID.CreateGuestRequest)
+        )
+
+    def test_lost_then_disconnected(self) -> None:
+        self.connect("Cell_a")
+        self.clock.advance(LOST_AFTER)
+        self.assertIs(self.registry.state("Cell_a"), CellState.LOST)
+        self.assertIsNotNone(self.registry.link("Cell_a"))
+        self.clock.advance(DISCONNECT_AFTER - LOST_AFTER)
+        self.assertIs(self.registry.state("Cell_a"), CellState.DISCONNECTED)
+        self.assertEqual(self.observer.seen[-1], ("disconnected", "Cell_a", False))
+        self.assertIsNone(self.registry.link("Cell_a"))
+        d = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
+        self.failureResultOf(d, CellUnavailable)
+
+    def test_graceful_disconnect(self) -> None:
+        protocol, _ = self.connect("Cell_a")
+        protocol.dataReceived(frame(STATUS.to_message()))
+        protocol.dataReceived(frame(Message(id=MessageID.ConnectionClosedEvent)))
+        self.assertEqual(self.observer.seen[-1], ("disconnected", "Cell_a", True))
+        self.assertIs(self.registry.state("Cell_a"), CellState.DISCONNECTED)
+        self.assertEqual(self.registry.status("Cell_a"), STATUS)
+
+    def test_reconnect_replaces_old_link(self) -> None:
+        """A restarted Cell's new link wins; the old one closes without a disconnect event."""
+        old, old_transport = self.connect("Cell_a", "127.0.0.2")
+        new, _ = self.connect("Cell_a", "127.0.0.3")
+        self.assertTrue(old_transport.disconnecting)
+        self.assertIs(self.registry.link("Cell_a"), new.session)
+        self.assertEqual(self.registry.address("Cell_a"), "127.0.0.3")
+        self.assertEqual(
+            self.observer.seen,
+            [("available", "Cell_a", "127.0.0.2"), ("available", "Cell_a", "127.0.0.3")],
+        )
+        old.dataReceived(frame(Message(id=MessageID.GuestCreatedEvent)))
+        self.assertEqual(len(self.observer.seen), 2)
+
+    def test_failing_observer_does_not_stop_others(self) -> None:
+        @implementer(CellObserver)
+        class Broken(RecordingObserver):
+            def cell_available(self, name: str, address: str) -> None:
+                raise RuntimeError("boom")
+
+        registry = CellRegistry(self.clock, self.transactions)
+        second = RecordingObserver()
+        registry.subscribe(Broken())
+        registry.subscribe(second)
+        self.factory = CellLinkFactory(registry, self.clock, CORE, self.identify)
+        self.connect("Cell_a")
+        self.assertEqual(second.seen, [("available", "Cell_a", "127.0.0.2")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_close_all(self) -> None:
+        _, first = self.connect("Cell_a")
+        _, second = self.connect("Cell_b")
+        self.registry.close_all()
+        self.assertTrue(first.disconnecting and second.disconnecting)
+        self.assertEqual(last_sent(first).id, MessageID.ConnectionClosedEvent)
+        self.assertIs(self.registry.state("Cell_b"), CellState.DISCONNECTED)
+
+    def test_pending_request_fails_when_link_drops(self) -> None:
+        protocol, _ = self.connect("Cell_a")
+        d = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
+        protocol.connectionLost(None)
+        self.failureResultOf(d, CellUnavailable)
+        self.assertEqual(self.transactions.pending, 0)
+
+    def test_other_cell_cannot_answer(self) -> None:
+        """A reply for Cell_a's transaction arriving from Cell_b is dropped."""
+        _, transport_a = self.connect("Cell_a")
+        other, _ = self.connect("Cell_b")
+        d = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
+        token = last_sent(transport_a).from_session
+        forged = Message(
+            id=response_id(MessageID.CreateGuestRequest), success=True, to_session=token
+        )
+        other.dataReceived(frame(forged))
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d)

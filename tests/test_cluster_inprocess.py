@@ -1,0 +1,223 @@
+"""A hundred FakeCells over real loopback TLS: connect, report, get noticed when one dies.
+
+Also the TLS edge: a client without a certificate from the cluster CA never becomes a Cell.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from nanocore.cluster.cells import CellState
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.transport import DISCONNECT_AFTER, LOST_AFTER
+from nanocore.pki import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    CertificateAuthority,
+    client_tls_options,
+    create_ca,
+    issue_cell_certificate,
+    issue_server_certificate,
+    write_pair,
+)
+from nanocore.testing import simtap
+from nanocore.testing.cluster import InProcessCluster
+from nanocore.testing.fakecell import FakeCell
+
+reactor: Any = _reactor
+CELLS = 100
+
+
+@functools.cache
+def cluster_ca() -> CertificateAuthority:
+    """One CA for the whole module: issuing from it is cheap, creating it less so."""
+    return create_ca()
+
+
+class InProcessClusterTests(TestCase):
+    def setUp(self) -> Deferred[None]:
+        self.ca = cluster_ca()
+        self.cluster = InProcessCluster(reactor, self.ca, timeout=5.0)
+        self.addCleanup(lambda: ensureDeferred(self.cluster.stop()))
+        return ensureDeferred(self.cluster.listen())
+
+    async def test_hundred_cells(self) -> None:
+        names = {f"Cell_{i:012x}" for i in range(CELLS)}
+        for name in sorted(names):
+            self.cluster.add_cell(name)
+        await self.cluster.waiter.until_reported(names)
+        registry = self.cluster.registry
+        self.assertEqual(set(registry.names()), names)
+        self.assertEqual({registry.state(n) for n in names}, {CellState.ALIVE})
+        self.assertEqual({registry.address(n) for n in names}, {"127.0.0.1"})
+
+        # A request/reply round trip to one of them over its TLS link.
+        victim = sorted(names)[7]
+        reply = await registry.request(
+            victim,
+            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: victim}),
+        )
+        self.assertTrue(reply.success)
+        self.assertEqual(reply.sender, victim)
+
+        # Kill one abruptly: Core notices, not gracefully, within the disconnect time.
+        noticed = self.cluster.waiter.until_disconnected(victim)
+        noticed.addTimeout(DISCONNECT_AFTER, reactor)
+        self.cluster.cells.pop(victim).kill()  # the connection drops with no goodbye
+        await self.cluster.services.pop(victim).stopService()
+        self.assertIs(await noticed, False)
+        self.assertIs(registry.state(victim), CellState.DISCONNECTED)
+        self.assertEqual(sum(registry.state(n) is CellState.ALIVE for n in names), CELLS - 1)
+
+    async def test_graceful_stop_is_seen_as_graceful(self) -> None:
+        cell = self.cluster.add_cell("Cell_graceful")
+        await cell.connected()
+        noticed = self.cluster.waiter.until_disconnected("Cell_graceful")
+        cell.close()
+        self.assertIs(await noticed, True)
+
+    async def refused(self, tls: Any, name: str) -> None:
+        """Connect with ``tls``; the connection must close and no Cell must appear."""
+        cell = FakeCell(name, reactor)
+        host, port = self.cluster.address
+        endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, host, port))
+        protocol = await connectProtocol(endpoint, cell.protocol())
+        await protocol.when_closed().addTimeout(10, reactor)
+        self.assertIsNone(cell.link)
+        self.assertEqual(list(self.cluster.registry.names()), [])
+
+    async def test_client_without_certificate_refused(self) -> None:
+        await self.refused(client_tls_options(self.ca, "127.0.0.1"), "Cell_anonymous")
+
+    async def test_certificate_from_another_ca_refused(self) -> None:
+        stranger = create_ca()
+        tls = client_tls_options(
+            self.ca, "127.0.0.1", issue_cell_certificate(stranger, "Cell_stranger")
+        )
+        await self.refused(tls, "Cell_stranger")
+
+    async def test_server_certificate_is_not_a_cell(self) -> None:
+        """A CA-issued certificate that is not a Cell's (no cell unit) carries no name."""
+        tls = client_tls_options(
+            self.ca, "127.0.0.1", issue_server_certificate(self.ca, "127.0.0.1")
+        )
+        await self.refused(tls, "Cell_impostor")
+
+    async def test_name_comes_from_certificate(self) -> None:
+        """A valid certificate for one Cell cannot be used to claim another name."""
+        tls = client_tls_options(self.ca, "127.0.0.1", issue_cell_certificate(self.ca, "Cell_a"))
+        await self.refused(tls, "Cell_b")
+
+    async def test_status_report_carries_capacity(self) -> None:
+        cell = self.cluster.add_cell("Cell_big", usage=80.0)
+        await self.cluster.waiter.until_reported({"Cell_big"})
+        status = self.cluster.registry.status("Cell_big")
+        assert status is not None
+        self.assertEqual((status.cores, status.usage), (cell.capacity.cores, 80.0))
+
+    async def test_bad_frames_close_only_that_link(self) -> None:
+        """An oversized and a malformed frame each drop their own link; Core serves the rest."""
+        healthy = self.cluster.add_cell("Cell_healthy")
+        await healthy.connected()
+        for name, garbage in (
+            ("Cell_oversized", b"\xff\xff\xff\xff"),
+            ("Cell_malformed", b"\x00\x00\x00\x05{nope"),
+        ):
+            bad = FakeCell(name, reactor)
+            host, port = self.cluster.address
+            tls = client_tls_options(self.ca, host, issue_cell_certificate(self.ca, name))
+            endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, host, port))
+            protocol = await connectProtocol(endpoint, bad.protocol())
+            await bad.connected()
+            noticed = self.cluster.waiter.until_disconnected(name)
+            assert protocol.transport is not None
+            protocol.transport.write(garbage)
+            self.assertIs(await noticed, False)
+            await protocol.when_closed()
+        reply = await self.cluster.registry.request(
+            "Cell_healthy",
+            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: "x"}),
+        )
+        self.assertTrue(reply.success)
+        self.assertIs(self.cluster.registry.state("Cell_healthy"), CellState.ALIVE)
+
+    async def test_simulator_service(self) -> None:
+        """``twistd nanocell-sim`` composes Cells that link to Core and report."""
+        cert_dir = Path(self.mktemp())
+        write_pair(self.ca, cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE)
+        host, port = self.cluster.address
+        options = simtap.Options()
+        options.parseOptions(
+            ["--cert-dir", str(cert_dir), "--core", f"{host}:{port}", "--count", "5"]
+        )
+        service = simtap.makeService(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await self.cluster.waiter.until_reported(set(options.cell_names()))
+        status = self.cluster.registry.status("Cell_sim000004")
+        assert status is not None
+        self.assertEqual(status.cores, 8)
+
+    async def test_cell_reconnects_after_core_drops_it(self) -> None:
+        """Like a real Cell (§2.9) it dials again; Core sees it available once more."""
+        lookups: list[int] = []
+
+        def locate() -> Deferred[tuple[str, int]]:
+            lookups.append(1)
+            return succeed(self.cluster.address)
+
+        cell = self.cluster.add_cell("Cell_back", locate=locate, reconnect_delay=0.05)
+        first = await cell.connected()
+        core_side = self.cluster.registry.link("Cell_back")
+        assert core_side is not None
+        dropped = self.cluster.waiter.until_disconnected("Cell_back")
+        core_side.close()
+        self.assertIs(await dropped, False)
+        self.cluster.waiter.reported.discard("Cell_back")
+        await self.cluster.waiter.until_reported({"Cell_back"})
+        second = self.cluster.registry.link("Cell_back")
+        self.assertIsNotNone(second)
+        self.assertIsNot(second, core_side)
+        self.assertIsNot(cell.link, first)
+        self.assertIs(self.cluster.registry.state("Cell_back"), CellState.ALIVE)
+        self.assertEqual(len(lookups), 2)  # Core is looked up again for the new connection
+
+
+class FrozenCellTests(TestCase):
+    """A Cell that stops talking but keeps its connection open (a hung host), over real TLS.
+
+    Core's timers run on a Clock so the 9 s and 15 s thresholds are checked exactly and quickly;
+    the frozen Cell's own timers run on a Clock that never moves, so it sends nothing more.
+    """
+
+    async def test_silent_cell_lost_then_disconnected(self) -> None:
+        core_clock = Clock()
+        cluster = InProcessCluster(reactor, cluster_ca(), clock=core_clock)
+        await cluster.listen()
+        self.addCleanup(lambda: ensureDeferred(cluster.stop()))
+        cell = cluster.add_cell("Cell_frozen", clock=Clock())
+        await cluster.waiter.until_reported({"Cell_frozen"})
+        registry = cluster.registry
+        core_clock.advance(LOST_AFTER - 0.1)
+        self.assertIs(registry.state("Cell_frozen"), CellState.ALIVE)
+        core_clock.advance(0.1)
+        self.assertIs(registry.state("Cell_frozen"), CellState.LOST)
+        noticed = cluster.waiter.until_disconnected("Cell_frozen")
+        core_clock.advance(DISCONNECT_AFTER - LOST_AFTER - 0.1)
+        self.assertNoResult(noticed)
+        core_clock.advance(0.1)
+        self.assertIs(self.successResultOf(noticed), False)
+        self.assertIs(registry.state("Cell_frozen"), CellState.DISCONNECTED)
+        # Core said goodbye on the still-open connection; the Cell heard it.
+        assert cluster.factory is not None
+        await cluster.factory.when_all_closed()
+        await cluster.remove_cell("Cell_frozen")
+        self.assertIsNone(cell.link)

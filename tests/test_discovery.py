@@ -1,0 +1,436 @@
+"""Discovery: packet codec, listener (match, other domain, malformed, rate limit), pinger."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, FakeDatagramTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore.cluster.discovery import (
+    MAX_PACKET_SIZE,
+    DiscoveryListener,
+    DiscoveryPacketError,
+    DiscoveryPinger,
+    DiscoveryService,
+    DiscoveryTimeout,
+    ServiceEntry,
+    SonarEcho,
+    SonarPing,
+    TokenBucket,
+    core_service,
+    decode_packet,
+    encode_packet,
+    find_core,
+)
+
+GROUP = "224.0.0.226"
+PORT = 5599
+LISTEN = "127.0.0.1"
+CELL = ("127.0.0.7", 40000)
+CORE = ServiceEntry(type="core", protocol="tls", address=LISTEN, port=5600)
+
+
+class FakeMulticastTransport(FakeDatagramTransport):
+    """A datagram transport that records multicast setup; it sends nothing anywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joined: list[tuple[str, str]] = []
+        self.outgoing_interface: str | None = None
+        self.stopped = False
+
+    def joinGroup(self, addr: str, interface: str = "") -> Deferred[None]:
+        self.joined.append((addr, interface))
+        return succeed(None)
+
+    def setOutgoingInterface(self, addr: str) -> Deferred[None]:
+        self.outgoing_interface = addr
+        return succeed(None)
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class FakeMulticastReactor:
+    """Just enough of IReactorMulticast to see what a service asks for."""
+
+    def __init__(self) -> None:
+        self.listening: list[tuple[int, DatagramProtocol, str, bool, FakeMulticastTransport]] = []
+
+    def listenMulticast(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        listenMultiple: bool = False,
+    ) -> FakeMulticastTransport:
+        transport = FakeMulticastTransport()
+        self.listening.append((port, protocol, interface, listenMultiple, transport))
+        protocol.makeConnection(transport)
+        return transport
+
+
+class LogCapture(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+
+    def warnings(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.warn]
+
+
+class PacketTests(SynchronousTestCase):
+    def test_ping_bytes_match_sonar(self) -> None:
+        self.assertEqual(
+            encode_packet(SonarPing(id=4242, domain="nano")),
+            b'{"type":0,"id":4242,"domain":"nano"}',
+        )
+
+    def test_echo_bytes_match_sonar(self) -> None:
+        echo = SonarEcho(
+            id=4242,
+            requestor="10.0.0.7",
+            services=(ServiceEntry(type="core", protocol="kcp", address="10.0.0.2", port=5600),),
+        )
+        self.assertEqual(
+            encode_packet(echo),
+            b'{"type":1,"id":4242,"requestor":"10.0.0.7","services":'
+            b'[{"type":"core","protocol":"kcp","address":"10.0.0.2","port":5600}]}',
+        )
+
+    def test_empty_fields_are_omitted(self) -> None:
+        self.assertEqual(encode_packet(SonarEcho(id=1, requestor="")), b'{"type":1,"id":1}')
+        self.assertEqual(encode_packet(SonarPing(id=0, domain="")), b'{"type":0,"id":0}')
+
+    def test_round_trip(self) -> None:
+        for packet in (
+            SonarPing(id=7, domain="nano"),
+            SonarEcho(id=7, requestor="127.0.0.3", services=(CORE, CORE)),
+        ):
+            self.assertEqual(decode_packet(encode_packet(packet)), packet)
+
+    def test_go_leniency(self) -> None:
+        # Go's typed decode: case-insensitive names, unknown fields ignored, absent = zero.
+        self.assertEqual(
+            decode_packet(b'{"TYPE":0,"Id":3,"Domain":"nano","x":[1]}'), SonarPing(3, "nano")
+        )
+        self.assertEqual(decode_packet(b'{"domain":"nano"}'), SonarPing(0, "nano"))
+        self.assertEqual(decode_packet(b'{"type":1,"id":2,"services":null}'), SonarEcho(2, ""))
+
+    def test_malformed_packets(self) -> None:
+        for data in (
+            b"",
+            b"not json",
+            b"[]",
+            b'"ping"',
+            b'{"type":0,"id":1.5,"domain":"nano"}',
+            b'{"type":true,"id":1,"domain":"nano"}',
+            b'{"type":"0","id":1,"domain":"nano"}',
+            b'{"type":0,"id":1,"domain":5}',
+            b'{"type":0,"id":NaN,"domain":"nano"}',
+            b'{"type":2,"id":1}',
+            b'{"type":0,"id":99999999999999999999,"domain":"nano"}',
+            b'{"type":1,"id":1,"services":{}}',
+            b'{"type":1,"id":1,"services":[1]}',
+            b'{"type":1,"id":1,"services":[{"type":"core","port":70000}]}',
+            b'{"type":1,"id":1,"services":[{"type":"core","port":"5600"}]}',
+            b'{"type":1,"id":1,"requestor":5}',
+            b"\xff\xfe",
+            b"[" * 50_000,
+            b'{"type":0,"domain":"' + b"x" * MAX_PACKET_SIZE + b'"}',
+        ):
+            self.assertRaises(DiscoveryPacketError, decode_packet, data)
+
+    def test_oversized_echo_is_refused(self) -> None:
+        big = ServiceEntry(type="core", protocol="tls", address="x" * MAX_PACKET_SIZE, port=1)
+        self.assertRaises(DiscoveryPacketError, encode_packet, SonarEcho(1, "a", (big,)))
+
+    @given(st.binary(max_size=300))
+    def test_arbitrary_bytes_raise_only_packet_errors(self, data: bytes) -> None:
+        with contextlib.suppress(DiscoveryPacketError):
+            decode_packet(data)
+
+    @given(
+        st.dictionaries(
+            st.sampled_from(["type", "id", "domain", "requestor", "services", "other"]),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                lambda c: (
+                    st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3)
+                ),
+                max_leaves=8,
+            ),
+        )
+    )
+    def test_arbitrary_objects_raise_only_packet_errors(self, document: dict[str, Any]) -> None:
+        with contextlib.suppress(DiscoveryPacketError):
+            decode_packet(json.dumps(document).encode())
+
+    def test_core_service_picks_the_first_core_entry(self) -> None:
+        image = ServiceEntry(type="image", protocol="kcp", address="127.0.0.1", port=1)
+        self.assertEqual(core_service(SonarEcho(1, "", (image, CORE))), CORE)
+        self.assertIsNone(core_service(SonarEcho(1, "", (image,))))
+
+
+class TokenBucketTests(SynchronousTestCase):
+    def test_burst_then_rate(self) -> None:
+        clock = Clock()
+        bucket = TokenBucket(clock, rate=2, burst=3)
+        self.assertEqual([bucket.take() for _ in range(4)], [True, True, True, False])
+        clock.advance(0.5)
+        self.assertEqual([bucket.take(), bucket.take()], [True, False])
+        clock.advance(100)
+        self.assertEqual(sum(bucket.take() for _ in range(10)), 3)
+
+    def test_bad_parameters(self) -> None:
+        self.assertRaises(ValueError, TokenBucket, Clock(), 0, 1)
+        self.assertRaises(ValueError, TokenBucket, Clock(), 1, 0)
+
+
+class ListenerTests(LogCapture):
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = Clock()
+        self.transport = FakeMulticastTransport()
+        self.listener = self.make_listener()
+
+    def make_listener(
+        self, transport: FakeMulticastTransport | None = None, **overrides: Any
+    ) -> DiscoveryListener:
+        arguments: dict[str, Any] = {
+            "clock": self.clock,
+            "domain": "nano",
+            "group_address": GROUP,
+            "group_port": PORT,
+            "listen_address": LISTEN,
+            "service": CORE,
+            "echoes_per_second": 2,
+            "echo_burst": 3,
+        }
+        arguments.update(overrides)
+        listener = DiscoveryListener(**arguments)
+        self.transport = transport or FakeMulticastTransport()
+        listener.makeConnection(self.transport)
+        return listener
+
+    def ping(
+        self, ping_id: int = 4242, domain: str = "nano", source: tuple[str, int] = CELL
+    ) -> None:
+        self.listener.datagramReceived(encode_packet(SonarPing(ping_id, domain)), source)
+
+    def test_joins_the_group_on_the_listen_interface_only(self) -> None:
+        self.assertEqual(self.transport.joined, [(GROUP, LISTEN)])
+        self.assertEqual(self.transport.outgoing_interface, LISTEN)
+
+    def test_matching_ping_gets_the_echo(self) -> None:
+        self.ping()
+        self.assertEqual(
+            self.transport.written,
+            [
+                (
+                    b'{"type":1,"id":4242,"requestor":"127.0.0.7","services":'
+                    b'[{"type":"core","protocol":"tls","address":"127.0.0.1","port":5600}]}',
+                    (GROUP, PORT - 1),
+                )
+            ],
+        )
+        self.assertEqual(self.listener.echoes_sent, 1)
+
+    def test_other_domain_is_ignored(self) -> None:
+        self.ping(domain="other")
+        self.ping(domain="Nano")  # exact, case-sensitive comparison
+        self.ping(domain="")
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual(self.warnings(), [])
+
+    def test_malformed_packets_are_dropped_with_a_log_line(self) -> None:
+        self.listener.datagramReceived(b"{nope", CELL)
+        self.listener.datagramReceived(b'{"type":0,"id":1.5,"domain":"nano"}', CELL)
+        self.listener.datagramReceived(encode_packet(SonarEcho(1, "x")), CELL)
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual(self.listener.dropped, 3)
+        warnings = self.warnings()
+        self.assertEqual(len(warnings), 3)
+        self.assertIn("malformed packet from 127.0.0.7", warnings[0])
+        self.assertIn("non-ping", warnings[2])
+        self.ping()
+        self.assertEqual(len(self.transport.written), 1)
+
+    def test_malformed_flood_logs_are_rate_limited(self) -> None:
+        for _ in range(100):
+            self.listener.datagramReceived(b"garbage", CELL)
+        self.assertEqual(self.listener.dropped, 100)
+        self.assertEqual(len(self.warnings()), 10)
+        self.clock.advance(1)
+        self.listener.datagramReceived(b"garbage", CELL)
+        self.assertEqual(len(self.warnings()), 11)
+
+    def test_echoes_are_rate_limited(self) -> None:
+        for ping_id in range(10):
+            self.ping(ping_id)
+        self.assertEqual(len(self.transport.written), 3)
+        self.assertEqual(self.listener.dropped, 7)
+        self.assertIn("echo rate limit", self.warnings()[0])
+        self.clock.advance(0.5)
+        self.ping(99)
+        self.assertEqual(len(self.transport.written), 4)
+        self.assertEqual(json.loads(self.transport.written[-1][0])["id"], 99)
+
+    def test_send_failure_is_logged_and_the_listener_keeps_serving(self) -> None:
+        def unreachable(packet: bytes, addr: object = None) -> None:
+            raise OSError(101, "Network is unreachable")
+
+        self.transport.write = unreachable  # type: ignore[method-assign]
+        self.ping()
+        self.assertEqual(self.listener.echoes_sent, 0)
+        self.assertIn("unreachable", self.warnings()[0])
+        del self.transport.write
+        self.ping()
+        self.assertEqual(self.listener.echoes_sent, 1)
+
+    def test_service_given_late(self) -> None:
+        endpoint: list[ServiceEntry] = []
+        self.listener = self.make_listener(service=lambda: endpoint[0] if endpoint else None)
+        self.ping()
+        self.assertEqual(self.transport.written, [])
+        endpoint.append(CORE)
+        self.ping()
+        self.assertEqual(len(self.transport.written), 1)
+
+    def test_join_failure_is_logged(self) -> None:
+        failing = FakeMulticastTransport()
+
+        def refuse(addr: str, interface: str = "") -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            d.errback(OSError("no such device"))
+            return d
+
+        failing.joinGroup = refuse  # type: ignore[method-assign]
+        self.make_listener(failing)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class PingerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.transport = FakeMulticastTransport()
+        self.pinger = DiscoveryPinger(
+            clock=self.clock,
+            domain="nano",
+            group_address=GROUP,
+            group_port=PORT,
+            interface=LISTEN,
+            rng=random.Random(4),
+        )
+        self.pinger.makeConnection(self.transport)
+
+    def sent_ids(self) -> list[int]:
+        return [json.loads(packet)["id"] for packet, _ in self.transport.written]
+
+    def echo(self, ping_id: int) -> None:
+        packet = encode_packet(SonarEcho(ping_id, "127.0.0.7", (CORE,)))
+        self.pinger.datagramReceived(packet, (LISTEN, PORT))
+
+    def test_joins_and_pings_the_group(self) -> None:
+        self.assertEqual(self.transport.joined, [(GROUP, LISTEN)])
+        self.assertEqual(self.transport.outgoing_interface, LISTEN)
+        self.pinger.query()
+        [(packet, address)] = self.transport.written
+        self.assertEqual(address, (GROUP, PORT))
+        ping = decode_packet(packet)
+        assert isinstance(ping, SonarPing)
+        self.assertEqual(ping.domain, "nano")
+        self.assertTrue(0 <= ping.id < 0xFFFF)
+
+    def test_matching_echo_fires(self) -> None:
+        d = self.pinger.query()
+        [ping_id] = self.sent_ids()
+        self.echo(ping_id + 1)
+        self.pinger.datagramReceived(b"garbage", (LISTEN, PORT))
+        self.pinger.datagramReceived(encode_packet(SonarPing(ping_id, "nano")), (LISTEN, PORT))
+        self.assertNoResult(d)
+        self.echo(ping_id)
+        echo = self.successResultOf(d)
+        self.assertEqual((echo.requestor, core_service(echo)), ("127.0.0.7", CORE))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_resends_the_same_ping_until_timeout(self) -> None:
+        d = self.pinger.query(timeout=5, resend=1)
+        self.clock.pump([1, 1, 1, 1, 0.5])
+        ids = self.sent_ids()
+        self.assertEqual(len(ids), 5)
+        self.assertEqual(len(set(ids)), 1)
+        self.clock.advance(0.5)
+        self.failureResultOf(d, DiscoveryTimeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.echo(ids[0])  # late echo: nobody is waiting, nothing happens
+
+    def test_send_failure_fails_the_query_at_once(self) -> None:
+        def unreachable(packet: bytes, addr: object = None) -> None:
+            raise OSError(101, "Network is unreachable")
+
+        self.transport.write = unreachable  # type: ignore[method-assign]
+        d = self.pinger.query()
+        self.failureResultOf(d, OSError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_stops_the_query(self) -> None:
+        d = self.pinger.query()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_service_listens_on_the_group_and_stops(self) -> None:
+        reactor = FakeMulticastReactor()
+        service = DiscoveryService(
+            reactor,  # type: ignore[arg-type]
+            Clock(),
+            domain="nano",
+            group_address=GROUP,
+            group_port=PORT,
+            listen_address=LISTEN,
+            service=CORE,
+        )
+        service.startService()
+        [(port, protocol, interface, multiple, transport)] = reactor.listening
+        self.assertEqual((port, interface, multiple), (PORT, GROUP, True))
+        self.assertIs(protocol, service.protocol)
+        self.assertEqual(transport.joined, [(GROUP, LISTEN)])
+        service.stopService()
+        self.assertTrue(transport.stopped)
+        self.assertFalse(service.running)
+
+    def test_find_core_queries_and_stops_listening(self) -> None:
+        reactor = FakeMulticastReactor()
+        clock = Clock()
+        d = find_core(reactor, clock, interface=LISTEN, timeout=5)  # type: ignore[arg-type]
+        [(port, pinger, interface, multiple, transport)] = reactor.listening
+        self.assertEqual((port, interface, multiple), (PORT - 1, GROUP, True))
+        ping_id = json.loads(transport.written[0][0])["id"]
+        pinger.datagramReceived(
+            encode_packet(SonarEcho(ping_id, "127.0.0.9", (CORE,))), (LISTEN, PORT)
+        )
+        self.assertEqual(self.successResultOf(d).requestor, "127.0.0.9")
+        self.assertTrue(transport.stopped)
+
+    def test_find_core_timeout_stops_listening(self) -> None:
+        reactor = FakeMulticastReactor()
+        clock = Clock()
+        d = find_core(reactor, clock, timeout=5)  # type: ignore[arg-type]
+        clock.advance(5)
+        self.failureResultOf(d, DiscoveryTimeout)
+        self.assertTrue(reactor.listening[0][4].stopped)

@@ -1,0 +1,558 @@
+"""FakeCell against the real registry and transactions, linked in memory and driven by a Clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.test.iosim import FakeTransport, connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from nanocore.cluster.cells import CellObserver, CellRegistry, CellState, CellStatus
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.transactions import CellError, Transactions, TransactionTimeout
+from nanocore.cluster.transport import CellLinkFactory, LinkState
+from nanocore.pki import load_or_create_ca
+from nanocore.testing import simtap
+from nanocore.testing.fakecell import Capacity, FakeCell, Fault
+from nanocore.testing.guests import GuestState
+
+CELL = "Cell_fake0001"
+GiB = 1 << 30
+
+
+@implementer(CellObserver)
+class Events:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.disconnected: list[bool] = []
+
+    def cell_available(self, name: str, address: str) -> None:
+        pass
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        pass
+
+    def cell_event(self, name: str, message: Message) -> None:
+        self.messages.append(message)
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        self.disconnected.append(gracefully)
+
+    def ids(self) -> list[int]:
+        return [m.id for m in self.messages]
+
+
+class FakeCellTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.transactions = Transactions(self.clock, timeout=10.0)
+        self.registry = CellRegistry(self.clock, self.transactions)
+        self.events = Events()
+        self.registry.subscribe(self.events)
+        self.cell = FakeCell(
+            CELL, self.clock, capacity=Capacity(cores=4, memory=8 * GiB, disk=100 * GiB)
+        )
+        factory = CellLinkFactory(self.registry, self.clock, "Core_test", lambda t: CELL)
+        self.client, self.server, self.pump = connectedServerAndClient(
+            lambda: factory.buildProtocol(None),
+            self.cell.protocol,
+            serverTransportFactory=lambda p: FakeTransport(
+                p, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
+            ),
+            greet=False,
+        )
+        self.pump.flush()
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward in 0.1 s steps, letting the link carry what each step sends."""
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            self.clock.advance(min(0.1, end - self.clock.seconds()))
+            self.pump.flush()
+
+    def call(self, message_id: int, **params: Any) -> Deferred[Message]:
+        d = self.registry.request(CELL, Message(id=message_id, **params))
+        self.pump.flush()
+        return d
+
+    def ok(self, message_id: int, **params: Any) -> Message:
+        return self.successResultOf(self.call(message_id, **params))
+
+    def refused(self, message_id: int, **params: Any) -> str:
+        return str(self.failureResultOf(self.call(message_id, **params), CellError).value)
+
+    def create(self, guest: str = "g1", **extra: Any) -> None:
+        strings = {ParamKey.Name: "group.vm", ParamKey.Instance: guest, ParamKey.User: "u"}
+        strings.update(extra.pop("strings", {}))
+        self.ok(
+            MessageID.CreateGuestRequest,
+            string_params=strings,
+            uint_params={ParamKey.Core: 2, ParamKey.Memory: 2 * GiB},
+            uint_array_params={ParamKey.Disk: (10 * GiB, 20 * GiB)},
+            **extra,
+        )
+        self.advance(1.0)
+
+    # -- link and status ----------------------------------------------------------------------
+
+    def test_connects_and_reports(self) -> None:
+        self.assertIs(self.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(
+            self.registry.status(CELL),
+            CellStatus(4, 5.0, 8 * GiB, 8 * GiB, 100 * GiB, 100 * GiB),
+        )
+        self.assertTrue(self.successResultOf(self.cell.connected()).connected)
+
+    def test_reports_every_two_seconds_with_load(self) -> None:
+        self.create()
+        self.cell.usage = 42.0
+        self.advance(2.0)
+        status = self.registry.status(CELL)
+        assert status is not None
+        self.assertEqual(status.usage, 42.0)
+        self.assertEqual(status.memory_available, 6 * GiB)
+        self.assertEqual(status.disk_free, 70 * GiB)
+
+    def test_stays_linked_for_a_minute(self) -> None:
+        self.advance(60)
+        self.assertIs(self.registry.state(CELL), CellState.ALIVE)
+
+    def test_graceful_close(self) -> None:
+        self.cell.close()
+        self.pump.flush()
+        self.assertEqual(self.events.disconnected, [True])
+        self.assertIs(self.registry.state(CELL), CellState.DISCONNECTED)
+
+    # -- pool membership ----------------------------------------------------------------------
+
+    def test_pool_ready_answers_cell_ready_with_inventory(self) -> None:
+        self.create("g1")
+        self.create("g2")
+        reply = self.ok(
+            MessageID.ComputePoolReadyEvent,
+            string_params={
+                ParamKey.Pool: "default",
+                ParamKey.Storage: "",
+                ParamKey.Network: "net1",
+                ParamKey.Gateway: "192.0.2.1",
+                ParamKey.Mode: "dhcp",
+            },
+            string_array_params={ParamKey.Server: ("192.0.2.53",)},
+        )
+        self.assertEqual(reply.id, MessageID.ComputeCellReadyEvent)
+        self.assertEqual(reply.uint_params[ParamKey.Count], 2)
+        self.assertEqual(reply.string_array_params[ParamKey.Instance], ("g1", "g2"))
+        self.assertEqual(reply.uint_array_params[ParamKey.Count], (2, 2))
+        self.assertEqual(len(reply.uint_array_params[ParamKey.Disk]), 4)
+        self.assertEqual(len(reply.uint_array_params[ParamKey.Limit]), 12)
+        self.assertEqual(self.cell.pool, "default")
+        self.assertEqual(self.cell.network["mode"], "dhcp")
+
+    def test_pool_ready_without_mode_fails(self) -> None:
+        error = self.refused(
+            MessageID.ComputePoolReadyEvent,
+            string_params={
+                ParamKey.Pool: "default",
+                ParamKey.Storage: "",
+                ParamKey.Network: "net1",
+                ParamKey.Gateway: "192.0.2.1",
+            },
+        )
+        self.assertIn("Mode", error)
+
+    # -- guest lifecycle ----------------------------------------------------------------------
+
+    def test_create_with_progress_then_created(self) -> None:
+        self.create(strings={ParamKey.Image: "img1"})
+        self.assertEqual(
+            self.events.ids(),
+            [MessageID.GuestUpdatedEvent] * 3 + [MessageID.GuestCreatedEvent],
+        )
+        self.assertEqual(
+            [m.uint_params[ParamKey.Progress] for m in self.events.messages[:3]], [25, 50, 75]
+        )
+        created = self.events.messages[-1]
+        self.assertEqual(created.string_params[ParamKey.Instance], "g1")
+        self.assertIn(ParamKey.Monitor, created.uint_params)
+        self.assertIs(self.cell.guests["g1"].state, GuestState.STOPPED)
+
+    def test_create_with_auto_start(self) -> None:
+        self.create(bool_params={ParamKey.Option: True})
+        self.assertEqual(
+            self.events.ids(), [MessageID.GuestCreatedEvent, MessageID.GuestStartedEvent]
+        )
+        self.assertIs(self.cell.guests["g1"].state, GuestState.RUNNING)
+
+    def test_create_missing_parameter(self) -> None:
+        error = self.refused(MessageID.CreateGuestRequest, string_params={ParamKey.Instance: "x"})
+        self.assertIn("missing", error)
+        self.assertEqual(self.cell.guests, {})
+
+    def test_start_stop_delete(self) -> None:
+        self.create()
+        instance = {ParamKey.Instance: "g1"}
+        self.ok(MessageID.StartInstanceRequest, string_params=instance)
+        self.assertIn(
+            "running", self.refused(MessageID.DeleteGuestRequest, string_params=instance)
+        )
+        self.assertIn(
+            "cannot start", self.refused(MessageID.StartInstanceRequest, string_params=instance)
+        )
+        status = self.ok(MessageID.GetInstanceStatusRequest, string_params=instance)
+        self.assertEqual(status.uint_params[ParamKey.Status], 1)
+        self.ok(
+            MessageID.StopInstanceRequest,
+            string_params=instance,
+            uint_array_params={ParamKey.Option: (0, 0)},
+        )
+        self.ok(MessageID.DeleteGuestRequest, string_params=instance)
+        self.assertEqual(
+            self.events.ids()[1:],
+            [
+                MessageID.GuestStartedEvent,
+                MessageID.GuestStoppedEvent,
+                MessageID.GuestDeletedEvent,
+            ],
+        )
+        self.assertEqual(self.cell.guests, {})
+
+    def test_start_from_media(self) -> None:
+        self.create()
+        self.ok(
+            MessageID.StartInstanceRequest,
+            string_params={ParamKey.Instance: "g1", ParamKey.Source: "iso1"},
+            uint_params={ParamKey.Option: 1},
+        )
+        self.assertEqual(self.events.ids()[-1], MessageID.MediaAttachedEvent)
+        self.assertEqual(self.cell.guests["g1"].media, "iso1")
+
+    def test_unknown_guest(self) -> None:
+        error = self.refused(
+            MessageID.GetInstanceStatusRequest, string_params={ParamKey.Instance: "nope"}
+        )
+        self.assertIn("no guest nope", error)
+
+    # -- modification -------------------------------------------------------------------------
+
+    def test_modify(self) -> None:
+        self.create()
+        guest = {ParamKey.Guest: "g1"}
+        self.ok(MessageID.ModifyCoreRequest, string_params=guest, uint_params={ParamKey.Core: 8})
+        self.ok(MessageID.ModifyGuestNameRequest, string_params={**guest, ParamKey.Name: "g.new"})
+        self.ok(
+            MessageID.ModifyDiskThresholdRequest,
+            string_params=guest,
+            uint_array_params={ParamKey.Limit: (1, 2, 3, 4)},
+        )
+        self.ok(
+            MessageID.ModifyNetworkThresholdRequest,
+            string_params=guest,
+            uint_array_params={ParamKey.Limit: (5, 6)},
+        )
+        auth = self.ok(MessageID.ModifyAuthRequest, string_params={**guest, ParamKey.User: "adm"})
+        self.assertEqual(auth.string_params[ParamKey.User], "adm")
+        self.assertTrue(auth.string_params[ParamKey.Secret])
+        secret = self.ok(MessageID.ResetSecretRequest, string_params=guest)
+        g = self.cell.guests["g1"]
+        self.assertEqual((g.cores, g.name, g.limits), (8, "g.new", [1, 2, 3, 4, 5, 6]))
+        self.assertEqual(secret.string_params[ParamKey.Secret], g.monitor_secret)
+
+    def test_resize_and_shrink(self) -> None:
+        self.create()
+        guest = {ParamKey.Guest: "g1"}
+        self.ok(
+            MessageID.ResizeDiskRequest,
+            string_params=guest,
+            uint_params={ParamKey.Disk: 1, ParamKey.Size: 40 * GiB},
+        )
+        self.assertIn(
+            "larger",
+            self.refused(
+                MessageID.ResizeDiskRequest,
+                string_params=guest,
+                uint_params={ParamKey.Disk: 1, ParamKey.Size: GiB},
+            ),
+        )
+        reply = self.ok(
+            MessageID.ShrinkDiskRequest, string_params=guest, uint_params={ParamKey.Disk: 1}
+        )
+        self.assertEqual(reply.id, MessageID.ResizeDiskResponse)  # the real Cell's quirk
+        self.assertEqual(self.cell.guests["g1"].disks, [10 * GiB, 20 * GiB])
+
+    def test_reset_system(self) -> None:
+        self.create()
+        self.ok(
+            MessageID.ResetSystemRequest, string_params={ParamKey.Guest: "g1", ParamKey.Image: "i"}
+        )
+        self.advance(1.0)
+        self.assertEqual(
+            self.events.ids()[-2:], [MessageID.GuestUpdatedEvent, MessageID.SystemResetEvent]
+        )
+
+    # -- media, snapshots ---------------------------------------------------------------------
+
+    def test_media(self) -> None:
+        self.create(bool_params={ParamKey.Option: True})
+        self.ok(
+            MessageID.InsertMediaRequest,
+            string_params={ParamKey.Instance: "g1", ParamKey.Media: "m1"},
+        )
+        self.ok(MessageID.EjectMediaRequest, string_params={ParamKey.Instance: "g1"})
+        self.assertEqual(
+            self.events.ids()[-2:], [MessageID.MediaAttachedEvent, MessageID.MediaDetachedEvent]
+        )
+        self.assertIn(
+            "no media",
+            self.refused(MessageID.EjectMediaRequest, string_params={ParamKey.Instance: "g1"}),
+        )
+
+    def test_snapshots(self) -> None:
+        self.create()
+        snap = {ParamKey.Instance: "g1", ParamKey.Name: "s1"}
+        self.ok(MessageID.CreateSnapshotRequest, string_params={**snap, ParamKey.Description: "d"})
+        self.ok(MessageID.CreateSnapshotRequest, string_params={**snap, ParamKey.Name: "s2"})
+        listing = self.ok(MessageID.QuerySnapshotRequest, string_params={ParamKey.Instance: "g1"})
+        self.assertEqual(listing.string_array_params[ParamKey.Name], ("s1", "s2"))
+        self.assertEqual(listing.string_array_params[ParamKey.Previous], ("", "s1"))
+        self.assertEqual(listing.uint_array_params[ParamKey.Current], (0, 1))
+        detail = self.ok(MessageID.GetSnapshotRequest, string_params=snap)
+        self.assertEqual(detail.string_params[ParamKey.Description], "d")
+        self.assertIn(
+            "children", self.refused(MessageID.DeleteSnapshotRequest, string_params=snap)
+        )
+        self.ok(MessageID.RestoreSnapshotRequest, string_params=snap)
+        self.ok(MessageID.DeleteSnapshotRequest, string_params={**snap, ParamKey.Name: "s2"})
+        self.assertEqual(list(self.cell.guests["g1"].snapshots), ["s1"])
+        self.assertEqual(self.cell.guests["g1"].current_snapshot, "s1")
+
+    # -- migration ----------------------------------------------------------------------------
+
+    def test_attach_then_migrate(self) -> None:
+        instances = {ParamKey.Instance: ("g7", "g8")}
+        reply = self.ok(
+            MessageID.AttachInstanceRequest,
+            bool_params={ParamKey.Immediate: False},
+            string_array_params=instances,
+        )
+        self.assertNotEqual(reply.from_session, 0)
+        # One-way: delivered into the Cell's still-open attach transaction.
+        self.registry.send(
+            CELL,
+            Message(
+                id=MessageID.MigrateInstanceRequest,
+                to_session=reply.from_session,
+                string_params={ParamKey.Migration: "m1"},
+                string_array_params=instances,
+            ),
+        )
+        self.pump.flush()
+        migrated = self.events.messages[-1]
+        self.assertEqual(migrated.id, MessageID.InstanceMigratedEvent)
+        self.assertEqual(migrated.string_params[ParamKey.Migration], "m1")
+        self.assertEqual(len(migrated.uint_array_params[ParamKey.Monitor]), 2)
+        self.assertEqual(set(self.cell.guests), {"g7", "g8"})
+
+    def test_immediate_attach_for_failover(self) -> None:
+        self.registry.send(
+            CELL,
+            Message(
+                id=MessageID.AttachInstanceRequest,
+                bool_params={ParamKey.Immediate: True},
+                string_params={ParamKey.Cell: "Cell_dead"},
+                string_array_params={ParamKey.Instance: ("g9",)},
+            ),
+        )
+        self.pump.flush()
+        migrated = self.events.messages[-1]
+        self.assertTrue(migrated.bool_params[ParamKey.Immediate])
+        self.assertEqual(migrated.string_params[ParamKey.Cell], "Cell_dead")
+
+    def test_detach_and_purge(self) -> None:
+        self.create("g1")
+        self.create("g2")
+        self.ok(MessageID.DetachInstanceRequest, string_array_params={ParamKey.Instance: ("g1",)})
+        self.assertEqual(list(self.cell.guests), ["g2"])
+        self.ok(MessageID.DetachInstanceRequest)
+        self.assertEqual(self.cell.guests, {})
+
+    # -- storage, rules, images ---------------------------------------------------------------
+
+    def test_storage_paths(self) -> None:
+        self.ok(
+            MessageID.ModifyCellStorageRequest,
+            string_params={ParamKey.Cell: CELL, ParamKey.Path: "/data"},
+        )
+        reply = self.ok(MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: CELL})
+        self.assertEqual(reply.string_array_params[ParamKey.System], ("/data",))
+        self.assertEqual(reply.uint_params[ParamKey.Mode], 0)
+
+    def test_security_rules(self) -> None:
+        self.create()
+        instance = {ParamKey.Instance: "g1"}
+
+        def rule(port: int) -> dict[str, Any]:
+            return {
+                "string_params": instance,
+                "bool_params": {ParamKey.Action: True},
+                "uint_params": {
+                    ParamKey.Protocol: 0,
+                    ParamKey.From: 0,
+                    ParamKey.To: 0,
+                    ParamKey.Port: port,
+                },
+            }
+
+        self.ok(MessageID.AddGuestRuleRequest, **rule(22))
+        self.ok(MessageID.AddGuestRuleRequest, **rule(80))
+        self.ok(MessageID.ModifyGuestRuleRequest, int_params={ParamKey.Index: 1}, **rule(443))
+        self.ok(
+            MessageID.ChangeGuestRuleOrderRequest,
+            string_params=instance,
+            int_params={ParamKey.Index: 1, ParamKey.Mode: 1},
+        )
+        self.ok(
+            MessageID.ChangeGuestRuleDefaultActionRequest,
+            string_params=instance,
+            bool_params={ParamKey.Action: False},
+        )
+        rules = self.ok(MessageID.GetGuestRuleRequest, string_params=instance)
+        self.assertEqual(rules.uint_array_params[ParamKey.Port], (443, 22))
+        self.assertEqual(rules.uint_array_params[ParamKey.Action], (0, 0, 1))
+        self.ok(
+            MessageID.RemoveGuestRuleRequest,
+            string_params=instance,
+            int_params={ParamKey.Index: 0},
+        )
+        self.assertIn(
+            "no rule 5",
+            self.refused(
+                MessageID.RemoveGuestRuleRequest,
+                string_params=instance,
+                int_params={ParamKey.Index: 5},
+            ),
+        )
+        self.assertEqual([r.port for r in self.cell.guests["g1"].rules], [22])
+
+    def test_create_disk_image_progress(self) -> None:
+        self.create()
+        progress: list[Message] = []
+        d = self.registry.request(
+            CELL,
+            Message(
+                id=MessageID.CreateDiskImageRequest,
+                string_params={ParamKey.Guest: "g1", ParamKey.Image: "img"},
+            ),
+            is_reply=lambda m: (
+                m.id == MessageID.DiskImageUpdatedEvent
+                and m.bool_params.get(ParamKey.Enable, False)
+            ),
+            on_progress=progress.append,
+        )
+        self.pump.flush()
+        self.advance(1.0)
+        final = self.successResultOf(d)
+        self.assertEqual(final.uint_params[ParamKey.Size], 10 * GiB)
+        ids = [m.id for m in progress]
+        self.assertEqual(ids, [MessageID.CreateDiskImageResponse, MessageID.DiskImageUpdatedEvent])
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def test_fault_error(self) -> None:
+        self.cell.inject(MessageID.GetAuthRequest, Fault(error="injected"))
+        self.create()
+        self.assertEqual(
+            self.refused(MessageID.GetAuthRequest, string_params={ParamKey.Guest: "g1"}),
+            "injected",
+        )
+        self.ok(MessageID.GetAuthRequest, string_params={ParamKey.Guest: "g1"})
+
+    def test_fault_drop_times_out(self) -> None:
+        self.cell.inject(MessageID.QueryCellStorageRequest, Fault(drop=True, times=None))
+        d = self.call(MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: CELL})
+        self.advance(10.0)
+        self.failureResultOf(d, TransactionTimeout)
+        self.assertIn(MessageID.QueryCellStorageRequest, self.cell.faults)
+
+    def test_fault_delay(self) -> None:
+        self.cell.inject(MessageID.QueryCellStorageRequest, Fault(delay=5.0))
+        d = self.call(MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: CELL})
+        self.advance(4.9)
+        self.assertNoResult(d)
+        self.advance(0.2)
+        self.successResultOf(d)
+
+    def test_fault_disconnect(self) -> None:
+        self.cell.inject(MessageID.QueryCellStorageRequest, Fault(disconnect=True))
+        d = self.call(MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: CELL})
+        self.pump.flush()
+        self.failureResultOf(d)
+        self.assertEqual(self.events.disconnected, [False])
+        self.assertIsNone(self.cell.link)
+        self.assertIs(self.registry.state(CELL), CellState.DISCONNECTED)
+
+    def test_kill_is_not_graceful(self) -> None:
+        link = self.cell.link
+        assert link is not None
+        self.cell.kill()
+        self.pump.flush()
+        self.assertIs(link.state, LinkState.CLOSED)
+        self.assertEqual(self.events.disconnected, [False])
+
+
+class SimulatorPluginTests(SynchronousTestCase):
+    """``twistd nanocell-sim``: options and the service it composes."""
+
+    def setUp(self) -> None:
+        self.cert_dir = Path(self.mktemp())
+        self.cert_dir.mkdir()
+        load_or_create_ca(self.cert_dir)
+
+    def parse(self, *args: str) -> simtap.Options:
+        options = simtap.Options()
+        options.parseOptions(["--cert-dir", str(self.cert_dir), *args])
+        return options
+
+    def test_plugin_is_found(self) -> None:
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("nanocell-sim", makers)
+        self.assertIsInstance(makers["nanocell-sim"].options(), simtap.Options)
+
+    def test_defaults(self) -> None:
+        options = self.parse()
+        self.assertEqual(
+            (options["host"], options["port"], options["count"]), ("127.0.0.1", 5600, 10)
+        )
+        self.assertEqual(options.cell_names()[:2], ["Cell_sim000000", "Cell_sim000001"])
+
+    def test_bad_options(self) -> None:
+        for args in (
+            ["--core", "localhost"],
+            ["--core", "127.0.0.1:0"],
+            ["--count", "0"],
+            ["--count", "many"],
+            ["--usage", "101"],
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+        self.assertRaises(
+            usage.UsageError,
+            simtap.Options().parseOptions,
+            ["--cert-dir", str(self.cert_dir / "missing")],
+        )
+
+    def test_make_service(self) -> None:
+        options = self.parse("--count", "3", "--prefix", "Cell_demo", "--memory", "4")
+        service = simtap.makeService(options, MemoryReactorClock())
+        assert isinstance(service, MultiService)
+        self.assertEqual(
+            sorted(s.name for s in service),
+            ["Cell_demo000000", "Cell_demo000001", "Cell_demo000002"],
+        )

@@ -1,0 +1,326 @@
+"""The Cell link: handshake, keepalive/lost/disconnect on a Clock, bad frames, graceful close."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore.cluster.message import Message, MessageID, ParamKey, decode, encode
+from nanocore.cluster.transport import (
+    DISCONNECT_AFTER,
+    HANDSHAKE_TIMEOUT,
+    KEEPALIVE_INTERVAL,
+    LOST_AFTER,
+    MAX_FRAME_SIZE,
+    CellLinkFactory,
+    FramedLinkProtocol,
+    FrameTooLarge,
+    LinkClosed,
+    LinkSession,
+    LinkState,
+    ServiceType,
+    cell_link_protocol,
+    opened_event,
+)
+
+CELL = "Cell_5254001a2b3c"
+CORE = "Core_5254000a0b0c"
+
+
+class RecordingHandler:
+    """A LinkHandler that writes down what happened, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, object]] = []
+        self.messages: list[Message] = []
+
+    def link_connected(self, link: LinkSession) -> None:
+        self.events.append(("connected", link.name, link.address))
+
+    def message_received(self, link: LinkSession, message: Message) -> None:
+        self.messages.append(message)
+
+    def link_lost(self, link: LinkSession) -> None:
+        self.events.append(("lost", link.name, None))
+
+    def link_recovered(self, link: LinkSession) -> None:
+        self.events.append(("recovered", link.name, None))
+
+    def link_closed(self, link: LinkSession, gracefully: bool) -> None:
+        self.events.append(("closed", link.name, gracefully))
+
+
+def frame(message: Message) -> bytes:
+    data = encode(message)
+    return struct.pack(">I", len(data)) + data
+
+
+def frames(data: bytes) -> list[Message]:
+    """Split what a protocol wrote into messages."""
+    out = []
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        out.append(decode(data[4 : 4 + length]))
+        data = data[4 + length :]
+    return out
+
+
+class CoreSideTests(SynchronousTestCase):
+    """Core's accepting side, driven byte by byte over a StringTransport."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.handler = RecordingHandler()
+        self.certificate_name: str | None = CELL
+        factory = CellLinkFactory(self.handler, self.clock, CORE, self.identify)
+        self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 4000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 4000))
+        self.protocol.makeConnection(self.transport)
+
+    def identify(self, transport: ITransport) -> str | None:
+        return self.certificate_name
+
+    @property
+    def link(self) -> LinkSession:
+        assert self.protocol.session is not None
+        return self.protocol.session
+
+    def written(self) -> list[Message]:
+        out = frames(self.transport.value())
+        self.transport.clear()
+        return out
+
+    def handshake(self, name: str = CELL, service_type: ServiceType = ServiceType.CELL) -> None:
+        self.protocol.dataReceived(frame(opened_event(name, service_type)))
+
+    def test_handshake(self) -> None:
+        """The Cell announces itself; Core answers with its own name and type 0."""
+        self.assertEqual(self.written(), [])
+        self.handshake()
+        [reply] = self.written()
+        self.assertEqual(reply.id, MessageID.ConnectionOpenedEvent)
+        self.assertEqual(reply.string_params[ParamKey.Name], CORE)
+        self.assertEqual(reply.uint_params[ParamKey.Type], ServiceType.CORE)
+        self.assertEqual(self.handler.events, [("connected", CELL, "127.0.0.5")])
+        self.assertIs(self.link.state, LinkState.CONNECTED)
+        self.assertEqual(self.link.name, CELL)
+
+    def test_name_must_match_certificate(self) -> None:
+        """A Cell claiming another name than its certificate's is refused."""
+        self.handshake(name="Cell_000000000001")
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.written(), [])
+        self.assertEqual(self.handler.events, [])
+
+    def test_no_certificate_refused(self) -> None:
+        """Without a verified certificate there is no name, so no link."""
+        self.certificate_name = None
+        self.handshake()
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events, [])
+
+    def test_wrong_service_type_refused(self) -> None:
+        self.handshake(service_type=ServiceType.CORE)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events, [])
+
+    def test_first_message_must_be_handshake(self) -> None:
+        self.protocol.dataReceived(frame(Message(id=MessageID.ConnectionKeepAliveEvent)))
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events, [])
+
+    def test_handshake_timeout(self) -> None:
+        """A connection that never announces itself is dropped."""
+        self.clock.advance(HANDSHAKE_TIMEOUT - 0.1)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_messages_carry_sender(self) -> None:
+        """Application messages reach the handler stamped with the certified name."""
+        self.handshake()
+        report = Message(id=MessageID.CellStatusReportEvent, uint_params={ParamKey.Core: 4})
+        self.protocol.dataReceived(frame(report))
+        self.assertEqual(self.handler.messages, [report])
+        self.assertEqual(self.handler.messages[0].sender, CELL)
+
+    def test_keepalive_every_three_seconds(self) -> None:
+        self.handshake()
+        self.written()
+        self.clock.advance(KEEPALIVE_INTERVAL - 0.1)
+        self.assertEqual(self.written(), [])
+        self.clock.advance(0.1)
+        self.assertEqual([m.id for m in self.written()], [MessageID.ConnectionKeepAliveEvent])
+        self.clock.advance(KEEPALIVE_INTERVAL)
+        self.assertEqual([m.id for m in self.written()], [MessageID.ConnectionKeepAliveEvent])
+
+    def test_lost_then_disconnected(self) -> None:
+        """Silence: lost at 9 s, disconnected (not gracefully) at 15 s, with a goodbye."""
+        self.handshake()
+        self.clock.advance(LOST_AFTER - 0.5)
+        self.assertIs(self.link.state, LinkState.CONNECTED)
+        self.clock.advance(0.5)
+        self.assertIs(self.link.state, LinkState.LOST)
+        self.assertEqual(self.handler.events[-1], ("lost", CELL, None))
+        self.transport.clear()
+        self.clock.advance(DISCONNECT_AFTER - LOST_AFTER - 0.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.5)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
+        self.assertEqual(self.written()[-1].id, MessageID.ConnectionClosedEvent)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_keepalives_keep_it_connected(self) -> None:
+        self.handshake()
+        keepalive = frame(Message(id=MessageID.ConnectionKeepAliveEvent))
+        for _ in range(20):
+            self.clock.advance(KEEPALIVE_INTERVAL)
+            self.protocol.dataReceived(keepalive)
+        self.assertEqual(self.handler.events, [("connected", CELL, "127.0.0.5")])
+        self.assertIs(self.link.state, LinkState.CONNECTED)
+
+    def test_lost_peer_recovers(self) -> None:
+        self.handshake()
+        self.clock.advance(LOST_AFTER + 1)
+        self.protocol.dataReceived(frame(Message(id=MessageID.ConnectionKeepAliveEvent)))
+        self.assertIs(self.link.state, LinkState.CONNECTED)
+        self.assertEqual([e[0] for e in self.handler.events], ["connected", "lost", "recovered"])
+        # Counting starts again from the last keepalive.
+        self.clock.advance(LOST_AFTER - 0.1)
+        self.assertIs(self.link.state, LinkState.CONNECTED)
+        self.clock.advance(0.1)
+        self.assertIs(self.link.state, LinkState.LOST)
+
+    def test_graceful_close_by_peer(self) -> None:
+        self.handshake()
+        self.protocol.dataReceived(frame(Message(id=MessageID.ConnectionClosedEvent)))
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, True))
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost(None)
+        self.assertEqual(len(self.handler.events), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_local_close_says_goodbye(self) -> None:
+        self.handshake()
+        self.transport.clear()
+        self.link.close()
+        self.assertEqual([m.id for m in self.written()], [MessageID.ConnectionClosedEvent])
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
+        self.assertRaises(LinkClosed, self.link.send, Message(id=MessageID.CreateGuestRequest))
+
+    def test_close_aborts_if_flush_hangs(self) -> None:
+        self.handshake()
+        self.link.close()
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(3.0)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_connection_drop_is_not_graceful(self) -> None:
+        self.handshake()
+        self.protocol.connectionLost(None)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_malformed_frame_closes_link(self) -> None:
+        self.handshake()
+        self.protocol.dataReceived(struct.pack(">I", 5) + b"{nope")
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
+        self.assertEqual(self.handler.messages, [])
+
+    def test_malformed_frame_before_handshake(self) -> None:
+        self.protocol.dataReceived(struct.pack(">I", 2) + b"[]")
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events, [])
+
+    def test_oversized_frame_refused_before_buffering(self) -> None:
+        """The length prefix alone is enough to refuse; later frames are not parsed."""
+        self.handshake()
+        after = frame(Message(id=MessageID.CellStatusReportEvent))
+        self.protocol.dataReceived(struct.pack(">I", MAX_FRAME_SIZE + 1) + b"x" * 10 + after)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
+        self.assertEqual(self.handler.messages, [])
+
+    def test_send(self) -> None:
+        self.handshake()
+        self.transport.clear()
+        request = Message(id=MessageID.CreateGuestRequest, from_session=7)
+        self.link.send(request)
+        self.assertEqual(self.written(), [request])
+
+    def test_send_too_large(self) -> None:
+        self.handshake()
+        huge = Message(id=MessageID.CreateGuestRequest, string_params={0: "x" * MAX_FRAME_SIZE})
+        self.assertRaises(FrameTooLarge, self.link.send, huge)
+        self.assertIs(self.link.state, LinkState.CONNECTED)
+
+    def test_send_before_handshake(self) -> None:
+        self.assertRaises(LinkClosed, self.link.send, Message(id=MessageID.CreateGuestRequest))
+
+
+class PairTests(SynchronousTestCase):
+    """Both ends of a link, Core and Cell, connected in memory and driven by one Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.core = RecordingHandler()
+        self.cell = RecordingHandler()
+        factory = CellLinkFactory(self.core, self.clock, CORE, lambda transport: CELL)
+        self.client, self.server, self.pump = connectedServerAndClient(
+            lambda: factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0)),
+            lambda: cell_link_protocol(self.cell, self.clock, CELL),
+            serverTransportFactory=lambda p: FakeTransport(
+                p, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
+            ),
+            greet=False,
+        )
+        self.pump.flush()
+
+    def run_for(self, seconds: float, pump: IOPump | None) -> None:
+        for _ in range(int(seconds * 10)):
+            self.clock.advance(0.1)
+            if pump is not None:
+                pump.flush()
+
+    def session(self, protocol: FramedLinkProtocol) -> LinkSession:
+        assert protocol.session is not None
+        return protocol.session
+
+    def test_both_sides_connect(self) -> None:
+        self.assertEqual(self.core.events, [("connected", CELL, "127.0.0.1")])
+        self.assertEqual([e[:2] for e in self.cell.events], [("connected", CORE)])
+
+    def test_a_minute_of_keepalives(self) -> None:
+        self.run_for(60, self.pump)
+        self.assertEqual(len(self.core.events), 1)
+        self.assertEqual(len(self.cell.events), 1)
+        self.assertEqual(self.core.messages, [])
+
+    def test_silent_network_disconnects_both(self) -> None:
+        """Nothing crosses: both ends lose and then disconnect each other by the clock."""
+        self.run_for(DISCONNECT_AFTER + 0.1, None)
+        self.assertEqual([e[0] for e in self.core.events], ["connected", "lost", "closed"])
+        self.assertEqual([e[0] for e in self.cell.events], ["connected", "lost", "closed"])
+        self.assertIs(self.core.events[-1][2], False)
+
+    def test_cell_stops_gracefully(self) -> None:
+        self.session(self.client).close()
+        self.pump.flush()
+        self.assertEqual(self.core.events[-1], ("closed", CELL, True))
+        self.assertEqual(self.cell.events[-1][::2], ("closed", False))
+
+    def test_request_and_reply(self) -> None:
+        request = Message(id=MessageID.CreateGuestRequest, from_session=11)
+        self.session(self.server).send(request)
+        self.pump.flush()
+        self.assertEqual(self.cell.messages, [request])
+        self.assertEqual(self.cell.messages[0].sender, CORE)
