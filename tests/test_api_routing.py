@@ -192,3 +192,19 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(len(outcome), 1)
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class RouteForTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.routes = Handlers().routes()
+        self.resource = APIResource(self.routes, Verifier(TEST_CREDENTIALS, Clock()))
+
+    def test_every_route_is_found_by_a_concrete_path(self) -> None:
+        for route in self.routes:
+            concrete = route.full_path.replace(":", "X").replace("*", "/X")
+            self.assertIs(self.resource.route_for(route.method, concrete), route)
+
+    def test_misses_and_redirects_find_nothing(self) -> None:
+        self.assertIsNone(self.resource.route_for("GET", "/api/v1/things"))
+        self.assertIsNone(self.resource.route_for("PATCH", "/api/v1/things/a"))
+        self.assertIsNone(self.resource.route_for("GET", "/nothing"))

@@ -176,6 +176,14 @@ class APIResource(KleinResource):
     def routes(self) -> tuple[Route, ...]:
         return self._routes
 
+    def route_for(self, method: str, path: str) -> Route | None:
+        """The route a request for the decoded ``path`` is dispatched to, if any (no redirects)."""
+        try:
+            rule, _ = self.app.url_map.bind("localhost").match(path, method, return_rule=True)
+        except HTTPException:
+            return None
+        return self._route_of(rule)
+
     def _route_of(self, rule: Rule) -> Route:
         return self._routes[int(rule.endpoint)]
 
