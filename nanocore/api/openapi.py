@@ -36,6 +36,17 @@ def openapi_path(route: Route) -> str:
     return _PARAMETER.sub(lambda m: "{" + m.group(1) + "}", route.full_path)
 
 
+def operation_id(route: Route) -> str:
+    """``PUT /rules/:index/order`` → ``put_rules_by_index_order``; unique per route."""
+    words = [route.method.lower()]
+    for segment in route.path.strip("/").split("/"):
+        if segment.startswith((":", "*")):
+            words.append("by_" + segment[1:])
+        elif segment:
+            words.append(segment)
+    return "_".join(words) if len(words) > 1 else words[0] + "_root"
+
+
 def body_schema(body: Body) -> Schema:
     properties: dict[str, Schema] = {}
     for field in body.fields:
@@ -72,9 +83,7 @@ def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
         "tags": [route.tag],
-        "operationId": f"{route.method.lower()}{_PARAMETER.sub('', route.path)}".replace("/", "_")
-        .replace("__", "_")
-        .rstrip("_"),
+        "operationId": operation_id(route),
         "x-route": f"{route.method} {route.path}",
     }
     parameters = [

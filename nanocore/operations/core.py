@@ -1,0 +1,31 @@
+"""All operations families over one store, clock and Cell monitor: what the API is given."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+from nanocore.operations.addresses import AddressPools
+from nanocore.operations.base import Context, StoreLike
+from nanocore.operations.pools import ComputePools, StoragePools
+from nanocore.operations.security import SecurityGroups
+from nanocore.operations.status import CellMonitor, NoCells, Status
+from nanocore.operations.templates import Templates
+
+
+class Operations:
+    """The one place that changes state; each attribute is one resource family."""
+
+    def __init__(
+        self, store: StoreLike, clock: IReactorTime, monitor: CellMonitor | None = None
+    ) -> None:
+        self.context = Context(store, clock)
+        self.compute_pools = ComputePools(self.context)
+        self.storage_pools = StoragePools(self.context)
+        self.address_pools = AddressPools(self.context)
+        self.templates = Templates(self.context)
+        self.security_groups = SecurityGroups(self.context)
+        self.status = Status(self.context, monitor or NoCells(), self.context.now_text())
+
+    def revision(self) -> int:
+        """Changes with every commit made through these operations (keys the API's cache)."""
+        return self.context.revision()

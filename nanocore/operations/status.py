@@ -1,0 +1,233 @@
+"""Zone, pool and cell status aggregates (core-internals §6), computed on demand.
+
+Core recomputed these every 5 s and counted a cell that was already dead as online with its
+stale usage; here a cell counts as online only while the monitor says it is alive, and only
+online cells contribute usage. Instance counters come from the store, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from attrs import frozen
+
+from nanocore.model import ComputeCell, Instance, InstanceStatus
+from nanocore.operations.base import Context
+from nanocore.operations.errors import InvalidRequest, UnknownEntity
+
+
+@frozen
+class CellUsage:
+    """The resource figures of a Cell's latest status report (bytes, bytes/s, percent)."""
+
+    cores: int = 0
+    cpu_usage: float = 0.0
+    memory: int = 0
+    memory_available: int = 0
+    disk: int = 0
+    disk_available: int = 0
+    read_speed: int = 0
+    write_speed: int = 0
+    receive_speed: int = 0
+    send_speed: int = 0
+
+
+class CellMonitor(Protocol):
+    """What status needs from the Cell fabric (an adapter over ``CellRegistry``)."""
+
+    def alive(self, name: str) -> bool: ...
+
+    def address(self, name: str) -> str: ...
+
+    def usage(self, name: str) -> CellUsage | None: ...
+
+
+class NoCells:
+    """A monitor for a Core with no fabric: every cell offline."""
+
+    def alive(self, name: str) -> bool:
+        return False
+
+    def address(self, name: str) -> str:
+        return ""
+
+    def usage(self, name: str) -> CellUsage | None:
+        return None
+
+
+@frozen
+class Counters:
+    """``[stopped, running, lost, migrating]`` instances."""
+
+    stopped: int = 0
+    running: int = 0
+    lost: int = 0
+    migrating: int = 0
+
+    def as_list(self) -> list[int]:
+        return [self.stopped, self.running, self.lost, self.migrating]
+
+
+def count_instances(instances: Iterable[Instance]) -> Counters:
+    stopped = running = lost = migrating = 0
+    for instance in instances:
+        if instance.migrating:
+            migrating += 1
+        elif instance.lost:
+            lost += 1
+        elif instance.status is InstanceStatus.RUNNING:
+            running += 1
+        else:
+            stopped += 1
+    return Counters(stopped, running, lost, migrating)
+
+
+@frozen
+class Usage:
+    """Summed usage; ``cpu_usage`` is the core-weighted mean."""
+
+    cores: int = 0
+    cpu_usage: float = 0.0
+    memory: int = 0
+    memory_available: int = 0
+    disk: int = 0
+    disk_available: int = 0
+    read_speed: int = 0
+    write_speed: int = 0
+    receive_speed: int = 0
+    send_speed: int = 0
+
+
+def sum_usage(usages: Iterable[CellUsage]) -> Usage:
+    items = list(usages)
+    cores = sum(u.cores for u in items)
+    weighted = sum(u.cpu_usage * u.cores for u in items)
+    return Usage(
+        cores=cores,
+        cpu_usage=weighted / cores if cores else 0.0,
+        memory=sum(u.memory for u in items),
+        memory_available=sum(u.memory_available for u in items),
+        disk=sum(u.disk for u in items),
+        disk_available=sum(u.disk_available for u in items),
+        read_speed=sum(u.read_speed for u in items),
+        write_speed=sum(u.write_speed for u in items),
+        receive_speed=sum(u.receive_speed for u in items),
+        send_speed=sum(u.send_speed for u in items),
+    )
+
+
+@frozen
+class CellState:
+    name: str
+    address: str
+    enabled: bool
+    alive: bool
+    instances: Counters
+    usage: Usage
+
+
+@frozen
+class PoolState:
+    name: str
+    enabled: bool
+    offline: int
+    online: int
+    instances: Counters
+    usage: Usage
+
+
+@frozen
+class ZoneState:
+    name: str
+    disabled_pools: int
+    enabled_pools: int
+    offline: int
+    online: int
+    instances: Counters
+    usage: Usage
+    start_time: str
+
+
+class Status:
+    def __init__(self, context: Context, monitor: CellMonitor, start_time: str) -> None:
+        self._context = context
+        self._monitor = monitor
+        self._start_time = start_time
+
+    def _cell(self, cell: ComputeCell) -> CellState:
+        alive = self._monitor.alive(cell.name)
+        usage = self._monitor.usage(cell.name) if alive else None
+        instances = [i for i in self._context.view.instances.values() if i.cell == cell.name]
+        return CellState(
+            name=cell.name,
+            address=self._monitor.address(cell.name),
+            enabled=cell.enabled,
+            alive=alive,
+            instances=count_instances(instances),
+            usage=sum_usage([usage] if usage is not None else []),
+        )
+
+    def _pool_cells(self, pool: str) -> list[ComputeCell]:
+        if pool not in self._context.view.compute_pools:
+            raise UnknownEntity(f"invalid pool '{pool}'")
+        cells = self._context.view.cells
+        return [cells[name] for name in sorted(cells) if cells[name].pool == pool]
+
+    def cells(self, pool: str) -> list[CellState]:
+        return [self._cell(cell) for cell in self._pool_cells(pool)]
+
+    def cell(self, pool: str, name: str) -> CellState:
+        for cell in self._pool_cells(pool):
+            if cell.name == name:
+                return self._cell(cell)
+        raise InvalidRequest(f"cell '{name}' not in pool '{pool}'")
+
+    def pool(self, name: str) -> PoolState:
+        states = self.cells(name)
+        pool = self._context.view.compute_pools[name]
+        online = [state for state in states if state.alive]
+        instances = [i for i in self._context.view.instances.values() if i.pool == name]
+        return PoolState(
+            name=name,
+            enabled=pool.enabled,
+            offline=len(states) - len(online),
+            online=len(online),
+            instances=count_instances(instances),
+            usage=_combine(state.usage for state in online),
+        )
+
+    def pools(self) -> list[PoolState]:
+        return [self.pool(name) for name in sorted(self._context.view.compute_pools)]
+
+    def zone(self) -> ZoneState:
+        pools = self.pools()
+        enabled = sum(1 for pool in pools if pool.enabled)
+        return ZoneState(
+            name=self._context.view.zone.name,
+            disabled_pools=len(pools) - enabled,
+            enabled_pools=enabled,
+            offline=sum(pool.offline for pool in pools),
+            online=sum(pool.online for pool in pools),
+            instances=count_instances(self._context.view.instances.values()),
+            usage=_combine(pool.usage for pool in pools),
+            start_time=self._start_time,
+        )
+
+
+def _combine(usages: Iterable[Usage]) -> Usage:
+    return sum_usage(
+        CellUsage(
+            cores=u.cores,
+            cpu_usage=u.cpu_usage,
+            memory=u.memory,
+            memory_available=u.memory_available,
+            disk=u.disk,
+            disk_available=u.disk_available,
+            read_speed=u.read_speed,
+            write_speed=u.write_speed,
+            receive_speed=u.receive_speed,
+            send_speed=u.send_speed,
+        )
+        for u in usages
+    )

@@ -1,0 +1,89 @@
+"""The OpenAPI document and the route table describe the same routes, both ways."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore.api.app import APIResource, build_api_resource
+from nanocore.api.families import all_routes
+from nanocore.api.openapi import build_document, render_document
+from nanocore.api.router import Found
+from nanocore.api.testing import TEST_CREDENTIALS, APIClient
+
+DOCUMENT = Path(__file__).parent.parent / "docs" / "openapi.json"
+METHODS = {"get", "put", "post", "delete", "patch", "options", "head"}
+
+
+def document_routes(document: dict) -> set[tuple[str, str, str]]:
+    """``(METHOD, template, OpenAPI path)`` of every operation in the document."""
+    found = set()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in METHODS:
+                route_method, template = operation["x-route"].split(" ", 1)
+                assert route_method == method.upper(), operation["x-route"]
+                found.add((route_method, template, path))
+    return found
+
+
+class OpenAPITests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_714_529_472)
+        resource = build_api_resource(None, TEST_CREDENTIALS, self.clock)
+        assert isinstance(resource, APIResource)
+        self.resource = resource
+        self.document = build_document(all_routes(None))
+
+    def test_every_documented_route_exists_in_the_app(self) -> None:
+        router = self.resource.router
+        for method, template, path in document_routes(self.document):
+            concrete = "/api/v1" + template.replace(":", "X").replace("*", "/X")
+            outcome = router.match(method, concrete)
+            self.assertIsInstance(outcome, Found, f"{method} {path}")
+            assert isinstance(outcome, Found)
+            self.assertEqual(outcome.endpoint.path, template)
+            expected_path = path.replace("{", ":").replace("}", "")
+            self.assertTrue(
+                ("/api/v1" + template).replace("*", ":") == expected_path, (template, path)
+            )
+
+    def test_every_app_route_is_documented(self) -> None:
+        documented = {(m, t) for m, t, _ in document_routes(self.document)}
+        registered = {(m, t.removeprefix("/api/v1")) for m, t in self.resource.router.templates()}
+        self.assertEqual(registered, documented)
+        self.assertEqual(len(registered), len(self.resource.routes))
+
+    def test_operation_ids_are_unique(self) -> None:
+        ids = [
+            operation["operationId"]
+            for item in self.document["paths"].values()
+            for operation in item.values()
+        ]
+        self.assertEqual(len(ids), len(set(ids)))
+
+    def test_document_in_docs_is_current(self) -> None:
+        self.assertEqual(
+            DOCUMENT.read_bytes(),
+            render_document(all_routes(None)),
+            "docs/openapi.json is stale: run python -m nanocore.api.openapi > docs/openapi.json",
+        )
+
+    def test_served_document_is_the_same(self) -> None:
+        client = APIClient(self.resource, self.clock)
+        answer = self.successResultOf(client.get("/openapi.json"))
+        self.assertEqual(json.loads(answer.body), json.loads(DOCUMENT.read_bytes()))
+        self.assertEqual(answer.header(b"content-type"), b"application/json")
+
+    def test_unsigned_routes_are_marked(self) -> None:
+        open_routes = [
+            operation["x-route"]
+            for item in self.document["paths"].values()
+            for operation in item.values()
+            if operation.get("security") == []
+        ]
+        self.assertEqual(open_routes, ["GET /"])
