@@ -1,15 +1,20 @@
 """nanocore: the control node of a Nano virtualization cluster, on Twisted."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
 
 setup(
     name="nanocore",
     version="0.1.0",
     description="Drop-in replacement for Nano Core 1.4.0, on Twisted",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]) + ["twisted.plugins"],
+    # twisted/plugins has no __init__.py on purpose: it is a portion of Twisted's own package.
+    packages=[*find_packages(exclude=["tests", "tests.*", "benchmarks"]), "twisted.plugins"],
     package_data={"nanocore.store": ["schema/*.sql"]},
     include_package_data=True,
     install_requires=[

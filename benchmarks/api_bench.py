@@ -1,54 +1,172 @@
-"""Load benchmark of the signed REST API against a real nanocore process, on loopback only.
+"""Signed API throughput and latency against a real nanocore process pinned to one core.
 
-Starts the server pinned to CPU 0 (``taskset -c 0``) with temporary config, data, cert and log
-folders and a known credential, drives it from this process (pinned to CPU 1) over keep-alive
-connections on 127.0.0.1, and prints requests per second and p50/p99 latency for signed
-``GET /api/v1/compute_pools/`` and for a create/delete loop on address pools, at concurrency
-1 and 32. Every phase is bounded in requests and in seconds; the server is stopped at the end.
+Prints requests/s and p50/p99 latency for ``GET /api/v1/compute_pools/`` and for a
+create/delete loop on address pools (each acknowledged only after the store commit), at
+concurrency 1 and 32, with the server's CPU share. Loopback only; every phase is bounded in
+requests and in seconds; the server is stopped at the end.
 
-    python benchmarks/api_bench.py                      # twistd -n nanocore (the real process)
-    python benchmarks/api_bench.py --server standin     # the API site alone, same store
-    python benchmarks/api_bench.py --profile out.prof   # cProfile of the server, top printed
+The server is ``twistd -n nanocore`` with temporary config, data, cert and log folders, an
+``api.cfg`` holding a known credential and a free 127.0.0.1 port, pinned with ``taskset -c 0``
+(``--server standin`` runs ``benchmarks/api_server.py`` instead: the same store, operations and
+API site, without the cluster services). The load generator is a small HTTP/1.1 keep-alive
+client (selectors, raw sockets) pinned to the other core; every request is signed before it is
+sent (GETs may repeat a signature, writes may not).
 
-The stand-in (``api_bench.py serve``) runs the same Store, Operations and API site that
-``nanocore.tap`` composes, without the cluster services: for comparison, and for use before
-the tap serves the API.
+    python benchmarks/api_bench.py [--server twistd|standin] [--seconds 5] [--max-requests N]
+                                   [--server-cpu 0] [--client-cpu 1] [--profile server.prof]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import os
 import pstats
+import selectors
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from attrs import frozen
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from twisted.internet.defer import Deferred, gatherResults  # noqa: E402
-from twisted.internet.protocol import ClientFactory, Protocol, connectionDone  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
-
 from nanocore.api.client import Signer  # noqa: E402
 
-CREDENTIAL_ID = "bench"
-CREDENTIAL_KEY = "bench-key-known-only-to-this-benchmark"
-LIST_PATH = "/api/v1/compute_pools/"
-POOL_BODY = json.dumps({"gateway": "192.0.2.1", "provider": "dhcp"}).encode()
-SUCCESS_PREFIX = b'{\n  "error_code": 0,'
+CREDENTIAL = ("bench", "benchmark-key-0123456789")
+
+
+def request_bytes(signer: Signer, method: str, path: str, body: bytes, port: int) -> bytes:
+    url = f"http://127.0.0.1:{port}/api/v1{path}"
+    headers = signer.headers(method, url, body, now=time.time())
+    lines = [f"{method} /api/v1{path} HTTP/1.1".encode()]
+    lines += [name + b": " + value for name, value in headers.items()]
+    lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class Connection:
+    """One keep-alive connection working through a sequence of requests per item."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.buffer = b""
+        self.sequence: list[bytes] = []
+        self.step = 0
+        self.started = 0.0
+
+    def begin(self, sequence: list[bytes]) -> None:
+        self.sequence, self.step, self.started = sequence, 0, time.perf_counter()
+        self.sock.send(sequence[0])
+
+    def received(self) -> bool:
+        """Read what arrived; True once the whole item (every response) is done."""
+        data = self.sock.recv(65536)
+        if not data:
+            raise RuntimeError("the server closed the connection")
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            at = self.buffer.find(b"Content-Length: ", 0, end)
+            length = int(self.buffer[at + 16 : self.buffer.index(b"\r\n", at)]) if at >= 0 else 0
+            if len(self.buffer) < end + 4 + length:
+                return False
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            if b'"error_code": 0' not in body:
+                raise RuntimeError(body.decode(errors="replace") or "empty answer")
+            self.step += 1
+            if self.step == len(self.sequence):
+                return True
+            self.sock.send(self.sequence[self.step])
+
+
+def run(
+    port: int, make: Iterator[list[bytes]], concurrency: int, seconds: float, items: int
+) -> tuple[int, float, list[float]]:
+    """Closed-loop load: each connection starts its next item when the previous one is done,
+    until ``seconds`` have passed or ``items`` items were started."""
+    latencies: list[float] = []
+    selector = selectors.DefaultSelector()
+    connections = [Connection(port) for _ in range(concurrency)]
+    started = time.perf_counter()
+    deadline = started + seconds
+    left = items
+    for connection in connections:
+        selector.register(connection.sock, selectors.EVENT_READ, connection)
+        connection.begin(next(make))
+        left -= 1
+    active = len(connections)
+    while active:
+        for key, _ in selector.select():
+            connection = key.data
+            if connection.received():
+                now = time.perf_counter()
+                latencies.append(now - connection.started)
+                if now < deadline and left > 0:
+                    connection.begin(next(make))
+                    left -= 1
+                else:
+                    selector.unregister(connection.sock)
+                    connection.sock.close()
+                    active -= 1
+    selector.close()
+    return len(latencies), time.perf_counter() - started, latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(
+    name: str,
+    concurrency: int,
+    requests_per_item: int,
+    result: tuple[int, float, list[float]],
+    server_cpu: float,
+) -> None:
+    count, elapsed, latencies = result
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    rate = count * requests_per_item / elapsed
+    print(
+        f"{name:<38} c={concurrency:<3} {rate:9.0f} req/s   "
+        f"p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   server cpu {server_cpu / elapsed:4.0%}   "
+        f"{count * requests_per_item / max(server_cpu, 1e-9):6.0f} req per server cpu-s",
+        flush=True,
+    )
+
+
+def gets(signer: Signer, port: int) -> Iterator[list[bytes]]:
+    raw = request_bytes(signer, "GET", "/compute_pools/", b"", port)
+    while True:
+        yield [raw]
+
+
+def writes(signer: Signer, port: int, prefix: str) -> Iterator[list[bytes]]:
+    body = json.dumps({"gateway": "192.0.2.1", "provider": "dhcp"}).encode()
+    number = 0
+    while True:
+        number += 1
+        path = f"/address_pools/{prefix}{number}"
+        yield [
+            request_bytes(signer, "POST", path, body, port),
+            request_bytes(signer, "DELETE", path, b"", port),
+        ]
 
 
 # -- the server process -------------------------------------------------------------------
@@ -73,7 +191,7 @@ def prepare_folders(root: Path, port: int) -> dict[str, Path]:
         "listen_address": "127.0.0.1",
         "timeout": 10,
     }
-    api = {"port": port, "credentials": [{"id": CREDENTIAL_ID, "key": CREDENTIAL_KEY}]}
+    api = {"port": port, "credentials": [{"id": CREDENTIAL[0], "key": CREDENTIAL[1]}]}
     for name, document in (("domain.cfg", domain), ("api.cfg", api)):
         path = folders["config"] / name
         path.write_text(json.dumps(document, indent=1) + "\n")
@@ -81,354 +199,102 @@ def prepare_folders(root: Path, port: int) -> dict[str, Path]:
     return folders
 
 
-def server_command(
-    kind: str, folders: dict[str, Path], port: int, profile: Path | None
-) -> list[str]:
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and os.cpu_count() != 1 else []
-    if kind == "twistd":
-        twistd = str(Path(sys.executable).with_name("twistd"))
-        command = [*pin, sys.executable, twistd, "-n", "--pidfile=", "--logfile=-"]
-        if profile is not None:
-            command += [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
-        command.append("nanocore")
-        for name, folder in folders.items():
-            command += [f"--{name}-dir", str(folder)]
-        return command
-    command = [*pin, sys.executable, str(Path(__file__).resolve()), "serve"]
-    command += ["--data-dir", str(folders["data"]), "--port", str(port)]
-    if profile is not None:
-        command += ["--profile", str(profile)]
-    return command
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
+def start_twistd(
+    root: Path, pin: list[str], profile: str | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    folders = prepare_folders(root, port)
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    command = [*pin, sys.executable, twistd, "-n", "--pidfile=", "--reactor=epoll"]
+    command += [f"--logfile={root / 'twistd.log'}"]
+    if profile:
+        command += [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
+    command.append("nanocore")
+    for name, folder in folders.items():
+        command += [f"--{name}-dir", str(folder)]
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(command, cwd=root, env=environment, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode} before listening")
+        if server.poll() is not None:
+            log = (root / "twistd.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"twistd exited with {server.returncode}:\n{log}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            return server, port
         except OSError:
             time.sleep(0.05)
-    raise SystemExit(f"server did not listen on 127.0.0.1:{port} within {limit:g} s")
+    stop(server)
+    raise SystemExit("twistd nanocore did not listen within 30 s")
 
 
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+def start_standin(
+    root: Path, pin: list[str], profile: str | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    data_dir = root / "data"
+    data_dir.mkdir()
+    command = [*pin, sys.executable, str(ROOT / "benchmarks" / "api_server.py")]
+    command += ["--data-dir", str(data_dir), "--credential", ":".join(CREDENTIAL)]
+    if profile:
+        command += ["--profile", profile]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
+    assert server.stdout is not None
+    line = server.stdout.readline().split()
+    if not line or line[0] != b"READY":
+        stop(server)
+        raise SystemExit(f"server did not start: {line!r}")
+    return server, int(line[1])
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            server.wait(20)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def serve(arguments: argparse.Namespace) -> None:
-    """The stand-in server: Store + Operations + the API site, and nothing else."""
-    import cProfile
-
-    from twisted.internet import reactor as default_reactor
-
-    from nanocore.api.app import build_api_site
-    from nanocore.operations.core import Operations
-    from nanocore.store import Store
-
-    reactor: Any = default_reactor
-    profiler = cProfile.Profile() if arguments.profile else None
-
-    def opened(store: Any) -> None:
-        site = build_api_site(Operations(store, reactor), {CREDENTIAL_ID: CREDENTIAL_KEY}, reactor)
-        reactor.listenTCP(arguments.port, site, interface="127.0.0.1")
-        reactor.addSystemEventTrigger("before", "shutdown", store.close)
-
-    def failed(failure: Failure) -> None:
-        failure.printTraceback()
-        reactor.stop()
-
-    Store.open(Path(arguments.data_dir), reactor).addCallbacks(opened, failed)
-    if profiler is not None:
-        profiler.enable()
-    reactor.run()
-    if profiler is not None:
-        profiler.disable()
-        profiler.dump_stats(arguments.profile)
-
-
-# -- the load generator -------------------------------------------------------------------
-
-
-@frozen
-class Outcome:
-    """One phase, as printed."""
-
-    name: str
-    concurrency: int
-    latencies: list[float]
-    seconds: float
-    errors: int
-    first_error: bytes
-
-    def line(self) -> str:
-        count = len(self.latencies)
-        ordered = sorted(self.latencies)
-
-        def at(fraction: float) -> float:
-            return ordered[min(count - 1, int(fraction * count))] * 1000 if count else 0.0
-
-        return (
-            f"{self.name:34s} c={self.concurrency:<3d} n={count:<6d} "
-            f"{count / self.seconds:8.0f} req/s   p50 {at(0.50):6.2f} ms   "
-            f"p99 {at(0.99):6.2f} ms   errors {self.errors}"
-        )
-
-
-class Budget:
-    """The requests one phase may still send and what came back, shared by its connections."""
-
-    def __init__(self, limit: int, seconds: float) -> None:
-        self._left = limit
-        self._deadline = time.perf_counter() + seconds
-        self.latencies: list[float] = []
-        self.errors = 0
-        self.first_error = b""
-
-    def take(self) -> bool:
-        if self._left <= 0 or time.perf_counter() > self._deadline:
-            return False
-        self._left -= 1
-        return True
-
-    def record(self, latency: float, head: bytes, body: bytes) -> None:
-        self.latencies.append(latency)
-        if not (head.startswith(b"HTTP/1.1 200 ") and body.startswith(SUCCESS_PREFIX)):
-            self.errors += 1
-            self.first_error = self.first_error or head.split(b"\r\n", 1)[0] + b" " + body
-
-
-class Connection(Protocol):
-    """One keep-alive connection sending its stream one request at a time.
-
-    A create is always followed by its delete, even past the budget, so every phase leaves
-    the store as it found it.
-    """
-
-    def __init__(self, budget: Budget, stream: Iterator[bytes], done: Deferred[None]) -> None:
-        self._budget = budget
-        self._stream = stream
-        self._done = done
-        self._buffer = b""
-        self._sent_at = 0.0
-        self._owes_delete = False
-
-    def connectionMade(self) -> None:
-        self._send()
-
-    def _send(self) -> None:
-        assert self.transport is not None
-        if not self._budget.take() and not self._owes_delete:
-            self.transport.loseConnection()
-            return
-        request = next(self._stream)
-        self._owes_delete = request.startswith(b"POST ")
-        self._sent_at = time.perf_counter()
-        self.transport.write(request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = self._buffer[:end]
-        marker = head.lower().find(b"\r\ncontent-length:")
-        length = int(head[marker + 17 :].split(b"\r\n", 1)[0]) if marker >= 0 else 0
-        if len(self._buffer) < end + 4 + length:
-            return
-        body = self._buffer[end + 4 : end + 4 + length]
-        self._buffer = self._buffer[end + 4 + length :]
-        self._budget.record(time.perf_counter() - self._sent_at, head, body)
-        self._send()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self._done.called:
-            self._done.callback(None)
-
-
-class Connector(ClientFactory):
-    def __init__(self, budget: Budget, stream: Iterator[bytes], done: Deferred[None]) -> None:
-        self._budget = budget
-        self._stream = stream
-        self._done = done
-
-    def buildProtocol(self, addr: Any) -> Connection:
-        return Connection(self._budget, self._stream, self._done)
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self._done.called:
-            self._done.errback(reason)
-
-
-def http_request(signer: Signer, port: int, method: str, path: str, body: bytes = b"") -> bytes:
-    """The bytes of one request, signed now."""
-    url = f"http://127.0.0.1:{port}{path}"
-    headers = signer.headers(method, url, body, now=time.time())
-    lines = [f"{method} {path} HTTP/1.1".encode()]
-    lines += [name + b": " + value for name, value in headers.items()]
-    if body or method in ("POST", "PUT"):
-        lines.append(b"Content-Length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-def list_requests(signer: Signer, port: int) -> Iterator[bytes]:
-    while True:
-        yield http_request(signer, port, "GET", LIST_PATH)
-
-
-def write_requests(signer: Signer, port: int, tag: str) -> Iterator[bytes]:
-    """Create then delete one address pool after another (each a durable commit)."""
-    serial = 0
-    while True:
-        serial += 1
-        path = f"/api/v1/address_pools/bench-{tag}-{serial}"
-        yield http_request(signer, port, "POST", path, POOL_BODY)
-        yield http_request(signer, port, "DELETE", path)
-
-
-def run_phase(
-    reactor: Any,
-    port: int,
-    name: str,
-    concurrency: int,
-    make_stream: Callable[[int], Iterator[bytes]],
-    limit: int,
-    seconds: float,
-) -> Deferred[Outcome]:
-    """``concurrency`` connections, each with its own request stream, sharing one budget."""
-    budget = Budget(limit, seconds)
-    started = time.perf_counter()
-    finished: list[Deferred[None]] = []
-    for index in range(concurrency):
-        done: Deferred[None] = Deferred()
-        finished.append(done)
-        reactor.connectTCP("127.0.0.1", port, Connector(budget, make_stream(index), done))
-
-    def outcome(_: object) -> Outcome:
-        elapsed = time.perf_counter() - started
-        return Outcome(
-            name, concurrency, budget.latencies, elapsed, budget.errors, budget.first_error
-        )
-
-    return gatherResults(finished, consumeErrors=True).addCallback(outcome)
-
-
-def drive(arguments: argparse.Namespace, port: int) -> list[Outcome]:
-    """Run every phase in this process's reactor and return what was measured."""
-    from twisted.internet import reactor as default_reactor
-    from twisted.internet.defer import inlineCallbacks
-
-    reactor: Any = default_reactor
-
-    signer = Signer(CREDENTIAL_ID, CREDENTIAL_KEY)
-    outcomes: list[Outcome] = []
-    failure: list[Failure] = []
-
-    def reader_stream(index: int) -> Iterator[bytes]:
-        return list_requests(signer, port)
-
-    def writer_stream(concurrency: int, index: int) -> Iterator[bytes]:
-        return write_requests(signer, port, f"{concurrency}-{index}")
-
-    @inlineCallbacks
-    def phases() -> Any:
-        warm = yield run_phase(reactor, port, "warm-up", 4, reader_stream, 2000, 10)
-        if warm.errors:
-            raise SystemExit(f"the server does not answer the API: {warm.first_error!r}")
-        for concurrency in arguments.concurrency:
-            outcomes.append(
-                (
-                    yield run_phase(
-                        reactor,
-                        port,
-                        f"GET {LIST_PATH}",
-                        concurrency,
-                        reader_stream,
-                        arguments.reads,
-                        arguments.seconds,
-                    )
-                )
-            )
-            print(outcomes[-1].line(), flush=True)
-        for concurrency in arguments.concurrency:
-            outcomes.append(
-                (
-                    yield run_phase(
-                        reactor,
-                        port,
-                        "POST+DELETE /api/v1/address_pools/",
-                        concurrency,
-                        functools.partial(writer_stream, concurrency),
-                        arguments.writes,
-                        arguments.seconds,
-                    )
-                )
-            )
-            print(outcomes[-1].line(), flush=True)
-
-    def stop(result: object) -> None:
-        if isinstance(result, Failure):
-            failure.append(result)
-        reactor.stop()
-
-    reactor.callWhenRunning(lambda: phases().addBoth(stop))
-    reactor.run()
-    if failure:
-        failure[0].raiseException()
-    return outcomes
+            server.kill()
+            server.wait()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    serve_parser = sub.add_parser("serve", help="the stand-in server (used by the benchmark)")
-    serve_parser.add_argument("--data-dir", required=True)
-    serve_parser.add_argument("--port", type=int, required=True)
-    serve_parser.add_argument("--profile")
+    parser = argparse.ArgumentParser()
     parser.add_argument("--server", choices=("twistd", "standin"), default="twistd")
-    parser.add_argument("--reads", type=int, default=30000, help="GETs per phase (at most)")
-    parser.add_argument("--writes", type=int, default=10000, help="writes per phase (at most)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="time cap per phase")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--profile", type=Path, help="write the server's cProfile stats here")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
-    arguments = parser.parse_args()
-    if arguments.command == "serve":
-        serve(arguments)
-        return
+    parser.add_argument("--seconds", type=float, default=5.0, help="time cap per line")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="cap per line")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--profile", help="cProfile output file for the server")
+    args = parser.parse_args()
 
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {1})
-    root = Path(tempfile.mkdtemp(prefix="nanocore-bench-"))
-    port = free_port()
-    folders = prepare_folders(root, port)
-    profile = arguments.profile.resolve() if arguments.profile else None
-    command = server_command(arguments.server, folders, port, profile)
-    environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = (root / "server.out").open("wb")
-    process = subprocess.Popen(command, cwd=root, env=environment, stdout=log, stderr=log)
-    try:
-        wait_for_port(port, process)
-        print(f"server: {' '.join(command[:6])} ... pid {process.pid}, 127.0.0.1:{port}")
-        print(f"client: pid {os.getpid()} on CPU 1; python {sys.version.split()[0]}")
-        drive(arguments, port)
-    finally:
-        stop_server(process)
-        log.close()
-        if not arguments.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"folders kept in {root}")
-    if profile is not None and profile.exists():
-        stats = pstats.Stats(str(profile))
+    signer = Signer(*CREDENTIAL)
+    pin = ["taskset", "-c", str(args.server_cpu)] if shutil.which("taskset") else []
+    profile = str(Path(args.profile).resolve()) if args.profile else None
+    with tempfile.TemporaryDirectory(prefix="nanocore-bench-") as temporary:
+        root = Path(temporary)
+        start = start_twistd if args.server == "twistd" else start_standin
+        server, port = start(root, pin, profile)
+        try:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, {args.client_cpu})
+            print(f"{args.server} server pid {server.pid} on cpu {args.server_cpu}, port {port}")
+            run(port, gets(signer, port), 4, 1.0, 2000)  # warm-up, and a check it serves the API
+            for concurrency in (1, 32):
+                before = cpu_seconds(server.pid)
+                result = run(
+                    port, gets(signer, port), concurrency, args.seconds, args.max_requests
+                )
+                used = cpu_seconds(server.pid) - before
+                report("GET /compute_pools/ (signed)", concurrency, 1, result, used)
+            for concurrency in (1, 32):
+                before = cpu_seconds(server.pid)
+                items = writes(signer, port, f"c{concurrency}x")
+                result = run(port, items, concurrency, args.seconds, args.max_requests // 2)
+                used = cpu_seconds(server.pid) - before
+                report("POST+DELETE /address_pools/:p (durable)", concurrency, 2, result, used)
+        finally:
+            stop(server)
+    if profile and Path(profile).exists():
+        stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(40)
 

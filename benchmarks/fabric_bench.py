@@ -88,6 +88,11 @@ async def round_trips(reactor: Any, ca_dir: Path, count: int, window: int) -> No
             f"({count} requests, window {window}, {elapsed:.2f} s; "
             f"{2 * count / elapsed:,.0f} messages/s; Core CPU {core_cpu / elapsed:.0%} of a core)"
         )
+        per_trip = core_cpu / count
+        print(
+            f"Core CPU per round trip: {per_trip * 1e6:.0f} us, so Core alone could carry "
+            f"~{1 / per_trip:,.0f}/s on one core (the Python FakeCell peer is the usual limit)"
+        )
     finally:
         child.terminate()
         child.wait()

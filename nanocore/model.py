@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, TypeVar
 
@@ -35,14 +34,43 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_CIDR = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}/(?:3[0-2]|[12]?[0-9])")
+_TIME = re.compile(
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r" (?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+)
 
-qualified_name = v.and_(v.instance_of(str), v.matches_re(NAME_PATTERN))
-image_name = v.and_(v.instance_of(str), v.matches_re(IMAGE_NAME_PATTERN))
-identifier = v.and_(v.instance_of(str), v.matches_re(ID_PATTERN))
-label = v.and_(v.instance_of(str), v.matches_re(LABEL_PATTERN))
-optional_name = v.and_(v.instance_of(str), v.matches_re(f"|{NAME_PATTERN}"))
-optional_label = v.and_(v.instance_of(str), v.matches_re(f"|{LABEL_PATTERN}"))
-text = v.and_(v.instance_of(str), v.max_len(4096))
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def matching(pattern: str, meaning: str) -> Validator:
+    """A string fully matching ``pattern``, checked in one plain call (loading runs it a lot)."""
+    compiled = re.compile(pattern)
+
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if type(value) is not str or compiled.fullmatch(value) is None:
+            raise ValueError(f"'{attribute.name}' must be {meaning}, not {value!r}")
+
+    return check
+
+
+qualified_name = matching(NAME_PATTERN, "1-255 characters of A-Z a-z 0-9 _ -")
+image_name = matching(IMAGE_NAME_PATTERN, "1-255 characters of A-Z a-z 0-9 _ - .")
+identifier = matching(ID_PATTERN, "an id of 1-64 characters of A-Z a-z 0-9 _ -")
+label = matching(LABEL_PATTERN, "1-255 characters without control characters")
+optional_name = matching(f"|{NAME_PATTERN}", "empty or 1-255 characters of A-Z a-z 0-9 _ -")
+optional_label = matching(
+    f"|{LABEL_PATTERN}", "empty or 1-255 characters without control characters"
+)
+text = matching(r"[^\x00]{0,4096}", "text of at most 4096 characters")
+
+
+def boolean(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """True or False (not 0/1 or strings)."""
+    if type(value) is not bool:
+        raise ValueError(f"'{attribute.name}' must be true or false, not {value!r}")
 
 
 def _is_int(value: Any) -> bool:
@@ -62,11 +90,9 @@ def positive(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 def ipv4(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """A dotted-quad IPv4 address."""
-    try:
-        ipaddress.IPv4Address(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"'{attribute.name}' must be an IPv4 address, not {value!r}") from None
+    """A dotted-quad IPv4 address (a regular expression: far cheaper than ipaddress)."""
+    if type(value) is not str or _IPV4.fullmatch(value) is None:
+        raise ValueError(f"'{attribute.name}' must be an IPv4 address, not {value!r}")
 
 
 def optional_ipv4(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -88,16 +114,10 @@ def dotted_netmask(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> N
 
 def optional_cidr(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """An ``address/prefix`` IPv4 interface, or the empty string."""
-    if value == "":
-        return
-    try:
-        if not isinstance(value, str) or "/" not in value:
-            raise ValueError
-        ipaddress.IPv4Interface(value)
-    except ValueError:
+    if value != "" and (type(value) is not str or _CIDR.fullmatch(value) is None):
         raise ValueError(
             f"'{attribute.name}' must be an IPv4 address with prefix (a.b.c.d/n), not {value!r}"
-        ) from None
+        )
 
 
 def optional_mac(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -114,14 +134,10 @@ def optional_sha1(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> No
 
 def optional_time(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A ``YYYY-MM-DD HH:MM:SS`` timestamp as the original writes it, or the empty string."""
-    if value == "":
-        return
-    try:
-        datetime.strptime(value, TIME_FORMAT)
-    except (ValueError, TypeError):
+    if value != "" and (type(value) is not str or _TIME.fullmatch(value) is None):
         raise ValueError(
             f"'{attribute.name}' must be a time like '2006-01-02 15:04:05', not {value!r}"
-        ) from None
+        )
 
 
 def port_number(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -389,10 +405,10 @@ class ComputePool:
     """Compute pool: ``network`` names an address pool, ``storage`` a storage pool ("" = none)."""
 
     name: str = field(validator=qualified_name)
-    enabled: bool = field(default=True, validator=v.instance_of(bool))
+    enabled: bool = field(default=True, validator=boolean)
     network: str = field(default="", validator=optional_label)
     storage: str = field(default="", validator=optional_name)
-    failover: bool = field(default=False, validator=v.instance_of(bool))
+    failover: bool = field(default=False, validator=boolean)
 
     @failover.validator
     def _failover_needs_storage(self, attribute: attrs.Attribute[bool], value: bool) -> None:
@@ -413,8 +429,8 @@ class ComputeCell:
 
     name: str = field(validator=qualified_name)
     pool: str = field(default="", validator=optional_name)
-    enabled: bool = field(default=True, validator=v.instance_of(bool))
-    purge_pending: bool = field(default=False, validator=v.instance_of(bool))
+    enabled: bool = field(default=True, validator=boolean)
+    purge_pending: bool = field(default=False, validator=boolean)
 
     @property
     def key(self) -> str:
@@ -617,7 +633,7 @@ class SecurityPolicyRule:
 
     protocol: Protocol = field(converter=to_protocol, validator=one_of(Protocol))
     target_port: int = field(default=0, validator=port_number)
-    accept: bool = field(default=True, validator=v.instance_of(bool))
+    accept: bool = field(default=True, validator=boolean)
     source_address: str = field(default="", validator=optional_ipv4)
     target_address: str = field(default="", validator=optional_ipv4)
 
@@ -660,9 +676,9 @@ class SecurityPolicyGroup:
     user: str = field(validator=qualified_name)
     group: str = field(validator=qualified_name)
     description: str = field(default="", validator=text)
-    enabled: bool = field(default=True, validator=v.instance_of(bool))
-    is_global: bool = field(default=False, validator=v.instance_of(bool))
-    accept: bool = field(default=False, validator=v.instance_of(bool))
+    enabled: bool = field(default=True, validator=boolean)
+    is_global: bool = field(default=False, validator=boolean)
+    accept: bool = field(default=False, validator=boolean)
     rules: tuple[SecurityPolicyRule, ...] = field(
         default=(),
         converter=as_tuple,
@@ -732,10 +748,10 @@ class Instance:
         validator=one_of(InstanceStatus),
     )
     progress: int = field(default=0, validator=percent)
-    lost: bool = field(default=False, validator=v.instance_of(bool))
-    migrating: bool = field(default=False, validator=v.instance_of(bool))
-    auto_start: bool = field(default=False, validator=v.instance_of(bool))
-    media_attached: bool = field(default=False, validator=v.instance_of(bool))
+    lost: bool = field(default=False, validator=boolean)
+    migrating: bool = field(default=False, validator=boolean)
+    auto_start: bool = field(default=False, validator=boolean)
+    media_attached: bool = field(default=False, validator=boolean)
     internal: InstanceNetwork = field(
         factory=InstanceNetwork, validator=v.instance_of(InstanceNetwork)
     )
@@ -820,7 +836,7 @@ class DiskImage:
     create_time: str = field(default="", validator=optional_time)
     modify_time: str = field(default="", validator=optional_time)
     check_sum: str = field(default="", validator=optional_sha1)
-    created: bool = field(default=False, validator=v.instance_of(bool))
+    created: bool = field(default=False, validator=boolean)
 
     @property
     def key(self) -> str:
@@ -842,7 +858,7 @@ class Migration:
     target_pool: str = field(validator=qualified_name)
     target_cell: str = field(validator=optional_name)
     instances: tuple[str, ...] = field(default=(), converter=as_tuple, validator=each(identifier))
-    finished: bool = field(default=False, validator=v.instance_of(bool))
+    finished: bool = field(default=False, validator=boolean)
     progress: int = field(default=0, validator=percent)
     error: str = field(default="", validator=text)
 
@@ -874,7 +890,7 @@ class BatchTask:
     kind: BatchKind = field(converter=to_batch_kind, validator=one_of(BatchKind))
     start_time: float = field(validator=timestamp)
     latest_update: float = field(validator=timestamp)
-    finished: bool = field(default=False, validator=v.instance_of(bool))
+    finished: bool = field(default=False, validator=boolean)
     guests: tuple[BatchGuest, ...] = field(
         default=(), converter=as_tuple, validator=each(v.instance_of(BatchGuest))
     )

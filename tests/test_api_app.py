@@ -357,3 +357,43 @@ class VersionDocumentTests(SynchronousTestCase):
         )
         answer = result_of(self.client.get("/openapi.json"))
         self.assertEqual(answer.envelope()["openapi"], "3.1.0")
+
+
+class SignatureThroughTheAppTests(AppTestsMixin, SynchronousTestCase):
+    def test_refusal_names_the_check_and_logs_without_the_key(self) -> None:
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        wrong = APIClient(self.resource, self.clock, {"tester": "not-the-right-key"})
+        answer = result_of(wrong.post("/things/a", {"name": "x"}))
+        self.assertEqual(answer.error, "signature corrupted")
+        self.assertEqual(self.handlers.calls, [])
+        texts = [formatEvent(event) for event in events]
+        self.assertIn("refused POST /api/v1/things/a: signature corrupted", texts)
+        for key in (TEST_CREDENTIALS["tester"], "not-the-right-key"):
+            logged = [t + repr(e) for t, e in zip(texts, events, strict=True)]
+            self.assertFalse(any(key in text for text in logged))
+
+    def test_replayed_write_is_refused_and_changes_nothing(self) -> None:
+        from nanocore.api.client import Signer
+
+        signer = Signer(*next(iter(TEST_CREDENTIALS.items())))
+        url = "http://127.0.0.1:5850/api/v1/things/a"
+        body = b'{"name": "x"}'
+        headers = signer.headers("POST", url, body, now=self.clock.seconds())
+        send = lambda: result_of(  # noqa: E731
+            self.client._send("POST", url, body, headers)
+        )
+        self.assertEqual(send().data["body"]["name"], "x")
+        self.assertEqual(send().error, "replayed request: this signature was already used")
+        self.assertEqual(len(self.handlers.calls), 1)
+
+    def test_stale_date_is_refused(self) -> None:
+        from nanocore.api.client import Signer
+
+        signer = Signer(*next(iter(TEST_CREDENTIALS.items())))
+        url = "http://127.0.0.1:5850/api/v1/things/"
+        headers = signer.headers("GET", url, now=self.clock.seconds() - 301)
+        answer = result_of(self.client._send("GET", url, b"", headers))
+        self.assertIn("expired request with date", answer.error)

@@ -576,3 +576,48 @@ class CacheFollowsCommitsTests(StoreTestCase):
         self.assertEqual(len((yield self.ok("GET", "/storage_pools/"))), 1)
         yield self.ok("DELETE", "/storage_pools/s")
         self.assertEqual(len((yield self.ok("GET", "/storage_pools/"))), 0)
+
+
+class CacheFollowsOtherCommitsTests(StoreTestCase):
+    @inlineCallbacks
+    def test_commit_that_bypasses_operations_still_refreshes_lists(self) -> Any:
+        self.assertEqual(len((yield self.ok("GET", "/compute_pools/"))), 1)
+        yield self.store.commit(UnitOfWork.of(Insert(ComputeCell("cell-z", pool="default"))))
+        self.assertEqual((yield self.ok("GET", "/compute_pools/"))[0]["cells"], 1)
+
+
+class RaceTests(StoreTestCase):
+    """Two requests validated against the same view: the store or a claim refuses the second."""
+
+    @inlineCallbacks
+    def test_racing_creations_of_one_name(self) -> Any:
+        body = {"type": "nfs", "host": "h", "target": "/t"}
+        first = self.client.post("/storage_pools/s", body)
+        second = self.client.post("/storage_pools/s", body)
+        answers = [(yield first), (yield second)]
+        self.assertEqual([a.envelope()["error_code"] for a in answers], [0, 500])
+        self.assertIn("already", answers[1].error)
+        self.assertEqual(len(self.store.view.storage_pools), 1)
+
+    @inlineCallbacks
+    def test_racing_templates_of_one_name(self) -> Any:
+        first = self.client.post("/templates/", TEMPLATE)
+        second = self.client.post("/templates/", TEMPLATE)
+        answers = [(yield first), (yield second)]
+        self.assertEqual(answers[1].error, "system template 'Mine' already exists")
+        self.assertEqual([t.name for t in self.store.view.templates.values()].count("Mine"), 1)
+
+    @inlineCallbacks
+    def test_racing_range_additions(self) -> Any:
+        yield self.ok("POST", "/address_pools/n", {"gateway": "192.0.2.1", "provider": "dhcp"})
+        base = "/address_pools/n/internal/ranges/"
+        first = self.client.post(
+            base + "192.0.2.10", {"end": "192.0.2.20", "netmask": "255.255.255.0"}
+        )
+        second = self.client.post(
+            base + "192.0.2.15", {"end": "192.0.2.30", "netmask": "255.255.255.0"}
+        )
+        answers = [(yield first), (yield second)]
+        self.assertEqual(answers[0].envelope()["error_code"], 0)
+        self.assertEqual(answers[1].error, "another range of address pool 'n' is being added")
+        self.assertEqual(len(self.store.view.address_ranges), 1)

@@ -241,6 +241,19 @@ class FreshnessTests(SynchronousTestCase):
         clock.advance(299 + 300 + 1)
         self.assertEqual(verifier.replay_entries(), 0)
 
+    def test_replay_memory_is_capped(self) -> None:
+        clock = Clock()
+        clock.advance(SIGNED_AT)
+        verifier = Verifier({"dummyID": KEY}, clock, max_replay_entries=1)
+        verifier.verify(self.signed(vector_a()))
+        other = RequestParts("POST", "/api/v1/other/", "", vector_a().headers, b"{}")
+        self.assertEqual(
+            self.refusal(verifier, self.signed(other)),
+            "too many signed writes within the replay window; retry later",
+        )
+        clock.advance(301)
+        self.assertEqual(verifier.replay_entries(), 0)
+
     def test_corrupted_signature(self) -> None:
         verifier, _ = verifier_at(SIGNED_AT)
         authorization = sign("dummyID", KEY, vector_a(), SCOPE, WITH_BODY)

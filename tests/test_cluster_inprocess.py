@@ -6,6 +6,9 @@ Also the TLS edge: a client without a certificate from the cluster CA never beco
 from __future__ import annotations
 
 import functools
+import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,9 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
-from nanocore.cluster.cells import CellState
+from nanocore.cluster.cells import CellObserver, CellState
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transport import DISCONNECT_AFTER, LOST_AFTER
 from nanocore.pki import (
@@ -31,6 +35,8 @@ from nanocore.pki import (
 from nanocore.testing import simtap
 from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import FakeCell
+from nanocore.testing.guests import GuestState
+from tests import test_discovery_netns
 
 reactor: Any = _reactor
 CELLS = 100
@@ -221,3 +227,82 @@ class FrozenCellTests(TestCase):
         await cluster.factory.when_all_closed()
         await cluster.remove_cell("Cell_frozen")
         self.assertIsNone(cell.link)
+
+
+class DiscoveredFabricTests(TestCase):
+    """FakeCells find Core by real multicast discovery, then link over TLS: all inside a network
+    namespace the test creates (only ``lo``), skipped with the reason where impossible."""
+
+    timeout = 60
+
+    async def test_cells_discover_core_and_link(self) -> None:
+        namespace = await test_discovery_netns.RealMulticastTests._namespace(self)  # type: ignore[arg-type]
+        ip = shutil.which("ip")
+        assert ip is not None
+        out, err, code = await test_discovery_netns._run(
+            ip, "netns", "exec", namespace, sys.executable, "-m", "tests.netns_fabric_probe"
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        self.assertEqual(set(result["states"].values()), {"alive"})
+        self.assertEqual(len(result["states"]), 3)
+        self.assertEqual(result["addresses"], ["127.0.0.1"])
+        self.assertGreaterEqual(result["echoes"], 1)
+
+
+@implementer(CellObserver)
+class EventWaiter:
+    """Fires a Deferred when a Cell sends an event with a given id."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, Deferred[Message]] = {}
+
+    def until(self, message_id: int) -> Deferred[Message]:
+        d: Deferred[Message] = Deferred()
+        self.waiting[message_id] = d
+        return d
+
+    def cell_event(self, name: str, message: Message) -> None:
+        d = self.waiting.pop(message.id, None)
+        if d is not None:
+            d.callback(message)
+
+    def cell_available(self, name: str, address: str) -> None:
+        pass
+
+    def cell_status(self, name: str, status: object) -> None:
+        pass
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        pass
+
+
+class GuestOverTLSTests(TestCase):
+    async def test_create_guest_and_stop_with_work_pending(self) -> None:
+        """A guest is created over the real link; stopping mid-creation leaves no timer behind."""
+        cluster = InProcessCluster(reactor, cluster_ca())
+        await cluster.listen()
+        self.addCleanup(lambda: ensureDeferred(cluster.stop()))
+        events = EventWaiter()
+        cluster.registry.subscribe(events)
+        cell = cluster.add_cell("Cell_guests", creation_time=0.05)
+        await cell.connected()
+
+        def create(guest: str) -> Deferred[Message]:
+            return cluster.registry.request(
+                "Cell_guests",
+                Message(
+                    id=MessageID.CreateGuestRequest,
+                    string_params={ParamKey.Name: "g.vm", ParamKey.Instance: guest},
+                    uint_params={ParamKey.Core: 1, ParamKey.Memory: 1 << 30},
+                    uint_array_params={ParamKey.Disk: (1 << 30,)},
+                ),
+            )
+
+        created = events.until(MessageID.GuestCreatedEvent)
+        reply = await create("guest-1")
+        self.assertEqual(reply.string_params[ParamKey.Instance], "guest-1")
+        self.assertEqual((await created).string_params[ParamKey.Instance], "guest-1")
+        cell._creation_time = 3600.0  # the next creation is still running when the test ends
+        await create("guest-2")
+        self.assertIs(cell.guests["guest-2"].state, GuestState.CREATING)

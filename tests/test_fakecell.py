@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
@@ -17,12 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from nanocore.cluster.cells import CellObserver, CellRegistry, CellState, CellStatus
+from nanocore.cluster.discovery import ServiceEntry, SonarEcho
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, Transactions, TransactionTimeout
 from nanocore.cluster.transport import CellLinkFactory, LinkState
 from nanocore.pki import load_or_create_ca
 from nanocore.testing import simtap
-from nanocore.testing.fakecell import Capacity, FakeCell, Fault
+from nanocore.testing.fakecell import Capacity, FakeCell, Fault, NoCoreService, discover_core
 from nanocore.testing.guests import GuestState
 
 CELL = "Cell_fake0001"
@@ -556,3 +557,43 @@ class SimulatorPluginTests(SynchronousTestCase):
             sorted(s.name for s in service),
             ["Cell_demo000000", "Cell_demo000001", "Cell_demo000002"],
         )
+
+    def test_make_service_with_discovery(self) -> None:
+        """--discover builds the same Cells; nothing is sent until the service starts."""
+        reactor = MemoryReactorClock()
+        options = self.parse("--discover", "--count", "2")
+        service = simtap.makeService(options, reactor)
+        assert isinstance(service, MultiService)
+        self.assertEqual(len(list(service)), 2)
+        self.assertEqual(reactor.tcpClients, [])
+
+
+class DiscoverCoreTests(SynchronousTestCase):
+    """The Locate a FakeCell uses to find Core by discovery (with a fake query)."""
+
+    def locate(self, echo: SonarEcho) -> tuple[list[dict[str, Any]], Deferred[tuple[str, int]]]:
+        asked: list[dict[str, Any]] = []
+
+        def find(reactor: object, clock: object, **query: Any) -> Deferred[SonarEcho]:
+            asked.append(query)
+            return succeed(echo)
+
+        locate = discover_core(None, Clock(), find=find, domain="lab", interface="127.0.0.1")
+        return asked, locate()
+
+    def test_core_service_address(self) -> None:
+        echo = SonarEcho(
+            id=7,
+            requestor="127.0.0.1",
+            services=(
+                ServiceEntry("image", "tls", "127.0.0.9", 5601),
+                ServiceEntry("core", "tls", "127.0.0.1", 5600),
+            ),
+        )
+        asked, d = self.locate(echo)
+        self.assertEqual(self.successResultOf(d), ("127.0.0.1", 5600))
+        self.assertEqual(asked, [{"domain": "lab", "interface": "127.0.0.1"}])
+
+    def test_no_core_service(self) -> None:
+        _, d = self.locate(SonarEcho(id=7, requestor="127.0.0.1"))
+        self.failureResultOf(d, NoCoreService)

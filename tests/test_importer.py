@@ -13,7 +13,8 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from nanocore import model as m
-from nanocore.store import Put, Store, UnitOfWork
+from nanocore.store import Put, Store, UnitOfWork, importer
+from nanocore.store.errors import Conflict
 from nanocore.store.importer import ImportRefused, run_import
 from nanocore.store.schema import DB_NAME
 
@@ -197,6 +198,11 @@ class RefusalTests(ImporterTestCase):
 
         self.edit("resource.data", change)
         self.assertRefused("pools[1]", "'name'")
+
+    def test_refused_by_the_store_leaves_no_new_store(self) -> None:
+        self.patch(importer.Writer, "apply_batch", lambda writer, units: [Conflict("no room")])
+        self.assertRefused("the store refused the import: no room")
+        self.assertFalse((self.data_dir / DB_NAME).exists())
 
     @defer.inlineCallbacks
     def test_conflicting_store(self) -> Any:

@@ -475,6 +475,25 @@ class CommitTests(StoreTestCase):
         self.assertRaises(RuntimeError, store._writer.apply_batch, [put_all(m.Zone())])
 
     @defer.inlineCallbacks
+    def test_failed_transaction_fails_its_batch_only(self) -> Any:
+        store = yield self.open()
+        real = store._writer.apply_batch
+
+        def disk_full(units: Any) -> Any:
+            store._writer.apply_batch = real  # type: ignore[method-assign]
+            raise sqlite3.OperationalError("database or disk is full")
+
+        store._writer.apply_batch = disk_full  # type: ignore[method-assign]
+        error = yield self.assertFailure(
+            store.commit(put_all(m.ComputePool(name="lost"))), StoreError
+        )
+        self.assertIn("disk is full", str(error))
+        self.assertNotIn("lost", store.view.compute_pools)
+        self.flushLoggedErrors(sqlite3.OperationalError)
+        yield store.commit(put_all(m.ComputePool(name="kept")))
+        self.assertIn("kept", store.view.compute_pools)
+
+    @defer.inlineCallbacks
     def test_close_drains_then_refuses(self) -> Any:
         store = yield self.open()
         pending = [store.commit(put_all(m.ComputePool(name=f"q{n}"))) for n in range(5)]

@@ -324,3 +324,20 @@ class PairTests(SynchronousTestCase):
         self.pump.flush()
         self.assertEqual(self.cell.messages, [request])
         self.assertEqual(self.cell.messages[0].sender, CORE)
+
+
+class IdentifyFailureTests(SynchronousTestCase):
+    def test_identify_error_refuses_link(self) -> None:
+        """A transport whose certificate cannot be read is refused, not crashed on."""
+        handler = RecordingHandler()
+
+        def broken(transport: ITransport) -> str | None:
+            raise AttributeError("no getPeerCertificate on a plain TCP transport")
+
+        protocol = CellLinkFactory(handler, Clock(), CORE, broken).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(frame(opened_event(CELL, ServiceType.CELL)))
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(handler.events, [])
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)

@@ -428,6 +428,13 @@ def build_api_resource(
     return APIResource(all_routes(operations), verifier, revision, max_body)
 
 
+class QuietSite(Site):
+    """A site without the per-request access log line (Core kept none; it costs ~8 % per GET)."""
+
+    def log(self, request: Request) -> None:
+        pass
+
+
 def build_api_site(
     operations: Any,
     credentials: Mapping[str, str],
@@ -435,9 +442,11 @@ def build_api_site(
     *,
     skew: float = DEFAULT_SKEW,
     max_body: int = DEFAULT_MAX_BODY,
+    access_log: bool = False,
 ) -> Site:
     """A ``Site`` serving :func:`build_api_resource`, with the body limit enforced on the wire."""
-    site = Site(build_api_resource(operations, credentials, clock, skew=skew, max_body=max_body))
+    resource = build_api_resource(operations, credentials, clock, skew=skew, max_body=max_body)
+    site = Site(resource) if access_log else QuietSite(resource)
     site.requestFactory = limited_request_factory(max_body)
     site.displayTracebacks = False
     return site

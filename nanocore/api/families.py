@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nanocore.api import addresses, meta, pools, security, status, templates
+from nanocore.api import addresses, cells, meta, pools, security, status, templates
 from nanocore.api.route import Route
 
 
@@ -12,6 +12,6 @@ def all_routes(operations: Any) -> list[Route]:
     """Every route over ``operations`` (``None`` is enough to document them)."""
     table: list[Route] = []
     table.extend(meta.routes(lambda: table))
-    for family in (pools, status, addresses, templates, security):
+    for family in (pools, cells, status, addresses, templates, security):
         table.extend(family.routes(operations))
     return table

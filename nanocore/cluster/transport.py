@@ -280,7 +280,12 @@ class LinkSession:
             )
             return
         if self._identify is not None:
-            verified = self._identify()
+            try:
+                verified = self._identify()
+            except Exception as e:
+                self.log.failure("reading the peer certificate failed")
+                self.protocol_error(f"cannot read the peer certificate: {e}")
+                return
             if verified is None:
                 self.protocol_error(f"{claimed!r} presented no verified certificate")
                 return

@@ -4,11 +4,12 @@ range, no two ranges of a pool overlapping, nothing removed while addresses are 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 
+from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import AddressAllocation, AddressPool, AddressRange
 from nanocore.operations.base import Context, build, is_ipv4
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
@@ -40,8 +41,12 @@ class RangeDetail:
 
 
 class AddressPools:
-    def __init__(self, context: Context) -> None:
+    def __init__(
+        self, context: Context, notify: Callable[[str, Message], None] | None = None
+    ) -> None:
+        """``notify`` sends a fire-and-forget message to a connected Cell."""
         self._context = context
+        self._notify = notify
 
     def _pool(self, name: str) -> AddressPool:
         pool = self._context.view.address_pools.get(name)
@@ -100,7 +105,27 @@ class AddressPools:
         self, name: str, gateway: str, dns: Sequence[str], provider: str, mode: str
     ) -> Deferred[None]:
         self._pool(name)
-        return self._context.commit(Put(self._validated(name, gateway, dns, provider, mode)))
+        pool = self._validated(name, gateway, dns, provider, mode)
+        return self._context.commit(Put(pool)).addCallback(lambda _: self._announce(pool))
+
+    def _announce(self, pool: AddressPool) -> None:
+        """Tell the Cells of every compute pool using ``pool`` (Core's AddressPoolChanged)."""
+        if self._notify is None:
+            return
+        view = self._context.view
+        users = {p.name for p in view.compute_pools.values() if p.network == pool.name}
+        message = Message(
+            id=MessageID.AddressPoolChangedEvent,
+            string_params={
+                ParamKey.Address: pool.name,
+                ParamKey.Gateway: pool.gateway,
+                ParamKey.Mode: pool.provider.value,
+            },
+            string_array_params={ParamKey.Server: pool.dns},
+        )
+        for cell in view.cells.values():
+            if cell.pool in users:
+                self._notify(cell.name, message)
 
     def delete(self, name: str) -> Deferred[None]:
         self._pool(name)

@@ -30,8 +30,8 @@ class StoreLike(Protocol):
 class Context:
     """The store, the clock and a revision counter that changes with every commit made here.
 
-    The API caches encoded list answers keyed on :meth:`revision`; every change of state goes
-    through :meth:`commit`, so a cached answer is never older than the committed state.
+    The API caches encoded list answers keyed on :meth:`revision`: the store's count of applied
+    units (which moves with the read model, whoever committed) plus the commits made here.
     """
 
     def __init__(self, store: StoreLike, clock: IReactorTime) -> None:
@@ -44,8 +44,9 @@ class Context:
     def view(self) -> ReadModel:
         return self.store.view
 
-    def revision(self) -> int:
-        return self._revision
+    def revision(self) -> tuple[int, int]:
+        """Changes whenever committed state may have changed, by any path into the store."""
+        return (getattr(self.store, "units_committed", 0), self._revision)
 
     def now_text(self) -> str:
         """The clock's time as Core writes it: local ``YYYY-MM-DD HH:MM:SS``."""
@@ -53,6 +54,13 @@ class Context:
 
     def claimed(self, claim: Hashable) -> bool:
         return claim in self._claims
+
+    def claim(self, claim: Hashable) -> None:
+        """Hold ``claim`` across a wait that precedes the commit (e.g. a Cell's answer)."""
+        self._claims.add(claim)
+
+    def release(self, claim: Hashable) -> None:
+        self._claims.discard(claim)
 
     def commit(self, *changes: Change, claims: tuple[Hashable, ...] = ()) -> Deferred[None]:
         """Commit ``changes`` as one unit; ``claims`` are held (see :meth:`claimed`) until done.

@@ -6,6 +6,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context, StoreLike
+from nanocore.operations.cells import CellLinks, Cells, NoLinks, RegistryMonitor
 from nanocore.operations.pools import ComputePools, StoragePools
 from nanocore.operations.security import SecurityGroups
 from nanocore.operations.status import CellMonitor, NoCells, Status
@@ -16,16 +17,25 @@ class Operations:
     """The one place that changes state; each attribute is one resource family."""
 
     def __init__(
-        self, store: StoreLike, clock: IReactorTime, monitor: CellMonitor | None = None
+        self,
+        store: StoreLike,
+        clock: IReactorTime,
+        monitor: CellMonitor | None = None,
+        cells: CellLinks | None = None,
     ) -> None:
+        """``cells`` is the Cell registry; ``monitor`` defaults to the registry's view."""
         self.context = Context(store, clock)
         self.compute_pools = ComputePools(self.context)
         self.storage_pools = StoragePools(self.context)
-        self.address_pools = AddressPools(self.context)
         self.templates = Templates(self.context)
         self.security_groups = SecurityGroups(self.context)
-        self.status = Status(self.context, monitor or NoCells(), self.context.now_text())
+        links = cells if cells is not None else NoLinks()
+        if monitor is None:
+            monitor = RegistryMonitor(links) if cells is not None else NoCells()
+        self.cells = Cells(self.context, links)
+        self.address_pools = AddressPools(self.context, self.cells.notify)
+        self.status = Status(self.context, monitor, self.context.now_text())
 
-    def revision(self) -> int:
+    def revision(self) -> tuple[int, int]:
         """Changes with every commit made through these operations (keys the API's cache)."""
         return self.context.revision()

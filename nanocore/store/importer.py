@@ -60,24 +60,33 @@ def run_import(source_dir: Path, data_dir: Path) -> None:
     """Import ``source_dir`` (a Nano install or its ``data/`` folder) into ``data_dir``."""
     resource_path, image_path = find_files(source_dir)
     data = read_nano_data(resource_path, image_path)
+    path = database_path(data_dir)
+    created = not path.exists()
     try:
         connection = open_database(data_dir, bundled_scripts(), _now(), new_template_id)
     except StoreError as error:
         raise ImportRefused(f"cannot open the store: {error.message}") from None
     try:
         writer = Writer(connection, guard_io_thread=False)
-        unit = plan_import(writer.load(), data, database_path(data_dir))
+        unit = plan_import(writer.load(), data, path)
         if unit is None:
             log.info("{source} is already imported; nothing to do", source=resource_path)
-            return
-        (refusal,) = writer.apply_batch([unit])
-        if refusal is not None:
-            raise ImportRefused(f"the store refused the import: {refusal.message}")
-        log.info(
-            "imported {count} entities from {source}", count=len(unit.changes), source=source_dir
-        )
-    finally:
+        else:
+            (refusal,) = writer.apply_batch([unit])
+            if refusal is not None:
+                raise ImportRefused(f"the store refused the import: {refusal.message}")
+            log.info(
+                "imported {count} changes from {source}",
+                count=len(unit.changes),
+                source=source_dir,
+            )
+    except BaseException:
         connection.close()
+        if created:  # leave no half-made store behind: there was none before
+            for leftover in (path, path.with_name(f"{path.name}-wal")):
+                leftover.unlink(missing_ok=True)
+        raise
+    connection.close()
 
 
 def _now() -> str:

@@ -78,6 +78,9 @@ def open_database(
         if "locked" in str(error):
             raise StoreError(f"{path} is in use by another nanocore process") from None
         raise DamagedStore(f"{path} cannot be used: {error}") from None
+    except sqlite3.IntegrityError as error:
+        connection.close()
+        raise StoreError(f"{path}: preparing the store failed: {error}") from None
     except sqlite3.DatabaseError as error:
         connection.close()
         raise DamagedStore(

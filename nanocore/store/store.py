@@ -55,6 +55,7 @@ class Store:
         self.view = ReadModel(state)
         self._queue: Pending = []
         self._in_flight = False
+        self._dispatching = False
         self._closing = False
         self._closed: Deferred[None] | None = None
         self._close_waiters: list[Deferred[None]] = []
@@ -120,7 +121,7 @@ class Store:
             return fail(StoreClosed("the store is closed"))
         done: Deferred[None] = Deferred()
         self._queue.append((unit, done))
-        if not self._in_flight:
+        if not (self._in_flight or self._dispatching):
             self._flush()
         return done
 
@@ -151,14 +152,20 @@ class Store:
                 if outcome is None:
                     apply_to_state(self._state, unit)
                     self.units_committed += 1
+        # Writers woken by these callbacks usually commit again at once: hold the next
+        # batch until all of them had their turn, so they share one transaction and fsync.
+        self._dispatching = True
+        try:
+            for (_, done), outcome in zip(batch, outcomes, strict=True):
+                if outcome is None:
+                    done.callback(None)
+                else:
+                    done.errback(Failure(outcome))
+        finally:
+            self._dispatching = False
         if self._queue:
             self._flush()
-        for (_, done), outcome in zip(batch, outcomes, strict=True):
-            if outcome is None:
-                done.callback(None)
-            else:
-                done.errback(Failure(outcome))
-        if self._closing and not self._in_flight and not self._queue:
+        elif self._closing:
             self._finish_close()
 
     # --- closing ---------------------------------------------------------------------------

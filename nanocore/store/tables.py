@@ -35,7 +35,8 @@ class Table:
         """The key as a tuple of column values (single keys are given bare)."""
         if len(self.key_columns) == 1:
             return (key,)
-        assert isinstance(key, tuple) and len(key) == len(self.key_columns)
+        if not (isinstance(key, tuple) and len(key) == len(self.key_columns)):
+            raise ValueError(f"{self.description} keys are ({', '.join(self.key_columns)})")
         return key
 
     def describe(self, key: Hashable) -> str:

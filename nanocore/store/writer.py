@@ -6,6 +6,7 @@ reactor); none of it may run on the reactor thread.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import sqlite3
 import threading
@@ -104,8 +105,23 @@ class Writer:
     # --- loading ---------------------------------------------------------------------------
 
     def load(self) -> State:
-        """The whole committed state: one SELECT per table, frozen objects built in bulk."""
+        """The whole committed state: one SELECT per table, frozen objects built in bulk.
+
+        The cyclic garbage collector is paused while hundreds of thousands of long-lived
+        objects are built (its full passes would stall the reactor thread too), and the
+        result is then frozen out of future collections.
+        """
         self._enter()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._load()
+        finally:
+            if collecting:
+                gc.enable()
+            gc.freeze()
+
+    def _load(self) -> State:
         state: State = {}
         for table in TABLES:
             rows = self._connection.execute(self._statements[table.kind].select_all).fetchall()
@@ -190,8 +206,8 @@ class Writer:
     def _delete(self, table: Table, key: Hashable) -> None:
         try:
             values = table.key_values(key)
-        except AssertionError:
-            raise NotFound(f"{table.description} key {key!r} is malformed") from None
+        except ValueError as error:
+            raise NotFound(f"{table.description} key {key!r} is malformed: {error}") from None
         try:
             cursor = self._connection.execute(self._statements[table.kind].delete, values)
         except sqlite3.IntegrityError:

@@ -1,8 +1,8 @@
 """A whole Cell fabric in one process: Core's link listener and registry, and FakeCells.
 
 Everything runs over real TLS on 127.0.0.1 with certificates from one cluster CA, exactly as in
-production; only the Cells are simulated. Used by the in-process cluster test, the benchmarks
-and the ``nanocell-sim`` plugin.
+production; only the Cells are simulated. Used by the in-process cluster tests and the fabric
+benchmark; other rooms can use it to test Core against Cells.
 """
 
 from __future__ import annotations

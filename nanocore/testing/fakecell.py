@@ -24,6 +24,7 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IOpenSSLClientConnectionCreator,
     IProtocol,
     IProtocolFactory,
@@ -36,6 +37,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nanocore.cluster.cells import CellStatus
+from nanocore.cluster.discovery import SonarEcho, core_service, find_core
 from nanocore.cluster.message import Message, MessageID, ParamKey, response_id
 from nanocore.cluster.transactions import reply_to
 from nanocore.cluster.transport import (
@@ -123,6 +125,7 @@ class FakeCell:
         self._sessions = itertools.count(1)
         self._attach_sessions: dict[int, tuple[str, ...]] = {}
         self._ports = itertools.count(5901)
+        self._timers: set[IDelayedCall] = set()
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = clock
         self._waiting: list[Deferred[LinkSession]] = []
@@ -177,11 +180,13 @@ class FakeCell:
 
     def close(self) -> None:
         """Stop gracefully: Core sees ``ConnectionClosedEvent``."""
+        self._stop_timers()
         if self.link is not None:
             self.link.close()
 
     def kill(self) -> None:
         """Die abruptly: the connection drops with no goodbye."""
+        self._stop_timers()
         if self.link is not None:
             self.link.protocol_error("killed")
 
@@ -230,7 +235,7 @@ class FakeCell:
             except GuestError as e:
                 replies = [self._failure(message, str(e))]
         if fault is not None and fault.delay:
-            self._clock.callLater(fault.delay, self._send_all, replies)
+            self._schedule(fault.delay, self._send_all, replies)
         else:
             self._send_all(replies)
 
@@ -259,8 +264,24 @@ class FakeCell:
         except LinkError as e:
             self.log.warn("{cell} could not send {id}: {e}", cell=self.name, id=message.id, e=e)
 
+    def _schedule(self, delay: float, f: Callable[..., object], *args: Any) -> None:
+        """A timer of the simulation; all of them stop when the Cell closes or dies."""
+
+        def fire() -> None:
+            self._timers.discard(call)
+            f(*args)
+
+        call = self._clock.callLater(delay, fire)
+        self._timers.add(call)
+
+    def _stop_timers(self) -> None:
+        for call in self._timers:
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+
     def _later(self, delay: float, *messages: Message) -> None:
-        self._clock.callLater(delay, self._send_all, messages)
+        self._schedule(delay, self._send_all, messages)
 
     @staticmethod
     def _reply_id(request: Message) -> int:
@@ -463,10 +484,10 @@ class FakeCell:
         cloning = ParamKey.Image in s
         steps = 4 if cloning else 1
         for step in range(1, steps):
-            self._clock.callLater(
+            self._schedule(
                 self._creation_time * step / steps, self._progress, guest, 100 * step // steps
             )
-        self._clock.callLater(self._creation_time, self._created, guest)
+        self._schedule(self._creation_time, self._created, guest)
         return [self._success(request, string_params={ParamKey.Instance: guest_id})]
 
     def _progress(self, guest: SimulatedGuest, percent: int) -> None:
@@ -731,7 +752,7 @@ class FakeCell:
         session = next(self._sessions)
         self._attach_sessions[session] = instances
         # The attach transaction stays open for the MigrateInstanceRequest, then gives up.
-        self._clock.callLater(10.0, self._attach_sessions.pop, session, None)
+        self._schedule(10.0, self._attach_sessions.pop, session, None)
         reply = self._success(request)
         return [evolve(reply, from_session=session)]
 
@@ -901,3 +922,30 @@ class LocatedCoreEndpoint:
             return await wrapClientTLS(self._tls_for(host), tcp).connect(protocolFactory)
 
         return Deferred.fromCoroutine(dial())
+
+
+class NoCoreService(Exception):
+    """A discovery echo answered but named no "core" service."""
+
+
+def discover_core(
+    reactor: Any,
+    clock: IReactorTime,
+    *,
+    find: Callable[..., Deferred[SonarEcho]] = find_core,
+    **query: Any,
+) -> Locate:
+    """A :data:`Locate` that asks sonar discovery where Core is, as a Cell does (§1.3, §2.9).
+
+    ``query`` goes to :func:`~nanocore.cluster.discovery.find_core` (``domain``,
+    ``group_address``, ``group_port``, ``interface``, ``timeout``).
+    """
+
+    async def locate() -> tuple[str, int]:
+        echo = await find(reactor, clock, **query)
+        service = core_service(echo)
+        if service is None:
+            raise NoCoreService(f"echo {echo.id} from discovery names no core service")
+        return service.address, service.port
+
+    return lambda: Deferred.fromCoroutine(locate())

@@ -6,20 +6,23 @@ The simulator signs its Cells' certificates itself with the cluster CA from ``--
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.defer import succeed
 from twisted.python import usage
 
+from nanocore.cluster.discovery import DEFAULT_DOMAIN, DEFAULT_GROUP_ADDRESS, DEFAULT_GROUP_PORT
 from nanocore.pki import (
     CA_CERT_FILE,
+    CertificateAuthority,
     client_tls_options,
     issue_cell_certificate,
     load_or_create_ca,
 )
-from nanocore.testing.fakecell import Capacity, FakeCell
+from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint, discover_core
 
 GiB = 1 << 30
 
@@ -50,6 +53,13 @@ class Options(usage.Options):
         ["memory", None, 16, "Memory per Cell, GiB", _positive(int)],
         ["disk", None, 500, "Disk per Cell, GiB", _positive(int)],
         ["usage", None, 5.0, "Host CPU usage each Cell reports, percent", float],
+        ["domain", None, DEFAULT_DOMAIN, "Discovery domain (with --discover)"],
+        ["group-address", None, DEFAULT_GROUP_ADDRESS, "Discovery multicast group"],
+        ["group-port", None, DEFAULT_GROUP_PORT, "Discovery group port", _positive(int)],
+        ["interface", None, "127.0.0.1", "Interface to ping from (with --discover)"],
+    ]
+    optFlags = [
+        ["discover", None, "Find Core by multicast discovery instead of --core"],
     ]
 
     def postOptions(self) -> None:
@@ -75,13 +85,27 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         cores=options["cores"], memory=options["memory"] * GiB, disk=options["disk"] * GiB
     )
     parent = MultiService()
+    if options["discover"]:
+        locate = discover_core(
+            reactor,
+            reactor,
+            domain=options["domain"],
+            group_address=options["group-address"],
+            group_port=options["group-port"],
+            interface=options["interface"],
+        )
+    else:
+        address = (options["host"], options["port"])
+        locate = lambda: succeed(address)  # noqa: E731
     for name in options.cell_names():
         cell = FakeCell(name, reactor, capacity=capacity, usage=options["usage"])
-        tls = client_tls_options(ca, options["host"], issue_cell_certificate(ca, name))
-        endpoint = wrapClientTLS(
-            tls, TCP4ClientEndpoint(reactor, options["host"], options["port"])
-        )
+        endpoint = LocatedCoreEndpoint(reactor, locate, _tls_for(ca, name))
         service = cell.service(endpoint)
         service.setName(name)
         service.setServiceParent(parent)
     return parent
+
+
+def _tls_for(ca: CertificateAuthority, name: str) -> Callable[[str], Any]:
+    issued = issue_cell_certificate(ca, name)
+    return lambda host: client_tls_options(ca, host, issued)

@@ -1,0 +1,432 @@
+"""`nanocore start|stop|status|halt|import-nano`: the original's commands, around twistd.
+
+`start` checks (and if needed writes) the config in the foreground, so a mistake is reported
+on the terminal before anything forks; then it runs twistd with the nanocore plugin as a
+daemon (pid file in the data folder, log appended to `log/core.log`) and waits until the API
+port answers or the daemon dies. `status` exits 0 when running and 3 when not, as LSB init
+scripts expect.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
+from twisted.internet.error import TimeoutError as ProcessTimeout
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater, react
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.python import usage
+from zope.interface import provider
+
+import nanocore
+from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.layout import PID_FILE_NAME, Layout, LayoutOptions
+from nanocore.pidfile import remove_stale, running_pid
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+#: `status` when nanocore is not running (LSB "program is not running").
+EXIT_NOT_RUNNING = 3
+
+#: How long `start` waits for the daemon to answer, and `stop`/`halt` for it to exit.
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+POLL_INTERVAL = 0.1
+
+#: Lines of core.log shown when the daemon fails to start.
+LOG_TAIL_LINES = 20
+
+#: Runs twistd in the child; twisted has no `python -m` entry for twistd itself.
+TWISTD_BOOTSTRAP = (
+    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+)
+
+
+class StartOptions(LayoutOptions):
+    synopsis = "[--config-dir DIR] [--data-dir DIR] [--cert-dir DIR] [--log-dir DIR]"
+    longdesc = "Check the config (writing missing files) and start nanocore as a daemon."
+
+
+class DataDirOptions(usage.Options):
+    optParameters = [
+        ["data-dir", None, "data", "folder holding core.pid"],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["data-dir"]:
+            raise usage.UsageError("--data-dir must not be empty")
+        self["data-dir"] = Path(self["data-dir"])
+
+    def pid_file(self) -> Path:
+        return Path(self["data-dir"]).absolute() / PID_FILE_NAME
+
+
+class StopOptions(DataDirOptions):
+    longdesc = "Stop the running nanocore (SIGTERM) and wait until it has exited."
+
+
+class StatusOptions(DataDirOptions):
+    longdesc = "Say whether nanocore is running; exit 0 when running, 3 when not."
+
+
+class HaltOptions(DataDirOptions):
+    longdesc = "Kill a running nanocore at once (SIGKILL) and remove its pid file."
+
+
+class ImportOptions(DataDirOptions):
+    synopsis = "PATH [--data-dir DIR]"
+    longdesc = (
+        "Import the data of a Nano Core 1.4.0 installation (its data/ folder, with"
+        " resource.data and image.data) into nanocore's data folder. nanocore must be stopped."
+    )
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Accept options after PATH too (`import-nano PATH --data-dir D`), unlike getopt."""
+        items = list(sys.argv[1:] if options is None else options)
+        takes_value = {"--" + name[:-1] for name in self.longOpt if name.endswith("=")}
+        flags: list[str] = []
+        positional: list[str] = []
+        while items:
+            item = items.pop(0)
+            if item == "--":
+                positional.extend(items)
+                break
+            if item.startswith("-") and item != "-":
+                flags.append(item)
+                if item in takes_value and items:
+                    flags.append(items.pop(0))
+            else:
+                positional.append(item)
+        super().parseOptions([*flags, "--", *positional])
+
+    def parseArgs(self, source: str) -> None:  # type: ignore[override]
+        self["source"] = Path(source)
+
+
+class CommandOptions(usage.Options):
+    synopsis = "Usage: nanocore start|stop|status|halt|import-nano [options]"
+
+    def opt_version(self) -> NoReturn:
+        """Print the nanocore version and exit."""
+        print(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
+        raise SystemExit(0)
+
+    longdesc = "Nano Core control node. `nanocore COMMAND --help` describes each command."
+    subCommands = [
+        ["start", None, StartOptions, "start nanocore as a daemon"],
+        ["stop", None, StopOptions, "stop the running nanocore"],
+        ["status", None, StatusOptions, "exit 0 if nanocore is running, 3 if not"],
+        ["halt", None, HaltOptions, "kill a running nanocore at once"],
+        ["import-nano", None, ImportOptions, "import the data of a Nano Core 1.4.0"],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required")
+
+
+class Console:
+    """Where a command writes: ordinary messages to `out`, problems to `err`."""
+
+    def __init__(self, out: IO[str], err: IO[str]) -> None:
+        self.out = out
+        self.err = err
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def complain(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+
+# --- start ---------------------------------------------------------------------------------
+
+
+def check_config(layout: Layout, console: Console) -> CoreConfig:
+    """Create folders, write missing config files, validate; show the config log lines."""
+
+    @provider(ILogObserver)
+    def show(event: LogEvent) -> None:
+        if not str(event.get("log_namespace", "")).startswith("nanocore.config"):
+            return
+        text = formatEvent(event)
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+            console.complain(f"warning: {text}")
+        else:
+            console.say(text)
+
+    globalLogPublisher.addObserver(show)
+    try:
+        layout.create_folders()
+        ensure_config(layout.config_dir, cert_dir=layout.cert_dir)
+        return load_config(layout.config_dir)
+    finally:
+        globalLogPublisher.removeObserver(show)
+
+
+def twistd_arguments(layout: Layout) -> list[str]:
+    """The argv (after the interpreter) that runs nanocore as a twistd daemon."""
+    return [
+        "-c",
+        TWISTD_BOOTSTRAP,
+        "--pidfile",
+        str(layout.pid_file),
+        "--logfile",
+        str(layout.log_file),
+        "nanocore",
+        "--config-dir",
+        str(layout.config_dir),
+        "--data-dir",
+        str(layout.data_dir),
+        "--cert-dir",
+        str(layout.cert_dir),
+        "--log-dir",
+        str(layout.log_dir),
+    ]
+
+
+def child_environment() -> dict[str, str]:
+    """Our environment, with the folder holding the `nanocore` package first on PYTHONPATH.
+
+    That folder also holds `twisted/plugins/nanocore_plugin.py` (in a checkout and once
+    installed), so twistd finds the plugin either way.
+    """
+    environment = dict(os.environ)
+    package_root = str(Path(nanocore.__file__).resolve().parent.parent)
+    existing = environment.get("PYTHONPATH")
+    environment["PYTHONPATH"] = package_root + os.pathsep + existing if existing else package_root
+    return environment
+
+
+def log_tail(log_file: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+async def _port_answers(reactor: Any, address: str, port: int) -> bool:
+    endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=1)
+    try:
+        protocol = await connectProtocol(endpoint, Protocol())
+    except ConnectError:
+        return False
+    if protocol.transport is not None:
+        protocol.transport.loseConnection()
+    return True
+
+
+async def _wait_until_serving(
+    reactor: Any, layout: Layout, config: CoreConfig, timeout: float
+) -> int | None:
+    """Poll until the API port answers (the daemon's pid) or the daemon is gone (None)."""
+    waited = 0.0
+    while waited < timeout:
+        pid = running_pid(layout.pid_file)
+        if pid is None:
+            return None
+        if await _port_answers(reactor, config.domain.listen_address, config.api.port):
+            return pid
+        await deferLater(reactor, POLL_INTERVAL, lambda: None)
+        waited += POLL_INTERVAL
+    return None
+
+
+async def start(reactor: Any, layout: Layout, console: Console) -> int:
+    pid = running_pid(layout.pid_file)
+    if pid is not None:
+        console.complain(f"core is already running, current pid {pid}")
+        return EXIT_FAILURE
+    try:
+        config = check_config(layout, console)
+    except ConfigError as error:
+        console.complain(f"nanocore: config error: {error}")
+        return EXIT_FAILURE
+    except OSError as error:
+        console.complain(f"nanocore: cannot prepare {error.filename}: {error.strerror}")
+        return EXIT_FAILURE
+    if remove_stale(layout.pid_file):
+        console.say(f"removed stale pid file {layout.pid_file}")
+    launch: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+        sys.executable,
+        twistd_arguments(layout),
+        env=child_environment(),
+        path=str(Path.cwd()),
+        reactor=reactor,
+    )
+    launch.addTimeout(START_TIMEOUT, reactor)
+    try:
+        output, errors, code = await launch
+    except ProcessTimeout:
+        console.complain(f"nanocore did not report its start within {START_TIMEOUT:.0f} s")
+        console.complain(f"see {layout.log_file}")
+        return EXIT_FAILURE
+    if code != 0:
+        console.complain("nanocore failed to start:")
+        console.complain((errors + output).decode("utf-8", errors="replace").rstrip())
+        tail = log_tail(layout.log_file)
+        if tail:
+            console.complain(f"last lines of {layout.log_file}:\n{tail}")
+        return EXIT_FAILURE
+    pid = await _wait_until_serving(reactor, layout, config, START_TIMEOUT)
+    if pid is None:
+        still_running = running_pid(layout.pid_file)
+        if still_running is None:
+            console.complain("nanocore exited during start; last lines of the log:")
+        else:
+            console.complain(
+                f"nanocore (pid {still_running}) runs but its API did not answer within"
+                f" {START_TIMEOUT:.0f} s; last lines of the log:"
+            )
+        console.complain(log_tail(layout.log_file))
+        return EXIT_FAILURE
+    address, port = config.domain.listen_address, config.api.port
+    console.say(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
+    console.say(f"API http://{address}:{port}/api/v1/ ; log {layout.log_file}")
+    console.say(f"core started, pid {pid}")
+    return EXIT_OK
+
+
+# --- stop, status, halt --------------------------------------------------------------------
+
+
+async def _wait_for_exit(reactor: Any, pid_file: Path, timeout: float) -> bool:
+    waited = 0.0
+    while running_pid(pid_file) is not None:
+        if waited >= timeout:
+            return False
+        await deferLater(reactor, POLL_INTERVAL, lambda: None)
+        waited += POLL_INTERVAL
+    return True
+
+
+async def stop(reactor: Any, pid_file: Path, console: Console) -> int:
+    pid = running_pid(pid_file)
+    if pid is None:
+        remove_stale(pid_file)
+        console.say("core is already stopped")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    if not await _wait_for_exit(reactor, pid_file, STOP_TIMEOUT):
+        console.complain(
+            f"core (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s; `nanocore halt` kills it"
+        )
+        return EXIT_FAILURE
+    remove_stale(pid_file)
+    console.say(f"stop core success (pid {pid})")
+    return EXIT_OK
+
+
+def status(pid_file: Path, console: Console) -> int:
+    pid = running_pid(pid_file)
+    if pid is not None:
+        console.say(f"core is running, current pid {pid}")
+        return EXIT_OK
+    if pid_file.exists():
+        console.say(f"core is stopped (stale pid file {pid_file})")
+    else:
+        console.say("core is stopped")
+    return EXIT_NOT_RUNNING
+
+
+async def halt(reactor: Any, pid_file: Path, console: Console) -> int:
+    pid = running_pid(pid_file)
+    if pid is None:
+        if remove_stale(pid_file):
+            console.say(f"removed stale pid file {pid_file}")
+        console.say("core is already stopped")
+        return EXIT_OK
+    os.kill(pid, signal.SIGKILL)
+    if not await _wait_for_exit(reactor, pid_file, STOP_TIMEOUT):
+        console.complain(f"core (pid {pid}) survived SIGKILL for {STOP_TIMEOUT:.0f} s")
+        return EXIT_FAILURE
+    remove_stale(pid_file)
+    console.say(f"core halted (pid {pid} killed)")
+    return EXIT_OK
+
+
+# --- import-nano ---------------------------------------------------------------------------
+
+
+async def import_nano(source: Path, data_dir: Path, console: Console) -> int:
+    pid_file = data_dir / PID_FILE_NAME
+    pid = running_pid(pid_file)
+    if pid is not None:
+        console.complain(f"core is running (pid {pid}); stop it before importing")
+        return EXIT_FAILURE
+    try:
+        importer = importlib.import_module("nanocore.store.importer")
+    except ImportError:
+        console.complain("import-nano is not available in this build of nanocore")
+        return EXIT_FAILURE
+    try:
+        await maybeDeferred(importer.run_import, source, data_dir)
+    except importer.ImportRefused as refused:
+        console.complain(f"import refused: {refused}")
+        return EXIT_FAILURE
+    console.say(f"imported {source} into {data_dir}")
+    return EXIT_OK
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+async def run_command(reactor: Any, options: CommandOptions, console: Console) -> int:
+    """Run the parsed command; return the process exit code."""
+    command = options.subCommand
+    sub = options.subOptions
+    if command == "start":
+        return await start(reactor, sub.layout(), console)
+    if command == "stop":
+        return await stop(reactor, sub.pid_file(), console)
+    if command == "status":
+        return status(sub.pid_file(), console)
+    if command == "halt":
+        return await halt(reactor, sub.pid_file(), console)
+    if command == "import-nano":
+        return await import_nano(sub["source"], Path(sub["data-dir"]).absolute(), console)
+    raise AssertionError(f"unhandled command {command!r}")
+
+
+def parse(argv: Sequence[str], console: Console) -> CommandOptions | int:
+    """Parse `argv` (without the program name); an exit code when there is nothing to run."""
+    options = CommandOptions()
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as error:
+        console.complain(f"{options}\nnanocore: {error}")
+        return EXIT_USAGE
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The `nanocore` console script and `python -m nanocore`."""
+    console = Console(sys.stdout, sys.stderr)
+    parsed = parse(sys.argv[1:] if argv is None else argv, console)
+    if isinstance(parsed, int):
+        sys.exit(parsed)
+    options = parsed
+
+    async def command(reactor: Any) -> None:
+        raise SystemExit(await run_command(reactor, options, console))
+
+    react(command)

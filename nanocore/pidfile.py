@@ -1,0 +1,71 @@
+"""The pid file of the daemon, and whether the process it names is really a running nanocore.
+
+A pid file outlives a crash, and its pid can be reused by an unrelated process. Before
+`status` says "running", `start` refuses, or `halt` sends SIGKILL, the process is checked
+against its command line: it must be a live (not zombie) process started for this pid file or
+for the `nanocore` twistd plugin. Where `/proc` is absent, a live pid is trusted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: argv element that marks a twistd process running the nanocore plugin.
+PLUGIN_ARGUMENT = b"nanocore"
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid written in `pid_file`, or None when the file is missing or not a pid."""
+    try:
+        text = pid_file.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    return pid if pid > 0 else None
+
+
+def _command_line(pid: int) -> list[bytes] | None:
+    """The argv of `pid` from /proc, [] for a zombie, None where /proc cannot tell."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return None if not Path("/proc/self").exists() else []
+    except OSError:
+        return None
+    return [part for part in raw.split(b"\0") if part]
+
+
+def is_nanocore_process(pid: int, pid_file: Path) -> bool:
+    """Whether `pid` is alive and is the nanocore daemon that owns `pid_file`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by someone else; the command line decides
+    argv = _command_line(pid)
+    if argv is None:
+        return True
+    return PLUGIN_ARGUMENT in argv or os.fsencode(pid_file) in argv
+
+
+def running_pid(pid_file: Path) -> int | None:
+    """The pid of the running daemon named by `pid_file`, or None when none is running."""
+    pid = read_pid(pid_file)
+    if pid is None or not is_nanocore_process(pid, pid_file):
+        return None
+    return pid
+
+
+def remove_stale(pid_file: Path) -> bool:
+    """Remove `pid_file` if it names no running daemon; return whether it removed one."""
+    if running_pid(pid_file) is not None:
+        return False
+    try:
+        pid_file.unlink()
+    except FileNotFoundError:
+        return False
+    return True

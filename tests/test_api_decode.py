@@ -1,0 +1,79 @@
+"""The declarative body decoder: Go encoding/json semantics plus required fields."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore.api.decode import Body, DecodeError, Field, Kind
+
+QOS = Body((Field("cpu_priority", required=True), Field("read_speed", Kind.UINT)), name="qos")
+BODY = Body(
+    (
+        Field("name"),
+        Field("offset", Kind.INT),
+        Field("usage", Kind.FLOAT),
+        Field("disks", Kind.UINT_LIST),
+        Field("qos", Kind.OBJECT, body=QOS),
+        Field("flag", Kind.BOOL),
+    )
+)
+
+
+class DecodeTests(SynchronousTestCase):
+    def refused(self, raw: bytes, body: Body = BODY) -> str:
+        with self.assertRaises(DecodeError) as caught:
+            body.decode(raw)
+        return caught.exception.message
+
+    def test_zero_values(self) -> None:
+        self.assertEqual(
+            BODY.decode(b"{}"),
+            {"name": "", "offset": 0, "usage": 0.0, "disks": (), "qos": None, "flag": False},
+        )
+
+    def test_null_body_and_null_fields_are_zero(self) -> None:
+        self.assertEqual(BODY.decode(b"null")["name"], "")
+        self.assertEqual(BODY.decode(b'{"name": null, "disks": null}')["disks"], ())
+
+    def test_optional_body_may_be_empty(self) -> None:
+        self.assertEqual(Body((Field("x"),), optional=True).decode(b"  "), {"x": ""})
+
+    def test_kinds(self) -> None:
+        decoded = BODY.decode(
+            b'{"offset": -3, "usage": 1.5, "disks": [1, 2], "flag": true,'
+            b' "qos": {"CPU_PRIORITY": "low"}}'
+        )
+        self.assertEqual(decoded["offset"], -3)
+        self.assertEqual(decoded["usage"], 1.5)
+        self.assertEqual(decoded["disks"], (1, 2))
+        self.assertTrue(decoded["flag"])
+        self.assertEqual(decoded["qos"], {"cpu_priority": "low", "read_speed": 0})
+
+    def test_type_errors_name_the_field(self) -> None:
+        self.assertEqual(
+            self.refused(b'{"offset": 1.5}'),
+            "json: cannot unmarshal number 1.5 into Go struct field request.offset of type int64",
+        )
+        self.assertIn("request.usage of type float64", self.refused(b'{"usage": "x"}'))
+        self.assertIn("request.disks of type uint64", self.refused(b'{"disks": [-1]}'))
+        self.assertIn("request.disks of type []uint64", self.refused(b'{"disks": 1}'))
+        self.assertIn("request.flag of type bool", self.refused(b'{"flag": 1}'))
+        self.assertIn("request.name of type string", self.refused(b'{"name": true}'))
+        self.assertIn("request.qos of type qos", self.refused(b'{"qos": []}'))
+        self.assertIn(
+            "number 18446744073709551616", self.refused(b'{"disks": [18446744073709551616]}')
+        )
+
+    def test_nested_required_field(self) -> None:
+        self.assertEqual(self.refused(b'{"qos": {}}'), "cpu_priority required")
+        self.assertIn(
+            "qos.read_speed", self.refused(b'{"qos": {"cpu_priority": "x", "read_speed": -1}}')
+        )
+
+    def test_invalid_utf8_is_replaced_not_refused(self) -> None:
+        self.assertEqual(BODY.decode(b'{"name": "a\xffb"}')["name"], "a\ufffdb")
+
+    def test_unknown_keys_and_trailing_data_ignored(self) -> None:
+        self.assertEqual(
+            BODY.decode(b'{"zzz": {"deep": [1]}, "name": "n"} {"name": 2}')["name"], "n"
+        )

@@ -1,0 +1,362 @@
+"""`nanocore start|stop|status|halt|import-nano`: parsing, pid checks, and the real daemon."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.testing import MemoryReactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+from nanocore import cli, config, pidfile
+from nanocore.layout import Layout
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+reactor: Any = global_reactor
+
+
+def console() -> tuple[cli.Console, io.StringIO, io.StringIO]:
+    out, err = io.StringIO(), io.StringIO()
+    return cli.Console(out, err), out, err
+
+
+def layout_under(root: Path) -> Layout:
+    return Layout(
+        config_dir=root / "config",
+        data_dir=root / "data",
+        cert_dir=root / "cert",
+        log_dir=root / "log",
+    )
+
+
+class ParseTests(SynchronousTestCase):
+    def parsed(self, *argv: str) -> cli.CommandOptions:
+        the_console, _out, err = console()
+        options = cli.parse(argv, the_console)
+        assert isinstance(options, cli.CommandOptions), err.getvalue()
+        return options
+
+    def refused(self, *argv: str) -> str:
+        the_console, _out, err = console()
+        self.assertEqual(cli.parse(argv, the_console), cli.EXIT_USAGE)
+        return err.getvalue()
+
+    def test_start_takes_the_four_folders(self) -> None:
+        options = self.parsed("start", "--config-dir", "/etc/nano", "--log-dir=/var/log/nano")
+        self.assertEqual(options.subCommand, "start")
+        self.assertEqual(
+            dict(options.subOptions),
+            {
+                "config-dir": Path("/etc/nano"),
+                "data-dir": Path("data"),
+                "cert-dir": Path("cert"),
+                "log-dir": Path("/var/log/nano"),
+            },
+        )
+
+    def test_stop_status_halt_take_the_data_folder(self) -> None:
+        for command in ("stop", "status", "halt"):
+            options = self.parsed(command, "--data-dir", "/srv/nano")
+            self.assertEqual(options.subCommand, command)
+            self.assertEqual(dict(options.subOptions), {"data-dir": Path("/srv/nano")})
+            self.assertEqual(options.subOptions.pid_file(), Path("/srv/nano/core.pid"))
+
+    def test_import_nano_takes_a_source_path(self) -> None:
+        options = self.parsed("import-nano", "/opt/nano/core/data", "--data-dir", "d")
+        self.assertEqual(
+            dict(options.subOptions),
+            {"data-dir": Path("d"), "source": Path("/opt/nano/core/data")},
+        )
+
+    def test_a_command_is_required(self) -> None:
+        self.assertIn("a command is required", self.refused())
+
+    def test_unknown_command_and_missing_arguments_are_usage_errors(self) -> None:
+        self.assertIn("snap", self.refused("snap"))
+        self.assertIn("nanocore:", self.refused("import-nano"))
+        self.assertIn("--data-dir", self.refused("status", "--data-dir="))
+
+    def test_help_exits_zero(self) -> None:
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)
+        the_console, _out, _err = console()
+        self.assertEqual(cli.parse(["--help"], the_console), 0)
+        self.assertIn("import-nano", printed.getvalue())
+
+    def test_twistd_arguments_name_every_folder(self) -> None:
+        layout = layout_under(Path("/n"))
+        arguments = cli.twistd_arguments(layout)
+        self.assertEqual(
+            arguments[2:],
+            [
+                "--pidfile",
+                "/n/data/core.pid",
+                "--logfile",
+                "/n/log/core.log",
+                "nanocore",
+                "--config-dir",
+                "/n/config",
+                "--data-dir",
+                "/n/data",
+                "--cert-dir",
+                "/n/cert",
+                "--log-dir",
+                "/n/log",
+            ],
+        )
+
+    def test_child_finds_the_package_first(self) -> None:
+        path = cli.child_environment()["PYTHONPATH"].split(os.pathsep)
+        self.assertEqual(path[0], str(REPO_ROOT))
+
+
+class PidFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.pid_file = Path(self.mktemp())
+
+    def test_missing_or_garbage_pid_files_name_no_process(self) -> None:
+        self.assertIsNone(pidfile.read_pid(self.pid_file))
+        for garbage in ("", "abc", "-5", "0", "12 13"):
+            self.pid_file.write_text(garbage)
+            self.assertIsNone(pidfile.read_pid(self.pid_file), garbage)
+        self.pid_file.write_text("123\n")
+        self.assertEqual(pidfile.read_pid(self.pid_file), 123)
+
+    def test_a_reused_pid_is_not_nanocore(self) -> None:
+        """The test runner is alive but is not a nanocore daemon for this pid file."""
+        self.pid_file.write_text(str(os.getpid()))
+        self.assertIsNone(pidfile.running_pid(self.pid_file))
+        self.assertTrue(pidfile.remove_stale(self.pid_file))
+        self.assertFalse(self.pid_file.exists())
+        self.assertFalse(pidfile.remove_stale(self.pid_file))
+
+
+class CommandTests(SynchronousTestCase):
+    """Commands that end before any process is started."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()).absolute()
+        self.layout = layout_under(self.root)
+        self.layout.create_folders()
+
+    def run_command(self, *argv: str) -> tuple[int, str, str]:
+        the_console, out, err = console()
+        options = cli.parse(argv, the_console)
+        assert isinstance(options, cli.CommandOptions)
+        result = self.successResultOf(
+            ensureDeferred(cli.run_command(MemoryReactor(), options, the_console))
+        )
+        return result, out.getvalue(), err.getvalue()
+
+    def test_status_of_a_stopped_core_exits_3(self) -> None:
+        code, out, _err = self.run_command("status", f"--data-dir={self.layout.data_dir}")
+        self.assertEqual((code, out), (cli.EXIT_NOT_RUNNING, "core is stopped\n"))
+
+    def test_status_reports_a_stale_pid_file(self) -> None:
+        self.layout.pid_file.write_text(str(os.getpid()))
+        code, out, _err = self.run_command("status", f"--data-dir={self.layout.data_dir}")
+        self.assertEqual(code, cli.EXIT_NOT_RUNNING)
+        self.assertIn("stale pid file", out)
+
+    def test_halt_never_kills_a_process_that_reused_the_pid(self) -> None:
+        self.layout.pid_file.write_text(str(os.getpid()))
+        code, out, _err = self.run_command("halt", f"--data-dir={self.layout.data_dir}")
+        self.assertEqual(code, cli.EXIT_OK)
+        self.assertIn("already stopped", out)
+        self.assertFalse(self.layout.pid_file.exists())
+
+    def test_stop_when_stopped_says_so(self) -> None:
+        code, out, _err = self.run_command("stop", f"--data-dir={self.layout.data_dir}")
+        self.assertEqual((code, out), (cli.EXIT_OK, "core is already stopped\n"))
+
+    def test_start_with_a_corrupt_config_spawns_nothing(self) -> None:
+        config.ensure_config(self.layout.config_dir, cert_dir=self.layout.cert_dir)
+        domain = self.layout.config_dir / config.DOMAIN_FILE
+        domain.write_text(json.dumps({"listen_address": "127.0.0.1", "group_port": "x"}))
+        # MemoryReactor cannot spawn processes: reaching the spawn would fail this test.
+        code, _out, err = self.run_command(
+            "start",
+            f"--config-dir={self.layout.config_dir}",
+            f"--data-dir={self.layout.data_dir}",
+            f"--cert-dir={self.layout.cert_dir}",
+            f"--log-dir={self.layout.log_dir}",
+        )
+        self.assertEqual(code, cli.EXIT_FAILURE)
+        self.assertIn(str(domain), err)
+        self.assertIn('"group_port"', err)
+        self.assertFalse(self.layout.pid_file.exists())
+
+    def test_start_with_a_folder_that_cannot_be_made_spawns_nothing(self) -> None:
+        blocked = self.root / "not-a-folder"
+        blocked.write_text("a file where the log folder should be")
+        code, _out, err = self.run_command(
+            "start",
+            f"--config-dir={self.layout.config_dir}",
+            f"--data-dir={self.layout.data_dir}",
+            f"--cert-dir={self.layout.cert_dir}",
+            f"--log-dir={blocked}",
+        )
+        self.assertEqual(code, cli.EXIT_FAILURE)
+        self.assertIn(f"cannot prepare {blocked}", err)
+
+    def test_import_nano_imports_a_nano_installation(self) -> None:
+        source = REPO_ROOT / "tests" / "fixtures" / "nano14"
+        data = f"--data-dir={self.layout.data_dir}"
+        code, out, err = self.run_command("import-nano", str(source), data)
+        self.assertEqual(code, cli.EXIT_OK, err)
+        self.assertIn(f"imported {source} into {self.layout.data_dir}", out)
+        self.assertNotEqual(list(self.layout.data_dir.iterdir()), [])
+
+    def test_import_nano_refusal_is_reported(self) -> None:
+        empty = self.root / "empty"
+        empty.mkdir()
+        data = f"--data-dir={self.layout.data_dir}"
+        code, _out, err = self.run_command("import-nano", str(empty), data)
+        self.assertEqual(code, cli.EXIT_FAILURE)
+        self.assertIn("import refused: no resource.data", err)
+        self.assertEqual(list(self.layout.data_dir.iterdir()), [])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RealDaemonTests(TestCase):
+    """`python -m nanocore` as a real daemon on a free loopback port."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()).absolute()
+        self.root.mkdir()
+        self.port = free_port()
+        config_dir = self.root / "config"
+        config.ensure_config(config_dir)
+        api = json.loads((config_dir / config.API_FILE).read_text())
+        api["port"] = self.port
+        (config_dir / config.API_FILE).write_text(json.dumps(api))
+        self.pid_file = self.root / "data" / "core.pid"
+        self.addCleanup(self.nanocore, "halt")
+
+    def nanocore(self, *argv: str) -> Deferred[tuple[bytes, bytes, int]]:
+        environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        return getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "nanocore", *argv],
+            env=environment,
+            path=str(self.root),
+            reactor=reactor,
+        )
+
+    async def get_version(self) -> dict[str, Any]:
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        url = f"http://127.0.0.1:{self.port}/api/v1/".encode()
+        response = await agent.request(b"GET", url)
+        result: dict[str, Any] = json.loads(await readBody(response))
+        return result
+
+    async def expect(self, code: int, *argv: str) -> str:
+        out, err, actual = await self.nanocore(*argv)
+        text = (out + err).decode()
+        self.assertEqual(actual, code, f"nanocore {' '.join(argv)}: {text}")
+        return text
+
+    def test_start_status_stop(self) -> Deferred[None]:
+        async def scenario() -> None:
+            text = await self.expect(0, "start")
+            self.assertIn("core started", text)
+            pid = pidfile.read_pid(self.pid_file)
+            self.assertIsNotNone(pid)
+            self.assertIn(f"current pid {pid}", await self.expect(0, "status"))
+            version = await self.get_version()
+            self.assertEqual(version["data"]["name"], "nanocore")
+            self.assertIn("already running", await self.expect(1, "start"))
+            self.assertIn("stop core success", await self.expect(0, "stop"))
+            self.assertFalse(self.pid_file.exists())
+            self.assertIn("core is stopped", await self.expect(3, "status"))
+            log = (self.root / "log" / "core.log").read_text()
+            self.assertIn("Server Shut Down", log)
+
+        return ensureDeferred(scenario())
+
+    def test_halt_then_start_again(self) -> Deferred[None]:
+        async def scenario() -> None:
+            await self.expect(0, "start")
+            first = pidfile.read_pid(self.pid_file)
+            self.assertIn(f"pid {first} killed", await self.expect(0, "halt"))
+            await self.expect(3, "status")
+            # A pid file left by a crash does not block the next start.
+            self.pid_file.write_text(str(first))
+            text = await self.expect(0, "start")
+            self.assertIn("core started", text)
+            second = pidfile.read_pid(self.pid_file)
+            self.assertNotEqual(first, second)
+            self.assertEqual((await self.get_version())["error_code"], 0)
+            await self.expect(0, "stop")
+            # The log of the killed daemon is still there: core.log is appended to.
+            log = (self.root / "log" / "core.log").read_text()
+            self.assertEqual(log.count("starting up"), 2)
+
+        return ensureDeferred(scenario())
+
+    def test_corrupt_config_fails_naming_file_and_key(self) -> Deferred[None]:
+        api_file = self.root / "config" / config.API_FILE
+        api_file.write_text(json.dumps({"port": self.port, "credentials": [{"id": "a"}]}))
+
+        async def scenario() -> None:
+            text = await self.expect(1, "start")
+            self.assertIn(str(api_file), text)
+            self.assertIn('"credentials[0].key"', text)
+            self.assertFalse(self.pid_file.exists())
+            await self.expect(3, "status")
+
+        return ensureDeferred(scenario())
+
+    def test_port_in_use_fails_with_the_reason(self) -> Deferred[None]:
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", self.port))
+        blocker.listen(1)
+
+        async def scenario() -> None:
+            the_console, _out, err = console()
+            code = await cli.start(reactor, layout_under(self.root), the_console)
+            self.assertEqual(code, cli.EXIT_FAILURE)
+            self.assertIn("failed to start", err.getvalue())
+            self.assertIn(f"127.0.0.1:{self.port}", err.getvalue())
+            self.assertIn("last lines of", err.getvalue())
+            await self.expect(3, "status")
+
+        return ensureDeferred(scenario())
+
+    def test_commands_in_process(self) -> Deferred[None]:
+        """The same commands called as functions, so their code paths are measured too."""
+        layout = layout_under(self.root)
+
+        async def scenario() -> None:
+            the_console, out, err = console()
+            self.assertEqual(await cli.start(reactor, layout, the_console), 0, err.getvalue())
+            pid = pidfile.read_pid(layout.pid_file)
+            self.assertIn(f"core started, pid {pid}", out.getvalue())
+            self.assertEqual(cli.status(layout.pid_file, the_console), cli.EXIT_OK)
+            self.assertEqual(await cli.start(reactor, layout, the_console), cli.EXIT_FAILURE)
+            self.assertIn(f"already running, current pid {pid}", err.getvalue())
+            self.assertEqual(await cli.halt(reactor, layout.pid_file, the_console), cli.EXIT_OK)
+            self.assertFalse(layout.pid_file.exists())
+            self.assertEqual(await cli.start(reactor, layout, the_console), cli.EXIT_OK)
+            self.assertEqual(await cli.stop(reactor, layout.pid_file, the_console), cli.EXIT_OK)
+            self.assertEqual(cli.status(layout.pid_file, the_console), cli.EXIT_NOT_RUNNING)
+
+        return ensureDeferred(scenario())

@@ -1,0 +1,212 @@
+"""`twistd nanocore`: options, the plugin, and the composition of services."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography import x509
+from treq.testing import StubTreq
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore import COMPATIBLE_CORE_VERSION, __version__, config, pki, tap
+from nanocore.layout import Layout
+
+
+def write_config(config_dir: Path, *, listen_address: str = "127.0.0.1", port: int = 5850) -> None:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    documents = {
+        config.DOMAIN_FILE: {"listen_address": listen_address},
+        config.API_FILE: {"port": port, "credentials": [{"id": "a", "key": "k"}]},
+        config.IMAGE_FILE: {
+            "cert_file": str(config_dir.parent / "cert" / "image.crt.pem"),
+            "key_file": str(config_dir.parent / "cert" / "image.key.pem"),
+        },
+    }
+    for name, document in documents.items():
+        (config_dir / name).write_text(json.dumps(document), encoding="utf-8")
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(
+            dict(options),
+            {
+                "config-dir": Path("config"),
+                "data-dir": Path("data"),
+                "cert-dir": Path("cert"),
+                "log-dir": Path("log"),
+            },
+        )
+
+    def test_every_folder_can_be_moved(self) -> None:
+        options = tap.Options()
+        options.parseOptions(
+            [
+                "--config-dir",
+                "/etc/nano",
+                "--data-dir=/var/lib/nano",
+                "--cert-dir",
+                "c",
+                "--log-dir",
+                "/var/log/nano",
+            ]
+        )
+        self.assertEqual(
+            dict(options),
+            {
+                "config-dir": Path("/etc/nano"),
+                "data-dir": Path("/var/lib/nano"),
+                "cert-dir": Path("c"),
+                "log-dir": Path("/var/log/nano"),
+            },
+        )
+        self.assertEqual(
+            options.layout(),
+            Layout(
+                config_dir=Path("/etc/nano"),
+                data_dir=Path("/var/lib/nano"),
+                cert_dir=Path.cwd() / "c",
+                log_dir=Path("/var/log/nano"),
+            ),
+        )
+
+    def test_layout_names_pid_and_log_files(self) -> None:
+        layout = Layout(Path("/c"), Path("/d"), Path("/e"), Path("/l"))
+        self.assertEqual(
+            (layout.pid_file, layout.log_file), (Path("/d/core.pid"), Path("/l/core.log"))
+        )
+
+    def test_empty_folder_is_a_usage_error(self) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            tap.Options().parseOptions(["--data-dir", ""])
+        self.assertIn("--data-dir", str(caught.exception))
+
+    def test_unknown_option_is_a_usage_error(self) -> None:
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--port", "1"])
+
+
+class PluginTests(SynchronousTestCase):
+    def test_twistd_finds_the_nanocore_plugin(self) -> None:
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("nanocore", makers)
+        maker = makers["nanocore"]
+        self.assertIsInstance(maker.options(), tap.Options)
+        self.assertEqual(maker.module, "nanocore.tap")  # type: ignore[attr-defined]
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()).absolute()
+        self.options = tap.Options()
+        self.options.parseOptions(
+            [
+                f"--config-dir={self.root / 'config'}",
+                f"--data-dir={self.root / 'data'}",
+                f"--cert-dir={self.root / 'cert'}",
+                f"--log-dir={self.root / 'log'}",
+            ]
+        )
+        self.reactor = MemoryReactor()
+
+    def test_fresh_machine_gets_config_ca_and_image_certificate(self) -> None:
+        service = tap.makeService(self.options, self.reactor)
+        for folder in ("config", "data", "cert", "log"):
+            self.assertTrue((self.root / folder).is_dir(), folder)
+        for name in (config.DOMAIN_FILE, config.API_FILE, config.IMAGE_FILE):
+            self.assertTrue((self.root / "config" / name).is_file(), name)
+        ca_cert = self.root / "cert" / pki.CA_CERT_FILE
+        image_cert = self.root / "cert" / pki.IMAGE_CERT_FILE
+        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+        image = x509.load_pem_x509_certificate(image_cert.read_bytes())
+        self.assertEqual(image.issuer, ca.subject)
+        self.assertEqual(pki.first_ip_address(image), "127.0.0.1")
+        self.assertEqual([child.name for child in service], [tap.API_SERVICE_NAME])
+
+    def test_api_listens_on_the_configured_address_and_port(self) -> None:
+        write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
+        service = tap.makeService(self.options, self.reactor)
+        self.assertEqual(self.reactor.tcpServers, [])
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        [(port, factory, _backlog, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (15850, "127.0.0.9"))
+        self.assertIs(service.getServiceNamed(tap.API_SERVICE_NAME).factory, factory)  # type: ignore[attr-defined]
+
+    def test_image_certificate_follows_the_listen_address(self) -> None:
+        write_config(self.root / "config", listen_address="127.0.0.1")
+        tap.makeService(self.options, self.reactor)
+        write_config(self.root / "config", listen_address="127.0.0.2")
+        tap.makeService(self.options, self.reactor)
+        image = x509.load_pem_x509_certificate((self.root / "cert" / "image.crt.pem").read_bytes())
+        self.assertEqual(pki.first_ip_address(image), "127.0.0.2")
+
+    def test_bad_config_ends_the_process_naming_file_and_key(self) -> None:
+        write_config(self.root / "config", port=70000)
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(self.options, self.reactor)
+        message = str(caught.exception.code)
+        self.assertIn(str(self.root / "config" / config.API_FILE), message)
+        self.assertIn('"port"', message)
+        self.assertIn("70000", message)
+        self.assertFalse((self.root / "cert" / pki.CA_CERT_FILE).exists())
+        self.assertEqual(self.reactor.tcpServers, [])
+
+    def test_a_folder_that_cannot_be_made_ends_the_process(self) -> None:
+        self.root.mkdir()
+        (self.root / "data").write_text("a file where the data folder should be")
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(self.options, self.reactor)
+        self.assertIn(f"cannot prepare {self.root / 'data'}", str(caught.exception.code))
+
+    def test_unusable_certificate_folder_ends_the_process(self) -> None:
+        write_config(self.root / "config")
+        (self.root / "cert").mkdir()
+        (self.root / "cert" / pki.CA_CERT_FILE).write_text("not a certificate")
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(self.options, self.reactor)
+        self.assertIn("certificate error", str(caught.exception.code))
+        self.assertIn(pki.CA_KEY_FILE, str(caught.exception.code))
+
+
+class APISiteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        core = config.CoreConfig(
+            domain=config.DomainConfig(listen_address="127.0.0.1"),
+            api=config.APIConfig(credentials=(config.Credential("a", "k"),)),
+            image=config.ImageConfig(cert_file="c", key_file="k"),
+        )
+        self.client = StubTreq(tap.api_site(core).resource)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        response = self.successResultOf(self.client.get(f"http://127.0.0.1{path}"))
+        body = self.successResultOf(response.content())
+        return response.code, body
+
+    def test_version_document_needs_no_signature(self) -> None:
+        code, body = self.get("/api/v1/")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            json.loads(body),
+            {
+                "error_code": 0,
+                "message": "",
+                "data": {
+                    "name": "nanocore",
+                    "version": __version__,
+                    "compatible": COMPATIBLE_CORE_VERSION,
+                },
+            },
+        )
+        self.assertTrue(body.endswith(b"}\n"))
+
+    def test_other_paths_are_not_found(self) -> None:
+        code, _body = self.get("/api/v2/")
+        self.assertEqual(code, 404)
