@@ -277,7 +277,13 @@ def main() -> None:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, {args.client_cpu})
             print(f"{args.server} server pid {server.pid} on cpu {args.server_cpu}, port {port}")
-            run(port, gets(signer, port), 4, 1.0, 2000)  # warm-up, and a check it serves the API
+            try:  # warm-up, and a check that the server answers the API
+                run(port, gets(signer, port), 4, 1.0, 2000)
+            except RuntimeError as error:
+                raise SystemExit(
+                    f"{args.server} does not answer a signed GET /api/v1/compute_pools/ "
+                    f"(is the API wired into nanocore.tap? try --server standin):\n{error}"
+                ) from None
             for concurrency in (1, 32):
                 before = cpu_seconds(server.pid)
                 result = run(
