@@ -3,8 +3,8 @@
 `start` checks (and if needed writes) the config in the foreground, so a mistake is reported
 on the terminal before anything forks; then it runs twistd with the nanocore plugin as a
 daemon (pid file in the data folder, log appended to `log/core.log`) and waits until the API
-port answers or the daemon dies. `status` exits 0 when running and 3 when not, as LSB init
-scripts expect.
+serves (`GET /api/v1/` answers 200) or the daemon dies. `status` exits 0 when running and 3
+when not, as LSB init scripts expect.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.internet.error import TimeoutError as ProcessTimeout
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater, react
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
+from twisted.web.client import Agent, ResponseFailed, readBody
 from zope.interface import provider
 
 import nanocore
@@ -222,27 +221,28 @@ def log_tail(log_file: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-async def _port_answers(reactor: Any, address: str, port: int) -> bool:
-    endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=1)
+async def _api_ready(reactor: Any, address: str, port: int) -> bool:
+    """Whether the API answers its version document: 503 while the store opens, 200 once the
+    Core serves. A foreign listener on the port does not pass for a started nanocore."""
+    agent = Agent(reactor, connectTimeout=1)
     try:
-        protocol = await connectProtocol(endpoint, Protocol())
-    except ConnectError:
+        response = await agent.request(b"GET", f"http://{address}:{port}/api/v1/".encode())
+        await readBody(response)
+    except (ConnectError, ResponseFailed, ConnectionLost):
         return False
-    if protocol.transport is not None:
-        protocol.transport.loseConnection()
-    return True
+    return bool(response.code == 200)
 
 
 async def _wait_until_serving(
     reactor: Any, layout: Layout, config: CoreConfig, timeout: float
 ) -> int | None:
-    """Poll until the API port answers (the daemon's pid) or the daemon is gone (None)."""
+    """Poll until the API serves (the daemon's pid) or the daemon is gone (None)."""
     waited = 0.0
     while waited < timeout:
         pid = running_pid(layout.pid_file)
         if pid is None:
             return None
-        if await _port_answers(reactor, config.domain.listen_address, config.api.port):
+        if await _api_ready(reactor, config.domain.listen_address, config.api.port):
             return pid
         await deferLater(reactor, POLL_INTERVAL, lambda: None)
         waited += POLL_INTERVAL

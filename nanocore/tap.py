@@ -8,21 +8,16 @@ touching the others. This module composes; it holds no behaviour of its own.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from klein import Klein
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IReactorTCP
+from twisted.application.service import MultiService
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
-from twisted.web.server import Site
+from twisted.web.resource import IResource
 
 from nanocore import COMPATIBLE_CORE_VERSION, __version__
+from nanocore.api.app import build_api_resource
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import Layout, LayoutOptions
 from nanocore.pki import (
@@ -32,11 +27,9 @@ from nanocore.pki import (
     ensure_server_certificate,
     load_or_create_ca,
 )
+from nanocore.service import CoreService, RunningCore
 
 log = Logger()
-
-#: Names of the children of the top `MultiService`, so callers can `getServiceNamed` them.
-API_SERVICE_NAME = "api"
 
 
 class Options(LayoutOptions):
@@ -46,46 +39,6 @@ class Options(LayoutOptions):
         "Nano Core control node. Reads domain.cfg, api.cfg and image.cfg from the config"
         " folder, writing safe defaults for any that are missing."
     )
-
-
-def version_document() -> dict[str, Any]:
-    """The signed-out answer of `GET /api/v1/`: who is serving, and what it is compatible with."""
-    return {
-        "error_code": 0,
-        "message": "",
-        "data": {
-            "name": "nanocore",
-            "version": __version__,
-            "compatible": COMPATIBLE_CORE_VERSION,
-        },
-    }
-
-
-def api_site(config: CoreConfig) -> Site:
-    """The HTTP site of the REST API.
-
-    For now it only answers the version document; the API room's Klein app replaces the
-    body of this function.
-    """
-    app = Klein()
-
-    @app.route("/api/v1/", methods=["GET"])
-    def version(request: IRequest) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        return (json.dumps(version_document(), indent=2) + "\n").encode("utf-8")
-
-    return Site(app.resource())
-
-
-def api_service(config: CoreConfig, reactor: IReactorTCP) -> IService:
-    """Serve the API site on `listen_address`:`port` (the original binds every interface)."""
-    endpoint = TCP4ServerEndpoint(reactor, config.api.port, interface=config.domain.listen_address)
-    service = StreamServerEndpointService(endpoint, api_site(config))
-    # As `strports.service` does: a port that cannot be bound fails startService, so twistd
-    # reports it to `nanocore start` instead of logging it from a daemon that serves nothing.
-    service._raiseSynchronously = True
-    service.setName(API_SERVICE_NAME)
-    return service
 
 
 @frozen
@@ -119,23 +72,37 @@ def load_checked_config(layout: Layout) -> CoreConfig:
     return load_config(layout.config_dir)
 
 
+def api_resource(core: RunningCore, config: CoreConfig, reactor: Any) -> IResource:
+    """The signed REST API over the operations of a started Core."""
+    return build_api_resource(core.operations, config.api.credential_keys(), reactor)
+
+
 def build_service(
     layout: Layout,
     config: CoreConfig,
     certificates: Certificates,
-    reactor: IReactorTCP,
+    reactor: Any,
 ) -> MultiService:
-    """Compose the running core from validated config; one child service per concern.
+    """Compose the running core from validated config.
 
-    The store, the cluster services (discovery, Cell link listener) and the image site join
-    here, each from its own function like `api_service`.
+    The store opens first; the Cell link, discovery and the API start once it is loaded (see
+    `nanocore.service`). A Core that cannot start stops the reactor rather than idling.
     """
     top = MultiService()
-    api_service(config, reactor).setServiceParent(top)
+    core = CoreService(
+        layout,
+        config,
+        certificates.ca,
+        certificates.image,
+        reactor,
+        api=lambda running: api_resource(running, config, reactor),
+        on_failure=lambda _: reactor.callWhenRunning(reactor.stop),
+    )
+    core.setServiceParent(top)
     return top
 
 
-def makeService(options: Options, reactor: IReactorTCP | None = None) -> MultiService:
+def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The twistd entry point; a config or certificate fault ends the process, naming it."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor

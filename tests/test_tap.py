@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 from cryptography import x509
-from treq.testing import StubTreq
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore import COMPATIBLE_CORE_VERSION, __version__, config, pki, tap
+from nanocore import config, pki, tap
 from nanocore.layout import Layout
+from nanocore.service import CORE_SERVICE_NAME, CoreService
 
 
 def write_config(config_dir: Path, *, listen_address: str = "127.0.0.1", port: int = 5850) -> None:
@@ -127,18 +127,14 @@ class MakeServiceTests(SynchronousTestCase):
         image = x509.load_pem_x509_certificate(image_cert.read_bytes())
         self.assertEqual(image.issuer, ca.subject)
         self.assertEqual(pki.first_ip_address(image), "127.0.0.1")
-        self.assertEqual([child.name for child in service], [tap.API_SERVICE_NAME])
+        self.assertEqual([child.name for child in service], [CORE_SERVICE_NAME])
 
-    def test_api_listens_on_the_configured_address_and_port(self) -> None:
+    def test_nothing_listens_before_the_service_starts(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
         service = tap.makeService(self.options, self.reactor)
-        self.assertEqual(self.reactor.tcpServers, [])
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        [(port, factory, _backlog, interface)] = self.reactor.tcpServers
-        self.assertEqual((port, interface), (15850, "127.0.0.9"))
-        self.assertIs(service.getServiceNamed(tap.API_SERVICE_NAME).factory, factory)  # type: ignore[attr-defined]
+        core = service.getServiceNamed(CORE_SERVICE_NAME)
+        self.assertIsInstance(core, CoreService)
+        self.assertEqual((self.reactor.tcpServers, self.reactor.sslServers), ([], []))
 
     def test_image_certificate_follows_the_listen_address(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.1")
@@ -174,39 +170,3 @@ class MakeServiceTests(SynchronousTestCase):
             tap.makeService(self.options, self.reactor)
         self.assertIn("certificate error", str(caught.exception.code))
         self.assertIn(pki.CA_KEY_FILE, str(caught.exception.code))
-
-
-class APISiteTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        core = config.CoreConfig(
-            domain=config.DomainConfig(listen_address="127.0.0.1"),
-            api=config.APIConfig(credentials=(config.Credential("a", "k"),)),
-            image=config.ImageConfig(cert_file="c", key_file="k"),
-        )
-        self.client = StubTreq(tap.api_site(core).resource)
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        response = self.successResultOf(self.client.get(f"http://127.0.0.1{path}"))
-        body = self.successResultOf(response.content())
-        return response.code, body
-
-    def test_version_document_needs_no_signature(self) -> None:
-        code, body = self.get("/api/v1/")
-        self.assertEqual(code, 200)
-        self.assertEqual(
-            json.loads(body),
-            {
-                "error_code": 0,
-                "message": "",
-                "data": {
-                    "name": "nanocore",
-                    "version": __version__,
-                    "compatible": COMPATIBLE_CORE_VERSION,
-                },
-            },
-        )
-        self.assertTrue(body.endswith(b"}\n"))
-
-    def test_other_paths_are_not_found(self) -> None:
-        code, _body = self.get("/api/v2/")
-        self.assertEqual(code, 404)

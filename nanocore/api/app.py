@@ -446,6 +446,13 @@ def build_api_site(
 ) -> Site:
     """A ``Site`` serving :func:`build_api_resource`, with the body limit enforced on the wire."""
     resource = build_api_resource(operations, credentials, clock, skew=skew, max_body=max_body)
+    return api_site_for(resource, max_body=max_body, access_log=access_log)
+
+
+def api_site_for(
+    resource: IResource, *, max_body: int = DEFAULT_MAX_BODY, access_log: bool = False
+) -> Site:
+    """A ``Site`` for an API resource that refuses bodies above ``max_body`` on the wire."""
     site = Site(resource) if access_log else QuietSite(resource)
     site.requestFactory = limited_request_factory(max_body)
     site.displayTracebacks = False
