@@ -246,6 +246,19 @@ def start_standin(
     return server, int(line[1])
 
 
+def wait_until_serving(signer: Signer, port: int, limit: float = 30.0) -> None:
+    """Until the Core has opened its store, the API answers 503 "nanocore is starting"."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            run(port, gets(signer, port), 1, 1.0, 1)
+            return
+        except RuntimeError as error:
+            if "is starting" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def stop(server: subprocess.Popen[bytes]) -> None:
     if server.poll() is None:
         server.send_signal(signal.SIGTERM)
@@ -278,6 +291,7 @@ def main() -> None:
                 os.sched_setaffinity(0, {args.client_cpu})
             print(f"{args.server} server pid {server.pid} on cpu {args.server_cpu}, port {port}")
             try:  # warm-up, and a check that the server answers the API
+                wait_until_serving(signer, port)
                 run(port, gets(signer, port), 4, 1.0, 2000)
             except RuntimeError as error:
                 raise SystemExit(

@@ -11,7 +11,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
-from nanocore.api.app import APIResource, werkzeug_rule
+from nanocore.api import envelope
+from nanocore.api.app import APIResource, api_site_for, werkzeug_rule
 from nanocore.api.auth import Verifier
 from nanocore.api.client import Signer
 from nanocore.api.route import Call, Route
@@ -208,3 +209,38 @@ class RouteForTests(SynchronousTestCase):
         self.assertIsNone(self.resource.route_for("GET", "/api/v1/things"))
         self.assertIsNone(self.resource.route_for("PATCH", "/api/v1/things/a"))
         self.assertIsNone(self.resource.route_for("GET", "/nothing"))
+
+
+class FormBodyTests(SynchronousTestCase):
+    """Bodies are JSON whatever the Content-Type says; Twisted never parses them as forms."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.handlers = Handlers()
+        resource = APIResource(self.handlers.routes(), Verifier(TEST_CREDENTIALS, self.clock))
+        self.transport = StringTransport()
+        self.channel = api_site_for(resource).buildProtocol(None)
+        self.channel.makeConnection(self.transport)
+
+    def tearDown(self) -> None:
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_json_body_labelled_multipart_reaches_the_api(self) -> None:
+        # Twisted's form parsing would answer 400 and drop the connection here.
+        body = b'{"name": "x"}'
+        self.channel.dataReceived(
+            b"POST /api/v1/things/a HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertIn(b"authorization required", self.transport.value())
+        self.assertFalse(self.transport.disconnecting)
+
+
+class EnvelopeConstantTests(SynchronousTestCase):
+    def test_empty_success_is_the_encoded_document(self) -> None:
+        self.assertEqual(
+            envelope.success(""), b'{\n  "error_code": 0,\n  "message": "",\n  "data": ""\n}\n'
+        )
+        self.assertEqual(envelope.success(), envelope.success(""))
