@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -269,6 +270,36 @@ def stop(server: subprocess.Popen[bytes]) -> None:
             server.wait()
 
 
+#: Where each function's own time is counted, first match wins (see benchmarks/README.md).
+AREAS = (
+    ("signature (nanocore/api/auth)", ("nanocore/api/auth",)),
+    ("our dispatch, envelope, decoding", ("nanocore/api/",)),
+    ("operations and store", ("nanocore/",)),
+    ("Klein + werkzeug routing", ("klein/", "werkzeug/")),
+    ("Twisted HTTP (twisted/web)", ("twisted/web/",)),
+    ("Deferreds", ("twisted/internet/defer",)),
+    ("reactor, sockets, epoll", ("twisted/internet/", "select.epoll", "_socket", "socket")),
+)
+
+
+def print_profile(path: str) -> None:
+    """Self time grouped by area (shares of the profiled run), then the top functions."""
+    stats = pstats.Stats(path)
+    raw: Any = stats.stats  # type: ignore[attr-defined]
+    totals: dict[str, float] = {}
+    for (filename, _, name), (_, _, tottime, _, _) in raw.items():
+        where = f"{filename}:{name}"
+        area = next(
+            (label for label, marks in AREAS if any(mark in where for mark in marks)), "other"
+        )
+        totals[area] = totals.get(area, 0.0) + tottime
+    whole = sum(totals.values())
+    print("server self time by area (profiler overhead included):")
+    for area, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {seconds / whole:6.1%}  {area}")
+    stats.sort_stats("tottime").print_stats(20)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", choices=("twistd", "standin"), default="twistd")
@@ -277,6 +308,7 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--profile", help="cProfile output file for the server")
+    parser.add_argument("--only", choices=("gets", "writes"), help="run one kind of line")
     args = parser.parse_args()
 
     signer = Signer(*CREDENTIAL)
@@ -298,14 +330,14 @@ def main() -> None:
                     f"{args.server} does not answer a signed GET /api/v1/compute_pools/ "
                     f"(is the API wired into nanocore.tap? try --server standin):\n{error}"
                 ) from None
-            for concurrency in (1, 32):
+            for concurrency in (1, 32) if args.only != "writes" else ():
                 before = cpu_seconds(server.pid)
                 result = run(
                     port, gets(signer, port), concurrency, args.seconds, args.max_requests
                 )
                 used = cpu_seconds(server.pid) - before
                 report("GET /compute_pools/ (signed)", concurrency, 1, result, used)
-            for concurrency in (1, 32):
+            for concurrency in (1, 32) if args.only != "gets" else ():
                 before = cpu_seconds(server.pid)
                 items = writes(signer, port, f"c{concurrency}x")
                 result = run(port, items, concurrency, args.seconds, args.max_requests // 2)
@@ -314,9 +346,7 @@ def main() -> None:
         finally:
             stop(server)
     if profile and Path(profile).exists():
-        stats = pstats.Stats(profile)
-        stats.sort_stats("tottime").print_stats(25)
-        stats.sort_stats("cumulative").print_stats(40)
+        print_profile(profile)
 
 
 if __name__ == "__main__":
