@@ -244,3 +244,29 @@ class EnvelopeConstantTests(SynchronousTestCase):
             envelope.success(""), b'{\n  "error_code": 0,\n  "message": "",\n  "data": ""\n}\n'
         )
         self.assertEqual(envelope.success(), envelope.success(""))
+
+
+class MethodCaseAndEncodingTests(AppTestsMixin, SynchronousTestCase):
+    def test_lower_case_method_is_not_the_upper_case_one(self) -> None:
+        for request, status in (
+            (b"get /api/v1/things/a HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+            (b"get /api/v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        ):
+            transport = StringTransport()
+            channel = api_site_for(self.resource).buildProtocol(None)
+            channel.makeConnection(transport)
+            channel.dataReceived(request)
+            channel.connectionLost(Failure(ConnectionDone()))
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 " + status), request)
+            if status == b"405":
+                self.assertIn(b"\r\nAllow: DELETE, GET, OPTIONS, POST, PUT\r\n", transport.value())
+        self.assertEqual(self.handlers.calls, [])
+
+    def test_a_result_that_cannot_be_encoded_is_an_internal_error(self) -> None:
+        resource = APIResource(
+            [Route("GET", "/odd/", lambda call: object(), "odd", "t")],
+            Verifier(TEST_CREDENTIALS, self.clock),
+        )
+        answer = result_of(APIClient(resource, self.clock).get("/odd/"))
+        self.assertEqual(answer.error, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)

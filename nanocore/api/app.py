@@ -188,8 +188,13 @@ class APIResource(KleinResource):
         return self._routes[int(rule.endpoint)]
 
     def _endpoint(self, route: Route) -> Callable[..., bytes | Deferred[bytes]]:
+        method = route.method.encode("ascii")
+
         def endpoint(request: IRequest, **params: str) -> bytes | Deferred[bytes]:
             req = cast(Request, request)
+            if req.method != method:
+                # werkzeug upper-cases the method; Go's methods are case-sensitive tokens.
+                return self._missed(request, Failure(self._other_methods(request)))
             if req.path.startswith(b"//"):
                 # werkzeug ignores leading slashes; httprouter redirects to the cleaned path.
                 path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
@@ -198,6 +203,15 @@ class APIResource(KleinResource):
             return self._dispatch(req, route, params)
 
         return endpoint
+
+    def _other_methods(self, request: IRequest) -> HTTPException:
+        """What werkzeug raises for this path with a method no rule has."""
+        adapter = cast(MapAdapter, IKleinRequest(request).mapper)
+        try:
+            adapter.match(method="\x00")
+        except HTTPException as error:
+            return error
+        raise AssertionError("no rule has the method NUL")  # pragma: no cover
 
     def _missed(self, request: IRequest, failure: Failure) -> bytes:
         """Answer a path no rule of its method matched, in httprouter's order of checks."""
@@ -295,7 +309,11 @@ class APIResource(KleinResource):
             result.addErrback(lambda failure: self._failed(req, route, failure))
             result.addCallback(lambda data: _sized(req, data)).chainDeferred(answer)
             return answer
-        return _sized(req, self._encode(req, route, result, cache_key))
+        try:
+            data = self._encode(req, route, result, cache_key)
+        except Exception:
+            data = self._failed(req, route, Failure())
+        return _sized(req, data)
 
     def _encode(self, req: Request, route: Route, result: Any, cache_key: str) -> bytes:
         if isinstance(result, Reply):
