@@ -84,6 +84,20 @@ class HttprouterParityTests(AppTestsMixin, SynchronousTestCase):
         self.assertEqual(answer.code, 301)
         self.assertEqual(answer.headers.getRawHeaders(b"location"), [b"/api/v1/things/"])
 
+    def test_leading_double_slash_with_a_missing_trailing_slash(self) -> None:
+        answer = self.successResultOf(
+            self.client.treq.get("http://x//api/v1/things", allow_redirects=False)
+        )
+        self.assertEqual(answer.code, 301)
+        self.assertEqual(answer.headers.getRawHeaders(b"location"), [b"/api/v1/things/"])
+
+    def test_leading_double_slash_with_an_extra_trailing_slash(self) -> None:
+        answer = self.successResultOf(
+            self.client.treq.put("http://x//api/v1/things/a/qos/cpu/", allow_redirects=False)
+        )
+        self.assertEqual(answer.code, 307)
+        self.assertEqual(answer.headers.getRawHeaders(b"location"), [b"/api/v1/things/a/qos/cpu"])
+
     def test_case_fix_keeps_the_parameter_spelling(self) -> None:
         answer = result_of(self.client.put("/THINGS/AbC/Qos/CPU", {}))
         self.assertEqual(answer.status, 307)

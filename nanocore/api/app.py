@@ -219,8 +219,9 @@ class APIResource(KleinResource):
         method = req.method.decode("ascii", errors="replace")
         path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
         error = failure.value
-        if isinstance(error, RequestRedirect):
+        if isinstance(error, RequestRedirect) and not path.startswith("//"):
             # The only redirect this map makes: a rule of this method has the slash path lacks.
+            # (werkzeug ignores leading slashes; httprouter finds such paths only cleaned.)
             return _redirect(req, method, _toggle_slash(path))
         if method in self._methods and method != "CONNECT" and path != "/":
             adapter = cast(MapAdapter, IKleinRequest(request).mapper)
@@ -239,7 +240,7 @@ class APIResource(KleinResource):
         """Where httprouter redirects: the trailing slash toggled, else the cleaned path
         matched case-insensitively with either trailing slash."""
         toggled = _toggle_slash(path)
-        if _matches(adapter, toggled, method):
+        if not path.startswith("//") and _matches(adapter, toggled, method):
             return toggled
         cleaned = _clean_path(path)
         for candidate in (cleaned, _toggle_slash(cleaned)):
@@ -365,7 +366,8 @@ def _plain(req: Request, status: int, text: bytes) -> bytes:
 def _redirect(req: Request, method: str, path: str) -> bytes:
     """httprouter's redirect: 301 for GET, 307 otherwise, keeping the original query."""
     status = 301 if method == "GET" else 307
-    location = quote(path, safe="/:@!$&'()*+,;=-._~")
+    # Never "//host/...": a client would read that as another server.
+    location = "/" + quote(path, safe="/:@!$&'()*+,;=-._~").lstrip("/")
     query = req.uri.partition(b"?")[2]
     target = location.encode("ascii") + (b"?" + query if query else b"")
     req.setResponseCode(status)
