@@ -219,11 +219,12 @@ class APIResource(KleinResource):
         method = req.method.decode("ascii", errors="replace")
         path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
         error = failure.value
-        if isinstance(error, RequestRedirect) and not path.startswith("//"):
+        routed = method in self._methods and method != "CONNECT"
+        if isinstance(error, RequestRedirect) and routed and not path.startswith("//"):
             # The only redirect this map makes: a rule of this method has the slash path lacks.
             # (werkzeug ignores leading slashes; httprouter finds such paths only cleaned.)
             return _redirect(req, method, _toggle_slash(path))
-        if method in self._methods and method != "CONNECT" and path != "/":
+        if routed and path != "/":
             adapter = cast(MapAdapter, IKleinRequest(request).mapper)
             target = self._fixed_path(adapter, method, path)
             if target is not None:
