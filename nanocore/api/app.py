@@ -30,7 +30,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request as ServerRequest
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import BaseConverter, MapAdapter, RequestRedirect, Rule
+from werkzeug.routing import BaseConverter, Map, MapAdapter, RequestRedirect, Rule
 
 from nanocore.api import envelope
 from nanocore.api.auth import DEFAULT_SKEW, AuthError, RequestParts, Verifier, parse_query
@@ -107,15 +107,13 @@ def _toggle_slash(path: str) -> str:
     return path[:-1] if path.endswith("/") else path + "/"
 
 
-def _new_klein() -> Klein:
-    """An app whose map redirects only to add a trailing slash and never merges slashes."""
-    app = Klein()
-    url_map = app.url_map
+def _configure(url_map: Map) -> Map:
+    """Redirect only to add a trailing slash, never merge slashes, know ``<rest:…>``."""
     url_map.strict_slashes = True
     url_map.merge_slashes = False
     url_map.redirect_defaults = False
     url_map.converters["rest"] = CatchAllConverter
-    return app
+    return url_map
 
 
 def _matches(adapter: MapAdapter, path: str, method: str) -> bool:
@@ -144,10 +142,11 @@ class APIResource(KleinResource):
         self._max_body = max_body
         self._cache: dict[str, tuple[object, bytes]] = {}
         self._methods = frozenset(route.method for route in self._routes)
-        app = _new_klein()
+        app = Klein()
+        _configure(app.url_map)
         # The same rules with their fixed segments lower-cased, for httprouter's case-insensitive
         # "fixed path" redirect, which werkzeug does not have.
-        folded = _new_klein().url_map
+        folded = _configure(Map())
         seen: set[tuple[str, str]] = set()
         for index, route in enumerate(self._routes):
             rule = werkzeug_rule(route.full_path)
