@@ -12,10 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from nanocore.api import envelope
-from nanocore.api.app import APIResource, api_site_for, werkzeug_rule
+from nanocore.api.app import APIResource, api_site_for
 from nanocore.api.auth import Verifier
 from nanocore.api.client import Signer
 from nanocore.api.route import Call, Route
+from nanocore.api.routing import clean_path, fold_static, respell, werkzeug_rule
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
 from tests.test_api_app import NOW, AppTestsMixin, Handlers, result_of
 
@@ -33,6 +34,16 @@ class RuleTranslationTests(SynchronousTestCase):
         self.assertEqual(
             werkzeug_rule("/api/v1/search/*filepath"), "/api/v1/search/<rest:filepath>"
         )
+
+    def test_clean_path_is_gos(self) -> None:
+        self.assertEqual(clean_path("//a/./b/../c/"), "/a/c/")
+        self.assertEqual(clean_path("/a//b"), "/a/b")
+        self.assertEqual(clean_path("/.."), "/")
+
+    def test_fold_and_respell_keep_parameters(self) -> None:
+        template = "/api/v1/Pools/:pool/*rest"
+        self.assertEqual(fold_static(template), "/api/v1/pools/:pool/*rest")
+        self.assertEqual(respell(template, "/API/v1/POOLS/MyPool/X/y"), "/api/v1/Pools/MyPool/X/y")
 
     def test_every_route_is_a_rule_of_its_own_klein_app(self) -> None:
         clock = Clock()

@@ -11,8 +11,6 @@ lists, not on werkzeug's.
 
 from __future__ import annotations
 
-import posixpath
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import quote, unquote
@@ -30,12 +28,21 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request as ServerRequest
 from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import BaseConverter, Map, MapAdapter, RequestRedirect, Rule
+from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 
 from nanocore.api import envelope
 from nanocore.api.auth import DEFAULT_SKEW, AuthError, RequestParts, Verifier, parse_query
 from nanocore.api.decode import DecodeError
 from nanocore.api.route import Call, Raw, Reply, Route
+from nanocore.api.routing import (
+    clean_path,
+    configure_map,
+    fold_static,
+    matches,
+    respell,
+    toggle_slash,
+    werkzeug_rule,
+)
 from nanocore.operations.errors import OperationError
 
 #: Largest request body read; larger ones are refused from their Content-Length or while
@@ -44,84 +51,9 @@ DEFAULT_MAX_BODY = 1 << 20
 
 _CACHE_LIMIT = 4096
 
-_PARAMETER = re.compile(r"([:*])([A-Za-z_][A-Za-z0-9_]*)")
-
 
 def body_too_large(limit: int) -> str:
     return f"request body larger than {limit} bytes"
-
-
-class CatchAllConverter(BaseConverter):
-    """httprouter's ``*name``: the rest of the path, even empty, with its leading ``/``.
-
-    werkzeug's own ``path`` converter wants at least one character and drops that slash.
-    """
-
-    regex = ".*"
-    part_isolating = False
-    weight = 200
-
-    def to_python(self, value: str) -> str:
-        return "/" + value
-
-    def to_url(self, value: Any) -> str:
-        return quote(str(value).lstrip("/"), safe="!$&'()*+,/:;=@")
-
-
-def werkzeug_rule(template: str) -> str:
-    """An httprouter template as a werkzeug rule: ``:a`` → ``<a>``, ``*a`` → ``<rest:a>``."""
-    return _PARAMETER.sub(lambda m: f"<{m[2]}>" if m[1] == ":" else f"<rest:{m[2]}>", template)
-
-
-def _fold_static(template: str) -> str:
-    """``template`` with its fixed segments lower-cased, for case-insensitive matching."""
-    return "/".join(
-        segment if segment[:1] in (":", "*") else segment.lower()
-        for segment in template.split("/")
-    )
-
-
-def _respell(template: str, path: str) -> str:
-    """``path`` with its fixed segments spelt as ``template`` registers them."""
-    given = path.split("/")
-    spelt: list[str] = []
-    for index, segment in enumerate(template.split("/")):
-        if segment.startswith("*"):
-            spelt.extend(given[index:])
-            break
-        spelt.append(given[index] if segment.startswith(":") else segment)
-    return "/".join(spelt)
-
-
-def _clean_path(path: str) -> str:
-    """Go's ``CleanPath``: resolve ``.``/``..`` and double slashes, keep a trailing slash."""
-    cleaned = posixpath.normpath("/" + path.lstrip("/"))
-    if cleaned.startswith("//"):
-        cleaned = "/" + cleaned.lstrip("/")
-    if path.endswith("/") and cleaned != "/":
-        cleaned += "/"
-    return cleaned
-
-
-def _toggle_slash(path: str) -> str:
-    return path[:-1] if path.endswith("/") else path + "/"
-
-
-def _configure(url_map: Map) -> Map:
-    """Redirect only to add a trailing slash, never merge slashes, know ``<rest:…>``."""
-    url_map.strict_slashes = True
-    url_map.merge_slashes = False
-    url_map.redirect_defaults = False
-    url_map.converters["rest"] = CatchAllConverter
-    return url_map
-
-
-def _matches(adapter: MapAdapter, path: str, method: str) -> bool:
-    try:
-        adapter.match(path, method)
-    except HTTPException:
-        return False
-    return True
 
 
 class APIResource(KleinResource):
@@ -143,10 +75,10 @@ class APIResource(KleinResource):
         self._cache: dict[str, tuple[object, bytes]] = {}
         self._methods = frozenset(route.method for route in self._routes)
         app = Klein()
-        _configure(app.url_map)
+        configure_map(app.url_map)
         # The same rules with their fixed segments lower-cased, for httprouter's case-insensitive
         # "fixed path" redirect, which werkzeug does not have.
-        folded = _configure(Map())
+        folded = configure_map(Map())
         seen: set[tuple[str, str]] = set()
         for index, route in enumerate(self._routes):
             rule = werkzeug_rule(route.full_path)
@@ -156,7 +88,7 @@ class APIResource(KleinResource):
             app.route(rule, methods=[route.method], endpoint=str(index))(self._endpoint(route))
             folded.add(
                 Rule(
-                    werkzeug_rule(_fold_static(route.full_path)),
+                    werkzeug_rule(fold_static(route.full_path)),
                     methods=[route.method],
                     endpoint=str(index),
                 )
@@ -197,7 +129,7 @@ class APIResource(KleinResource):
             if req.path.startswith(b"//"):
                 # werkzeug ignores leading slashes; httprouter redirects to the cleaned path.
                 path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
-                return _redirect(req, route.method, _clean_path(path))
+                return _redirect(req, route.method, clean_path(path))
             # Twisted percent-decodes each segment before Klein matches, as Go does.
             return self._dispatch(req, route, params)
 
@@ -222,7 +154,7 @@ class APIResource(KleinResource):
         if isinstance(error, RequestRedirect) and routed and not path.startswith("//"):
             # The only redirect this map makes: a rule of this method has the slash path lacks.
             # (werkzeug ignores leading slashes; httprouter finds such paths only cleaned.)
-            return _redirect(req, method, _toggle_slash(path))
+            return _redirect(req, method, toggle_slash(path))
         if routed and path != "/":
             adapter = cast(MapAdapter, IKleinRequest(request).mapper)
             target = self._fixed_path(adapter, method, path)
@@ -239,16 +171,16 @@ class APIResource(KleinResource):
     def _fixed_path(self, adapter: MapAdapter, method: str, path: str) -> str | None:
         """Where httprouter redirects: the trailing slash toggled, else the cleaned path
         matched case-insensitively with either trailing slash."""
-        toggled = _toggle_slash(path)
-        if not path.startswith("//") and _matches(adapter, toggled, method):
+        toggled = toggle_slash(path)
+        if not path.startswith("//") and matches(adapter, toggled, method):
             return toggled
-        cleaned = _clean_path(path)
-        for candidate in (cleaned, _toggle_slash(cleaned)):
+        cleaned = clean_path(path)
+        for candidate in (cleaned, toggle_slash(cleaned)):
             try:
                 rule, _ = self._folded.match(candidate.lower(), method, return_rule=True)
             except HTTPException:
                 continue
-            return _respell(self._route_of(rule).full_path, candidate)
+            return respell(self._route_of(rule).full_path, candidate)
         return None
 
     def _dispatch(
