@@ -272,6 +272,20 @@ class EnvelopeConstantTests(SynchronousTestCase):
 
 
 class MethodCaseAndEncodingTests(AppTestsMixin, SynchronousTestCase):
+    def test_bytes_that_are_not_utf8_are_refused_quietly_on_the_wire(self) -> None:
+        for request in (
+            b"GET /api/v1/things/%ff HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /api/v1/things/ HTTP/1.1\r\nHost: \xff\r\n\r\n",
+        ):
+            transport = StringTransport()
+            channel = api_site_for(self.resource).buildProtocol(None)
+            channel.makeConnection(transport)
+            channel.dataReceived(request)
+            channel.connectionLost(Failure(ConnectionDone()))
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+            self.assertTrue(transport.value().endswith(b"\r\n\r\nNon-UTF-8 encoding in URL."))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_lower_case_method_is_not_the_upper_case_one(self) -> None:
         for request, status in (
             (b"get /api/v1/things/a HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 from klein import Klein
 from klein.interfaces import IKleinRequest
@@ -328,6 +328,17 @@ class LimitedRequest(ServerRequest):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(*args, **kwargs)
 
+    def process(self) -> None:
+        if not _utf8(unquote_to_bytes(self.path)) or not _utf8(self.getRequestHostname()):
+            # Klein refuses these too, but logs a traceback for each: a cheap log flood.
+            self.setResponseCode(400)
+            self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            self.setHeader(b"Content-Length", b"%d" % len(_NOT_UTF8))
+            self.write(_NOT_UTF8)
+            self.finish()
+            return
+        super().process()
+
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
             self._refuse()
@@ -362,6 +373,17 @@ class LimitedRequest(ServerRequest):
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
         )
         channel.loseConnection()
+
+
+_NOT_UTF8 = b"Non-UTF-8 encoding in URL."
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def limited_request_factory(max_body: int) -> type[LimitedRequest]:
