@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 
 from nanocore import model as m
 from nanocore.operations.base import Context
-from nanocore.operations.status import CellUsage, Status
+from nanocore.operations.status import Status, Usage
 
 
 class AllAlive:
@@ -33,8 +33,8 @@ class AllAlive:
     def address(self, name: str) -> str:
         return "127.0.0.1"
 
-    def usage(self, name: str) -> CellUsage | None:
-        return CellUsage(cores=16, cpu_usage=12.5, memory=64 << 30, memory_available=32 << 30)
+    def usage(self, name: str) -> Usage | None:
+        return Usage(cores=16, cpu_usage=12.5, memory=64 << 30, memory_available=32 << 30)
 
 
 def build(pools: int, cells: int, instances: int) -> Status:

@@ -40,7 +40,7 @@ from nanocore.operations.errors import (
     UnknownEntity,
 )
 from nanocore.operations.inventory import InventoryError, read_inventory
-from nanocore.operations.status import CellUsage
+from nanocore.operations.status import Usage
 from nanocore.store import Change, Delete, Put
 
 #: What the add-cell wait says on timeout (api-reference §1.6).
@@ -182,13 +182,13 @@ class CellOperations:
             )
         return False
 
-    def usage(self, name: str) -> CellUsage | None:
+    def usage(self, name: str) -> Usage | None:
         """The Cell's latest report while it is alive; a dead Cell's stale figures are not used."""
         report = self._cells.status(name) if self.alive(name) else None
         if report is None:
             return None
         read, write, receive, send = report.speed
-        return CellUsage(
+        return Usage(
             cores=report.cores,
             cpu_usage=report.usage,
             memory=report.memory_total,

@@ -18,8 +18,9 @@ from nanocore.operations.errors import InvalidRequest, UnknownEntity
 
 
 @frozen
-class CellUsage:
-    """The resource figures of a Cell's latest status report (bytes, bytes/s, percent)."""
+class Usage:
+    """Resource figures of one Cell's latest report, or the sum of several (bytes, bytes/s);
+    ``cpu_usage`` is a percentage, core-weighted when summed."""
 
     cores: int = 0
     cpu_usage: float = 0.0
@@ -40,7 +41,7 @@ class CellMonitor(Protocol):
 
     def address(self, name: str) -> str: ...
 
-    def usage(self, name: str) -> CellUsage | None: ...
+    def usage(self, name: str) -> Usage | None: ...
 
 
 class NoCells:
@@ -52,7 +53,7 @@ class NoCells:
     def address(self, name: str) -> str:
         return ""
 
-    def usage(self, name: str) -> CellUsage | None:
+    def usage(self, name: str) -> Usage | None:
         return None
 
 
@@ -93,23 +94,7 @@ def count_instances(instances: Iterable[Instance]) -> Counters:
     return Counters(stopped, running, lost, migrating)
 
 
-@frozen
-class Usage:
-    """Summed usage; ``cpu_usage`` is the core-weighted mean."""
-
-    cores: int = 0
-    cpu_usage: float = 0.0
-    memory: int = 0
-    memory_available: int = 0
-    disk: int = 0
-    disk_available: int = 0
-    read_speed: int = 0
-    write_speed: int = 0
-    receive_speed: int = 0
-    send_speed: int = 0
-
-
-def sum_usage(usages: Iterable[CellUsage]) -> Usage:
+def sum_usage(usages: Iterable[Usage]) -> Usage:
     items = list(usages)
     cores = sum(u.cores for u in items)
     weighted = sum(u.cpu_usage * u.cores for u in items)
@@ -221,7 +206,7 @@ class Status:
             offline=len(states) - len(online),
             online=len(online),
             instances=sum((state.instances for state in states), Counters()),
-            usage=_combine(state.usage for state in online),
+            usage=sum_usage(state.usage for state in online),
         )
 
     def pool(self, name: str) -> PoolState:
@@ -241,24 +226,6 @@ class Status:
             offline=sum(pool.offline for pool in pools),
             online=sum(pool.online for pool in pools),
             instances=sum((pool.instances for pool in pools), Counters()),
-            usage=_combine(pool.usage for pool in pools),
+            usage=sum_usage(pool.usage for pool in pools),
             start_time=self._start_time,
         )
-
-
-def _combine(usages: Iterable[Usage]) -> Usage:
-    return sum_usage(
-        CellUsage(
-            cores=u.cores,
-            cpu_usage=u.cpu_usage,
-            memory=u.memory,
-            memory_available=u.memory_available,
-            disk=u.disk,
-            disk_available=u.disk_available,
-            read_speed=u.read_speed,
-            write_speed=u.write_speed,
-            receive_speed=u.receive_speed,
-            send_speed=u.send_speed,
-        )
-        for u in usages
-    )
