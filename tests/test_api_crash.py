@@ -1,0 +1,328 @@
+"""Durable before acknowledged, at the process level: `kill -9` nanocore during a write storm.
+
+A real nanocore runs as a child process on a free loopback port. Several signed clients create
+and delete address pools through the API while the test SIGKILLs the process at a random moment
+after some acknowledgements; the core is restarted on the same data folder, and the API must
+show every acknowledged create (with all its fields), no acknowledged delete, and nothing that
+was never asked for. Requests that got no answer may have landed or not, but never half-made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import treq
+from attrs import define, field
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
+
+from nanocore.api.client import Signer
+from nanocore.cli import child_environment
+from nanocore.layout import Layout
+from tests.test_service import CREDENTIAL, free_port, write_config
+
+reactor: Any = global_reactor
+
+ROUNDS = 5
+CLIENTS = 4
+#: Kill after this many acknowledgements in the round (inclusive), plus a random few ms.
+ACKS_BEFORE_KILL = (5, 40)
+KILL_JITTER_SECONDS = 0.03
+#: How long a (re)started core may take to answer `GET /api/v1/` with 200.
+START_DEADLINE_SECONDS = 20.0
+POLL_SECONDS = 0.02
+DELETE_SHARE = 0.3
+
+
+def pool_fields(name: str) -> dict[str, Any]:
+    """The fields a pool called ``name`` is created with: distinct per name, so a pool that
+    came back with another's fields, or without its own, is seen."""
+    number = sum(name.encode()) % 250 + 1
+    return {
+        "gateway": f"198.51.100.{number}",
+        "dns": [f"203.0.113.{number}", "203.0.113.254"],
+        "provider": "dhcp" if number % 2 else "cloudinit",
+    }
+
+
+class CoreProcess(ProcessProtocol):
+    """A nanocore child; ``ended`` fires once it is reaped, ``reason`` then says how."""
+
+    def __init__(self) -> None:
+        self.ended: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
+        self.running = False
+
+    def connectionMade(self) -> None:
+        self.running = True
+
+    def processEnded(self, reason: Failure) -> None:
+        self.running = False
+        self.reason = reason
+        self.ended.callback(None)
+
+
+@define
+class Ledger:
+    """What the clients know about the pools on the server.
+
+    ``present``: acknowledged creates (name -> fields). ``absent``: acknowledged deletes.
+    ``unsure``: requests that got no answer; after a restart each is resolved by what the
+    server shows. ``busy``: names with a delete in flight, so no two clients delete one pool.
+    """
+
+    present: dict[str, dict[str, Any]] = field(factory=dict)
+    absent: set[str] = field(factory=set)
+    unsure: dict[str, dict[str, Any]] = field(factory=dict)
+    busy: set[str] = field(factory=set)
+    acks: int = 0
+
+
+class ApiCrashTests(TestCase):
+    """SIGKILL a real nanocore mid-storm, several rounds on one data folder."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.root = root = Path(self.mktemp()).absolute()
+        self.layout = Layout(root / "config", root / "data", root / "cert", root / "log")
+        self.port = free_port()
+        write_config(self.layout, self.port)
+        self.base = f"http://127.0.0.1:{self.port}/api/v1"
+        self.signer = Signer(*CREDENTIAL)
+        # A killed server leaves cached connections dead; every request gets its own.
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        seed = int.from_bytes(os.urandom(4), "big")
+        self.rng = random.Random(seed)
+        self.seed = seed
+
+    # -- the process -------------------------------------------------------------------------
+
+    def spawn(self) -> CoreProcess:
+        """Start nanocore in the foreground (`python -m twisted nanocore`), killed at cleanup."""
+        process = CoreProcess()
+        layout = self.layout
+        arguments = [
+            sys.executable,
+            "-m",
+            "twisted",
+            "--log-file",
+            str(layout.log_dir / "crash-test.log"),
+            "--log-format",
+            "text",
+            "nanocore",
+            "--config-dir",
+            str(layout.config_dir),
+            "--data-dir",
+            str(layout.data_dir),
+            "--cert-dir",
+            str(layout.cert_dir),
+            "--log-dir",
+            str(layout.log_dir),
+        ]
+        transport = reactor.spawnProcess(
+            process, sys.executable, arguments, env=child_environment(), path=str(self.root)
+        )
+
+        def kill() -> Deferred[None] | None:
+            if not process.running:
+                return None
+            transport.signalProcess("KILL")
+            return process.ended
+
+        self.addCleanup(kill)
+        return process
+
+    async def serving(self, process: CoreProcess) -> None:
+        """Poll `GET /api/v1/` until it answers 200, for at most START_DEADLINE_SECONDS."""
+        for _ in range(int(START_DEADLINE_SECONDS / POLL_SECONDS)):
+            if not process.running:
+                self.fail(f"nanocore exited before serving; see {self.log_file()}")
+            try:
+                response = await treq.get(f"{self.base}/", pool=self.pool)
+                await treq.content(response)
+                if response.code == 200:
+                    return
+            except Exception:  # not listening yet: poll again
+                pass
+            await deferLater(reactor, POLL_SECONDS, lambda: None)
+        self.fail(f"nanocore did not serve within {START_DEADLINE_SECONDS}s")
+
+    async def killed(self, process: CoreProcess) -> None:
+        """SIGKILL the process and wait for it to be reaped."""
+        self.assertEqual(await self.signalled(process, "KILL"), 9)
+
+    async def stopped(self, process: CoreProcess) -> None:
+        """SIGTERM the process and wait for it to shut down cleanly.
+
+        twist re-raises the signal on itself once the reactor has stopped, so a clean stop
+        ends "by signal 15" after the log says the main loop terminated.
+        """
+        self.assertIn(await self.signalled(process, "TERM"), (None, 15))
+        self.assertIn("Main loop terminated.", self.log_file().read_text())
+
+    async def signalled(self, process: CoreProcess, signal: str) -> int | None:
+        """Send ``signal``; the signal that ended the process, or None for exit status 0."""
+        transport = process.transport
+        assert transport is not None
+        transport.signalProcess(signal)
+        await process.ended
+        assert process.reason is not None
+        value = process.reason.value
+        if isinstance(value, ProcessDone):
+            return None
+        assert isinstance(value, ProcessTerminated), value
+        ended_by: int | None = value.signal
+        return ended_by
+
+    def log_file(self) -> Path:
+        return self.layout.log_dir / "crash-test.log"
+
+    # -- the API -----------------------------------------------------------------------------
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        """A signed request; returns the decoded envelope (any HTTP status)."""
+        url = f"{self.base}{path}"
+        data = b"" if body is None else json.dumps(body).encode()
+        signed = self.signer.headers(method, url, data, now=reactor.seconds())
+        headers = Headers({name: [value] for name, value in signed.items()})
+        response = await treq.request(
+            method, url, data=data or None, headers=headers, pool=self.pool
+        )
+        document = json.loads(await treq.content(response))
+        document["http_status"] = response.code
+        return document
+
+    async def data(self, method: str, path: str) -> Any:
+        document = await self.call(method, path)
+        self.assertEqual((document["http_status"], document["error_code"]), (200, 0), document)
+        return document["data"]
+
+    # -- the storm ---------------------------------------------------------------------------
+
+    async def client(
+        self, ledger: Ledger, prefix: str, stop: Deferred[None], on_ack: Callable[[], None]
+    ) -> None:
+        """Create pools named ``prefix-N`` and delete some acknowledged ones until ``stop``.
+
+        A client that fails fires ``stop`` itself, so the round ends instead of hanging.
+        """
+        try:
+            await self.storm(ledger, prefix, stop, on_ack)
+        except BaseException:
+            if not stop.called:
+                stop.callback(None)
+            raise
+
+    async def storm(
+        self, ledger: Ledger, prefix: str, stop: Deferred[None], on_ack: Callable[[], None]
+    ) -> None:
+        number = 0
+        while not stop.called:
+            deletable = sorted(set(ledger.present) - ledger.busy)
+            if deletable and self.rng.random() < DELETE_SHARE:
+                name = self.rng.choice(deletable)
+                ledger.busy.add(name)
+                acknowledged = await self.acknowledged("DELETE", name, None)
+                ledger.busy.discard(name)
+                fields = ledger.present.pop(name)
+                if acknowledged:
+                    ledger.absent.add(name)
+                else:
+                    ledger.unsure[name] = fields
+            else:
+                number += 1
+                name = f"{prefix}-{number}"
+                fields = pool_fields(name)
+                if await self.acknowledged("POST", name, fields):
+                    ledger.present[name] = fields
+                else:
+                    ledger.unsure[name] = fields
+            if name in ledger.present or name in ledger.absent:
+                ledger.acks += 1
+                on_ack()
+
+    async def acknowledged(self, method: str, name: str, body: Any) -> bool:
+        """True only for HTTP 200 with error_code 0; no answer at all counts as not."""
+        try:
+            document = await self.call(method, f"/address_pools/{name}", body)
+        except Exception:  # the server was killed mid-request
+            return False
+        # A whole answer that refuses the request means the storm itself is wrong.
+        self.assertEqual((document["http_status"], document["error_code"]), (200, 0), document)
+        return True
+
+    async def check(self, ledger: Ledger, context: str) -> None:
+        """The server shows exactly the acknowledged state; unsure names resolve either way."""
+        listed = {item["name"] for item in await self.data("GET", "/address_pools/")}
+        missing = set(ledger.present) - listed
+        self.assertEqual(missing, set(), f"{context}: acknowledged creates lost")
+        resurrected = ledger.absent & listed
+        self.assertEqual(resurrected, set(), f"{context}: acknowledged deletes undone")
+        unknown = listed - set(ledger.present) - set(ledger.unsure)
+        self.assertEqual(unknown, set(), f"{context}: pools nobody asked for")
+        for name in listed:
+            expected = ledger.present.get(name) or ledger.unsure[name]
+            shown = await self.data("GET", f"/address_pools/{name}")
+            self.assertEqual(
+                {key: shown.get(key) for key in ("name", "gateway", "dns", "provider")},
+                {"name": name, **expected},
+                f"{context}: pool {name} is not whole",
+            )
+        for name, fields in ledger.unsure.items():
+            if name in listed:
+                ledger.present[name] = fields
+            else:
+                ledger.absent.add(name)
+        ledger.unsure.clear()
+
+    async def storm_and_kill(self, ledger: Ledger, process: CoreProcess, name: str) -> None:
+        """Run the clients until a random moment after some acks, then SIGKILL ``process``."""
+        round_acks = self.rng.randint(*ACKS_BEFORE_KILL)
+        start_acks = ledger.acks
+        stop: Deferred[None] = Deferred()
+
+        def on_ack() -> None:
+            if ledger.acks - start_acks == round_acks and not stop.called:
+                delay = self.rng.uniform(0, KILL_JITTER_SECONDS)
+                call = reactor.callLater(delay, stop.callback, None)
+                self.addCleanup(lambda: call.active() and call.cancel())
+
+        clients = [
+            ensureDeferred(self.client(ledger, f"{name}c{n}", stop, on_ack))
+            for n in range(CLIENTS)
+        ]
+        await stop
+        await self.killed(process)
+        for succeeded, result in await DeferredList(clients, consumeErrors=True):
+            self.assertTrue(succeeded, result)
+        self.assertGreaterEqual(ledger.acks - start_acks, round_acks)
+
+    def test_acknowledged_writes_survive_sigkill(self) -> Deferred[None]:
+        async def scenario() -> None:
+            ledger = Ledger()
+            process = self.spawn()
+            await self.serving(process)
+            await self.check(ledger, "fresh core")
+            for round_number in range(1, ROUNDS + 1):
+                await self.storm_and_kill(ledger, process, f"r{round_number}")
+                process = self.spawn()
+                await self.serving(process)
+                await self.check(ledger, f"after kill {round_number} (seed {self.seed})")
+            self.assertTrue(ledger.present and ledger.absent, ledger)
+            await self.stopped(process)
+
+        return ensureDeferred(scenario())
