@@ -45,6 +45,10 @@ KILL_JITTER_SECONDS = 0.03
 START_DEADLINE_SECONDS = 20.0
 POLL_SECONDS = 0.02
 DELETE_SHARE = 0.3
+#: Share of acknowledged creates followed by a range, so that deleting the pool is a unit of
+#: two rows (range and pool) that must go together.
+RANGE_SHARE = 0.5
+RANGE = {"start": "192.0.2.10", "end": "192.0.2.20", "netmask": "255.255.255.0"}
 
 
 def pool_fields(name: str) -> dict[str, Any]:
@@ -56,6 +60,11 @@ def pool_fields(name: str) -> dict[str, Any]:
         "dns": [f"203.0.113.{number}", "203.0.113.254"],
         "provider": "dhcp" if number % 2 else "cloudinit",
     }
+
+
+def shown_as(name: str, fields: dict[str, Any], ranges: list[dict[str, Any]]) -> dict[str, Any]:
+    """The part of `GET /address_pools/<name>` the crash test compares."""
+    return {"name": name, **fields, "ranges": ranges}
 
 
 class CoreProcess(ProcessProtocol):
@@ -79,14 +88,17 @@ class CoreProcess(ProcessProtocol):
 class Ledger:
     """What the clients know about the pools on the server.
 
-    ``present``: acknowledged creates (name -> fields). ``absent``: acknowledged deletes.
-    ``unsure``: requests that got no answer; after a restart each is resolved by what the
-    server shows. ``busy``: names with a delete in flight, so no two clients delete one pool.
+    ``present``: acknowledged creates (name -> fields), with ``ranged`` the ones whose range
+    was acknowledged. ``absent``: acknowledged deletes. ``unsure`` and ``unsure_ranged``:
+    requests that got no answer; after a restart each is resolved by what the server shows.
+    ``busy``: names with a request in flight, so no two clients work on one pool.
     """
 
     present: dict[str, dict[str, Any]] = field(factory=dict)
+    ranged: set[str] = field(factory=set)
     absent: set[str] = field(factory=set)
     unsure: dict[str, dict[str, Any]] = field(factory=dict)
+    unsure_ranged: set[str] = field(factory=set)
     busy: set[str] = field(factory=set)
     acks: int = 0
 
@@ -236,29 +248,48 @@ class ApiCrashTests(TestCase):
             if deletable and self.rng.random() < DELETE_SHARE:
                 name = self.rng.choice(deletable)
                 ledger.busy.add(name)
-                acknowledged = await self.acknowledged("DELETE", name, None)
+                acknowledged = await self.acknowledged("DELETE", f"/address_pools/{name}")
                 ledger.busy.discard(name)
                 fields = ledger.present.pop(name)
                 if acknowledged:
+                    ledger.ranged.discard(name)
                     ledger.absent.add(name)
                 else:
+                    # Still ``ranged``: if the pool survives, its range must survive with it.
                     ledger.unsure[name] = fields
             else:
                 number += 1
                 name = f"{prefix}-{number}"
                 fields = pool_fields(name)
-                if await self.acknowledged("POST", name, fields):
-                    ledger.present[name] = fields
-                else:
+                ledger.busy.add(name)
+                acknowledged = await self.acknowledged("POST", f"/address_pools/{name}", fields)
+                if not acknowledged:
+                    ledger.busy.discard(name)
                     ledger.unsure[name] = fields
-            if name in ledger.present or name in ledger.absent:
-                ledger.acks += 1
-                on_ack()
+                    continue
+                ledger.present[name] = fields
+                self.acked(ledger, on_ack)
+                if stop.called or self.rng.random() >= RANGE_SHARE:
+                    ledger.busy.discard(name)
+                    continue
+                path = f"/address_pools/{name}/internal/ranges/{RANGE['start']}"
+                body = {"end": RANGE["end"], "netmask": RANGE["netmask"]}
+                acknowledged = await self.acknowledged("POST", path, body)
+                ledger.busy.discard(name)
+                if not acknowledged:
+                    ledger.unsure_ranged.add(name)
+                    continue
+                ledger.ranged.add(name)
+            self.acked(ledger, on_ack)
 
-    async def acknowledged(self, method: str, name: str, body: Any) -> bool:
+    def acked(self, ledger: Ledger, on_ack: Callable[[], None]) -> None:
+        ledger.acks += 1
+        on_ack()
+
+    async def acknowledged(self, method: str, path: str, body: Any = None) -> bool:
         """True only for HTTP 200 with error_code 0; no answer at all counts as not."""
         try:
-            document = await self.call(method, f"/address_pools/{name}", body)
+            document = await self.call(method, path, body)
         except Exception:  # the server was killed mid-request
             return False
         # A whole answer that refuses the request means the storm itself is wrong.
@@ -266,7 +297,8 @@ class ApiCrashTests(TestCase):
         return True
 
     async def check(self, ledger: Ledger, context: str) -> None:
-        """The server shows exactly the acknowledged state; unsure names resolve either way."""
+        """The server shows exactly the acknowledged state; unsure requests resolve either way
+        but never half-way: a pool is whole, with its range or without it."""
         listed = {item["name"] for item in await self.data("GET", "/address_pools/")}
         missing = set(ledger.present) - listed
         self.assertEqual(missing, set(), f"{context}: acknowledged creates lost")
@@ -274,20 +306,25 @@ class ApiCrashTests(TestCase):
         self.assertEqual(resurrected, set(), f"{context}: acknowledged deletes undone")
         unknown = listed - set(ledger.present) - set(ledger.unsure)
         self.assertEqual(unknown, set(), f"{context}: pools nobody asked for")
-        for name in listed:
-            expected = ledger.present.get(name) or ledger.unsure[name]
-            shown = await self.data("GET", f"/address_pools/{name}")
-            self.assertEqual(
-                {key: shown.get(key) for key in ("name", "gateway", "dns", "provider")},
-                {"name": name, **expected},
-                f"{context}: pool {name} is not whole",
-            )
+        for name in sorted(listed):
+            fields = ledger.present.get(name) or ledger.unsure[name]
+            detail = await self.data("GET", f"/address_pools/{name}")
+            ranges = [{key: item.get(key) for key in RANGE} for item in detail.get("ranges", [])]
+            shown = shown_as(name, {key: detail.get(key) for key in fields}, ranges)
+            allowed = [shown_as(name, fields, [RANGE] if name in ledger.ranged else [])]
+            if name in ledger.unsure_ranged:
+                allowed.append(shown_as(name, fields, [RANGE]))
+            self.assertIn(shown, allowed, f"{context}: pool {name} is not whole")
+            if ranges and name in ledger.unsure_ranged:
+                ledger.ranged.add(name)
         for name, fields in ledger.unsure.items():
             if name in listed:
                 ledger.present[name] = fields
             else:
                 ledger.absent.add(name)
+                ledger.ranged.discard(name)
         ledger.unsure.clear()
+        ledger.unsure_ranged.clear()
 
     async def storm_and_kill(self, ledger: Ledger, process: CoreProcess, name: str) -> None:
         """Run the clients until a random moment after some acks, then SIGKILL ``process``."""
@@ -322,7 +359,7 @@ class ApiCrashTests(TestCase):
                 process = self.spawn()
                 await self.serving(process)
                 await self.check(ledger, f"after kill {round_number} (seed {self.seed})")
-            self.assertTrue(ledger.present and ledger.absent, ledger)
+            self.assertTrue(ledger.present and ledger.absent and ledger.ranged, ledger)
             await self.stopped(process)
 
         return ensureDeferred(scenario())
