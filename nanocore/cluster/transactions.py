@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable, Collection
 from typing import Any
 
-import attrs
 from attrs import define
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -147,7 +146,7 @@ class Transactions:
                 raise ValueError(f"nothing answers {_name(message.id)}; pass is_reply")
             is_reply = _id_in(expected)
         token = self._issue_token()
-        stamped = attrs.evolve(message, from_session=token)
+        stamped = message.replace(from_session=token)
         deferred: Deferred[Message] = Deferred(lambda _: self._forget(token))
         entry = _Pending(
             request=stamped,
