@@ -250,6 +250,55 @@ class CoreSideTests(SynchronousTestCase):
         self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
         self.assertEqual(self.handler.messages, [])
 
+    def test_oversized_prefix_split_across_reads(self) -> None:
+        self.handshake()
+        prefix = struct.pack(">I", MAX_FRAME_SIZE + 1)
+        self.protocol.dataReceived(prefix[:3])
+        self.assertFalse(self.transport.disconnected)
+        self.protocol.dataReceived(prefix[3:] + frame(Message(id=MessageID.GuestCreatedEvent)))
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.messages, [])
+
+    def test_largest_frame_accepted(self) -> None:
+        self.handshake()
+        base = len(encode(Message(id=MessageID.GuestUpdatedEvent, string_params={0: ""})))
+        big = Message(
+            id=MessageID.GuestUpdatedEvent, string_params={0: "x" * (MAX_FRAME_SIZE - base)}
+        )
+        data = frame(big)
+        self.assertEqual(len(data), 4 + MAX_FRAME_SIZE)
+        for start in range(0, len(data), 16384):  # as TLS records deliver it
+            self.protocol.dataReceived(data[start : start + 16384])
+        self.assertEqual(self.handler.messages, [big])
+        self.assertFalse(self.transport.disconnected)
+
+    def test_frames_split_at_every_byte_and_batched(self) -> None:
+        """However reads cut the stream, the same messages arrive, in order, once each."""
+        self.handshake()
+        sent = [
+            Message(id=MessageID.GuestStartedEvent, string_params={ParamKey.Instance: f"g{i}"})
+            for i in range(3)
+        ]
+        stream = b"".join(frame(message) for message in sent)
+        for cut in range(1, len(stream)):
+            self.protocol.dataReceived(stream[:cut])
+            self.protocol.dataReceived(stream[cut:])
+        for byte in range(len(stream)):
+            self.protocol.dataReceived(stream[byte : byte + 1])
+        self.assertEqual(self.handler.messages, sent * len(stream))
+        self.assertEqual(
+            [m.string_params[ParamKey.Instance] for m in self.handler.messages[:3]],
+            ["g0", "g1", "g2"],
+        )
+
+    def test_nothing_is_parsed_after_the_peer_says_goodbye(self) -> None:
+        self.handshake()
+        after = frame(Message(id=MessageID.GuestStartedEvent))
+        self.protocol.dataReceived(frame(Message(id=MessageID.ConnectionClosedEvent)) + after)
+        self.protocol.dataReceived(after)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, True))
+        self.assertEqual(self.handler.messages, [])
+
     def test_send(self) -> None:
         self.handshake()
         self.transport.clear()
