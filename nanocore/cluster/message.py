@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from typing import Any, NoReturn, TypeVar
 
-import attrs
 from attrs import field, frozen
 
 __all__ = [
@@ -425,7 +424,7 @@ def _convert_params(name: str, check: _Check[_V], params: Mapping[int, Any]) -> 
     checked: dict[int, _V] = {}
     for key, value in params.items():
         if type(key) is not int:
-            if not _is_integer(key):
+            if type(key) is not ParamKey and not _is_integer(key):
                 raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
             key = int(key)
         if not 0 <= key <= UINT32_MAX:
@@ -528,8 +527,21 @@ class Message:
         ``attrs.evolve`` works too, but re-checks every map; this runs once per request sent.
         """
         copy: Message = object.__new__(Message)
-        for name in _SLOTS:
-            _setattr(copy, name, getattr(self, name))
+        set_ = _setattr
+        set_(copy, "id", self.id)
+        set_(copy, "success", self.success)
+        set_(copy, "from_session", self.from_session)
+        set_(copy, "to_session", self.to_session)
+        set_(copy, "transaction", self.transaction)
+        set_(copy, "error", self.error)
+        set_(copy, "bool_params", self.bool_params)
+        set_(copy, "string_params", self.string_params)
+        set_(copy, "uint_params", self.uint_params)
+        set_(copy, "int_params", self.int_params)
+        set_(copy, "float_params", self.float_params)
+        set_(copy, "uint_array_params", self.uint_array_params)
+        set_(copy, "string_array_params", self.string_array_params)
+        set_(copy, "sender", self.sender)
         if from_session is not None:
             _setattr(copy, "from_session", _check_uint32("from", None, from_session))
         if to_session is not None:
@@ -537,9 +549,6 @@ class Message:
         if sender is not None:
             _setattr(copy, "sender", _check_str("sender", None, sender))
         return copy
-
-
-_SLOTS = tuple(a.name for a in attrs.fields(Message))
 
 
 # --- codec -------------------------------------------------------------------------------------
@@ -590,8 +599,15 @@ def encode(message: Message) -> bytes:
         document["transaction"] = message.transaction
     if message.error:
         document["error"] = message.error
-    for name in _MAP_FIELDS:
-        params: Mapping[int, object] = getattr(message, name)
+    for name, params in (
+        ("bool_params", message.bool_params),
+        ("string_params", message.string_params),
+        ("uint_params", message.uint_params),
+        ("int_params", message.int_params),
+        ("float_params", message.float_params),
+        ("uint_array_params", message.uint_array_params),
+        ("string_array_params", message.string_array_params),
+    ):
         if params:
             # Go writes map keys sorted as strings; doing the same keeps output byte-identical.
             if len(params) == 1:
