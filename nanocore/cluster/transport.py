@@ -142,6 +142,15 @@ def opened_event(name: str, service_type: ServiceType) -> Message:
     )
 
 
+#: Connection control messages, consumed by the link itself.
+_CONTROL_IDS = frozenset(
+    int(i)
+    for i in (
+        MessageID.ConnectionKeepAliveEvent,
+        MessageID.ConnectionClosedEvent,
+        MessageID.ConnectionOpenedEvent,
+    )
+)
 _KEEPALIVE_FRAME = encode(Message(id=MessageID.ConnectionKeepAliveEvent))
 _CLOSED_FRAME = encode(Message(id=MessageID.ConnectionClosedEvent))
 
@@ -220,6 +229,9 @@ class LinkSession:
                 "link {name} ({address}) recovered", name=self.name, address=self.address
             )
             self._handler.link_recovered(self)
+        if message.id not in _CONTROL_IDS:  # the common case: one set lookup
+            self._handler.message_received(self, message)
+            return
         if message.id == MessageID.ConnectionKeepAliveEvent:
             return
         if message.id == MessageID.ConnectionClosedEvent:
@@ -229,10 +241,7 @@ class LinkSession:
             self._finish(gracefully=True)
             self._wire.close()
             return
-        if message.id == MessageID.ConnectionOpenedEvent:
-            self.log.warn("{name} repeated its handshake; ignored", name=self.name)
-            return
-        self._handler.message_received(self, message)
+        self.log.warn("{name} repeated its handshake; ignored", name=self.name)
 
     def protocol_error(self, reason: str) -> None:
         """The peer broke the framing or the message format: drop only this link."""
