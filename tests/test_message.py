@@ -195,6 +195,15 @@ class RoundTripTests(SynchronousTestCase):
     def test_any_message_round_trips(self, message: Message) -> None:
         self.assertEqual(decode(encode(message)), message)
 
+    @given(messages)
+    def test_encoding_is_the_standard_compact_json(self, message: Message) -> None:
+        """The prebuilt encoder writes what json.dumps would, key for key."""
+        data = encode(message)
+        document = _document(data)
+        self.assertEqual(
+            data, json.dumps(document, separators=(",", ":"), allow_nan=False).encode("ascii")
+        )
+
     def _round_trip_map(self, name: str, params: Mapping[int, Any]) -> None:
         fields: dict[str, Any] = {name: params}
         message = Message(id=MessageID.CreateGuestRequest, **fields)
