@@ -434,9 +434,6 @@ def _convert_params(name: str, check: _Check[_V], params: Mapping[int, Any]) -> 
     return _Params(checked, check)
 
 
-_setattr = object.__setattr__
-
-
 @frozen(init=False)
 class Message:
     """One ``JsonMessage``; every map is an immutable, checked mapping keyed by :class:`ParamKey`.
@@ -482,39 +479,38 @@ class Message:
         sender: str = "",
     ) -> None:
         # Defaults and already-checked maps are taken as they are; everything else is checked.
-        set_ = _setattr
-        set_(self, "id", _check_uint32("id", None, id))
-        set_(self, "success", _check_bool("success", None, success))
-        set_(self, "from_session", _check_uint32("from", None, from_session))
-        set_(self, "to_session", _check_uint32("to", None, to_session))
-        set_(self, "transaction", _check_uint32("transaction", None, transaction))
-        set_(self, "error", _check_str("error", None, error))
+        _set_id(self, _check_uint32("id", None, id))
+        _set_success(self, _check_bool("success", None, success))
+        _set_from_session(self, _check_uint32("from", None, from_session))
+        _set_to_session(self, _check_uint32("to", None, to_session))
+        _set_transaction(self, _check_uint32("transaction", None, transaction))
+        _set_error(self, _check_str("error", None, error))
         if bool_params is not _EMPTY:
             bool_params = _convert_params("bool_params", _check_bool, bool_params)
-        set_(self, "bool_params", bool_params)
+        _set_bool_params(self, bool_params)
         if string_params is not _EMPTY:
             string_params = _convert_params("string_params", _check_str, string_params)
-        set_(self, "string_params", string_params)
+        _set_string_params(self, string_params)
         if uint_params is not _EMPTY:
             uint_params = _convert_params("uint_params", _check_uint, uint_params)
-        set_(self, "uint_params", uint_params)
+        _set_uint_params(self, uint_params)
         if int_params is not _EMPTY:
             int_params = _convert_params("int_params", _check_int, int_params)
-        set_(self, "int_params", int_params)
+        _set_int_params(self, int_params)
         if float_params is not _EMPTY:
             float_params = _convert_params("float_params", _check_float, float_params)
-        set_(self, "float_params", float_params)
+        _set_float_params(self, float_params)
         if uint_array_params is not _EMPTY:
             uint_array_params = _convert_params(
                 "uint_array_params", _check_uint_array, uint_array_params
             )
-        set_(self, "uint_array_params", uint_array_params)
+        _set_uint_array_params(self, uint_array_params)
         if string_array_params is not _EMPTY:
             string_array_params = _convert_params(
                 "string_array_params", _check_str_array, string_array_params
             )
-        set_(self, "string_array_params", string_array_params)
-        set_(self, "sender", _check_str("sender", None, sender))
+        _set_string_array_params(self, string_array_params)
+        _set_sender(self, _check_str("sender", None, sender))
 
     def replace(
         self,
@@ -528,28 +524,53 @@ class Message:
         ``attrs.evolve`` works too, but re-checks every map; this runs once per request sent.
         """
         copy: Message = object.__new__(Message)
-        set_ = _setattr
-        set_(copy, "id", self.id)
-        set_(copy, "success", self.success)
-        set_(copy, "from_session", self.from_session)
-        set_(copy, "to_session", self.to_session)
-        set_(copy, "transaction", self.transaction)
-        set_(copy, "error", self.error)
-        set_(copy, "bool_params", self.bool_params)
-        set_(copy, "string_params", self.string_params)
-        set_(copy, "uint_params", self.uint_params)
-        set_(copy, "int_params", self.int_params)
-        set_(copy, "float_params", self.float_params)
-        set_(copy, "uint_array_params", self.uint_array_params)
-        set_(copy, "string_array_params", self.string_array_params)
-        set_(copy, "sender", self.sender)
+        _set_id(copy, self.id)
+        _set_success(copy, self.success)
+        _set_from_session(copy, self.from_session)
+        _set_to_session(copy, self.to_session)
+        _set_transaction(copy, self.transaction)
+        _set_error(copy, self.error)
+        _set_bool_params(copy, self.bool_params)
+        _set_string_params(copy, self.string_params)
+        _set_uint_params(copy, self.uint_params)
+        _set_int_params(copy, self.int_params)
+        _set_float_params(copy, self.float_params)
+        _set_uint_array_params(copy, self.uint_array_params)
+        _set_string_array_params(copy, self.string_array_params)
+        _set_sender(copy, self.sender)
         if from_session is not None:
-            _setattr(copy, "from_session", _check_uint32("from", None, from_session))
+            _set_from_session(copy, _check_uint32("from", None, from_session))
         if to_session is not None:
-            _setattr(copy, "to_session", _check_uint32("to", None, to_session))
+            _set_to_session(copy, _check_uint32("to", None, to_session))
         if sender is not None:
-            _setattr(copy, "sender", _check_str("sender", None, sender))
+            _set_sender(copy, _check_str("sender", None, sender))
         return copy
+
+
+def _slot_setter(name: str) -> Callable[[Message, Any], None]:
+    """Writes one field of a frozen Message under construction (the slot's own descriptor).
+
+    About half the cost of ``object.__setattr__``, which looks the slot up on every call;
+    used only while a new Message is built, never on one already handed out.
+    """
+    setter: Callable[[Message, Any], None] = Message.__dict__[name].__set__
+    return setter
+
+
+_set_id = _slot_setter("id")
+_set_success = _slot_setter("success")
+_set_from_session = _slot_setter("from_session")
+_set_to_session = _slot_setter("to_session")
+_set_transaction = _slot_setter("transaction")
+_set_error = _slot_setter("error")
+_set_bool_params = _slot_setter("bool_params")
+_set_string_params = _slot_setter("string_params")
+_set_uint_params = _slot_setter("uint_params")
+_set_int_params = _slot_setter("int_params")
+_set_float_params = _slot_setter("float_params")
+_set_uint_array_params = _slot_setter("uint_array_params")
+_set_string_array_params = _slot_setter("string_array_params")
+_set_sender = _slot_setter("sender")
 
 
 # --- codec -------------------------------------------------------------------------------------
@@ -571,6 +592,15 @@ _MAP_CHECKS: dict[str, _Check[Any]] = {
     "float_params": _check_float,
     "uint_array_params": _check_uint_array,
     "string_array_params": _check_str_array,
+}
+_MAP_SETTERS = {
+    "bool_params": _set_bool_params,
+    "string_params": _set_string_params,
+    "uint_params": _set_uint_params,
+    "int_params": _set_int_params,
+    "float_params": _set_float_params,
+    "uint_array_params": _set_uint_array_params,
+    "string_array_params": _set_string_array_params,
 }
 _KNOWN_FIELDS = frozenset(("id", "success", "from", "to", "transaction", "error", *_MAP_FIELDS))
 _ARRAY_FIELDS = frozenset({"uint_array_params", "string_array_params"})
@@ -740,20 +770,20 @@ def decode(data: bytes, sender: str = "") -> Message:
     # Check in the order Message() does, then build the message without checking it again.
     get = scalars.get
     message: Message = object.__new__(Message)
-    _setattr(message, "id", _check_uint32("id", None, scalars["id"]))
-    _setattr(message, "success", _check_bool("success", None, get("success", False)))
-    _setattr(message, "from_session", _check_uint32("from", None, get("from_session", 0)))
-    _setattr(message, "to_session", _check_uint32("to", None, get("to_session", 0)))
-    _setattr(message, "transaction", _check_uint32("transaction", None, get("transaction", 0)))
-    _setattr(message, "error", _check_str("error", None, get("error", "")))
+    _set_id(message, _check_uint32("id", None, scalars["id"]))
+    _set_success(message, _check_bool("success", None, get("success", False)))
+    _set_from_session(message, _check_uint32("from", None, get("from_session", 0)))
+    _set_to_session(message, _check_uint32("to", None, get("to_session", 0)))
+    _set_transaction(message, _check_uint32("transaction", None, get("transaction", 0)))
+    _set_error(message, _check_str("error", None, get("error", "")))
     for name in _MAP_FIELDS:
         merged = maps.get(name)
         if not merged:
-            _setattr(message, name, _EMPTY)
+            _MAP_SETTERS[name](message, _EMPTY)
             continue
         check = _MAP_CHECKS[name]
         for number, item in merged.items():
             merged[number] = check(name, number, item)
-        _setattr(message, name, _Params(merged, check))
-    _setattr(message, "sender", _check_str("sender", None, sender))
+        _MAP_SETTERS[name](message, _Params(merged, check))
+    _set_sender(message, _check_str("sender", None, sender))
     return message
