@@ -1,12 +1,19 @@
-"""Signed API throughput and latency against a real server process pinned to one core.
+"""Signed API throughput and latency against a real nanocore process pinned to one core.
 
 Prints requests/s and p50/p99 latency for ``GET /api/v1/compute_pools/`` and for a
 create/delete loop on address pools (each acknowledged only after the store commit), at
-concurrency 1 and 32. The load generator is a small HTTP/1.1 keep-alive client on the
-other core (selectors, raw sockets); requests are signed before they are sent (GETs may repeat
-a signature, writes may not).
+concurrency 1 and 32, with the server's CPU share. Loopback only; every phase is bounded in
+requests and in seconds; the server is stopped at the end.
 
-    python benchmarks/api_bench.py [--seconds 5] [--server-cpu 0] [--client-cpu 1]
+The server is ``twistd -n nanocore`` with temporary config, data, cert and log folders, an
+``api.cfg`` holding a known credential and a free 127.0.0.1 port, pinned with ``taskset -c 0``
+(``--server standin`` runs ``benchmarks/api_server.py`` instead: the same store, operations and
+API site, without the cluster services). The load generator is a small HTTP/1.1 keep-alive
+client (selectors, raw sockets) pinned to the other core; every request is signed before it is
+sent (GETs may repeat a signature, writes may not).
+
+    python benchmarks/api_bench.py [--server twistd|standin] [--seconds 5] [--max-requests N]
+                                   [--server-cpu 0] [--client-cpu 1] [--profile server.prof]
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ import argparse
 import contextlib
 import json
 import os
+import pstats
 import selectors
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -24,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,19 +71,22 @@ class Connection:
 
     def received(self) -> bool:
         """Read what arrived; True once the whole item (every response) is done."""
-        self.buffer += self.sock.recv(65536)
+        data = self.sock.recv(65536)
+        if not data:
+            raise RuntimeError("the server closed the connection")
+        self.buffer += data
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return False
             at = self.buffer.find(b"Content-Length: ", 0, end)
-            length = int(self.buffer[at + 16 : self.buffer.index(b"\r\n", at)])
+            length = int(self.buffer[at + 16 : self.buffer.index(b"\r\n", at)]) if at >= 0 else 0
             if len(self.buffer) < end + 4 + length:
                 return False
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             if b'"error_code": 0' not in body:
-                raise RuntimeError(body.decode())
+                raise RuntimeError(body.decode(errors="replace") or "empty answer")
             self.step += 1
             if self.step == len(self.sequence):
                 return True
@@ -80,17 +94,20 @@ class Connection:
 
 
 def run(
-    port: int, make: Iterator[list[bytes]], concurrency: int, seconds: float
+    port: int, make: Iterator[list[bytes]], concurrency: int, seconds: float, items: int
 ) -> tuple[int, float, list[float]]:
-    """Closed-loop load: each connection starts its next item when the previous one is done."""
+    """Closed-loop load: each connection starts its next item when the previous one is done,
+    until ``seconds`` have passed or ``items`` items were started."""
     latencies: list[float] = []
     selector = selectors.DefaultSelector()
     connections = [Connection(port) for _ in range(concurrency)]
     started = time.perf_counter()
     deadline = started + seconds
+    left = items
     for connection in connections:
         selector.register(connection.sock, selectors.EVENT_READ, connection)
         connection.begin(next(make))
+        left -= 1
     active = len(connections)
     while active:
         for key, _ in selector.select():
@@ -98,12 +115,14 @@ def run(
             if connection.received():
                 now = time.perf_counter()
                 latencies.append(now - connection.started)
-                if now < deadline:
+                if now < deadline and left > 0:
                     connection.begin(next(make))
+                    left -= 1
                 else:
                     selector.unregister(connection.sock)
                     connection.sock.close()
                     active -= 1
+    selector.close()
     return len(latencies), time.perf_counter() - started, latencies
 
 
@@ -151,48 +170,183 @@ def writes(signer: Signer, port: int, prefix: str) -> Iterator[list[bytes]]:
         ]
 
 
+# -- the server process -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def prepare_folders(root: Path, port: int) -> dict[str, Path]:
+    """The four runtime folders, with domain.cfg and api.cfg naming loopback and our key."""
+    folders = {name: root / name for name in ("config", "data", "cert", "log")}
+    for folder in folders.values():
+        folder.mkdir(mode=0o700)
+    domain = {
+        "domain": "nano-bench",
+        "group_address": "224.0.0.226",
+        "group_port": 5599,
+        "listen_address": "127.0.0.1",
+        "timeout": 10,
+    }
+    api = {"port": port, "credentials": [{"id": CREDENTIAL[0], "key": CREDENTIAL[1]}]}
+    for name, document in (("domain.cfg", domain), ("api.cfg", api)):
+        path = folders["config"] / name
+        path.write_text(json.dumps(document, indent=1) + "\n")
+        path.chmod(0o600)
+    return folders
+
+
+def start_twistd(
+    root: Path, pin: list[str], profile: str | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    folders = prepare_folders(root, port)
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    command = [*pin, sys.executable, twistd, "-n", "--pidfile=", "--reactor=epoll"]
+    command += [f"--logfile={root / 'twistd.log'}"]
+    if profile:
+        command += [f"--profile={profile}", "--profiler=cprofile", "--savestats"]
+    command.append("nanocore")
+    for name, folder in folders.items():
+        command += [f"--{name}-dir", str(folder)]
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(command, cwd=root, env=environment, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log = (root / "twistd.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"twistd exited with {server.returncode}:\n{log}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server, port
+        except OSError:
+            time.sleep(0.05)
+    stop(server)
+    raise SystemExit("twistd nanocore did not listen within 30 s")
+
+
+def start_standin(
+    root: Path, pin: list[str], profile: str | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    data_dir = root / "data"
+    data_dir.mkdir()
+    command = [*pin, sys.executable, str(ROOT / "benchmarks" / "api_server.py")]
+    command += ["--data-dir", str(data_dir), "--credential", ":".join(CREDENTIAL)]
+    if profile:
+        command += ["--profile", profile]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
+    assert server.stdout is not None
+    line = server.stdout.readline().split()
+    if not line or line[0] != b"READY":
+        stop(server)
+        raise SystemExit(f"server did not start: {line!r}")
+    return server, int(line[1])
+
+
+def wait_until_serving(signer: Signer, port: int, limit: float = 30.0) -> None:
+    """Until the Core has opened its store, the API answers 503 "nanocore is starting"."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            run(port, gets(signer, port), 1, 1.0, 1)
+            return
+        except RuntimeError as error:
+            if "is starting" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+#: Where each function's own time is counted, first match wins (see benchmarks/README.md).
+AREAS = (
+    ("signature (nanocore/api/auth)", ("nanocore/api/auth",)),
+    ("our dispatch, envelope, decoding", ("nanocore/api/",)),
+    ("operations and store", ("nanocore/",)),
+    ("Klein + werkzeug routing", ("klein/", "werkzeug/")),
+    ("Twisted HTTP (twisted/web)", ("twisted/web/",)),
+    ("Deferreds", ("twisted/internet/defer",)),
+    ("reactor, sockets, epoll", ("twisted/internet/", "select.epoll", "_socket", "socket")),
+)
+
+
+def print_profile(path: str) -> None:
+    """Self time grouped by area (shares of the profiled run), then the top functions."""
+    stats = pstats.Stats(path)
+    raw: Any = stats.stats  # type: ignore[attr-defined]
+    totals: dict[str, float] = {}
+    for (filename, _, name), (_, _, tottime, _, _) in raw.items():
+        where = f"{filename}:{name}"
+        area = next(
+            (label for label, marks in AREAS if any(mark in where for mark in marks)), "other"
+        )
+        totals[area] = totals.get(area, 0.0) + tottime
+    whole = sum(totals.values())
+    print("server self time by area (profiler overhead included):")
+    for area, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {seconds / whole:6.1%}  {area}")
+    stats.sort_stats("tottime").print_stats(20)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--server", choices=("twistd", "standin"), default="twistd")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time cap per line")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="cap per line")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--profile", help="cProfile output file for the server")
+    parser.add_argument("--only", choices=("gets", "writes"), help="run one kind of line")
     args = parser.parse_args()
 
     signer = Signer(*CREDENTIAL)
-    with tempfile.TemporaryDirectory() as data_dir:
-        command = [
-            "taskset", "-c", str(args.server_cpu), sys.executable,
-            str(ROOT / "benchmarks" / "api_server.py"),
-            "--data-dir", data_dir, "--credential", ":".join(CREDENTIAL),
-        ]  # fmt: skip
-        if args.profile:
-            command += ["--profile", args.profile]
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    pin = ["taskset", "-c", str(args.server_cpu)] if shutil.which("taskset") else []
+    profile = str(Path(args.profile).resolve()) if args.profile else None
+    with tempfile.TemporaryDirectory(prefix="nanocore-bench-") as temporary:
+        root = Path(temporary)
+        start = start_twistd if args.server == "twistd" else start_standin
+        server, port = start(root, pin, profile)
         try:
-            assert server.stdout is not None
-            line = server.stdout.readline().split()
-            if not line or line[0] != "READY":
-                raise SystemExit(f"server did not start: {line}")
-            port = int(line[1])
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, {args.client_cpu})
-            print(f"server pid {server.pid} on cpu {args.server_cpu}, port {port}")
-            for concurrency in (1, 32):
-                before = cpu_seconds(server.pid)
-                result = run(port, gets(signer, port), concurrency, args.seconds)
-                used = cpu_seconds(server.pid) - before
-                report("GET /compute_pools/ (signed)", concurrency, 1, result, used)
-            for concurrency in (1, 32):
+            print(f"{args.server} server pid {server.pid} on cpu {args.server_cpu}, port {port}")
+            try:  # warm-up, and a check that the server answers the API
+                wait_until_serving(signer, port)
+                run(port, gets(signer, port), 4, 1.0, 2000)
+            except RuntimeError as error:
+                raise SystemExit(
+                    f"{args.server} does not answer a signed GET /api/v1/compute_pools/ "
+                    f"(is the API wired into nanocore.tap? try --server standin):\n{error}"
+                ) from None
+            for concurrency in (1, 32) if args.only != "writes" else ():
                 before = cpu_seconds(server.pid)
                 result = run(
-                    port, writes(signer, port, f"c{concurrency}x"), concurrency, args.seconds
+                    port, gets(signer, port), concurrency, args.seconds, args.max_requests
                 )
+                used = cpu_seconds(server.pid) - before
+                report("GET /compute_pools/ (signed)", concurrency, 1, result, used)
+            for concurrency in (1, 32) if args.only != "gets" else ():
+                before = cpu_seconds(server.pid)
+                items = writes(signer, port, f"c{concurrency}x")
+                result = run(port, items, concurrency, args.seconds, args.max_requests // 2)
                 used = cpu_seconds(server.pid) - before
                 report("POST+DELETE /address_pools/:p (durable)", concurrency, 2, result, used)
         finally:
-            server.terminate()
-            server.wait(10)
+            stop(server)
+    if profile and Path(profile).exists():
+        print_profile(profile)
 
 
 if __name__ == "__main__":

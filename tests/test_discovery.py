@@ -323,6 +323,13 @@ class ListenerTests(LogCapture):
 
 
 class PingerTests(SynchronousTestCase):
+    def test_an_interface_must_be_named(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            DiscoveryPinger(
+                clock=Clock(), domain="nano", group_address=GROUP, group_port=PORT, interface=""
+            )
+        self.assertIn("interface", str(caught.exception))
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.transport = FakeMulticastTransport()
@@ -430,7 +437,7 @@ class ServiceTests(SynchronousTestCase):
     def test_find_core_timeout_stops_listening(self) -> None:
         reactor = FakeMulticastReactor()
         clock = Clock()
-        d = find_core(reactor, clock, timeout=5)  # type: ignore[arg-type]
+        d = find_core(reactor, clock, interface=LISTEN, timeout=5)  # type: ignore[arg-type]
         clock.advance(5)
         self.failureResultOf(d, DiscoveryTimeout)
         self.assertTrue(reactor.listening[0][4].stopped)

@@ -1,33 +1,48 @@
-"""The API site: routing, signature, body limits, envelope and error mapping in one place.
+"""The API site: a Klein app over the route table, with signature, body limits, envelope and
+error mapping in one place.
 
 Route modules only declare :class:`~nanocore.api.route.Route`s; everything they have in common
-happens here, once. The dispatcher is a plain ``twisted.web`` leaf resource over an
-httprouter-compatible :class:`~nanocore.api.router.Router` rather than Klein: Core's clients
-depend on httprouter's redirects and ``Allow`` lists, which werkzeug does not reproduce, and the
-per-request cost of Klein's layers is a large share of the throughput budget.
+happens here, once. Each route becomes a werkzeug rule of the API's own ``Klein()``; a path no
+rule of its method matches is answered as httprouter v1.3 answers it (api-reference §1.2) from
+Klein's ``handle_errors`` for werkzeug's ``RequestRedirect``, ``NotFound`` and
+``MethodNotAllowed``, because Core's clients depend on httprouter's redirect codes and ``Allow``
+lists, not on werkzeug's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
+from klein import Klein
+from klein.interfaces import IKleinRequest
+from klein.resource import KleinResource
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.resource import IResource
 from twisted.web.server import Request as ServerRequest
+from twisted.web.server import Site
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 
 from nanocore.api import envelope
 from nanocore.api.auth import DEFAULT_SKEW, AuthError, RequestParts, Verifier, parse_query
 from nanocore.api.decode import DecodeError
 from nanocore.api.route import Call, Raw, Reply, Route
-from nanocore.api.router import Allowed, Found, NotFound, Redirect, Router
+from nanocore.api.routing import (
+    clean_path,
+    configure_map,
+    fold_static,
+    matches,
+    respell,
+    toggle_slash,
+    werkzeug_rule,
+)
 from nanocore.operations.errors import OperationError
 
 #: Largest request body read; larger ones are refused from their Content-Length or while
@@ -41,10 +56,9 @@ def body_too_large(limit: int) -> str:
     return f"request body larger than {limit} bytes"
 
 
-class APIResource(Resource):
-    """The whole ``/api/v1`` tree as one leaf resource; mount it at the site root."""
+class APIResource(KleinResource):
+    """The whole API as the resource of its own ``Klein()`` app; mount it at the site root."""
 
-    isLeaf = True
     log = Logger()
 
     def __init__(
@@ -54,45 +68,126 @@ class APIResource(Resource):
         revision: Callable[[], object] = lambda: None,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
-        super().__init__()
         self._routes = tuple(routes)
-        self._router: Router[Route] = Router()
-        for route in self._routes:
-            self._router.add(route.method, route.full_path, route)
         self._verifier = verifier
         self._revision = revision
         self._max_body = max_body
         self._cache: dict[str, tuple[object, bytes]] = {}
+        self._methods = frozenset(route.method for route in self._routes)
+        app = Klein()
+        configure_map(app.url_map)
+        # The same rules with their fixed segments lower-cased, for httprouter's case-insensitive
+        # "fixed path" redirect, which werkzeug does not have.
+        folded = configure_map(Map())
+        seen: set[tuple[str, str]] = set()
+        for index, route in enumerate(self._routes):
+            rule = werkzeug_rule(route.full_path)
+            if (route.method, rule) in seen:
+                raise ValueError(f"route declared twice: {route.method} {route.full_path}")
+            seen.add((route.method, rule))
+            app.route(rule, methods=[route.method], endpoint=str(index))(self._endpoint(route))
+            folded.add(
+                Rule(
+                    werkzeug_rule(fold_static(route.full_path)),
+                    methods=[route.method],
+                    endpoint=str(index),
+                )
+            )
+        for url_map in (app.url_map, folded):
+            for each in url_map.iter_rules():
+                # werkzeug adds HEAD to every GET rule; httprouter (and so Core) never did.
+                if each.methods is not None and self._route_of(each).method != "HEAD":
+                    each.methods.discard("HEAD")
+        app.handle_errors(RequestRedirect, NotFound, MethodNotAllowed)(self._missed)
+        self._folded = folded.bind("localhost")
+        self.app = app
+        super().__init__(app)
 
     @property
     def routes(self) -> tuple[Route, ...]:
         return self._routes
 
-    @property
-    def router(self) -> Router[Route]:
-        return self._router
+    def route_for(self, method: str, path: str) -> Route | None:
+        """The route a request for the decoded ``path`` is dispatched to, if any (no redirects)."""
+        try:
+            rule, _ = self.app.url_map.bind("localhost").match(path, method, return_rule=True)
+        except HTTPException:
+            return None
+        return self._route_of(rule)
 
-    def render(self, request: IRequest) -> bytes | int:
+    def _route_of(self, rule: Rule) -> Route:
+        return self._routes[int(rule.endpoint)]
+
+    def _endpoint(self, route: Route) -> Callable[..., bytes | Deferred[bytes]]:
+        method = route.method.encode("ascii")
+
+        def endpoint(request: IRequest, **params: str) -> bytes | Deferred[bytes]:
+            req = cast(Request, request)
+            if req.method != method:
+                # werkzeug upper-cases the method; Go's methods are case-sensitive tokens.
+                return self._missed(request, Failure(self._other_methods(request)))
+            if req.path.startswith(b"//"):
+                # werkzeug ignores leading slashes; httprouter redirects to the cleaned path.
+                path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
+                return _redirect(req, route.method, clean_path(path))
+            # Twisted percent-decodes each segment before Klein matches, as Go does.
+            return self._dispatch(req, route, params)
+
+        return endpoint
+
+    def _other_methods(self, request: IRequest) -> HTTPException:
+        """What werkzeug raises for this path with a method no rule has."""
+        adapter = cast(MapAdapter, IKleinRequest(request).mapper)
+        try:
+            adapter.match(method="\x00")
+        except HTTPException as error:
+            return error
+        raise AssertionError("no rule has the method NUL")  # pragma: no cover
+
+    def _missed(self, request: IRequest, failure: Failure) -> bytes:
+        """Answer a path no rule of its method matched, in httprouter's order of checks."""
         req = cast(Request, request)
         method = req.method.decode("ascii", errors="replace")
-        raw_path = req.path.decode("latin-1")
-        path = unquote(raw_path, encoding="utf-8", errors="replace")
-        outcome = self._router.match(method, path)
-        if isinstance(outcome, Found):
-            return self._dispatch(req, method, path, outcome.endpoint, outcome.params)
-        if isinstance(outcome, Redirect):
-            return _redirect(req, method, outcome)
-        if isinstance(outcome, Allowed):
-            req.setHeader(b"Allow", outcome.allow.encode("ascii"))
-            if outcome.status == 200:
-                return b""
+        path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
+        error = failure.value
+        routed = method in self._methods and method != "CONNECT"
+        if isinstance(error, RequestRedirect) and routed and not path.startswith("//"):
+            # The only redirect this map makes: a rule of this method has the slash path lacks.
+            # (werkzeug ignores leading slashes; httprouter finds such paths only cleaned.)
+            return _redirect(req, method, toggle_slash(path))
+        if routed and path != "/":
+            adapter = cast(MapAdapter, IKleinRequest(request).mapper)
+            target = self._fixed_path(adapter, method, path)
+            if target is not None:
+                return _redirect(req, method, target)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            allow = sorted(({*error.valid_methods} - {method}) | {"OPTIONS"})
+            req.setHeader(b"Allow", ", ".join(allow).encode("ascii"))
+            if method == "OPTIONS":
+                return _sized(req, b"")
             return _plain(req, 405, b"Method Not Allowed\n")
-        assert isinstance(outcome, NotFound)
         return _plain(req, 404, b"404 page not found\n")
 
+    def _fixed_path(self, adapter: MapAdapter, method: str, path: str) -> str | None:
+        """Where httprouter redirects: the trailing slash toggled, else the cleaned path
+        matched case-insensitively with either trailing slash."""
+        toggled = toggle_slash(path)
+        if not path.startswith("//") and matches(adapter, toggled, method):
+            return toggled
+        cleaned = clean_path(path)
+        for candidate in (cleaned, toggle_slash(cleaned)):
+            try:
+                rule, _ = self._folded.match(candidate.lower(), method, return_rule=True)
+            except HTTPException:
+                continue
+            return respell(self._route_of(rule).full_path, candidate)
+        return None
+
     def _dispatch(
-        self, req: Request, method: str, path: str, route: Route, params: Mapping[str, str]
-    ) -> bytes | int:
+        self, req: Request, route: Route, params: Mapping[str, str]
+    ) -> bytes | Deferred[bytes]:
+        method = route.method
+        path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
         req.setHeader(b"Content-Type", envelope.CONTENT_TYPE)
         raw_query = req.uri.partition(b"?")[2].decode("latin-1")
         body = b""
@@ -101,10 +196,10 @@ class APIResource(Resource):
             if getattr(req, "refused", False) or (
                 declared is not None and declared.isdigit() and int(declared) > self._max_body
             ):
-                return envelope.failure(body_too_large(self._max_body))
+                return _sized(req, envelope.failure(body_too_large(self._max_body)))
             body = req.content.read(self._max_body + 1) if req.content is not None else b""
             if len(body) > self._max_body:
-                return envelope.failure(body_too_large(self._max_body))
+                return _sized(req, envelope.failure(body_too_large(self._max_body)))
         credential = ""
         if route.auth is not None:
             parts = RequestParts(method, path, raw_query, _first_headers(req), body)
@@ -117,36 +212,41 @@ class APIResource(Resource):
                     path=path,
                     reason=error.message,
                 )
-                return envelope.failure(error.message)
+                return _sized(req, envelope.failure(error.message))
         cache_key = ""
         if route.cacheable and not raw_query:
             cache_key = path
             cached = self._cache.get(cache_key)
             revision = self._revision()
             if cached is not None and cached[0] == revision and revision is not None:
-                return cached[1]
+                return _sized(req, cached[1])
         try:
             decoded = route.body.decode(body) if route.body is not None else {}
         except DecodeError as error:
-            return envelope.failure(error.message)
+            return _sized(req, envelope.failure(error.message))
         call = Call(
             params=params, query=parse_query(raw_query), body=decoded, credential=credential
         )
         try:
             result = route.handler(call)
         except Exception:
-            return self._failed(req, route, Failure())
+            return _sized(req, self._failed(req, route, Failure()))
         if isinstance(result, Deferred):
-            finished = [False]
-            req.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
+            # Klein cancels what we return when the client goes away; the operation must still
+            # run to its end (and commit), so it is not exposed to that cancellation.
+            answer: Deferred[bytes] = Deferred()
             result.addCallbacks(
                 lambda value: self._encode(req, route, value, ""),
                 lambda failure: self._failed(req, route, failure),
             )
-            result.addCallback(lambda data: _finish(req, data, finished[0]))
-            result.addErrback(lambda failure: self.log.failure("writing a reply", failure))
-            return NOT_DONE_YET
-        return self._encode(req, route, result, cache_key)
+            result.addErrback(lambda failure: self._failed(req, route, failure))
+            result.addCallback(lambda data: _sized(req, data)).chainDeferred(answer)
+            return answer
+        try:
+            data = self._encode(req, route, result, cache_key)
+        except Exception:
+            data = self._failed(req, route, Failure())
+        return _sized(req, data)
 
     def _encode(self, req: Request, route: Route, result: Any, cache_key: str) -> bytes:
         if isinstance(result, Reply):
@@ -173,13 +273,10 @@ class APIResource(Resource):
         return envelope.failure("internal error")
 
 
-def _finish(req: Request, data: bytes, finished: bool) -> None:
-    if finished:
-        return
+def _sized(req: Request, data: bytes) -> bytes:
+    """Declare the length, so Twisted sends the body in one piece instead of chunked."""
     req.setHeader(b"Content-Length", b"%d" % len(data))
-    if req.method != b"HEAD":
-        req.write(data)
-    req.finish()
+    return data
 
 
 def _first_headers(req: Request) -> dict[str, str]:
@@ -195,32 +292,52 @@ def _plain(req: Request, status: int, text: bytes) -> bytes:
     req.setResponseCode(status)
     req.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     req.setHeader(b"X-Content-Type-Options", b"nosniff")
-    return text
+    return _sized(req, text)
 
 
-def _redirect(req: Request, method: str, outcome: Redirect) -> bytes:
-    location = quote(outcome.path, safe="/:@!$&'()*+,;=-._~")
+def _redirect(req: Request, method: str, path: str) -> bytes:
+    """httprouter's redirect: 301 for GET, 307 otherwise, keeping the original query."""
+    status = 301 if method == "GET" else 307
+    # Never "//host/...": a client would read that as another server.
+    location = "/" + quote(path, safe="/:@!$&'()*+,;=-._~").lstrip("/")
     query = req.uri.partition(b"?")[2]
     target = location.encode("ascii") + (b"?" + query if query else b"")
-    req.setResponseCode(outcome.status)
+    req.setResponseCode(status)
     req.setHeader(b"Location", target)
     if method in ("GET", "HEAD"):
         req.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        text = "Moved Permanently" if outcome.status == 301 else "Temporary Redirect"
-        return b'<a href="' + target + b'">' + text.encode("ascii") + b"</a>.\n\n"
-    return b""
+        text = "Moved Permanently" if status == 301 else "Temporary Redirect"
+        return _sized(req, b'<a href="' + target + b'">' + text.encode("ascii") + b"</a>.\n\n")
+    return _sized(req, b"")
 
 
 class LimitedRequest(ServerRequest):
     """A request that refuses a body above ``max_body`` before buffering it.
 
     A declared ``Content-Length`` above the limit is answered at once and the connection closed;
-    a chunked body is counted as it arrives and dropped once it passes the limit.
+    a chunked body is counted as it arrives and dropped once it passes the limit. Bodies are
+    JSON whatever their ``Content-Type`` says (as in Core), so Twisted's form parsing is off:
+    it never runs on API input, and its MIME parse of the header cost ~60 µs per POST.
     """
 
     max_body = DEFAULT_MAX_BODY
     refused = False
     _received = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(*args, **kwargs)
+
+    def process(self) -> None:
+        if not _utf8(unquote_to_bytes(self.path)) or not _utf8(self.getRequestHostname()):
+            # Klein refuses these too, but logs a traceback for each: a cheap log flood.
+            self.setResponseCode(400)
+            self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            self.setHeader(b"Content-Length", b"%d" % len(_NOT_UTF8))
+            self.write(_NOT_UTF8)
+            self.finish()
+            return
+        super().process()
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
@@ -256,6 +373,17 @@ class LimitedRequest(ServerRequest):
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
         )
         channel.loseConnection()
+
+
+_NOT_UTF8 = b"Non-UTF-8 encoding in URL."
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def limited_request_factory(max_body: int) -> type[LimitedRequest]:

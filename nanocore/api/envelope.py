@@ -62,7 +62,13 @@ def _envelope(error_code: int, message: str, data: Any) -> bytes:
 
 def success(data: Any = "") -> bytes:
     """The bytes of a successful envelope; ``""`` is Core's "nothing to return"."""
+    if isinstance(data, str) and not data:
+        return _EMPTY_SUCCESS
     return _envelope(0, "", data)
+
+
+#: Every write answers this; encoding it costs more than the rest of the reply.
+_EMPTY_SUCCESS = _envelope(0, "", "")
 
 
 def failure(message: str) -> bytes:

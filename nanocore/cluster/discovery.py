@@ -306,9 +306,13 @@ class DiscoveryPinger(DatagramProtocol):
         domain: str,
         group_address: str,
         group_port: int,
-        interface: str = "",
+        interface: str,
         rng: random.Random | None = None,
     ) -> None:
+        if not interface:
+            # Without it the kernel picks the outgoing interface for the pings, which may be a
+            # real network: multicast leaves only through an interface the caller names.
+            raise ValueError("a pinger needs the address of the interface to ping from")
         self._clock = clock
         self._domain = domain
         self._group = group_address
@@ -322,10 +326,9 @@ class DiscoveryPinger(DatagramProtocol):
         transport.joinGroup(self._group, interface=self._interface).addErrback(
             _log_failure(self.log, f"join {self._group}")
         )
-        if self._interface:
-            transport.setOutgoingInterface(self._interface).addErrback(
-                _log_failure(self.log, f"send on {self._interface}")
-            )
+        transport.setOutgoingInterface(self._interface).addErrback(
+            _log_failure(self.log, f"send on {self._interface}")
+        )
 
     def query(self, timeout: float = 5.0, resend: float = 1.0) -> Deferred[SonarEcho]:
         """Ping and fire with the matching echo, or fail with :class:`DiscoveryTimeout`.
@@ -388,7 +391,7 @@ def find_core(
     domain: str = DEFAULT_DOMAIN,
     group_address: str = DEFAULT_GROUP_ADDRESS,
     group_port: int = DEFAULT_GROUP_PORT,
-    interface: str = "",
+    interface: str,
     timeout: float = 5.0,
 ) -> Deferred[SonarEcho]:
     """The Cell's query: listen for echoes, ping until answered or timed out, stop listening."""

@@ -1,8 +1,9 @@
-"""Route matching with the behaviour of httprouter v1.3, the router Core's clients grew up with.
+"""A reference model of httprouter v1.3's matching, for tests of the Klein dispatcher.
 
-One tree per method, ``:name`` matches one non-empty segment and ``*name`` the rest of the
-path; a miss is answered by a trailing-slash or fixed-path redirect (301 for GET, 307 otherwise),
-then by 405 with ``Allow`` when another method matches, then by 404.
+This is the trie router the API used before it moved to Klein, kept only as an oracle:
+one tree per method, ``:name`` matches one non-empty segment and ``*name`` the rest of the
+path; a miss is answered by a trailing-slash or fixed-path redirect (301 for GET, 307
+otherwise), then by 405 with ``Allow`` when another method matches, then by 404.
 """
 
 from __future__ import annotations
