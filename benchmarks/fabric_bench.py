@@ -44,6 +44,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from nanocore.cluster.cells import CellStatus
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import reply_to
 from nanocore.cluster.transport import LinkSession, cell_link_protocol
@@ -56,6 +57,14 @@ from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import FakeCell
 
 STORAGE_PATHS = ("/var/lib/libvirt/images",)
+LEAN_STATUS = CellStatus(
+    cores=8,
+    usage=5.0,
+    memory_available=16 << 30,
+    memory_total=16 << 30,
+    disk_free=500 << 30,
+    disk_total=500 << 30,
+)
 
 
 def cpu_seconds() -> float:
@@ -223,11 +232,8 @@ class _Counter:
 class LeanResponder:
     """A Cell that only answers ``QueryCellStorageRequest``, over the real link and codec."""
 
-    def __init__(self, clock: Any) -> None:
-        self._clock = clock
-
     def link_connected(self, link: LinkSession) -> None:
-        link.send(FakeCell("status", self._clock).status().to_message())  # one report
+        link.send(LEAN_STATUS.to_message())  # one report, so Core sees the Cell as alive
 
     def message_received(self, link: LinkSession, message: Message) -> None:
         if message.id == MessageID.QueryCellStorageRequest:
@@ -259,7 +265,7 @@ async def child(reactor: Any, kind: str, ca_dir: str, port: int, count: int) -> 
         tls = client_tls_options(ca, "127.0.0.1", issue_cell_certificate(ca, name))
         endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
         if kind == "lean":
-            responder = LeanResponder(reactor)
+            responder = LeanResponder()
 
             def protocol(responder: LeanResponder = responder, name: str = name) -> Any:
                 return cell_link_protocol(responder, reactor, name)
