@@ -43,6 +43,9 @@ CLOSE_GRACE = 3.0
 #: Largest frame accepted or sent: the Go endpoint's receive buffer (2 MiB).
 MAX_FRAME_SIZE = 2 << 20
 
+#: Frames parsed from one read before the reactor gets a turn (see ``_yield_turn``).
+FRAMES_PER_TURN = 16
+
 _PREFIX = struct.Struct(">I")
 _PREFIX_SIZE = _PREFIX.size
 _PREFIX_FROM = _PREFIX.unpack_from
@@ -399,6 +402,8 @@ class FramedLinkProtocol(Protocol):
         self._partial = bytearray()
         self._wanted = _PREFIX_SIZE
         self._stopped = False
+        #: The parse of a large read, continued at the reactor's next turn.
+        self._next_turn: IDelayedCall | None = None
 
     def when_closed(self) -> Deferred[None]:
         """Fires once the connection is gone (at once if it already is)."""
@@ -424,16 +429,24 @@ class FramedLinkProtocol(Protocol):
         if self._stopped:
             return
         partial = self._partial
+        if self._next_turn is not None:  # still working through an earlier read: queue behind it
+            partial += data
+            return
         if partial:
             partial += data
             if len(partial) < self._wanted:
                 return  # still short of a whole frame: nothing to parse yet
             data = bytes(partial)
             partial.clear()
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Hand whole frames to the session; keep the rest for later reads or the next turn."""
         session = self.session
         assert session is not None
         end = len(data)
         offset = 0
+        handled = 0
         while end - offset >= _PREFIX_SIZE:
             start = offset + _PREFIX_SIZE
             length = _PREFIX_FROM(data, offset)[0]
@@ -448,14 +461,43 @@ class FramedLinkProtocol(Protocol):
             if session.state is LinkState.CLOSED:  # that frame ended the link: read no more
                 self._stopped = True
                 return
+            handled += 1
+            if handled == FRAMES_PER_TURN and offset < end and self._yield_turn():
+                self._partial += memoryview(data)[offset:]
+                return
         if offset < end:
             rest = memoryview(data)[offset:]
-            partial += rest
+            self._partial += rest
             self._wanted = (
                 _PREFIX_SIZE + _PREFIX_FROM(rest, 0)[0]
                 if len(rest) >= _PREFIX_SIZE
                 else _PREFIX_SIZE
             )
+
+    def _yield_turn(self) -> bool:
+        """Let the reactor run before parsing on; False where it cannot (in-memory transports).
+
+        What the frames handled so far made us write then leaves at once, so the peer works on
+        it while we parse the rest (a window of requests no longer travels as one clump that
+        each end turns around while the other waits), and other links get their turn. Reading
+        pauses meanwhile, so unparsed input never grows beyond one read.
+        """
+        reactor = getattr(self.transport, "reactor", None)
+        if not IReactorTime.providedBy(reactor):
+            return False
+        assert self.transport is not None
+        self._next_turn = reactor.callLater(0, self._resume)
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        return True
+
+    def _resume(self) -> None:
+        self._next_turn = None
+        if self._stopped or self.transport is None:
+            return
+        data = bytes(self._partial)
+        self._partial.clear()
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._parse(data)
 
     def _refuse(self, length: int) -> None:
         """An oversized frame: drop the link, and parse nothing more that arrives on it."""
@@ -465,6 +507,10 @@ class FramedLinkProtocol(Protocol):
         self.session.protocol_error(f"frame of {length} bytes exceeds {self.MAX_LENGTH}")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._stopped = True
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        self._next_turn = None
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
