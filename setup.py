@@ -24,6 +24,8 @@ setup(
         "cryptography>=42",
         "attrs>=23.2",
         "klein>=24.8",
+        # Imported directly for Klein's routing exceptions and map settings.
+        "Werkzeug>=3.0",
     ],
     extras_require={
         "test": ["treq>=24.9", "hypothesis>=6.100", "coverage>=7.4"],

@@ -15,7 +15,7 @@ from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
 from nanocore.model import ComputeCell, Instance, InstanceStatus
 from nanocore.operations.core import Operations
-from nanocore.operations.status import CellUsage
+from nanocore.operations.status import Usage
 from nanocore.store import Insert, Store, UnitOfWork
 
 NOW = 1_714_529_472.0
@@ -25,7 +25,7 @@ class FakeMonitor:
     """Cells the test declares alive, with fixed usage."""
 
     def __init__(self) -> None:
-        self.live: dict[str, CellUsage] = {}
+        self.live: dict[str, Usage] = {}
 
     def alive(self, name: str) -> bool:
         return name in self.live
@@ -33,7 +33,7 @@ class FakeMonitor:
     def address(self, name: str) -> str:
         return "127.0.0.2" if name in self.live else ""
 
-    def usage(self, name: str) -> CellUsage | None:
+    def usage(self, name: str) -> Usage | None:
         return self.live.get(name)
 
 
@@ -519,7 +519,7 @@ class StatusTests(StoreTestCase):
                 ),
             )
         )  # fmt: skip
-        self.monitor.live["cell-a"] = CellUsage(
+        self.monitor.live["cell-a"] = Usage(
             cores=4, cpu_usage=12.5, memory=8, memory_available=6, disk=100, disk_available=40,
             read_speed=1, write_speed=2, receive_speed=3, send_speed=4,
         )  # fmt: skip

@@ -1,54 +1,90 @@
-"""Cell pool membership (§4.2, cell-protocol §5.2): add, remove, enable/disable, list.
+"""Cell membership and the Cell lifecycle on Core (api-reference §4.2, cell-protocol.md §6).
 
-Adding a Cell pushes the pool's storage and network to it and waits for its ready event; the
-membership is committed only once the Cell reports ready, so a Cell that fails or times out
-is left unallocated (Core kept it assigned).
+Membership is persisted (``ComputeCell`` in the store) only once the Cell has confirmed it: an
+add pushes the pool's storage and network to the Cell and commits after ``ComputeCellReadyEvent``
+arrives, holding an in-memory claim meanwhile so that a second add of the same Cell is refused.
+A Cell that never answers leaves nothing behind.
+
+The same object is the registry's :class:`~nanocore.cluster.cells.CellObserver`: connects,
+reconnects and disconnects of Cells change state here, through the store, like an API call.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from attrs import evolve, frozen
-from twisted.internet.defer import Deferred, succeed
+from attrs import define, evolve, frozen
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from nanocore.cluster.cells import CellState, CellStatus
+from nanocore.cluster.cells import (
+    STATUS_STALE_AFTER,
+    CellObserver,
+    CellState,
+    CellStatus,
+    CellUnavailable,
+)
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
-from nanocore.model import ComputeCell, ComputePool
+from nanocore.model import ComputeCell, ComputePool, Instance
 from nanocore.operations.base import Context
-from nanocore.operations.errors import InvalidRequest, OperationTimeout, UnknownEntity
-from nanocore.operations.status import CellUsage
-from nanocore.store import Delete, Insert, Put
+from nanocore.operations.errors import (
+    InvalidRequest,
+    OperationError,
+    OperationTimeout,
+    UnknownEntity,
+)
+from nanocore.operations.inventory import InventoryError, read_inventory
+from nanocore.operations.status import Usage
+from nanocore.store import Change, Delete, Put
 
-#: Core waits a fixed 10 s for a Cell's ready event when it joins a pool.
-READY_TIMEOUT = 10.0
+#: What the add-cell wait says on timeout (api-reference §1.6).
+ADD_TIMEOUT_MESSAGE = "wait cell ready timeout"
+#: What a forwarded cell request says on timeout.
+CELL_TIMEOUT_MESSAGE = "cell timeout"
+#: What a Cell's ``success: false`` becomes (``{cell}``, ``{reason}`` = the Cell's error text).
+REFUSED = "cell '{cell}': {reason}"
+NOT_READY = "cell '{cell}' not ready: {reason}"
 
 
-class CellLinks(Protocol):
-    """The part of :class:`nanocore.cluster.cells.CellRegistry` operations use."""
+class CellRefused(OperationError):
+    """The Cell answered ``success: false`` (its error text is in the message) or nonsense."""
 
-    def names(self) -> Any: ...
+
+class CellDirectory(Protocol):
+    """The part of :class:`~nanocore.cluster.cells.CellRegistry` these operations use."""
+
+    def names(self) -> Iterator[str]: ...
+
+    def subscribe(self, observer: CellObserver) -> None: ...
+
+    def state(self, name: str) -> CellState | None: ...
 
     def address(self, name: str) -> str | None: ...
 
     def status(self, name: str) -> CellStatus | None: ...
 
-    def state(self, name: str) -> CellState | None: ...
+    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]: ...
 
     def send(self, name: str, message: Message) -> None: ...
 
-    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]: ...
-
 
 class NoLinks:
-    """No fabric: no Cell is ever connected."""
+    """No fabric in this process: no Cell is ever connected."""
 
-    def names(self) -> Any:
+    def names(self) -> Iterator[str]:
         return iter(())
+
+    def subscribe(self, observer: CellObserver) -> None:
+        pass
+
+    def state(self, name: str) -> CellState | None:
+        return None
 
     def address(self, name: str) -> str | None:
         return None
@@ -56,250 +92,527 @@ class NoLinks:
     def status(self, name: str) -> CellStatus | None:
         return None
 
-    def state(self, name: str) -> CellState | None:
-        return None
+    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
+        return fail(CellUnavailable(f"cell {name!r} is not connected"))
 
     def send(self, name: str, message: Message) -> None:
-        raise InvalidRequest(f"cell '{name}' is not connected")
-
-    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
-        raise InvalidRequest(f"cell '{name}' is not connected")
+        raise CellUnavailable(f"cell {name!r} is not connected")
 
 
-class RegistryMonitor:
-    """The status view of a Cell registry (see :class:`nanocore.operations.status.CellMonitor`)."""
-
-    def __init__(self, links: CellLinks) -> None:
-        self._links = links
-
-    def alive(self, name: str) -> bool:
-        return self._links.state(name) is CellState.ALIVE
-
-    def address(self, name: str) -> str:
-        return self._links.address(name) or ""
-
-    def usage(self, name: str) -> CellUsage | None:
-        status = self._links.status(name)
-        if status is None:
-            return None
-        read, write, receive, send = status.speed
-        return CellUsage(
-            cores=status.cores,
-            cpu_usage=status.usage,
-            memory=status.memory_total,
-            memory_available=status.memory_available,
-            disk=status.disk_total,
-            disk_available=status.disk_free,
-            read_speed=read,
-            write_speed=write,
-            receive_speed=receive,
-            send_speed=send,
-        )
+#: Called on an ungraceful disconnect of a Cell whose pool has failover on (a later issue).
+FailoverPlanner = Callable[[str, ComputePool], "Deferred[None] | None"]
 
 
 @frozen
-class CellInfo:
+class CellView:
+    """A Cell as the API shows it: persisted flags merged with what the link says now."""
+
     name: str
     address: str
     enabled: bool
     alive: bool
+    pool: str = ""
+    purge_pending: bool = False
 
 
 @frozen
-class AttachedStorage:
+class StorageAttachment:
+    """One storage device a Cell reports for its pool (``GetComputePoolCellRequest``)."""
+
     name: str
     attached: bool
     error: str = ""
 
 
 @frozen
-class CellDetail:
-    info: CellInfo
-    storage: tuple[AttachedStorage, ...] = ()
+class CellStoragePaths:
+    """Where a Cell keeps volumes (``QueryCellStorageRequest``)."""
 
-
-@frozen
-class StoragePaths:
-    mode: str
+    mode: str  #: "local" or "nfs"
     system: tuple[str, ...]
     data: tuple[str, ...]
 
 
-class Cells:
+CellDetail = tuple[CellView, tuple[StorageAttachment, ...]]
+
+
+@define
+class _Presence:
+    """What Core has seen of a Cell's link since it started (never persisted)."""
+
+    address: str
+    connected_at: float
+
+
+@implementer(CellObserver)
+class CellOperations:
+    """Pool membership, enable/disable/purge, live cell queries, and the Cell lifecycle."""
+
+    log = Logger()
+
     def __init__(
-        self, context: Context, links: CellLinks, ready_timeout: float = READY_TIMEOUT
+        self,
+        context: Context,
+        cells: CellDirectory,
+        timeout: float | None = None,
+        *,
+        failover: FailoverPlanner | None = None,
     ) -> None:
         self._context = context
-        self._links = links
-        self._ready_timeout = ready_timeout
-        self._monitor = RegistryMonitor(links)
+        self._cells = cells
+        self._clock: IReactorTime = context.clock
+        self._timeout = timeout
+        self._failover = failover
+        self._presence: dict[str, _Presence] = {}
+        #: cell name -> pool it is being added to (until the Cell is ready or the add fails).
+        self._claims: dict[str, str] = {}
+
+    # -- what a Cell looks like now -----------------------------------------------------------
+
+    def alive(self, name: str) -> bool:
+        """Linked and either reporting or just connected (the original sets Alive on connect)."""
+        state = self._cells.state(name)
+        if state is CellState.ALIVE:
+            return True
+        if state is CellState.CONNECTED:
+            presence = self._presence.get(name)
+            return (
+                presence is not None
+                and self._clock.seconds() - presence.connected_at < STATUS_STALE_AFTER
+            )
+        return False
+
+    def usage(self, name: str) -> Usage | None:
+        """The Cell's latest report while it is alive; a dead Cell's stale figures are not used."""
+        report = self._cells.status(name) if self.alive(name) else None
+        if report is None:
+            return None
+        read, write, receive, send = report.speed
+        return Usage(
+            cores=report.cores,
+            cpu_usage=report.usage,
+            memory=report.memory_total,
+            memory_available=report.memory_available,
+            disk=report.disk_total,
+            disk_available=report.disk_free,
+            read_speed=read,
+            write_speed=write,
+            receive_speed=receive,
+            send_speed=send,
+        )
+
+    def connected(self, name: str) -> bool:
+        return self._cells.state(name) not in (None, CellState.DISCONNECTED)
+
+    def address(self, name: str) -> str:
+        presence = self._presence.get(name)
+        if presence is not None:
+            return presence.address
+        return self._cells.address(name) or ""
+
+    def view(self, cell: ComputeCell) -> CellView:
+        return CellView(
+            name=cell.name,
+            address=self.address(cell.name),
+            enabled=cell.enabled,
+            alive=self.alive(cell.name),
+            pool=cell.pool,
+            purge_pending=cell.purge_pending,
+        )
+
+    def members(self, pool: str) -> list[ComputeCell]:
+        """The persisted cells of ``pool``, sorted by name."""
+        return sorted(
+            (cell for cell in self._context.view.cells.values() if cell.pool == pool),
+            key=lambda cell: cell.name,
+        )
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def unallocated(self) -> list[CellView]:
+        """Cells seen since start that belong to no pool (and are not being added to one)."""
+        stored = self._context.view.cells
+        names = {name for name, record in stored.items() if not record.pool}
+        names.update(name for name in self._presence if name not in stored)
+        names.update(name for name in self._cells.names() if name not in stored)
+        names.difference_update(self._claims)
+        return [self.view(stored.get(name) or ComputeCell(name=name)) for name in sorted(names)]
 
     def notify(self, name: str, message: Message) -> None:
-        """Fire-and-forget to a Cell if it is connected; a missing Cell re-syncs on rejoin."""
-        with contextlib.suppress(LinkError, InvalidRequest):
-            self._links.send(name, message)
+        """Fire-and-forget to a Cell if it is connected; one that is not re-syncs on rejoin."""
+        try:
+            self._cells.send(name, message)
+        except LinkError as error:
+            self.log.info(
+                "{name} not told {id:#08x}: {error}", name=name, id=message.id, error=str(error)
+            )
 
-    def _info(self, name: str, enabled: bool) -> CellInfo:
-        return CellInfo(name, self._monitor.address(name), enabled, self._monitor.alive(name))
-
-    def _pool(self, name: str) -> ComputePool:
-        pool = self._context.view.compute_pools.get(name)
-        if pool is None:
-            raise UnknownEntity(f"invalid pool '{name}'")
-        return pool
-
-    def _member(self, pool: str, name: str) -> ComputeCell:
+    def in_pool(self, pool: str) -> list[CellView]:
         self._pool(pool)
-        cell = self._context.view.cells.get(name)
-        if cell is None or cell.pool != pool:
-            raise InvalidRequest(f"cell '{name}' not in pool '{pool}'")
-        return cell
+        return [self.view(cell) for cell in self.members(pool)]
 
-    def unallocated(self) -> list[CellInfo]:
-        stored = self._context.view.cells
-        names = {name for name, cell in stored.items() if not cell.pool}
-        names.update(name for name in self._links.names() if name not in stored)
-        return [self._info(name, stored[name].enabled if name in stored else True)
-                for name in sorted(names)]  # fmt: skip
+    def get(self, pool: str, cell: str) -> Deferred[CellDetail]:
+        """The cell, with its storage attach state asked live when it is alive and enabled."""
+        try:
+            record = self._member(pool, cell)
+        except OperationError as error:
+            return fail(error)
+        view = self.view(record)
+        if not (view.alive and view.enabled):
+            return succeed((view, ()))
+        asking = self._ask(
+            cell,
+            Message(id=MessageID.GetComputePoolCellRequest, string_params={ParamKey.Cell: cell}),
+            CELL_TIMEOUT_MESSAGE,
+        )
 
-    def in_pool(self, pool: str) -> list[CellInfo]:
-        self._pool(pool)
-        cells = self._context.view.cells
-        return [
-            self._info(name, cells[name].enabled)
-            for name in sorted(cells)
-            if cells[name].pool == pool
-        ]
-
-    def get(self, pool: str, name: str) -> Deferred[CellDetail]:
-        """The cell, with its storage attachment asked live while it is alive and enabled."""
-        info = self._info(name, self._member(pool, name).enabled)
-        if not (info.alive and info.enabled):
-            return succeed(CellDetail(info))
-        asked = self._ask(name, MessageID.GetComputePoolCellRequest)
-
-        def detail(reply: Message) -> CellDetail:
+        def attachments(reply: Message) -> CellDetail:
             names = reply.string_array_params.get(ParamKey.Storage, ())
             errors = reply.string_array_params.get(ParamKey.Error, ())
             attached = reply.uint_array_params.get(ParamKey.Attach, ())
-            return CellDetail(
-                info,
-                tuple(
-                    AttachedStorage(
-                        device,
-                        bool(attached[i]) if i < len(attached) else False,
-                        errors[i] if i < len(errors) else "",
-                    )
-                    for i, device in enumerate(names)
-                ),
+            if not (len(names) == len(errors) == len(attached)):
+                raise CellRefused(f"cell '{cell}' sent a malformed storage report")
+            return view, tuple(
+                StorageAttachment(name, bool(flag), "" if flag else error)
+                for name, error, flag in zip(names, errors, attached, strict=True)
             )
 
-        return asked.addCallback(detail)
+        return asking.addCallback(attachments)
 
-    def storage_paths(self, pool: str, name: str) -> Deferred[StoragePaths]:
-        self._member(pool, name)
+    def storage_paths(self, pool: str, cell: str) -> Deferred[CellStoragePaths]:
+        try:
+            self._member(pool, cell)
+            self._require_connected(cell)
+        except OperationError as error:
+            return fail(error)
+        asking = self._ask(
+            cell,
+            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: cell}),
+            CELL_TIMEOUT_MESSAGE,
+        )
 
-        def paths(reply: Message) -> StoragePaths:
+        def paths(reply: Message) -> CellStoragePaths:
             mode = reply.uint_params.get(ParamKey.Mode, 0)
-            return StoragePaths(
-                "nfs" if mode == 1 else "local",
-                tuple(reply.string_array_params.get(ParamKey.System, ())),
-                tuple(reply.string_array_params.get(ParamKey.Data, ())),
+            return CellStoragePaths(
+                mode="nfs" if mode == 1 else "local",
+                system=tuple(reply.string_array_params.get(ParamKey.System, ())),
+                data=tuple(reply.string_array_params.get(ParamKey.Data, ())),
             )
 
-        return self._ask(name, MessageID.QueryCellStorageRequest).addCallback(paths)
+        return asking.addCallback(paths)
 
-    def change_storage_path(self, pool: str, name: str, path: str) -> Deferred[None]:
-        self._member(pool, name)
-        if not path:
-            raise InvalidRequest("target path required")
-        asked = self._ask(name, MessageID.ModifyCellStorageRequest, {ParamKey.Path: path})
-        return asked.addCallback(lambda _: None)
+    def change_storage_path(self, pool: str, cell: str, path: str) -> Deferred[None]:
+        try:
+            if not path:
+                raise InvalidRequest("target path required")
+            self._member(pool, cell)
+            self._require_connected(cell)
+        except OperationError as error:
+            return fail(error)
+        message = Message(
+            id=MessageID.ModifyCellStorageRequest,
+            string_params={ParamKey.Cell: cell, ParamKey.Path: path},
+        )
+        return self._ask(cell, message, CELL_TIMEOUT_MESSAGE).addCallback(lambda _: None)
 
-    def _ask(
-        self, name: str, message_id: int, strings: dict[int, str] | None = None
-    ) -> Deferred[Message]:
-        """A request to the Cell; its failures become messages the client can read."""
-        message = Message(id=message_id, string_params={ParamKey.Cell: name, **(strings or {})})
+    # -- membership ---------------------------------------------------------------------------
 
-        def failed(failure: Failure) -> Failure:
-            if failure.check(TransactionTimeout):
-                return Failure(OperationTimeout("cell timeout"))
-            if failure.check(CellError, LinkError):
-                return Failure(InvalidRequest(f"cell '{name}': {failure.value}"))
-            return failure
+    @inlineCallbacks
+    def add(self, pool: str, cell: str) -> Any:
+        """Push the pool to the Cell, and record the membership only once the Cell is ready."""
+        target = self._pool(pool)
+        record = self._context.view.cells.get(cell)
+        if record is not None and record.pool == pool:
+            raise InvalidRequest(f"cell '{cell}' already in pool '{pool}'")
+        if record is not None and record.pool:
+            raise InvalidRequest(f"cell '{cell}' already allocated")
+        if cell in self._claims:
+            raise InvalidRequest(
+                f"cell '{cell}' already allocated (being added to pool '{self._claims[cell]}')"
+            )
+        if record is None and cell not in self._presence and self._cells.state(cell) is None:
+            raise UnknownEntity(f"invalid cell '{cell}'")
+        self._require_connected(cell)
+        message = self.pool_ready_message(target)
+        self._claims[cell] = pool
+        try:
+            reply = yield self._ask(cell, message, ADD_TIMEOUT_MESSAGE, NOT_READY)
+            try:
+                yield self._context.commit(*self._joining(pool, cell, message, reply))
+            except Exception:
+                # The Cell applied the pool but Core will not record it: undo on the Cell.
+                self._tell_removed(cell)
+                raise
+        except OperationTimeout:
+            self._tell_removed(cell)  # in case the Cell applies the push late
+            raise
+        finally:
+            del self._claims[cell]
+        self.log.info("{cell} added to pool {pool}", cell=cell, pool=pool)
+        return None
 
-        return self._links.request(name, message).addErrback(failed)
+    def _joining(self, pool: str, cell: str, pushed: Message, reply: Message) -> list[Change]:
+        """The changes that record ``cell`` in ``pool`` after its ready reply, re-validated."""
+        if self.pool_ready_message(self._pool(pool)) != pushed:
+            # Storage or network changed while the Cell applied the old ones.
+            raise InvalidRequest(f"pool '{pool}' changed while adding cell '{cell}', retry")
+        record = self._context.view.cells.get(cell) or ComputeCell(name=cell)
+        if record.pool:
+            raise InvalidRequest(f"cell '{cell}' already in pool '{record.pool}'")
+        try:
+            inventory = read_inventory(
+                reply,
+                pool=pool,
+                cell=cell,
+                cell_address=self.address(cell),
+                known=self._context.view.instances,
+            )
+        except InventoryError as error:
+            raise CellRefused(f"cell '{cell}' sent an unusable inventory: {error}") from None
+        for reason in inventory.skipped:
+            self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
+        changes: list[Change] = [Put(evolve(record, pool=pool))]
+        changes.extend(Put(instance) for instance in inventory.instances)
+        return changes
 
-    def add(self, pool_name: str, name: str) -> Deferred[None]:
-        pool = self._pool(pool_name)
-        stored = self._context.view.cells.get(name)
-        if stored is not None and stored.pool:
-            if stored.pool == pool_name:
-                raise InvalidRequest(f"cell '{name}' already in pool '{pool_name}'")
-            raise InvalidRequest(f"cell '{name}' already allocated")
-        if self._links.state(name) in (None, CellState.DISCONNECTED):
-            raise InvalidRequest(f"cell '{name}' is not connected")
-        claim = ("cell", name)
-        if self._context.claimed(claim):
-            raise InvalidRequest(f"cell '{name}' is already being added to a pool")
-        self._context.claim(claim)
-        ready = self._links.request(name, self._pool_ready(pool), timeout=self._ready_timeout)
+    def _tell_removed(self, cell: str) -> None:
+        """Best effort: a Cell that is gone has nothing to undo."""
+        self.notify(cell, Message(id=MessageID.ComputeCellRemovedEvent))
 
-        def joined(reply: Message) -> Deferred[None]:
-            cell = ComputeCell(name=name, pool=pool_name, enabled=True)
-            change = Put(cell) if stored is not None else Insert(cell)
-            return self._context.commit(change, claims=(claim,))
+    @inlineCallbacks
+    def remove(self, pool: str, cell: str) -> Any:
+        """Refused while the cell still holds instances; the Cell is told after the commit."""
+        self._member(pool, cell)
+        left = sum(1 for i in self._context.view.instances.values() if i.cell == cell)
+        if left:
+            raise InvalidRequest(
+                f"{left} instance(s) left in cell '{cell}', "
+                "migrate or delete all instance(s) before remove cell"
+            )
+        yield self._context.commit(Delete(ComputeCell, cell))
+        self._tell_removed(cell)
+        return None
 
-        def refused(failure: Failure) -> Failure:
-            self._context.release(claim)
-            if failure.check(TransactionTimeout):
-                return Failure(OperationTimeout("wait cell ready timeout"))
-            if failure.check(CellError, LinkError):
-                return Failure(InvalidRequest(f"cell '{name}' not ready: {failure.value}"))
-            return failure
+    def modify(self, pool: str, cell: str, enable: bool, purge: bool = False) -> Deferred[None]:
+        """Enable (cancelling a pending purge) or disable, optionally asking for a purge.
 
-        return ready.addCallbacks(joined, refused)
+        A purge drops every instance of the Cell; it is sent the next time the Cell connects.
+        """
+        try:
+            record = self._member(pool, cell)
+            if enable:
+                if purge:
+                    raise InvalidRequest("purge applies only when disabling a cell")
+                if record.enabled and not record.purge_pending:
+                    raise InvalidRequest(f"cell '{cell}' already enabled")
+                changed = evolve(record, enabled=True, purge_pending=False)
+            else:
+                if not record.enabled and (record.purge_pending or not purge):
+                    raise InvalidRequest(f"cell '{cell}' already disabled")
+                purging = record.purge_pending or purge
+                changed = evolve(record, enabled=False, purge_pending=purging)
+        except OperationError as error:
+            return fail(error)
+        return self._context.commit(Put(changed))
 
-    def _pool_ready(self, pool: ComputePool) -> Message:
+    # -- the pool push ------------------------------------------------------------------------
+
+    def pool_ready_message(self, pool: ComputePool) -> Message:
+        """``ComputePoolReadyEvent`` with the pool's storage and network, ``Mode`` always set."""
         view = self._context.view
         strings: dict[int, str] = {
             ParamKey.Pool: pool.name,
             ParamKey.Storage: pool.storage,
             ParamKey.Network: pool.network,
+            ParamKey.Mode: "",
         }
         arrays: dict[int, tuple[str, ...]] = {}
         if pool.storage:
-            storage = view.storage_pools[pool.storage]
-            strings.update({ParamKey.Type: storage.type.value, ParamKey.Host: storage.host,
-                            ParamKey.Target: storage.target})  # fmt: skip
+            storage = view.storage_pools.get(pool.storage)
+            if storage is None:
+                raise InvalidRequest(f"invalid storage pool '{pool.storage}'")
+            strings.update(
+                {
+                    ParamKey.Type: storage.type.value,
+                    ParamKey.Host: storage.host,
+                    ParamKey.Target: storage.target,
+                }
+            )
         if pool.network:
-            network = view.address_pools[pool.network]
-            strings.update({ParamKey.Gateway: network.gateway,
-                            ParamKey.Mode: network.provider.value})  # fmt: skip
-            arrays[ParamKey.Server] = tuple(network.dns)
+            network = view.address_pools.get(pool.network)
+            if network is None:
+                raise InvalidRequest(f"invalid address pool '{pool.network}'")
+            strings[ParamKey.Gateway] = network.gateway
+            strings[ParamKey.Mode] = network.provider.value
+            arrays[ParamKey.Server] = network.dns
         return Message(
             id=MessageID.ComputePoolReadyEvent,
             string_params=strings,
             string_array_params=arrays,
         )
 
-    def remove(self, pool: str, name: str) -> Deferred[None]:
-        self._member(pool, name)
-        left = sum(1 for i in self._context.view.instances.values() if i.cell == name)
-        if left:
-            raise InvalidRequest(
-                f"{left} instance(s) left in cell '{name}', "
-                "migrate or delete all instance(s) before remove cell"
+    # -- CellObserver -------------------------------------------------------------------------
+
+    def cell_available(self, name: str, address: str) -> None:
+        self._presence[name] = _Presence(address, self._clock.seconds())
+        record = self._context.view.cells.get(name)
+        if record is None or not record.pool:
+            self.log.info(
+                "{name} connected from {address}, unallocated", name=name, address=address
             )
+            return
+        if record.purge_pending:
+            self._purge(record).addErrback(self._logged, "purging", name)
+        else:
+            self._rejoin(record).addErrback(self._logged, "rejoining its pool", name)
 
-        removed = Message(id=MessageID.ComputeCellRemovedEvent)
-        d = self._context.commit(Delete(ComputeCell, name))
-        return d.addCallback(lambda _: self.notify(name, removed))
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        """Usage stays in the registry; the aggregates read it from there."""
 
-    def modify(self, pool: str, name: str, enable: bool) -> Deferred[None]:
-        cell = self._member(pool, name)
-        if cell.enabled == enable:
-            state = "enabled" if enable else "disabled"
-            raise InvalidRequest(f"cell '{name}' already {state}")
-        return self._context.commit(Put(evolve(cell, enabled=enable)))
+    def cell_event(self, name: str, message: Message) -> None:
+        """Guest events belong to the guest operations (a later issue)."""
+        self.log.debug("{name}: event {id:#08x} not handled yet", name=name, id=message.id)
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        record = self._context.view.cells.get(name)
+        if record is None or not record.pool:
+            return
+        pool = self._context.view.compute_pools.get(record.pool)
+        if not gracefully and pool is not None and pool.failover and self._failover is not None:
+            result = self._failover(name, pool)
+            if isinstance(result, Deferred):
+                result.addErrback(self._logged, "failing over", name)
+            return
+        if not gracefully and pool is not None and pool.failover:
+            self.log.warn(
+                "{name} lost without goodbye; failover is not implemented yet, "
+                "its instances are marked lost",
+                name=name,
+            )
+        self._mark_lost(name).addErrback(self._logged, "marking instances lost", name)
+
+    # -- lifecycle internals ------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _rejoin(self, record: ComputeCell) -> Any:
+        pool = self._context.view.compute_pools.get(record.pool)
+        if pool is None:
+            return None
+        reply = yield self._ask(record.name, self.pool_ready_message(pool), ADD_TIMEOUT_MESSAGE)
+        yield self.take_inventory(record.name, record.pool, reply)
+        return None
+
+    def take_inventory(self, cell: str, pool: str, reply: Message) -> Deferred[None]:
+        """Replace Core's instances of ``cell`` with what the Cell reported."""
+        view = self._context.view
+        try:
+            inventory = read_inventory(
+                reply,
+                pool=pool,
+                cell=cell,
+                cell_address=self.address(cell),
+                known=view.instances,
+            )
+        except InventoryError as error:
+            return fail(CellRefused(f"unusable inventory: {error}"))
+        for reason in inventory.skipped:
+            self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
+        reported = {instance.id for instance in inventory.instances}
+        changes: list[Change] = [
+            Delete(Instance, instance.id)
+            for instance in view.instances.values()
+            if instance.cell == cell and instance.id not in reported
+        ]
+        changes.extend(Put(instance) for instance in inventory.instances)
+        if not changes:
+            return succeed(None)
+        return self._context.commit(*changes)
+
+    @inlineCallbacks
+    def _purge(self, record: ComputeCell) -> Any:
+        message = Message(
+            id=MessageID.DetachInstanceRequest,
+            string_array_params={ParamKey.Instance: ()},
+        )
+        yield self._ask(record.name, message, CELL_TIMEOUT_MESSAGE)
+        view = self._context.view
+        current = view.cells.get(record.name) or record
+        changes: list[Change] = [
+            Delete(Instance, i.id) for i in view.instances.values() if i.cell == record.name
+        ]
+        changes.append(Put(evolve(current, purge_pending=False)))
+        yield self._context.commit(*changes)
+        self.log.info("{name} purged", name=record.name)
+        return None
+
+    def _mark_lost(self, name: str) -> Deferred[None]:
+        changes = [
+            Put(evolve(instance, lost=True))
+            for instance in self._context.view.instances.values()
+            if instance.cell == name and not instance.lost
+        ]
+        if not changes:
+            return succeed(None)
+        return self._context.commit(*changes)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _pool(self, pool: str) -> ComputePool:
+        found = self._context.view.compute_pools.get(pool)
+        if found is None:
+            raise UnknownEntity(f"invalid pool '{pool}'")
+        return found
+
+    def _member(self, pool: str, cell: str) -> ComputeCell:
+        self._pool(pool)
+        record = self._context.view.cells.get(cell)
+        if record is None or record.pool != pool:
+            raise InvalidRequest(f"cell '{cell}' not in pool '{pool}'")
+        return record
+
+    def _require_connected(self, cell: str) -> None:
+        if not self.connected(cell):
+            raise InvalidRequest(f"cell '{cell}' is not connected")
+
+    def _ask(
+        self, cell: str, message: Message, timeout_message: str, refusal: str = REFUSED
+    ) -> Deferred[Message]:
+        """A request to the Cell; its failures become messages the client can read."""
+        limit = {} if self._timeout is None else {"timeout": self._timeout}
+        asking = self._cells.request(cell, message, **limit)
+
+        def translate(failure: Failure) -> Failure:
+            if failure.check(TransactionTimeout):
+                return Failure(OperationTimeout(timeout_message))
+            if failure.check(CellError):
+                reason = str(failure.value) or "failed"
+                return Failure(CellRefused(refusal.format(cell=cell, reason=reason)))
+            if failure.check(LinkError):
+                return Failure(InvalidRequest(f"cell '{cell}' is not connected"))
+            return failure
+
+        return asking.addErrback(translate)
+
+    def _logged(self, failure: Failure, doing: str, name: str) -> None:
+        if failure.check(OperationError):
+            self.log.warn(
+                "{name}: {doing} failed: {reason}",
+                name=name,
+                doing=doing,
+                reason=failure.value.message,  # type: ignore[union-attr]
+            )
+        else:
+            self.log.failure("{name}: {doing} failed", failure, name=name, doing=doing)
+
+
+__all__ = [
+    "ADD_TIMEOUT_MESSAGE",
+    "CELL_TIMEOUT_MESSAGE",
+    "CellDirectory",
+    "CellOperations",
+    "CellRefused",
+    "CellStoragePaths",
+    "CellView",
+    "FailoverPlanner",
+    "StorageAttachment",
+]

@@ -1,0 +1,93 @@
+"""Status aggregates benchmark: prints how long each status route's computation takes.
+
+The aggregates are derived per request (no counters), so their cost grows with the cluster.
+This builds a read model of ``--pools`` pools, ``--cells`` cells and ``--instances`` instances
+in memory (no SQLite, no HTTP) and times the zone, pool-list, one-pool and cell-list
+computations.
+
+    python benchmarks/status_bench.py [--pools 10] [--cells 1000] [--instances 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted.internet.task import Clock
+
+from nanocore import model as m
+from nanocore.operations.base import Context
+from nanocore.operations.status import Status, Usage
+
+
+class AllAlive:
+    def alive(self, name: str) -> bool:
+        return True
+
+    def address(self, name: str) -> str:
+        return "127.0.0.1"
+
+    def usage(self, name: str) -> Usage | None:
+        return Usage(cores=16, cpu_usage=12.5, memory=64 << 30, memory_available=32 << 30)
+
+
+def build(pools: int, cells: int, instances: int) -> Status:
+    pool_map = {f"pool{i}": m.ComputePool(name=f"pool{i}") for i in range(pools)}
+    cell_map = {
+        f"Cell_{i:012x}": m.ComputeCell(name=f"Cell_{i:012x}", pool=f"pool{i % pools}")
+        for i in range(cells)
+    }
+    names = list(cell_map)
+    instance_map = {}
+    for i in range(instances):
+        cell = cell_map[names[i % cells]]
+        instance_map[f"i{i}"] = m.Instance(
+            id=f"i{i}",
+            name=f"vm{i}",
+            owner="admin",
+            group="admin",
+            pool=cell.pool,
+            cell=cell.name,
+            cores=1,
+            memory=1 << 30,
+            disks=(10 << 30,),
+            status=m.InstanceStatus.RUNNING if i % 2 else m.InstanceStatus.STOPPED,
+        )
+    view = SimpleNamespace(
+        compute_pools=pool_map, cells=cell_map, instances=instance_map, zone=m.Zone()
+    )
+    context = Context(SimpleNamespace(view=view), Clock())  # type: ignore[arg-type]
+    return Status(context, AllAlive(), "2024-05-01 00:00:00")
+
+
+def timed(label: str, work: Any, repeat: int) -> None:
+    started = time.perf_counter()
+    for _ in range(repeat):
+        work()
+    elapsed = (time.perf_counter() - started) / repeat
+    print(f"{label:<28} {elapsed * 1000:9.2f} ms per request")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pools", type=int, default=10)
+    parser.add_argument("--cells", type=int, default=1000)
+    parser.add_argument("--instances", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    status = build(args.pools, args.cells, args.instances)
+    print(f"{args.pools} pools, {args.cells} cells, {args.instances} instances")
+    timed("GET /compute_zone_status/", status.zone, args.repeat)
+    timed("GET /compute_pool_status/", status.pools, args.repeat)
+    timed("GET /compute_pool_status/:p", lambda: status.pool("pool0"), args.repeat)
+    timed("GET /compute_cell_status/:p", lambda: status.cells("pool0"), args.repeat)
+
+
+if __name__ == "__main__":
+    main()

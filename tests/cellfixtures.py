@@ -1,0 +1,178 @@
+"""Shared set-up for the cell and status tests: a real store, a scripted cell directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+
+from nanocore import model as m
+from nanocore.api.app import build_api_resource
+from nanocore.api.testing import TEST_CREDENTIALS, APIClient
+from nanocore.cluster.cells import CellState, CellStatus, CellUnavailable
+from nanocore.cluster.message import Message, MessageID
+from nanocore.cluster.transactions import Transactions, reply_to
+from nanocore.operations.cells import CellOperations
+from nanocore.operations.core import Operations
+from nanocore.store import Put, Store, UnitOfWork
+
+reactor: Any = _reactor
+NOW = 1_714_529_472.0
+TIMEOUT = 10.0
+GiB = 1 << 30
+
+Responder = Callable[[Message], "Message | None"]
+
+
+def ready(request: Message, **fields: Any) -> Message:
+    """The Cell's successful answer to a pool push (an empty inventory unless given)."""
+    return reply_to(request, id=MessageID.ComputeCellReadyEvent, **fields)
+
+
+class FakeDirectory:
+    """The registry's surface, scripted: each Cell answers through a responder function.
+
+    Requests go through the real :class:`Transactions` on the test's ``Clock``, so timeouts
+    are the real ones, driven by ``clock.advance``.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.transactions = Transactions(clock, TIMEOUT)
+        self.states: dict[str, CellState] = {}
+        self.addresses: dict[str, str] = {}
+        self.statuses: dict[str, CellStatus] = {}
+        self.responders: dict[str, Responder] = {}
+        self.requests: list[tuple[str, Message]] = []
+        self.sent: list[tuple[str, Message]] = []
+
+    def connect(
+        self, name: str, address: str = "127.0.0.1", status: CellStatus | None = None
+    ) -> None:
+        self.states[name] = CellState.ALIVE if status is not None else CellState.CONNECTED
+        self.addresses[name] = address
+        if status is not None:
+            self.statuses[name] = status
+
+    def disconnect(self, name: str) -> None:
+        self.states[name] = CellState.DISCONNECTED
+        self.transactions.fail_peer(name, CellUnavailable(f"cell {name!r} disconnected"))
+
+    def answer(self, message: Message, name: str) -> None:
+        """Deliver a Cell's reply now (for requests whose responder returned None)."""
+        self.transactions.deliver(attrs.evolve(message, sender=name))
+
+    def last_request(self, name: str) -> Message:
+        return [message for cell, message in self.requests if cell == name][-1]
+
+    # -- the CellDirectory surface ------------------------------------------------------------
+
+    def names(self) -> Iterator[str]:
+        return iter(list(self.states))
+
+    def subscribe(self, observer: Any) -> None:
+        """Tests call the observer methods themselves (see ``Harness.connect``)."""
+
+    def state(self, name: str) -> CellState | None:
+        return self.states.get(name)
+
+    def address(self, name: str) -> str | None:
+        return self.addresses.get(name)
+
+    def status(self, name: str) -> CellStatus | None:
+        return self.statuses.get(name)
+
+    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
+        if self.states.get(name) in (None, CellState.DISCONNECTED):
+            return fail(CellUnavailable(f"cell {name!r} is not connected"))
+        kw.setdefault("peer", name)
+
+        def send(stamped: Message) -> None:
+            self.requests.append((name, stamped))
+            responder = self.responders.get(name)
+            reply = responder(stamped) if responder is not None else None
+            if reply is not None:
+                self.answer(reply, name)
+
+        return self.transactions.request(send, message, **kw)
+
+    def send(self, name: str, message: Message) -> None:
+        if self.states.get(name) in (None, CellState.DISCONNECTED):
+            raise CellUnavailable(f"cell {name!r} is not connected")
+        self.sent.append((name, message))
+
+
+def status_report(cores: int = 8, usage: float = 25.0, speed: int = 0) -> CellStatus:
+    return CellStatus(
+        cores=cores,
+        usage=usage,
+        memory_available=12 * GiB,
+        memory_total=16 * GiB,
+        disk_free=400 * GiB,
+        disk_total=500 * GiB,
+        speed=(speed + 1, speed + 2, speed + 3, speed + 4),
+    )
+
+
+SEED = (
+    m.StoragePool(name="nfs1", host="127.0.0.1", target="/exports/nano"),
+    m.AddressPool(name="net1", gateway="192.0.2.1", dns=("192.0.2.53",), provider="cloudinit"),
+    m.ComputePool(name="shared", network="net1", storage="nfs1", failover=True),
+    m.ComputePool(name="local"),
+)
+
+
+async def open_store(path: str) -> Store:
+    store = await Store.open(Path(path), reactor)
+    await store.commit(UnitOfWork(tuple(Put(entity) for entity in SEED)))
+    return store
+
+
+class Harness:
+    """Store + scripted directory + operations + a signed in-memory API client."""
+
+    def __init__(self, store: Store, *, timeout: float = TIMEOUT) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.store = store
+        self.directory = FakeDirectory(self.clock)
+        self.operations = Operations(store, self.clock, cells=self.directory, timeout=timeout)
+        self.cells: CellOperations = self.operations.cells
+        self.status = self.operations.status
+        resource = build_api_resource(self.operations, TEST_CREDENTIALS, self.clock)
+        self.api = APIClient(resource, self.clock)
+
+    def connect(
+        self, name: str, status: CellStatus | None = None, address: str = "127.0.0.1"
+    ) -> None:
+        """A Cell links up: the directory knows it and the operations hear of it."""
+        self.directory.connect(name, address, status)
+        self.cells.cell_available(name, address)
+
+    async def member(self, name: str, pool: str, **flags: Any) -> m.ComputeCell:
+        """Put a cell straight into a pool in the store (set-up, not the add route)."""
+        cell = m.ComputeCell(name=name, pool=pool, **flags)
+        await self.store.commit(UnitOfWork.of(Put(cell)))
+        return cell
+
+    async def put(self, *entities: Any) -> None:
+        await self.store.commit(UnitOfWork(tuple(Put(entity) for entity in entities)))
+
+
+def instance(instance_id: str, cell: str, pool: str = "shared", **fields: Any) -> m.Instance:
+    defaults: dict[str, Any] = dict(
+        name=f"vm-{instance_id}",
+        owner="admin",
+        group="admin",
+        cores=2,
+        memory=2 * GiB,
+        disks=(10 * GiB,),
+        status=m.InstanceStatus.STOPPED,
+    )
+    defaults.update(fields)
+    return m.Instance(id=instance_id, pool=pool, cell=cell, **defaults)
