@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from nanocore.cluster.cells import CellObserver, CellState
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from nanocore.cluster.transport import DISCONNECT_AFTER, LOST_AFTER
+from nanocore.cluster.transport import DISCONNECT_AFTER, FRAMES_PER_TURN, LOST_AFTER
 from nanocore.pki import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -128,6 +128,26 @@ class InProcessClusterTests(TestCase):
         status = self.cluster.registry.status("Cell_big")
         assert status is not None
         self.assertEqual((status.cores, status.usage), (cell.capacity.cores, 80.0))
+
+    async def test_a_window_of_requests_over_one_link(self) -> None:
+        """Hundreds in flight at once: both ends parse their reads over several reactor turns."""
+        cell = self.cluster.add_cell("Cell_busy")
+        await self.cluster.waiter.until_reported({"Cell_busy"})
+        requests = [
+            Message(id=MessageID.GetAuthRequest, string_params={ParamKey.Guest: f"g{i}"})
+            for i in range(20 * FRAMES_PER_TURN)
+        ]
+        results = await DeferredList(
+            [self.cluster.registry.request("Cell_busy", r) for r in requests], consumeErrors=True
+        )
+        errors = [r for ok, r in results if not ok]
+        self.assertEqual(len(errors), len(requests))  # no such guests: each answered, in error
+        self.assertEqual({type(e.value).__name__ for e in errors}, {"CellError"})
+        self.assertEqual(
+            [m.string_params[ParamKey.Guest] for m in cell.received if m.id == requests[0].id],
+            [r.string_params[ParamKey.Guest] for r in requests],
+        )
+        self.assertEqual(self.cluster.registry.state("Cell_busy"), CellState.ALIVE)
 
     async def test_bad_frames_close_only_that_link(self) -> None:
         """An oversized and a malformed frame each drop their own link; Core serves the rest."""

@@ -195,6 +195,15 @@ class RoundTripTests(SynchronousTestCase):
     def test_any_message_round_trips(self, message: Message) -> None:
         self.assertEqual(decode(encode(message)), message)
 
+    @given(messages)
+    def test_encoding_is_the_standard_compact_json(self, message: Message) -> None:
+        """The prebuilt encoder writes what json.dumps would, key for key."""
+        data = encode(message)
+        document = _document(data)
+        self.assertEqual(
+            data, json.dumps(document, separators=(",", ":"), allow_nan=False).encode("ascii")
+        )
+
     def _round_trip_map(self, name: str, params: Mapping[int, Any]) -> None:
         fields: dict[str, Any] = {name: params}
         message = Message(id=MessageID.CreateGuestRequest, **fields)
@@ -307,6 +316,12 @@ class EncodeTests(SynchronousTestCase):
         message = Message(id=1, string_params={10: "b", 2: "a", 1: "c"})
         self.assertEqual(encode(message), b'{"id":1,"string_params":{"1":"c","10":"b","2":"a"}}')
 
+    def test_keys_past_the_common_range_encode_and_decode_alike(self) -> None:
+        message = Message(id=1, uint_params={256: 1, 255: 2, 3: 3, 70000: 4})
+        data = encode(message)
+        self.assertEqual(data, b'{"id":1,"uint_params":{"255":2,"256":1,"3":3,"70000":4}}')
+        self.assertEqual(decode(data), message)
+
     def test_strings_are_ascii_escaped(self) -> None:
         message = Message(id=1, string_params={0: "Café <b>"})
         self.assertEqual(_document(encode(message))["string_params"]["0"], "Café <b>")
@@ -408,6 +423,39 @@ class ConstructionTests(SynchronousTestCase):
     def test_evolve_keeps_the_checks(self) -> None:
         message = Message(id=1)
         self.assertRaises(MessageError, attrs.evolve, message, to_session=-1)
+
+    def test_replace_changes_only_the_sessions_and_sender(self) -> None:
+        message = Message(
+            id=MessageID.GetAuthRequest,
+            transaction=3,
+            string_params={ParamKey.Guest: "g"},
+            uint_array_params={ParamKey.Disk: (1, 2)},
+        )
+        stamped = message.replace(from_session=7, to_session=9, sender="Cell_a")
+        self.assertEqual(stamped, attrs.evolve(message, from_session=7, to_session=9))
+        self.assertEqual((stamped.from_session, stamped.to_session), (7, 9))
+        self.assertEqual(stamped.sender, "Cell_a")
+        self.assertEqual((message.from_session, message.to_session, message.sender), (0, 0, ""))
+        self.assertIs(stamped.string_params, message.string_params)  # immutable: shared
+        self.assertEqual(message.replace(), message)
+
+    def test_replace_keeps_the_checks(self) -> None:
+        message = Message(id=1)
+        for fields, name in (
+            ({"from_session": -1}, "from"),
+            ({"to_session": 2**32}, "to"),
+            ({"sender": 5}, "sender"),
+        ):
+            error = self.assertRaises(MessageError, message.replace, **fields)
+            self.assertEqual(error.field, name)
+
+    def test_array_values_are_kept_as_immutable_tuples(self) -> None:
+        items = [1, 2]
+        message = Message(id=1, uint_array_params={1: items}, string_array_params={2: ["a"]})
+        items.append(3)
+        self.assertEqual(message.uint_array_params[1], (1, 2))
+        self.assertEqual(message.string_array_params[2], ("a",))
+        self.assertEqual(type(decode(encode(message)).uint_array_params[1]), tuple)
 
 
 class DecodeTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nanocore.cluster.message import Message, MessageID, ParamKey, decode, encode
 from nanocore.cluster.transport import (
     DISCONNECT_AFTER,
+    FRAMES_PER_TURN,
     HANDSHAKE_TIMEOUT,
     KEEPALIVE_INTERVAL,
     LOST_AFTER,
@@ -250,6 +251,55 @@ class CoreSideTests(SynchronousTestCase):
         self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
         self.assertEqual(self.handler.messages, [])
 
+    def test_oversized_prefix_split_across_reads(self) -> None:
+        self.handshake()
+        prefix = struct.pack(">I", MAX_FRAME_SIZE + 1)
+        self.protocol.dataReceived(prefix[:3])
+        self.assertFalse(self.transport.disconnected)
+        self.protocol.dataReceived(prefix[3:] + frame(Message(id=MessageID.GuestCreatedEvent)))
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.messages, [])
+
+    def test_largest_frame_accepted(self) -> None:
+        self.handshake()
+        base = len(encode(Message(id=MessageID.GuestUpdatedEvent, string_params={0: ""})))
+        big = Message(
+            id=MessageID.GuestUpdatedEvent, string_params={0: "x" * (MAX_FRAME_SIZE - base)}
+        )
+        data = frame(big)
+        self.assertEqual(len(data), 4 + MAX_FRAME_SIZE)
+        for start in range(0, len(data), 16384):  # as TLS records deliver it
+            self.protocol.dataReceived(data[start : start + 16384])
+        self.assertEqual(self.handler.messages, [big])
+        self.assertFalse(self.transport.disconnected)
+
+    def test_frames_split_at_every_byte_and_batched(self) -> None:
+        """However reads cut the stream, the same messages arrive, in order, once each."""
+        self.handshake()
+        sent = [
+            Message(id=MessageID.GuestStartedEvent, string_params={ParamKey.Instance: f"g{i}"})
+            for i in range(3)
+        ]
+        stream = b"".join(frame(message) for message in sent)
+        for cut in range(1, len(stream)):
+            self.protocol.dataReceived(stream[:cut])
+            self.protocol.dataReceived(stream[cut:])
+        for byte in range(len(stream)):
+            self.protocol.dataReceived(stream[byte : byte + 1])
+        self.assertEqual(self.handler.messages, sent * len(stream))
+        self.assertEqual(
+            [m.string_params[ParamKey.Instance] for m in self.handler.messages[:3]],
+            ["g0", "g1", "g2"],
+        )
+
+    def test_nothing_is_parsed_after_the_peer_says_goodbye(self) -> None:
+        self.handshake()
+        after = frame(Message(id=MessageID.GuestStartedEvent))
+        self.protocol.dataReceived(frame(Message(id=MessageID.ConnectionClosedEvent)) + after)
+        self.protocol.dataReceived(after)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, True))
+        self.assertEqual(self.handler.messages, [])
+
     def test_send(self) -> None:
         self.handshake()
         self.transport.clear()
@@ -265,6 +315,81 @@ class CoreSideTests(SynchronousTestCase):
 
     def test_send_before_handshake(self) -> None:
         self.assertRaises(LinkClosed, self.link.send, Message(id=MessageID.CreateGuestRequest))
+
+
+class ReactorStringTransport(StringTransport):
+    """A StringTransport that, like a real TCP transport, names the reactor feeding it."""
+
+    def __init__(self, reactor: Clock) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.5", 4000))
+        self.reactor = reactor
+
+
+class TurnTests(SynchronousTestCase):
+    """A large read is parsed FRAMES_PER_TURN frames at a time, reading paused in between."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.turns = Clock()  # the transport's reactor, apart from the link's timers
+        self.handler = RecordingHandler()
+        factory = CellLinkFactory(self.handler, self.clock, CORE, lambda transport: CELL)
+        self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 4000))
+        self.transport = ReactorStringTransport(self.turns)
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(frame(opened_event(CELL, ServiceType.CELL)))
+        self.sent = [
+            Message(id=MessageID.GuestStartedEvent, string_params={ParamKey.Instance: f"g{i}"})
+            for i in range(2 * FRAMES_PER_TURN + 5)
+        ]
+
+    def received(self) -> list[str]:
+        return [m.string_params[ParamKey.Instance] for m in self.handler.messages]
+
+    def test_a_large_read_is_parsed_over_several_turns_in_order(self) -> None:
+        stream = b"".join(frame(m) for m in self.sent)
+        self.protocol.dataReceived(stream[:-3])  # the last frame arrives in two reads
+        self.assertEqual(len(self.handler.messages), FRAMES_PER_TURN)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.protocol.dataReceived(stream[-3:])  # queued behind the pending turn
+        self.assertEqual(len(self.handler.messages), FRAMES_PER_TURN)
+        self.assertEqual(len(self.turns.getDelayedCalls()), 1)
+        self.turns.advance(0)  # Clock runs the turns this one schedules too
+        self.assertEqual(self.handler.messages, self.sent)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.turns.getDelayedCalls(), [])
+
+    def test_exactly_one_turn_of_frames_needs_no_second_turn(self) -> None:
+        self.protocol.dataReceived(b"".join(frame(m) for m in self.sent[:FRAMES_PER_TURN]))
+        self.assertEqual(self.handler.messages, self.sent[:FRAMES_PER_TURN])
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.turns.getDelayedCalls(), [])
+
+    def test_connection_lost_between_turns_delivers_nothing_more(self) -> None:
+        self.protocol.dataReceived(b"".join(frame(m) for m in self.sent))
+        self.protocol.connectionLost(None)
+        self.assertEqual(self.turns.getDelayedCalls(), [])
+        self.assertEqual(len(self.handler.messages), FRAMES_PER_TURN)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
+
+    def test_goodbye_in_a_later_turn_ends_parsing(self) -> None:
+        goodbye = Message(id=MessageID.ConnectionClosedEvent)
+        stream = b"".join(frame(m) for m in [*self.sent[: FRAMES_PER_TURN + 1], goodbye])
+        self.protocol.dataReceived(stream + frame(self.sent[-1]))
+        self.turns.advance(0)
+        self.assertEqual(self.handler.messages, self.sent[: FRAMES_PER_TURN + 1])
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, True))
+        self.protocol.dataReceived(frame(self.sent[-1]))
+        self.assertEqual(len(self.handler.messages), FRAMES_PER_TURN + 1)
+
+    def test_in_memory_transports_parse_everything_at_once(self) -> None:
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 4000))
+        handler = RecordingHandler()
+        factory = CellLinkFactory(handler, self.clock, CORE, lambda transport: CELL)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 4000))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(frame(opened_event(CELL, ServiceType.CELL)))
+        protocol.dataReceived(b"".join(frame(m) for m in self.sent))
+        self.assertEqual(handler.messages, self.sent)
 
 
 class PairTests(SynchronousTestCase):

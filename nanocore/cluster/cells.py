@@ -238,7 +238,8 @@ class CellRegistry:
         self._notify("cell_available", link.name, link.address)
 
     def message_received(self, link: LinkSession, message: Message) -> None:
-        if self._cells.get(link.name) is None or self._cells[link.name].link is not link:
+        cell = self._cells.get(link.name)
+        if cell is None or cell.link is not link:
             return
         if message.to_session:
             self._transactions.deliver(message)

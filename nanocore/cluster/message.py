@@ -13,6 +13,7 @@ This module imports nothing of ours (see docs/architecture.md).
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
@@ -275,37 +276,48 @@ def response_id(request_id: int) -> int:
 
 
 # --- value checks: one per wire type; each returns the normalised value or raises -------------
+#
+# A check takes the field name and, inside a typed map, the parameter key: the location is
+# formatted only when a value is refused, because checks run on every value of every message.
+
+
+def _at(name: str, key: int | None) -> str:
+    return name if key is None else f"{name}.{key}"
 
 
 def _is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_uint32(where: str, value: object) -> int:
+def _check_uint32(name: str, key: int | None, value: object) -> int:
     if type(value) is int and 0 <= value <= UINT32_MAX:  # the common case, fast
         return value
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT32_MAX:
         return int(value)
-    raise MessageError(where, f"expected an integer in 0..{UINT32_MAX}, got {value!r}")
+    raise MessageError(_at(name, key), f"expected an integer in 0..{UINT32_MAX}, got {value!r}")
 
 
-def _check_uint(where: str, value: object) -> int:
+def _uint_refused(where: str, value: object) -> MessageError:
+    return MessageError(where, f"expected an integer in 0..2**64-1, got {value!r}")
+
+
+def _check_uint(name: str, key: int | None, value: object) -> int:
     if type(value) is int and 0 <= value <= UINT64_MAX:  # the common case, fast
         return value
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT64_MAX:
         return int(value)
-    raise MessageError(where, f"expected an integer in 0..2**64-1, got {value!r}")
+    raise _uint_refused(_at(name, key), value)
 
 
-def _check_int(where: str, value: object) -> int:
+def _check_int(name: str, key: int | None, value: object) -> int:
     if type(value) is int and INT64_MIN <= value <= INT64_MAX:  # the common case, fast
         return value
     if isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
         return int(value)
-    raise MessageError(where, f"expected a signed 64-bit integer, got {value!r}")
+    raise MessageError(_at(name, key), f"expected a signed 64-bit integer, got {value!r}")
 
 
-def _check_float(where: str, value: object) -> float:
+def _check_float(name: str, key: int | None, value: object) -> float:
     if isinstance(value, float | int) and not isinstance(value, bool):
         try:
             number = float(value)
@@ -313,34 +325,57 @@ def _check_float(where: str, value: object) -> float:
             number = math.inf
         if math.isfinite(number):
             return number
-    raise MessageError(where, f"expected a finite number, got {value!r}")
+    raise MessageError(_at(name, key), f"expected a finite number, got {value!r}")
 
 
-def _check_bool(where: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise MessageError(where, f"expected true or false, got {value!r}")
-    return value
+def _check_bool(name: str, key: int | None, value: object) -> bool:
+    if value is True or value is False:
+        return value
+    raise MessageError(_at(name, key), f"expected true or false, got {value!r}")
 
 
-def _check_str(where: str, value: object) -> str:
+def _check_str(name: str, key: int | None, value: object) -> str:
+    if type(value) is str:
+        return value
     if not isinstance(value, str):
-        raise MessageError(where, f"expected a string, got {value!r}")
+        raise MessageError(_at(name, key), f"expected a string, got {value!r}")
     return str(value)
 
 
-def _check_uint_array(where: str, value: object) -> tuple[int, ...]:
+def _check_uint_array(name: str, key: int | None, value: object) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
-        raise MessageError(where, f"expected an array of unsigned integers, got {value!r}")
-    return tuple(_check_uint(f"{where}[{i}]", item) for i, item in enumerate(value))
+        raise MessageError(
+            _at(name, key), f"expected an array of unsigned integers, got {value!r}"
+        )
+    for item in value:  # one pass of cheap type tests; locate the culprit only on refusal
+        if type(item) is not int or not 0 <= item <= UINT64_MAX:
+            return tuple(_uint_item(_at(name, key), i, x) for i, x in enumerate(value))
+    return value if type(value) is tuple else tuple(value)
 
 
-def _check_str_array(where: str, value: object) -> tuple[str, ...]:
+def _uint_item(where: str, index: int, item: object) -> int:
+    if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= UINT64_MAX:
+        return int(item)
+    raise _uint_refused(f"{where}[{index}]", item)
+
+
+def _check_str_array(name: str, key: int | None, value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
-        raise MessageError(where, f"expected an array of strings, got {value!r}")
-    return tuple(_check_str(f"{where}[{i}]", item) for i, item in enumerate(value))
+        raise MessageError(_at(name, key), f"expected an array of strings, got {value!r}")
+    for item in value:
+        if type(item) is not str:
+            return tuple(_str_item(_at(name, key), i, x) for i, x in enumerate(value))
+    return value if type(value) is tuple else tuple(value)
+
+
+def _str_item(where: str, index: int, item: object) -> str:
+    if not isinstance(item, str):
+        raise MessageError(f"{where}[{index}]", f"expected a string, got {item!r}")
+    return str(item)
 
 
 _V = TypeVar("_V")
+_Check = Callable[[str, "int | None", object], _V]
 
 
 class _Params(dict[int, _V]):
@@ -348,7 +383,7 @@ class _Params(dict[int, _V]):
 
     __slots__ = ("checked_by",)
 
-    def __init__(self, items: dict[int, _V], checked_by: Callable[[str, object], _V]) -> None:
+    def __init__(self, items: dict[int, _V], checked_by: _Check[_V]) -> None:
         super().__init__(items)
         self.checked_by = checked_by
 
@@ -371,16 +406,14 @@ class _Params(dict[int, _V]):
         return (_Params, (dict(self), self.checked_by))
 
 
-def _no_check(where: str, value: object) -> Any:
+def _no_check(name: str, key: int | None, value: object) -> Any:
     raise AssertionError("the empty map holds no values")
 
 
 _EMPTY: Mapping[int, Any] = _Params({}, _no_check)
 
 
-def _convert_params(
-    name: str, check: Callable[[str, object], _V], params: Mapping[int, Any]
-) -> Mapping[int, _V]:
+def _convert_params(name: str, check: _Check[_V], params: Mapping[int, Any]) -> Mapping[int, _V]:
     """Check every key and value of one typed map and freeze it."""
     kind = type(params)
     if kind is _Params and params.checked_by is check:  # type: ignore[attr-defined]
@@ -391,9 +424,13 @@ def _convert_params(
         return _EMPTY
     checked: dict[int, _V] = {}
     for key, value in params.items():
-        if not (type(key) is int or _is_integer(key)) or not 0 <= key <= UINT32_MAX:
+        if type(key) is not int:
+            if type(key) is not ParamKey and not _is_integer(key):
+                raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
+            key = int(key)
+        if not 0 <= key <= UINT32_MAX:
             raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
-        checked[int(key)] = check(f"{name}.{key}", value)
+        checked[key] = check(name, key, value)
     return _Params(checked, check)
 
 
@@ -441,29 +478,99 @@ class Message:
         string_array_params: Mapping[int, Sequence[str]] = _EMPTY,
         sender: str = "",
     ) -> None:
-        set_ = object.__setattr__
-        set_(self, "id", _check_uint32("id", id))
-        set_(self, "success", _check_bool("success", success))
-        set_(self, "from_session", _check_uint32("from", from_session))
-        set_(self, "to_session", _check_uint32("to", to_session))
-        set_(self, "transaction", _check_uint32("transaction", transaction))
-        set_(self, "error", _check_str("error", error))
-        set_(self, "bool_params", _convert_params("bool_params", _check_bool, bool_params))
-        set_(self, "string_params", _convert_params("string_params", _check_str, string_params))
-        set_(self, "uint_params", _convert_params("uint_params", _check_uint, uint_params))
-        set_(self, "int_params", _convert_params("int_params", _check_int, int_params))
-        set_(self, "float_params", _convert_params("float_params", _check_float, float_params))
-        set_(
-            self,
-            "uint_array_params",
-            _convert_params("uint_array_params", _check_uint_array, uint_array_params),
-        )
-        set_(
-            self,
-            "string_array_params",
-            _convert_params("string_array_params", _check_str_array, string_array_params),
-        )
-        set_(self, "sender", _check_str("sender", sender))
+        # Defaults and already-checked maps are taken as they are; everything else is checked.
+        _set_id(self, _check_uint32("id", None, id))
+        _set_success(self, _check_bool("success", None, success))
+        _set_from_session(self, _check_uint32("from", None, from_session))
+        _set_to_session(self, _check_uint32("to", None, to_session))
+        _set_transaction(self, _check_uint32("transaction", None, transaction))
+        _set_error(self, _check_str("error", None, error))
+        if bool_params is not _EMPTY:
+            bool_params = _convert_params("bool_params", _check_bool, bool_params)
+        _set_bool_params(self, bool_params)
+        if string_params is not _EMPTY:
+            string_params = _convert_params("string_params", _check_str, string_params)
+        _set_string_params(self, string_params)
+        if uint_params is not _EMPTY:
+            uint_params = _convert_params("uint_params", _check_uint, uint_params)
+        _set_uint_params(self, uint_params)
+        if int_params is not _EMPTY:
+            int_params = _convert_params("int_params", _check_int, int_params)
+        _set_int_params(self, int_params)
+        if float_params is not _EMPTY:
+            float_params = _convert_params("float_params", _check_float, float_params)
+        _set_float_params(self, float_params)
+        if uint_array_params is not _EMPTY:
+            uint_array_params = _convert_params(
+                "uint_array_params", _check_uint_array, uint_array_params
+            )
+        _set_uint_array_params(self, uint_array_params)
+        if string_array_params is not _EMPTY:
+            string_array_params = _convert_params(
+                "string_array_params", _check_str_array, string_array_params
+            )
+        _set_string_array_params(self, string_array_params)
+        _set_sender(self, _check_str("sender", None, sender))
+
+    def replace(
+        self,
+        *,
+        from_session: int | None = None,
+        to_session: int | None = None,
+        sender: str | None = None,
+    ) -> Message:
+        """A copy with new sessions or sender: only the changed fields are checked again.
+
+        ``attrs.evolve`` works too, but re-checks every map; this runs once per request sent.
+        """
+        copy: Message = object.__new__(Message)
+        _set_id(copy, self.id)
+        _set_success(copy, self.success)
+        _set_from_session(copy, self.from_session)
+        _set_to_session(copy, self.to_session)
+        _set_transaction(copy, self.transaction)
+        _set_error(copy, self.error)
+        _set_bool_params(copy, self.bool_params)
+        _set_string_params(copy, self.string_params)
+        _set_uint_params(copy, self.uint_params)
+        _set_int_params(copy, self.int_params)
+        _set_float_params(copy, self.float_params)
+        _set_uint_array_params(copy, self.uint_array_params)
+        _set_string_array_params(copy, self.string_array_params)
+        _set_sender(copy, self.sender)
+        if from_session is not None:
+            _set_from_session(copy, _check_uint32("from", None, from_session))
+        if to_session is not None:
+            _set_to_session(copy, _check_uint32("to", None, to_session))
+        if sender is not None:
+            _set_sender(copy, _check_str("sender", None, sender))
+        return copy
+
+
+def _slot_setter(name: str) -> Callable[[Message, Any], None]:
+    """Writes one field of a frozen Message under construction (the slot's own descriptor).
+
+    About half the cost of ``object.__setattr__``, which looks the slot up on every call;
+    used only while a new Message is built, never on one already handed out.
+    """
+    setter: Callable[[Message, Any], None] = Message.__dict__[name].__set__
+    return setter
+
+
+_set_id = _slot_setter("id")
+_set_success = _slot_setter("success")
+_set_from_session = _slot_setter("from_session")
+_set_to_session = _slot_setter("to_session")
+_set_transaction = _slot_setter("transaction")
+_set_error = _slot_setter("error")
+_set_bool_params = _slot_setter("bool_params")
+_set_string_params = _slot_setter("string_params")
+_set_uint_params = _slot_setter("uint_params")
+_set_int_params = _slot_setter("int_params")
+_set_float_params = _slot_setter("float_params")
+_set_uint_array_params = _slot_setter("uint_array_params")
+_set_string_array_params = _slot_setter("string_array_params")
+_set_sender = _slot_setter("sender")
 
 
 # --- codec -------------------------------------------------------------------------------------
@@ -477,6 +584,24 @@ _MAP_FIELDS = (
     "uint_array_params",
     "string_array_params",
 )
+_MAP_CHECKS: dict[str, _Check[Any]] = {
+    "bool_params": _check_bool,
+    "string_params": _check_str,
+    "uint_params": _check_uint,
+    "int_params": _check_int,
+    "float_params": _check_float,
+    "uint_array_params": _check_uint_array,
+    "string_array_params": _check_str_array,
+}
+_MAP_SETTERS = {
+    "bool_params": _set_bool_params,
+    "string_params": _set_string_params,
+    "uint_params": _set_uint_params,
+    "int_params": _set_int_params,
+    "float_params": _set_float_params,
+    "uint_array_params": _set_uint_array_params,
+    "string_array_params": _set_string_array_params,
+}
 _KNOWN_FIELDS = frozenset(("id", "success", "from", "to", "transaction", "error", *_MAP_FIELDS))
 _ARRAY_FIELDS = frozenset({"uint_array_params", "string_array_params"})
 _SCALAR_FIELDS = {
@@ -487,6 +612,9 @@ _SCALAR_FIELDS = {
     "transaction": "transaction",
     "error": "error",
 }
+#: The decimal text of the common parameter keys, both ways (every ParamKey and some spare).
+_KEY_TEXT = tuple(str(key) for key in range(256))
+_KEY_NUMBER = {text: key for key, text in enumerate(_KEY_TEXT)}
 
 
 def encode(message: Message) -> bytes:
@@ -502,32 +630,67 @@ def encode(message: Message) -> bytes:
         document["transaction"] = message.transaction
     if message.error:
         document["error"] = message.error
-    for name in _MAP_FIELDS:
-        params: Mapping[int, object] = getattr(message, name)
+    for name, params in (
+        ("bool_params", message.bool_params),
+        ("string_params", message.string_params),
+        ("uint_params", message.uint_params),
+        ("int_params", message.int_params),
+        ("float_params", message.float_params),
+        ("uint_array_params", message.uint_array_params),
+        ("string_array_params", message.string_array_params),
+    ):
         if params:
             # Go writes map keys sorted as strings; doing the same keeps output byte-identical.
             if len(params) == 1:
                 [(key, value)] = params.items()
-                document[name] = {str(key): value}
+                document[name] = {_key_text(key): value}
             else:
-                document[name] = dict(sorted([(str(key), value) for key, value in params.items()]))
+                document[name] = dict(sorted([(_key_text(k), v) for k, v in params.items()]))
     return _serialise(document).encode("ascii")
 
 
-_serialise = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def _key_text(key: int) -> str:
+    return _KEY_TEXT[key] if key < 256 else str(key)
 
 
-class _Object(tuple[tuple[str, Any], ...]):
-    """A JSON object as its ordered (key, value) pairs, so duplicates resolve as in Go."""
+def _not_serialisable(value: object) -> NoReturn:
+    raise TypeError(f"{value!r} cannot be encoded")  # unreachable: Message holds JSON types
 
-    __slots__ = ()
+
+_serialise: Callable[[dict[str, object]], str] = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False
+).encode
+# That encoder builds a C encoder on every call; building it once gives the same output at
+# half the cost for a small message. No cycle check (markers) is needed: a Message holds only
+# scalars, strings and tuples.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:  # CPython; other interpreters keep the encoder above
+    _encode_document = _c_make_encoder(
+        None,
+        _not_serialisable,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+
+    def _serialise(document: dict[str, object]) -> str:
+        return "".join(_encode_document(document, 0))
+
+
+# A JSON object decodes as a tuple of its (key, value) pairs, in order, so that duplicate fields
+# resolve as in Go; arrays decode as lists, so ``type(x) is tuple`` means "an object".
+_Object = tuple
 
 
 def _reject_constant(name: str) -> object:
     raise MessageError(DOCUMENT, f"{name} is not valid JSON")
 
 
-_parse = json.JSONDecoder(object_pairs_hook=_Object, parse_constant=_reject_constant).decode
+_parse = json.JSONDecoder(object_pairs_hook=tuple, parse_constant=_reject_constant).decode
 
 
 def _fold(name: str) -> str:
@@ -536,6 +699,9 @@ def _fold(name: str) -> str:
 
 
 def _param_key(name: str, key: str) -> int:
+    number = _KEY_NUMBER.get(key)
+    if number is not None:
+        return number
     # Go parses map keys with strconv.ParseUint(key, 10, 64): ASCII digits only, no sign or
     # spaces, and the result must fit the uint32 ParamKey.
     if not (key.isascii() and key.isdigit()):
@@ -550,23 +716,25 @@ def _param_key(name: str, key: str) -> int:
 
 
 def _merge_params(name: str, value: object, into: dict[int, object] | None) -> dict[int, object]:
+    """Keys of one JSON map, parsed; the values are checked once every field is known."""
     if value is None:  # Go: null sets the map to nil, i.e. empty
         return {}
-    if not isinstance(value, _Object):
+    if type(value) is not _Object:
         raise MessageError(name, f"expected an object, got {_describe(value)}")
     merged = {} if into is None else into  # Go decodes repeated maps into the same map
+    is_array = name in _ARRAY_FIELDS
     for key, item in value:
         number = _param_key(name, key)
-        if item is None and name in _ARRAY_FIELDS:
+        if item is None and is_array:
             item = ()  # Go writes a nil slice as null
-        elif isinstance(item, _Object):
+        elif type(item) is _Object:
             raise MessageError(f"{name}.{number}", "unexpected object")
         merged[number] = item
     return merged
 
 
 def _describe(value: object) -> str:
-    if isinstance(value, _Object):
+    if type(value) is _Object:
         return "an object"
     return repr(value)
 
@@ -583,7 +751,7 @@ def decode(data: bytes, sender: str = "") -> Message:
         raise
     except (ValueError, RecursionError) as error:
         raise MessageError(DOCUMENT, f"not valid JSON ({error})") from None
-    if not isinstance(document, _Object):
+    if type(document) is not _Object:
         raise MessageError(DOCUMENT, f"expected a JSON object, got {_describe(document)}")
     scalars: dict[str, object] = {}
     maps: dict[str, dict[int, object]] = {}
@@ -591,7 +759,7 @@ def decode(data: bytes, sender: str = "") -> Message:
         name = key if key in _KNOWN_FIELDS else _fold(key)
         attribute = _SCALAR_FIELDS.get(name)
         if attribute is not None:
-            if value is None or isinstance(value, _Object | list):
+            if value is None or type(value) is _Object or type(value) is list:
                 raise MessageError(name, f"unexpected {_describe(value)}")
             scalars[attribute] = value
         elif name in _MAP_FIELDS:
@@ -599,4 +767,23 @@ def decode(data: bytes, sender: str = "") -> Message:
         # unknown top-level fields are ignored, as Go does
     if "id" not in scalars:
         raise MessageError("id", "missing")
-    return Message(**scalars, **maps, sender=sender)  # type: ignore[arg-type]
+    # Check in the order Message() does, then build the message without checking it again.
+    get = scalars.get
+    message: Message = object.__new__(Message)
+    _set_id(message, _check_uint32("id", None, scalars["id"]))
+    _set_success(message, _check_bool("success", None, get("success", False)))
+    _set_from_session(message, _check_uint32("from", None, get("from_session", 0)))
+    _set_to_session(message, _check_uint32("to", None, get("to_session", 0)))
+    _set_transaction(message, _check_uint32("transaction", None, get("transaction", 0)))
+    _set_error(message, _check_str("error", None, get("error", "")))
+    for name in _MAP_FIELDS:
+        merged = maps.get(name)
+        if not merged:
+            _MAP_SETTERS[name](message, _EMPTY)
+            continue
+        check = _MAP_CHECKS[name]
+        for number, item in merged.items():
+            merged[number] = check(name, number, item)
+        _MAP_SETTERS[name](message, _Params(merged, check))
+    _set_sender(message, _check_str("sender", None, sender))
+    return message

@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable, Collection
 from typing import Any
 
-import attrs
 from attrs import define
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -142,12 +141,9 @@ class Transactions:
         """
         limit = self._timeout if timeout is None else _check_timeout(timeout)
         if is_reply is None:
-            expected = reply_ids(message.id)
-            if not expected:
-                raise ValueError(f"nothing answers {_name(message.id)}; pass is_reply")
-            is_reply = _id_in(expected)
+            is_reply = _default_is_reply(message.id)
         token = self._issue_token()
-        stamped = attrs.evolve(message, from_session=token)
+        stamped = message.replace(from_session=token)
         deferred: Deferred[Message] = Deferred(lambda _: self._forget(token))
         entry = _Pending(
             request=stamped,
@@ -273,6 +269,23 @@ def _id_in(expected: Collection[int]) -> Callable[[Message], bool]:
     def is_reply(message: Message) -> bool:
         return message.id in expected
 
+    return is_reply
+
+
+_DEFAULT_IS_REPLY: dict[int, Callable[[Message], bool]] = {}
+_KNOWN_IDS = frozenset(MessageID)
+
+
+def _default_is_reply(request_id: int) -> Callable[[Message], bool]:
+    """The reply test for a request id, built once per id rather than once per request."""
+    is_reply = _DEFAULT_IS_REPLY.get(request_id)
+    if is_reply is None:
+        expected = reply_ids(request_id)
+        if not expected:
+            raise ValueError(f"nothing answers {_name(request_id)}; pass is_reply")
+        is_reply = _id_in(expected)
+        if request_id in _KNOWN_IDS:  # a bounded cache: ids of the catalogue only
+            _DEFAULT_IS_REPLY[request_id] = is_reply
     return is_reply
 
 

@@ -17,15 +17,15 @@ the Cell side) implements :class:`LinkHandler`.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey, decode, encode
@@ -42,6 +42,14 @@ HANDSHAKE_TIMEOUT = 10.0
 CLOSE_GRACE = 3.0
 #: Largest frame accepted or sent: the Go endpoint's receive buffer (2 MiB).
 MAX_FRAME_SIZE = 2 << 20
+
+#: Frames parsed from one read before the reactor gets a turn (see ``_yield_turn``).
+FRAMES_PER_TURN = 16
+
+_PREFIX = struct.Struct(">I")
+_PREFIX_SIZE = _PREFIX.size
+_PREFIX_FROM = _PREFIX.unpack_from
+_PREFIX_PACK = _PREFIX.pack
 
 
 class ServiceType(enum.IntEnum):
@@ -137,6 +145,15 @@ def opened_event(name: str, service_type: ServiceType) -> Message:
     )
 
 
+#: Connection control messages, consumed by the link itself.
+_CONTROL_IDS = frozenset(
+    int(i)
+    for i in (
+        MessageID.ConnectionKeepAliveEvent,
+        MessageID.ConnectionClosedEvent,
+        MessageID.ConnectionOpenedEvent,
+    )
+)
 _KEEPALIVE_FRAME = encode(Message(id=MessageID.ConnectionKeepAliveEvent))
 _CLOSED_FRAME = encode(Message(id=MessageID.ConnectionClosedEvent))
 
@@ -215,6 +232,9 @@ class LinkSession:
                 "link {name} ({address}) recovered", name=self.name, address=self.address
             )
             self._handler.link_recovered(self)
+        if message.id not in _CONTROL_IDS:  # the common case: one set lookup
+            self._handler.message_received(self, message)
+            return
         if message.id == MessageID.ConnectionKeepAliveEvent:
             return
         if message.id == MessageID.ConnectionClosedEvent:
@@ -224,10 +244,7 @@ class LinkSession:
             self._finish(gracefully=True)
             self._wire.close()
             return
-        if message.id == MessageID.ConnectionOpenedEvent:
-            self.log.warn("{name} repeated its handshake; ignored", name=self.name)
-            return
-        self._handler.message_received(self, message)
+        self.log.warn("{name} repeated its handshake; ignored", name=self.name)
 
     def protocol_error(self, reason: str) -> None:
         """The peer broke the framing or the message format: drop only this link."""
@@ -362,8 +379,13 @@ def _host_of(address: IAddress) -> str:
     return host if isinstance(host, str) else str(address)
 
 
-class FramedLinkProtocol(Int32StringReceiver):
-    """The TLS/TCP wire: 4-byte length-prefixed frames, refused above ``MAX_FRAME_SIZE``."""
+class FramedLinkProtocol(Protocol):
+    """The TLS/TCP wire: 4-byte big-endian length-prefixed frames, refused above the limit.
+
+    The same wire format as ``Int32StringReceiver``, parsed by offset over each chunk that
+    arrives: a frame split across reads is gathered in one growing buffer (never re-joined per
+    read), and a length above ``MAX_LENGTH`` is refused before any of that frame is buffered.
+    """
 
     MAX_LENGTH = MAX_FRAME_SIZE
     log = Logger()
@@ -376,6 +398,12 @@ class FramedLinkProtocol(Int32StringReceiver):
         self._abort_call: IDelayedCall | None = None
         self._closed_waiters: list[Deferred[None]] | None = []
         self.session: LinkSession | None = None
+        #: The start of an incomplete frame, and how many bytes it needs to be whole.
+        self._partial = bytearray()
+        self._wanted = _PREFIX_SIZE
+        self._stopped = False
+        #: The parse of a large read, continued at the reactor's next turn.
+        self._next_turn: IDelayedCall | None = None
 
     def when_closed(self) -> Deferred[None]:
         """Fires once the connection is gone (at once if it already is)."""
@@ -397,17 +425,92 @@ class FramedLinkProtocol(Int32StringReceiver):
         self.session = self._session_factory(self)
         self.session.start()
 
-    def stringReceived(self, string: bytes) -> None:
-        assert self.session is not None
-        self.session.frame_received(string)
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        partial = self._partial
+        if self._next_turn is not None:  # still working through an earlier read: queue behind it
+            partial += data
+            return
+        if partial:
+            partial += data
+            if len(partial) < self._wanted:
+                return  # still short of a whole frame: nothing to parse yet
+            data = bytes(partial)
+            partial.clear()
+        self._parse(data)
 
-    def lengthLimitExceeded(self, length: int) -> None:
+    def _parse(self, data: bytes) -> None:
+        """Hand whole frames to the session; keep the rest for later reads or the next turn."""
+        session = self.session
+        assert session is not None
+        end = len(data)
+        offset = 0
+        handled = 0
+        while end - offset >= _PREFIX_SIZE:
+            start = offset + _PREFIX_SIZE
+            length = _PREFIX_FROM(data, offset)[0]
+            if length > self.MAX_LENGTH:
+                self._refuse(length)
+                return
+            stop = start + length
+            if stop > end:
+                break
+            session.frame_received(data[start:stop])
+            offset = stop
+            if session.state is LinkState.CLOSED:  # that frame ended the link: read no more
+                self._stopped = True
+                return
+            handled += 1
+            if handled == FRAMES_PER_TURN and offset < end and self._yield_turn():
+                self._partial += memoryview(data)[offset:]
+                return
+        if offset < end:
+            rest = memoryview(data)[offset:]
+            self._partial += rest
+            self._wanted = (
+                _PREFIX_SIZE + _PREFIX_FROM(rest, 0)[0]
+                if len(rest) >= _PREFIX_SIZE
+                else _PREFIX_SIZE
+            )
+
+    def _yield_turn(self) -> bool:
+        """Let the reactor run before parsing on; False where it cannot (in-memory transports).
+
+        What the frames handled so far made us write then leaves at once, so the peer works on
+        it while we parse the rest (a window of requests no longer travels as one clump that
+        each end turns around while the other waits), and other links get their turn. Reading
+        pauses meanwhile, so unparsed input never grows beyond one read.
+        """
+        reactor = getattr(self.transport, "reactor", None)
+        if not IReactorTime.providedBy(reactor):
+            return False
+        assert self.transport is not None
+        self._next_turn = reactor.callLater(0, self._resume)
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        return True
+
+    def _resume(self) -> None:
+        self._next_turn = None
+        if self._stopped or self.transport is None:
+            return
+        data = bytes(self._partial)
+        self._partial.clear()
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._parse(data)
+
+    def _refuse(self, length: int) -> None:
+        """An oversized frame: drop the link, and parse nothing more that arrives on it."""
+        self._stopped = True
+        self._partial.clear()
         assert self.session is not None
         self.session.protocol_error(f"frame of {length} bytes exceeds {self.MAX_LENGTH}")
-        # Stop parsing what is already buffered behind the oversized prefix.
-        self._unprocessed = b""
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._stopped = True
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        self._next_turn = None
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -418,7 +521,8 @@ class FramedLinkProtocol(Int32StringReceiver):
             d.callback(None)
 
     def write_frame(self, frame: bytes) -> None:
-        self.sendString(frame)
+        assert self.transport is not None
+        self.transport.write(_PREFIX_PACK(len(frame)) + frame)
 
     def close(self) -> None:
         if self.transport is None or self._abort_call is not None:
