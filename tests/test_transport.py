@@ -325,6 +325,47 @@ class ReactorStringTransport(StringTransport):
         self.reactor = reactor
 
 
+class HandshakeCapTests(SynchronousTestCase):
+    """Connections that have not said who they are are bounded; known Cells are not."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.handler = RecordingHandler()
+        self.factory = CellLinkFactory(
+            self.handler, self.clock, CORE, lambda transport: CELL, max_handshaking=2
+        )
+
+    def accept(self) -> FramedLinkProtocol | None:
+        address = IPv4Address("TCP", "127.0.0.5", 4000)
+        protocol = self.factory.buildProtocol(address)
+        if protocol is not None:
+            protocol.makeConnection(StringTransport(peerAddress=address))
+        return protocol
+
+    def test_connections_beyond_the_cap_are_refused(self) -> None:
+        first, second = self.accept(), self.accept()
+        self.assertIsNotNone(first)
+        self.assertIsNotNone(second)
+        self.assertIsNone(self.accept())
+        self.assertEqual((self.factory.handshaking(), self.factory.refused), (2, 1))
+
+    def test_a_completed_handshake_frees_its_place(self) -> None:
+        first = self.accept()
+        assert first is not None
+        self.accept()
+        first.dataReceived(frame(opened_event(CELL, ServiceType.CELL)))
+        self.assertTrue(first.session is not None and first.session.connected)
+        self.assertIsNotNone(self.accept())
+        self.assertEqual(self.factory.handshaking(), 2)
+
+    def test_an_expired_handshake_frees_its_place(self) -> None:
+        self.accept()
+        self.accept()
+        self.clock.advance(HANDSHAKE_TIMEOUT)
+        self.assertEqual(self.factory.handshaking(), 0)
+        self.assertIsNotNone(self.accept())
+
+
 class TurnTests(SynchronousTestCase):
     """A large read is parsed FRAMES_PER_TURN frames at a time, reading paused in between."""
 

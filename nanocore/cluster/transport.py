@@ -38,6 +38,8 @@ LOST_AFTER = 9.0
 DISCONNECT_AFTER = 15.0
 #: Seconds a new link may take to complete the handshake before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: Connections Core accepts at once that have not completed the handshake; more are refused.
+MAX_HANDSHAKING = 256
 #: Seconds an orderly close may take to flush before the connection is aborted.
 CLOSE_GRACE = 3.0
 #: Largest frame accepted or sent: the Go endpoint's receive buffer (2 MiB).
@@ -549,21 +551,48 @@ class CellLinkFactory(Factory):
     (``nanocore.pki.peer_cell_name``) or None; the Cell's claimed name must equal it.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         handler: LinkHandler,
         clock: IReactorTime,
         core_name: str,
         identify: Callable[[ITransport], str | None],
+        max_handshaking: int = MAX_HANDSHAKING,
     ) -> None:
         self._handler = handler
         self._clock = clock
         self._core_name = core_name
         self._identify = identify
+        self._max_handshaking = max_handshaking
         #: Connections not yet closed, so that a stopping Core can wait for them.
         self.connections: set[FramedLinkProtocol] = set()
+        #: Connections refused because too many others were still handshaking.
+        self.refused = 0
 
-    def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol:
+    def handshaking(self) -> int:
+        """Connections that have not completed the handshake (not yet a known Cell)."""
+        return sum(
+            1
+            for protocol in self.connections
+            if protocol.session is None or protocol.session.state is LinkState.HANDSHAKING
+        )
+
+    def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol | None:
+        # Until its handshake completes a connection is nobody; a flood of them must not
+        # exhaust Core's memory or file descriptors while the known Cells keep their links.
+        if self.handshaking() >= self._max_handshaking:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 100 == 0:
+                self.log.warn(
+                    "refused a Cell link from {address}: {count} connections still"
+                    " handshaking ({refused} refused so far)",
+                    address=_host_of(addr) if addr is not None else "?",
+                    count=self._max_handshaking,
+                    refused=self.refused,
+                )
+            return None
         protocol = FramedLinkProtocol(self._new_session, self._clock)
         self.connections.add(protocol)
         protocol.when_closed().addCallback(lambda _: self.connections.discard(protocol))
