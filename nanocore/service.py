@@ -15,7 +15,8 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -78,21 +79,17 @@ class RunningCore:
 class _ListenFirstFree(Service):
     """Listens on the first port of a range that is free, like the original's port scan."""
 
-    def __init__(
-        self, reactor: Any, ports: Iterable[int], listen: Callable[[int], Deferred[Any]]
-    ) -> None:
-        self._reactor = reactor
+    def __init__(self, ports: Iterable[int], listen: Callable[[int], Deferred[Any]]) -> None:
         self._ports = tuple(ports)
         self._listen = listen
         self.port: IListeningPort | None = None
 
-    @inlineCallbacks
-    def start(self) -> Any:
+    async def start(self) -> IListeningPort:
         """Bind and start; fails with the last error when every port of the range is taken."""
         error: Exception | None = None
         for number in self._ports:
             try:
-                self.port = yield self._listen(number)
+                self.port = await self._listen(number)
             except CannotListenError as e:
                 error = e
                 continue
@@ -101,7 +98,7 @@ class _ListenFirstFree(Service):
         raise CannotListenError("", self._ports[-1], error or "no port in range")
 
     def startService(self) -> None:
-        # Started by CoreService.start(), which waits on the binding; not on parent start.
+        # CoreService._start calls start() and waits on the binding; a parent's start does not.
         pass
 
     def stopService(self) -> Deferred[None] | None:
@@ -195,11 +192,13 @@ class CoreService(MultiService):
             )
             return endpoint.listen(factory)
 
-        link = _ListenFirstFree(self._reactor, LINK_PORTS, listen_link)
+        link = _ListenFirstFree(LINK_PORTS, listen_link)
         link.setName(LINK_SERVICE_NAME)
         link.setServiceParent(self)
         listening = await link.start()
-        self.link_port = port = listening.getHost().port
+        host = listening.getHost()
+        assert isinstance(host, IPv4Address)
+        self.link_port = port = host.port
         log.info("Cell link (TLS) on {address}:{port}", address=domain.listen_address, port=port)
 
         advertised = ServiceEntry(

@@ -1,9 +1,9 @@
 """`twistd nanocore`: the options and the composition of every nanocore service.
 
 `makeService` reads the config (writing missing files first), prepares the certificates, and
-returns one `MultiService` with a named child per service. Each child is built by its own
-function below, so the cluster services, the store and the image site can join without
-touching the others. This module composes; it holds no behaviour of its own.
+returns one `MultiService` holding the `CoreService` of `nanocore.service`, which opens the
+store and starts the Cell link, discovery and the API in order. This module composes; it holds
+no behaviour of its own.
 """
 
 from __future__ import annotations
