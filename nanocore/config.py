@@ -21,6 +21,7 @@ from attrs import field, frozen
 from twisted.logger import Logger
 
 from nanocore.atomicfile import write_file
+from nanocore.model import is_ipv4
 
 log = Logger()
 
@@ -277,10 +278,9 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int
 def _ipv4(value: object) -> ipaddress.IPv4Address:
     if not isinstance(value, str):
         raise _Invalid("an IPv4 address string")
-    try:
-        return ipaddress.IPv4Address(value)
-    except ValueError:
-        raise _Invalid("an IPv4 address such as 192.168.1.31") from None
+    if not is_ipv4(value):
+        raise _Invalid("an IPv4 address such as 192.168.1.31")
+    return ipaddress.IPv4Address(value)
 
 
 def _listen_address(value: object) -> str:

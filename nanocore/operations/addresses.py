@@ -10,8 +10,8 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from nanocore.model import AddressAllocation, AddressPool, AddressRange
-from nanocore.operations.base import Context, build, is_ipv4
+from nanocore.model import AddressAllocation, AddressPool, AddressRange, is_ipv4
+from nanocore.operations.base import Context, build
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol, TypeVar
@@ -101,14 +100,6 @@ def build(factory: Callable[..., T], **fields: Any) -> T:
         return factory(**fields)
     except (ValueError, TypeError) as error:
         raise InvalidRequest(validation_message(error)) from None
-
-
-def is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def check_name(kind: str, name: str) -> None:

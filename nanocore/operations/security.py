@@ -7,8 +7,8 @@ import uuid
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred
 
-from nanocore.model import SecurityPolicyGroup, SecurityPolicyRule
-from nanocore.operations.base import Context, build, check_name, is_ipv4
+from nanocore.model import SecurityPolicyGroup, SecurityPolicyRule, is_ipv4
+from nanocore.operations.base import Context, build, check_name
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
 
@@ -40,6 +40,26 @@ def parse_index(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise InvalidRequest(f"invalid index {text}")
     return int(text)
+
+
+def build_rule(spec: RuleSpec) -> SecurityPolicyRule:
+    """The rule ``spec`` asks for, or the :class:`InvalidRequest` naming its first bad field."""
+    if spec.protocol not in PROTOCOLS:
+        raise InvalidRequest(f"invalid protocol: {spec.protocol}")
+    if spec.from_address and not is_ipv4(spec.from_address):
+        raise InvalidRequest(f"invalid source address '{spec.from_address}'")
+    if spec.to_address and not is_ipv4(spec.to_address):
+        raise InvalidRequest(f"invalid target address '{spec.to_address}'")
+    if spec.to_port > 65535:
+        raise InvalidRequest(f"invalid target port {spec.to_port}")
+    return build(
+        SecurityPolicyRule,
+        accept=spec.accept,
+        protocol=spec.protocol,
+        source_address=spec.from_address,
+        target_address=spec.to_address,
+        target_port=spec.to_port,
+    )
 
 
 class SecurityGroups:
@@ -99,24 +119,6 @@ class SecurityGroups:
     def rules(self, group_id: str) -> tuple[SecurityPolicyRule, ...]:
         return self.get(group_id).rules
 
-    def _rule(self, spec: RuleSpec) -> SecurityPolicyRule:
-        if spec.protocol not in PROTOCOLS:
-            raise InvalidRequest(f"invalid protocol: {spec.protocol}")
-        if spec.from_address and not is_ipv4(spec.from_address):
-            raise InvalidRequest(f"invalid source address '{spec.from_address}'")
-        if spec.to_address and not is_ipv4(spec.to_address):
-            raise InvalidRequest(f"invalid target address '{spec.to_address}'")
-        if spec.to_port > 65535:
-            raise InvalidRequest(f"invalid target port {spec.to_port}")
-        return build(
-            SecurityPolicyRule,
-            accept=spec.accept,
-            protocol=spec.protocol,
-            source_address=spec.from_address,
-            target_address=spec.to_address,
-            target_port=spec.to_port,
-        )
-
     def _duplicate(self, group: SecurityPolicyGroup, rule: SecurityPolicyRule) -> InvalidRequest:
         return InvalidRequest(
             f"rule {rule.protocol.value}:{rule.source_address}:{rule.target_port} "
@@ -139,7 +141,7 @@ class SecurityGroups:
 
     def add_rule(self, group_id: str, spec: RuleSpec) -> Deferred[None]:
         group = self.get(group_id)
-        rule = self._rule(spec)
+        rule = build_rule(spec)
         if any(other.identity == rule.identity for other in group.rules):
             raise self._duplicate(group, rule)
         return self._save_rules(group, [*group.rules, rule])
@@ -147,7 +149,7 @@ class SecurityGroups:
     def modify_rule(self, group_id: str, index_text: str, spec: RuleSpec) -> Deferred[None]:
         group = self.get(group_id)
         index = self._index(group, index_text)
-        rule = self._rule(spec)
+        rule = build_rule(spec)
         if group.rules[index] == rule:
             raise InvalidRequest("no need to change")
         for position, other in enumerate(group.rules):
