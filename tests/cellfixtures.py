@@ -10,11 +10,12 @@ import attrs
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from nanocore import model as m
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
-from nanocore.cluster.cells import CellState, CellStatus, CellUnavailable
+from nanocore.cluster.cells import CellDirectory, CellLiveness, CellStatus, CellUnavailable
 from nanocore.cluster.message import Message, MessageID
 from nanocore.cluster.transactions import Transactions, reply_to
 from nanocore.operations.cells import CellOperations
@@ -34,6 +35,7 @@ def ready(request: Message, **fields: Any) -> Message:
     return reply_to(request, id=MessageID.ComputeCellReadyEvent, **fields)
 
 
+@implementer(CellDirectory)
 class FakeDirectory:
     """The registry's surface, scripted: each Cell answers through a responder function.
 
@@ -44,7 +46,7 @@ class FakeDirectory:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.transactions = Transactions(clock, TIMEOUT)
-        self.states: dict[str, CellState] = {}
+        self.states: dict[str, CellLiveness] = {}
         self.addresses: dict[str, str] = {}
         self.statuses: dict[str, CellStatus] = {}
         self.responders: dict[str, Responder] = {}
@@ -54,13 +56,13 @@ class FakeDirectory:
     def connect(
         self, name: str, address: str = "127.0.0.1", status: CellStatus | None = None
     ) -> None:
-        self.states[name] = CellState.ALIVE if status is not None else CellState.CONNECTED
+        self.states[name] = CellLiveness.ALIVE if status is not None else CellLiveness.CONNECTED
         self.addresses[name] = address
         if status is not None:
             self.statuses[name] = status
 
     def disconnect(self, name: str) -> None:
-        self.states[name] = CellState.DISCONNECTED
+        self.states[name] = CellLiveness.DISCONNECTED
         self.transactions.fail_peer(name, CellUnavailable(f"cell {name!r} disconnected"))
 
     def answer(self, message: Message, name: str) -> None:
@@ -78,7 +80,7 @@ class FakeDirectory:
     def subscribe(self, observer: Any) -> None:
         """Tests call the observer methods themselves (see ``Harness.connect``)."""
 
-    def state(self, name: str) -> CellState | None:
+    def state(self, name: str) -> CellLiveness | None:
         return self.states.get(name)
 
     def address(self, name: str) -> str | None:
@@ -88,7 +90,7 @@ class FakeDirectory:
         return self.statuses.get(name)
 
     def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
-        if self.states.get(name) in (None, CellState.DISCONNECTED):
+        if self.states.get(name) in (None, CellLiveness.DISCONNECTED):
             return fail(CellUnavailable(f"cell {name!r} is not connected"))
         kw.setdefault("peer", name)
 
@@ -102,7 +104,7 @@ class FakeDirectory:
         return self.transactions.request(send, message, **kw)
 
     def send(self, name: str, message: Message) -> None:
-        if self.states.get(name) in (None, CellState.DISCONNECTED):
+        if self.states.get(name) in (None, CellLiveness.DISCONNECTED):
             raise CellUnavailable(f"cell {name!r} is not connected")
         self.sent.append((name, message))
 

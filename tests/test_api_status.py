@@ -9,7 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from nanocore import model as m
 from nanocore.api import envelope
-from nanocore.cluster.cells import CellState
+from nanocore.cluster.cells import CellLiveness
 from nanocore.store import Delete, UnitOfWork
 from tests.cellfixtures import GiB, Harness, instance, open_store, status_report
 
@@ -97,7 +97,7 @@ class StatusRouteTests(TestCase):
     async def test_a_silent_cell_stops_counting(self) -> None:
         await self.h.member(ALIVE, "shared")
         self.h.connect(ALIVE, status_report())
-        self.h.directory.states[ALIVE] = CellState.CONNECTED  # reports stopped long ago
+        self.h.directory.states[ALIVE] = CellLiveness.CONNECTED  # reports stopped long ago
         self.h.clock.advance(60)
         data = (await self.h.api.get("/compute_zone_status/")).data
         self.assertEqual(data["cells"], [1, 0])
