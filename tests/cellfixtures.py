@@ -1,4 +1,4 @@
-"""Shared set-up for the cell and status tests: a real store, a scripted cell directory."""
+"""Shared set-up for the cell and status tests: a real store, a scripted Cell directory."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from zope.interface import implementer
 from nanocore import model as m
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
-from nanocore.cluster.cells import CellDirectory, CellLiveness, CellStatus, CellUnavailable
+from nanocore.cluster.cells import (
+    STATUS_STALE_AFTER,
+    CellDirectory,
+    CellLiveness,
+    CellObserver,
+    CellStatus,
+    CellUnavailable,
+)
 from nanocore.cluster.message import Message, MessageID
 from nanocore.cluster.transactions import Transactions, reply_to
 from nanocore.operations.cells import CellOperations
@@ -37,33 +44,48 @@ def ready(request: Message, **fields: Any) -> Message:
 
 @implementer(CellDirectory)
 class FakeDirectory:
-    """The registry's surface, scripted: each Cell answers through a responder function.
+    """The registry, scripted: each Cell answers through a responder function.
 
     Requests go through the real :class:`Transactions` on the test's ``Clock``, so timeouts
-    are the real ones, driven by ``clock.advance``.
+    are the real ones, driven by ``clock.advance``. Subscribed observers hear what the real
+    registry would tell them. ``tests/test_celldirectory_contract.py`` runs the same cases
+    against this fake and the real :class:`CellRegistry`, so the two cannot drift apart.
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.transactions = Transactions(clock, TIMEOUT)
-        self.states: dict[str, CellLiveness] = {}
+        self.linked: dict[str, bool] = {}
         self.addresses: dict[str, str] = {}
         self.statuses: dict[str, CellStatus] = {}
+        self.reported_at: dict[str, float] = {}
         self.responders: dict[str, Responder] = {}
         self.requests: list[tuple[str, Message]] = []
         self.sent: list[tuple[str, Message]] = []
+        self.observers: list[CellObserver] = []
 
     def connect(
         self, name: str, address: str = "127.0.0.1", status: CellStatus | None = None
     ) -> None:
-        self.states[name] = CellLiveness.ALIVE if status is not None else CellLiveness.CONNECTED
+        """The Cell links up (again); a ``status`` is its first report."""
+        self.linked[name] = True
         self.addresses[name] = address
+        for observer in list(self.observers):
+            observer.cell_available(name, address)
         if status is not None:
-            self.statuses[name] = status
+            self.report(name, status)
 
-    def disconnect(self, name: str) -> None:
-        self.states[name] = CellLiveness.DISCONNECTED
+    def report(self, name: str, status: CellStatus) -> None:
+        self.statuses[name] = status
+        self.reported_at[name] = self.clock.seconds()
+        for observer in list(self.observers):
+            observer.cell_status(name, status)
+
+    def disconnect(self, name: str, gracefully: bool = False) -> None:
+        self.linked[name] = False
         self.transactions.fail_peer(name, CellUnavailable(f"cell {name!r} disconnected"))
+        for observer in list(self.observers):
+            observer.cell_disconnected(name, gracefully)
 
     def answer(self, message: Message, name: str) -> None:
         """Deliver a Cell's reply now (for requests whose responder returned None)."""
@@ -75,13 +97,21 @@ class FakeDirectory:
     # -- the CellDirectory surface ------------------------------------------------------------
 
     def names(self) -> Iterator[str]:
-        return iter(list(self.states))
+        return iter(list(self.linked))
 
-    def subscribe(self, observer: Any) -> None:
-        """Tests call the observer methods themselves (see ``Harness.connect``)."""
+    def subscribe(self, observer: CellObserver) -> None:
+        self.observers.append(observer)
 
     def state(self, name: str) -> CellLiveness | None:
-        return self.states.get(name)
+        linked = self.linked.get(name)
+        if linked is None:
+            return None
+        if not linked:
+            return CellLiveness.DISCONNECTED
+        reported = self.reported_at.get(name)
+        if reported is not None and self.clock.seconds() - reported < STATUS_STALE_AFTER:
+            return CellLiveness.ALIVE
+        return CellLiveness.CONNECTED
 
     def address(self, name: str) -> str | None:
         return self.addresses.get(name)
@@ -90,7 +120,7 @@ class FakeDirectory:
         return self.statuses.get(name)
 
     def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
-        if self.states.get(name) in (None, CellLiveness.DISCONNECTED):
+        if not self.linked.get(name):
             return fail(CellUnavailable(f"cell {name!r} is not connected"))
         kw.setdefault("peer", name)
 
@@ -104,7 +134,7 @@ class FakeDirectory:
         return self.transactions.request(send, message, **kw)
 
     def send(self, name: str, message: Message) -> None:
-        if self.states.get(name) in (None, CellLiveness.DISCONNECTED):
+        if not self.linked.get(name):
             raise CellUnavailable(f"cell {name!r} is not connected")
         self.sent.append((name, message))
 
@@ -152,9 +182,8 @@ class Harness:
     def connect(
         self, name: str, status: CellStatus | None = None, address: str = "127.0.0.1"
     ) -> None:
-        """A Cell links up: the directory knows it and the operations hear of it."""
+        """A Cell links up: the directory knows it and tells the operations."""
         self.directory.connect(name, address, status)
-        self.cells.cell_available(name, address)
 
     async def member(self, name: str, pool: str, **flags: Any) -> m.ComputeCell:
         """Put a cell straight into a pool in the store (set-up, not the add route)."""

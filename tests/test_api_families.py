@@ -493,6 +493,12 @@ class SecurityGroupTests(StoreTestCase):
 class StatusTests(StoreTestCase):
     @inlineCallbacks
     def add_cells(self) -> Any:
+        # Linked before it is a member, so that Core pushes no pool to it.
+        self.directory.connect(
+            "cell-a", "127.0.0.2",
+            CellStatus(cores=4, usage=12.5, memory_available=6, memory_total=8, disk_free=40,
+                       disk_total=100, speed=(1, 2, 3, 4)),
+        )  # fmt: skip
         yield self.store.commit(
             UnitOfWork.of(
                 Insert(ComputeCell("cell-a", pool="default")),
@@ -503,11 +509,6 @@ class StatusTests(StoreTestCase):
                              status=InstanceStatus.RUNNING)
                 ),
             )
-        )  # fmt: skip
-        self.directory.connect(
-            "cell-a", "127.0.0.2",
-            CellStatus(cores=4, usage=12.5, memory_available=6, memory_total=8, disk_free=40,
-                       disk_total=100, speed=(1, 2, 3, 4)),
         )  # fmt: skip
 
     @inlineCallbacks

@@ -141,8 +141,7 @@ class CellLifecycleTests(TestCase):
         await self.h.member(CELL, "shared")
         await self.h.put(instance("a", CELL), instance("b", CELL, lost=True))
         self.h.connect(CELL)
-        self.h.directory.disconnect(CELL)
-        self.h.cells.cell_disconnected(CELL, gracefully=True)
+        self.h.directory.disconnect(CELL, gracefully=True)
         await self.settle()
         self.assertEqual({i.lost for i in self.h.store.view.instances.values()}, {True})
         self.assertFalse(self.h.cells.alive(CELL))
@@ -157,7 +156,6 @@ class CellLifecycleTests(TestCase):
     async def test_disconnect_of_an_unallocated_cell_changes_nothing(self) -> None:
         self.h.connect(CELL)
         self.h.directory.disconnect(CELL)
-        self.h.cells.cell_disconnected(CELL, gracefully=False)
         self.assertEqual([(v.name, v.alive) for v in self.h.cells.unallocated()], [(CELL, False)])
 
     async def test_other_events_are_left_for_later_issues(self) -> None:
