@@ -32,8 +32,6 @@ log = Logger()
 
 CA_CERT_FILE = "nano_ca.crt.pem"
 CA_KEY_FILE = "nano_ca.key.pem"
-IMAGE_CERT_FILE = "nano_image.crt.pem"
-IMAGE_KEY_FILE = "nano_image.key.pem"
 
 #: Marks a certificate issued to a Cell; a server certificate from the same CA is not a Cell.
 CELL_UNIT = "cell"
