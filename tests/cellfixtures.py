@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import attrs
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from nanocore import model as m
@@ -23,7 +25,7 @@ from nanocore.cluster.cells import (
     CellStatus,
     CellUnavailable,
 )
-from nanocore.cluster.message import Message, MessageID
+from nanocore.cluster.message import Message, MessageID, encode
 from nanocore.cluster.transactions import Transactions, reply_to
 from nanocore.operations.cells import CellOperations
 from nanocore.operations.core import Operations
@@ -139,6 +141,32 @@ class FakeDirectory:
         self.sent.append((name, message))
 
 
+def frame(message: Message) -> bytes:
+    """``message`` as a Cell link carries it: a 4-byte big-endian length, then the JSON."""
+    data = encode(message)
+    return struct.pack(">I", len(data)) + data
+
+
+@implementer(CellObserver)
+class RecordingObserver:
+    """Writes down what an observer of the Cell directory hears."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def cell_available(self, name: str, address: str) -> None:
+        self.seen.append(("available", name, address))
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        self.seen.append(("status", name, status))
+
+    def cell_event(self, name: str, message: Message) -> None:
+        self.seen.append(("event", name, message.id))
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        self.seen.append(("disconnected", name, gracefully))
+
+
 def status_report(cores: int = 8, usage: float = 25.0, speed: int = 0) -> CellStatus:
     return CellStatus(
         cores=cores,
@@ -207,3 +235,15 @@ def instance(instance_id: str, cell: str, pool: str = "shared", **fields: Any) -
     )
     defaults.update(fields)
     return m.Instance(id=instance_id, pool=pool, cell=cell, **defaults)
+
+
+class HarnessTestCase(TestCase):
+    """A trial case with ``self.h``: a :class:`Harness` over a fresh store, closed after."""
+
+    def setUp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._open_harness())
+
+    async def _open_harness(self) -> None:
+        store = await open_store(self.mktemp())
+        self.addCleanup(store.close)
+        self.h = Harness(store)

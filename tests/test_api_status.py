@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
-
 from nanocore import model as m
 from nanocore.api import envelope
 from nanocore.store import Delete, UnitOfWork
-from tests.cellfixtures import GiB, Harness, instance, open_store, status_report
+from tests.cellfixtures import GiB, HarnessTestCase, instance, status_report
 
 ALIVE = "Cell_0000000000a1"
 DEAD = "Cell_0000000000b2"
@@ -30,15 +25,7 @@ USAGE_ZERO = {
 }
 
 
-class StatusRouteTests(TestCase):
-    def setUp(self) -> Any:  # a Deferred: trial waits for it
-        return Deferred.fromCoroutine(self._set_up())
-
-    async def _set_up(self) -> None:
-        store = await open_store(self.mktemp())
-        self.addCleanup(store.close)
-        self.h = Harness(store)
-
+class StatusRouteTests(HarnessTestCase):
     async def populate(self) -> None:
         """Two cells in ``shared``: one alive (cores 8, 25 %), one that reported and then died."""
         await self.h.member(ALIVE, "shared")

@@ -16,19 +16,17 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from nanocore.cluster.cells import (
     STATUS_STALE_AFTER,
     CellDirectory,
     CellLiveness,
-    CellObserver,
     CellRegistry,
     CellStatus,
     CellUnavailable,
 )
-from nanocore.cluster.message import Message, MessageID, decode, encode
+from nanocore.cluster.message import Message, MessageID, decode
 from nanocore.cluster.transactions import CellError, Transactions, TransactionTimeout, reply_to
 from nanocore.cluster.transport import (
     KEEPALIVE_INTERVAL,
@@ -37,7 +35,7 @@ from nanocore.cluster.transport import (
     ServiceType,
     opened_event,
 )
-from tests.cellfixtures import TIMEOUT, FakeDirectory
+from tests.cellfixtures import TIMEOUT, FakeDirectory, RecordingObserver, frame
 
 CORE = "Core_000000000001"
 CELL = "Cell_contract"
@@ -49,24 +47,6 @@ CONTROL = {
     MessageID.ConnectionKeepAliveEvent,
     MessageID.ConnectionClosedEvent,
 }
-
-
-@implementer(CellObserver)
-class Recorder:
-    def __init__(self) -> None:
-        self.heard: list[tuple[object, ...]] = []
-
-    def cell_available(self, name: str, address: str) -> None:
-        self.heard.append(("available", name, address))
-
-    def cell_status(self, name: str, status: CellStatus) -> None:
-        self.heard.append(("status", name, status))
-
-    def cell_event(self, name: str, message: Message) -> None:
-        self.heard.append(("event", name, message.id))
-
-    def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        self.heard.append(("disconnected", name, gracefully))
 
 
 class FakeDriver:
@@ -121,8 +101,7 @@ class RegistryDriver:
         self.feed(name, opened_event(name, ServiceType.CELL))
 
     def feed(self, name: str, message: Message) -> None:
-        data = encode(message)
-        self.links[name][0].dataReceived(struct.pack(">I", len(data)) + data)
+        self.links[name][0].dataReceived(frame(message))
 
     def report(self, name: str, status: CellStatus) -> None:
         self.feed(name, status.to_message())
@@ -171,7 +150,7 @@ class DirectoryContract:
         self.clock.advance(1_714_529_472.0)
         self.driver = self.driver_type(self.clock)
         self.directory = self.driver.directory
-        self.heard = Recorder()
+        self.heard = RecordingObserver()
         self.directory.subscribe(self.heard)
 
     def advance(self, seconds: float) -> None:
@@ -198,17 +177,17 @@ class DirectoryContract:
         request = Message(id=MessageID.GetComputePoolCellRequest)
         self.failureResultOf(self.directory.request(CELL, request), CellUnavailable)
         self.assertRaises(CellUnavailable, self.directory.send, CELL, request)
-        self.assertEqual(self.heard.heard, [])
+        self.assertEqual(self.heard.seen, [])
 
     def test_connect_then_report_then_go_quiet(self: Any) -> None:
         self.driver.connect(CELL, "127.0.0.5")
-        self.assertEqual(self.heard.heard, [("available", CELL, "127.0.0.5")])
+        self.assertEqual(self.heard.seen, [("available", CELL, "127.0.0.5")])
         self.assertEqual(list(self.directory.names()), [CELL])
         self.assertIs(self.directory.state(CELL), CellLiveness.CONNECTED)
         self.assertEqual(self.directory.address(CELL), "127.0.0.5")
         self.assertIsNone(self.directory.status(CELL))
         self.driver.report(CELL, REPORT)
-        self.assertEqual(self.heard.heard[-1], ("status", CELL, REPORT))
+        self.assertEqual(self.heard.seen[-1], ("status", CELL, REPORT))
         self.assertIs(self.directory.state(CELL), CellLiveness.ALIVE)
         self.assertEqual(self.directory.status(CELL), REPORT)
         self.advance(STATUS_STALE_AFTER)
@@ -256,7 +235,7 @@ class DirectoryContract:
             asking = self.directory.request(name, Message(id=MessageID.QueryCellStorageRequest))
             self.driver.disconnect(name, gracefully)
             self.failureResultOf(asking, CellUnavailable)
-            self.assertEqual(self.heard.heard[-1], ("disconnected", name, gracefully))
+            self.assertEqual(self.heard.seen[-1], ("disconnected", name, gracefully))
             self.assertIs(self.directory.state(name), CellLiveness.DISCONNECTED)
             self.assertEqual(self.directory.status(name), REPORT)
             self.assertEqual(self.directory.address(name), "127.0.0.5")
@@ -270,7 +249,7 @@ class DirectoryContract:
         self.driver.disconnect(CELL, False)
         self.driver.connect(CELL, "127.0.0.6")
         self.assertEqual(
-            self.heard.heard,
+            self.heard.seen,
             [
                 ("available", CELL, "127.0.0.5"),
                 ("disconnected", CELL, False),

@@ -30,6 +30,7 @@ from nanocore.cluster.transport import (
     ServiceType,
     opened_event,
 )
+from tests.cellfixtures import RecordingObserver, frame
 
 CORE = "Core_000000000001"
 STATUS = CellStatus(
@@ -42,11 +43,6 @@ STATUS = CellStatus(
 )
 
 
-def frame(message: Message) -> bytes:
-    data = encode(message)
-    return struct.pack(">I", len(data)) + data
-
-
 def last_sent(transport: StringTransport) -> Message:
     data = transport.value()
     messages = []
@@ -55,24 +51,6 @@ def last_sent(transport: StringTransport) -> Message:
         messages.append(decode(data[4 : 4 + length]))
         data = data[4 + length :]
     return messages[-1]
-
-
-@implementer(CellObserver)
-class RecordingObserver:
-    def __init__(self) -> None:
-        self.seen: list[tuple[object, ...]] = []
-
-    def cell_available(self, name: str, address: str) -> None:
-        self.seen.append(("available", name, address))
-
-    def cell_status(self, name: str, status: CellStatus) -> None:
-        self.seen.append(("status", name, status))
-
-    def cell_event(self, name: str, message: Message) -> None:
-        self.seen.append(("event", name, message.id))
-
-    def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        self.seen.append(("disconnected", name, gracefully))
 
 
 class CellStatusTests(SynchronousTestCase):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import fail
 
 from nanocore import model as m
 from nanocore.cluster.message import Message, MessageID, ParamKey
@@ -13,7 +12,7 @@ from nanocore.cluster.transactions import reply_to
 from nanocore.operations.cells import CELL_JOINING
 from nanocore.operations.errors import InvalidRequest, OperationTimeout
 from nanocore.store import StoreError, UnitOfWork
-from tests.cellfixtures import TIMEOUT, Harness, instance, open_store, ready, status_report
+from tests.cellfixtures import TIMEOUT, HarnessTestCase, instance, ready, status_report
 
 CELL = "Cell_0000000000a1"
 
@@ -51,15 +50,7 @@ def inventory_of(*guests: m.Instance) -> dict[str, Any]:
     }
 
 
-class CellLifecycleTests(TestCase):
-    def setUp(self) -> Any:  # a Deferred: trial waits for it
-        return Deferred.fromCoroutine(self._set_up())
-
-    async def _set_up(self) -> None:
-        store = await open_store(self.mktemp())
-        self.addCleanup(store.close)
-        self.h = Harness(store)
-
+class CellLifecycleTests(HarnessTestCase):
     async def settle(self) -> None:
         """Let commits started by an observer callback finish (one round through the store)."""
         await self.h.store.commit(UnitOfWork(()))
@@ -165,16 +156,11 @@ class CellLifecycleTests(TestCase):
         self.assertEqual(self.h.directory.requests, [])
 
 
-class AddClaimTests(TestCase):
+class AddClaimTests(HarnessTestCase):
     """The add holds its Cell's claim across the wait, and never leaks it."""
 
-    def setUp(self) -> Any:  # a Deferred: trial waits for it
-        return Deferred.fromCoroutine(self._set_up())
-
-    async def _set_up(self) -> None:
-        store = await open_store(self.mktemp())
-        self.addCleanup(store.close)
-        self.h = Harness(store)
+    async def _open_harness(self) -> None:
+        await super()._open_harness()
         self.h.connect(CELL)
 
     def joining(self) -> list[tuple[object, str]]:
