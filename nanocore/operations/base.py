@@ -71,7 +71,8 @@ class Context:
                 return _domain_failure(result)
             return None
 
-        return self.claims.until(committing.addBoth(done), *claims)
+        committing.addBoth(done)
+        return self.claims.until(committing, *claims) if claims else committing
 
 
 def _domain_failure(failure: Failure) -> Failure:
