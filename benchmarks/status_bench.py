@@ -20,12 +20,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from nanocore import model as m
 from nanocore.operations.base import Context
-from nanocore.operations.status import Status, Usage
+from nanocore.operations.status import CellMonitor, Status, Usage
 
 
+@implementer(CellMonitor)
 class AllAlive:
     def alive(self, name: str) -> bool:
         return True

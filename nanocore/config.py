@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from attrs import field, frozen
 from twisted.logger import Logger
+
+from nanocore.atomicfile import write_file
+from nanocore.model import is_ipv4
 
 log = Logger()
 
@@ -277,10 +278,9 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int
 def _ipv4(value: object) -> ipaddress.IPv4Address:
     if not isinstance(value, str):
         raise _Invalid("an IPv4 address string")
-    try:
-        return ipaddress.IPv4Address(value)
-    except ValueError:
-        raise _Invalid("an IPv4 address such as 192.168.1.31") from None
+    if not is_ipv4(value):
+        raise _Invalid("an IPv4 address such as 192.168.1.31")
+    return ipaddress.IPv4Address(value)
 
 
 def _listen_address(value: object) -> str:
@@ -408,34 +408,6 @@ def default_documents(cert_dir: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def write_new_file(path: Path, content: bytes, mode: int = CONFIG_FILE_MODE) -> bool:
-    """Write `content` to `path` only if no file is there, atomically; return whether it wrote.
-
-    The content goes to a private temporary file first, is flushed to disk, and is then
-    hard-linked into place, so a reader never sees half a file and an existing file is
-    never replaced.
-    """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        return True
-    finally:
-        os.unlink(temporary)
-
-
 def ensure_config(config_dir: Path, *, cert_dir: Path | None = None) -> list[Path]:
     """Write each missing config file with safe defaults (mode 0600); return the files written.
 
@@ -451,7 +423,7 @@ def ensure_config(config_dir: Path, *, cert_dir: Path | None = None) -> list[Pat
         if path.exists():
             continue
         content = (json.dumps(document, indent=1) + "\n").encode("utf-8")
-        if write_new_file(path, content):
+        if write_file(path, content, mode=CONFIG_FILE_MODE, replace=False):
             log.info("wrote default config file {path} (mode 0600)", path=str(path))
             written.append(path)
     return written

@@ -89,9 +89,22 @@ def positive(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"'{attribute.name}' must be an integer >= 1, not {value!r}")
 
 
+def is_ipv4(value: object) -> bool:
+    """Whether ``value`` is an IPv4 address as nanocore accepts one, wherever it comes from.
+
+    The one rule (API bodies, config files, stored values, Cell reports): a ``str`` of four
+    ASCII decimal octets 0-255 joined by dots, without leading zeros or surrounding space.
+    It is what ``ipaddress.IPv4Address`` accepts for a string, and what Go's
+    ``net.ParseIP(s).To4()`` accepts since Go 1.17 less the IPv6 spellings of an IPv4
+    address (``::ffff:1.2.3.4``), which Core let through and then could not use. A regular
+    expression, because loading a store checks every address and ``ipaddress`` is far slower.
+    """
+    return type(value) is str and _IPV4.fullmatch(value) is not None
+
+
 def ipv4(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """A dotted-quad IPv4 address (a regular expression: far cheaper than ipaddress)."""
-    if type(value) is not str or _IPV4.fullmatch(value) is None:
+    """A field holding an IPv4 address (see :func:`is_ipv4`)."""
+    if not is_ipv4(value):
         raise ValueError(f"'{attribute.name}' must be an IPv4 address, not {value!r}")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,12 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 
+from nanocore.atomicfile import write_file
+
 log = Logger()
 
 CA_CERT_FILE = "nano_ca.crt.pem"
 CA_KEY_FILE = "nano_ca.key.pem"
-IMAGE_CERT_FILE = "nano_image.crt.pem"
-IMAGE_KEY_FILE = "nano_image.key.pem"
 
 #: Marks a certificate issued to a Cell; a server certificate from the same CA is not a Cell.
 CELL_UNIT = "cell"
@@ -199,25 +198,12 @@ def issue_cell_certificate(
     )
 
 
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write C{data} to C{path} atomically, never readable by others even for an instant."""
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(descriptor, data)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
-
-
 def write_pair(issued: IssuedCertificate, cert_path: Path, key_path: Path) -> None:
     """Store a certificate (0644) and its key (0600), the key first."""
     cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(key_path, issued.private_key_pem, 0o600)
-    _write_private(cert_path, issued.certificate_pem, 0o644)
+    write_file(key_path, issued.private_key_pem, mode=0o600)
+    write_file(cert_path, issued.certificate_pem, mode=0o644)
 
 
 def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Any]:

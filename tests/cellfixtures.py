@@ -1,7 +1,8 @@
-"""Shared set-up for the cell and status tests: a real store, a scripted cell directory."""
+"""Shared set-up for the cell and status tests: a real store, a scripted Cell directory."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,21 @@ import attrs
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from nanocore import model as m
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
-from nanocore.cluster.cells import CellState, CellStatus, CellUnavailable
-from nanocore.cluster.message import Message, MessageID
+from nanocore.cluster.cells import (
+    STATUS_STALE_AFTER,
+    CellDirectory,
+    CellLiveness,
+    CellObserver,
+    CellStatus,
+    CellUnavailable,
+)
+from nanocore.cluster.message import Message, MessageID, encode
 from nanocore.cluster.transactions import Transactions, reply_to
 from nanocore.operations.cells import CellOperations
 from nanocore.operations.core import Operations
@@ -34,34 +44,50 @@ def ready(request: Message, **fields: Any) -> Message:
     return reply_to(request, id=MessageID.ComputeCellReadyEvent, **fields)
 
 
+@implementer(CellDirectory)
 class FakeDirectory:
-    """The registry's surface, scripted: each Cell answers through a responder function.
+    """The registry, scripted: each Cell answers through a responder function.
 
     Requests go through the real :class:`Transactions` on the test's ``Clock``, so timeouts
-    are the real ones, driven by ``clock.advance``.
+    are the real ones, driven by ``clock.advance``. Subscribed observers hear what the real
+    registry would tell them. ``tests/test_celldirectory_contract.py`` runs the same cases
+    against this fake and the real :class:`CellRegistry`, so the two cannot drift apart.
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.transactions = Transactions(clock, TIMEOUT)
-        self.states: dict[str, CellState] = {}
+        self.linked: dict[str, bool] = {}
         self.addresses: dict[str, str] = {}
         self.statuses: dict[str, CellStatus] = {}
+        self.reported_at: dict[str, float] = {}
         self.responders: dict[str, Responder] = {}
         self.requests: list[tuple[str, Message]] = []
         self.sent: list[tuple[str, Message]] = []
+        self.observers: list[CellObserver] = []
 
     def connect(
         self, name: str, address: str = "127.0.0.1", status: CellStatus | None = None
     ) -> None:
-        self.states[name] = CellState.ALIVE if status is not None else CellState.CONNECTED
+        """The Cell links up (again); a ``status`` is its first report."""
+        self.linked[name] = True
         self.addresses[name] = address
+        for observer in list(self.observers):
+            observer.cell_available(name, address)
         if status is not None:
-            self.statuses[name] = status
+            self.report(name, status)
 
-    def disconnect(self, name: str) -> None:
-        self.states[name] = CellState.DISCONNECTED
+    def report(self, name: str, status: CellStatus) -> None:
+        self.statuses[name] = status
+        self.reported_at[name] = self.clock.seconds()
+        for observer in list(self.observers):
+            observer.cell_status(name, status)
+
+    def disconnect(self, name: str, gracefully: bool = False) -> None:
+        self.linked[name] = False
         self.transactions.fail_peer(name, CellUnavailable(f"cell {name!r} disconnected"))
+        for observer in list(self.observers):
+            observer.cell_disconnected(name, gracefully)
 
     def answer(self, message: Message, name: str) -> None:
         """Deliver a Cell's reply now (for requests whose responder returned None)."""
@@ -73,13 +99,21 @@ class FakeDirectory:
     # -- the CellDirectory surface ------------------------------------------------------------
 
     def names(self) -> Iterator[str]:
-        return iter(list(self.states))
+        return iter(list(self.linked))
 
-    def subscribe(self, observer: Any) -> None:
-        """Tests call the observer methods themselves (see ``Harness.connect``)."""
+    def subscribe(self, observer: CellObserver) -> None:
+        self.observers.append(observer)
 
-    def state(self, name: str) -> CellState | None:
-        return self.states.get(name)
+    def state(self, name: str) -> CellLiveness | None:
+        linked = self.linked.get(name)
+        if linked is None:
+            return None
+        if not linked:
+            return CellLiveness.DISCONNECTED
+        reported = self.reported_at.get(name)
+        if reported is not None and self.clock.seconds() - reported < STATUS_STALE_AFTER:
+            return CellLiveness.ALIVE
+        return CellLiveness.CONNECTED
 
     def address(self, name: str) -> str | None:
         return self.addresses.get(name)
@@ -88,7 +122,7 @@ class FakeDirectory:
         return self.statuses.get(name)
 
     def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
-        if self.states.get(name) in (None, CellState.DISCONNECTED):
+        if not self.linked.get(name):
             return fail(CellUnavailable(f"cell {name!r} is not connected"))
         kw.setdefault("peer", name)
 
@@ -102,9 +136,35 @@ class FakeDirectory:
         return self.transactions.request(send, message, **kw)
 
     def send(self, name: str, message: Message) -> None:
-        if self.states.get(name) in (None, CellState.DISCONNECTED):
+        if not self.linked.get(name):
             raise CellUnavailable(f"cell {name!r} is not connected")
         self.sent.append((name, message))
+
+
+def frame(message: Message) -> bytes:
+    """``message`` as a Cell link carries it: a 4-byte big-endian length, then the JSON."""
+    data = encode(message)
+    return struct.pack(">I", len(data)) + data
+
+
+@implementer(CellObserver)
+class RecordingObserver:
+    """Writes down what an observer of the Cell directory hears."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def cell_available(self, name: str, address: str) -> None:
+        self.seen.append(("available", name, address))
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        self.seen.append(("status", name, status))
+
+    def cell_event(self, name: str, message: Message) -> None:
+        self.seen.append(("event", name, message.id))
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        self.seen.append(("disconnected", name, gracefully))
 
 
 def status_report(cores: int = 8, usage: float = 25.0, speed: int = 0) -> CellStatus:
@@ -150,9 +210,8 @@ class Harness:
     def connect(
         self, name: str, status: CellStatus | None = None, address: str = "127.0.0.1"
     ) -> None:
-        """A Cell links up: the directory knows it and the operations hear of it."""
+        """A Cell links up: the directory knows it and tells the operations."""
         self.directory.connect(name, address, status)
-        self.cells.cell_available(name, address)
 
     async def member(self, name: str, pool: str, **flags: Any) -> m.ComputeCell:
         """Put a cell straight into a pool in the store (set-up, not the add route)."""
@@ -176,3 +235,15 @@ def instance(instance_id: str, cell: str, pool: str = "shared", **fields: Any) -
     )
     defaults.update(fields)
     return m.Instance(id=instance_id, pool=pool, cell=cell, **defaults)
+
+
+class HarnessTestCase(TestCase):
+    """A trial case with ``self.h``: a :class:`Harness` over a fresh store, closed after."""
+
+    def setUp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._open_harness())
+
+    async def _open_harness(self) -> None:
+        store = await open_store(self.mktemp())
+        self.addCleanup(store.close)
+        self.h = Harness(store)

@@ -8,7 +8,6 @@ otherwise), then by 405 with ``Allow`` when another method matches, then by 404.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -129,7 +128,7 @@ class Router(Generic[T]):
         toggled = path[:-1] if path.endswith("/") else path + "/"
         if len(toggled) > 0 and _lookup(tree, toggled) is not None:
             return Redirect(status, toggled)
-        cleaned = _clean_path(path)
+        cleaned = clean_path(path)
         for candidate in (cleaned, cleaned[:-1] if cleaned.endswith("/") else cleaned + "/"):
             fixed = _fold(tree, candidate)
             if fixed is not None:
@@ -200,11 +199,21 @@ def _fold(tree: _Node[T], path: str) -> str | None:
     return "/".join(fixed)
 
 
-def _clean_path(path: str) -> str:
-    """Go's ``CleanPath``: resolve ``.``/``..`` and double slashes, keep a trailing slash."""
-    cleaned = posixpath.normpath("/" + path.lstrip("/"))
-    if cleaned.startswith("//"):
-        cleaned = "/" + cleaned.lstrip("/")
-    if path.endswith("/") and cleaned != "/":
-        cleaned += "/"
-    return cleaned
+def clean_path(path: str) -> str:
+    """httprouter's ``CleanPath``, written from its documented rules, apart from the app's own.
+
+    Go's ``path.Clean`` rules, on a path made rooted: doubled slashes and ``.`` elements go,
+    ``..`` removes the element before it (and nothing at the root); the empty result is
+    ``/``. Unlike ``path.Clean``, a trailing slash is kept, and a final ``.`` element leaves
+    one (``/a/.`` is ``/a/``).
+    """
+    parts = path.split("/")
+    kept: list[str] = []
+    for part in parts:
+        if part == "..":
+            if kept:
+                kept.pop()
+        elif part not in ("", "."):
+            kept.append(part)
+    trailing = "/" if kept and parts[-1] in ("", ".") else ""
+    return "/" + "/".join(kept) + trailing

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
-
 from nanocore import model as m
 from nanocore.api import envelope
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import reply_to
 from nanocore.store import Delete, UnitOfWork
-from tests.cellfixtures import TIMEOUT, Harness, instance, open_store, ready, status_report
+from tests.cellfixtures import TIMEOUT, HarnessTestCase, instance, ready, status_report
 
 CELL = "Cell_0000000000a1"
 OTHER = "Cell_0000000000b2"
@@ -22,15 +17,7 @@ def pool_push_params(message: Message) -> dict[int, str]:
     return dict(message.string_params)
 
 
-class CellRouteTests(TestCase):
-    def setUp(self) -> Any:  # a Deferred: trial waits for it
-        return Deferred.fromCoroutine(self._set_up())
-
-    async def _set_up(self) -> None:
-        store = await open_store(self.mktemp())
-        self.addCleanup(store.close)
-        self.h = Harness(store)
-
+class CellRouteTests(HarnessTestCase):
     # -- lists --------------------------------------------------------------------------------
 
     async def test_unallocated_cells_exact_envelope(self) -> None:

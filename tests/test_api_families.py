@@ -13,28 +13,13 @@ from twisted.trial.unittest import TestCase
 
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
+from nanocore.cluster.cells import CellStatus
 from nanocore.model import ComputeCell, Instance, InstanceStatus
 from nanocore.operations.core import Operations
-from nanocore.operations.status import Usage
 from nanocore.store import Insert, Store, UnitOfWork
+from tests.cellfixtures import FakeDirectory
 
 NOW = 1_714_529_472.0
-
-
-class FakeMonitor:
-    """Cells the test declares alive, with fixed usage."""
-
-    def __init__(self) -> None:
-        self.live: dict[str, Usage] = {}
-
-    def alive(self, name: str) -> bool:
-        return name in self.live
-
-    def address(self, name: str) -> str:
-        return "127.0.0.2" if name in self.live else ""
-
-    def usage(self, name: str) -> Usage | None:
-        return self.live.get(name)
 
 
 class StoreTestCase(TestCase):
@@ -46,8 +31,8 @@ class StoreTestCase(TestCase):
         self.addCleanup(self.store.close)
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.monitor = FakeMonitor()
-        self.ops = Operations(self.store, self.clock, self.monitor)
+        self.directory = FakeDirectory(self.clock)
+        self.ops = Operations(self.store, self.clock, self.directory)
         resource = build_api_resource(self.ops, TEST_CREDENTIALS, self.clock)
         self.client = APIClient(resource, self.clock)
 
@@ -508,6 +493,12 @@ class SecurityGroupTests(StoreTestCase):
 class StatusTests(StoreTestCase):
     @inlineCallbacks
     def add_cells(self) -> Any:
+        # Linked before it is a member, so that Core pushes no pool to it.
+        self.directory.connect(
+            "cell-a", "127.0.0.2",
+            CellStatus(cores=4, usage=12.5, memory_available=6, memory_total=8, disk_free=40,
+                       disk_total=100, speed=(1, 2, 3, 4)),
+        )  # fmt: skip
         yield self.store.commit(
             UnitOfWork.of(
                 Insert(ComputeCell("cell-a", pool="default")),
@@ -518,10 +509,6 @@ class StatusTests(StoreTestCase):
                              status=InstanceStatus.RUNNING)
                 ),
             )
-        )  # fmt: skip
-        self.monitor.live["cell-a"] = Usage(
-            cores=4, cpu_usage=12.5, memory=8, memory_available=6, disk=100, disk_available=40,
-            read_speed=1, write_speed=2, receive_speed=3, send_speed=4,
         )  # fmt: skip
 
     @inlineCallbacks

@@ -18,9 +18,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanocore.api import routing
 from nanocore.api.app import APIResource, api_site_for, build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS
-from tests.httprouter_model import Allowed, Found, NotFound, Redirect, Router
+from tests.httprouter_model import Allowed, Found, NotFound, Redirect, Router, clean_path
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "get")
 SEGMENT = st.text("abcXYZ019-_.", min_size=1, max_size=6)
@@ -84,7 +85,14 @@ class ModelParityTests(SynchronousTestCase):
     @given(st.data())
     def test_every_answer_is_the_models(self, data: Any) -> None:
         templates = sorted({route.full_path for route in self.resource.routes})
-        method, path = data.draw(requests(templates))
+        self.assertAnswersAsModel(*data.draw(requests(templates)))
+
+    def test_final_dot_element_keeps_a_slash(self) -> None:
+        """``CleanPath("/a/.")`` is ``/a/``: the fixed-path redirect keeps the slash."""
+        self.assertAnswersAsModel("GET", "/API/v1/search/security_policy_groups/x/.")
+        self.assertAnswersAsModel("PUT", "/API/v1/search/security_policy_groups/x/./.")
+
+    def assertAnswersAsModel(self, method: str, path: str) -> None:
         status, headers = self.send(method, path)
         expected = self.model.match(method, path)
         if isinstance(expected, Found):
@@ -105,3 +113,32 @@ class ModelParityTests(SynchronousTestCase):
         else:
             assert isinstance(expected, NotFound)
             self.assertEqual(status, 404, (method, path))
+
+
+class CleanPathModelTests(SynchronousTestCase):
+    """The oracle's ``CleanPath`` against httprouter's documented behaviour."""
+
+    def test_documented_cases(self) -> None:
+        cases = {
+            "": "/",
+            "abc": "/abc",
+            "../../abc": "/abc",
+            "//": "/",
+            "/abc//": "/abc/",
+            "//abc//def": "/abc/def",
+            ".": "/",
+            "/abc/./def": "/abc/def",
+            "/abc/.": "/abc/",
+            "../": "/",
+            "/abc/def/ghi/../jkl": "/abc/def/jkl",
+            "/abc/def/..": "/abc",
+            "/abc/def/../": "/abc/",
+            "/abc/def/../../..": "/",
+            "abc/../../././../def": "/def",
+        }
+        self.assertEqual({path: clean_path(path) for path in cases}, cases)
+
+    @given(st.text("ab./", max_size=14))
+    def test_the_apps_clean_path_is_the_models(self, tail: str) -> None:
+        path = "/" + tail
+        self.assertEqual(routing.clean_path(path), clean_path(path), path)

@@ -13,9 +13,9 @@ from zope.interface.verify import verifyObject
 
 from nanocore.cluster.cells import (
     STATUS_STALE_AFTER,
+    CellLiveness,
     CellObserver,
     CellRegistry,
-    CellState,
     CellStatus,
     CellUnavailable,
     StatusReportError,
@@ -30,6 +30,7 @@ from nanocore.cluster.transport import (
     ServiceType,
     opened_event,
 )
+from tests.cellfixtures import RecordingObserver, frame
 
 CORE = "Core_000000000001"
 STATUS = CellStatus(
@@ -42,11 +43,6 @@ STATUS = CellStatus(
 )
 
 
-def frame(message: Message) -> bytes:
-    data = encode(message)
-    return struct.pack(">I", len(data)) + data
-
-
 def last_sent(transport: StringTransport) -> Message:
     data = transport.value()
     messages = []
@@ -55,24 +51,6 @@ def last_sent(transport: StringTransport) -> Message:
         messages.append(decode(data[4 : 4 + length]))
         data = data[4 + length :]
     return messages[-1]
-
-
-@implementer(CellObserver)
-class RecordingObserver:
-    def __init__(self) -> None:
-        self.seen: list[tuple[object, ...]] = []
-
-    def cell_available(self, name: str, address: str) -> None:
-        self.seen.append(("available", name, address))
-
-    def cell_status(self, name: str, status: CellStatus) -> None:
-        self.seen.append(("status", name, status))
-
-    def cell_event(self, name: str, message: Message) -> None:
-        self.seen.append(("event", name, message.id))
-
-    def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        self.seen.append(("disconnected", name, gracefully))
 
 
 class CellStatusTests(SynchronousTestCase):
@@ -139,7 +117,7 @@ class RegistryTests(SynchronousTestCase):
     def test_connect(self) -> None:
         self.connect("Cell_a")
         self.assertEqual(self.observer.seen, [("available", "Cell_a", "127.0.0.2")])
-        self.assertIs(self.registry.state("Cell_a"), CellState.CONNECTED)
+        self.assertIs(self.registry.state("Cell_a"), CellLiveness.CONNECTED)
         self.assertEqual(self.registry.address("Cell_a"), "127.0.0.2")
         self.assertIsNotNone(self.registry.link("Cell_a"))
         self.assertIsNone(self.registry.state("Cell_b"))
@@ -150,7 +128,7 @@ class RegistryTests(SynchronousTestCase):
         protocol.dataReceived(frame(STATUS.to_message()))
         self.assertEqual(self.registry.status("Cell_a"), STATUS)
         self.assertEqual(self.observer.seen[-1], ("status", "Cell_a", STATUS))
-        self.assertIs(self.registry.state("Cell_a"), CellState.ALIVE)
+        self.assertIs(self.registry.state("Cell_a"), CellLiveness.ALIVE)
 
     def test_status_goes_stale(self) -> None:
         protocol, _ = self.connect("Cell_a")
@@ -160,7 +138,7 @@ class RegistryTests(SynchronousTestCase):
         protocol.dataReceived(keepalive)
         self.clock.advance(STATUS_STALE_AFTER / 2)
         protocol.dataReceived(keepalive)
-        self.assertIs(self.registry.state("Cell_a"), CellState.CONNECTED)
+        self.assertIs(self.registry.state("Cell_a"), CellLiveness.CONNECTED)
         self.assertEqual(self.registry.status("Cell_a"), STATUS)
 
     def test_bad_status_report_ignored(self) -> None:
@@ -212,10 +190,10 @@ class RegistryTests(SynchronousTestCase):
     def test_lost_then_disconnected(self) -> None:
         self.connect("Cell_a")
         self.clock.advance(LOST_AFTER)
-        self.assertIs(self.registry.state("Cell_a"), CellState.LOST)
+        self.assertIs(self.registry.state("Cell_a"), CellLiveness.LOST)
         self.assertIsNotNone(self.registry.link("Cell_a"))
         self.clock.advance(DISCONNECT_AFTER - LOST_AFTER)
-        self.assertIs(self.registry.state("Cell_a"), CellState.DISCONNECTED)
+        self.assertIs(self.registry.state("Cell_a"), CellLiveness.DISCONNECTED)
         self.assertEqual(self.observer.seen[-1], ("disconnected", "Cell_a", False))
         self.assertIsNone(self.registry.link("Cell_a"))
         d = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
@@ -226,7 +204,7 @@ class RegistryTests(SynchronousTestCase):
         protocol.dataReceived(frame(STATUS.to_message()))
         protocol.dataReceived(frame(Message(id=MessageID.ConnectionClosedEvent)))
         self.assertEqual(self.observer.seen[-1], ("disconnected", "Cell_a", True))
-        self.assertIs(self.registry.state("Cell_a"), CellState.DISCONNECTED)
+        self.assertIs(self.registry.state("Cell_a"), CellLiveness.DISCONNECTED)
         self.assertEqual(self.registry.status("Cell_a"), STATUS)
 
     def test_reconnect_replaces_old_link(self) -> None:
@@ -264,7 +242,7 @@ class RegistryTests(SynchronousTestCase):
         self.registry.close_all()
         self.assertTrue(first.disconnecting and second.disconnecting)
         self.assertEqual(last_sent(first).id, MessageID.ConnectionClosedEvent)
-        self.assertIs(self.registry.state("Cell_b"), CellState.DISCONNECTED)
+        self.assertIs(self.registry.state("Cell_b"), CellLiveness.DISCONNECTED)
 
     def test_pending_request_fails_when_link_drops(self) -> None:
         protocol, _ = self.connect("Cell_a")

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from nanocore.cluster.cells import CellObserver, CellState
+from nanocore.cluster.cells import CellLiveness, CellObserver
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transport import DISCONNECT_AFTER, FRAMES_PER_TURN, LOST_AFTER
 from nanocore.pki import (
@@ -62,7 +62,7 @@ class InProcessClusterTests(TestCase):
         await self.cluster.waiter.until_reported(names)
         registry = self.cluster.registry
         self.assertEqual(set(registry.names()), names)
-        self.assertEqual({registry.state(n) for n in names}, {CellState.ALIVE})
+        self.assertEqual({registry.state(n) for n in names}, {CellLiveness.ALIVE})
         self.assertEqual({registry.address(n) for n in names}, {"127.0.0.1"})
 
         # A request/reply round trip to one of them over its TLS link.
@@ -80,8 +80,8 @@ class InProcessClusterTests(TestCase):
         self.cluster.cells.pop(victim).kill()  # the connection drops with no goodbye
         await self.cluster.services.pop(victim).stopService()
         self.assertIs(await noticed, False)
-        self.assertIs(registry.state(victim), CellState.DISCONNECTED)
-        self.assertEqual(sum(registry.state(n) is CellState.ALIVE for n in names), CELLS - 1)
+        self.assertIs(registry.state(victim), CellLiveness.DISCONNECTED)
+        self.assertEqual(sum(registry.state(n) is CellLiveness.ALIVE for n in names), CELLS - 1)
 
     async def test_graceful_stop_is_seen_as_graceful(self) -> None:
         cell = self.cluster.add_cell("Cell_graceful")
@@ -147,7 +147,7 @@ class InProcessClusterTests(TestCase):
             [m.string_params[ParamKey.Guest] for m in cell.received if m.id == requests[0].id],
             [r.string_params[ParamKey.Guest] for r in requests],
         )
-        self.assertEqual(self.cluster.registry.state("Cell_busy"), CellState.ALIVE)
+        self.assertEqual(self.cluster.registry.state("Cell_busy"), CellLiveness.ALIVE)
 
     async def test_bad_frames_close_only_that_link(self) -> None:
         """An oversized and a malformed frame each drop their own link; Core serves the rest."""
@@ -173,7 +173,7 @@ class InProcessClusterTests(TestCase):
             Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: "x"}),
         )
         self.assertTrue(reply.success)
-        self.assertIs(self.cluster.registry.state("Cell_healthy"), CellState.ALIVE)
+        self.assertIs(self.cluster.registry.state("Cell_healthy"), CellLiveness.ALIVE)
 
     async def test_simulator_service(self) -> None:
         """``twistd nanocell-sim`` composes Cells that link to Core and report."""
@@ -213,7 +213,7 @@ class InProcessClusterTests(TestCase):
         self.assertIsNotNone(second)
         self.assertIsNot(second, core_side)
         self.assertIsNot(cell.link, first)
-        self.assertIs(self.cluster.registry.state("Cell_back"), CellState.ALIVE)
+        self.assertIs(self.cluster.registry.state("Cell_back"), CellLiveness.ALIVE)
         self.assertEqual(len(lookups), 2)  # Core is looked up again for the new connection
 
 
@@ -233,15 +233,15 @@ class FrozenCellTests(TestCase):
         await cluster.waiter.until_reported({"Cell_frozen"})
         registry = cluster.registry
         core_clock.advance(LOST_AFTER - 0.1)
-        self.assertIs(registry.state("Cell_frozen"), CellState.ALIVE)
+        self.assertIs(registry.state("Cell_frozen"), CellLiveness.ALIVE)
         core_clock.advance(0.1)
-        self.assertIs(registry.state("Cell_frozen"), CellState.LOST)
+        self.assertIs(registry.state("Cell_frozen"), CellLiveness.LOST)
         noticed = cluster.waiter.until_disconnected("Cell_frozen")
         core_clock.advance(DISCONNECT_AFTER - LOST_AFTER - 0.1)
         self.assertNoResult(noticed)
         core_clock.advance(0.1)
         self.assertIs(self.successResultOf(noticed), False)
-        self.assertIs(registry.state("Cell_frozen"), CellState.DISCONNECTED)
+        self.assertIs(registry.state("Cell_frozen"), CellLiveness.DISCONNECTED)
         # Core said goodbye on the still-open connection; the Cell heard it.
         assert cluster.factory is not None
         await cluster.factory.when_all_closed()

@@ -392,9 +392,3 @@ class EnsureConfigTests(ConfigTestCase):
         loaded = load_image(self.directory / "config" / config.IMAGE_FILE)
         expected = (self.directory / "cert" / "nano_image.crt.pem").absolute()
         self.assertEqual(loaded.cert_file, str(expected))
-
-    def test_write_new_file_does_not_replace(self) -> None:
-        path = self.write("x.cfg", "old")
-        self.assertFalse(config.write_new_file(path, b"new"))
-        self.assertEqual(path.read_text(encoding="utf-8"), "old")
-        self.assertEqual([p.name for p in self.directory.iterdir()], ["x.cfg"])

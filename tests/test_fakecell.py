@@ -16,7 +16,7 @@ from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from nanocore.cluster.cells import CellObserver, CellRegistry, CellState, CellStatus
+from nanocore.cluster.cells import CellLiveness, CellObserver, CellRegistry, CellStatus
 from nanocore.cluster.discovery import ServiceEntry, SonarEcho
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, Transactions, TransactionTimeout
@@ -106,7 +106,7 @@ class FakeCellTests(SynchronousTestCase):
     # -- link and status ----------------------------------------------------------------------
 
     def test_connects_and_reports(self) -> None:
-        self.assertIs(self.registry.state(CELL), CellState.ALIVE)
+        self.assertIs(self.registry.state(CELL), CellLiveness.ALIVE)
         self.assertEqual(
             self.registry.status(CELL),
             CellStatus(4, 5.0, 8 * GiB, 8 * GiB, 100 * GiB, 100 * GiB),
@@ -125,13 +125,13 @@ class FakeCellTests(SynchronousTestCase):
 
     def test_stays_linked_for_a_minute(self) -> None:
         self.advance(60)
-        self.assertIs(self.registry.state(CELL), CellState.ALIVE)
+        self.assertIs(self.registry.state(CELL), CellLiveness.ALIVE)
 
     def test_graceful_close(self) -> None:
         self.cell.close()
         self.pump.flush()
         self.assertEqual(self.events.disconnected, [True])
-        self.assertIs(self.registry.state(CELL), CellState.DISCONNECTED)
+        self.assertIs(self.registry.state(CELL), CellLiveness.DISCONNECTED)
 
     # -- pool membership ----------------------------------------------------------------------
 
@@ -498,7 +498,7 @@ class FakeCellTests(SynchronousTestCase):
         self.failureResultOf(d)
         self.assertEqual(self.events.disconnected, [False])
         self.assertIsNone(self.cell.link)
-        self.assertIs(self.registry.state(CELL), CellState.DISCONNECTED)
+        self.assertIs(self.registry.state(CELL), CellLiveness.DISCONNECTED)
 
     def test_kill_is_not_graceful(self) -> None:
         link = self.cell.link

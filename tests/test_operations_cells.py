@@ -1,17 +1,18 @@
-"""The Cell lifecycle on Core: connect, rejoin with inventory, purge, disconnects."""
+"""The Cell lifecycle on Core: connect, rejoin with inventory, purge, disconnects; add claims."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import fail
 
 from nanocore import model as m
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import reply_to
-from nanocore.store import UnitOfWork
-from tests.cellfixtures import TIMEOUT, Harness, instance, open_store, ready, status_report
+from nanocore.operations.cells import CELL_JOINING
+from nanocore.operations.errors import InvalidRequest, OperationTimeout
+from nanocore.store import StoreError, UnitOfWork
+from tests.cellfixtures import TIMEOUT, HarnessTestCase, instance, ready, status_report
 
 CELL = "Cell_0000000000a1"
 
@@ -49,15 +50,7 @@ def inventory_of(*guests: m.Instance) -> dict[str, Any]:
     }
 
 
-class CellLifecycleTests(TestCase):
-    def setUp(self) -> Any:  # a Deferred: trial waits for it
-        return Deferred.fromCoroutine(self._set_up())
-
-    async def _set_up(self) -> None:
-        store = await open_store(self.mktemp())
-        self.addCleanup(store.close)
-        self.h = Harness(store)
-
+class CellLifecycleTests(HarnessTestCase):
     async def settle(self) -> None:
         """Let commits started by an observer callback finish (one round through the store)."""
         await self.h.store.commit(UnitOfWork(()))
@@ -139,28 +132,12 @@ class CellLifecycleTests(TestCase):
         await self.h.member(CELL, "shared")
         await self.h.put(instance("a", CELL), instance("b", CELL, lost=True))
         self.h.connect(CELL)
-        self.h.directory.disconnect(CELL)
-        self.h.cells.cell_disconnected(CELL, gracefully=True)
+        self.h.directory.disconnect(CELL, gracefully=True)
         await self.settle()
         self.assertEqual({i.lost for i in self.h.store.view.instances.values()}, {True})
         self.assertFalse(self.h.cells.alive(CELL))
 
-    async def test_ungraceful_disconnect_in_failover_pool_goes_to_the_planner(self) -> None:
-        planned: list[tuple[str, str]] = []
-
-        def planner(name: str, pool: m.ComputePool) -> Deferred[None]:
-            planned.append((name, pool.name))
-            return succeed(None)
-
-        self.h.cells._failover = planner
-        await self.h.member(CELL, "shared")
-        await self.h.put(instance("a", CELL))
-        self.h.cells.cell_disconnected(CELL, gracefully=False)
-        await self.settle()
-        self.assertEqual(planned, [(CELL, "shared")])
-        self.assertFalse(self.h.store.view.instances["a"].lost)
-
-    async def test_ungraceful_disconnect_without_planner_marks_lost(self) -> None:
+    async def test_ungraceful_disconnect_in_failover_pool_marks_lost(self) -> None:
         await self.h.member(CELL, "shared")
         await self.h.put(instance("a", CELL))
         self.h.cells.cell_disconnected(CELL, gracefully=False)
@@ -170,7 +147,6 @@ class CellLifecycleTests(TestCase):
     async def test_disconnect_of_an_unallocated_cell_changes_nothing(self) -> None:
         self.h.connect(CELL)
         self.h.directory.disconnect(CELL)
-        self.h.cells.cell_disconnected(CELL, gracefully=False)
         self.assertEqual([(v.name, v.alive) for v in self.h.cells.unallocated()], [(CELL, False)])
 
     async def test_other_events_are_left_for_later_issues(self) -> None:
@@ -178,3 +154,49 @@ class CellLifecycleTests(TestCase):
         self.h.cells.cell_event(CELL, Message(id=MessageID.GuestStartedEvent))
         self.h.cells.cell_status(CELL, status_report())
         self.assertEqual(self.h.directory.requests, [])
+
+
+class AddClaimTests(HarnessTestCase):
+    """The add holds its Cell's claim across the wait, and never leaks it."""
+
+    async def _open_harness(self) -> None:
+        await super()._open_harness()
+        self.h.connect(CELL)
+
+    def joining(self) -> list[tuple[object, str]]:
+        return [(c.key, c.value) for c in self.h.operations.context.claims.live(CELL_JOINING)]
+
+    async def test_claim_held_across_the_wait_and_released_on_success(self) -> None:
+        adding = self.h.cells.add("shared", CELL)
+        self.assertEqual(self.joining(), [(CELL, "shared")])
+        self.failureResultOf(self.h.cells.add("local", CELL), InvalidRequest)
+        self.h.directory.answer(ready(self.h.directory.last_request(CELL)), CELL)
+        await adding
+        self.assertEqual(self.joining(), [])
+        self.assertEqual(self.h.store.view.cells[CELL].pool, "shared")
+
+    async def test_timed_out_cell_releases_the_claim(self) -> None:
+        adding = self.h.cells.add("shared", CELL)
+        self.h.clock.advance(TIMEOUT)
+        self.failureResultOf(adding, OperationTimeout)
+        self.assertEqual(self.joining(), [])
+        self.assertEqual([v.name for v in self.h.cells.unallocated()], [CELL])
+
+    async def test_failing_commit_releases_the_claim(self) -> None:
+        self.patch(self.h.store, "commit", lambda unit: fail(StoreError("disk full")))
+        self.h.directory.responders[CELL] = ready
+        failure = self.failureResultOf(self.h.cells.add("shared", CELL), StoreError)
+        self.assertEqual(str(failure.value), "disk full")
+        self.assertEqual(self.joining(), [])
+        # The Cell applied the pool, Core did not record it: the Cell is told to drop it.
+        self.assertEqual(
+            [(name, message.id) for name, message in self.h.directory.sent],
+            [(CELL, MessageID.ComputeCellRemovedEvent)],
+        )
+        self.assertNotIn(CELL, self.h.store.view.cells)
+
+    async def test_cancelled_add_releases_the_claim(self) -> None:
+        adding = self.h.cells.add("shared", CELL)
+        adding.cancel()
+        self.failureResultOf(adding)
+        self.assertEqual(self.joining(), [])

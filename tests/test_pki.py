@@ -14,7 +14,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.interfaces import IReactorSSL
 from twisted.trial import unittest
 
-from nanocore import pki
+from nanocore import config, pki
 
 ssl_reactor: IReactorSSL = reactor  # type: ignore[assignment]
 
@@ -60,8 +60,8 @@ class ServerCertificateTests(unittest.TestCase):
     def setUp(self) -> None:
         cert_dir = Path(self.mktemp())
         self.ca = pki.load_or_create_ca(cert_dir)
-        self.cert_path = cert_dir / pki.IMAGE_CERT_FILE
-        self.key_path = cert_dir / pki.IMAGE_KEY_FILE
+        self.cert_path = cert_dir / config.IMAGE_CERT_NAME
+        self.key_path = cert_dir / config.IMAGE_KEY_NAME
 
     def test_verifies_for_the_listen_address_only(self) -> None:
         issued = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
@@ -177,27 +177,23 @@ class MutualTLSTests(unittest.TestCase):
         self.addCleanup(connector.disconnect)
         return lost
 
-    @defer.inlineCallbacks
-    def test_cell_name_comes_from_the_certificate(self) -> Any:
+    async def test_cell_name_comes_from_the_certificate(self) -> None:
         cell = pki.issue_cell_certificate(self.ca, "Cell_0a0b0c0d0e0f")
         lost = self.connect("127.0.0.1", cell)
-        name = yield self.names
+        name = await self.names
         self.assertEqual(name, "Cell_0a0b0c0d0e0f")
-        yield lost
+        await lost
 
-    @defer.inlineCallbacks
-    def test_client_without_certificate_is_refused(self) -> Any:
-        yield self.connect("127.0.0.1", None)
+    async def test_client_without_certificate_is_refused(self) -> None:
+        await self.connect("127.0.0.1", None)
         self.assertFalse(self.names.called)
 
-    @defer.inlineCallbacks
-    def test_client_from_another_ca_is_refused(self) -> Any:
+    async def test_client_from_another_ca_is_refused(self) -> None:
         stranger = pki.issue_cell_certificate(pki.create_ca(), "Cell_0a0b0c0d0e0f")
-        yield self.connect("127.0.0.1", stranger)
+        await self.connect("127.0.0.1", stranger)
         self.assertFalse(self.names.called)
 
-    @defer.inlineCallbacks
-    def test_server_is_verified_by_address(self) -> Any:
+    async def test_server_is_verified_by_address(self) -> None:
         cell = pki.issue_cell_certificate(self.ca, "Cell_0a0b0c0d0e0f")
-        yield self.connect("127.0.0.2", cell)
+        await self.connect("127.0.0.2", cell)
         self.assertFalse(self.names.called)

@@ -41,8 +41,8 @@ def write_config(layout: Layout, api_port: int) -> None:
             "credentials": [{"id": CREDENTIAL[0], "key": CREDENTIAL[1]}],
         },
         config.IMAGE_FILE: {
-            "cert_file": str(layout.cert_dir / pki.IMAGE_CERT_FILE),
-            "key_file": str(layout.cert_dir / pki.IMAGE_KEY_FILE),
+            "cert_file": str(layout.cert_dir / config.IMAGE_CERT_NAME),
+            "key_file": str(layout.cert_dir / config.IMAGE_KEY_NAME),
         },
     }
     for name, document in documents.items():

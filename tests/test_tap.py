@@ -122,7 +122,7 @@ class MakeServiceTests(SynchronousTestCase):
         for name in (config.DOMAIN_FILE, config.API_FILE, config.IMAGE_FILE):
             self.assertTrue((self.root / "config" / name).is_file(), name)
         ca_cert = self.root / "cert" / pki.CA_CERT_FILE
-        image_cert = self.root / "cert" / pki.IMAGE_CERT_FILE
+        image_cert = self.root / "cert" / config.IMAGE_CERT_NAME
         ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
         image = x509.load_pem_x509_certificate(image_cert.read_bytes())
         self.assertEqual(image.issuer, ca.subject)

@@ -100,11 +100,11 @@ def routes(ops: Any) -> list[Route]:
         return found.addCallback(lambda result: cell_detail(*result))
 
     def add(call: Call) -> Deferred[object]:
-        adding: Deferred[object] = cells().add(call.params["pool"], call.params["cell"])
+        adding = cells().add(call.params["pool"], call.params["cell"])
         return adding.addCallback(lambda _: "")
 
     def remove(call: Call) -> Deferred[object]:
-        removing: Deferred[object] = cells().remove(call.params["pool"], call.params["cell"])
+        removing = cells().remove(call.params["pool"], call.params["cell"])
         return removing.addCallback(lambda _: "")
 
     def modify(call: Call) -> Deferred[object]:

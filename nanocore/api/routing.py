@@ -65,8 +65,8 @@ def clean_path(path: str) -> str:
     cleaned = posixpath.normpath("/" + path.lstrip("/"))
     if cleaned.startswith("//"):
         cleaned = "/" + cleaned.lstrip("/")
-    if path.endswith("/") and cleaned != "/":
-        cleaned += "/"
+    if path.endswith(("/", "/.")) and cleaned != "/":
+        cleaned += "/"  # httprouter keeps a trailing slash, and a final "." leaves one
     return cleaned
 
 

@@ -9,14 +9,14 @@ become the latest :class:`CellStatus`, and every other message goes to the subsc
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
@@ -26,7 +26,7 @@ from nanocore.cluster.transport import LinkError, LinkSession, LinkState
 STATUS_STALE_AFTER = 10.0
 
 
-class CellState(enum.Enum):
+class CellLiveness(enum.Enum):
     """How Core sees a Cell right now."""
 
     #: Linked (handshake done) but no recent status report.
@@ -125,6 +125,31 @@ class CellObserver(Interface):
         """A Cell's link is gone; ``gracefully`` if the Cell said goodbye."""
 
 
+class CellDirectory(Interface):
+    """What the rest of Core (``operations``) may ask of the Cell registry."""
+
+    def names() -> Iterator[str]:
+        """Every Cell seen since start, linked or not."""
+
+    def subscribe(observer: CellObserver) -> None:
+        """Tell ``observer`` of every Cell event from now on."""
+
+    def state(name: str) -> CellLiveness | None:
+        """The Cell's liveness now, or None for a name never seen."""
+
+    def address(name: str) -> str | None:
+        """The address the Cell last linked from, or None for a name never seen."""
+
+    def status(name: str) -> CellStatus | None:
+        """The Cell's latest valid status report, kept after it disconnects."""
+
+    def request(name: str, message: Message, **kw: Any) -> Deferred[Message]:
+        """A transaction with the Cell; fails with :class:`CellUnavailable` if it is unlinked."""
+
+    def send(name: str, message: Message) -> None:
+        """Fire-and-forget; raises :class:`CellUnavailable` if the Cell is unlinked."""
+
+
 @define
 class _Cell:
     """What the registry knows about one Cell name."""
@@ -136,6 +161,7 @@ class _Cell:
     reported_at: float | None = None
 
 
+@implementer(CellDirectory)
 class CellRegistry:
     """Who is connected, alive, lost or disconnected, and how to reach them."""
 
@@ -145,7 +171,7 @@ class CellRegistry:
         self._clock = clock
         self._transactions = transactions
         self._cells: dict[str, _Cell] = {}
-        self._observers: list[Any] = []
+        self._observers: list[CellObserver] = []
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -169,21 +195,21 @@ class CellRegistry:
         cell = self._cells.get(name)
         return cell.status if cell is not None else None
 
-    def state(self, name: str) -> CellState | None:
+    def state(self, name: str) -> CellLiveness | None:
         """The Cell's state now, or None for a name never seen."""
         cell = self._cells.get(name)
         if cell is None:
             return None
         if cell.link is None or not cell.link.connected:
-            return CellState.DISCONNECTED
+            return CellLiveness.DISCONNECTED
         if cell.link.state is LinkState.LOST:
-            return CellState.LOST
+            return CellLiveness.LOST
         if (
             cell.reported_at is not None
             and self._clock.seconds() - cell.reported_at < STATUS_STALE_AFTER
         ):
-            return CellState.ALIVE
-        return CellState.CONNECTED
+            return CellLiveness.ALIVE
+        return CellLiveness.CONNECTED
 
     # -- talking to Cells ---------------------------------------------------------------------
 
@@ -212,9 +238,6 @@ class CellRegistry:
     def subscribe(self, observer: CellObserver) -> None:
         self._observers.append(observer)
 
-    def unsubscribe(self, observer: CellObserver) -> None:
-        self._observers.remove(observer)
-
     def close_all(self) -> None:
         """Say goodbye to every Cell (Core is stopping)."""
         for cell in list(self._cells.values()):
@@ -235,7 +258,7 @@ class CellRegistry:
             # out. The newest link wins; the old one leaves without a disconnect event.
             self.log.info("{name} reconnected; closing its previous link", name=link.name)
             previous.close()
-        self._notify("cell_available", link.name, link.address)
+        self._notify(lambda observer: observer.cell_available(link.name, link.address))
 
     def message_received(self, link: LinkSession, message: Message) -> None:
         cell = self._cells.get(link.name)
@@ -246,7 +269,7 @@ class CellRegistry:
         elif message.id == MessageID.CellStatusReportEvent:
             self._status_received(link.name, message)
         else:
-            self._notify("cell_event", link.name, message)
+            self._notify(lambda observer: observer.cell_event(link.name, message))
 
     def link_lost(self, link: LinkSession) -> None:
         """Lost is bookkeeping only (``state``); failover waits for the disconnect."""
@@ -262,7 +285,7 @@ class CellRegistry:
         self._transactions.fail_peer(
             link.name, CellUnavailable(f"cell {link.name!r} disconnected")
         )
-        self._notify("cell_disconnected", link.name, gracefully)
+        self._notify(lambda observer: observer.cell_disconnected(link.name, gracefully))
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -275,13 +298,12 @@ class CellRegistry:
         cell = self._cells[name]
         cell.status = status
         cell.reported_at = self._clock.seconds()
-        self._notify("cell_status", name, status)
+        self._notify(lambda observer: observer.cell_status(name, status))
 
-    def _notify(self, event: str, *args: Any) -> None:
+    def _notify(self, tell: Callable[[CellObserver], None]) -> None:
+        """Tell every observer; one that fails is logged and does not stop the others."""
         for observer in list(self._observers):
             try:
-                getattr(observer, event)(*args)
+                tell(observer)
             except Exception:
-                self.log.failure(
-                    "observer {observer!r} failed on {event}", observer=observer, event=event
-                )
+                self.log.failure("observer {observer!r} failed", observer=observer)

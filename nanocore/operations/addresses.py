@@ -10,14 +10,22 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from nanocore.model import AddressAllocation, AddressPool, AddressRange
-from nanocore.operations.base import Context, build, is_ipv4
+from nanocore.model import AddressAllocation, AddressPool, AddressRange, is_ipv4
+from nanocore.operations.base import Context, build
+from nanocore.operations.claims import ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
 
 PROVIDERS = ("dhcp", "cloudinit")
 MODES = ("internal", "external", "both")
 RANGE_KINDS = ("internal",)
+
+#: An address pool (key: its name) while a range is added to it: the overlap check is made
+#: against the committed ranges, so two additions must not be in flight at once.
+RANGE_ADDITION: ClaimKind[None] = ClaimKind(
+    "address pool ranges",
+    lambda held: InvalidRequest(f"another range of address pool '{held.key}' is being added"),
+)
 
 
 @frozen
@@ -197,10 +205,8 @@ class AddressPools:
                 raise InvalidRequest(
                     f"range {start}-{end} overlaps range {other.start}-{other.end}"
                 )
-        claim = ("address_range", name)
-        if self._context.claimed(claim):
-            raise InvalidRequest(f"another range of address pool '{name}' is being added")
-        return self._context.commit(Insert(item), claims=(claim,))
+        claim = self._context.claims.take(RANGE_ADDITION, name, None)
+        return self._context.commit(Insert(item), holding=(claim,))
 
     def remove_range(self, name: str, kind: str, start: str) -> Deferred[None]:
         item = self._range(name, kind, start)

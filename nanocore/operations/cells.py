@@ -2,7 +2,8 @@
 
 Membership is persisted (``ComputeCell`` in the store) only once the Cell has confirmed it: an
 add pushes the pool's storage and network to the Cell and commits after ``ComputeCellReadyEvent``
-arrives, holding an in-memory claim meanwhile so that a second add of the same Cell is refused.
+arrives, holding a claim (:data:`CELL_JOINING`) meanwhile so that a second add of the same Cell
+is refused.
 A Cell that never answers leaves nothing behind.
 
 The same object is the registry's :class:`~nanocore.cluster.cells.CellObserver`: connects,
@@ -11,11 +12,11 @@ reconnects and disconnects of Cells change state here, through the store, like a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 from attrs import define, evolve, frozen
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,8 +24,9 @@ from zope.interface import implementer
 
 from nanocore.cluster.cells import (
     STATUS_STALE_AFTER,
+    CellDirectory,
+    CellLiveness,
     CellObserver,
-    CellState,
     CellStatus,
     CellUnavailable,
 )
@@ -33,6 +35,7 @@ from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
 from nanocore.model import ComputeCell, ComputePool, Instance
 from nanocore.operations.base import Context
+from nanocore.operations.claims import ClaimKind
 from nanocore.operations.errors import (
     InvalidRequest,
     OperationError,
@@ -40,7 +43,7 @@ from nanocore.operations.errors import (
     UnknownEntity,
 )
 from nanocore.operations.inventory import InventoryError, read_inventory
-from nanocore.operations.status import Usage
+from nanocore.operations.status import CellMonitor, Usage
 from nanocore.store import Change, Delete, Put
 
 #: What the add-cell wait says on timeout (api-reference §1.6).
@@ -56,24 +59,16 @@ class CellRefused(OperationError):
     """The Cell answered ``success: false`` (its error text is in the message) or nonsense."""
 
 
-class CellDirectory(Protocol):
-    """The part of :class:`~nanocore.cluster.cells.CellRegistry` these operations use."""
-
-    def names(self) -> Iterator[str]: ...
-
-    def subscribe(self, observer: CellObserver) -> None: ...
-
-    def state(self, name: str) -> CellState | None: ...
-
-    def address(self, name: str) -> str | None: ...
-
-    def status(self, name: str) -> CellStatus | None: ...
-
-    def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]: ...
-
-    def send(self, name: str, message: Message) -> None: ...
+#: A Cell (key) being added to a pool (value) until it is ready or the add fails.
+CELL_JOINING: ClaimKind[str] = ClaimKind(
+    "cell",
+    lambda held: InvalidRequest(
+        f"cell '{held.key}' already allocated (being added to pool '{held.value}')"
+    ),
+)
 
 
+@implementer(CellDirectory)
 class NoLinks:
     """No fabric in this process: no Cell is ever connected."""
 
@@ -83,7 +78,7 @@ class NoLinks:
     def subscribe(self, observer: CellObserver) -> None:
         pass
 
-    def state(self, name: str) -> CellState | None:
+    def state(self, name: str) -> CellLiveness | None:
         return None
 
     def address(self, name: str) -> str | None:
@@ -97,10 +92,6 @@ class NoLinks:
 
     def send(self, name: str, message: Message) -> None:
         raise CellUnavailable(f"cell {name!r} is not connected")
-
-
-#: Called on an ungraceful disconnect of a Cell whose pool has failover on (a later issue).
-FailoverPlanner = Callable[[str, ComputePool], "Deferred[None] | None"]
 
 
 @frozen
@@ -144,7 +135,7 @@ class _Presence:
     connected_at: float
 
 
-@implementer(CellObserver)
+@implementer(CellObserver, CellMonitor)
 class CellOperations:
     """Pool membership, enable/disable/purge, live cell queries, and the Cell lifecycle."""
 
@@ -155,26 +146,21 @@ class CellOperations:
         context: Context,
         cells: CellDirectory,
         timeout: float | None = None,
-        *,
-        failover: FailoverPlanner | None = None,
     ) -> None:
         self._context = context
         self._cells = cells
         self._clock: IReactorTime = context.clock
         self._timeout = timeout
-        self._failover = failover
         self._presence: dict[str, _Presence] = {}
-        #: cell name -> pool it is being added to (until the Cell is ready or the add fails).
-        self._claims: dict[str, str] = {}
 
     # -- what a Cell looks like now -----------------------------------------------------------
 
     def alive(self, name: str) -> bool:
         """Linked and either reporting or just connected (the original sets Alive on connect)."""
         state = self._cells.state(name)
-        if state is CellState.ALIVE:
+        if state is CellLiveness.ALIVE:
             return True
-        if state is CellState.CONNECTED:
+        if state is CellLiveness.CONNECTED:
             presence = self._presence.get(name)
             return (
                 presence is not None
@@ -202,7 +188,7 @@ class CellOperations:
         )
 
     def connected(self, name: str) -> bool:
-        return self._cells.state(name) not in (None, CellState.DISCONNECTED)
+        return self._cells.state(name) not in (None, CellLiveness.DISCONNECTED)
 
     def address(self, name: str) -> str:
         presence = self._presence.get(name)
@@ -235,7 +221,7 @@ class CellOperations:
         names = {name for name, record in stored.items() if not record.pool}
         names.update(name for name in self._presence if name not in stored)
         names.update(name for name in self._cells.names() if name not in stored)
-        names.difference_update(self._claims)
+        names.difference_update(claim.key for claim in self._context.claims.live(CELL_JOINING))
         return [self.view(stored.get(name) or ComputeCell(name=name)) for name in sorted(names)]
 
     def notify(self, name: str, message: Message) -> None:
@@ -317,39 +303,34 @@ class CellOperations:
 
     # -- membership ---------------------------------------------------------------------------
 
-    @inlineCallbacks
-    def add(self, pool: str, cell: str) -> Any:
+    def add(self, pool: str, cell: str) -> Deferred[None]:
         """Push the pool to the Cell, and record the membership only once the Cell is ready."""
+        return Deferred.fromCoroutine(self._add(pool, cell))
+
+    async def _add(self, pool: str, cell: str) -> None:
         target = self._pool(pool)
         record = self._context.view.cells.get(cell)
         if record is not None and record.pool == pool:
             raise InvalidRequest(f"cell '{cell}' already in pool '{pool}'")
         if record is not None and record.pool:
             raise InvalidRequest(f"cell '{cell}' already allocated")
-        if cell in self._claims:
-            raise InvalidRequest(
-                f"cell '{cell}' already allocated (being added to pool '{self._claims[cell]}')"
-            )
         if record is None and cell not in self._presence and self._cells.state(cell) is None:
             raise UnknownEntity(f"invalid cell '{cell}'")
         self._require_connected(cell)
         message = self.pool_ready_message(target)
-        self._claims[cell] = pool
-        try:
-            reply = yield self._ask(cell, message, ADD_TIMEOUT_MESSAGE, NOT_READY)
+        with self._context.claims.holding(CELL_JOINING, cell, pool):
             try:
-                yield self._context.commit(*self._joining(pool, cell, message, reply))
+                reply = await self._ask(cell, message, ADD_TIMEOUT_MESSAGE, NOT_READY)
+            except OperationTimeout:
+                self._tell_removed(cell)  # in case the Cell applies the push late
+                raise
+            try:
+                await self._context.commit(*self._joining(pool, cell, message, reply))
             except Exception:
                 # The Cell applied the pool but Core will not record it: undo on the Cell.
                 self._tell_removed(cell)
                 raise
-        except OperationTimeout:
-            self._tell_removed(cell)  # in case the Cell applies the push late
-            raise
-        finally:
-            del self._claims[cell]
         self.log.info("{cell} added to pool {pool}", cell=cell, pool=pool)
-        return None
 
     def _joining(self, pool: str, cell: str, pushed: Message, reply: Message) -> list[Change]:
         """The changes that record ``cell`` in ``pool`` after its ready reply, re-validated."""
@@ -379,9 +360,11 @@ class CellOperations:
         """Best effort: a Cell that is gone has nothing to undo."""
         self.notify(cell, Message(id=MessageID.ComputeCellRemovedEvent))
 
-    @inlineCallbacks
-    def remove(self, pool: str, cell: str) -> Any:
+    def remove(self, pool: str, cell: str) -> Deferred[None]:
         """Refused while the cell still holds instances; the Cell is told after the commit."""
+        return Deferred.fromCoroutine(self._remove(pool, cell))
+
+    async def _remove(self, pool: str, cell: str) -> None:
         self._member(pool, cell)
         left = sum(1 for i in self._context.view.instances.values() if i.cell == cell)
         if left:
@@ -389,9 +372,8 @@ class CellOperations:
                 f"{left} instance(s) left in cell '{cell}', "
                 "migrate or delete all instance(s) before remove cell"
             )
-        yield self._context.commit(Delete(ComputeCell, cell))
+        await self._context.commit(Delete(ComputeCell, cell))
         self._tell_removed(cell)
-        return None
 
     def modify(self, pool: str, cell: str, enable: bool, purge: bool = False) -> Deferred[None]:
         """Enable (cancelling a pending purge) or disable, optionally asking for a purge.
@@ -462,9 +444,10 @@ class CellOperations:
             )
             return
         if record.purge_pending:
-            self._purge(record).addErrback(self._logged, "purging", name)
+            Deferred.fromCoroutine(self._purge(record)).addErrback(self._logged, "purging", name)
         else:
-            self._rejoin(record).addErrback(self._logged, "rejoining its pool", name)
+            rejoining = Deferred.fromCoroutine(self._rejoin(record))
+            rejoining.addErrback(self._logged, "rejoining its pool", name)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
         """Usage stays in the registry; the aggregates read it from there."""
@@ -478,11 +461,6 @@ class CellOperations:
         if record is None or not record.pool:
             return
         pool = self._context.view.compute_pools.get(record.pool)
-        if not gracefully and pool is not None and pool.failover and self._failover is not None:
-            result = self._failover(name, pool)
-            if isinstance(result, Deferred):
-                result.addErrback(self._logged, "failing over", name)
-            return
         if not gracefully and pool is not None and pool.failover:
             self.log.warn(
                 "{name} lost without goodbye; failover is not implemented yet, "
@@ -493,14 +471,12 @@ class CellOperations:
 
     # -- lifecycle internals ------------------------------------------------------------------
 
-    @inlineCallbacks
-    def _rejoin(self, record: ComputeCell) -> Any:
+    async def _rejoin(self, record: ComputeCell) -> None:
         pool = self._context.view.compute_pools.get(record.pool)
         if pool is None:
-            return None
-        reply = yield self._ask(record.name, self.pool_ready_message(pool), ADD_TIMEOUT_MESSAGE)
-        yield self.take_inventory(record.name, record.pool, reply)
-        return None
+            return
+        reply = await self._ask(record.name, self.pool_ready_message(pool), ADD_TIMEOUT_MESSAGE)
+        await self.take_inventory(record.name, record.pool, reply)
 
     def take_inventory(self, cell: str, pool: str, reply: Message) -> Deferred[None]:
         """Replace Core's instances of ``cell`` with what the Cell reported."""
@@ -528,22 +504,20 @@ class CellOperations:
             return succeed(None)
         return self._context.commit(*changes)
 
-    @inlineCallbacks
-    def _purge(self, record: ComputeCell) -> Any:
+    async def _purge(self, record: ComputeCell) -> None:
         message = Message(
             id=MessageID.DetachInstanceRequest,
             string_array_params={ParamKey.Instance: ()},
         )
-        yield self._ask(record.name, message, CELL_TIMEOUT_MESSAGE)
+        await self._ask(record.name, message, CELL_TIMEOUT_MESSAGE)
         view = self._context.view
         current = view.cells.get(record.name) or record
         changes: list[Change] = [
             Delete(Instance, i.id) for i in view.instances.values() if i.cell == record.name
         ]
         changes.append(Put(evolve(current, purge_pending=False)))
-        yield self._context.commit(*changes)
+        await self._context.commit(*changes)
         self.log.info("{name} purged", name=record.name)
-        return None
 
     def _mark_lost(self, name: str) -> Deferred[None]:
         changes = [
@@ -608,11 +582,9 @@ class CellOperations:
 __all__ = [
     "ADD_TIMEOUT_MESSAGE",
     "CELL_TIMEOUT_MESSAGE",
-    "CellDirectory",
     "CellOperations",
     "CellRefused",
     "CellStoragePaths",
     "CellView",
-    "FailoverPlanner",
     "StorageAttachment",
 ]

@@ -7,12 +7,25 @@ import uuid
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred
 
-from nanocore.model import SecurityPolicyGroup, SecurityPolicyRule
-from nanocore.operations.base import Context, build, check_name, is_ipv4
+from nanocore.model import SecurityPolicyGroup, SecurityPolicyRule, is_ipv4
+from nanocore.operations.base import Context, build, check_name
+from nanocore.operations.claims import ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
 
 PROTOCOLS = ("tcp", "udp", "icmp")
+
+#: A group name from its uniqueness check to the commit that makes it visible.
+GROUP_NAME: ClaimKind[None] = ClaimKind(
+    "policy group name",
+    lambda held: AlreadyExists(f"security policy group '{held.key}' already exists"),
+)
+#: A group's rule list (key: group id, value: group name) while a change of it commits, so
+#: that two changes made against the same list cannot overwrite each other.
+GROUP_RULES: ClaimKind[str] = ClaimKind(
+    "policy group rules",
+    lambda held: InvalidRequest(f"rules of policy group '{held.value}' are being changed"),
+)
 
 
 @frozen
@@ -40,6 +53,26 @@ def parse_index(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise InvalidRequest(f"invalid index {text}")
     return int(text)
+
+
+def build_rule(spec: RuleSpec) -> SecurityPolicyRule:
+    """The rule ``spec`` asks for, or the :class:`InvalidRequest` naming its first bad field."""
+    if spec.protocol not in PROTOCOLS:
+        raise InvalidRequest(f"invalid protocol: {spec.protocol}")
+    if spec.from_address and not is_ipv4(spec.from_address):
+        raise InvalidRequest(f"invalid source address '{spec.from_address}'")
+    if spec.to_address and not is_ipv4(spec.to_address):
+        raise InvalidRequest(f"invalid target address '{spec.to_address}'")
+    if spec.to_port > 65535:
+        raise InvalidRequest(f"invalid target port {spec.to_port}")
+    return build(
+        SecurityPolicyRule,
+        accept=spec.accept,
+        protocol=spec.protocol,
+        source_address=spec.from_address,
+        target_address=spec.to_address,
+        target_port=spec.to_port,
+    )
 
 
 class SecurityGroups:
@@ -72,14 +105,13 @@ class SecurityGroups:
         for other in self._context.view.policy_groups.values():
             if other.name == spec.name and other.id != group_id:
                 raise AlreadyExists(f"security policy group '{spec.name}' already exists")
-        if self._context.claimed(("policy_group", spec.name)):
-            raise AlreadyExists(f"security policy group '{spec.name}' already exists")
 
     def create(self, spec: GroupSpec) -> Deferred[str]:
         group_id = str(uuid.uuid4())
         self._check(spec, group_id)
         group = build(SecurityPolicyGroup, id=group_id, **_group_fields(spec))
-        d = self._context.commit(Insert(group), claims=(("policy_group", spec.name),))
+        claim = self._context.claims.take(GROUP_NAME, spec.name, None)
+        d = self._context.commit(Insert(group), holding=(claim,))
         return d.addCallback(lambda _: group_id)
 
     def modify(self, group_id: str, spec: GroupSpec) -> Deferred[None]:
@@ -88,7 +120,8 @@ class SecurityGroups:
         group = build(SecurityPolicyGroup, id=group_id, rules=current.rules, **_group_fields(spec))
         if group == current:
             raise InvalidRequest("no need to change")
-        return self._context.commit(Put(group), claims=(("policy_group", spec.name),))
+        claim = self._context.claims.take(GROUP_NAME, spec.name, None)
+        return self._context.commit(Put(group), holding=(claim,))
 
     def delete(self, group_id: str) -> Deferred[None]:
         self.get(group_id)
@@ -98,24 +131,6 @@ class SecurityGroups:
 
     def rules(self, group_id: str) -> tuple[SecurityPolicyRule, ...]:
         return self.get(group_id).rules
-
-    def _rule(self, spec: RuleSpec) -> SecurityPolicyRule:
-        if spec.protocol not in PROTOCOLS:
-            raise InvalidRequest(f"invalid protocol: {spec.protocol}")
-        if spec.from_address and not is_ipv4(spec.from_address):
-            raise InvalidRequest(f"invalid source address '{spec.from_address}'")
-        if spec.to_address and not is_ipv4(spec.to_address):
-            raise InvalidRequest(f"invalid target address '{spec.to_address}'")
-        if spec.to_port > 65535:
-            raise InvalidRequest(f"invalid target port {spec.to_port}")
-        return build(
-            SecurityPolicyRule,
-            accept=spec.accept,
-            protocol=spec.protocol,
-            source_address=spec.from_address,
-            target_address=spec.to_address,
-            target_port=spec.to_port,
-        )
 
     def _duplicate(self, group: SecurityPolicyGroup, rule: SecurityPolicyRule) -> InvalidRequest:
         return InvalidRequest(
@@ -132,14 +147,12 @@ class SecurityGroups:
     def _save_rules(
         self, group: SecurityPolicyGroup, rules: list[SecurityPolicyRule]
     ) -> Deferred[None]:
-        claim = ("policy_rules", group.id)
-        if self._context.claimed(claim):
-            raise InvalidRequest(f"rules of policy group '{group.name}' are being changed")
-        return self._context.commit(Put(evolve(group, rules=tuple(rules))), claims=(claim,))
+        claim = self._context.claims.take(GROUP_RULES, group.id, group.name)
+        return self._context.commit(Put(evolve(group, rules=tuple(rules))), holding=(claim,))
 
     def add_rule(self, group_id: str, spec: RuleSpec) -> Deferred[None]:
         group = self.get(group_id)
-        rule = self._rule(spec)
+        rule = build_rule(spec)
         if any(other.identity == rule.identity for other in group.rules):
             raise self._duplicate(group, rule)
         return self._save_rules(group, [*group.rules, rule])
@@ -147,7 +160,7 @@ class SecurityGroups:
     def modify_rule(self, group_id: str, index_text: str, spec: RuleSpec) -> Deferred[None]:
         group = self.get(group_id)
         index = self._index(group, index_text)
-        rule = self._rule(spec)
+        rule = build_rule(spec)
         if group.rules[index] == rule:
             raise InvalidRequest("no need to change")
         for position, other in enumerate(group.rules):

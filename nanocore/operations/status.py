@@ -8,9 +8,9 @@ online cells contribute usage. Instance counters come from the store, so they ca
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
 
 from attrs import frozen
+from zope.interface import Interface
 
 from nanocore.model import ComputeCell, Instance, InstanceStatus
 from nanocore.operations.base import Context
@@ -34,27 +34,17 @@ class Usage:
     send_speed: int = 0
 
 
-class CellMonitor(Protocol):
-    """What status needs from the Cell fabric (an adapter over ``CellRegistry``)."""
+class CellMonitor(Interface):
+    """What status needs to know of each Cell now (the cell operations answer it)."""
 
-    def alive(self, name: str) -> bool: ...
+    def alive(name: str) -> bool:
+        """Whether the Cell counts as online."""
 
-    def address(self, name: str) -> str: ...
+    def address(name: str) -> str:
+        """The Cell's address, or "" when it was never seen."""
 
-    def usage(self, name: str) -> Usage | None: ...
-
-
-class NoCells:
-    """A monitor for a Core with no fabric: every cell offline."""
-
-    def alive(self, name: str) -> bool:
-        return False
-
-    def address(self, name: str) -> str:
-        return ""
-
-    def usage(self, name: str) -> Usage | None:
-        return None
+    def usage(name: str) -> Usage | None:
+        """The Cell's latest figures while it is alive, else None."""
 
 
 @frozen

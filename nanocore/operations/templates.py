@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 
 from nanocore.model import SystemTemplate
 from nanocore.operations.base import Context, build
+from nanocore.operations.claims import ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
 
@@ -22,6 +23,11 @@ OPTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("control", "control protocol required", ("vnc", "spice")),
     ("usb", "", ("", "nec-xhci")),
     ("tablet", "", ("", "usb", "virtio")),
+)
+
+#: A template name from its uniqueness check to the commit that makes it visible.
+TEMPLATE_NAME: ClaimKind[None] = ClaimKind(
+    "template name", lambda held: AlreadyExists(f"system template '{held.key}' already exists")
 )
 
 _XID_ALPHABET = "0123456789abcdefghijklmnopqrstuv"
@@ -85,8 +91,6 @@ class Templates:
         for other in self._context.view.templates.values():
             if other.name == spec.name and other.id != template_id:
                 raise AlreadyExists(f"system template '{spec.name}' already exists")
-        if self._context.claimed(("template", spec.name)):
-            raise AlreadyExists(f"system template '{spec.name}' already exists")
 
     def create(self, spec: TemplateSpec) -> Deferred[str]:
         template_id = new_xid(self._context.clock.seconds())
@@ -99,7 +103,8 @@ class Templates:
             modified_time=now,
             **_fields(spec),
         )
-        d = self._context.commit(Insert(template), claims=(("template", spec.name),))
+        claim = self._context.claims.take(TEMPLATE_NAME, spec.name, None)
+        d = self._context.commit(Insert(template), holding=(claim,))
         return d.addCallback(lambda _: template_id)
 
     def modify(self, template_id: str, spec: TemplateSpec) -> Deferred[None]:
@@ -115,7 +120,8 @@ class Templates:
         )
         if evolve(template, modified_time=current.modified_time) == current:
             raise InvalidRequest("no need to change")
-        return self._context.commit(Put(template), claims=(("template", spec.name),))
+        claim = self._context.claims.take(TEMPLATE_NAME, spec.name, None)
+        return self._context.commit(Put(template), holding=(claim,))
 
     def delete(self, template_id: str) -> Deferred[None]:
         self.get(template_id)

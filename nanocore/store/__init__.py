@@ -9,11 +9,13 @@ from nanocore.store.errors import (
     StoreClosed,
     StoreError,
 )
+from nanocore.store.interfaces import CommitStore
 from nanocore.store.readmodel import ReadModel
 from nanocore.store.store import Store
 
 __all__ = [
     "Change",
+    "CommitStore",
     "Conflict",
     "DamagedStore",
     "Delete",

@@ -18,10 +18,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from nanocore.model import TIME_FORMAT
 from nanocore.store.changes import UnitOfWork
 from nanocore.store.errors import StoreClosed, StoreError
+from nanocore.store.interfaces import CommitStore
 from nanocore.store.readmodel import ReadModel
 from nanocore.store.schema import SchemaScript, bundled_scripts, open_database
 from nanocore.store.writer import State, Writer, apply_to_state
@@ -36,6 +38,7 @@ def new_template_id() -> str:
     return uuid.uuid4().hex[:20]
 
 
+@implementer(CommitStore)
 class Store:
     """Cluster state in ``data/nanocore.db``; see docs/architecture.md for the contract."""
 

@@ -1,0 +1,104 @@
+"""Claims: what an operation holds while it waits, so that no two operations take the same thing.
+
+An operation decides against the committed view, then often waits (for a Cell's answer, for the
+store's commit) before its change is visible to the next request. A claim closes that window:
+it is taken when the decision is made, held across the wait, and released when the wait ends,
+however it ends (success, failure, timeout, cancellation), so it is never leaked.
+
+A claim has a kind and a key, and is exclusive within its kind: taking a ``(kind, key)`` that is
+held is refused with the kind's error. A claim carries a value typed by its kind (the pool a
+Cell is being added to; for a scheduler, the cores, memory and disk reserved on a Cell), and
+:meth:`Claims.live` lists the live claims of a kind, so that a holder can sum what is reserved
+("the capacity claimed on Cell X") on top of the committed view. A claim released by the commit
+that makes its change visible is released after the read model shows the change: for a moment
+both count, never neither. Claims are in memory only: they cover waits inside one process, and
+a restart, which ends every wait, ends them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+
+from nanocore.operations.errors import InvalidRequest, OperationError
+
+V = TypeVar("V")
+T = TypeVar("T")
+
+
+@frozen(eq=False)
+class Claim(Generic[V]):
+    """One held claim; its identity (not its fields) is what :meth:`Claims.release` frees."""
+
+    kind: ClaimKind[V]
+    key: Hashable
+    value: V
+
+
+class ClaimHeld(InvalidRequest):
+    """The ``(kind, key)`` is claimed by an operation still waiting; ``held`` is its claim."""
+
+    def __init__(self, held: Claim[Any]) -> None:
+        super().__init__(f"{held.kind.name} '{held.key}' is busy, retry")
+        self.held = held
+
+
+@frozen(eq=False)
+class ClaimKind(Generic[V]):
+    """A kind of claim: what is claimed (``name``) and how a clash is told to the client."""
+
+    name: str
+    #: The error for a second claim of a held key (default :class:`ClaimHeld`).
+    refusal: Callable[[Claim[V]], OperationError] = ClaimHeld
+
+
+class Claims:
+    """The live claims of one Core, by kind and key."""
+
+    def __init__(self) -> None:
+        self._held: dict[ClaimKind[Any], dict[Hashable, Claim[Any]]] = {}
+
+    def take(self, kind: ClaimKind[V], key: Hashable, value: V) -> Claim[V]:
+        """Claim ``key`` for ``value``, or raise the kind's refusal if it is held."""
+        of_kind = self._held.setdefault(kind, {})
+        held = of_kind.get(key)
+        if held is not None:
+            raise kind.refusal(held)
+        claim = of_kind[key] = Claim(kind, key, value)
+        return claim
+
+    def release(self, claim: Claim[Any]) -> None:
+        """Free ``claim`` if it is still held (releasing twice is harmless)."""
+        of_kind = self._held.get(claim.kind, {})
+        if of_kind.get(claim.key) is claim:
+            del of_kind[claim.key]
+
+    def held(self, kind: ClaimKind[V], key: Hashable) -> Claim[V] | None:
+        return self._held.get(kind, {}).get(key)
+
+    def live(self, kind: ClaimKind[V]) -> list[Claim[V]]:
+        """Every held claim of ``kind``, oldest first."""
+        return list(self._held.get(kind, {}).values())
+
+    @contextmanager
+    def holding(self, kind: ClaimKind[V], key: Hashable, value: V) -> Iterator[Claim[V]]:
+        """Hold a claim for the ``with`` block, across every ``await`` in it."""
+        claim = self.take(kind, key, value)
+        try:
+            yield claim
+        finally:
+            self.release(claim)
+
+    def until(self, result: Deferred[T], *claims: Claim[Any]) -> Deferred[T]:
+        """Release ``claims`` when ``result`` fires, whatever it fires with."""
+
+        def release(outcome: Any) -> Any:
+            for claim in claims:
+                self.release(claim)
+            return outcome
+
+        return result.addBoth(release)
