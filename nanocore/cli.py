@@ -30,6 +30,7 @@ from zope.interface import provider
 import nanocore
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import PID_FILE_NAME, Layout, LayoutOptions
+from nanocore.options import NanocoreOptions, version_line
 from nanocore.pidfile import remove_stale, running_pid
 
 EXIT_OK = 0
@@ -57,7 +58,7 @@ class StartOptions(LayoutOptions):
     longdesc = "Check the config (writing missing files) and start nanocore as a daemon."
 
 
-class DataDirOptions(usage.Options):
+class DataDirOptions(NanocoreOptions):
     optParameters = [
         ["data-dir", None, "data", "folder holding core.pid"],
     ]
@@ -113,13 +114,8 @@ class ImportOptions(DataDirOptions):
         self["source"] = Path(source)
 
 
-class CommandOptions(usage.Options):
+class CommandOptions(NanocoreOptions):
     synopsis = "Usage: nanocore start|stop|status|halt|import-nano [options]"
-
-    def opt_version(self) -> NoReturn:
-        """Print the nanocore version and exit."""
-        print(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
-        raise SystemExit(0)
 
     longdesc = "Nano Core control node. `nanocore COMMAND --help` describes each command."
     subCommands = [
@@ -298,7 +294,7 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         console.complain(log_tail(layout.log_file))
         return EXIT_FAILURE
     address, port = config.domain.listen_address, config.api.port
-    console.say(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
+    console.say(version_line())
     console.say(f"API http://{address}:{port}/api/v1/ ; log {layout.log_file}")
     console.say(f"core started, pid {pid}")
     return EXIT_OK

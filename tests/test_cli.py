@@ -17,7 +17,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
-from nanocore import cli, config, pidfile
+from nanocore import __version__, cli, config, pidfile
 from nanocore.layout import Layout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +91,16 @@ class ParseTests(SynchronousTestCase):
         the_console, _out, _err = console()
         self.assertEqual(cli.parse(["--help"], the_console), 0)
         self.assertIn("import-nano", printed.getvalue())
+
+    def test_version_names_nanocore_for_every_command(self) -> None:
+        for argv in (["--version"], ["start", "--version"], ["status", "--version"]):
+            printed = io.StringIO()
+            self.patch(sys, "stdout", printed)
+            the_console, _out, _err = console()
+            self.assertEqual(cli.parse(argv, the_console), 0)
+            self.assertTrue(printed.getvalue().startswith(f"nanocore {__version__} "), argv)
+            self.assertIn("compatible with Nano Core 1.4.0", printed.getvalue())
+            self.assertNotIn("Twisted version", printed.getvalue())
 
     def test_twistd_arguments_name_every_folder(self) -> None:
         layout = layout_under(Path("/n"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -12,9 +14,10 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore import config, pki, tap
+from nanocore import __version__, config, pki, tap
 from nanocore.layout import Layout
 from nanocore.service import CORE_SERVICE_NAME, CoreService
+from nanocore.testing import simtap
 
 
 def write_config(config_dir: Path, *, listen_address: str = "127.0.0.1", port: int = 5850) -> None:
@@ -90,6 +93,17 @@ class OptionsTests(SynchronousTestCase):
 
     def test_unknown_option_is_a_usage_error(self) -> None:
         self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--port", "1"])
+
+    def test_version_names_nanocore_not_twisted(self) -> None:
+        """`twistd nanocore --version` and `twistd nanocell-sim --version` say what runs."""
+        for options in (tap.Options(), simtap.Options()):
+            printed = io.StringIO()
+            self.patch(sys, "stdout", printed)
+            with self.assertRaises(SystemExit) as caught:
+                options.parseOptions(["--version"])
+            self.assertEqual(caught.exception.code, 0)
+            self.assertTrue(printed.getvalue().startswith(f"nanocore {__version__} "))
+            self.assertNotIn("Twisted version", printed.getvalue())
 
 
 class PluginTests(SynchronousTestCase):
