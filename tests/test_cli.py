@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,15 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(code, cli.EXIT_OK, err)
         self.assertIn(f"imported {source} into {self.layout.data_dir}", out)
         self.assertNotEqual(list(self.layout.data_dir.iterdir()), [])
+
+    def test_import_nano_creates_its_data_folder_0700(self) -> None:
+        """As documented for every folder nanocore makes, whatever the caller's umask."""
+        self.addCleanup(os.umask, os.umask(0o022))
+        data_dir = self.root / "new" / "data"
+        source = REPO_ROOT / "tests" / "fixtures" / "nano14"
+        code, _out, err = self.run_command("import-nano", str(source), f"--data-dir={data_dir}")
+        self.assertEqual(code, cli.EXIT_OK, err)
+        self.assertEqual(stat.S_IMODE(data_dir.stat().st_mode), 0o700)
 
     def test_import_nano_refusal_is_reported(self) -> None:
         empty = self.root / "empty"

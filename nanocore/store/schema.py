@@ -63,7 +63,8 @@ def open_database(
     new_id: Callable[[], str],
 ) -> sqlite3.Connection:
     """Open (creating if needed), check, migrate and seed the store; refuse a damaged one."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # 0700 as every folder nanocore creates: `import-nano` may be the first to make it.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = database_path(data_dir)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
