@@ -32,6 +32,7 @@ from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import PID_FILE_NAME, Layout, LayoutOptions
 from nanocore.options import NanocoreOptions, version_line
 from nanocore.pidfile import remove_stale, running_pid
+from nanocore.start_report import LogMark, lines_since, reason_in
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -206,15 +207,34 @@ def child_environment() -> dict[str, str]:
     return environment
 
 
-def log_tail(log_file: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with log_file.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+def _twistd_reason(said: bytes) -> str | None:
+    """What twistd printed, when it is whole: a refusal of `makeService` (SystemExit) is; the
+    daemonize pipe's report ("An error has occurred: …") is cut at 100 bytes and is not."""
+    text = said.decode("utf-8", errors="replace").strip()
+    if not text or "An error has occurred" in text:
+        return None
+    return " ".join(text.removeprefix("nanocore: ").split())
+
+
+def show_run_log(console: Console, layout: Layout, mark: LogMark) -> None:
+    """The end of this run's part of the log (never an earlier run's lines)."""
+    lines = lines_since(layout.log_file, mark)[-LOG_TAIL_LINES:]
+    if lines:
+        console.complain(f"last lines of {layout.log_file} from this start:")
+        console.complain("\n".join(lines))
+
+
+def start_failed(console: Console, layout: Layout, mark: LogMark, said: bytes = b"") -> int:
+    """Say in one line what failed and why; the log only when no reason was given."""
+    reason = reason_in(lines_since(layout.log_file, mark)) or _twistd_reason(said)
+    if reason is None:
+        console.complain("nanocore failed to start")
+        show_run_log(console, layout, mark)
+    else:
+        console.complain(f"nanocore failed to start: {reason}")
+        if layout.log_file.exists():
+            console.complain(f"details in {layout.log_file}")
+    return EXIT_FAILURE
 
 
 async def _api_ready(reactor: Any, address: str, port: int) -> bool:
@@ -253,13 +273,16 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
     try:
         config = check_config(layout, console)
     except ConfigError as error:
-        console.complain(f"nanocore: config error: {error}")
+        console.complain(f"nanocore failed to start: config error: {error}")
         return EXIT_FAILURE
     except OSError as error:
-        console.complain(f"nanocore: cannot prepare {error.filename}: {error.strerror}")
+        console.complain(
+            f"nanocore failed to start: cannot prepare {error.filename}: {error.strerror}"
+        )
         return EXIT_FAILURE
     if remove_stale(layout.pid_file):
         console.say(f"removed stale pid file {layout.pid_file}")
+    mark = LogMark.of(layout.log_file)
     launch: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
         sys.executable,
         twistd_arguments(layout),
@@ -272,26 +295,20 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         output, errors, code = await launch
     except ProcessTimeout:
         console.complain(f"nanocore did not report its start within {START_TIMEOUT:.0f} s")
-        console.complain(f"see {layout.log_file}")
+        show_run_log(console, layout, mark)
         return EXIT_FAILURE
     if code != 0:
-        console.complain("nanocore failed to start:")
-        console.complain((errors + output).decode("utf-8", errors="replace").rstrip())
-        tail = log_tail(layout.log_file)
-        if tail:
-            console.complain(f"last lines of {layout.log_file}:\n{tail}")
-        return EXIT_FAILURE
+        return start_failed(console, layout, mark, errors + output)
     pid = await _wait_until_serving(reactor, layout, config, START_TIMEOUT)
     if pid is None:
         still_running = running_pid(layout.pid_file)
         if still_running is None:
-            console.complain("nanocore exited during start; last lines of the log:")
-        else:
-            console.complain(
-                f"nanocore (pid {still_running}) runs but its API did not answer within"
-                f" {START_TIMEOUT:.0f} s; last lines of the log:"
-            )
-        console.complain(log_tail(layout.log_file))
+            return start_failed(console, layout, mark)
+        console.complain(
+            f"nanocore (pid {still_running}) runs but its API did not answer within"
+            f" {START_TIMEOUT:.0f} s"
+        )
+        show_run_log(console, layout, mark)
         return EXIT_FAILURE
     address, port = config.domain.listen_address, config.api.port
     console.say(version_line())

@@ -344,20 +344,75 @@ class RealDaemonTests(TestCase):
 
         return ensureDeferred(scenario())
 
-    def test_port_in_use_fails_with_the_reason(self) -> Deferred[None]:
+    async def failed_start(self, *, in_process: bool = True) -> list[str]:
+        """Start with an earlier run's line at the end of the log; the lines it printed.
+
+        Only this start's words may be printed, never the earlier run's log. The daemon is
+        a real process either way; `in_process` runs the command's side as a function, so
+        that its code is measured.
+        """
+        log_file = self.root / "log" / "core.log"
+        log_file.parent.mkdir(exist_ok=True)
+        log_file.write_text("2020-01-01T00:00:00+0000 [-] AN EARLIER RUN SAID THIS\n")
+        if in_process:
+            the_console, out, err = console()
+            code = await cli.start(reactor, layout_under(self.root), the_console)
+            self.assertEqual(code, cli.EXIT_FAILURE)
+            text = out.getvalue() + err.getvalue()
+        else:
+            text = await self.expect(1, "start")
+        self.assertNotIn("AN EARLIER RUN", text)
+        await self.expect(3, "status")
+        return text.splitlines()
+
+    def test_port_in_use_is_said_in_one_line(self) -> Deferred[None]:
         blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(blocker.close)
         blocker.bind(("127.0.0.1", self.port))
         blocker.listen(1)
 
         async def scenario() -> None:
-            the_console, _out, err = console()
-            code = await cli.start(reactor, layout_under(self.root), the_console)
-            self.assertEqual(code, cli.EXIT_FAILURE)
-            self.assertIn("failed to start", err.getvalue())
-            self.assertIn(f"127.0.0.1:{self.port}", err.getvalue())
-            self.assertIn("last lines of", err.getvalue())
-            await self.expect(3, "status")
+            lines = await self.failed_start(in_process=False)
+            self.assertEqual(
+                lines[0],
+                f"nanocore failed to start: cannot listen on 127.0.0.1:{self.port}:"
+                " the port is already in use by another program",
+            )
+            self.assertEqual(lines[1:], [f"details in {self.root / 'log' / 'core.log'}"])
+
+        return ensureDeferred(scenario())
+
+    def test_address_not_on_this_host_is_said_in_one_line(self) -> Deferred[None]:
+        # TEST-NET-1 is never a local address: the bind fails, no packet leaves the host.
+        domain = self.root / "config" / config.DOMAIN_FILE
+        domain.write_text(json.dumps({"listen_address": "192.0.2.1"}))
+
+        async def scenario() -> None:
+            lines = await self.failed_start()
+            self.assertEqual(
+                lines[0],
+                f"nanocore failed to start: cannot listen on 192.0.2.1:{self.port}: 192.0.2.1"
+                " is not an address of this host (listen_address in domain.cfg)",
+            )
+
+        return ensureDeferred(scenario())
+
+    def test_damaged_database_is_said_with_its_remedy(self) -> Deferred[None]:
+        database = self.root / "data" / "nanocore.db"
+        database.parent.mkdir()
+        database.write_bytes(b"this is no SQLite database" * 100)
+
+        async def scenario() -> None:
+            lines = await self.failed_start()
+            self.assertEqual(
+                lines[0],
+                f"nanocore failed to start: damaged database: {database} is not a readable"
+                " SQLite database (file is not a database); restore it from a backup or move"
+                " it away to start with an empty store",
+            )
+            self.assertEqual(len(lines), 2)
+            # An expected failure is one line in the log too, not a traceback.
+            self.assertNotIn("Traceback", (self.root / "log" / "core.log").read_text())
 
         return ensureDeferred(scenario())
 

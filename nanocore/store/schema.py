@@ -128,10 +128,13 @@ def schema_version(connection: sqlite3.Connection, path: Path) -> int:
     if "schema_version" in tables:
         row = connection.execute("SELECT version FROM schema_version").fetchone()
         if row is None:
-            raise DamagedStore(f"{path}: schema_version table is empty")
+            raise DamagedStore(f"{path}: schema_version table is empty; restore it from a backup")
         return int(row[0])
     if tables:
-        raise DamagedStore(f"{path} is not a nanocore store (no schema_version table)")
+        raise DamagedStore(
+            f"{path} is not a nanocore store (no schema_version table); point --data-dir at"
+            " nanocore's data folder, or move the file away to start with an empty store"
+        )
     return 0
 
 
