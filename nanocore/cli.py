@@ -1,10 +1,10 @@
-"""`nanocore start|stop|status|halt|import-nano`: the original's commands, around twistd.
+"""`nanocore start|stop|status|halt|import-nano|call`: the original's commands, around twistd.
 
 `start` checks (and if needed writes) the config in the foreground, so a mistake is reported
 on the terminal before anything forks; then it runs twistd with the nanocore plugin as a
 daemon (pid file in the data folder, log appended to `log/core.log`) and waits until the API
 serves (`GET /api/v1/` answers 200) or the daemon dies. `status` exits 0 when running and 3
-when not, as LSB init scripts expect.
+when not, as LSB init scripts expect. `call` (in `nanocore.call`) makes one signed API request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectError, ConnectionLost
@@ -28,9 +28,11 @@ from twisted.web.client import Agent, ResponseFailed, readBody
 from zope.interface import provider
 
 import nanocore
+from nanocore.call import CallOptions, call
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.console import Console
 from nanocore.layout import PID_FILE_NAME, Layout, LayoutOptions
-from nanocore.options import NanocoreOptions, version_line
+from nanocore.options import AnyOrderOptions, NanocoreOptions, version_line
 from nanocore.pidfile import remove_stale, running_pid
 from nanocore.start_report import LogMark, lines_since, reason_in
 
@@ -85,38 +87,19 @@ class HaltOptions(DataDirOptions):
     longdesc = "Kill a running nanocore at once (SIGKILL) and remove its pid file."
 
 
-class ImportOptions(DataDirOptions):
+class ImportOptions(AnyOrderOptions, DataDirOptions):
     synopsis = "PATH [--data-dir DIR]"
     longdesc = (
         "Import the data of a Nano Core 1.4.0 installation (its data/ folder, with"
         " resource.data and image.data) into nanocore's data folder. nanocore must be stopped."
     )
 
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        """Accept options after PATH too (`import-nano PATH --data-dir D`), unlike getopt."""
-        items = list(sys.argv[1:] if options is None else options)
-        takes_value = {"--" + name[:-1] for name in self.longOpt if name.endswith("=")}
-        flags: list[str] = []
-        positional: list[str] = []
-        while items:
-            item = items.pop(0)
-            if item == "--":
-                positional.extend(items)
-                break
-            if item.startswith("-") and item != "-":
-                flags.append(item)
-                if item in takes_value and items:
-                    flags.append(items.pop(0))
-            else:
-                positional.append(item)
-        super().parseOptions([*flags, "--", *positional])
-
     def parseArgs(self, source: str) -> None:  # type: ignore[override]
         self["source"] = Path(source)
 
 
 class CommandOptions(NanocoreOptions):
-    synopsis = "Usage: nanocore start|stop|status|halt|import-nano [options]"
+    synopsis = "Usage: nanocore start|stop|status|halt|import-nano|call [options]"
 
     longdesc = "Nano Core control node. `nanocore COMMAND --help` describes each command."
     subCommands = [
@@ -125,27 +108,12 @@ class CommandOptions(NanocoreOptions):
         ["status", None, StatusOptions, "exit 0 if nanocore is running, 3 if not"],
         ["halt", None, HaltOptions, "kill a running nanocore at once"],
         ["import-nano", None, ImportOptions, "import the data of a Nano Core 1.4.0"],
+        ["call", None, CallOptions, "send one signed API request, print the answer"],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("a command is required")
-
-
-class Console:
-    """Where a command writes: ordinary messages to `out`, problems to `err`."""
-
-    def __init__(self, out: IO[str], err: IO[str]) -> None:
-        self.out = out
-        self.err = err
-
-    def say(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def complain(self, text: str) -> None:
-        self.err.write(text + "\n")
-        self.err.flush()
 
 
 # --- start ---------------------------------------------------------------------------------
@@ -415,6 +383,8 @@ async def run_command(reactor: Any, options: CommandOptions, console: Console) -
         return await halt(reactor, sub.pid_file(), console)
     if command == "import-nano":
         return await import_nano(sub["source"], Path(sub["data-dir"]).absolute(), console)
+    if command == "call":
+        return await call(reactor, sub, console, sys.stdin.buffer)
     raise AssertionError(f"unhandled command {command!r}")
 
 

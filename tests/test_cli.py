@@ -303,6 +303,11 @@ class RealDaemonTests(TestCase):
             version = await self.get_version()
             self.assertEqual(version["data"]["name"], "nanocore")
             self.assertIn("already running", await self.expect(1, "start"))
+            # `nanocore call` signs with api.cfg's first credential and exits from the envelope.
+            pools = json.loads(await self.expect(0, "call", "GET", "/compute_pools/"))
+            self.assertEqual([pool["name"] for pool in pools["data"]], ["default"])
+            refused = json.loads(await self.expect(1, "call", "POST", "/compute_pools/default"))
+            self.assertEqual(refused["message"], "compute pool 'default' already exists")
             self.assertIn("stop core success", await self.expect(0, "stop"))
             self.assertFalse(self.pid_file.exists())
             self.assertIn("core is stopped", await self.expect(3, "status"))
