@@ -18,7 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
-from nanocore import __version__, cli, config, pidfile
+from nanocore import __version__, cli, config, pidfile, start_report
 from nanocore.layout import Layout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -244,6 +244,46 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(code, cli.EXIT_FAILURE)
         self.assertIn("import refused: no resource.data", err)
         self.assertEqual(list(self.layout.data_dir.iterdir()), [])
+
+
+class StartFailedTests(SynchronousTestCase):
+    """What `start` says when the daemon did not start, from what twistd and the log said."""
+
+    def setUp(self) -> None:
+        self.layout = layout_under(Path(self.mktemp()).absolute())
+        self.layout.create_folders()
+        self.layout.log_file.write_text("2020-01-01T00:00:00+0000 [-] AN EARLIER RUN\n")
+        self.mark = start_report.LogMark.of(self.layout.log_file)
+
+    def said(self, twistd_said: bytes, *logged: str) -> list[str]:
+        with self.layout.log_file.open("a") as log:
+            log.writelines(line + "\n" for line in logged)
+        the_console, out, err = console()
+        code = cli.start_failed(the_console, self.layout, self.mark, twistd_said)
+        self.assertEqual((code, out.getvalue()), (cli.EXIT_FAILURE, ""))
+        self.assertNotIn("AN EARLIER RUN", err.getvalue())
+        return err.getvalue().splitlines()
+
+    def test_a_refusal_before_the_daemon_forked_is_said_whole(self) -> None:
+        lines = self.said(b"nanocore: certificate error: /c/x.pem cannot serve 127.0.0.1: why\n")
+        self.assertEqual(
+            lines[0],
+            "nanocore failed to start: certificate error: /c/x.pem cannot serve 127.0.0.1: why",
+        )
+
+    def test_twistds_cut_report_gives_way_to_the_logged_reason(self) -> None:
+        cut = b'An error has occurred: b"...: [Errno 98] Address al"\nPlease look at log file\n'
+        lines = self.said(cut, "2026 [nanocore.service#critical] nanocore could not start: why")
+        self.assertEqual(lines[0], "nanocore failed to start: why")
+        self.assertNotIn("Address al", "\n".join(lines))
+
+    def test_without_a_reason_this_starts_log_is_shown(self) -> None:
+        cut = b'An error has occurred: b"...: [Errno 98] Address al"\nPlease look at log file\n'
+        lines = self.said(cut, "2026 [-] Traceback (most recent call last):", "2026 [-] Oops")
+        self.assertEqual(lines[0], "nanocore failed to start")
+        self.assertEqual(
+            lines[-2:], ["2026 [-] Traceback (most recent call last):", "2026 [-] Oops"]
+        )
 
 
 def free_port() -> int:
