@@ -26,9 +26,11 @@ setup(
         "klein>=24.8",
         # Imported directly for Klein's routing exceptions and map settings.
         "Werkzeug>=3.0",
+        # The HTTP client of `nanocore call`.
+        "treq>=24.9",
     ],
     extras_require={
-        "test": ["treq>=24.9", "hypothesis>=6.100", "coverage>=7.4"],
+        "test": ["hypothesis>=6.100", "coverage>=7.4"],
         "dev": ["ruff>=0.6", "mypy>=1.11", "mypy-zope>=1.0.5", "tox>=4"],
     },
     entry_points={"console_scripts": ["nanocore = nanocore.cli:main"]},

@@ -1,10 +1,10 @@
-"""`nanocore start|stop|status|halt|import-nano`: the original's commands, around twistd.
+"""`nanocore start|stop|status|halt|import-nano|call`: the original's commands, around twistd.
 
 `start` checks (and if needed writes) the config in the foreground, so a mistake is reported
 on the terminal before anything forks; then it runs twistd with the nanocore plugin as a
 daemon (pid file in the data folder, log appended to `log/core.log`) and waits until the API
 serves (`GET /api/v1/` answers 200) or the daemon dies. `status` exits 0 when running and 3
-when not, as LSB init scripts expect.
+when not, as LSB init scripts expect. `call` (in `nanocore.call`) makes one signed API request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectError, ConnectionLost
@@ -28,9 +28,13 @@ from twisted.web.client import Agent, ResponseFailed, readBody
 from zope.interface import provider
 
 import nanocore
+from nanocore.call import CallOptions, call
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.console import Console
 from nanocore.layout import PID_FILE_NAME, Layout, LayoutOptions
+from nanocore.options import AnyOrderOptions, NanocoreOptions, version_line
 from nanocore.pidfile import remove_stale, running_pid
+from nanocore.start_report import LogMark, lines_since, reason_in
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -57,7 +61,7 @@ class StartOptions(LayoutOptions):
     longdesc = "Check the config (writing missing files) and start nanocore as a daemon."
 
 
-class DataDirOptions(usage.Options):
+class DataDirOptions(NanocoreOptions):
     optParameters = [
         ["data-dir", None, "data", "folder holding core.pid"],
     ]
@@ -83,43 +87,19 @@ class HaltOptions(DataDirOptions):
     longdesc = "Kill a running nanocore at once (SIGKILL) and remove its pid file."
 
 
-class ImportOptions(DataDirOptions):
+class ImportOptions(AnyOrderOptions, DataDirOptions):
     synopsis = "PATH [--data-dir DIR]"
     longdesc = (
         "Import the data of a Nano Core 1.4.0 installation (its data/ folder, with"
         " resource.data and image.data) into nanocore's data folder. nanocore must be stopped."
     )
 
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        """Accept options after PATH too (`import-nano PATH --data-dir D`), unlike getopt."""
-        items = list(sys.argv[1:] if options is None else options)
-        takes_value = {"--" + name[:-1] for name in self.longOpt if name.endswith("=")}
-        flags: list[str] = []
-        positional: list[str] = []
-        while items:
-            item = items.pop(0)
-            if item == "--":
-                positional.extend(items)
-                break
-            if item.startswith("-") and item != "-":
-                flags.append(item)
-                if item in takes_value and items:
-                    flags.append(items.pop(0))
-            else:
-                positional.append(item)
-        super().parseOptions([*flags, "--", *positional])
-
     def parseArgs(self, source: str) -> None:  # type: ignore[override]
         self["source"] = Path(source)
 
 
-class CommandOptions(usage.Options):
-    synopsis = "Usage: nanocore start|stop|status|halt|import-nano [options]"
-
-    def opt_version(self) -> NoReturn:
-        """Print the nanocore version and exit."""
-        print(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
-        raise SystemExit(0)
+class CommandOptions(NanocoreOptions):
+    synopsis = "Usage: nanocore start|stop|status|halt|import-nano|call [options]"
 
     longdesc = "Nano Core control node. `nanocore COMMAND --help` describes each command."
     subCommands = [
@@ -128,27 +108,12 @@ class CommandOptions(usage.Options):
         ["status", None, StatusOptions, "exit 0 if nanocore is running, 3 if not"],
         ["halt", None, HaltOptions, "kill a running nanocore at once"],
         ["import-nano", None, ImportOptions, "import the data of a Nano Core 1.4.0"],
+        ["call", None, CallOptions, "send one signed API request, print the answer"],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("a command is required")
-
-
-class Console:
-    """Where a command writes: ordinary messages to `out`, problems to `err`."""
-
-    def __init__(self, out: IO[str], err: IO[str]) -> None:
-        self.out = out
-        self.err = err
-
-    def say(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def complain(self, text: str) -> None:
-        self.err.write(text + "\n")
-        self.err.flush()
 
 
 # --- start ---------------------------------------------------------------------------------
@@ -210,15 +175,34 @@ def child_environment() -> dict[str, str]:
     return environment
 
 
-def log_tail(log_file: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with log_file.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+def _twistd_reason(said: bytes) -> str | None:
+    """What twistd printed, when it is whole: a refusal of `makeService` (SystemExit) is; the
+    daemonize pipe's report ("An error has occurred: …") is cut at 100 bytes and is not."""
+    text = said.decode("utf-8", errors="replace").strip()
+    if not text or "An error has occurred" in text:
+        return None
+    return " ".join(text.removeprefix("nanocore: ").split())
+
+
+def show_run_log(console: Console, layout: Layout, mark: LogMark) -> None:
+    """The end of this run's part of the log (never an earlier run's lines)."""
+    lines = lines_since(layout.log_file, mark)[-LOG_TAIL_LINES:]
+    if lines:
+        console.complain(f"last lines of {layout.log_file} from this start:")
+        console.complain("\n".join(lines))
+
+
+def start_failed(console: Console, layout: Layout, mark: LogMark, said: bytes = b"") -> int:
+    """Say in one line what failed and why; the log only when no reason was given."""
+    reason = reason_in(lines_since(layout.log_file, mark)) or _twistd_reason(said)
+    if reason is None:
+        console.complain("nanocore failed to start")
+        show_run_log(console, layout, mark)
+    else:
+        console.complain(f"nanocore failed to start: {reason}")
+        if layout.log_file.exists():
+            console.complain(f"details in {layout.log_file}")
+    return EXIT_FAILURE
 
 
 async def _api_ready(reactor: Any, address: str, port: int) -> bool:
@@ -257,13 +241,16 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
     try:
         config = check_config(layout, console)
     except ConfigError as error:
-        console.complain(f"nanocore: config error: {error}")
+        console.complain(f"nanocore failed to start: config error: {error}")
         return EXIT_FAILURE
     except OSError as error:
-        console.complain(f"nanocore: cannot prepare {error.filename}: {error.strerror}")
+        console.complain(
+            f"nanocore failed to start: cannot prepare {error.filename}: {error.strerror}"
+        )
         return EXIT_FAILURE
     if remove_stale(layout.pid_file):
         console.say(f"removed stale pid file {layout.pid_file}")
+    mark = LogMark.of(layout.log_file)
     launch: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
         sys.executable,
         twistd_arguments(layout),
@@ -276,29 +263,23 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         output, errors, code = await launch
     except ProcessTimeout:
         console.complain(f"nanocore did not report its start within {START_TIMEOUT:.0f} s")
-        console.complain(f"see {layout.log_file}")
+        show_run_log(console, layout, mark)
         return EXIT_FAILURE
     if code != 0:
-        console.complain("nanocore failed to start:")
-        console.complain((errors + output).decode("utf-8", errors="replace").rstrip())
-        tail = log_tail(layout.log_file)
-        if tail:
-            console.complain(f"last lines of {layout.log_file}:\n{tail}")
-        return EXIT_FAILURE
+        return start_failed(console, layout, mark, errors + output)
     pid = await _wait_until_serving(reactor, layout, config, START_TIMEOUT)
     if pid is None:
         still_running = running_pid(layout.pid_file)
         if still_running is None:
-            console.complain("nanocore exited during start; last lines of the log:")
-        else:
-            console.complain(
-                f"nanocore (pid {still_running}) runs but its API did not answer within"
-                f" {START_TIMEOUT:.0f} s; last lines of the log:"
-            )
-        console.complain(log_tail(layout.log_file))
+            return start_failed(console, layout, mark)
+        console.complain(
+            f"nanocore (pid {still_running}) runs but its API did not answer within"
+            f" {START_TIMEOUT:.0f} s"
+        )
+        show_run_log(console, layout, mark)
         return EXIT_FAILURE
     address, port = config.domain.listen_address, config.api.port
-    console.say(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
+    console.say(version_line())
     console.say(f"API http://{address}:{port}/api/v1/ ; log {layout.log_file}")
     console.say(f"core started, pid {pid}")
     return EXIT_OK
@@ -402,6 +383,8 @@ async def run_command(reactor: Any, options: CommandOptions, console: Console) -
         return await halt(reactor, sub.pid_file(), console)
     if command == "import-nano":
         return await import_nano(sub["source"], Path(sub["data-dir"]).absolute(), console)
+    if command == "call":
+        return await call(reactor, sub, console, sys.stdin.buffer)
     raise AssertionError(f"unhandled command {command!r}")
 
 

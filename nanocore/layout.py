@@ -12,6 +12,8 @@ from pathlib import Path
 from attrs import frozen
 from twisted.python import usage
 
+from nanocore.options import NanocoreOptions
+
 #: Pid file name inside the data folder (the original keeps `core.pid` next to the binary).
 PID_FILE_NAME = "core.pid"
 #: Log file name inside the log folder, as in the original.
@@ -44,7 +46,7 @@ class Layout:
             folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
 
 
-class LayoutOptions(usage.Options):
+class LayoutOptions(NanocoreOptions):
     """The folder options shared by `twistd nanocore` and `nanocore start`.
 
     Parsed values are `Path`s exactly as given (relative paths stay relative); `layout()`

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, TypeVar
@@ -56,13 +57,33 @@ def matching(pattern: str, meaning: str) -> Validator:
     return check
 
 
+#: Unicode categories a label may not hold: controls, format characters (bidi overrides such
+#: as U+202E, zero-width characters, BOM), surrogates, line and paragraph separators. They make
+#: a name display as something it is not, or break the lines and tables it is shown in.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def visible_text(pattern: str, meaning: str) -> Validator:
+    """Like `matching`, and refusing INVISIBLE_CATEGORIES (only non-ASCII text is scanned)."""
+    shape = matching(pattern, meaning)
+
+    def check(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        shape(inst, attribute, value)
+        if not value.isascii() and any(
+            unicodedata.category(character) in INVISIBLE_CATEGORIES for character in value
+        ):
+            raise ValueError(f"'{attribute.name}' must be {meaning}, not {value!r}")
+
+    return check
+
+
 qualified_name = matching(NAME_PATTERN, "1-255 characters of A-Z a-z 0-9 _ -")
 image_name = matching(IMAGE_NAME_PATTERN, "1-255 characters of A-Z a-z 0-9 _ - .")
 identifier = matching(ID_PATTERN, "an id of 1-64 characters of A-Z a-z 0-9 _ -")
-label = matching(LABEL_PATTERN, "1-255 characters without control characters")
+label = visible_text(LABEL_PATTERN, "1-255 characters without control or format characters")
 optional_name = matching(f"|{NAME_PATTERN}", "empty or 1-255 characters of A-Z a-z 0-9 _ -")
-optional_label = matching(
-    f"|{LABEL_PATTERN}", "empty or 1-255 characters without control characters"
+optional_label = visible_text(
+    f"|{LABEL_PATTERN}", "empty or 1-255 characters without control or format characters"
 )
 text = matching(r"[^\x00]{0,4096}", "text of at most 4096 characters")
 

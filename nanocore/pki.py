@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,15 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 
 from nanocore.atomicfile import write_file
+from nanocore.config import IMAGE_CERT_NAME, IMAGE_KEY_NAME
 
 log = Logger()
 
 CA_CERT_FILE = "nano_ca.crt.pem"
 CA_KEY_FILE = "nano_ca.key.pem"
 
+#: The subject CN of the image-server certificate, as the original Core names it.
+SERVER_COMMON_NAME = "nano ImageServer"
 #: Marks a certificate issued to a Cell; a server certificate from the same CA is not a Cell.
 CELL_UNIT = "cell"
 ORGANIZATION = "nano"
@@ -175,7 +180,7 @@ def issue_server_certificate(
     ca: CertificateAuthority,
     address: str,
     *,
-    common_name: str = "nano ImageServer",
+    common_name: str = SERVER_COMMON_NAME,
     now: Now = _utcnow,
 ) -> IssuedCertificate:
     """A server certificate whose only subjectAltName is the IP C{address}."""
@@ -248,36 +253,136 @@ def first_ip_address(certificate: x509.Certificate) -> str | None:
     return str(addresses[0]) if addresses else None
 
 
+def has_core_shape(certificate: x509.Certificate) -> bool:
+    """Whether C{certificate} looks as Core issues its image certificate, nanocore and the
+    original alike: subject O=nano, CN=nano ImageServer, and one subjectAltName, an IP."""
+    if certificate.subject != _name(SERVER_COMMON_NAME):
+        return False
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return False
+    return len(names.value) == 1 and bool(names.value.get_values_for_type(x509.IPAddress))
+
+
+def _inside(folder: Path, *paths: Path) -> bool:
+    return all(path.resolve().is_relative_to(folder.resolve()) for path in paths)
+
+
+def _readable_certificate(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _unfit(
+    ca: CertificateAuthority, certificate: x509.Certificate, address: str, now: Now
+) -> str | None:
+    """Why C{certificate} cannot serve C{address} (None when it can)."""
+    found = first_ip_address(certificate)
+    if found != address:
+        return f"it names {found or 'no IP address'}, the listen address is {address}"
+    if not ca.issues(certificate):
+        return "it was not issued by the cluster CA"
+    if certificate.not_valid_after_utc <= now():
+        return f"it expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
+    return None
+
+
+def back_up(path: Path, now: Now = _utcnow) -> Path:
+    """Copy C{path} to C{<name>.<UTC time>.bak} (0600), never over an earlier backup."""
+    data = path.read_bytes()
+    stamp = f"{now():%Y%m%dT%H%M%SZ}"
+    for attempt in itertools.count():
+        suffix = f".{stamp}.bak" if attempt == 0 else f".{stamp}-{attempt}.bak"
+        backup = path.with_name(path.name + suffix)
+        try:
+            descriptor = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return backup
+    raise AssertionError("unreachable")
+
+
 def ensure_server_certificate(
     ca: CertificateAuthority,
     address: str,
     cert_path: Path,
     key_path: Path,
     *,
+    cert_dir: Path,
     now: Now = _utcnow,
 ) -> IssuedCertificate:
-    """The server certificate at C{cert_path}, (re)issued when it is missing, names another
-    address, is not from C{ca}, or is about to expire."""
-    if cert_path.exists() and key_path.exists():
-        try:
-            certificate, key = _load_pair(cert_path, key_path)
-        except PKIError as e:
-            log.warn("re-issuing the server certificate: {reason}", reason=str(e))
-        else:
-            found = first_ip_address(certificate)
-            if found != str(ipaddress.ip_address(address)):
-                log.info(
-                    "re-issuing {path}: it names {found}, the listen address is {address}",
-                    path=str(cert_path),
-                    found=found,
-                    address=address,
-                )
-            elif not ca.issues(certificate):
-                log.info("re-issuing {path}: not issued by the cluster CA", path=str(cert_path))
-            elif certificate.not_valid_after_utc - RENEW_BEFORE < now():
-                log.info("re-issuing {path}: it expires soon", path=str(cert_path))
-            else:
-                return IssuedCertificate(certificate, key)
+    """The server certificate at C{cert_path} for C{address}; nothing nanocore did not issue
+    is ever overwritten.
+
+    A missing pair is issued, but only inside C{cert_dir}. A pair that does not fit (another
+    address, another CA, expired or expiring within 30 days, unreadable, key missing or not
+    its own) is re-issued only when it is this installation's own issue, and the old files are
+    kept as backups. Own issue means: both files inside C{cert_dir} (the CA may be shared by
+    other installations, so its signature does not say whose file it is) and the shape Core
+    issues (L{has_core_shape}). Anything else that does not fit raises L{PKIError} saying what
+    to do; an operator's certificate that fits but expires soon is used, with a warning.
+    """
+    address = str(ipaddress.ip_address(address))
+    own_place = _inside(cert_dir, cert_path, key_path)
+    if not cert_path.exists() and not key_path.exists():
+        if not own_place:
+            raise PKIError(
+                f"{cert_path} does not exist and is outside the cert folder {cert_dir};"
+                " nanocore issues certificates only there: set cert_file and key_file in"
+                f" image.cfg to {cert_dir / IMAGE_CERT_NAME} and {cert_dir / IMAGE_KEY_NAME}"
+            )
+        return _issue_and_write(ca, address, cert_path, key_path, now)
+    certificate: x509.Certificate | None
+    usable: IssuedCertificate | None = None
+    try:
+        certificate, key = _load_pair(cert_path, key_path)
+    except PKIError as problem:
+        certificate, reason = _readable_certificate(cert_path), str(problem)
+    else:
+        unfit = _unfit(ca, certificate, address, now)
+        if unfit is None and certificate.not_valid_after_utc - RENEW_BEFORE >= now():
+            return IssuedCertificate(certificate, key)
+        if unfit is None:
+            usable = IssuedCertificate(certificate, key)
+        reason = unfit or f"it expires on {certificate.not_valid_after_utc:%Y-%m-%d}"
+    if not (own_place and certificate is not None and has_core_shape(certificate)):
+        if usable is not None:
+            log.warn(
+                "{path}: {reason}; nanocore did not issue it and will not renew it",
+                path=str(cert_path),
+                reason=reason,
+            )
+            return usable
+        remedy = (
+            "replace the pair with one that fits, or move both files away and nanocore"
+            " issues a new pair"
+            if own_place
+            else f"set cert_file and key_file in image.cfg to files in the cert folder {cert_dir}"
+        )
+        raise PKIError(
+            f"{cert_path} cannot serve {address}: {reason}. nanocore did not issue it in its"
+            f" cert folder {cert_dir}, so it will not replace it: {remedy}"
+        )
+    backups = [str(back_up(path, now)) for path in (cert_path, key_path) if path.exists()]
+    log.warn(
+        "re-issuing {path}: {reason}; the old files are kept as {backups}",
+        path=str(cert_path),
+        reason=reason,
+        backups=", ".join(backups),
+    )
+    return _issue_and_write(ca, address, cert_path, key_path, now)
+
+
+def _issue_and_write(
+    ca: CertificateAuthority, address: str, cert_path: Path, key_path: Path, now: Now
+) -> IssuedCertificate:
     issued = issue_server_certificate(ca, address, now=now)
     write_pair(issued, cert_path, key_path)
     log.info("issued {path} for {address}", path=str(cert_path), address=address)

@@ -26,6 +26,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from nanocore import start_report
 from nanocore.api import envelope
 from nanocore.api.app import api_site_for
 from nanocore.cluster.cells import CellRegistry
@@ -174,7 +175,11 @@ class CoreService(MultiService):
         api = api_service(
             self._reactor, domain.listen_address, self._config.api.port, api_site_for(self._gate)
         )
-        api.setServiceParent(self)
+        try:
+            api.setServiceParent(self)
+        except Exception:
+            start_report.log_failure(log, Failure())
+            raise
         started = Deferred.fromCoroutine(self._start())
         started.addCallbacks(self.ready.callback, self._failed)
 
@@ -232,7 +237,7 @@ class CoreService(MultiService):
         return core
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("nanocore could not start", failure)
+        start_report.log_failure(log, failure)
         self.ready.errback(failure)
         if self._on_failure is not None:
             self._on_failure(failure)

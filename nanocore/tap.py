@@ -61,6 +61,7 @@ def prepare_certificates(layout: Layout, config: CoreConfig) -> Certificates:
         config.domain.listen_address,
         Path(config.image.cert_file).absolute(),
         Path(config.image.key_file).absolute(),
+        cert_dir=layout.cert_dir,
     )
     return Certificates(ca=ca, image=image)
 

@@ -225,6 +225,17 @@ class CellLiveQueryTests(CellTestCase):
         )
 
     @inlineCallbacks
+    def test_storage_path_of_an_nfs_cell_is_refused_by_the_cell(self) -> Any:
+        yield self.shared_pool()
+        yield self.ok("POST", f"/compute_pool_cells/shared/{CELL}")
+        path = f"/compute_cell_status/shared/{CELL}/storages/"
+        self.assertEqual((yield self.ok("GET", path))["mode"], "nfs")
+        self.assertEqual(
+            (yield self.refused("PUT", path, {"default": "/data"})),
+            f"cell '{CELL}': must running in local mode",
+        )
+
+    @inlineCallbacks
     def test_cell_error_is_forwarded(self) -> Any:
         yield self.ok("POST", f"/compute_pool_cells/default/{CELL}")
         self.cells[CELL].inject(MessageID.QueryCellStorageRequest, Fault(error="disk gone"))

@@ -369,6 +369,10 @@ class TemplateTests(StoreTestCase):
         )
         self.assertEqual((yield self.refused("PUT", "/templates/nope", TEMPLATE)),
                          "invalid template 'nope'")  # fmt: skip
+        refused = yield self.refused(
+            "POST", "/templates/", {**TEMPLATE, "name": "gpu\u202eexe.txt"}
+        )
+        self.assertIn("without control or format characters", refused)
         self.assertEqual(len((yield self.ok("GET", "/templates/"))), 5)
 
 

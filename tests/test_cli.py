@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
-from nanocore import cli, config, pidfile
+from nanocore import __version__, cli, config, pidfile, start_report
 from nanocore.layout import Layout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,16 @@ class ParseTests(SynchronousTestCase):
         the_console, _out, _err = console()
         self.assertEqual(cli.parse(["--help"], the_console), 0)
         self.assertIn("import-nano", printed.getvalue())
+
+    def test_version_names_nanocore_for_every_command(self) -> None:
+        for argv in (["--version"], ["start", "--version"], ["status", "--version"]):
+            printed = io.StringIO()
+            self.patch(sys, "stdout", printed)
+            the_console, _out, _err = console()
+            self.assertEqual(cli.parse(argv, the_console), 0)
+            self.assertTrue(printed.getvalue().startswith(f"nanocore {__version__} "), argv)
+            self.assertIn("compatible with Nano Core 1.4.0", printed.getvalue())
+            self.assertNotIn("Twisted version", printed.getvalue())
 
     def test_twistd_arguments_name_every_folder(self) -> None:
         layout = layout_under(Path("/n"))
@@ -216,6 +227,15 @@ class CommandTests(SynchronousTestCase):
         self.assertIn(f"imported {source} into {self.layout.data_dir}", out)
         self.assertNotEqual(list(self.layout.data_dir.iterdir()), [])
 
+    def test_import_nano_creates_its_data_folder_0700(self) -> None:
+        """As documented for every folder nanocore makes, whatever the caller's umask."""
+        self.addCleanup(os.umask, os.umask(0o022))
+        data_dir = self.root / "new" / "data"
+        source = REPO_ROOT / "tests" / "fixtures" / "nano14"
+        code, _out, err = self.run_command("import-nano", str(source), f"--data-dir={data_dir}")
+        self.assertEqual(code, cli.EXIT_OK, err)
+        self.assertEqual(stat.S_IMODE(data_dir.stat().st_mode), 0o700)
+
     def test_import_nano_refusal_is_reported(self) -> None:
         empty = self.root / "empty"
         empty.mkdir()
@@ -224,6 +244,46 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(code, cli.EXIT_FAILURE)
         self.assertIn("import refused: no resource.data", err)
         self.assertEqual(list(self.layout.data_dir.iterdir()), [])
+
+
+class StartFailedTests(SynchronousTestCase):
+    """What `start` says when the daemon did not start, from what twistd and the log said."""
+
+    def setUp(self) -> None:
+        self.layout = layout_under(Path(self.mktemp()).absolute())
+        self.layout.create_folders()
+        self.layout.log_file.write_text("2020-01-01T00:00:00+0000 [-] AN EARLIER RUN\n")
+        self.mark = start_report.LogMark.of(self.layout.log_file)
+
+    def said(self, twistd_said: bytes, *logged: str) -> list[str]:
+        with self.layout.log_file.open("a") as log:
+            log.writelines(line + "\n" for line in logged)
+        the_console, out, err = console()
+        code = cli.start_failed(the_console, self.layout, self.mark, twistd_said)
+        self.assertEqual((code, out.getvalue()), (cli.EXIT_FAILURE, ""))
+        self.assertNotIn("AN EARLIER RUN", err.getvalue())
+        return err.getvalue().splitlines()
+
+    def test_a_refusal_before_the_daemon_forked_is_said_whole(self) -> None:
+        lines = self.said(b"nanocore: certificate error: /c/x.pem cannot serve 127.0.0.1: why\n")
+        self.assertEqual(
+            lines[0],
+            "nanocore failed to start: certificate error: /c/x.pem cannot serve 127.0.0.1: why",
+        )
+
+    def test_twistds_cut_report_gives_way_to_the_logged_reason(self) -> None:
+        cut = b'An error has occurred: b"...: [Errno 98] Address al"\nPlease look at log file\n'
+        lines = self.said(cut, "2026 [nanocore.service#critical] nanocore could not start: why")
+        self.assertEqual(lines[0], "nanocore failed to start: why")
+        self.assertNotIn("Address al", "\n".join(lines))
+
+    def test_without_a_reason_this_starts_log_is_shown(self) -> None:
+        cut = b'An error has occurred: b"...: [Errno 98] Address al"\nPlease look at log file\n'
+        lines = self.said(cut, "2026 [-] Traceback (most recent call last):", "2026 [-] Oops")
+        self.assertEqual(lines[0], "nanocore failed to start")
+        self.assertEqual(
+            lines[-2:], ["2026 [-] Traceback (most recent call last):", "2026 [-] Oops"]
+        )
 
 
 def free_port() -> int:
@@ -283,6 +343,11 @@ class RealDaemonTests(TestCase):
             version = await self.get_version()
             self.assertEqual(version["data"]["name"], "nanocore")
             self.assertIn("already running", await self.expect(1, "start"))
+            # `nanocore call` signs with api.cfg's first credential and exits from the envelope.
+            pools = json.loads(await self.expect(0, "call", "GET", "/compute_pools/"))
+            self.assertEqual([pool["name"] for pool in pools["data"]], ["default"])
+            refused = json.loads(await self.expect(1, "call", "POST", "/compute_pools/default"))
+            self.assertEqual(refused["message"], "compute pool 'default' already exists")
             self.assertIn("stop core success", await self.expect(0, "stop"))
             self.assertFalse(self.pid_file.exists())
             self.assertIn("core is stopped", await self.expect(3, "status"))
@@ -324,20 +389,75 @@ class RealDaemonTests(TestCase):
 
         return ensureDeferred(scenario())
 
-    def test_port_in_use_fails_with_the_reason(self) -> Deferred[None]:
+    async def failed_start(self, *, in_process: bool = True) -> list[str]:
+        """Start with an earlier run's line at the end of the log; the lines it printed.
+
+        Only this start's words may be printed, never the earlier run's log. The daemon is
+        a real process either way; `in_process` runs the command's side as a function, so
+        that its code is measured.
+        """
+        log_file = self.root / "log" / "core.log"
+        log_file.parent.mkdir(exist_ok=True)
+        log_file.write_text("2020-01-01T00:00:00+0000 [-] AN EARLIER RUN SAID THIS\n")
+        if in_process:
+            the_console, out, err = console()
+            code = await cli.start(reactor, layout_under(self.root), the_console)
+            self.assertEqual(code, cli.EXIT_FAILURE)
+            text = out.getvalue() + err.getvalue()
+        else:
+            text = await self.expect(1, "start")
+        self.assertNotIn("AN EARLIER RUN", text)
+        await self.expect(3, "status")
+        return text.splitlines()
+
+    def test_port_in_use_is_said_in_one_line(self) -> Deferred[None]:
         blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(blocker.close)
         blocker.bind(("127.0.0.1", self.port))
         blocker.listen(1)
 
         async def scenario() -> None:
-            the_console, _out, err = console()
-            code = await cli.start(reactor, layout_under(self.root), the_console)
-            self.assertEqual(code, cli.EXIT_FAILURE)
-            self.assertIn("failed to start", err.getvalue())
-            self.assertIn(f"127.0.0.1:{self.port}", err.getvalue())
-            self.assertIn("last lines of", err.getvalue())
-            await self.expect(3, "status")
+            lines = await self.failed_start(in_process=False)
+            self.assertEqual(
+                lines[0],
+                f"nanocore failed to start: cannot listen on 127.0.0.1:{self.port}:"
+                " the port is already in use by another program",
+            )
+            self.assertEqual(lines[1:], [f"details in {self.root / 'log' / 'core.log'}"])
+
+        return ensureDeferred(scenario())
+
+    def test_address_not_on_this_host_is_said_in_one_line(self) -> Deferred[None]:
+        # TEST-NET-1 is never a local address: the bind fails, no packet leaves the host.
+        domain = self.root / "config" / config.DOMAIN_FILE
+        domain.write_text(json.dumps({"listen_address": "192.0.2.1"}))
+
+        async def scenario() -> None:
+            lines = await self.failed_start()
+            self.assertEqual(
+                lines[0],
+                f"nanocore failed to start: cannot listen on 192.0.2.1:{self.port}: 192.0.2.1"
+                " is not an address of this host (listen_address in domain.cfg)",
+            )
+
+        return ensureDeferred(scenario())
+
+    def test_damaged_database_is_said_with_its_remedy(self) -> Deferred[None]:
+        database = self.root / "data" / "nanocore.db"
+        database.parent.mkdir()
+        database.write_bytes(b"this is no SQLite database" * 100)
+
+        async def scenario() -> None:
+            lines = await self.failed_start()
+            self.assertEqual(
+                lines[0],
+                f"nanocore failed to start: damaged database: {database} is not a readable"
+                " SQLite database (file is not a database); restore it from a backup or move"
+                " it away to start with an empty store",
+            )
+            self.assertEqual(len(lines), 2)
+            # An expected failure is one line in the log too, not a traceback.
+            self.assertNotIn("Traceback", (self.root / "log" / "core.log").read_text())
 
         return ensureDeferred(scenario())
 

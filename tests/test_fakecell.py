@@ -395,6 +395,34 @@ class FakeCellTests(SynchronousTestCase):
         reply = self.ok(MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: CELL})
         self.assertEqual(reply.string_array_params[ParamKey.System], ("/data",))
         self.assertEqual(reply.uint_params[ParamKey.Mode], 0)
+        self.assertEqual(
+            self.refused(
+                MessageID.ModifyCellStorageRequest,
+                string_params={ParamKey.Cell: CELL, ParamKey.Path: "/data"},
+            ),
+            "no need to change storage path",
+        )
+
+    def test_storage_path_of_an_nfs_cell_cannot_change(self) -> None:
+        """As a real Cell: its volumes live on the NFS pool, there is no local path."""
+        nfs = {ParamKey.Type: "nfs", ParamKey.Host: "192.0.2.9", ParamKey.Target: "/export"}
+        self.ok(
+            MessageID.ComputePoolReadyEvent,
+            string_params={
+                ParamKey.Pool: "shared",
+                ParamKey.Storage: "nfs1",
+                ParamKey.Network: "",
+                **nfs,
+            },
+        )
+        reply = self.ok(MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: CELL})
+        self.assertEqual(reply.uint_params[ParamKey.Mode], 1)
+        error = self.refused(
+            MessageID.ModifyCellStorageRequest,
+            string_params={ParamKey.Cell: CELL, ParamKey.Path: "/data"},
+        )
+        self.assertEqual(error, "must running in local mode")
+        self.assertEqual(self.cell.storage_paths, ["/var/lib/libvirt/images"])
 
     def test_security_rules(self) -> None:
         self.create()

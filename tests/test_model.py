@@ -60,6 +60,16 @@ class NameTests(ValidationErrorMixin, SynchronousTestCase):
         self.assertRejected(lambda: m.AddressPool(name="a\nb", gateway="10.0.0.1"), "name")
         self.assertRejected(lambda: m.AddressPool(name="", gateway="10.0.0.1"), "name")
 
+    def test_labels_refuse_bidi_and_other_format_characters(self) -> None:
+        """A right-to-left override makes 'exe.txt' display as 'txt.exe'; none gets in."""
+        self.assertEqual(m.AddressPool(name="réseau שלום", gateway="10.0.0.1").name, "réseau שלום")
+        invisible = ["\u202e", "\u2066", "\u200f", "\u200b", "\ufeff", "\x85", "\u2028", "\ud800"]
+        for character in invisible:
+            self.assertRejected(
+                lambda c=character: m.AddressPool(name=f"a{c}b", gateway="10.0.0.1"), "name"
+            )
+            self.assertRejected(lambda c=character: m.ComputePool(name="p", network=c), "network")
+
 
 class PoolTests(ValidationErrorMixin, SynchronousTestCase):
     def test_defaults(self) -> None:

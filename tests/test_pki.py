@@ -58,13 +58,31 @@ class CertificateAuthorityTests(unittest.TestCase):
 
 class ServerCertificateTests(unittest.TestCase):
     def setUp(self) -> None:
-        cert_dir = Path(self.mktemp())
-        self.ca = pki.load_or_create_ca(cert_dir)
-        self.cert_path = cert_dir / config.IMAGE_CERT_NAME
-        self.key_path = cert_dir / config.IMAGE_KEY_NAME
+        self.cert_dir = Path(self.mktemp()).absolute()
+        self.ca = pki.load_or_create_ca(self.cert_dir)
+        self.cert_path = self.cert_dir / config.IMAGE_CERT_NAME
+        self.key_path = self.cert_dir / config.IMAGE_KEY_NAME
+
+    def ensure(self, address: str = "127.0.0.1", **kw: Any) -> pki.IssuedCertificate:
+        return pki.ensure_server_certificate(
+            self.ca, address, self.cert_path, self.key_path, cert_dir=self.cert_dir, **kw
+        )
+
+    def refused(self, address: str = "127.0.0.1") -> str:
+        """The refusal, after checking that it left both files exactly as they were."""
+        before = [path.read_bytes() for path in (self.cert_path, self.key_path)]
+        folder = sorted(self.cert_dir.iterdir())
+        with self.assertRaises(pki.PKIError) as caught:
+            self.ensure(address)
+        self.assertEqual([p.read_bytes() for p in (self.cert_path, self.key_path)], before)
+        self.assertEqual(sorted(self.cert_dir.iterdir()), folder)
+        return str(caught.exception)
+
+    def backups(self) -> list[Path]:
+        return sorted(self.cert_dir.glob("*.bak"))
 
     def test_verifies_for_the_listen_address_only(self) -> None:
-        issued = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
+        issued = self.ensure()
         certificate = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
         self.assertEqual(certificate, issued.certificate)
         verify_certificate_ip_address(certificate, "127.0.0.1")
@@ -72,41 +90,114 @@ class ServerCertificateTests(unittest.TestCase):
             VerificationError, verify_certificate_ip_address, certificate, "127.0.0.2"
         )
         self.assertEqual(stat.S_IMODE(self.key_path.stat().st_mode), 0o600)
+        self.assertTrue(pki.has_core_shape(certificate))
 
     def test_kept_while_it_still_fits(self) -> None:
-        first = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
-        second = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
+        first = self.ensure()
+        second = self.ensure()
         self.assertEqual(first.certificate, second.certificate)
+        self.assertEqual(self.backups(), [])
 
-    def test_reissued_when_the_address_changes(self) -> None:
-        first = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
-        second = pki.ensure_server_certificate(self.ca, "127.0.0.9", self.cert_path, self.key_path)
-        self.assertNotEqual(first.certificate, second.certificate)
+    def test_reissue_keeps_the_old_pair_as_a_backup(self) -> None:
+        moment = datetime.datetime.now(datetime.UTC)
+        old_cert, old_key = (
+            self.ensure(now=lambda: moment).certificate_pem,
+            self.key_path.read_bytes(),
+        )
+        second = self.ensure("127.0.0.9", now=lambda: moment)
         self.assertEqual(pki.first_ip_address(second.certificate), "127.0.0.9")
+        stamp = f"{moment:%Y%m%dT%H%M%SZ}"
+        cert_backup = self.cert_dir / f"{config.IMAGE_CERT_NAME}.{stamp}.bak"
+        key_backup = self.cert_dir / f"{config.IMAGE_KEY_NAME}.{stamp}.bak"
+        self.assertEqual((cert_backup.read_bytes(), key_backup.read_bytes()), (old_cert, old_key))
+        self.assertEqual(stat.S_IMODE(key_backup.stat().st_mode), 0o600)
+        # A second re-issue within the same second does not overwrite the first backups.
+        self.ensure("127.0.0.1", now=lambda: moment)
+        self.assertEqual(len(self.backups()), 4)
+        self.assertEqual(cert_backup.read_bytes(), old_cert)
 
-    def test_reissued_when_from_another_ca(self) -> None:
-        foreign = pki.issue_server_certificate(pki.create_ca(), "127.0.0.1")
-        pki.write_pair(foreign, self.cert_path, self.key_path)
-        issued = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
+    def test_own_issue_of_a_previous_cluster_ca_is_reissued(self) -> None:
+        """The operator replaced the CA (the Installer's): Core's own old certificate goes."""
+        previous = pki.issue_server_certificate(pki.create_ca(), "127.0.0.1")
+        pki.write_pair(previous, self.cert_path, self.key_path)
+        issued = self.ensure()
         self.assertTrue(self.ca.issues(issued.certificate))
+        self.assertEqual(len(self.backups()), 2)
 
     def test_reissued_when_about_to_expire(self) -> None:
-        first = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
+        first = self.ensure()
 
         def later() -> datetime.datetime:
             return first.certificate.not_valid_after_utc - datetime.timedelta(days=1)
 
-        second = pki.ensure_server_certificate(
-            self.ca, "127.0.0.1", self.cert_path, self.key_path, now=later
-        )
+        second = self.ensure(now=later)
         self.assertNotEqual(first.certificate, second.certificate)
 
-    def test_unreadable_pair_is_reissued(self) -> None:
-        self.cert_path.parent.mkdir(exist_ok=True)
+    def test_own_certificate_without_its_key_is_reissued(self) -> None:
+        """What a crash between writing the key and the certificate can leave."""
+        self.ensure()
+        self.key_path.write_bytes(
+            pki.issue_server_certificate(self.ca, "127.0.0.1").private_key_pem
+        )
+        issued = self.ensure()
+        self.assertEqual(issued.private_key_pem, self.key_path.read_bytes())
+        self.key_path.unlink()
+        self.ensure()
+        self.assertTrue(self.key_path.exists())
+
+    def test_operator_certificate_for_another_address_is_refused_not_replaced(self) -> None:
+        operator = pki.issue_server_certificate(self.ca, "127.0.0.9", common_name="core.example")
+        pki.write_pair(operator, self.cert_path, self.key_path)
+        message = self.refused("127.0.0.1")
+        self.assertIn(str(self.cert_path), message)
+        self.assertIn("it names 127.0.0.9, the listen address is 127.0.0.1", message)
+        self.assertIn("will not replace it", message)
+        self.assertEqual(self.backups(), [])
+
+    def test_operator_certificate_of_another_ca_is_refused(self) -> None:
+        foreign = pki.issue_server_certificate(pki.create_ca(), "127.0.0.1", common_name="x")
+        pki.write_pair(foreign, self.cert_path, self.key_path)
+        self.assertIn("not issued by the cluster CA", self.refused())
+
+    def test_operator_certificate_that_fits_but_expires_soon_is_used(self) -> None:
+        operator = pki.issue_server_certificate(self.ca, "127.0.0.1", common_name="core.example")
+        pki.write_pair(operator, self.cert_path, self.key_path)
+
+        def later() -> datetime.datetime:
+            return operator.certificate.not_valid_after_utc - datetime.timedelta(days=1)
+
+        self.assertEqual(self.ensure(now=later).certificate, operator.certificate)
+        self.assertEqual(self.cert_path.read_bytes(), operator.certificate_pem)
+
+    def test_unreadable_files_are_refused_not_replaced(self) -> None:
         self.cert_path.write_bytes(b"not a certificate")
         self.key_path.write_bytes(b"not a key")
-        issued = pki.ensure_server_certificate(self.ca, "127.0.0.1", self.cert_path, self.key_path)
-        self.assertEqual(pki.first_ip_address(issued.certificate), "127.0.0.1")
+        self.assertIn("not a readable PEM certificate", self.refused())
+
+    def test_a_key_without_its_certificate_is_refused(self) -> None:
+        self.key_path.write_bytes(
+            pki.issue_server_certificate(self.ca, "127.0.0.1").private_key_pem
+        )
+        with self.assertRaises(pki.PKIError):
+            self.ensure()
+        self.assertFalse(self.cert_path.exists())
+
+    def test_nothing_is_issued_outside_the_cert_folder(self) -> None:
+        elsewhere = Path(self.mktemp()).absolute()
+        elsewhere.mkdir()
+        self.cert_path, self.key_path = elsewhere / "a.crt.pem", elsewhere / "a.key.pem"
+        with self.assertRaises(pki.PKIError) as caught:
+            self.ensure()
+        self.assertIn(f"{self.cert_dir / config.IMAGE_CERT_NAME}", str(caught.exception))
+        self.assertEqual(list(elsewhere.iterdir()), [])
+
+    def test_own_shaped_certificate_outside_the_cert_folder_is_not_replaced(self) -> None:
+        """Another installation's file (a copied image.cfg), even under a shared CA."""
+        elsewhere = Path(self.mktemp()).absolute()
+        self.cert_path, self.key_path = elsewhere / "a.crt.pem", elsewhere / "a.key.pem"
+        own_shape = pki.issue_server_certificate(self.ca, "127.0.0.2")
+        pki.write_pair(own_shape, self.cert_path, self.key_path)
+        self.assertIn("image.cfg", self.refused("127.0.0.1"))
 
 
 class CellCertificateTests(unittest.TestCase):

@@ -522,6 +522,14 @@ class OpenCheckTests(StoreTestCase):
         self.assertIn("not a readable SQLite database", str(error))
 
     @defer.inlineCallbacks
+    def test_another_programs_database(self) -> Any:
+        self.data_dir.mkdir()
+        self.write_raw("CREATE TABLE notes (text TEXT);")
+        error = yield self.assertFailure(Store.open(self.data_dir, reactor), DamagedStore)
+        self.assertIn("is not a nanocore store", str(error))
+        self.assertIn("move the file away", str(error))
+
+    @defer.inlineCallbacks
     def test_dangling_reference(self) -> Any:
         store = yield self.open()
         yield store.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -12,9 +15,10 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore import config, pki, tap
+from nanocore import __version__, config, pki, tap
 from nanocore.layout import Layout
 from nanocore.service import CORE_SERVICE_NAME, CoreService
+from nanocore.testing import simtap
 
 
 def write_config(config_dir: Path, *, listen_address: str = "127.0.0.1", port: int = 5850) -> None:
@@ -91,6 +95,17 @@ class OptionsTests(SynchronousTestCase):
     def test_unknown_option_is_a_usage_error(self) -> None:
         self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--port", "1"])
 
+    def test_version_names_nanocore_not_twisted(self) -> None:
+        """`twistd nanocore --version` and `twistd nanocell-sim --version` say what runs."""
+        for options in (tap.Options(), simtap.Options()):
+            printed = io.StringIO()
+            self.patch(sys, "stdout", printed)
+            with self.assertRaises(SystemExit) as caught:
+                options.parseOptions(["--version"])
+            self.assertEqual(caught.exception.code, 0)
+            self.assertTrue(printed.getvalue().startswith(f"nanocore {__version__} "))
+            self.assertNotIn("Twisted version", printed.getvalue())
+
 
 class PluginTests(SynchronousTestCase):
     def test_twistd_finds_the_nanocore_plugin(self) -> None:
@@ -143,6 +158,34 @@ class MakeServiceTests(SynchronousTestCase):
         tap.makeService(self.options, self.reactor)
         image = x509.load_pem_x509_certificate((self.root / "cert" / "image.crt.pem").read_bytes())
         self.assertEqual(pki.first_ip_address(image), "127.0.0.2")
+
+    def test_a_copied_config_cannot_touch_another_installations_files(self) -> None:
+        """image.cfg copied with its absolute paths names the first installation's pair."""
+        write_config(self.root / "config", listen_address="127.0.0.1")
+        tap.makeService(self.options, self.reactor)
+        first_cert = self.root / "cert"
+        before = {path.name: path.read_bytes() for path in first_cert.iterdir()}
+        second = Path(self.mktemp()).absolute()
+        shutil.copytree(self.root / "config", second / "config")
+        config_file = second / "config" / config.DOMAIN_FILE
+        config_file.write_text(json.dumps({"listen_address": "127.0.0.2"}))
+        for shared_ca in (False, True):
+            if shared_ca:  # the same cluster CA does not make the files its own either
+                (second / "cert").mkdir(exist_ok=True)
+                for name in (pki.CA_CERT_FILE, pki.CA_KEY_FILE):
+                    shutil.copy(first_cert / name, second / "cert" / name)
+            options = tap.Options()
+            options.parseOptions(
+                [f"--{n}-dir={second / n}" for n in ("config", "data", "cert", "log")]
+            )
+            with self.assertRaises(SystemExit) as caught:
+                tap.makeService(options, self.reactor)
+            message = str(caught.exception.code)
+            self.assertIn(
+                f"certificate error: {first_cert / 'image.crt.pem'} cannot serve", message
+            )
+            self.assertIn(f"cert folder {second / 'cert'}", message)
+            self.assertEqual({p.name: p.read_bytes() for p in first_cert.iterdir()}, before)
 
     def test_bad_config_ends_the_process_naming_file_and_key(self) -> None:
         write_config(self.root / "config", port=70000)

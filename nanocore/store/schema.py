@@ -63,7 +63,8 @@ def open_database(
     new_id: Callable[[], str],
 ) -> sqlite3.Connection:
     """Open (creating if needed), check, migrate and seed the store; refuse a damaged one."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # 0700 as every folder nanocore creates: `import-nano` may be the first to make it.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = database_path(data_dir)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -127,10 +128,13 @@ def schema_version(connection: sqlite3.Connection, path: Path) -> int:
     if "schema_version" in tables:
         row = connection.execute("SELECT version FROM schema_version").fetchone()
         if row is None:
-            raise DamagedStore(f"{path}: schema_version table is empty")
+            raise DamagedStore(f"{path}: schema_version table is empty; restore it from a backup")
         return int(row[0])
     if tables:
-        raise DamagedStore(f"{path} is not a nanocore store (no schema_version table)")
+        raise DamagedStore(
+            f"{path} is not a nanocore store (no schema_version table); point --data-dir at"
+            " nanocore's data folder, or move the file away to start with an empty store"
+        )
     return 0
 
 

@@ -809,6 +809,12 @@ class FakeCell:
 
     def _modify_storage(self, request: Message) -> list[Message]:
         path = _require(request.string_params, ParamKey.Path, "string")
+        # A real Cell keeps its volumes on the NFS pool and has no local path to change
+        # (cell storage_manager.go handleChangeDefaultStoragePath).
+        if self.storage:
+            return [self._failure(request, "must running in local mode")]
+        if path == self.storage_paths[0]:
+            return [self._failure(request, "no need to change storage path")]
         self.storage_paths = [path]
         return [self._success(request)]
 

@@ -15,6 +15,7 @@ from twisted.internet.defer import succeed
 from twisted.python import usage
 
 from nanocore.cluster.discovery import DEFAULT_DOMAIN, DEFAULT_GROUP_ADDRESS, DEFAULT_GROUP_PORT
+from nanocore.options import NanocoreOptions
 from nanocore.pki import (
     CA_CERT_FILE,
     CertificateAuthority,
@@ -38,7 +39,7 @@ def _positive(kind: type) -> Any:
     return check
 
 
-class Options(usage.Options):
+class Options(NanocoreOptions):
     synopsis = "--core HOST:PORT --cert-dir DIR [--count N] [options]"
     longdesc = (
         "Start N simulated Cells that link to Core over TLS, report their status every 2 s and "
