@@ -6,8 +6,8 @@ over, answered by four resources that each add one layer to the one before:
 1. a plain ``twisted.web`` leaf resource returning the encoded list (Twisted's HTTP floor);
 2. a one-route ``Klein()`` app returning the same bytes (adds Klein's request handling and
    werkzeug's matching);
-3. the API's ``APIResource`` with the route unsigned (adds our dispatch: body rules, envelope
-   cache, handler call);
+3. the API's ``APIResource`` with the route unsigned (adds our endpoint chain: reading the
+   request, the response cache, the handler call);
 4. the same route signed (adds the Nano-HMAC-SHA256 verification).
 
     python benchmarks/api_layers_bench.py [--requests 20000]
@@ -32,6 +32,7 @@ from twisted.web.resource import IResource, Resource
 from nanocore.api import envelope
 from nanocore.api.app import APIResource, api_site_for
 from nanocore.api.auth import Variant, Verifier
+from nanocore.api.cache import ResponseCache
 from nanocore.api.client import Signer
 from nanocore.api.route import Call, Route
 
@@ -72,7 +73,7 @@ def trivial_klein() -> IResource:
 
 
 def api(clock: Clock, signed: bool) -> IResource:
-    def pools(call: Call) -> Any:
+    def pools(ops: object, call: Call) -> Any:
         return POOLS
 
     route = Route(
@@ -84,7 +85,7 @@ def api(clock: Clock, signed: bool) -> IResource:
         auth=Variant.REQUEST if signed else None,
         cacheable=True,
     )
-    return APIResource([route], Verifier(CREDENTIALS, clock), lambda: 1)
+    return APIResource([route], None, Verifier(CREDENTIALS, clock), ResponseCache(lambda: 1))
 
 
 def per_request(resource: IResource, request: bytes, count: int) -> float:

@@ -21,7 +21,7 @@ from nanocore.api.testing import TEST_CREDENTIALS, APIClient
 from tests.test_api_app import NOW, AppTestsMixin, Handlers, result_of
 
 
-def echo(call: Call) -> Any:
+def echo(ops: object, call: Call) -> Any:
     return dict(call.params)
 
 
@@ -47,9 +47,9 @@ class RuleTranslationTests(SynchronousTestCase):
 
     def test_every_route_is_a_rule_of_its_own_klein_app(self) -> None:
         clock = Clock()
-        first = APIResource(Handlers().routes(), Verifier(TEST_CREDENTIALS, clock))
+        first = APIResource(Handlers().routes(), None, Verifier(TEST_CREDENTIALS, clock))
         second = APIResource(
-            [Route("GET", "/other/", echo, "other", "t")], Verifier(TEST_CREDENTIALS, clock)
+            [Route("GET", "/other/", echo, "other", "t")], None, Verifier(TEST_CREDENTIALS, clock)
         )
         self.assertIsNot(first.app, second.app)
         rules = {
@@ -65,7 +65,7 @@ class RuleTranslationTests(SynchronousTestCase):
     def test_a_route_declared_twice_is_refused(self) -> None:
         route = Route("GET", "/twice/:id", echo, "twice", "t")
         with self.assertRaises(ValueError):
-            APIResource([route, route], Verifier(TEST_CREDENTIALS, Clock()))
+            APIResource([route, route], None, Verifier(TEST_CREDENTIALS, Clock()))
 
 
 class HttprouterParityTests(AppTestsMixin, SynchronousTestCase):
@@ -162,7 +162,7 @@ class RedirectBefore405Tests(SynchronousTestCase):
             Route("POST", "/x/", echo, "x", "t"),
         ]
         self.client = APIClient(
-            APIResource(routes, Verifier(TEST_CREDENTIALS, self.clock)), self.clock
+            APIResource(routes, None, Verifier(TEST_CREDENTIALS, self.clock)), self.clock
         )
 
     def test_redirect_wins_over_405(self) -> None:
@@ -183,7 +183,9 @@ class WireTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(NOW)
         self.handlers = Handlers()
-        resource = APIResource(self.handlers.routes(), Verifier(TEST_CREDENTIALS, self.clock))
+        resource = APIResource(
+            self.handlers.routes(), None, Verifier(TEST_CREDENTIALS, self.clock)
+        )
         self.transport = StringTransport()
         self.channel = Site(resource).buildProtocol(None)
         self.channel.makeConnection(self.transport)
@@ -223,7 +225,7 @@ class WireTests(SynchronousTestCase):
 class RouteForTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.routes = Handlers().routes()
-        self.resource = APIResource(self.routes, Verifier(TEST_CREDENTIALS, Clock()))
+        self.resource = APIResource(self.routes, None, Verifier(TEST_CREDENTIALS, Clock()))
 
     def test_every_route_is_found_by_a_concrete_path(self) -> None:
         for route in self.routes:
@@ -242,7 +244,9 @@ class FormBodyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.handlers = Handlers()
-        resource = APIResource(self.handlers.routes(), Verifier(TEST_CREDENTIALS, self.clock))
+        resource = APIResource(
+            self.handlers.routes(), None, Verifier(TEST_CREDENTIALS, self.clock)
+        )
         self.transport = StringTransport()
         self.channel = api_site_for(resource).buildProtocol(None)
         self.channel.makeConnection(self.transport)
@@ -303,7 +307,8 @@ class MethodCaseAndEncodingTests(AppTestsMixin, SynchronousTestCase):
 
     def test_a_result_that_cannot_be_encoded_is_an_internal_error(self) -> None:
         resource = APIResource(
-            [Route("GET", "/odd/", lambda call: object(), "odd", "t")],
+            [Route("GET", "/odd/", lambda ops, call: object(), "odd", "t")],
+            None,
             Verifier(TEST_CREDENTIALS, self.clock),
         )
         answer = result_of(APIClient(resource, self.clock).get("/odd/"))
