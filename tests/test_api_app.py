@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -378,13 +379,18 @@ class DocumentsTests(SynchronousTestCase):
         answer = result_of(self.client.treq.get("http://127.0.0.1/api/v1", allow_redirects=False))
         self.assertEqual(answer.code, 301)
 
-    def test_openapi_requires_a_signature(self) -> None:
-        self.assertEqual(
-            result_of(self.client.get("/openapi.json", signed=False)).error,
-            "authorization required",
-        )
-        answer = result_of(self.client.get("/openapi.json"))
-        self.assertEqual(answer.envelope()["openapi"], "3.1.0")
+    def test_openapi_is_open_raw_json(self) -> None:
+        answer = result_of(self.client.get("/openapi.json", signed=False))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.header(b"content-type"), b"application/json")
+        document = json.loads(answer.body)
+        self.assertEqual(document["openapi"], "3.1.0")
+        self.assertNotIn("error_code", document)
+
+    def test_a_signed_request_for_openapi_gets_the_same_bytes(self) -> None:
+        unsigned = result_of(self.client.get("/openapi.json", signed=False))
+        signed = result_of(self.client.get("/openapi.json"))
+        self.assertEqual(signed.body, unsigned.body)
 
 
 class SignatureThroughTheAppTests(AppTestsMixin, SynchronousTestCase):

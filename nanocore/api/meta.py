@@ -1,8 +1,8 @@
 """Documents about the API itself: the version document and the OpenAPI document.
 
-The OpenAPI document describes the whole table, itself included, so its route is made by
-whoever assembles the table (:func:`document_route`); it is rendered on the first request and
-the bytes kept.
+Neither holds a secret, so both are served unsigned. The OpenAPI document describes the whole
+table, itself included, so its route is made by whoever assembles the table
+(:func:`document_route`); it is rendered on the first request and the bytes kept.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def document_route(table: Callable[[], Iterable[AnyRoute]]) -> Route[object]:
         "GET",
         "/openapi.json",
         document,
-        "This OpenAPI 3.1 document (raw JSON, not enveloped)",
+        "This OpenAPI 3.1 document (unsigned, not enveloped)",
         TAG,
+        auth=None,
         response=ANY,
+        raw="application/json",
     )

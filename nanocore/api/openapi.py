@@ -100,12 +100,17 @@ def _operation(route: AnyRoute) -> dict[str, Any]:
             "required": not route.body.optional,
             "content": {"application/json": {"schema": body_schema(route.body)}},
         }
-    operation["responses"] = {
-        "200": {
+    if route.raw:
+        success = {
+            "description": "the document itself, not enveloped",
+            "content": {route.raw: {"schema": dict(route.response)}},
+        }
+    else:
+        success = {
             "description": "the envelope; error_code 500 with a message on failure",
             "content": {"text/plain": {"schema": _envelope(dict(route.response))}},
         }
-    }
+    operation["responses"] = {"200": success}
     if route.auth is None:
         operation["security"] = []
     elif route.auth is Variant.STREAM:

@@ -123,7 +123,7 @@ class Route(Generic[Ops]):
     tag: str
     #: ``None`` means the route reads no body.
     body: Body | None = None
-    #: ``None`` means unsigned (only the version document).
+    #: ``None`` means unsigned (documents about the API itself, which hold no secret).
     auth: Variant | None = Variant.REQUEST
     #: JSON schema of ``data`` on success, for the OpenAPI document.
     response: Schema = EMPTY
@@ -131,6 +131,8 @@ class Route(Generic[Ops]):
     cacheable: bool = False
     #: Query parameters the handler reads, for the OpenAPI document.
     query: tuple[str, ...] = ()
+    #: Media type of a route answering :class:`Raw` bytes instead of the envelope.
+    raw: str = ""
 
     @property
     def full_path(self) -> str:
@@ -164,6 +166,7 @@ class Family(Generic[Ops]):
         response: Schema = EMPTY,
         cacheable: bool = False,
         query: tuple[str, ...] = (),
+        raw: str = "",
     ) -> Callable[[Callable[[Ops, Call], Result]], Callable[[Ops, Call], Result]]:
         """Declare the decorated handler as ``method path`` (see :class:`Route`)."""
 
@@ -172,7 +175,7 @@ class Family(Generic[Ops]):
                 Route(
                     method, path, handler, summary, self.tag,
                     body=body, auth=auth, response=response, cacheable=cacheable,
-                    query=query,
+                    query=query, raw=raw,
                 )
             )  # fmt: skip
             return handler
