@@ -176,6 +176,20 @@ class EnvelopeTests(AppTestsMixin, SynchronousTestCase):
         self.handlers.pending.callback(["done"])
         self.assertEqual(result_of(d).data, ["done"])
 
+    def test_asynchronous_unexpected_error_is_logged_once_and_answered(self) -> None:
+        d = self.client.get("/later/")
+        assert self.handlers.pending is not None
+        self.handlers.pending.errback(RuntimeError("boom"))
+        self.assertEqual(result_of(d).error, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_refusals_are_answered_without_logging_an_error(self) -> None:
+        self.assertEqual(result_of(self.client.get("/fail/")).error, "invalid pool 'x'")
+        self.assertEqual(
+            result_of(self.client.post("/things/a", {"cores": 1})).error, "name required"
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_asynchronous_operation_error(self) -> None:
         d = self.client.get("/later/")
         assert self.handlers.pending is not None

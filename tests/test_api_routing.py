@@ -18,6 +18,7 @@ from nanocore.api.client import Signer
 from nanocore.api.route import Call, Route
 from nanocore.api.routing import clean_path, fold_static, respell, werkzeug_rule
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
+from nanocore.operations.errors import InvalidRequest
 from tests.test_api_app import NOW, AppTestsMixin, Handlers, result_of
 
 
@@ -219,6 +220,23 @@ class WireTests(SynchronousTestCase):
         # The operation was not cancelled with the request, and nothing was written or logged.
         self.assertEqual(len(outcome), 1)
         self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_unexpected_failure_after_the_client_left_is_logged_once(self) -> None:
+        self.send("GET", "/api/v1/later/")
+        pending = self.handlers.pending
+        assert pending is not None
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        pending.errback(RuntimeError("commit failed"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_refusal_after_the_client_left_is_not_logged(self) -> None:
+        self.send("GET", "/api/v1/later/")
+        pending = self.handlers.pending
+        assert pending is not None
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        pending.errback(InvalidRequest("cell timeout"))
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
