@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -209,11 +210,17 @@ class WireTests(SynchronousTestCase):
             self.assertIn(b"\r\nContent-Length: %d" % len(body), head)
             self.assertNotIn(b"chunked", head)
 
-    def test_client_gone_before_an_asynchronous_answer(self) -> None:
+    def leave_before_the_answer(self) -> Deferred[Any]:
+        """Send a request whose handler waits, and drop the connection; the handler's
+        Deferred is returned for the test to fire."""
         self.send("GET", "/api/v1/later/")
         pending = self.handlers.pending
         assert pending is not None
         self.channel.connectionLost(Failure(ConnectionDone()))
+        return pending
+
+    def test_client_gone_before_an_asynchronous_answer(self) -> None:
+        pending = self.leave_before_the_answer()
         outcome: list[Any] = []
         pending.addBoth(outcome.append)
         pending.callback(["done"])
@@ -223,20 +230,12 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_unexpected_failure_after_the_client_left_is_logged_once(self) -> None:
-        self.send("GET", "/api/v1/later/")
-        pending = self.handlers.pending
-        assert pending is not None
-        self.channel.connectionLost(Failure(ConnectionDone()))
-        pending.errback(RuntimeError("commit failed"))
+        self.leave_before_the_answer().errback(RuntimeError("commit failed"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.transport.value(), b"")
 
     def test_refusal_after_the_client_left_is_not_logged(self) -> None:
-        self.send("GET", "/api/v1/later/")
-        pending = self.handlers.pending
-        assert pending is not None
-        self.channel.connectionLost(Failure(ConnectionDone()))
-        pending.errback(InvalidRequest("cell timeout"))
+        self.leave_before_the_answer().errback(InvalidRequest("cell timeout"))
         self.assertEqual(self.flushLoggedErrors(), [])
 
 

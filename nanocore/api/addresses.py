@@ -71,6 +71,18 @@ def _range(item: AddressRange) -> dict[str, Any]:
     return {"start": item.start, "end": item.end, "netmask": item.netmask}
 
 
+def _pool_arguments(call: Call) -> tuple[str, str, tuple[str, ...], str, str]:
+    """Name, gateway, DNS, provider and mode, as creating and modifying a pool take them."""
+    b = call.body
+    return (
+        call.params["pool"],
+        b.text("gateway"),
+        b.texts("dns"),
+        b.text("provider"),
+        b.text("mode"),
+    )
+
+
 addresses: Family[Operations] = Family("address pools")
 
 RANGES = "/address_pools/:pool/:type/ranges/"
@@ -104,16 +116,7 @@ def get_pool(ops: Operations, call: Call) -> object:
 
 @addresses.route("POST", "/address_pools/:pool", "Create an address pool", body=POOL_BODY)
 def create_pool(ops: Operations, call: Call) -> Deferred[str]:
-    b = call.body
-    return empty(
-        ops.address_pools.create(
-            call.params["pool"],
-            b.text("gateway"),
-            b.texts("dns"),
-            b.text("provider"),
-            b.text("mode"),
-        )
-    )
+    return empty(ops.address_pools.create(*_pool_arguments(call)))
 
 
 @addresses.route(
@@ -123,16 +126,7 @@ def create_pool(ops: Operations, call: Call) -> Deferred[str]:
     body=POOL_BODY,
 )
 def modify_pool(ops: Operations, call: Call) -> Deferred[str]:
-    b = call.body
-    return empty(
-        ops.address_pools.modify(
-            call.params["pool"],
-            b.text("gateway"),
-            b.texts("dns"),
-            b.text("provider"),
-            b.text("mode"),
-        )
-    )
+    return empty(ops.address_pools.modify(*_pool_arguments(call)))
 
 
 @addresses.route(

@@ -51,6 +51,18 @@ def storage_pool(pool: StoragePool) -> dict[str, Any]:
     return {"type": pool.type.value, "host": pool.host, "target": pool.target}
 
 
+def _compute_arguments(call: Call) -> tuple[str, str, str, bool]:
+    """Name, storage, network and failover, as creating and modifying a pool take them."""
+    b = call.body
+    return call.params["pool"], b.text("storage"), b.text("network"), b.flag("failover")
+
+
+def _storage_arguments(call: Call) -> tuple[str, str, str, str]:
+    """Name, type, host and target, as creating and modifying a storage pool take them."""
+    b = call.body
+    return call.params["pool"], b.text("type"), b.text("host"), b.text("target")
+
+
 compute: Family[Operations] = Family("compute pools")
 storage: Family[Operations] = Family("storage pools")
 
@@ -73,12 +85,7 @@ def get_pool(ops: Operations, call: Call) -> object:
 
 @compute.route("POST", "/compute_pools/:pool", "Create a compute pool", body=CREATE_POOL)
 def create_pool(ops: Operations, call: Call) -> Deferred[str]:
-    b = call.body
-    return empty(
-        ops.compute_pools.create(
-            call.params["pool"], b.text("storage"), b.text("network"), b.flag("failover")
-        )
-    )
+    return empty(ops.compute_pools.create(*_compute_arguments(call)))
 
 
 @compute.route(
@@ -88,12 +95,7 @@ def create_pool(ops: Operations, call: Call) -> Deferred[str]:
     body=MODIFY_POOL,
 )
 def modify_pool(ops: Operations, call: Call) -> Deferred[str]:
-    b = call.body
-    return empty(
-        ops.compute_pools.modify(
-            call.params["pool"], b.text("storage"), b.text("network"), b.flag("failover")
-        )
-    )
+    return empty(ops.compute_pools.modify(*_compute_arguments(call)))
 
 
 @compute.route("DELETE", "/compute_pools/:pool", "Delete a compute pool without cells")
@@ -119,24 +121,14 @@ def get_storage(ops: Operations, call: Call) -> object:
 
 @storage.route("POST", "/storage_pools/:pool", "Create an NFS storage pool", body=STORAGE_BODY)
 def create_storage(ops: Operations, call: Call) -> Deferred[str]:
-    b = call.body
-    return empty(
-        ops.storage_pools.create(
-            call.params["pool"], b.text("type"), b.text("host"), b.text("target")
-        )
-    )
+    return empty(ops.storage_pools.create(*_storage_arguments(call)))
 
 
 @storage.route(
     "PUT", "/storage_pools/:pool", "Replace a storage pool no compute pool uses", body=STORAGE_BODY
 )
 def modify_storage(ops: Operations, call: Call) -> Deferred[str]:
-    b = call.body
-    return empty(
-        ops.storage_pools.modify(
-            call.params["pool"], b.text("type"), b.text("host"), b.text("target")
-        )
-    )
+    return empty(ops.storage_pools.modify(*_storage_arguments(call)))
 
 
 @storage.route("DELETE", "/storage_pools/:pool", "Delete a storage pool no compute pool uses")
