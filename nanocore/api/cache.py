@@ -4,7 +4,9 @@ A list answer is rebuilt and re-encoded on every request otherwise; the revision
 every commit, so a kept answer is never older than the committed state. The cache is a plain
 object keyed on the decoded path, so that a fast path in front of the Klein app (issue #15) can
 answer a signed cacheable read from it without routing, and the app uses it through
-:meth:`ResponseCache.wrap` like any other endpoint step.
+:meth:`ResponseCache.wrap` like any other endpoint step. Only answers to GETs the app routed to
+a ``cacheable`` route are kept; a fast path still checks the method, the absence of a query and
+the signature before it answers from here.
 """
 
 from __future__ import annotations
