@@ -365,31 +365,38 @@ def measure(
 
 
 def spread(values: list[float]) -> float:
-    """How far the runs of one build lie apart, as a share of their mean."""
-    return (max(values) - min(values)) / statistics.mean(values) if len(values) > 1 else 0.0
+    """How far the runs of one build lie apart, as a share of their median."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
-def compare(runs: dict[str, list[list[Line]]], figure: str) -> None:
-    """Each build's mean per scenario, its own noise, and each build against the first."""
+def compare(runs: dict[str, list[list[Line]]], figure: str, unit: str) -> None:
+    """Each build's median per scenario, its runs and noise, and each build against the first.
+
+    The noise of a build is the spread between its own runs; a difference between builds
+    counts only where it is larger than the noise of either."""
     labels = list(runs)
     first = labels[0]
-    print(f"\n{figure} (mean of the runs; noise = spread between runs of the same build)")
+    print(f"\n{unit}: median of the runs (runs in order; noise = spread between runs of a build)")
     for index, scenario in enumerate(line.scenario for line in runs[first][0]):
-        cells = []
-        means, noises = {}, {}
+        print(f"  {scenario}")
+        medians, noises = {}, {}
         for label in labels:
             values = [getattr(lines[index], figure) for lines in runs[label]]
-            means[label], noises[label] = statistics.mean(values), spread(values)
-            cells.append(f"{label} {means[label]:8.0f} (noise {noises[label]:4.0%})")
-        verdicts = []
+            medians[label], noises[label] = statistics.median(values), spread(values)
+            listed = " ".join(f"{value:.0f}" for value in values)
+            print(
+                f"    {label:<10} {medians[label]:8.0f}   runs {listed:<32} "
+                f"noise {noises[label]:4.0%}"
+            )
         for label in labels[1:]:
-            change = means[label] / means[first] - 1
+            change = medians[label] / medians[first] - 1
             noise = max(noises[label], noises[first])
-            worse = "SLOWER beyond noise" if change < -noise else "within noise"
-            if change > noise:
-                worse = "faster beyond noise"
-            verdicts.append(f"{label} vs {first} {change:+5.1%}: {worse}")
-        print(f"  {scenario:<46} " + "   ".join(cells) + "   " + "; ".join(verdicts))
+            verdict = "within noise"
+            if change < -noise:
+                verdict = "SLOWER beyond noise"
+            elif change > noise:
+                verdict = "faster beyond noise"
+            print(f"    {label} vs {first}: {change:+.1%}, {verdict} ({noise:.0%})")
 
 
 def source_of(text: str) -> tuple[str, Path]:
@@ -435,8 +442,8 @@ def main() -> None:
             print(f"\n-- {label} ({sources[label]}), round {round_number + 1}, load {load:.2f}")
             runs[label].append(measure(args, sources[label], pin, profile))
     if len(sources) > 1 or args.rounds > 1:
-        compare(runs, "rate")
-        compare(runs, "per_cpu_second")
+        compare(runs, "rate", "requests/s")
+        compare(runs, "per_cpu_second", "requests per server CPU-second")
     if profile and Path(profile).exists():
         print_profile(profile)
 
