@@ -5,6 +5,10 @@ create/delete loop on address pools (each acknowledged only after the store comm
 concurrency 1 and 32, with the server's CPU share. Loopback only; every phase is bounded in
 requests and in seconds; the server is stopped at the end.
 
+``--source [LABEL=]DIR`` serves the API from another source tree (the child's PYTHONPATH and
+working directory); given more than once, with ``--rounds 2``, the builds run in turn (ABBA
+order) and a table compares them with the noise between two runs of the same build.
+
 The server is ``twistd -n nanocore`` with temporary config, data, cert and log folders, an
 ``api.cfg`` holding a known credential and a free 127.0.0.1 port, pinned with ``taskset -c 0``
 (``--server standin`` runs ``benchmarks/api_server.py`` instead: the same store, operations and
@@ -14,12 +18,14 @@ sent (GETs may repeat a signature, writes may not).
 
     python benchmarks/api_bench.py [--server twistd|standin] [--seconds 5] [--max-requests N]
                                    [--server-cpu 0] [--client-cpu 1] [--profile server.prof]
+                                   [--source [LABEL=]DIR ...] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import pstats
@@ -132,24 +138,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """The figures of one scenario in one run."""
+
+    scenario: str
+    rate: float
+    p50: float
+    p99: float
+    cpu_share: float
+    per_cpu_second: float
+
+
 def report(
     name: str,
     concurrency: int,
     requests_per_item: int,
     result: tuple[int, float, list[float]],
     server_cpu: float,
-) -> None:
+) -> Line:
     count, elapsed, latencies = result
     latencies.sort()
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    rate = count * requests_per_item / elapsed
+    line = Line(
+        scenario=f"{name} c={concurrency}",
+        rate=count * requests_per_item / elapsed,
+        p50=statistics.median(latencies) * 1000,
+        p99=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        cpu_share=server_cpu / elapsed,
+        per_cpu_second=count * requests_per_item / max(server_cpu, 1e-9),
+    )
     print(
-        f"{name:<38} c={concurrency:<3} {rate:9.0f} req/s   "
-        f"p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   server cpu {server_cpu / elapsed:4.0%}   "
-        f"{count * requests_per_item / max(server_cpu, 1e-9):6.0f} req per server cpu-s",
+        f"{name:<38} c={concurrency:<3} {line.rate:9.0f} req/s   "
+        f"p50 {line.p50:6.2f} ms   p99 {line.p99:6.2f} ms   "
+        f"server cpu {line.cpu_share:4.0%}   {line.per_cpu_second:6.0f} req per server cpu-s",
         flush=True,
     )
+    return line
 
 
 def gets(signer: Signer, port: int) -> Iterator[list[bytes]]:
@@ -201,7 +225,7 @@ def prepare_folders(root: Path, port: int) -> dict[str, Path]:
 
 
 def start_twistd(
-    root: Path, pin: list[str], profile: str | None
+    root: Path, source: Path, pin: list[str], profile: str | None
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     folders = prepare_folders(root, port)
@@ -213,8 +237,8 @@ def start_twistd(
     command.append("nanocore")
     for name, folder in folders.items():
         command += [f"--{name}-dir", str(folder)]
-    environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    server = subprocess.Popen(command, cwd=root, env=environment, stdout=subprocess.DEVNULL)
+    environment = dict(os.environ, PYTHONPATH=str(source))
+    server = subprocess.Popen(command, cwd=source, env=environment, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -230,15 +254,16 @@ def start_twistd(
 
 
 def start_standin(
-    root: Path, pin: list[str], profile: str | None
+    root: Path, source: Path, pin: list[str], profile: str | None
 ) -> tuple[subprocess.Popen[bytes], int]:
     data_dir = root / "data"
     data_dir.mkdir()
-    command = [*pin, sys.executable, str(ROOT / "benchmarks" / "api_server.py")]
+    command = [*pin, sys.executable, str(source / "benchmarks" / "api_server.py")]
     command += ["--data-dir", str(data_dir), "--credential", ":".join(CREDENTIAL)]
     if profile:
         command += ["--profile", profile]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT)
+    environment = dict(os.environ, PYTHONPATH=str(source))
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=source, env=environment)
     assert server.stdout is not None
     line = server.stdout.readline().split()
     if not line or line[0] != b"READY":
@@ -300,27 +325,17 @@ def print_profile(path: str) -> None:
     stats.sort_stats("tottime").print_stats(20)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", choices=("twistd", "standin"), default="twistd")
-    parser.add_argument("--seconds", type=float, default=5.0, help="time cap per line")
-    parser.add_argument("--max-requests", type=int, default=100_000, help="cap per line")
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--client-cpu", type=int, default=1)
-    parser.add_argument("--profile", help="cProfile output file for the server")
-    parser.add_argument("--only", choices=("gets", "writes"), help="run one kind of line")
-    args = parser.parse_args()
-
+def measure(
+    args: argparse.Namespace, source: Path, pin: list[str], profile: str | None
+) -> list[Line]:
+    """Every line against one server started from ``source``; the server is stopped after."""
     signer = Signer(*CREDENTIAL)
-    pin = ["taskset", "-c", str(args.server_cpu)] if shutil.which("taskset") else []
-    profile = str(Path(args.profile).resolve()) if args.profile else None
+    lines: list[Line] = []
     with tempfile.TemporaryDirectory(prefix="nanocore-bench-") as temporary:
         root = Path(temporary)
         start = start_twistd if args.server == "twistd" else start_standin
-        server, port = start(root, pin, profile)
+        server, port = start(root, source, pin, profile)
         try:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, {args.client_cpu})
             print(f"{args.server} server pid {server.pid} on cpu {args.server_cpu}, port {port}")
             try:  # warm-up, and a check that the server answers the API
                 wait_until_serving(signer, port)
@@ -336,15 +351,99 @@ def main() -> None:
                     port, gets(signer, port), concurrency, args.seconds, args.max_requests
                 )
                 used = cpu_seconds(server.pid) - before
-                report("GET /compute_pools/ (signed)", concurrency, 1, result, used)
+                lines.append(report("GET /compute_pools/ (signed)", concurrency, 1, result, used))
             for concurrency in (1, 32) if args.only != "gets" else ():
                 before = cpu_seconds(server.pid)
                 items = writes(signer, port, f"c{concurrency}x")
                 result = run(port, items, concurrency, args.seconds, args.max_requests // 2)
                 used = cpu_seconds(server.pid) - before
-                report("POST+DELETE /address_pools/:p (durable)", concurrency, 2, result, used)
+                name = "POST+DELETE /address_pools/:p (durable)"
+                lines.append(report(name, concurrency, 2, result, used))
         finally:
             stop(server)
+    return lines
+
+
+def spread(values: list[float]) -> float:
+    """How far the runs of one build lie apart, as a share of their median."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
+
+
+def compare(runs: dict[str, list[list[Line]]], figure: str, unit: str) -> None:
+    """Each build's median per scenario, its runs and noise, and each build against the first.
+
+    The noise of a build is the spread between its own runs; a difference between builds
+    counts only where it is larger than the noise of either."""
+    labels = list(runs)
+    first = labels[0]
+    print(f"\n{unit}: median of the runs (runs in order; noise = spread between runs of a build)")
+    for index, scenario in enumerate(line.scenario for line in runs[first][0]):
+        print(f"  {scenario}")
+        medians, noises = {}, {}
+        for label in labels:
+            values = [getattr(lines[index], figure) for lines in runs[label]]
+            medians[label], noises[label] = statistics.median(values), spread(values)
+            listed = " ".join(f"{value:.0f}" for value in values)
+            print(
+                f"    {label:<10} {medians[label]:8.0f}   runs {listed:<32} "
+                f"noise {noises[label]:4.0%}"
+            )
+        for label in labels[1:]:
+            change = medians[label] / medians[first] - 1
+            noise = max(noises[label], noises[first])
+            verdict = "within noise"
+            if change < -noise:
+                verdict = "SLOWER beyond noise"
+            elif change > noise:
+                verdict = "faster beyond noise"
+            print(f"    {label} vs {first}: {change:+.1%}, {verdict} ({noise:.0%})")
+
+
+def source_of(text: str) -> tuple[str, Path]:
+    label, equals, folder = text.rpartition("=")
+    path = Path(folder).resolve()
+    if not (path / "nanocore").is_dir():
+        raise SystemExit(f"--source {text}: no nanocore package in {path}")
+    return (label if equals else path.name), path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", choices=("twistd", "standin"), default="twistd")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time cap per line")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="cap per line")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--profile", help="cProfile output file for the server")
+    parser.add_argument("--only", choices=("gets", "writes"), help="run one kind of line")
+    parser.add_argument(
+        "--source",
+        action="append",
+        metavar="[LABEL=]DIR",
+        help="serve from this source tree (default: the tree holding this script); repeat "
+        "to compare builds",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each build, in turn")
+    args = parser.parse_args()
+
+    sources = dict(source_of(text) for text in args.source or [f"this={ROOT}"])
+    if args.profile and (len(sources) > 1 or args.rounds > 1):
+        raise SystemExit("--profile takes one build and one round")
+    pin = ["taskset", "-c", str(args.server_cpu)] if shutil.which("taskset") else []
+    profile = str(Path(args.profile).resolve()) if args.profile else None
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {args.client_cpu})
+    runs: dict[str, list[list[Line]]] = {label: [] for label in sources}
+    order = list(sources)
+    for round_number in range(args.rounds):
+        # ABBA: a load that drifts over the session weighs on every build alike.
+        for label in order if round_number % 2 == 0 else order[::-1]:
+            load = os.getloadavg()[0]
+            print(f"\n-- {label} ({sources[label]}), round {round_number + 1}, load {load:.2f}")
+            runs[label].append(measure(args, sources[label], pin, profile))
+    if len(sources) > 1 or args.rounds > 1:
+        compare(runs, "rate", "requests/s")
+        compare(runs, "per_cpu_second", "requests per server CPU-second")
     if profile and Path(profile).exists():
         print_profile(profile)
 

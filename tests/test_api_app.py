@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import __version__
 from nanocore.api import envelope
-from nanocore.api.app import APIResource, build_api_resource, limited_request_factory
+from nanocore.api.app import APIResource, api_site_for
 from nanocore.api.auth import Verifier
+from nanocore.api.cache import ResponseCache
+from nanocore.api.client import Signer
 from nanocore.api.decode import Body, Field, Kind
+from nanocore.api.families import all_routes
 from nanocore.api.route import Call, Reply, Route
 from nanocore.api.testing import TEST_CREDENTIALS, Answer, APIClient
 from nanocore.operations.errors import InvalidRequest
@@ -34,25 +40,25 @@ class Handlers:
         self.list_builds = 0
         self.pending: Deferred[Any] | None = None
 
-    def record(self, call: Call) -> Any:
+    def record(self, ops: object, call: Call) -> Any:
         self.calls.append(call)
         return {"params": dict(call.params), "body": dict(call.body), "query": dict(call.query)}
 
-    def listing(self, call: Call) -> Any:
+    def listing(self, ops: object, call: Call) -> Any:
         self.list_builds += 1
         return [{"name": "a", "usage": 12.0, "ratio": 0.5}]
 
-    def fail(self, call: Call) -> Any:
+    def fail(self, ops: object, call: Call) -> Any:
         raise InvalidRequest("invalid pool 'x'")
 
-    def crash(self, call: Call) -> Any:
+    def crash(self, ops: object, call: Call) -> Any:
         raise RuntimeError("boom")
 
-    def later(self, call: Call) -> Deferred[Any]:
+    def later(self, ops: object, call: Call) -> Deferred[Any]:
         self.pending = Deferred()
         return self.pending
 
-    def accepted(self, call: Call) -> Reply:
+    def accepted(self, ops: object, call: Call) -> Reply:
         return Reply({"id": "abc"}, 202)
 
     def routes(self) -> list[Route]:
@@ -86,9 +92,8 @@ class AppTestsMixin:
         self.clock.advance(NOW)
         self.handlers = Handlers()
         verifier = Verifier(TEST_CREDENTIALS, self.clock)
-        self.resource = APIResource(
-            self.handlers.routes(), verifier, lambda: self.handlers.revision, max_body=256
-        )
+        cache = ResponseCache(lambda: self.handlers.revision)
+        self.resource = APIResource(self.handlers.routes(), None, verifier, cache)
         self.client = APIClient(self.resource, self.clock)
 
 
@@ -170,6 +175,20 @@ class EnvelopeTests(AppTestsMixin, SynchronousTestCase):
         assert self.handlers.pending is not None
         self.handlers.pending.callback(["done"])
         self.assertEqual(result_of(d).data, ["done"])
+
+    def test_asynchronous_unexpected_error_is_logged_once_and_answered(self) -> None:
+        d = self.client.get("/later/")
+        assert self.handlers.pending is not None
+        self.handlers.pending.errback(RuntimeError("boom"))
+        self.assertEqual(result_of(d).error, "internal error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_refusals_are_answered_without_logging_an_error(self) -> None:
+        self.assertEqual(result_of(self.client.get("/fail/")).error, "invalid pool 'x'")
+        self.assertEqual(
+            result_of(self.client.post("/things/a", {"cores": 1})).error, "name required"
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_asynchronous_operation_error(self) -> None:
         d = self.client.get("/later/")
@@ -273,33 +292,39 @@ class BodyTests(AppTestsMixin, SynchronousTestCase):
         answer = result_of(self.client.post("/things/a", raw=b'{"name": "x"} trailing'))
         self.assertEqual(answer.data["body"]["name"], "x")
 
-    def test_body_over_the_limit_is_refused_without_calling_the_handler(self) -> None:
-        answer = result_of(self.client.post("/things/a", {"name": "x" * 300}))
-        self.assertEqual(answer.error, "request body larger than 256 bytes")
-        self.assertEqual(self.handlers.calls, [])
-
     def test_bad_body_changes_nothing(self) -> None:
         result_of(self.client.post("/things/a", {"cores": -1}))
         self.assertEqual(self.handlers.calls, [])
 
 
 class WireLimitTests(SynchronousTestCase):
-    """The request factory refuses a large declared body before reading it."""
+    """The site's request class is the one place a body is limited: it refuses a body over
+    the limit before buffering it, and passes one at the limit to the app whole."""
 
     def setUp(self) -> None:
-        from twisted.web.server import Site
-
         self.clock = Clock()
+        self.clock.advance(NOW)
         self.handlers = Handlers()
-        resource = APIResource(self.handlers.routes(), Verifier(TEST_CREDENTIALS, self.clock))
-        self.site = Site(resource)
-        self.site.requestFactory = limited_request_factory(100)
+        resource = APIResource(
+            self.handlers.routes(), None, Verifier(TEST_CREDENTIALS, self.clock)
+        )
         self.transport = StringTransport()
-        self.channel = self.site.buildProtocol(None)
+        self.channel = api_site_for(resource, max_body=100).buildProtocol(None)
         self.channel.makeConnection(self.transport)
 
     def tearDown(self) -> None:
-        self.channel.connectionLost(Exception("done"))
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+    def send_signed(self, body: bytes) -> None:
+        signer = Signer(*next(iter(TEST_CREDENTIALS.items())))
+        headers = signer.headers("POST", "http://x/api/v1/things/a", body, now=NOW)
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in headers.items())
+        self.channel.dataReceived(
+            b"POST /api/v1/things/a HTTP/1.1\r\n"
+            + head
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
 
     def test_declared_length_over_the_limit(self) -> None:
         self.channel.dataReceived(
@@ -328,12 +353,30 @@ class WireLimitTests(SynchronousTestCase):
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
         self.assertIn(b"authorization required", self.transport.value())
 
+    def test_signed_body_at_the_limit_reaches_the_route_whole(self) -> None:
+        body = b'{"name": "' + b"x" * 88 + b'"}'
+        self.assertEqual(len(body), 100)
+        self.send_signed(body)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertEqual([call.body["name"] for call in self.handlers.calls], ["x" * 88])
 
-class VersionDocumentTests(SynchronousTestCase):
+    def test_signed_body_one_byte_over_the_limit_is_refused(self) -> None:
+        self.send_signed(b'{"name": "' + b"x" * 89 + b'"}')
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertEqual(self.handlers.calls, [])
+
+
+def documentation_resource(clock: Clock) -> APIResource[Any]:
+    """The whole route table without operations: enough for every answer no handler but the
+    documents' reaches (the documents take none)."""
+    return APIResource(all_routes(), None, Verifier(TEST_CREDENTIALS, clock))
+
+
+class DocumentsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.client = APIClient(build_api_resource(None, TEST_CREDENTIALS, self.clock), self.clock)
+        self.client = APIClient(documentation_resource(self.clock), self.clock)
 
     def test_version_document_is_open(self) -> None:
         answer = result_of(self.client.get("/", signed=False))
@@ -350,13 +393,18 @@ class VersionDocumentTests(SynchronousTestCase):
         answer = result_of(self.client.treq.get("http://127.0.0.1/api/v1", allow_redirects=False))
         self.assertEqual(answer.code, 301)
 
-    def test_openapi_requires_a_signature(self) -> None:
-        self.assertEqual(
-            result_of(self.client.get("/openapi.json", signed=False)).error,
-            "authorization required",
-        )
-        answer = result_of(self.client.get("/openapi.json"))
-        self.assertEqual(answer.envelope()["openapi"], "3.1.0")
+    def test_openapi_is_open_raw_json(self) -> None:
+        answer = result_of(self.client.get("/openapi.json", signed=False))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.header(b"content-type"), b"application/json")
+        document = json.loads(answer.body)
+        self.assertEqual(document["openapi"], "3.1.0")
+        self.assertNotIn("error_code", document)
+
+    def test_a_signed_request_for_openapi_gets_the_same_bytes(self) -> None:
+        unsigned = result_of(self.client.get("/openapi.json", signed=False))
+        signed = result_of(self.client.get("/openapi.json"))
+        self.assertEqual(signed.body, unsigned.body)
 
 
 class SignatureThroughTheAppTests(AppTestsMixin, SynchronousTestCase):
@@ -376,8 +424,6 @@ class SignatureThroughTheAppTests(AppTestsMixin, SynchronousTestCase):
             self.assertFalse(any(key in text for text in logged))
 
     def test_replayed_write_is_refused_and_changes_nothing(self) -> None:
-        from nanocore.api.client import Signer
-
         signer = Signer(*next(iter(TEST_CREDENTIALS.items())))
         url = "http://127.0.0.1:5850/api/v1/things/a"
         body = b'{"name": "x"}'
@@ -390,8 +436,6 @@ class SignatureThroughTheAppTests(AppTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.handlers.calls), 1)
 
     def test_stale_date_is_refused(self) -> None:
-        from nanocore.api.client import Signer
-
         signer = Signer(*next(iter(TEST_CREDENTIALS.items())))
         url = "http://127.0.0.1:5850/api/v1/things/"
         headers = signer.headers("GET", url, now=self.clock.seconds() - 301)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,10 +19,11 @@ from nanocore.api.client import Signer
 from nanocore.api.route import Call, Route
 from nanocore.api.routing import clean_path, fold_static, respell, werkzeug_rule
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
+from nanocore.operations.errors import InvalidRequest
 from tests.test_api_app import NOW, AppTestsMixin, Handlers, result_of
 
 
-def echo(call: Call) -> Any:
+def echo(ops: object, call: Call) -> Any:
     return dict(call.params)
 
 
@@ -47,9 +49,9 @@ class RuleTranslationTests(SynchronousTestCase):
 
     def test_every_route_is_a_rule_of_its_own_klein_app(self) -> None:
         clock = Clock()
-        first = APIResource(Handlers().routes(), Verifier(TEST_CREDENTIALS, clock))
+        first = APIResource(Handlers().routes(), None, Verifier(TEST_CREDENTIALS, clock))
         second = APIResource(
-            [Route("GET", "/other/", echo, "other", "t")], Verifier(TEST_CREDENTIALS, clock)
+            [Route("GET", "/other/", echo, "other", "t")], None, Verifier(TEST_CREDENTIALS, clock)
         )
         self.assertIsNot(first.app, second.app)
         rules = {
@@ -65,7 +67,7 @@ class RuleTranslationTests(SynchronousTestCase):
     def test_a_route_declared_twice_is_refused(self) -> None:
         route = Route("GET", "/twice/:id", echo, "twice", "t")
         with self.assertRaises(ValueError):
-            APIResource([route, route], Verifier(TEST_CREDENTIALS, Clock()))
+            APIResource([route, route], None, Verifier(TEST_CREDENTIALS, Clock()))
 
 
 class HttprouterParityTests(AppTestsMixin, SynchronousTestCase):
@@ -162,7 +164,7 @@ class RedirectBefore405Tests(SynchronousTestCase):
             Route("POST", "/x/", echo, "x", "t"),
         ]
         self.client = APIClient(
-            APIResource(routes, Verifier(TEST_CREDENTIALS, self.clock)), self.clock
+            APIResource(routes, None, Verifier(TEST_CREDENTIALS, self.clock)), self.clock
         )
 
     def test_redirect_wins_over_405(self) -> None:
@@ -183,7 +185,9 @@ class WireTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(NOW)
         self.handlers = Handlers()
-        resource = APIResource(self.handlers.routes(), Verifier(TEST_CREDENTIALS, self.clock))
+        resource = APIResource(
+            self.handlers.routes(), None, Verifier(TEST_CREDENTIALS, self.clock)
+        )
         self.transport = StringTransport()
         self.channel = Site(resource).buildProtocol(None)
         self.channel.makeConnection(self.transport)
@@ -206,11 +210,17 @@ class WireTests(SynchronousTestCase):
             self.assertIn(b"\r\nContent-Length: %d" % len(body), head)
             self.assertNotIn(b"chunked", head)
 
-    def test_client_gone_before_an_asynchronous_answer(self) -> None:
+    def leave_before_the_answer(self) -> Deferred[Any]:
+        """Send a request whose handler waits, and drop the connection; the handler's
+        Deferred is returned for the test to fire."""
         self.send("GET", "/api/v1/later/")
         pending = self.handlers.pending
         assert pending is not None
         self.channel.connectionLost(Failure(ConnectionDone()))
+        return pending
+
+    def test_client_gone_before_an_asynchronous_answer(self) -> None:
+        pending = self.leave_before_the_answer()
         outcome: list[Any] = []
         pending.addBoth(outcome.append)
         pending.callback(["done"])
@@ -219,11 +229,20 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_unexpected_failure_after_the_client_left_is_logged_once(self) -> None:
+        self.leave_before_the_answer().errback(RuntimeError("commit failed"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_refusal_after_the_client_left_is_not_logged(self) -> None:
+        self.leave_before_the_answer().errback(InvalidRequest("cell timeout"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
 
 class RouteForTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.routes = Handlers().routes()
-        self.resource = APIResource(self.routes, Verifier(TEST_CREDENTIALS, Clock()))
+        self.resource = APIResource(self.routes, None, Verifier(TEST_CREDENTIALS, Clock()))
 
     def test_every_route_is_found_by_a_concrete_path(self) -> None:
         for route in self.routes:
@@ -242,7 +261,9 @@ class FormBodyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.handlers = Handlers()
-        resource = APIResource(self.handlers.routes(), Verifier(TEST_CREDENTIALS, self.clock))
+        resource = APIResource(
+            self.handlers.routes(), None, Verifier(TEST_CREDENTIALS, self.clock)
+        )
         self.transport = StringTransport()
         self.channel = api_site_for(resource).buildProtocol(None)
         self.channel.makeConnection(self.transport)
@@ -303,7 +324,8 @@ class MethodCaseAndEncodingTests(AppTestsMixin, SynchronousTestCase):
 
     def test_a_result_that_cannot_be_encoded_is_an_internal_error(self) -> None:
         resource = APIResource(
-            [Route("GET", "/odd/", lambda call: object(), "odd", "t")],
+            [Route("GET", "/odd/", lambda ops, call: object(), "odd", "t")],
+            None,
             Verifier(TEST_CREDENTIALS, self.clock),
         )
         answer = result_of(APIClient(resource, self.clock).get("/odd/"))

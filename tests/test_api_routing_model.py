@@ -19,9 +19,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore.api import routing
-from nanocore.api.app import APIResource, api_site_for, build_api_resource
-from nanocore.api.testing import TEST_CREDENTIALS
+from nanocore.api.app import api_site_for
 from tests.httprouter_model import Allowed, Found, NotFound, Redirect, Router, clean_path
+from tests.test_api_app import documentation_resource
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "get")
 SEGMENT = st.text("abcXYZ019-_.", min_size=1, max_size=6)
@@ -60,9 +60,7 @@ def requests(draw: Any, templates: list[str]) -> tuple[str, str]:
 
 class ModelParityTests(SynchronousTestCase):
     def setUp(self) -> None:
-        resource = build_api_resource(None, TEST_CREDENTIALS, Clock())
-        assert isinstance(resource, APIResource)
-        self.resource = resource
+        self.resource = documentation_resource(Clock())
         self.model: Router[str] = Router()
         for route in self.resource.routes:
             self.model.add(route.method, route.full_path, route.full_path)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from nanocore.api.decode import Body, Field, Kind
-from nanocore.api.pools import empty
-from nanocore.api.route import Call, Route
+from nanocore.api.route import Call, Family, empty
 from nanocore.api.schema import STRING, UINT, array, obj
 from nanocore.model import AddressAllocation, AddressPool, AddressRange
+from nanocore.operations.core import Operations
 
 ALLOCATION = obj(address=STRING, instance=STRING)
 POOL_ITEM = obj(
@@ -69,81 +71,103 @@ def _range(item: AddressRange) -> dict[str, Any]:
     return {"start": item.start, "end": item.end, "netmask": item.netmask}
 
 
-def routes(ops: Any) -> list[Route]:
-    def list_pools(call: Call) -> Any:
-        return [
-            {**_pool_head(s.pool), "addresses": s.capacity, "allocated": s.allocated}
-            for s in ops.address_pools.list()
-        ]
+def _pool_arguments(call: Call) -> tuple[str, str, tuple[str, ...], str, str]:
+    """Name, gateway, DNS, provider and mode, as creating and modifying a pool take them."""
+    b = call.body
+    return (
+        call.params["pool"],
+        b.text("gateway"),
+        b.texts("dns"),
+        b.text("provider"),
+        b.text("mode"),
+    )
 
-    def get_pool(call: Call) -> Any:
-        detail = ops.address_pools.get(call.params["pool"])
-        data = _pool_head(detail.pool)
-        if detail.ranges:
-            data["ranges"] = [{**_range(r), "capacity": r.capacity} for r in detail.ranges]
-        if detail.allocations:
-            data["allocated"] = _allocations(detail.allocations)
-        return data
 
-    def create_pool(call: Call) -> Any:
-        b = call.body
-        return empty(
-            ops.address_pools.create(
-                call.params["pool"], b["gateway"], b["dns"], b["provider"], b["mode"]
-            )
-        )
+addresses: Family[Operations] = Family("address pools")
 
-    def modify_pool(call: Call) -> Any:
-        b = call.body
-        return empty(
-            ops.address_pools.modify(
-                call.params["pool"], b["gateway"], b["dns"], b["provider"], b["mode"]
-            )
-        )
+RANGES = "/address_pools/:pool/:type/ranges/"
 
-    def delete_pool(call: Call) -> Any:
-        return empty(ops.address_pools.delete(call.params["pool"]))
 
-    def list_ranges(call: Call) -> Any:
-        p = call.params
-        return [_range(r) for r in ops.address_pools.ranges(p["pool"], p["type"])]
-
-    def get_range(call: Call) -> Any:
-        p = call.params
-        detail = ops.address_pools.get_range(p["pool"], p["type"], p["start"])
-        data = {**_range(detail.range), "capacity": detail.range.capacity}
-        if detail.allocations:
-            data["allocated"] = _allocations(detail.allocations)
-        return data
-
-    def add_range(call: Call) -> Any:
-        p, b = call.params, call.body
-        return empty(
-            ops.address_pools.add_range(p["pool"], p["type"], p["start"], b["end"], b["netmask"])
-        )
-
-    def remove_range(call: Call) -> Any:
-        p = call.params
-        return empty(ops.address_pools.remove_range(p["pool"], p["type"], p["start"]))
-
-    ap = "address pools"
-    ranges = "/address_pools/:pool/:type/ranges/"
+@addresses.route(
+    "GET", "/address_pools/", "List address pools", response=array(POOL_ITEM), cacheable=True
+)
+def list_pools(ops: Operations, call: Call) -> object:
     return [
-        Route("GET", "/address_pools/", list_pools, "List address pools", ap,
-              response=array(POOL_ITEM), cacheable=True),
-        Route("GET", "/address_pools/:pool", get_pool,
-              "Get an address pool with its ranges and allocations", ap, response=POOL),
-        Route("POST", "/address_pools/:pool", create_pool, "Create an address pool", ap,
-              body=POOL_BODY),
-        Route("PUT", "/address_pools/:pool", modify_pool,
-              "Replace gateway, DNS and provider of an address pool", ap, body=POOL_BODY),
-        Route("DELETE", "/address_pools/:pool", delete_pool,
-              "Delete an unused address pool with no allocations", ap),
-        Route("GET", ranges, list_ranges, "List the ranges of an address pool", ap,
-              response=array(RANGE_ITEM)),
-        Route("GET", ranges + ":start", get_range, "Get one range with its allocations", ap,
-              response=RANGE),
-        Route("POST", ranges + ":start", add_range,
-              "Add a range (inside its mask, gateway outside, no overlap)", ap, body=RANGE_BODY),
-        Route("DELETE", ranges + ":start", remove_range, "Remove a range with no allocations", ap),
-    ]  # fmt: skip
+        {**_pool_head(s.pool), "addresses": s.capacity, "allocated": s.allocated}
+        for s in ops.address_pools.list()
+    ]
+
+
+@addresses.route(
+    "GET",
+    "/address_pools/:pool",
+    "Get an address pool with its ranges and allocations",
+    response=POOL,
+)
+def get_pool(ops: Operations, call: Call) -> object:
+    detail = ops.address_pools.get(call.params["pool"])
+    data = _pool_head(detail.pool)
+    if detail.ranges:
+        data["ranges"] = [{**_range(r), "capacity": r.capacity} for r in detail.ranges]
+    if detail.allocations:
+        data["allocated"] = _allocations(detail.allocations)
+    return data
+
+
+@addresses.route("POST", "/address_pools/:pool", "Create an address pool", body=POOL_BODY)
+def create_pool(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.address_pools.create(*_pool_arguments(call)))
+
+
+@addresses.route(
+    "PUT",
+    "/address_pools/:pool",
+    "Replace gateway, DNS and provider of an address pool",
+    body=POOL_BODY,
+)
+def modify_pool(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.address_pools.modify(*_pool_arguments(call)))
+
+
+@addresses.route(
+    "DELETE", "/address_pools/:pool", "Delete an unused address pool with no allocations"
+)
+def delete_pool(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.address_pools.delete(call.params["pool"]))
+
+
+@addresses.route("GET", RANGES, "List the ranges of an address pool", response=array(RANGE_ITEM))
+def list_ranges(ops: Operations, call: Call) -> object:
+    p = call.params
+    return [_range(r) for r in ops.address_pools.ranges(p["pool"], p["type"])]
+
+
+@addresses.route("GET", RANGES + ":start", "Get one range with its allocations", response=RANGE)
+def get_range(ops: Operations, call: Call) -> object:
+    p = call.params
+    detail = ops.address_pools.get_range(p["pool"], p["type"], p["start"])
+    data = {**_range(detail.range), "capacity": detail.range.capacity}
+    if detail.allocations:
+        data["allocated"] = _allocations(detail.allocations)
+    return data
+
+
+@addresses.route(
+    "POST",
+    RANGES + ":start",
+    "Add a range (inside its mask, gateway outside, no overlap)",
+    body=RANGE_BODY,
+)
+def add_range(ops: Operations, call: Call) -> Deferred[str]:
+    p, b = call.params, call.body
+    return empty(
+        ops.address_pools.add_range(
+            p["pool"], p["type"], p["start"], b.text("end"), b.text("netmask")
+        )
+    )
+
+
+@addresses.route("DELETE", RANGES + ":start", "Remove a range with no allocations")
+def remove_range(ops: Operations, call: Call) -> Deferred[str]:
+    p = call.params
+    return empty(ops.address_pools.remove_range(p["pool"], p["type"], p["start"]))

@@ -7,17 +7,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from nanocore.api.decode import Body, Field, Kind
-from nanocore.api.route import Call, Route
-from nanocore.api.schema import BOOL, EMPTY, STRING, Schema, array, enum, obj
-from nanocore.operations.cells import (
-    CellOperations,
-    CellStoragePaths,
-    CellView,
-    StorageAttachment,
-)
-
-TAG = "cells"
-
+from nanocore.api.route import Call, Family, empty
+from nanocore.api.schema import BOOL, STRING, Schema, array, enum, obj
+from nanocore.operations.cells import CellStoragePaths, CellView, StorageAttachment
+from nanocore.operations.core import Operations
 
 CELL_ITEM: Schema = obj(name=STRING, address=STRING, enabled=BOOL, alive=BOOL, PurgeAppending=BOOL)
 ATTACHMENT: Schema = obj(("name", "attached"), name=STRING, attached=BOOL, error=STRING)
@@ -82,116 +75,74 @@ def storage_paths(paths: CellStoragePaths) -> dict[str, Any]:
     return {"mode": paths.mode, "system": list(paths.system), "data": list(paths.data)}
 
 
-def routes(ops: Any) -> list[Route]:
-    """``ops.cells`` is looked up per request, so the table can be built without operations."""
+cells: Family[Operations] = Family("cells")
 
-    def cells() -> CellOperations:
-        family: CellOperations = ops.cells
-        return family
+MEMBER = "/compute_pool_cells/:pool/:cell"
+STORAGES = "/compute_cell_status/:pool/:cell/storages/"
 
-    def unallocated(call: Call) -> object:
-        return [cell_item(view) for view in cells().unallocated()]
 
-    def in_pool(call: Call) -> object:
-        return [cell_item(view) for view in cells().in_pool(call.params["pool"])]
+@cells.route(
+    "GET",
+    "/compute_pool_cells/",
+    "Connected cells that belong to no pool",
+    response=array(CELL_ITEM),
+)
+def unallocated(ops: Operations, call: Call) -> object:
+    return [cell_item(view) for view in ops.cells.unallocated()]
 
-    def get(call: Call) -> Deferred[object]:
-        found = cells().get(call.params["pool"], call.params["cell"])
-        return found.addCallback(lambda result: cell_detail(*result))
 
-    def add(call: Call) -> Deferred[object]:
-        adding = cells().add(call.params["pool"], call.params["cell"])
-        return adding.addCallback(lambda _: "")
+@cells.route(
+    "GET",
+    "/compute_pool_cells/:pool",
+    "Cells of a pool, sorted by name",
+    response=array(CELL_ITEM),
+)
+def in_pool(ops: Operations, call: Call) -> object:
+    return [cell_item(view) for view in ops.cells.in_pool(call.params["pool"])]
 
-    def remove(call: Call) -> Deferred[object]:
-        removing = cells().remove(call.params["pool"], call.params["cell"])
-        return removing.addCallback(lambda _: "")
 
-    def modify(call: Call) -> Deferred[object]:
-        body = call.body
-        changing = cells().modify(
-            call.params["pool"], call.params["cell"], body["enable"], body["purge"]
-        )
-        return changing.addCallback(lambda _: "")
+@cells.route(
+    "POST",
+    MEMBER,
+    "Add an unallocated cell to a pool once the cell has applied the pool's storage and network",
+)
+def add(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.cells.add(call.params["pool"], call.params["cell"]))
 
-    def query_storage(call: Call) -> Deferred[object]:
-        asking = cells().storage_paths(call.params["pool"], call.params["cell"])
-        return asking.addCallback(storage_paths)
 
-    def change_storage(call: Call) -> Deferred[object]:
-        changing = cells().change_storage_path(
-            call.params["pool"], call.params["cell"], call.body["default"]
-        )
-        return changing.addCallback(lambda _: "")
+@cells.route("DELETE", MEMBER, "Remove a cell that holds no instances from its pool")
+def remove(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.cells.remove(call.params["pool"], call.params["cell"]))
 
-    member = "/compute_pool_cells/:pool/:cell"
-    storages = "/compute_cell_status/:pool/:cell/storages/"
-    return [
-        Route(
-            "GET",
-            "/compute_pool_cells/",
-            unallocated,
-            "Connected cells that belong to no pool",
-            TAG,
-            response=array(CELL_ITEM),
-        ),
-        Route(
-            "GET",
-            "/compute_pool_cells/:pool",
-            in_pool,
-            "Cells of a pool, sorted by name",
-            TAG,
-            response=array(CELL_ITEM),
-        ),
-        Route(
-            "POST",
-            member,
-            add,
-            "Add an unallocated cell to a pool once the cell has applied the pool's "
-            "storage and network",
-            TAG,
-            response=EMPTY,
-        ),
-        Route(
-            "DELETE",
-            member,
-            remove,
-            "Remove a cell that holds no instances from its pool",
-            TAG,
-            response=EMPTY,
-        ),
-        Route(
-            "PUT",
-            member,
-            modify,
-            "Enable or disable a cell (optionally purging its instances)",
-            TAG,
-            body=MODIFY_CELL,
-            response=EMPTY,
-        ),
-        Route(
-            "GET",
-            member,
-            get,
-            "A cell, with its storage attach state asked live when alive and enabled",
-            TAG,
-            response=CELL,
-        ),
-        Route(
-            "GET",
-            storages,
-            query_storage,
-            "Where the cell keeps system and data volumes",
-            TAG,
-            response=STORAGE_PATHS,
-        ),
-        Route(
-            "PUT",
-            storages,
-            change_storage,
-            "Change the cell's default storage path",
-            TAG,
-            body=CHANGE_STORAGE,
-            response=EMPTY,
-        ),
-    ]
+
+@cells.route(
+    "PUT", MEMBER, "Enable or disable a cell (optionally purging its instances)", body=MODIFY_CELL
+)
+def modify(ops: Operations, call: Call) -> Deferred[str]:
+    p, b = call.params, call.body
+    return empty(ops.cells.modify(p["pool"], p["cell"], b.flag("enable"), b.flag("purge")))
+
+
+@cells.route(
+    "GET",
+    MEMBER,
+    "A cell, with its storage attach state asked live when alive and enabled",
+    response=CELL,
+)
+def get(ops: Operations, call: Call) -> Deferred[object]:
+    found = ops.cells.get(call.params["pool"], call.params["cell"])
+    return found.addCallback(lambda result: cell_detail(*result))
+
+
+@cells.route(
+    "GET", STORAGES, "Where the cell keeps system and data volumes", response=STORAGE_PATHS
+)
+def query_storage(ops: Operations, call: Call) -> Deferred[object]:
+    asking = ops.cells.storage_paths(call.params["pool"], call.params["cell"])
+    return asking.addCallback(storage_paths)
+
+
+@cells.route("PUT", STORAGES, "Change the cell's default storage path", body=CHANGE_STORAGE)
+def change_storage(ops: Operations, call: Call) -> Deferred[str]:
+    p = call.params
+    return empty(ops.cells.change_storage_path(p["pool"], p["cell"], call.body.text("default")))

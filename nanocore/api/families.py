@@ -1,17 +1,29 @@
-"""The route table: every resource family's routes, in one list."""
+"""The route table: every family's routes and the documents about them, in one list.
+
+To add a family, declare its routes in a module of its own (see :mod:`nanocore.api.route`)
+and list its :class:`~nanocore.api.route.Family` here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 from nanocore.api import addresses, cells, meta, pools, security, status, templates
-from nanocore.api.route import Route
+from nanocore.api.route import Family, Route
+from nanocore.operations.core import Operations
+
+FAMILIES: tuple[Family[Operations], ...] = (
+    meta.about,
+    pools.compute,
+    pools.storage,
+    cells.cells,
+    status.status,
+    addresses.addresses,
+    templates.templates,
+    security.groups,
+)
 
 
-def all_routes(operations: Any) -> list[Route]:
-    """Every route over ``operations`` (``None`` is enough to document them)."""
-    table: list[Route] = []
-    table.extend(meta.routes(lambda: table))
-    for family in (pools, cells, status, addresses, templates, security):
-        table.extend(family.routes(operations))
+def all_routes() -> list[Route[Operations]]:
+    """Every route, the OpenAPI document's own included; no operations needed to build it."""
+    table: list[Route[Operations]] = [route for family in FAMILIES for route in family.routes]
+    table.insert(1, meta.document_route(lambda: table))
     return table

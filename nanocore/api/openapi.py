@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document, generated from the route table so that it cannot drift.
 
 Each operation carries ``x-route`` (``"<METHOD> <httprouter template>"``): a test walks the
-document and the router both ways through it. ``python -m nanocore.api.openapi`` prints the
-document kept in ``docs/openapi.json``.
+document and the router both ways through it. ``python -m nanocore.api`` prints the document
+of the whole table, kept in ``docs/openapi.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from nanocore import COMPATIBLE_CORE_VERSION, __version__
 from nanocore.api.auth import Variant
 from nanocore.api.decode import Body, Kind
-from nanocore.api.route import Route
+from nanocore.api.route import AnyRoute
 from nanocore.api.schema import BOOL, INT, NUMBER, STRING, UINT, Schema, array
 
 _PARAMETER = re.compile(r"[:*]([A-Za-z_]+)")
@@ -31,12 +31,12 @@ _KIND_SCHEMAS: dict[Kind, Schema] = {
 }
 
 
-def openapi_path(route: Route) -> str:
+def openapi_path(route: AnyRoute) -> str:
     """``/api/v1/pools/:pool`` → ``/api/v1/pools/{pool}``; a catch-all becomes one parameter."""
     return _PARAMETER.sub(lambda m: "{" + m.group(1) + "}", route.full_path)
 
 
-def operation_id(route: Route) -> str:
+def operation_id(route: AnyRoute) -> str:
     """``PUT /rules/:index/order`` → ``put_rules_by_index_order``; unique per route."""
     words = [route.method.lower()]
     for segment in route.path.strip("/").split("/"):
@@ -79,7 +79,7 @@ def _envelope(data: Schema) -> Schema:
     }
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _operation(route: AnyRoute) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
         "tags": [route.tag],
@@ -100,12 +100,17 @@ def _operation(route: Route) -> dict[str, Any]:
             "required": not route.body.optional,
             "content": {"application/json": {"schema": body_schema(route.body)}},
         }
-    operation["responses"] = {
-        "200": {
+    if route.raw:
+        success = {
+            "description": "the document itself, not enveloped",
+            "content": {route.raw: {"schema": dict(route.response)}},
+        }
+    else:
+        success = {
             "description": "the envelope; error_code 500 with a message on failure",
             "content": {"text/plain": {"schema": _envelope(dict(route.response))}},
         }
-    }
+    operation["responses"] = {"200": success}
     if route.auth is None:
         operation["security"] = []
     elif route.auth is Variant.STREAM:
@@ -113,7 +118,7 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
-def build_document(routes: Iterable[Route]) -> dict[str, Any]:
+def build_document(routes: Iterable[AnyRoute]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(openapi_path(route), {})[route.method.lower()] = _operation(route)
@@ -140,15 +145,5 @@ def build_document(routes: Iterable[Route]) -> dict[str, Any]:
     }
 
 
-def render_document(routes: Iterable[Route]) -> bytes:
+def render_document(routes: Iterable[AnyRoute]) -> bytes:
     return (json.dumps(build_document(routes), indent=2, sort_keys=False) + "\n").encode("utf-8")
-
-
-def main() -> None:
-    from nanocore.api.families import all_routes
-
-    print(render_document(all_routes(None)).decode("utf-8"), end="")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,9 +7,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from nanocore.api.decode import Body, Field, Kind
-from nanocore.api.route import Call, Route
+from nanocore.api.route import Call, Family, empty
 from nanocore.api.schema import BOOL, STRING, UINT, array, obj
 from nanocore.model import StoragePool
+from nanocore.operations.core import Operations
 from nanocore.operations.pools import PoolSummary
 
 COMPUTE_POOL = obj(
@@ -50,78 +51,86 @@ def storage_pool(pool: StoragePool) -> dict[str, Any]:
     return {"type": pool.type.value, "host": pool.host, "target": pool.target}
 
 
-def empty(d: Deferred[Any]) -> Deferred[Any]:
-    """Core's "nothing to return" once the change is committed."""
-    return d.addCallback(lambda _: "")
+def _compute_arguments(call: Call) -> tuple[str, str, str, bool]:
+    """Name, storage, network and failover, as creating and modifying a pool take them."""
+    b = call.body
+    return call.params["pool"], b.text("storage"), b.text("network"), b.flag("failover")
 
 
-def routes(ops: Any) -> list[Route]:
-    def list_pools(call: Call) -> Any:
-        return [compute_pool(item) for item in ops.compute_pools.list()]
+def _storage_arguments(call: Call) -> tuple[str, str, str, str]:
+    """Name, type, host and target, as creating and modifying a storage pool take them."""
+    b = call.body
+    return call.params["pool"], b.text("type"), b.text("host"), b.text("target")
 
-    def get_pool(call: Call) -> Any:
-        return compute_pool(ops.compute_pools.get(call.params["pool"]))
 
-    def create_pool(call: Call) -> Any:
-        b = call.body
-        return empty(
-            ops.compute_pools.create(
-                call.params["pool"], b["storage"], b["network"], b["failover"]
-            )
-        )
+compute: Family[Operations] = Family("compute pools")
+storage: Family[Operations] = Family("storage pools")
 
-    def modify_pool(call: Call) -> Any:
-        b = call.body
-        return empty(
-            ops.compute_pools.modify(
-                call.params["pool"], b["storage"], b["network"], b["failover"]
-            )
-        )
 
-    def delete_pool(call: Call) -> Any:
-        return empty(ops.compute_pools.delete(call.params["pool"]))
+@compute.route(
+    "GET",
+    "/compute_pools/",
+    "List compute pools, sorted by name",
+    response=array(COMPUTE_POOL),
+    cacheable=True,
+)
+def list_pools(ops: Operations, call: Call) -> object:
+    return [compute_pool(item) for item in ops.compute_pools.list()]
 
-    def list_storage(call: Call) -> Any:
-        return [{"name": pool.name, **storage_pool(pool)} for pool in ops.storage_pools.list()]
 
-    def get_storage(call: Call) -> Any:
-        return storage_pool(ops.storage_pools.get(call.params["pool"]))
+@compute.route("GET", "/compute_pools/:pool", "Get one compute pool", response=COMPUTE_POOL)
+def get_pool(ops: Operations, call: Call) -> object:
+    return compute_pool(ops.compute_pools.get(call.params["pool"]))
 
-    def create_storage(call: Call) -> Any:
-        b = call.body
-        return empty(
-            ops.storage_pools.create(call.params["pool"], b["type"], b["host"], b["target"])
-        )
 
-    def modify_storage(call: Call) -> Any:
-        b = call.body
-        return empty(
-            ops.storage_pools.modify(call.params["pool"], b["type"], b["host"], b["target"])
-        )
+@compute.route("POST", "/compute_pools/:pool", "Create a compute pool", body=CREATE_POOL)
+def create_pool(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.compute_pools.create(*_compute_arguments(call)))
 
-    def delete_storage(call: Call) -> Any:
-        return empty(ops.storage_pools.delete(call.params["pool"]))
 
-    cp, sp = "compute pools", "storage pools"
-    return [
-        Route("GET", "/compute_pools/", list_pools, "List compute pools, sorted by name", cp,
-              response=array(COMPUTE_POOL), cacheable=True),
-        Route("GET", "/compute_pools/:pool", get_pool, "Get one compute pool", cp,
-              response=COMPUTE_POOL),
-        Route("POST", "/compute_pools/:pool", create_pool, "Create a compute pool", cp,
-              body=CREATE_POOL),
-        Route("PUT", "/compute_pools/:pool", modify_pool,
-              "Replace storage, network and failover of a compute pool", cp, body=MODIFY_POOL),
-        Route("DELETE", "/compute_pools/:pool", delete_pool, "Delete a compute pool without cells",
-              cp),
-        Route("GET", "/storage_pools/", list_storage, "List storage pools, sorted by name", sp,
-              response=array(STORAGE_POOL_ITEM), cacheable=True),
-        Route("GET", "/storage_pools/:pool", get_storage, "Get one storage pool", sp,
-              response=STORAGE_POOL),
-        Route("POST", "/storage_pools/:pool", create_storage, "Create an NFS storage pool", sp,
-              body=STORAGE_BODY),
-        Route("PUT", "/storage_pools/:pool", modify_storage,
-              "Replace a storage pool no compute pool uses", sp, body=STORAGE_BODY),
-        Route("DELETE", "/storage_pools/:pool", delete_storage,
-              "Delete a storage pool no compute pool uses", sp),
-    ]  # fmt: skip
+@compute.route(
+    "PUT",
+    "/compute_pools/:pool",
+    "Replace storage, network and failover of a compute pool",
+    body=MODIFY_POOL,
+)
+def modify_pool(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.compute_pools.modify(*_compute_arguments(call)))
+
+
+@compute.route("DELETE", "/compute_pools/:pool", "Delete a compute pool without cells")
+def delete_pool(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.compute_pools.delete(call.params["pool"]))
+
+
+@storage.route(
+    "GET",
+    "/storage_pools/",
+    "List storage pools, sorted by name",
+    response=array(STORAGE_POOL_ITEM),
+    cacheable=True,
+)
+def list_storage(ops: Operations, call: Call) -> object:
+    return [{"name": pool.name, **storage_pool(pool)} for pool in ops.storage_pools.list()]
+
+
+@storage.route("GET", "/storage_pools/:pool", "Get one storage pool", response=STORAGE_POOL)
+def get_storage(ops: Operations, call: Call) -> object:
+    return storage_pool(ops.storage_pools.get(call.params["pool"]))
+
+
+@storage.route("POST", "/storage_pools/:pool", "Create an NFS storage pool", body=STORAGE_BODY)
+def create_storage(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.storage_pools.create(*_storage_arguments(call)))
+
+
+@storage.route(
+    "PUT", "/storage_pools/:pool", "Replace a storage pool no compute pool uses", body=STORAGE_BODY
+)
+def modify_storage(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.storage_pools.modify(*_storage_arguments(call)))
+
+
+@storage.route("DELETE", "/storage_pools/:pool", "Delete a storage pool no compute pool uses")
+def delete_storage(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.storage_pools.delete(call.params["pool"]))

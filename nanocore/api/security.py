@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from nanocore.api.decode import Body, Field, Kind
-from nanocore.api.pools import empty
-from nanocore.api.route import Call, Route
+from nanocore.api.route import Call, Family, Fields, empty
 from nanocore.api.schema import BOOL, ID_REPLY, STRING, UINT, array, enum, obj
 from nanocore.model import SecurityPolicyGroup, SecurityPolicyRule
+from nanocore.operations.core import Operations
 from nanocore.operations.security import GroupSpec, RuleSpec
 
 GROUP = obj(
@@ -73,91 +75,100 @@ def rule(item: SecurityPolicyRule) -> dict[str, Any]:
     return data
 
 
-def _group_spec(body: Any) -> GroupSpec:
+def _group_spec(body: Fields) -> GroupSpec:
     return GroupSpec(
-        name=body["name"],
-        description=body["description"],
-        user=body["user"],
-        group=body["group"],
-        enabled=body["enabled"],
-        is_global=body["global"],
-        accept=body["default_action"] == "accept",
+        name=body.text("name"),
+        description=body.text("description"),
+        user=body.text("user"),
+        group=body.text("group"),
+        enabled=body.flag("enabled"),
+        is_global=body.flag("global"),
+        accept=body.text("default_action") == "accept",
     )
 
 
-def _rule_spec(body: Any) -> RuleSpec:
+def _rule_spec(body: Fields) -> RuleSpec:
     return RuleSpec(
-        accept=body["action"] == "accept",
-        protocol=body["protocol"],
-        from_address=body["from_address"],
-        to_address=body["to_address"],
-        to_port=body["to_port"],
+        accept=body.text("action") == "accept",
+        protocol=body.text("protocol"),
+        from_address=body.text("from_address"),
+        to_address=body.text("to_address"),
+        to_port=body.integer("to_port"),
     )
 
 
-def routes(ops: Any) -> list[Route]:
-    def search(call: Call) -> Any:
-        q = call.query
-        found = ops.security_groups.search(
-            q.get("owner", ""),
-            q.get("group", ""),
-            q.get("enabled_only") == "true",
-            q.get("global_only") == "true",
-        )
-        return [group(item) for item in found]
+groups: Family[Operations] = Family("security policy groups")
 
-    def get_group(call: Call) -> Any:
-        return group(ops.security_groups.get(call.params["id"]))
+GROUP_PATH = "/security_policy_groups/:id"
+RULES = "/security_policy_groups/:id/rules/"
 
-    def create_group(call: Call) -> Any:
-        d = ops.security_groups.create(_group_spec(call.body))
-        return d.addCallback(lambda group_id: {"id": group_id})
 
-    def modify_group(call: Call) -> Any:
-        return empty(ops.security_groups.modify(call.params["id"], _group_spec(call.body)))
+@groups.route(
+    "GET",
+    "/search/security_policy_groups/*filepath",
+    "Search policy groups by owner, group, enabled_only, global_only",
+    response=array(GROUP),
+    query=("owner", "group", "enabled_only", "global_only"),
+)
+def search(ops: Operations, call: Call) -> object:
+    q = call.query
+    found = ops.security_groups.search(
+        q.get("owner", ""),
+        q.get("group", ""),
+        q.get("enabled_only") == "true",
+        q.get("global_only") == "true",
+    )
+    return [group(item) for item in found]
 
-    def delete_group(call: Call) -> Any:
-        return empty(ops.security_groups.delete(call.params["id"]))
 
-    def list_rules(call: Call) -> Any:
-        return [rule(item) for item in ops.security_groups.rules(call.params["id"])]
+@groups.route("GET", GROUP_PATH, "Get a policy group", response=GROUP)
+def get_group(ops: Operations, call: Call) -> object:
+    return group(ops.security_groups.get(call.params["id"]))
 
-    def add_rule(call: Call) -> Any:
-        return empty(ops.security_groups.add_rule(call.params["id"], _rule_spec(call.body)))
 
-    def modify_rule(call: Call) -> Any:
-        p = call.params
-        return empty(ops.security_groups.modify_rule(p["id"], p["index"], _rule_spec(call.body)))
+@groups.route(
+    "POST", "/security_policy_groups/", "Create a policy group", body=GROUP_BODY, response=ID_REPLY
+)
+def create_group(ops: Operations, call: Call) -> Deferred[object]:
+    created = ops.security_groups.create(_group_spec(call.body))
+    return created.addCallback(lambda group_id: {"id": group_id})
 
-    def remove_rule(call: Call) -> Any:
-        p = call.params
-        return empty(ops.security_groups.remove_rule(p["id"], p["index"]))
 
-    def move_rule(call: Call) -> Any:
-        p = call.params
-        return empty(
-            ops.security_groups.move_rule(p["id"], p["index"], call.body["direction"] == "up")
-        )
+@groups.route("PUT", GROUP_PATH, "Replace a policy group (rules kept)", body=GROUP_BODY)
+def modify_group(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.security_groups.modify(call.params["id"], _group_spec(call.body)))
 
-    s = "security policy groups"
-    base = "/security_policy_groups/"
-    rules = base + ":id/rules/"
-    return [
-        Route("GET", "/search/security_policy_groups/*filepath", search,
-              "Search policy groups by owner, group, enabled_only, global_only", s,
-              response=array(GROUP), query=("owner", "group", "enabled_only", "global_only")),
-        Route("GET", base + ":id", get_group, "Get a policy group", s, response=GROUP),
-        Route("POST", base, create_group, "Create a policy group", s, body=GROUP_BODY,
-              response=ID_REPLY),
-        Route("PUT", base + ":id", modify_group, "Replace a policy group (rules kept)", s,
-              body=GROUP_BODY),
-        Route("DELETE", base + ":id", delete_group, "Delete a policy group", s),
-        Route("GET", rules, list_rules, "List the rules of a policy group in order", s,
-              response=array(RULE)),
-        Route("POST", rules, add_rule, "Append a rule", s, body=RULE_BODY),
-        Route("PUT", rules + ":index", modify_rule, "Replace the rule at an index", s,
-              body=RULE_BODY),
-        Route("DELETE", rules + ":index", remove_rule, "Remove the rule at an index", s),
-        Route("PUT", rules + ":index/order", move_rule, "Swap a rule with its neighbour", s,
-              body=ORDER_BODY),
-    ]  # fmt: skip
+
+@groups.route("DELETE", GROUP_PATH, "Delete a policy group")
+def delete_group(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.security_groups.delete(call.params["id"]))
+
+
+@groups.route("GET", RULES, "List the rules of a policy group in order", response=array(RULE))
+def list_rules(ops: Operations, call: Call) -> object:
+    return [rule(item) for item in ops.security_groups.rules(call.params["id"])]
+
+
+@groups.route("POST", RULES, "Append a rule", body=RULE_BODY)
+def add_rule(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.security_groups.add_rule(call.params["id"], _rule_spec(call.body)))
+
+
+@groups.route("PUT", RULES + ":index", "Replace the rule at an index", body=RULE_BODY)
+def modify_rule(ops: Operations, call: Call) -> Deferred[str]:
+    p = call.params
+    return empty(ops.security_groups.modify_rule(p["id"], p["index"], _rule_spec(call.body)))
+
+
+@groups.route("DELETE", RULES + ":index", "Remove the rule at an index")
+def remove_rule(ops: Operations, call: Call) -> Deferred[str]:
+    p = call.params
+    return empty(ops.security_groups.remove_rule(p["id"], p["index"]))
+
+
+@groups.route("PUT", RULES + ":index/order", "Swap a rule with its neighbour", body=ORDER_BODY)
+def move_rule(ops: Operations, call: Call) -> Deferred[str]:
+    p = call.params
+    return empty(
+        ops.security_groups.move_rule(p["id"], p["index"], call.body.text("direction") == "up")
+    )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nanocore.api.route import Call, Route
+from nanocore.api.route import Call, Family
 from nanocore.api.schema import BOOL, NUMBER, STRING, UINT, array, nullable, obj
+from nanocore.operations.core import Operations
 from nanocore.operations.status import CellState, PoolState, Usage
 
 _COUNTS = {"type": "array", "items": UINT, "minItems": 2, "maxItems": 2}
@@ -65,43 +66,49 @@ def cell(state: CellState, truncate: bool) -> dict[str, Any]:
     }
 
 
-def routes(ops: Any) -> list[Route]:
-    def zone(call: Call) -> Any:
-        state = ops.status.zone()
-        return {
-            "name": state.name,
-            "pools": [state.disabled_pools, state.enabled_pools],
-            "cells": [state.offline, state.online],
-            "instances": state.instances.as_list(),
-            **usage(state.usage, truncate=False),
-            "start_time": state.start_time,
-        }
+status: Family[Operations] = Family("status")
 
-    def pools(call: Call) -> Any:
-        return [pool(state, truncate=True) for state in ops.status.pools()] or None
 
-    def one_pool(call: Call) -> Any:
-        return pool(ops.status.pool(call.params["pool"]), truncate=False)
+@status.route("GET", "/compute_zone_status/", "Zone totals", response=ZONE)
+def zone(ops: Operations, call: Call) -> object:
+    state = ops.status.zone()
+    return {
+        "name": state.name,
+        "pools": [state.disabled_pools, state.enabled_pools],
+        "cells": [state.offline, state.online],
+        "instances": state.instances.as_list(),
+        **usage(state.usage, truncate=False),
+        "start_time": state.start_time,
+    }
 
-    def cells(call: Call) -> Any:
-        states = ops.status.cells(call.params["pool"])
-        return [cell(state, truncate=True) for state in states] or None
 
-    def one_cell(call: Call) -> Any:
-        p = call.params
-        return cell(ops.status.cell(p["pool"], p["cell"]), truncate=False)
+@status.route(
+    "GET",
+    "/compute_pool_status/",
+    "Status of every pool (null when there are none)",
+    response=nullable(array(POOL)),
+)
+def pools(ops: Operations, call: Call) -> object:
+    return [pool(state, truncate=True) for state in ops.status.pools()] or None
 
-    s = "status"
-    return [
-        Route("GET", "/compute_zone_status/", zone, "Zone totals", s, response=ZONE),
-        Route("GET", "/compute_pool_status/", pools,
-              "Status of every pool (null when there are none)", s,
-              response=nullable(array(POOL))),
-        Route("GET", "/compute_pool_status/:pool", one_pool, "Status of one pool", s,
-              response=POOL),
-        Route("GET", "/compute_cell_status/:pool", cells,
-              "Status of the cells of a pool (null when there are none)", s,
-              response=nullable(array(CELL))),
-        Route("GET", "/compute_cell_status/:pool/:cell", one_cell, "Status of one cell", s,
-              response=CELL),
-    ]  # fmt: skip
+
+@status.route("GET", "/compute_pool_status/:pool", "Status of one pool", response=POOL)
+def one_pool(ops: Operations, call: Call) -> object:
+    return pool(ops.status.pool(call.params["pool"]), truncate=False)
+
+
+@status.route(
+    "GET",
+    "/compute_cell_status/:pool",
+    "Status of the cells of a pool (null when there are none)",
+    response=nullable(array(CELL)),
+)
+def cells(ops: Operations, call: Call) -> object:
+    states = ops.status.cells(call.params["pool"])
+    return [cell(state, truncate=True) for state in states] or None
+
+
+@status.route("GET", "/compute_cell_status/:pool/:cell", "Status of one cell", response=CELL)
+def one_cell(ops: Operations, call: Call) -> object:
+    p = call.params
+    return cell(ops.status.cell(p["pool"], p["cell"]), truncate=False)

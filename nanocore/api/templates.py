@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from nanocore.api.decode import Body, Field
-from nanocore.api.pools import empty
-from nanocore.api.route import Call, Route
+from nanocore.api.route import Call, Family, Fields, empty
 from nanocore.api.schema import ID_REPLY, STRING, array, obj
 from nanocore.model import SystemTemplate
+from nanocore.operations.core import Operations
 from nanocore.operations.templates import OPTIONS, TemplateSpec
 
 TEMPLATE = obj(
@@ -71,46 +73,52 @@ def _item(item: SystemTemplate) -> dict[str, Any]:
     return data
 
 
-def _spec(body: Any) -> TemplateSpec:
+def _spec(body: Fields) -> TemplateSpec:
     return TemplateSpec(
-        name=body["name"],
-        admin=body["admin"],
-        operating_system=body["operating_system"],
-        disk=body["disk"],
-        network=body["network"],
-        display=body["display"],
-        control=body["control"],
-        usb=body["usb"],
-        tablet=body["tablet"],
+        name=body.text("name"),
+        admin=body.text("admin"),
+        operating_system=body.text("operating_system"),
+        disk=body.text("disk"),
+        network=body.text("network"),
+        display=body.text("display"),
+        control=body.text("control"),
+        usb=body.text("usb"),
+        tablet=body.text("tablet"),
     )
 
 
-def routes(ops: Any) -> list[Route]:
-    def list_templates(call: Call) -> Any:
-        return [_item(item) for item in ops.templates.list()]
+templates: Family[Operations] = Family("system templates")
 
-    def get_template(call: Call) -> Any:
-        return template(ops.templates.get(call.params["id"]))
 
-    def create_template(call: Call) -> Any:
-        d = ops.templates.create(_spec(call.body))
-        return d.addCallback(lambda template_id: {"id": template_id})
+@templates.route(
+    "GET",
+    "/templates/",
+    "List system templates in creation order",
+    response=array(TEMPLATE_ITEM),
+    cacheable=True,
+)
+def list_templates(ops: Operations, call: Call) -> object:
+    return [_item(item) for item in ops.templates.list()]
 
-    def modify_template(call: Call) -> Any:
-        return empty(ops.templates.modify(call.params["id"], _spec(call.body)))
 
-    def delete_template(call: Call) -> Any:
-        return empty(ops.templates.delete(call.params["id"]))
+@templates.route("GET", "/templates/:id", "Get a system template", response=TEMPLATE)
+def get_template(ops: Operations, call: Call) -> object:
+    return template(ops.templates.get(call.params["id"]))
 
-    t = "system templates"
-    return [
-        Route("GET", "/templates/", list_templates, "List system templates in creation order", t,
-              response=array(TEMPLATE_ITEM), cacheable=True),
-        Route("GET", "/templates/:id", get_template, "Get a system template", t,
-              response=TEMPLATE),
-        Route("POST", "/templates/", create_template, "Create a system template", t,
-              body=TEMPLATE_BODY, response=ID_REPLY),
-        Route("PUT", "/templates/:id", modify_template, "Replace a system template", t,
-              body=TEMPLATE_BODY),
-        Route("DELETE", "/templates/:id", delete_template, "Delete a system template", t),
-    ]  # fmt: skip
+
+@templates.route(
+    "POST", "/templates/", "Create a system template", body=TEMPLATE_BODY, response=ID_REPLY
+)
+def create_template(ops: Operations, call: Call) -> Deferred[object]:
+    created = ops.templates.create(_spec(call.body))
+    return created.addCallback(lambda template_id: {"id": template_id})
+
+
+@templates.route("PUT", "/templates/:id", "Replace a system template", body=TEMPLATE_BODY)
+def modify_template(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.templates.modify(call.params["id"], _spec(call.body)))
+
+
+@templates.route("DELETE", "/templates/:id", "Delete a system template")
+def delete_template(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.templates.delete(call.params["id"]))
