@@ -31,6 +31,7 @@ import nanocore
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import PID_FILE_NAME, Layout, LayoutOptions
 from nanocore.pidfile import remove_stale, running_pid
+from nanocore.services.listen import read_port
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -234,7 +235,7 @@ async def _api_ready(reactor: Any, address: str, port: int) -> bool:
 
 
 async def _wait_until_serving(
-    reactor: Any, layout: Layout, config: CoreConfig, timeout: float
+    reactor: Any, layout: Layout, address: str, port: int, timeout: float
 ) -> int | None:
     """Poll until the API serves (the daemon's pid) or the daemon is gone (None)."""
     waited = 0.0
@@ -242,7 +243,7 @@ async def _wait_until_serving(
         pid = running_pid(layout.pid_file)
         if pid is None:
             return None
-        if await _api_ready(reactor, config.domain.listen_address, config.api.port):
+        if await _api_ready(reactor, address, port):
             return pid
         await deferLater(reactor, POLL_INTERVAL, lambda: None)
         waited += POLL_INTERVAL
@@ -285,7 +286,14 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         if tail:
             console.complain(f"last lines of {layout.log_file}:\n{tail}")
         return EXIT_FAILURE
-    pid = await _wait_until_serving(reactor, layout, config, START_TIMEOUT)
+    # The daemon wrote the port it bound before it reported its start (api.cfg may say 0).
+    address, port = config.domain.listen_address, read_port(layout.api_port_file)
+    if port is None:
+        console.complain(
+            f"nanocore started but did not write its API port to {layout.api_port_file}"
+        )
+        return EXIT_FAILURE
+    pid = await _wait_until_serving(reactor, layout, address, port, START_TIMEOUT)
     if pid is None:
         still_running = running_pid(layout.pid_file)
         if still_running is None:
@@ -297,7 +305,6 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
             )
         console.complain(log_tail(layout.log_file))
         return EXIT_FAILURE
-    address, port = config.domain.listen_address, config.api.port
     console.say(f"nanocore {nanocore.__version__} (compatible with Nano Core 1.4.0)")
     console.say(f"API http://{address}:{port}/api/v1/ ; log {layout.log_file}")
     console.say(f"core started, pid {pid}")

@@ -19,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from nanocore import cli, config, pidfile
 from nanocore.layout import Layout
+from nanocore.services.listen import read_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 reactor: Any = global_reactor
@@ -226,29 +227,32 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(list(self.layout.data_dir.iterdir()), [])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class RealDaemonTests(TestCase):
-    """`python -m nanocore` as a real daemon on a free loopback port."""
+    """`python -m nanocore` as a real daemon; its API takes any free loopback port (api.cfg
+    says 0) and the daemon reports the one it got in data/api.port."""
 
     timeout = 120
 
     def setUp(self) -> None:
         self.root = Path(self.mktemp()).absolute()
         self.root.mkdir()
-        self.port = free_port()
+        self.set_api_port(0)
+        self.pid_file = self.root / "data" / "core.pid"
+        self.addCleanup(self.nanocore, "halt")
+
+    def set_api_port(self, port: int) -> None:
         config_dir = self.root / "config"
         config.ensure_config(config_dir)
         api = json.loads((config_dir / config.API_FILE).read_text())
-        api["port"] = self.port
+        api["port"] = port
         (config_dir / config.API_FILE).write_text(json.dumps(api))
-        self.pid_file = self.root / "data" / "core.pid"
-        self.addCleanup(self.nanocore, "halt")
+
+    @property
+    def port(self) -> int:
+        """The API port of the running daemon."""
+        port = read_port(layout_under(self.root).api_port_file)
+        assert port is not None, "the daemon reported no API port"
+        return port
 
     def nanocore(self, *argv: str) -> Deferred[tuple[bytes, bytes, int]]:
         environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -277,6 +281,7 @@ class RealDaemonTests(TestCase):
         async def scenario() -> None:
             text = await self.expect(0, "start")
             self.assertIn("core started", text)
+            self.assertIn(f"API http://127.0.0.1:{self.port}/api/v1/", text)
             pid = pidfile.read_pid(self.pid_file)
             self.assertIsNotNone(pid)
             self.assertIn(f"current pid {pid}", await self.expect(0, "status"))
@@ -285,6 +290,7 @@ class RealDaemonTests(TestCase):
             self.assertIn("already running", await self.expect(1, "start"))
             self.assertIn("stop core success", await self.expect(0, "stop"))
             self.assertFalse(self.pid_file.exists())
+            self.assertFalse(layout_under(self.root).api_port_file.exists())
             self.assertIn("core is stopped", await self.expect(3, "status"))
             log = (self.root / "log" / "core.log").read_text()
             self.assertIn("Server Shut Down", log)
@@ -313,7 +319,7 @@ class RealDaemonTests(TestCase):
 
     def test_corrupt_config_fails_naming_file_and_key(self) -> Deferred[None]:
         api_file = self.root / "config" / config.API_FILE
-        api_file.write_text(json.dumps({"port": self.port, "credentials": [{"id": "a"}]}))
+        api_file.write_text(json.dumps({"port": 0, "credentials": [{"id": "a"}]}))
 
         async def scenario() -> None:
             text = await self.expect(1, "start")
@@ -327,15 +333,17 @@ class RealDaemonTests(TestCase):
     def test_port_in_use_fails_with_the_reason(self) -> Deferred[None]:
         blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(blocker.close)
-        blocker.bind(("127.0.0.1", self.port))
+        blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        self.set_api_port(taken)
 
         async def scenario() -> None:
             the_console, _out, err = console()
             code = await cli.start(reactor, layout_under(self.root), the_console)
             self.assertEqual(code, cli.EXIT_FAILURE)
             self.assertIn("failed to start", err.getvalue())
-            self.assertIn(f"127.0.0.1:{self.port}", err.getvalue())
+            self.assertIn(f"127.0.0.1:{taken}", err.getvalue())
             self.assertIn("last lines of", err.getvalue())
             await self.expect(3, "status")
 

@@ -6,15 +6,21 @@ import json
 from pathlib import Path
 
 from cryptography import x509
+from twisted.application.internet import MulticastServer
 from twisted.application.service import IServiceMaker
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import config, pki, tap
+from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.layout import Layout
-from nanocore.service import CORE_SERVICE_NAME, CoreService
+from nanocore.services.link import CellLinkService
+from nanocore.services.listen import ListeningService, PortFile
+from nanocore.services.order import InOrder
+from nanocore.services.store import StoreService
 
 
 def write_config(config_dir: Path, *, listen_address: str = "127.0.0.1", port: int = 5850) -> None:
@@ -101,6 +107,38 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(maker.module, "nanocore.tap")  # type: ignore[attr-defined]
 
 
+class GroupPort:
+    """What `listenMulticast` returns in memory: a port that can stop."""
+
+    def __init__(self, host: IPv4Address) -> None:
+        self.host = host
+
+    def getHost(self) -> IPv4Address:
+        return self.host
+
+    def stopListening(self) -> None:
+        pass
+
+
+class MemoryMulticastReactor(MemoryReactorClock):
+    """A memory reactor that also records multicast listeners (discovery)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.multicastServers: list[tuple[int, object, str, bool]] = []
+
+    def listenMulticast(
+        self,
+        port: int,
+        protocol: object,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        listenMultiple: bool = False,
+    ) -> object:
+        self.multicastServers.append((port, protocol, interface, listenMultiple))
+        return GroupPort(IPv4Address("UDP", interface, port))
+
+
 class MakeServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.root = Path(self.mktemp()).absolute()
@@ -113,10 +151,10 @@ class MakeServiceTests(SynchronousTestCase):
                 f"--log-dir={self.root / 'log'}",
             ]
         )
-        self.reactor = MemoryReactor()
+        self.reactor = MemoryMulticastReactor()
 
     def test_fresh_machine_gets_config_ca_and_image_certificate(self) -> None:
-        service = tap.makeService(self.options, self.reactor)
+        tap.makeService(self.options, self.reactor)
         for folder in ("config", "data", "cert", "log"):
             self.assertTrue((self.root / folder).is_dir(), folder)
         for name in (config.DOMAIN_FILE, config.API_FILE, config.IMAGE_FILE):
@@ -127,14 +165,42 @@ class MakeServiceTests(SynchronousTestCase):
         image = x509.load_pem_x509_certificate(image_cert.read_bytes())
         self.assertEqual(image.issuer, ca.subject)
         self.assertEqual(pki.first_ip_address(image), "127.0.0.1")
-        self.assertEqual([child.name for child in service], [CORE_SERVICE_NAME])
+
+    def test_the_service_tree_in_start_order(self) -> None:
+        """Every service of a Core, named, in the order they start (and stop in reverse)."""
+        tree = tap.makeService(self.options, self.reactor)
+        self.assertIsInstance(tree, InOrder)
+        self.assertEqual(
+            [(child.name, type(child)) for child in tree],
+            [
+                ("store", StoreService),
+                ("cell-link", CellLinkService),
+                ("discovery", MulticastServer),
+                ("api", ListeningService),
+                ("api-port", PortFile),
+            ],
+        )
 
     def test_nothing_listens_before_the_service_starts(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
-        service = tap.makeService(self.options, self.reactor)
-        core = service.getServiceNamed(CORE_SERVICE_NAME)
-        self.assertIsInstance(core, CoreService)
-        self.assertEqual((self.reactor.tcpServers, self.reactor.sslServers), ([], []))
+        tap.makeService(self.options, self.reactor)
+        self.assertEqual(
+            (self.reactor.tcpServers, self.reactor.sslServers, self.reactor.multicastServers),
+            ([], [], []),
+        )
+
+    def test_a_privileged_start_binds_discovery_and_the_api_and_opens_nothing(self) -> None:
+        """What twistd does before it reports a start: only the synchronous binds."""
+        write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
+        tree = tap.makeService(self.options, self.reactor)
+        tree.privilegedStartService()
+        [(port, _site, _backlog, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (15850, "127.0.0.9"))
+        [(group_port, listener, group, shared)] = self.reactor.multicastServers
+        self.assertEqual((group_port, group, shared), (5599, "224.0.0.226", True))
+        self.assertIsInstance(listener, DiscoveryListener)
+        self.assertEqual(self.reactor.sslServers, [])
+        self.assertFalse((self.root / "data" / "nanocore.db").exists())
 
     def test_image_certificate_follows_the_listen_address(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.1")
