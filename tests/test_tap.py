@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from twisted.application.internet import MulticastServer
 from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import config, pki, tap
@@ -236,3 +239,23 @@ class MakeServiceTests(SynchronousTestCase):
             tap.makeService(self.options, self.reactor)
         self.assertIn("certificate error", str(caught.exception.code))
         self.assertIn(pki.CA_KEY_FILE, str(caught.exception.code))
+
+
+class StopReactorTests(SynchronousTestCase):
+    def test_services_that_cannot_start_stop_the_reactor_once(self) -> None:
+        class Running:
+            stops = 0
+
+            def callWhenRunning(self, f: Any) -> None:
+                f()
+
+            def stop(self) -> None:
+                if self.stops:
+                    raise ReactorNotRunning()
+                self.stops += 1
+
+        reactor = Running()
+        stop = tap.stop_reactor(reactor)
+        stop(Failure(RuntimeError("the store is damaged")))
+        stop(Failure(RuntimeError("the API could not be built")))
+        self.assertEqual(reactor.stops, 1)
