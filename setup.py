@@ -28,7 +28,7 @@ setup(
         "Werkzeug>=3.0",
     ],
     extras_require={
-        "test": ["treq>=24.9", "hypothesis>=6.100", "coverage>=7.4"],
+        "test": ["treq>=24.9", "hypothesis>=6.100", "coverage>=7.10.4"],
         "dev": ["ruff>=0.6", "mypy>=1.11", "mypy-zope>=1.0.5", "tox>=4"],
     },
     entry_points={"console_scripts": ["nanocore = nanocore.cli:main"]},
