@@ -286,14 +286,15 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         if tail:
             console.complain(f"last lines of {layout.log_file}:\n{tail}")
         return EXIT_FAILURE
-    # The daemon wrote the port it bound before it reported its start (api.cfg may say 0).
-    address, port = config.domain.listen_address, read_port(layout.api_port_file)
+    # The daemon wrote the port it bound before it reported its start (api.cfg may say 0);
+    # a daemon that failed after detaching may have removed it again as it stopped.
+    port = read_port(layout.api_port_file)
+    address = config.domain.listen_address
     if port is None:
-        console.complain(
-            f"nanocore started but did not write its API port to {layout.api_port_file}"
-        )
-        return EXIT_FAILURE
-    pid = await _wait_until_serving(reactor, layout, address, port, START_TIMEOUT)
+        await _wait_for_exit(reactor, layout.pid_file, STOP_TIMEOUT)
+        pid = None
+    else:
+        pid = await _wait_until_serving(reactor, layout, address, port, START_TIMEOUT)
     if pid is None:
         still_running = running_pid(layout.pid_file)
         if still_running is None:

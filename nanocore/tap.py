@@ -91,14 +91,24 @@ def load_checked_config(layout: Layout) -> CoreConfig:
     return load_config(layout.config_dir)
 
 
-def stop_reactor(reactor: Any) -> Callable[[Failure], None]:
-    """What a service that cannot start calls: the Core stops rather than idle half-started."""
+def stop_on_failure(reactor: Any) -> Callable[[Failure], None]:
+    """What a service that cannot start calls: the one place that says why a Core did not
+    start; it then stops rather than idle half-started. Only the first failure is told (the
+    services waiting on a failed one fail with it)."""
+    failures: list[Failure] = []
 
     def stop() -> None:
-        with suppress(ReactorNotRunning):  # another service failed first
+        with suppress(ReactorNotRunning):  # stopped by other means meanwhile
             reactor.stop()
 
-    return lambda _: reactor.callWhenRunning(stop)
+    def failed(failure: Failure) -> None:
+        failures.append(failure)
+        if len(failures) > 1:
+            return
+        log.failure("nanocore could not start: {reason}", failure, reason=failure.value)
+        reactor.callWhenRunning(stop)
+
+    return failed
 
 
 def build_service(
@@ -112,7 +122,7 @@ def build_service(
     and closes the store last, once the commits already queued are on disk.
     """
     domain = config.domain
-    stop = stop_reactor(reactor)
+    stop = stop_on_failure(reactor)
 
     # The shared objects of a running Core.
     transactions = Transactions(reactor, float(domain.timeout))

@@ -330,6 +330,21 @@ class RealDaemonTests(TestCase):
 
         return ensureDeferred(scenario())
 
+    def test_a_damaged_store_fails_the_start_after_the_daemon_detached(self) -> Deferred[None]:
+        data = self.root / "data"
+        data.mkdir()
+        (data / "nanocore.db").write_bytes(b"not a database" * 400)
+
+        async def scenario() -> None:
+            for _ in range(2):  # however early the daemon stops, the start says why
+                text = await self.expect(1, "start")
+                self.assertIn("exited during start", text)
+                self.assertIn("not a readable SQLite database", text)
+                await self.expect(3, "status")
+            self.assertFalse(layout_under(self.root).api_port_file.exists())
+
+        return ensureDeferred(scenario())
+
     def test_port_in_use_fails_with_the_reason(self) -> Deferred[None]:
         blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(blocker.close)

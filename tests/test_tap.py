@@ -11,7 +11,8 @@ from twisted.application.internet import MulticastServer
 from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -241,8 +242,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn(pki.CA_KEY_FILE, str(caught.exception.code))
 
 
-class StopReactorTests(SynchronousTestCase):
-    def test_services_that_cannot_start_stop_the_reactor_once(self) -> None:
+class StopOnFailureTests(SynchronousTestCase):
+    def test_the_first_failure_is_told_and_stops_the_reactor_once(self) -> None:
         class Running:
             stops = 0
 
@@ -254,8 +255,12 @@ class StopReactorTests(SynchronousTestCase):
                     raise ReactorNotRunning()
                 self.stops += 1
 
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         reactor = Running()
-        stop = tap.stop_reactor(reactor)
-        stop(Failure(RuntimeError("the store is damaged")))
-        stop(Failure(RuntimeError("the API could not be built")))
+        failed = tap.stop_on_failure(reactor)
+        failed(Failure(RuntimeError("the store is damaged")))
+        failed(Failure(RuntimeError("so the operations over it cannot be built")))
         self.assertEqual(reactor.stops, 1)
+        [said] = [formatEvent(event) for event in logged]
+        self.assertEqual(said, "nanocore could not start: the store is damaged")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

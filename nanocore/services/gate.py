@@ -27,7 +27,7 @@ STARTING = "nanocore is starting"
 class StartingGate(Resource):
     """Answers 503 in the envelope until `api()` fires with the API resource, then serves it.
 
-    If `api()` fails instead, the failure is logged and `on_failure` called (the Core stops).
+    If `api()` fails instead, the failure goes to `on_failure` (the Core says why and stops).
     """
 
     isLeaf = True
@@ -45,7 +45,6 @@ class StartingGate(Resource):
         log.info("the API serves")
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("nanocore could not start: the API cannot be built", failure)
         self._on_failure(failure)
 
     def render(self, request: IRequest) -> Any:

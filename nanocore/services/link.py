@@ -35,25 +35,29 @@ def core_name() -> str:
 
 
 def listen_first_free(
-    ports: Sequence[int], listen: Callable[[int], IListeningPort]
+    ports: Sequence[int], listen: Callable[[int], IListeningPort], interface: str = ""
 ) -> IListeningPort:
-    """Listen on the first port of `ports` that is free; the last refusal if none is."""
+    """Listen on the first port of `ports` that is free.
+
+    When none is, the error names the whole range on `interface`, and holds the refusal of
+    its last port as the reason.
+    """
     refused: CannotListenError | None = None
     for number in ports:
         try:
             return listen(number)
         except CannotListenError as error:
             refused = error
-    raise refused or CannotListenError("", 0, "no port to try")
+    raise CannotListenError(interface, f"{ports[0]}-{ports[-1]}", refused)
 
 
 class CellLinkService(Service):
     """Cell links on the first free port of `ports`, from when `after()` fires until stop.
 
     `listen(port)` binds one port for `links` (the factory of every accepted connection);
-    `protocol` is what discovery echoes for it ("tls"). A Core that finds no free port logs
-    why and calls `on_failure`. Stopping stops listening, closes every link (Cells get a
-    goodbye) and waits until each connection is gone.
+    `protocol` is what discovery echoes for it ("tls"). No free port, or a failure of what it
+    waits for, goes to `on_failure` (the Core says why and stops). Stopping stops listening,
+    closes every link (Cells get a goodbye) and waits until each connection is gone.
     """
 
     def __init__(
@@ -98,17 +102,9 @@ class CellLinkService(Service):
     def _start_listening(self, _: object) -> None:
         self._waiting = None
         try:
-            self.port = listen_first_free(self._ports, self._listen)
+            self.port = listen_first_free(self._ports, self._listen, self._address)
         except CannotListenError:
-            failure = Failure()
-            log.failure(
-                "nanocore could not start: no free Cell link port in {first}-{last} on {address}",
-                failure,
-                first=self._ports[0],
-                last=self._ports[-1],
-                address=self._address,
-            )
-            self._on_failure(failure)
+            self._on_failure(Failure())
             return
         log.info(
             "Cell link ({protocol}) on {address}:{port}",
@@ -120,7 +116,6 @@ class CellLinkService(Service):
     def _not_started(self, failure: Failure) -> None:
         self._waiting = None
         if not failure.check(CancelledError):
-            log.failure("the Cell link cannot start", failure)
             self._on_failure(failure)
 
     def stopService(self) -> Deferred[None]:

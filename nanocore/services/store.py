@@ -22,7 +22,7 @@ class StoreService(Service):
 
     Opening (checks, migrations, loading the read model) runs in the store's own thread while
     the rest of the tree starts; `opened` fires with the open store. A store that cannot be
-    opened is logged and `on_failure` is called (the Core stops); `opened` then never fires.
+    opened goes to `on_failure` (the Core says why and stops); `opened` then never fires.
     Stopping waits for an open still running, then for the commits already queued, so every
     acknowledged change is on disk before the process exits.
     """
@@ -49,11 +49,6 @@ class StoreService(Service):
         self.opened.resolve(store)
 
     def _refused(self, failure: Failure) -> None:
-        log.failure(
-            "nanocore could not start: the store in {data_dir} cannot be opened",
-            failure,
-            data_dir=str(self._data_dir),
-        )
         self._on_failure(failure)
 
     def stopService(self) -> Deferred[None]:
