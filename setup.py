@@ -30,7 +30,7 @@ setup(
         "treq>=24.9",
     ],
     extras_require={
-        "test": ["hypothesis>=6.100", "coverage>=7.4"],
+        "test": ["hypothesis>=6.100", "coverage>=7.10.4"],
         "dev": ["ruff>=0.6", "mypy>=1.11", "mypy-zope>=1.0.5", "tox>=4"],
     },
     entry_points={"console_scripts": ["nanocore = nanocore.cli:main"]},

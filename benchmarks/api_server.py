@@ -31,6 +31,7 @@ def main() -> None:
     credential_id, _, key = args.credential.partition(":")
 
     def started(store: Store) -> None:
+        reactor.addSystemEventTrigger("before", "shutdown", store.close)
         operations = Operations(store, reactor)
         site = build_api_site(operations, {credential_id: key}, reactor)
         site.noisy = False

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from twisted.internet.testing import MemoryReactor  # noqa: E402
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
 
 from nanocore import config, tap  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
                     for name in ("config", "data", "cert", "log")
                 ]
             )
-            tap.makeService(options, MemoryReactor())
+            tap.makeService(options, MemoryReactorClock())
 
         once("makeService, fresh (config + CA + image cert)", lambda: make("fresh"))
         per_call("makeService, warm", 50, lambda: make("fresh"))

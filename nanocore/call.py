@@ -24,7 +24,9 @@ from twisted.web.client import RequestTransmissionFailed, ResponseFailed, Respon
 from nanocore.api.client import Signer
 from nanocore.config import API_FILE, DOMAIN_FILE, ConfigError, load_api, load_domain
 from nanocore.console import Console
+from nanocore.layout import API_PORT_FILE_NAME
 from nanocore.options import AnyOrderOptions
+from nanocore.services.listen import read_port
 
 EXIT_OK = 0
 #: The API answered with an error envelope.
@@ -44,7 +46,9 @@ class CallRefused(Exception):
 
 
 class CallOptions(AnyOrderOptions):
-    synopsis = "METHOD PATH [JSON | -] [--config-dir DIR] [--id ID] [--timeout SECONDS]"
+    synopsis = (
+        "METHOD PATH [JSON | -] [--config-dir DIR] [--data-dir DIR] [--id ID] [--timeout SECONDS]"
+    )
     longdesc = (
         "Send one signed request to the nanocore API and print the JSON answer. PATH is a"
         " route of the API reference (/compute_pools/), with or without the /api/v1 prefix;"
@@ -53,6 +57,12 @@ class CallOptions(AnyOrderOptions):
     )
     optParameters = [
         ["config-dir", None, "config", "folder holding domain.cfg and api.cfg"],
+        [
+            "data-dir",
+            None,
+            "data",
+            "folder of the running nanocore (its api.port, when api.cfg says 0)",
+        ],
         ["id", None, None, "credential id in api.cfg to sign with [default: the first]"],
         ["timeout", None, DEFAULT_TIMEOUT, "seconds to wait for the answer", float],
     ]
@@ -110,7 +120,17 @@ def prepare(options: CallOptions, stdin: IO[bytes]) -> Call:
             json.loads(body)
         except ValueError as error:
             raise CallRefused(f"the body is not JSON: {error}") from None
-    url = f"http://{domain.listen_address}:{api.port}{api_path(options['path'])}"
+    port = api.port
+    if port == 0:
+        # Any free port: the running daemon reports the one it got (services.listen.PortFile).
+        port_file = Path(options["data-dir"]) / API_PORT_FILE_NAME
+        found = read_port(port_file)
+        if found is None:
+            raise CallRefused(
+                f"api.cfg says port 0 and {port_file} names no port: is nanocore running?"
+            )
+        port = found
+    url = f"http://{domain.listen_address}:{port}{api_path(options['path'])}"
     signer = Signer(credentials[0].id, credentials[0].key)
     return Call(options["method"], url, body, signer)
 

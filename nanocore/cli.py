@@ -34,6 +34,7 @@ from nanocore.console import Console
 from nanocore.layout import PID_FILE_NAME, Layout, LayoutOptions
 from nanocore.options import AnyOrderOptions, NanocoreOptions, version_line
 from nanocore.pidfile import remove_stale, running_pid
+from nanocore.services.listen import read_port
 from nanocore.start_report import LogMark, lines_since, reason_in
 
 EXIT_OK = 0
@@ -218,7 +219,7 @@ async def _api_ready(reactor: Any, address: str, port: int) -> bool:
 
 
 async def _wait_until_serving(
-    reactor: Any, layout: Layout, config: CoreConfig, timeout: float
+    reactor: Any, layout: Layout, address: str, port: int, timeout: float
 ) -> int | None:
     """Poll until the API serves (the daemon's pid) or the daemon is gone (None)."""
     waited = 0.0
@@ -226,7 +227,7 @@ async def _wait_until_serving(
         pid = running_pid(layout.pid_file)
         if pid is None:
             return None
-        if await _api_ready(reactor, config.domain.listen_address, config.api.port):
+        if await _api_ready(reactor, address, port):
             return pid
         await deferLater(reactor, POLL_INTERVAL, lambda: None)
         waited += POLL_INTERVAL
@@ -267,7 +268,15 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         return EXIT_FAILURE
     if code != 0:
         return start_failed(console, layout, mark, errors + output)
-    pid = await _wait_until_serving(reactor, layout, config, START_TIMEOUT)
+    # The daemon wrote the port it bound before it reported its start (api.cfg may say 0);
+    # a daemon that failed after detaching may have removed it again as it stopped.
+    port = read_port(layout.api_port_file)
+    address = config.domain.listen_address
+    if port is None:
+        await _wait_for_exit(reactor, layout.pid_file, STOP_TIMEOUT)
+        pid = None
+    else:
+        pid = await _wait_until_serving(reactor, layout, address, port, START_TIMEOUT)
     if pid is None:
         still_running = running_pid(layout.pid_file)
         if still_running is None:
@@ -278,7 +287,6 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         )
         show_run_log(console, layout, mark)
         return EXIT_FAILURE
-    address, port = config.domain.listen_address, config.api.port
     console.say(version_line())
     console.say(f"API http://{address}:{port}/api/v1/ ; log {layout.log_file}")
     console.say(f"core started, pid {pid}")

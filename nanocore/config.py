@@ -298,6 +298,8 @@ def _group_address(value: object) -> str:
 
 
 _port = _integer(1, 65535)
+#: 0 lets the OS choose a free port, as Go's `Listen(":0")` did; the daemon reports it.
+_api_port = _integer(0, 65535)
 
 
 def _timeout(value: object) -> int:
@@ -356,7 +358,7 @@ def _credentials(path: Path) -> Callable[[object], tuple[Credential, ...]]:
 def load_api(path: Path) -> APIConfig:
     section = _Section(path, "", read_document(path))
     config = APIConfig(
-        port=section.read("port", _port, DEFAULT_API_PORT),
+        port=section.read("port", _api_port, DEFAULT_API_PORT),
         credentials=section.read("credentials", _credentials(path)),
     )
     section.warn_unknown()

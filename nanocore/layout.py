@@ -18,6 +18,8 @@ from nanocore.options import NanocoreOptions
 PID_FILE_NAME = "core.pid"
 #: Log file name inside the log folder, as in the original.
 LOG_FILE_NAME = "core.log"
+#: File in the data folder holding the API port the running daemon bound (new in nanocore).
+API_PORT_FILE_NAME = "api.port"
 
 #: Mode for every folder nanocore creates: only the service account reads its secrets.
 FOLDER_MODE = 0o700
@@ -35,6 +37,10 @@ class Layout:
     @property
     def pid_file(self) -> Path:
         return self.data_dir / PID_FILE_NAME
+
+    @property
+    def api_port_file(self) -> Path:
+        return self.data_dir / API_PORT_FILE_NAME
 
     @property
     def log_file(self) -> Path:

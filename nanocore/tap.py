@@ -1,35 +1,55 @@
-"""`twistd nanocore`: the options and the composition of every nanocore service.
+"""`twistd nanocore`: the options, and the service tree of a Core, built in one place.
 
-`makeService` reads the config (writing missing files first), prepares the certificates, and
-returns one `MultiService` holding the `CoreService` of `nanocore.service`, which opens the
-store and starts the Cell link, discovery and the API in order. This module composes; it holds
-no behaviour of its own.
+`makeService` reads the config (writing missing files first), prepares the certificates and
+returns the tree of `build_service`; docs/architecture.md ("service tree") draws it. This
+module composes; every behaviour lives in the services it composes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from twisted.application.service import MultiService
+from twisted.application.internet import MulticastServer
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
-from nanocore import COMPATIBLE_CORE_VERSION, __version__
-from nanocore.api.app import build_api_resource
+from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
+from nanocore.api.app import api_site_for, build_api_resource
+from nanocore.cluster.cells import CellRegistry
+from nanocore.cluster.discovery import DiscoveryListener
+from nanocore.cluster.transactions import Transactions
+from nanocore.cluster.transport import CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import Layout, LayoutOptions
+from nanocore.operations.core import Operations
 from nanocore.pki import (
     CertificateAuthority,
     IssuedCertificate,
     PKIError,
     ensure_server_certificate,
     load_or_create_ca,
+    peer_cell_name,
+    server_tls_options,
 )
-from nanocore.service import CoreService, RunningCore
+from nanocore.services.gate import StartingGate
+from nanocore.services.link import LINK_PORTS, CellLinkService, core_name
+from nanocore.services.listen import ListeningService, PortFile
+from nanocore.services.order import InOrder
+from nanocore.services.store import StoreService
 
 log = Logger()
+
+#: The protocol discovery echoes for the Cell link this Core serves.
+LINK_PROTOCOL = "tls"
+#: Pending Cell link connections the kernel may queue (a cluster restarting reconnects at once).
+LINK_BACKLOG = 1024
 
 
 class Options(LayoutOptions):
@@ -43,7 +63,7 @@ class Options(LayoutOptions):
 
 @frozen
 class Certificates:
-    """The cluster CA and the certificate the image site (and later the Cell link) serves."""
+    """The cluster CA and the certificate the image site and the Cell link serve."""
 
     ca: CertificateAuthority
     image: IssuedCertificate
@@ -73,34 +93,96 @@ def load_checked_config(layout: Layout) -> CoreConfig:
     return load_config(layout.config_dir)
 
 
-def api_resource(core: RunningCore, config: CoreConfig, reactor: Any) -> IResource:
-    """The signed REST API over the operations of a started Core."""
-    return build_api_resource(core.operations, config.api.credential_keys(), reactor)
+def stop_on_failure(reactor: Any) -> Callable[[Failure], None]:
+    """What a service that cannot start calls: the one place that says why a Core did not
+    start; it then stops rather than idle half-started. Only the first failure is told (the
+    services waiting on a failed one fail with it)."""
+    failures: list[Failure] = []
+
+    def stop() -> None:
+        with suppress(ReactorNotRunning):  # stopped by other means meanwhile
+            reactor.stop()
+
+    def failed(failure: Failure) -> None:
+        failures.append(failure)
+        if len(failures) > 1:
+            return
+        start_report.log_failure(log, failure)
+        reactor.callWhenRunning(stop)
+
+    return failed
 
 
 def build_service(
-    layout: Layout,
-    config: CoreConfig,
-    certificates: Certificates,
-    reactor: Any,
+    layout: Layout, config: CoreConfig, certificates: Certificates, reactor: Any
 ) -> MultiService:
-    """Compose the running core from validated config.
+    """The service tree of a Core; its children start in order and stop in reverse.
 
-    The store opens first; the Cell link, discovery and the API start once it is loaded (see
-    `nanocore.service`). A Core that cannot start stops the reactor rather than idling.
+    The store opens first (in its thread); the operations over it are built once it is open,
+    and the Cell link listens and the API serves from then on. The API port is bound at start,
+    answering 503 until then. Stopping silences the API and discovery, closes every Cell link,
+    and closes the store last, once the commits already queued are on disk.
     """
-    top = MultiService()
-    core = CoreService(
-        layout,
-        config,
-        certificates.ca,
-        certificates.image,
-        reactor,
-        api=lambda running: api_resource(running, config, reactor),
-        on_failure=lambda _: reactor.callWhenRunning(reactor.stop),
+    domain = config.domain
+    stop = stop_on_failure(reactor)
+
+    # The shared objects of a running Core.
+    transactions = Transactions(reactor, float(domain.timeout))
+    registry = CellRegistry(reactor, transactions)
+    store = StoreService(layout.data_dir, reactor, on_failure=stop)
+    operations = store.opened.then(lambda opened: Operations(opened, reactor, cells=registry))
+
+    def api_resource(ops: Operations) -> IResource:
+        return build_api_resource(ops, config.api.credential_keys(), reactor)
+
+    api = operations.then(api_resource)
+
+    links = CellLinkFactory(registry, reactor, core_name(), peer_cell_name)
+    tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
+    link = CellLinkService(
+        ports=LINK_PORTS,
+        listen=lambda number: reactor.listenSSL(
+            number, links, tls, backlog=LINK_BACKLOG, interface=domain.listen_address
+        ),
+        links=links,
+        protocol=LINK_PROTOCOL,
+        address=domain.listen_address,
+        after=operations.wait,
+        on_failure=stop,
     )
-    core.setServiceParent(top)
-    return top
+    # Bound to the group address, so only datagrams for the group arrive; the listener joins
+    # the group on the `listen_address` interface and echoes what the link advertises.
+    discovery = MulticastServer(
+        domain.group_port,
+        DiscoveryListener(
+            clock=reactor,
+            domain=domain.domain,
+            group_address=domain.group_address,
+            group_port=domain.group_port,
+            listen_address=domain.listen_address,
+            service=link.advertised,
+        ),
+        interface=domain.group_address,
+        listenMultiple=True,
+        reactor=reactor,
+    )
+    site = api_site_for(StartingGate(api.wait, on_failure=stop))
+    api_server = ListeningService(
+        lambda: reactor.listenTCP(config.api.port, site, interface=domain.listen_address)
+    )
+
+    tree = InOrder()
+    children: list[tuple[str, IService]] = [
+        ("store", store),
+        ("cell-link", link),
+        ("discovery", discovery),
+        ("api", api_server),
+        ("api-port", PortFile(layout.api_port_file, api_server)),
+    ]
+    for name, child in children:
+        child.setName(name)
+        child.setServiceParent(tree)
+    return tree
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -120,11 +202,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         certificates = prepare_certificates(layout, config)
     except (PKIError, OSError) as error:
         raise SystemExit(f"nanocore: certificate error: {error}") from None
+    domain = config.domain
     log.info(
-        "nanocore {version} (compatible with Nano Core {compatible}): API on {address}:{port}",
+        "nanocore {version} (compatible with Nano Core {compatible}): API on {address}:{port},"
+        " discovery of domain {domain!r} on {group}:{group_port}",
         version=__version__,
         compatible=COMPATIBLE_CORE_VERSION,
-        address=config.domain.listen_address,
+        address=domain.listen_address,
         port=config.api.port,
+        domain=domain.domain,
+        group=domain.group_address,
+        group_port=domain.group_port,
     )
     return build_service(layout, config, certificates, reactor)

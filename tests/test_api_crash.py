@@ -1,10 +1,11 @@
 """Durable before acknowledged, at the process level: `kill -9` nanocore during a write storm.
 
-A real nanocore runs as a child process on a free loopback port. Several signed clients create
-and delete address pools through the API while the test SIGKILLs the process at a random moment
-after some acknowledgements; the core is restarted on the same data folder, and the API must
-show every acknowledged create (with all its fields), no acknowledged delete, and nothing that
-was never asked for. Requests that got no answer may have landed or not, but never half-made.
+A real nanocore runs as a child process on a loopback port it chooses (api.cfg says 0). Several
+signed clients create and delete address pools through the API while the test SIGKILLs the
+process at a random moment after some acknowledgements; the core is restarted on the same data
+folder, and the API must show every acknowledged create (with all its fields), no acknowledged
+delete, and nothing that was never asked for. Requests that got no answer may have landed or
+not, but never half-made.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from twisted.web.http_headers import Headers
 from nanocore.api.client import Signer
 from nanocore.cli import child_environment
 from nanocore.layout import Layout
-from tests.test_service import CREDENTIAL, free_port, write_config
+from nanocore.services.listen import read_port
+from tests.test_service import CREDENTIAL, write_config
 
 reactor: Any = global_reactor
 
@@ -111,9 +113,9 @@ class ApiCrashTests(TestCase):
     def setUp(self) -> None:
         self.root = root = Path(self.mktemp()).absolute()
         self.layout = Layout(root / "config", root / "data", root / "cert", root / "log")
-        self.port = free_port()
-        write_config(self.layout, self.port)
-        self.base = f"http://127.0.0.1:{self.port}/api/v1"
+        # API port 0: every start takes a free port and reports it in data/api.port.
+        write_config(self.layout, api_port=0)
+        self.base = ""
         self.signer = Signer(*CREDENTIAL)
         # A killed server leaves cached connections dead; every request gets its own.
         self.pool = HTTPConnectionPool(reactor, persistent=False)
@@ -127,6 +129,8 @@ class ApiCrashTests(TestCase):
         """Start nanocore in the foreground (`python -m twisted nanocore`), killed at cleanup."""
         process = CoreProcess()
         layout = self.layout
+        # A killed core leaves its port file behind; the next one writes its own.
+        layout.api_port_file.unlink(missing_ok=True)
         arguments = [
             sys.executable,
             "-m",
@@ -163,6 +167,11 @@ class ApiCrashTests(TestCase):
         for _ in range(int(START_DEADLINE_SECONDS / POLL_SECONDS)):
             if not process.running:
                 self.fail(f"nanocore exited before serving; see {self.log_file()}")
+            port = read_port(self.layout.api_port_file)
+            if port is None:  # not bound yet
+                await deferLater(reactor, POLL_SECONDS, lambda: None)
+                continue
+            self.base = f"http://127.0.0.1:{port}/api/v1"
             try:
                 response = await treq.get(f"{self.base}/", pool=self.pool)
                 await treq.content(response)

@@ -20,6 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from nanocore import __version__, cli, config, pidfile, start_report
 from nanocore.layout import Layout
+from nanocore.services.listen import read_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 reactor: Any = global_reactor
@@ -286,29 +287,32 @@ class StartFailedTests(SynchronousTestCase):
         )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class RealDaemonTests(TestCase):
-    """`python -m nanocore` as a real daemon on a free loopback port."""
+    """`python -m nanocore` as a real daemon; its API takes any free loopback port (api.cfg
+    says 0) and the daemon reports the one it got in data/api.port."""
 
     timeout = 120
 
     def setUp(self) -> None:
         self.root = Path(self.mktemp()).absolute()
         self.root.mkdir()
-        self.port = free_port()
+        self.set_api_port(0)
+        self.pid_file = self.root / "data" / "core.pid"
+        self.addCleanup(self.nanocore, "halt")
+
+    def set_api_port(self, port: int) -> None:
         config_dir = self.root / "config"
         config.ensure_config(config_dir)
         api = json.loads((config_dir / config.API_FILE).read_text())
-        api["port"] = self.port
+        api["port"] = port
         (config_dir / config.API_FILE).write_text(json.dumps(api))
-        self.pid_file = self.root / "data" / "core.pid"
-        self.addCleanup(self.nanocore, "halt")
+
+    @property
+    def port(self) -> int:
+        """The API port of the running daemon."""
+        port = read_port(layout_under(self.root).api_port_file)
+        assert port is not None, "the daemon reported no API port"
+        return port
 
     def nanocore(self, *argv: str) -> Deferred[tuple[bytes, bytes, int]]:
         environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -337,6 +341,7 @@ class RealDaemonTests(TestCase):
         async def scenario() -> None:
             text = await self.expect(0, "start")
             self.assertIn("core started", text)
+            self.assertIn(f"API http://127.0.0.1:{self.port}/api/v1/", text)
             pid = pidfile.read_pid(self.pid_file)
             self.assertIsNotNone(pid)
             self.assertIn(f"current pid {pid}", await self.expect(0, "status"))
@@ -350,6 +355,7 @@ class RealDaemonTests(TestCase):
             self.assertEqual(refused["message"], "compute pool 'default' already exists")
             self.assertIn("stop core success", await self.expect(0, "stop"))
             self.assertFalse(self.pid_file.exists())
+            self.assertFalse(layout_under(self.root).api_port_file.exists())
             self.assertIn("core is stopped", await self.expect(3, "status"))
             log = (self.root / "log" / "core.log").read_text()
             self.assertIn("Server Shut Down", log)
@@ -378,7 +384,7 @@ class RealDaemonTests(TestCase):
 
     def test_corrupt_config_fails_naming_file_and_key(self) -> Deferred[None]:
         api_file = self.root / "config" / config.API_FILE
-        api_file.write_text(json.dumps({"port": self.port, "credentials": [{"id": "a"}]}))
+        api_file.write_text(json.dumps({"port": 0, "credentials": [{"id": "a"}]}))
 
         async def scenario() -> None:
             text = await self.expect(1, "start")
@@ -413,14 +419,16 @@ class RealDaemonTests(TestCase):
     def test_port_in_use_is_said_in_one_line(self) -> Deferred[None]:
         blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(blocker.close)
-        blocker.bind(("127.0.0.1", self.port))
+        blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        self.set_api_port(taken)
 
         async def scenario() -> None:
             lines = await self.failed_start(in_process=False)
             self.assertEqual(
                 lines[0],
-                f"nanocore failed to start: cannot listen on 127.0.0.1:{self.port}:"
+                f"nanocore failed to start: cannot listen on 127.0.0.1:{taken}:"
                 " the port is already in use by another program",
             )
             self.assertEqual(lines[1:], [f"details in {self.root / 'log' / 'core.log'}"])
@@ -436,7 +444,7 @@ class RealDaemonTests(TestCase):
             lines = await self.failed_start()
             self.assertEqual(
                 lines[0],
-                f"nanocore failed to start: cannot listen on 192.0.2.1:{self.port}: 192.0.2.1"
+                "nanocore failed to start: cannot listen on 192.0.2.1:0: 192.0.2.1"
                 " is not an address of this host (listen_address in domain.cfg)",
             )
 
@@ -458,6 +466,7 @@ class RealDaemonTests(TestCase):
             self.assertEqual(len(lines), 2)
             # An expected failure is one line in the log too, not a traceback.
             self.assertNotIn("Traceback", (self.root / "log" / "core.log").read_text())
+            self.assertFalse(layout_under(self.root).api_port_file.exists())
 
         return ensureDeferred(scenario())
 

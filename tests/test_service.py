@@ -1,4 +1,4 @@
-"""The composed Core on the real reactor: store, Cell link, discovery and API on loopback."""
+"""The services of a Core on their own, and the whole tree on the real reactor over loopback."""
 
 from __future__ import annotations
 
@@ -8,31 +8,43 @@ from pathlib import Path
 from typing import Any
 
 import treq
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.application.service import MultiService, Service
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import AlreadyCalledError, CancelledError, Deferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.testing import EventLoggingObserver, MemoryReactor, MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from nanocore import config, pki
+from nanocore import config, model, pki
 from nanocore.api.client import Signer
+from nanocore.cluster.cells import CellRegistry
+from nanocore.cluster.transactions import Transactions
+from nanocore.cluster.transport import CellLinkFactory
 from nanocore.layout import Layout
-from nanocore.service import LINK_PORTS, CoreService, RunningCore, StartingGate
-from nanocore.tap import api_resource, load_checked_config, prepare_certificates
+from nanocore.services.gate import STARTING, StartingGate
+from nanocore.services.link import LINK_PORTS, CellLinkService, listen_first_free
+from nanocore.services.listen import ListeningService, PortFile, port_of, read_port
+from nanocore.services.order import InOrder, OneShot
+from nanocore.services.store import StoreService
+from nanocore.store import Put, Store, StoreClosed, UnitOfWork
+from nanocore.store.schema import DB_NAME
+from nanocore.tap import Certificates, build_service, load_checked_config, prepare_certificates
 from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint
+
+reactor: Any = global_reactor
 
 CREDENTIAL = ("tester", "a-key-for-the-service-tests")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def write_config(layout: Layout, api_port: int) -> None:
+def write_config(layout: Layout, api_port: int = 0) -> None:
+    """Config files for a Core on 127.0.0.1; API port 0 lets the OS choose a free port."""
     layout.create_folders()
     documents = {
         config.DOMAIN_FILE: {"listen_address": "127.0.0.1", "timeout": 5},
@@ -49,58 +61,422 @@ def write_config(layout: Layout, api_port: int) -> None:
         (layout.config_dir / name).write_text(json.dumps(document), encoding="utf-8")
 
 
+def failures() -> tuple[list[Failure], Any]:
+    """A list, and an `on_failure` callback that appends to it."""
+    seen: list[Failure] = []
+    return seen, seen.append
+
+
+class OneShotTests(SynchronousTestCase):
+    def test_every_wait_gets_the_result_before_and_after_it_arrives(self) -> None:
+        shot: OneShot[int] = OneShot()
+        early = shot.wait()
+        self.assertNoResult(early)
+        shot.resolve(7)
+        self.assertEqual(self.successResultOf(early), 7)
+        self.assertEqual(self.successResultOf(shot.wait()), 7)
+
+    def test_a_failure_reaches_every_wait(self) -> None:
+        shot: OneShot[int] = OneShot()
+        early = shot.wait()
+        shot.resolve(Failure(ValueError("no")))
+        self.failureResultOf(early, ValueError)
+        self.failureResultOf(shot.wait(), ValueError)
+
+    def test_cancelling_a_wait_ends_only_that_wait(self) -> None:
+        shot: OneShot[int] = OneShot()
+        cancelled, kept = shot.wait(), shot.wait()
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        shot.resolve(1)
+        self.assertEqual(self.successResultOf(kept), 1)
+
+    def test_it_resolves_once(self) -> None:
+        shot: OneShot[int] = OneShot()
+        shot.resolve(1)
+        self.assertRaises(AlreadyCalledError, shot.resolve, 2)
+
+    def test_then_derives_once_and_carries_failures(self) -> None:
+        shot: OneShot[int] = OneShot()
+        calls: list[int] = []
+
+        def double(value: int) -> int:
+            calls.append(value)
+            return value * 2
+
+        derived = shot.then(double)
+        broken = shot.then(lambda value: 1 // (value - value))
+        shot.resolve(4)
+        self.assertEqual(self.successResultOf(derived.wait()), 8)
+        self.assertEqual(self.successResultOf(derived.wait()), 8)
+        self.assertEqual(calls, [4])
+        self.failureResultOf(broken.wait(), ZeroDivisionError)
+
+
+class Recorder(Service):
+    """Records its start and stop in a shared journal; stop waits for `release`."""
+
+    def __init__(self, name: str, journal: list[str], fail: bool = False) -> None:
+        self.setName(name)
+        self.journal = journal
+        self.fail = fail
+        self.release: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        self.journal.append(f"start {self.name}")
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.journal.append(f"stop {self.name}")
+        if self.fail:
+            raise RuntimeError(f"{self.name} cannot stop")
+        return self.release.addCallback(lambda _: self.journal.append(f"stopped {self.name}"))
+
+
+class InOrderTests(SynchronousTestCase):
+    def test_children_start_in_order_and_stop_one_at_a_time_in_reverse(self) -> None:
+        journal: list[str] = []
+        parent = InOrder()
+        first, second, third = (Recorder(n, journal) for n in ("first", "second", "third"))
+        for child in (first, second, third):
+            child.setServiceParent(parent)
+        parent.startService()
+        self.assertEqual(journal, ["start first", "start second", "start third"])
+        del journal[:]
+
+        stopped = parent.stopService()
+        self.assertEqual(journal, ["stop third"])
+        second.release.callback(None)  # released early: must still wait for third
+        self.assertEqual(journal, ["stop third"])
+        third.release.callback(None)
+        self.assertEqual(
+            journal,
+            ["stop third", "stopped third", "stop second", "stopped second", "stop first"],
+        )
+        self.assertNoResult(stopped)
+        first.release.callback(None)
+        self.successResultOf(stopped)
+        self.assertFalse(parent.running)
+
+    def test_a_child_that_fails_to_stop_does_not_keep_the_others_running(self) -> None:
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        journal: list[str] = []
+        parent = InOrder()
+        first, broken = Recorder("first", journal), Recorder("broken", journal, fail=True)
+        first.setServiceParent(parent)
+        broken.setServiceParent(parent)
+        first.release.callback(None)
+        parent.startService()
+        self.successResultOf(parent.stopService())
+        self.assertIn("stopped first", journal)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(any(e.get("name") == "broken" for e in logged))
+
+
 class StartingGateTests(SynchronousTestCase):
-    def test_answers_503_until_opened(self) -> None:
-        gate = StartingGate()
+    def test_answers_503_in_the_envelope_until_the_api_is_ready(self) -> None:
+        api: OneShot[IResource] = OneShot()
+        gate = StartingGate(api.wait, on_failure=self.fail)
         request = DummyRequest([b""])
         body = gate.render(request)
         self.assertEqual(request.responseCode, 503)
-        self.assertEqual(json.loads(body)["message"], "nanocore is starting")
-
-    def test_delegates_once_opened(self) -> None:
-        gate = StartingGate()
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"Retry-After"), [b"1"])
+        self.assertEqual(json.loads(body)["message"], STARTING)
 
         class Target:
             def render(self, request: Any) -> bytes:
                 return b"served"
 
-        gate.target = Target()  # type: ignore[assignment]
+        api.resolve(Target())  # type: ignore[arg-type]
         self.assertEqual(gate.render(DummyRequest([b""])), b"served")
 
+    def test_an_api_that_cannot_be_built_stops_the_core(self) -> None:
+        api: OneShot[IResource] = OneShot()
+        seen, on_failure = failures()
+        StartingGate(api.wait, on_failure=on_failure)
+        api.resolve(Failure(RuntimeError("broken operations")))
+        self.assertEqual([f.type for f in seen], [RuntimeError])
 
-class CoreServiceTests(TestCase):
-    """A Core on 127.0.0.1 with real sockets; FakeCells link to it with CA-issued certificates."""
+
+class FakePort:
+    """A listening port at `number` that records whether it stopped."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.stopped = False
+
+    def getHost(self) -> Any:
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("TCP", "127.0.0.1", self.number)
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+def busy_until(free: int) -> tuple[list[int], Any]:
+    """A `listen(port)` that refuses every port below `free`, and the ports it was asked."""
+    asked: list[int] = []
+
+    def listen(number: int) -> IListeningPort:
+        asked.append(number)
+        if number < free:
+            raise CannotListenError("127.0.0.1", number, OSError(98, "Address already in use"))
+        return FakePort(number)  # type: ignore[return-value]
+
+    return asked, listen
+
+
+class ListenFirstFreeTests(SynchronousTestCase):
+    def test_takes_the_first_free_port_of_the_range(self) -> None:
+        asked, listen = busy_until(5602)
+        self.assertEqual(port_of(listen_first_free(LINK_PORTS, listen)), 5602)
+        self.assertEqual(asked, [5600, 5601, 5602])
+
+    def test_a_full_range_fails_naming_the_range_and_the_last_refusal(self) -> None:
+        _asked, listen = busy_until(6000)
+        with self.assertRaises(CannotListenError) as caught:
+            listen_first_free(range(5600, 5603), listen, "127.0.0.1")
+        error = caught.exception
+        self.assertEqual((error.interface, error.port), ("127.0.0.1", "5600-5602"))
+        self.assertEqual(error.socketError.port, 5602)
+        self.assertIn("127.0.0.1:5600-5602", str(error))
+
+
+class CellLinkServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        registry = CellRegistry(self.reactor, Transactions(self.reactor, 5.0))
+        self.links = CellLinkFactory(registry, self.reactor, "Core_test", lambda _: None)
+        self.ready: OneShot[object] = OneShot()
+        self.failed, on_failure = failures()
+        self.asked, listen = busy_until(5601)
+        self.service = CellLinkService(
+            ports=LINK_PORTS,
+            listen=listen,
+            links=self.links,
+            protocol="tls",
+            address="127.0.0.1",
+            after=self.ready.wait,
+            on_failure=on_failure,
+        )
+
+    def test_listens_only_once_the_state_is_ready_and_advertises_that_port(self) -> None:
+        self.service.startService()
+        self.assertEqual((self.asked, self.service.advertised()), ([], None))
+        self.ready.resolve(None)
+        entry = self.service.advertised()
+        assert entry is not None
+        self.assertEqual((entry.type, entry.protocol, entry.address), ("core", "tls", "127.0.0.1"))
+        self.assertEqual(entry.port, 5601)
+        port = self.service.port
+        self.successResultOf(self.service.stopService())
+        self.assertTrue(port.stopped)  # type: ignore[union-attr]
+        self.assertIsNone(self.service.advertised())
+
+    def test_stopped_before_ready_it_never_listens(self) -> None:
+        self.service.startService()
+        self.successResultOf(self.service.stopService())
+        self.ready.resolve(None)
+        self.assertEqual((self.asked, self.failed), ([], []))
+
+    def test_no_free_port_is_logged_and_stops_the_core(self) -> None:
+        asked, listen = busy_until(9999)
+        service = CellLinkService(
+            ports=range(5600, 5602),
+            listen=listen,
+            links=self.links,
+            protocol="tls",
+            address="127.0.0.1",
+            after=lambda: succeed(None),
+            on_failure=self.failed.append,
+        )
+        service.startService()
+        self.assertEqual(asked, [5600, 5601])
+        self.assertEqual([f.type for f in self.failed], [CannotListenError])
+        self.assertIsNone(service.port)
+
+    def test_stop_closes_every_link_and_waits_until_they_are_gone(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        self.service.startService()
+        self.ready.resolve(None)
+        connection = self.links.buildProtocol(None)
+        assert connection is not None
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        stopping = self.service.stopService()
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(stopping)
+        connection.connectionLost(Failure(ConnectionError("closed")))
+        self.successResultOf(stopping)
+
+    def test_an_empty_range_is_refused(self) -> None:
+        with self.assertRaises(ValueError):
+            CellLinkService(
+                ports=(),
+                listen=lambda number: FakePort(number),  # type: ignore[arg-type,return-value]
+                links=self.links,
+                protocol="tls",
+                address="127.0.0.1",
+                after=lambda: succeed(None),
+                on_failure=self.failed.append,
+            )
+
+
+class ListeningServiceTests(TestCase):
+    """Real loopback ports: the bind is synchronous and its port is reported."""
+
+    def test_binds_at_privileged_start_and_reports_the_port_it_got(self) -> None:
+        path = Path(self.mktemp())
+        api = ListeningService(
+            lambda: reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+        )
+        api.setName("api")
+        report = PortFile(path, api)
+        api.privilegedStartService()
+        port = api.port
+        assert port is not None
+        api.startService()
+        self.assertIs(api.port, port)  # bound once
+        report.startService()
+        self.assertEqual(read_port(path), port_of(port))
+        report.stopService()
+        self.assertFalse(path.exists())
+        return api.stopService()  # type: ignore[return-value]
+
+    def test_a_port_in_use_fails_the_start_at_once(self) -> None:
+        blocker = socket.socket()
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        api = ListeningService(
+            lambda: reactor.listenTCP(taken, Site(Resource()), interface="127.0.0.1")
+        )
+        with self.assertRaises(CannotListenError) as caught:
+            api.privilegedStartService()
+        self.assertIn(f"127.0.0.1:{taken}", str(caught.exception))
+        self.assertIsNone(api.port)
+
+    def test_a_port_file_without_a_port_reads_as_none(self) -> None:
+        path = Path(self.mktemp())
+        self.assertIsNone(read_port(path))
+        for garbage in ("", "x", "0", "70000", "-1"):
+            path.write_text(garbage)
+            self.assertIsNone(read_port(path), garbage)
+        path.write_text("5850\n")
+        self.assertEqual(read_port(path), 5850)
+
+    def test_reporting_a_service_that_does_not_listen_is_an_error(self) -> None:
+        idle = ListeningService(lambda: FakePort(1))  # type: ignore[arg-type,return-value]
+        idle.setName("idle")
+        report = PortFile(Path(self.mktemp()), idle)
+        self.assertRaises(RuntimeError, report.startService)
+
+
+class StoreServiceTests(TestCase):
+    """The store's only owner, on the real reactor and its own thread."""
+
+    def setUp(self) -> None:
+        self.data_dir = Path(self.mktemp())
+        self.failed, self.on_failure = failures()
+
+    async def test_opens_on_start_and_closes_on_stop(self) -> None:
+        service = StoreService(self.data_dir, reactor, on_failure=self.on_failure)
+        service.startService()
+        store = await service.opened.wait()
+        self.assertIs(service.store, store)
+        await service.stopService()
+        self.assertIsNone(service.store)
+        with self.assertRaises(StoreClosed):
+            await store.commit(UnitOfWork.of(Put(model.ComputePool(name="late"))))
+        self.assertEqual(self.failed, [])
+
+    async def test_a_commit_in_flight_at_stop_is_on_disk_before_stop_ends(self) -> None:
+        service = StoreService(self.data_dir, reactor, on_failure=self.on_failure)
+        service.startService()
+        store = await service.opened.wait()
+        acknowledged: list[str] = []
+        commit = store.commit(UnitOfWork.of(Put(model.ComputePool(name="last-word"))))
+        commit.addCallback(lambda _: acknowledged.append("committed"))
+        await service.stopService()
+        self.assertEqual(acknowledged, ["committed"])
+        again = await Store.open(self.data_dir, reactor)
+        self.addCleanup(again.close)
+        self.assertIn("last-word", again.view.compute_pools)
+
+    async def test_stop_while_opening_waits_for_the_open_then_closes(self) -> None:
+        service = StoreService(self.data_dir, reactor, on_failure=self.on_failure)
+        service.startService()
+        opened = service.opened.wait()
+        await service.stopService()
+        store = await opened
+        with self.assertRaises(StoreClosed):
+            await store.commit(UnitOfWork.of(Put(model.ComputePool(name="late"))))
+
+    async def test_a_damaged_store_is_logged_and_stops_the_core(self) -> None:
+        self.data_dir.mkdir()
+        (self.data_dir / DB_NAME).write_bytes(b"not a database" * 400)
+        stopped: Deferred[None] = Deferred()
+
+        def on_failure(failure: Failure) -> None:
+            self.failed.append(failure)
+            stopped.callback(None)
+
+        service = StoreService(self.data_dir, reactor, on_failure=on_failure)
+        service.startService()
+        await stopped
+        [failure] = self.failed
+        self.assertIn("not a readable SQLite database", failure.getErrorMessage())
+        self.assertNoResult(service.opened.wait())
+        await service.stopService()
+
+    def test_it_opens_once(self) -> None:
+        service = StoreService(self.data_dir, MemoryReactor(), on_failure=self.on_failure)
+        service.opened.resolve(Failure(RuntimeError("opened before")))
+        service.opened.wait().addErrback(lambda _: None)
+        self.assertRaises(RuntimeError, service.startService)
+
+
+class CoreTests(TestCase):
+    """The tree of `build_service` on 127.0.0.1 with real sockets; FakeCells link to it with
+    CA-issued certificates and clients use the signed API."""
 
     def setUp(self) -> None:
         root = Path(self.mktemp()).absolute()
         self.layout = Layout(root / "config", root / "data", root / "cert", root / "log")
-        self.api_port = free_port()
-        write_config(self.layout, self.api_port)
+        write_config(self.layout)
         self.config = load_checked_config(self.layout)
-        self.certificates = prepare_certificates(self.layout, self.config)
+        self.certificates: Certificates = prepare_certificates(self.layout, self.config)
         self.signer = Signer(*CREDENTIAL)
         self.pool = HTTPConnectionPool(reactor)
         self.addCleanup(self.pool.closeCachedConnections)
 
-    async def start(self) -> tuple[CoreService, RunningCore]:
-        failures: list[Any] = []
-        service = CoreService(
-            self.layout,
-            self.config,
-            self.certificates.ca,
-            self.certificates.image,
-            reactor,
-            api=lambda core: api_resource(core, self.config, reactor),
-            on_failure=failures.append,
-        )
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        core = await service.ready
-        self.assertEqual(failures, [])
-        return service, core
+    def tree(self) -> MultiService:
+        tree = build_service(self.layout, self.config, self.certificates, reactor)
+        self.addCleanup(lambda: tree.stopService() if tree.running else None)
+        return tree
 
-    async def api(self, method: str, path: str, body: Any = None) -> Any:
-        url = f"http://127.0.0.1:{self.api_port}/api/v1{path}"
+    async def start(self) -> MultiService:
+        """Start the tree as twistd does; return once the state is loaded and it all serves."""
+        tree = self.tree()
+        tree.privilegedStartService()
+        tree.startService()
+        store = tree.getServiceNamed("store")
+        assert isinstance(store, StoreService)
+        await store.opened.wait()
+        link = tree.getServiceNamed("cell-link")
+        assert isinstance(link, CellLinkService)
+        self.assertIsNotNone(link.port, "the link listens once the state is loaded")
+        return tree
+
+    def api_port(self, tree: MultiService) -> int:
+        return read_port(self.layout.api_port_file) or self.fail("no API port reported")
+
+    async def api(self, tree: MultiService, method: str, path: str, body: Any = None) -> Any:
+        url = f"http://127.0.0.1:{self.api_port(tree)}/api/v1{path}"
         data = b"" if body is None else json.dumps(body).encode()
         headers = self.signer.headers(method, url, data, now=reactor.seconds())
         response = await treq.request(
@@ -110,11 +486,12 @@ class CoreServiceTests(TestCase):
         self.assertEqual(document["error_code"], 0, document)
         return document["data"]
 
-    def link_cell(self, service: CoreService, name: str) -> FakeCell:
+    def link_cell(self, tree: MultiService, name: str) -> FakeCell:
         cell = FakeCell(name, reactor, capacity=Capacity(cores=4), report_interval=0.2)
         issued = pki.issue_cell_certificate(self.certificates.ca, name)
-        assert service.link_port is not None
-        address = ("127.0.0.1", service.link_port)
+        link = tree.getServiceNamed("cell-link")
+        assert isinstance(link, CellLinkService) and link.port is not None
+        address = ("127.0.0.1", port_of(link.port))
         endpoint = LocatedCoreEndpoint(
             reactor,
             lambda: succeed(address),
@@ -130,53 +507,49 @@ class CoreServiceTests(TestCase):
         self.addCleanup(unlink)
         return cell
 
-    async def until(self, predicate: Any, what: str) -> None:
-        """Polls the real reactor in 20 ms steps, for at most 5 s."""
-        for _ in range(250):
-            if predicate():
-                return
-            await deferLater(reactor, 0.02, lambda: None)
-        self.fail(f"timed out waiting for {what}")
-
     async def test_serves_the_stored_state_over_the_signed_api(self) -> None:
-        service, _core = await self.start()
-        self.assertIn(service.link_port, LINK_PORTS)
-        pools = await self.api("GET", "/compute_pools/")
+        tree = await self.start()
+        link = tree.getServiceNamed("cell-link")
+        entry = link.advertised()  # type: ignore[attr-defined]
+        self.assertIn(entry.port, LINK_PORTS)
+        self.assertEqual((entry.protocol, entry.address), ("tls", "127.0.0.1"))
+        pools = await self.api(tree, "GET", "/compute_pools/")
         self.assertEqual([pool["name"] for pool in pools], ["default"])
 
     async def test_a_linked_cell_joins_a_pool_and_stays_there_across_a_restart(self) -> None:
-        service, core = await self.start()
-        cell = self.link_cell(service, "Cell_0a0000000001")
+        tree = await self.start()
+        cell = self.link_cell(tree, "Cell_0a0000000001")
         await cell.connected()
-        await self.until(lambda: core.registry.status("Cell_0a0000000001") is not None, "report")
-        unallocated = await self.api("GET", "/compute_pool_cells/")
+        unallocated = await self.api(tree, "GET", "/compute_pool_cells/")
         self.assertEqual([entry["name"] for entry in unallocated], ["Cell_0a0000000001"])
 
-        await self.api("POST", "/compute_pool_cells/default/Cell_0a0000000001")
-        members = await self.api("GET", "/compute_pool_cells/default")
+        # The Cell's first report precedes its replies on the link, so once the add is
+        # acknowledged Core has seen the Cell's capacity too.
+        await self.api(tree, "POST", "/compute_pool_cells/default/Cell_0a0000000001")
+        members = await self.api(tree, "GET", "/compute_pool_cells/default")
         self.assertEqual([(m["name"], m["alive"]) for m in members], [("Cell_0a0000000001", True)])
-        status = await self.api("GET", "/compute_pool_status/default")
+        status = await self.api(tree, "GET", "/compute_pool_status/default")
         self.assertEqual(status["max_cpu"], 4)
 
-        await service.stopService()
-        _again, core = await self.start()
-        self.assertEqual(core.store.view.cells["Cell_0a0000000001"].pool, "default")
+        await tree.stopService()
+        self.assertIsNone(cell.link, "the Cell was told goodbye before the store closed")
+        self.assertFalse(self.layout.api_port_file.exists())
+        again = await self.start()
+        store = again.getServiceNamed("store").store  # type: ignore[attr-defined]
+        self.assertEqual(store.view.cells["Cell_0a0000000001"].pool, "default")
 
-    async def test_a_port_in_use_fails_the_start_at_once(self) -> None:
+    async def test_a_port_in_use_fails_the_start_at_once_and_opens_nothing(self) -> None:
         blocker = socket.socket()
         self.addCleanup(blocker.close)
-        blocker.bind(("127.0.0.1", self.api_port))
+        blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
-        service = CoreService(
-            self.layout,
-            self.config,
-            self.certificates.ca,
-            self.certificates.image,
-            reactor,
-            api=lambda core: api_resource(core, self.config, reactor),
-        )
-        with self.assertRaises(Exception) as caught:
-            service.startService()
-        self.assertIn(str(self.api_port), str(caught.exception))
+        taken = blocker.getsockname()[1]
+        write_config(self.layout, api_port=taken)
+        self.config = load_checked_config(self.layout)
+        tree = self.tree()
+        self.addCleanup(tree.stopService)
+        with self.assertRaises(CannotListenError) as caught:
+            tree.privilegedStartService()
+        self.assertIn(str(taken), str(caught.exception))
         # The store was never opened: a second process could still take the data folder.
-        self.assertFalse((self.layout.data_dir / "nanocore.db").exists())
+        self.assertFalse((self.layout.data_dir / DB_NAME).exists())

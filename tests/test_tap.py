@@ -7,17 +7,27 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from twisted.application.internet import MulticastServer
 from twisted.application.service import IServiceMaker
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import __version__, config, pki, tap
+from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.layout import Layout
-from nanocore.service import CORE_SERVICE_NAME, CoreService
+from nanocore.services.link import CellLinkService
+from nanocore.services.listen import ListeningService, PortFile
+from nanocore.services.order import InOrder
+from nanocore.services.store import StoreService
 from nanocore.testing import simtap
 
 
@@ -116,6 +126,38 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(maker.module, "nanocore.tap")  # type: ignore[attr-defined]
 
 
+class GroupPort:
+    """What `listenMulticast` returns in memory: a port that can stop."""
+
+    def __init__(self, host: IPv4Address) -> None:
+        self.host = host
+
+    def getHost(self) -> IPv4Address:
+        return self.host
+
+    def stopListening(self) -> None:
+        pass
+
+
+class MemoryMulticastReactor(MemoryReactorClock):
+    """A memory reactor that also records multicast listeners (discovery)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.multicastServers: list[tuple[int, object, str, bool]] = []
+
+    def listenMulticast(
+        self,
+        port: int,
+        protocol: object,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        listenMultiple: bool = False,
+    ) -> object:
+        self.multicastServers.append((port, protocol, interface, listenMultiple))
+        return GroupPort(IPv4Address("UDP", interface, port))
+
+
 class MakeServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.root = Path(self.mktemp()).absolute()
@@ -128,10 +170,10 @@ class MakeServiceTests(SynchronousTestCase):
                 f"--log-dir={self.root / 'log'}",
             ]
         )
-        self.reactor = MemoryReactor()
+        self.reactor = MemoryMulticastReactor()
 
     def test_fresh_machine_gets_config_ca_and_image_certificate(self) -> None:
-        service = tap.makeService(self.options, self.reactor)
+        tap.makeService(self.options, self.reactor)
         for folder in ("config", "data", "cert", "log"):
             self.assertTrue((self.root / folder).is_dir(), folder)
         for name in (config.DOMAIN_FILE, config.API_FILE, config.IMAGE_FILE):
@@ -142,14 +184,42 @@ class MakeServiceTests(SynchronousTestCase):
         image = x509.load_pem_x509_certificate(image_cert.read_bytes())
         self.assertEqual(image.issuer, ca.subject)
         self.assertEqual(pki.first_ip_address(image), "127.0.0.1")
-        self.assertEqual([child.name for child in service], [CORE_SERVICE_NAME])
+
+    def test_the_service_tree_in_start_order(self) -> None:
+        """Every service of a Core, named, in the order they start (and stop in reverse)."""
+        tree = tap.makeService(self.options, self.reactor)
+        self.assertIsInstance(tree, InOrder)
+        self.assertEqual(
+            [(child.name, type(child)) for child in tree],
+            [
+                ("store", StoreService),
+                ("cell-link", CellLinkService),
+                ("discovery", MulticastServer),
+                ("api", ListeningService),
+                ("api-port", PortFile),
+            ],
+        )
 
     def test_nothing_listens_before_the_service_starts(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
-        service = tap.makeService(self.options, self.reactor)
-        core = service.getServiceNamed(CORE_SERVICE_NAME)
-        self.assertIsInstance(core, CoreService)
-        self.assertEqual((self.reactor.tcpServers, self.reactor.sslServers), ([], []))
+        tap.makeService(self.options, self.reactor)
+        self.assertEqual(
+            (self.reactor.tcpServers, self.reactor.sslServers, self.reactor.multicastServers),
+            ([], [], []),
+        )
+
+    def test_a_privileged_start_binds_discovery_and_the_api_and_opens_nothing(self) -> None:
+        """What twistd does before it reports a start: only the synchronous binds."""
+        write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
+        tree = tap.makeService(self.options, self.reactor)
+        tree.privilegedStartService()
+        [(port, _site, _backlog, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (15850, "127.0.0.9"))
+        [(group_port, listener, group, shared)] = self.reactor.multicastServers
+        self.assertEqual((group_port, group, shared), (5599, "224.0.0.226", True))
+        self.assertIsInstance(listener, DiscoveryListener)
+        self.assertEqual(self.reactor.sslServers, [])
+        self.assertFalse((self.root / "data" / "nanocore.db").exists())
 
     def test_image_certificate_follows_the_listen_address(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.1")
@@ -213,3 +283,27 @@ class MakeServiceTests(SynchronousTestCase):
             tap.makeService(self.options, self.reactor)
         self.assertIn("certificate error", str(caught.exception.code))
         self.assertIn(pki.CA_KEY_FILE, str(caught.exception.code))
+
+
+class StopOnFailureTests(SynchronousTestCase):
+    def test_the_first_failure_is_told_and_stops_the_reactor_once(self) -> None:
+        class Running:
+            stops = 0
+
+            def callWhenRunning(self, f: Any) -> None:
+                f()
+
+            def stop(self) -> None:
+                if self.stops:
+                    raise ReactorNotRunning()
+                self.stops += 1
+
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        reactor = Running()
+        failed = tap.stop_on_failure(reactor)
+        failed(Failure(RuntimeError("the store is damaged")))
+        failed(Failure(RuntimeError("so the operations over it cannot be built")))
+        self.assertEqual(reactor.stops, 1)
+        [said] = [formatEvent(event) for event in logged]
+        self.assertEqual(said, "nanocore could not start: RuntimeError: the store is damaged")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,7 +62,6 @@ class Store:
         self._closing = False
         self._closed: Deferred[None] | None = None
         self._close_waiters: list[Deferred[None]] = []
-        self._shutdown_trigger: object | None = None
         #: batches and units committed, for benchmarks and tests of group commit.
         self.batches_committed = 0
         self.units_committed = 0
@@ -76,7 +75,11 @@ class Store:
         scripts: tuple[SchemaScript, ...] | None = None,
         max_batch: int = 1024,
     ) -> Deferred[Store]:
-        """Check, migrate and load the store in ``data_dir`` (created with defaults if new)."""
+        """Check, migrate and load the store in ``data_dir`` (created with defaults if new).
+
+        Whoever opens a store closes it (``close``); it registers no shutdown trigger of its
+        own, so that a Core can close it after the services that commit to it have stopped.
+        """
         threadpool = ThreadPool(minthreads=1, maxthreads=1, name="nanocore-store")
         threadpool.start()
         clock = reactor if IReactorTime.providedBy(reactor) else None
@@ -95,10 +98,6 @@ class Store:
 
         def opened(result: tuple[Writer, State]) -> Store:
             store = cls(reactor, threadpool, *result, max_batch=max_batch)
-            if IReactorCore.providedBy(reactor):
-                store._shutdown_trigger = reactor.addSystemEventTrigger(
-                    "before", "shutdown", store.close
-                )
             log.info(
                 "store open: {pools} pools, {cells} cells, {instances} instances",
                 pools=len(store.view.compute_pools),
@@ -181,9 +180,6 @@ class Store:
         self._close_waiters.append(waiter)
         if not self._closing:
             self._closing = True
-            if self._shutdown_trigger is not None and IReactorCore.providedBy(self._reactor):
-                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-                self._shutdown_trigger = None
             if not self._in_flight and not self._queue:
                 self._finish_close()
         return waiter
