@@ -243,6 +243,16 @@ class CloseTests(SynchronousTestCase):
         self.successResultOf(closed)
         self.assertEqual(pair.clock.getDelayedCalls(), [])
 
+    def test_abort_while_closing_leaves_no_timer(self) -> None:
+        pair = Pair()
+        pair.cut.add("a")
+        pair.a.write_frame(b'{"id":262402}')
+        pair.a.close()
+        pair.settle()
+        pair.a.abort()  # Core stopping: its port closes before the grace is over
+        self.assertTrue(pair.a.released)
+        self.assertEqual(pair.clock.getDelayedCalls(), [])
+
     def test_nothing_is_sent_after_release(self) -> None:
         pair = Pair()
         pair.a.abort()

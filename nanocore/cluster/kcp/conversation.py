@@ -249,7 +249,6 @@ class KCPConversation:
 
     def abort(self) -> None:
         """Forget the conversation now, discarding anything unsent."""
-        self._abort_call = None
         self._release()
 
     def when_closed(self) -> Deferred[None]:

@@ -302,11 +302,11 @@ func main() {
 		case <-status.C:
 			c.send(c.status())
 		case <-stop:
-			// The framework's goodbye: written straight onto the session, then close.
+			// The framework's goodbye: written straight onto the session, a moment for KCP
+			// to deliver it, then close.
 			data, _ := json.Marshal(message{ID: idClosed})
 			session.Write(data)
 			time.Sleep(200 * time.Millisecond)
-			session.Close()
 			report("stopped", nil)
 			os.Exit(0)
 		}
