@@ -18,9 +18,23 @@ _NON_WHITESPACE = re.compile(rb"[^ \t\r\n]")
 _STRUCTURAL = re.compile(rb'[{}\[\]"]')
 #: Inside a string only the closing quote and escapes matter.
 _STRING_STOP = re.compile(rb'["\\]')
+#: A whole string, escapes included.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _OPEN = frozenset(b"{[")
 _QUOTE = ord('"')
 _BACKSLASH = ord("\\")
+
+
+def _balanced(piece: bytes) -> bool:
+    """A quick test for a piece that holds a whole object: every string closed and as many
+    closing brackets as opening ones, the last one a brace. Two objects in one piece pass too;
+    decoding refuses those, so the link is dropped as the slow path would."""
+    bare = _STRING.sub(b"", piece)
+    return (
+        b'"' not in bare
+        and bare.count(b"{") + bare.count(b"[") == bare.count(b"}") + bare.count(b"]")
+        and bare.rstrip(_WHITESPACE).endswith(b"}")
+    )
 
 
 class FramingError(ValueError):
@@ -63,6 +77,8 @@ class Reassembler:
             start = first.start()
         if self._size + len(piece) - start > self._max_size:
             raise FramingError(f"document exceeds {self._max_size} bytes")
+        if self._depth == 0 and _balanced(piece):
+            return piece[start:].rstrip(_WHITESPACE)  # the usual case: one piece, one document
         end = self._scan(piece, start)
         if end is None:
             self._pieces.append(piece[start:] if start else piece)
