@@ -38,10 +38,9 @@ from twisted.internet.defer import Deferred
 
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.kcp.dialer import KCPDialer
-from nanocore.cluster.kcp.link import attach_sessions, cell_link_endpoint
+from nanocore.cluster.kcp.link import cell_link_endpoint, cell_sessions
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import ServiceType
 from nanocore.pki import load_or_create_ca
 from nanocore.testing.cluster import Waiter
 
@@ -97,14 +96,7 @@ async def kcp_round_trips(reactor: Any, count: int, window: int, pin: bool) -> N
 
 async def child(reactor: Any, port: int) -> None:
     """The lean responder dialing Core over KCP, until terminated."""
-    attach = attach_sessions(
-        LeanResponder(),
-        reactor,
-        local_name=CELL,
-        local_type=ServiceType.CELL,
-        peer_type=ServiceType.CORE,
-        dialer=True,
-    )
+    attach = cell_sessions(LeanResponder(), reactor, CELL)
     reactor.listenUDP(0, KCPDialer((LOOPBACK, port), reactor, attach), interface=LOOPBACK)
     await Deferred()
 

@@ -19,9 +19,8 @@ from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.kcp.conversation import DEFAULT_LIMITS, Limits
 from nanocore.cluster.kcp.dialer import KCPDialer
 from nanocore.cluster.kcp.endpoint import KCPEndpoint
-from nanocore.cluster.kcp.link import attach_sessions, cell_link_endpoint
+from nanocore.cluster.kcp.link import cell_link_endpoint, cell_sessions
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import ServiceType
 from nanocore.testing.fakecell import FakeCell
 
 Address = tuple[str, int]
@@ -124,14 +123,7 @@ class KCPFabric:
     def dial(self, name: str, address: Address, conv: int | None = None) -> FakeCell:
         """A FakeCell dialing Core from ``address``; nothing moves until the clock does."""
         cell = self.cells[name] = FakeCell(name, self.clock)
-        attach = attach_sessions(
-            cell,
-            self.clock,
-            local_name=name,
-            local_type=ServiceType.CELL,
-            peer_type=ServiceType.CORE,
-            dialer=True,
-        )
+        attach = cell_sessions(cell, self.clock, name)
         dialer = self.dialers[name] = KCPDialer(CORE_ADDRESS, self.clock, attach, conv=conv)
         self.network.bind(dialer, address)
         return cell

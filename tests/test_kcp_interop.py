@@ -34,10 +34,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 from nanocore.cluster.cells import CellRegistry, CellState
 from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.fec import DATA_SHARDS, SHARDS_PER_GROUP, TYPE_DATA, TYPE_PARITY
-from nanocore.cluster.kcp.link import NameGuard, attach_sessions
+from nanocore.cluster.kcp.link import core_sessions
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import DISCONNECT_AFTER, ServiceType
+from nanocore.cluster.transport import DISCONNECT_AFTER
 from nanocore.testing.cluster import Waiter
 
 reactor: Any = _reactor
@@ -194,14 +194,7 @@ class InteropTests(TestCase):
         self.waiter = Waiter()
         self.registry.subscribe(self.waiter)
         # KCP's own timers need real time; the sessions above run on the pumped clock.
-        attach = attach_sessions(
-            NameGuard(self.registry, self.registry.link),
-            self.clock,
-            local_name=CORE_NAME,
-            local_type=ServiceType.CORE,
-            peer_type=ServiceType.CELL,
-            dialer=False,
-        )
+        attach = core_sessions(self.registry, self.clock, CORE_NAME, self.registry.link)
         endpoint = KCPEndpoint(reactor, attach)
         core = reactor.listenUDP(0, endpoint, interface=LOOPBACK)
         self.addCleanup(core.stopListening)

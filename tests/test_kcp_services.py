@@ -14,11 +14,10 @@ from twisted.trial.unittest import TestCase
 
 from nanocore.cluster.cells import CellRegistry, CellState
 from nanocore.cluster.kcp.dialer import KCPClientService
-from nanocore.cluster.kcp.link import attach_sessions, cell_link_endpoint
+from nanocore.cluster.kcp.link import cell_link_endpoint, cell_sessions
 from nanocore.cluster.kcp.listener import KCPLinkService
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import ServiceType
 from nanocore.testing.cluster import Waiter
 from nanocore.testing.fakecell import FakeCell
 
@@ -46,14 +45,7 @@ def bounded(d: Deferred[Any]) -> Deferred[Any]:
 
 def cell_service(port: Any, retry: float = 0.2) -> tuple[FakeCell, KCPClientService]:
     cell = FakeCell(CELL, reactor)
-    attach = attach_sessions(
-        cell,
-        reactor,
-        local_name=CELL,
-        local_type=ServiceType.CELL,
-        peer_type=ServiceType.CORE,
-        dialer=True,
-    )
+    attach = cell_sessions(cell, reactor, CELL)
     service = KCPClientService(
         reactor,
         reactor,

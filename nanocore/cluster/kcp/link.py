@@ -69,7 +69,7 @@ class NameGuard:
             self._handler.link_closed(link, gracefully)
 
 
-def attach_sessions(
+def _sessions(
     handler: LinkHandler,
     clock: IReactorTime,
     *,
@@ -97,6 +97,33 @@ def attach_sessions(
     return attach
 
 
+def core_sessions(
+    handler: LinkHandler, clock: IReactorTime, core_name: str, current_link: CurrentLink
+) -> Attach:
+    """Core's side: each Cell names itself in its handshake, and :class:`NameGuard` keeps a
+    name that ``current_link`` (``registry.link``) says is linked from elsewhere."""
+    return _sessions(
+        NameGuard(handler, current_link),
+        clock,
+        local_name=core_name,
+        local_type=ServiceType.CORE,
+        peer_type=ServiceType.CELL,
+        dialer=False,
+    )
+
+
+def cell_sessions(handler: LinkHandler, clock: IReactorTime, cell_name: str) -> Attach:
+    """A Cell's side (our simulated Cells): it announces ``cell_name`` first."""
+    return _sessions(
+        handler,
+        clock,
+        local_name=cell_name,
+        local_type=ServiceType.CELL,
+        peer_type=ServiceType.CORE,
+        dialer=True,
+    )
+
+
 def cell_link_endpoint(
     handler: LinkHandler,
     clock: IReactorTime,
@@ -109,12 +136,4 @@ def cell_link_endpoint(
     ``current_link`` is ``registry.link``: a name held by a live link from another address,
     over either wire, is not handed to a new claimant.
     """
-    attach = attach_sessions(
-        NameGuard(handler, current_link),
-        clock,
-        local_name=core_name,
-        local_type=ServiceType.CORE,
-        peer_type=ServiceType.CELL,
-        dialer=False,
-    )
-    return KCPEndpoint(clock, attach, limits)
+    return KCPEndpoint(clock, core_sessions(handler, clock, core_name, current_link), limits)
