@@ -11,12 +11,11 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore.cluster.cells import CellState
 from nanocore.cluster.kcp.conversation import CMD_PUSH, KCPConversation
 from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.fec import TYPE_PARITY, DataShards
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from tests.kcpfixtures import CORE_ADDRESS, KCPFabric
+from tests.kcpfixtures import CORE_ADDRESS, CellLiveness, KCPFabric
 
 CMD_ACK = 82
 CELL_A, ADDRESS_A = "Cell_00000000000a", ("10.0.0.10", 40001)
@@ -82,7 +81,7 @@ class DemultiplexTests(SynchronousTestCase):
         self.fabric.settle()
         self.assertTrue(old.released)
         self.assertEqual(self.fabric.endpoint.conversations[ADDRESS_A].conv, 0xA2)
-        self.assertEqual(self.fabric.registry.state(CELL_A), CellState.ALIVE)
+        self.assertEqual(self.fabric.registry.state(CELL_A), CellLiveness.ALIVE)
         self.assertTrue(self.answers(CELL_A))
 
     def test_other_conv_mid_stream_from_a_known_address_is_ignored(self) -> None:
@@ -110,7 +109,7 @@ class GarbageTests(SynchronousTestCase):
             d = self.fabric.registry.request(name, storage_request(name))
             self.fabric.settle()
             self.assertEqual(self.successResultOf(d).id, MessageID.QueryCellStorageResponse)
-            self.assertEqual(self.fabric.registry.state(name), CellState.ALIVE)
+            self.assertEqual(self.fabric.registry.state(name), CellLiveness.ALIVE)
 
     def test_malformed_fec_headers_and_segments(self) -> None:
         fec_ok = shard(segment(0xA1, data=b"x"))
@@ -147,7 +146,7 @@ class GarbageTests(SynchronousTestCase):
         assert cell.link is not None
         cell.link._wire.write_frame(b'{"id":328450,"uint_params":{"2":-1}}')  # type: ignore[attr-defined]
         self.fabric.settle()
-        self.assertEqual(self.fabric.registry.state(CELL_A), CellState.DISCONNECTED)
+        self.assertEqual(self.fabric.registry.state(CELL_A), CellLiveness.DISCONNECTED)
         self.assertNotIn(ADDRESS_A, self.fabric.endpoint.conversations)
         d = self.fabric.registry.request(CELL_B, storage_request(CELL_B))
         self.fabric.settle()
@@ -206,8 +205,8 @@ class FloodTests(SynchronousTestCase):
         self.assertEqual(set(fabric.endpoint.conversations), {ADDRESS_A})
         fabric.dial(CELL_B, ("10.0.0.11", 40003))
         fabric.settle()
-        self.assertEqual(fabric.registry.state(CELL_B), CellState.ALIVE)
-        self.assertEqual(fabric.registry.state(CELL_A), CellState.ALIVE)
+        self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
+        self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.ALIVE)
 
     def test_conversations_are_bounded(self) -> None:
         fabric = KCPFabric(conversations=2)
@@ -241,7 +240,7 @@ class LifecycleTests(SynchronousTestCase):
         fabric.settle()
         fabric.core_port.stopListening()
         self.assertEqual(fabric.endpoint.conversations, {})
-        self.assertEqual(fabric.registry.state(CELL_A), CellState.DISCONNECTED)
+        self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.DISCONNECTED)
 
     def test_attach_is_called_once_per_conversation(self) -> None:
         attached: list[KCPConversation] = []

@@ -31,7 +31,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from nanocore.cluster.cells import CellRegistry, CellState
+from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.fec import DATA_SHARDS, SHARDS_PER_GROUP, TYPE_DATA, TYPE_PARITY
 from nanocore.cluster.kcp.link import core_sessions
@@ -39,6 +39,7 @@ from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import DISCONNECT_AFTER
 from nanocore.testing.cluster import Waiter
+from tests.kcpfixtures import CellLiveness
 
 reactor: Any = _reactor
 LOOPBACK = "127.0.0.1"
@@ -239,7 +240,7 @@ class InteropTests(TestCase):
         returned = reply.string_array_params[ParamKey.Data]
         self.assertGreaterEqual(sum(len(item) for item in returned), PAYLOAD)
         self.assertEqual((await cell.until("request", size=PAYLOAD))["sha256"], digest)
-        self.assertEqual(self.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(self.registry.state(CELL), CellLiveness.ALIVE)
 
     def check_fec(self, relay: Relay) -> None:
         """The Go Cell sends FEC 10/3 (parity included); Core only data shards at data slots."""
@@ -260,7 +261,7 @@ class InteropTests(TestCase):
         await cell.ended
         self.pump.stop()
         stopped = self.clock.seconds()
-        while self.registry.state(CELL) is not CellState.DISCONNECTED:
+        while self.registry.state(CELL) is not CellLiveness.DISCONNECTED:
             self.assertLessEqual(self.clock.seconds() - stopped, 20.0)
             self.clock.advance(0.5)
         self.assertLessEqual(self.clock.seconds() - stopped, DISCONNECT_AFTER + 0.5)

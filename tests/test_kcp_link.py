@@ -8,7 +8,6 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore.cluster.cells import CellState
 from nanocore.cluster.kcp.conversation import KCPConversation
 from nanocore.cluster.kcp.dialer import KCPDialer
 from nanocore.cluster.kcp.link import NameGuard
@@ -22,7 +21,7 @@ from nanocore.cluster.transport import (
     opened_event,
 )
 from nanocore.testing.cluster import Waiter
-from tests.kcpfixtures import CORE_ADDRESS, CORE_NAME, KCPFabric, lossy
+from tests.kcpfixtures import CORE_ADDRESS, CORE_NAME, CellLiveness, KCPFabric, lossy
 from tests.test_transport import RecordingHandler
 
 CELL, ADDRESS = "Cell_5254001a2b3c", ("10.0.0.20", 40001)
@@ -52,7 +51,7 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual((link.name, link.address), (CELL, ADDRESS[0]))
         self.assertEqual(cell.link.name, CORE_NAME)
         self.assertEqual(self.available, [(CELL, ADDRESS[0])])
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.ALIVE)  # its first report
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)  # its first report
 
     def test_request_and_status_go_through_the_shared_registry(self) -> None:
         self.fabric.dial(CELL, ADDRESS)
@@ -72,7 +71,7 @@ class LinkTests(SynchronousTestCase):
         conversation = self.fabric.endpoint.conversations[ADDRESS]
         before = len(self.fabric.network.ports[ADDRESS].written)
         self.fabric.run(4 * KEEPALIVE_INTERVAL)
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
         assert cell.link is not None
         self.assertIs(cell.link.state, LinkState.CONNECTED)
         self.assertFalse(conversation.released)
@@ -83,11 +82,11 @@ class LinkTests(SynchronousTestCase):
         self.fabric.settle()
         self.fabric.network.cut.add(ADDRESS)  # the Cell's host vanishes without a word
         self.fabric.clock.advance(LOST_AFTER - 0.01)
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
         self.fabric.clock.advance(0.02)
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.LOST)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.LOST)
         self.fabric.clock.advance(DISCONNECT_AFTER - LOST_AFTER)
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.DISCONNECTED)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.DISCONNECTED)
         self.assertEqual(self.waiter.disconnected, {CELL: False})
         self.fabric.clock.advance(5.0)  # the goodbye nobody acknowledges is given up
         self.assertEqual(self.fabric.endpoint.conversations, {})
@@ -105,7 +104,7 @@ class LinkTests(SynchronousTestCase):
         fabric = KCPFabric(lose=lossy(0.10))
         fabric.dial(CELL, ADDRESS)
         fabric.run(3.0)
-        self.assertEqual(fabric.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(fabric.registry.state(CELL), CellLiveness.ALIVE)
         payload = "p" * 200_000
         cell = fabric.cells[CELL]
         cell._handlers[MessageID.QueryCellStorageRequest] = lambda request: [  # type: ignore[attr-defined]
@@ -117,7 +116,7 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual(reply.string_array_params[ParamKey.Data], (payload,))
         self.assertEqual(cell.received[-1].string_params[ParamKey.Data], payload)
         self.assertGreater(fabric.network.lost, 10)
-        self.assertEqual(fabric.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(fabric.registry.state(CELL), CellLiveness.ALIVE)
 
     def test_handshake_of_the_wrong_service_type_is_refused(self) -> None:
         def claim_to_be_a_core(conversation: KCPConversation) -> None:
@@ -143,7 +142,7 @@ class NameTakeoverTests(SynchronousTestCase):
         impostor = self.fabric.dial(CELL, OTHER_ADDRESS)
         self.fabric.settle()
         self.assertEqual(self.fabric.registry.address(CELL), ADDRESS[0])
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
         self.assertNotIn(OTHER_ADDRESS, self.fabric.endpoint.conversations)
         assert impostor.link is None or not impostor.link.connected
         self.assertTrue(any("is linked from" in str(e.get("reason", "")) for e in self.observer))
@@ -157,7 +156,7 @@ class NameTakeoverTests(SynchronousTestCase):
         self.fabric.dial(CELL, OTHER_ADDRESS)
         self.fabric.settle()
         self.assertEqual(self.fabric.registry.address(CELL), OTHER_ADDRESS[0])
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
 
     def test_same_host_new_port_is_the_cell_reconnecting(self) -> None:
         self.fabric.network.ports.pop(ADDRESS)  # restarted: the old port is gone
@@ -166,7 +165,7 @@ class NameTakeoverTests(SynchronousTestCase):
         link = self.fabric.registry.link(CELL)
         assert link is not None
         self.assertEqual(self.fabric.endpoint.conversations[(ADDRESS[0], 40999)].session, link)
-        self.assertEqual(self.fabric.registry.state(CELL), CellState.ALIVE)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
 
 
 class NameGuardTests(SynchronousTestCase):
