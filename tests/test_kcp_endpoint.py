@@ -208,6 +208,22 @@ class FloodTests(SynchronousTestCase):
         self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
         self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.ALIVE)
 
+    def test_openings_are_rate_limited(self) -> None:
+        fabric = KCPFabric(openings_per_second=10, opening_burst=20)
+        fabric.dial(CELL_A, ADDRESS_A)
+        fabric.settle()
+        for port in range(100):  # one address dialing again and again, and many addresses
+            fabric.network.inject(ADDRESS_A, CORE_ADDRESS, shard(segment(port + 1, data=b"{")))
+            fabric.network.inject(("10.6.6.6", port), CORE_ADDRESS, shard(segment(1, data=b"{")))
+        # Cell A took one of the 20; the other 19 went alternately to A's address (which keeps
+        # one conversation, replaced each time) and to 9 new addresses.
+        self.assertEqual(len(fabric.endpoint.conversations), 1 + 9)
+        self.assertIn("too many openings", self.observer[-1]["log_format"])
+        fabric.run(10.5)  # the junk times out, the budget refills
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
+
     def test_conversations_are_bounded(self) -> None:
         fabric = KCPFabric(conversations=2)
         fabric.dial(CELL_A, ADDRESS_A)

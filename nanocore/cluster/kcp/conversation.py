@@ -107,6 +107,10 @@ class Limits:
     conversations: int = 4096
     #: Conversations at once whose peer has not completed the handshake.
     handshaking: int = MAX_HANDSHAKING
+    #: New conversations per second from all peers, and their burst (a whole cluster dialing
+    #: a restarted Core fits in it); beyond, openings are dropped and the dialers send again.
+    openings_per_second: float = 200.0
+    opening_burst: int = 1000
     #: Datagrams per second one peer may make us process, and its burst; beyond, dropped unread.
     datagrams_per_second: float = 5000.0
     datagram_burst: int = 10000

@@ -68,6 +68,7 @@ class KCPEndpoint(DatagramProtocol):
         self.conversations: dict[Address, KCPConversation] = {}
         #: Conversations created and maybe still handshaking; pruned when it matters.
         self._pending: set[KCPConversation] = set()
+        self._openings = TokenBucket(clock, limits.openings_per_second, limits.opening_burst)
         self._log_budget = TokenBucket(clock, 1.0, 10)
         #: Datagrams dropped as malformed, foreign or over a limit.
         self.dropped = 0
@@ -119,16 +120,21 @@ class KCPEndpoint(DatagramProtocol):
             return
         payload, head = parsed
         conversation = self.conversations.get(peer)
+        if conversation is not None and head.conv == conversation.conv:
+            if conversation.accepts(payload):
+                conversation.deliver()
+            else:
+                self.dropped += 1
+            return
+        if not head.opens:
+            # Another conversation's traffic from a known address, or mid-stream traffic of
+            # a conversation we do not know (its peer outlived a Core restart).
+            self.dropped += 1
+            return
+        if not self._openings.take():
+            self._drop("new conversation from {peer}: too many openings", peer=peer)
+            return
         if conversation is not None:
-            if head.conv == conversation.conv:
-                if conversation.accepts(payload):
-                    conversation.deliver()
-                else:
-                    self.dropped += 1
-                return
-            if not head.opens:
-                self._drop("stray conv {conv} from {peer}", conv=head.conv, peer=peer)
-                return
             self.log.info(
                 "{peer} opened conversation {conv}: replacing its conversation {old}",
                 peer=peer,
@@ -136,9 +142,6 @@ class KCPEndpoint(DatagramProtocol):
                 old=conversation.conv,
             )
             conversation.abort()
-        elif not head.opens:
-            self.dropped += 1  # mid-stream traffic of a conversation we do not know
-            return
         if not self._has_room():
             self._drop("new conversation from {peer}: too many peers", peer=peer)
             return
