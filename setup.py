@@ -23,6 +23,8 @@ setup(
         "service-identity>=24.1",
         "cryptography>=42",
         "attrs>=23.2",
+        # C ikcp, sans-io: the ARQ of the KCP link to stock Go Cells (0.0.x: pin the minor).
+        "siokcp>=0.0.5,<0.1",
         "klein>=24.8",
         # Imported directly for Klein's routing exceptions and map settings.
         "Werkzeug>=3.0",

@@ -1,0 +1,187 @@
+"""Core's KCP port: one UDP socket, one KCP conversation per remote address (kcp-go's Listener).
+
+Demultiplexing follows kcp-go (cell-protocol.md §2.3): conversations are keyed by the peer's
+``ip:port``; a known address that sends a *new* conv with sequence 0 replaces its conversation;
+parity shards are dropped. Unlike kcp-go, a conversation is created only from the datagram that
+opens one (a data shard whose first segment is PUSH with sequence 0, the dialer's handshake), so
+mid-stream traffic from a conversation Core no longer knows (a Cell that outlived a Core
+restart) is ignored until that Cell dials again, instead of filling the table with sessions that
+can never handshake.
+
+Everything a peer can make Core spend is bounded (:class:`~.conversation.Limits`): the number of
+conversations and of those still handshaking, the datagrams per second each peer may have
+processed, each conversation's queues and reassembly buffer. Malformed datagrams are dropped and
+counted; only malformed documents and handshakes (the session's business) drop a conversation,
+and only that one. How the port is bound is up to the caller (``listenUDP``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from nanocore.cluster.discovery import TokenBucket
+from nanocore.cluster.kcp.conversation import (
+    DEFAULT_LIMITS,
+    DatagramError,
+    KCPConversation,
+    Limits,
+    parse_datagram,
+)
+
+#: Builds the session that runs on a new conversation and starts it.
+Attach = Callable[[KCPConversation], None]
+Address = tuple[str, int]
+
+#: The socket's receive buffer we ask for, so a burst from one peer is not lost for all.
+RECEIVE_BUFFER = 4 << 20
+
+
+def enlarge_receive_buffer(transport: Any, size: int = RECEIVE_BUFFER) -> None:
+    """Ask the kernel for a larger receive buffer where there is a real socket."""
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return
+    with contextlib.suppress(OSError):  # the kernel's limit stands
+        get_handle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+class KCPEndpoint(DatagramProtocol):
+    """Accepts KCP conversations from any peer and attaches a session to each."""
+
+    log = Logger()
+
+    def __init__(
+        self, clock: IReactorTime, attach: Attach, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self._clock = clock
+        self._attach = attach
+        self._limits = limits
+        self.conversations: dict[Address, KCPConversation] = {}
+        #: Conversations created and maybe still handshaking; pruned when it matters.
+        self._pending: set[KCPConversation] = set()
+        self._openings = TokenBucket(clock, limits.openings_per_second, limits.opening_burst)
+        self._log_budget = TokenBucket(clock, 1.0, 10)
+        #: Datagrams dropped as malformed, foreign or over a limit.
+        self.dropped = 0
+
+    # -- the socket ---------------------------------------------------------------------------
+
+    def startProtocol(self) -> None:
+        enlarge_receive_buffer(self.transport)
+
+    def stopProtocol(self) -> None:
+        for conversation in list(self.conversations.values()):
+            conversation.abort()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        peer: Address = (addr[0], addr[1])
+        try:
+            self._receive(datagram, peer)
+        except Exception:
+            # A fault of ours must not reach the reactor nor leave a half-handled peer behind.
+            self.log.failure(
+                "KCP datagram from {peer} failed; dropping its conversation", peer=peer
+            )
+            conversation = self.conversations.get(peer)
+            if conversation is not None:
+                conversation.abort()
+
+    # -- Core stopping ------------------------------------------------------------------------
+
+    def close_all(self) -> Deferred[None]:
+        """Say goodbye on every conversation; fires once all are released (3 s at most)."""
+        conversations = list(self.conversations.values())
+        for conversation in conversations:
+            if conversation.session is not None:
+                conversation.session.close()
+            else:
+                conversation.abort()
+        waiting = [conversation.when_closed() for conversation in conversations]
+        return gatherResults(waiting).addCallback(lambda _: None)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _receive(self, datagram: bytes, peer: Address) -> None:
+        try:
+            parsed = parse_datagram(datagram)
+        except DatagramError as e:
+            self._drop("datagram from {peer}: {reason}", peer=peer, reason=e)
+            return
+        if parsed is None:
+            return
+        payload, head = parsed
+        conversation = self.conversations.get(peer)
+        if conversation is not None and head.conv == conversation.conv:
+            if conversation.accepts(payload):
+                conversation.deliver()
+            else:
+                self.dropped += 1
+            return
+        if not head.opens:
+            # Another conversation's traffic from a known address, or mid-stream traffic of
+            # a conversation we do not know (its peer outlived a Core restart).
+            self.dropped += 1
+            return
+        if not self._openings.take():
+            self._drop("new conversation from {peer}: too many openings", peer=peer)
+            return
+        if conversation is not None:
+            self.log.info(
+                "{peer} opened conversation {conv}: replacing its conversation {old}",
+                peer=peer,
+                conv=head.conv,
+                old=conversation.conv,
+            )
+            conversation.abort()
+        if not self._has_room():
+            self._drop("new conversation from {peer}: too many peers", peer=peer)
+            return
+        conversation = KCPConversation(
+            head.conv,
+            peer,
+            self._clock,
+            partial(self._write, peer),
+            self._forget,
+            self._limits,
+        )
+        if not conversation.accepts(payload):
+            conversation.abort()
+            self._drop("malformed opening segment from {peer}", peer=peer)
+            return
+        self.conversations[peer] = conversation
+        self._pending.add(conversation)
+        self._attach(conversation)
+        conversation.deliver()
+
+    def _has_room(self) -> bool:
+        if len(self.conversations) >= self._limits.conversations:
+            return False
+        pending = self._pending
+        if len(pending) >= self._limits.handshaking:
+            pending.difference_update(
+                [c for c in pending if c.released or not c.handshaking],
+            )
+        return len(pending) < self._limits.handshaking
+
+    def _write(self, peer: Address, datagram: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(datagram, peer)
+
+    def _forget(self, conversation: KCPConversation) -> None:
+        if self.conversations.get(conversation.peer) is conversation:
+            del self.conversations[conversation.peer]
+        self._pending.discard(conversation)
+
+    def _drop(self, text: str, **fields: object) -> None:
+        self.dropped += 1
+        if self._log_budget.take():
+            self.log.warn("KCP dropped " + text, **fields)

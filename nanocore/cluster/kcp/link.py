@@ -1,0 +1,139 @@
+"""The Cell link over KCP: the same :class:`LinkSession` as over TLS, on a KCP conversation.
+
+Everything above the wire is shared with the TLS link (handshake, keepalive, loss and disconnect
+timers, graceful close, the registry, transactions and operations), so one Cell is one Cell
+whichever wire it came on. What differs is identity: a stock Cell has no certificate, so its
+name is the one it claims in its ``ConnectionOpenedEvent`` (cell-protocol.md §2.6). Because that
+claim is unauthenticated, :class:`NameGuard` refuses a claim of a name that is linked from
+another address while that link is alive, so a second host cannot take over a Cell's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from weakref import WeakSet
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nanocore.cluster.kcp.conversation import DEFAULT_LIMITS, KCPConversation, Limits
+from nanocore.cluster.kcp.endpoint import Attach, KCPEndpoint
+from nanocore.cluster.message import Message
+from nanocore.cluster.transport import CellLink, LinkHandler, LinkSession, ServiceType
+
+#: Where the rest of Core keeps the link a name is bound to now (``CellRegistry.link``).
+CurrentLink = Callable[[str], CellLink | None]
+
+
+class NameGuard:
+    """A :class:`LinkHandler` in front of the registry that keeps self-asserted names honest.
+
+    A link whose claimed name is held by a live link from another address is dropped as soon
+    as its handshake completes; the handler never hears of it. A claim from the same address
+    (the Cell dialing again from a new port after a restart) is the Cell reconnecting and
+    replaces its old link, as over TLS.
+    """
+
+    log = Logger()
+
+    def __init__(self, handler: LinkHandler, current_link: CurrentLink) -> None:
+        self._handler = handler
+        self._current_link = current_link
+        self._refused: WeakSet[LinkSession] = WeakSet()
+        #: Handshakes refused because the name was held from another address.
+        self.refused = 0
+
+    def link_connected(self, link: LinkSession) -> None:
+        holder = self._current_link(link.name)
+        if holder is not None and holder is not link and holder.address != link.address:
+            self.refused += 1
+            self._refused.add(link)
+            link.protocol_error(f"name {link.name!r} is linked from {holder.address}")
+            return
+        self._handler.link_connected(link)
+
+    def message_received(self, link: LinkSession, message: Message) -> None:
+        if link not in self._refused:
+            self._handler.message_received(link, message)
+
+    def link_lost(self, link: LinkSession) -> None:
+        if link not in self._refused:
+            self._handler.link_lost(link)
+
+    def link_recovered(self, link: LinkSession) -> None:
+        if link not in self._refused:
+            self._handler.link_recovered(link)
+
+    def link_closed(self, link: LinkSession, gracefully: bool) -> None:
+        if link not in self._refused:
+            self._handler.link_closed(link, gracefully)
+
+
+def _sessions(
+    handler: LinkHandler,
+    clock: IReactorTime,
+    *,
+    local_name: str,
+    local_type: ServiceType,
+    peer_type: ServiceType,
+    dialer: bool,
+) -> Attach:
+    """Runs a :class:`LinkSession` for ``handler`` on each new conversation, naming the peer
+    by its handshake (there is no certificate to take the name from)."""
+
+    def attach(conversation: KCPConversation) -> None:
+        session = LinkSession(
+            conversation,
+            handler,
+            clock,
+            local_name=local_name,
+            local_type=local_type,
+            peer_type=peer_type,
+            dialer=dialer,
+        )
+        conversation.session = session
+        session.start()
+
+    return attach
+
+
+def core_sessions(
+    handler: LinkHandler, clock: IReactorTime, core_name: str, current_link: CurrentLink
+) -> Attach:
+    """Core's side: each Cell names itself in its handshake, and :class:`NameGuard` keeps a
+    name that ``current_link`` (``registry.link``) says is linked from elsewhere."""
+    return _sessions(
+        NameGuard(handler, current_link),
+        clock,
+        local_name=core_name,
+        local_type=ServiceType.CORE,
+        peer_type=ServiceType.CELL,
+        dialer=False,
+    )
+
+
+def cell_sessions(handler: LinkHandler, clock: IReactorTime, cell_name: str) -> Attach:
+    """A Cell's side (our simulated Cells): it announces ``cell_name`` first."""
+    return _sessions(
+        handler,
+        clock,
+        local_name=cell_name,
+        local_type=ServiceType.CELL,
+        peer_type=ServiceType.CORE,
+        dialer=True,
+    )
+
+
+def cell_link_endpoint(
+    handler: LinkHandler,
+    clock: IReactorTime,
+    core_name: str,
+    current_link: CurrentLink,
+    limits: Limits = DEFAULT_LIMITS,
+) -> KCPEndpoint:
+    """Core's KCP port protocol: Cells dial in, ``handler`` (the registry) hears of them.
+
+    ``current_link`` is ``registry.link``: a name held by a live link from another address,
+    over either wire, is not handed to a new claimant.
+    """
+    return KCPEndpoint(clock, core_sessions(handler, clock, core_name, current_link), limits)

@@ -1,0 +1,271 @@
+"""Core's KCP port: one conversation per address, kcp-go's demultiplexing, garbage and floods."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore.cluster.kcp.conversation import CMD_PUSH, KCPConversation
+from nanocore.cluster.kcp.endpoint import KCPEndpoint
+from nanocore.cluster.kcp.fec import TYPE_PARITY, DataShards
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from tests.kcpfixtures import CORE_ADDRESS, CellLiveness, KCPFabric
+
+CMD_ACK = 82
+CELL_A, ADDRESS_A = "Cell_00000000000a", ("10.0.0.10", 40001)
+CELL_B, ADDRESS_B = "Cell_00000000000b", ("10.0.0.11", 40002)
+
+
+def segment(
+    conv: int, cmd: int = CMD_PUSH, sn: int = 0, data: bytes = b"", length: Any = None
+) -> bytes:
+    declared = len(data) if length is None else length
+    return struct.pack("<IBBHIIII", conv, cmd, 0, 32, 0, sn, 0, declared) + data
+
+
+def shard(payload: bytes) -> bytes:
+    return DataShards().wrap(payload)
+
+
+def storage_request(name: str) -> Message:
+    return Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: name})
+
+
+class DemultiplexTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.fabric = KCPFabric()
+
+    def answers(self, name: str) -> bool:
+        """A request from Core to ``name`` comes back answered."""
+        d = self.fabric.registry.request(name, storage_request(name))
+        self.fabric.settle()
+        return self.successResultOf(d).id == MessageID.QueryCellStorageResponse
+
+    def test_one_conversation_per_address_with_the_dialers_conv(self) -> None:
+        self.fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        self.fabric.dial(CELL_B, ADDRESS_B, conv=0xB2)
+        self.fabric.settle()
+        conversations = self.fabric.endpoint.conversations
+        self.assertEqual(
+            {a: c.conv for a, c in conversations.items()}, {ADDRESS_A: 0xA1, ADDRESS_B: 0xB2}
+        )
+        self.assertEqual(self.fabric.registry.address(CELL_A), ADDRESS_A[0])
+        self.assertTrue(self.answers(CELL_A))
+        self.assertTrue(self.answers(CELL_B))
+
+    def test_only_an_opening_data_shard_creates_a_conversation(self) -> None:
+        inject = self.fabric.network.inject
+        parity = struct.pack("<IH", 10, TYPE_PARITY) + segment(5)
+        for datagram in (
+            parity,
+            shard(segment(5, sn=3, data=b"{}")),  # mid-stream: a conversation we do not know
+            shard(segment(5, cmd=CMD_ACK)),
+        ):
+            inject(ADDRESS_A, CORE_ADDRESS, datagram)
+        self.assertEqual(self.fabric.endpoint.conversations, {})
+        inject(ADDRESS_A, CORE_ADDRESS, shard(segment(5, data=b"{")))
+        self.assertEqual(list(self.fabric.endpoint.conversations), [ADDRESS_A])
+
+    def test_new_conv_with_sn_0_replaces_the_conversation_of_that_address(self) -> None:
+        self.fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        self.fabric.settle()
+        old = self.fabric.endpoint.conversations[ADDRESS_A]
+        self.fabric.network.ports.pop(ADDRESS_A)  # the Cell restarts on the same port
+        self.fabric.dial(CELL_A, ADDRESS_A, conv=0xA2)
+        self.fabric.settle()
+        self.assertTrue(old.released)
+        self.assertEqual(self.fabric.endpoint.conversations[ADDRESS_A].conv, 0xA2)
+        self.assertEqual(self.fabric.registry.state(CELL_A), CellLiveness.ALIVE)
+        self.assertTrue(self.answers(CELL_A))
+
+    def test_other_conv_mid_stream_from_a_known_address_is_ignored(self) -> None:
+        self.fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        self.fabric.settle()
+        before = self.fabric.endpoint.dropped
+        self.fabric.network.inject(ADDRESS_A, CORE_ADDRESS, shard(segment(0xBAD, sn=9, data=b"{")))
+        self.assertEqual(self.fabric.endpoint.conversations[ADDRESS_A].conv, 0xA1)
+        self.assertEqual(self.fabric.endpoint.dropped, before + 1)
+        self.assertTrue(self.answers(CELL_A))
+
+
+class GarbageTests(SynchronousTestCase):
+    """Malformed datagrams are dropped and counted; the conversations they hit keep working."""
+
+    def setUp(self) -> None:
+        self.fabric = KCPFabric()
+        self.fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        self.fabric.dial(CELL_B, ADDRESS_B, conv=0xB2)
+        self.fabric.settle()
+        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def still_working(self) -> None:
+        for name in (CELL_A, CELL_B):
+            d = self.fabric.registry.request(name, storage_request(name))
+            self.fabric.settle()
+            self.assertEqual(self.successResultOf(d).id, MessageID.QueryCellStorageResponse)
+            self.assertEqual(self.fabric.registry.state(name), CellLiveness.ALIVE)
+
+    def test_malformed_fec_headers_and_segments(self) -> None:
+        fec_ok = shard(segment(0xA1, data=b"x"))
+        cases = {
+            "empty": b"",
+            "short": b"\xf1",
+            "unknown flag": fec_ok[:4] + b"\xf3\x00" + fec_ok[6:],
+            "size lies": fec_ok[:6] + b"\xff\x00" + fec_ok[8:],
+            "no segment": shard(b"\x01\x02"),
+            "oversized": shard(segment(0xA1, data=b"x" * 1600)),
+            "segment longer than datagram": shard(segment(0xA1, sn=1, data=b"ab", length=500)),
+            "negative length": shard(segment(0xA1, sn=1, length=0xFFFFFFFF)),
+            "unknown command": shard(segment(0xA1, cmd=99, sn=1)),
+            "second segment of another conv": shard(
+                segment(0xA1, cmd=CMD_ACK) + segment(0xBEEF, cmd=CMD_ACK)
+            ),
+        }
+        for name, datagram in cases.items():
+            with self.subTest(name):
+                before = self.fabric.endpoint.dropped
+                self.fabric.network.inject(ADDRESS_A, CORE_ADDRESS, datagram)
+                self.assertEqual(self.fabric.endpoint.dropped, before + 1)
+        self.still_working()
+        self.assertEqual(self.fabric.endpoint.conversations[ADDRESS_A].refused, 4)
+
+    @settings(max_examples=300)
+    @given(st.binary(max_size=1600), st.sampled_from([ADDRESS_A, ("10.9.9.9", 9)]))
+    def test_random_bytes_never_raise(self, datagram: bytes, source: tuple[str, int]) -> None:
+        self.fabric.network.inject(source, CORE_ADDRESS, datagram)
+        self.fabric.network.inject(source, CORE_ADDRESS, shard(datagram))
+
+    def test_ill_typed_json_drops_that_cell_only(self) -> None:
+        cell = self.fabric.cells[CELL_A]
+        assert cell.link is not None
+        cell.link._wire.write_frame(b'{"id":328450,"uint_params":{"2":-1}}')  # type: ignore[attr-defined]
+        self.fabric.settle()
+        self.assertEqual(self.fabric.registry.state(CELL_A), CellLiveness.DISCONNECTED)
+        self.assertNotIn(ADDRESS_A, self.fabric.endpoint.conversations)
+        d = self.fabric.registry.request(CELL_B, storage_request(CELL_B))
+        self.fabric.settle()
+        self.successResultOf(d)
+
+    def test_a_fault_of_ours_is_logged_and_drops_only_that_conversation(self) -> None:
+        conversation = self.fabric.endpoint.conversations[ADDRESS_A]
+
+        def broken(payload: bytes) -> bool:
+            raise RuntimeError("bug")
+
+        conversation.accepts = broken  # type: ignore[method-assign]
+        self.fabric.network.inject(ADDRESS_A, CORE_ADDRESS, shard(segment(0xA1, cmd=CMD_ACK)))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(conversation.released)
+        d = self.fabric.registry.request(CELL_B, storage_request(CELL_B))
+        self.fabric.settle()
+        self.successResultOf(d)
+
+
+class FloodTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def test_flood_from_one_address_is_cut_to_its_budget(self) -> None:
+        fabric = KCPFabric(datagrams_per_second=1000, datagram_burst=100)
+        fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        fabric.dial(CELL_B, ADDRESS_B, conv=0xB2)
+        fabric.settle()
+        flooded = fabric.endpoint.conversations[ADDRESS_A]
+        ack = shard(segment(0xA1, cmd=CMD_ACK))
+        for _ in range(20_000):
+            fabric.network.inject(ADDRESS_A, CORE_ADDRESS, ack)
+        self.assertGreater(flooded.over_budget, 19_800)
+        d = fabric.registry.request(CELL_B, storage_request(CELL_B))
+        fabric.settle()
+        self.successResultOf(d)
+        fabric.clock.advance(1.0)  # the flooder's own link recovers once the flood stops
+        d = fabric.registry.request(CELL_A, storage_request(CELL_A))
+        fabric.run(1.0)
+        self.successResultOf(d)
+
+    def test_handshaking_conversations_are_bounded(self) -> None:
+        fabric = KCPFabric(handshaking=8)
+        fabric.dial(CELL_A, ADDRESS_A)
+        fabric.settle()
+        for port in range(100):
+            opening = shard(segment(port + 1, data=b'{"id":'))  # never completes
+            fabric.network.inject(("10.6.6.6", 1000 + port), CORE_ADDRESS, opening)
+        self.assertEqual(len(fabric.endpoint.conversations), 1 + 8)
+        self.assertIn("too many peers", self.observer[-1]["log_format"])
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        self.assertIsNone(fabric.registry.state(CELL_B))
+        fabric.run(10.5)  # the handshake timeout frees their places (and gives up Cell B's)
+        self.assertEqual(set(fabric.endpoint.conversations), {ADDRESS_A})
+        fabric.dial(CELL_B, ("10.0.0.11", 40003))
+        fabric.settle()
+        self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
+        self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.ALIVE)
+
+    def test_openings_are_rate_limited(self) -> None:
+        fabric = KCPFabric(openings_per_second=10, opening_burst=20)
+        fabric.dial(CELL_A, ADDRESS_A)
+        fabric.settle()
+        for port in range(100):  # one address dialing again and again, and many addresses
+            fabric.network.inject(ADDRESS_A, CORE_ADDRESS, shard(segment(port + 1, data=b"{")))
+            fabric.network.inject(("10.6.6.6", port), CORE_ADDRESS, shard(segment(1, data=b"{")))
+        # Cell A took one of the 20; the other 19 went alternately to A's address (which keeps
+        # one conversation, replaced each time) and to 9 new addresses.
+        self.assertEqual(len(fabric.endpoint.conversations), 1 + 9)
+        self.assertIn("too many openings", self.observer[-1]["log_format"])
+        fabric.run(10.5)  # the junk times out, the budget refills
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
+
+    def test_conversations_are_bounded(self) -> None:
+        fabric = KCPFabric(conversations=2)
+        fabric.dial(CELL_A, ADDRESS_A)
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        fabric.network.inject(("10.6.6.6", 1), CORE_ADDRESS, shard(segment(1, data=b"{")))
+        self.assertEqual(set(fabric.endpoint.conversations), {ADDRESS_A, ADDRESS_B})
+
+
+class LifecycleTests(SynchronousTestCase):
+    def test_close_all_says_goodbye_and_releases_every_conversation(self) -> None:
+        fabric = KCPFabric()
+        fabric.dial(CELL_A, ADDRESS_A)
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        gone: list[tuple[str, bool]] = []
+        for name in (CELL_A, CELL_B):
+            fabric.cells[name].link_closed = lambda link, gracefully, n=name: gone.append(  # type: ignore[method-assign]
+                (n, gracefully)
+            )
+        closing = fabric.endpoint.close_all()
+        fabric.settle()
+        self.successResultOf(closing)
+        self.assertEqual(sorted(gone), [(CELL_A, True), (CELL_B, True)])
+        self.assertEqual(fabric.endpoint.conversations, {})
+
+    def test_stopping_the_port_aborts_every_conversation(self) -> None:
+        fabric = KCPFabric()
+        fabric.dial(CELL_A, ADDRESS_A)
+        fabric.settle()
+        fabric.core_port.stopListening()
+        self.assertEqual(fabric.endpoint.conversations, {})
+        self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.DISCONNECTED)
+
+    def test_attach_is_called_once_per_conversation(self) -> None:
+        attached: list[KCPConversation] = []
+        fabric = KCPFabric()
+        endpoint = KCPEndpoint(fabric.clock, attached.append)
+        fabric.network.ports.pop(CORE_ADDRESS)
+        fabric.network.bind(endpoint, CORE_ADDRESS)
+        fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        fabric.settle()
+        fabric.clock.advance(1.0)
+        self.assertEqual([c.conv for c in attached], [0xA1])
+        endpoint.stopProtocol()

@@ -1,0 +1,201 @@
+"""The Cell link over KCP: the same sessions and registry as over TLS, names from the handshake."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore.cluster.kcp.conversation import KCPConversation
+from nanocore.cluster.kcp.dialer import KCPDialer
+from nanocore.cluster.kcp.link import NameGuard
+from nanocore.cluster.message import Message, MessageID, ParamKey, encode
+from nanocore.cluster.transport import (
+    DISCONNECT_AFTER,
+    KEEPALIVE_INTERVAL,
+    LOST_AFTER,
+    LinkState,
+    ServiceType,
+    opened_event,
+)
+from nanocore.testing.cluster import Waiter
+from tests.kcpfixtures import CORE_ADDRESS, CORE_NAME, CellLiveness, KCPFabric, lossy
+from tests.test_transport import RecordingHandler
+
+CELL, ADDRESS = "Cell_5254001a2b3c", ("10.0.0.20", 40001)
+OTHER, OTHER_ADDRESS = "Cell_5254001a2b3d", ("10.0.0.21", 40002)
+
+
+def storage_request(name: str, payload: str = "") -> Message:
+    return Message(
+        id=MessageID.QueryCellStorageRequest,
+        string_params={ParamKey.Cell: name, ParamKey.Data: payload},
+    )
+
+
+class LinkTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.fabric = KCPFabric()
+        self.waiter = Waiter()
+        self.fabric.registry.subscribe(self.waiter)
+        self.available: list[tuple[str, str]] = []
+        self.waiter.cell_available = lambda name, address: self.available.append((name, address))  # type: ignore[method-assign]
+
+    def test_handshake_both_ways_names_the_cell_by_its_claim(self) -> None:
+        cell = self.fabric.dial(CELL, ADDRESS)
+        self.fabric.settle()
+        link = self.fabric.registry.link(CELL)
+        assert link is not None and cell.link is not None
+        self.assertEqual((link.name, link.address), (CELL, ADDRESS[0]))
+        self.assertEqual(cell.link.name, CORE_NAME)
+        self.assertEqual(self.available, [(CELL, ADDRESS[0])])
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)  # its first report
+
+    def test_request_and_status_go_through_the_shared_registry(self) -> None:
+        self.fabric.dial(CELL, ADDRESS)
+        self.fabric.settle()
+        d = self.fabric.registry.request(CELL, storage_request(CELL))
+        self.fabric.settle()
+        reply = self.successResultOf(d)
+        self.assertEqual(reply.id, MessageID.QueryCellStorageResponse)
+        self.assertEqual(reply.sender, CELL)
+        status = self.fabric.registry.status(CELL)
+        assert status is not None
+        self.assertEqual(status.cores, 8)
+
+    def test_keepalives_flow_both_ways_and_keep_the_link_up(self) -> None:
+        cell = self.fabric.dial(CELL, ADDRESS)
+        self.fabric.settle()
+        conversation = self.fabric.endpoint.conversations[ADDRESS]
+        before = len(self.fabric.network.ports[ADDRESS].written)
+        self.fabric.run(4 * KEEPALIVE_INTERVAL)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
+        assert cell.link is not None
+        self.assertIs(cell.link.state, LinkState.CONNECTED)
+        self.assertFalse(conversation.released)
+        self.assertGreater(len(self.fabric.network.ports[ADDRESS].written), before)
+
+    def test_silent_cell_is_lost_at_9_s_and_disconnected_at_15_s(self) -> None:
+        self.fabric.dial(CELL, ADDRESS)
+        self.fabric.settle()
+        self.fabric.network.cut.add(ADDRESS)  # the Cell's host vanishes without a word
+        self.fabric.clock.advance(LOST_AFTER - 0.01)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
+        self.fabric.clock.advance(0.02)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.LOST)
+        self.fabric.clock.advance(DISCONNECT_AFTER - LOST_AFTER)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.DISCONNECTED)
+        self.assertEqual(self.waiter.disconnected, {CELL: False})
+        self.fabric.clock.advance(5.0)  # the goodbye nobody acknowledges is given up
+        self.assertEqual(self.fabric.endpoint.conversations, {})
+        self.assertEqual(self.fabric.clock.getDelayedCalls(), [])
+
+    def test_cell_that_says_goodbye_is_disconnected_gracefully(self) -> None:
+        cell = self.fabric.dial(CELL, ADDRESS)
+        self.fabric.settle()
+        cell.close()
+        self.fabric.settle()
+        self.assertEqual(self.waiter.disconnected, {CELL: True})
+        self.assertEqual(self.fabric.endpoint.conversations, {})
+
+    def test_large_messages_both_ways_through_10_percent_loss_each_way(self) -> None:
+        fabric = KCPFabric(lose=lossy(0.10))
+        fabric.dial(CELL, ADDRESS)
+        fabric.run(3.0)
+        self.assertEqual(fabric.registry.state(CELL), CellLiveness.ALIVE)
+        payload = "p" * 200_000
+        cell = fabric.cells[CELL]
+        cell._handlers[MessageID.QueryCellStorageRequest] = lambda request: [  # type: ignore[attr-defined]
+            cell._success(request, string_array_params={ParamKey.Data: (payload,)})  # type: ignore[attr-defined]
+        ]
+        d = fabric.registry.request(CELL, storage_request(CELL, payload))
+        fabric.run(9.0)
+        reply = self.successResultOf(d)
+        self.assertEqual(reply.string_array_params[ParamKey.Data], (payload,))
+        self.assertEqual(cell.received[-1].string_params[ParamKey.Data], payload)
+        self.assertGreater(fabric.network.lost, 10)
+        self.assertEqual(fabric.registry.state(CELL), CellLiveness.ALIVE)
+
+    def test_handshake_of_the_wrong_service_type_is_refused(self) -> None:
+        def claim_to_be_a_core(conversation: KCPConversation) -> None:
+            conversation.write_frame(encode(opened_event(CELL, ServiceType.CORE)))
+
+        self.fabric.network.bind(
+            KCPDialer(CORE_ADDRESS, self.fabric.clock, claim_to_be_a_core), ADDRESS
+        )
+        self.fabric.settle()
+        self.assertIsNone(self.fabric.registry.state(CELL))
+        self.assertEqual(self.fabric.endpoint.conversations, {})
+        self.assertEqual(self.available, [])
+
+
+class NameTakeoverTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.fabric = KCPFabric()
+        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.fabric.dial(CELL, ADDRESS)
+        self.fabric.settle()
+
+    def test_name_held_from_another_address_is_not_taken_over(self) -> None:
+        impostor = self.fabric.dial(CELL, OTHER_ADDRESS)
+        self.fabric.settle()
+        self.assertEqual(self.fabric.registry.address(CELL), ADDRESS[0])
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
+        self.assertNotIn(OTHER_ADDRESS, self.fabric.endpoint.conversations)
+        assert impostor.link is None or not impostor.link.connected
+        self.assertTrue(any("is linked from" in str(e.get("reason", "")) for e in self.observer))
+        d = self.fabric.registry.request(CELL, storage_request(CELL))
+        self.fabric.settle()
+        self.assertEqual(self.successResultOf(d).sender, CELL)
+
+    def test_the_name_is_free_again_once_its_link_is_gone(self) -> None:
+        self.fabric.cells[CELL].close()
+        self.fabric.settle()
+        self.fabric.dial(CELL, OTHER_ADDRESS)
+        self.fabric.settle()
+        self.assertEqual(self.fabric.registry.address(CELL), OTHER_ADDRESS[0])
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
+
+    def test_same_host_new_port_is_the_cell_reconnecting(self) -> None:
+        self.fabric.network.ports.pop(ADDRESS)  # restarted: the old port is gone
+        self.fabric.dial(CELL, (ADDRESS[0], 40999))
+        self.fabric.settle()
+        link = self.fabric.registry.link(CELL)
+        assert link is not None
+        self.assertEqual(self.fabric.endpoint.conversations[(ADDRESS[0], 40999)].session, link)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
+
+
+class NameGuardTests(SynchronousTestCase):
+    """The guard alone, over recorded links."""
+
+    class Link:
+        def __init__(self, name: str, address: str) -> None:
+            self.name, self.address = name, address
+            self.connected = True
+            self.errors: list[str] = []
+
+        def protocol_error(self, reason: str) -> None:
+            self.errors.append(reason)
+
+    def test_only_refused_links_are_hidden_from_the_handler(self) -> None:
+        handler = RecordingHandler()
+        holders: dict[str, Any] = {}
+        guard = NameGuard(handler, holders.get)
+        first, second = self.Link(CELL, "10.0.0.1"), self.Link(CELL, "10.0.0.2")
+        guard.link_connected(first)  # type: ignore[arg-type]
+        holders[CELL] = first
+        guard.link_connected(second)  # type: ignore[arg-type]
+        for event in ("link_lost", "link_recovered"):
+            getattr(guard, event)(second)
+            getattr(guard, event)(first)
+        guard.message_received(second, Message(id=1))  # type: ignore[arg-type]
+        guard.link_closed(second, False)  # type: ignore[arg-type]
+        self.assertEqual(
+            handler.events,
+            [("connected", CELL, "10.0.0.1"), ("lost", CELL, None), ("recovered", CELL, None)],
+        )
+        self.assertEqual(handler.messages, [])
+        self.assertEqual((guard.refused, len(second.errors)), (1, 1))
