@@ -15,7 +15,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 
-from nanocore.cluster import cells
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.kcp.conversation import DEFAULT_LIMITS, Limits
 from nanocore.cluster.kcp.dialer import KCPDialer
@@ -23,10 +22,6 @@ from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.link import cell_link_endpoint, cell_sessions
 from nanocore.cluster.transactions import Transactions
 from nanocore.testing.fakecell import FakeCell
-
-#: The registry's liveness states: ``CellState`` on this branch's base, ``CellLiveness`` once
-#: #9 (oneofeach) is in; one name for the KCP tests either way, until the merge drops this.
-CellLiveness: Any = getattr(cells, "CellLiveness", None) or cells.CellState
 
 Address = tuple[str, int]
 CORE_ADDRESS: Address = ("10.0.0.1", 5600)

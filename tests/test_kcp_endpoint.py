@@ -11,11 +11,12 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.kcp.conversation import CMD_PUSH, KCPConversation
 from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.fec import TYPE_PARITY, DataShards
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from tests.kcpfixtures import CORE_ADDRESS, CellLiveness, KCPFabric
+from tests.kcpfixtures import CORE_ADDRESS, KCPFabric
 
 CMD_ACK = 82
 CELL_A, ADDRESS_A = "Cell_00000000000a", ("10.0.0.10", 40001)
