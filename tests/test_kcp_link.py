@@ -8,6 +8,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.kcp.conversation import KCPConversation
 from nanocore.cluster.kcp.dialer import KCPDialer
 from nanocore.cluster.kcp.link import NameGuard
@@ -21,7 +22,7 @@ from nanocore.cluster.transport import (
     opened_event,
 )
 from nanocore.testing.cluster import Waiter
-from tests.kcpfixtures import CORE_ADDRESS, CORE_NAME, CellLiveness, KCPFabric, lossy
+from tests.kcpfixtures import CORE_ADDRESS, CORE_NAME, KCPFabric, lossy
 from tests.test_transport import RecordingHandler
 
 CELL, ADDRESS = "Cell_5254001a2b3c", ("10.0.0.20", 40001)
