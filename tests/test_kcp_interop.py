@@ -31,7 +31,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from nanocore.cluster.cells import CellRegistry
+from nanocore.cluster.cells import CellLiveness, CellRegistry
 from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.fec import DATA_SHARDS, SHARDS_PER_GROUP, TYPE_DATA, TYPE_PARITY
 from nanocore.cluster.kcp.link import core_sessions
@@ -39,7 +39,6 @@ from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import DISCONNECT_AFTER
 from nanocore.testing.cluster import Waiter
-from tests.kcpfixtures import CellLiveness
 
 reactor: Any = _reactor
 LOOPBACK = "127.0.0.1"

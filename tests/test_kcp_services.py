@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from nanocore.cluster.cells import CellRegistry
+from nanocore.cluster.cells import CellLiveness, CellRegistry
 from nanocore.cluster.kcp.dialer import KCPClientService
 from nanocore.cluster.kcp.link import cell_link_endpoint, cell_sessions
 from nanocore.cluster.kcp.listener import KCPLinkService
@@ -20,7 +20,6 @@ from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
 from nanocore.testing.cluster import Waiter
 from nanocore.testing.fakecell import FakeCell
-from tests.kcpfixtures import CellLiveness
 
 reactor: Any = _reactor
 LOOPBACK = "127.0.0.1"
