@@ -16,11 +16,11 @@ from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import LinkError, LinkSession, LinkState
+from nanocore.cluster.transport import LinkError, LinkHandler, LinkSession, LinkState
 
 #: A cell whose last status report is older than this is no longer *alive* (core §6, step 2).
 STATUS_STALE_AFTER = 10.0
@@ -136,6 +136,7 @@ class _Cell:
     reported_at: float | None = None
 
 
+@implementer(LinkHandler)
 class CellRegistry:
     """Who is connected, alive, lost or disconnected, and how to reach them."""
 
