@@ -30,10 +30,15 @@ MAX_DEPTH = 64
 
 
 class JSONError(ValueError):
-    """A document that is not JSON as Go reads it; ``pos`` is the offset, when one is known."""
+    """A document that is not JSON as Go reads it.
 
-    def __init__(self, msg: str, pos: int | None = None) -> None:
-        super().__init__(msg if pos is None else f"{msg} at offset {pos}")
+    ``msg`` says what is wrong; ``pos``, when known, is where (a character offset, or a byte
+    offset for bytes that are not UTF-8), and the text of the error says it as Python's JSON
+    errors do (``line 1 column 7 (char 6)``), for the readers of config files.
+    """
+
+    def __init__(self, msg: str, pos: int | None = None, where: str = "") -> None:
+        super().__init__(msg + where)
         self.msg = msg
         self.pos = pos
 
@@ -83,9 +88,12 @@ def loads(
         if not first_value and end != len(text) and text[end:].strip(_WHITESPACE):
             raise json.JSONDecodeError("Extra data", text, end)
     except UnicodeDecodeError as error:
-        raise JSONError("bytes that are not UTF-8", error.start) from None
+        raise JSONError(
+            "bytes that are not UTF-8", error.start, f" (byte {error.start})"
+        ) from None
     except json.JSONDecodeError as error:
-        raise JSONError(error.msg, error.pos) from None
+        where = f": line {error.lineno} column {error.colno} (char {error.pos})"
+        raise JSONError(error.msg, error.pos, where) from None
     except RecursionError:
         raise JSONError(_TOO_DEEP) from None
     except JSONError:

@@ -50,7 +50,8 @@ class LoadsTests(SynchronousTestCase):
     def test_malformed_text_names_the_offset(self) -> None:
         error = self.refused(b'{"a": }')
         self.assertEqual((error.msg, error.pos), ("Expecting value", 6))
-        self.assertEqual(str(error), "Expecting value at offset 6")
+        self.assertEqual(str(error), "Expecting value: line 1 column 7 (char 6)")
+        self.assertIn("line 2 column 1", str(self.refused('{"a": 1,\n}')))
         self.assertEqual(self.refused(b"").msg, "Expecting value")
         self.assertEqual(self.refused(b"{} {}").msg, "Extra data")
         self.assertEqual(self.refused(b"\xef\xbb\xbf{}").msg, "Expecting value")  # no BOM
@@ -58,6 +59,7 @@ class LoadsTests(SynchronousTestCase):
     def test_only_utf8(self) -> None:
         error = self.refused(b'{"a": "\xff"}')
         self.assertEqual((error.msg, error.pos), ("bytes that are not UTF-8", 7))
+        self.assertEqual(str(error), "bytes that are not UTF-8 (byte 7)")
         self.assertIsInstance(error, ValueError)
 
     def test_overlong_integers_are_a_json_error(self) -> None:
