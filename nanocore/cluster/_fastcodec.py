@@ -44,8 +44,8 @@ from nanocore.cluster.message import (
     UINT_PARAMS,
     Message,
     ParamMap,
-    Params,
     check_uint32,
+    checked_params,
 )
 
 __all__ = ["decode", "encode", "with_from_session"]
@@ -221,7 +221,7 @@ def _map_reader(kind: ParamMap, check: Callable[[object], Any]) -> Callable[[obj
         if type(value) is not tuple:
             _unusual()
         params = {_key(key): check(item) for key, item in value}
-        return Params(params, kind.check) if params else EMPTY_PARAMS
+        return checked_params(params, kind.check) if params else EMPTY_PARAMS
 
     return read
 

@@ -304,27 +304,28 @@ def _is_integer(value: object) -> TypeGuard[int]:
 
 def _plain_int(value: object) -> object:
     """An IntEnum (a MessageID, a ParamKey) as the plain int it stands for; others unchanged."""
-    if type(value) is not int and _is_integer(value):
-        return int(value)
-    return value
+    return int(value) if _is_integer(value) else value
 
 
 def check_uint32(name: str, key: int | None, value: object) -> int:
-    value = _plain_int(value)
+    if type(value) is not int:
+        value = _plain_int(value)
     if type(value) is int and 0 <= value <= UINT32_MAX:
         return value
     raise _refused(name, key, _UINT32, value)
 
 
 def check_uint64(name: str, key: int | None, value: object) -> int:
-    value = _plain_int(value)
+    if type(value) is not int:
+        value = _plain_int(value)
     if type(value) is int and 0 <= value <= UINT64_MAX:
         return value
     raise _refused(name, key, _UINT64, value)
 
 
 def check_int64(name: str, key: int | None, value: object) -> int:
-    value = _plain_int(value)
+    if type(value) is not int:
+        value = _plain_int(value)
     if type(value) is int and INT64_MIN <= value <= INT64_MAX:
         return value
     raise _refused(name, key, "expected a signed 64-bit integer", value)
@@ -383,10 +384,7 @@ class Params(dict[int, _V]):
     """
 
     __slots__ = ("checked_by",)
-
-    def __init__(self, items: dict[int, _V], checked_by: Check | None) -> None:
-        super().__init__(items)
-        self.checked_by = checked_by
+    checked_by: Check | None
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("message parameters are read-only; build a new Message instead")
@@ -404,11 +402,18 @@ class Params(dict[int, _V]):
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Params, (dict(self), self.checked_by))
+        return (checked_params, (dict(self), self.checked_by))
+
+
+def checked_params(items: dict[int, _V], checked_by: Check | None) -> Params[_V]:
+    """``items``, which passed ``checked_by``, as read-only Params."""
+    params: Params[_V] = Params(items)
+    params.checked_by = checked_by
+    return params
 
 
 #: The default of every map: empty, and read-only like any other.
-EMPTY_PARAMS: Mapping[int, Any] = Params({}, None)
+EMPTY_PARAMS: Mapping[int, Any] = checked_params({}, None)
 
 
 @frozen
@@ -424,18 +429,18 @@ class ParamMap:
         """Check every key and value of ``params``; return them as a read-only map."""
         if type(params) is Params and (params.checked_by is self.check or not params):
             return params  # empty, or checked as this very type already
-        if not isinstance(params, Mapping):
+        if not isinstance(params, dict | Mapping):
             raise MessageError(self.name, f"expected a mapping, got {params!r}")
         if not params:
             return EMPTY_PARAMS
         checked: dict[int, Any] = {}
+        name, check = self.name, self.check
         for key, value in params.items():
-            if not (_is_integer(key) and 0 <= key <= UINT32_MAX):
-                raise MessageError(
-                    self.name, f"parameter key {key!r} is not an integer in 0..2**32-1"
-                )
-            checked[int(key)] = self.check(self.name, key, value)
-        return Params(checked, self.check)
+            number = key if type(key) is int else _plain_int(key)
+            if type(number) is not int or not 0 <= number <= UINT32_MAX:
+                raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
+            checked[number] = check(name, number, value)
+        return checked_params(checked, check)
 
 
 BOOL_PARAMS = ParamMap("bool_params", check_bool, False)
