@@ -98,6 +98,13 @@ class DecodeTests(SynchronousTestCase):
         )
 
 
+class Unreached:
+    """The operations of an API whose requests never get past decoding the body."""
+
+    def revision(self) -> int:
+        return 0
+
+
 class ThroughTheAPITests(SynchronousTestCase):
     """Issue 14 point 4: a signed body nested 1,000 deep once answered HTTP 500 with Twisted's
     HTML page and logged a RecursionError; it is an ordinary decode error in the envelope."""
@@ -105,7 +112,8 @@ class ThroughTheAPITests(SynchronousTestCase):
     def test_over_deep_body_answers_the_envelope(self) -> None:
         clock = Clock()
         clock.advance(1_714_529_472.0)
-        client = APIClient(build_api_resource(None, TEST_CREDENTIALS, clock), clock)
+        resource = build_api_resource(Unreached(), TEST_CREDENTIALS, clock)
+        client = APIClient(resource, clock)
         depth = 1_000
         body = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
         answer = self.successResultOf(client.post("/compute_pools/p", raw=body))
