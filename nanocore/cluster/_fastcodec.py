@@ -7,7 +7,7 @@ a field named in another case or given twice) back to the plain :func:`message.d
 decides: every rule stays in one place. ``tests/test_fastcodec.py`` holds the two to the same
 output with hypothesis.
 
-Three tricks are confined here, each because it halves the cost of what it replaces:
+Three tricks are confined here, each because it at least halves the cost of what it replaces:
 
 - A decoded :class:`Message` is built without attrs' ``__init__``, whose converters would check
   every value a second time: :func:`_new_message` writes the fields through the slots' own

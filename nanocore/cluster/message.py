@@ -633,7 +633,7 @@ def _read_map(kind: ParamMap, value: object, into: dict[int, Any] | None) -> dic
         raise MessageError(kind.name, f"expected an object, got {_describe(value)}")
     merged = {} if into is None else into
     for key, item in value:
-        number = parse_param_key(kind.name, key)
+        number = _param_key(kind.name, key)
         if item is None:
             item = kind.zero
         elif type(item) is tuple:
@@ -642,7 +642,7 @@ def _read_map(kind: ParamMap, value: object, into: dict[int, Any] | None) -> dic
     return merged
 
 
-def parse_param_key(name: str, key: str) -> int:
+def _param_key(name: str, key: str) -> int:
     """A map key as Go parses it (``strconv.ParseUint(key, 10, 64)``), fitting the uint32 key.
 
     ASCII digits only: no sign, spaces or underscores; leading zeros are fine.

@@ -144,7 +144,7 @@ class Transactions:
         if is_reply is None:
             is_reply = _default_is_reply(message.id)
         token = self._issue_token()
-        stamped = with_from_session(message, token)
+        stamped = with_from_session(message, token)  # attrs.evolve, at a third of the cost
         deferred: Deferred[Message] = Deferred(lambda _: self._forget(token))
         entry = _Pending(
             request=stamped,
