@@ -160,8 +160,8 @@ def dumps(value: Any, *, indent: int | None = None) -> str:
     """``value`` as Go's ``json.Marshal`` (or ``MarshalIndent`` with ``indent`` spaces) prints it.
 
     UTF-8 text with Go's HTML-safe escapes; integral floats without a fraction; ``ValueError``
-    for NaN or an infinity. Go's shortest form for floats below 1e-4 (``0.00001``, where Python
-    writes ``1e-05``) is not reproduced.
+    for NaN or an infinity. Go's forms of floats below 1e-4 (``0.00001``, ``1e-7``, where Python
+    writes ``1e-05``, ``1e-07``) are not reproduced.
     """
     if _has_float(value):
         value = _go_numbers(value)
