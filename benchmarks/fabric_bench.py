@@ -43,11 +43,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nanocore.cluster.cells import CellStatus
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import reply_to
-from nanocore.cluster.transport import LinkSession, cell_link_protocol
+from nanocore.cluster.transport import LinkHandler, LinkSession, cell_link_protocol
 from nanocore.pki import (
     client_tls_options,
     issue_cell_certificate,
@@ -229,6 +230,7 @@ class _Counter:
         pass
 
 
+@implementer(LinkHandler)
 class LeanResponder:
     """A Cell that only answers ``QueryCellStorageRequest``, over the real link and codec."""
 

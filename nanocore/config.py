@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from attrs import field, frozen
 from twisted.logger import Logger
 
+from nanocore import gojson
 from nanocore.atomicfile import write_file
 from nanocore.model import is_ipv4
 
@@ -141,6 +142,7 @@ def _describe(value: object) -> str:
     """A short rendering of a JSON value for an error message."""
     if value is _MISSING:
         return "nothing (the key is missing)"
+    # Python's rendering, not Go's: it shows 5599.0 as written, where Go would print 5599.
     text = json.dumps(value, ensure_ascii=False)
     if len(text) > 60:
         text = text[:57] + "..."
@@ -170,10 +172,6 @@ def _json_type(value: object) -> str:
     return "object"
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def read_document(path: Path) -> dict[str, Any]:
     """Read one config file as a JSON object, refusing oversized or malformed files."""
     try:
@@ -190,12 +188,14 @@ def read_document(path: Path) -> dict[str, Any]:
             path, "", f"more than {MAX_CONFIG_BYTES} bytes", "a small JSON config file"
         )
     try:
-        document = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(
             path, "", f"bytes that are not UTF-8 (at offset {error.start})", "UTF-8 JSON"
         ) from None
-    except ValueError as error:
+    try:
+        document = gojson.loads(text)
+    except gojson.JSONError as error:
         raise ConfigError(path, "", f"invalid JSON ({error})", "a JSON object") from None
     if not isinstance(document, dict):
         raise ConfigError(path, "", f"a JSON {_json_type(document)}", "a JSON object")
@@ -424,7 +424,7 @@ def ensure_config(config_dir: Path, *, cert_dir: Path | None = None) -> list[Pat
         path = config_dir / name
         if path.exists():
             continue
-        content = (json.dumps(document, indent=1) + "\n").encode("utf-8")
+        content = (gojson.dumps(document, indent=1) + "\n").encode("utf-8")
         if write_file(path, content, mode=CONFIG_FILE_MODE, replace=False):
             log.info("wrote default config file {path} (mode 0600)", path=str(path))
             written.append(path)

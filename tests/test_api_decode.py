@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanocore.api.app import build_api_resource
 from nanocore.api.decode import Body, DecodeError, Field, Kind
+from nanocore.api.testing import TEST_CREDENTIALS, APIClient
+from nanocore.gojson import MAX_DEPTH
 
 QOS = Body((Field("cpu_priority", required=True), Field("read_speed", Kind.UINT)), name="qos")
 BODY = Body(
@@ -77,3 +81,42 @@ class DecodeTests(SynchronousTestCase):
         self.assertEqual(
             BODY.decode(b'{"zzz": {"deep": [1]}, "name": "n"} {"name": 2}')["name"], "n"
         )
+
+    def test_over_deep_json_is_a_decode_error(self) -> None:
+        depth = 1_000
+        message = self.refused(b'{"qos": ' + b"[" * depth + b"]" * depth + b"}")
+        self.assertEqual(message, f"invalid JSON body: nested deeper than {MAX_DEPTH} levels")
+
+    def test_constants_go_does_not_know_are_refused(self) -> None:
+        self.assertEqual(
+            self.refused(b'{"usage": NaN}'), "invalid JSON body: NaN is not valid JSON"
+        )
+
+    def test_malformed_json_names_the_offset_in_the_body(self) -> None:
+        self.assertEqual(
+            self.refused(b'  {"name": }'), "invalid JSON body: Expecting value at offset 11"
+        )
+
+
+class Unreached:
+    """The operations of an API whose requests never get past decoding the body."""
+
+    def revision(self) -> int:
+        return 0
+
+
+class ThroughTheAPITests(SynchronousTestCase):
+    """Issue 14 point 4: a signed body nested 1,000 deep once answered HTTP 500 with Twisted's
+    HTML page and logged a RecursionError; it is an ordinary decode error in the envelope."""
+
+    def test_over_deep_body_answers_the_envelope(self) -> None:
+        clock = Clock()
+        clock.advance(1_714_529_472.0)
+        resource = build_api_resource(Unreached(), TEST_CREDENTIALS, clock)
+        client = APIClient(resource, clock)
+        depth = 1_000
+        body = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
+        answer = self.successResultOf(client.post("/compute_pools/p", raw=body))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.error, f"invalid JSON body: nested deeper than {MAX_DEPTH} levels")
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -11,7 +11,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore import config
+from nanocore import config, gojson
 from nanocore.config import (
     APIConfig,
     ConfigError,
@@ -316,6 +316,17 @@ class FileLevelTests(ConfigTestCase):
         error = self.refused(self.write(config.DOMAIN_FILE, '{"timeout": NaN}'))
         self.assertIn("NaN", error.found)
 
+    def test_over_deep_document(self) -> None:
+        """A clear ConfigError, never a RecursionError, however deep (issue 14 point 4)."""
+        for depth in (gojson.MAX_DEPTH, 1_000, 100_000):
+            nested = "[" * depth + "]" * depth
+            path = self.write(
+                config.DOMAIN_FILE, f'{{"listen_address": "127.0.0.1", "x": {nested}}}'
+            )
+            error = self.refused(path)
+            self.assertIn(f"nested deeper than {gojson.MAX_DEPTH} levels", error.found)
+            self.assertEqual(error.expected, "a JSON object")
+
     def test_not_utf8(self) -> None:
         path = self.directory / config.DOMAIN_FILE
         path.write_bytes(b'{"domain": "\xff"}')
@@ -360,6 +371,17 @@ class EnsureConfigTests(ConfigTestCase):
                 key_file=str(cert_dir.absolute() / "nano_image.key.pem"),
             ),
         )
+
+    def test_files_are_written_as_go_indents_them(self) -> None:
+        """One space per level, as the original's MarshalIndent, with Go's escapes."""
+        cert_dir = self.directory / "certs <&> é"
+        ensure_config(self.directory, cert_dir=cert_dir)
+        text = (self.directory / config.IMAGE_FILE).read_text(encoding="utf-8")
+        self.assertTrue(text.startswith('{\n "cert_file": "'), text)
+        self.assertIn("certs \\u003c\\u0026\\u003e é", text)
+        self.assertTrue(text.endswith('"\n}\n'), text)
+        loaded = load_image(self.directory / config.IMAGE_FILE)
+        self.assertEqual(loaded.cert_file, str(cert_dir.absolute() / config.IMAGE_CERT_NAME))
 
     def test_no_temporary_files_are_left_behind(self) -> None:
         ensure_config(self.directory)

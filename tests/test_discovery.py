@@ -16,6 +16,7 @@ from twisted.internet.testing import EventLoggingObserver, FakeDatagramTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanocore import gojson
 from nanocore.cluster.discovery import (
     MAX_PACKET_SIZE,
     DiscoveryListener,
@@ -265,6 +266,19 @@ class ListenerTests(LogCapture):
         self.assertEqual(len(warnings), 3)
         self.assertIn("malformed packet from 127.0.0.7", warnings[0])
         self.assertIn("non-ping", warnings[2])
+        self.ping()
+        self.assertEqual(len(self.transport.written), 1)
+
+    def test_over_deep_packet_is_dropped_with_a_clear_reason(self) -> None:
+        """Nested past gojson's limit (and past the parser's stack): one log line, no echo."""
+        for depth in (gojson.MAX_DEPTH + 1, 3_000):
+            packet = b'{"type":0,"id":1,"domain":"nano","x":' + b"[" * depth + b"]" * depth + b"}"
+            self.assertLessEqual(len(packet), MAX_PACKET_SIZE)
+            self.listener.datagramReceived(packet, CELL)
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual(self.listener.dropped, 2)
+        for warning in self.warnings():
+            self.assertIn(f"nested deeper than {gojson.MAX_DEPTH} levels", warning)
         self.ping()
         self.assertEqual(len(self.transport.written), 1)
 

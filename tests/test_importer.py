@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
+from nanocore import gojson
 from nanocore import model as m
 from nanocore.store import Put, Store, UnitOfWork, importer
 from nanocore.store.errors import Conflict
@@ -136,6 +137,22 @@ class RefusalTests(ImporterTestCase):
         path.write_bytes(path.read_bytes()[:200])
         self.assertRefused("resource.data", "not valid JSON")
         self.assertFalse((self.data_dir / DB_NAME).exists())
+
+    def test_over_deep_file(self) -> None:
+        """A clear refusal, not a RecursionError (issue 14 point 4), and nothing written."""
+        depth = 1_000
+        self.edit("resource.data", lambda d: d.update(x=[]))
+        path = self.source / "data" / "resource.data"
+        nested = b"[" * depth + b"]" * depth
+        path.write_bytes(path.read_bytes().replace(b'"x": []', b'"x": ' + nested))
+        self.assertRefused("resource.data", f"nested deeper than {gojson.MAX_DEPTH} levels")
+        self.assertFalse((self.data_dir / DB_NAME).exists())
+
+    def test_nan_is_not_json(self) -> None:
+        self.edit("resource.data", lambda d: d.update(x=[]))
+        path = self.source / "data" / "resource.data"
+        path.write_bytes(path.read_bytes().replace(b'"x": []', b'"x": NaN'))
+        self.assertRefused("resource.data", "NaN is not valid JSON")
 
     def test_bad_field(self) -> None:
         def change(d: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from nanocore.cluster.kcp.conversation import (
     DATAGRAM_SIZE,
@@ -19,7 +20,7 @@ from nanocore.cluster.kcp.conversation import (
     parse_datagram,
 )
 from nanocore.cluster.kcp.fec import data_payload
-from nanocore.cluster.transport import CLOSE_GRACE, LinkState
+from nanocore.cluster.transport import CLOSE_GRACE, FrameWire, LinkState
 
 PEER_A = ("10.0.0.1", 5600)
 PEER_B = ("10.0.0.2", 40000)
@@ -103,6 +104,11 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(normal, {"nodelay_": 0, "interval": 100, "nocwnd": 0})
         self.assertEqual((arq.rx_minrto, arq.fastresend, arq.stream), (100, 0, 0))  # type: ignore[attr-defined]
         self.assertEqual(MSS, 1368)
+
+
+class ContractTests(SynchronousTestCase):
+    def test_a_conversation_is_a_frame_wire(self) -> None:
+        self.assertTrue(verifyObject(FrameWire, Pair().a))
 
 
 class ExchangeTests(SynchronousTestCase):

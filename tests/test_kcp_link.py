@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.kcp.conversation import KCPConversation
@@ -17,6 +18,7 @@ from nanocore.cluster.transport import (
     DISCONNECT_AFTER,
     KEEPALIVE_INTERVAL,
     LOST_AFTER,
+    LinkHandler,
     LinkState,
     ServiceType,
     opened_event,
@@ -180,6 +182,9 @@ class NameGuardTests(SynchronousTestCase):
 
         def protocol_error(self, reason: str) -> None:
             self.errors.append(reason)
+
+    def test_the_guard_is_a_link_handler(self) -> None:
+        self.assertTrue(verifyObject(LinkHandler, NameGuard(RecordingHandler(), {}.get)))
 
     def test_only_refused_links_are_hidden_from_the_handler(self) -> None:
         handler = RecordingHandler()

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanocore import gojson
 from nanocore.cluster.message import (
     DOCUMENT,
     KIND_EVENT,
@@ -424,30 +425,19 @@ class ConstructionTests(SynchronousTestCase):
         message = Message(id=1)
         self.assertRaises(MessageError, attrs.evolve, message, to_session=-1)
 
-    def test_replace_changes_only_the_sessions_and_sender(self) -> None:
+    def test_evolve_changes_only_what_it_is_told(self) -> None:
         message = Message(
             id=MessageID.GetAuthRequest,
             transaction=3,
             string_params={ParamKey.Guest: "g"},
             uint_array_params={ParamKey.Disk: (1, 2)},
         )
-        stamped = message.replace(from_session=7, to_session=9, sender="Cell_a")
-        self.assertEqual(stamped, attrs.evolve(message, from_session=7, to_session=9))
+        stamped = attrs.evolve(message, from_session=7, to_session=9, sender="Cell_a")
         self.assertEqual((stamped.from_session, stamped.to_session), (7, 9))
         self.assertEqual(stamped.sender, "Cell_a")
         self.assertEqual((message.from_session, message.to_session, message.sender), (0, 0, ""))
-        self.assertIs(stamped.string_params, message.string_params)  # immutable: shared
-        self.assertEqual(message.replace(), message)
-
-    def test_replace_keeps_the_checks(self) -> None:
-        message = Message(id=1)
-        for fields, name in (
-            ({"from_session": -1}, "from"),
-            ({"to_session": 2**32}, "to"),
-            ({"sender": 5}, "sender"),
-        ):
-            error = self.assertRaises(MessageError, message.replace, **fields)
-            self.assertEqual(error.field, name)
+        self.assertIs(stamped.string_params, message.string_params)  # checked once: shared
+        self.assertEqual(attrs.evolve(message), message)
 
     def test_array_values_are_kept_as_immutable_tuples(self) -> None:
         items = [1, 2]
@@ -542,6 +532,8 @@ class DecodeTests(SynchronousTestCase):
         )
         self.assertMalformed(b'{"id":1,"uint_params":{"4294967296":1}}', "uint_params")
         self.assertMalformed(b'{"id":1,"uint_params":{"' + b"9" * 5000 + b'":1}}', "uint_params")
+        zeros = b'{"id":1,"uint_params":{"' + b"0" * 5000 + b'1":1}}'
+        self.assertEqual(dict(decode(zeros).uint_params), {1: 1})
 
     def test_same_key_in_several_maps_is_independent(self) -> None:
         decoded = decode(
@@ -561,10 +553,47 @@ class DecodeTests(SynchronousTestCase):
             decoded, Message(id=1, uint_array_params={3: ()}, string_array_params={8: ()})
         )
 
-    def test_null_scalars_are_refused(self) -> None:
+    def test_null_values_in_maps_are_zero_values(self) -> None:
+        """As Go stores them (stock Cells send these, issue #13); later keys still count."""
+        decoded = decode(
+            b'{"id":1,"bool_params":{"1":null},"string_params":{"1":null},'
+            b'"uint_params":{"1":null,"2":5},"int_params":{"1":null},"float_params":{"1":null},'
+            b'"uint_array_params":{"1":null},"string_array_params":{"1":null}}'
+        )
+        self.assertEqual(
+            decoded,
+            Message(
+                id=1,
+                bool_params={1: False},
+                string_params={1: ""},
+                uint_params={1: 0, 2: 5},
+                int_params={1: 0},
+                float_params={1: 0.0},
+                uint_array_params={1: ()},
+                string_array_params={1: ()},
+            ),
+        )
+        self.assertIs(type(decoded.float_params[1]), float)
+        repeated = decode(b'{"id":1,"uint_params":{"1":7,"1":null}}')
+        self.assertEqual(dict(repeated.uint_params), {1: 0})
+
+    def test_explicit_zero_values_are_kept_both_ways(self) -> None:
+        """The handshake carries ``"uint_params":{"1":0}``: a zero inside a map is not omitted."""
+        data = b'{"id":196866,"string_params":{"0":"Cell_a"},"uint_params":{"1":0}}'
+        decoded = decode(data)
+        self.assertEqual(dict(decoded.uint_params), {ParamKey.Type: 0})
+        self.assertEqual(encode(decoded), data)
+
+    def test_arrays_left_out_are_absent_keys(self) -> None:
+        """A Cell leaves its arrays out when a count is 0; the map then lacks those keys."""
+        decoded = decode(b'{"id":66306,"uint_params":{"33":0}}')
+        self.assertEqual(decoded.string_array_params.get(ParamKey.Instance, ()), ())
+        self.assertEqual(decoded.uint_array_params, {})
+
+    def test_null_scalars_and_items_are_refused(self) -> None:
+        """Stricter than Go, on purpose: no stock peer writes these (docs/compatibility.md)."""
         self.assertMalformed(b'{"id":null}', "id")
         self.assertMalformed(b'{"id":1,"error":null}', "error")
-        self.assertMalformed(b'{"id":1,"uint_params":{"1":null}}', "uint_params.1")
         self.assertMalformed(
             b'{"id":1,"uint_array_params":{"1":[null]}}', "uint_array_params.1[0]"
         )
@@ -627,7 +656,15 @@ class DecodeTests(SynchronousTestCase):
         self.assertMalformed(b'{"id":1,"error":"\xff"}', DOCUMENT)
 
     def test_deep_nesting(self) -> None:
-        self.assertMalformed(b'{"id":1,"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", DOCUMENT)
+        """Refused with a clear reason, whether or not Python's parser could go that deep."""
+        for depth in (gojson.MAX_DEPTH, 1_000, 100_000):
+            error = self.assertMalformed(
+                b'{"id":1,"x":' + b"[" * depth + b"]" * depth + b"}", DOCUMENT
+            )
+            self.assertIn(f"nested deeper than {gojson.MAX_DEPTH} levels", error.reason)
+        depth = gojson.MAX_DEPTH - 1
+        unknown = b'{"id":1,"x":' + b"[" * depth + b"]" * depth + b"}"
+        self.assertEqual(decode(unknown), Message(id=1))
 
     def test_wrong_shapes(self) -> None:
         self.assertMalformed(b'{"id":[1]}', "id")

@@ -7,11 +7,17 @@ import struct
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
+from nanocore import gojson
+from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.message import Message, MessageID, ParamKey, decode, encode
+from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import (
     DISCONNECT_AFTER,
     FRAMES_PER_TURN,
@@ -19,21 +25,26 @@ from nanocore.cluster.transport import (
     KEEPALIVE_INTERVAL,
     LOST_AFTER,
     MAX_FRAME_SIZE,
+    CellLink,
     CellLinkFactory,
     FramedLinkProtocol,
     FrameTooLarge,
+    FrameWire,
     LinkClosed,
+    LinkHandler,
     LinkSession,
     LinkState,
     ServiceType,
     cell_link_protocol,
     opened_event,
 )
+from nanocore.testing.fakecell import FakeCell
 
 CELL = "Cell_5254001a2b3c"
 CORE = "Core_5254000a0b0c"
 
 
+@implementer(LinkHandler)
 class RecordingHandler:
     """A LinkHandler that writes down what happened, in order."""
 
@@ -99,6 +110,15 @@ class CoreSideTests(SynchronousTestCase):
 
     def handshake(self, name: str = CELL, service_type: ServiceType = ServiceType.CELL) -> None:
         self.protocol.dataReceived(frame(opened_event(name, service_type)))
+
+    def test_interfaces(self) -> None:
+        """The seams hold: the wire, the link above it, and what sits above links."""
+        self.assertTrue(verifyObject(FrameWire, self.protocol))
+        self.assertTrue(verifyObject(CellLink, self.link))
+        self.assertTrue(verifyObject(LinkHandler, self.handler))
+        registry = CellRegistry(self.clock, Transactions(self.clock, timeout=10))
+        self.assertTrue(verifyObject(LinkHandler, registry))
+        self.assertTrue(verifyObject(LinkHandler, FakeCell(CELL, self.clock)))
 
     def test_handshake(self) -> None:
         """The Cell announces itself; Core answers with its own name and type 0."""
@@ -233,6 +253,18 @@ class CoreSideTests(SynchronousTestCase):
     def test_malformed_frame_closes_link(self) -> None:
         self.handshake()
         self.protocol.dataReceived(struct.pack(">I", 5) + b"{nope")
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
+        self.assertEqual(self.handler.messages, [])
+
+    def test_over_deep_frame_closes_link(self) -> None:
+        """A document nested past gojson's limit is a malformed message, not a crash."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.handshake()
+        depth = 1_000
+        data = b'{"id":1,"x":' + b"[" * depth + b"]" * depth + b"}"
+        self.protocol.dataReceived(struct.pack(">I", len(data)) + data)
+        self.assertIn(f"nested deeper than {gojson.MAX_DEPTH}", formatEvent(events[-1]))
         self.assertTrue(self.transport.disconnected)
         self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
         self.assertEqual(self.handler.messages, [])
@@ -429,8 +461,12 @@ class TurnTests(SynchronousTestCase):
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.5", 4000))
         protocol.makeConnection(transport)
         protocol.dataReceived(frame(opened_event(CELL, ServiceType.CELL)))
-        protocol.dataReceived(b"".join(frame(m) for m in self.sent))
+        stream = b"".join(frame(m) for m in self.sent)
+        protocol.dataReceived(stream[:-3])  # the last frame arrives in two reads
+        self.assertEqual(handler.messages, self.sent[:-1])
+        protocol.dataReceived(stream[-3:])
         self.assertEqual(handler.messages, self.sent)
+        self.assertEqual(transport.producerState, "producing")
 
 
 class PairTests(SynchronousTestCase):

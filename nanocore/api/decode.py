@@ -8,13 +8,14 @@ Core, a field declared ``required`` that is missing is refused with a message na
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
 from attrs import field, frozen
+
+from nanocore import gojson
 
 UINT64_MAX = 2**64 - 1
 INT64_MIN = -(2**63)
@@ -91,15 +92,16 @@ class Body:
 
     def decode(self, raw: bytes) -> dict[str, Any]:
         """Decode ``raw`` into a dict holding every declared field (zero value if absent)."""
-        text = raw.decode("utf-8", errors="replace").lstrip(" \t\r\n")
-        if not text:
+        text = raw.decode("utf-8", errors="replace")  # Go reads invalid UTF-8 as U+FFFD
+        if not text.strip(" \t\r\n"):
             if self.optional:
                 return self.zero()
             raise DecodeError("EOF")
         try:
-            document, _ = json.JSONDecoder(parse_float=Decimal).raw_decode(text)
-        except json.JSONDecodeError as error:
-            raise DecodeError(f"invalid JSON body: {error.msg} at offset {error.pos}") from None
+            document = gojson.loads(text, decimals=True, first_value=True)
+        except gojson.JSONError as error:
+            where = "" if error.pos is None else f" at offset {error.pos}"
+            raise DecodeError(f"invalid JSON body: {error.msg}{where}") from None
         return self.decode_value(document, self.name)
 
     def zero(self) -> dict[str, Any]:

@@ -2,14 +2,15 @@
 
 Go's ``json.Encoder`` with ``SetIndent("", "  ")`` differs from Python's ``json`` in three
 visible ways that clients may compare on: integral floats carry no ``.0``, the HTML-sensitive
-characters and U+2028/U+2029 are escaped, and the document ends with one newline.
+characters and U+2028/U+2029 are escaped (both done by :func:`nanocore.gojson.dumps`), and the
+document ends with one newline.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
+
+from nanocore import gojson
 
 #: ``error_code`` of every failure: Core knows no other non-zero code.
 ERROR_CODE = 500
@@ -17,42 +18,10 @@ ERROR_CODE = 500
 #: Go renders every envelope as sniffed plain text; clients never look at the type.
 CONTENT_TYPE = b"text/plain; charset=utf-8"
 
-_GO_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
-
-
-def go_values(value: Any) -> Any:
-    """Return ``value`` with integral floats turned into ints, as Go prints them."""
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e21:
-            return int(value)
-        return value
-    if isinstance(value, Mapping):
-        return {key: go_values(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [go_values(item) for item in value]
-    return value
-
-
-def _has_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, Mapping):
-        return any(_has_float(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_float(item) for item in value)
-    return False
-
 
 def go_json(value: Any) -> str:
     """Serialise ``value`` as Go's indented encoder would (without the final newline)."""
-    if _has_float(value):
-        value = go_values(value)
-    text = json.dumps(value, indent=2, ensure_ascii=False)
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        text = text.translate(_GO_ESCAPES)
-    return text
+    return gojson.dumps(value, indent=2)
 
 
 def _envelope(error_code: int, message: str, data: Any) -> bytes:

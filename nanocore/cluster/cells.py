@@ -20,7 +20,7 @@ from zope.interface import Interface, implementer
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import LinkError, LinkSession, LinkState
+from nanocore.cluster.transport import LinkError, LinkHandler, LinkSession, LinkState
 
 #: A cell whose last status report is older than this is no longer *alive* (core §6, step 2).
 STATUS_STALE_AFTER = 10.0
@@ -161,7 +161,7 @@ class _Cell:
     reported_at: float | None = None
 
 
-@implementer(CellDirectory)
+@implementer(CellDirectory, LinkHandler)
 class CellRegistry:
     """Who is connected, alive, lost or disconnected, and how to reach them."""
 

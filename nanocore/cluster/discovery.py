@@ -9,7 +9,6 @@ cannot turn Core into a multicast amplifier.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from nanocore import gojson
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -113,7 +114,7 @@ def encode_packet(packet: SonarPing | SonarEcho) -> bytes:
                 {"type": s.type, "protocol": s.protocol, "address": s.address, "port": s.port}
                 for s in packet.services
             ]
-    data = json.dumps(document, separators=(",", ":")).encode("ascii")
+    data = gojson.dumps_ascii(document)
     if len(data) > MAX_PACKET_SIZE:
         raise DiscoveryPacketError(f"packet of {len(data)} bytes exceeds {MAX_PACKET_SIZE}")
     return data
@@ -142,19 +143,13 @@ def _str(fields: dict[str, object], name: str) -> str:
     return value
 
 
-def _reject_constant(name: str) -> object:
-    raise DiscoveryPacketError(f"{name} is not valid JSON")
-
-
 def decode_packet(data: bytes) -> SonarPing | SonarEcho:
     """Parse one datagram; raises :class:`DiscoveryPacketError` and nothing else."""
     if len(data) > MAX_PACKET_SIZE:
         raise DiscoveryPacketError(f"packet of {len(data)} bytes exceeds {MAX_PACKET_SIZE}")
     try:
-        document = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except DiscoveryPacketError:
-        raise
-    except (ValueError, RecursionError) as error:
+        document = gojson.loads(data)
+    except gojson.JSONError as error:
         raise DiscoveryPacketError(f"not JSON ({error})") from None
     fields = _fields(document, "packet")
     kind = _int(fields, "type")

@@ -1,4 +1,4 @@
-"""The Nano message model (cell-protocol.md §3) and its strict JSON codec.
+"""The Nano message model (cell-protocol.md §3) and its strict JSON codec, in plain form.
 
 Every Core↔Cell message is one ``JsonMessage`` object. A Go peer treats a
 document that is valid JSON but ill-typed for its struct (``1.0`` or ``-1`` in
@@ -7,19 +7,24 @@ the link (§2.5 point 3), so this codec is exact in both directions: a
 :class:`Message` cannot be built with an ill-typed value, and :func:`decode`
 rejects what Go's typed decode would reject, always with :class:`MessageError`.
 
-This module imports nothing of ours (see docs/architecture.md).
+This module is the definition, written to be read top to bottom. The links use
+``cluster/_fastcodec.py``, which gives the same bytes, values and errors faster
+(a property test holds it to this one).
+
+This module imports nothing of ours but :mod:`nanocore.gojson`, which imports nothing of ours
+(see docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import json
-import json.encoder
 import math
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeGuard, TypeVar
 
 from attrs import field, frozen
+
+from nanocore import gojson
 
 __all__ = [
     "DOCUMENT",
@@ -275,117 +280,111 @@ def response_id(request_id: int) -> int:
     return request_id | KIND_RESPONSE
 
 
-# --- value checks: one per wire type; each returns the normalised value or raises -------------
+# --- the wire types (§3.3) -------------------------------------------------------------------
 #
-# A check takes the field name and, inside a typed map, the parameter key: the location is
-# formatted only when a value is refused, because checks run on every value of every message.
+# One check per wire type. It is told where the value is (a field, or a map and a key: the place
+# is formatted only for an error) and returns the value in its one normal form (a plain int,
+# float, str or tuple), or raises MessageError naming that place.
+
+_UINT32 = f"expected an integer in 0..{UINT32_MAX}"
+_UINT64 = "expected an integer in 0..2**64-1"
 
 
 def _at(name: str, key: int | None) -> str:
     return name if key is None else f"{name}.{key}"
 
 
-def _is_integer(value: object) -> bool:
+def _refused(name: str, key: int | None, expected: str, value: object) -> MessageError:
+    return MessageError(_at(name, key), f"{expected}, got {value!r}")
+
+
+def _is_integer(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_uint32(name: str, key: int | None, value: object) -> int:
-    if type(value) is int and 0 <= value <= UINT32_MAX:  # the common case, fast
+def _plain_int(value: object) -> object:
+    """An IntEnum (a MessageID, a ParamKey) as the plain int it stands for; others unchanged."""
+    return int(value) if _is_integer(value) else value
+
+
+def check_uint32(name: str, key: int | None, value: object) -> int:
+    if type(value) is not int:
+        value = _plain_int(value)
+    if type(value) is int and 0 <= value <= UINT32_MAX:
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT32_MAX:
-        return int(value)
-    raise MessageError(_at(name, key), f"expected an integer in 0..{UINT32_MAX}, got {value!r}")
+    raise _refused(name, key, _UINT32, value)
 
 
-def _uint_refused(where: str, value: object) -> MessageError:
-    return MessageError(where, f"expected an integer in 0..2**64-1, got {value!r}")
-
-
-def _check_uint(name: str, key: int | None, value: object) -> int:
-    if type(value) is int and 0 <= value <= UINT64_MAX:  # the common case, fast
+def check_uint64(name: str, key: int | None, value: object) -> int:
+    if type(value) is not int:
+        value = _plain_int(value)
+    if type(value) is int and 0 <= value <= UINT64_MAX:
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= UINT64_MAX:
-        return int(value)
-    raise _uint_refused(_at(name, key), value)
+    raise _refused(name, key, _UINT64, value)
 
 
-def _check_int(name: str, key: int | None, value: object) -> int:
-    if type(value) is int and INT64_MIN <= value <= INT64_MAX:  # the common case, fast
+def check_int64(name: str, key: int | None, value: object) -> int:
+    if type(value) is not int:
+        value = _plain_int(value)
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
-        return int(value)
-    raise MessageError(_at(name, key), f"expected a signed 64-bit integer, got {value!r}")
+    raise _refused(name, key, "expected a signed 64-bit integer", value)
 
 
-def _check_float(name: str, key: int | None, value: object) -> float:
+def check_float(name: str, key: int | None, value: object) -> float:
     if isinstance(value, float | int) and not isinstance(value, bool):
         try:
             number = float(value)
-        except OverflowError:
+        except OverflowError:  # an integer beyond any float
             number = math.inf
         if math.isfinite(number):
             return number
-    raise MessageError(_at(name, key), f"expected a finite number, got {value!r}")
+    raise _refused(name, key, "expected a finite number", value)
 
 
-def _check_bool(name: str, key: int | None, value: object) -> bool:
-    if value is True or value is False:
+def check_bool(name: str, key: int | None, value: object) -> bool:
+    if isinstance(value, bool):
         return value
-    raise MessageError(_at(name, key), f"expected true or false, got {value!r}")
+    raise _refused(name, key, "expected true or false", value)
 
 
-def _check_str(name: str, key: int | None, value: object) -> str:
-    if type(value) is str:
-        return value
-    if not isinstance(value, str):
-        raise MessageError(_at(name, key), f"expected a string, got {value!r}")
-    return str(value)
+def check_str(name: str, key: int | None, value: object) -> str:
+    if isinstance(value, str):
+        return str(value)
+    raise _refused(name, key, "expected a string", value)
 
 
-def _check_uint_array(name: str, key: int | None, value: object) -> tuple[int, ...]:
+def check_uint_array(name: str, key: int | None, value: object) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
-        raise MessageError(
-            _at(name, key), f"expected an array of unsigned integers, got {value!r}"
-        )
-    for item in value:  # one pass of cheap type tests; locate the culprit only on refusal
-        if type(item) is not int or not 0 <= item <= UINT64_MAX:
-            return tuple(_uint_item(_at(name, key), i, x) for i, x in enumerate(value))
-    return value if type(value) is tuple else tuple(value)
+        raise _refused(name, key, "expected an array of unsigned integers", value)
+    for index, item in enumerate(value):
+        if not (_is_integer(item) and 0 <= item <= UINT64_MAX):
+            raise MessageError(f"{_at(name, key)}[{index}]", f"{_UINT64}, got {item!r}")
+    return tuple(map(int, value))
 
 
-def _uint_item(where: str, index: int, item: object) -> int:
-    if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= UINT64_MAX:
-        return int(item)
-    raise _uint_refused(f"{where}[{index}]", item)
-
-
-def _check_str_array(name: str, key: int | None, value: object) -> tuple[str, ...]:
+def check_str_array(name: str, key: int | None, value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
-        raise MessageError(_at(name, key), f"expected an array of strings, got {value!r}")
-    for item in value:
-        if type(item) is not str:
-            return tuple(_str_item(_at(name, key), i, x) for i, x in enumerate(value))
-    return value if type(value) is tuple else tuple(value)
-
-
-def _str_item(where: str, index: int, item: object) -> str:
-    if not isinstance(item, str):
-        raise MessageError(f"{where}[{index}]", f"expected a string, got {item!r}")
-    return str(item)
+        raise _refused(name, key, "expected an array of strings", value)
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise MessageError(f"{_at(name, key)}[{index}]", f"expected a string, got {item!r}")
+    return tuple(map(str, value))
 
 
 _V = TypeVar("_V")
-_Check = Callable[[str, "int | None", object], _V]
+Check = Callable[[str, "int | None", object], Any]
 
 
-class _Params(dict[int, _V]):
-    """A checked, read-only parameter map; ``checked_by`` says which check it passed."""
+class Params(dict[int, _V]):
+    """A checked, read-only parameter map; ``checked_by`` is the check every value passed.
+
+    Read-only, so a :class:`Message` stays a value. The tag lets another Message take the map as
+    it is (a reply that repeats a request's map, a decoded map) instead of checking it again.
+    """
 
     __slots__ = ("checked_by",)
-
-    def __init__(self, items: dict[int, _V], checked_by: _Check[_V]) -> None:
-        super().__init__(items)
-        self.checked_by = checked_by
+    checked_by: Check | None
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("message parameters are read-only; build a new Message instead")
@@ -396,394 +395,265 @@ class _Params(dict[int, _V]):
     def __repr__(self) -> str:
         return repr(dict(self))
 
-    def __copy__(self) -> _Params[_V]:
+    def __copy__(self) -> Params[_V]:
         return self  # immutable, like a tuple
 
-    def __deepcopy__(self, memo: object) -> _Params[_V]:
+    def __deepcopy__(self, memo: object) -> Params[_V]:
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Params, (dict(self), self.checked_by))
+        return (checked_params, (dict(self), self.checked_by))
 
 
-def _no_check(name: str, key: int | None, value: object) -> Any:
-    raise AssertionError("the empty map holds no values")
+def checked_params(items: dict[int, _V], checked_by: Check | None) -> Params[_V]:
+    """``items``, which passed ``checked_by``, as read-only Params."""
+    params: Params[_V] = Params(items)
+    params.checked_by = checked_by
+    return params
 
 
-_EMPTY: Mapping[int, Any] = _Params({}, _no_check)
+#: The default of every map: empty, and read-only like any other.
+EMPTY_PARAMS: Mapping[int, Any] = checked_params({}, None)
 
 
-def _convert_params(name: str, check: _Check[_V], params: Mapping[int, Any]) -> Mapping[int, _V]:
-    """Check every key and value of one typed map and freeze it."""
-    kind = type(params)
-    if kind is _Params and params.checked_by is check:  # type: ignore[attr-defined]
-        return params  # already checked as this very type: reuse, no copy
-    if kind is not dict and kind is not _Params and not isinstance(params, Mapping):
-        raise MessageError(name, f"expected a mapping, got {params!r}")
-    if not params:
-        return _EMPTY
-    checked: dict[int, _V] = {}
-    for key, value in params.items():
-        if type(key) is not int:
-            if type(key) is not ParamKey and not _is_integer(key):
+@frozen
+class ParamMap:
+    """One typed map of ``JsonMessage``: its JSON name (also the attribute's), its value check,
+    and the value Go stores for a ``null`` (Cells send those, issue #13)."""
+
+    name: str
+    check: Check
+    zero: object
+
+    def freeze(self, params: Mapping[int, Any]) -> Mapping[int, Any]:
+        """Check every key and value of ``params``; return them as a read-only map."""
+        if type(params) is Params and (params.checked_by is self.check or not params):
+            return params  # empty, or checked as this very type already
+        if not isinstance(params, dict | Mapping):
+            raise MessageError(self.name, f"expected a mapping, got {params!r}")
+        if not params:
+            return EMPTY_PARAMS
+        checked: dict[int, Any] = {}
+        name, check = self.name, self.check
+        for key, value in params.items():
+            number = key if type(key) is int else _plain_int(key)
+            if type(number) is not int or not 0 <= number <= UINT32_MAX:
                 raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
-            key = int(key)
-        if not 0 <= key <= UINT32_MAX:
-            raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
-        checked[key] = check(name, key, value)
-    return _Params(checked, check)
+            checked[number] = check(name, number, value)
+        return checked_params(checked, check)
 
 
-@frozen(init=False)
+BOOL_PARAMS = ParamMap("bool_params", check_bool, False)
+STRING_PARAMS = ParamMap("string_params", check_str, "")
+UINT_PARAMS = ParamMap("uint_params", check_uint64, 0)
+INT_PARAMS = ParamMap("int_params", check_int64, 0)
+FLOAT_PARAMS = ParamMap("float_params", check_float, 0.0)
+UINT_ARRAY_PARAMS = ParamMap("uint_array_params", check_uint_array, ())
+STRING_ARRAY_PARAMS = ParamMap("string_array_params", check_str_array, ())
+#: The maps in Go's field order.
+PARAM_MAPS = (
+    BOOL_PARAMS,
+    STRING_PARAMS,
+    UINT_PARAMS,
+    INT_PARAMS,
+    FLOAT_PARAMS,
+    UINT_ARRAY_PARAMS,
+    STRING_ARRAY_PARAMS,
+)
+
+
+# --- the message -------------------------------------------------------------------------------
+#
+# One converter per field: attrs runs them in field order, so the first ill-typed field is the
+# one reported; named functions, so that mypy types Message() by their arguments.
+
+
+def _id(value: int) -> int:
+    return check_uint32("id", None, value)
+
+
+def _success(value: bool) -> bool:
+    return check_bool("success", None, value)
+
+
+def _from(value: int) -> int:
+    return check_uint32("from", None, value)
+
+
+def _to(value: int) -> int:
+    return check_uint32("to", None, value)
+
+
+def _transaction(value: int) -> int:
+    return check_uint32("transaction", None, value)
+
+
+def _error(value: str) -> str:
+    return check_str("error", None, value)
+
+
+def _sender(value: str) -> str:
+    return check_str("sender", None, value)
+
+
+def _bools(params: Mapping[int, bool]) -> Mapping[int, bool]:
+    return BOOL_PARAMS.freeze(params)
+
+
+def _strings(params: Mapping[int, str]) -> Mapping[int, str]:
+    return STRING_PARAMS.freeze(params)
+
+
+def _uints(params: Mapping[int, int]) -> Mapping[int, int]:
+    return UINT_PARAMS.freeze(params)
+
+
+def _ints(params: Mapping[int, int]) -> Mapping[int, int]:
+    return INT_PARAMS.freeze(params)
+
+
+def _floats(params: Mapping[int, float]) -> Mapping[int, float]:
+    return FLOAT_PARAMS.freeze(params)
+
+
+def _uint_arrays(params: Mapping[int, Sequence[int]]) -> Mapping[int, tuple[int, ...]]:
+    return UINT_ARRAY_PARAMS.freeze(params)
+
+
+def _string_arrays(params: Mapping[int, Sequence[str]]) -> Mapping[int, tuple[str, ...]]:
+    return STRING_ARRAY_PARAMS.freeze(params)
+
+
+@frozen
 class Message:
-    """One ``JsonMessage``; every map is an immutable, checked mapping keyed by :class:`ParamKey`.
+    """One ``JsonMessage``; every map is a read-only, checked mapping keyed by :class:`ParamKey`.
 
     Every value is checked on construction (a :class:`MessageError` names the field), so no
     ill-typed message can be sent. ``sender`` is the remote service name filled in by the
-    receiving transport; it is never serialised and takes no part in equality, so a peer
-    cannot claim another name per message.
+    receiving link; it is never serialised and takes no part in equality, so a peer cannot
+    claim another name per message. Copy with ``attrs.evolve``.
     """
 
-    id: int
-    success: bool = False
-    from_session: int = 0
-    to_session: int = 0
-    transaction: int = 0
-    error: str = ""
-    bool_params: Mapping[int, bool] = _EMPTY
-    string_params: Mapping[int, str] = _EMPTY
-    uint_params: Mapping[int, int] = _EMPTY
-    int_params: Mapping[int, int] = _EMPTY
-    float_params: Mapping[int, float] = _EMPTY
-    uint_array_params: Mapping[int, tuple[int, ...]] = _EMPTY
-    string_array_params: Mapping[int, tuple[str, ...]] = _EMPTY
-    sender: str = field(default="", eq=False)
-
-    # Written by hand rather than by attrs converters: messages are built on every frame in
-    # both directions, and this is several times cheaper while checking exactly the same.
-    def __init__(
-        self,
-        id: int,
-        success: bool = False,
-        from_session: int = 0,
-        to_session: int = 0,
-        transaction: int = 0,
-        error: str = "",
-        bool_params: Mapping[int, bool] = _EMPTY,
-        string_params: Mapping[int, str] = _EMPTY,
-        uint_params: Mapping[int, int] = _EMPTY,
-        int_params: Mapping[int, int] = _EMPTY,
-        float_params: Mapping[int, float] = _EMPTY,
-        uint_array_params: Mapping[int, Sequence[int]] = _EMPTY,
-        string_array_params: Mapping[int, Sequence[str]] = _EMPTY,
-        sender: str = "",
-    ) -> None:
-        # Defaults and already-checked maps are taken as they are; everything else is checked.
-        _set_id(self, _check_uint32("id", None, id))
-        _set_success(self, _check_bool("success", None, success))
-        _set_from_session(self, _check_uint32("from", None, from_session))
-        _set_to_session(self, _check_uint32("to", None, to_session))
-        _set_transaction(self, _check_uint32("transaction", None, transaction))
-        _set_error(self, _check_str("error", None, error))
-        if bool_params is not _EMPTY:
-            bool_params = _convert_params("bool_params", _check_bool, bool_params)
-        _set_bool_params(self, bool_params)
-        if string_params is not _EMPTY:
-            string_params = _convert_params("string_params", _check_str, string_params)
-        _set_string_params(self, string_params)
-        if uint_params is not _EMPTY:
-            uint_params = _convert_params("uint_params", _check_uint, uint_params)
-        _set_uint_params(self, uint_params)
-        if int_params is not _EMPTY:
-            int_params = _convert_params("int_params", _check_int, int_params)
-        _set_int_params(self, int_params)
-        if float_params is not _EMPTY:
-            float_params = _convert_params("float_params", _check_float, float_params)
-        _set_float_params(self, float_params)
-        if uint_array_params is not _EMPTY:
-            uint_array_params = _convert_params(
-                "uint_array_params", _check_uint_array, uint_array_params
-            )
-        _set_uint_array_params(self, uint_array_params)
-        if string_array_params is not _EMPTY:
-            string_array_params = _convert_params(
-                "string_array_params", _check_str_array, string_array_params
-            )
-        _set_string_array_params(self, string_array_params)
-        _set_sender(self, _check_str("sender", None, sender))
-
-    def replace(
-        self,
-        *,
-        from_session: int | None = None,
-        to_session: int | None = None,
-        sender: str | None = None,
-    ) -> Message:
-        """A copy with new sessions or sender: only the changed fields are checked again.
-
-        ``attrs.evolve`` works too, but re-checks every map; this runs once per request sent.
-        """
-        copy: Message = object.__new__(Message)
-        _set_id(copy, self.id)
-        _set_success(copy, self.success)
-        _set_from_session(copy, self.from_session)
-        _set_to_session(copy, self.to_session)
-        _set_transaction(copy, self.transaction)
-        _set_error(copy, self.error)
-        _set_bool_params(copy, self.bool_params)
-        _set_string_params(copy, self.string_params)
-        _set_uint_params(copy, self.uint_params)
-        _set_int_params(copy, self.int_params)
-        _set_float_params(copy, self.float_params)
-        _set_uint_array_params(copy, self.uint_array_params)
-        _set_string_array_params(copy, self.string_array_params)
-        _set_sender(copy, self.sender)
-        if from_session is not None:
-            _set_from_session(copy, _check_uint32("from", None, from_session))
-        if to_session is not None:
-            _set_to_session(copy, _check_uint32("to", None, to_session))
-        if sender is not None:
-            _set_sender(copy, _check_str("sender", None, sender))
-        return copy
+    id: int = field(converter=_id)
+    success: bool = field(default=False, converter=_success)
+    from_session: int = field(default=0, converter=_from)
+    to_session: int = field(default=0, converter=_to)
+    transaction: int = field(default=0, converter=_transaction)
+    error: str = field(default="", converter=_error)
+    bool_params: Mapping[int, bool] = field(default=EMPTY_PARAMS, converter=_bools)
+    string_params: Mapping[int, str] = field(default=EMPTY_PARAMS, converter=_strings)
+    uint_params: Mapping[int, int] = field(default=EMPTY_PARAMS, converter=_uints)
+    int_params: Mapping[int, int] = field(default=EMPTY_PARAMS, converter=_ints)
+    float_params: Mapping[int, float] = field(default=EMPTY_PARAMS, converter=_floats)
+    uint_array_params: Mapping[int, tuple[int, ...]] = field(
+        default=EMPTY_PARAMS, converter=_uint_arrays
+    )
+    string_array_params: Mapping[int, tuple[str, ...]] = field(
+        default=EMPTY_PARAMS, converter=_string_arrays
+    )
+    sender: str = field(default="", eq=False, converter=_sender)
 
 
-def _slot_setter(name: str) -> Callable[[Message, Any], None]:
-    """Writes one field of a frozen Message under construction (the slot's own descriptor).
+# --- the codec ---------------------------------------------------------------------------------
 
-    About half the cost of ``object.__setattr__``, which looks the slot up on every call;
-    used only while a new Message is built, never on one already handed out.
-    """
-    setter: Callable[[Message, Any], None] = Message.__dict__[name].__set__
-    return setter
-
-
-_set_id = _slot_setter("id")
-_set_success = _slot_setter("success")
-_set_from_session = _slot_setter("from_session")
-_set_to_session = _slot_setter("to_session")
-_set_transaction = _slot_setter("transaction")
-_set_error = _slot_setter("error")
-_set_bool_params = _slot_setter("bool_params")
-_set_string_params = _slot_setter("string_params")
-_set_uint_params = _slot_setter("uint_params")
-_set_int_params = _slot_setter("int_params")
-_set_float_params = _slot_setter("float_params")
-_set_uint_array_params = _slot_setter("uint_array_params")
-_set_string_array_params = _slot_setter("string_array_params")
-_set_sender = _slot_setter("sender")
-
-
-# --- codec -------------------------------------------------------------------------------------
-
-_MAP_FIELDS = (
-    "bool_params",
-    "string_params",
-    "uint_params",
-    "int_params",
-    "float_params",
-    "uint_array_params",
-    "string_array_params",
+#: The scalar fields in Go's order: JSON name, attribute.
+HEADER_FIELDS = (
+    ("id", "id"),
+    ("success", "success"),
+    ("from", "from_session"),
+    ("to", "to_session"),
+    ("transaction", "transaction"),
+    ("error", "error"),
 )
-_MAP_CHECKS: dict[str, _Check[Any]] = {
-    "bool_params": _check_bool,
-    "string_params": _check_str,
-    "uint_params": _check_uint,
-    "int_params": _check_int,
-    "float_params": _check_float,
-    "uint_array_params": _check_uint_array,
-    "string_array_params": _check_str_array,
-}
-_MAP_SETTERS = {
-    "bool_params": _set_bool_params,
-    "string_params": _set_string_params,
-    "uint_params": _set_uint_params,
-    "int_params": _set_int_params,
-    "float_params": _set_float_params,
-    "uint_array_params": _set_uint_array_params,
-    "string_array_params": _set_string_array_params,
-}
-_KNOWN_FIELDS = frozenset(("id", "success", "from", "to", "transaction", "error", *_MAP_FIELDS))
-_ARRAY_FIELDS = frozenset({"uint_array_params", "string_array_params"})
-_SCALAR_FIELDS = {
-    "id": "id",
-    "success": "success",
-    "from": "from_session",
-    "to": "to_session",
-    "transaction": "transaction",
-    "error": "error",
-}
-#: The decimal text of the common parameter keys, both ways (every ParamKey and some spare).
-_KEY_TEXT = tuple(str(key) for key in range(256))
-_KEY_NUMBER = {text: key for key, text in enumerate(_KEY_TEXT)}
+_HEADER = dict(HEADER_FIELDS)
+_MAPS = {kind.name: kind for kind in PARAM_MAPS}
 
 
 def encode(message: Message) -> bytes:
-    """Compact JSON in Go's field order, empty fields omitted, map keys as decimal strings."""
+    """Compact JSON in Go's field order, empty fields omitted, map keys as decimal strings.
+
+    Go writes map keys sorted as strings (``"10"`` before ``"2"``); so does this, so the output
+    is Go's byte for byte, but for non-ASCII text, which is escaped (§3.3 allows it).
+    """
     document: dict[str, object] = {"id": message.id}
-    if message.success:
-        document["success"] = True
-    if message.from_session:
-        document["from"] = message.from_session
-    if message.to_session:
-        document["to"] = message.to_session
-    if message.transaction:
-        document["transaction"] = message.transaction
-    if message.error:
-        document["error"] = message.error
-    for name, params in (
-        ("bool_params", message.bool_params),
-        ("string_params", message.string_params),
-        ("uint_params", message.uint_params),
-        ("int_params", message.int_params),
-        ("float_params", message.float_params),
-        ("uint_array_params", message.uint_array_params),
-        ("string_array_params", message.string_array_params),
-    ):
+    for name, attribute in HEADER_FIELDS[1:]:
+        value = getattr(message, attribute)
+        if value:
+            document[name] = value
+    for kind in PARAM_MAPS:
+        params = getattr(message, kind.name)
         if params:
-            # Go writes map keys sorted as strings; doing the same keeps output byte-identical.
-            if len(params) == 1:
-                [(key, value)] = params.items()
-                document[name] = {_key_text(key): value}
-            else:
-                document[name] = dict(sorted([(_key_text(k), v) for k, v in params.items()]))
-    return _serialise(document).encode("ascii")
+            document[kind.name] = {str(key): params[key] for key in sorted(params, key=str)}
+    return gojson.dumps_ascii(document)
 
 
-def _key_text(key: int) -> str:
-    return _KEY_TEXT[key] if key < 256 else str(key)
+def decode(data: bytes, sender: str = "") -> Message:
+    """Parse one ``JsonMessage``; raises :class:`MessageError` and nothing else on bad input.
 
-
-def _not_serialisable(value: object) -> NoReturn:
-    raise TypeError(f"{value!r} cannot be encoded")  # unreachable: Message holds JSON types
-
-
-_serialise: Callable[[dict[str, object]], str] = json.JSONEncoder(
-    separators=(",", ":"), allow_nan=False
-).encode
-# That encoder builds a C encoder on every call; building it once gives the same output at
-# half the cost for a small message. No cycle check (markers) is needed: a Message holds only
-# scalars, strings and tuples.
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-if _c_make_encoder is not None:  # CPython; other interpreters keep the encoder above
-    _encode_document = _c_make_encoder(
-        None,
-        _not_serialisable,
-        json.encoder.encode_basestring_ascii,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        False,
-    )
-
-    def _serialise(document: dict[str, object]) -> str:
-        return "".join(_encode_document(document, 0))
-
-
-# A JSON object decodes as a tuple of its (key, value) pairs, in order, so that duplicate fields
-# resolve as in Go; arrays decode as lists, so ``type(x) is tuple`` means "an object".
-_Object = tuple
-
-
-def _reject_constant(name: str) -> object:
-    raise MessageError(DOCUMENT, f"{name} is not valid JSON")
-
-
-_parse = json.JSONDecoder(object_pairs_hook=tuple, parse_constant=_reject_constant).decode
+    As Go's decoder: field names match case-insensitively, unknown fields are ignored, a field
+    given twice takes its last value (a map merges both), ``null`` empties a map and stands for
+    the zero value inside one. Stricter than Go: ``id`` is required, and a ``null`` scalar and
+    invalid UTF-8 are refused (docs/compatibility.md).
+    """
+    try:
+        document = gojson.loads(data, pairs=True)  # objects as tuples of (key, value) pairs
+    except gojson.JSONError as error:
+        raise MessageError(DOCUMENT, f"not valid JSON ({error})") from None
+    if type(document) is not tuple:
+        raise MessageError(DOCUMENT, f"expected a JSON object, got {_describe(document)}")
+    header: dict[str, Any] = {}
+    maps: dict[str, Any] = {}
+    for key, value in document:
+        name = _fold(key)
+        if name in _HEADER:
+            if value is None or type(value) in (tuple, list):
+                raise MessageError(name, f"unexpected {_describe(value)}")
+            header[_HEADER[name]] = value
+        elif name in _MAPS:
+            maps[name] = _read_map(_MAPS[name], value, maps.get(name))
+        # any other field is ignored, as Go does
+    if "id" not in header:
+        raise MessageError("id", "missing")
+    return Message(**header, **maps, sender=sender)
 
 
 def _fold(name: str) -> str:
-    """Fold a field name the way Go matches it: Unicode simple folding (long s, Kelvin sign)."""
+    """A field name as Go matches it: Unicode simple folding (long s, Kelvin sign)."""
     return name.lower().replace("\u017f", "s")
 
 
-def _param_key(name: str, key: str) -> int:
-    number = _KEY_NUMBER.get(key)
-    if number is not None:
-        return number
-    # Go parses map keys with strconv.ParseUint(key, 10, 64): ASCII digits only, no sign or
-    # spaces, and the result must fit the uint32 ParamKey.
-    if not (key.isascii() and key.isdigit()):
-        raise MessageError(name, f"parameter key {key!r} is not a decimal number")
-    try:
-        number = int(key)
-    except ValueError:  # longer than int()'s digit limit
-        number = UINT32_MAX + 1
-    if number > UINT32_MAX:
-        raise MessageError(name, f"parameter key {key!r} does not fit 32 bits")
-    return number
+def _read_map(kind: ParamMap, value: object, into: dict[int, Any] | None) -> dict[int, Any]:
+    """The entries of one JSON map, added to what the same field gave before (as Go does).
 
-
-def _merge_params(name: str, value: object, into: dict[int, object] | None) -> dict[int, object]:
-    """Keys of one JSON map, parsed; the values are checked once every field is known."""
+    Only the keys are read here; the values are checked when the Message is built.
+    """
     if value is None:  # Go: null sets the map to nil, i.e. empty
         return {}
-    if type(value) is not _Object:
-        raise MessageError(name, f"expected an object, got {_describe(value)}")
-    merged = {} if into is None else into  # Go decodes repeated maps into the same map
-    is_array = name in _ARRAY_FIELDS
+    if type(value) is not tuple:
+        raise MessageError(kind.name, f"expected an object, got {_describe(value)}")
+    merged = {} if into is None else into
     for key, item in value:
-        number = _param_key(name, key)
-        if item is None and is_array:
-            item = ()  # Go writes a nil slice as null
-        elif type(item) is _Object:
-            raise MessageError(f"{name}.{number}", "unexpected object")
+        number = _param_key(kind.name, key)
+        if item is None:
+            item = kind.zero
+        elif type(item) is tuple:
+            raise MessageError(f"{kind.name}.{number}", "unexpected object")
         merged[number] = item
     return merged
 
 
+def _param_key(name: str, key: str) -> int:
+    """A map key as Go parses it (``strconv.ParseUint(key, 10, 64)``), fitting the uint32 key.
+
+    ASCII digits only: no sign, spaces or underscores; leading zeros are fine.
+    """
+    if not (key.isascii() and key.isdigit()):
+        raise MessageError(name, f"parameter key {key!r} is not a decimal number")
+    significant = key.lstrip("0") or "0"  # and so within int()'s digit limit below
+    if len(significant) > 10 or int(significant) > UINT32_MAX:
+        raise MessageError(name, f"parameter key {key!r} does not fit 32 bits")
+    return int(significant)
+
+
 def _describe(value: object) -> str:
-    if type(value) is _Object:
-        return "an object"
-    return repr(value)
-
-
-def decode(data: bytes, sender: str = "") -> Message:
-    """Parse one ``JsonMessage``; raises :class:`MessageError` and nothing else on bad input."""
-    try:
-        text = bytes(data).decode("utf-8")
-    except (UnicodeDecodeError, TypeError, ValueError) as error:
-        raise MessageError(DOCUMENT, f"not UTF-8 ({error})") from None
-    try:
-        document = _parse(text)
-    except MessageError:
-        raise
-    except (ValueError, RecursionError) as error:
-        raise MessageError(DOCUMENT, f"not valid JSON ({error})") from None
-    if type(document) is not _Object:
-        raise MessageError(DOCUMENT, f"expected a JSON object, got {_describe(document)}")
-    scalars: dict[str, object] = {}
-    maps: dict[str, dict[int, object]] = {}
-    for key, value in document:
-        name = key if key in _KNOWN_FIELDS else _fold(key)
-        attribute = _SCALAR_FIELDS.get(name)
-        if attribute is not None:
-            if value is None or type(value) is _Object or type(value) is list:
-                raise MessageError(name, f"unexpected {_describe(value)}")
-            scalars[attribute] = value
-        elif name in _MAP_FIELDS:
-            maps[name] = _merge_params(name, value, maps.get(name))
-        # unknown top-level fields are ignored, as Go does
-    if "id" not in scalars:
-        raise MessageError("id", "missing")
-    # Check in the order Message() does, then build the message without checking it again.
-    get = scalars.get
-    message: Message = object.__new__(Message)
-    _set_id(message, _check_uint32("id", None, scalars["id"]))
-    _set_success(message, _check_bool("success", None, get("success", False)))
-    _set_from_session(message, _check_uint32("from", None, get("from_session", 0)))
-    _set_to_session(message, _check_uint32("to", None, get("to_session", 0)))
-    _set_transaction(message, _check_uint32("transaction", None, get("transaction", 0)))
-    _set_error(message, _check_str("error", None, get("error", "")))
-    for name in _MAP_FIELDS:
-        merged = maps.get(name)
-        if not merged:
-            _MAP_SETTERS[name](message, _EMPTY)
-            continue
-        check = _MAP_CHECKS[name]
-        for number, item in merged.items():
-            merged[number] = check(name, number, item)
-        _MAP_SETTERS[name](message, _Params(merged, check))
-    _set_sender(message, _check_str("sender", None, sender))
-    return message
+    return "an object" if type(value) is tuple else repr(value)

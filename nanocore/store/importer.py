@@ -9,7 +9,6 @@ This is a synchronous tool for ``nanocore import-nano``; never call it from a ru
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 from attrs import frozen
 from twisted.logger import Logger
 
+from nanocore import gojson
 from nanocore import model as m
 from nanocore.store.changes import Change, Delete, Put, UnitOfWork
 from nanocore.store.errors import StoreError
@@ -109,10 +109,10 @@ def find_files(source_dir: Path) -> tuple[Path, Path | None]:
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_bytes())
+        document = gojson.loads(path.read_bytes())
     except OSError as error:
         raise ImportRefused(f"{path}: cannot read ({error.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as error:
+    except gojson.JSONError as error:
         raise ImportRefused(f"{path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
         raise ImportRefused(f"{path}: expected a JSON object at the top level")

@@ -43,6 +43,7 @@ from nanocore.cluster.transactions import reply_to
 from nanocore.cluster.transport import (
     FramedLinkProtocol,
     LinkError,
+    LinkHandler,
     LinkSession,
     cell_link_protocol,
 )
@@ -90,6 +91,7 @@ def _require(params: Any, key: ParamKey, what: str) -> Any:
         raise MissingParameter(f"missing {what} parameter {key.name}") from None
 
 
+@implementer(LinkHandler)
 class FakeCell:
     """One simulated Cell. Use :meth:`service` to keep it connected, or :meth:`connect`."""
 

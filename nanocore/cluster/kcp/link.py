@@ -15,6 +15,7 @@ from weakref import WeakSet
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nanocore.cluster.kcp.conversation import DEFAULT_LIMITS, KCPConversation, Limits
 from nanocore.cluster.kcp.endpoint import Attach, KCPEndpoint
@@ -25,6 +26,7 @@ from nanocore.cluster.transport import CellLink, LinkHandler, LinkSession, Servi
 CurrentLink = Callable[[str], CellLink | None]
 
 
+@implementer(LinkHandler)
 class NameGuard:
     """A :class:`LinkHandler` in front of the registry that keeps self-asserted names honest.
 
