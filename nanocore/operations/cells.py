@@ -366,7 +366,7 @@ class CellOperations:
 
     async def _remove(self, pool: str, cell: str) -> None:
         self._member(pool, cell)
-        left = sum(1 for i in self._context.view.instances.values() if i.cell == cell)
+        left = len(self._context.view.instances_on_cell(cell))
         if left:
             raise InvalidRequest(
                 f"{left} instance(s) left in cell '{cell}', "
@@ -513,7 +513,7 @@ class CellOperations:
         view = self._context.view
         current = view.cells.get(record.name) or record
         changes: list[Change] = [
-            Delete(Instance, i.id) for i in view.instances.values() if i.cell == record.name
+            Delete(Instance, key) for key in view.instances_on_cell(record.name)
         ]
         changes.append(Put(evolve(current, purge_pending=False)))
         await self._context.commit(*changes)
@@ -522,8 +522,8 @@ class CellOperations:
     def _mark_lost(self, name: str) -> Deferred[None]:
         changes = [
             Put(evolve(instance, lost=True))
-            for instance in self._context.view.instances.values()
-            if instance.cell == name and not instance.lost
+            for instance in self._context.view.instances_on_cell(name).values()
+            if not instance.lost
         ]
         if not changes:
             return succeed(None)
