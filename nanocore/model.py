@@ -260,10 +260,12 @@ class NetworkModel(StrEnum):
 
 
 class DisplayDriver(StrEnum):
+    """In the Cells' index order (cell-protocol.md §5.10): virtio is 2 and qxl 3."""
+
     VGA = "vga"
     CIRRUS = "cirrus"
-    QXL = "qxl"
     VIRTIO = "virtio"
+    QXL = "qxl"
     NONE = "none"
 
 

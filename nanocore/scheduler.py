@@ -126,7 +126,7 @@ class Available:
             Rejection(
                 c.name,
                 self.name,
-                "offline" if not c.alive else "disabled" if not c.enabled else "no report yet",
+                "offline" if not c.alive else "disabled" if not c.enabled else "no recent report",
             )
             for c in cells
             if not (c.alive and c.enabled and c.reported)

@@ -194,6 +194,11 @@ class TemplateTests(ValidationErrorMixin, SynchronousTestCase):
         }
         template = m.SystemTemplate(**base)
         self.assertEqual(template.options(), (0, 1, 0, 4, 1, 0, 0))
+        # The Cells' display indexes (Nano's TemplateDisplayDriver): virtio 2, qxl 3.
+        displays = {
+            d: m.SystemTemplate(**{**base, "display": d}).options()[3] for d in ("virtio", "qxl")
+        }
+        self.assertEqual(displays, {"virtio": 2, "qxl": 3})
         for key, bad in (
             ("operating_system", "dos"),
             ("disk", "nvme"),

@@ -116,7 +116,7 @@ class RefusalTests(SynchronousTestCase):
                 ("cell-c", "cpu", "cpu load 95.50% over 80.00%"),
                 ("cell-d", "disk", "disk 10 GB free < 50 GB"),
                 ("cell-e", "memory", "memory 2 GB free < 4 GB"),
-                ("cell-f", "available", "no report yet"),
+                ("cell-f", "available", "no recent report"),
                 ("cell-g", "cores", "cores 2 placed + 2 > 3 x 1"),
             ],
         )
