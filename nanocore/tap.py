@@ -29,6 +29,7 @@ from nanocore.cluster.transport import CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import Layout, LayoutOptions
 from nanocore.operations.core import Operations
+from nanocore.operations.imagesite import configured_image_site
 from nanocore.pki import (
     CertificateAuthority,
     IssuedCertificate,
@@ -130,7 +131,12 @@ def build_service(
     transactions = Transactions(reactor, float(domain.timeout))
     registry = CellRegistry(reactor, transactions)
     store = StoreService(layout.data_dir, reactor, on_failure=stop)
-    operations = store.opened.then(lambda opened: Operations(opened, reactor, cells=registry))
+    # Cells fetch images from the image site (issue #12); until it reports the port it bound,
+    # guest operations hand on the address it will take.
+    image_site = configured_image_site(domain.listen_address)
+    operations = store.opened.then(
+        lambda opened: Operations(opened, reactor, cells=registry, image_site=image_site)
+    )
 
     def api_resource(ops: Operations) -> IResource:
         return build_api_resource(ops, config.api.credential_keys(), reactor)

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -26,7 +26,7 @@ from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY
 from nanocore.operations.imagesite import ImageSite
 from nanocore.pki import CertificateAuthority, create_ca
-from nanocore.store import Store
+from nanocore.store import Store, UnitOfWork
 from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import Capacity, FakeCell
 
@@ -51,6 +51,13 @@ class GuestEventWaiter:
     def __init__(self) -> None:
         self.seen: list[tuple[str, Message]] = []
         self._waiting: dict[tuple[int, str], list[Deferred[Message]]] = defaultdict(list)
+        self._available: dict[str, list[Deferred[None]]] = defaultdict(list)
+
+    def until_available(self, name: str) -> Deferred[None]:
+        """Fires when ``name`` next links up (after Core's operations heard of it)."""
+        d: Deferred[None] = Deferred()
+        self._available[name].append(d)
+        return d
 
     def until(self, message_id: int, guest: str) -> Deferred[Message]:
         d: Deferred[Message] = Deferred()
@@ -58,7 +65,8 @@ class GuestEventWaiter:
         return d
 
     def cell_available(self, name: str, address: str) -> None:
-        pass
+        for d in self._available.pop(name, []):
+            d.callback(None)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
         pass
@@ -157,6 +165,26 @@ class GuestClusterCase(TestCase):
         # A request to each Cell after its report: the report is ahead of the reply on the link.
         for name in names or self.CELLS:
             await self.ops.cells.storage_paths("default", name)
+
+    async def rejoined(self, name: str) -> None:
+        """Drop ``name``'s link; it reconnects, rejoins its pool, and Core took its inventory."""
+        linked = self.events.until_available(name)
+        unlinked = self.cells[name].disconnected()
+        self.cells[name].kill()
+        await self.cell_unlinked(unlinked)
+        self.cell_clock.advance(3.0)  # the Cell's reconnect delay
+        await linked
+        self.cells[name].report()
+        # The pool push went out when Core heard of the Cell: a round trip after it means its
+        # answer arrived, and the inventory's commit is queued before this empty one.
+        await self.ops.cells.storage_paths("default", name)
+        await self.store.commit(UnitOfWork(()))
+
+    async def cell_unlinked(self, unlinked: Deferred[None]) -> None:
+        """The Cell's link is down and its ClientService has scheduled the retry (it does so
+        just after the link's own ``connectionLost``, in the same reactor turn)."""
+        await unlinked
+        await deferLater(reactor, 0, lambda: None)
 
     def claims(self) -> list[str]:
         return sorted(str(c.key) for c in self.ops.context.claims.live(CAPACITY))

@@ -79,7 +79,18 @@ class GuestEvents:
             handler(name, message).addErrback(self._logged, name, message)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        """Its claims end; its guests are lost (a creation it failed is forgotten first)."""
         self._placement.cell_gone(name)
+
+        def lost(instance: Instance | None) -> list[Change]:
+            if instance is None or instance.cell != name or instance.lost:
+                return []
+            return [Put(evolve(instance, lost=True))]
+
+        for guest in list(self._context.view.instances_on_cell(name)):
+            self._access.change(guest, lost).addErrback(
+                self._logged, name, Message(id=MessageID.GuestStoppedEvent)
+            )
 
     # -- events -------------------------------------------------------------------------------
 
