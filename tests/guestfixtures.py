@@ -150,6 +150,20 @@ class GuestClusterCase(TestCase):
         self.assertEqual((answer.status, document["error_code"]), (200, 500), document)
         return str(document["message"])
 
+    async def use_network(self, end: str = "172.16.0.20") -> None:
+        """The Cells move to pool ``netted``, whose address pool ``net`` has one range from
+        172.16.0.10 (a pool's network can change only while it has no Cells)."""
+        await self.ok("POST", "/address_pools/net", {"gateway": "172.16.0.1", "provider": "dhcp"})
+        await self.ok(
+            "POST",
+            "/address_pools/net/internal/ranges/172.16.0.10",
+            {"end": end, "netmask": "255.255.255.0"},
+        )
+        await self.ok("POST", "/compute_pools/netted", {"network": "net"})
+        for name in self.CELLS:
+            await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
+            await self.ok("POST", f"/compute_pool_cells/netted/{name}")
+
     # -- waiting ------------------------------------------------------------------------------
 
     async def applied(self, waiting: Deferred[Message], guest: str) -> Message:
@@ -164,7 +178,7 @@ class GuestClusterCase(TestCase):
             self.cells[name].report()
         # A request to each Cell after its report: the report is ahead of the reply on the link.
         for name in names or self.CELLS:
-            await self.ops.cells.storage_paths("default", name)
+            await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
 
     async def rejoined(self, name: str) -> None:
         """Drop ``name``'s link; it reconnects, rejoins its pool, and Core took its inventory."""
@@ -177,7 +191,7 @@ class GuestClusterCase(TestCase):
         self.cells[name].report()
         # The pool push went out when Core heard of the Cell: a round trip after it means its
         # answer arrived, and the inventory's commit is queued before this empty one.
-        await self.ops.cells.storage_paths("default", name)
+        await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
         await self.store.commit(UnitOfWork(()))
 
     async def cell_unlinked(self, unlinked: Deferred[None]) -> None:

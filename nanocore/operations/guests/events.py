@@ -25,7 +25,7 @@ from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, i
 from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import Placement
-from nanocore.store import Change, Delete, Put
+from nanocore.store import Change, Delete, Put, StoreClosed
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _ID = re.compile(ID_PATTERN)
@@ -309,7 +309,10 @@ class GuestEvents:
         )
 
     def _logged(self, failure: Failure, cell: str, message: Message) -> None:
-        if failure.check(OperationError):
+        if failure.check(StoreClosed):  # Core is stopping: the Cell re-reports on rejoin
+            self.log.info("{cell}: {id:#08x} not applied: the store is closed", cell=cell,
+                          id=message.id)  # fmt: skip
+        elif failure.check(OperationError):
             self.log.warn(
                 "{cell}: {id:#08x} not applied: {reason}",
                 cell=cell,
