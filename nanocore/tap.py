@@ -16,6 +16,8 @@ from attrs import frozen
 from twisted.application.internet import MulticastServer
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -24,6 +26,7 @@ from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
 from nanocore.api.app import api_site_for, build_api_resource
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.discovery import DiscoveryListener
+from nanocore.cluster.kcp.link import cell_link_endpoint
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
@@ -39,15 +42,29 @@ from nanocore.pki import (
     server_tls_options,
 )
 from nanocore.services.gate import StartingGate
-from nanocore.services.link import LINK_PORTS, CellLinkService, core_name
+from nanocore.services.link import (
+    LINK_PORTS,
+    CellLinkService,
+    advertised_together,
+    core_name,
+    holding,
+)
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
 
 log = Logger()
 
-#: The protocol discovery echoes for the Cell link this Core serves.
+#: The protocols discovery echoes for the Cell links this Core serves.
 LINK_PROTOCOL = "tls"
+KCP_PROTOCOL = "kcp"
+#: What the KCP link's start says it exposes, and how to switch it off.
+KCP_WARNING = (
+    "plaintext, as in Nano: nothing on this link is encrypted and a Cell's name is the one it"
+    " claims, so anyone who can reach this port can read Cell traffic and join as a Cell"
+    ' (under any name not linked now); set "kcp_link": false in domain.cfg to switch it off'
+    " (stock Nano Cells then cannot link; nanocore's own Cells use the TLS link)"
+)
 #: Pending Cell link connections the kernel may queue (a cluster restarting reconnects at once).
 LINK_BACKLOG = 1024
 
@@ -119,8 +136,9 @@ def build_service(
     """The service tree of a Core; its children start in order and stop in reverse.
 
     The store opens first (in its thread); the operations over it are built once it is open,
-    and the Cell link listens and the API serves from then on. The API port is bound at start,
-    answering 503 until then. Stopping silences the API and discovery, closes every Cell link,
+    and the Cell links (KCP for stock Cells, unless `kcp_link` is off, and TLS) listen and the
+    API serves from then on. The API port is bound at start, answering 503 until then.
+    Stopping silences the API and discovery, closes every Cell link on both wires,
     and closes the store last, once the commits already queued are on disk.
     """
     domain = config.domain
@@ -137,13 +155,38 @@ def build_service(
 
     api = operations.then(api_resource)
 
-    links = CellLinkFactory(registry, reactor, core_name(), peer_cell_name)
+    name = core_name()
+    links = CellLinkFactory(registry, reactor, name, peer_cell_name)
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
+
+    def listen_tls(number: int) -> IListeningPort:
+        return reactor.listenSSL(
+            number, links, tls, backlog=LINK_BACKLOG, interface=domain.listen_address
+        )
+
+    def listen_udp(protocol: DatagramProtocol) -> Callable[[int], IListeningPort]:
+        return lambda number: reactor.listenUDP(number, protocol, interface=domain.listen_address)
+
+    # Stock Cells over KCP, into the same registry: one Cell is one Cell on either wire.
+    kcp_links: list[tuple[str, CellLinkService]] = []
+    if domain.kcp_link:
+        endpoint = cell_link_endpoint(registry, reactor, name, registry.link)
+        kcp = CellLinkService(
+            ports=LINK_PORTS,
+            listen=listen_udp(endpoint),
+            links=endpoint,
+            protocol=KCP_PROTOCOL,
+            address=domain.listen_address,
+            after=operations.wait,
+            on_failure=stop,
+            warning=KCP_WARNING,
+        )
+        kcp_links.append(("kcp-link", kcp))
     link = CellLinkService(
         ports=LINK_PORTS,
-        listen=lambda number: reactor.listenSSL(
-            number, links, tls, backlog=LINK_BACKLOG, interface=domain.listen_address
-        ),
+        # Without the KCP link, the TLS link's number is held on UDP too: stock Cells dial
+        # whatever port discovery names over UDP, and must not reach another Cell there.
+        listen=listen_tls if kcp_links else holding(listen_tls, listen_udp(DatagramProtocol())),
         links=links,
         protocol=LINK_PROTOCOL,
         address=domain.listen_address,
@@ -151,7 +194,8 @@ def build_service(
         on_failure=stop,
     )
     # Bound to the group address, so only datagrams for the group arrive; the listener joins
-    # the group on the `listen_address` interface and echoes what the link advertises.
+    # the group on the `listen_address` interface and echoes what the links advertise, the
+    # KCP link first: a stock Cell dials the first entry.
     discovery = MulticastServer(
         domain.group_port,
         DiscoveryListener(
@@ -160,7 +204,7 @@ def build_service(
             group_address=domain.group_address,
             group_port=domain.group_port,
             listen_address=domain.listen_address,
-            service=link.advertised,
+            services=advertised_together(*(each for _, each in kcp_links), link),
         ),
         interface=domain.group_address,
         listenMultiple=True,
@@ -174,6 +218,7 @@ def build_service(
     tree = InOrder()
     children: list[tuple[str, IService]] = [
         ("store", store),
+        *kcp_links,
         ("cell-link", link),
         ("discovery", discovery),
         ("api", api_server),

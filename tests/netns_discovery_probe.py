@@ -1,8 +1,8 @@
 """Run inside a throw-away network namespace by tests/test_discovery_netns.py.
 
-Starts the real DiscoveryService on 127.0.0.1, queries it with the real pinger over real
-multicast on ``lo``, and prints one JSON line: the echo it got, and whether a ping for another
-domain went unanswered. Exits non-zero on any failure.
+Starts Core's discovery listener on 127.0.0.1 as ``tap`` serves it, queries it with the real
+pinger over real multicast on ``lo``, and prints one JSON line: the echo it got, and whether a
+ping for another domain went unanswered. Exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.application.internet import MulticastServer
 from twisted.internet import defer, task
 
 from nanocore.cluster.discovery import (
-    DiscoveryService,
+    DiscoveryListener,
     DiscoveryTimeout,
     ServiceEntry,
     core_service,
@@ -26,14 +27,17 @@ LOOPBACK = "127.0.0.1"
 
 
 async def probe(reactor: Any) -> dict[str, Any]:
-    service = DiscoveryService(
-        reactor,
-        reactor,
+    entry = ServiceEntry(type="core", protocol="tls", address=LOOPBACK, port=5600)
+    listener = DiscoveryListener(
+        clock=reactor,
         domain="nano",
         group_address=GROUP,
         group_port=PORT,
         listen_address=LOOPBACK,
-        service=ServiceEntry(type="core", protocol="tls", address=LOOPBACK, port=5600),
+        services=lambda: (entry,),
+    )
+    service = MulticastServer(
+        PORT, listener, interface=GROUP, listenMultiple=True, reactor=reactor
     )
     service.startService()
     try:
@@ -56,7 +60,7 @@ async def probe(reactor: Any) -> dict[str, Any]:
         "id": echo.id,
         "requestor": echo.requestor,
         "core": None if core is None else [core.type, core.protocol, core.address, core.port],
-        "echoes_sent": service.protocol.echoes_sent,
+        "echoes_sent": listener.echoes_sent,
         "other_domain": other_domain,
     }
 

@@ -72,6 +72,8 @@ class KCPEndpoint(DatagramProtocol):
         self._log_budget = TokenBucket(clock, 1.0, 10)
         #: Datagrams dropped as malformed, foreign or over a limit.
         self.dropped = 0
+        #: Core is closing every conversation: new ones are refused meanwhile.
+        self._closing = False
 
     # -- the socket ---------------------------------------------------------------------------
 
@@ -98,15 +100,21 @@ class KCPEndpoint(DatagramProtocol):
     # -- Core stopping ------------------------------------------------------------------------
 
     def close_all(self) -> Deferred[None]:
-        """Say goodbye on every conversation; fires once all are released (3 s at most)."""
+        """Refuse new conversations, say goodbye on every one; fires once all are released
+        (3 s at most: a Cell that does not acknowledge the goodbye is not waited for)."""
+        self._closing = True
         conversations = list(self.conversations.values())
         for conversation in conversations:
             if conversation.session is not None:
                 conversation.session.close()
             else:
                 conversation.abort()
+
+        def closed(_: object) -> None:
+            self._closing = False
+
         waiting = [conversation.when_closed() for conversation in conversations]
-        return gatherResults(waiting).addCallback(lambda _: None)
+        return gatherResults(waiting).addCallback(closed)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -126,9 +134,10 @@ class KCPEndpoint(DatagramProtocol):
             else:
                 self.dropped += 1
             return
-        if not head.opens:
-            # Another conversation's traffic from a known address, or mid-stream traffic of
-            # a conversation we do not know (its peer outlived a Core restart).
+        if not head.opens or self._closing:
+            # Another conversation's traffic from a known address, mid-stream traffic of a
+            # conversation we do not know (its peer outlived a Core restart), or an opening
+            # while Core is closing every conversation.
             self.dropped += 1
             return
         if not self._openings.take():
