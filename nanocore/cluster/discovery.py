@@ -393,6 +393,10 @@ class DiscoveryListener(DatagramProtocol):
     def stopProtocol(self) -> None:
         self.pacer.stop()
 
+    def advertised(self) -> tuple[ServiceEntry, ...]:
+        """What an echo sent now would advertise, in order."""
+        return tuple(self._services())
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         source = addr[0]
         try:
@@ -410,7 +414,7 @@ class DiscoveryListener(DatagramProtocol):
                 source=source,
             )
             return
-        if not self._services():
+        if not self.advertised():
             self.log.debug(
                 "Ignored ping from {source}: no endpoint to advertise yet", source=source
             )
@@ -420,7 +424,7 @@ class DiscoveryListener(DatagramProtocol):
 
     def _echo(self, sender: Sender, ping: SonarPing) -> None:
         source = sender[0]
-        services = tuple(self._services())
+        services = self.advertised()
         if not services or self.transport is None:
             return  # the links stopped while this ping waited
         echo = SonarEcho(id=ping.id, requestor=source, services=services)
