@@ -31,7 +31,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from nanocore.api import envelope
-from nanocore.api.auth import DEFAULT_SKEW, AuthError, Verifier, parse_query
+from nanocore.api.auth import (
+    DEFAULT_SKEW,
+    MUTATING_METHODS,
+    AuthError,
+    Verifier,
+    parse_query,
+)
 from nanocore.api.cache import ResponseCache
 from nanocore.api.decode import DecodeError
 from nanocore.api.endpoint import Endpoint, Incoming, decoded_path, sized
@@ -40,7 +46,7 @@ from nanocore.api.misses import KleinEndpoint, Misses, without_head
 from nanocore.api.request import DEFAULT_MAX_BODY, limited_request_factory
 from nanocore.api.route import Call, Fields, Ops, Raw, Reply, Route
 from nanocore.api.routing import configure_map, werkzeug_rule
-from nanocore.api.signed import signed
+from nanocore.api.signed import may_share_a_path, signed
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import OperationError
 
@@ -60,6 +66,7 @@ class APIResource(KleinResource, Generic[Ops]):
         self._routes = tuple(routes)
         self._operations = operations
         misses = Misses((route.method, route.full_path) for route in self._routes)
+        writes = [r.full_path for r in self._routes if r.method in MUTATING_METHODS]
         app = Klein()
         configure_map(app.url_map)
         seen: set[tuple[str, str]] = set()
@@ -72,7 +79,10 @@ class APIResource(KleinResource, Generic[Ops]):
             if route.cacheable and cache is not None:
                 endpoint = cache.wrap(endpoint)
             if route.auth is not None:
-                endpoint = signed(verifier, route.auth, endpoint)
+                writable = route.method in MUTATING_METHODS or any(
+                    may_share_a_path(route.full_path, write) for write in writes
+                )
+                endpoint = signed(verifier, route.auth, endpoint, writable=writable)
             klein_endpoint = misses.exact(route.method, _reading(route.method, endpoint))
             app.route(rule, methods=[route.method], endpoint=str(index))(klein_endpoint)
         without_head(app.url_map)
