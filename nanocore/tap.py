@@ -25,7 +25,7 @@ from nanocore.api.app import api_site_for, build_api_resource
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import CellLinkFactory
+from nanocore.cluster.transport import CellLinkFactory, tls_link_factory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import Layout, LayoutOptions
 from nanocore.operations.core import Operations
@@ -139,10 +139,11 @@ def build_service(
 
     links = CellLinkFactory(registry, reactor, core_name(), peer_cell_name)
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
+    link_factory = tls_link_factory(tls, links)
     link = CellLinkService(
         ports=LINK_PORTS,
-        listen=lambda number: reactor.listenSSL(
-            number, links, tls, backlog=LINK_BACKLOG, interface=domain.listen_address
+        listen=lambda number: reactor.listenTCP(
+            number, link_factory, backlog=LINK_BACKLOG, interface=domain.listen_address
         ),
         links=links,
         protocol=LINK_PROTOCOL,

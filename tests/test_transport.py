@@ -367,12 +367,47 @@ class HandshakeCapTests(SynchronousTestCase):
             self.handler, self.clock, CORE, lambda transport: CELL, max_handshaking=2
         )
 
-    def accept(self) -> FramedLinkProtocol | None:
-        address = IPv4Address("TCP", "127.0.0.5", 4000)
+    def accept(self, host: str = "127.0.0.5") -> FramedLinkProtocol | None:
+        address = IPv4Address("TCP", host, 4000)
         protocol = self.factory.buildProtocol(address)
         if protocol is not None:
             protocol.makeConnection(StringTransport(peerAddress=address))
         return protocol
+
+    def test_a_newcomer_from_elsewhere_takes_the_oldest_place_of_the_largest_source(self) -> None:
+        first, second = self.accept(), self.accept()
+        assert first is not None and second is not None
+        newcomer = self.accept("127.0.0.9")
+        self.assertIsNotNone(newcomer)
+        transport = first.transport
+        assert isinstance(transport, StringTransport)
+        self.assertTrue(transport.disconnecting)  # aborted: its place is the newcomer's
+        self.assertEqual((self.factory.handshaking(), self.factory.evicted), (2, 1))
+        # Now each source holds one place: nobody takes another's.
+        self.assertIsNone(self.accept("127.0.0.9"))
+        self.assertIsNone(self.accept("127.0.0.5"))
+        self.assertEqual(self.factory.refused, 2)
+
+    def test_refusals_and_evictions_are_logged_once_per_source_with_a_count(self) -> None:
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.accept()
+        self.accept()
+        for _ in range(50):
+            self.assertIsNone(self.accept())
+        self.factory.stopFactory()
+        texts = [formatEvent(e) for e in events]
+        self.assertEqual(
+            texts,
+            [
+                "refused a Cell link from 127.0.0.5: 2 of the 2 connections still handshaking"
+                " are from there",
+                "49 more refused Cell links from 127.0.0.5 in the last 0 s"
+                " (one line per source every 60 s)",
+            ],
+        )
 
     def test_connections_beyond_the_cap_are_refused(self) -> None:
         first, second = self.accept(), self.accept()
