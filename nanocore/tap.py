@@ -22,12 +22,14 @@ from twisted.web.resource import IResource
 
 from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
 from nanocore.api.app import api_site_for, build_api_resource
+from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import CellLinkFactory, tls_link_factory
+from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory, tls_link_factory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.layout import Layout, LayoutOptions
+from nanocore.openfiles import connection_share, raise_open_file_limit
 from nanocore.operations.core import Operations
 from nanocore.pki import (
     CertificateAuthority,
@@ -50,6 +52,8 @@ log = Logger()
 LINK_PROTOCOL = "tls"
 #: Pending Cell link connections the kernel may queue (a cluster restarting reconnects at once).
 LINK_BACKLOG = 1024
+#: Pending API connections the kernel may queue (Twisted's 50 stalled bursts of connects for 1 s).
+API_BACKLOG = 1024
 
 
 class Options(LayoutOptions):
@@ -114,16 +118,25 @@ def stop_on_failure(reactor: Any) -> Callable[[Failure], None]:
 
 
 def build_service(
-    layout: Layout, config: CoreConfig, certificates: Certificates, reactor: Any
+    layout: Layout,
+    config: CoreConfig,
+    certificates: Certificates,
+    reactor: Any,
+    *,
+    open_files: int | None = None,
 ) -> MultiService:
     """The service tree of a Core; its children start in order and stop in reverse.
 
     The store opens first (in its thread); the operations over it are built once it is open,
     and the Cell link listens and the API serves from then on. The API port is bound at start,
     answering 503 until then. Stopping silences the API and discovery, closes every Cell link,
-    and closes the store last, once the commits already queued are on disk.
+    and closes the store last, once the commits already queued are on disk. ``open_files``
+    (the process's limit) cuts what unauthenticated peers may hold to a share of it.
     """
     domain = config.domain
+    share = connection_share(open_files) if open_files is not None else None
+    api_connections = min(DEFAULT_MAX_CONNECTIONS, share or DEFAULT_MAX_CONNECTIONS)
+    link_handshaking = min(MAX_TLS_HANDSHAKING, share or MAX_TLS_HANDSHAKING)
     stop = stop_on_failure(reactor)
 
     # The shared objects of a running Core.
@@ -137,7 +150,9 @@ def build_service(
 
     api = operations.then(api_resource)
 
-    links = CellLinkFactory(registry, reactor, core_name(), peer_cell_name)
+    links = CellLinkFactory(
+        registry, reactor, core_name(), peer_cell_name, max_handshaking=link_handshaking
+    )
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
     link_factory = tls_link_factory(tls, links)
     link = CellLinkService(
@@ -167,9 +182,11 @@ def build_service(
         listenMultiple=True,
         reactor=reactor,
     )
-    site = api_site_for(StartingGate(api.wait, on_failure=stop))
+    site = api_site_for(StartingGate(api.wait, on_failure=stop), max_connections=api_connections)
     api_server = ListeningService(
-        lambda: reactor.listenTCP(config.api.port, site, interface=domain.listen_address)
+        lambda: reactor.listenTCP(
+            config.api.port, site, backlog=API_BACKLOG, interface=domain.listen_address
+        )
     )
 
     tree = InOrder()
@@ -203,10 +220,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         certificates = prepare_certificates(layout, config)
     except (PKIError, OSError) as error:
         raise SystemExit(f"nanocore: certificate error: {error}") from None
+    open_files = raise_open_file_limit()
     domain = config.domain
     log.info(
         "nanocore {version} (compatible with Nano Core {compatible}): API on {address}:{port},"
-        " discovery of domain {domain!r} on {group}:{group_port}",
+        " discovery of domain {domain!r} on {group}:{group_port}; open-file limit {open_files}",
         version=__version__,
         compatible=COMPATIBLE_CORE_VERSION,
         address=domain.listen_address,
@@ -214,5 +232,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         domain=domain.domain,
         group=domain.group_address,
         group_port=domain.group_port,
+        open_files=open_files,
     )
-    return build_service(layout, config, certificates, reactor)
+    return build_service(layout, config, certificates, reactor, open_files=open_files)

@@ -43,7 +43,12 @@ from nanocore.api.decode import DecodeError
 from nanocore.api.endpoint import Endpoint, Incoming, decoded_path, sized
 from nanocore.api.families import all_routes
 from nanocore.api.misses import KleinEndpoint, Misses, without_head
-from nanocore.api.request import DEFAULT_MAX_BODY, limited_request_factory
+from nanocore.api.request import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
+    LimitedSite,
+    limited_request_factory,
+)
 from nanocore.api.route import Call, Fields, Ops, Raw, Reply, Route
 from nanocore.api.routing import configure_map, werkzeug_rule
 from nanocore.api.signed import may_share_a_path, signed
@@ -205,13 +210,6 @@ def build_api_resource(
     return APIResource(all_routes(), operations, verifier, ResponseCache(operations.revision))
 
 
-class QuietSite(Site):
-    """A site without the per-request access log line (Core kept none; it costs ~8 % per GET)."""
-
-    def log(self, request: Request) -> None:
-        pass
-
-
 def build_api_site(
     operations: Operations,
     credentials: Mapping[str, str],
@@ -219,18 +217,27 @@ def build_api_site(
     *,
     skew: float = DEFAULT_SKEW,
     max_body: int = DEFAULT_MAX_BODY,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     access_log: bool = False,
 ) -> Site:
-    """A ``Site`` serving :func:`build_api_resource`, with the body limit enforced on the wire."""
+    """A ``Site`` serving :func:`build_api_resource`, with the wire limits enforced."""
     resource = build_api_resource(operations, credentials, clock, skew=skew)
-    return api_site_for(resource, max_body=max_body, access_log=access_log)
+    return api_site_for(
+        resource, max_body=max_body, max_connections=max_connections, access_log=access_log
+    )
 
 
 def api_site_for(
-    resource: IResource, *, max_body: int = DEFAULT_MAX_BODY, access_log: bool = False
+    resource: IResource,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    access_log: bool = False,
 ) -> Site:
-    """A ``Site`` for an API resource that refuses bodies above ``max_body`` on the wire."""
-    site = Site(resource) if access_log else QuietSite(resource)
+    """A ``Site`` for an API resource with the wire limits of :mod:`nanocore.api.request`:
+    bodies above ``max_body``, lines and headers above Twisted's, connections beyond
+    ``max_connections``."""
+    site = LimitedSite(resource, max_connections=max_connections, access_log=access_log)
     site.requestFactory = limited_request_factory(max_body)
     site.displayTracebacks = False
     return site
