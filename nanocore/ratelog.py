@@ -104,7 +104,7 @@ class RateLimitedLog:
         self._flush_call = None
         tallies, self._tallies = self._tallies, {}
         self._sources = {}
-        seconds = self._clock.seconds() - self._started
+        seconds = min(self._clock.seconds() - self._started, self._period)
         for (kind, source), tally in tallies.items():
             if tally.count > 1:
                 self._log.emit(

@@ -40,6 +40,7 @@ from nanocore.pki import (
     peer_cell_name,
     server_tls_options,
 )
+from nanocore.ratelog import RateLimitedLog
 from nanocore.services.gate import StartingGate
 from nanocore.services.link import LINK_PORTS, CellLinkService, core_name
 from nanocore.services.listen import ListeningService, PortFile
@@ -145,8 +146,12 @@ def build_service(
     store = StoreService(layout.data_dir, reactor, on_failure=stop)
     operations = store.opened.then(lambda opened: Operations(opened, reactor, cells=registry))
 
+    # What anyone can make the API log (refused signatures and connections, idle clients),
+    # rate-limited in one place, and flushed when the API stops listening.
+    api_noise = RateLimitedLog(Logger(namespace="nanocore.api"), reactor)
+
     def api_resource(ops: Operations) -> IResource:
-        return build_api_resource(ops, config.api.credential_keys(), reactor)
+        return build_api_resource(ops, config.api.credential_keys(), reactor, noise=api_noise)
 
     api = operations.then(api_resource)
 
@@ -182,7 +187,9 @@ def build_service(
         listenMultiple=True,
         reactor=reactor,
     )
-    site = api_site_for(StartingGate(api.wait, on_failure=stop), max_connections=api_connections)
+    site = api_site_for(
+        StartingGate(api.wait, on_failure=stop), max_connections=api_connections, noise=api_noise
+    )
     api_server = ListeningService(
         lambda: reactor.listenTCP(
             config.api.port, site, backlog=API_BACKLOG, interface=domain.listen_address

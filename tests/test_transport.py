@@ -5,10 +5,12 @@ from __future__ import annotations
 import struct
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -388,10 +390,27 @@ class HandshakeCapTests(SynchronousTestCase):
         self.assertIsNone(self.accept("127.0.0.5"))
         self.assertEqual(self.factory.refused, 2)
 
-    def test_refusals_and_evictions_are_logged_once_per_source_with_a_count(self) -> None:
-        from twisted.internet.testing import EventLoggingObserver
-        from twisted.logger import formatEvent, globalLogPublisher
+    def test_handshakes_failing_by_the_thousand_log_one_line_and_the_count(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.factory = CellLinkFactory(self.handler, self.clock, CORE, lambda transport: CELL)
+        for _ in range(1_000):
+            protocol = self.accept()
+            assert protocol is not None
+            protocol.dataReceived(struct.pack(">I", 5) + b"nope!")  # not a message
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(60)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(
+            lines[0].startswith("dropping link (unnamed) (127.0.0.5): malformed frame")
+        )
+        self.assertEqual(
+            lines[1],
+            "999 more dropped handshakes from 127.0.0.5 in the last 60 s"
+            " (one line per source every 60 s)",
+        )
 
+    def test_refusals_and_evictions_are_logged_once_per_source_with_a_count(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.accept()
         self.accept()

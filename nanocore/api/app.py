@@ -54,6 +54,7 @@ from nanocore.api.routing import configure_map, werkzeug_rule
 from nanocore.api.signed import may_share_a_path, signed
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import OperationError
+from nanocore.ratelog import RateLimitedLog
 
 
 class APIResource(KleinResource, Generic[Ops]):
@@ -67,9 +68,12 @@ class APIResource(KleinResource, Generic[Ops]):
         operations: Ops,
         verifier: Verifier,
         cache: ResponseCache | None = None,
+        noise: RateLimitedLog | None = None,
     ) -> None:
+        """``noise`` rate-limits the log lines of refused signatures (anyone can send those)."""
         self._routes = tuple(routes)
         self._operations = operations
+        self._noise = noise if noise is not None else RateLimitedLog(self.log, verifier.clock)
         misses = Misses((route.method, route.full_path) for route in self._routes)
         writes = [r.full_path for r in self._routes if r.method in MUTATING_METHODS]
         app = Klein()
@@ -144,8 +148,10 @@ class APIResource(KleinResource, Generic[Ops]):
     def _refused(self, request: IRequest, failure: Failure) -> bytes:
         req = cast(Request, request)
         reason = cast(AuthError, failure.value).message
-        self.log.warn(
-            "refused {method} {path}: {reason}",
+        self._noise.warn(
+            "refused signatures",
+            _client(req),
+            "refused {method} {path} from {source}: {reason}",
             method=req.method.decode("ascii"),
             path=decoded_path(req),
             reason=reason,
@@ -177,6 +183,11 @@ def _reading(method: str, endpoint: Endpoint) -> KleinEndpoint:
     return read
 
 
+def _client(request: Request) -> str:
+    host = getattr(request.getClientAddress(), "host", None)
+    return host if isinstance(host, str) else "?"
+
+
 def _encoded(result: object, request: Request) -> bytes:
     if isinstance(result, Reply):
         request.setResponseCode(result.status)
@@ -204,10 +215,13 @@ def build_api_resource(
     clock: IReactorTime,
     *,
     skew: float = DEFAULT_SKEW,
+    noise: RateLimitedLog | None = None,
 ) -> APIResource[Operations]:
-    """The API as one resource over injected ``operations`` (mount it at the site root)."""
+    """The API as one resource over injected ``operations`` (mount it at the site root);
+    ``noise``: the rate-limited log it shares with its site."""
     verifier = Verifier(credentials, clock, skew)
-    return APIResource(all_routes(), operations, verifier, ResponseCache(operations.revision))
+    cache = ResponseCache(operations.revision)
+    return APIResource(all_routes(), operations, verifier, cache, noise)
 
 
 def build_api_site(
@@ -221,9 +235,14 @@ def build_api_site(
     access_log: bool = False,
 ) -> Site:
     """A ``Site`` serving :func:`build_api_resource`, with the wire limits enforced."""
-    resource = build_api_resource(operations, credentials, clock, skew=skew)
+    noise = RateLimitedLog(Logger(namespace="nanocore.api"), clock)
+    resource = build_api_resource(operations, credentials, clock, skew=skew, noise=noise)
     return api_site_for(
-        resource, max_body=max_body, max_connections=max_connections, access_log=access_log
+        resource,
+        max_body=max_body,
+        max_connections=max_connections,
+        access_log=access_log,
+        noise=noise,
     )
 
 
@@ -233,11 +252,14 @@ def api_site_for(
     max_body: int = DEFAULT_MAX_BODY,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     access_log: bool = False,
+    noise: RateLimitedLog | None = None,
 ) -> Site:
     """A ``Site`` for an API resource with the wire limits of :mod:`nanocore.api.request`:
     bodies above ``max_body``, lines and headers above Twisted's, connections beyond
-    ``max_connections``."""
-    site = LimitedSite(resource, max_connections=max_connections, access_log=access_log)
+    ``max_connections``; ``noise``, the rate-limited log it shares with the resource."""
+    site = LimitedSite(
+        resource, max_connections=max_connections, access_log=access_log, noise=noise
+    )
     site.requestFactory = limited_request_factory(max_body)
     site.displayTracebacks = False
     return site

@@ -259,6 +259,10 @@ class Verifier:
     def skew(self) -> float:
         return self._skew
 
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
     def replay_entries(self) -> int:
         """How many signatures are remembered right now (bounded by the window)."""
         self._expire(self._clock.seconds())

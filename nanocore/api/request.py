@@ -229,14 +229,16 @@ class LimitedSite(Site):
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         access_log: bool = False,
+        noise: RateLimitedLog | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.max_connections = max_connections
         self.access_log = access_log
         self.open_connections = 0
-        #: Log lines anyone can cause at will (idle clients, refused connections), rate-limited.
-        self.noise = RateLimitedLog(log, self.reactor)
+        #: Log lines anyone can cause at will (idle clients, refused connections), rate-limited;
+        #: shared with the API behind the site (refused signatures), and flushed when it stops.
+        self.noise = noise if noise is not None else RateLimitedLog(log, self.reactor)
 
     def buildProtocol(self, addr: IAddress) -> LimitedChannel | None:  # type: ignore[override]
         if self.open_connections >= self.max_connections:
