@@ -201,7 +201,7 @@ class LimitedChannel(HTTPChannel):
         )  # fmt: skip
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is None:  # an in-memory transport: no unread input to reset anything
-            self.transport.loseConnection()
+            self.loseConnection()
             return
         half_close()
         self._close_within(REFUSAL_LINGER)
