@@ -66,8 +66,9 @@ class ImageHarness:
         self.front = StreamFront(resource, self.transfers, self.verifier)
         self.api = APIClient(self.front, self.clock)
         self.api_site = api_site_for(self.front, upload_routes=lambda: self.front)
+        self.api_site.reactor = self.clock  # connection timeouts on the test clock
         self.site_resource = ImageSiteResource(self.transfers, stream_signature(self.verifier))
-        self.site = ImageSite(self.site_resource)
+        self.site = ImageSite(self.site_resource, reactor=self.clock)
 
     def files(self, folder: str) -> list[str]:
         """Every file of an image folder, temporary ones included."""

@@ -21,6 +21,7 @@ Nothing here imports the API: the envelope and the signature check are handed in
 from __future__ import annotations
 
 import re
+from io import BytesIO
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 from urllib.parse import unquote
@@ -285,7 +286,7 @@ class StreamingMixin(Request):
                 self._refuse_stream(refused)
                 return
             if self.transfer is not None:
-                self.content = None
+                self.content = BytesIO()  # stays empty: the body goes to the transfer
                 return
         super().gotLength(length)
 
