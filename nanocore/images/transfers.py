@@ -21,8 +21,8 @@ Nothing here imports the API: the envelope and the signature check are handed in
 from __future__ import annotations
 
 import re
-from io import BytesIO
 from collections.abc import Callable, Mapping
+from io import BytesIO
 from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
