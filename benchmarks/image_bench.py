@@ -48,8 +48,11 @@ def serve(folder: Path) -> None:
     from nanocore.images.site import ImageSite, ImageSiteResource
     from nanocore.images.transfers import Transfers
     from nanocore.operations.core import Operations
-    from nanocore.pki import load_or_create_ca, requesting_tls_options
-    from nanocore.pki import IssuedCertificate  # noqa: F401
+    from nanocore.pki import (
+        IssuedCertificate,  # noqa: F401
+        load_or_create_ca,
+        requesting_tls_options,
+    )
     from nanocore.store import Store
 
     credentials = dict([CREDENTIAL])
@@ -246,9 +249,8 @@ def main() -> None:
         print(f"{'openssl s_server -> s_client':<34} {mb / seconds:8.0f} MB/s")
         peak = rss(child.pid, "VmHWM")
         print(f"Core peak RSS: {peak / 2**20:.1f} MiB (+{(peak - rss_before) / 2**20:.1f} MiB)")
-        print(
-            f"TLS site download / openssl: {results['TLS site download (Cell cert)'] / results['openssl']:.0%}"
-        )
+        ratio = results["TLS site download (Cell cert)"] / results["openssl"]
+        print(f"TLS site download / openssl: {ratio:.0%}")
         print(f"load average after: {os.getloadavg()}")
     finally:
         if child is not None:

@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from nanocore.atomicfile import sync_directory
 from nanocore.operations.images import Adopted, ImageFiles, ImageKind, StoredFile, check_id
 
 log = Logger()
@@ -53,15 +54,6 @@ def thread_offload(reactor: Any) -> Offload:
 def inline_offload(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
     """Blocking work done at once, on the caller's thread (tests)."""
     return maybeDeferred(function, *args)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename or an unlink in ``folder`` durable."""
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def file_digests(path: Path) -> tuple[int, str]:
@@ -125,7 +117,7 @@ class PartFile:
         finally:
             os.close(descriptor)
         os.rename(self.path, target)
-        fsync_folder(self.folder)
+        sync_directory(self.folder)
 
     def discard(self) -> None:
         """Close and remove the file, whatever state it is in (blocking; never raises)."""
@@ -201,7 +193,7 @@ class ImageFolders:
     def _adopt(self, kind: ImageKind, source: Path, image_id: str) -> Adopted:
         size, sha1 = file_digests(source)
         os.rename(source, self.path(kind, image_id, 1))
-        fsync_folder(source.parent)
+        sync_directory(source.parent)
         return Adopted(size, sha1 if kind is ImageKind.DISK else "")
 
     def _unlink(self, path: Path) -> None:
@@ -209,4 +201,4 @@ class ImageFolders:
             path.unlink()
         except FileNotFoundError:
             return
-        fsync_folder(path.parent)
+        sync_directory(path.parent)
