@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nanocore import __version__, config, pki, tap
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.layout import Layout
+from nanocore.services.images import ImageSiteService
 from nanocore.services.link import CellLinkService
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
@@ -194,6 +195,7 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 ("store", StoreService),
                 ("cell-link", CellLinkService),
+                ("images", ImageSiteService),
                 ("discovery", MulticastServer),
                 ("api", ListeningService),
                 ("api-port", PortFile),

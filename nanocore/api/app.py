@@ -14,7 +14,7 @@ The body limit is the request class's, on the wire (:mod:`nanocore.api.request`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, cast
 
 from klein import Klein
@@ -41,6 +41,8 @@ from nanocore.api.request import DEFAULT_MAX_BODY, limited_request_factory
 from nanocore.api.route import Call, Fields, Ops, Raw, Reply, Route
 from nanocore.api.routing import configure_map, werkzeug_rule
 from nanocore.api.signed import signed
+from nanocore.api.streams import streaming_request_factory
+from nanocore.images.transfers import StreamingChannel, UploadRoutes
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import OperationError
 
@@ -101,7 +103,7 @@ class APIResource(KleinResource, Generic[Ops]):
 
         def answer(request: Request, incoming: Incoming) -> bytes | Deferred[bytes]:
             decoded = Fields(body.decode(incoming.body) if body is not None else {})
-            call = Call(incoming.params, parse_query(incoming.query), decoded)
+            call = Call(incoming.params, parse_query(incoming.query), decoded, incoming.query)
             result = handler(operations, call)
             if isinstance(result, Deferred):
                 return self._outliving(result).addCallback(_encoded, request)
@@ -189,9 +191,14 @@ def build_api_resource(
     clock: IReactorTime,
     *,
     skew: float = DEFAULT_SKEW,
+    verifier: Verifier | None = None,
 ) -> APIResource[Operations]:
-    """The API as one resource over injected ``operations`` (mount it at the site root)."""
-    verifier = Verifier(credentials, clock, skew)
+    """The API as one resource over injected ``operations`` (mount it at the site root).
+
+    ``verifier`` is shared with whatever else checks signatures (the image site).
+    """
+    if verifier is None:
+        verifier = Verifier(credentials, clock, skew)
     return APIResource(all_routes(), operations, verifier, ResponseCache(operations.revision))
 
 
@@ -217,10 +224,22 @@ def build_api_site(
 
 
 def api_site_for(
-    resource: IResource, *, max_body: int = DEFAULT_MAX_BODY, access_log: bool = False
+    resource: IResource,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    access_log: bool = False,
+    upload_routes: Callable[[], UploadRoutes | None] | None = None,
 ) -> Site:
-    """A ``Site`` for an API resource that refuses bodies above ``max_body`` on the wire."""
+    """A ``Site`` for an API resource that refuses bodies above ``max_body`` on the wire.
+
+    With ``upload_routes`` (the :class:`~nanocore.api.streams.StreamFront` once there is one),
+    an upload route's body streams to storage instead (:mod:`nanocore.api.streams`).
+    """
     site = Site(resource) if access_log else QuietSite(resource)
-    site.requestFactory = limited_request_factory(max_body)
+    if upload_routes is None:
+        site.requestFactory = limited_request_factory(max_body)
+    else:
+        site.requestFactory = streaming_request_factory(max_body, upload_routes)
+        site.protocol = StreamingChannel  # type: ignore[assignment]
     site.displayTracebacks = False
     return site
