@@ -10,24 +10,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from twisted.application.internet import MulticastServer
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
 from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
+from nanocore.api import envelope
 from nanocore.api.app import api_site_for, build_api_resource
+from nanocore.api.auth import Verifier
 from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
+from nanocore.api.streams import StreamFront, stream_signature
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory, tls_link_factory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.images.files import ImageFolders, thread_offload
+from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
+from nanocore.images.transfers import Transfers
 from nanocore.layout import Layout, LayoutOptions
 from nanocore.openfiles import connection_share, raise_open_file_limit
 from nanocore.operations.core import Operations
@@ -38,10 +45,12 @@ from nanocore.pki import (
     ensure_server_certificate,
     load_or_create_ca,
     peer_cell_name,
+    requesting_tls_options,
     server_tls_options,
 )
 from nanocore.ratelog import RateLimitedLog
 from nanocore.services.gate import StartingGate
+from nanocore.services.images import ImageSiteService
 from nanocore.services.link import LINK_PORTS, CellLinkService, core_name
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
@@ -144,16 +153,43 @@ def build_service(
     transactions = Transactions(reactor, float(domain.timeout))
     registry = CellRegistry(reactor, transactions)
     store = StoreService(layout.data_dir, reactor, on_failure=stop)
-    operations = store.opened.then(lambda opened: Operations(opened, reactor, cells=registry))
+    folders = ImageFolders(layout.data_dir, thread_offload(reactor))
+    # One verifier for the API and the image site: a signature used on one is a replay on both.
+    verifier = Verifier(config.api.credential_keys(), reactor)
 
     # What anyone can make the API log (refused signatures and connections, idle clients),
     # rate-limited in one place, and flushed when the API stops listening.
     api_noise = RateLimitedLog(Logger(namespace="nanocore.api"), reactor)
 
-    def api_resource(ops: Operations) -> IResource:
-        return build_api_resource(ops, config.api.credential_keys(), reactor, noise=api_noise)
+    def open_operations(opened: Any) -> Operations:
+        folders.prepare()
+        return Operations(opened, reactor, cells=registry, image_files=folders)
+
+    operations = store.opened.then(open_operations)
+    fronts: list[StreamFront] = []
+
+    def api_resource(ops: Operations) -> StreamFront:
+        transfers = Transfers(ops.images, folders, envelope, max_upload=config.image.max_upload)
+        resource = build_api_resource(
+            ops, config.api.credential_keys(), reactor, verifier=verifier, noise=api_noise
+        )
+        fronts.append(StreamFront(resource, transfers, verifier))
+        return fronts[0]
 
     api = operations.then(api_resource)
+    image_site = api.then(
+        lambda front: ImageSite(ImageSiteResource(front.transfers, stream_signature(verifier)))
+    )
+    image_tls = requesting_tls_options(certificates.ca, certificates.image)
+    images = ImageSiteService(
+        ports=IMAGE_PORTS,
+        listen=lambda number, served: reactor.listenSSL(
+            number, served, image_tls, interface=domain.listen_address
+        ),
+        address=domain.listen_address,
+        after=image_site.wait,
+        on_failure=stop,
+    )
 
     links = CellLinkFactory(
         registry, reactor, core_name(), peer_cell_name, max_handshaking=link_handshaking
@@ -187,8 +223,12 @@ def build_service(
         listenMultiple=True,
         reactor=reactor,
     )
+    gate = StartingGate(cast(Callable[[], Deferred[IResource]], api.wait), on_failure=stop)
     site = api_site_for(
-        StartingGate(api.wait, on_failure=stop), max_connections=api_connections, noise=api_noise
+        gate,
+        max_connections=api_connections,
+        noise=api_noise,
+        upload_routes=lambda: fronts[0] if fronts else None,
     )
     api_server = ListeningService(
         lambda: reactor.listenTCP(
@@ -200,6 +240,7 @@ def build_service(
     children: list[tuple[str, IService]] = [
         ("store", store),
         ("cell-link", link),
+        ("images", images),
         ("discovery", discovery),
         ("api", api_server),
         ("api-port", PortFile(layout.api_port_file, api_server)),

@@ -22,9 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import __version__, config, pki, tap
+from nanocore.api.request import LimitedChannel
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.layout import Layout
 from nanocore.openfiles import connection_share
+from nanocore.services.images import ImageSiteService
 from nanocore.services.link import CellLinkService
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
@@ -195,6 +197,7 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 ("store", StoreService),
                 ("cell-link", CellLinkService),
+                ("images", ImageSiteService),
                 ("discovery", MulticastServer),
                 ("api", ListeningService),
                 ("api-port", PortFile),
@@ -229,6 +232,8 @@ class MakeServiceTests(SynchronousTestCase):
         [(_port, site, backlog, _interface)] = self.reactor.tcpServers
         self.assertEqual(backlog, tap.API_BACKLOG)
         self.assertEqual(site.max_connections, min(4096, connection_share(current_limit())))
+        # Upload routes stream, and the line, header and connection limits still hold.
+        self.assertTrue(issubclass(site.protocol, LimitedChannel))
 
     def test_a_low_open_file_limit_cuts_what_unauthenticated_peers_may_hold(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.9", port=15850)

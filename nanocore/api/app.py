@@ -14,7 +14,7 @@ The body limit is the request class's, on the wire (:mod:`nanocore.api.request`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, cast
 
 from klein import Klein
@@ -52,6 +52,8 @@ from nanocore.api.request import (
 from nanocore.api.route import Call, Fields, Ops, Raw, Reply, Route
 from nanocore.api.routing import configure_map, werkzeug_rule
 from nanocore.api.signed import may_share_a_path, signed
+from nanocore.api.streams import StreamingAPIChannel, streaming_request_factory
+from nanocore.images.transfers import UploadRoutes
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import OperationError
 from nanocore.ratelog import RateLimitedLog
@@ -120,7 +122,7 @@ class APIResource(KleinResource, Generic[Ops]):
 
         def answer(request: Request, incoming: Incoming) -> bytes | Deferred[bytes]:
             decoded = Fields(body.decode(incoming.body) if body is not None else {})
-            call = Call(incoming.params, parse_query(incoming.query), decoded)
+            call = Call(incoming.params, parse_query(incoming.query), decoded, incoming.query)
             result = handler(operations, call)
             if isinstance(result, Deferred):
                 return self._outliving(result).addCallback(_encoded, request)
@@ -215,11 +217,16 @@ def build_api_resource(
     clock: IReactorTime,
     *,
     skew: float = DEFAULT_SKEW,
+    verifier: Verifier | None = None,
     noise: RateLimitedLog | None = None,
 ) -> APIResource[Operations]:
-    """The API as one resource over injected ``operations`` (mount it at the site root);
-    ``noise``: the rate-limited log it shares with its site."""
-    verifier = Verifier(credentials, clock, skew)
+    """The API as one resource over injected ``operations`` (mount it at the site root).
+
+    ``verifier`` is shared with whatever else checks signatures (the image site); ``noise``
+    is the rate-limited log it shares with its site.
+    """
+    if verifier is None:
+        verifier = Verifier(credentials, clock, skew)
     cache = ResponseCache(operations.revision)
     return APIResource(all_routes(), operations, verifier, cache, noise)
 
@@ -253,13 +260,22 @@ def api_site_for(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     access_log: bool = False,
     noise: RateLimitedLog | None = None,
+    upload_routes: Callable[[], UploadRoutes | None] | None = None,
 ) -> Site:
     """A ``Site`` for an API resource with the wire limits of :mod:`nanocore.api.request`:
     bodies above ``max_body``, lines and headers above Twisted's, connections beyond
-    ``max_connections``; ``noise``, the rate-limited log it shares with the resource."""
+    ``max_connections``; ``noise``, the rate-limited log it shares with the resource.
+
+    With ``upload_routes`` (the :class:`~nanocore.api.streams.StreamFront` once there is one),
+    an upload route's body streams to storage instead (:mod:`nanocore.api.streams`).
+    """
     site = LimitedSite(
         resource, max_connections=max_connections, access_log=access_log, noise=noise
     )
-    site.requestFactory = limited_request_factory(max_body)
+    if upload_routes is None:
+        site.requestFactory = limited_request_factory(max_body)
+    else:
+        site.requestFactory = streaming_request_factory(max_body, upload_routes)
+        site.protocol = StreamingAPIChannel
     site.displayTracebacks = False
     return site
