@@ -11,12 +11,15 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
+from nanocore.api.app import api_site_for
 from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedSite
 from tests.loopbackapi import LOOPBACK, Collect, LoopbackAPI, Response, exchange, reactor
 
@@ -134,3 +137,25 @@ class IdleTimeoutLogTests(SynchronousTestCase):
         )
         self.assertTrue(all(c.transport.disconnecting for c in channels))
         self.assertFalse(any("Timing out client" in formatEvent(e) for e in events))
+
+
+class StreamingSiteTests(TestCase):
+    """Core's API site has upload routes (its channel streams them): the limits still hold."""
+
+    async def test_an_oversized_line_gets_414(self) -> None:
+        site = api_site_for(Resource(), upload_routes=lambda: None)
+        port = reactor.listenTCP(0, site, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        request = b"GET /api/v1/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = await exchange(port.getHost().port, request)
+        self.assertEqual(refusal(answer), (414, "request line longer than 16384 bytes"))
+
+    def test_its_connections_are_counted_until_they_are_gone(self) -> None:
+        site = api_site_for(Resource(), max_connections=1, upload_routes=lambda: None)
+        address = IPv4Address("TCP", "192.0.2.7", 1024)
+        channel = site.buildProtocol(address)
+        assert channel is not None
+        channel.makeConnection(StringTransport(peerAddress=address))
+        self.assertIsNone(site.buildProtocol(address))
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(site.buildProtocol(address))
