@@ -30,9 +30,10 @@ from nanocore.api.streams import StreamFront, stream_signature
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory, tls_link_factory
+from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.images.files import ImageFolders, thread_offload
+from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
 from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
 from nanocore.images.transfers import Transfers
 from nanocore.layout import Layout, LayoutOptions
@@ -55,6 +56,7 @@ from nanocore.services.link import LINK_PORTS, CellLinkService, core_name
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
+from nanocore.tlsserver import tls_server_factory
 
 log = Logger()
 
@@ -62,7 +64,8 @@ log = Logger()
 LINK_PROTOCOL = "tls"
 #: Pending Cell link connections the kernel may queue (a cluster restarting reconnects at once).
 LINK_BACKLOG = 1024
-#: Pending API connections the kernel may queue (Twisted's 50 stalled bursts of connects for 1 s).
+#: Pending API (and image site) connections the kernel may queue (Twisted's 50 stalled bursts of
+#: connects for 1 s).
 API_BACKLOG = 1024
 
 
@@ -147,6 +150,7 @@ def build_service(
     share = connection_share(open_files) if open_files is not None else None
     api_connections = min(DEFAULT_MAX_CONNECTIONS, share or DEFAULT_MAX_CONNECTIONS)
     link_handshaking = min(MAX_TLS_HANDSHAKING, share or MAX_TLS_HANDSHAKING)
+    image_connections = min(IMAGE_CONNECTIONS, share or IMAGE_CONNECTIONS)
     stop = stop_on_failure(reactor)
 
     # The shared objects of a running Core.
@@ -178,13 +182,19 @@ def build_service(
 
     api = operations.then(api_resource)
     image_site = api.then(
-        lambda front: ImageSite(ImageSiteResource(front.transfers, stream_signature(verifier)))
+        lambda front: ImageSite(
+            ImageSiteResource(front.transfers, stream_signature(verifier)),
+            max_connections=image_connections,
+        )
     )
     image_tls = requesting_tls_options(certificates.ca, certificates.image)
     images = ImageSiteService(
         ports=IMAGE_PORTS,
-        listen=lambda number, served: reactor.listenSSL(
-            number, served, image_tls, interface=domain.listen_address
+        listen=lambda number, served: reactor.listenTCP(
+            number,
+            tls_server_factory(image_tls, served),
+            backlog=API_BACKLOG,
+            interface=domain.listen_address,
         ),
         address=domain.listen_address,
         after=image_site.wait,
@@ -195,7 +205,7 @@ def build_service(
         registry, reactor, core_name(), peer_cell_name, max_handshaking=link_handshaking
     )
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
-    link_factory = tls_link_factory(tls, links)
+    link_factory = tls_server_factory(tls, links)
     link = CellLinkService(
         ports=LINK_PORTS,
         listen=lambda number: reactor.listenTCP(

@@ -20,18 +20,11 @@ import enum
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IOpenSSLServerConnectionCreator,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
@@ -558,7 +551,8 @@ class CellLinkFactory(Factory):
     Until a connection completes the handshake it holds one of ``max_handshaking`` places,
     shared fairly among source addresses (:mod:`nanocore.cluster.admission`); a connection
     without a place is refused (``buildProtocol`` returns None, so the port closes it at once;
-    under TLS, :func:`tls_link_factory` passes the refusal through). Connected Cells hold none.
+    under TLS, :func:`nanocore.tlsserver.tls_server_factory` passes the refusal through).
+    Connected Cells hold none.
     """
 
     log = Logger()
@@ -646,29 +640,6 @@ class CellLinkFactory(Factory):
             handshake_over=lambda _: self._waiting.remove(wire),
             noise=self._noise,
         )
-
-
-class _RefusingTLSFactory(TLSMemoryBIOFactory):
-    """Twisted's server TLS factory, but a refusal (None) of the factory it wraps stays one.
-
-    ``TLSMemoryBIOFactory`` wraps whatever the inner factory returns, None too; the connection
-    then stays open with no protocol, and every event on it logs an ``Unhandled Error``
-    (``'NoneType' object has no attribute 'makeConnection'``).
-    """
-
-    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
-        wrapped = self.wrappedFactory.buildProtocol(addr)
-        if wrapped is None:
-            return None  # the port closes the socket at once
-        return self.protocol(self, wrapped)
-
-
-def tls_link_factory(
-    options: IOpenSSLServerConnectionCreator, links: CellLinkFactory
-) -> TLSMemoryBIOFactory:
-    """What to listen on with ``listenTCP`` for Cell links over TLS (instead of ``listenSSL``,
-    whose factory would keep refused connections open)."""
-    return _RefusingTLSFactory(options, False, links)
 
 
 def cell_link_protocol(

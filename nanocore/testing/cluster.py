@@ -19,7 +19,7 @@ from zope.interface import implementer
 from nanocore.cluster.cells import CellObserver, CellRegistry, CellStatus
 from nanocore.cluster.message import Message
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import CellLinkFactory, tls_link_factory
+from nanocore.cluster.transport import CellLinkFactory
 from nanocore.pki import (
     CertificateAuthority,
     client_tls_options,
@@ -29,6 +29,7 @@ from nanocore.pki import (
     server_tls_options,
 )
 from nanocore.testing.fakecell import FakeCell, Locate, LocatedCoreEndpoint
+from nanocore.tlsserver import tls_server_factory
 
 LOOPBACK = "127.0.0.1"
 
@@ -129,7 +130,7 @@ class InProcessCluster:
             **({} if max_handshaking is None else {"max_handshaking": max_handshaking}),
         )
         endpoint = TCP4ServerEndpoint(self.reactor, port, backlog=1024, interface=LOOPBACK)
-        self.port = await endpoint.listen(tls_link_factory(options, factory))
+        self.port = await endpoint.listen(tls_server_factory(options, factory))
 
     def add_cell(
         self,
