@@ -20,9 +20,10 @@ from twisted.web.resource import IResource, Resource
 from nanocore.api import envelope
 from nanocore.api.auth import AuthError, RequestParts, Variant, Verifier
 from nanocore.api.endpoint import decoded_path
-from nanocore.api.request import LimitedRequest
+from nanocore.api.request import LimitedChannel, LimitedRequest
 from nanocore.images.transfers import (
     Envelope,
+    StreamingChannel,
     StreamingMixin,
     StreamRefused,
     Transfers,
@@ -95,6 +96,11 @@ class StreamFront(Resource):
 
 class StreamingAPIRequest(StreamingMixin, LimitedRequest):
     """The API's request: an upload route streams, anything else has the API's body limit."""
+
+
+class StreamingAPIChannel(StreamingChannel, LimitedChannel):
+    """The API's channel with upload routes: requests learn their request line early, and
+    the line, header and connection limits of :class:`LimitedChannel` hold."""
 
 
 def streaming_request_factory(

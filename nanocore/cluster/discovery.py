@@ -3,8 +3,8 @@
 A Cell pings ``group:port`` with its domain; Core answers with an echo to ``group:port-1``
 that tells the Cell its own IP (``requestor``) and where Core's message endpoint listens.
 Everything arriving here is untrusted: packets are bounded, strictly parsed, malformed ones
-are dropped with a (rate-limited) log line, and echoes are rate-limited so a flood of pings
-cannot turn Core into a multicast amplifier.
+are dropped with a log line (one per source per minute, then the count), and echoes are
+rate-limited so a flood of pings cannot turn Core into a multicast amplifier.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanocore import gojson
+from nanocore.ratelog import RateLimitedLog
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -236,7 +237,7 @@ class DiscoveryListener(DatagramProtocol):
         self._listen_address = listen_address
         self._service = service
         self._echo_budget = TokenBucket(clock, echoes_per_second, echo_burst)
-        self._log_budget = TokenBucket(clock, 1.0, 10)
+        self._noise = RateLimitedLog(self.log, clock)
         self.echoes_sent = 0
         self.dropped = 0
 
@@ -254,10 +255,17 @@ class DiscoveryListener(DatagramProtocol):
         try:
             packet = decode_packet(datagram)
         except DiscoveryPacketError as error:
-            self._drop("malformed packet from {source}: {reason}", source=source, reason=error)
+            self._drop(
+                "malformed discovery packets",
+                "malformed packet from {source}: {reason}",
+                source=source,
+                reason=error,
+            )
             return
         if not isinstance(packet, SonarPing):
-            self._drop("non-ping packet from {source}", source=source, reason="")
+            self._drop(
+                "non-ping discovery packets", "non-ping packet from {source}", source=source
+            )
             return
         if packet.domain != self._domain:
             self.log.debug(
@@ -273,20 +281,30 @@ class DiscoveryListener(DatagramProtocol):
             )
             return
         if not self._echo_budget.take():
-            self._drop("ping from {source}: echo rate limit reached", source=source, reason="")
+            self._drop(
+                "pings over the echo rate limit",
+                "ping from {source}: echo rate limit reached",
+                source=source,
+            )
             return
         echo = SonarEcho(id=packet.id, requestor=source, services=(service,))
         try:
             self.transport.write(encode_packet(echo), self._echo_address)  # type: ignore[union-attr]
         except (OSError, DiscoveryPacketError) as error:
-            self._drop("echo to {source}: {reason}", source=source, reason=error)
+            self._drop(
+                "echoes not sent", "echo to {source}: {reason}", source=source, reason=error
+            )
             return
         self.echoes_sent += 1
 
-    def _drop(self, text: str, **fields: object) -> None:
+    def stopProtocol(self) -> None:
+        self._noise.flush()
+
+    def _drop(self, kind: str, text: str, *, source: str, **fields: object) -> None:
+        # Anyone on the segment can send these: one line per kind and source per minute, and
+        # the count.
         self.dropped += 1
-        if self._log_budget.take():
-            self.log.warn("Discovery dropped " + text, **fields)
+        self._noise.warn(kind, source, "Discovery dropped " + text, **fields)
 
 
 class DiscoveryPinger(DatagramProtocol):

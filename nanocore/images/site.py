@@ -13,7 +13,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IAddress, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request
@@ -35,6 +35,7 @@ from nanocore.images.transfers import (
 from nanocore.images.upload import Transfer
 from nanocore.operations.images import ImageKind
 from nanocore.pki import peer_cell_name
+from nanocore.ratelog import RateLimitedLog
 
 log = Logger()
 
@@ -42,6 +43,8 @@ log = Logger()
 IMAGE_PORTS = range(5801, 5901)
 #: A connection idle this long is closed (an upload in progress is never idle that long).
 IDLE_TIMEOUT = 300
+#: Connections open at once, at most (lower when the open-file limit is low: ``tap``).
+DEFAULT_MAX_CONNECTIONS = 1024
 #: Largest body of a request that is not an upload (none of them takes one).
 MAX_OTHER_BODY = 64 << 10
 
@@ -164,18 +167,48 @@ class ImageRequest(StreamingMixin, ServerRequest):
 
 
 class ImageSite(Site):
-    """The image site: streaming requests, no access log, every connection tracked."""
+    """The image site: streaming requests, no access log, every connection tracked.
+
+    At most ``max_connections`` at once: one beyond is refused as it arrives (the port closes
+    it; listen with :func:`nanocore.tlsserver.tls_server_factory` so that TLS keeps the
+    refusal), with one log line per source per minute.
+    """
 
     protocol = ImageChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: ImageSiteResource, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: ImageSiteResource,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, timeout=IDLE_TIMEOUT, **kwargs)
+        self.max_connections = max_connections
+        self._noise = RateLimitedLog(log, self.reactor)
         self.connections: set[ImageChannel] = set()
         self.displayTracebacks = False
         routes = {"upload_routes": staticmethod(lambda: resource)}
         self.requestFactory = cast(
             type[ImageRequest], type("ImageRequest", (ImageRequest,), routes)
         )
+
+    def buildProtocol(self, addr: IAddress) -> ImageChannel | None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            host = getattr(addr, "host", "?")
+            self._noise.warn(
+                "refused image site connections",
+                host,
+                "refused an image site connection from {source}: {limit} connections are open,"
+                " the most the image site serves at once",
+                limit=self.max_connections,
+            )
+            return None
+        return cast(ImageChannel, super().buildProtocol(addr))
+
+    def stopFactory(self) -> None:
+        self._noise.flush()
+        super().stopFactory()
 
     def log(self, request: Request) -> None:
         pass
