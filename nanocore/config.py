@@ -53,6 +53,8 @@ DEFAULT_API_PORT = 5850
 #: The plaintext KCP link for stock Cells is on unless switched off, so that an existing
 #: cluster's Cells link to nanocore as they did to the original.
 DEFAULT_KCP_LINK = True
+#: Largest image upload nanocore takes unless image.cfg says otherwise: 1 TiB.
+DEFAULT_MAX_UPLOAD = 1 << 40
 
 #: Generated `listen_address`: safe on a fresh machine, reachable only from the host itself.
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1"
@@ -118,6 +120,8 @@ class ImageConfig:
 
     cert_file: str
     key_file: str
+    #: Largest image upload in bytes (new in nanocore; the original had no limit).
+    max_upload: int = DEFAULT_MAX_UPLOAD
 
 
 @frozen(kw_only=True)
@@ -382,6 +386,7 @@ def load_image(path: Path) -> ImageConfig:
     config = ImageConfig(
         cert_file=section.read("cert_file", _non_empty_string),
         key_file=section.read("key_file", _non_empty_string),
+        max_upload=section.read("max_upload", _integer(1), DEFAULT_MAX_UPLOAD),
     )
     section.warn_unknown()
     return config

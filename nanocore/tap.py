@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from twisted.application.internet import MulticastServer
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
@@ -23,14 +24,23 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
 from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
+from nanocore.api import envelope
 from nanocore.api.app import api_site_for, build_api_resource
+from nanocore.api.auth import Verifier
+from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
+from nanocore.api.streams import StreamFront, stream_signature
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.cluster.kcp.link import cell_link_endpoint
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import CellLinkFactory
+from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.images.files import ImageFolders, thread_offload
+from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
+from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
+from nanocore.images.transfers import Transfers
 from nanocore.layout import Layout, LayoutOptions
+from nanocore.openfiles import connection_share, raise_open_file_limit
 from nanocore.operations.core import Operations
 from nanocore.pki import (
     CertificateAuthority,
@@ -39,9 +49,12 @@ from nanocore.pki import (
     ensure_server_certificate,
     load_or_create_ca,
     peer_cell_name,
+    requesting_tls_options,
     server_tls_options,
 )
+from nanocore.ratelog import RateLimitedLog
 from nanocore.services.gate import StartingGate
+from nanocore.services.images import ImageSiteService
 from nanocore.services.link import (
     LINK_PORTS,
     CellLinkService,
@@ -52,6 +65,7 @@ from nanocore.services.link import (
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
+from nanocore.tlsserver import tls_server_factory
 
 log = Logger()
 
@@ -67,6 +81,9 @@ KCP_WARNING = (
 )
 #: Pending Cell link connections the kernel may queue (a cluster restarting reconnects at once).
 LINK_BACKLOG = 1024
+#: Pending API (and image site) connections the kernel may queue (Twisted's 50 stalled bursts of
+#: connects for 1 s).
+API_BACKLOG = 1024
 
 
 class Options(LayoutOptions):
@@ -131,37 +148,87 @@ def stop_on_failure(reactor: Any) -> Callable[[Failure], None]:
 
 
 def build_service(
-    layout: Layout, config: CoreConfig, certificates: Certificates, reactor: Any
+    layout: Layout,
+    config: CoreConfig,
+    certificates: Certificates,
+    reactor: Any,
+    *,
+    open_files: int | None = None,
 ) -> MultiService:
     """The service tree of a Core; its children start in order and stop in reverse.
 
     The store opens first (in its thread); the operations over it are built once it is open,
     and the Cell links (KCP for stock Cells, unless `kcp_link` is off, and TLS) listen and the
     API serves from then on. The API port is bound at start, answering 503 until then.
-    Stopping silences the API and discovery, closes every Cell link on both wires,
-    and closes the store last, once the commits already queued are on disk.
+    Stopping silences the API and discovery, closes every Cell link on both wires, and closes
+    the store last, once the commits already queued are on disk. ``open_files`` (the
+    process's limit) cuts what unauthenticated peers may hold to a share of it.
     """
     domain = config.domain
+    share = connection_share(open_files) if open_files is not None else None
+    api_connections = min(DEFAULT_MAX_CONNECTIONS, share or DEFAULT_MAX_CONNECTIONS)
+    link_handshaking = min(MAX_TLS_HANDSHAKING, share or MAX_TLS_HANDSHAKING)
+    image_connections = min(IMAGE_CONNECTIONS, share or IMAGE_CONNECTIONS)
     stop = stop_on_failure(reactor)
 
     # The shared objects of a running Core.
     transactions = Transactions(reactor, float(domain.timeout))
     registry = CellRegistry(reactor, transactions)
     store = StoreService(layout.data_dir, reactor, on_failure=stop)
-    operations = store.opened.then(lambda opened: Operations(opened, reactor, cells=registry))
+    folders = ImageFolders(layout.data_dir, thread_offload(reactor))
+    # One verifier for the API and the image site: a signature used on one is a replay on both.
+    verifier = Verifier(config.api.credential_keys(), reactor)
 
-    def api_resource(ops: Operations) -> IResource:
-        return build_api_resource(ops, config.api.credential_keys(), reactor)
+    # What anyone can make the API log (refused signatures and connections, idle clients),
+    # rate-limited in one place, and flushed when the API stops listening.
+    api_noise = RateLimitedLog(Logger(namespace="nanocore.api"), reactor)
+
+    def open_operations(opened: Any) -> Operations:
+        folders.prepare()
+        return Operations(opened, reactor, cells=registry, image_files=folders)
+
+    operations = store.opened.then(open_operations)
+    fronts: list[StreamFront] = []
+
+    def api_resource(ops: Operations) -> StreamFront:
+        transfers = Transfers(ops.images, folders, envelope, max_upload=config.image.max_upload)
+        resource = build_api_resource(
+            ops, config.api.credential_keys(), reactor, verifier=verifier, noise=api_noise
+        )
+        fronts.append(StreamFront(resource, transfers, verifier))
+        return fronts[0]
 
     api = operations.then(api_resource)
+    image_site = api.then(
+        lambda front: ImageSite(
+            ImageSiteResource(front.transfers, stream_signature(verifier)),
+            max_connections=image_connections,
+        )
+    )
+    image_tls = requesting_tls_options(certificates.ca, certificates.image)
+    images = ImageSiteService(
+        ports=IMAGE_PORTS,
+        listen=lambda number, served: reactor.listenTCP(
+            number,
+            tls_server_factory(image_tls, served),
+            backlog=API_BACKLOG,
+            interface=domain.listen_address,
+        ),
+        address=domain.listen_address,
+        after=image_site.wait,
+        on_failure=stop,
+    )
 
     name = core_name()
-    links = CellLinkFactory(registry, reactor, name, peer_cell_name)
+    links = CellLinkFactory(
+        registry, reactor, name, peer_cell_name, max_handshaking=link_handshaking
+    )
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
+    link_factory = tls_server_factory(tls, links)
 
     def listen_tls(number: int) -> IListeningPort:
-        return reactor.listenSSL(
-            number, links, tls, backlog=LINK_BACKLOG, interface=domain.listen_address
+        return reactor.listenTCP(
+            number, link_factory, backlog=LINK_BACKLOG, interface=domain.listen_address
         )
 
     def listen_udp(protocol: DatagramProtocol) -> Callable[[int], IListeningPort]:
@@ -210,9 +277,17 @@ def build_service(
         listenMultiple=True,
         reactor=reactor,
     )
-    site = api_site_for(StartingGate(api.wait, on_failure=stop))
+    gate = StartingGate(cast(Callable[[], Deferred[IResource]], api.wait), on_failure=stop)
+    site = api_site_for(
+        gate,
+        max_connections=api_connections,
+        noise=api_noise,
+        upload_routes=lambda: fronts[0] if fronts else None,
+    )
     api_server = ListeningService(
-        lambda: reactor.listenTCP(config.api.port, site, interface=domain.listen_address)
+        lambda: reactor.listenTCP(
+            config.api.port, site, backlog=API_BACKLOG, interface=domain.listen_address
+        )
     )
 
     tree = InOrder()
@@ -220,6 +295,7 @@ def build_service(
         ("store", store),
         *kcp_links,
         ("cell-link", link),
+        ("images", images),
         ("discovery", discovery),
         ("api", api_server),
         ("api-port", PortFile(layout.api_port_file, api_server)),
@@ -247,10 +323,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         certificates = prepare_certificates(layout, config)
     except (PKIError, OSError) as error:
         raise SystemExit(f"nanocore: certificate error: {error}") from None
+    open_files = raise_open_file_limit()
     domain = config.domain
     log.info(
         "nanocore {version} (compatible with Nano Core {compatible}): API on {address}:{port},"
-        " discovery of domain {domain!r} on {group}:{group_port}",
+        " discovery of domain {domain!r} on {group}:{group_port}; open-file limit {open_files}",
         version=__version__,
         compatible=COMPATIBLE_CORE_VERSION,
         address=domain.listen_address,
@@ -258,5 +335,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         domain=domain.domain,
         group=domain.group_address,
         group_port=domain.group_port,
+        open_files=open_files,
     )
-    return build_service(layout, config, certificates, reactor)
+    return build_service(layout, config, certificates, reactor, open_files=open_files)

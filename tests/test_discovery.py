@@ -286,9 +286,9 @@ class ListenerTests(LogCapture):
         self.assertEqual(self.transport.written, [])
         self.assertEqual(self.listener.dropped, 3)
         warnings = self.warnings()
-        self.assertEqual(len(warnings), 3)
+        self.assertEqual(len(warnings), 2)  # the second malformed one is counted, not logged
         self.assertIn("malformed packet from 127.0.0.7", warnings[0])
-        self.assertIn("non-ping", warnings[2])
+        self.assertIn("non-ping", warnings[1])
         self.ping()
         self.assertEqual(len(self.transport.written), 1)
 
@@ -305,14 +305,22 @@ class ListenerTests(LogCapture):
         self.ping()
         self.assertEqual(len(self.transport.written), 1)
 
-    def test_malformed_flood_logs_are_rate_limited(self) -> None:
-        for _ in range(100):
+    def test_malformed_flood_logs_one_line_per_source_per_minute_with_the_count(self) -> None:
+        for _ in range(10_000):
             self.listener.datagramReceived(b"garbage", CELL)
-        self.assertEqual(self.listener.dropped, 100)
-        self.assertEqual(len(self.warnings()), 10)
-        self.clock.advance(1)
+        self.listener.datagramReceived(b"garbage", ("127.0.0.8", 5599))
+        self.assertEqual(self.listener.dropped, 10_001)
+        self.assertEqual(len(self.warnings()), 2)  # one per source
+        self.clock.advance(60)
+        warnings = self.warnings()
+        self.assertEqual(len(warnings), 3)
+        self.assertEqual(
+            warnings[2],
+            "9999 more malformed discovery packets from 127.0.0.7 in the last 60 s"
+            " (one line per source every 60 s)",
+        )
         self.listener.datagramReceived(b"garbage", CELL)
-        self.assertEqual(len(self.warnings()), 11)
+        self.assertEqual(len(self.warnings()), 4)  # a new minute: a new line
 
     def ids_echoed(self) -> list[int]:
         return [json.loads(packet)["id"] for packet, _ in self.transport.written]

@@ -6,7 +6,7 @@ and list its :class:`~nanocore.api.route.Family` here.
 
 from __future__ import annotations
 
-from nanocore.api import addresses, cells, meta, pools, security, status, templates
+from nanocore.api import addresses, cells, images, meta, pools, security, status, templates
 from nanocore.api.route import Family, Route
 from nanocore.operations.core import Operations
 
@@ -19,6 +19,8 @@ FAMILIES: tuple[Family[Operations], ...] = (
     addresses.addresses,
     templates.templates,
     security.groups,
+    images.media,
+    images.disks,
 )
 
 

@@ -3,9 +3,10 @@
 A Cell pings ``group:port`` with its domain; Core answers with an echo to ``group:port-1``
 that tells the Cell its own IP (``requestor``) and where Core's links listen (``services``: the
 KCP link first, for stock Cells, then the TLS link). Everything arriving here is untrusted:
-packets are bounded, strictly parsed, malformed ones are dropped with a (rate-limited) log line,
-and echoes are paced per sender so a flood of pings cannot turn Core into a multicast amplifier,
-while every pinger's latest ping is still answered (see :class:`EchoPacer`).
+packets are bounded, strictly parsed, malformed ones are dropped with a log line (one per
+source per minute, then the count), and echoes are paced per sender so a flood of pings cannot
+turn Core into a multicast amplifier, while every pinger's latest ping is still answered (see
+:class:`EchoPacer`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanocore import gojson
+from nanocore.ratelog import RateLimitedLog
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -377,7 +379,7 @@ class DiscoveryListener(DatagramProtocol):
             max_senders=max_senders,
             rng=rng,
         )
-        self._log_budget = TokenBucket(clock, 1.0, 10)
+        self._noise = RateLimitedLog(self.log, clock)
         self.echoes_sent = 0
         self.dropped = 0
 
@@ -392,6 +394,7 @@ class DiscoveryListener(DatagramProtocol):
 
     def stopProtocol(self) -> None:
         self.pacer.stop()
+        self._noise.flush()
 
     def advertised(self) -> tuple[ServiceEntry, ...]:
         """What an echo sent now would advertise, in order."""
@@ -402,10 +405,17 @@ class DiscoveryListener(DatagramProtocol):
         try:
             packet = decode_packet(datagram)
         except DiscoveryPacketError as error:
-            self._drop("malformed packet from {source}: {reason}", source=source, reason=error)
+            self._drop(
+                "malformed discovery packets",
+                "malformed packet from {source}: {reason}",
+                source=source,
+                reason=error,
+            )
             return
         if not isinstance(packet, SonarPing):
-            self._drop("non-ping packet from {source}", source=source, reason="")
+            self._drop(
+                "non-ping discovery packets", "non-ping packet from {source}", source=source
+            )
             return
         if packet.domain != self._domain:
             self.log.debug(
@@ -420,7 +430,11 @@ class DiscoveryListener(DatagramProtocol):
             )
             return
         if not self.pacer.offer((source, addr[1]), packet):
-            self._drop("ping from {source}: too many pinging senders", source=source, reason="")
+            self._drop(
+                "pings from too many senders",
+                "ping from {source}: too many pinging senders",
+                source=source,
+            )
 
     def _echo(self, sender: Sender, ping: SonarPing) -> None:
         source = sender[0]
@@ -431,14 +445,17 @@ class DiscoveryListener(DatagramProtocol):
         try:
             self.transport.write(encode_packet(echo), self._echo_address)
         except (OSError, DiscoveryPacketError) as error:
-            self._drop("echo to {source}: {reason}", source=source, reason=error)
+            self._drop(
+                "echoes not sent", "echo to {source}: {reason}", source=source, reason=error
+            )
             return
         self.echoes_sent += 1
 
-    def _drop(self, text: str, **fields: object) -> None:
+    def _drop(self, kind: str, text: str, *, source: str, **fields: object) -> None:
+        # Anyone on the segment can send these: one line per kind and source per minute, and
+        # the count.
         self.dropped += 1
-        if self._log_budget.take():
-            self.log.warn("Discovery dropped " + text, **fields)
+        self._noise.warn(kind, source, "Discovery dropped " + text, **fields)
 
 
 class DiscoveryPinger(DatagramProtocol):

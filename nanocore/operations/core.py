@@ -8,6 +8,7 @@ from nanocore.cluster.cells import CellDirectory
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CellOperations, NoLinks
+from nanocore.operations.images import ImageFiles, Images, NoImageFiles
 from nanocore.operations.pools import ComputePools, StoragePools
 from nanocore.operations.security import SecurityGroups
 from nanocore.operations.status import Status
@@ -25,16 +26,20 @@ class Operations:
         cells: CellDirectory | None = None,
         *,
         timeout: float | None = None,
+        image_files: ImageFiles | None = None,
     ) -> None:
         """``cells`` is the Cell registry (none: a Core with no fabric, every Cell offline).
 
         ``timeout`` bounds Cell requests (default: the registry's own, the domain timeout).
+        ``image_files`` are the image folders (none: a Core that keeps no image files).
         """
         self.context = Context(store, clock)
         self.compute_pools = ComputePools(self.context)
         self.storage_pools = StoragePools(self.context)
         self.templates = Templates(self.context)
         self.security_groups = SecurityGroups(self.context)
+        folders = image_files if image_files is not None else NoImageFiles()
+        self.images = Images(self.context, folders)
         links = cells if cells is not None else NoLinks()
         self.cells = CellOperations(self.context, links, timeout)
         links.subscribe(self.cells)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -32,6 +32,7 @@ from nanocore.pki import (
     server_tls_options,
 )
 from nanocore.testing.fakecell import FakeCell, Locate, LocatedCoreEndpoint
+from nanocore.tlsserver import tls_server_factory
 
 LOOPBACK = "127.0.0.1"
 #: Core's two Cell link wires, by the protocol discovery names them with.
@@ -132,7 +133,9 @@ class InProcessCluster:
         assert self.port is not None
         return LOOPBACK, self.port.getHost().port  # type: ignore[attr-defined]
 
-    async def listen(self, port: int = 0) -> None:
+    async def listen(self, port: int = 0, *, max_handshaking: int | None = None) -> None:
+        """Listen as Core does; ``max_handshaking`` overrides the places for TLS connections
+        still handshaking."""
         if self.wire == "kcp":
             # Sessions on Core's clock, KCP's retransmissions on the reactor's (see above).
             attach = core_sessions(self.registry, self.clock, self.core_name, self.registry.link)
@@ -143,12 +146,14 @@ class InProcessCluster:
         issued = issue_server_certificate(self.ca, LOOPBACK)
         options = server_tls_options(self.ca, issued, require_client_certificate=True)
         factory = self.factory = CellLinkFactory(
-            self.registry, self.clock, self.core_name, peer_cell_name
+            self.registry,
+            self.clock,
+            self.core_name,
+            peer_cell_name,
+            **({} if max_handshaking is None else {"max_handshaking": max_handshaking}),
         )
-        endpoint = SSL4ServerEndpoint(
-            self.reactor, port, options, backlog=1024, interface=LOOPBACK
-        )
-        self.port = await endpoint.listen(factory)
+        endpoint = TCP4ServerEndpoint(self.reactor, port, backlog=1024, interface=LOOPBACK)
+        self.port = await endpoint.listen(tls_server_factory(options, factory))
 
     def add_cell(
         self,
