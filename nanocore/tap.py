@@ -7,7 +7,7 @@ module composes; every behaviour lives in the services it composes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
@@ -30,11 +30,11 @@ from nanocore.api.auth import Verifier
 from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
 from nanocore.api.streams import StreamFront, stream_signature
 from nanocore.cluster.cells import CellRegistry
-from nanocore.cluster.discovery import DiscoveryListener
+from nanocore.cluster.discovery import DiscoveryListener, ServiceEntry
 from nanocore.cluster.kcp.link import cell_link_endpoint
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
-from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.config import ConfigError, CoreConfig, DomainConfig, ensure_config, load_config
 from nanocore.images.files import ImageFolders, thread_offload
 from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
 from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
@@ -145,6 +145,31 @@ def stop_on_failure(reactor: Any) -> Callable[[Failure], None]:
         reactor.callWhenRunning(stop)
 
     return failed
+
+
+def discovery_server(
+    reactor: Any, domain: DomainConfig, services: Callable[[], Sequence[ServiceEntry]]
+) -> MulticastServer:
+    """Core's discovery listener on `domain`'s group, echoing `services` (its `args[1]`).
+
+    Bound to the group address, so only datagrams for the group arrive; the listener joins the
+    group on the `listen_address` interface and echoes on it only.
+    """
+    listener = DiscoveryListener(
+        clock=reactor,
+        domain=domain.domain,
+        group_address=domain.group_address,
+        group_port=domain.group_port,
+        listen_address=domain.listen_address,
+        services=services,
+    )
+    return MulticastServer(
+        domain.group_port,
+        listener,
+        interface=domain.group_address,
+        listenMultiple=True,
+        reactor=reactor,
+    )
 
 
 def build_service(
@@ -260,22 +285,9 @@ def build_service(
         after=operations.wait,
         on_failure=stop,
     )
-    # Bound to the group address, so only datagrams for the group arrive; the listener joins
-    # the group on the `listen_address` interface and echoes what the links advertise, the
-    # KCP link first: a stock Cell dials the first entry.
-    discovery = MulticastServer(
-        domain.group_port,
-        DiscoveryListener(
-            clock=reactor,
-            domain=domain.domain,
-            group_address=domain.group_address,
-            group_port=domain.group_port,
-            listen_address=domain.listen_address,
-            services=advertised_together(*(each for _, each in kcp_links), link),
-        ),
-        interface=domain.group_address,
-        listenMultiple=True,
-        reactor=reactor,
+    # The KCP link first: a stock Cell dials the first entry.
+    discovery = discovery_server(
+        reactor, domain, advertised_together(*(each for _, each in kcp_links), link)
     )
     gate = StartingGate(cast(Callable[[], Deferred[IResource]], api.wait), on_failure=stop)
     site = api_site_for(

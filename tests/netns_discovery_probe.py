@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.application.internet import MulticastServer
 from twisted.internet import defer, task
 
 from nanocore.cluster.discovery import (
@@ -20,6 +19,8 @@ from nanocore.cluster.discovery import (
     core_service,
     find_core,
 )
+from nanocore.config import DomainConfig
+from nanocore.tap import discovery_server
 
 GROUP = "224.0.0.226"
 PORT = 5599
@@ -28,17 +29,8 @@ LOOPBACK = "127.0.0.1"
 
 async def probe(reactor: Any) -> dict[str, Any]:
     entry = ServiceEntry(type="core", protocol="tls", address=LOOPBACK, port=5600)
-    listener = DiscoveryListener(
-        clock=reactor,
-        domain="nano",
-        group_address=GROUP,
-        group_port=PORT,
-        listen_address=LOOPBACK,
-        services=lambda: (entry,),
-    )
-    service = MulticastServer(
-        PORT, listener, interface=GROUP, listenMultiple=True, reactor=reactor
-    )
+    service = discovery_server(reactor, DomainConfig(listen_address=LOOPBACK), lambda: (entry,))
+    listener: DiscoveryListener = service.args[1]
     service.startService()
     try:
         echo = await find_core(

@@ -12,11 +12,12 @@ import json
 import sys
 from typing import Any
 
-from twisted.application.internet import MulticastServer
 from twisted.internet import defer, task
 
 from nanocore.cluster.discovery import DiscoveryListener, ServiceEntry
+from nanocore.config import DomainConfig
 from nanocore.pki import create_ca
+from nanocore.tap import discovery_server
 from nanocore.testing.cluster import LOOPBACK, WIRES, InProcessCluster, Wire
 from nanocore.testing.fakecell import discover_core
 
@@ -34,17 +35,8 @@ async def probe(reactor: Any, wire: Wire) -> dict[str, Any]:
         ServiceEntry(type="core", protocol=each, address=host, port=port if each == wire else 9)
         for each in ("kcp", "tls")
     )
-    listener = DiscoveryListener(
-        clock=reactor,
-        domain="nano",
-        group_address=GROUP,
-        group_port=PORT,
-        listen_address=LOOPBACK,
-        services=lambda: entries,
-    )
-    discovery = MulticastServer(
-        PORT, listener, interface=GROUP, listenMultiple=True, reactor=reactor
-    )
+    discovery = discovery_server(reactor, DomainConfig(listen_address=LOOPBACK), lambda: entries)
+    listener: DiscoveryListener = discovery.args[1]
     discovery.startService()
     try:
         locate = discover_core(

@@ -15,14 +15,13 @@ import json
 import sys
 from typing import Any
 
-from twisted.application.internet import MulticastServer
 from twisted.internet import defer, task
 
 from nanocore.cluster.discovery import DiscoveryListener, ServiceEntry
+from nanocore.config import DomainConfig
+from nanocore.tap import discovery_server
 from tests.gocell import CELL, LOOPBACK, CoreSide, GoCell, Relay
 
-GROUP = "224.0.0.226"
-PORT = 5599
 LOSS = 0.10
 
 
@@ -33,17 +32,8 @@ async def probe(reactor: Any, binary: str) -> dict[str, Any]:
         ServiceEntry(type="core", protocol="kcp", address=LOOPBACK, port=relay.port),
         ServiceEntry(type="core", protocol="tls", address=LOOPBACK, port=9),
     )
-    listener = DiscoveryListener(
-        clock=reactor,
-        domain="nano",
-        group_address=GROUP,
-        group_port=PORT,
-        listen_address=LOOPBACK,
-        services=lambda: entries,
-    )
-    discovery = MulticastServer(
-        PORT, listener, interface=GROUP, listenMultiple=True, reactor=reactor
-    )
+    discovery = discovery_server(reactor, DomainConfig(listen_address=LOOPBACK), lambda: entries)
+    listener: DiscoveryListener = discovery.args[1]
     discovery.startService()
     cell = GoCell.spawn(binary, "-name", CELL, "-report", "500ms", "-interface", "lo")
     try:
