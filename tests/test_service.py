@@ -25,7 +25,13 @@ from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import CellLinkFactory
 from nanocore.services.gate import STARTING, StartingGate
-from nanocore.services.link import LINK_PORTS, CellLinkService, listen_first_free
+from nanocore.services.link import (
+    LINK_PORTS,
+    CellLinkService,
+    advertised_together,
+    holding,
+    listen_first_free,
+)
 from nanocore.services.listen import ListeningService, PortFile, port_of, read_port
 from nanocore.services.order import InOrder, OneShot
 from nanocore.services.store import StoreService
@@ -220,6 +226,27 @@ class ListenFirstFreeTests(SynchronousTestCase):
         self.assertIn("127.0.0.1:5600-5602", str(error))
 
 
+class HoldingTests(SynchronousTestCase):
+    """A link's number held on a second transport too (the TLS link without the KCP link)."""
+
+    def test_a_number_taken_on_either_transport_is_skipped(self) -> None:
+        tcp_asked, tcp = busy_until(5601)  # TCP 5600 taken
+        udp_asked, udp = busy_until(5602)  # UDP 5601 taken too
+        opened: list[FakePort] = []
+
+        def listen(number: int) -> IListeningPort:
+            port = tcp(number)
+            opened.append(port)  # type: ignore[arg-type]
+            return port
+
+        both = listen_first_free(LINK_PORTS, holding(listen, udp))
+        self.assertEqual(port_of(both), 5602)
+        self.assertEqual((tcp_asked, udp_asked), ([5600, 5601, 5602], [5601, 5602]))
+        self.assertEqual([(p.number, p.stopped) for p in opened], [(5601, True), (5602, False)])
+        self.successResultOf(both.stopListening())
+        self.assertTrue(opened[-1].stopped)
+
+
 class CellLinkServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
@@ -287,6 +314,27 @@ class CellLinkServiceTests(SynchronousTestCase):
         self.assertNoResult(stopping)
         connection.connectionLost(Failure(ConnectionError("closed")))
         self.successResultOf(stopping)
+
+    def test_links_are_advertised_together_in_order_or_not_at_all(self) -> None:
+        _, listen = busy_until(5700)
+        kcp = CellLinkService(
+            ports=range(5700, 5701),
+            listen=listen,
+            links=self.links,
+            protocol="kcp",
+            address="127.0.0.1",
+            after=self.ready.wait,
+            on_failure=self.failed.append,
+        )
+        both = advertised_together(kcp, self.service)
+        kcp.startService()
+        self.service.startService()
+        self.assertEqual(both(), ())
+        self.ready.resolve(None)
+        self.assertEqual([(e.protocol, e.port) for e in both()], [("kcp", 5700), ("tls", 5601)])
+        self.successResultOf(kcp.stopService())
+        self.assertEqual(both(), ())  # one link gone: a stock Cell must not dial the other
+        self.successResultOf(self.service.stopService())
 
     def test_an_empty_range_is_refused(self) -> None:
         with self.assertRaises(ValueError):
