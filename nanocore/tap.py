@@ -7,7 +7,7 @@ module composes; every behaviour lives in the services it composes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +17,8 @@ from twisted.application.internet import MulticastServer
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -28,10 +30,11 @@ from nanocore.api.auth import Verifier
 from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
 from nanocore.api.streams import StreamFront, stream_signature
 from nanocore.cluster.cells import CellRegistry
-from nanocore.cluster.discovery import DiscoveryListener
+from nanocore.cluster.discovery import DiscoveryListener, ServiceEntry
+from nanocore.cluster.kcp.link import cell_link_endpoint
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
-from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.config import ConfigError, CoreConfig, DomainConfig, ensure_config, load_config
 from nanocore.images.files import ImageFolders, thread_offload
 from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
 from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
@@ -52,7 +55,13 @@ from nanocore.pki import (
 from nanocore.ratelog import RateLimitedLog
 from nanocore.services.gate import StartingGate
 from nanocore.services.images import ImageSiteService
-from nanocore.services.link import LINK_PORTS, CellLinkService, core_name
+from nanocore.services.link import (
+    LINK_PORTS,
+    CellLinkService,
+    advertised_together,
+    core_name,
+    holding,
+)
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
@@ -60,8 +69,16 @@ from nanocore.tlsserver import tls_server_factory
 
 log = Logger()
 
-#: The protocol discovery echoes for the Cell link this Core serves.
+#: The protocols discovery echoes for the Cell links this Core serves.
 LINK_PROTOCOL = "tls"
+KCP_PROTOCOL = "kcp"
+#: What the KCP link's start says it exposes, and how to switch it off.
+KCP_WARNING = (
+    "plaintext, as in Nano: nothing on this link is encrypted and a Cell's name is the one it"
+    " claims, so anyone who can reach this port can read Cell traffic and join as a Cell"
+    ' (under any name not linked now); set "kcp_link": false in domain.cfg to switch it off'
+    " (stock Nano Cells then cannot link; nanocore's own Cells use the TLS link)"
+)
 #: Pending Cell link connections the kernel may queue (a cluster restarting reconnects at once).
 LINK_BACKLOG = 1024
 #: Pending API (and image site) connections the kernel may queue (Twisted's 50 stalled bursts of
@@ -130,6 +147,31 @@ def stop_on_failure(reactor: Any) -> Callable[[Failure], None]:
     return failed
 
 
+def discovery_server(
+    reactor: Any, domain: DomainConfig, services: Callable[[], Sequence[ServiceEntry]]
+) -> MulticastServer:
+    """Core's discovery listener on `domain`'s group, echoing `services` (its `args[1]`).
+
+    Bound to the group address, so only datagrams for the group arrive; the listener joins the
+    group on the `listen_address` interface and echoes on it only.
+    """
+    listener = DiscoveryListener(
+        clock=reactor,
+        domain=domain.domain,
+        group_address=domain.group_address,
+        group_port=domain.group_port,
+        listen_address=domain.listen_address,
+        services=services,
+    )
+    return MulticastServer(
+        domain.group_port,
+        listener,
+        interface=domain.group_address,
+        listenMultiple=True,
+        reactor=reactor,
+    )
+
+
 def build_service(
     layout: Layout,
     config: CoreConfig,
@@ -141,10 +183,11 @@ def build_service(
     """The service tree of a Core; its children start in order and stop in reverse.
 
     The store opens first (in its thread); the operations over it are built once it is open,
-    and the Cell link listens and the API serves from then on. The API port is bound at start,
-    answering 503 until then. Stopping silences the API and discovery, closes every Cell link,
-    and closes the store last, once the commits already queued are on disk. ``open_files``
-    (the process's limit) cuts what unauthenticated peers may hold to a share of it.
+    and the Cell links (KCP for stock Cells, unless `kcp_link` is off, and TLS) listen and the
+    API serves from then on. The API port is bound at start, answering 503 until then.
+    Stopping silences the API and discovery, closes every Cell link on both wires, and closes
+    the store last, once the commits already queued are on disk. ``open_files`` (the
+    process's limit) cuts what unauthenticated peers may hold to a share of it.
     """
     domain = config.domain
     share = connection_share(open_files) if open_files is not None else None
@@ -201,37 +244,50 @@ def build_service(
         on_failure=stop,
     )
 
+    name = core_name()
     links = CellLinkFactory(
-        registry, reactor, core_name(), peer_cell_name, max_handshaking=link_handshaking
+        registry, reactor, name, peer_cell_name, max_handshaking=link_handshaking
     )
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
     link_factory = tls_server_factory(tls, links)
+
+    def listen_tls(number: int) -> IListeningPort:
+        return reactor.listenTCP(
+            number, link_factory, backlog=LINK_BACKLOG, interface=domain.listen_address
+        )
+
+    def listen_udp(protocol: DatagramProtocol) -> Callable[[int], IListeningPort]:
+        return lambda number: reactor.listenUDP(number, protocol, interface=domain.listen_address)
+
+    # Stock Cells over KCP, into the same registry: one Cell is one Cell on either wire.
+    kcp_links: list[tuple[str, CellLinkService]] = []
+    if domain.kcp_link:
+        endpoint = cell_link_endpoint(registry, reactor, name, registry.link)
+        kcp = CellLinkService(
+            ports=LINK_PORTS,
+            listen=listen_udp(endpoint),
+            links=endpoint,
+            protocol=KCP_PROTOCOL,
+            address=domain.listen_address,
+            after=operations.wait,
+            on_failure=stop,
+            warning=KCP_WARNING,
+        )
+        kcp_links.append(("kcp-link", kcp))
     link = CellLinkService(
         ports=LINK_PORTS,
-        listen=lambda number: reactor.listenTCP(
-            number, link_factory, backlog=LINK_BACKLOG, interface=domain.listen_address
-        ),
+        # Without the KCP link, the TLS link's number is held on UDP too: stock Cells dial
+        # whatever port discovery names over UDP, and must not reach another Cell there.
+        listen=listen_tls if kcp_links else holding(listen_tls, listen_udp(DatagramProtocol())),
         links=links,
         protocol=LINK_PROTOCOL,
         address=domain.listen_address,
         after=operations.wait,
         on_failure=stop,
     )
-    # Bound to the group address, so only datagrams for the group arrive; the listener joins
-    # the group on the `listen_address` interface and echoes what the link advertises.
-    discovery = MulticastServer(
-        domain.group_port,
-        DiscoveryListener(
-            clock=reactor,
-            domain=domain.domain,
-            group_address=domain.group_address,
-            group_port=domain.group_port,
-            listen_address=domain.listen_address,
-            service=link.advertised,
-        ),
-        interface=domain.group_address,
-        listenMultiple=True,
-        reactor=reactor,
+    # The KCP link first: a stock Cell dials the first entry.
+    discovery = discovery_server(
+        reactor, domain, advertised_together(*(each for _, each in kcp_links), link)
     )
     gate = StartingGate(cast(Callable[[], Deferred[IResource]], api.wait), on_failure=stop)
     site = api_site_for(
@@ -249,6 +305,7 @@ def build_service(
     tree = InOrder()
     children: list[tuple[str, IService]] = [
         ("store", store),
+        *kcp_links,
         ("cell-link", link),
         ("images", images),
         ("discovery", discovery),

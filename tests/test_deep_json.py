@@ -164,7 +164,7 @@ class DeepDiscoveryPacketTests(NoTracebacks, TestCase):
             group_address="224.0.0.226",
             group_port=5599,
             listen_address=LOOPBACK,
-            service=ServiceEntry("core", "tls", LOOPBACK, 5600),
+            services=lambda: (ServiceEntry("core", "tls", LOOPBACK, 5600),),
         )
         port = reactor.listenUDP(0, listener, interface=LOOPBACK)
         self.addCleanup(port.stopListening)

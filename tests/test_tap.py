@@ -34,10 +34,16 @@ from nanocore.services.store import StoreService
 from nanocore.testing import simtap
 
 
-def write_config(config_dir: Path, *, listen_address: str = "127.0.0.1", port: int = 5850) -> None:
+def write_config(
+    config_dir: Path,
+    *,
+    listen_address: str = "127.0.0.1",
+    port: int = 5850,
+    **domain: object,
+) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
     documents = {
-        config.DOMAIN_FILE: {"listen_address": listen_address},
+        config.DOMAIN_FILE: {"listen_address": listen_address, **domain},
         config.API_FILE: {"port": port, "credentials": [{"id": "a", "key": "k"}]},
         config.IMAGE_FILE: {
             "cert_file": str(config_dir.parent / "cert" / "image.crt.pem"),
@@ -196,12 +202,21 @@ class MakeServiceTests(SynchronousTestCase):
             [(child.name, type(child)) for child in tree],
             [
                 ("store", StoreService),
+                ("kcp-link", CellLinkService),
                 ("cell-link", CellLinkService),
                 ("images", ImageSiteService),
                 ("discovery", MulticastServer),
                 ("api", ListeningService),
                 ("api-port", PortFile),
             ],
+        )
+
+    def test_kcp_link_off_leaves_only_the_tls_link(self) -> None:
+        write_config(self.root / "config", kcp_link=False)
+        tree = tap.makeService(self.options, self.reactor)
+        self.assertEqual(
+            [child.name for child in tree],
+            ["store", "cell-link", "images", "discovery", "api", "api-port"],
         )
 
     def test_nothing_listens_before_the_service_starts(self) -> None:

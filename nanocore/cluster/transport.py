@@ -577,12 +577,16 @@ class CellLinkFactory(Factory):
         self.refused = 0
         #: Handshaking connections dropped to make room for a source holding fewer places.
         self.evicted = 0
+        #: Core is closing every link: new connections are refused meanwhile.
+        self._closing = False
 
     def handshaking(self) -> int:
         """Connections that have not completed the handshake (not yet a known Cell)."""
         return len(self._waiting)
 
     def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol | None:
+        if self._closing:
+            return None
         # Until its handshake completes a connection is nobody; a flood of them must not
         # exhaust Core's memory or file descriptors, nor keep a Cell from another place out.
         source = _host_of(addr) if addr is not None else "?"
@@ -622,6 +626,21 @@ class CellLinkFactory(Factory):
         """Fires once every connection accepted so far is gone."""
         waiting = [protocol.when_closed() for protocol in self.connections]
         return gatherResults(waiting).addCallback(lambda _: None)
+
+    def close_all(self) -> Deferred[None]:
+        """Core is stopping: refuse new connections, say goodbye to every Cell, close every
+        connection (handshaking ones too); fires once each one is gone."""
+        self._closing = True
+        for connection in list(self.connections):
+            if connection.session is not None:
+                connection.session.close()  # a goodbye first, when the Cell is linked
+            else:
+                connection.close()
+
+        def closed(_: object) -> None:
+            self._closing = False
+
+        return self.when_all_closed().addCallback(closed)
 
     def _forget(self, protocol: FramedLinkProtocol) -> None:
         self.connections.discard(protocol)
