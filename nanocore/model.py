@@ -260,10 +260,12 @@ class NetworkModel(StrEnum):
 
 
 class DisplayDriver(StrEnum):
+    """In the Cells' index order (cell-protocol.md §5.10): virtio is 2 and qxl 3."""
+
     VGA = "vga"
     CIRRUS = "cirrus"
-    QXL = "qxl"
     VIRTIO = "virtio"
+    QXL = "qxl"
     NONE = "none"
 
 
@@ -796,6 +798,8 @@ class Instance:
     monitor_secret: str = field(default="", validator=v.and_(v.instance_of(str), v.max_len(255)))
     qos: QoS = field(factory=QoS, validator=v.instance_of(QoS))
     create_time: str = field(default="", validator=optional_time)
+    #: The media image the guest was started from ("" none); shown by the runtime status.
+    media_source: str = field(default="", validator=v.or_(v.in_(("",)), identifier))
 
     @property
     def key(self) -> str:
@@ -816,6 +820,30 @@ class Instance:
     @property
     def total_disk(self) -> int:
         return sum(self.disks)
+
+
+@frozen
+class PendingError:
+    """A guest's asynchronous failure, told once by the next ``GET /guests/:id`` (§2.2 #16).
+
+    ``cell`` names the Cell that may still hold a guest whose creation Core gave up (a timeout,
+    a disconnect): until that Cell shows it does not, a report of the guest is an orphan to
+    delete there. The record goes once it was ``shown`` and no Cell is left to check.
+    """
+
+    id: str = field(validator=identifier)
+    error: str = field(validator=v.and_(v.instance_of(str), v.min_len(1), v.max_len(4096)))
+    cell: str = field(default="", validator=optional_name)
+    shown: bool = field(default=False, validator=boolean)
+
+    @property
+    def key(self) -> str:
+        return self.id
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left to tell the client and nothing left to clean on a Cell."""
+        return self.shown and not self.cell
 
 
 # --------------------------------------------------------------------------------------------
@@ -950,6 +978,7 @@ ENTITY_TYPES: tuple[type, ...] = (
     DiskImage,
     Migration,
     BatchTask,
+    PendingError,
 )
 
 Entity = (
@@ -967,4 +996,5 @@ Entity = (
     | DiskImage
     | Migration
     | BatchTask
+    | PendingError
 )

@@ -70,6 +70,20 @@ class ClaimsTests(SynchronousTestCase):
         self.assertEqual([c.key for c in self.claims.live(CAPACITY)], ["vm-1", "vm-3"])
         self.assertEqual(self.claims.live(ClaimKind("unused")), [])
 
+    def test_grouped_claims_are_listed_per_group(self) -> None:
+        """Capacity claims by Cell: one Cell's claims without walking every claim."""
+        by_cell: ClaimKind[Reservation] = ClaimKind("placement", group=lambda r: r.cell)
+        first = self.claims.take(by_cell, "vm-1", Reservation("cell-1", 2))
+        self.claims.take(by_cell, "vm-2", Reservation("cell-1", 4))
+        self.claims.take(by_cell, "vm-3", Reservation("cell-2", 8))
+        self.assertEqual([c.key for c in self.claims.live_in(by_cell, "cell-1")], ["vm-1", "vm-2"])
+        self.claims.release(first)
+        self.claims.release(first)
+        self.assertEqual([c.key for c in self.claims.live_in(by_cell, "cell-1")], ["vm-2"])
+        self.assertEqual(self.claims.live_in(by_cell, "cell-9"), [])
+        with self.assertRaises(ValueError):
+            self.claims.live_in(CAPACITY, "cell-1")
+
     def test_release_frees_only_that_claim(self) -> None:
         stale = self.claims.take(NAME, "a", None)
         self.claims.release(stale)

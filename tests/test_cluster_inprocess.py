@@ -36,7 +36,7 @@ from nanocore.pki import (
 )
 from nanocore.testing import simtap
 from nanocore.testing.cluster import InProcessCluster, Wire
-from nanocore.testing.fakecell import FakeCell
+from nanocore.testing.fakecell import FakeCell, create_guest_request
 from nanocore.testing.guests import GuestState
 from tests import test_discovery_netns
 
@@ -363,15 +363,7 @@ class GuestCases:
         await cell.connected()
 
         def create(guest: str) -> Deferred[Message]:
-            return cluster.registry.request(
-                "Cell_guests",
-                Message(
-                    id=MessageID.CreateGuestRequest,
-                    string_params={ParamKey.Name: "g.vm", ParamKey.Instance: guest},
-                    uint_params={ParamKey.Core: 1, ParamKey.Memory: 1 << 30},
-                    uint_array_params={ParamKey.Disk: (1 << 30,)},
-                ),
-            )
+            return cluster.registry.request("Cell_guests", create_guest_request(guest))
 
         created = events.until(MessageID.GuestCreatedEvent)
         reply = await create("guest-1")

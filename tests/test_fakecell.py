@@ -23,7 +23,14 @@ from nanocore.cluster.transactions import CellError, Transactions, TransactionTi
 from nanocore.cluster.transport import CellLinkFactory, LinkState
 from nanocore.pki import load_or_create_ca
 from nanocore.testing import simtap
-from nanocore.testing.fakecell import Capacity, FakeCell, Fault, NoCoreService, discover_core
+from nanocore.testing.fakecell import (
+    Capacity,
+    FakeCell,
+    Fault,
+    NoCoreService,
+    create_guest_request,
+    discover_core,
+)
 from nanocore.testing.guests import GuestState
 
 CELL = "Cell_fake0001"
@@ -91,17 +98,13 @@ class FakeCellTests(SynchronousTestCase):
     def refused(self, message_id: int, **params: Any) -> str:
         return str(self.failureResultOf(self.call(message_id, **params), CellError).value)
 
-    def create(self, guest: str = "g1", **extra: Any) -> None:
-        strings = {ParamKey.Name: "group.vm", ParamKey.Instance: guest, ParamKey.User: "u"}
-        strings.update(extra.pop("strings", {}))
-        self.ok(
-            MessageID.CreateGuestRequest,
-            string_params=strings,
-            uint_params={ParamKey.Core: 2, ParamKey.Memory: 2 * GiB},
-            uint_array_params={ParamKey.Disk: (10 * GiB, 20 * GiB)},
-            **extra,
-        )
+    def create(self, guest: str = "g1", **options: Any) -> Message:
+        request = create_guest_request(guest, **options)
+        d = self.registry.request(CELL, request)
+        self.pump.flush()
+        reply = self.successResultOf(d)
         self.advance(1.0)
+        return reply
 
     # -- link and status ----------------------------------------------------------------------
 
@@ -173,7 +176,10 @@ class FakeCellTests(SynchronousTestCase):
     # -- guest lifecycle ----------------------------------------------------------------------
 
     def test_create_with_progress_then_created(self) -> None:
-        self.create(strings={ParamKey.Image: "img1"})
+        reply = self.create(image="img1")
+        # As a stock Cell: not created yet, events follow.
+        self.assertEqual(reply.bool_params, {ParamKey.Enable: False})
+        self.assertEqual(reply.string_params, {ParamKey.Instance: "g1"})
         self.assertEqual(
             self.events.ids(),
             [MessageID.GuestUpdatedEvent] * 3 + [MessageID.GuestCreatedEvent],
@@ -187,7 +193,7 @@ class FakeCellTests(SynchronousTestCase):
         self.assertIs(self.cell.guests["g1"].state, GuestState.STOPPED)
 
     def test_create_with_auto_start(self) -> None:
-        self.create(bool_params={ParamKey.Option: True})
+        self.create(auto_start=True)
         self.assertEqual(
             self.events.ids(), [MessageID.GuestCreatedEvent, MessageID.GuestStartedEvent]
         )
@@ -196,17 +202,41 @@ class FakeCellTests(SynchronousTestCase):
     def test_create_missing_parameter(self) -> None:
         error = self.refused(MessageID.CreateGuestRequest, string_params={ParamKey.Instance: "x"})
         self.assertIn("missing", error)
+        full = create_guest_request("y")
+        for key in (ParamKey.Template, ParamKey.Mode, ParamKey.Limit):
+            arrays = {k: v for k, v in full.uint_array_params.items() if k != key}
+            error = self.refused(
+                MessageID.CreateGuestRequest,
+                string_params=full.string_params,
+                uint_params=full.uint_params,
+                bool_params=full.bool_params,
+                uint_array_params=arrays,
+                string_array_params=full.string_array_params,
+            )
+            self.assertIn(key.name, error)
         self.assertEqual(self.cell.guests, {})
+
+    def test_a_creation_can_be_made_to_fail(self) -> None:
+        self.cell.creation_failures.append("disk full")
+        self.create("g1")
+        failed = self.events.messages[-1]
+        self.assertEqual((failed.id, failed.success, failed.error),
+                         (MessageID.GuestUpdatedEvent, False, "disk full"))  # fmt: skip
+        self.assertEqual(self.cell.guests, {})
+        self.create("g2")
+        self.assertEqual(self.events.ids()[-1], MessageID.GuestCreatedEvent)
 
     def test_start_stop_delete(self) -> None:
         self.create()
         instance = {ParamKey.Instance: "g1"}
-        self.ok(MessageID.StartInstanceRequest, string_params=instance)
+        boot = {ParamKey.Option: 0}
+        self.ok(MessageID.StartInstanceRequest, string_params=instance, uint_params=boot)
         self.assertIn(
             "running", self.refused(MessageID.DeleteGuestRequest, string_params=instance)
         )
         self.assertIn(
-            "cannot start", self.refused(MessageID.StartInstanceRequest, string_params=instance)
+            "cannot start",
+            self.refused(MessageID.StartInstanceRequest, string_params=instance, uint_params=boot),
         )
         status = self.ok(MessageID.GetInstanceStatusRequest, string_params=instance)
         self.assertEqual(status.uint_params[ParamKey.Status], 1)
@@ -215,6 +245,11 @@ class FakeCellTests(SynchronousTestCase):
             string_params=instance,
             uint_array_params={ParamKey.Option: (0, 0)},
         )
+        # Stopped at once when asked live; the event follows about a second later.
+        status = self.ok(MessageID.GetInstanceStatusRequest, string_params=instance)
+        self.assertEqual(status.uint_params[ParamKey.Status], 0)
+        self.assertNotIn(MessageID.GuestStoppedEvent, self.events.ids())
+        self.advance(1.0)
         self.ok(MessageID.DeleteGuestRequest, string_params=instance)
         self.assertEqual(
             self.events.ids()[1:],
@@ -230,9 +265,10 @@ class FakeCellTests(SynchronousTestCase):
         self.create()
         self.ok(
             MessageID.StartInstanceRequest,
-            string_params={ParamKey.Instance: "g1", ParamKey.Source: "iso1"},
-            uint_params={ParamKey.Option: 1},
-        )
+            string_params={ParamKey.Instance: "g1", ParamKey.Source: "iso1",
+                           ParamKey.Host: "127.0.0.1"},
+            uint_params={ParamKey.Option: 1, ParamKey.Port: 5801},
+        )  # fmt: skip
         self.assertEqual(self.events.ids()[-1], MessageID.MediaAttachedEvent)
         self.assertEqual(self.cell.guests["g1"].media, "iso1")
 
@@ -302,7 +338,7 @@ class FakeCellTests(SynchronousTestCase):
     # -- media, snapshots ---------------------------------------------------------------------
 
     def test_media(self) -> None:
-        self.create(bool_params={ParamKey.Option: True})
+        self.create(auto_start=True)
         self.ok(
             MessageID.InsertMediaRequest,
             string_params={ParamKey.Instance: "g1", ParamKey.Media: "m1"},
@@ -570,6 +606,8 @@ class SimulatorPluginTests(SynchronousTestCase):
             ["--count", "many"],
             ["--usage", "101"],
             ["--link", "quic"],
+            ["--creation-time", "-1"],
+            ["--stop-time", "-0.5"],
         ):
             self.assertRaises(usage.UsageError, self.parse, *args)
         self.assertRaises(
@@ -577,6 +615,10 @@ class SimulatorPluginTests(SynchronousTestCase):
             simtap.Options().parseOptions,
             ["--cert-dir", str(self.cert_dir / "missing")],
         )
+
+    def test_timing_options(self) -> None:
+        options = self.parse("--count", "1", "--creation-time", "0", "--stop-time", "2.5")
+        self.assertEqual((options["creation-time"], options["stop-time"]), (0.0, 2.5))
 
     def test_make_service(self) -> None:
         options = self.parse("--count", "3", "--prefix", "Cell_demo", "--memory", "4")

@@ -194,6 +194,11 @@ class TemplateTests(ValidationErrorMixin, SynchronousTestCase):
         }
         template = m.SystemTemplate(**base)
         self.assertEqual(template.options(), (0, 1, 0, 4, 1, 0, 0))
+        # The Cells' display indexes (Nano's TemplateDisplayDriver): virtio 2, qxl 3.
+        displays = {
+            d: m.SystemTemplate(**{**base, "display": d}).options()[3] for d in ("virtio", "qxl")
+        }
+        self.assertEqual(displays, {"virtio": 2, "qxl": 3})
         for key, bad in (
             ("operating_system", "dos"),
             ("disk", "nvme"),
@@ -343,6 +348,6 @@ class ImageAndTaskTests(ValidationErrorMixin, SynchronousTestCase):
         )
 
     def test_every_entity_has_a_key(self) -> None:
-        self.assertEqual(len(m.ENTITY_TYPES), 14)
+        self.assertEqual(len(m.ENTITY_TYPES), 15)
         for kind in m.ENTITY_TYPES:
             self.assertTrue(isinstance(getattr(kind, "key", None), property), kind)

@@ -61,7 +61,7 @@ class CellLifecycleTests(HarnessTestCase):
         self.assertEqual(self.h.directory.requests, [])
         self.assertNotIn(CELL, self.h.store.view.cells)
 
-    async def test_member_reconnect_rejoins_and_replaces_its_inventory(self) -> None:
+    async def test_member_reconnect_rejoins_and_reconciles_its_inventory(self) -> None:
         await self.h.member(CELL, "shared")
         kept = instance("kept", CELL, lost=True, create_time="2024-01-02 03:04:05")
         gone = instance("gone", CELL)
@@ -76,7 +76,9 @@ class CellLifecycleTests(HarnessTestCase):
         self.assertEqual(push.string_params[ParamKey.Mode], "cloudinit")
         await self.settle()
         instances = self.h.store.view.instances
-        self.assertEqual(sorted(instances), ["fresh", "kept"])
+        # Adopted, updated, and the one the Cell lacks kept as lost (never deleted).
+        self.assertEqual(sorted(instances), ["fresh", "gone", "kept"])
+        self.assertTrue(instances["gone"].lost)
         self.assertFalse(instances["kept"].lost)
         self.assertEqual(instances["kept"].create_time, "2024-01-02 03:04:05")
         self.assertTrue(instances["fresh"].running)

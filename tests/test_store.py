@@ -26,7 +26,7 @@ from nanocore.store import (
     StoreError,
     UnitOfWork,
 )
-from nanocore.store.schema import DB_NAME, SchemaScript, bundled_scripts
+from nanocore.store.schema import DB_NAME, SchemaScript, bundled_scripts, migrate
 
 NOW = "2024-05-01 12:00:00"
 GUEST_ID = "6f1c2b9e-0d7a-4f55-9b0e-3c1d2e3f4a5b"
@@ -91,6 +91,7 @@ def samples() -> list[Any]:
             monitor_secret="s3cret",
             qos=m.QoS(cpu_priority=m.CPUPriority.MEDIUM, read_speed=1, write_iops=7, send_speed=9),
             create_time=NOW,
+            media_source="m-1",
         ),
         m.AddressAllocation(
             pool="lab net", range_start="10.0.0.10", address="10.0.0.10", instance=GUEST_ID
@@ -124,6 +125,7 @@ def samples() -> list[Any]:
             latest_update=1714564802.0,
             guests=(m.BatchGuest("web_0", GUEST_ID, 1, 100), m.BatchGuest("web_1", error="x")),
         ),
+        m.PendingError(id="i-failed", error="cell timeout", cell="Cell_525400aabbcc"),
     ]
 
 
@@ -569,9 +571,15 @@ class OpenCheckTests(StoreTestCase):
         self.assertIn("in use", str(error))
 
 
+LATEST = bundled_scripts()[-1].version
+
+
 class MigrationTests(StoreTestCase):
     def scripts(self, extra_sql: str) -> tuple[SchemaScript, ...]:
-        return (*bundled_scripts(), SchemaScript(2, "0002-test.sql", extra_sql))
+        return (
+            *bundled_scripts(),
+            SchemaScript(LATEST + 1, f"{LATEST + 1:04d}-test.sql", extra_sql),
+        )
 
     @defer.inlineCallbacks
     def test_upgrade_backs_up_first(self) -> Any:
@@ -581,11 +589,11 @@ class MigrationTests(StoreTestCase):
         store = yield self.open(scripts=self.scripts("CREATE TABLE extra (x INTEGER);"))
         self.assertIn("kept", store.view.compute_pools)
         yield store.close()
-        backup = self.data_dir / f"{DB_NAME}.v1.bak"
+        backup = self.data_dir / f"{DB_NAME}.v{LATEST}.bak"
         connection = sqlite3.connect(backup)
         try:
             self.assertEqual(
-                connection.execute("SELECT version FROM schema_version").fetchone(), (1,)
+                connection.execute("SELECT version FROM schema_version").fetchone(), (LATEST,)
             )
             names = {r[0] for r in connection.execute("SELECT name FROM compute_pool")}
             self.assertEqual(names, {"default", "kept"})
@@ -594,7 +602,8 @@ class MigrationTests(StoreTestCase):
         connection = sqlite3.connect(self.data_dir / DB_NAME)
         try:
             self.assertEqual(
-                connection.execute("SELECT version FROM schema_version").fetchone(), (2,)
+                connection.execute("SELECT version FROM schema_version").fetchone(),
+                (LATEST + 1,),
             )
         finally:
             connection.close()
@@ -607,8 +616,8 @@ class MigrationTests(StoreTestCase):
         error = yield self.assertFailure(
             Store.open(self.data_dir, reactor, scripts=broken), StoreError
         )
-        self.assertIn("0002-test.sql failed", str(error))
-        self.assertIn("unchanged at version 1", str(error))
+        self.assertIn(f"{LATEST + 1:04d}-test.sql failed", str(error))
+        self.assertIn(f"unchanged at version {LATEST}", str(error))
         store = yield self.open(scripts=bundled_scripts())
         self.assertIn("default", store.view.compute_pools)
 
@@ -619,4 +628,27 @@ class MigrationTests(StoreTestCase):
         error = yield self.assertFailure(
             Store.open(self.data_dir, reactor, scripts=bundled_scripts()), StoreError
         )
-        self.assertIn("schema version 2, newer", str(error))
+        self.assertIn(f"schema version {LATEST + 1}, newer", str(error))
+
+    @defer.inlineCallbacks
+    def test_version_1_store_gains_the_guest_tables_and_keeps_its_instances(self) -> Any:
+        self.data_dir.mkdir(parents=True)
+        path = self.data_dir / DB_NAME
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            migrate(connection, bundled_scripts()[:1], path)
+            connection.executescript(
+                "INSERT INTO zone VALUES (1, 'default');"
+                "INSERT INTO compute_pool VALUES ('p', 1, NULL, NULL, 0);"
+                "INSERT INTO compute_cell VALUES ('c', 'p', 1, 0);"
+                "INSERT INTO instance VALUES ('i1', 'vm', 'o', 'g', 'p', 'c', 1, 1, '[1]', '',"
+                " 'linux', 'stopped', 0, 0, 0, 0, 0, '', '', '', 0, '', '', '', 0, '', '', 0,"
+                " 0, 0, 0, 0, 0, 0, '');"
+            )
+        finally:
+            connection.close()
+        store = yield self.open()
+        self.assertEqual(store.view.instances["i1"].media_source, "")
+        self.assertEqual(dict(store.view.pending_errors), {})
+        self.assertEqual(list(store.view.instances_in_pool("p")), ["i1"])
+        self.assertTrue((self.data_dir / f"{DB_NAME}.v1.bak").exists())

@@ -1,9 +1,10 @@
 """Property test: the in-memory read model always equals what SQLite holds.
 
 Random batches of units (many of them refused by the schema's rules) go through the writer;
-the committed ones are mirrored with the same function the store uses. After every batch the
-mirror must equal a fresh load of the database, so what Core reads is what would survive a
-restart.
+the committed ones are mirrored with the same method the store uses. After every batch the
+mirror must equal a fresh load of the database, and its instance indexes (by pool, by Cell, by
+name, the per-Cell totals) must equal those of a read model built from that load, so what Core
+reads is what would survive a restart.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import model as m
 from nanocore.store import Delete, Insert, Put, StoreError, UnitOfWork
+from nanocore.store.readmodel import ReadModel
 from nanocore.store.schema import bundled_scripts, open_database
-from nanocore.store.writer import Writer, apply_to_state
+from nanocore.store.writer import Writer
 
 POOLS = ("p0", "default")
 STORAGE = ("s0", "s1")
@@ -101,14 +103,33 @@ class ReadModelMatchesDatabase(SynchronousTestCase):
             connection = open_database(folder, bundled_scripts(), "", lambda: f"tpl{next(ids)}")
             writer = Writer(connection, guard_io_thread=False)
             mirror: Any = writer.load()
+            view = ReadModel(mirror)
             for batch in script:
                 outcomes = writer.apply_batch(batch)
                 for unit, outcome in zip(batch, outcomes, strict=True):
                     self.assertTrue(outcome is None or isinstance(outcome, StoreError))
                     if outcome is None:
-                        apply_to_state(mirror, unit)
-                self.assertEqual(writer.load(), mirror)
+                        view.mirror(unit)
+                loaded = writer.load()
+                self.assertEqual(loaded, mirror)
+                self.assertSameIndexes(view, ReadModel(loaded))
         finally:
             if connection is not None:
                 connection.close()
             shutil.rmtree(folder)
+
+    def assertSameIndexes(self, view: ReadModel, fresh: ReadModel) -> None:
+        for pool in POOLS:
+            self.assertEqual(
+                dict(view.instances_in_pool(pool)), dict(fresh.instances_in_pool(pool))
+            )
+        for cell in CELLS:
+            self.assertEqual(
+                dict(view.instances_on_cell(cell)), dict(fresh.instances_on_cell(cell))
+            )
+            self.assertEqual(view.load_on_cell(cell), fresh.load_on_cell(cell))
+        for pool in POOLS:
+            for name in ("g1", "g2"):
+                self.assertEqual(
+                    view.instance_named(pool, "g", name), fresh.instance_named(pool, "g", name)
+                )

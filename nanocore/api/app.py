@@ -203,12 +203,12 @@ def _encoded(result: object, request: Request) -> bytes:
 def _refusal(request: IRequest, failure: Failure) -> bytes:
     """A bad body or an operation's refusal: the envelope with the message the client reads."""
     error = cast(DecodeError | OperationError, failure.value)
-    return _failure(cast(Request, request), error.message)
+    return _failure(cast(Request, request), error.message, getattr(error, "data", None))
 
 
-def _failure(request: Request, message: str) -> bytes:
+def _failure(request: Request, message: str, data: object = None) -> bytes:
     request.setHeader(b"Content-Type", envelope.CONTENT_TYPE)
-    return sized(request, envelope.failure(message))
+    return sized(request, envelope.failure(message, data))
 
 
 def build_api_resource(

@@ -40,6 +40,7 @@ def success(data: Any = "") -> bytes:
 _EMPTY_SUCCESS = _envelope(0, "", "")
 
 
-def failure(message: str) -> bytes:
-    """The bytes of a failed envelope: error code 500, the message, and ``data: {}``."""
-    return _envelope(ERROR_CODE, message, {})
+def failure(message: str, data: Any = None) -> bytes:
+    """The bytes of a failed envelope: error code 500, the message, and ``data: {}`` (or
+    the details an operation attached)."""
+    return _envelope(ERROR_CODE, message, {} if data is None else data)

@@ -42,7 +42,7 @@ from nanocore.operations.errors import (
     OperationTimeout,
     UnknownEntity,
 )
-from nanocore.operations.inventory import InventoryError, read_inventory
+from nanocore.operations.inventory import InventoryError, Reconcile, Reconciliation
 from nanocore.operations.status import CellMonitor, Usage
 from nanocore.store import Change, Delete, Put
 
@@ -146,11 +146,15 @@ class CellOperations:
         context: Context,
         cells: CellDirectory,
         timeout: float | None = None,
+        *,
+        reconcile: Reconcile,
     ) -> None:
+        """``reconcile`` reads a Cell's inventory into changes of Core's guest records."""
         self._context = context
         self._cells = cells
         self._clock: IReactorTime = context.clock
         self._timeout = timeout
+        self._reconcile = reconcile
         self._presence: dict[str, _Presence] = {}
 
     # -- what a Cell looks like now -----------------------------------------------------------
@@ -325,36 +329,34 @@ class CellOperations:
                 self._tell_removed(cell)  # in case the Cell applies the push late
                 raise
             try:
-                await self._context.commit(*self._joining(pool, cell, message, reply))
+                reconciled = self._joining(pool, cell, message, reply)
+                await self._context.commit(*reconciled.changes)
             except Exception:
                 # The Cell applied the pool but Core will not record it: undo on the Cell.
                 self._tell_removed(cell)
                 raise
+        reconciled.after()
         self.log.info("{cell} added to pool {pool}", cell=cell, pool=pool)
 
-    def _joining(self, pool: str, cell: str, pushed: Message, reply: Message) -> list[Change]:
-        """The changes that record ``cell`` in ``pool`` after its ready reply, re-validated."""
+    def _joining(self, pool: str, cell: str, pushed: Message, reply: Message) -> Reconciliation:
+        """The membership of ``cell`` in ``pool`` after its ready reply, re-validated, with
+        what its inventory changes of Core's guest records."""
         if self.pool_ready_message(self._pool(pool)) != pushed:
             # Storage or network changed while the Cell applied the old ones.
             raise InvalidRequest(f"pool '{pool}' changed while adding cell '{cell}', retry")
         record = self._context.view.cells.get(cell) or ComputeCell(name=cell)
         if record.pool:
             raise InvalidRequest(f"cell '{cell}' already in pool '{record.pool}'")
+        inventory = self._inventory(cell, pool, reply)
+        return Reconciliation(
+            (Put(evolve(record, pool=pool)), *inventory.changes), inventory.after
+        )
+
+    def _inventory(self, cell: str, pool: str, reply: Message) -> Reconciliation:
         try:
-            inventory = read_inventory(
-                reply,
-                pool=pool,
-                cell=cell,
-                cell_address=self.address(cell),
-                known=self._context.view.instances,
-            )
+            return self._reconcile(cell, pool, reply)
         except InventoryError as error:
             raise CellRefused(f"cell '{cell}' sent an unusable inventory: {error}") from None
-        for reason in inventory.skipped:
-            self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
-        changes: list[Change] = [Put(evolve(record, pool=pool))]
-        changes.extend(Put(instance) for instance in inventory.instances)
-        return changes
 
     def _tell_removed(self, cell: str) -> None:
         """Best effort: a Cell that is gone has nothing to undo."""
@@ -366,7 +368,7 @@ class CellOperations:
 
     async def _remove(self, pool: str, cell: str) -> None:
         self._member(pool, cell)
-        left = sum(1 for i in self._context.view.instances.values() if i.cell == cell)
+        left = len(self._context.view.instances_on_cell(cell))
         if left:
             raise InvalidRequest(
                 f"{left} instance(s) left in cell '{cell}', "
@@ -453,8 +455,7 @@ class CellOperations:
         """Usage stays in the registry; the aggregates read it from there."""
 
     def cell_event(self, name: str, message: Message) -> None:
-        """Guest events belong to the guest operations (a later issue)."""
-        self.log.debug("{name}: event {id:#08x} not handled yet", name=name, id=message.id)
+        """Guest events belong to the guest operations (their own observer)."""
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         record = self._context.view.cells.get(name)
@@ -479,30 +480,16 @@ class CellOperations:
         await self.take_inventory(record.name, record.pool, reply)
 
     def take_inventory(self, cell: str, pool: str, reply: Message) -> Deferred[None]:
-        """Replace Core's instances of ``cell`` with what the Cell reported."""
-        view = self._context.view
+        """Reconcile Core's guests on ``cell`` with what the Cell reported."""
         try:
-            inventory = read_inventory(
-                reply,
-                pool=pool,
-                cell=cell,
-                cell_address=self.address(cell),
-                known=view.instances,
-            )
-        except InventoryError as error:
-            return fail(CellRefused(f"unusable inventory: {error}"))
-        for reason in inventory.skipped:
-            self.log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
-        reported = {instance.id for instance in inventory.instances}
-        changes: list[Change] = [
-            Delete(Instance, instance.id)
-            for instance in view.instances.values()
-            if instance.cell == cell and instance.id not in reported
-        ]
-        changes.extend(Put(instance) for instance in inventory.instances)
-        if not changes:
+            reconciled = self._inventory(cell, pool, reply)
+        except OperationError as error:
+            return fail(error)
+        if not reconciled.changes:
+            reconciled.after()
             return succeed(None)
-        return self._context.commit(*changes)
+        committing = self._context.commit(*reconciled.changes)
+        return committing.addCallback(lambda _: reconciled.after())
 
     async def _purge(self, record: ComputeCell) -> None:
         message = Message(
@@ -513,7 +500,7 @@ class CellOperations:
         view = self._context.view
         current = view.cells.get(record.name) or record
         changes: list[Change] = [
-            Delete(Instance, i.id) for i in view.instances.values() if i.cell == record.name
+            Delete(Instance, key) for key in view.instances_on_cell(record.name)
         ]
         changes.append(Put(evolve(current, purge_pending=False)))
         await self._context.commit(*changes)
@@ -522,8 +509,8 @@ class CellOperations:
     def _mark_lost(self, name: str) -> Deferred[None]:
         changes = [
             Put(evolve(instance, lost=True))
-            for instance in self._context.view.instances.values()
-            if instance.cell == name and not instance.lost
+            for instance in self._context.view.instances_on_cell(name).values()
+            if not instance.lost
         ]
         if not changes:
             return succeed(None)

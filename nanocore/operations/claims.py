@@ -54,6 +54,9 @@ class ClaimKind(Generic[V]):
     name: str
     #: The error for a second claim of a held key (default :class:`ClaimHeld`).
     refusal: Callable[[Claim[V]], OperationError] = ClaimHeld
+    #: Claims of this kind are also listed by ``group(value)`` (:meth:`Claims.live_in`), so a
+    #: holder can sum one group (the capacity claimed on one Cell) without walking them all.
+    group: Callable[[V], Hashable] | None = None
 
 
 class Claims:
@@ -61,6 +64,7 @@ class Claims:
 
     def __init__(self) -> None:
         self._held: dict[ClaimKind[Any], dict[Hashable, Claim[Any]]] = {}
+        self._groups: dict[ClaimKind[Any], dict[Hashable, dict[Hashable, Claim[Any]]]] = {}
 
     def take(self, kind: ClaimKind[V], key: Hashable, value: V) -> Claim[V]:
         """Claim ``key`` for ``value``, or raise the kind's refusal if it is held."""
@@ -69,6 +73,9 @@ class Claims:
         if held is not None:
             raise kind.refusal(held)
         claim = of_kind[key] = Claim(kind, key, value)
+        if kind.group is not None:
+            groups = self._groups.setdefault(kind, {})
+            groups.setdefault(kind.group(value), {})[key] = claim
         return claim
 
     def release(self, claim: Claim[Any]) -> None:
@@ -76,6 +83,13 @@ class Claims:
         of_kind = self._held.get(claim.kind, {})
         if of_kind.get(claim.key) is claim:
             del of_kind[claim.key]
+            if claim.kind.group is not None:
+                groups = self._groups[claim.kind]
+                group = claim.kind.group(claim.value)
+                members = groups[group]
+                del members[claim.key]
+                if not members:
+                    del groups[group]
 
     def held(self, kind: ClaimKind[V], key: Hashable) -> Claim[V] | None:
         return self._held.get(kind, {}).get(key)
@@ -83,6 +97,12 @@ class Claims:
     def live(self, kind: ClaimKind[V]) -> list[Claim[V]]:
         """Every held claim of ``kind``, oldest first."""
         return list(self._held.get(kind, {}).values())
+
+    def live_in(self, kind: ClaimKind[V], group: Hashable) -> list[Claim[V]]:
+        """The held claims of ``kind`` whose value falls in ``group``, oldest first."""
+        if kind.group is None:
+            raise ValueError(f"claims of {kind.name} are not grouped")
+        return list(self._groups.get(kind, {}).get(group, {}).values())
 
     @contextmanager
     def holding(self, kind: ClaimKind[V], key: Hashable, value: V) -> Iterator[Claim[V]]:

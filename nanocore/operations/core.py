@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IReactorTime
 
 from nanocore.cluster.cells import CellDirectory
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CellOperations, NoLinks
+from nanocore.operations.guests import GuestOperations
 from nanocore.operations.images import ImageFiles, Images, NoImageFiles
+from nanocore.operations.imagesite import ImageSiteLocator, no_image_site
 from nanocore.operations.pools import ComputePools, StoragePools
 from nanocore.operations.security import SecurityGroups
 from nanocore.operations.status import Status
 from nanocore.operations.templates import Templates
+from nanocore.scheduler import Scheduler
 from nanocore.store import CommitStore
 
 
@@ -27,10 +32,15 @@ class Operations:
         *,
         timeout: float | None = None,
         image_files: ImageFiles | None = None,
+        scheduler: Scheduler | None = None,
+        image_site: ImageSiteLocator = no_image_site,
+        randbelow: Callable[[int], int] | None = None,
     ) -> None:
         """``cells`` is the Cell registry (none: a Core with no fabric, every Cell offline).
 
-        ``timeout`` bounds Cell requests (default: the registry's own, the domain timeout).
+        ``timeout`` bounds Cell requests (default: the registry's own, the domain timeout);
+        ``scheduler`` places guests (default: the original's filters and score); ``image_site``
+        says where Cells fetch images; ``randbelow(n)`` starts the address search in a range;
         ``image_files`` are the image folders (none: a Core that keeps no image files).
         """
         self.context = Context(store, clock)
@@ -41,8 +51,17 @@ class Operations:
         folders = image_files if image_files is not None else NoImageFiles()
         self.images = Images(self.context, folders)
         links = cells if cells is not None else NoLinks()
-        self.cells = CellOperations(self.context, links, timeout)
+        self.guests = GuestOperations(
+            self.context,
+            links,
+            timeout,
+            scheduler=scheduler,
+            image_site=image_site,
+            randbelow=randbelow,
+        )
+        self.cells = CellOperations(self.context, links, timeout, reconcile=self.guests.reconcile)
         links.subscribe(self.cells)
+        links.subscribe(self.guests.events)
         self.address_pools = AddressPools(self.context, self.cells.notify)
         self.status = Status(self.context, self.cells, self.context.now_text())
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class OperationError(Exception):
-    """A request the domain refuses; ``message`` is shown to the client verbatim."""
+    """A request the domain refuses; ``message`` is shown to the client verbatim.
+
+    ``data``, when set, is what the failed envelope carries instead of Core's ``{}`` (details
+    a program may read; Nano's clients read only the message).
+    """
+
+    data: object = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -9,7 +9,7 @@ stores (create time, assigned addresses) fall back to what Core already knew.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import evolve, frozen
@@ -53,6 +53,20 @@ LIMITS_PER_INSTANCE = 6
 
 class InventoryError(ValueError):
     """The report as a whole is unusable (counts and array lengths disagree)."""
+
+
+@frozen
+class Reconciliation:
+    """What a Cell's inventory changes: the changes to commit (with the Cell's membership,
+    when it joins), and what follows that commit (claims, orphan deletions)."""
+
+    changes: tuple[Any, ...]
+    after: Callable[[], None]
+
+
+#: Reads a Cell's ready reply (cell, pool, reply) into a :class:`Reconciliation`; raises
+#: :class:`InventoryError` for a report that cannot be used at all.
+Reconcile = Callable[[str, str, Message], Reconciliation]
 
 
 @frozen

@@ -7,7 +7,9 @@ from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 from nanocore import model as m
-from nanocore.store.writer import State
+from nanocore.store.changes import Delete, UnitOfWork
+from nanocore.store.indexes import CellLoad, InstanceIndex
+from nanocore.store.writer import State, apply_to_state
 
 T = TypeVar("T")
 
@@ -16,7 +18,8 @@ class ReadModel:
     """Read-only mappings (key -> frozen value) that change only when a commit is durable.
 
     Ordered kinds (address ranges, templates, policy groups) iterate in insertion order, as
-    the original does. The mappings are live views: keep a reference, not a copy.
+    the original does. The mappings are live views: keep a reference, not a copy. Instances
+    are also indexed by pool, by Cell and by name (:mod:`nanocore.store.indexes`).
     """
 
     def __init__(self, state: State) -> None:
@@ -24,6 +27,39 @@ class ReadModel:
         self._views: dict[type, Mapping[Any, Any]] = {
             kind: MappingProxyType(entities) for kind, entities in state.items()
         }
+        self._index = InstanceIndex(state[m.Instance].values())
+
+    def mirror(self, unit: UnitOfWork) -> None:
+        """Apply a unit the database has just committed (only the store calls this)."""
+        instances = self._state[m.Instance]
+        touched = [
+            change.key if isinstance(change, Delete) else change.entity.key
+            for change in unit.changes
+            if (change.kind if isinstance(change, Delete) else type(change.entity)) is m.Instance
+        ]
+        before = {key: instances.get(key) for key in touched}
+        apply_to_state(self._state, unit)
+        for key, old in before.items():
+            self._index.replaced(old, instances.get(key))
+
+    # -- instance indexes ------------------------------------------------------------------
+
+    def instances_in_pool(self, pool: str) -> Mapping[str, m.Instance]:
+        """The instances of ``pool`` by id (creations in flight included)."""
+        return self._index.in_pool(pool)
+
+    def instances_on_cell(self, cell: str) -> Mapping[str, m.Instance]:
+        """The instances Core places on ``cell`` by id."""
+        return self._index.on_cell(cell)
+
+    def instance_named(self, pool: str, group: str, name: str) -> m.Instance | None:
+        """The instance whose stored name is ``<group>.<name>`` in ``pool``, if any."""
+        found = self._index.named(pool, group, name)
+        return None if found is None else self._state[m.Instance].get(found)
+
+    def load_on_cell(self, cell: str) -> CellLoad:
+        """How many instances Core places on ``cell``, and their cores, memory and disk."""
+        return self._index.load(cell)
 
     def all(self, kind: type[T]) -> Mapping[Hashable, T]:
         return cast(Mapping[Hashable, T], self._views[kind])
@@ -86,3 +122,7 @@ class ReadModel:
     @property
     def batch_tasks(self) -> Mapping[str, m.BatchTask]:
         return self._views[m.BatchTask]
+
+    @property
+    def pending_errors(self) -> Mapping[str, m.PendingError]:
+        return self._views[m.PendingError]

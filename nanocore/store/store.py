@@ -26,7 +26,7 @@ from nanocore.store.errors import StoreClosed, StoreError
 from nanocore.store.interfaces import CommitStore
 from nanocore.store.readmodel import ReadModel
 from nanocore.store.schema import SchemaScript, bundled_scripts, open_database
-from nanocore.store.writer import State, Writer, apply_to_state
+from nanocore.store.writer import State, Writer
 
 log = Logger()
 
@@ -152,7 +152,7 @@ class Store:
             self.batches_committed += 1
             for (unit, _), outcome in zip(batch, outcomes, strict=True):
                 if outcome is None:
-                    apply_to_state(self._state, unit)
+                    self.view.mirror(unit)
                     self.units_committed += 1
         # Writers woken by these callbacks usually commit again at once: hold the next
         # batch until all of them had their turn, so they share one transaction and fsync.

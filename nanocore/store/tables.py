@@ -288,6 +288,7 @@ def _instance_row(i: m.Instance) -> Row:
         qos.receive_speed,
         qos.send_speed,
         i.create_time,
+        i.media_source,
     )
 
 
@@ -328,6 +329,7 @@ def _instance_from_row(r: Row) -> m.Instance:
         monitor_secret=r[26],
         qos=qos,
         create_time=r[34],
+        media_source=r[35],
     )
 
 
@@ -372,6 +374,7 @@ INSTANCE = Table(
         "receive_speed",
         "send_speed",
         "create_time",
+        "media_source",
     ),
     to_row=_instance_row,
     from_row=_instance_from_row,
@@ -526,6 +529,17 @@ BATCH_TASK = Table(
     describe_key=_quoted,
 )
 
+PENDING_ERROR = Table(
+    kind=m.PendingError,
+    name="pending_error",
+    description="pending error of instance",
+    key_columns=("id",),
+    columns=("id", "error", "cell", "shown"),
+    to_row=lambda e: (e.id, e.error, e.cell, e.shown),
+    from_row=lambda r: m.PendingError(id=r[0], error=r[1], cell=r[2], shown=bool(r[3])),
+    describe_key=_quoted,
+)
+
 #: Every table, in an order where referenced tables come before referencing ones.
 TABLES: tuple[Table, ...] = (
     ZONE,
@@ -542,6 +556,7 @@ TABLES: tuple[Table, ...] = (
     DISK_IMAGE,
     MIGRATION,
     BATCH_TASK,
+    PENDING_ERROR,
 )
 
 BY_KIND: dict[type, Table] = {table.kind: table for table in TABLES}

@@ -15,6 +15,7 @@ Core's session.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,12 +50,17 @@ from nanocore.cluster.transport import (
     LinkSession,
     cell_link_protocol,
 )
+from nanocore.model import TIME_FORMAT
 from nanocore.testing.guests import GuestError, GuestState, Rule, SimulatedGuest
 
 #: Seconds between status reports (the Cell collector's tick).
 REPORT_INTERVAL = 2.0
 #: Seconds between reconnect attempts after the link to Core is gone (§2.9).
 RECONNECT_DELAY = 3.0
+#: Seconds from a stop to ``GuestStoppedEvent`` (a real Cell polls the guest once a second).
+STOP_TIME = 1.0
+#: Progress events of a creation that clones a disk image (25, 50, 75 %).
+CLONE_STEPS = 4
 
 GiB = 1 << 30
 
@@ -86,6 +92,50 @@ class MissingParameter(GuestError):
 Handler = Callable[[Message], list[Message]]
 
 
+def create_guest_request(
+    guest_id: str,
+    *,
+    name: str = "group.vm",
+    cores: int = 2,
+    memory: int = 2 * GiB,
+    disks: tuple[int, ...] = (10 * GiB, 20 * GiB),
+    auto_start: bool = False,
+    image: str = "",
+) -> Message:
+    """A ``CreateGuestRequest`` with every parameter Core sends (cell-protocol.md §5.3), for
+    tests that talk to a Cell without a Core."""
+    group = name.partition(".")[0]
+    strings: dict[int, str] = {
+        ParamKey.Name: name,
+        ParamKey.Instance: guest_id,
+        ParamKey.User: "user",
+        ParamKey.Group: group,
+        ParamKey.Pool: "default",
+        ParamKey.Admin: "root",
+        ParamKey.Template: "template-1",
+        ParamKey.Secret: "",
+        ParamKey.Path: "",
+    }
+    uints: dict[int, int] = {ParamKey.Core: cores, ParamKey.Memory: memory, ParamKey.Priority: 0}
+    if image:
+        strings.update({ParamKey.Image: image, ParamKey.Host: "127.0.0.1"})
+        uints.update({ParamKey.Port: 5801, ParamKey.Size: GiB})
+    return Message(
+        id=MessageID.CreateGuestRequest,
+        string_params=strings,
+        uint_params=uints,
+        bool_params={ParamKey.Option: auto_start},
+        uint_array_params={
+            ParamKey.Disk: disks,
+            ParamKey.Template: (0, 0, 0, 0, 0, 1, 1),
+            ParamKey.Flag: (1,),
+            ParamKey.Limit: (0,) * 6,
+            ParamKey.Mode: (1, 0),
+        },
+        string_array_params={ParamKey.Module: (), ParamKey.Address: ("", "")},
+    )
+
+
 def _require(params: Any, key: ParamKey, what: str) -> Any:
     try:
         return params[key]
@@ -108,15 +158,21 @@ class FakeCell:
         usage: float = 5.0,
         report_interval: float = REPORT_INTERVAL,
         creation_time: float = 1.0,
+        stop_time: float = STOP_TIME,
         reconnect_delay: float = RECONNECT_DELAY,
     ) -> None:
+        """``creation_time``: seconds from a create request to ``GuestCreatedEvent`` (0: at
+        the next turn); ``stop_time``: from a stop to ``GuestStoppedEvent``."""
         self.name = name
         self.capacity = capacity
         self.usage = usage
         self._clock = clock
         self._report_interval = report_interval
         self._creation_time = creation_time
+        self._stop_time = stop_time
         self._reconnect_delay = reconnect_delay
+        #: Errors the next creations fail with (a ``GuestUpdatedEvent`` with success false).
+        self.creation_failures: deque[str] = deque()
         self.link: LinkSession | None = None
         self.guests: dict[str, SimulatedGuest] = {}
         self.pool = ""
@@ -329,7 +385,8 @@ class FakeCell:
             raise GuestError(f"no guest {guest_id} on {self.name}") from None
 
     def _now(self) -> str:
-        return f"{self._clock.seconds():.0f}"
+        """The Cell's time as it writes it (``2006-01-02 15:04:05``, local)."""
+        return time.strftime(TIME_FORMAT, time.localtime(self._clock.seconds()))
 
     def _handler_table(self) -> dict[int, Handler]:
         m = MessageID
@@ -466,49 +523,71 @@ class FakeCell:
     # -- §5.3 lifecycle -----------------------------------------------------------------------
 
     def _create_guest(self, request: Message) -> list[Message]:
+        """Every parameter Core sends is read (a real Cell ignores a request lacking one)."""
         s, u = request.string_params, request.uint_params
+        arrays, texts = request.uint_array_params, request.string_array_params
         guest_id = _require(s, ParamKey.Instance, "string")
         if guest_id in self.guests:
             raise GuestError(f"guest {guest_id} already exists")
-        disks = list(_require(request.uint_array_params, ParamKey.Disk, "uint array"))
-        limits = list(request.uint_array_params.get(ParamKey.Limit, (0,) * 6))
-        addresses = list(request.string_array_params.get(ParamKey.Address, ("", "")))
+        for key in (ParamKey.Name, ParamKey.User, ParamKey.Group, ParamKey.Pool, ParamKey.Admin,
+                    ParamKey.Template):  # fmt: skip
+            _require(s, key, "string")
+        _require(request.bool_params, ParamKey.Option, "bool")
+        for key, length in ((ParamKey.Template, 7), (ParamKey.Mode, 2), (ParamKey.Limit, 6),
+                            (ParamKey.Flag, 1)):  # fmt: skip
+            if len(_require(arrays, key, "uint array")) != length:
+                raise GuestError(f"{key.name} must have {length} values")
+        addresses = list(_require(texts, ParamKey.Address, "string array"))
+        if len(addresses) != 2:
+            raise GuestError("Address must have 2 values")
+        disks = list(_require(arrays, ParamKey.Disk, "uint array"))
+        cloning = ParamKey.Image in s
+        if cloning:
+            _require(s, ParamKey.Host, "string")
+            _require(u, ParamKey.Port, "uint")
+            _require(u, ParamKey.Size, "uint")
         port = next(self._ports)
         guest = SimulatedGuest(
             id=guest_id,
-            name=_require(s, ParamKey.Name, "string"),
-            user=s.get(ParamKey.User, ""),
-            group=s.get(ParamKey.Group, ""),
+            name=s[ParamKey.Name],
+            user=s[ParamKey.User],
+            group=s[ParamKey.Group],
             cores=_require(u, ParamKey.Core, "uint"),
             memory=_require(u, ParamKey.Memory, "uint"),
             disks=disks,
-            auto_start=request.bool_params.get(ParamKey.Option, False),
+            auto_start=request.bool_params[ParamKey.Option],
             created=self._now(),
             monitor_port=port,
             monitor_secret=f"vnc-{guest_id[:8]}",
             hardware=f"00:16:3e:{port >> 16 & 0xFF:02x}:{port >> 8 & 0xFF:02x}:{port & 0xFF:02x}",
-            priority=u.get(ParamKey.Priority, 0),
-            limits=(limits + [0] * 6)[:6],
-            internal_address=addresses[0] if addresses else "",
-            external_address=addresses[1] if len(addresses) > 1 else "",
-            admin=s.get(ParamKey.Admin, "root"),
+            priority=_require(u, ParamKey.Priority, "uint"),
+            limits=list(arrays[ParamKey.Limit]),
+            internal_address=addresses[0],
+            external_address=addresses[1],
+            admin=s[ParamKey.Admin],
             admin_secret=s.get(ParamKey.Secret, "") or f"secret-{guest_id[:8]}",
         )
-        policy = request.uint_array_params.get(ParamKey.Policy, ())
+        policy = arrays.get(ParamKey.Policy, ())
         guest.rules = [
             Rule(policy[i] == 0, policy[i + 1], policy[i + 2], policy[i + 3], policy[i + 4])
             for i in range(0, len(policy) - len(policy) % 5, 5)
         ]
         guest.default_accept = request.bool_params.get(ParamKey.Action, True)
         self.guests[guest_id] = guest
-        cloning = ParamKey.Image in s
-        steps = 4 if cloning else 1
+        steps = CLONE_STEPS if cloning else 1
         for step in range(1, steps):
             self._schedule(
                 self._creation_time * step / steps, self._progress, guest, 100 * step // steps
             )
         self._schedule(self._creation_time, self._created, guest)
-        return [self._success(request, string_params={ParamKey.Instance: guest_id})]
+        # As a stock Cell: the guest does not exist yet (Enable false); events say when it does.
+        return [
+            self._success(
+                request,
+                string_params={ParamKey.Instance: guest_id},
+                bool_params={ParamKey.Enable: False},
+            )
+        ]
 
     def _progress(self, guest: SimulatedGuest, percent: int) -> None:
         if self.guests.get(guest.id) is not guest:
@@ -524,6 +603,17 @@ class FakeCell:
 
     def _created(self, guest: SimulatedGuest) -> None:
         if self.guests.get(guest.id) is not guest:
+            return
+        if self.creation_failures:
+            del self.guests[guest.id]
+            self._send(
+                Message(
+                    id=MessageID.GuestUpdatedEvent,
+                    success=False,
+                    error=self.creation_failures.popleft(),
+                    string_params={ParamKey.Instance: guest.id},
+                )
+            )
             return
         guest.move("created")
         self._send(
@@ -552,24 +642,38 @@ class FakeCell:
 
     def _start(self, request: Message) -> list[Message]:
         guest = self._guest(request)
-        option = request.uint_params.get(ParamKey.Option, 0)
+        option = _require(request.uint_params, ParamKey.Option, "uint")
         if option == 2:
             raise GuestError("boot from network is not supported")
+        media = ""
+        if option == 1:
+            media = _require(request.string_params, ParamKey.Source, "string")
+            _require(request.string_params, ParamKey.Host, "string")
+            _require(request.uint_params, ParamKey.Port, "uint")
         guest.move("start")
         replies = [self._success(request), self._guest_event(MessageID.GuestStartedEvent, guest)]
-        if option == 1:
-            guest.media = _require(request.string_params, ParamKey.Source, "string")
+        if media:
+            guest.media = media
             replies.append(self._media_event(MessageID.MediaAttachedEvent, guest))
         return replies
 
     def _stop(self, request: Message) -> list[Message]:
+        """The guest stops at once; the event follows ``stop_time`` later, as a real Cell's
+        once-a-second poll notices it (sent only if the guest is still stopped by then)."""
         guest = self._guest(request)
-        reboot, _force = (*request.uint_array_params.get(ParamKey.Option, ()), 0, 0)[:2]
-        if reboot:
+        options = _require(request.uint_array_params, ParamKey.Option, "uint array")
+        if len(options) != 2:
+            raise GuestError("Option must have 2 values")
+        if options[0]:  # reboot
             guest.require(GuestState.RUNNING)
             return [self._success(request)]
         guest.move("stop")
-        return [self._success(request), self._guest_event(MessageID.GuestStoppedEvent, guest)]
+        self._schedule(self._stop_time, self._stopped, guest)
+        return [self._success(request)]
+
+    def _stopped(self, guest: SimulatedGuest) -> None:
+        if self.guests.get(guest.id) is guest and guest.state is GuestState.STOPPED:
+            self._send(self._guest_event(MessageID.GuestStoppedEvent, guest))
 
     def _instance_status(self, request: Message) -> list[Message]:
         g = self._guest(request)

@@ -71,6 +71,8 @@ class Options(NanocoreOptions):
         ["memory", None, 16, "Memory per Cell, GiB", _positive(int)],
         ["disk", None, 500, "Disk per Cell, GiB", _positive(int)],
         ["usage", None, 5.0, "Host CPU usage each Cell reports, percent", float],
+        ["creation-time", None, 1.0, "Seconds a Cell takes to create a guest (0: at once)", float],
+        ["stop-time", None, 1.0, "Seconds from a stop to the guest's stopped event", float],
         ["domain", None, DEFAULT_DOMAIN, "Discovery domain (with --discover)"],
         ["group-address", None, DEFAULT_GROUP_ADDRESS, "Discovery multicast group"],
         ["group-port", None, DEFAULT_GROUP_PORT, "Discovery group port", _positive(int)],
@@ -90,6 +92,9 @@ class Options(NanocoreOptions):
             raise usage.UsageError(f"no cluster CA at {ca_cert}: point --cert-dir at Core's")
         if not 0.0 <= self["usage"] <= 100.0:
             raise usage.UsageError(f"--usage must be within 0-100, got {self['usage']}")
+        for option in ("creation-time", "stop-time"):
+            if self[option] < 0:
+                raise usage.UsageError(f"--{option} must not be negative, got {self[option]}")
 
     def cell_names(self) -> list[str]:
         return [f"{self['prefix']}{index:06d}" for index in range(self["count"])]
@@ -118,7 +123,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         locate = lambda: succeed(address)  # noqa: E731
     ca = load_or_create_ca(Path(options["cert-dir"])) if link == "tls" else None
     for name in options.cell_names():
-        cell = FakeCell(name, reactor, capacity=capacity, usage=options["usage"])
+        cell = FakeCell(
+            name,
+            reactor,
+            capacity=capacity,
+            usage=options["usage"],
+            creation_time=options["creation-time"],
+            stop_time=options["stop-time"],
+        )
         service: IService
         if ca is None:
             service = cell.kcp_service(reactor, locate, interface=options["interface"])

@@ -1,0 +1,125 @@
+"""What every guest operation shares: finding the instance, asking its Cell, changing its record.
+
+The routes of this issue and those that build on them (instance lists, modify, media,
+snapshots, firewall, migration) use the same three steps:
+
+- :meth:`GuestAccess.instance`: Core's record, or ``invalid instance '<id>'``;
+- :meth:`GuestAccess.forward`: a request to a Cell, its failures turned into what the client
+  reads (the Cell's own error text verbatim, as Core relayed it; ``cell timeout``; the Cell
+  not connected);
+- :meth:`GuestAccess.change`: read one instance, decide, commit, serialised per instance, so
+  that a Cell event and an API call that change the same guest never overwrite each other's
+  change with what they read before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.python.failure import Failure
+
+from nanocore.cluster.cells import CellDirectory
+from nanocore.cluster.message import Message
+from nanocore.cluster.transactions import CellError, TransactionTimeout
+from nanocore.cluster.transport import LinkError
+from nanocore.model import AddressAllocation, Instance
+from nanocore.operations.base import Context
+from nanocore.operations.cells import CELL_TIMEOUT_MESSAGE, CellRefused
+from nanocore.operations.errors import InvalidRequest, OperationTimeout, UnknownEntity
+from nanocore.store import Change, Delete
+
+T = TypeVar("T")
+
+#: What a guest's decision returns: the changes to commit (none: nothing to do).
+Decide = Callable[[Instance | None], Sequence[Change]]
+
+
+def not_connected(cell: str) -> InvalidRequest:
+    return InvalidRequest(f"cell '{cell}' is not connected")
+
+
+class GuestAccess:
+    """The instance lookup, the Cell request and the serialised change of one guest."""
+
+    def __init__(self, context: Context, cells: CellDirectory, timeout: float | None) -> None:
+        self.context = context
+        self.cells = cells
+        self._timeout = timeout
+        self._locks: dict[str, DeferredLock] = {}
+
+    def instance(self, instance_id: str) -> Instance:
+        found = self.context.view.instances.get(instance_id)
+        if found is None:
+            raise UnknownEntity(f"invalid instance '{instance_id}'")
+        return found
+
+    def forward(
+        self,
+        cell: str,
+        message: Message,
+        *,
+        on_progress: Callable[[Message], None] | None = None,
+    ) -> Deferred[Message]:
+        """Ask ``cell``; a refusal carries the Cell's error text as Core relayed it."""
+        options: dict[str, Any] = {} if self._timeout is None else {"timeout": self._timeout}
+        if on_progress is not None:
+            options["on_progress"] = on_progress
+        asking = self.cells.request(cell, message, **options)
+
+        def translate(failure: Failure) -> Failure:
+            if failure.check(TransactionTimeout):
+                return Failure(OperationTimeout(CELL_TIMEOUT_MESSAGE))
+            if failure.check(CellError):
+                return Failure(CellRefused(str(failure.value) or f"cell '{cell}' refused"))
+            if failure.check(LinkError):
+                return Failure(not_connected(cell))
+            return failure
+
+        return asking.addErrback(translate)
+
+    def serially(self, instance_id: str, work: Callable[[], Deferred[T]]) -> Deferred[T]:
+        """Run ``work`` after every earlier piece of work on the same instance has ended."""
+        lock = self._locks.get(instance_id)
+        if lock is None:
+            lock = self._locks[instance_id] = DeferredLock()
+        running: Deferred[T] = lock.run(work)
+
+        def forget(result: Any) -> Any:
+            if not lock.locked and self._locks.get(instance_id) is lock:
+                del self._locks[instance_id]
+            return result
+
+        return running.addBoth(forget)
+
+    def change(self, instance_id: str, decide: Decide) -> Deferred[None]:
+        """Read the instance (None if gone), decide the changes, commit them, in turn."""
+
+        return self.serially(instance_id, lambda: _committed(self.context, decide, instance_id))
+
+    def allocations(self, instance: Instance) -> list[AddressAllocation]:
+        """The addresses allocated to ``instance`` (imported ones included)."""
+        view = self.context.view
+        pool = view.compute_pools.get(instance.pool)
+        found = []
+        for network in (instance.internal, instance.external):
+            if network.assigned_address and pool is not None and pool.network:
+                key = (pool.network, network.assigned_address.partition("/")[0])
+                allocation = view.allocations.get(key)
+                if allocation is not None and allocation.instance == instance.id:
+                    found.append(allocation)
+        return found
+
+    def forgetting(self, instance: Instance) -> list[Change]:
+        """The changes that remove ``instance`` and release its addresses, in one unit."""
+        changes: list[Change] = [
+            Delete(AddressAllocation, a.key) for a in self.allocations(instance)
+        ]
+        changes.append(Delete(Instance, instance.id))
+        return changes
+
+
+def _committed(context: Context, decide: Decide, instance_id: str) -> Deferred[None]:
+    changes = decide(context.view.instances.get(instance_id))
+    return context.commit(*changes) if changes else succeed(None)

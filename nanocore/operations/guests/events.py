@@ -1,0 +1,309 @@
+"""Cell events about guests, taken the way an API call is: into operations, into the store.
+
+Each event changes one instance through :meth:`GuestAccess.change`, so two events about the
+same guest (created, then started at once with auto-start) are applied in turn, each to what
+the one before it committed. An event about a guest of another Cell is refused: a Cell speaks
+only for its own guests. An event about a guest whose creation Core gave up (a pending error
+still naming that Cell) finds an orphan: Core asks the Cell to delete it, since the client was
+told the creation failed and its address may be someone else's by now.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from attrs import evolve
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nanocore.cluster.cells import CellObserver, CellStatus
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, is_ipv4
+from nanocore.operations.errors import OperationError
+from nanocore.operations.guests.common import GuestAccess
+from nanocore.operations.guests.placement import Placement
+from nanocore.store import Change, Delete, Put
+
+_MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
+_ID = re.compile(ID_PATTERN)
+#: A failed creation the Cell reports without a reason.
+CREATION_FAILED = "create guest fail"
+
+
+def settle(pending: PendingError) -> list[Change]:
+    """No Cell is left to check for ``pending``'s guest: drop it once it was told."""
+    if pending.shown:
+        return [Delete(PendingError, pending.id)]
+    return [Put(evolve(pending, cell=""))]
+
+
+@implementer(CellObserver)
+class GuestEvents:
+    """The registry's observer for guest events, and the capacity claims' clock."""
+
+    log = Logger()
+
+    def __init__(self, access: GuestAccess, placement: Placement) -> None:
+        self._access = access
+        self._context = access.context
+        self._placement = placement
+        self._handlers: dict[int, Callable[[str, Message], Deferred[None]]] = {
+            MessageID.GuestCreatedEvent: self.created,
+            MessageID.GuestUpdatedEvent: self.updated,
+            MessageID.GuestStartedEvent: lambda cell, m: self.running(cell, m, True),
+            MessageID.GuestStoppedEvent: lambda cell, m: self.running(cell, m, False),
+            MessageID.GuestDeletedEvent: self.deleted,
+            MessageID.AddressChangedEvent: self.address_changed,
+            MessageID.MediaAttachedEvent: lambda cell, m: self.media(cell, m, True),
+            MessageID.MediaDetachedEvent: lambda cell, m: self.media(cell, m, False),
+        }
+
+    @property
+    def handled(self) -> frozenset[int]:
+        return frozenset(self._handlers)
+
+    # -- CellObserver -------------------------------------------------------------------------
+
+    def cell_available(self, name: str, address: str) -> None:
+        """Reconciling the Cell's guests waits for its inventory (cell operations ask it)."""
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        self._placement.reported(name)
+
+    def cell_event(self, name: str, message: Message) -> None:
+        handler = self._handlers.get(message.id)
+        if handler is not None:
+            handler(name, message).addErrback(self._logged, name, message)
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        self._placement.cell_gone(name)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _guest(self, cell: str, message: Message) -> str | None:
+        guest = message.string_params.get(ParamKey.Instance, "")
+        if not _ID.fullmatch(guest):
+            self.log.warn(
+                "{cell}: {id:#08x} without a valid instance id ({guest!r}), ignored",
+                cell=cell,
+                id=message.id,
+                guest=guest,
+            )
+            return None
+        return guest
+
+    def _ours(self, cell: str, instance: Instance | None, message: Message) -> bool:
+        if instance is None:
+            return False
+        if instance.cell != cell:
+            self.log.warn(
+                "{cell} sent {id:#08x} about {guest}, a guest of {owner}; ignored",
+                cell=cell,
+                id=message.id,
+                guest=instance.id,
+                owner=instance.cell,
+            )
+            return False
+        return True
+
+    def created(self, cell: str, message: Message) -> Deferred[None]:
+        """``GuestCreatedEvent`` (or a create answer saying it exists): the guest is ready."""
+        guest = self._guest(cell, message)
+        if guest is None:
+            return succeed(None)
+        port = message.uint_params.get(ParamKey.Monitor, 0)
+        secret = message.string_params.get(ParamKey.Secret, "")
+        mac = message.string_params.get(ParamKey.Hardware, "")
+        address = self._access.cells.address(cell) or ""
+        now = self._context.now_text()
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if instance is None:
+                self._orphan(cell, guest)
+                return []
+            if not self._ours(cell, instance, message):
+                return []
+            internal = instance.internal
+            if 0 < port <= 65535:
+                internal = evolve(internal, monitor_port=port)
+            if is_ipv4(address):
+                internal = evolve(internal, monitor_address=address)
+            running = instance.status is InstanceStatus.RUNNING
+            return [
+                Put(
+                    evolve(
+                        instance,
+                        status=InstanceStatus.RUNNING if running else InstanceStatus.STOPPED,
+                        progress=0,
+                        lost=False,
+                        internal=internal,
+                        monitor_secret=secret[:255] if secret else instance.monitor_secret,
+                        hardware_address=mac if _MAC.fullmatch(mac) else instance.hardware_address,
+                        create_time=instance.create_time or now,
+                    )
+                )
+            ]
+
+        changing = self._access.change(guest, decide)
+        return changing.addCallback(lambda _: self._placement.confirmed(guest))
+
+    def updated(self, cell: str, message: Message) -> Deferred[None]:
+        """``GuestUpdatedEvent``: creation progress, or its failure."""
+        guest = self._guest(cell, message)
+        if guest is None:
+            return succeed(None)
+        if not message.success:
+            return self._creation_failed(cell, guest, message)
+        progress = min(message.uint_params.get(ParamKey.Progress, 0), 100)
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if not self._ours(cell, instance, message):
+                return []
+            assert instance is not None
+            if instance.created or instance.progress == progress:
+                return []
+            return [Put(evolve(instance, progress=progress))]
+
+        return self._access.change(guest, decide)
+
+    def _creation_failed(self, cell: str, guest: str, message: Message) -> Deferred[None]:
+        reason = message.error or CREATION_FAILED
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if not self._ours(cell, instance, message):
+                return []
+            assert instance is not None
+            if instance.status is not InstanceStatus.CREATING:
+                self.log.warn("{cell}: {guest} failed: {reason}", cell=cell, guest=guest,
+                              reason=reason)  # fmt: skip
+                return []
+            self._placement.release(guest)
+            return [*self._access.forgetting(instance), Put(PendingError(guest, reason[:4096]))]
+
+        return self._access.change(guest, decide)
+
+    def running(self, cell: str, message: Message, running: bool) -> Deferred[None]:
+        """``GuestStartedEvent``/``GuestStoppedEvent``: Core's record follows the Cell."""
+        guest = self._guest(cell, message)
+        if guest is None:
+            return succeed(None)
+        status = InstanceStatus.RUNNING if running else InstanceStatus.STOPPED
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if not self._ours(cell, instance, message):
+                return []
+            assert instance is not None
+            if not instance.created or (instance.status is status and not instance.lost):
+                return []
+            return [Put(evolve(instance, status=status, lost=False))]
+
+        return self._access.change(guest, decide)
+
+    def deleted(self, cell: str, message: Message) -> Deferred[None]:
+        """``GuestDeletedEvent``: the record and its addresses go, and any claim."""
+        guest = self._guest(cell, message)
+        if guest is None:
+            return succeed(None)
+
+        def decide(instance: Instance | None) -> list[Change]:
+            pending = self._context.view.pending_errors.get(guest)
+            changes: list[Change] = []
+            if pending is not None and pending.cell == cell:
+                changes.extend(settle(pending))
+            if self._ours(cell, instance, message):
+                assert instance is not None
+                changes.extend(self._access.forgetting(instance))
+                self._placement.release(guest)
+            return changes
+
+        return self._access.change(guest, decide)
+
+    def address_changed(self, cell: str, message: Message) -> Deferred[None]:
+        """``AddressChangedEvent``: the address the guest really has (§5.11)."""
+        guest = self._guest(cell, message)
+        if guest is None:
+            return succeed(None)
+        address = message.string_params.get(ParamKey.Address, "")
+        if address and not is_ipv4(address):
+            self.log.warn("{cell}: {guest} reported address {address!r}, not IPv4; ignored",
+                          cell=cell, guest=guest, address=address)  # fmt: skip
+            return succeed(None)
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if not self._ours(cell, instance, message):
+                return []
+            assert instance is not None
+            if instance.internal.instance_address == address:
+                return []
+            internal = evolve(instance.internal, instance_address=address)
+            return [Put(evolve(instance, internal=internal))]
+
+        return self._access.change(guest, decide)
+
+    def media(self, cell: str, message: Message, attached: bool) -> Deferred[None]:
+        """``MediaAttachedEvent``/``MediaDetachedEvent``: the media flag and its source."""
+        guest = self._guest(cell, message)
+        if guest is None:
+            return succeed(None)
+        media = message.string_params.get(ParamKey.Media, "") if attached else ""
+        source = media if _ID.fullmatch(media) else ""
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if not self._ours(cell, instance, message):
+                return []
+            assert instance is not None
+            changed = evolve(instance, media_attached=attached, media_source=source)
+            return [] if changed == instance else [Put(changed)]
+
+        return self._access.change(guest, decide)
+
+    # -- orphans ------------------------------------------------------------------------------
+
+    def _orphan(self, cell: str, guest: str) -> None:
+        """A guest Core does not hold: an orphan of a failed creation, or one to adopt."""
+        pending = self._context.view.pending_errors.get(guest)
+        if pending is not None and pending.cell == cell:
+            self.delete_orphan(cell, guest)
+        else:
+            self.log.warn(
+                "{cell} holds guest {guest}, unknown to Core; its next inventory adopts it",
+                cell=cell,
+                guest=guest,
+            )
+
+    def delete_orphan(self, cell: str, guest: str) -> None:
+        """Ask ``cell`` to delete a guest whose creation Core reported as failed."""
+        self.log.warn(
+            "{cell} holds guest {guest}, whose creation failed; deleting it there",
+            cell=cell,
+            guest=guest,
+        )
+        request = Message(
+            id=MessageID.DeleteGuestRequest, string_params={ParamKey.Instance: guest}
+        )
+        asking = self._access.forward(cell, request)
+
+        def gone(_: Message) -> Deferred[None]:
+            def decide(instance: Instance | None) -> list[Change]:
+                pending = self._context.view.pending_errors.get(guest)
+                return settle(pending) if pending is not None and pending.cell == cell else []
+
+            return self._access.change(guest, decide)
+
+        asking.addCallback(gone).addErrback(
+            self._logged, cell, Message(id=MessageID.DeleteGuestRequest)
+        )
+
+    def _logged(self, failure: Failure, cell: str, message: Message) -> None:
+        if failure.check(OperationError):
+            self.log.warn(
+                "{cell}: {id:#08x} not applied: {reason}",
+                cell=cell,
+                id=message.id,
+                reason=failure.value.message,  # type: ignore[union-attr]
+            )
+        else:
+            self.log.failure("{cell}: {id:#08x} not applied", failure, cell=cell, id=message.id)

@@ -1,0 +1,190 @@
+"""The guest family of operations: create, get, delete, start and stop (§4.6-4.7).
+
+Start, stop and delete are checked against Core's record and forwarded to the guest's Cell.
+Core's record of running changes only on the Cell's ``GuestStartedEvent`` and
+``GuestStoppedEvent`` (observed-with-cells, "two views of running"). Deleting is the one
+change made on the Cell's answer: once the Cell says the guest is deleted, its record and
+addresses go in one commit before the client is answered, so a deleted guest is never listed
+again (the original waited for ``GuestDeletedEvent``, which then finds nothing to do).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from attrs import evolve
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from nanocore.cluster.cells import CellDirectory, CellLiveness
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.model import Instance, PendingError
+from nanocore.operations.base import Context
+from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
+from nanocore.operations.guests.common import GuestAccess
+from nanocore.operations.guests.create import Created, Creations, GuestSpec
+from nanocore.operations.guests.events import GuestEvents
+from nanocore.operations.guests.placement import Placement
+from nanocore.operations.guests.reconcile import Reconciler
+from nanocore.operations.imagesite import ImageSiteLocator, no_image_site
+from nanocore.operations.inventory import Reconciliation
+from nanocore.scheduler import Scheduler
+from nanocore.store import Change, Delete, Put
+
+#: ``Option`` of ``StartInstanceRequest``: boot as configured, or from a media image.
+BOOT_DISK, BOOT_MEDIA = 0, 1
+
+
+class GuestOperations:
+    """Every guest route of this issue; ``events`` is the registry's observer for guests."""
+
+    def __init__(
+        self,
+        context: Context,
+        cells: CellDirectory,
+        timeout: float | None = None,
+        *,
+        scheduler: Scheduler | None = None,
+        image_site: ImageSiteLocator = no_image_site,
+        randbelow: Callable[[int], int] | None = None,
+    ) -> None:
+        self.access = GuestAccess(context, cells, timeout)
+        self._context = context
+        self._cells = cells
+        self._image_site = image_site
+        self.placement = Placement(
+            context,
+            cells,
+            scheduler if scheduler is not None else Scheduler(),
+            randbelow if randbelow is not None else random.SystemRandom().randrange,
+        )
+        self.events = GuestEvents(self.access, self.placement)
+        self.creations = Creations(
+            self.access,
+            self.placement,
+            image_site,
+            on_created=self.events.created,
+            on_progress=self._progress,
+        )
+        self._reconciler = Reconciler(
+            self.access, self.placement, self.events, self.creations.in_flight
+        )
+        self.placement.rebuild()
+
+    def _progress(self, cell: str, message: Message) -> None:
+        """An event addressed to a creation still waiting for its answer."""
+        self.events.cell_event(cell, message)
+
+    # -- create / get / delete ----------------------------------------------------------------
+
+    def create(self, spec: GuestSpec) -> Deferred[Created]:
+        return self.creations.create(spec)
+
+    def get(self, instance_id: str) -> Deferred[Instance]:
+        """The record; a failure not yet told is told now, once (then: invalid instance)."""
+        found = self._context.view.instances.get(instance_id)
+        if found is not None:
+            return succeed(found)
+        pending = self._context.view.pending_errors.get(instance_id)
+        if pending is None or pending.shown:
+            return fail(UnknownEntity(f"invalid instance '{instance_id}'"))
+
+        def decide(_: Instance | None) -> list[Change]:
+            current = self._context.view.pending_errors.get(instance_id)
+            if current is None or current.shown:
+                return []
+            if current.cell:
+                return [Put(evolve(current, shown=True))]
+            return [Delete(PendingError, instance_id)]
+
+        telling = self.access.change(instance_id, decide)
+
+        def told(_: None) -> Failure:
+            return Failure(InvalidRequest(pending.error))
+
+        return telling.addCallback(told)
+
+    def delete(self, instance_id: str) -> Deferred[None]:
+        try:
+            instance = self.access.instance(instance_id)
+            if instance.running:
+                raise InvalidRequest(f"instance '{instance_id}' is still running")
+        except OperationError as error:
+            return fail(error)
+        if instance.lost and self._cells.state(instance.cell) not in (
+            None,
+            CellLiveness.DISCONNECTED,
+        ):
+            # The Cell came back without it (reconciliation): nothing is left to ask it.
+            return self._forget(instance_id)
+        request = Message(
+            id=MessageID.DeleteGuestRequest, string_params={ParamKey.Instance: instance_id}
+        )
+        asking = self.access.forward(instance.cell, request)
+        return asking.addCallback(lambda _: self._forget(instance_id))
+
+    def _forget(self, instance_id: str) -> Deferred[None]:
+        def decide(instance: Instance | None) -> list[Change]:
+            self.placement.release(instance_id)
+            return self.access.forgetting(instance) if instance is not None else []
+
+        return self.access.change(instance_id, decide)
+
+    # -- start / stop -------------------------------------------------------------------------
+
+    def start(
+        self, instance_id: str, *, from_media: bool = False, from_network: bool = False,
+        source: str = "",
+    ) -> Deferred[None]:  # fmt: skip
+        """Boot the guest, from a media image of the image site when asked."""
+        try:
+            instance = self.access.instance(instance_id)
+            if instance.running:
+                raise InvalidRequest(f"instance '{instance_id}' already started")
+            if not instance.created:
+                raise InvalidRequest(f"instance '{instance_id}' not created yet")
+            if from_network:
+                raise InvalidRequest("start from network is not supported")
+            message = self._start_message(instance_id, from_media, source)
+        except OperationError as error:
+            return fail(error)
+        return self.access.forward(instance.cell, message).addCallback(lambda _: None)
+
+    def _start_message(self, instance_id: str, from_media: bool, source: str) -> Message:
+        strings: dict[int, str] = {ParamKey.Instance: instance_id}
+        uints: dict[int, int] = {ParamKey.Option: BOOT_DISK}
+        if from_media:
+            if not source:
+                raise InvalidRequest("media image required")
+            if source not in self._context.view.media_images:
+                raise UnknownEntity(f"invalid media image '{source}'")
+            site = self._image_site()
+            if site is None:
+                raise InvalidRequest("no image server available")
+            strings.update({ParamKey.Source: source, ParamKey.Host: site.host})
+            uints.update({ParamKey.Option: BOOT_MEDIA, ParamKey.Port: site.port})
+        return Message(id=MessageID.StartInstanceRequest, string_params=strings, uint_params=uints)
+
+    def stop(
+        self, instance_id: str, *, reboot: bool = False, force: bool = False
+    ) -> Deferred[None]:
+        """Shut the guest down (or off, with ``force``), or reboot it."""
+        try:
+            instance = self.access.instance(instance_id)
+            if not instance.running:
+                raise InvalidRequest(f"instance '{instance_id}' already stopped")
+        except OperationError as error:
+            return fail(error)
+        message = Message(
+            id=MessageID.StopInstanceRequest,
+            string_params={ParamKey.Instance: instance_id},
+            uint_array_params={ParamKey.Option: (int(reboot), int(force))},
+        )
+        return self.access.forward(instance.cell, message).addCallback(lambda _: None)
+
+    # -- the Cell's inventory -----------------------------------------------------------------
+
+    def reconcile(self, cell: str, pool: str, reply: Message) -> Reconciliation:
+        """What a Cell's inventory changes (see :mod:`nanocore.operations.guests.reconcile`)."""
+        return self._reconciler.reconcile(cell, pool, reply, self._cells.address(cell) or "")

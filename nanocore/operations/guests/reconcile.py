@@ -1,0 +1,159 @@
+"""Reconciling Core's records with a Cell's inventory when it (re)joins its pool.
+
+The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell reports in its
+``ComputeCellReadyEvent`` and the records Core holds for that Cell:
+
+- a guest Core holds is taken as the Cell reports it (running, created, progress, address),
+  keeping what only Core knows (template, media, ``address/prefix``); it is no longer lost.
+  A creation in flight across a Core restart is confirmed this way;
+- a guest Core does not hold is adopted, with its address allocated if that address is free
+  in the pool's address pool; one whose name is already taken in the pool is not adopted and
+  the refusal is logged (nothing is dropped silently);
+- a guest whose creation Core gave up (a pending error naming this Cell) is an orphan: it is
+  not adopted, and Core asks the Cell to delete it;
+- a record the Cell does not report is kept and shown as lost, never deleted, unless it was
+  still being created and no creation request is in flight: that creation failed, and its
+  record and address go, leaving a pending error the next ``GET`` tells;
+- pending errors naming this Cell for guests it does not report are settled.
+
+Everything changes in one commit; claims and orphan deletions follow it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from attrs import evolve
+from twisted.logger import Logger
+
+from nanocore.addresses import plain_address
+from nanocore.cluster.message import Message
+from nanocore.model import AddressAllocation, Instance, InstanceStatus, PendingError
+from nanocore.operations.guests.common import GuestAccess
+from nanocore.operations.guests.events import GuestEvents, settle
+from nanocore.operations.guests.placement import ADDRESS, GUEST_NAME, Placement
+from nanocore.operations.inventory import Reconciliation, read_inventory
+from nanocore.store import Change, Insert, Put
+
+log = Logger()
+
+#: The pending error of a creation the Cell no longer holds after it came back.
+LOST_WHILE_CREATING = "cell '{cell}' lost the guest while creating it"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        access: GuestAccess,
+        placement: Placement,
+        events: GuestEvents,
+        in_flight: Collection[str],
+    ) -> None:
+        self._access = access
+        self._context = access.context
+        self._placement = placement
+        self._events = events
+        self._in_flight = in_flight
+
+    def reconcile(self, cell: str, pool: str, reply: Message, address: str) -> Reconciliation:
+        """Raises :class:`~nanocore.operations.inventory.InventoryError` for an unusable report."""
+        view = self._context.view
+        inventory = read_inventory(
+            reply, pool=pool, cell=cell, cell_address=address, known=view.instances
+        )
+        for reason in inventory.skipped:
+            log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
+        changes: list[Change] = []
+        confirmed: list[str] = []
+        released: list[str] = []
+        orphans: list[str] = []
+        reported = {instance.id for instance in inventory.instances}
+        for instance in inventory.instances:
+            known = view.instances.get(instance.id)
+            pending = view.pending_errors.get(instance.id)
+            if known is None and pending is not None and pending.cell == cell:
+                orphans.append(instance.id)
+            elif known is None:
+                changes.extend(self._adopted(instance))
+            else:
+                changes.append(Put(instance))
+                if known.status is InstanceStatus.CREATING and instance.created:
+                    confirmed.append(instance.id)
+        for instance in view.instances_on_cell(cell).values():
+            if instance.id in reported:
+                continue
+            released.append(instance.id)
+            if instance.status is InstanceStatus.CREATING:
+                if instance.id in self._in_flight:
+                    released.pop()
+                    continue
+                message = LOST_WHILE_CREATING.format(cell=cell)
+                changes.extend(self._access.forgetting(instance))
+                changes.append(Put(PendingError(instance.id, message)))
+            elif not instance.lost:
+                changes.append(Put(evolve(instance, lost=True)))
+        for pending in view.pending_errors.values():
+            if pending.cell == cell and pending.id not in reported:
+                changes.extend(settle(pending))
+
+        def after() -> None:
+            for guest in confirmed:
+                self._placement.confirmed(guest)
+            for guest in released:
+                self._placement.release(guest)
+            for guest in orphans:
+                self._events.delete_orphan(cell, guest)
+
+        return Reconciliation(tuple(changes), after)
+
+    def _adopted(self, instance: Instance) -> list[Change]:
+        view = self._context.view
+        holder = view.instance_named(instance.pool, instance.group, instance.name)
+        name = (instance.pool, instance.group, instance.name)
+        if holder is None and self._context.claims.held(GUEST_NAME, name) is not None:
+            holder = instance  # a creation in flight has the name
+        if holder is not None:
+            log.warn(
+                "{cell} holds guest {guest} named {name}, a name {holder} has in pool {pool};"
+                " not adopted",
+                cell=instance.cell,
+                guest=instance.id,
+                name=instance.full_name,
+                holder=holder.id,
+                pool=instance.pool,
+            )
+            return []
+        log.info("{cell}: adopting guest {guest} ({name}), unknown to Core",
+                 cell=instance.cell, guest=instance.id, name=instance.full_name)  # fmt: skip
+        changes: list[Change] = [Put(instance)]
+        allocation = self._allocation(instance)
+        if allocation is not None:
+            changes.append(Insert(allocation))
+        return changes
+
+    def _allocation(self, instance: Instance) -> AddressAllocation | None:
+        """The adopted guest's address, if it lies in the pool's ranges and nobody holds it."""
+        assigned = instance.internal.assigned_address
+        pool = self._context.view.compute_pools.get(instance.pool)
+        if not assigned or pool is None or not pool.network:
+            return None
+        address = plain_address(assigned)
+        view = self._context.view
+        holder = view.allocations.get((pool.network, address))
+        claim = self._context.claims.held(ADDRESS, (pool.network, address))
+        if holder is None and claim is not None:
+            holder = AddressAllocation(pool.network, address, address, claim.value)
+        if holder is not None:
+            if holder.instance != instance.id:
+                log.warn(
+                    "adopted guest {guest} reports address {address}, allocated to {holder};"
+                    " left unallocated",
+                    guest=instance.id,
+                    address=address,
+                    holder=holder.instance,
+                )
+            return None
+        for item in view.address_ranges.values():
+            if item.pool == pool.network and address in item:
+                return AddressAllocation(pool.network, item.start, address, instance.id)
+        return None

@@ -1,0 +1,102 @@
+"""Indexes over the read model's instances: by pool, by Cell, by name, and per-Cell totals.
+
+Instance lists, status aggregates, name uniqueness and the scheduler read a pool's or a Cell's
+few instances; without these every one of them scanned all instances of the zone on the
+reactor thread. They change with the read model (never before a commit is durable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from attrs import frozen
+
+from nanocore.model import Instance
+
+_NONE: Mapping[str, Instance] = MappingProxyType({})
+
+
+@frozen
+class CellLoad:
+    """What Core's records place on one Cell: instance count and the sums of their sizes."""
+
+    instances: int = 0
+    cores: int = 0
+    memory: int = 0
+    disk: int = 0
+
+
+_NO_LOAD = CellLoad()
+
+
+class InstanceIndex:
+    """Kept by :class:`~nanocore.store.readmodel.ReadModel`; read it through the read model."""
+
+    def __init__(self, instances: Iterable[Instance] = ()) -> None:
+        self._by_pool: dict[str, dict[str, Instance]] = {}
+        self._by_cell: dict[str, dict[str, Instance]] = {}
+        self._names: dict[tuple[str, str, str], str] = {}
+        self._loads: dict[str, CellLoad] = {}
+        for instance in instances:
+            self.added(instance)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def in_pool(self, pool: str) -> Mapping[str, Instance]:
+        found = self._by_pool.get(pool)
+        return _NONE if found is None else MappingProxyType(found)
+
+    def on_cell(self, cell: str) -> Mapping[str, Instance]:
+        found = self._by_cell.get(cell)
+        return _NONE if found is None else MappingProxyType(found)
+
+    def named(self, pool: str, group: str, name: str) -> str | None:
+        """The id of the instance called ``<group>.<name>`` in ``pool``, if any."""
+        return self._names.get((pool, group, name))
+
+    def load(self, cell: str) -> CellLoad:
+        return self._loads.get(cell, _NO_LOAD)
+
+    # -- keeping -------------------------------------------------------------------------------
+
+    def replaced(self, old: Instance | None, new: Instance | None) -> None:
+        if old is not None:
+            self.removed(old)
+        if new is not None:
+            self.added(new)
+
+    def added(self, instance: Instance) -> None:
+        self._by_pool.setdefault(instance.pool, {})[instance.id] = instance
+        self._by_cell.setdefault(instance.cell, {})[instance.id] = instance
+        self._names[(instance.pool, instance.group, instance.name)] = instance.id
+        self._shift(instance, 1)
+
+    def removed(self, instance: Instance) -> None:
+        _discard(self._by_pool, instance.pool, instance.id)
+        _discard(self._by_cell, instance.cell, instance.id)
+        name = (instance.pool, instance.group, instance.name)
+        if self._names.get(name) == instance.id:
+            del self._names[name]
+        self._shift(instance, -1)
+
+    def _shift(self, instance: Instance, sign: int) -> None:
+        load = self._loads.get(instance.cell, _NO_LOAD)
+        changed = CellLoad(
+            load.instances + sign,
+            load.cores + sign * instance.cores,
+            load.memory + sign * instance.memory,
+            load.disk + sign * instance.total_disk,
+        )
+        if changed.instances:
+            self._loads[instance.cell] = changed
+        else:
+            self._loads.pop(instance.cell, None)
+
+
+def _discard(index: dict[str, dict[str, Instance]], group: str, key: str) -> None:
+    members = index.get(group)
+    if members is not None:
+        members.pop(key, None)
+        if not members:
+            del index[group]
