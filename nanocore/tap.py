@@ -15,6 +15,7 @@ from typing import Any, cast
 from attrs import frozen
 from twisted.application.internet import MulticastServer
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
@@ -42,6 +43,7 @@ from nanocore.images.transfers import Transfers
 from nanocore.layout import Layout, LayoutOptions
 from nanocore.openfiles import connection_share, raise_open_file_limit
 from nanocore.operations.core import Operations
+from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import (
     CertificateAuthority,
     IssuedCertificate,
@@ -172,6 +174,15 @@ def discovery_server(
     )
 
 
+def site_address(images: ImageSiteService) -> ImageSiteAddress | None:
+    """Where Cells fetch images: the site's address once it listens, else None."""
+    if images.port is None:
+        return None
+    host = images.port.getHost()
+    assert isinstance(host, IPv4Address)
+    return ImageSiteAddress(host.host, host.port)
+
+
 def build_service(
     layout: Layout,
     config: CoreConfig,
@@ -210,7 +221,13 @@ def build_service(
 
     def open_operations(opened: Any) -> Operations:
         folders.prepare()
-        return Operations(opened, reactor, cells=registry, image_files=folders)
+        return Operations(
+            opened,
+            reactor,
+            cells=registry,
+            image_files=folders,
+            image_site=lambda: site_address(images),
+        )
 
     operations = store.opened.then(open_operations)
     fronts: list[StreamFront] = []

@@ -25,6 +25,7 @@ from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import CellLinkFactory
 from nanocore.services.gate import STARTING, StartingGate
+from nanocore.services.images import ImageSiteService
 from nanocore.services.link import (
     LINK_PORTS,
     CellLinkService,
@@ -37,7 +38,7 @@ from nanocore.services.order import InOrder, OneShot
 from nanocore.services.store import StoreService
 from nanocore.store import Put, Store, StoreClosed, UnitOfWork
 from nanocore.store.schema import DB_NAME
-from nanocore.tap import load_checked_config
+from nanocore.tap import load_checked_config, site_address
 from tests.corefixtures import RunningCore, write_config
 
 reactor: Any = global_reactor
@@ -476,6 +477,16 @@ class CoreTests(RunningCore, TestCase):
         self.assertEqual((entry.protocol, entry.address), ("tls", "127.0.0.1"))
         pools = await self.api(tree, "GET", "/compute_pools/")
         self.assertEqual([pool["name"] for pool in pools], ["default"])
+
+    async def test_guests_are_told_the_image_site_the_tree_listens_on(self) -> None:
+        before = self.tree().getServiceNamed("images")
+        assert isinstance(before, ImageSiteService)
+        self.assertIsNone(site_address(before))
+        images = (await self.start()).getServiceNamed("images")
+        assert isinstance(images, ImageSiteService)
+        address = site_address(images)
+        assert address is not None and images.port is not None
+        self.assertEqual((address.host, address.port), ("127.0.0.1", images.port.getHost().port))
 
     async def test_a_linked_cell_joins_a_pool_and_stays_there_across_a_restart(self) -> None:
         tree = await self.start()
