@@ -30,6 +30,8 @@ setup(
         "Werkzeug>=3.0",
         # The HTTP client of `nanocore call`.
         "treq>=24.9",
+        # Streaming multipart/form-data parser of image uploads (defnull/multipart).
+        "multipart>=1.2",
     ],
     extras_require={
         "test": ["hypothesis>=6.100", "coverage>=7.10.4"],

@@ -21,6 +21,7 @@ from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.python import usage
 from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
+from nanocore import gojson
 from nanocore.api.client import Signer
 from nanocore.config import API_FILE, DOMAIN_FILE, ConfigError, load_api, load_domain
 from nanocore.console import Console
@@ -117,8 +118,8 @@ def prepare(options: CallOptions, stdin: IO[bytes]) -> Call:
     body = stdin.read() if text == "-" else (text or "").encode("utf-8")
     if body:
         try:
-            json.loads(body)
-        except ValueError as error:
+            gojson.loads(body)
+        except gojson.JSONError as error:
             raise CallRefused(f"the body is not JSON: {error}") from None
     port = api.port
     if port == 0:
@@ -172,8 +173,8 @@ def show(console: Console, answer: Answer) -> int:
         )
         return EXIT_NO_ANSWER
     try:
-        document = json.loads(answer.content)
-    except ValueError:
+        document = gojson.loads(answer.content)
+    except gojson.JSONError:
         console.say(answer.content.decode("utf-8", errors="replace"))
         console.complain(f"nanocore call: HTTP {answer.status}: the answer is not JSON")
         return EXIT_NO_ANSWER

@@ -50,6 +50,11 @@ DEFAULT_GROUP_ADDRESS = "224.0.0.226"
 DEFAULT_GROUP_PORT = 5599
 DEFAULT_TIMEOUT = 10
 DEFAULT_API_PORT = 5850
+#: The plaintext KCP link for stock Cells is on unless switched off, so that an existing
+#: cluster's Cells link to nanocore as they did to the original.
+DEFAULT_KCP_LINK = True
+#: Largest image upload nanocore takes unless image.cfg says otherwise: 1 TiB.
+DEFAULT_MAX_UPLOAD = 1 << 40
 
 #: Generated `listen_address`: safe on a fresh machine, reachable only from the host itself.
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1"
@@ -82,6 +87,8 @@ class DomainConfig:
     group_port: int = DEFAULT_GROUP_PORT
     #: Seconds every request to a Cell may take (the original's "operate timeout").
     timeout: int = DEFAULT_TIMEOUT
+    #: Whether Core serves stock Cells on the plaintext KCP link (new in nanocore).
+    kcp_link: bool = DEFAULT_KCP_LINK
 
 
 @frozen
@@ -113,6 +120,8 @@ class ImageConfig:
 
     cert_file: str
     key_file: str
+    #: Largest image upload in bytes (new in nanocore; the original had no limit).
+    max_upload: int = DEFAULT_MAX_UPLOAD
 
 
 @frozen(kw_only=True)
@@ -275,6 +284,12 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int
     return check
 
 
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
 def _ipv4(value: object) -> ipaddress.IPv4Address:
     if not isinstance(value, str):
         raise _Invalid("an IPv4 address string")
@@ -316,6 +331,7 @@ def load_domain(path: Path) -> DomainConfig:
         group_port=section.read("group_port", _port, DEFAULT_GROUP_PORT),
         listen_address=section.read("listen_address", _listen_address),
         timeout=section.read("timeout", _timeout, DEFAULT_TIMEOUT),
+        kcp_link=section.read("kcp_link", _boolean, DEFAULT_KCP_LINK),
     )
     section.warn_unknown()
     return config
@@ -370,6 +386,7 @@ def load_image(path: Path) -> ImageConfig:
     config = ImageConfig(
         cert_file=section.read("cert_file", _non_empty_string),
         key_file=section.read("key_file", _non_empty_string),
+        max_upload=section.read("max_upload", _integer(1), DEFAULT_MAX_UPLOAD),
     )
     section.warn_unknown()
     return config
@@ -396,6 +413,7 @@ def default_documents(cert_dir: Path) -> dict[str, dict[str, Any]]:
             "group_port": DEFAULT_GROUP_PORT,
             "listen_address": DEFAULT_LISTEN_ADDRESS,
             "timeout": DEFAULT_TIMEOUT,
+            "kcp_link": DEFAULT_KCP_LINK,
         },
         API_FILE: {
             "port": DEFAULT_API_PORT,

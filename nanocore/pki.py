@@ -400,6 +400,23 @@ def server_tls_options(
     return own.options()
 
 
+def requesting_tls_options(
+    ca: CertificateAuthority, issued: IssuedCertificate
+) -> ssl.CertificateOptions:
+    """TLS 1.2+ options for a server that asks for a client certificate without requiring
+    one (the image site: Cells present theirs, API clients sign instead). A certificate that
+    is presented must verify against C{ca}, or the handshake fails."""
+    own = issued.to_twisted()
+    return ssl.CertificateOptions(
+        privateKey=own.privateKey.original,
+        certificate=own.original,
+        verify=True,
+        caCerts=[ca.trust_root().original],
+        requireCertificate=False,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
 def client_tls_options(
     ca: CertificateAuthority,
     hostname_or_ip: str,

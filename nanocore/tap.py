@@ -7,29 +7,43 @@ module composes; every behaviour lives in the services it composes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from twisted.application.internet import MulticastServer
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
 from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
+from nanocore.api import envelope
 from nanocore.api.app import api_site_for, build_api_resource
+from nanocore.api.auth import Verifier
+from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
+from nanocore.api.streams import StreamFront, stream_signature
 from nanocore.cluster.cells import CellRegistry
-from nanocore.cluster.discovery import DiscoveryListener
+from nanocore.cluster.discovery import DiscoveryListener, ServiceEntry
+from nanocore.cluster.kcp.link import cell_link_endpoint
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import CellLinkFactory
-from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
+from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
+from nanocore.config import ConfigError, CoreConfig, DomainConfig, ensure_config, load_config
+from nanocore.images.files import ImageFolders, thread_offload
+from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
+from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
+from nanocore.images.transfers import Transfers
 from nanocore.layout import Layout, LayoutOptions
+from nanocore.openfiles import connection_share, raise_open_file_limit
 from nanocore.operations.core import Operations
-from nanocore.operations.imagesite import configured_image_site
+from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import (
     CertificateAuthority,
     IssuedCertificate,
@@ -37,20 +51,41 @@ from nanocore.pki import (
     ensure_server_certificate,
     load_or_create_ca,
     peer_cell_name,
+    requesting_tls_options,
     server_tls_options,
 )
+from nanocore.ratelog import RateLimitedLog
 from nanocore.services.gate import StartingGate
-from nanocore.services.link import LINK_PORTS, CellLinkService, core_name
+from nanocore.services.images import ImageSiteService
+from nanocore.services.link import (
+    LINK_PORTS,
+    CellLinkService,
+    advertised_together,
+    core_name,
+    holding,
+)
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
+from nanocore.tlsserver import tls_server_factory
 
 log = Logger()
 
-#: The protocol discovery echoes for the Cell link this Core serves.
+#: The protocols discovery echoes for the Cell links this Core serves.
 LINK_PROTOCOL = "tls"
+KCP_PROTOCOL = "kcp"
+#: What the KCP link's start says it exposes, and how to switch it off.
+KCP_WARNING = (
+    "plaintext, as in Nano: nothing on this link is encrypted and a Cell's name is the one it"
+    " claims, so anyone who can reach this port can read Cell traffic and join as a Cell"
+    ' (under any name not linked now); set "kcp_link": false in domain.cfg to switch it off'
+    " (stock Nano Cells then cannot link; nanocore's own Cells use the TLS link)"
+)
 #: Pending Cell link connections the kernel may queue (a cluster restarting reconnects at once).
 LINK_BACKLOG = 1024
+#: Pending API (and image site) connections the kernel may queue (Twisted's 50 stalled bursts of
+#: connects for 1 s).
+API_BACKLOG = 1024
 
 
 class Options(LayoutOptions):
@@ -114,73 +149,182 @@ def stop_on_failure(reactor: Any) -> Callable[[Failure], None]:
     return failed
 
 
+def discovery_server(
+    reactor: Any, domain: DomainConfig, services: Callable[[], Sequence[ServiceEntry]]
+) -> MulticastServer:
+    """Core's discovery listener on `domain`'s group, echoing `services` (its `args[1]`).
+
+    Bound to the group address, so only datagrams for the group arrive; the listener joins the
+    group on the `listen_address` interface and echoes on it only.
+    """
+    listener = DiscoveryListener(
+        clock=reactor,
+        domain=domain.domain,
+        group_address=domain.group_address,
+        group_port=domain.group_port,
+        listen_address=domain.listen_address,
+        services=services,
+    )
+    return MulticastServer(
+        domain.group_port,
+        listener,
+        interface=domain.group_address,
+        listenMultiple=True,
+        reactor=reactor,
+    )
+
+
+def site_address(images: ImageSiteService) -> ImageSiteAddress | None:
+    """Where Cells fetch images: the site's address once it listens, else None."""
+    if images.port is None:
+        return None
+    host = images.port.getHost()
+    assert isinstance(host, IPv4Address)
+    return ImageSiteAddress(host.host, host.port)
+
+
 def build_service(
-    layout: Layout, config: CoreConfig, certificates: Certificates, reactor: Any
+    layout: Layout,
+    config: CoreConfig,
+    certificates: Certificates,
+    reactor: Any,
+    *,
+    open_files: int | None = None,
 ) -> MultiService:
     """The service tree of a Core; its children start in order and stop in reverse.
 
     The store opens first (in its thread); the operations over it are built once it is open,
-    and the Cell link listens and the API serves from then on. The API port is bound at start,
-    answering 503 until then. Stopping silences the API and discovery, closes every Cell link,
-    and closes the store last, once the commits already queued are on disk.
+    and the Cell links (KCP for stock Cells, unless `kcp_link` is off, and TLS) listen and the
+    API serves from then on. The API port is bound at start, answering 503 until then.
+    Stopping silences the API and discovery, closes every Cell link on both wires, and closes
+    the store last, once the commits already queued are on disk. ``open_files`` (the
+    process's limit) cuts what unauthenticated peers may hold to a share of it.
     """
     domain = config.domain
+    share = connection_share(open_files) if open_files is not None else None
+    api_connections = min(DEFAULT_MAX_CONNECTIONS, share or DEFAULT_MAX_CONNECTIONS)
+    link_handshaking = min(MAX_TLS_HANDSHAKING, share or MAX_TLS_HANDSHAKING)
+    image_connections = min(IMAGE_CONNECTIONS, share or IMAGE_CONNECTIONS)
     stop = stop_on_failure(reactor)
 
     # The shared objects of a running Core.
     transactions = Transactions(reactor, float(domain.timeout))
     registry = CellRegistry(reactor, transactions)
     store = StoreService(layout.data_dir, reactor, on_failure=stop)
-    # Cells fetch images from the image site (issue #12); until it reports the port it bound,
-    # guest operations hand on the address it will take.
-    image_site = configured_image_site(domain.listen_address)
-    operations = store.opened.then(
-        lambda opened: Operations(opened, reactor, cells=registry, image_site=image_site)
-    )
+    folders = ImageFolders(layout.data_dir, thread_offload(reactor))
+    # One verifier for the API and the image site: a signature used on one is a replay on both.
+    verifier = Verifier(config.api.credential_keys(), reactor)
 
-    def api_resource(ops: Operations) -> IResource:
-        return build_api_resource(ops, config.api.credential_keys(), reactor)
+    # What anyone can make the API log (refused signatures and connections, idle clients),
+    # rate-limited in one place, and flushed when the API stops listening.
+    api_noise = RateLimitedLog(Logger(namespace="nanocore.api"), reactor)
+
+    def open_operations(opened: Any) -> Operations:
+        folders.prepare()
+        return Operations(
+            opened,
+            reactor,
+            cells=registry,
+            image_files=folders,
+            image_site=lambda: site_address(images),
+        )
+
+    operations = store.opened.then(open_operations)
+    fronts: list[StreamFront] = []
+
+    def api_resource(ops: Operations) -> StreamFront:
+        transfers = Transfers(ops.images, folders, envelope, max_upload=config.image.max_upload)
+        resource = build_api_resource(
+            ops, config.api.credential_keys(), reactor, verifier=verifier, noise=api_noise
+        )
+        fronts.append(StreamFront(resource, transfers, verifier))
+        return fronts[0]
 
     api = operations.then(api_resource)
+    image_site = api.then(
+        lambda front: ImageSite(
+            ImageSiteResource(front.transfers, stream_signature(verifier)),
+            max_connections=image_connections,
+        )
+    )
+    image_tls = requesting_tls_options(certificates.ca, certificates.image)
+    images = ImageSiteService(
+        ports=IMAGE_PORTS,
+        listen=lambda number, served: reactor.listenTCP(
+            number,
+            tls_server_factory(image_tls, served),
+            backlog=API_BACKLOG,
+            interface=domain.listen_address,
+        ),
+        address=domain.listen_address,
+        after=image_site.wait,
+        on_failure=stop,
+    )
 
-    links = CellLinkFactory(registry, reactor, core_name(), peer_cell_name)
+    name = core_name()
+    links = CellLinkFactory(
+        registry, reactor, name, peer_cell_name, max_handshaking=link_handshaking
+    )
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
+    link_factory = tls_server_factory(tls, links)
+
+    def listen_tls(number: int) -> IListeningPort:
+        return reactor.listenTCP(
+            number, link_factory, backlog=LINK_BACKLOG, interface=domain.listen_address
+        )
+
+    def listen_udp(protocol: DatagramProtocol) -> Callable[[int], IListeningPort]:
+        return lambda number: reactor.listenUDP(number, protocol, interface=domain.listen_address)
+
+    # Stock Cells over KCP, into the same registry: one Cell is one Cell on either wire.
+    kcp_links: list[tuple[str, CellLinkService]] = []
+    if domain.kcp_link:
+        endpoint = cell_link_endpoint(registry, reactor, name, registry.link)
+        kcp = CellLinkService(
+            ports=LINK_PORTS,
+            listen=listen_udp(endpoint),
+            links=endpoint,
+            protocol=KCP_PROTOCOL,
+            address=domain.listen_address,
+            after=operations.wait,
+            on_failure=stop,
+            warning=KCP_WARNING,
+        )
+        kcp_links.append(("kcp-link", kcp))
     link = CellLinkService(
         ports=LINK_PORTS,
-        listen=lambda number: reactor.listenSSL(
-            number, links, tls, backlog=LINK_BACKLOG, interface=domain.listen_address
-        ),
+        # Without the KCP link, the TLS link's number is held on UDP too: stock Cells dial
+        # whatever port discovery names over UDP, and must not reach another Cell there.
+        listen=listen_tls if kcp_links else holding(listen_tls, listen_udp(DatagramProtocol())),
         links=links,
         protocol=LINK_PROTOCOL,
         address=domain.listen_address,
         after=operations.wait,
         on_failure=stop,
     )
-    # Bound to the group address, so only datagrams for the group arrive; the listener joins
-    # the group on the `listen_address` interface and echoes what the link advertises.
-    discovery = MulticastServer(
-        domain.group_port,
-        DiscoveryListener(
-            clock=reactor,
-            domain=domain.domain,
-            group_address=domain.group_address,
-            group_port=domain.group_port,
-            listen_address=domain.listen_address,
-            service=link.advertised,
-        ),
-        interface=domain.group_address,
-        listenMultiple=True,
-        reactor=reactor,
+    # The KCP link first: a stock Cell dials the first entry.
+    discovery = discovery_server(
+        reactor, domain, advertised_together(*(each for _, each in kcp_links), link)
     )
-    site = api_site_for(StartingGate(api.wait, on_failure=stop))
+    gate = StartingGate(cast(Callable[[], Deferred[IResource]], api.wait), on_failure=stop)
+    site = api_site_for(
+        gate,
+        max_connections=api_connections,
+        noise=api_noise,
+        upload_routes=lambda: fronts[0] if fronts else None,
+    )
     api_server = ListeningService(
-        lambda: reactor.listenTCP(config.api.port, site, interface=domain.listen_address)
+        lambda: reactor.listenTCP(
+            config.api.port, site, backlog=API_BACKLOG, interface=domain.listen_address
+        )
     )
 
     tree = InOrder()
     children: list[tuple[str, IService]] = [
         ("store", store),
+        *kcp_links,
         ("cell-link", link),
+        ("images", images),
         ("discovery", discovery),
         ("api", api_server),
         ("api-port", PortFile(layout.api_port_file, api_server)),
@@ -208,10 +352,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         certificates = prepare_certificates(layout, config)
     except (PKIError, OSError) as error:
         raise SystemExit(f"nanocore: certificate error: {error}") from None
+    open_files = raise_open_file_limit()
     domain = config.domain
     log.info(
         "nanocore {version} (compatible with Nano Core {compatible}): API on {address}:{port},"
-        " discovery of domain {domain!r} on {group}:{group_port}",
+        " discovery of domain {domain!r} on {group}:{group_port}; open-file limit {open_files}",
         version=__version__,
         compatible=COMPATIBLE_CORE_VERSION,
         address=domain.listen_address,
@@ -219,5 +364,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         domain=domain.domain,
         group=domain.group_address,
         group_port=domain.group_port,
+        open_files=open_files,
     )
-    return build_service(layout, config, certificates, reactor)
+    return build_service(layout, config, certificates, reactor, open_files=open_files)

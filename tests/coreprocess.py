@@ -25,7 +25,7 @@ from nanocore.api.client import Signer
 from nanocore.cli import child_environment
 from nanocore.layout import Layout
 from nanocore.services.listen import read_port
-from tests.test_service import CREDENTIAL, write_config
+from tests.corefixtures import CREDENTIAL, write_config
 
 reactor: Any = global_reactor
 

@@ -24,7 +24,7 @@ from nanocore.cluster.cells import CellObserver, CellStatus
 from nanocore.cluster.message import Message, ParamKey
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY
-from nanocore.operations.imagesite import ImageSite
+from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import CertificateAuthority, create_ca
 from nanocore.store import Store, UnitOfWork
 from nanocore.testing.cluster import InProcessCluster
@@ -36,7 +36,7 @@ NOW = 1_714_529_472.0
 #: Core's Cell timeout in these tests: short, so that Core's link keepalives (3 s) and loss
 #: detection (9 s) on the same clock are not reached when a test lets a request time out.
 TIMEOUT = 2.0
-SITE = ImageSite("127.0.0.1", 5801)
+SITE = ImageSiteAddress("127.0.0.1", 5801)
 
 
 @functools.cache

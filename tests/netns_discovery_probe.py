@@ -1,8 +1,8 @@
 """Run inside a throw-away network namespace by tests/test_discovery_netns.py.
 
-Starts the real DiscoveryService on 127.0.0.1, queries it with the real pinger over real
-multicast on ``lo``, and prints one JSON line: the echo it got, and whether a ping for another
-domain went unanswered. Exits non-zero on any failure.
+Starts Core's discovery listener on 127.0.0.1 as ``tap`` serves it, queries it with the real
+pinger over real multicast on ``lo``, and prints one JSON line: the echo it got, and whether a
+ping for another domain went unanswered. Exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import Any
 from twisted.internet import defer, task
 
 from nanocore.cluster.discovery import (
-    DiscoveryService,
+    DiscoveryListener,
     DiscoveryTimeout,
     ServiceEntry,
     core_service,
     find_core,
 )
+from nanocore.config import DomainConfig
+from nanocore.tap import discovery_server
 
 GROUP = "224.0.0.226"
 PORT = 5599
@@ -26,15 +28,9 @@ LOOPBACK = "127.0.0.1"
 
 
 async def probe(reactor: Any) -> dict[str, Any]:
-    service = DiscoveryService(
-        reactor,
-        reactor,
-        domain="nano",
-        group_address=GROUP,
-        group_port=PORT,
-        listen_address=LOOPBACK,
-        service=ServiceEntry(type="core", protocol="tls", address=LOOPBACK, port=5600),
-    )
+    entry = ServiceEntry(type="core", protocol="tls", address=LOOPBACK, port=5600)
+    service = discovery_server(reactor, DomainConfig(listen_address=LOOPBACK), lambda: (entry,))
+    listener: DiscoveryListener = service.args[1]
     service.startService()
     try:
         echo = await find_core(
@@ -56,7 +52,7 @@ async def probe(reactor: Any) -> dict[str, Any]:
         "id": echo.id,
         "requestor": echo.requestor,
         "core": None if core is None else [core.type, core.protocol, core.address, core.port],
-        "echoes_sent": service.protocol.echoes_sent,
+        "echoes_sent": listener.echoes_sent,
         "other_domain": other_domain,
     }
 

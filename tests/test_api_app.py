@@ -418,12 +418,30 @@ class SignatureThroughTheAppTests(AppTestsMixin, SynchronousTestCase):
         self.assertEqual(answer.error, "signature corrupted")
         self.assertEqual(self.handlers.calls, [])
         texts = [formatEvent(event) for event in events]
-        self.assertIn("refused POST /api/v1/things/a: signature corrupted", texts)
+        self.assertIn("refused POST /api/v1/things/a from 127.0.0.1: signature corrupted", texts)
         for key in (TEST_CREDENTIALS["tester"], "not-the-right-key"):
             logged = [t + repr(e) for t, e in zip(texts, events, strict=True)]
             self.assertFalse(any(key in text for text in logged))
 
-    def test_replayed_write_is_refused_and_changes_nothing(self) -> None:
+    def test_a_flood_of_refusals_from_one_source_logs_one_line_and_the_count(self) -> None:
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        wrong = APIClient(self.resource, self.clock, {"tester": "not-the-right-key"})
+        for _ in range(1_000):
+            self.assertEqual(result_of(wrong.get("/things/")).error, "signature corrupted")
+        self.clock.advance(60)
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            [
+                "refused GET /api/v1/things/ from 127.0.0.1: signature corrupted",
+                "999 more refused signatures from 127.0.0.1 in the last 60 s"
+                " (one line per source every 60 s)",
+            ],
+        )
+
+    def test_a_write_repeated_later_is_refused_and_changes_nothing(self) -> None:
         signer = Signer(*next(iter(TEST_CREDENTIALS.items())))
         url = "http://127.0.0.1:5850/api/v1/things/a"
         body = b'{"name": "x"}'
@@ -432,8 +450,10 @@ class SignatureThroughTheAppTests(AppTestsMixin, SynchronousTestCase):
             self.client._send("POST", url, body, headers)
         )
         self.assertEqual(send().data["body"]["name"], "x")
+        self.assertEqual(send().data["body"]["name"], "x")  # the client's own repeat
+        self.clock.advance(3)
         self.assertEqual(send().error, "replayed request: this signature was already used")
-        self.assertEqual(len(self.handlers.calls), 1)
+        self.assertEqual(len(self.handlers.calls), 2)
 
     def test_stale_date_is_refused(self) -> None:
         signer = Signer(*next(iter(TEST_CREDENTIALS.items())))

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore.api.auth import (
+    REPEAT_MARGIN,
     AuthError,
     RequestParts,
     Variant,
@@ -170,6 +171,12 @@ class FreshnessTests(SynchronousTestCase):
     def signed(self, parts: RequestParts) -> RequestParts:
         return with_authorization(parts, sign("dummyID", KEY, parts, SCOPE, WITH_BODY))
 
+    def signed_without_body(self, method: str) -> RequestParts:
+        """A request as the portal signs one without a body: the same for every method."""
+        parts = vector_b()
+        parts = RequestParts(method, parts.path, parts.query, parts.headers, b"")
+        return with_authorization(parts, sign("dummyID", KEY, parts, SCOPE, WITHOUT_BODY))
+
     def refusal(self, verifier: Verifier, parts: RequestParts) -> str:
         with self.assertRaises(AuthError) as caught:
             verifier.verify(parts)
@@ -219,26 +226,81 @@ class FreshnessTests(SynchronousTestCase):
             f"request scope mismatch: 20240502/default/nano_request => {SCOPE}",
         )
 
-    def test_replayed_mutation_is_refused(self) -> None:
-        verifier, _ = verifier_at(SIGNED_AT)
-        parts = self.signed(vector_a())
+    def assert_repeats_until(
+        self, arrival: float, parts: RequestParts, window: float, later: RequestParts | None = None
+    ) -> None:
+        """First copy of ``parts`` at ``arrival``; a repeat (``later``, else the same) passes
+        just inside ``window`` seconds after it and is refused as a replay just outside."""
+        verifier, clock = verifier_at(arrival)
         verifier.verify(parts)
+        clock.advance(window - 0.01)
+        verifier.verify(later or parts)
+        clock.advance(0.02)
         self.assertEqual(
-            self.refusal(verifier, parts), "replayed request: this signature was already used"
+            self.refusal(verifier, later or parts),
+            "replayed request: this signature was already used",
         )
 
-    def test_repeated_read_is_allowed(self) -> None:
+    def test_an_identical_write_is_accepted_within_its_second_and_refused_later(self) -> None:
+        # A double click, a retry: the client's own repeat, within the second and the margin.
+        self.assert_repeats_until(SIGNED_AT, self.signed(vector_a()), 1 + REPEAT_MARGIN)
+
+    def test_the_repeat_window_moves_with_the_lateness_of_the_first_copy(self) -> None:
+        # The first copy arrives 100 s after its date (a client clock behind ours).
+        self.assert_repeats_until(SIGNED_AT + 100, self.signed(vector_a()), 1 + REPEAT_MARGIN)
+
+    def test_a_client_clock_ahead_of_ours_gets_the_same_window(self) -> None:
+        self.assert_repeats_until(SIGNED_AT - 120, self.signed(vector_a()), 1 + REPEAT_MARGIN)
+
+    def test_a_fractional_date_leaves_the_rest_of_its_second(self) -> None:
+        headers = dict(vector_a().headers, **{"nano-date": "2024-05-01T10:11:12.75+08:00"})
+        parts = self.signed(RequestParts("POST", "/api/v1/guests/", "", headers, b"{}"))
+        self.assert_repeats_until(SIGNED_AT + 0.75, parts, 0.25 + REPEAT_MARGIN)
+
+    def test_a_signature_of_another_method_counts_as_a_repeat(self) -> None:
+        # The signature does not cover the method: POST then DELETE of one path with empty
+        # bodies carry one signature. Within the second both pass; later neither does.
+        post = self.signed_without_body("POST")
+        delete = RequestParts("DELETE", post.path, post.query, post.headers, b"")
+        self.assert_repeats_until(SIGNED_AT, post, 1 + REPEAT_MARGIN, later=delete)
+
+    def test_a_read_signature_is_never_let_through_later_as_a_write(self) -> None:
+        verifier, clock = verifier_at(SIGNED_AT)
+        get = self.signed_without_body("GET")
+        delete = RequestParts("DELETE", get.path, get.query, get.headers, b"")
+        verifier.verify(get)
+        clock.advance(3)
+        verifier.verify(get)  # reads may repeat while their date is fresh
+        self.assertIn("replayed request", self.refusal(verifier, delete))
+
+    def test_a_read_then_a_write_within_the_second_both_pass(self) -> None:
+        verifier, clock = verifier_at(SIGNED_AT)
+        get = self.signed_without_body("GET")
+        verifier.verify(get)
+        clock.advance(0.5)
+        verifier.verify(RequestParts("DELETE", get.path, get.query, get.headers, b""))
+
+    def test_reads_where_no_write_goes_are_not_remembered(self) -> None:
         verifier, _ = verifier_at(SIGNED_AT)
-        parts = vector_b()
-        signed = with_authorization(parts, sign("dummyID", KEY, parts, SCOPE, WITHOUT_BODY))
-        verifier.verify(signed)
-        verifier.verify(signed)
+        verifier.verify(self.signed_without_body("GET"), writable=False)
+        self.assertEqual(verifier.replay_entries(), 0)
+        verifier.verify(self.signed_without_body("GET"))
+        self.assertEqual(verifier.replay_entries(), 1)
+
+    def test_repeated_read_is_allowed(self) -> None:
+        verifier, clock = verifier_at(SIGNED_AT)
+        parts = self.signed_without_body("GET")
+        verifier.verify(parts)
+        clock.advance(200)
+        verifier.verify(parts)
 
     def test_replay_memory_expires_with_the_window(self) -> None:
         verifier, clock = verifier_at(SIGNED_AT - 299)
         verifier.verify(self.signed(vector_a()))
         self.assertEqual(verifier.replay_entries(), 1)
-        clock.advance(299 + 300 + 1)
+        clock.advance(299 + 300)
+        self.assertEqual(verifier.replay_entries(), 1)
+        clock.advance(1)
         self.assertEqual(verifier.replay_entries(), 0)
 
     def test_replay_memory_is_capped(self) -> None:
@@ -249,7 +311,7 @@ class FreshnessTests(SynchronousTestCase):
         other = RequestParts("POST", "/api/v1/other/", "", vector_a().headers, b"{}")
         self.assertEqual(
             self.refusal(verifier, self.signed(other)),
-            "too many signed writes within the replay window; retry later",
+            "too many signed requests within the replay window; retry later",
         )
         clock.advance(301)
         self.assertEqual(verifier.replay_entries(), 0)

@@ -133,6 +133,12 @@ class CallTests(TestCase):
         self.assertIn("the body is not JSON", err)
         self.assertEqual(sorted(self.store.view.compute_pools), ["default"])
 
+    async def test_a_deep_body_is_refused_before_it_is_sent(self) -> None:
+        deep = "[" * 100_000 + "]" * 100_000
+        code, out, err = await self.run_call("POST", "/compute_pools/p1", deep)
+        self.assertEqual((code, out), (call.EXIT_NO_ANSWER, ""))
+        self.assertIn("the body is not JSON: nested deeper than 64 levels", err)
+
     async def test_a_redirect_is_said_not_followed(self) -> None:
         code, _out, err = await self.run_call("GET", "/compute_pools")
         self.assertEqual(code, call.EXIT_NO_ANSWER)
@@ -160,6 +166,11 @@ class ShowTests(SynchronousTestCase):
         code, out, err = self.shown(405, b"Method Not Allowed")
         self.assertEqual((code, out), (call.EXIT_NO_ANSWER, "Method Not Allowed\n"))
         self.assertIn("HTTP 405: the answer is not JSON", err)
+
+    def test_a_deep_answer_is_not_json_rather_than_a_traceback(self) -> None:
+        code, _out, err = self.shown(200, b"[" * 100_000 + b"]" * 100_000)
+        self.assertEqual(code, call.EXIT_NO_ANSWER)
+        self.assertIn("HTTP 200: the answer is not JSON", err)
 
     def test_json_that_is_no_envelope_follows_the_http_status(self) -> None:
         self.assertEqual(self.shown(200, b"[1]")[0], call.EXIT_OK)

@@ -236,13 +236,21 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(second.seen, [("available", "Cell_a", "127.0.0.2")])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
-    def test_close_all(self) -> None:
-        _, first = self.connect("Cell_a")
-        _, second = self.connect("Cell_b")
-        self.registry.close_all()
+    def test_close_all_says_goodbye_refuses_newcomers_and_waits(self) -> None:
+        """What a stopping Core's TLS link does: a goodbye to every Cell, no new link while
+        it closes, and done once every connection is gone."""
+        first_protocol, first = self.connect("Cell_a")
+        second_protocol, second = self.connect("Cell_b")
+        closing = self.factory.close_all()
         self.assertTrue(first.disconnecting and second.disconnecting)
         self.assertEqual(last_sent(first).id, MessageID.ConnectionClosedEvent)
         self.assertIs(self.registry.state("Cell_b"), CellLiveness.DISCONNECTED)
+        self.assertIsNone(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 5000)))
+        self.assertNoResult(closing)
+        first_protocol.connectionLost(None)
+        second_protocol.connectionLost(None)
+        self.successResultOf(closing)
+        self.assertIsNotNone(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.3", 5000)))
 
     def test_pending_request_fails_when_link_drops(self) -> None:
         protocol, _ = self.connect("Cell_a")

@@ -1,6 +1,8 @@
-"""A hundred FakeCells over real loopback TLS: connect, report, get noticed when one dies.
+"""A hundred FakeCells over real loopback links: connect, report, get noticed when one dies.
 
-Also the TLS edge: a client without a certificate from the cluster CA never becomes a Cell.
+Every fabric test runs on both of Core's wires (TLS, and KCP as stock Cells link): the cases
+are written once, in a mixin, and each wire is a subclass. Also the TLS edge: a client without
+a certificate from the cluster CA never becomes a Cell.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from nanocore.pki import (
     write_pair,
 )
 from nanocore.testing import simtap
-from nanocore.testing.cluster import InProcessCluster
+from nanocore.testing.cluster import InProcessCluster, Wire
 from nanocore.testing.fakecell import FakeCell, create_guest_request
 from nanocore.testing.guests import GuestState
 from tests import test_discovery_netns
@@ -48,10 +50,21 @@ def cluster_ca() -> CertificateAuthority:
     return create_ca()
 
 
-class InProcessClusterTests(TestCase):
+class ClusterCase(TestCase):
+    """A test case on an in-process cluster of ``wire``; subclasses pick the wire."""
+
+    wire: Wire = "tls"
+
+    def cluster_of(self, **options: Any) -> InProcessCluster:
+        return InProcessCluster(reactor, cluster_ca(), wire=self.wire, **options)
+
+
+class FabricCases:
+    """What every wire must do; a subclass per wire (with ``ClusterCase``) runs them."""
+
     def setUp(self) -> Deferred[None]:
         self.ca = cluster_ca()
-        self.cluster = InProcessCluster(reactor, self.ca, timeout=5.0)
+        self.cluster = self.cluster_of(timeout=5.0)
         self.addCleanup(lambda: ensureDeferred(self.cluster.stop()))
         return ensureDeferred(self.cluster.listen())
 
@@ -65,22 +78,20 @@ class InProcessClusterTests(TestCase):
         self.assertEqual({registry.state(n) for n in names}, {CellLiveness.ALIVE})
         self.assertEqual({registry.address(n) for n in names}, {"127.0.0.1"})
 
-        # A request/reply round trip to one of them over its TLS link.
-        victim = sorted(names)[7]
+        # A request/reply round trip to one of them over its link.
+        leaving = sorted(names)[7]
         reply = await registry.request(
-            victim,
-            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: victim}),
+            leaving,
+            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: leaving}),
         )
         self.assertTrue(reply.success)
-        self.assertEqual(reply.sender, victim)
+        self.assertEqual(reply.sender, leaving)
 
-        # Kill one abruptly: Core notices, not gracefully, within the disconnect time.
-        noticed = self.cluster.waiter.until_disconnected(victim)
-        noticed.addTimeout(DISCONNECT_AFTER, reactor)
-        self.cluster.cells.pop(victim).kill()  # the connection drops with no goodbye
-        await self.cluster.services.pop(victim).stopService()
-        self.assertIs(await noticed, False)
-        self.assertIs(registry.state(victim), CellLiveness.DISCONNECTED)
+        # One leaves: Core notices, gracefully, and the others stay.
+        noticed = self.cluster.waiter.until_disconnected(leaving)
+        await self.cluster.remove_cell(leaving)
+        self.assertIs(await noticed.addTimeout(DISCONNECT_AFTER, reactor), True)
+        self.assertIs(registry.state(leaving), CellLiveness.DISCONNECTED)
         self.assertEqual(sum(registry.state(n) is CellLiveness.ALIVE for n in names), CELLS - 1)
 
     async def test_graceful_stop_is_seen_as_graceful(self) -> None:
@@ -89,38 +100,6 @@ class InProcessClusterTests(TestCase):
         noticed = self.cluster.waiter.until_disconnected("Cell_graceful")
         cell.close()
         self.assertIs(await noticed, True)
-
-    async def refused(self, tls: Any, name: str) -> None:
-        """Connect with ``tls``; the connection must close and no Cell must appear."""
-        cell = FakeCell(name, reactor)
-        host, port = self.cluster.address
-        endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, host, port))
-        protocol = await connectProtocol(endpoint, cell.protocol())
-        await protocol.when_closed().addTimeout(10, reactor)
-        self.assertIsNone(cell.link)
-        self.assertEqual(list(self.cluster.registry.names()), [])
-
-    async def test_client_without_certificate_refused(self) -> None:
-        await self.refused(client_tls_options(self.ca, "127.0.0.1"), "Cell_anonymous")
-
-    async def test_certificate_from_another_ca_refused(self) -> None:
-        stranger = create_ca()
-        tls = client_tls_options(
-            self.ca, "127.0.0.1", issue_cell_certificate(stranger, "Cell_stranger")
-        )
-        await self.refused(tls, "Cell_stranger")
-
-    async def test_server_certificate_is_not_a_cell(self) -> None:
-        """A CA-issued certificate that is not a Cell's (no cell unit) carries no name."""
-        tls = client_tls_options(
-            self.ca, "127.0.0.1", issue_server_certificate(self.ca, "127.0.0.1")
-        )
-        await self.refused(tls, "Cell_impostor")
-
-    async def test_name_comes_from_certificate(self) -> None:
-        """A valid certificate for one Cell cannot be used to claim another name."""
-        tls = client_tls_options(self.ca, "127.0.0.1", issue_cell_certificate(self.ca, "Cell_a"))
-        await self.refused(tls, "Cell_b")
 
     async def test_status_report_carries_capacity(self) -> None:
         cell = self.cluster.add_cell("Cell_big", usage=80.0)
@@ -149,40 +128,15 @@ class InProcessClusterTests(TestCase):
         )
         self.assertEqual(self.cluster.registry.state("Cell_busy"), CellLiveness.ALIVE)
 
-    async def test_bad_frames_close_only_that_link(self) -> None:
-        """An oversized and a malformed frame each drop their own link; Core serves the rest."""
-        healthy = self.cluster.add_cell("Cell_healthy")
-        await healthy.connected()
-        for name, garbage in (
-            ("Cell_oversized", b"\xff\xff\xff\xff"),
-            ("Cell_malformed", b"\x00\x00\x00\x05{nope"),
-        ):
-            bad = FakeCell(name, reactor)
-            host, port = self.cluster.address
-            tls = client_tls_options(self.ca, host, issue_cell_certificate(self.ca, name))
-            endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, host, port))
-            protocol = await connectProtocol(endpoint, bad.protocol())
-            await bad.connected()
-            noticed = self.cluster.waiter.until_disconnected(name)
-            assert protocol.transport is not None
-            protocol.transport.write(garbage)
-            self.assertIs(await noticed, False)
-            await protocol.when_closed()
-        reply = await self.cluster.registry.request(
-            "Cell_healthy",
-            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: "x"}),
-        )
-        self.assertTrue(reply.success)
-        self.assertIs(self.cluster.registry.state("Cell_healthy"), CellLiveness.ALIVE)
-
     async def test_simulator_service(self) -> None:
         """``twistd nanocell-sim`` composes Cells that link to Core and report."""
         cert_dir = Path(self.mktemp())
         write_pair(self.ca, cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE)
         host, port = self.cluster.address
         options = simtap.Options()
+        core = f"{host}:{port}"
         options.parseOptions(
-            ["--cert-dir", str(cert_dir), "--core", f"{host}:{port}", "--count", "5"]
+            ["--link", self.wire, "--cert-dir", str(cert_dir), "--core", core, "--count", "5"]
         )
         service = simtap.makeService(options, reactor)
         service.startService()
@@ -217,8 +171,89 @@ class InProcessClusterTests(TestCase):
         self.assertEqual(len(lookups), 2)  # Core is looked up again for the new connection
 
 
-class FrozenCellTests(TestCase):
-    """A Cell that stops talking but keeps its connection open (a hung host), over real TLS.
+class TLSFabricTests(FabricCases, ClusterCase):
+    wire = "tls"
+
+    async def test_a_killed_cell_is_noticed_at_once(self) -> None:
+        """Its TCP connection drops with no goodbye: not graceful, and known at once. (Over
+        KCP there is no connection: only silence tells, see the frozen Cell tests.)"""
+        for name in ("Cell_victim", "Cell_witness"):
+            self.cluster.add_cell(name)
+        await self.cluster.waiter.until_reported({"Cell_victim", "Cell_witness"})
+        noticed = self.cluster.waiter.until_disconnected("Cell_victim")
+        noticed.addTimeout(DISCONNECT_AFTER, reactor)
+        self.cluster.cells.pop("Cell_victim").kill()
+        await self.cluster.services.pop("Cell_victim").stopService()
+        self.assertIs(await noticed, False)
+        registry = self.cluster.registry
+        self.assertIs(registry.state("Cell_victim"), CellLiveness.DISCONNECTED)
+        self.assertIs(registry.state("Cell_witness"), CellLiveness.ALIVE)
+
+    async def refused(self, tls: Any, name: str) -> None:
+        """Connect with ``tls``; the connection must close and no Cell must appear."""
+        cell = FakeCell(name, reactor)
+        host, port = self.cluster.address
+        endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, host, port))
+        protocol = await connectProtocol(endpoint, cell.protocol())
+        await protocol.when_closed().addTimeout(10, reactor)
+        self.assertIsNone(cell.link)
+        self.assertEqual(list(self.cluster.registry.names()), [])
+
+    async def test_client_without_certificate_refused(self) -> None:
+        await self.refused(client_tls_options(self.ca, "127.0.0.1"), "Cell_anonymous")
+
+    async def test_certificate_from_another_ca_refused(self) -> None:
+        stranger = create_ca()
+        tls = client_tls_options(
+            self.ca, "127.0.0.1", issue_cell_certificate(stranger, "Cell_stranger")
+        )
+        await self.refused(tls, "Cell_stranger")
+
+    async def test_server_certificate_is_not_a_cell(self) -> None:
+        """A CA-issued certificate that is not a Cell's (no cell unit) carries no name."""
+        tls = client_tls_options(
+            self.ca, "127.0.0.1", issue_server_certificate(self.ca, "127.0.0.1")
+        )
+        await self.refused(tls, "Cell_impostor")
+
+    async def test_name_comes_from_certificate(self) -> None:
+        """A valid certificate for one Cell cannot be used to claim another name."""
+        tls = client_tls_options(self.ca, "127.0.0.1", issue_cell_certificate(self.ca, "Cell_a"))
+        await self.refused(tls, "Cell_b")
+
+    async def test_bad_frames_close_only_that_link(self) -> None:
+        """An oversized and a malformed frame each drop their own link; Core serves the rest."""
+        healthy = self.cluster.add_cell("Cell_healthy")
+        await healthy.connected()
+        for name, garbage in (
+            ("Cell_oversized", b"\xff\xff\xff\xff"),
+            ("Cell_malformed", b"\x00\x00\x00\x05{nope"),
+        ):
+            bad = FakeCell(name, reactor)
+            host, port = self.cluster.address
+            tls = client_tls_options(self.ca, host, issue_cell_certificate(self.ca, name))
+            endpoint = wrapClientTLS(tls, TCP4ClientEndpoint(reactor, host, port))
+            protocol = await connectProtocol(endpoint, bad.protocol())
+            await bad.connected()
+            noticed = self.cluster.waiter.until_disconnected(name)
+            assert protocol.transport is not None
+            protocol.transport.write(garbage)
+            self.assertIs(await noticed, False)
+            await protocol.when_closed()
+        reply = await self.cluster.registry.request(
+            "Cell_healthy",
+            Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: "x"}),
+        )
+        self.assertTrue(reply.success)
+        self.assertIs(self.cluster.registry.state("Cell_healthy"), CellLiveness.ALIVE)
+
+
+class KCPFabricTests(FabricCases, ClusterCase):
+    wire = "kcp"
+
+
+class FrozenCellCases:
+    """A Cell that stops talking but keeps its link open (a hung host), over each real wire.
 
     Core's timers run on a Clock so the 9 s and 15 s thresholds are checked exactly and quickly;
     the frozen Cell's own timers run on a Clock that never moves, so it sends nothing more.
@@ -226,7 +261,7 @@ class FrozenCellTests(TestCase):
 
     async def test_silent_cell_lost_then_disconnected(self) -> None:
         core_clock = Clock()
-        cluster = InProcessCluster(reactor, cluster_ca(), clock=core_clock)
+        cluster = self.cluster_of(clock=core_clock)
         await cluster.listen()
         self.addCleanup(lambda: ensureDeferred(cluster.stop()))
         cell = cluster.add_cell("Cell_frozen", clock=Clock())
@@ -243,15 +278,25 @@ class FrozenCellTests(TestCase):
         self.assertIs(self.successResultOf(noticed), False)
         self.assertIs(registry.state("Cell_frozen"), CellLiveness.DISCONNECTED)
         # Core said goodbye on the still-open connection; the Cell heard it.
-        assert cluster.factory is not None
-        await cluster.factory.when_all_closed()
+        owner = cluster.factory or cluster.endpoint
+        assert owner is not None
+        await owner.close_all()
         await cluster.remove_cell("Cell_frozen")
         self.assertIsNone(cell.link)
 
 
-class DiscoveredFabricTests(TestCase):
-    """FakeCells find Core by real multicast discovery, then link over TLS: all inside a network
-    namespace the test creates (only ``lo``), skipped with the reason where impossible."""
+class TLSFrozenCellTests(FrozenCellCases, ClusterCase):
+    wire = "tls"
+
+
+class KCPFrozenCellTests(FrozenCellCases, ClusterCase):
+    wire = "kcp"
+
+
+class DiscoveredFabricCases:
+    """FakeCells find Core by real multicast discovery, pick their wire's entry and link: all
+    inside a network namespace the test creates (only ``lo``), skipped with the reason where
+    impossible."""
 
     timeout = 60
 
@@ -260,14 +305,23 @@ class DiscoveredFabricTests(TestCase):
         ip = shutil.which("ip")
         assert ip is not None
         out, err, code = await test_discovery_netns._run(
-            ip, "netns", "exec", namespace, sys.executable, "-m", "tests.netns_fabric_probe"
-        )
+            ip, "netns", "exec", namespace, sys.executable, "-m", "tests.netns_fabric_probe",
+            self.wire,
+        )  # fmt: skip
         self.assertEqual(code, 0, err.decode(errors="replace"))
         result = json.loads(out.decode().strip().splitlines()[-1])
         self.assertEqual(set(result["states"].values()), {"alive"})
         self.assertEqual(len(result["states"]), 3)
         self.assertEqual(result["addresses"], ["127.0.0.1"])
         self.assertGreaterEqual(result["echoes"], 1)
+
+
+class TLSDiscoveredFabricTests(DiscoveredFabricCases, ClusterCase):
+    wire = "tls"
+
+
+class KCPDiscoveredFabricTests(DiscoveredFabricCases, ClusterCase):
+    wire = "kcp"
 
 
 @implementer(CellObserver)
@@ -297,10 +351,10 @@ class EventWaiter:
         pass
 
 
-class GuestOverTLSTests(TestCase):
+class GuestCases:
     async def test_create_guest_and_stop_with_work_pending(self) -> None:
         """A guest is created over the real link; stopping mid-creation leaves no timer behind."""
-        cluster = InProcessCluster(reactor, cluster_ca())
+        cluster = self.cluster_of()
         await cluster.listen()
         self.addCleanup(lambda: ensureDeferred(cluster.stop()))
         events = EventWaiter()
@@ -318,3 +372,11 @@ class GuestOverTLSTests(TestCase):
         cell._creation_time = 3600.0  # the next creation is still running when the test ends
         await create("guest-2")
         self.assertIs(cell.guests["guest-2"].state, GuestState.CREATING)
+
+
+class GuestOverTLSTests(GuestCases, ClusterCase):
+    wire = "tls"
+
+
+class GuestOverKCPTests(GuestCases, ClusterCase):
+    wire = "kcp"

@@ -1,4 +1,5 @@
-"""Discovery: packet codec, listener (match, other domain, malformed, rate limit), pinger."""
+"""Discovery: packet codec, listener (match, other domain, malformed, pacing), pinger, and
+stock sonar pingers starting together."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import gojson
 from nanocore.cluster.discovery import (
+    ECHOES_PER_SENDER,
     MAX_PACKET_SIZE,
+    SENDER_BURST,
     DiscoveryListener,
     DiscoveryPacketError,
     DiscoveryPinger,
-    DiscoveryService,
     DiscoveryTimeout,
     ServiceEntry,
     SonarEcho,
@@ -39,6 +41,7 @@ PORT = 5599
 LISTEN = "127.0.0.1"
 CELL = ("127.0.0.7", 40000)
 CORE = ServiceEntry(type="core", protocol="tls", address=LISTEN, port=5600)
+KCP = ServiceEntry(type="core", protocol="kcp", address=LISTEN, port=5601)
 
 
 class FakeMulticastTransport(FakeDatagramTransport):
@@ -184,6 +187,14 @@ class PacketTests(SynchronousTestCase):
         self.assertEqual(core_service(SonarEcho(1, "", (image, CORE))), CORE)
         self.assertIsNone(core_service(SonarEcho(1, "", (image,))))
 
+    def test_core_service_of_a_protocol(self) -> None:
+        """Our Cells pick their wire by protocol; a stock Cell takes the first entry."""
+        echo = SonarEcho(1, "", (KCP, CORE))
+        self.assertEqual(core_service(echo), KCP)
+        self.assertEqual(core_service(echo, "tls"), CORE)
+        self.assertEqual(core_service(echo, "kcp"), KCP)
+        self.assertIsNone(core_service(echo, "quic"))
+
 
 class TokenBucketTests(SynchronousTestCase):
     def test_burst_then_rate(self) -> None:
@@ -198,6 +209,18 @@ class TokenBucketTests(SynchronousTestCase):
     def test_bad_parameters(self) -> None:
         self.assertRaises(ValueError, TokenBucket, Clock(), 0, 1)
         self.assertRaises(ValueError, TokenBucket, Clock(), 1, 0)
+
+    def test_wait_says_when_the_next_token_comes_and_full_when_all_are_back(self) -> None:
+        clock = Clock()
+        bucket = TokenBucket(clock, rate=4, burst=2)
+        self.assertEqual((bucket.wait(), bucket.full), (0.0, True))
+        bucket.take()
+        bucket.take()
+        self.assertEqual((bucket.wait(), bucket.full), (0.25, False))
+        clock.advance(0.25)
+        self.assertEqual(bucket.wait(), 0.0)
+        clock.advance(0.25)
+        self.assertTrue(bucket.full)
 
 
 class ListenerTests(LogCapture):
@@ -216,9 +239,9 @@ class ListenerTests(LogCapture):
             "group_address": GROUP,
             "group_port": PORT,
             "listen_address": LISTEN,
-            "service": CORE,
-            "echoes_per_second": 2,
-            "echo_burst": 3,
+            "services": lambda: (CORE,),
+            "echoes_per_sender": 2,
+            "sender_burst": 3,
         }
         arguments.update(overrides)
         listener = DiscoveryListener(**arguments)
@@ -263,9 +286,9 @@ class ListenerTests(LogCapture):
         self.assertEqual(self.transport.written, [])
         self.assertEqual(self.listener.dropped, 3)
         warnings = self.warnings()
-        self.assertEqual(len(warnings), 3)
+        self.assertEqual(len(warnings), 2)  # the second malformed one is counted, not logged
         self.assertIn("malformed packet from 127.0.0.7", warnings[0])
-        self.assertIn("non-ping", warnings[2])
+        self.assertIn("non-ping", warnings[1])
         self.ping()
         self.assertEqual(len(self.transport.written), 1)
 
@@ -282,25 +305,90 @@ class ListenerTests(LogCapture):
         self.ping()
         self.assertEqual(len(self.transport.written), 1)
 
-    def test_malformed_flood_logs_are_rate_limited(self) -> None:
-        for _ in range(100):
+    def test_malformed_flood_logs_one_line_per_source_per_minute_with_the_count(self) -> None:
+        for _ in range(10_000):
             self.listener.datagramReceived(b"garbage", CELL)
-        self.assertEqual(self.listener.dropped, 100)
-        self.assertEqual(len(self.warnings()), 10)
-        self.clock.advance(1)
+        self.listener.datagramReceived(b"garbage", ("127.0.0.8", 5599))
+        self.assertEqual(self.listener.dropped, 10_001)
+        self.assertEqual(len(self.warnings()), 2)  # one per source
+        self.clock.advance(60)
+        warnings = self.warnings()
+        self.assertEqual(len(warnings), 3)
+        self.assertEqual(
+            warnings[2],
+            "9999 more malformed discovery packets from 127.0.0.7 in the last 60 s"
+            " (one line per source every 60 s)",
+        )
         self.listener.datagramReceived(b"garbage", CELL)
-        self.assertEqual(len(self.warnings()), 11)
+        self.assertEqual(len(self.warnings()), 4)  # a new minute: a new line
 
-    def test_echoes_are_rate_limited(self) -> None:
+    def ids_echoed(self) -> list[int]:
+        return [json.loads(packet)["id"] for packet, _ in self.transport.written]
+
+    def test_a_senders_pings_beyond_its_budget_wait_and_only_the_latest_is_answered(self) -> None:
         for ping_id in range(10):
             self.ping(ping_id)
-        self.assertEqual(len(self.transport.written), 3)
-        self.assertEqual(self.listener.dropped, 7)
-        self.assertIn("echo rate limit", self.warnings()[0])
-        self.clock.advance(0.5)
-        self.ping(99)
-        self.assertEqual(len(self.transport.written), 4)
-        self.assertEqual(json.loads(self.transport.written[-1][0])["id"], 99)
+        self.assertEqual(self.ids_echoed(), [0, 1, 2])  # the burst
+        self.assertEqual((self.listener.pacer.superseded, self.listener.dropped), (6, 0))
+        self.clock.advance(1.0)  # one token (0.5 s), then a jitter of less than 0.5 s
+        self.assertEqual(self.ids_echoed(), [0, 1, 2, 9])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.warnings(), [])
+
+    def test_each_sender_has_its_own_budget(self) -> None:
+        for ping_id in range(10):
+            self.ping(ping_id, source=CELL)
+        self.ping(77, source=("127.0.0.8", 40000))
+        self.ping(78, source=("127.0.0.7", 40001))  # another pinger on the same host
+        self.assertEqual(self.ids_echoed(), [0, 1, 2, 77, 78])
+
+    def test_a_flood_from_one_sender_costs_its_budget_only(self) -> None:
+        """100,000 pings a second from one address and port: at most 2/s (+3) echoes, one
+        timer, and a Cell pinging meanwhile is answered at once."""
+        for _ in range(5):
+            for ping_id in range(100_000 // 50):
+                self.ping(ping_id, source=("10.9.9.9", 6666))
+            for _ in range(50):
+                self.clock.advance(0.02)
+        flood = len(self.transport.written)
+        self.assertLessEqual(flood, 3 + 2 * 5 + 1)
+        self.assertLessEqual(len(self.clock.getDelayedCalls()), 1)
+        self.ping(4242)
+        self.assertEqual(self.ids_echoed()[-1], 4242)
+
+    def test_senders_are_bounded_and_idle_ones_forgotten(self) -> None:
+        self.listener = self.make_listener(max_senders=2)
+        self.ping(1, source=("10.0.0.1", 1))
+        self.ping(2, source=("10.0.0.2", 2))
+        self.ping(3, source=("10.0.0.3", 3))  # two senders are paced: refused
+        self.assertEqual(self.ids_echoed(), [1, 2])
+        self.assertIn("too many pinging senders", self.warnings()[0])
+        self.clock.advance(0.5)  # their budgets are full again: they are idle
+        self.ping(3, source=("10.0.0.3", 3))
+        self.assertEqual(self.ids_echoed(), [1, 2, 3])
+        self.assertEqual(self.listener.pacer.senders, 1)
+
+    def test_a_waiting_ping_is_not_answered_once_nothing_is_advertised(self) -> None:
+        advertised = [CORE]
+        self.listener = self.make_listener(services=lambda: tuple(advertised))
+        for ping_id in range(5):
+            self.ping(ping_id)
+        advertised.clear()  # Core's links stopped
+        self.clock.advance(2)
+        self.assertEqual(self.ids_echoed(), [0, 1, 2])
+
+    def test_stopping_drops_waiting_pings_and_their_timers(self) -> None:
+        for ping_id in range(5):
+            self.ping(ping_id)
+        self.listener.doStop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_services_are_advertised_in_order(self) -> None:
+        self.listener = self.make_listener(services=lambda: (KCP, CORE))
+        self.ping()
+        echo = decode_packet(self.transport.written[0][0])
+        assert isinstance(echo, SonarEcho)
+        self.assertEqual(echo.services, (KCP, CORE))
 
     def test_send_failure_is_logged_and_the_listener_keeps_serving(self) -> None:
         def unreachable(packet: bytes, addr: object = None) -> None:
@@ -316,7 +404,7 @@ class ListenerTests(LogCapture):
 
     def test_service_given_late(self) -> None:
         endpoint: list[ServiceEntry] = []
-        self.listener = self.make_listener(service=lambda: endpoint[0] if endpoint else None)
+        self.listener = self.make_listener(services=lambda: tuple(endpoint))
         self.ping()
         self.assertEqual(self.transport.written, [])
         endpoint.append(CORE)
@@ -334,6 +422,97 @@ class ListenerTests(LogCapture):
         failing.joinGroup = refuse  # type: ignore[method-assign]
         self.make_listener(failing)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class StockPinger:
+    """sonar's ``Pinger.Query``: ping with a fresh id, and ping again with a fresh id for every
+    datagram read that does not carry the latest id (foreign echoes and its own stale ones)."""
+
+    def __init__(self, clock: Clock, core: DiscoveryListener, address: tuple[str, int]) -> None:
+        self.clock = clock
+        self.core = core
+        self.address = address
+        self.rng = random.Random(address[1])
+        self.latest = -1
+        self.pings = 0
+        self.found: float | None = None
+        self.started = clock.seconds()
+
+    def ping(self) -> None:
+        self.latest = self.rng.randrange(0xFFFF)
+        self.pings += 1
+        packet = encode_packet(SonarPing(self.latest, "nano"))
+        self.clock.callLater(LATENCY, self.core.datagramReceived, packet, self.address)
+
+    def read(self, packet: bytes) -> None:
+        if self.found is not None or self.clock.seconds() - self.started > QUERY_TIMEOUT:
+            return  # done, or given up (a stock Cell exits then)
+        if decode_packet(packet).id == self.latest:
+            self.found = self.clock.seconds() - self.started
+        else:
+            self.ping()
+
+
+#: One way through loopback or a LAN switch, and a stock pinger's query timeout at start.
+LATENCY = 0.0001
+QUERY_TIMEOUT = 5.0
+
+
+class GroupTransport(FakeMulticastTransport):
+    """Core's socket: each echo reaches every pinger listening on the group, after LATENCY."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.pingers: list[StockPinger] = []
+
+    def write(self, packet: bytes, addr: Any = None) -> None:
+        super().write(packet, addr)
+        for pinger in self.pingers:
+            self.clock.callLater(LATENCY, pinger.read, packet)
+
+
+class StockPingersTests(SynchronousTestCase):
+    """Cells starting together: their pingers ping each other's echoes (issue #13)."""
+
+    def start(self, count: int) -> tuple[DiscoveryListener, list[StockPinger]]:
+        clock = Clock()
+        listener = DiscoveryListener(
+            clock=clock,
+            domain="nano",
+            group_address=GROUP,
+            group_port=PORT,
+            listen_address=LISTEN,
+            services=lambda: (KCP, CORE),
+            rng=random.Random(7),
+        )
+        network = GroupTransport(clock)
+        listener.makeConnection(network)
+        pingers = [
+            StockPinger(clock, listener, (f"10.0.0.{i + 1}", 40000 + i)) for i in range(count)
+        ]
+        network.pingers = pingers
+        for pinger in pingers:
+            pinger.ping()
+        while clock.getDelayedCalls():
+            clock.advance(
+                min(call.getTime() for call in clock.getDelayedCalls()) - clock.seconds()
+            )
+        return listener, pingers
+
+    def test_three_stock_pingers_starting_together_all_find_core(self) -> None:
+        listener, pingers = self.start(3)
+        found = [pinger.found for pinger in pingers]
+        self.assertNotIn(None, found)
+        self.assertLess(max(f for f in found if f is not None), 1.0)
+        # The storm dies down: a few dozen pings, not tens of thousands.
+        self.assertLess(sum(pinger.pings for pinger in pingers), 100)
+        self.assertLessEqual(listener.echoes_sent, 3 * (SENDER_BURST + 2 * ECHOES_PER_SENDER))
+
+    def test_ten_stock_pingers_starting_together_all_find_core(self) -> None:
+        _, pingers = self.start(10)
+        self.assertNotIn(None, [pinger.found for pinger in pingers])
+        self.assertLess(max(pinger.found or 0 for pinger in pingers), 2.0)
 
 
 class PingerTests(SynchronousTestCase):
@@ -414,27 +593,7 @@ class PingerTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class ServiceTests(SynchronousTestCase):
-    def test_service_listens_on_the_group_and_stops(self) -> None:
-        reactor = FakeMulticastReactor()
-        service = DiscoveryService(
-            reactor,  # type: ignore[arg-type]
-            Clock(),
-            domain="nano",
-            group_address=GROUP,
-            group_port=PORT,
-            listen_address=LISTEN,
-            service=CORE,
-        )
-        service.startService()
-        [(port, protocol, interface, multiple, transport)] = reactor.listening
-        self.assertEqual((port, interface, multiple), (PORT, GROUP, True))
-        self.assertIs(protocol, service.protocol)
-        self.assertEqual(transport.joined, [(GROUP, LISTEN)])
-        service.stopService()
-        self.assertTrue(transport.stopped)
-        self.assertFalse(service.running)
-
+class FindCoreTests(SynchronousTestCase):
     def test_find_core_queries_and_stops_listening(self) -> None:
         reactor = FakeMulticastReactor()
         clock = Clock()

@@ -605,6 +605,7 @@ class SimulatorPluginTests(SynchronousTestCase):
             ["--count", "0"],
             ["--count", "many"],
             ["--usage", "101"],
+            ["--link", "quic"],
             ["--creation-time", "-1"],
             ["--stop-time", "-0.5"],
         ):
@@ -627,6 +628,19 @@ class SimulatorPluginTests(SynchronousTestCase):
             sorted(s.name for s in service),
             ["Cell_demo000000", "Cell_demo000001", "Cell_demo000002"],
         )
+
+    def test_kcp_cells_need_no_certificate(self) -> None:
+        """--link kcp: Cells link as stock Cells do, with no CA anywhere; nothing is sent
+        until the service starts."""
+        options = simtap.Options()
+        options.parseOptions(
+            ["--link", "kcp", "--cert-dir", str(self.cert_dir / "missing"), "--count", "2"]
+        )
+        reactor = MemoryReactorClock()
+        service = simtap.makeService(options, reactor)
+        assert isinstance(service, MultiService)
+        self.assertEqual([type(cell).__name__ for cell in service], ["KCPClientService"] * 2)
+        self.assertFalse((self.cert_dir / "missing").exists())
 
     def test_make_service_with_discovery(self) -> None:
         """--discover builds the same Cells; nothing is sent until the service starts."""
@@ -666,4 +680,20 @@ class DiscoverCoreTests(SynchronousTestCase):
 
     def test_no_core_service(self) -> None:
         _, d = self.locate(SonarEcho(id=7, requestor="127.0.0.1"))
+        self.failureResultOf(d, NoCoreService)
+
+    def test_the_entry_of_its_own_wire(self) -> None:
+        """Core advertises KCP first (for stock Cells): our TLS Cell skips it."""
+        echo = SonarEcho(
+            id=7,
+            requestor="127.0.0.1",
+            services=(
+                ServiceEntry("core", "kcp", "127.0.0.1", 5600),
+                ServiceEntry("core", "tls", "127.0.0.1", 5601),
+            ),
+        )
+        _, d = self.locate(echo)
+        self.assertEqual(self.successResultOf(d), ("127.0.0.1", 5601))
+        only_kcp = SonarEcho(id=8, requestor="127.0.0.1", services=echo.services[:1])
+        _, d = self.locate(only_kcp)
         self.failureResultOf(d, NoCoreService)

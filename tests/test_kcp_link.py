@@ -13,7 +13,7 @@ from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.kcp.conversation import KCPConversation
 from nanocore.cluster.kcp.dialer import KCPDialer
 from nanocore.cluster.kcp.link import NameGuard
-from nanocore.cluster.message import Message, MessageID, ParamKey, encode
+from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey, encode
 from nanocore.cluster.transport import (
     DISCONNECT_AFTER,
     KEEPALIVE_INTERVAL,
@@ -24,6 +24,7 @@ from nanocore.cluster.transport import (
     opened_event,
 )
 from nanocore.testing.cluster import Waiter
+from nanocore.testing.fakecell import Fault
 from tests.kcpfixtures import CORE_ADDRESS, CORE_NAME, KCPFabric, lossy
 from tests.test_transport import RecordingHandler
 
@@ -205,3 +206,48 @@ class NameGuardTests(SynchronousTestCase):
         )
         self.assertEqual(handler.messages, [])
         self.assertEqual((guard.refused, len(second.errors)), (1, 1))
+
+
+class StrictTypingTests(SynchronousTestCase):
+    """cell-protocol §3.3 both ways over KCP: nothing a Go peer could not decode is sent, and
+    what real Cells send is read."""
+
+    def setUp(self) -> None:
+        self.fabric = KCPFabric()
+        self.cell = self.fabric.dial(CELL, ADDRESS)
+        self.fabric.settle()
+
+    def core_sent(self) -> bytes:
+        return b"".join(datagram for datagram, _ in self.fabric.core_port.written)
+
+    def test_cores_handshake_carries_its_zero_service_type(self) -> None:
+        self.assertIn(b'"uint_params":{"1":0}', self.core_sent())
+
+    def test_what_a_go_peer_could_not_decode_is_never_sent(self) -> None:
+        before = len(self.fabric.core_port.written)
+        for bad in ({1: -1}, {1: 1 << 64}, {1: True}, {1: 1.0}):
+            with self.assertRaises(MessageError):
+                self.fabric.registry.send(
+                    CELL, Message(id=MessageID.ModifyCoreRequest, uint_params=bad)
+                )
+        self.fabric.settle()
+        self.assertEqual(len(self.fabric.core_port.written), before)
+
+    def test_null_values_and_arrays_left_out_are_read_as_go_reads_them(self) -> None:
+        self.cell.inject(MessageID.QueryCellStorageRequest, Fault(drop=True))
+        d = self.fabric.registry.request(CELL, storage_request(CELL))
+        self.fabric.settle()
+        token = self.cell.received[-1].from_session
+        conversation = self.fabric.dialers[CELL].conversation
+        assert conversation is not None
+        conversation.write_frame(
+            b'{"id":%d,"success":true,"to":%d,"string_params":{"28":null},'
+            b'"uint_params":{"2":null},"uint_array_params":null,"string_array_params":{"30":null}}'
+            % (MessageID.QueryCellStorageResponse, token)
+        )
+        self.fabric.settle()
+        reply = self.successResultOf(d)
+        self.assertEqual(reply.string_params, {ParamKey.Mode: ""})
+        self.assertEqual(reply.uint_params, {ParamKey.Core: 0})
+        self.assertEqual(reply.string_array_params, {ParamKey.Path: ()})
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)

@@ -7,8 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import treq
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import AlreadyCalledError, CancelledError, Deferred, succeed
 from twisted.internet.error import CannotListenError
@@ -17,48 +16,32 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactor, Memory
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from nanocore import config, model, pki
-from nanocore.api.client import Signer
+from nanocore import model
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import CellLinkFactory
-from nanocore.layout import Layout
 from nanocore.services.gate import STARTING, StartingGate
-from nanocore.services.link import LINK_PORTS, CellLinkService, listen_first_free
+from nanocore.services.images import ImageSiteService
+from nanocore.services.link import (
+    LINK_PORTS,
+    CellLinkService,
+    advertised_together,
+    holding,
+    listen_first_free,
+)
 from nanocore.services.listen import ListeningService, PortFile, port_of, read_port
 from nanocore.services.order import InOrder, OneShot
 from nanocore.services.store import StoreService
 from nanocore.store import Put, Store, StoreClosed, UnitOfWork
 from nanocore.store.schema import DB_NAME
-from nanocore.tap import Certificates, build_service, load_checked_config, prepare_certificates
-from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint
+from nanocore.tap import load_checked_config, site_address
+from tests.corefixtures import RunningCore, write_config
 
 reactor: Any = global_reactor
-
-CREDENTIAL = ("tester", "a-key-for-the-service-tests")
-
-
-def write_config(layout: Layout, api_port: int = 0) -> None:
-    """Config files for a Core on 127.0.0.1; API port 0 lets the OS choose a free port."""
-    layout.create_folders()
-    documents = {
-        config.DOMAIN_FILE: {"listen_address": "127.0.0.1", "timeout": 5},
-        config.API_FILE: {
-            "port": api_port,
-            "credentials": [{"id": CREDENTIAL[0], "key": CREDENTIAL[1]}],
-        },
-        config.IMAGE_FILE: {
-            "cert_file": str(layout.cert_dir / config.IMAGE_CERT_NAME),
-            "key_file": str(layout.cert_dir / config.IMAGE_KEY_NAME),
-        },
-    }
-    for name, document in documents.items():
-        (layout.config_dir / name).write_text(json.dumps(document), encoding="utf-8")
 
 
 def failures() -> tuple[list[Failure], Any]:
@@ -244,6 +227,27 @@ class ListenFirstFreeTests(SynchronousTestCase):
         self.assertIn("127.0.0.1:5600-5602", str(error))
 
 
+class HoldingTests(SynchronousTestCase):
+    """A link's number held on a second transport too (the TLS link without the KCP link)."""
+
+    def test_a_number_taken_on_either_transport_is_skipped(self) -> None:
+        tcp_asked, tcp = busy_until(5601)  # TCP 5600 taken
+        udp_asked, udp = busy_until(5602)  # UDP 5601 taken too
+        opened: list[FakePort] = []
+
+        def listen(number: int) -> IListeningPort:
+            port = tcp(number)
+            opened.append(port)  # type: ignore[arg-type]
+            return port
+
+        both = listen_first_free(LINK_PORTS, holding(listen, udp))
+        self.assertEqual(port_of(both), 5602)
+        self.assertEqual((tcp_asked, udp_asked), ([5600, 5601, 5602], [5601, 5602]))
+        self.assertEqual([(p.number, p.stopped) for p in opened], [(5601, True), (5602, False)])
+        self.successResultOf(both.stopListening())
+        self.assertTrue(opened[-1].stopped)
+
+
 class CellLinkServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
@@ -311,6 +315,27 @@ class CellLinkServiceTests(SynchronousTestCase):
         self.assertNoResult(stopping)
         connection.connectionLost(Failure(ConnectionError("closed")))
         self.successResultOf(stopping)
+
+    def test_links_are_advertised_together_in_order_or_not_at_all(self) -> None:
+        _, listen = busy_until(5700)
+        kcp = CellLinkService(
+            ports=range(5700, 5701),
+            listen=listen,
+            links=self.links,
+            protocol="kcp",
+            address="127.0.0.1",
+            after=self.ready.wait,
+            on_failure=self.failed.append,
+        )
+        both = advertised_together(kcp, self.service)
+        kcp.startService()
+        self.service.startService()
+        self.assertEqual(both(), ())
+        self.ready.resolve(None)
+        self.assertEqual([(e.protocol, e.port) for e in both()], [("kcp", 5700), ("tls", 5601)])
+        self.successResultOf(kcp.stopService())
+        self.assertEqual(both(), ())  # one link gone: a stock Cell must not dial the other
+        self.successResultOf(self.service.stopService())
 
     def test_an_empty_range_is_refused(self) -> None:
         with self.assertRaises(ValueError):
@@ -440,72 +465,9 @@ class StoreServiceTests(TestCase):
         self.assertRaises(RuntimeError, service.startService)
 
 
-class CoreTests(TestCase):
+class CoreTests(RunningCore, TestCase):
     """The tree of `build_service` on 127.0.0.1 with real sockets; FakeCells link to it with
     CA-issued certificates and clients use the signed API."""
-
-    def setUp(self) -> None:
-        root = Path(self.mktemp()).absolute()
-        self.layout = Layout(root / "config", root / "data", root / "cert", root / "log")
-        write_config(self.layout)
-        self.config = load_checked_config(self.layout)
-        self.certificates: Certificates = prepare_certificates(self.layout, self.config)
-        self.signer = Signer(*CREDENTIAL)
-        self.pool = HTTPConnectionPool(reactor)
-        self.addCleanup(self.pool.closeCachedConnections)
-
-    def tree(self) -> MultiService:
-        tree = build_service(self.layout, self.config, self.certificates, reactor)
-        self.addCleanup(lambda: tree.stopService() if tree.running else None)
-        return tree
-
-    async def start(self) -> MultiService:
-        """Start the tree as twistd does; return once the state is loaded and it all serves."""
-        tree = self.tree()
-        tree.privilegedStartService()
-        tree.startService()
-        store = tree.getServiceNamed("store")
-        assert isinstance(store, StoreService)
-        await store.opened.wait()
-        link = tree.getServiceNamed("cell-link")
-        assert isinstance(link, CellLinkService)
-        self.assertIsNotNone(link.port, "the link listens once the state is loaded")
-        return tree
-
-    def api_port(self, tree: MultiService) -> int:
-        return read_port(self.layout.api_port_file) or self.fail("no API port reported")
-
-    async def api(self, tree: MultiService, method: str, path: str, body: Any = None) -> Any:
-        url = f"http://127.0.0.1:{self.api_port(tree)}/api/v1{path}"
-        data = b"" if body is None else json.dumps(body).encode()
-        headers = self.signer.headers(method, url, data, now=reactor.seconds())
-        response = await treq.request(
-            method, url, data=data or None, headers=headers, pool=self.pool
-        )
-        document = json.loads(await treq.content(response))
-        self.assertEqual(document["error_code"], 0, document)
-        return document["data"]
-
-    def link_cell(self, tree: MultiService, name: str) -> FakeCell:
-        cell = FakeCell(name, reactor, capacity=Capacity(cores=4), report_interval=0.2)
-        issued = pki.issue_cell_certificate(self.certificates.ca, name)
-        link = tree.getServiceNamed("cell-link")
-        assert isinstance(link, CellLinkService) and link.port is not None
-        address = ("127.0.0.1", port_of(link.port))
-        endpoint = LocatedCoreEndpoint(
-            reactor,
-            lambda: succeed(address),
-            lambda host: pki.client_tls_options(self.certificates.ca, host, issued),
-        )
-        client = cell.service(endpoint)
-        client.startService()
-
-        def unlink() -> Deferred[None]:
-            cell.close()
-            return client.stopService()  # type: ignore[return-value]
-
-        self.addCleanup(unlink)
-        return cell
 
     async def test_serves_the_stored_state_over_the_signed_api(self) -> None:
         tree = await self.start()
@@ -515,6 +477,16 @@ class CoreTests(TestCase):
         self.assertEqual((entry.protocol, entry.address), ("tls", "127.0.0.1"))
         pools = await self.api(tree, "GET", "/compute_pools/")
         self.assertEqual([pool["name"] for pool in pools], ["default"])
+
+    async def test_guests_are_told_the_image_site_the_tree_listens_on(self) -> None:
+        before = self.tree().getServiceNamed("images")
+        assert isinstance(before, ImageSiteService)
+        self.assertIsNone(site_address(before))
+        images = (await self.start()).getServiceNamed("images")
+        assert isinstance(images, ImageSiteService)
+        address = site_address(images)
+        assert address is not None and images.port is not None
+        self.assertEqual((address.host, address.port), ("127.0.0.1", images.port.getHost().port))
 
     async def test_a_linked_cell_joins_a_pool_and_stays_there_across_a_restart(self) -> None:
         tree = await self.start()

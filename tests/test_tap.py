@@ -22,8 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import __version__, config, pki, tap
+from nanocore.api.request import LimitedChannel
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.layout import Layout
+from nanocore.openfiles import connection_share
+from nanocore.services.images import ImageSiteService
 from nanocore.services.link import CellLinkService
 from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.order import InOrder
@@ -31,10 +34,16 @@ from nanocore.services.store import StoreService
 from nanocore.testing import simtap
 
 
-def write_config(config_dir: Path, *, listen_address: str = "127.0.0.1", port: int = 5850) -> None:
+def write_config(
+    config_dir: Path,
+    *,
+    listen_address: str = "127.0.0.1",
+    port: int = 5850,
+    **domain: object,
+) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
     documents = {
-        config.DOMAIN_FILE: {"listen_address": listen_address},
+        config.DOMAIN_FILE: {"listen_address": listen_address, **domain},
         config.API_FILE: {"port": port, "credentials": [{"id": "a", "key": "k"}]},
         config.IMAGE_FILE: {
             "cert_file": str(config_dir.parent / "cert" / "image.crt.pem"),
@@ -193,11 +202,21 @@ class MakeServiceTests(SynchronousTestCase):
             [(child.name, type(child)) for child in tree],
             [
                 ("store", StoreService),
+                ("kcp-link", CellLinkService),
                 ("cell-link", CellLinkService),
+                ("images", ImageSiteService),
                 ("discovery", MulticastServer),
                 ("api", ListeningService),
                 ("api-port", PortFile),
             ],
+        )
+
+    def test_kcp_link_off_leaves_only_the_tls_link(self) -> None:
+        write_config(self.root / "config", kcp_link=False)
+        tree = tap.makeService(self.options, self.reactor)
+        self.assertEqual(
+            [child.name for child in tree],
+            ["store", "cell-link", "images", "discovery", "api", "api-port"],
         )
 
     def test_nothing_listens_before_the_service_starts(self) -> None:
@@ -220,6 +239,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(listener, DiscoveryListener)
         self.assertEqual(self.reactor.sslServers, [])
         self.assertFalse((self.root / "data" / "nanocore.db").exists())
+
+    def test_the_api_listens_with_a_large_backlog_and_a_connection_cap(self) -> None:
+        write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
+        tree = tap.makeService(self.options, self.reactor)
+        tree.privilegedStartService()
+        [(_port, site, backlog, _interface)] = self.reactor.tcpServers
+        self.assertEqual(backlog, tap.API_BACKLOG)
+        self.assertEqual(site.max_connections, min(4096, connection_share(current_limit())))
+        # Upload routes stream, and the line, header and connection limits still hold.
+        self.assertTrue(issubclass(site.protocol, LimitedChannel))
+
+    def test_a_low_open_file_limit_cuts_what_unauthenticated_peers_may_hold(self) -> None:
+        write_config(self.root / "config", listen_address="127.0.0.9", port=15850)
+        layout = self.options.layout()
+        loaded = tap.load_checked_config(layout)
+        certificates = tap.prepare_certificates(layout, loaded)
+        tree = tap.build_service(layout, loaded, certificates, self.reactor, open_files=1024)
+        tree.privilegedStartService()
+        [(_port, site, _backlog, _interface)] = self.reactor.tcpServers
+        self.assertEqual(site.max_connections, 256)
 
     def test_image_certificate_follows_the_listen_address(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.1")
@@ -307,3 +346,9 @@ class StopOnFailureTests(SynchronousTestCase):
         [said] = [formatEvent(event) for event in logged]
         self.assertEqual(said, "nanocore could not start: RuntimeError: the store is damaged")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+def current_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

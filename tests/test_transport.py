@@ -5,10 +5,12 @@ from __future__ import annotations
 import struct
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -367,12 +369,64 @@ class HandshakeCapTests(SynchronousTestCase):
             self.handler, self.clock, CORE, lambda transport: CELL, max_handshaking=2
         )
 
-    def accept(self) -> FramedLinkProtocol | None:
-        address = IPv4Address("TCP", "127.0.0.5", 4000)
+    def accept(self, host: str = "127.0.0.5") -> FramedLinkProtocol | None:
+        address = IPv4Address("TCP", host, 4000)
         protocol = self.factory.buildProtocol(address)
         if protocol is not None:
             protocol.makeConnection(StringTransport(peerAddress=address))
         return protocol
+
+    def test_a_newcomer_from_elsewhere_takes_the_oldest_place_of_the_largest_source(self) -> None:
+        first, second = self.accept(), self.accept()
+        assert first is not None and second is not None
+        newcomer = self.accept("127.0.0.9")
+        self.assertIsNotNone(newcomer)
+        transport = first.transport
+        assert isinstance(transport, StringTransport)
+        self.assertTrue(transport.disconnecting)  # aborted: its place is the newcomer's
+        self.assertEqual((self.factory.handshaking(), self.factory.evicted), (2, 1))
+        # Now each source holds one place: nobody takes another's.
+        self.assertIsNone(self.accept("127.0.0.9"))
+        self.assertIsNone(self.accept("127.0.0.5"))
+        self.assertEqual(self.factory.refused, 2)
+
+    def test_handshakes_failing_by_the_thousand_log_one_line_and_the_count(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.factory = CellLinkFactory(self.handler, self.clock, CORE, lambda transport: CELL)
+        for _ in range(1_000):
+            protocol = self.accept()
+            assert protocol is not None
+            protocol.dataReceived(struct.pack(">I", 5) + b"nope!")  # not a message
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(60)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(
+            lines[0].startswith("dropping link (unnamed) (127.0.0.5): malformed frame")
+        )
+        self.assertEqual(
+            lines[1],
+            "999 more dropped handshakes from 127.0.0.5 in the last 60 s"
+            " (one line per source every 60 s)",
+        )
+
+    def test_refusals_and_evictions_are_logged_once_per_source_with_a_count(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.accept()
+        self.accept()
+        for _ in range(50):
+            self.assertIsNone(self.accept())
+        self.factory.stopFactory()
+        texts = [formatEvent(e) for e in events]
+        self.assertEqual(
+            texts,
+            [
+                "refused a Cell link from 127.0.0.5: 2 of the 2 connections still handshaking"
+                " are from there",
+                "49 more refused Cell links from 127.0.0.5 in the last 0 s"
+                " (one line per source every 60 s)",
+            ],
+        )
 
     def test_connections_beyond_the_cap_are_refused(self) -> None:
         first, second = self.accept(), self.accept()

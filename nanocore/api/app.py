@@ -14,7 +14,7 @@ The body limit is the request class's, on the wire (:mod:`nanocore.api.request`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, cast
 
 from klein import Klein
@@ -31,18 +31,32 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from nanocore.api import envelope
-from nanocore.api.auth import DEFAULT_SKEW, AuthError, Verifier, parse_query
+from nanocore.api.auth import (
+    DEFAULT_SKEW,
+    MUTATING_METHODS,
+    AuthError,
+    Verifier,
+    parse_query,
+)
 from nanocore.api.cache import ResponseCache
 from nanocore.api.decode import DecodeError
 from nanocore.api.endpoint import Endpoint, Incoming, decoded_path, sized
 from nanocore.api.families import all_routes
 from nanocore.api.misses import KleinEndpoint, Misses, without_head
-from nanocore.api.request import DEFAULT_MAX_BODY, limited_request_factory
+from nanocore.api.request import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
+    LimitedSite,
+    limited_request_factory,
+)
 from nanocore.api.route import Call, Fields, Ops, Raw, Reply, Route
 from nanocore.api.routing import configure_map, werkzeug_rule
-from nanocore.api.signed import signed
+from nanocore.api.signed import may_share_a_path, signed
+from nanocore.api.streams import StreamingAPIChannel, streaming_request_factory
+from nanocore.images.transfers import UploadRoutes
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import OperationError
+from nanocore.ratelog import RateLimitedLog
 
 
 class APIResource(KleinResource, Generic[Ops]):
@@ -56,10 +70,14 @@ class APIResource(KleinResource, Generic[Ops]):
         operations: Ops,
         verifier: Verifier,
         cache: ResponseCache | None = None,
+        noise: RateLimitedLog | None = None,
     ) -> None:
+        """``noise`` rate-limits the log lines of refused signatures (anyone can send those)."""
         self._routes = tuple(routes)
         self._operations = operations
+        self._noise = noise if noise is not None else RateLimitedLog(self.log, verifier.clock)
         misses = Misses((route.method, route.full_path) for route in self._routes)
+        writes = [r.full_path for r in self._routes if r.method in MUTATING_METHODS]
         app = Klein()
         configure_map(app.url_map)
         seen: set[tuple[str, str]] = set()
@@ -72,7 +90,10 @@ class APIResource(KleinResource, Generic[Ops]):
             if route.cacheable and cache is not None:
                 endpoint = cache.wrap(endpoint)
             if route.auth is not None:
-                endpoint = signed(verifier, route.auth, endpoint)
+                writable = route.method in MUTATING_METHODS or any(
+                    may_share_a_path(route.full_path, write) for write in writes
+                )
+                endpoint = signed(verifier, route.auth, endpoint, writable=writable)
             klein_endpoint = misses.exact(route.method, _reading(route.method, endpoint))
             app.route(rule, methods=[route.method], endpoint=str(index))(klein_endpoint)
         without_head(app.url_map)
@@ -101,7 +122,7 @@ class APIResource(KleinResource, Generic[Ops]):
 
         def answer(request: Request, incoming: Incoming) -> bytes | Deferred[bytes]:
             decoded = Fields(body.decode(incoming.body) if body is not None else {})
-            call = Call(incoming.params, parse_query(incoming.query), decoded)
+            call = Call(incoming.params, parse_query(incoming.query), decoded, incoming.query)
             result = handler(operations, call)
             if isinstance(result, Deferred):
                 return self._outliving(result).addCallback(_encoded, request)
@@ -129,8 +150,10 @@ class APIResource(KleinResource, Generic[Ops]):
     def _refused(self, request: IRequest, failure: Failure) -> bytes:
         req = cast(Request, request)
         reason = cast(AuthError, failure.value).message
-        self.log.warn(
-            "refused {method} {path}: {reason}",
+        self._noise.warn(
+            "refused signatures",
+            _client(req),
+            "refused {method} {path} from {source}: {reason}",
             method=req.method.decode("ascii"),
             path=decoded_path(req),
             reason=reason,
@@ -162,6 +185,11 @@ def _reading(method: str, endpoint: Endpoint) -> KleinEndpoint:
     return read
 
 
+def _client(request: Request) -> str:
+    host = getattr(request.getClientAddress(), "host", None)
+    return host if isinstance(host, str) else "?"
+
+
 def _encoded(result: object, request: Request) -> bytes:
     if isinstance(result, Reply):
         request.setResponseCode(result.status)
@@ -189,17 +217,18 @@ def build_api_resource(
     clock: IReactorTime,
     *,
     skew: float = DEFAULT_SKEW,
+    verifier: Verifier | None = None,
+    noise: RateLimitedLog | None = None,
 ) -> APIResource[Operations]:
-    """The API as one resource over injected ``operations`` (mount it at the site root)."""
-    verifier = Verifier(credentials, clock, skew)
-    return APIResource(all_routes(), operations, verifier, ResponseCache(operations.revision))
+    """The API as one resource over injected ``operations`` (mount it at the site root).
 
-
-class QuietSite(Site):
-    """A site without the per-request access log line (Core kept none; it costs ~8 % per GET)."""
-
-    def log(self, request: Request) -> None:
-        pass
+    ``verifier`` is shared with whatever else checks signatures (the image site); ``noise``
+    is the rate-limited log it shares with its site.
+    """
+    if verifier is None:
+        verifier = Verifier(credentials, clock, skew)
+    cache = ResponseCache(operations.revision)
+    return APIResource(all_routes(), operations, verifier, cache, noise)
 
 
 def build_api_site(
@@ -209,18 +238,44 @@ def build_api_site(
     *,
     skew: float = DEFAULT_SKEW,
     max_body: int = DEFAULT_MAX_BODY,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     access_log: bool = False,
 ) -> Site:
-    """A ``Site`` serving :func:`build_api_resource`, with the body limit enforced on the wire."""
-    resource = build_api_resource(operations, credentials, clock, skew=skew)
-    return api_site_for(resource, max_body=max_body, access_log=access_log)
+    """A ``Site`` serving :func:`build_api_resource`, with the wire limits enforced."""
+    noise = RateLimitedLog(Logger(namespace="nanocore.api"), clock)
+    resource = build_api_resource(operations, credentials, clock, skew=skew, noise=noise)
+    return api_site_for(
+        resource,
+        max_body=max_body,
+        max_connections=max_connections,
+        access_log=access_log,
+        noise=noise,
+    )
 
 
 def api_site_for(
-    resource: IResource, *, max_body: int = DEFAULT_MAX_BODY, access_log: bool = False
+    resource: IResource,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    access_log: bool = False,
+    noise: RateLimitedLog | None = None,
+    upload_routes: Callable[[], UploadRoutes | None] | None = None,
 ) -> Site:
-    """A ``Site`` for an API resource that refuses bodies above ``max_body`` on the wire."""
-    site = Site(resource) if access_log else QuietSite(resource)
-    site.requestFactory = limited_request_factory(max_body)
+    """A ``Site`` for an API resource with the wire limits of :mod:`nanocore.api.request`:
+    bodies above ``max_body``, lines and headers above Twisted's, connections beyond
+    ``max_connections``; ``noise``, the rate-limited log it shares with the resource.
+
+    With ``upload_routes`` (the :class:`~nanocore.api.streams.StreamFront` once there is one),
+    an upload route's body streams to storage instead (:mod:`nanocore.api.streams`).
+    """
+    site = LimitedSite(
+        resource, max_connections=max_connections, access_log=access_log, noise=noise
+    )
+    if upload_routes is None:
+        site.requestFactory = limited_request_factory(max_body)
+    else:
+        site.requestFactory = streaming_request_factory(max_body, upload_routes)
+        site.protocol = StreamingAPIChannel
     site.displayTracebacks = False
     return site

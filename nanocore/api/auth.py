@@ -3,8 +3,8 @@
 The canonical request, scope and signing key are exactly Core's, so an unchanged Nano client
 signs requests nanocore accepts. On top of that: ``Nano-Date`` is required and must lie within
 ``skew`` seconds of the injected clock (Core accepted any time on the same calendar day, or any
-time at all without the header), and a signature of a mutating request is accepted only once
-while it is fresh (Core had no replay protection).
+time at all without the header), and a signature is let through for a write only within the
+second its date names, never later while it is fresh (Core had no replay protection).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
@@ -26,6 +27,12 @@ EMPTY_PAYLOAD_HASH = hashlib.sha256(b"").hexdigest()
 UNHASHED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MUTATING_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 DEFAULT_SKEW = 300.0
+#: Seconds a repeat of a signature may arrive after the end of the second its date names
+#: (counted from its first copy's arrival): network and queueing jitter of one client.
+REPEAT_MARGIN = 1.0
+#: Signatures remembered at most (each ~130 bytes: ~130 MB); beyond, requests that would need
+#: remembering are refused until older ones expire.
+MAX_REPLAY_ENTRIES = 1_000_000
 
 
 class Variant(Enum):
@@ -213,7 +220,19 @@ def parse_date(value: str) -> float:
 
 
 class Verifier:
-    """Checks signatures against the configured credentials and the injected clock."""
+    """Checks signatures against the configured credentials and the injected clock.
+
+    Replays (docs/compatibility.md, "Replays refused"). A signature does not cover the method,
+    and the portal's ``Nano-Date`` names a whole second, so a legitimate client signs
+    different requests alike: ``POST`` then ``DELETE`` of one path with empty bodies, a ``GET``
+    then a ``DELETE``, the same ``PUT`` twice, a retry. Every accepted signature is therefore
+    remembered, with the moment until which a repeat is still the client's own: the end of the
+    second its date names, shifted by how late its first copy arrived, plus
+    :data:`REPEAT_MARGIN`. A repeat later than that is a replay: refused for a write, harmless
+    (and accepted) for a read. So a signature seen first with a read is never let through
+    later as a write. Reads need remembering only where a write could be sent to the same path
+    (``writable``); the route table says where.
+    """
 
     def __init__(
         self,
@@ -221,7 +240,7 @@ class Verifier:
         clock: IReactorTime,
         skew: float = DEFAULT_SKEW,
         key_cache_size: int = 1024,
-        max_replay_entries: int = 1_000_000,
+        max_replay_entries: int = MAX_REPLAY_ENTRIES,
     ) -> None:
         self._credentials = dict(credentials)
         self._clock = clock
@@ -229,15 +248,23 @@ class Verifier:
         self._keys: dict[tuple[str, str], bytes] = {}
         self._key_cache_size = key_cache_size
         self._max_replay_entries = max_replay_entries
-        self._seen: set[bytes] = set()
-        self._expiries: list[tuple[float, bytes]] = []
+        #: A signature's digest → until when a repeat of it is accepted for a write.
+        self._seen: dict[bytes, float] = {}
+        #: Whole seconds at which digests are forgotten (their dates are stale by then), and
+        #: the digests forgotten at each.
+        self._forget_at: list[int] = []
+        self._forgotten_then: dict[int, list[bytes]] = {}
 
     @property
     def skew(self) -> float:
         return self._skew
 
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
     def replay_entries(self) -> int:
-        """How many mutating signatures are remembered right now (bounded by the window)."""
+        """How many signatures are remembered right now (bounded by the window)."""
         self._expire(self._clock.seconds())
         return len(self._seen)
 
@@ -250,8 +277,14 @@ class Verifier:
             self._keys[(credential_id, scope)] = cached
         return cached
 
-    def verify(self, parts: RequestParts, variant: Variant = Variant.REQUEST) -> str:
-        """Return the credential id of a valid request, or raise :class:`AuthError`."""
+    def verify(
+        self, parts: RequestParts, variant: Variant = Variant.REQUEST, *, writable: bool = True
+    ) -> str:
+        """Return the credential id of a valid request, or raise :class:`AuthError`.
+
+        ``writable``: whether a write may be sent to this path; a read's signature is
+        remembered only then (a write with an empty body would carry the same signature).
+        """
         auth = parse_authorization(parts.headers.get("nano-authorization", ""))
         if auth.credential_id not in self._credentials:
             raise AuthError(f"invalid API ID: {auth.credential_id}")
@@ -280,23 +313,34 @@ class Verifier:
         )
         if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("utf-8")):
             raise AuthError("signature corrupted")
-        if parts.method in MUTATING_METHODS:
-            # 16 bytes of the signature are plenty to recognise a replay and halve the memory.
-            self._remember(bytes.fromhex(expected[:32]), signed_at + self._skew, now)
+        write = parts.method in MUTATING_METHODS
+        if write or writable:
+            # 16 bytes of the signature are plenty to recognise a repeat and halve the memory.
+            self._check_repeat(bytes.fromhex(expected[:32]), signed_at, now, write)
         return auth.credential_id
 
-    def _remember(self, digest: bytes, expiry: float, now: float) -> None:
+    def _check_repeat(self, digest: bytes, signed_at: float, now: float, write: bool) -> None:
         self._expire(now)
-        if digest in self._seen:
-            raise AuthError("replayed request: this signature was already used")
+        repeat_until = self._seen.get(digest)
+        if repeat_until is not None:
+            if write and now > repeat_until:
+                raise AuthError("replayed request: this signature was already used")
+            return
         if len(self._seen) >= self._max_replay_entries:
-            # Memory stays bounded even under a flood of valid writes; the client may retry.
-            raise AuthError("too many signed writes within the replay window; retry later")
-        self._seen.add(digest)
-        heapq.heappush(self._expiries, (expiry, digest))
+            # Memory stays bounded even under a flood of valid requests; the client may retry.
+            raise AuthError("too many signed requests within the replay window; retry later")
+        # The rest of the second the date names, as late as its first copy arrived.
+        self._seen[digest] = now + (math.floor(signed_at) + 1 - signed_at) + REPEAT_MARGIN
+        # From then on the date itself is refused as expired: nothing to remember any more.
+        second = math.floor(signed_at + self._skew) + 1
+        forgotten = self._forgotten_then.get(second)
+        if forgotten is None:
+            forgotten = self._forgotten_then[second] = []
+            heapq.heappush(self._forget_at, second)
+        forgotten.append(digest)
 
     def _expire(self, now: float) -> None:
-        expiries = self._expiries
-        while expiries and expiries[0][0] < now:
-            _, digest = heapq.heappop(expiries)
-            self._seen.discard(digest)
+        forget_at = self._forget_at
+        while forget_at and forget_at[0] <= now:
+            for digest in self._forgotten_then.pop(heapq.heappop(forget_at)):
+                self._seen.pop(digest, None)

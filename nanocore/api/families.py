@@ -6,7 +6,17 @@ and list its :class:`~nanocore.api.route.Family` here.
 
 from __future__ import annotations
 
-from nanocore.api import addresses, cells, guests, meta, pools, security, status, templates
+from nanocore.api import (
+    addresses,
+    cells,
+    guests,
+    images,
+    meta,
+    pools,
+    security,
+    status,
+    templates,
+)
 from nanocore.api.route import Family, Route
 from nanocore.operations.core import Operations
 
@@ -19,6 +29,8 @@ FAMILIES: tuple[Family[Operations], ...] = (
     addresses.addresses,
     templates.templates,
     security.groups,
+    images.media,
+    images.disks,
     guests.guests,
 )
 

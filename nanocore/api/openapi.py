@@ -100,6 +100,23 @@ def _operation(route: AnyRoute) -> dict[str, Any]:
             "required": not route.body.optional,
             "content": {"application/json": {"schema": body_schema(route.body)}},
         }
+    if route.upload:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                route.upload: {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "checksum": {"type": "string"},
+                            "size": {"type": "string"},
+                            "image": {"type": "string", "format": "binary"},
+                        },
+                        "required": ["image"],
+                    }
+                }
+            },
+        }
     if route.raw:
         success = {
             "description": "the document itself, not enveloped",

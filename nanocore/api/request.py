@@ -1,9 +1,20 @@
-"""The API's request class: the one place where a request body is limited.
+"""The API on the wire: the one place where what a client sends, and how many clients at once,
+is limited.
 
-A declared ``Content-Length`` above the limit is answered at once and the connection closed;
-a chunked body is counted as it arrives and dropped once it passes the limit. Either way the
-body is refused before it is buffered whole, and nothing behind the site ever sees it, so the
-app reads bodies without checking their size again.
+- **Body** (:class:`LimitedRequest`): a declared ``Content-Length`` above the limit is answered
+  413 at once; a chunked body is counted as it arrives and refused once it passes the limit.
+  Either way the body is refused before it is buffered whole, and nothing behind the site ever
+  sees it, so the app reads bodies without checking their size again.
+- **Request line and headers** (:class:`LimitedChannel`): Twisted's limits (16 KiB per line,
+  16 KiB and 500 headers in all), answered 414 or 431 where Twisted closed the connection
+  without a word (or said only ``400 Bad Request``).
+- **Connections** (:class:`LimitedSite`): at most ``max_connections`` at once; a connection
+  beyond is closed as it arrives, with a log line per source per minute; so idle clients cannot
+  take the daemon to its open-file limit.
+
+Every refusal is the envelope, and the client reads it whole: the connection is half-closed
+after the answer and what the client still sends is discarded for a moment (closing a socket
+with unread input resets it, and the answer with it).
 """
 
 from __future__ import annotations
@@ -11,12 +22,24 @@ from __future__ import annotations
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
-from twisted.web.server import Request
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request, Site
 
 from nanocore.api import envelope
+from nanocore.ratelog import RateLimitedLog
 
 #: Largest request body read.
 DEFAULT_MAX_BODY = 1 << 20
+#: API connections open at once, at most (lower when the open-file limit is low: ``tap``).
+DEFAULT_MAX_CONNECTIONS = 4096
+#: Seconds a refused client may go on sending (discarded) before its connection is aborted.
+REFUSAL_LINGER = 5.0
+
+log = Logger()
 
 _NOT_UTF8 = b"Non-UTF-8 encoding in URL."
 
@@ -75,16 +98,176 @@ class LimitedRequest(Request):
         if self.refused:
             return
         self.refused = True
-        body = envelope.failure(body_too_large(self.max_body))
         channel = self.channel
         if channel is None or channel.transport is None:
             return
-        channel.transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"Content-Type: " + envelope.CONTENT_TYPE + b"\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        cast(LimitedChannel, channel).refuse(
+            413, b"Request Entity Too Large", body_too_large(self.max_body)
         )
-        channel.loseConnection()
+
+
+class LimitedChannel(HTTPChannel):
+    """HTTP/1.1 with Twisted's limits on the request line and the headers, answered.
+
+    Twisted closes the connection on a line over ``MAX_LENGTH`` without an answer, and answers
+    a header block over ``totalHeadersSize`` or ``maxHeaders`` with a bare 400. Here the request
+    line gets 414 and the headers 431, in the envelope, checked just before Twisted would.
+    An idle client that times out costs one log line per source per minute
+    (``LimitedSite.noise``), not one each.
+    """
+
+    site: LimitedSite
+    #: Reading the header lines of a request (its request line has been read).
+    _in_headers = False
+    _header_bytes = 0
+    _header_lines = 0
+    _refused = False
+    _linger: IDelayedCall | None = None
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        self.site.connection_closed()
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # discarded: the client is reading our refusal
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._in_headers:
+            self._header_bytes += len(line)
+            self._header_lines += bool(line)
+            if self._header_bytes > self.totalHeadersSize:
+                self.refuse(
+                    431,
+                    b"Request Header Fields Too Large",
+                    f"request headers longer than {self.totalHeadersSize} bytes",
+                )
+                return
+            if self._header_lines > self.maxHeaders:
+                self.refuse(
+                    431,
+                    b"Request Header Fields Too Large",
+                    f"more than {self.maxHeaders} request headers",
+                )
+                return
+        requests = len(self.requests)
+        super().lineReceived(line)
+        if len(self.requests) > requests:  # that was the request line of a new request
+            self._in_headers = True
+            self._header_bytes = len(line)
+            self._header_lines = 0
+
+    def allHeadersReceived(self) -> None:
+        self._in_headers = False
+        super().allHeadersReceived()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._in_headers:
+            self.refuse(
+                431,
+                b"Request Header Fields Too Large",
+                f"request header line longer than {self.MAX_LENGTH} bytes",
+            )
+        else:
+            self.refuse(414, b"URI Too Long", f"request line longer than {self.MAX_LENGTH} bytes")
+
+    def timeoutConnection(self) -> None:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.site.noise.info(
+            "idle API clients timed out",
+            _host(peer),
+            "timing out idle API client {source} (after {seconds:g} s)",
+            seconds=self.timeOut or 0,
+        )
+        self._close_within(self.abortTimeout)
+        self.loseConnection()
+
+    def refuse(self, status: int, phrase: bytes, message: str) -> None:
+        """Answer ``status`` with ``message`` in the envelope and close, once."""
+        if self._refused or self.transport is None:
+            return
+        self._refused = True
+        self.setTimeout(None)
+        body = envelope.failure(message)
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+            + b"Content-Type: " + envelope.CONTENT_TYPE + b"\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body
+        )  # fmt: skip
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:  # an in-memory transport: no unread input to reset anything
+            self.loseConnection()
+            return
+        half_close()
+        self._close_within(REFUSAL_LINGER)
+
+    def _close_within(self, seconds: float | None) -> None:
+        if seconds is not None and self._linger is None and self.transport is not None:
+            transport = cast(ITCPTransport, self.transport)
+            self._linger = self.callLater(seconds, transport.abortConnection)
+
+
+class LimitedSite(Site):
+    """A site whose channels are :class:`LimitedChannel` s, at most ``max_connections`` at once.
+
+    A connection beyond the limit is refused as it arrives (``buildProtocol`` returns None: the
+    port closes it at once), with one log line per source per minute; one that leaves makes
+    room for the next. ``access_log`` restores Twisted's line per request (Core kept none, and
+    it costs ~8 % per GET).
+    """
+
+    protocol = LimitedChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        resource: Any,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        access_log: bool = False,
+        noise: RateLimitedLog | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_connections = max_connections
+        self.access_log = access_log
+        self.open_connections = 0
+        #: Log lines anyone can cause at will (idle clients, refused connections), rate-limited;
+        #: shared with the API behind the site (refused signatures), and flushed when it stops.
+        self.noise = noise if noise is not None else RateLimitedLog(log, self.reactor)
+
+    def buildProtocol(self, addr: IAddress) -> LimitedChannel | None:  # type: ignore[override]
+        if self.open_connections >= self.max_connections:
+            self.noise.warn(
+                "refused API connections",
+                _host(addr),
+                "refused an API connection from {source}: {limit} connections are open,"
+                " the most this API serves at once",
+                limit=self.max_connections,
+            )
+            return None
+        self.open_connections += 1
+        return cast(LimitedChannel, super().buildProtocol(addr))
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+
+    def stopFactory(self) -> None:
+        self.noise.flush()
+        super().stopFactory()
+
+    def log(self, request: http.Request) -> None:
+        if self.access_log:
+            super().log(request)
+
+
+def _host(address: IAddress | None) -> str:
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else "?"
 
 
 def _utf8(raw: bytes) -> bool:

@@ -93,6 +93,8 @@ class Call:
     params: Mapping[str, str]
     query: Mapping[str, str]
     body: Fields
+    #: The raw query string, for the few routes that read a repeated key (``tags``).
+    raw_query: str = ""
 
 
 @frozen
@@ -133,6 +135,8 @@ class Route(Generic[Ops]):
     query: tuple[str, ...] = ()
     #: Media type of a route answering :class:`Raw` bytes instead of the envelope.
     raw: str = ""
+    #: Media type of a body streamed to storage instead of decoded (image uploads).
+    upload: str = ""
 
     @property
     def full_path(self) -> str:
@@ -167,6 +171,7 @@ class Family(Generic[Ops]):
         cacheable: bool = False,
         query: tuple[str, ...] = (),
         raw: str = "",
+        upload: str = "",
     ) -> Callable[[Callable[[Ops, Call], Result]], Callable[[Ops, Call], Result]]:
         """Declare the decorated handler as ``method path`` (see :class:`Route`)."""
 
@@ -175,7 +180,7 @@ class Family(Generic[Ops]):
                 Route(
                     method, path, handler, summary, self.tag,
                     body=body, auth=auth, response=response, cacheable=cacheable,
-                    query=query, raw=raw,
+                    query=query, raw=raw, upload=upload,
                 )
             )  # fmt: skip
             return handler

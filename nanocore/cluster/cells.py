@@ -238,12 +238,6 @@ class CellRegistry:
     def subscribe(self, observer: CellObserver) -> None:
         self._observers.append(observer)
 
-    def close_all(self) -> None:
-        """Say goodbye to every Cell (Core is stopping)."""
-        for cell in list(self._cells.values()):
-            if cell.link is not None:
-                cell.link.close()
-
     # -- LinkHandler --------------------------------------------------------------------------
 
     def link_connected(self, link: LinkSession) -> None:

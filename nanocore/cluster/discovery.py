@@ -1,33 +1,30 @@
 """Sonar multicast discovery (cell-protocol.md §1), byte-compatible with the Go packets.
 
 A Cell pings ``group:port`` with its domain; Core answers with an echo to ``group:port-1``
-that tells the Cell its own IP (``requestor``) and where Core's message endpoint listens.
-Everything arriving here is untrusted: packets are bounded, strictly parsed, malformed ones
-are dropped with a (rate-limited) log line, and echoes are rate-limited so a flood of pings
-cannot turn Core into a multicast amplifier.
+that tells the Cell its own IP (``requestor``) and where Core's links listen (``services``: the
+KCP link first, for stock Cells, then the TLS link). Everything arriving here is untrusted:
+packets are bounded, strictly parsed, malformed ones are dropped with a log line (one per
+source per minute, then the count), and echoes are paced per sender so a flood of pings cannot
+turn Core into a multicast amplifier, while every pinger's latest ping is still answered (see
+:class:`EchoPacer`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from attrs import frozen
-from twisted.application.service import Service
+from attrs import define, frozen
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IMulticastTransport,
-    IReactorMulticast,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IDelayedCall, IReactorMulticast, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanocore import gojson
+from nanocore.ratelog import RateLimitedLog
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -38,8 +35,8 @@ __all__ = [
     "DiscoveryListener",
     "DiscoveryPacketError",
     "DiscoveryPinger",
-    "DiscoveryService",
     "DiscoveryTimeout",
+    "EchoPacer",
     "ServiceEntry",
     "SonarEcho",
     "SonarPing",
@@ -177,9 +174,17 @@ def decode_packet(data: bytes) -> SonarPing | SonarEcho:
     return SonarEcho(id=packet_id, requestor=_str(fields, "requestor"), services=tuple(entries))
 
 
-def core_service(echo: SonarEcho) -> ServiceEntry | None:
-    """The first "core" service of an echo, as a Cell picks it (§1.3)."""
-    return next((s for s in echo.services if s.type == SERVICE_TYPE_CORE), None)
+def core_service(echo: SonarEcho, protocol: str = "") -> ServiceEntry | None:
+    """The first "core" service of an echo, as a stock Cell picks it at start (§1.3); with
+    ``protocol``, the first one of that protocol (our Cells pick their wire so)."""
+    return next(
+        (
+            s
+            for s in echo.services
+            if s.type == SERVICE_TYPE_CORE and (not protocol or s.protocol == protocol)
+        ),
+        None,
+    )
 
 
 class TokenBucket:
@@ -194,16 +199,30 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = clock.seconds()
 
-    def take(self) -> bool:
-        """Spend one token if there is one."""
+    def _refill(self) -> None:
         now = self._clock.seconds()
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        self._refill()
         if self._tokens >= 1:
             self._tokens -= 1
             return True
         return False
+
+    def wait(self) -> float:
+        """Seconds until :meth:`take` can succeed (0 when it can now)."""
+        self._refill()
+        return max(0.0, (1 - self._tokens) / self._rate)
+
+    @property
+    def full(self) -> bool:
+        """Nothing spent that has not come back: the bucket is as if new."""
+        self._refill()
+        return self._tokens >= self._burst
 
 
 def _log_failure(log: Logger, what: str) -> Callable[[Failure], None]:
@@ -213,8 +232,123 @@ def _log_failure(log: Logger, what: str) -> Callable[[Failure], None]:
     return report
 
 
+Sender = tuple[str, int]
+
+#: Echoes one sender (a pinger's address and port) may cause per second, and their burst.
+ECHOES_PER_SENDER = 5.0
+SENDER_BURST = 5
+#: Senders paced at once; one whose budget is full again is forgotten when room is needed.
+MAX_SENDERS = 1024
+
+
+@define
+class _Paced:
+    """One sender's budget, and its latest ping while it waits for the budget."""
+
+    budget: TokenBucket
+    waiting: SonarPing | None = None
+    call: IDelayedCall | None = None
+
+
+class EchoPacer:
+    """Answers each sender's pings at a bounded pace, always answering its latest ping.
+
+    A stock pinger (sonar) accepts only the echo of its latest ping and answers every other
+    datagram it reads, foreign echoes included, with a new ping. Cells starting together thus
+    ping each other's echoes in a storm of thousands a second; a shared budget that drops
+    pings starves them all, and a pinger whose latest ping is dropped waits for its 5 s
+    timeout and exits. So each sender gets its own budget (``rate``/s, bursts of ``burst``);
+    beyond it, a ping waits until the budget allows, and a newer ping from the same sender
+    replaces it, since only the newest can still be accepted. A waiting ping is answered at a
+    random moment of the next 1/``rate`` s, so that the senders' echoes do not leave all at
+    once (a pinger reading another's echo first would ping again and miss its own). The storm
+    dies down and every pinger gets its answer. One sender costs at most ``rate`` echoes per
+    second; at most ``max_senders`` are paced at once, and a new sender beyond that is refused.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        echo: Callable[[Sender, SonarPing], None],
+        *,
+        rate: float = ECHOES_PER_SENDER,
+        burst: int = SENDER_BURST,
+        max_senders: int = MAX_SENDERS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        self._echo = echo
+        self._rng = rng if rng is not None else random.Random()
+        self._rate = rate
+        self._burst = burst
+        self._max_senders = max_senders
+        self._senders: dict[Sender, _Paced] = {}
+        TokenBucket(clock, rate, burst)  # refuses bad parameters now rather than at a ping
+        #: Pings that waited and were replaced by a newer one of the same sender.
+        self.superseded = 0
+
+    @property
+    def senders(self) -> int:
+        """Senders whose pace is remembered now."""
+        return len(self._senders)
+
+    def offer(self, sender: Sender, ping: SonarPing) -> bool:
+        """Answer ``ping`` now or when ``sender``'s budget allows; False if refused."""
+        paced = self._senders.get(sender)
+        if paced is None:
+            if len(self._senders) >= self._max_senders:
+                self._forget_idle()
+                if len(self._senders) >= self._max_senders:
+                    return False
+            paced = self._senders[sender] = _Paced(
+                TokenBucket(self._clock, self._rate, self._burst)
+            )
+        if paced.call is not None:
+            if paced.waiting is not None:
+                self.superseded += 1
+            paced.waiting = ping
+        elif paced.budget.take():
+            self._echo(sender, ping)
+        else:
+            paced.waiting = ping
+            delay = paced.budget.wait() + self._rng.uniform(0, 1 / self._rate)
+            paced.call = self._clock.callLater(delay, self._release, sender)
+        return True
+
+    def stop(self) -> None:
+        """Drop every waiting ping (the listener stops)."""
+        for paced in self._senders.values():
+            if paced.call is not None and paced.call.active():
+                paced.call.cancel()
+        self._senders.clear()
+
+    def _release(self, sender: Sender) -> None:
+        paced = self._senders[sender]
+        paced.call = None
+        ping, paced.waiting = paced.waiting, None
+        if ping is None:
+            return
+        if paced.budget.take():
+            self._echo(sender, ping)
+        else:  # the clock's rounding: not quite a token yet
+            paced.waiting = ping
+            delay = max(paced.budget.wait(), 0.001)
+            paced.call = self._clock.callLater(delay, self._release, sender)
+
+    def _forget_idle(self) -> None:
+        idle = [
+            s for s, paced in self._senders.items() if paced.call is None and paced.budget.full
+        ]
+        for sender in idle:
+            del self._senders[sender]
+
+
 class DiscoveryListener(DatagramProtocol):
-    """Core's side: answer matching pings on the ``listen_address`` interface only."""
+    """Core's side: answer matching pings on the ``listen_address`` interface only.
+
+    ``services`` says what to advertise now, in order: a stock Cell dials the first entry.
+    Nothing is answered while it is empty (before Core's links listen).
+    """
 
     log = Logger()
 
@@ -226,17 +360,26 @@ class DiscoveryListener(DatagramProtocol):
         group_address: str,
         group_port: int,
         listen_address: str,
-        service: ServiceEntry | Callable[[], ServiceEntry | None],
-        echoes_per_second: float = 20.0,
-        echo_burst: int = 40,
+        services: Callable[[], Sequence[ServiceEntry]],
+        echoes_per_sender: float = ECHOES_PER_SENDER,
+        sender_burst: int = SENDER_BURST,
+        max_senders: int = MAX_SENDERS,
+        rng: random.Random | None = None,
     ) -> None:
         self._domain = domain
         self._group = group_address
         self._echo_address = (group_address, group_port - 1)
         self._listen_address = listen_address
-        self._service = service
-        self._echo_budget = TokenBucket(clock, echoes_per_second, echo_burst)
-        self._log_budget = TokenBucket(clock, 1.0, 10)
+        self._services = services
+        self.pacer = EchoPacer(
+            clock,
+            self._echo,
+            rate=echoes_per_sender,
+            burst=sender_burst,
+            max_senders=max_senders,
+            rng=rng,
+        )
+        self._noise = RateLimitedLog(self.log, clock)
         self.echoes_sent = 0
         self.dropped = 0
 
@@ -249,15 +392,30 @@ class DiscoveryListener(DatagramProtocol):
             _log_failure(self.log, f"send on {self._listen_address}")
         )
 
+    def stopProtocol(self) -> None:
+        self.pacer.stop()
+        self._noise.flush()
+
+    def advertised(self) -> tuple[ServiceEntry, ...]:
+        """What an echo sent now would advertise, in order."""
+        return tuple(self._services())
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         source = addr[0]
         try:
             packet = decode_packet(datagram)
         except DiscoveryPacketError as error:
-            self._drop("malformed packet from {source}: {reason}", source=source, reason=error)
+            self._drop(
+                "malformed discovery packets",
+                "malformed packet from {source}: {reason}",
+                source=source,
+                reason=error,
+            )
             return
         if not isinstance(packet, SonarPing):
-            self._drop("non-ping packet from {source}", source=source, reason="")
+            self._drop(
+                "non-ping discovery packets", "non-ping packet from {source}", source=source
+            )
             return
         if packet.domain != self._domain:
             self.log.debug(
@@ -266,27 +424,38 @@ class DiscoveryListener(DatagramProtocol):
                 source=source,
             )
             return
-        service = self._service() if callable(self._service) else self._service
-        if service is None:
+        if not self.advertised():
             self.log.debug(
                 "Ignored ping from {source}: no endpoint to advertise yet", source=source
             )
             return
-        if not self._echo_budget.take():
-            self._drop("ping from {source}: echo rate limit reached", source=source, reason="")
-            return
-        echo = SonarEcho(id=packet.id, requestor=source, services=(service,))
+        if not self.pacer.offer((source, addr[1]), packet):
+            self._drop(
+                "pings from too many senders",
+                "ping from {source}: too many pinging senders",
+                source=source,
+            )
+
+    def _echo(self, sender: Sender, ping: SonarPing) -> None:
+        source = sender[0]
+        services = self.advertised()
+        if not services or self.transport is None:
+            return  # the links stopped while this ping waited
+        echo = SonarEcho(id=ping.id, requestor=source, services=services)
         try:
-            self.transport.write(encode_packet(echo), self._echo_address)  # type: ignore[union-attr]
+            self.transport.write(encode_packet(echo), self._echo_address)
         except (OSError, DiscoveryPacketError) as error:
-            self._drop("echo to {source}: {reason}", source=source, reason=error)
+            self._drop(
+                "echoes not sent", "echo to {source}: {reason}", source=source, reason=error
+            )
             return
         self.echoes_sent += 1
 
-    def _drop(self, text: str, **fields: object) -> None:
+    def _drop(self, kind: str, text: str, *, source: str, **fields: object) -> None:
+        # Anyone on the segment can send these: one line per kind and source per minute, and
+        # the count.
         self.dropped += 1
-        if self._log_budget.take():
-            self.log.warn("Discovery dropped " + text, **fields)
+        self._noise.warn(kind, source, "Discovery dropped " + text, **fields)
 
 
 class DiscoveryPinger(DatagramProtocol):
@@ -406,54 +575,3 @@ def find_core(
         return closing.addCallback(lambda _: outcome)
 
     return pinger.query(timeout).addBoth(close)
-
-
-class DiscoveryService(Service):
-    """Listens for pings on ``group_address:group_port`` while running."""
-
-    def __init__(
-        self,
-        reactor: IReactorMulticast,
-        clock: IReactorTime,
-        *,
-        domain: str,
-        group_address: str,
-        group_port: int,
-        listen_address: str,
-        service: ServiceEntry | Callable[[], ServiceEntry | None],
-        echoes_per_second: float = 20.0,
-        echo_burst: int = 40,
-    ) -> None:
-        self._reactor = reactor
-        self._group_address = group_address
-        self._group_port = group_port
-        self.protocol = DiscoveryListener(
-            clock=clock,
-            domain=domain,
-            group_address=group_address,
-            group_port=group_port,
-            listen_address=listen_address,
-            service=service,
-            echoes_per_second=echoes_per_second,
-            echo_burst=echo_burst,
-        )
-        self._port: IMulticastTransport | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        # Bound to the group address itself: only datagrams for the group arrive, never
-        # unicast traffic to the port; the join above picks the interface.
-        self._port = self._reactor.listenMulticast(
-            self._group_port,
-            self.protocol,
-            interface=self._group_address,
-            listenMultiple=True,
-        )
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self._port = self._port, None
-        if port is None:
-            return None
-        stopped = port.stopListening()
-        return stopped if isinstance(stopped, Deferred) else None

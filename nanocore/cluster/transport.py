@@ -29,7 +29,9 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from nanocore.cluster._fastcodec import decode, encode
+from nanocore.cluster.admission import FairShare
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey
+from nanocore.ratelog import RateLimitedLog
 
 #: Seconds between two keepalives on a connected link (framework ``KeepAliveInterval``).
 KEEPALIVE_INTERVAL = 3.0
@@ -39,8 +41,14 @@ LOST_AFTER = 9.0
 DISCONNECT_AFTER = 15.0
 #: Seconds a new link may take to complete the handshake before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
-#: Connections Core accepts at once that have not completed the handshake; more are refused.
+#: Connections Core accepts at once that have not completed the handshake; more are refused
+#: (the KCP link's bound).
 MAX_HANDSHAKING = 256
+#: The same for the TLS link, whose places are shared fairly among source addresses
+#: (``admission``): enough for a whole cluster of 1,000 Cells dialing a restarted Core at once
+#: (with 256 they linked in waves, one every reconnect delay). A TLS connection still
+#: handshaking costs ~50 KB, so a flood holding every place costs ~50 MB and 1,024 descriptors.
+MAX_TLS_HANDSHAKING = 1024
 #: Seconds an orderly close may take to flush before the connection is aborted.
 CLOSE_GRACE = 3.0
 #: Largest frame accepted or sent: the Go endpoint's receive buffer (2 MiB).
@@ -156,6 +164,9 @@ class LinkSession:
     The dialing side announces itself first; the accepting side reads the peer's announcement,
     checks it against the authenticated identity (``identify``) and answers with its own.
     Any received frame counts as a sign of life (the original counts only keepalives).
+    ``handshake_over`` is told when the link leaves the handshake, connected or not (the
+    listening side bounds the links still handshaking); ``noise`` rate-limits the log lines
+    of links dropped before they said who they are, which anyone can cause.
     """
 
     log = Logger()
@@ -171,6 +182,8 @@ class LinkSession:
         peer_type: ServiceType,
         dialer: bool,
         identify: Callable[[], str | None] | None = None,
+        handshake_over: Callable[[LinkSession], None] | None = None,
+        noise: RateLimitedLog | None = None,
     ) -> None:
         self._wire = wire
         self._handler = handler
@@ -180,6 +193,8 @@ class LinkSession:
         self._peer_type = peer_type
         self._dialer = dialer
         self._identify = identify
+        self._handshake_over = handshake_over
+        self._noise = noise
         self.name = ""
         self.state = LinkState.HANDSHAKING
         self._last_heard = clock.seconds()
@@ -242,12 +257,21 @@ class LinkSession:
         """The peer broke the framing or the message format: drop only this link."""
         if self.state is LinkState.CLOSED:
             return
-        self.log.warn(
-            "dropping link {name} ({address}): {reason}",
-            name=self.name or "(unnamed)",
-            address=self.address,
-            reason=reason,
-        )
+        if self.state is LinkState.HANDSHAKING and self._noise is not None:
+            # Anyone who can reach the port can cause this at will: rate-limited per source.
+            self._noise.warn(
+                "dropped handshakes",
+                self.address,
+                "dropping link (unnamed) ({source}): {reason}",
+                reason=reason,
+            )
+        else:
+            self.log.warn(
+                "dropping link {name} ({address}): {reason}",
+                name=self.name or "(unnamed)",
+                address=self.address,
+                reason=reason,
+            )
         self._finish(gracefully=False)
         self._wire.abort()
 
@@ -305,6 +329,8 @@ class LinkSession:
         if not self._dialer:
             self._wire.write_frame(encode(opened_event(self._local_name, self._local_type)))
         self.state = LinkState.CONNECTED
+        if self._handshake_over is not None:
+            self._handshake_over(self)
         self._last_heard = self._clock.seconds()
         self._cancel_watchdog()
         self._watchdog = self._clock.callLater(LOST_AFTER, self._watch)
@@ -358,7 +384,10 @@ class LinkSession:
         if self.state is LinkState.CLOSED:
             return
         was_connected = self.connected
+        was_handshaking = self.state is LinkState.HANDSHAKING
         self.state = LinkState.CLOSED
+        if was_handshaking and self._handshake_over is not None:
+            self._handshake_over(self)
         self._cancel_watchdog()
         if self._keepalive.running:
             self._keepalive.stop()
@@ -518,6 +547,12 @@ class CellLinkFactory(Factory):
 
     ``identify`` returns the Cell name bound to the connection's verified client certificate
     (``nanocore.pki.peer_cell_name``) or None; the Cell's claimed name must equal it.
+
+    Until a connection completes the handshake it holds one of ``max_handshaking`` places,
+    shared fairly among source addresses (:mod:`nanocore.cluster.admission`); a connection
+    without a place is refused (``buildProtocol`` returns None, so the port closes it at once;
+    under TLS, :func:`nanocore.tlsserver.tls_server_factory` passes the refusal through).
+    Connected Cells hold none.
     """
 
     log = Logger()
@@ -528,49 +563,88 @@ class CellLinkFactory(Factory):
         clock: IReactorTime,
         core_name: str,
         identify: Callable[[ITransport], str | None],
-        max_handshaking: int = MAX_HANDSHAKING,
+        max_handshaking: int = MAX_TLS_HANDSHAKING,
     ) -> None:
         self._handler = handler
         self._clock = clock
         self._core_name = core_name
         self._identify = identify
-        self._max_handshaking = max_handshaking
+        self._waiting: FairShare[FramedLinkProtocol] = FairShare(max_handshaking)
+        self._noise = RateLimitedLog(self.log, clock)
         #: Connections not yet closed, so that a stopping Core can wait for them.
         self.connections: set[FramedLinkProtocol] = set()
-        #: Connections refused because too many others were still handshaking.
+        #: Connections refused because their source already held its share of the places.
         self.refused = 0
+        #: Handshaking connections dropped to make room for a source holding fewer places.
+        self.evicted = 0
+        #: Core is closing every link: new connections are refused meanwhile.
+        self._closing = False
 
     def handshaking(self) -> int:
         """Connections that have not completed the handshake (not yet a known Cell)."""
-        return sum(
-            1
-            for protocol in self.connections
-            if protocol.session is None or protocol.session.state is LinkState.HANDSHAKING
-        )
+        return len(self._waiting)
 
     def buildProtocol(self, addr: IAddress | None) -> FramedLinkProtocol | None:
-        # Until its handshake completes a connection is nobody; a flood of them must not
-        # exhaust Core's memory or file descriptors while the known Cells keep their links.
-        if self.handshaking() >= self._max_handshaking:
-            self.refused += 1
-            if self.refused == 1 or self.refused % 100 == 0:
-                self.log.warn(
-                    "refused a Cell link from {address}: {count} connections still"
-                    " handshaking ({refused} refused so far)",
-                    address=_host_of(addr) if addr is not None else "?",
-                    count=self._max_handshaking,
-                    refused=self.refused,
-                )
+        if self._closing:
             return None
+        # Until its handshake completes a connection is nobody; a flood of them must not
+        # exhaust Core's memory or file descriptors, nor keep a Cell from another place out.
+        source = _host_of(addr) if addr is not None else "?"
+        decision = self._waiting.make_room(source)
+        if not decision.admitted:
+            self.refused += 1
+            self._noise.warn(
+                "refused Cell links",
+                source,
+                "refused a Cell link from {source}: {held} of the {count} connections still"
+                " handshaking are from there",
+                held=self._waiting.held_by(source),
+                count=len(self._waiting),
+            )
+            return None
+        if decision.evicted is not None:
+            self.evicted += 1
+            self._noise.warn(
+                "handshaking connections dropped for others",
+                decision.evicted_source,
+                "dropped a connection from {source} still handshaking, to make room for one"
+                " from {newcomer}",
+                newcomer=source,
+            )
+            decision.evicted.abort()
         protocol = FramedLinkProtocol(self._new_session, self._clock)
+        self._waiting.add(source, protocol)
         self.connections.add(protocol)
-        protocol.when_closed().addCallback(lambda _: self.connections.discard(protocol))
+        protocol.when_closed().addCallback(lambda _: self._forget(protocol))
         return protocol
+
+    def stopFactory(self) -> None:
+        """The port stopped listening: say now what the rate-limited log still counts."""
+        self._noise.flush()
 
     def when_all_closed(self) -> Deferred[None]:
         """Fires once every connection accepted so far is gone."""
         waiting = [protocol.when_closed() for protocol in self.connections]
         return gatherResults(waiting).addCallback(lambda _: None)
+
+    def close_all(self) -> Deferred[None]:
+        """Core is stopping: refuse new connections, say goodbye to every Cell, close every
+        connection (handshaking ones too); fires once each one is gone."""
+        self._closing = True
+        for connection in list(self.connections):
+            if connection.session is not None:
+                connection.session.close()  # a goodbye first, when the Cell is linked
+            else:
+                connection.close()
+
+        def closed(_: object) -> None:
+            self._closing = False
+
+        return self.when_all_closed().addCallback(closed)
+
+    def _forget(self, protocol: FramedLinkProtocol) -> None:
+        self.connections.discard(protocol)
+        self._waiting.remove(protocol)
 
     def _new_session(self, wire: FramedLinkProtocol) -> LinkSession:
         return LinkSession(
@@ -582,6 +656,8 @@ class CellLinkFactory(Factory):
             peer_type=ServiceType.CELL,
             dialer=False,
             identify=lambda: self._identify(transport_of(wire)),
+            handshake_over=lambda _: self._waiting.remove(wire),
+            noise=self._noise,
         )
 
 

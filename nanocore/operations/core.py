@@ -11,6 +11,7 @@ from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CellOperations, NoLinks
 from nanocore.operations.guests import GuestOperations
+from nanocore.operations.images import ImageFiles, Images, NoImageFiles
 from nanocore.operations.imagesite import ImageSiteLocator, no_image_site
 from nanocore.operations.pools import ComputePools, StoragePools
 from nanocore.operations.security import SecurityGroups
@@ -30,6 +31,7 @@ class Operations:
         cells: CellDirectory | None = None,
         *,
         timeout: float | None = None,
+        image_files: ImageFiles | None = None,
         scheduler: Scheduler | None = None,
         image_site: ImageSiteLocator = no_image_site,
         randbelow: Callable[[int], int] | None = None,
@@ -38,13 +40,16 @@ class Operations:
 
         ``timeout`` bounds Cell requests (default: the registry's own, the domain timeout);
         ``scheduler`` places guests (default: the original's filters and score); ``image_site``
-        says where Cells fetch images; ``randbelow(n)`` starts the address search in a range.
+        says where Cells fetch images; ``randbelow(n)`` starts the address search in a range;
+        ``image_files`` are the image folders (none: a Core that keeps no image files).
         """
         self.context = Context(store, clock)
         self.compute_pools = ComputePools(self.context)
         self.storage_pools = StoragePools(self.context)
         self.templates = Templates(self.context)
         self.security_groups = SecurityGroups(self.context)
+        folders = image_files if image_files is not None else NoImageFiles()
+        self.images = Images(self.context, folders)
         links = cells if cells is not None else NoLinks()
         self.guests = GuestOperations(
             self.context,

@@ -2,9 +2,8 @@
 
 Cells download disk images (create from an image, reset) and media images (start from media)
 straight from Core's image site; Core only tells them its host and port (cell-protocol.md
-§5.12). The site itself is issue #12's room: until it reports the port it bound, the service
-tree hands operations the address it will use (``listen_address`` and the first port of its
-range).
+§5.12). The site (`services/images.py`) takes the first free port of its range, so operations
+ask for the address when they need it: None while the site is not listening.
 """
 
 from __future__ import annotations
@@ -15,12 +14,9 @@ from attrs import field, frozen
 
 from nanocore.model import ipv4, port_number
 
-#: The original's image site takes the first free port of this range on ``listen_address``.
-IMAGE_SITE_PORTS = range(5801, 5901)
-
 
 @frozen
-class ImageSite:
+class ImageSiteAddress:
     """The host and port Cells reach the image site at."""
 
     host: str = field(validator=ipv4)
@@ -28,14 +24,8 @@ class ImageSite:
 
 
 #: What guest operations ask when they need the site: None while there is none.
-ImageSiteLocator = Callable[[], ImageSite | None]
+ImageSiteLocator = Callable[[], ImageSiteAddress | None]
 
 
-def no_image_site() -> ImageSite | None:
+def no_image_site() -> ImageSiteAddress | None:
     return None
-
-
-def configured_image_site(listen_address: str) -> ImageSiteLocator:
-    """The site as the service tree will start it, before it reports its bound port."""
-    site = ImageSite(listen_address, IMAGE_SITE_PORTS[0])
-    return lambda: site

@@ -1,26 +1,28 @@
-"""The Cell link as a service: listening on the first free port of a range, owning its links.
+"""A Cell link as a service: listening on the first free port of a range, owning its links.
 
 Like the original, which opens its KCP listener on the first free UDP port of 5600-5799 on
-`listen_address`, the TLS link takes the first free TCP port of that range. It listens only
-once the Core's state is loaded, so that every Cell event reaches operations that can record
-it; discovery asks it what to advertise.
+`listen_address`, each of Core's links (KCP/UDP for stock Cells, TLS/TCP for ours) takes the
+first free port of that range. It listens only once the Core's state is loaded, so that every
+Cell event reaches operations that can record it; discovery asks the links what to advertise.
+One shape serves both wires: what differs is how a port is bound (`listen`) and who owns the
+links accepted on it (`Links`).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nanocore.cluster.discovery import SERVICE_TYPE_CORE, ServiceEntry
-from nanocore.cluster.transport import CellLinkFactory
 from nanocore.services.listen import port_of
 
 log = Logger()
@@ -32,6 +34,13 @@ LINK_PORTS = range(5600, 5800)
 def core_name() -> str:
     """`Core_<MAC hex>`, as the original names itself (§2.6); the host's primary MAC."""
     return f"Core_{uuid.getnode():012x}"
+
+
+class Links(Protocol):
+    """Who owns the links accepted on a link's port (`CellLinkFactory`, `KCPEndpoint`)."""
+
+    def close_all(self) -> Deferred[None]:
+        """Refuse new links, say goodbye to every link, and fire once each one is gone."""
 
 
 def listen_first_free(
@@ -51,13 +60,56 @@ def listen_first_free(
     raise CannotListenError(interface, f"{ports[0]}-{ports[-1]}", refused)
 
 
+@implementer(IListeningPort)
+class HeldTogether:
+    """A link's port and a port of the same number held idle on another transport.
+
+    Stock Cells dial the advertised port over UDP whatever protocol discovery names, so a
+    Core without its KCP link still holds that UDP port: otherwise a Cell on the same host
+    could bind it, and stock Cells would link to that Cell instead of Core.
+    """
+
+    def __init__(self, port: IListeningPort, held: IListeningPort) -> None:
+        self._port = port
+        self._held = held
+
+    def startListening(self) -> None:
+        """Both are bound already."""
+
+    def stopListening(self) -> Deferred[None]:
+        stopping = [maybeDeferred(each.stopListening) for each in (self._port, self._held)]
+        return gatherResults(stopping).addCallback(lambda _: None)
+
+    def getHost(self) -> IAddress:
+        return self._port.getHost()
+
+
+def holding(
+    listen: Callable[[int], IListeningPort], hold: Callable[[int], IListeningPort]
+) -> Callable[[int], IListeningPort]:
+    """`listen` on a number that `hold` can bind too, holding both (see `HeldTogether`)."""
+
+    def both(number: int) -> IListeningPort:
+        port = listen(number)
+        try:
+            held = hold(number)
+        except CannotListenError:
+            port.stopListening()
+            raise
+        return HeldTogether(port, held)
+
+    return both
+
+
 class CellLinkService(Service):
     """Cell links on the first free port of `ports`, from when `after()` fires until stop.
 
-    `listen(port)` binds one port for `links` (the factory of every accepted connection);
-    `protocol` is what discovery echoes for it ("tls"). No free port, or a failure of what it
-    waits for, goes to `on_failure` (the Core says why and stops). Stopping stops listening,
-    closes every link (Cells get a goodbye) and waits until each connection is gone.
+    `listen(port)` binds one port for `links` (who owns every link accepted on it);
+    `protocol` is what discovery echoes for it ("kcp", "tls"). `warning`, when given, is
+    logged once the link listens, saying what it exposes. No free port, or a failure of what
+    it waits for, goes to `on_failure` (the Core says why and stops). Stopping closes every
+    link (Cells get a goodbye), waits until each one is gone, and only then closes the port
+    (over UDP the goodbyes and their acknowledgements use it).
     """
 
     def __init__(
@@ -65,11 +117,12 @@ class CellLinkService(Service):
         *,
         ports: Sequence[int],
         listen: Callable[[int], IListeningPort],
-        links: CellLinkFactory,
+        links: Links,
         protocol: str,
         address: str,
         after: Callable[[], Deferred[Any]],
         on_failure: Callable[[Failure], object],
+        warning: str = "",
     ) -> None:
         if not ports:
             raise ValueError("a Cell link needs at least one port to try")
@@ -80,6 +133,7 @@ class CellLinkService(Service):
         self._address = address
         self._after = after
         self._on_failure = on_failure
+        self._warning = warning
         self._waiting: Deferred[Any] | None = None
         self.port: IListeningPort | None = None
 
@@ -106,11 +160,15 @@ class CellLinkService(Service):
         except CannotListenError:
             self._on_failure(Failure())
             return
-        log.info(
-            "Cell link ({protocol}) on {address}:{port}",
+        # A link that exposes something (the plaintext KCP link) says so where it starts.
+        say = log.warn if self._warning else log.info
+        say(
+            "Cell link ({protocol}) on {address}:{port}{exposes}",
             protocol=self._protocol.upper(),
             address=self._address,
             port=port_of(self.port),
+            # not "warning": the legacy log observers take that key for a Python warning
+            exposes=f": {self._warning}" if self._warning else "",
         )
 
     def _not_started(self, failure: Failure) -> None:
@@ -125,13 +183,18 @@ class CellLinkService(Service):
     async def _stop(self) -> None:
         if self._waiting is not None:
             self._waiting.cancel()
+        await self._links.close_all()
         port, self.port = self.port, None
         if port is not None:
             await maybeDeferred(port.stopListening)
-        for connection in list(self._links.connections):
-            session = connection.session
-            if session is not None:
-                session.close()  # a goodbye first, when the Cell is linked
-            else:
-                connection.close()
-        await self._links.when_all_closed()
+
+
+def advertised_together(*links: CellLinkService) -> Callable[[], tuple[ServiceEntry, ...]]:
+    """What discovery echoes for `links`, in their order: all of them, or nothing until every
+    one listens (a stock Cell dials the first entry, whatever its protocol)."""
+
+    def entries() -> tuple[ServiceEntry, ...]:
+        found = tuple(entry for entry in (link.advertised() for link in links) if entry)
+        return found if len(found) == len(links) else ()
+
+    return entries

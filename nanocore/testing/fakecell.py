@@ -1,9 +1,9 @@
 """FakeCell: a Cell that speaks the real protocol over the real link, with simulated guests.
 
-It dials Core with its CA-issued certificate, completes the handshake, reports its status every
-2 s, and answers every Core→Cell request of cell-protocol.md §5 from a table of small handlers
-over :mod:`nanocore.testing.guests`. Faults can be injected per message id: a delay, a dropped
-reply, an error reply, or a disconnect.
+It dials Core with its CA-issued certificate over TLS, or over KCP as a stock Cell does,
+completes the handshake, reports its status every 2 s, and answers every Core→Cell request of
+cell-protocol.md §5 from a table of small handlers over :mod:`nanocore.testing.guests`. Faults
+can be injected per message id: a delay, a dropped reply, an error reply, or a disconnect.
 
 Departures from a real Cell, chosen to make tests quick and clear: the first status report goes
 out as soon as the link is up (not after 4 s); a request missing a parameter gets an error reply
@@ -39,6 +39,8 @@ from zope.interface import implementer
 
 from nanocore.cluster.cells import CellStatus
 from nanocore.cluster.discovery import SonarEcho, core_service, find_core
+from nanocore.cluster.kcp.dialer import KCPClientService
+from nanocore.cluster.kcp.link import cell_sessions
 from nanocore.cluster.message import Message, MessageID, ParamKey, response_id
 from nanocore.cluster.transactions import reply_to
 from nanocore.cluster.transport import (
@@ -206,6 +208,22 @@ class FakeCell:
             self.factory(),
             retryPolicy=lambda attempt: self._reconnect_delay,
             clock=self._clock,
+        )
+
+    def kcp_service(self, reactor: Any, locate: Locate, *, interface: str) -> KCPClientService:
+        """Keep a KCP link to Core up, as a stock Cell does, dialing again 3 s after it drops.
+
+        The link's session runs on this Cell's clock; KCP's own timers on the reactor's, so
+        that a Cell frozen by a clock that never moves still acknowledges what it receives.
+        ``interface`` is the local address to dial from.
+        """
+        return KCPClientService(
+            reactor,
+            reactor,
+            locate,
+            cell_sessions(self, self._clock, self.name),
+            interface=interface,
+            retry=self._reconnect_delay,
         )
 
     def connected(self) -> Deferred[LinkSession]:
@@ -1049,17 +1067,19 @@ class LocatedCoreEndpoint:
 
 
 class NoCoreService(Exception):
-    """A discovery echo answered but named no "core" service."""
+    """A discovery echo answered but named no "core" service of the wanted protocol."""
 
 
 def discover_core(
     reactor: Any,
     clock: IReactorTime,
     *,
+    protocol: str = "tls",
     find: Callable[..., Deferred[SonarEcho]] = find_core,
     **query: Any,
 ) -> Locate:
-    """A :data:`Locate` that asks sonar discovery where Core is, as a Cell does (§1.3, §2.9).
+    """A :data:`Locate` that asks sonar discovery where Core is, as a Cell does (§1.3, §2.9),
+    taking the first "core" service of ``protocol`` (a stock Cell takes the first of any).
 
     ``query`` goes to :func:`~nanocore.cluster.discovery.find_core` (``domain``,
     ``group_address``, ``group_port``, ``interface``, ``timeout``).
@@ -1067,9 +1087,9 @@ def discover_core(
 
     async def locate() -> tuple[str, int]:
         echo = await find(reactor, clock, **query)
-        service = core_service(echo)
+        service = core_service(echo, protocol)
         if service is None:
-            raise NoCoreService(f"echo {echo.id} from discovery names no core service")
+            raise NoCoreService(f"echo {echo.id} from discovery names no {protocol} core service")
         return service.address, service.port
 
     return lambda: Deferred.fromCoroutine(locate())

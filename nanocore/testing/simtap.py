@@ -1,7 +1,9 @@
 """The ``nanocell-sim`` twistd plugin: start N FakeCells against a Core, for demos and load.
 
-The simulator signs its Cells' certificates itself with the cluster CA from ``--cert-dir``
-(the directory Core uses), so it is meant to run beside Core, on 127.0.0.1 by default.
+Over the TLS link (``--link tls``, the default) the simulator signs its Cells' certificates
+itself with the cluster CA from ``--cert-dir`` (the directory Core uses), so it is meant to run
+beside Core, on 127.0.0.1 by default. Over the KCP link (``--link kcp``) its Cells link as stock
+Nano Cells do: plaintext, named by what they claim, no certificate.
 """
 
 from __future__ import annotations
@@ -39,15 +41,30 @@ def _positive(kind: type) -> Any:
     return check
 
 
+#: Core's Cell link wires, by the protocol discovery names them with.
+LINKS = ("tls", "kcp")
+
+
+def _link(text: str) -> str:
+    if text not in LINKS:
+        raise ValueError(f"must be one of {', '.join(LINKS)}, got {text!r}")
+    return text
+
+
+_link.coerceDoc = "tls (our Cells, certificates from --cert-dir) or kcp (as stock Cells)."  # type: ignore[attr-defined]
+
+
 class Options(NanocoreOptions):
-    synopsis = "--core HOST:PORT --cert-dir DIR [--count N] [options]"
+    synopsis = "[--link tls|kcp] --core HOST:PORT [--cert-dir DIR] [--count N] [options]"
     longdesc = (
-        "Start N simulated Cells that link to Core over TLS, report their status every 2 s and "
-        "answer every Cell request with simulated guests."
+        "Start N simulated Cells that link to Core over TLS (or over KCP, as stock Nano Cells"
+        " do), report their status every 2 s and answer every Cell request with simulated"
+        " guests."
     )
     optParameters = [
+        ["link", None, "tls", "The Cell link to use", _link],
         ["core", None, "127.0.0.1:5600", "Core's Cell link endpoint, HOST:PORT"],
-        ["cert-dir", None, "cert", "Directory with the cluster CA (nano_ca.crt.pem/key.pem)"],
+        ["cert-dir", None, "cert", "Directory with the cluster CA, for --link tls"],
         ["count", "n", 10, "How many Cells to simulate", _positive(int)],
         ["prefix", None, "Cell_sim", "Cell names are PREFIX followed by a 6-digit number"],
         ["cores", None, 8, "Logical CPUs per Cell", _positive(int)],
@@ -59,7 +76,7 @@ class Options(NanocoreOptions):
         ["domain", None, DEFAULT_DOMAIN, "Discovery domain (with --discover)"],
         ["group-address", None, DEFAULT_GROUP_ADDRESS, "Discovery multicast group"],
         ["group-port", None, DEFAULT_GROUP_PORT, "Discovery group port", _positive(int)],
-        ["interface", None, "127.0.0.1", "Interface to ping from (with --discover)"],
+        ["interface", None, "127.0.0.1", "Interface to ping (--discover) and dial from"],
     ]
     optFlags = [
         ["discover", None, "Find Core by multicast discovery instead of --core"],
@@ -71,7 +88,7 @@ class Options(NanocoreOptions):
             raise usage.UsageError(f"--core must be HOST:PORT, got {self['core']!r}")
         self["host"], self["port"] = host, int(port)
         ca_cert = Path(self["cert-dir"]) / CA_CERT_FILE
-        if not ca_cert.exists():
+        if self["link"] == "tls" and not ca_cert.exists():
             raise usage.UsageError(f"no cluster CA at {ca_cert}: point --cert-dir at Core's")
         if not 0.0 <= self["usage"] <= 100.0:
             raise usage.UsageError(f"--usage must be within 0-100, got {self['usage']}")
@@ -86,7 +103,7 @@ class Options(NanocoreOptions):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # the composition edge
-    ca = load_or_create_ca(Path(options["cert-dir"]))
+    link = options["link"]
     capacity = Capacity(
         cores=options["cores"], memory=options["memory"] * GiB, disk=options["disk"] * GiB
     )
@@ -99,10 +116,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             group_address=options["group-address"],
             group_port=options["group-port"],
             interface=options["interface"],
+            protocol=link,
         )
     else:
         address = (options["host"], options["port"])
         locate = lambda: succeed(address)  # noqa: E731
+    ca = load_or_create_ca(Path(options["cert-dir"])) if link == "tls" else None
     for name in options.cell_names():
         cell = FakeCell(
             name,
@@ -112,8 +131,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             creation_time=options["creation-time"],
             stop_time=options["stop-time"],
         )
-        endpoint = LocatedCoreEndpoint(reactor, locate, _tls_for(ca, name))
-        service = cell.service(endpoint)
+        service: IService
+        if ca is None:
+            service = cell.kcp_service(reactor, locate, interface=options["interface"])
+        else:
+            service = cell.service(LocatedCoreEndpoint(reactor, locate, _tls_for(ca, name)))
         service.setName(name)
         service.setServiceParent(parent)
     return parent

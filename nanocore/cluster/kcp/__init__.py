@@ -9,6 +9,8 @@ bottom up:
 - :mod:`.conversation`: one peer's KCP conversation (``siokcp``), the ``FrameWire`` of a session;
 - :mod:`.endpoint`: Core's UDP port, one conversation per remote address, every cost bounded;
 - :mod:`.link`: sessions on conversations, names from the handshake, kept from being taken over;
-- :mod:`.dialer`: the Cell's side (our simulated Cells, tests and benchmarks);
-- :mod:`.listener`: the service holding Core's KCP port on the first free one of 5600-5799.
+- :mod:`.dialer`: the Cell's side (our simulated Cells, tests and benchmarks).
+
+Core holds its KCP port with the same ``services.link.CellLinkService`` as its TLS port (the
+first free one of 5600-5799, once the state is loaded), composed in ``tap``.
 """

@@ -26,6 +26,7 @@ from nanocore.cluster.kcp.conversation import (
     parse_datagram,
 )
 from nanocore.cluster.kcp.endpoint import Address, Attach, enlarge_receive_buffer
+from nanocore.cluster.transport import LinkState
 
 #: Seconds between the end of one link and the next dial (a Cell's ``recoverStubService``).
 RECONNECT_DELAY = 3.0
@@ -148,10 +149,12 @@ class KCPClientService(Service):
         conversation = dialer.conversation if dialer is not None else None
         if conversation is None or conversation.released:
             return Deferred.fromCoroutine(self._stop_port())
-        if conversation.session is not None and conversation.session.connected:
-            conversation.session.close()  # goodbye first: Core sees a graceful disconnect
-        else:
-            conversation.abort()
+        session = conversation.session
+        if session is not None and session.connected:
+            session.close()  # goodbye first: Core sees a graceful disconnect
+        elif session is None or session.state is not LinkState.CLOSED:
+            conversation.abort()  # nothing said yet: nothing to deliver
+        # else the Cell said goodbye already: its conversation is delivering it
         return conversation.when_closed().addCallback(
             lambda _: Deferred.fromCoroutine(self._stop_port())
         )

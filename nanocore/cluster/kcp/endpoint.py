@@ -11,8 +11,9 @@ can never handshake.
 Everything a peer can make Core spend is bounded (:class:`~.conversation.Limits`): the number of
 conversations and of those still handshaking, the datagrams per second each peer may have
 processed, each conversation's queues and reassembly buffer. Malformed datagrams are dropped and
-counted; only malformed documents and handshakes (the session's business) drop a conversation,
-and only that one. How the port is bound is up to the caller (``listenUDP``).
+counted, with one log line per kind and source a minute (``ratelog``); only malformed documents
+and handshakes (the session's business) drop a conversation, and only that one. How the port is
+bound is up to the caller (``listenUDP``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from nanocore.cluster.kcp.conversation import (
     Limits,
     parse_datagram,
 )
+from nanocore.ratelog import RateLimitedLog
 
 #: Builds the session that runs on a new conversation and starts it.
 Attach = Callable[[KCPConversation], None]
@@ -60,18 +62,25 @@ class KCPEndpoint(DatagramProtocol):
     log = Logger()
 
     def __init__(
-        self, clock: IReactorTime, attach: Attach, limits: Limits = DEFAULT_LIMITS
+        self,
+        clock: IReactorTime,
+        attach: Attach,
+        limits: Limits = DEFAULT_LIMITS,
+        noise: RateLimitedLog | None = None,
     ) -> None:
         self._clock = clock
         self._attach = attach
         self._limits = limits
+        #: What anyone can make this port log, rate-limited (shared with the sessions).
+        self.noise = noise if noise is not None else RateLimitedLog(self.log, clock)
         self.conversations: dict[Address, KCPConversation] = {}
         #: Conversations created and maybe still handshaking; pruned when it matters.
         self._pending: set[KCPConversation] = set()
         self._openings = TokenBucket(clock, limits.openings_per_second, limits.opening_burst)
-        self._log_budget = TokenBucket(clock, 1.0, 10)
         #: Datagrams dropped as malformed, foreign or over a limit.
         self.dropped = 0
+        #: Core is closing every conversation: new ones are refused meanwhile.
+        self._closing = False
 
     # -- the socket ---------------------------------------------------------------------------
 
@@ -81,6 +90,7 @@ class KCPEndpoint(DatagramProtocol):
     def stopProtocol(self) -> None:
         for conversation in list(self.conversations.values()):
             conversation.abort()
+        self.noise.flush()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         peer: Address = (addr[0], addr[1])
@@ -98,15 +108,21 @@ class KCPEndpoint(DatagramProtocol):
     # -- Core stopping ------------------------------------------------------------------------
 
     def close_all(self) -> Deferred[None]:
-        """Say goodbye on every conversation; fires once all are released (3 s at most)."""
+        """Refuse new conversations, say goodbye on every one; fires once all are released
+        (3 s at most: a Cell that does not acknowledge the goodbye is not waited for)."""
+        self._closing = True
         conversations = list(self.conversations.values())
         for conversation in conversations:
             if conversation.session is not None:
                 conversation.session.close()
             else:
                 conversation.abort()
+
+        def closed(_: object) -> None:
+            self._closing = False
+
         waiting = [conversation.when_closed() for conversation in conversations]
-        return gatherResults(waiting).addCallback(lambda _: None)
+        return gatherResults(waiting).addCallback(closed)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -114,7 +130,7 @@ class KCPEndpoint(DatagramProtocol):
         try:
             parsed = parse_datagram(datagram)
         except DatagramError as e:
-            self._drop("datagram from {peer}: {reason}", peer=peer, reason=e)
+            self._drop("malformed KCP datagrams", "datagram from {peer}: {reason}", peer, reason=e)
             return
         if parsed is None:
             return
@@ -126,13 +142,18 @@ class KCPEndpoint(DatagramProtocol):
             else:
                 self.dropped += 1
             return
-        if not head.opens:
-            # Another conversation's traffic from a known address, or mid-stream traffic of
-            # a conversation we do not know (its peer outlived a Core restart).
+        if not head.opens or self._closing:
+            # Another conversation's traffic from a known address, mid-stream traffic of a
+            # conversation we do not know (its peer outlived a Core restart), or an opening
+            # while Core is closing every conversation.
             self.dropped += 1
             return
         if not self._openings.take():
-            self._drop("new conversation from {peer}: too many openings", peer=peer)
+            self._drop(
+                "KCP openings over the rate",
+                "new conversation from {peer}: too many openings",
+                peer,
+            )
             return
         if conversation is not None:
             self.log.info(
@@ -143,7 +164,11 @@ class KCPEndpoint(DatagramProtocol):
             )
             conversation.abort()
         if not self._has_room():
-            self._drop("new conversation from {peer}: too many peers", peer=peer)
+            self._drop(
+                "KCP openings beyond the peer limit",
+                "new conversation from {peer}: too many peers",
+                peer,
+            )
             return
         conversation = KCPConversation(
             head.conv,
@@ -155,7 +180,7 @@ class KCPEndpoint(DatagramProtocol):
         )
         if not conversation.accepts(payload):
             conversation.abort()
-            self._drop("malformed opening segment from {peer}", peer=peer)
+            self._drop("malformed KCP openings", "malformed opening segment from {peer}", peer)
             return
         self.conversations[peer] = conversation
         self._pending.add(conversation)
@@ -181,7 +206,6 @@ class KCPEndpoint(DatagramProtocol):
             del self.conversations[conversation.peer]
         self._pending.discard(conversation)
 
-    def _drop(self, text: str, **fields: object) -> None:
+    def _drop(self, kind: str, text: str, peer: Address, **fields: object) -> None:
         self.dropped += 1
-        if self._log_budget.take():
-            self.log.warn("KCP dropped " + text, **fields)
+        self.noise.warn(kind, peer[0], "KCP dropped " + text, peer=peer, **fields)

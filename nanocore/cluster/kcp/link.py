@@ -21,6 +21,7 @@ from nanocore.cluster.kcp.conversation import DEFAULT_LIMITS, KCPConversation, L
 from nanocore.cluster.kcp.endpoint import Attach, KCPEndpoint
 from nanocore.cluster.message import Message
 from nanocore.cluster.transport import CellLink, LinkHandler, LinkSession, ServiceType
+from nanocore.ratelog import RateLimitedLog
 
 #: Where the rest of Core keeps the link a name is bound to now (``CellRegistry.link``).
 CurrentLink = Callable[[str], CellLink | None]
@@ -79,9 +80,11 @@ def _sessions(
     local_type: ServiceType,
     peer_type: ServiceType,
     dialer: bool,
+    noise: RateLimitedLog | None = None,
 ) -> Attach:
     """Runs a :class:`LinkSession` for ``handler`` on each new conversation, naming the peer
-    by its handshake (there is no certificate to take the name from)."""
+    by its handshake (there is no certificate to take the name from); ``noise`` rate-limits
+    the lines about handshakes dropped, which anyone can cause."""
 
     def attach(conversation: KCPConversation) -> None:
         session = LinkSession(
@@ -92,6 +95,7 @@ def _sessions(
             local_type=local_type,
             peer_type=peer_type,
             dialer=dialer,
+            noise=noise,
         )
         conversation.session = session
         session.start()
@@ -100,10 +104,15 @@ def _sessions(
 
 
 def core_sessions(
-    handler: LinkHandler, clock: IReactorTime, core_name: str, current_link: CurrentLink
+    handler: LinkHandler,
+    clock: IReactorTime,
+    core_name: str,
+    current_link: CurrentLink,
+    noise: RateLimitedLog | None = None,
 ) -> Attach:
     """Core's side: each Cell names itself in its handshake, and :class:`NameGuard` keeps a
-    name that ``current_link`` (``registry.link``) says is linked from elsewhere."""
+    name that ``current_link`` (``registry.link``) says is linked from elsewhere. ``noise``
+    (the endpoint's) rate-limits the lines about handshakes dropped."""
     return _sessions(
         NameGuard(handler, current_link),
         clock,
@@ -111,6 +120,7 @@ def core_sessions(
         local_type=ServiceType.CORE,
         peer_type=ServiceType.CELL,
         dialer=False,
+        noise=noise,
     )
 
 
@@ -136,6 +146,9 @@ def cell_link_endpoint(
     """Core's KCP port protocol: Cells dial in, ``handler`` (the registry) hears of them.
 
     ``current_link`` is ``registry.link``: a name held by a live link from another address,
-    over either wire, is not handed to a new claimant.
+    over either wire, is not handed to a new claimant. What anyone can make it log (garbage,
+    dropped handshakes) is rate-limited per source, in one place.
     """
-    return KCPEndpoint(clock, core_sessions(handler, clock, core_name, current_link), limits)
+    noise = RateLimitedLog(KCPEndpoint.log, clock)
+    attach = core_sessions(handler, clock, core_name, current_link, noise)
+    return KCPEndpoint(clock, attach, limits, noise)

@@ -1,0 +1,77 @@
+"""Places for connections that have not yet said who they are, shared fairly among sources.
+
+Until its handshake completes a connection is nobody, so the places for such connections are
+bounded (their memory and file descriptors), and a bound alone is a lock: 300 connections
+that never start TLS, re-opened when dropped, kept every real Cell out (issue #14). Here the
+places are shared among source addresses instead. While there is room everyone gets in (a whole
+cluster dialing a restarted Core from one address loses nothing); once full, a newcomer from a
+source holding at least two places fewer than the source holding the most takes the oldest
+place of that one, and any other newcomer is refused (so Cells dialing from many addresses,
+one place each, do not take each other's places in turn). So a flood from one place
+costs the others nothing but the share it already had, and it cannot starve a Cell dialing from
+anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+from attrs import frozen
+
+C = TypeVar("C", bound=Hashable)
+
+
+@frozen
+class Decision(Generic[C]):
+    """Whether a newcomer gets a place, and whose place it takes (to be dropped by the caller)."""
+
+    admitted: bool
+    evicted: C | None = None
+    evicted_source: str = ""
+
+
+class FairShare(Generic[C]):
+    """At most ``limit`` waiting connections, shared fairly among their sources."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._limit = limit
+        #: Waiting connections per source, oldest first.
+        self._by_source: dict[str, dict[C, None]] = {}
+        self._source_of: dict[C, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._source_of)
+
+    def held_by(self, source: str) -> int:
+        """Places ``source`` holds."""
+        return len(self._by_source.get(source, ()))
+
+    def make_room(self, source: str) -> Decision[C]:
+        """Decide on a newcomer from ``source``; an evicted connection no longer holds a place."""
+        if len(self._source_of) < self._limit:
+            return Decision(True)
+        largest = max(self._by_source, key=lambda s: len(self._by_source[s]))
+        if len(self._by_source[largest]) <= self.held_by(source) + 1:
+            return Decision(False)  # taking a place would only swap who holds more
+
+        oldest = next(iter(self._by_source[largest]))
+        self.remove(oldest)
+        return Decision(True, oldest, largest)
+
+    def add(self, source: str, connection: C) -> None:
+        """``connection`` from ``source`` takes a place (after :meth:`make_room` admitted it)."""
+        self._by_source.setdefault(source, {})[connection] = None
+        self._source_of[connection] = source
+
+    def remove(self, connection: C) -> None:
+        """``connection`` no longer waits (it said who it is, or it is gone); idempotent."""
+        source = self._source_of.pop(connection, None)
+        if source is None:
+            return
+        waiting = self._by_source[source]
+        del waiting[connection]
+        if not waiting:
+            del self._by_source[source]

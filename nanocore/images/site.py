@@ -1,0 +1,221 @@
+"""The TLS image site (api-reference §5.1): what Cells, hypervisors and tools fetch and upload.
+
+Same routes as the original's image server, with authentication on every request, which the
+original had none of: a client certificate issued by the cluster CA to a Cell (the TLS context
+requests one but cannot require it, since API clients and the portal hold none), or else a
+valid stream signature (``Nano-Authorization``, the API's credentials). An upload is
+authorized from its headers, before its body is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import unquote
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, ISSLTransport, ITCPTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import Request
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import Request as ServerRequest
+from twisted.web.server import Site
+
+from nanocore.images.transfers import (
+    SignatureCheck,
+    StreamingChannel,
+    StreamingMixin,
+    StreamRefused,
+    Target,
+    Transfers,
+    first_headers,
+    target_of,
+)
+from nanocore.images.upload import Transfer
+from nanocore.operations.images import ImageKind
+from nanocore.pki import peer_cell_name
+from nanocore.ratelog import RateLimitedLog
+
+log = Logger()
+
+#: The original's port range on `listen_address`: the first free one is taken.
+IMAGE_PORTS = range(5801, 5901)
+#: A connection idle this long is closed (an upload in progress is never idle that long).
+IDLE_TIMEOUT = 300
+#: Connections open at once, at most (lower when the open-file limit is low: ``tap``).
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Largest body of a request that is not an upload (none of them takes one).
+MAX_OTHER_BODY = 64 << 10
+
+METHODS: dict[ImageKind, tuple[str, ...]] = {
+    ImageKind.DISK: ("GET", "HEAD", "POST", "PUT"),
+    ImageKind.MEDIA: ("GET", "HEAD", "POST"),
+}
+UPLOADS = frozenset({"POST", "PUT"})
+
+_NOT_FOUND = b"404 page not found\n"
+_DONE = Failure(ConnectionDone())
+
+
+def peer_cell(request: object) -> str | None:
+    """The Cell named by the verified client certificate of the request's TLS connection."""
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if transport is None or not ISSLTransport.providedBy(transport):
+        return None
+    try:
+        return peer_cell_name(transport)
+    except Exception:  # no handshake done, a certificate that is not a Cell's
+        return None
+
+
+class ImageSiteResource(Resource):
+    """The routes of the image site over one :class:`Transfers`; also its upload routes."""
+
+    isLeaf = True
+
+    def __init__(self, transfers: Transfers, signature: SignatureCheck) -> None:
+        super().__init__()
+        self.transfers = transfers
+        self.envelope = transfers.envelope
+        self._signature = signature
+
+    def authorize(self, request: Request, method: str, path: str, query: str) -> str:
+        """Who the request comes from: a Cell's name, or ``signed``; else StreamRefused."""
+        cell = peer_cell(request)
+        if cell is not None:
+            return cell
+        self._signature(method, path, query, first_headers(request))
+        return "signed"
+
+    def begin(self, request: Request, method: str, path: str, query: str) -> Transfer | None:
+        target = target_of(path)
+        if target is None or method not in UPLOADS or method not in METHODS[target.kind]:
+            return None
+        self.authorize(request, method, path, query)
+        return self.transfers.begin(request, target)
+
+    def render(self, request: IRequest) -> bytes | int:
+        req = cast(Request, request)
+        path = unquote(req.path.decode("latin-1"), encoding="utf-8", errors="replace")
+        target = target_of(path)
+        if target is None:
+            req.setResponseCode(404)
+            req.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return _NOT_FOUND
+        method = req.method.decode("latin-1")
+        allowed = METHODS[target.kind]
+        if method not in allowed:
+            req.setResponseCode(405)
+            req.setHeader(b"Allow", ", ".join((*sorted(allowed), "OPTIONS")).encode())
+            return b"Method Not Allowed\n"
+        transfer = getattr(req, "transfer", None)
+        if transfer is not None:
+            return self.transfers.answer_upload(req, transfer)
+        query = req.uri.partition(b"?")[2].decode("latin-1")
+        try:
+            self.authorize(req, method, path, query)
+        except StreamRefused as refused:
+            if method == "HEAD":
+                req.setResponseCode(401)
+                return b""
+            return self.transfers.refuse(req, refused)
+        return self._serve(req, method, target)
+
+    def _serve(self, request: Request, method: str, target: Target) -> bytes | int:
+        if method in UPLOADS:
+            return self.transfers.upload_buffered(request, target)
+        return self.transfers.download(request, target)
+
+
+class ImageChannel(StreamingChannel):
+    """A connection of the image site, known to its site until it is gone (to close at stop)."""
+
+    site: ImageSite
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.connections.add(self)
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        self.site.connections.discard(self)
+        super().connectionLost(reason)
+
+
+class ImageRequest(StreamingMixin, ServerRequest):
+    """Uploads stream; any other body above :data:`MAX_OTHER_BODY` is refused unread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(*args, **kwargs)
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if self.transfer is None and not self.stream_refused and (length or 0) > MAX_OTHER_BODY:
+            self._refuse_stream(StreamRefused(f"request body larger than {MAX_OTHER_BODY}", 413))
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.transfer is None and not self.stream_refused:
+            content = self.content
+            if content is not None and content.tell() + len(data) > MAX_OTHER_BODY:
+                self._refuse_stream(
+                    StreamRefused(f"request body larger than {MAX_OTHER_BODY}", 413)
+                )
+                return
+        super().handleContentChunk(data)
+
+
+class ImageSite(Site):
+    """The image site: streaming requests, no access log, every connection tracked.
+
+    At most ``max_connections`` at once: one beyond is refused as it arrives (the port closes
+    it; listen with :func:`nanocore.tlsserver.tls_server_factory` so that TLS keeps the
+    refusal), with one log line per source per minute.
+    """
+
+    protocol = ImageChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        resource: ImageSiteResource,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resource, timeout=IDLE_TIMEOUT, **kwargs)
+        self.max_connections = max_connections
+        self._noise = RateLimitedLog(log, self.reactor)
+        self.connections: set[ImageChannel] = set()
+        self.displayTracebacks = False
+        routes = {"upload_routes": staticmethod(lambda: resource)}
+        self.requestFactory = cast(
+            type[ImageRequest], type("ImageRequest", (ImageRequest,), routes)
+        )
+
+    def buildProtocol(self, addr: IAddress) -> ImageChannel | None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            host = getattr(addr, "host", "?")
+            self._noise.warn(
+                "refused image site connections",
+                host,
+                "refused an image site connection from {source}: {limit} connections are open,"
+                " the most the image site serves at once",
+                limit=self.max_connections,
+            )
+            return None
+        return cast(ImageChannel, super().buildProtocol(addr))
+
+    def stopFactory(self) -> None:
+        self._noise.flush()
+        super().stopFactory()
+
+    def log(self, request: Request) -> None:
+        pass
+
+    def close_connections(self) -> None:
+        """Abort every connection: an upload in progress is abandoned and cleaned up."""
+        for channel in list(self.connections):
+            transport = ITCPTransport(channel.transport, None)
+            if transport is not None:
+                transport.abortConnection()

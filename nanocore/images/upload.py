@@ -1,0 +1,311 @@
+"""One upload: a multipart body parsed as it arrives, its ``image`` part written to a part file
+off the reactor, checked, placed and recorded, or else removed without a trace.
+
+The body is parsed incrementally by ``multipart``'s push parser (defnull/multipart). Bytes of
+the ``image`` part queue up while one write is in flight; the queue is handed to the thread
+pool as one batch when that write ends, so a fast client makes few, large writes. Above
+:data:`HIGH_WATER` queued bytes the connection is paused (its transport's
+``pauseProducing``) until the writer has caught up below :data:`LOW_WATER`: memory stays flat
+whatever the file size. Parts before ``image`` may declare ``checksum`` (SHA-1 as Nano's Cells
+send it, or SHA-256, in hex) and ``size``; parts after it are ignored, as in the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import multipart
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nanocore.images.files import ImageFolders, PartFile
+from nanocore.operations.errors import InvalidRequest
+from nanocore.operations.images import Image, ImageKind, Images, Upload
+
+log = Logger()
+
+#: Queued bytes above which the client is paused, and below which it is resumed.
+HIGH_WATER = 8 << 20
+LOW_WATER = 2 << 20
+#: Longest value of a small field part (``checksum``, ``size``).
+FIELD_LIMIT = 256
+#: Parts a body may have (the original's clients send one to three).
+MAX_PARTS = 16
+
+_IMAGE, _FIELD, _SKIP, _AFTER = "image", "field", "skip", "after"
+
+
+class UploadError(InvalidRequest):
+    """The body is not an upload this server takes; nothing of it is kept."""
+
+
+@frozen
+class Received:
+    """What a whole body delivered: the image part's size and digests, the declared fields."""
+
+    size: int
+    sha1: str
+    sha256: str
+    fields: dict[str, str]
+
+
+def boundary_of(content_type: str) -> str:
+    """The multipart boundary of a ``Content-Type`` header, or :class:`UploadError`."""
+    kind, options = multipart.parse_options_header(content_type)
+    boundary = options.get("boundary", "")
+    if kind != "multipart/form-data" or not boundary:
+        raise UploadError("not a multipart/form-data body")
+    return boundary
+
+
+class Receiver:
+    """Feeds one multipart body to one part file; see the module's docstring."""
+
+    def __init__(
+        self,
+        part: PartFile,
+        boundary: str,
+        offload: Callable[..., Deferred[Any]],
+        *,
+        missing_image: str,
+        producer: IPushProducer | None = None,
+        progress: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        self._part = part
+        self._offload = offload
+        self._missing_image = missing_image
+        self._producer = producer
+        self._progress = progress
+        self._parser = multipart.PushMultipartParser(
+            boundary, max_segment_count=MAX_PARTS, strict=True
+        )
+        self._state = _SKIP
+        self._field = ""
+        self._value = bytearray()
+        self.fields: dict[str, str] = {}
+        self._image_seen = False
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._writing: Deferred[int] | None = None
+        self._paused = False
+        self._error: Failure | None = None
+        self._ended: Deferred[Received] | None = None
+
+    # --- from the network --------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Body bytes as they arrive; a malformed body is remembered and told at the end."""
+        if self._error is not None or not data:
+            return
+        try:
+            for event in self._parser.parse(data):
+                self._event(event)
+        except (multipart.MultipartError, UploadError) as error:
+            self._fail(UploadError(f"malformed multipart body: {error}"))
+            return
+        self._pump()
+
+    def end(self) -> Deferred[Received]:
+        """The body is complete: fires once every byte is written (or with the first error)."""
+        if self._error is None:
+            try:
+                for event in self._parser.parse(b""):
+                    self._event(event)
+                self._parser.close()
+            except (multipart.MultipartError, UploadError) as error:
+                self._fail(UploadError(f"malformed multipart body: {error}"))
+            if self._error is None and not self._image_seen:
+                self._fail(UploadError(self._missing_image))
+        self._ended = Deferred()
+        self._pump()
+        return self._ended
+
+    def stop(self, error: Exception) -> None:
+        """Drop what is queued and end with ``error`` (the client went away)."""
+        self._fail(error)
+
+    # --- parsing -----------------------------------------------------------------------------
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, multipart.MultipartSegment):
+            if self._state == _AFTER:
+                return
+            if event.name == "image":
+                self._state = _IMAGE
+            elif event.name in ("checksum", "size"):
+                self._state, self._field, self._value = _FIELD, event.name, bytearray()
+            else:
+                self._state = _SKIP
+        elif isinstance(event, bytes | bytearray | memoryview):
+            if self._state == _IMAGE:
+                chunk = bytes(event)
+                self._queue.append(chunk)
+                self._queued += len(chunk)
+            elif self._state == _FIELD:
+                self._value += event
+                if len(self._value) > FIELD_LIMIT:
+                    raise UploadError(f"part '{self._field}' longer than {FIELD_LIMIT} bytes")
+        elif event is None:
+            if self._state == _IMAGE:
+                self._state, self._image_seen = _AFTER, True
+            elif self._state == _FIELD:
+                self.fields[self._field] = self._value.decode("utf-8", "replace").strip()
+                self._state = _SKIP
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._writing is None and self._queue and self._error is None:
+            batch, self._queue, self._queued = self._queue, [], 0
+            self._writing = self._offload(self._part.write, batch)
+            self._writing.addCallbacks(self._written, self._write_failed)
+        if self._queued > HIGH_WATER and not self._paused and self._producer is not None:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._settle()
+
+    def _written(self, count: int) -> None:
+        self._writing = None
+        self._progress(count)
+        if self._paused and self._queued < LOW_WATER and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
+        self._pump()
+
+    def _write_failed(self, failure: Failure) -> None:
+        self._writing = None
+        log.failure("writing an upload failed", failure)
+        self._fail(UploadError("cannot write the image: " + str(failure.value)))
+        self._settle()
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = Failure(error)
+            self._queue, self._queued = [], 0
+        if self._paused and self._producer is not None:
+            # The rest of the body is read and dropped, so that the answer can be sent.
+            self._paused = False
+            self._producer.resumeProducing()
+
+    def _settle(self) -> None:
+        ended = self._ended
+        if ended is None or ended.called or self._writing is not None:
+            return
+        if self._error is not None:
+            ended.errback(self._error)
+        elif not self._queue:
+            part = self._part
+            ended.callback(Received(part.size, part.sha1, part.sha256, dict(self.fields)))
+
+
+class Transfer:
+    """An upload from its first byte to its answer: receive, check, place, record.
+
+    Whatever ends it early (a refusal, a broken body, a client gone) removes the part file
+    and unlocks the image; the catalogue and the previous version are left as they were.
+    """
+
+    def __init__(
+        self,
+        images: Images,
+        folders: ImageFolders,
+        upload: Upload,
+        boundary: str,
+        producer: IPushProducer | None,
+    ) -> None:
+        self._images = images
+        self._folders = folders
+        self._upload = upload
+        self._part = folders.open_part(upload.kind, upload.image.id)
+        missing = "no more part available" if upload.kind is ImageKind.DISK else (
+            "no image part available"
+        )  # fmt: skip
+        self._receiver = Receiver(
+            self._part,
+            boundary,
+            folders.offload,
+            missing_image=missing,
+            producer=producer,
+            progress=self._count,
+        )
+        self._finished = False
+        self._result: Deferred[Image] | None = None
+
+    @property
+    def upload(self) -> Upload:
+        return self._upload
+
+    def _count(self, count: int) -> None:
+        self._upload.progress.received += count
+
+    def write(self, data: bytes) -> None:
+        self._receiver.write(data)
+
+    def finish(self) -> Deferred[Image]:
+        """The body is complete: check it, place it, record it (once)."""
+        if self._result is None:
+            self._finished = True
+            self._result = Deferred.fromCoroutine(self._complete())
+        return self._result
+
+    def abort(self) -> None:
+        """The client went away before its body was complete."""
+        if self._finished:
+            return
+        self._finished = True
+        self._receiver.stop(UploadError("the client went away"))
+        # The part file is closed only once no write is in flight on it.
+        self._receiver.end().addBoth(lambda _: self._cleanup())
+        log.info(
+            "upload of {kind} '{id}' interrupted; nothing kept",
+            kind=self._upload.kind.label,
+            id=self._upload.image.id,
+        )
+
+    async def _complete(self) -> Image:
+        upload = self._upload
+        target = self._folders.path(upload.kind, upload.image.id, upload.version)
+        try:
+            received = await self._receiver.end()
+            check(received)
+            await self._folders.offload(self._part.place, target)
+        except BaseException:
+            self._cleanup()
+            raise
+        try:
+            image = await self._images.finish_upload(upload, received.size, received.sha1)
+        except BaseException:
+            await self._folders.remove(upload.kind, upload.image.id, upload.version)
+            self._images.abort_upload(upload)
+            raise
+        log.info(
+            "{kind} '{id}' version {version}: {size} bytes, sha256 {sha256}",
+            kind=upload.kind.label,
+            id=image.id,
+            version=upload.version,
+            size=received.size,
+            sha256=received.sha256,
+        )
+        return image
+
+    def _cleanup(self) -> None:
+        self._images.abort_upload(self._upload)
+        self._folders.offload(self._part.discard)
+
+
+def check(received: Received) -> None:
+    """The declared checksum and size, when declared, must be what arrived."""
+    declared = received.fields.get("checksum", "").lower()
+    if declared:
+        actual = {40: received.sha1, 64: received.sha256}.get(len(declared))
+        if actual is None:
+            raise UploadError(f"invalid checksum '{declared}': expected SHA-1 or SHA-256 hex")
+        if declared != actual:
+            raise UploadError(f"checksum mismatch: declared {declared}, received {actual}")
+    size = received.fields.get("size", "")
+    if size and size != str(received.size):
+        raise UploadError(f"size mismatch: declared {size} bytes, received {received.size}")

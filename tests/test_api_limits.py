@@ -1,0 +1,161 @@
+"""The API's wire limits through a real socket (issue #14 point 3): an oversized request line
+gets 414 and oversized headers 431, in the envelope, instead of a silent close; a body over the
+limit gets 413 that the client reads even while it is still sending; connections beyond the cap
+are closed as they arrive, with a log line, and the API answers a new client once others leave.
+Idle clients that time out cost one log line per source per minute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+
+from nanocore.api.app import api_site_for
+from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedSite
+from tests.loopbackapi import LOOPBACK, Collect, LoopbackAPI, Response, exchange, reactor
+
+VERSION = b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def refusal(answer: Response) -> tuple[int, str]:
+    return answer.status, answer.envelope()["message"]
+
+
+class OversizedRequestTests(TestCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.api = await LoopbackAPI.start(self)
+
+    async def test_a_100_kb_request_line_gets_414(self) -> None:
+        request = b"GET /api/v1/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = await exchange(self.api.number, request)
+        self.assertEqual(refusal(answer), (414, "request line longer than 16384 bytes"))
+        self.assertEqual(answer.headers[b"content-type"], b"text/plain; charset=utf-8")
+
+    async def test_a_1_mb_header_gets_431(self) -> None:
+        request = b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (1 << 20) + b"\r\n\r\n"
+        answer = await exchange(self.api.number, request)
+        self.assertEqual(refusal(answer), (431, "request header line longer than 16384 bytes"))
+
+    async def test_headers_over_16_kb_in_all_get_431(self) -> None:
+        headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 90) for i in range(200))
+        answer = await exchange(
+            self.api.number, b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+        )
+        self.assertEqual(refusal(answer), (431, "request headers longer than 16384 bytes"))
+
+    async def test_more_than_500_headers_get_431(self) -> None:
+        headers = b"".join(b"X%d: v\r\n" % i for i in range(501))
+        answer = await exchange(
+            self.api.number, b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+        )
+        self.assertEqual(refusal(answer), (431, "more than 500 request headers"))
+
+    async def test_a_client_still_sending_a_large_body_reads_the_413(self) -> None:
+        body = b"x" * (4 * DEFAULT_MAX_BODY)
+        answer = await self.api.send("POST", "/compute_pools/p1", body)
+        self.assertEqual(refusal(answer), (413, "request body larger than 1048576 bytes"))
+        pools = await self.api.call("GET", "/compute_pools/")
+        self.assertEqual([p["name"] for p in pools["data"]], ["default"])
+
+    async def test_a_request_within_the_limits_is_served(self) -> None:
+        headers = b"".join(b"X%d: v\r\n" % i for i in range(400))
+        answer = await exchange(
+            self.api.number, b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + headers + b"\r\n"
+        )  # fmt: skip
+        self.assertEqual(answer.status, 200)
+
+
+class ConnectionCapTests(TestCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.api = await LoopbackAPI.start(self, max_connections=3)
+
+    async def hold(self) -> Collect:
+        """A connection that says nothing until told to."""
+        endpoint = TCP4ClientEndpoint(reactor, LOOPBACK, self.api.number)
+        return await connectProtocol(endpoint, Collect(b""))
+
+    async def test_the_cap_holds_and_a_new_client_is_served_once_another_leaves(self) -> None:
+        held = [await self.hold() for _ in range(3)]
+        refused = await exchange(self.api.number, VERSION)
+        self.assertEqual(refused, Response(0, {}, b""))  # closed as it arrived, unread
+        texts = [formatEvent(e) for e in self.events]
+        self.assertIn(
+            "refused an API connection from 127.0.0.1: 3 connections are open, the most this"
+            " API serves at once",
+            texts,
+        )
+        self.assertEqual(self.api.site.open_connections, 3)  # type: ignore[attr-defined]
+
+        # One of them asks and leaves: the next client is served.
+        held[0].transport.write(VERSION)  # type: ignore[union-attr]
+        self.assertEqual(Response.parse(await held[0].closed).status, 200)
+        served = await exchange(self.api.number, VERSION)
+        self.assertEqual(served.envelope()["data"]["name"], "nanocore")
+
+        for connection in held[1:]:
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+            await connection.closed
+
+
+class IdleTimeoutLogTests(SynchronousTestCase):
+    """Idle clients timing out: one line per source per minute, and the count."""
+
+    def test_a_thousand_idle_clients_of_one_source_give_two_lines(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        clock = Clock()
+        site = LimitedSite(Resource(), reactor=clock, max_connections=20_000)
+        channels: list[Any] = []
+        for port in range(1_000):
+            address = IPv4Address("TCP", "192.0.2.7", 1024 + port)
+            channel = site.buildProtocol(address)
+            assert isinstance(channel, LimitedChannel)
+            channel.makeConnection(StringTransport(peerAddress=address))
+            channels.append(channel)
+        clock.advance(site.timeOut)  # every one of them idle for the whole timeout
+        clock.advance(60)
+        lines = [
+            formatEvent(e) for e in events if e.get("log_namespace") == "nanocore.api.request"
+        ]
+        self.assertEqual(
+            lines,
+            [
+                "timing out idle API client 192.0.2.7 (after 60 s)",
+                "999 more idle API clients timed out from 192.0.2.7 in the last 60 s"
+                " (one line per source every 60 s)",
+            ],
+        )
+        self.assertTrue(all(c.transport.disconnecting for c in channels))
+        self.assertFalse(any("Timing out client" in formatEvent(e) for e in events))
+
+
+class StreamingSiteTests(TestCase):
+    """Core's API site has upload routes (its channel streams them): the limits still hold."""
+
+    async def test_an_oversized_line_gets_414(self) -> None:
+        site = api_site_for(Resource(), upload_routes=lambda: None)
+        port = reactor.listenTCP(0, site, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        request = b"GET /api/v1/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = await exchange(port.getHost().port, request)
+        self.assertEqual(refusal(answer), (414, "request line longer than 16384 bytes"))
+
+    def test_its_connections_are_counted_until_they_are_gone(self) -> None:
+        site = api_site_for(Resource(), max_connections=1, upload_routes=lambda: None)
+        address = IPv4Address("TCP", "192.0.2.7", 1024)
+        channel = site.buildProtocol(address)
+        assert channel is not None
+        channel.makeConnection(StringTransport(peerAddress=address))
+        self.assertIsNone(site.buildProtocol(address))
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(site.buildProtocol(address))

@@ -1,0 +1,131 @@
+"""Uploads on the wire: the streaming request, through the real channel, byte by byte.
+
+The API site's channel is driven with a StringTransport, so what the server reads and answers
+is exactly what a client on a socket would see, with no socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from nanocore.images import upload as upload_module
+from nanocore.operations.images import ImageKind
+from tests.imagefixtures import CONTENT_TYPE, ImageTestCase, multipart
+
+DATA = os.urandom(3 << 20)
+
+
+class Wire:
+    """One connection to a site."""
+
+    def __init__(self, site: object) -> None:
+        self.transport = StringTransport()
+        self.protocol = site.buildProtocol(None)  # type: ignore[attr-defined]
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def answer(self) -> bytes:
+        return self.transport.value()
+
+
+def head(h: object, method: str, path: str, length: int | None, extra: bytes = b"") -> bytes:
+    headers = h.signed_headers(method, path)  # type: ignore[attr-defined]
+    lines = [f"{method} /api/v1{path} HTTP/1.1".encode(), b"Host: 127.0.0.1:5850"]
+    lines += [name + b": " + value for name, value in headers.items() if name != b"Host"]
+    lines.append(b"Content-Type: " + CONTENT_TYPE)
+    if length is not None:
+        lines.append(b"Content-Length: %d" % length)
+    return b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
+
+
+class StreamingUploadTests(ImageTestCase):
+    max_upload = 64 << 20
+
+    async def test_an_upload_streams_in_small_pieces_and_lands(self) -> None:
+        image_id = await self.h.create("disk_images")
+        body = multipart(("checksum", hashlib.sha1(DATA).hexdigest().encode()), ("image", DATA))
+        wire = Wire(self.h.api_site)
+        wire.send(head(self.h, "POST", f"/disk_images/{image_id}/file/", len(body)))
+        for start in range(0, len(body), 65536):
+            wire.send(body[start : start + 65536])
+        await wire.protocol.requests[-1].notifyFinish()
+        self.assertIn(b'"error_code": 0', wire.answer())
+        image = self.h.images.get(ImageKind.DISK, image_id)
+        self.assertEqual(
+            (image.size, image.check_sum), (len(DATA), hashlib.sha1(DATA).hexdigest())
+        )
+        self.assertEqual(self.h.files("disk_images"), [f"{image_id}_v1.qcow2"])
+
+    async def test_a_client_gone_mid_upload_leaves_nothing_and_unlocks(self) -> None:
+        image_id = await self.h.create("media_images")
+        body = multipart(("image", DATA))
+        wire = Wire(self.h.api_site)
+        wire.send(head(self.h, "POST", f"/media_images/{image_id}/file/", len(body)))
+        wire.send(body[: len(body) // 2])
+        self.assertEqual(len(self.h.files("media_images")), 1)  # the part file, hidden
+        self.assertIsNotNone(self.h.images.upload_progress(ImageKind.MEDIA, image_id))
+        wire.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.h.files("media_images"), [])
+        self.assertIsNone(self.h.images.upload_progress(ImageKind.MEDIA, image_id))
+        self.assertEqual(self.h.images.get(ImageKind.MEDIA, image_id).version, 0)
+
+    async def test_an_unsigned_upload_is_refused_before_its_body(self) -> None:
+        image_id = await self.h.create("disk_images")
+        wire = Wire(self.h.api_site)
+        request = (
+            f"POST /api/v1/disk_images/{image_id}/file/ HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 1000000\r\n\r\n"
+        ).encode()
+        wire.send(request)
+        self.assertIn(b"unauthorized stream: authorization required", wire.answer())
+        self.assertTrue(wire.transport.disconnecting)
+        self.assertEqual(self.h.files("disk_images"), [])
+
+    async def test_an_oversized_upload_is_refused_before_its_body(self) -> None:
+        image_id = await self.h.create("disk_images")
+        wire = Wire(self.h.api_site)
+        wire.send(head(self.h, "POST", f"/disk_images/{image_id}/file/", (64 << 20) + 1))
+        self.assertTrue(wire.answer().startswith(b"HTTP/1.1 413 "))
+        self.assertIn(b"upload larger than 67108864 bytes", wire.answer())
+        self.assertEqual(self.h.files("disk_images"), [])
+        self.assertIsNone(self.h.images.upload_progress(ImageKind.DISK, image_id))
+
+    async def test_the_client_is_paused_while_the_writer_is_behind(self) -> None:
+        image_id = await self.h.create("disk_images")
+        held: list[tuple[object, tuple[object, ...]]] = []
+
+        def hold(function: object, *args: object) -> Deferred[object]:
+            held.append((function, args))
+            return Deferred()  # the writer never catches up
+
+        self.h.folders.offload = hold
+        body = multipart(("image", DATA * 4))
+        wire = Wire(self.h.api_site)
+        wire.send(head(self.h, "POST", f"/disk_images/{image_id}/file/", len(body)))
+        for start in range(0, len(body), 65536):
+            wire.send(body[start : start + 65536])
+            if wire.transport.producerState == "paused":
+                break
+        self.assertEqual(wire.transport.producerState, "paused")
+        self.assertLessEqual(
+            sum(len(c) for _, args in held for chunk in args for c in chunk),
+            upload_module.HIGH_WATER + (1 << 20),
+        )
+        wire.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class BodyLimitTests(ImageTestCase):
+    async def test_other_routes_keep_the_api_body_limit(self) -> None:
+        wire = Wire(self.h.api_site)
+        wire.send(
+            b"POST /api/v1/disk_images/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
+        )
+        self.assertTrue(wire.answer().startswith(b"HTTP/1.1 413 "))
