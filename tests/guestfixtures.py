@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -52,6 +52,13 @@ class GuestEventWaiter:
         self.seen: list[tuple[str, Message]] = []
         self._waiting: dict[tuple[int, str], list[Deferred[Message]]] = defaultdict(list)
         self._available: dict[str, list[Deferred[None]]] = defaultdict(list)
+        self._gone: dict[str, list[Deferred[None]]] = defaultdict(list)
+
+    def until_disconnected(self, name: str) -> Deferred[None]:
+        """Fires when ``name``'s link is gone (after Core's operations heard of it)."""
+        d: Deferred[None] = Deferred()
+        self._gone[name].append(d)
+        return d
 
     def until_available(self, name: str) -> Deferred[None]:
         """Fires when ``name`` next links up (after Core's operations heard of it)."""
@@ -78,7 +85,8 @@ class GuestEventWaiter:
             d.callback(message)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        pass
+        for d in self._gone.pop(name, []):
+            d.callback(None)
 
 
 class GuestClusterCase(TestCase):
@@ -106,6 +114,9 @@ class GuestClusterCase(TestCase):
                 clock=self.cell_clock,
                 capacity=self.capacity,
                 creation_time=self.creation_time,
+                # A Cell whose link drops comes back on its own, a moment later.
+                reconnect_delay=0.01,
+                reconnect_clock=reactor,
             )
             for name in self.CELLS
         }
@@ -181,24 +192,16 @@ class GuestClusterCase(TestCase):
             await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
 
     async def rejoined(self, name: str) -> None:
-        """Drop ``name``'s link; it reconnects, rejoins its pool, and Core took its inventory."""
+        """Drop ``name``'s link (if it is up); it reconnects, rejoins its pool, and Core took
+        its inventory."""
         linked = self.events.until_available(name)
-        unlinked = self.cells[name].disconnected()
         self.cells[name].kill()
-        await self.cell_unlinked(unlinked)
-        self.cell_clock.advance(3.0)  # the Cell's reconnect delay
         await linked
         self.cells[name].report()
         # The pool push went out when Core heard of the Cell: a round trip after it means its
         # answer arrived, and the inventory's commit is queued before this empty one.
         await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
         await self.store.commit(UnitOfWork(()))
-
-    async def cell_unlinked(self, unlinked: Deferred[None]) -> None:
-        """The Cell's link is down and its ClientService has scheduled the retry (it does so
-        just after the link's own ``connectionLost``, in the same reactor turn)."""
-        await unlinked
-        await deferLater(reactor, 0, lambda: None)
 
     def claims(self) -> list[str]:
         return sorted(str(c.key) for c in self.ops.context.claims.live(CAPACITY))

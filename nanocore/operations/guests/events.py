@@ -69,9 +69,10 @@ class GuestEvents:
 
     def cell_available(self, name: str, address: str) -> None:
         """Reconciling the Cell's guests waits for its inventory (cell operations ask it)."""
+        self._placement.linked(name)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
-        self._placement.reported(name)
+        self._placement.reported(name, status)
 
     def cell_event(self, name: str, message: Message) -> None:
         handler = self._handlers.get(message.id)
