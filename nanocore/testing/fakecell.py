@@ -193,7 +193,6 @@ class FakeCell:
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = clock
         self._waiting: list[Deferred[LinkSession]] = []
-        self._unlinked: list[Deferred[None]] = []
         self._handlers: dict[int, Handler] = self._handler_table()
 
     # -- connecting ---------------------------------------------------------------------------
@@ -236,14 +235,6 @@ class FakeCell:
             return succeed(self.link)
         d: Deferred[LinkSession] = Deferred()
         self._waiting.append(d)
-        return d
-
-    def disconnected(self) -> Deferred[None]:
-        """Fires once this Cell's side of its link to Core is gone (at once if there is none)."""
-        if self.link is None:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._unlinked.append(d)
         return d
 
     def inject(self, message_id: int, fault: Fault) -> None:
@@ -300,9 +291,6 @@ class FakeCell:
             self.link = None
             if self._reporter.running:
                 self._reporter.stop()
-            unlinked, self._unlinked = self._unlinked, []
-            for d in unlinked:
-                d.callback(None)
 
     def message_received(self, link: LinkSession, message: Message) -> None:
         self.received.append(message)
