@@ -622,8 +622,18 @@ class SystemTemplate:
             self.usb,
             self.tablet,
         )
-        return tuple(list(type(option)).index(option) for option in chosen)
+        return tuple(_OPTION_INDEX[type(option), option] for option in chosen)
 
+
+#: Each template option's index in its list (keyed with its type: "virtio" is in three lists).
+_OPTION_INDEX: dict[tuple[type, Enum], int] = {
+    (kind, member): index
+    for kind in (
+        OperatingSystem, DiskBus, NetworkModel, DisplayDriver, RemoteControl, USBModel,
+        TabletModel,
+    )
+    for index, member in enumerate(kind)
+}  # fmt: skip
 
 #: The five templates the original generates when it has none (§2.2): name, admin, options.
 DEFAULT_TEMPLATES: tuple[tuple[str, str, tuple[str, ...]], ...] = (

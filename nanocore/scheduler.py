@@ -260,21 +260,26 @@ class Headroom:
 
     def scores(self, demand: Demand, cells: list[CellCapacity]) -> list[float]:
         cores, memory, disk = max(demand.cores, 1), max(demand.memory, 1), max(demand.disk, 1)
+        idle_weight, memory_weight = 2.0 / cores / 100.0, 1.5 / memory
         k = self.overcommit
-        result = []
-        for c in cells:
-            idle = c.cores * max(0.0, 100.0 - c.cpu_usage) / 100.0
+        result: list[float] = []
+        append = result.append
+        for c in cells:  # one pass, no calls: a decision over 1,000 Cells runs this 1,000 times
+            usage, memory_free, disk_free = c.cpu_usage, c.memory_free, c.disk_free
             real = (
-                2.0 * idle / cores
-                + 1.5 * max(c.memory_free, 0) / memory
-                + 0.5 * (max(c.disk_free, 0) // disk)
+                (c.cores * (100.0 - usage) * idle_weight if usage < 100.0 else 0.0)
+                + (memory_free * memory_weight if memory_free > 0 else 0.0)
+                + (0.5 * (disk_free // disk) if disk_free > 0 else 0.0)
             )
+            cores_left = k * c.cores - c.placed_cores
+            memory_left = k * c.memory_total - c.placed_memory
+            disk_left = k * c.disk_total - c.placed_disk
             configured = (
-                2.0 * (max(k * c.cores - c.placed_cores, 0) // cores)
-                + 1.5 * (max(k * c.memory_total - c.placed_memory, 0) // memory)
-                + 0.5 * (max(k * c.disk_total - c.placed_disk, 0) // disk)
+                (2.0 * (cores_left // cores) if cores_left > 0 else 0.0)
+                + (1.5 * (memory_left // memory) if memory_left > 0 else 0.0)
+                + (0.5 * (disk_left // disk) if disk_left > 0 else 0.0)
             )
-            result.append((real + configured) / 2.0)
+            append((real + configured) / 2.0)
         return result
 
 

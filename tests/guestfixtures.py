@@ -26,7 +26,7 @@ from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY
 from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import CertificateAuthority, create_ca
-from nanocore.store import Store
+from nanocore.store import Store, UnitOfWork
 from nanocore.testing.cluster import InProcessCluster
 from nanocore.testing.fakecell import Capacity, FakeCell
 
@@ -51,6 +51,20 @@ class GuestEventWaiter:
     def __init__(self) -> None:
         self.seen: list[tuple[str, Message]] = []
         self._waiting: dict[tuple[int, str], list[Deferred[Message]]] = defaultdict(list)
+        self._available: dict[str, list[Deferred[None]]] = defaultdict(list)
+        self._gone: dict[str, list[Deferred[None]]] = defaultdict(list)
+
+    def until_disconnected(self, name: str) -> Deferred[None]:
+        """Fires when ``name``'s link is gone (after Core's operations heard of it)."""
+        d: Deferred[None] = Deferred()
+        self._gone[name].append(d)
+        return d
+
+    def until_available(self, name: str) -> Deferred[None]:
+        """Fires when ``name`` next links up (after Core's operations heard of it)."""
+        d: Deferred[None] = Deferred()
+        self._available[name].append(d)
+        return d
 
     def until(self, message_id: int, guest: str) -> Deferred[Message]:
         d: Deferred[Message] = Deferred()
@@ -58,7 +72,8 @@ class GuestEventWaiter:
         return d
 
     def cell_available(self, name: str, address: str) -> None:
-        pass
+        for d in self._available.pop(name, []):
+            d.callback(None)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
         pass
@@ -70,7 +85,8 @@ class GuestEventWaiter:
             d.callback(message)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        pass
+        for d in self._gone.pop(name, []):
+            d.callback(None)
 
 
 class GuestClusterCase(TestCase):
@@ -98,6 +114,9 @@ class GuestClusterCase(TestCase):
                 clock=self.cell_clock,
                 capacity=self.capacity,
                 creation_time=self.creation_time,
+                # A Cell whose link drops comes back on its own, a moment later.
+                reconnect_delay=0.01,
+                reconnect_clock=reactor,
             )
             for name in self.CELLS
         }
@@ -142,6 +161,20 @@ class GuestClusterCase(TestCase):
         self.assertEqual((answer.status, document["error_code"]), (200, 500), document)
         return str(document["message"])
 
+    async def use_network(self, end: str = "172.16.0.20") -> None:
+        """The Cells move to pool ``netted``, whose address pool ``net`` has one range from
+        172.16.0.10 (a pool's network can change only while it has no Cells)."""
+        await self.ok("POST", "/address_pools/net", {"gateway": "172.16.0.1", "provider": "dhcp"})
+        await self.ok(
+            "POST",
+            "/address_pools/net/internal/ranges/172.16.0.10",
+            {"end": end, "netmask": "255.255.255.0"},
+        )
+        await self.ok("POST", "/compute_pools/netted", {"network": "net"})
+        for name in self.CELLS:
+            await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
+            await self.ok("POST", f"/compute_pool_cells/netted/{name}")
+
     # -- waiting ------------------------------------------------------------------------------
 
     async def applied(self, waiting: Deferred[Message], guest: str) -> Message:
@@ -156,7 +189,19 @@ class GuestClusterCase(TestCase):
             self.cells[name].report()
         # A request to each Cell after its report: the report is ahead of the reply on the link.
         for name in names or self.CELLS:
-            await self.ops.cells.storage_paths("default", name)
+            await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
+
+    async def rejoined(self, name: str) -> None:
+        """Drop ``name``'s link (if it is up); it reconnects, rejoins its pool, and Core took
+        its inventory."""
+        linked = self.events.until_available(name)
+        self.cells[name].kill()
+        await linked
+        self.cells[name].report()
+        # The pool push went out when Core heard of the Cell: a round trip after it means its
+        # answer arrived, and the inventory's commit is queued before this empty one.
+        await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
+        await self.store.commit(UnitOfWork(()))
 
     def claims(self) -> list[str]:
         return sorted(str(c.key) for c in self.ops.context.claims.live(CAPACITY))

@@ -18,22 +18,8 @@ CELL_A, CELL_B = GuestClusterCase.CELLS
 
 
 class CreateTests(GuestClusterCase):
-    async def network(self) -> None:
-        """Pool ``default`` gets an address pool with one range."""
-        await self.ok("POST", "/address_pools/net", {"gateway": "172.16.0.1", "provider": "dhcp"})
-        await self.ok(
-            "POST",
-            "/address_pools/net/internal/ranges/172.16.0.10",
-            {"end": "172.16.0.20", "netmask": "255.255.255.0"},
-        )
-        # Cells must leave a pool before its network changes: a pool of its own, then.
-        await self.ok("POST", "/compute_pools/netted", {"network": "net"})
-        for name in self.CELLS:
-            await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
-            await self.ok("POST", f"/compute_pool_cells/netted/{name}")
-
     async def test_create_from_an_image_with_progress_then_created(self) -> None:
-        await self.network()
+        await self.use_network()
         await self.store.commit(
             UnitOfWork.of(
                 Put(m.DiskImage(id="img-1", name="centos", owner="alice", group="team",

@@ -142,7 +142,8 @@ class CellLifecycleTests(HarnessTestCase):
     async def test_ungraceful_disconnect_in_failover_pool_marks_lost(self) -> None:
         await self.h.member(CELL, "shared")
         await self.h.put(instance("a", CELL))
-        self.h.cells.cell_disconnected(CELL, gracefully=False)
+        self.h.connect(CELL)
+        self.h.directory.disconnect(CELL, gracefully=False)
         await self.settle()
         self.assertTrue(self.h.store.view.instances["a"].lost)
 

@@ -458,6 +458,7 @@ class CellOperations:
         """Guest events belong to the guest operations (their own observer)."""
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        """Its guests are marked lost by the guest operations (each in its turn)."""
         record = self._context.view.cells.get(name)
         if record is None or not record.pool:
             return
@@ -468,7 +469,6 @@ class CellOperations:
                 "its instances are marked lost",
                 name=name,
             )
-        self._mark_lost(name).addErrback(self._logged, "marking instances lost", name)
 
     # -- lifecycle internals ------------------------------------------------------------------
 
@@ -505,16 +505,6 @@ class CellOperations:
         changes.append(Put(evolve(current, purge_pending=False)))
         await self._context.commit(*changes)
         self.log.info("{name} purged", name=record.name)
-
-    def _mark_lost(self, name: str) -> Deferred[None]:
-        changes = [
-            Put(evolve(instance, lost=True))
-            for instance in self._context.view.instances_on_cell(name).values()
-            if not instance.lost
-        ]
-        if not changes:
-            return succeed(None)
-        return self._context.commit(*changes)
 
     # -- helpers ------------------------------------------------------------------------------
 

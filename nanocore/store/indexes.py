@@ -27,7 +27,8 @@ class CellLoad:
     disk: int = 0
 
 
-_NO_LOAD = CellLoad()
+#: The load of a Cell Core places nothing on.
+NO_LOAD = CellLoad()
 
 
 class InstanceIndex:
@@ -38,6 +39,7 @@ class InstanceIndex:
         self._by_cell: dict[str, dict[str, Instance]] = {}
         self._names: dict[tuple[str, str, str], str] = {}
         self._loads: dict[str, CellLoad] = {}
+        self._loads_view = MappingProxyType(self._loads)
         for instance in instances:
             self.added(instance)
 
@@ -56,32 +58,47 @@ class InstanceIndex:
         return self._names.get((pool, group, name))
 
     def load(self, cell: str) -> CellLoad:
-        return self._loads.get(cell, _NO_LOAD)
+        return self._loads.get(cell, NO_LOAD)
+
+    @property
+    def loads(self) -> Mapping[str, CellLoad]:
+        """Every Cell's load (a Cell without instances is absent: :data:`NO_LOAD`)."""
+        return self._loads_view
 
     # -- keeping -------------------------------------------------------------------------------
 
     def replaced(self, old: Instance | None, new: Instance | None) -> None:
+        # A change of state, not of size or place, leaves the Cell's load the same object, so
+        # whoever keeps something derived from it sees at once that nothing moved.
+        same_load = (
+            old is not None
+            and new is not None
+            and old.cell == new.cell
+            and (old.cores, old.memory, old.disks) == (new.cores, new.memory, new.disks)
+        )
         if old is not None:
-            self.removed(old)
+            self.removed(old, shift=not same_load)
         if new is not None:
-            self.added(new)
+            self.added(new, shift=not same_load)
 
-    def added(self, instance: Instance) -> None:
+    def added(self, instance: Instance, *, shift: bool = True) -> None:
         self._by_pool.setdefault(instance.pool, {})[instance.id] = instance
         self._by_cell.setdefault(instance.cell, {})[instance.id] = instance
         self._names[(instance.pool, instance.group, instance.name)] = instance.id
-        self._shift(instance, 1)
+        if shift:
+            self._shift(instance, 1)
 
-    def removed(self, instance: Instance) -> None:
+    def removed(self, instance: Instance, *, shift: bool = True) -> None:
         _discard(self._by_pool, instance.pool, instance.id)
         _discard(self._by_cell, instance.cell, instance.id)
         name = (instance.pool, instance.group, instance.name)
         if self._names.get(name) == instance.id:
             del self._names[name]
-        self._shift(instance, -1)
+        if shift:
+            self._shift(instance, -1)
 
     def _shift(self, instance: Instance, sign: int) -> None:
-        load = self._loads.get(instance.cell, _NO_LOAD)
+        load = self._loads.get(instance.cell, NO_LOAD)
         changed = CellLoad(
             load.instances + sign,
             load.cores + sign * instance.cores,

@@ -61,6 +61,11 @@ class ReadModel:
         """How many instances Core places on ``cell``, and their cores, memory and disk."""
         return self._index.load(cell)
 
+    @property
+    def cell_loads(self) -> Mapping[str, CellLoad]:
+        """:meth:`load_on_cell` of every Cell holding instances, for a pass over many."""
+        return self._index.loads
+
     def all(self, kind: type[T]) -> Mapping[Hashable, T]:
         return cast(Mapping[Hashable, T], self._views[kind])
 

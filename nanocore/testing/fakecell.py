@@ -160,6 +160,7 @@ class FakeCell:
         creation_time: float = 1.0,
         stop_time: float = STOP_TIME,
         reconnect_delay: float = RECONNECT_DELAY,
+        reconnect_clock: IReactorTime | None = None,
     ) -> None:
         """``creation_time``: seconds from a create request to ``GuestCreatedEvent`` (0: at
         the next turn); ``stop_time``: from a stop to ``GuestStoppedEvent``."""
@@ -171,6 +172,9 @@ class FakeCell:
         self._creation_time = creation_time
         self._stop_time = stop_time
         self._reconnect_delay = reconnect_delay
+        #: Where the reconnect delay runs (default: the Cell's clock); a test that freezes
+        #: the Cell's clock can let the Cell come back on its own on the reactor's.
+        self._reconnect_clock = reconnect_clock if reconnect_clock is not None else clock
         #: Errors the next creations fail with (a ``GuestUpdatedEvent`` with success false).
         self.creation_failures: deque[str] = deque()
         self.link: LinkSession | None = None
@@ -206,7 +210,7 @@ class FakeCell:
             endpoint,
             self.factory(),
             retryPolicy=lambda attempt: self._reconnect_delay,
-            clock=self._clock,
+            clock=self._reconnect_clock,
         )
 
     def kcp_service(self, reactor: Any, locate: Locate, *, interface: str) -> KCPClientService:

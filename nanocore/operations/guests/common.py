@@ -93,6 +93,11 @@ class GuestAccess:
 
         return running.addBoth(forget)
 
+    def busy(self, instance_id: str) -> bool:
+        """Whether a change of the instance is under way (a unit deciding on the committed
+        view now would overwrite what it commits)."""
+        return instance_id in self._locks
+
     def change(self, instance_id: str, decide: Decide) -> Deferred[None]:
         """Read the instance (None if gone), decide the changes, commit them, in turn."""
 

@@ -356,6 +356,7 @@ class Creations:
         except BaseException:
             self._placement.release(instance.id)
             raise
+        self._placement.recorded(instance.id)
         self.in_flight.add(instance.id)
         try:
             reply = await self._access.forward(

@@ -25,7 +25,7 @@ from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, i
 from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import Placement
-from nanocore.store import Change, Delete, Put
+from nanocore.store import Change, Delete, Put, StoreClosed
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _ID = re.compile(ID_PATTERN)
@@ -69,9 +69,10 @@ class GuestEvents:
 
     def cell_available(self, name: str, address: str) -> None:
         """Reconciling the Cell's guests waits for its inventory (cell operations ask it)."""
+        self._placement.linked(name)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
-        self._placement.reported(name)
+        self._placement.reported(name, status)
 
     def cell_event(self, name: str, message: Message) -> None:
         handler = self._handlers.get(message.id)
@@ -79,7 +80,18 @@ class GuestEvents:
             handler(name, message).addErrback(self._logged, name, message)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        """Its claims end; its guests are lost (a creation it failed is forgotten first)."""
         self._placement.cell_gone(name)
+
+        def lost(instance: Instance | None) -> list[Change]:
+            if instance is None or instance.cell != name or instance.lost:
+                return []
+            return [Put(evolve(instance, lost=True))]
+
+        for guest in list(self._context.view.instances_on_cell(name)):
+            self._access.change(guest, lost).addErrback(
+                self._logged, name, Message(id=MessageID.GuestStoppedEvent)
+            )
 
     # -- events -------------------------------------------------------------------------------
 
@@ -298,7 +310,10 @@ class GuestEvents:
         )
 
     def _logged(self, failure: Failure, cell: str, message: Message) -> None:
-        if failure.check(OperationError):
+        if failure.check(StoreClosed):  # Core is stopping: the Cell re-reports on rejoin
+            self.log.info("{cell}: {id:#08x} not applied: the store is closed", cell=cell,
+                          id=message.id)  # fmt: skip
+        elif failure.check(OperationError):
             self.log.warn(
                 "{cell}: {id:#08x} not applied: {reason}",
                 cell=cell,

@@ -17,17 +17,19 @@ of the record that holds them; the store's unique keys are the backstop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
-from attrs import frozen
+from attrs import define, frozen
 
 from nanocore.addresses import ChosenAddress, choose_address
-from nanocore.cluster.cells import CellDirectory, CellLiveness
-from nanocore.model import ComputePool, Instance, InstanceStatus
+from nanocore.cluster.cells import STATUS_STALE_AFTER, CellDirectory, CellLiveness, CellStatus
+from nanocore.model import ComputeCell, ComputePool, Instance, InstanceStatus
 from nanocore.operations.base import Context
 from nanocore.operations.claims import Claim, ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest
 from nanocore.scheduler import CellCapacity, Demand, NoCellFits, Scheduler
+from nanocore.store.indexes import NO_LOAD, CellLoad
 
 #: How many refused Cells the message names before pointing at ``data.cells``.
 LISTED_IN_MESSAGE = 10
@@ -75,8 +77,36 @@ class NoCellAvailable(InvalidRequest):
         }
 
 
+@define
+class _Cell:
+    """What placement keeps of one Cell between decisions (changed by events, not polled)."""
+
+    linked: bool = False
+    report: CellStatus | None = None
+    reported_at: float = -math.inf
+    #: Claimed on the Cell: all claims, and those whose record is not committed yet.
+    memory: int = 0
+    disk: int = 0
+    unrecorded_cores: int = 0
+    unrecorded_memory: int = 0
+    unrecorded_disk: int = 0
+    #: Moves with every change above; ``capacity`` was built from ``built_*``.
+    version: int = 0
+    capacity: CellCapacity | None = None
+    built_version: int = -1
+    built_load: CellLoad | None = None
+    built_record: ComputeCell | None = None
+    built_fresh: bool = False
+
+
 class Placement:
-    """Capacity claims per Cell, what the scheduler is shown, and name and address claims."""
+    """Capacity claims per Cell, what the scheduler is shown, and name and address claims.
+
+    What the scheduler is shown of a Cell is kept between decisions and rebuilt only when
+    something it depends on changed: the Cell's link or report (its events), the capacity
+    claimed on it, its record, or what Core's records place on it. A decision over a pool
+    then costs a few comparisons per Cell, not a rebuild of each.
+    """
 
     def __init__(
         self,
@@ -86,55 +116,82 @@ class Placement:
         randbelow: Callable[[int], int],
     ) -> None:
         self._context = context
-        self._cells = cells
         self._scheduler = scheduler
         self._randbelow = randbelow
+        self._cells: dict[str, _Cell] = {}
+        #: Instances whose claim is counted in their committed record's load as well.
+        self._recorded: set[str] = set()
         #: Claims of confirmed guests, by Cell, that end with that Cell's next status report.
         self._until_report: dict[str, list[Claim[Share]]] = {}
+        for name in cells.names():  # Cells linked before these operations were built
+            state = cells.state(name)
+            if state in (CellLiveness.ALIVE, CellLiveness.CONNECTED):
+                cell = self._cell(name)
+                cell.linked, cell.report = True, cells.status(name)
+                if state is CellLiveness.ALIVE:
+                    cell.reported_at = context.clock.seconds()
+
+    def _cell(self, name: str) -> _Cell:
+        cell = self._cells.get(name)
+        if cell is None:
+            cell = self._cells[name] = _Cell()
+        return cell
 
     # -- what the scheduler sees --------------------------------------------------------------
 
     def capacities(self, pool: str) -> list[CellCapacity]:
         """Every Cell of ``pool`` now: its latest report less the capacity claimed on it."""
         view = self._context.view
-        claims = self._context.claims
-        instances = view.instances
-        result = []
+        loads = view.cell_loads
+        now = self._context.clock.seconds()
+        result: list[CellCapacity] = []
+        append = result.append
         for record in view.cells.values():
             if record.pool != pool:
                 continue
             name = record.name
-            state = self._cells.state(name)
-            report = self._cells.status(name)
-            held = claims.live_in(CAPACITY, name)
-            memory = disk = cores = unrecorded_memory = unrecorded_disk = 0
-            for claim in held:
-                share = claim.value
-                memory += share.memory
-                disk += share.disk
-                if claim.key not in instances:
-                    cores += share.cores
-                    unrecorded_memory += share.memory
-                    unrecorded_disk += share.disk
-            load = view.load_on_cell(name)
-            result.append(
-                CellCapacity(
-                    name=name,
-                    alive=state in (CellLiveness.ALIVE, CellLiveness.CONNECTED),
-                    enabled=record.enabled,
-                    reported=state is CellLiveness.ALIVE and report is not None,
-                    cores=report.cores if report else 0,
-                    cpu_usage=report.usage if report else 0.0,
-                    memory_free=(report.memory_available if report else 0) - memory,
-                    disk_free=(report.disk_free if report else 0) - disk,
-                    memory_total=report.memory_total if report else 0,
-                    disk_total=report.disk_total if report else 0,
-                    placed_cores=load.cores + cores,
-                    placed_memory=load.memory + unrecorded_memory,
-                    placed_disk=load.disk + unrecorded_disk,
-                )
-            )
+            cell = self._cells.get(name)
+            if cell is None:
+                cell = self._cell(name)
+            fresh = cell.report is not None and now - cell.reported_at < STATUS_STALE_AFTER
+            load = loads.get(name, NO_LOAD)
+            capacity = cell.capacity
+            if (
+                capacity is None
+                or cell.built_version != cell.version
+                or cell.built_load is not load
+                or cell.built_record is not record
+                or cell.built_fresh is not fresh
+            ):
+                capacity = cell.capacity = _capacity(name, record.enabled, fresh, cell, load)
+                cell.built_version, cell.built_load = cell.version, load
+                cell.built_record, cell.built_fresh = record, fresh
+            append(capacity)
         return result
+
+    # -- what Cells tell ----------------------------------------------------------------------
+
+    def linked(self, name: str) -> None:
+        cell = self._cell(name)
+        cell.linked = True
+        cell.version += 1
+
+    def reported(self, name: str, report: CellStatus) -> None:
+        """A status report counts every guest its Cell confirmed before it: their claims end."""
+        cell = self._cell(name)
+        cell.report, cell.reported_at = report, self._context.clock.seconds()
+        cell.version += 1
+        for claim in self._until_report.pop(name, ()):
+            self._release(claim)
+
+    def cell_gone(self, name: str) -> None:
+        """A Cell that disconnected frees every claim on it."""
+        cell = self._cell(name)
+        cell.linked = False
+        cell.version += 1
+        self._until_report.pop(name, None)
+        for claim in self._context.claims.live_in(CAPACITY, name):
+            self._release(claim)
 
     # -- claims -------------------------------------------------------------------------------
 
@@ -145,7 +202,40 @@ class Placement:
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
-        return self._context.claims.take(CAPACITY, instance_id, share)
+        return self._take(instance_id, share, recorded=False)
+
+    def _take(self, instance_id: str, share: Share, recorded: bool) -> Claim[Share]:
+        claim = self._context.claims.take(CAPACITY, instance_id, share)
+        self._count(share, 1, recorded)
+        if recorded:
+            self._recorded.add(instance_id)
+        return claim
+
+    def _release(self, claim: Claim[Share]) -> None:
+        if self._context.claims.held(CAPACITY, claim.key) is not claim:
+            return  # already released
+        self._context.claims.release(claim)
+        recorded = claim.key in self._recorded
+        self._recorded.discard(claim.key)
+        self._count(claim.value, -1, recorded)
+
+    def _count(self, share: Share, sign: int, recorded: bool) -> None:
+        cell = self._cell(share.cell)
+        cell.memory += sign * share.memory
+        cell.disk += sign * share.disk
+        if not recorded:
+            cell.unrecorded_cores += sign * share.cores
+            cell.unrecorded_memory += sign * share.memory
+            cell.unrecorded_disk += sign * share.disk
+        cell.version += 1
+
+    def recorded(self, instance_id: str) -> None:
+        """The guest's record is committed: its load counts it, its claim's cores no more."""
+        claim = self._context.claims.held(CAPACITY, instance_id)
+        if claim is not None and instance_id not in self._recorded:
+            self._count(claim.value, -1, False)
+            self._count(claim.value, 1, True)
+            self._recorded.add(instance_id)
 
     def claim_name(self, pool: str, group: str, name: str) -> Claim[None]:
         if self._context.view.instance_named(pool, group, name) is not None:
@@ -187,18 +277,7 @@ class Placement:
         """The creation failed or the guest is gone: its claim ends now."""
         claim = self._context.claims.held(CAPACITY, instance_id)
         if claim is not None:
-            self._context.claims.release(claim)
-
-    def reported(self, cell: str) -> None:
-        """A status report of ``cell`` counts every guest it confirmed before it."""
-        for claim in self._until_report.pop(cell, ()):
-            self._context.claims.release(claim)
-
-    def cell_gone(self, cell: str) -> None:
-        """A Cell that disconnected frees every claim on it."""
-        self._until_report.pop(cell, None)
-        for claim in self._context.claims.live_in(CAPACITY, cell):
-            self._context.claims.release(claim)
+            self._release(claim)
 
     def holds(self, instance_id: str) -> bool:
         return self._context.claims.held(CAPACITY, instance_id) is not None
@@ -207,7 +286,28 @@ class Placement:
         """After a start, claim again for every guest a Cell was still creating."""
         for instance in self._context.view.instances.values():
             if instance.status is InstanceStatus.CREATING and not self.holds(instance.id):
-                self._context.claims.take(CAPACITY, instance.id, share_of(instance))
+                self._take(instance.id, share_of(instance), recorded=True)
+
+
+def _capacity(name: str, enabled: bool, fresh: bool, cell: _Cell, load: CellLoad) -> CellCapacity:
+    report = cell.report
+    if report is None:
+        return CellCapacity(name=name, alive=cell.linked, enabled=enabled, reported=False)
+    return CellCapacity(
+        name=name,
+        alive=cell.linked,
+        enabled=enabled,
+        reported=fresh,
+        cores=report.cores,
+        cpu_usage=report.usage,
+        memory_free=report.memory_available - cell.memory,
+        disk_free=report.disk_free - cell.disk,
+        memory_total=report.memory_total,
+        disk_total=report.disk_total,
+        placed_cores=load.cores + cell.unrecorded_cores,
+        placed_memory=load.memory + cell.unrecorded_memory,
+        placed_disk=load.disk + cell.unrecorded_disk,
+    )
 
 
 def share_of(instance: Instance) -> Share:

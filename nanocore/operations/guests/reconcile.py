@@ -14,7 +14,9 @@ The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell r
 - a record the Cell does not report is kept and shown as lost, never deleted, unless it was
   still being created and no creation request is in flight: that creation failed, and its
   record and address go, leaving a pending error the next ``GET`` tells;
-- pending errors naming this Cell for guests it does not report are settled.
+- pending errors naming this Cell for guests it does not report are settled;
+- a guest whose record is being changed right now (an event, a deletion) is left to that
+  change: one unit deciding on what was committed before it would undo it.
 
 Everything changes in one commit; claims and orphan deletions follow it.
 """
@@ -68,7 +70,10 @@ class Reconciler:
         released: list[str] = []
         orphans: list[str] = []
         reported = {instance.id for instance in inventory.instances}
+        busy = self._access.busy
         for instance in inventory.instances:
+            if busy(instance.id):
+                continue
             known = view.instances.get(instance.id)
             pending = view.pending_errors.get(instance.id)
             if known is None and pending is not None and pending.cell == cell:
@@ -80,7 +85,7 @@ class Reconciler:
                 if known.status is InstanceStatus.CREATING and instance.created:
                     confirmed.append(instance.id)
         for instance in view.instances_on_cell(cell).values():
-            if instance.id in reported:
+            if instance.id in reported or busy(instance.id):
                 continue
             released.append(instance.id)
             if instance.status is InstanceStatus.CREATING:
@@ -93,7 +98,7 @@ class Reconciler:
             elif not instance.lost:
                 changes.append(Put(evolve(instance, lost=True)))
         for pending in view.pending_errors.values():
-            if pending.cell == cell and pending.id not in reported:
+            if pending.cell == cell and pending.id not in reported and not busy(pending.id):
                 changes.extend(settle(pending))
 
         def after() -> None:

@@ -1,0 +1,139 @@
+"""Faults around the guest lifecycle: a dropped or late reply, an error reply, a Cell that
+disconnects mid-create, and a Cell whose inventory disagrees with Core's records.
+
+After each: no leaked capacity claim, no leaked or duplicated address, and the API tells the
+truth about every instance (docs/architecture.md, "claims" and "reconciling guests").
+"""
+
+from __future__ import annotations
+
+from nanocore import model as m
+from nanocore.cluster.message import MessageID, ParamKey
+from nanocore.store import Delete, UnitOfWork
+from nanocore.testing.fakecell import Fault
+from tests.guestfixtures import TIMEOUT, GuestClusterCase
+
+CELL_A, CELL_B = GuestClusterCase.CELLS
+
+
+class CreateFaultTests(GuestClusterCase):
+    def everywhere(self, fault: Fault) -> None:
+        for cell in self.cells.values():
+            cell.inject(MessageID.CreateGuestRequest, fault)
+
+    def heal(self) -> None:
+        """The Cell that was not chosen still holds its fault: no more faults."""
+        for cell in self.cells.values():
+            cell.faults.clear()
+
+    def assertNothingLeft(self) -> None:
+        self.assertEqual(dict(self.store.view.instances), {})
+        self.assertEqual(dict(self.store.view.allocations), {})
+        self.assertEqual(self.claims(), [])
+
+    async def test_dropped_reply_times_out_and_leaves_nothing(self) -> None:
+        self.everywhere(Fault(drop=True))
+        answer = self.client.post("/guests/", self.guest_body())
+        await self.store.commit(UnitOfWork(()))  # the record is in: the request went out
+        self.core_clock.advance(TIMEOUT)
+        document = (await answer).envelope()
+        self.assertEqual(document["message"], "cell timeout")
+        self.assertNothingLeft()
+        # The Cell may still make it: Core remembers which Cell to check.
+        (pending,) = self.store.view.pending_errors.values()
+        self.assertEqual((pending.error, pending.shown), ("cell timeout", True))
+        # Its inventory (here: without the guest) settles that.
+        await self.rejoined(pending.cell)
+        self.assertEqual(dict(self.store.view.pending_errors), {})
+        # The name is free, and a retry works.
+        self.heal()
+        await self.ok("POST", "/guests/", self.guest_body(), status=202)
+
+    async def test_a_late_guest_is_deleted_on_its_cell(self) -> None:
+        """The original left a guest created after its timeout running, invisible to Core."""
+        self.everywhere(Fault(delay=10 * TIMEOUT))  # on the Cell's clock: it does create
+        answer = self.client.post("/guests/", self.guest_body())
+        await self.store.commit(UnitOfWork(()))  # the record is in: the request went out
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual((await answer).envelope()["message"], "cell timeout")
+        (pending,) = self.store.view.pending_errors.values()
+        cell = self.cells[pending.cell]
+        deleted = self.events.until(MessageID.GuestDeletedEvent, pending.id)
+        self.cell_clock.advance(1.0)  # GuestCreatedEvent: an orphan, deleted there
+        await self.applied(deleted, pending.id)
+        asked = [m for m in cell.received if m.id == MessageID.DeleteGuestRequest]
+        self.assertEqual([m.string_params[ParamKey.Instance] for m in asked], [pending.id])
+        self.assertEqual(cell.guests, {})
+        self.assertEqual(dict(self.store.view.pending_errors), {})
+        self.assertNothingLeft()
+        self.cell_clock.advance(10 * TIMEOUT)  # the late reply is dropped by Core
+
+    async def test_error_reply_is_relayed_and_leaves_nothing(self) -> None:
+        self.everywhere(Fault(error="no space left for guest"))
+        self.assertEqual(
+            await self.refused("POST", "/guests/", self.guest_body()), "no space left for guest"
+        )
+        self.assertNothingLeft()
+        self.assertEqual(dict(self.store.view.pending_errors), {})
+
+    async def test_disconnect_mid_create_fails_cleanly(self) -> None:
+        self.everywhere(Fault(disconnect=True))
+        message = await self.refused("POST", "/guests/", self.guest_body())
+        (pending,) = self.store.view.pending_errors.values()
+        self.assertEqual(message, f"cell '{pending.cell}' is not connected")
+        self.assertNothingLeft()
+        await self.rejoined(pending.cell)
+        self.assertEqual(dict(self.store.view.pending_errors), {})
+        self.heal()
+        await self.ok("POST", "/guests/", self.guest_body(), status=202)
+
+
+class ReconcileTests(GuestClusterCase):
+    creation_time = 0.0
+
+    async def created(self, name: str = "vm1") -> m.Instance:
+        guest = (await self.ok("POST", "/guests/", self.guest_body(name), status=202))["id"]
+        created = self.events.until(MessageID.GuestCreatedEvent, guest)
+        self.cell_clock.advance(0)
+        await self.applied(created, guest)
+        return self.store.view.instances[guest]
+
+    async def test_a_guest_the_cell_lacks_is_shown_lost_not_deleted(self) -> None:
+        instance = await self.created()
+        del self.cells[instance.cell].guests[instance.id]
+        await self.rejoined(instance.cell)
+        shown = await self.ok("GET", f"/guests/{instance.id}")
+        self.assertTrue(shown["lost"])
+        # Deleting it asks nobody: its Cell came back without it.
+        await self.ok("DELETE", f"/guests/{instance.id}", {})
+        self.assertEqual(dict(self.store.view.instances), {})
+
+    async def test_a_guest_core_lost_is_adopted(self) -> None:
+        instance = await self.created()
+        await self.store.commit(UnitOfWork.of(Delete(m.Instance, instance.id)))
+        await self.rejoined(instance.cell)
+        shown = await self.ok("GET", f"/guests/{instance.id}")
+        self.assertEqual((shown["name"], shown["created"], shown.get("lost")),
+                         ("team.vm1", True, None))  # fmt: skip
+
+    async def test_a_cell_that_disconnects_marks_its_guests_lost_and_back(self) -> None:
+        instance = await self.created()
+        cell = self.cells[instance.cell]
+        cell._reconnect_delay = 3600.0  # it stays away until the test lets it back
+        gone = self.events.until_disconnected(instance.cell)
+        cell.kill()
+        await gone
+        await self.store.commit(UnitOfWork(()))
+        self.assertTrue((await self.ok("GET", f"/guests/{instance.id}"))["lost"])
+        self.assertEqual(
+            await self.refused("DELETE", f"/guests/{instance.id}", {}),
+            f"cell '{instance.cell}' is not connected",
+        )
+        linked = self.events.until_available(instance.cell)
+        cell._reconnect_delay = 0.01
+        await self.cluster.services[instance.cell].stopService()
+        self.cluster.services[instance.cell].startService()
+        await linked
+        await self.ops.cells.storage_paths("default", instance.cell)
+        await self.store.commit(UnitOfWork(()))
+        self.assertNotIn("lost", await self.ok("GET", f"/guests/{instance.id}"))

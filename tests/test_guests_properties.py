@@ -1,0 +1,261 @@
+"""Property: random creations, deletions, Cell events, reconnects and Core restarts never
+give an address twice, leak an allocation or a claim, or overcommit a Cell.
+
+Core runs over the real store's writer and schema in a data folder, committing synchronously
+(:class:`SyncStore`), with FakeCells answering through a scripted directory on one Clock, so a
+whole script runs in one call. A restart abandons the operations mid-wait (as a killed process
+would), reopens the store from the same folder and builds the operations again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from nanocore import model as m
+from nanocore.cluster.message import Message, MessageID
+from nanocore.operations.core import Operations
+from nanocore.operations.guests import CAPACITY, GuestSpec
+from nanocore.store import CommitStore, Put, ReadModel, UnitOfWork
+from nanocore.store.schema import bundled_scripts, open_database
+from nanocore.store.writer import Writer
+from nanocore.testing.fakecell import Capacity, FakeCell, Fault
+from tests.cellfixtures import FakeDirectory
+
+GiB = 1 << 30
+CELLS = ("Cell_p1", "Cell_p2")
+TIMEOUT = 5.0
+
+
+@implementer(CommitStore)
+class SyncStore:
+    """The store's writer and read model, committing each unit at once (no thread)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._connection = open_database(folder, bundled_scripts(), "", _ids())
+        self._writer = Writer(self._connection, guard_io_thread=False)
+        self.view = ReadModel(self._writer.load())
+        self.units_committed = 0
+
+    def commit(self, unit: UnitOfWork) -> Deferred[None]:
+        (refusal,) = self._writer.apply_batch([unit])
+        if refusal is not None:
+            return fail(refusal)
+        self.view.mirror(unit)
+        self.units_committed += 1
+        return succeed(None)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _ids() -> Any:
+    counter = iter(range(10_000))
+    return lambda: f"tpl{next(counter):017d}"
+
+
+class StubLink:
+    """A FakeCell's link straight into the current directory: replies and events at once."""
+
+    connected = True
+
+    def __init__(self, world: World, name: str) -> None:
+        self._world = world
+        self.name = name
+
+    def send(self, message: Message) -> None:
+        directory = self._world.directory
+        if not directory.linked.get(self.name):
+            return
+        if message.to_session:
+            directory.answer(message, self.name)
+        elif message.id == MessageID.CellStatusReportEvent:
+            pass
+        else:
+            for observer in list(directory.observers):
+                observer.cell_event(self.name, message)
+
+
+class World:
+    """Core (store + operations) and two FakeCells, with what a script can do to them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.clock = Clock()
+        self.clock.advance(1_714_529_472)
+        self.cells = {
+            name: FakeCell(name, self.clock, capacity=Capacity(cores=16, memory=4 * GiB,
+                                                                disk=400 * GiB),
+                           creation_time=1.0, stop_time=0.0)
+            for name in CELLS
+        }  # fmt: skip
+        self.links = {name: StubLink(self, name) for name in CELLS}
+        for name, cell in self.cells.items():
+            cell.link = self.links[name]  # type: ignore[assignment]
+        self.waiting: list[Deferred[Any]] = []
+        self.store = SyncStore(folder)
+        self._seed()
+        self.start()
+
+    def _seed(self) -> None:
+        view = self.store.view
+        if "net" in view.address_pools:
+            return
+        self.store.commit(
+            UnitOfWork.of(
+                *_puts(
+                    m.AddressPool(name="net", gateway="10.0.0.1"),
+                    m.AddressRange(pool="net", start="10.0.0.2", end="10.0.0.9",
+                                   netmask="255.255.255.0"),
+                    m.ComputePool(name="p", network="net"),
+                    *(m.ComputeCell(name=name, pool="p") for name in CELLS),
+                )
+            )
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.directory = FakeDirectory(self.clock)
+        self.directory.responders.update({name: self._responder(name) for name in CELLS})
+        self.ops = Operations(self.store, self.clock, cells=self.directory, timeout=TIMEOUT,
+                              randbelow=lambda n: n // 2)  # fmt: skip
+        for name in CELLS:
+            self.connect(name)
+
+    def _responder(self, name: str) -> Any:
+        def respond(request: Message) -> None:
+            self.cells[name].message_received(self.links[name], request)  # type: ignore[arg-type]
+
+        return respond
+
+    def connect(self, name: str) -> None:
+        self.directory.connect(name, status=self.cells[name].status())
+        self.settle()
+
+    def settle(self) -> None:
+        self.clock.advance(0)
+
+    # -- what a script does ---------------------------------------------------------------
+
+    def create(self, index: int, outcome: str) -> None:
+        fault = {
+            "refuse": Fault(error="refused"),
+            "drop": Fault(drop=True),
+            "late": Fault(delay=2 * TIMEOUT),
+        }.get(outcome)
+        for cell in self.cells.values():
+            cell.faults.pop(MessageID.CreateGuestRequest, None)
+            if fault is not None:
+                cell.inject(MessageID.CreateGuestRequest, fault)
+        spec = GuestSpec(name=f"vm{index}", owner="o", group="g", pool="p",
+                         template=next(iter(self.store.view.templates)), cores=1,
+                         memory=GiB, disks=(10 * GiB,))  # fmt: skip
+        try:
+            creating = self.ops.guests.create(spec)
+        except Exception:
+            return  # refused at once (no room, name taken)
+        creating.addErrback(lambda _: None)
+        self.waiting.append(creating)
+        self.settle()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def report(self, name: str) -> None:
+        self.directory.report(name, self.cells[name].status())
+        self.settle()
+
+    def delete(self, pick: int) -> None:
+        guests = sorted(self.store.view.instances)
+        if guests:
+            self.ops.guests.delete(guests[pick % len(guests)]).addErrback(lambda _: None)
+            self.settle()
+
+    def reconnect(self, name: str) -> None:
+        self.directory.disconnect(name)
+        self.connect(name)
+
+    def restart(self) -> None:
+        """Core dies mid-wait: nothing of it runs on; the store reopens from its folder."""
+        for waiting in self.waiting:
+            waiting.cancel()
+        self.waiting.clear()
+        for name in CELLS:
+            self.directory.linked[name] = False
+        self.directory.observers.clear()
+        self.store.close()
+        self.store = SyncStore(self.folder)
+        self.start()
+
+    # -- what must hold -----------------------------------------------------------------
+
+    def check(self, case: SynchronousTestCase) -> None:
+        view = self.store.view
+        assigned = [i.internal.assigned_address for i in view.instances.values()
+                    if i.internal.assigned_address]  # fmt: skip
+        case.assertEqual(len(assigned), len(set(assigned)), "an address given twice")
+        for allocation in view.allocations.values():
+            holder = view.instances.get(allocation.instance)
+            case.assertIsNotNone(holder, f"leaked allocation {allocation}")
+            assert holder is not None
+            case.assertEqual(holder.internal.assigned_address.partition("/")[0],
+                             allocation.address)  # fmt: skip
+        case.assertEqual(len(assigned), len(view.allocations))
+        for claim in self.ops.context.claims.live(CAPACITY):
+            case.assertIn(claim.key, view.instances, "a claim outlived its guest")
+        for name, cell in self.cells.items():
+            used = sum(g.memory for g in cell.guests.values())
+            case.assertLessEqual(used, cell.capacity.memory, f"{name} overcommitted")
+
+
+def _puts(*entities: Any) -> list[Any]:
+    return [Put(e) for e in entities]
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.integers(0, 9),
+                  st.sampled_from(("ok", "ok", "ok", "refuse", "drop", "late"))),
+        st.tuples(st.just("advance"), st.sampled_from((0.5, 1.0, TIMEOUT))),
+        st.tuples(st.just("report"), st.sampled_from(CELLS)),
+        st.tuples(st.just("delete"), st.integers(0, 20)),
+        st.tuples(st.just("reconnect"), st.sampled_from(CELLS)),
+        st.tuples(st.just("restart"),),
+    ),
+    max_size=40,
+)  # fmt: skip
+
+
+class GuestProperties(SynchronousTestCase):
+    @given(steps)
+    def test_no_address_twice_no_leak_no_overcommit(self, script: list[tuple[Any, ...]]) -> None:
+        folder = Path(tempfile.mkdtemp())
+        world: World | None = None
+        try:
+            world = World(folder)
+            for name, *arguments in script:
+                getattr(world, name)(*arguments)
+                world.check(self)
+            # In the end every Cell reports: nothing Core remembers is wrong.
+            world.advance(2 * TIMEOUT)
+            for name in CELLS:
+                world.reconnect(name)
+            world.check(self)
+            for instance in world.store.view.instances.values():
+                cell = world.cells[instance.cell]
+                self.assertIn(instance.id, cell.guests)
+                self.assertEqual(instance.created, cell.guests[instance.id].created_ok)
+        finally:
+            if world is not None:
+                for waiting in world.waiting:
+                    waiting.cancel()
+                world.store.close()
+            shutil.rmtree(folder)
