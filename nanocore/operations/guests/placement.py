@@ -179,9 +179,13 @@ class Placement:
         """The Cell holds the guest now: its claim ends with that Cell's next report."""
         claim = self._context.claims.held(CAPACITY, instance_id)
         if claim is not None:
-            waiting = self._until_report.setdefault(claim.value.cell, [])
-            if claim not in waiting:
-                waiting.append(claim)
+            self.until_report(claim)
+
+    def until_report(self, claim: Claim[Share]) -> None:
+        """``claim``'s Cell holds what it claims now: it ends with that Cell's next report."""
+        waiting = self._until_report.setdefault(claim.value.cell, [])
+        if claim not in waiting:
+            waiting.append(claim)
 
     def release(self, instance_id: str) -> None:
         """The creation failed or the guest is gone: its claim ends now."""
