@@ -192,6 +192,7 @@ class FakeCell:
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = clock
         self._waiting: list[Deferred[LinkSession]] = []
+        self._arrivals: dict[int, list[Deferred[Message]]] = {}
         self._handlers: dict[int, Handler] = self._handler_table()
 
     # -- connecting ---------------------------------------------------------------------------
@@ -234,6 +235,13 @@ class FakeCell:
             return succeed(self.link)
         d: Deferred[LinkSession] = Deferred()
         self._waiting.append(d)
+        return d
+
+    def until_received(self, message_id: int) -> Deferred[Message]:
+        """Fires with the next message of ``message_id`` Core sends, once it is handled (a
+        delayed answer's timer is set by then: a test may advance past it)."""
+        d: Deferred[Message] = Deferred()
+        self._arrivals.setdefault(message_id, []).append(d)
         return d
 
     def inject(self, message_id: int, fault: Fault) -> None:
@@ -293,6 +301,13 @@ class FakeCell:
 
     def message_received(self, link: LinkSession, message: Message) -> None:
         self.received.append(message)
+        try:
+            self._handle(link, message)
+        finally:
+            for d in self._arrivals.pop(message.id, []):
+                d.callback(message)
+
+    def _handle(self, link: LinkSession, message: Message) -> None:
         if message.id == MessageID.MigrateInstanceRequest:
             self._send_all(self._migrate(message))
             return
