@@ -269,6 +269,16 @@ class GrowthTests(GuestClusterCase):
         self.assertEqual(self.claims(), [])
         self.assertEqual(self.store.view.instances[self.guest].disks, (20 * GiB,))
 
+    async def test_no_growth_on_a_cell_that_is_gone(self) -> None:
+        gone = self.cluster.waiter.until_disconnected(self.CELLS[0])
+        self.cell.kill()
+        await gone
+        self.assertEqual(
+            await self.refused("PUT", f"/guests/{self.guest}/memory", {"memory": 3 * GiB}),
+            "cell 'Cell_0000000000a1' is not connected",
+        )
+        self.assertEqual(self.claims(), [])
+
     async def test_shrinking_needs_no_room(self) -> None:
         await self.ok("PUT", f"/guests/{self.guest}/memory", {"memory": GiB})
         await self.ok("PUT", f"/guests/{self.guest}/cores", {"cores": 1})

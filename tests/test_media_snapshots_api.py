@@ -4,10 +4,13 @@ loopback TLS (api-reference §4.10-4.11, cell-protocol.md §5.5-5.6, observed-wi
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
 
 from nanocore import model as m
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.operations.cells import CellRefused
+from nanocore.operations.errors import InvalidRequest
+from nanocore.operations.imagesite import media_site
 from nanocore.operations.snapshots import SnapshotNode, _tree
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Fault
@@ -73,6 +76,19 @@ class MediaTests(GuestClusterCase):
         await self.ok("POST", f"/instances/{guest}/media", {"source": "iso-1"})
         record = self.store.view.instances[guest]
         self.assertEqual((record.media_attached, record.media_source), (True, "iso-1"))
+
+
+class MediaSiteTests(TestCase):
+    """What start from media and insert media both check before a Cell is asked."""
+
+    def test_refusals(self) -> None:
+        images = {
+            "iso-1": m.MediaImage(id="iso-1", name="i", owner="o", group="g", size=1, version=1)
+        }
+        self.assertEqual(media_site("iso-1", images, lambda: SITE), SITE)
+        with self.assertRaises(InvalidRequest) as refused:
+            media_site("iso-1", images, lambda: None)
+        self.assertEqual(refused.exception.message, "no image server available")
 
 
 class _Muted:

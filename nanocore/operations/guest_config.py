@@ -170,39 +170,35 @@ class GuestConfig:
 
     @refusals_deferred
     def set_cores(self, instance_id: str, cores: int) -> Deferred[None]:
-        if cores < 1:
-            raise InvalidRequest("cores required")
-        instance = self._access.instance(instance_id)
-        if cores == instance.cores:
-            raise InvalidRequest("no need to modify")
-        message = self._request(
-            MessageID.ModifyCoreRequest, instance, uint_params={ParamKey.Core: cores}
+        return self._set_size(
+            instance_id, "cores", cores, MessageID.ModifyCoreRequest, ParamKey.Core
         )
-        changing = self._change(
-            instance,
-            "cores",
-            message,
-            lambda current: evolve(current, cores=cores),
-            increase=Increase(cores=cores - instance.cores),
-        )
-        return changing.addCallback(lambda _: None)
 
     @refusals_deferred
     def set_memory(self, instance_id: str, memory: int) -> Deferred[None]:
-        if memory < 1:
-            raise InvalidRequest("memory required")
-        instance = self._access.instance(instance_id)
-        if memory == instance.memory:
-            raise InvalidRequest("no need to modify")
-        message = self._request(
-            MessageID.ModifyMemoryRequest, instance, uint_params={ParamKey.Memory: memory}
+        """Memory in bytes."""
+        return self._set_size(
+            instance_id, "memory", memory, MessageID.ModifyMemoryRequest, ParamKey.Memory
         )
+
+    def _set_size(
+        self, instance_id: str, field: str, value: int, message_id: int, key: ParamKey
+    ) -> Deferred[None]:
+        """Cores or memory: more of it must fit on the guest's Cell."""
+        if value < 1:
+            raise InvalidRequest(f"{field} required")
+        instance = self._access.instance(instance_id)
+        now: int = getattr(instance, field)
+        if value == now:
+            raise InvalidRequest("no need to modify")
+        message = self._request(message_id, instance, uint_params={key: value})
+        changed: dict[str, Any] = {field: value}
         changing = self._change(
             instance,
-            "memory",
+            field,
             message,
-            lambda current: evolve(current, memory=memory),
-            increase=Increase(memory=memory - instance.memory),
+            lambda current: evolve(current, **changed),
+            increase=Increase(**{field: value - now}),
         )
         return changing.addCallback(lambda _: None)
 
