@@ -255,20 +255,9 @@ class GuestConfig:
             raise InvalidRequest(
                 f"instance {instance.full_name} ('{instance.id}') is still running"
             )
-        if evolve(instance.qos, **limits) == instance.qos:
-            raise InvalidRequest("no need to change")
-        message = self._request(
-            MessageID.ModifyDiskThresholdRequest,
-            instance,
-            uint_array_params={ParamKey.Limit: (read_speed, write_speed, read_iops, write_iops)},
+        return self._set_limits(
+            instance, "disk limits", limits, MessageID.ModifyDiskThresholdRequest
         )
-        changing = self._change(
-            instance,
-            "disk limits",
-            message,
-            lambda current: evolve(current, qos=evolve(current.qos, **limits)),
-        )
-        return changing.addCallback(lambda _: None)
 
     @refusals_deferred
     def set_network_limits(
@@ -280,16 +269,22 @@ class GuestConfig:
             "send_speed": limit("send speed", send_speed),
         }
         instance = self._access.instance(instance_id)
+        return self._set_limits(
+            instance, "network limits", limits, MessageID.ModifyNetworkThresholdRequest
+        )
+
+    def _set_limits(
+        self, instance: Instance, aspect: str, limits: dict[str, int], message_id: int
+    ) -> Deferred[None]:
+        """``Limit:u[]`` carries the values in the order ``limits`` lists them."""
         if evolve(instance.qos, **limits) == instance.qos:
             raise InvalidRequest("no need to change")
         message = self._request(
-            MessageID.ModifyNetworkThresholdRequest,
-            instance,
-            uint_array_params={ParamKey.Limit: (receive_speed, send_speed)},
+            message_id, instance, uint_array_params={ParamKey.Limit: tuple(limits.values())}
         )
         changing = self._change(
             instance,
-            "network limits",
+            aspect,
             message,
             lambda current: evolve(current, qos=evolve(current.qos, **limits)),
         )
