@@ -21,13 +21,13 @@ from zope.interface import implementer
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, Answer, APIClient
 from nanocore.cluster.cells import CellObserver, CellStatus
-from nanocore.cluster.message import Message, ParamKey
+from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY
 from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import CertificateAuthority, create_ca
 from nanocore.store import Store, UnitOfWork
-from nanocore.testing.cluster import InProcessCluster
+from nanocore.testing.cluster import InProcessCluster, Wire
 from nanocore.testing.fakecell import Capacity, FakeCell
 
 reactor: Any = _reactor
@@ -93,6 +93,8 @@ class GuestClusterCase(TestCase):
     """``self.ops`` over a fresh store, ``self.cells`` linked and added to pool ``default``."""
 
     CELLS: tuple[str, ...] = ("Cell_0000000000a1", "Cell_0000000000b2")
+    #: The link the Cells use: TLS, or KCP as stock Cells link (slower: run a few cases on it).
+    wire: Wire = "tls"
     capacity = Capacity(cores=16, memory=32 * GiB, disk=1000 * GiB)
     creation_time = 1.0
 
@@ -105,7 +107,9 @@ class GuestClusterCase(TestCase):
         self.core_clock.advance(NOW)
         self.cell_clock = Clock()
         self.cell_clock.advance(NOW)
-        self.cluster = InProcessCluster(reactor, cluster_ca(), clock=self.core_clock)
+        self.cluster = InProcessCluster(
+            reactor, cluster_ca(), clock=self.core_clock, wire=self.wire
+        )
         await self.cluster.listen()
         self.addCleanup(lambda: ensureDeferred(self.cluster.stop()))
         self.cells: dict[str, FakeCell] = {
@@ -174,6 +178,21 @@ class GuestClusterCase(TestCase):
         for name in self.CELLS:
             await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
             await self.ok("POST", f"/compute_pool_cells/netted/{name}")
+
+    async def created(self, **fields: Any) -> str:
+        """A guest made through the API (``guest_body(**fields)``) and confirmed by its Cell."""
+        answer = await self.ok("POST", "/guests/", self.guest_body(**fields), status=202)
+        guest: str = answer["id"]
+        created = self.events.until(MessageID.GuestCreatedEvent, guest)
+        self.cell_clock.advance(self.creation_time)
+        await self.applied(created, guest)
+        return guest
+
+    async def started(self, guest: str, body: Any = None) -> None:
+        """Start ``guest`` through the API; Core's record says running."""
+        started = self.events.until(MessageID.GuestStartedEvent, guest)
+        self.assertEqual(await self.ok("POST", f"/instances/{guest}", body or {}), "")
+        await self.applied(started, guest)
 
     # -- waiting ------------------------------------------------------------------------------
 

@@ -276,7 +276,9 @@ class FakeCellTests(SynchronousTestCase):
         error = self.refused(
             MessageID.GetInstanceStatusRequest, string_params={ParamKey.Instance: "nope"}
         )
-        self.assertIn("no guest nope", error)
+        self.assertEqual(error, "invalid instance 'nope'")
+        error = self.refused(MessageID.GetAuthRequest, string_params={ParamKey.Guest: "nope"})
+        self.assertEqual(error, "invalid guest 'nope'")
 
     # -- modification -------------------------------------------------------------------------
 
@@ -295,6 +297,29 @@ class FakeCellTests(SynchronousTestCase):
             string_params=guest,
             uint_array_params={ParamKey.Limit: (5, 6)},
         )
+        self.assertEqual(
+            self.refused(
+                MessageID.ModifyCoreRequest, string_params=guest, uint_params={ParamKey.Core: 8}
+            ),
+            "no need to change",
+        )
+        self.assertEqual(
+            self.refused(
+                MessageID.ModifyNetworkThresholdRequest,
+                string_params=guest,
+                uint_array_params={ParamKey.Limit: (5, 6)},
+            ),
+            "no need to change",
+        )
+        self.assertEqual(
+            self.refused(MessageID.ModifyAuthRequest, string_params={**guest, ParamKey.User: "a"}),
+            "guest g1 is stopped, must be running",
+        )
+        self.ok(
+            MessageID.StartInstanceRequest,
+            string_params={ParamKey.Instance: "g1"},
+            uint_params={ParamKey.Option: 0},
+        )
         auth = self.ok(MessageID.ModifyAuthRequest, string_params={**guest, ParamKey.User: "adm"})
         self.assertEqual(auth.string_params[ParamKey.User], "adm")
         self.assertTrue(auth.string_params[ParamKey.Secret])
@@ -311,19 +336,43 @@ class FakeCellTests(SynchronousTestCase):
             string_params=guest,
             uint_params={ParamKey.Disk: 1, ParamKey.Size: 40 * GiB},
         )
-        self.assertIn(
-            "larger",
-            self.refused(
-                MessageID.ResizeDiskRequest,
-                string_params=guest,
-                uint_params={ParamKey.Disk: 1, ParamKey.Size: GiB},
-            ),
-        )
+        for disk, size, error in (
+            (1, GiB, "must larger than current volume size 40 GB"),
+            (2, 50 * GiB, "invalid disk index 2"),
+        ):
+            self.assertEqual(
+                self.refused(
+                    MessageID.ResizeDiskRequest,
+                    string_params=guest,
+                    uint_params={ParamKey.Disk: disk, ParamKey.Size: size},
+                ),
+                error,
+            )
         reply = self.ok(
             MessageID.ShrinkDiskRequest, string_params=guest, uint_params={ParamKey.Disk: 1}
         )
         self.assertEqual(reply.id, MessageID.ResizeDiskResponse)  # the real Cell's quirk
-        self.assertEqual(self.cell.guests["g1"].disks, [10 * GiB, 20 * GiB])
+        self.cell.shrink_answer = MessageID.ShrinkDiskResponse
+        reply = self.ok(
+            MessageID.ShrinkDiskRequest, string_params=guest, uint_params={ParamKey.Disk: 1}
+        )
+        self.assertEqual(reply.id, MessageID.ShrinkDiskResponse)
+        # A shrink compacts: the virtual size stays.
+        self.assertEqual(self.cell.guests["g1"].disks, [10 * GiB, 40 * GiB])
+        self.ok(
+            MessageID.StartInstanceRequest,
+            string_params={ParamKey.Instance: "g1"},
+            uint_params={ParamKey.Option: 0},
+        )
+        for message_id in (MessageID.ResizeDiskRequest, MessageID.ShrinkDiskRequest):
+            self.assertEqual(
+                self.refused(
+                    message_id,
+                    string_params=guest,
+                    uint_params={ParamKey.Disk: 0, ParamKey.Size: 90 * GiB},
+                ),
+                "instance 'g1' not stopped",
+            )
 
     def test_reset_system(self) -> None:
         self.create()
@@ -339,17 +388,24 @@ class FakeCellTests(SynchronousTestCase):
 
     def test_media(self) -> None:
         self.create(auto_start=True)
-        self.ok(
-            MessageID.InsertMediaRequest,
-            string_params={ParamKey.Instance: "g1", ParamKey.Media: "m1"},
+        insert = {
+            "string_params": {
+                ParamKey.Instance: "g1", ParamKey.Media: "m1", ParamKey.Host: "127.0.0.1"
+            },
+            "uint_params": {ParamKey.Port: 5801},
+        }  # fmt: skip
+        self.ok(MessageID.InsertMediaRequest, **insert)
+        self.assertEqual(
+            self.refused(MessageID.InsertMediaRequest, **insert),
+            "instance 'g1' already has media attached",
         )
         self.ok(MessageID.EjectMediaRequest, string_params={ParamKey.Instance: "g1"})
         self.assertEqual(
             self.events.ids()[-2:], [MessageID.MediaAttachedEvent, MessageID.MediaDetachedEvent]
         )
-        self.assertIn(
-            "no media",
+        self.assertEqual(
             self.refused(MessageID.EjectMediaRequest, string_params={ParamKey.Instance: "g1"}),
+            "no media attached with instance 'g1'",
         )
 
     def test_snapshots(self) -> None:
@@ -363,13 +419,40 @@ class FakeCellTests(SynchronousTestCase):
         self.assertEqual(listing.uint_array_params[ParamKey.Current], (0, 1))
         detail = self.ok(MessageID.GetSnapshotRequest, string_params=snap)
         self.assertEqual(detail.string_params[ParamKey.Description], "d")
-        self.assertIn(
-            "children", self.refused(MessageID.DeleteSnapshotRequest, string_params=snap)
+        self.assertEqual(
+            self.refused(MessageID.CreateSnapshotRequest, string_params=snap),
+            "snapshot 'g1.s1' exists",
         )
         self.ok(MessageID.RestoreSnapshotRequest, string_params=snap)
+        # s1 is current and s2 depends on it.
+        self.assertEqual(
+            self.refused(MessageID.DeleteSnapshotRequest, string_params=snap),
+            "can't delete current snapshot when backed by snapshot 's2'",
+        )
+        self.ok(MessageID.CreateSnapshotRequest, string_params={**snap, ParamKey.Name: "s3"})
+        self.assertEqual(
+            self.refused(MessageID.DeleteSnapshotRequest, string_params=snap),
+            "more than one snapshot depend on 's1', can not delete",
+        )
         self.ok(MessageID.DeleteSnapshotRequest, string_params={**snap, ParamKey.Name: "s2"})
-        self.assertEqual(list(self.cell.guests["g1"].snapshots), ["s1"])
-        self.assertEqual(self.cell.guests["g1"].current_snapshot, "s1")
+        self.assertEqual(list(self.cell.guests["g1"].snapshots), ["s1", "s3"])
+        self.assertEqual(self.cell.guests["g1"].current_snapshot, "s3")
+        # s1 has one dependant left: deleting it backs s3 by what backed s1 (nothing).
+        self.ok(MessageID.DeleteSnapshotRequest, string_params=snap)
+        self.assertEqual(self.cell.guests["g1"].snapshots["s3"].parent, "")
+        self.assertEqual(
+            self.refused(MessageID.GetSnapshotRequest, string_params=snap),
+            "invalid snapshot 's1'",
+        )
+        self.ok(
+            MessageID.StartInstanceRequest,
+            string_params={ParamKey.Instance: "g1"},
+            uint_params={ParamKey.Option: 0},
+        )
+        self.assertEqual(
+            self.refused(MessageID.CreateSnapshotRequest, string_params=snap),
+            "live snapshot not supported yes, shutdown instance first",
+        )
 
     # -- migration ----------------------------------------------------------------------------
 
@@ -497,13 +580,34 @@ class FakeCellTests(SynchronousTestCase):
             string_params=instance,
             int_params={ParamKey.Index: 0},
         )
-        self.assertIn(
-            "no rule 5",
+        self.assertEqual(
             self.refused(
                 MessageID.RemoveGuestRuleRequest,
                 string_params=instance,
                 int_params={ParamKey.Index: 5},
             ),
+            "invalid rule index 5 for instance 'group.vm'",
+        )
+        for params, error in (
+            (rule(22), "tcp:->:22 already defined on 0th rule of instance 'group.vm'"),
+            (rule(0), "invalid target port 0"),
+        ):
+            self.assertEqual(self.refused(MessageID.AddGuestRuleRequest, **params), error)
+        self.assertEqual(
+            self.refused(
+                MessageID.ChangeGuestRuleOrderRequest,
+                string_params=instance,
+                int_params={ParamKey.Index: 0, ParamKey.Mode: 1},
+            ),
+            "already on top",
+        )
+        self.assertEqual(
+            self.refused(
+                MessageID.ChangeGuestRuleDefaultActionRequest,
+                string_params=instance,
+                bool_params={ParamKey.Action: False},
+            ),
+            "no need to change",
         )
         self.assertEqual([r.port for r in self.cell.guests["g1"].rules], [22])
 

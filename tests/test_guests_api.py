@@ -219,20 +219,6 @@ class CreateTests(GuestClusterCase):
 class LifecycleTests(GuestClusterCase):
     creation_time = 0.0
 
-    async def created(self, **fields: Any) -> str:
-        guest: str = (await self.ok("POST", "/guests/", self.guest_body(**fields), status=202))[
-            "id"
-        ]
-        created = self.events.until(MessageID.GuestCreatedEvent, guest)
-        self.cell_clock.advance(0)
-        await self.applied(created, guest)
-        return guest
-
-    async def started(self, guest: str, body: Any = None) -> None:
-        started = self.events.until(MessageID.GuestStartedEvent, guest)
-        self.assertEqual(await self.ok("POST", f"/instances/{guest}", body or {}), "")
-        await self.applied(started, guest)
-
     async def test_get_of_an_unknown_guest(self) -> None:
         self.assertEqual(await self.refused("GET", "/guests/nope"), "invalid instance 'nope'")
 

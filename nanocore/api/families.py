@@ -9,11 +9,15 @@ from __future__ import annotations
 from nanocore.api import (
     addresses,
     cells,
+    guest_config,
+    guest_security,
     guests,
     images,
+    media,
     meta,
     pools,
     security,
+    snapshots,
     status,
     templates,
 )
@@ -32,6 +36,10 @@ FAMILIES: tuple[Family[Operations], ...] = (
     images.media,
     images.disks,
     guests.guests,
+    guest_config.guest_config,
+    media.media,
+    snapshots.snapshots,
+    guest_security.guest_security,
 )
 
 

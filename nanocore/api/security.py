@@ -87,7 +87,7 @@ def _group_spec(body: Fields) -> GroupSpec:
     )
 
 
-def _rule_spec(body: Fields) -> RuleSpec:
+def rule_spec(body: Fields) -> RuleSpec:
     return RuleSpec(
         accept=body.text("action") == "accept",
         protocol=body.text("protocol"),
@@ -151,13 +151,13 @@ def list_rules(ops: Operations, call: Call) -> object:
 
 @groups.route("POST", RULES, "Append a rule", body=RULE_BODY)
 def add_rule(ops: Operations, call: Call) -> Deferred[str]:
-    return empty(ops.security_groups.add_rule(call.params["id"], _rule_spec(call.body)))
+    return empty(ops.security_groups.add_rule(call.params["id"], rule_spec(call.body)))
 
 
 @groups.route("PUT", RULES + ":index", "Replace the rule at an index", body=RULE_BODY)
 def modify_rule(ops: Operations, call: Call) -> Deferred[str]:
     p = call.params
-    return empty(ops.security_groups.modify_rule(p["id"], p["index"], _rule_spec(call.body)))
+    return empty(ops.security_groups.modify_rule(p["id"], p["index"], rule_spec(call.body)))
 
 
 @groups.route("DELETE", RULES + ":index", "Remove the rule at an index")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from nanocore.model import TIME_FORMAT, validation_message
 from nanocore.operations.claims import Claim, Claims
-from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
+from nanocore.operations.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    OperationError,
+    UnknownEntity,
+)
 from nanocore.store import (
     Change,
     CommitStore,
@@ -24,6 +30,7 @@ from nanocore.store import (
 )
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Context:
@@ -94,10 +101,26 @@ def build(factory: Callable[..., T], **fields: Any) -> T:
         raise InvalidRequest(validation_message(error)) from None
 
 
-def check_name(kind: str, name: str) -> None:
-    """Core's qualifier: ``[A-Za-z0-9_-]`` only (ASCII)."""
+def check_name(kind: str, name: str, *, also: str = "") -> None:
+    """Core's qualifier: ``[A-Za-z0-9_-]`` only (ASCII), plus the characters in ``also``
+    (``.`` for image and snapshot names)."""
+    allowed = "_-" + also
     for char in name:
-        if not (char.isascii() and (char.isalnum() or char in "_-")):
+        if not (char.isascii() and (char.isalnum() or char in allowed)):
             raise InvalidRequest(f"invalid {kind} name '{name}': illegal char '{char}'")
     if not name:
         raise InvalidRequest(f"{kind} name required")
+
+
+def refusals_deferred(operation: Callable[P, Deferred[T]]) -> Callable[P, Deferred[T]]:
+    """A refusal raised before ``operation`` waits on anything comes back as its failed
+    Deferred, so a caller handles every refusal the same way, however early it came."""
+
+    @functools.wraps(operation)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        try:
+            return operation(*args, **kwargs)
+        except OperationError as error:
+            return fail(error)
+
+    return checked

@@ -10,11 +10,16 @@ from nanocore.cluster.cells import CellDirectory
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CellOperations, NoLinks
+from nanocore.operations.growth import Growth
+from nanocore.operations.guest_config import GuestConfig
+from nanocore.operations.guest_firewall import GuestFirewall
 from nanocore.operations.guests import GuestOperations
 from nanocore.operations.images import ImageFiles, Images, NoImageFiles
 from nanocore.operations.imagesite import ImageSiteLocator, no_image_site
+from nanocore.operations.media import GuestMedia
 from nanocore.operations.pools import ComputePools, StoragePools
 from nanocore.operations.security import SecurityGroups
+from nanocore.operations.snapshots import Snapshots
 from nanocore.operations.status import Status
 from nanocore.operations.templates import Templates
 from nanocore.scheduler import Scheduler
@@ -59,6 +64,11 @@ class Operations:
             image_site=image_site,
             randbelow=randbelow,
         )
+        access, placement = self.guests.access, self.guests.placement
+        self.guest_config = GuestConfig(access, placement, Growth(self.context, placement))
+        self.media = GuestMedia(access, image_site)
+        self.snapshots = Snapshots(access)
+        self.guest_firewall = GuestFirewall(access)
         self.cells = CellOperations(self.context, links, timeout, reconcile=self.guests.reconcile)
         links.subscribe(self.cells)
         links.subscribe(self.guests.events)

@@ -184,6 +184,9 @@ class FakeCell:
         self.network: dict[str, Any] = {}
         self.storage_paths: list[str] = ["/var/lib/libvirt/images"]
         self.faults: dict[int, Fault] = {}
+        #: What answers a shrink: ``ResizeDiskResponse`` as stock Cells do (§5.4 quirk), or
+        #: the ``ShrinkDiskResponse`` the protocol defines.
+        self.shrink_answer: int = MessageID.ResizeDiskResponse
         #: The latest messages Core sent (bounded, so a long simulation does not grow).
         self.received: deque[Message] = deque(maxlen=1000)
         self._sessions = itertools.count(1)
@@ -193,6 +196,7 @@ class FakeCell:
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = clock
         self._waiting: list[Deferred[LinkSession]] = []
+        self._arrivals: dict[int, list[Deferred[Message]]] = {}
         self._handlers: dict[int, Handler] = self._handler_table()
 
     # -- connecting ---------------------------------------------------------------------------
@@ -235,6 +239,13 @@ class FakeCell:
             return succeed(self.link)
         d: Deferred[LinkSession] = Deferred()
         self._waiting.append(d)
+        return d
+
+    def until_received(self, message_id: int) -> Deferred[Message]:
+        """Fires with the next message of ``message_id`` Core sends, once it is handled (a
+        delayed answer's timer is set by then: a test may advance past it)."""
+        d: Deferred[Message] = Deferred()
+        self._arrivals.setdefault(message_id, []).append(d)
         return d
 
     def inject(self, message_id: int, fault: Fault) -> None:
@@ -294,6 +305,13 @@ class FakeCell:
 
     def message_received(self, link: LinkSession, message: Message) -> None:
         self.received.append(message)
+        try:
+            self._handle(link, message)
+        finally:
+            for d in self._arrivals.pop(message.id, []):
+                d.callback(message)
+
+    def _handle(self, link: LinkSession, message: Message) -> None:
         if message.id == MessageID.MigrateInstanceRequest:
             self._send_all(self._migrate(message))
             return
@@ -363,10 +381,9 @@ class FakeCell:
     def _later(self, delay: float, *messages: Message) -> None:
         self._schedule(delay, self._send_all, messages)
 
-    @staticmethod
-    def _reply_id(request: Message) -> int:
+    def _reply_id(self, request: Message) -> int:
         if request.id == MessageID.ShrinkDiskRequest:
-            return MessageID.ResizeDiskResponse  # what real Cells answer (§5.4 quirk)
+            return self.shrink_answer
         if request.id == MessageID.ComputePoolReadyEvent:
             return MessageID.ComputeCellReadyEvent
         return response_id(request.id)
@@ -386,7 +403,8 @@ class FakeCell:
         try:
             return self.guests[guest_id]
         except KeyError:
-            raise GuestError(f"no guest {guest_id} on {self.name}") from None
+            kind = "guest" if key == ParamKey.Guest else "instance"
+            raise GuestError(f"invalid {kind} '{guest_id}'") from None
 
     def _now(self) -> str:
         """The Cell's time as it writes it (``2006-01-02 15:04:05``, local)."""
@@ -405,7 +423,9 @@ class FakeCell:
             m.StopInstanceRequest: self._stop,
             m.GetInstanceStatusRequest: self._instance_status,
             m.GetGuestRequest: self._instance_status,
-            m.ModifyGuestNameRequest: self._modify("name", ParamKey.Name, "string_params"),
+            m.ModifyGuestNameRequest: self._modify(
+                "name", ParamKey.Name, "string_params", check_unchanged=False
+            ),
             m.ModifyCoreRequest: self._modify("cores", ParamKey.Core, "uint_params"),
             m.ModifyMemoryRequest: self._modify("memory", ParamKey.Memory, "uint_params"),
             m.ModifyPriorityRequest: self._modify("priority", ParamKey.Priority, "uint_params"),
@@ -719,10 +739,17 @@ class FakeCell:
 
     # -- §5.4 modification --------------------------------------------------------------------
 
-    def _modify(self, attribute: str, key: ParamKey, params: str) -> Handler:
+    def _modify(
+        self, attribute: str, key: ParamKey, params: str, *, check_unchanged: bool = True
+    ) -> Handler:
+        """A field a Cell sets as asked; the same value again is refused (a rename is not)."""
+
         def handler(request: Message) -> list[Message]:
             guest = self._guest(request, ParamKey.Guest)
-            setattr(guest, attribute, _require(getattr(request, params), key, params))
+            value = _require(getattr(request, params), key, params)
+            if check_unchanged and getattr(guest, attribute) == value:
+                raise GuestError("no need to change")
+            setattr(guest, attribute, value)
             return [self._success(request)]
 
         return handler
@@ -732,7 +759,9 @@ class FakeCell:
             guest = self._guest(request, ParamKey.Guest)
             values = _require(request.uint_array_params, ParamKey.Limit, "uint array")
             if len(values) != count:
-                raise GuestError(f"Limit must have {count} values")
+                raise GuestError(f"invalid QoS parameters count {len(values)}")
+            if guest.limits[start : start + count] == list(values):
+                raise GuestError("no need to change")
             guest.limits[start : start + count] = values
             return [self._success(request)]
 
@@ -746,6 +775,7 @@ class FakeCell:
 
     def _modify_auth(self, request: Message) -> list[Message]:
         guest = self._guest(request, ParamKey.Guest)
+        guest.require(GuestState.RUNNING)  # the guest agent sets it inside the running guest
         guest.admin = request.string_params.get(ParamKey.User, "") or guest.admin
         secret = request.string_params.get(ParamKey.Secret, "")
         guest.admin_secret = secret or f"generated-{self._now()}"
@@ -761,24 +791,24 @@ class FakeCell:
 
     def _disk_index(self, request: Message, guest: SimulatedGuest) -> int:
         index = _require(request.uint_params, ParamKey.Disk, "uint")
+        guest.require_stopped()
         if index >= len(guest.disks):
-            raise GuestError(f"guest {guest.id} has no disk {index}")
+            raise GuestError(f"invalid disk index {index}")
         return int(index)
 
     def _resize_disk(self, request: Message) -> list[Message]:
         guest = self._guest(request, ParamKey.Guest)
-        index = self._disk_index(request, guest)
         size = _require(request.uint_params, ParamKey.Size, "uint")
+        index = self._disk_index(request, guest)
         if size <= guest.disks[index]:
-            raise GuestError("new size must be larger")
+            raise GuestError(f"must larger than current volume size {guest.disks[index] >> 30} GB")
         guest.disks[index] = size
         return [self._success(request)]
 
     def _shrink_disk(self, request: Message) -> list[Message]:
+        """Compacts the volume: its virtual size stays."""
         guest = self._guest(request, ParamKey.Guest)
-        guest.require(GuestState.STOPPED)
-        index = self._disk_index(request, guest)
-        guest.disks[index] = max(1 << 30, guest.disks[index] // 2)
+        self._disk_index(request, guest)
         return [self._success(request)]
 
     def _reset_system(self, request: Message) -> list[Message]:
@@ -810,17 +840,23 @@ class FakeCell:
 
     def _insert_media(self, request: Message) -> list[Message]:
         guest = self._guest(request)
+        media = _require(request.string_params, ParamKey.Media, "string")
+        _require(request.string_params, ParamKey.Host, "string")
+        _require(request.uint_params, ParamKey.Port, "uint")
         guest.require(GuestState.RUNNING)
-        guest.media = _require(request.string_params, ParamKey.Media, "string")
+        if guest.media:
+            raise GuestError(f"instance '{guest.id}' already has media attached")
+        guest.media = media
         # A real Cell sends the event before the response (§5.5).
         return [self._media_event(MessageID.MediaAttachedEvent, guest), self._success(request)]
 
     def _eject_media(self, request: Message) -> list[Message]:
         guest = self._guest(request)
         if not guest.media:
-            raise GuestError(f"no media in guest {guest.id}")
+            raise GuestError(f"no media attached with instance '{guest.id}'")
         guest.media = ""
-        return [self._success(request), self._media_event(MessageID.MediaDetachedEvent, guest)]
+        # As on insert, the event goes before the response.
+        return [self._media_event(MessageID.MediaDetachedEvent, guest), self._success(request)]
 
     # -- §5.6 snapshots -----------------------------------------------------------------------
 
@@ -949,13 +985,24 @@ class FakeCell:
     # -- §5.9 security rules ------------------------------------------------------------------
 
     def _rule_from(self, request: Message) -> Rule:
+        """A stock Cell stays silent on a bad port or protocol; this one says why."""
         u = request.uint_params
+        port = _require(u, ParamKey.Port, "uint")
+        if not 0 < port <= 0xFFFF:
+            raise GuestError(f"invalid target port {port}")
+        protocol = _require(u, ParamKey.Protocol, "uint")
+        if protocol > 2:
+            raise GuestError(f"invalid protocol {protocol} for security rule")
+        source = _require(u, ParamKey.From, "uint")
+        target = _require(u, ParamKey.To, "uint")
+        if source >> 32 or target >> 32:
+            raise GuestError("invalid address for security rule")
         return Rule(
             accept=_require(request.bool_params, ParamKey.Action, "bool"),
-            protocol=_require(u, ParamKey.Protocol, "uint"),
-            source=_require(u, ParamKey.From, "uint"),
-            target=_require(u, ParamKey.To, "uint"),
-            port=_require(u, ParamKey.Port, "uint"),
+            protocol=protocol,
+            source=source,
+            target=target,
+            port=port,
         )
 
     def _index(self, request: Message) -> int:
@@ -979,12 +1026,12 @@ class FakeCell:
         ]
 
     def _add_rule(self, request: Message) -> list[Message]:
-        self._guest(request).rules.append(self._rule_from(request))
+        self._guest(request).add_rule(self._rule_from(request))
         return [self._success(request)]
 
     def _modify_rule(self, request: Message) -> list[Message]:
         guest = self._guest(request)
-        guest.rules[guest.rule_index(self._index(request))] = self._rule_from(request)
+        guest.modify_rule(self._index(request), self._rule_from(request))
         return [self._success(request)]
 
     def _remove_rule(self, request: Message) -> list[Message]:
@@ -999,7 +1046,7 @@ class FakeCell:
 
     def _default_rule_action(self, request: Message) -> list[Message]:
         guest = self._guest(request)
-        guest.default_accept = _require(request.bool_params, ParamKey.Action, "bool")
+        guest.set_default_action(_require(request.bool_params, ParamKey.Action, "bool"))
         return [self._success(request)]
 
     # -- §5.12 disk images --------------------------------------------------------------------

@@ -6,14 +6,16 @@ A guest is CREATING until its disk is ready, then STOPPED or RUNNING. The only m
                                  └──delete (only when stopped)──► gone
 
 Everything else a Cell does to a guest (resize, media, snapshots, rules, ...) is a field change
-guarded by :meth:`SimulatedGuest.require`.
+guarded by the checks a stock Cell 1.4 makes, refused in its words (cell ``instance_manager.go``,
+``storage_manager.go`` and the task executors).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 
-from attrs import Factory, define, frozen
+from attrs import Factory, define, evolve, frozen
 
 
 class GuestError(Exception):
@@ -52,6 +54,21 @@ class Rule:
     source: int  #: IPv4 as a big-endian uint32, 0 = any
     target: int
     port: int
+
+    def same_traffic(self, other: Rule) -> bool:
+        """Two rules for the same traffic (whatever their action) cannot both be listed."""
+        return (self.protocol, self.source, self.target, self.port) == (
+            other.protocol, other.source, other.target, other.port,
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        """``tcp:10.0.0.1->:22`` as a Cell words a rule (any address is empty)."""
+        protocol = ("tcp", "udp", "icmp")[self.protocol]
+        return f"{protocol}:{_address(self.source)}->{_address(self.target)}:{self.port}"
+
+
+def _address(value: int) -> str:
+    return str(ipaddress.IPv4Address(value)) if value else ""
 
 
 @define
@@ -108,12 +125,26 @@ class SimulatedGuest:
             wanted = " or ".join(s.value for s in states)
             raise GuestError(f"guest {self.id} is {self.state.value}, must be {wanted}")
 
-    # -- snapshots ----------------------------------------------------------------------------
+    def require_stopped(self) -> None:
+        """What a Cell checks before touching volumes (resize, shrink): created and stopped."""
+        if self.state is GuestState.CREATING:
+            raise GuestError(f"instance '{self.id}' not created")
+        if self.running:
+            raise GuestError(f"instance '{self.id}' not stopped")
+
+    # -- snapshots (a real Cell's external qcow2 chain, cell storage_manager.go) ---------------
+
+    def _require_offline_snapshot(self) -> None:
+        if self.state is GuestState.CREATING:
+            raise GuestError(f"instance '{self.id}' not created")
+        if self.running:
+            # The stock Cell's words, typo included.
+            raise GuestError("live snapshot not supported yes, shutdown instance first")
 
     def take_snapshot(self, name: str, description: str, now: str) -> None:
-        self.require(GuestState.STOPPED, GuestState.RUNNING)
+        self._require_offline_snapshot()
         if name in self.snapshots:
-            raise GuestError(f"snapshot {name} already exists")
+            raise GuestError(f"snapshot '{self.id}.{name}' exists")
         parent = self.current_snapshot
         self.snapshots[name] = Snapshot(name, description, now, self.running, parent)
         self.current_snapshot = name
@@ -122,31 +153,68 @@ class SimulatedGuest:
         try:
             return self.snapshots[name]
         except KeyError:
-            raise GuestError(f"no snapshot {name} on guest {self.id}") from None
+            raise GuestError(f"invalid snapshot '{name}'") from None
 
     def delete_snapshot(self, name: str) -> None:
+        """Merge a snapshot away: refused when two depend on it, or it is current and one
+        does; its one dependant is then backed by its own backing."""
+        self._require_offline_snapshot()
         removed = self.snapshot(name)
-        if any(s.parent == name for s in self.snapshots.values()):
-            raise GuestError(f"snapshot {name} has children")
+        children = [s for s in self.snapshots.values() if s.parent == name]
+        if len(children) > 1:
+            raise GuestError(f"more than one snapshot depend on '{name}', can not delete")
+        if children and self.current_snapshot == name:
+            raise GuestError(
+                f"can't delete current snapshot when backed by snapshot '{children[0].name}'"
+            )
+        for child in children:
+            self.snapshots[child.name] = evolve(child, parent=removed.parent)
         del self.snapshots[name]
         if self.current_snapshot == name:
             self.current_snapshot = removed.parent
 
     def restore_snapshot(self, name: str) -> None:
-        self.require(GuestState.STOPPED)
+        self._require_offline_snapshot()
         self.snapshot(name)
         self.current_snapshot = name
 
-    # -- security rules -----------------------------------------------------------------------
+    # -- security rules (cell instance_manager.go) --------------------------------------------
 
-    def rule_index(self, index: int) -> int:
+    def rule_index(self, index: int, quoted: bool = True) -> int:
         if not 0 <= index < len(self.rules):
-            raise GuestError(f"no rule {index} on guest {self.id} ({len(self.rules)} rules)")
+            name = f"'{self.name}'" if quoted else self.name
+            raise GuestError(f"invalid rule index {index} for instance {name}")
         return index
+
+    def _duplicate(self, rule: Rule, skip: int = -1) -> None:
+        for index, other in enumerate(self.rules):
+            if index != skip and other.same_traffic(rule):
+                raise GuestError(
+                    f"{rule.describe()} already defined on {index}th rule of instance "
+                    f"'{self.name}'"
+                )
+
+    def add_rule(self, rule: Rule) -> None:
+        self._duplicate(rule)
+        self.rules.append(rule)
+
+    def modify_rule(self, index: int, rule: Rule) -> None:
+        index = self.rule_index(index, quoted=False)
+        if self.rules[index] == rule:
+            raise GuestError("no need to change")
+        self._duplicate(rule, skip=index)
+        self.rules[index] = rule
 
     def move_rule(self, index: int, up: bool) -> None:
         index = self.rule_index(index)
+        if up and index == 0:
+            raise GuestError("already on top")
+        if not up and index == len(self.rules) - 1:
+            raise GuestError("already on bottom")
         other = index - 1 if up else index + 1
-        if not 0 <= other < len(self.rules):
-            raise GuestError(f"rule {index} cannot move {'up' if up else 'down'}")
         self.rules[index], self.rules[other] = self.rules[other], self.rules[index]
+
+    def set_default_action(self, accept: bool) -> None:
+        if self.default_accept == accept:
+            raise GuestError("no need to change")
+        self.default_accept = accept

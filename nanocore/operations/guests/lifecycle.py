@@ -27,7 +27,7 @@ from nanocore.operations.guests.create import Created, Creations, GuestSpec
 from nanocore.operations.guests.events import GuestEvents
 from nanocore.operations.guests.placement import Placement
 from nanocore.operations.guests.reconcile import Reconciler
-from nanocore.operations.imagesite import ImageSiteLocator, no_image_site
+from nanocore.operations.imagesite import ImageSiteLocator, media_site, no_image_site
 from nanocore.operations.inventory import Reconciliation
 from nanocore.scheduler import Scheduler
 from nanocore.store import Change, Delete, Put
@@ -155,13 +155,7 @@ class GuestOperations:
         strings: dict[int, str] = {ParamKey.Instance: instance_id}
         uints: dict[int, int] = {ParamKey.Option: BOOT_DISK}
         if from_media:
-            if not source:
-                raise InvalidRequest("media image required")
-            if source not in self._context.view.media_images:
-                raise UnknownEntity(f"invalid media image '{source}'")
-            site = self._image_site()
-            if site is None:
-                raise InvalidRequest("no image server available")
+            site = media_site(source, self._context.view.media_images, self._image_site)
             strings.update({ParamKey.Source: source, ParamKey.Host: site.host})
             uints.update({ParamKey.Option: BOOT_MEDIA, ParamKey.Port: site.port})
         return Message(id=MessageID.StartInstanceRequest, string_params=strings, uint_params=uints)

@@ -18,7 +18,7 @@ of the record that holds them; the store's unique keys are the backstop.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from attrs import define, frozen
 
@@ -120,7 +120,7 @@ class Placement:
         self._randbelow = randbelow
         self._cells: dict[str, _Cell] = {}
         #: Instances whose claim is counted in their committed record's load as well.
-        self._recorded: set[str] = set()
+        self._recorded: set[Hashable] = set()
         #: Claims of confirmed guests, by Cell, that end with that Cell's next status report.
         self._until_report: dict[str, list[Claim[Share]]] = {}
         for name in cells.names():  # Cells linked before these operations were built
@@ -204,7 +204,16 @@ class Placement:
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
         return self._take(instance_id, share, recorded=False)
 
-    def _take(self, instance_id: str, share: Share, recorded: bool) -> Claim[Share]:
+    def claim_growth(self, key: Hashable, share: Share) -> Claim[Share]:
+        """Claim what a change adds to a guest in place, counted on its Cell like a creation's
+        share (released by :meth:`until_report` or :meth:`abandon`)."""
+        return self._take(key, share, recorded=False)
+
+    def abandon(self, claim: Claim[Share]) -> None:
+        """A claim whose change did not happen: it ends now."""
+        self._release(claim)
+
+    def _take(self, instance_id: Hashable, share: Share, recorded: bool) -> Claim[Share]:
         claim = self._context.claims.take(CAPACITY, instance_id, share)
         self._count(share, 1, recorded)
         if recorded:
@@ -269,9 +278,13 @@ class Placement:
         """The Cell holds the guest now: its claim ends with that Cell's next report."""
         claim = self._context.claims.held(CAPACITY, instance_id)
         if claim is not None:
-            waiting = self._until_report.setdefault(claim.value.cell, [])
-            if claim not in waiting:
-                waiting.append(claim)
+            self.until_report(claim)
+
+    def until_report(self, claim: Claim[Share]) -> None:
+        """``claim``'s Cell holds what it claims now: it ends with that Cell's next report."""
+        waiting = self._until_report.setdefault(claim.value.cell, [])
+        if claim not in waiting:
+            waiting.append(claim)
 
     def release(self, instance_id: str) -> None:
         """The creation failed or the guest is gone: its claim ends now."""
