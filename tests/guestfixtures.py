@@ -27,7 +27,7 @@ from nanocore.operations.guests import CAPACITY
 from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import CertificateAuthority, create_ca
 from nanocore.store import Store
-from nanocore.testing.cluster import InProcessCluster
+from nanocore.testing.cluster import InProcessCluster, Wire
 from nanocore.testing.fakecell import Capacity, FakeCell
 
 reactor: Any = _reactor
@@ -65,7 +65,8 @@ class GuestEventWaiter:
 
     def cell_event(self, name: str, message: Message) -> None:
         self.seen.append((name, message))
-        guest = message.string_params.get(ParamKey.Instance, "")
+        params = message.string_params
+        guest = params.get(ParamKey.Instance) or params.get(ParamKey.Guest, "")
         for d in self._waiting.pop((message.id, guest), []):
             d.callback(message)
 
@@ -74,9 +75,11 @@ class GuestEventWaiter:
 
 
 class GuestClusterCase(TestCase):
-    """``self.ops`` over a fresh store, ``self.cells`` linked and added to pool ``default``."""
+    """``self.ops`` over a fresh store, ``self.cells`` linked over ``wire`` and added to pool
+    ``default``."""
 
     CELLS: tuple[str, ...] = ("Cell_0000000000a1", "Cell_0000000000b2")
+    wire: Wire = "tls"
     capacity = Capacity(cores=16, memory=32 * GiB, disk=1000 * GiB)
     creation_time = 1.0
 
@@ -89,7 +92,9 @@ class GuestClusterCase(TestCase):
         self.core_clock.advance(NOW)
         self.cell_clock = Clock()
         self.cell_clock.advance(NOW)
-        self.cluster = InProcessCluster(reactor, cluster_ca(), clock=self.core_clock)
+        self.cluster = InProcessCluster(
+            reactor, cluster_ca(), clock=self.core_clock, wire=self.wire
+        )
         await self.cluster.listen()
         self.addCleanup(lambda: ensureDeferred(self.cluster.stop()))
         self.cells: dict[str, FakeCell] = {

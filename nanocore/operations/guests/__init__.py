@@ -2,7 +2,8 @@
 
 Shared with every later guest route: :class:`GuestAccess` (instance lookup, the request to the
 guest's Cell, the serialised change of one record) and :class:`GuestEvents` (Cell events into
-the store).
+the store). The runtime status (``runtime``) and resets (``reset``) are rooms of their own,
+reached as attributes of :class:`GuestOperations`.
 """
 
 from nanocore.operations.guests.common import GuestAccess
@@ -10,6 +11,7 @@ from nanocore.operations.guests.create import CloudInit, Created, GuestSpec, QoS
 from nanocore.operations.guests.events import GuestEvents
 from nanocore.operations.guests.lifecycle import GuestOperations
 from nanocore.operations.guests.placement import CAPACITY, NoCellAvailable, Share
+from nanocore.operations.guests.runtime import RuntimeStatus
 
 __all__ = [
     "CAPACITY",
@@ -21,5 +23,6 @@ __all__ = [
     "GuestSpec",
     "NoCellAvailable",
     "QoSSpec",
+    "RuntimeStatus",
     "Share",
 ]

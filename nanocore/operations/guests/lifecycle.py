@@ -1,4 +1,5 @@
-"""The guest family of operations: create, get, delete, start and stop (§4.6-4.7).
+"""The guest family of operations: create, get, delete, start and stop (§4.6-4.7), and the
+rooms of the other guest routes (runtime status, resets).
 
 Start, stop and delete are checked against Core's record and forwarded to the guest's Cell.
 Core's record of running changes only on the Cell's ``GuestStartedEvent`` and
@@ -27,6 +28,8 @@ from nanocore.operations.guests.create import Created, Creations, GuestSpec
 from nanocore.operations.guests.events import GuestEvents
 from nanocore.operations.guests.placement import Placement
 from nanocore.operations.guests.reconcile import Reconciler
+from nanocore.operations.guests.reset import Resets
+from nanocore.operations.guests.runtime import Runtime
 from nanocore.operations.imagesite import ImageSiteLocator, no_image_site
 from nanocore.operations.inventory import Reconciliation
 from nanocore.scheduler import Scheduler
@@ -70,6 +73,10 @@ class GuestOperations:
         self._reconciler = Reconciler(
             self.access, self.placement, self.events, self.creations.in_flight
         )
+        #: ``GET /instances/:id``, asked of the guest's Cell.
+        self.runtime = Runtime(self.access)
+        #: System and monitor secret resets.
+        self.resets = Resets(self.access, image_site)
         self.placement.rebuild()
 
     def _progress(self, cell: str, message: Message) -> None:
@@ -82,12 +89,17 @@ class GuestOperations:
         return self.creations.create(spec)
 
     def get(self, instance_id: str) -> Deferred[Instance]:
-        """The record; a failure not yet told is told now, once (then: invalid instance)."""
-        found = self._context.view.instances.get(instance_id)
-        if found is not None:
-            return succeed(found)
-        pending = self._context.view.pending_errors.get(instance_id)
+        """The record; a failure not yet told is told now, once.
+
+        After a failed creation the next ``GET`` tells the failure, later ones answer
+        ``invalid instance``; after a failed reset the guest is shown again after it.
+        """
+        view = self._context.view
+        found = view.instances.get(instance_id)
+        pending = view.pending_errors.get(instance_id)
         if pending is None or pending.shown:
+            if found is not None:
+                return succeed(found)
             return fail(UnknownEntity(f"invalid instance '{instance_id}'"))
 
         def decide(_: Instance | None) -> list[Change]:
