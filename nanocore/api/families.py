@@ -9,6 +9,7 @@ from __future__ import annotations
 from nanocore.api import (
     addresses,
     cells,
+    guestlists,
     guests,
     images,
     meta,
@@ -32,6 +33,7 @@ FAMILIES: tuple[Family[Operations], ...] = (
     images.media,
     images.disks,
     guests.guests,
+    guestlists.lists,
 )
 
 

@@ -1,5 +1,5 @@
 """The guest family of operations: create, get, delete, start and stop (§4.6-4.7), and the
-rooms of the other guest routes (runtime status, resets).
+rooms of the other guest routes (lists and searches, runtime status, resets).
 
 Start, stop and delete are checked against Core's record and forwarded to the guest's Cell.
 Core's record of running changes only on the Cell's ``GuestStartedEvent`` and
@@ -26,6 +26,7 @@ from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEn
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.create import Created, Creations, GuestSpec
 from nanocore.operations.guests.events import GuestEvents
+from nanocore.operations.guests.listing import GuestListing
 from nanocore.operations.guests.placement import Placement
 from nanocore.operations.guests.reconcile import Reconciler
 from nanocore.operations.guests.reset import Resets
@@ -73,6 +74,8 @@ class GuestOperations:
         self._reconciler = Reconciler(
             self.access, self.placement, self.events, self.creations.in_flight
         )
+        #: The instance status lists and the guest searches.
+        self.listing = GuestListing(context, cells)
         #: ``GET /instances/:id``, asked of the guest's Cell.
         self.runtime = Runtime(self.access)
         #: System and monitor secret resets.
