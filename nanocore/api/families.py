@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from nanocore.api import (
     addresses,
+    batches,
     cells,
     guestlists,
     guests,
@@ -34,6 +35,7 @@ FAMILIES: tuple[Family[Operations], ...] = (
     images.disks,
     guests.guests,
     guestlists.lists,
+    batches.batches,
 )
 
 
