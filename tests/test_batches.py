@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import evolve
+from twisted.internet.defer import Deferred
 
 from nanocore import model as m
 from nanocore.cluster.message import Message, MessageID, ParamKey
@@ -42,10 +43,18 @@ class BatchCase(GuestClusterCase):
         body.update(name_rule="order", name_prefix="vm", count=count)
         return body
 
-    async def all_applied(self, message_id: int, guests: list[str], advance: float) -> None:
+    async def all_applied(
+        self,
+        message_id: int,
+        guests: list[str],
+        advance: float,
+        waiting: list[Deferred[Message]] | None = None,
+    ) -> None:
         """Once the Cells hold every request the batch sent, move their clock; return once
-        each guest's event is applied by Core."""
-        waiting = [self.events.until(message_id, guest) for guest in guests]
+        each guest's event is applied by Core. ``waiting``: the waits, when the events may
+        come before this is called (a delete's come with the Cell's answer)."""
+        if waiting is None:
+            waiting = self.expect(message_id, guests)
         # A batch answers before its Cells are asked to; a later request to each Cell is
         # answered only after they have read the batch's requests ahead of it on the link.
         for name in self.CELLS:
@@ -53,6 +62,9 @@ class BatchCase(GuestClusterCase):
         self.cell_clock.advance(advance)
         for guest, event in zip(guests, waiting, strict=True):
             await self.applied(event, guest)
+
+    def expect(self, message_id: int, guests: list[str]) -> list[Deferred[Message]]:
+        return [self.events.until(message_id, guest) for guest in guests]
 
 
 class BatchLifecycleTests(BatchCase):
@@ -82,16 +94,17 @@ class BatchLifecycleTests(BatchCase):
             [(m["name"], m["status"]) for m in members],
             [(f"team.vm_{i}", "stopping") for i in range(3)],
         )
+        await self.all_applied(MessageID.GuestStoppedEvent, guests, 1.0)
         for guest in guests:
             cell = self.cells[self.store.view.instances[guest].cell]
             asked = [r for r in cell.received if r.id == MessageID.StopInstanceRequest]
             self.assertEqual(asked[-1].uint_array_params[ParamKey.Option], (0, 0))
-        await self.all_applied(MessageID.GuestStoppedEvent, guests, 1.0)
         members = await self.poll("stop", stop, 200)
         self.assertEqual({m["status"] for m in members}, {"stopped"})
 
+        deleted = self.expect(MessageID.GuestDeletedEvent, guests)
         delete = await self.start("delete", {"guest": guests, "force": True})
-        await self.all_applied(MessageID.GuestDeletedEvent, guests, 0.0)
+        await self.all_applied(MessageID.GuestDeletedEvent, guests, 0.0, deleted)
         members = await self.poll("delete", delete, 200)
         self.assertEqual(
             [(m["name"], m["id"], m["status"]) for m in members],
@@ -234,8 +247,9 @@ class BatchCapacityTests(BatchCase):
         await self.all_applied(MessageID.GuestStoppedEvent, guests, 1.0)
         self.assertEqual({m["status"] for m in await self.poll("stop", stop, 200)}, {"stopped"})
 
+        deleted = self.expect(MessageID.GuestDeletedEvent, guests)
         delete = await self.start("delete", {"guest": guests})
-        await self.all_applied(MessageID.GuestDeletedEvent, guests, 0.0)
+        await self.all_applied(MessageID.GuestDeletedEvent, guests, 0.0, deleted)
         self.assertEqual(
             {m["status"] for m in await self.poll("delete", delete, 200)}, {"deleted"}
         )

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from nanocore.api.decode import Body, Field, Kind
-from nanocore.api.guests import CLOUD_INIT_BODY, QOS_BODY, guest_spec
+from nanocore.api.guests import SPEC_OPTIONS, SPEC_REQUIRED, guest_spec
 from nanocore.api.route import Call, Family, Reply
-from nanocore.api.schema import ID_REPLY, STRING, UINT, array, enum, obj
+from nanocore.api.schema import ID_REPLY, STRING, UINT, Schema, array, enum, obj
 from nanocore.model import BatchKind, BatchStatus, BatchTask
 from nanocore.operations.batches import NAME_RULES, BatchCreateSpec
 from nanocore.operations.core import Operations
@@ -37,20 +37,11 @@ BATCH_CREATE = Body(
     (
         Field("name_prefix", required=True, missing="prefix required",
               description="members are named <prefix>_<i>, i from 0"),
-        Field("owner", required=True),
-        Field("group", required=True),
-        Field("pool", required=True, missing="target pool required"),
-        Field("template", required=True, missing="system template required"),
-        Field("cores", Kind.UINT, required=True),
-        Field("memory", Kind.UINT, required=True, description="bytes"),
+        *SPEC_REQUIRED,
         Field("name_rule", choices=tuple(NAME_RULES), description="only order is supported"),
         Field("count", Kind.UINT, description="how many guests, 1 to 1000"),
         Field("disks", Kind.UINT_LIST, description="bytes; the system disk first"),
-        Field("auto_start", Kind.BOOL),
-        Field("from_image", description="a created disk image to clone the system disk from"),
-        Field("modules", Kind.STRING_LIST, choices=("qemu", "cloud-init")),
-        Field("cloud_init", Kind.OBJECT, body=CLOUD_INIT_BODY),
-        Field("qos", Kind.OBJECT, body=QOS_BODY),
+        *SPEC_OPTIONS,
     ),
     name="userRequest",
 )  # fmt: skip
@@ -109,11 +100,20 @@ def _started(batch_id: str) -> Reply:
 batches: Family[Operations] = Family("batches")
 
 
-@batches.route(
-    "GET", "/batch/create_guest/:id", "Poll a batch create", response=array(CREATE_MEMBER)
-)
-def get_batch_create(ops: Operations, call: Call) -> Reply:
-    return poll(ops.batches.get(BatchKind.CREATE, call.params["id"]))
+def _poll_route(kind: BatchKind, member: Schema) -> None:
+    """``GET /batch/<kind>_guest/:id``: the same poll for every kind of batch."""
+
+    @batches.route(
+        "GET",
+        f"/batch/{kind.value}_guest/:id",
+        f"Poll a batch {kind.value}",
+        response=array(member),
+    )
+    def get_batch(ops: Operations, call: Call) -> Reply:
+        return poll(ops.batches.get(kind, call.params["id"]))
+
+
+_poll_route(BatchKind.CREATE, CREATE_MEMBER)
 
 
 @batches.route(
@@ -134,14 +134,7 @@ def start_batch_create(ops: Operations, call: Call) -> object:
     return ops.batches.create(spec).addCallback(_started)
 
 
-@batches.route(
-    "GET",
-    "/batch/delete_guest/:id",
-    "Poll a batch delete",
-    response=array(_member(("deleting", "deleted", "fail"))),
-)
-def get_batch_delete(ops: Operations, call: Call) -> Reply:
-    return poll(ops.batches.get(BatchKind.DELETE, call.params["id"]))
+_poll_route(BatchKind.DELETE, _member(("deleting", "deleted", "fail")))
 
 
 @batches.route(
@@ -155,14 +148,7 @@ def start_batch_delete(ops: Operations, call: Call) -> object:
     return ops.batches.delete(call.body.texts("guest")).addCallback(_started)
 
 
-@batches.route(
-    "GET",
-    "/batch/stop_guest/:id",
-    "Poll a batch stop",
-    response=array(_member(("stopping", "stopped", "fail"))),
-)
-def get_batch_stop(ops: Operations, call: Call) -> Reply:
-    return poll(ops.batches.get(BatchKind.STOP, call.params["id"]))
+_poll_route(BatchKind.STOP, _member(("stopping", "stopped", "fail")))
 
 
 @batches.route(

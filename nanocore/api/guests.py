@@ -80,22 +80,30 @@ QOS_BODY = Body(
     ),
     name="QoS",
 )  # fmt: skip
+#: What a create request and a batch create both require, in Core's order of checks.
+SPEC_REQUIRED = (
+    Field("owner", required=True),
+    Field("group", required=True),
+    Field("pool", required=True, missing="target pool required"),
+    Field("template", required=True, missing="system template required"),
+    Field("cores", Kind.UINT, required=True),
+    Field("memory", Kind.UINT, required=True, description="bytes"),
+)
+#: Their options.
+SPEC_OPTIONS = (
+    Field("auto_start", Kind.BOOL),
+    Field("from_image", description="a created disk image to clone the system disk from"),
+    Field("modules", Kind.STRING_LIST, choices=("qemu", "cloud-init")),
+    Field("cloud_init", Kind.OBJECT, body=CLOUD_INIT_BODY),
+    Field("qos", Kind.OBJECT, body=QOS_BODY),
+)
 CREATE_GUEST = Body(
     (
         Field("name", required=True),
-        Field("owner", required=True),
-        Field("group", required=True),
-        Field("pool", required=True, missing="target pool required"),
-        Field("template", required=True, missing="system template required"),
-        Field("cores", Kind.UINT, required=True),
-        Field("memory", Kind.UINT, required=True, description="bytes"),
+        *SPEC_REQUIRED,
         Field("disks", Kind.UINT_LIST, required=True, missing="must specify disk size",
               description="bytes; the system disk first"),
-        Field("auto_start", Kind.BOOL),
-        Field("from_image", description="a created disk image to clone the system disk from"),
-        Field("modules", Kind.STRING_LIST, choices=("qemu", "cloud-init")),
-        Field("cloud_init", Kind.OBJECT, body=CLOUD_INIT_BODY),
-        Field("qos", Kind.OBJECT, body=QOS_BODY),
+        *SPEC_OPTIONS,
         Field("security_policy_group", description="policy group id whose rules are copied"),
     )
 )  # fmt: skip

@@ -101,3 +101,9 @@ def check_name(kind: str, name: str) -> None:
             raise InvalidRequest(f"invalid {kind} name '{name}': illegal char '{char}'")
     if not name:
         raise InvalidRequest(f"{kind} name required")
+
+
+def visible_to(owner: str, group: str, item_owner: str, item_group: str) -> bool:
+    """Core's visibility rule for guests and images (api-reference §6 point 5): the item is
+    the owner's, or in the group when a group is named; naming nobody shows nothing."""
+    return (owner != "" and item_owner == owner) or (group != "" and item_group == group)

@@ -28,7 +28,7 @@ from attrs import frozen
 
 from nanocore.cluster.cells import CellDirectory
 from nanocore.model import Instance, InstanceStatus
-from nanocore.operations.base import Context
+from nanocore.operations.base import Context, visible_to
 from nanocore.operations.errors import InvalidRequest, UnknownEntity
 
 #: ``limit`` of a paged search that gives none (or one of 0 or less).
@@ -82,7 +82,7 @@ class Page:
 
 def visible(instance: Instance, owner: str, group: str) -> bool:
     """Owned by ``owner``, or in ``group`` when a group is named."""
-    return (owner != "" and instance.owner == owner) or (group != "" and instance.group == group)
+    return visible_to(owner, group, instance.owner, instance.group)
 
 
 def sort_key(instance: Instance) -> tuple[str, str, str]:

@@ -18,12 +18,12 @@ stores it; the client reads it with ``GET /guests/:id`` (the route itself answer
 from __future__ import annotations
 
 from attrs import evolve
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import Instance, InstanceStatus
 from nanocore.operations.cells import CellRefused
-from nanocore.operations.errors import InvalidRequest, OperationError
+from nanocore.operations.errors import InvalidRequest
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.create import image_source
 from nanocore.operations.imagesite import ImageSiteLocator
@@ -77,16 +77,15 @@ class Resets:
 
     def monitor_secret(self, instance_id: str) -> Deferred[None]:
         """Ask the guest's Cell for a new monitor secret and keep it."""
-        try:
-            instance = self._access.instance(instance_id)
-        except OperationError as error:
-            return fail(error)
-        asking = self._access.forward(
-            instance.cell,
-            Message(id=MessageID.ResetSecretRequest, string_params={ParamKey.Guest: instance_id}),
+        asking = self._access.ask(
+            instance_id,
+            lambda instance: Message(
+                id=MessageID.ResetSecretRequest, string_params={ParamKey.Guest: instance.id}
+            ),
         )
 
-        def keep(reply: Message) -> Deferred[None]:
+        def keep(answer: tuple[Instance, Message]) -> Deferred[None]:
+            instance, reply = answer
             secret = reply.string_params.get(ParamKey.Secret, "")
             if not secret or len(secret) > MAX_SECRET:
                 raise CellRefused(f"cell '{instance.cell}' sent no usable monitor secret")

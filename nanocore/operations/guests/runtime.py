@@ -16,12 +16,11 @@ from __future__ import annotations
 import math
 
 from attrs import evolve, frozen
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import Instance, InstanceStatus
 from nanocore.operations.cells import CellRefused
-from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 
 #: ``Status`` of the reply: the low two bits say running (1); bit 2 is "lost" (§4.0).
@@ -48,18 +47,14 @@ class Runtime:
         self._access = access
 
     def status(self, instance_id: str) -> Deferred[RuntimeStatus]:
-        try:
-            instance = self._access.instance(instance_id)
-        except OperationError as error:
-            return fail(error)
-        asking = self._access.forward(
-            instance.cell,
-            Message(
+        asking = self._access.ask(
+            instance_id,
+            lambda instance: Message(
                 id=MessageID.GetInstanceStatusRequest,
-                string_params={ParamKey.Instance: instance_id},
+                string_params={ParamKey.Instance: instance.id},
             ),
         )
-        return asking.addCallback(lambda reply: self._read(instance, reply))
+        return asking.addCallback(lambda answer: self._read(*answer))
 
     def _read(self, instance: Instance, reply: Message) -> RuntimeStatus:
         def refuse(detail: str) -> CellRefused:
