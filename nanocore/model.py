@@ -78,6 +78,10 @@ def visible_text(pattern: str, meaning: str) -> Validator:
 
 
 qualified_name = matching(NAME_PATTERN, "1-255 characters of A-Z a-z 0-9 _ -")
+#: A guest's name as a batch shows it: bare (create polls) or stored, ``<group>.<name>``.
+guest_name = matching(
+    rf"(?:{NAME_PATTERN}\.)?{NAME_PATTERN}", "a guest name, bare or as <group>.<name>"
+)
 image_name = matching(IMAGE_NAME_PATTERN, "1-255 characters of A-Z a-z 0-9 _ - .")
 identifier = matching(ID_PATTERN, "an id of 1-64 characters of A-Z a-z 0-9 _ -")
 label = visible_text(LABEL_PATTERN, "1-255 characters without control or format characters")
@@ -941,9 +945,13 @@ class Migration:
 
 @frozen
 class BatchGuest:
-    """One guest of a batch task; ``id`` is empty until the guest exists."""
+    """One guest of a batch task; ``id`` is empty until the guest exists.
 
-    name: str = field(validator=qualified_name)
+    ``name`` is ``<prefix>_<i>`` in a batch create, the stored ``<group>.<name>`` in a batch
+    delete or stop (observed-with-cells, "with Cells" point 1).
+    """
+
+    name: str = field(validator=guest_name)
     id: str = field(default="", validator=v.or_(v.in_(("",)), identifier))
     status: BatchStatus = field(
         default=BatchStatus.PROCESSING,

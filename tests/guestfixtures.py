@@ -80,7 +80,8 @@ class GuestEventWaiter:
 
     def cell_event(self, name: str, message: Message) -> None:
         self.seen.append((name, message))
-        guest = message.string_params.get(ParamKey.Instance, "")
+        params = message.string_params
+        guest = params.get(ParamKey.Instance) or params.get(ParamKey.Guest, "")
         for d in self._waiting.pop((message.id, guest), []):
             d.callback(message)
 
@@ -90,7 +91,8 @@ class GuestEventWaiter:
 
 
 class GuestClusterCase(TestCase):
-    """``self.ops`` over a fresh store, ``self.cells`` linked and added to pool ``default``."""
+    """``self.ops`` over a fresh store, ``self.cells`` linked over ``wire`` and added to pool
+    ``default``."""
 
     CELLS: tuple[str, ...] = ("Cell_0000000000a1", "Cell_0000000000b2")
     #: The link the Cells use: TLS, or KCP as stock Cells link (slower: run a few cases on it).

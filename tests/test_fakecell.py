@@ -374,15 +374,78 @@ class FakeCellTests(SynchronousTestCase):
                 "instance 'g1' not stopped",
             )
 
+    def reset(self) -> Message:
+        return self.ok(
+            MessageID.ResetSystemRequest,
+            string_params={ParamKey.Guest: "g1", ParamKey.Image: "i", ParamKey.Host: "127.0.0.1"},
+            uint_params={ParamKey.Port: 5801, ParamKey.Size: GiB},
+        )
+
     def test_reset_system(self) -> None:
         self.create()
-        self.ok(
-            MessageID.ResetSystemRequest, string_params={ParamKey.Guest: "g1", ParamKey.Image: "i"}
+        self.assertIn(
+            "missing string parameter Host",
+            self.refused(
+                MessageID.ResetSystemRequest,
+                string_params={ParamKey.Guest: "g1", ParamKey.Image: "i"},
+            ),
         )
+        self.reset()
+        guest = self.cell.guests["g1"]
+        self.assertIs(guest.state, GuestState.RESETTING)
+        self.assertIn(
+            "cannot start",
+            self.refused(
+                MessageID.StartInstanceRequest,
+                string_params={ParamKey.Instance: "g1"},
+                uint_params={ParamKey.Option: 0},
+            ),
+        )
+        seen = len(self.events.messages)
         self.advance(1.0)
+        events = self.events.messages[seen:]
         self.assertEqual(
-            self.events.ids()[-2:], [MessageID.GuestUpdatedEvent, MessageID.SystemResetEvent]
+            [(m.id, m.uint_params.get(ParamKey.Progress)) for m in events],
+            [(MessageID.GuestUpdatedEvent, 25), (MessageID.GuestUpdatedEvent, 50),
+             (MessageID.GuestUpdatedEvent, 75), (MessageID.SystemResetEvent, None)],
+        )  # fmt: skip
+        self.assertEqual(
+            (events[-1].success, events[-1].string_params), (True, {ParamKey.Guest: "g1"})
         )
+        self.assertIs(guest.state, GuestState.STOPPED)
+
+    def test_reset_system_failure(self) -> None:
+        self.create()
+        self.cell.reset_failures.append("qemu-img: image corrupt")
+        self.reset()
+        self.advance(1.0)
+        end = self.events.messages[-1]
+        self.assertEqual(
+            (end.id, end.success, end.error),
+            (MessageID.SystemResetEvent, False, "qemu-img: image corrupt"),
+        )
+        self.assertIs(self.cell.guests["g1"].state, GuestState.STOPPED)
+
+    def test_live_status_grows_while_running(self) -> None:
+        self.create()
+        instance = {ParamKey.Instance: "g1"}
+        stopped = self.ok(MessageID.GetInstanceStatusRequest, string_params=instance)
+        self.assertEqual(
+            (stopped.float_params[ParamKey.Usage], stopped.uint_array_params[ParamKey.IO]),
+            (0.0, (0, 0, 0, 0)),
+        )
+        self.ok(
+            MessageID.StartInstanceRequest,
+            string_params=instance,
+            uint_params={ParamKey.Option: 0},
+        )
+        self.advance(10.0)
+        running = self.ok(MessageID.GetInstanceStatusRequest, string_params=instance)
+        self.assertGreater(running.float_params[ParamKey.Usage], 0.0)
+        read, written, received, sent = running.uint_array_params[ParamKey.IO]
+        self.assertEqual((read, written, received, sent), (40960, 20480, 10240, 5120))
+        memory, _ = running.uint_array_params[ParamKey.Available]
+        self.assertLess(memory, self.cell.guests["g1"].memory)
 
     # -- media, snapshots ---------------------------------------------------------------------
 

@@ -1,8 +1,14 @@
 """The README's walk-through, run line by line as a shell runs it, against real processes.
 
 The commands are read from the first ```sh block of the README section below, so the README
-cannot drift from what works. To extend the walk-through (create a guest, …), add its lines to
-the README; if a line's output must show something, add an entry to `EXPECTED`.
+cannot drift from what works. To extend the walk-through, add its lines to the README; if a
+line's output must show something, or gives a value later lines name (`GUEST_ID`), add an
+entry to `EXPECTED`.
+
+The simulated Cells find Core by multicast discovery, as the README says. Every process runs
+inside a network namespace the test creates (only `lo`), so no ping reaches another nanocore
+of this host and nothing leaves it; where no namespace can be made, the Cells are given the
+Cell link Core logged instead (`--core`), and the rest runs as written.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -19,19 +26,21 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from nanocore import cli, config, pidfile
+from tests import test_discovery_netns
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
 SECTION = "## Try it with simulated Cells"
 reactor: Any = global_reactor
 
-#: The Cell link address the README names; the test uses the one the started Core logged.
-README_LINK = "127.0.0.1:5600"
+#: How the README's Cells find Core; without a namespace they are given the logged link.
+DISCOVER = "--discover"
 LINK_LOGGED = re.compile(r"Cell link \(TLS\) on (127\.0\.0\.1:\d+)")
 #: How long a step that waits for the Cells may be repeated.
 EVENTUALLY_SECONDS = 30.0
@@ -47,16 +56,30 @@ def walk_through(readme: str) -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
+#: The README's create line (its JSON makes it long).
+CREATE_LINE = (
+    'nanocore call POST /guests/ \'{"name": "vm1", "owner": "demo", "group": "demo", '
+    '"pool": "default", "template": "TEMPLATE_ID", "cores": 1, "memory": 1073741824, '
+    '"disks": [10737418240]}\''
+)
+
+
 def names(document: Any) -> list[str]:
     return [entry["name"] for entry in document["data"] or []]
 
 
+def succeeded(document: Any) -> bool:
+    return bool(document["error_code"] == 0)
+
+
 @frozen
 class Expect:
-    """What a command's JSON output must show; `eventually`: repeat it until it does."""
+    """What a command's JSON output must show; `eventually`: repeat it until it does;
+    `gives`: the placeholders later lines name, read from this line's output."""
 
-    holds: Callable[[Any], bool]
+    holds: Callable[[Any], bool] = succeeded
     eventually: bool = False
+    gives: tuple[tuple[str, Callable[[Any], str]], ...] = ()
 
 
 #: Checks beyond "exits 0", by README line. Every key must be a line of the walk-through.
@@ -65,9 +88,7 @@ EXPECTED: dict[str, Expect] = {
         lambda d: {"Cell_sim000000", "Cell_sim000001", "Cell_sim000002"} <= set(names(d)),
         eventually=True,
     ),
-    "nanocore call POST /compute_pool_cells/default/Cell_sim000000": Expect(
-        lambda d: d["error_code"] == 0
-    ),
+    "nanocore call POST /compute_pool_cells/default/Cell_sim000000": Expect(),
     "nanocore call GET /compute_pool_status/": Expect(
         lambda d: (
             [(p["name"], p["cells"], p["max_cpu"] > 0) for p in d["data"]]
@@ -75,6 +96,25 @@ EXPECTED: dict[str, Expect] = {
         ),
         eventually=True,
     ),
+    "nanocore call GET /templates/": Expect(
+        lambda d: len(d["data"]) == 5, gives=(("TEMPLATE_ID", lambda d: d["data"][0]["id"]),)
+    ),
+    CREATE_LINE: Expect(gives=(("GUEST_ID", lambda d: d["data"]["id"]),)),
+    "nanocore call GET /guests/GUEST_ID": Expect(
+        lambda d: (d["data"]["name"], d["data"]["created"]) == ("demo.vm1", True),
+        eventually=True,
+    ),
+    "nanocore call POST /instances/GUEST_ID '{}'": Expect(),
+    "nanocore call GET /instances/GUEST_ID": Expect(
+        lambda d: d["data"]["running"] and d["data"]["cell"] == "Cell_sim000000",
+        eventually=True,
+    ),
+    "nanocore call DELETE /instances/GUEST_ID '{}'": Expect(),
+    "nanocore call GET /instance_status/default": Expect(
+        lambda d: [(g["name"], g["running"]) for g in d["data"]] == [("demo.vm1", False)],
+        eventually=True,
+    ),
+    "nanocore call DELETE /guests/GUEST_ID '{}'": Expect(),
 }
 
 
@@ -83,6 +123,12 @@ class WalkThroughParsingTests(SynchronousTestCase):
         lines = walk_through(README.read_text(encoding="utf-8"))
         self.assertEqual([key for key in EXPECTED if key not in lines], [])
         self.assertEqual((lines[0], lines[-1]), ("nanocore start", "nanocore stop"))
+        # A value is named only after the line that gives it.
+        given: set[str] = set()
+        for line in lines:
+            named = set(re.findall(r"\b[A-Z]+_ID\b", line))
+            self.assertLessEqual(named, given, line)
+            given.update(name for name, _ in EXPECTED.get(line, Expect()).gives)
 
     def test_reads_only_the_sh_block_of_the_section(self) -> None:
         text = "# x\n```sh\nnot this\n```\n" + SECTION + "\nSome words.\n```sh\na\n\nb\n```\n"
@@ -91,12 +137,23 @@ class WalkThroughParsingTests(SynchronousTestCase):
 
 class WalkThroughTests(TestCase):
     """Each README line in a fresh folder, through /bin/sh, with `nanocore` and `twistd` on
-    PATH running this checkout; only the API port (any free one: api.cfg says 0) and the Cell
-    link port (the one Core logged) differ from the README."""
+    PATH running this checkout, inside a network namespace of its own where one can be made;
+    only the API port (any free one: api.cfg says 0) differs from the README, and the values
+    earlier answers give (`TEMPLATE_ID`, `GUEST_ID`) are put where the README names them."""
 
     timeout = 180
 
-    def setUp(self) -> None:
+    def setUp(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._set_up())
+
+    async def _set_up(self) -> None:
+        #: The namespace every line runs in (made first, so that it is removed last).
+        self.namespace: str | None
+        try:
+            self.namespace = await test_discovery_netns.RealMulticastTests._namespace(self)  # type: ignore[arg-type]
+        except SkipTest:
+            self.namespace = None
+        self.given: dict[str, str] = {}
         self.root = Path(self.mktemp()).absolute()
         self.root.mkdir()
         bin_dir = self.root / "bin"
@@ -150,8 +207,13 @@ class WalkThroughTests(TestCase):
         await self.shell(f"nanocore halt --data-dir {shlex.quote(str(self.root / 'data'))}")
 
     async def shell(self, line: str) -> tuple[int, str]:
+        argv = ["/bin/sh", "-c", line]
+        if self.namespace is not None:
+            ip = shutil.which("ip")
+            assert ip is not None
+            argv = [ip, "netns", "exec", self.namespace, *argv]
         out, err, code = await getProcessOutputAndValue(
-            "/bin/sh", ["-c", line], env=self.environment, path=str(self.root), reactor=reactor
+            argv[0], argv[1:], env=self.environment, path=str(self.root), reactor=reactor
         )
         return code, (out + err).decode("utf-8", errors="replace")
 
@@ -160,16 +222,25 @@ class WalkThroughTests(TestCase):
         self.assertTrue(found, "the started Core logged no Cell link address")
         return str(found[-1])
 
+    def command(self, line: str) -> str:
+        """The line as it runs here: earlier answers in place of their names."""
+        for name, value in self.given.items():
+            line = line.replace(name, value)
+        if self.namespace is None and "nanocell-sim" in line:
+            line = line.replace(DISCOVER, f"--core {self.link_address()}")
+        return line
+
     async def run_step(self, line: str) -> None:
         expect = EXPECTED.get(line)
-        command = (
-            line.replace(README_LINK, self.link_address()) if "nanocell-sim" in line else line
-        )
+        command = self.command(line)
         waited = 0.0
         while True:
             code, text = await self.shell(command)
             held = code == 0 and (expect is None or expect.holds(json.loads(text)))
             if held:
+                if expect is not None:
+                    document = json.loads(text)
+                    self.given.update((name, read(document)) for name, read in expect.gives)
                 return
             if expect is None or not expect.eventually or waited >= EVENTUALLY_SECONDS:
                 self.fail(f"README step {line!r} (exit {code}) did not do what it says:\n{text}")

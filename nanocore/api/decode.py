@@ -82,6 +82,9 @@ class Body:
     #: Core accepts an empty body only on ``POST /compute_pools/:pool``.
     optional: bool = False
     name: str = "request"
+    #: Put before every decode error's message (``POST /search/guests/`` says
+    #: ``invalid request payload: ``).
+    error_prefix: str = ""
     _by_lower: Mapping[str, tuple[Field, ...]] = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -92,6 +95,14 @@ class Body:
 
     def decode(self, raw: bytes) -> dict[str, Any]:
         """Decode ``raw`` into a dict holding every declared field (zero value if absent)."""
+        if not self.error_prefix:
+            return self._decode(raw)
+        try:
+            return self._decode(raw)
+        except DecodeError as error:
+            raise DecodeError(self.error_prefix + error.message) from None
+
+    def _decode(self, raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8", errors="replace")  # Go reads invalid UTF-8 as U+FFFD
         if not text.strip(" \t\r\n"):
             if self.optional:

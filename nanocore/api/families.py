@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from nanocore.api import (
     addresses,
+    batches,
     cells,
     guest_config,
     guest_security,
+    guestlists,
     guests,
     images,
     media,
@@ -40,6 +42,8 @@ FAMILIES: tuple[Family[Operations], ...] = (
     media.media,
     snapshots.snapshots,
     guest_security.guest_security,
+    guestlists.lists,
+    batches.batches,
 )
 
 

@@ -1,4 +1,5 @@
-"""Guests and instances: create, get, delete, start, stop (§3.6-3.7, §4.0, §4.6-4.7).
+"""Guests and instances: create, get, delete, start, stop, runtime status, system and monitor
+secret resets (§3.6-3.7, §4.0, §4.6-4.7).
 
 The encoders of api-reference §4.0 live here so that every later guest route (lists, search,
 runtime status, batches) shows a guest the same way: :func:`guest_config` and
@@ -16,7 +17,7 @@ from nanocore.api.route import Call, Family, Fields, Reply, empty
 from nanocore.api.schema import BOOL, ID_REPLY, NUMBER, STRING, UINT, array, enum, obj
 from nanocore.model import CPUPriority, Instance, InstanceNetwork, QoS
 from nanocore.operations.core import Operations
-from nanocore.operations.guests import CloudInit, Created, GuestSpec, QoSSpec
+from nanocore.operations.guests import CloudInit, Created, GuestSpec, QoSSpec, RuntimeStatus
 
 PRIORITY_NAMES = {CPUPriority.HIGH: "high", CPUPriority.MEDIUM: "medium", CPUPriority.LOW: "low"}
 
@@ -79,22 +80,30 @@ QOS_BODY = Body(
     ),
     name="QoS",
 )  # fmt: skip
+#: What a create request and a batch create both require, in Core's order of checks.
+SPEC_REQUIRED = (
+    Field("owner", required=True),
+    Field("group", required=True),
+    Field("pool", required=True, missing="target pool required"),
+    Field("template", required=True, missing="system template required"),
+    Field("cores", Kind.UINT, required=True),
+    Field("memory", Kind.UINT, required=True, description="bytes"),
+)
+#: Their options.
+SPEC_OPTIONS = (
+    Field("auto_start", Kind.BOOL),
+    Field("from_image", description="a created disk image to clone the system disk from"),
+    Field("modules", Kind.STRING_LIST, choices=("qemu", "cloud-init")),
+    Field("cloud_init", Kind.OBJECT, body=CLOUD_INIT_BODY),
+    Field("qos", Kind.OBJECT, body=QOS_BODY),
+)
 CREATE_GUEST = Body(
     (
         Field("name", required=True),
-        Field("owner", required=True),
-        Field("group", required=True),
-        Field("pool", required=True, missing="target pool required"),
-        Field("template", required=True, missing="system template required"),
-        Field("cores", Kind.UINT, required=True),
-        Field("memory", Kind.UINT, required=True, description="bytes"),
+        *SPEC_REQUIRED,
         Field("disks", Kind.UINT_LIST, required=True, missing="must specify disk size",
               description="bytes; the system disk first"),
-        Field("auto_start", Kind.BOOL),
-        Field("from_image", description="a created disk image to clone the system disk from"),
-        Field("modules", Kind.STRING_LIST, choices=("qemu", "cloud-init")),
-        Field("cloud_init", Kind.OBJECT, body=CLOUD_INIT_BODY),
-        Field("qos", Kind.OBJECT, body=QOS_BODY),
+        *SPEC_OPTIONS,
         Field("security_policy_group", description="policy group id whose rules are copied"),
     )
 )  # fmt: skip
@@ -107,6 +116,7 @@ START_INSTANCE = Body(
     )
 )
 STOP_INSTANCE = Body((Field("reboot", Kind.BOOL), Field("force", Kind.BOOL)))
+RESET_SYSTEM = Body((Field("from_image", description="a created disk image id"),))
 
 
 # -- encoders (api-reference §4.0) --------------------------------------------------------------
@@ -227,9 +237,10 @@ def _qos_spec(body: Fields | None) -> QoSSpec | None:
 
 
 def guest_spec(body: Fields) -> GuestSpec:
-    """A create request's body as the operation takes it (batch create reads the same)."""
+    """A create request's body as the operation takes it; a batch create's has no ``name``
+    and no ``security_policy_group``."""
     return GuestSpec(
-        name=body.text("name"),
+        name=body.text("name") if "name" in body else "",
         owner=body.text("owner"),
         group=body.text("group"),
         pool=body.text("pool"),
@@ -242,7 +253,9 @@ def guest_spec(body: Fields) -> GuestSpec:
         modules=body.texts("modules"),
         cloud_init=_cloud_init(body.fields("cloud_init")),
         qos=_qos_spec(body.fields("qos")),
-        security_policy_group=body.text("security_policy_group"),
+        security_policy_group=(
+            body.text("security_policy_group") if "security_policy_group" in body else ""
+        ),
     )
 
 
@@ -304,3 +317,43 @@ def stop_instance(ops: Operations, call: Call) -> Deferred[str]:
     return empty(
         ops.guests.stop(call.params["id"], reboot=body.flag("reboot"), force=body.flag("force"))
     )
+
+
+@guests.route(
+    "GET",
+    "/instances/:id",
+    "A guest's runtime status, asked of its Cell: running, media, usage, I/O",
+    response=INSTANCE_STATUS,
+)
+def get_instance_status(ops: Operations, call: Call) -> Deferred[dict[str, Any]]:
+    return ops.guests.runtime.status(call.params["id"]).addCallback(_runtime)
+
+
+def _runtime(status: RuntimeStatus) -> dict[str, Any]:
+    return instance_status(
+        status.instance,
+        media_attached=status.media_attached,
+        cpu_usage=status.cpu_usage,
+        memory_available=status.memory_available,
+        disk_available=status.disk_available,
+        io=status.io,
+    )
+
+
+@guests.route(
+    "PUT",
+    "/guests/:id/system/",
+    "Write a stopped guest's system disk from a disk image; poll GET /guests/:id (201, 200)",
+    body=RESET_SYSTEM,
+)
+def reset_system(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.guests.resets.system(call.params["id"], call.body.text("from_image")))
+
+
+@guests.route(
+    "PUT",
+    "/guests/:id/monitor/secret",
+    "Have the guest's Cell make a new monitor secret; GET /guests/:id shows it",
+)
+def reset_monitor_secret(ops: Operations, call: Call) -> Deferred[str]:
+    return empty(ops.guests.resets.monitor_secret(call.params["id"]))

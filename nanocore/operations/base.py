@@ -124,3 +124,9 @@ def refusals_deferred(operation: Callable[P, Deferred[T]]) -> Callable[P, Deferr
             return fail(error)
 
     return checked
+
+
+def visible_to(owner: str, group: str, item_owner: str, item_group: str) -> bool:
+    """Core's visibility rule for guests and images (api-reference §6 point 5): the item is
+    the owner's, or in the group when a group is named; naming nobody shows nothing."""
+    return (owner != "" and item_owner == owner) or (group != "" and item_group == group)

@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from nanocore.cluster.cells import CellDirectory
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context
+from nanocore.operations.batches import Batches
 from nanocore.operations.cells import CellOperations, NoLinks
 from nanocore.operations.growth import Growth
 from nanocore.operations.guest_config import GuestConfig
@@ -70,8 +71,11 @@ class Operations:
         self.snapshots = Snapshots(access)
         self.guest_firewall = GuestFirewall(access)
         self.cells = CellOperations(self.context, links, timeout, reconcile=self.guests.reconcile)
+        self.batches = Batches(self.context, self.guests)
         links.subscribe(self.cells)
         links.subscribe(self.guests.events)
+        # After the guests' observer: a batch judges a member once its event is applied.
+        links.subscribe(self.batches)
         self.address_pools = AddressPools(self.context, self.cells.notify)
         self.status = Status(self.context, self.cells, self.context.now_text())
 

@@ -30,7 +30,7 @@ from nanocore.model import (
     DiskImage,
     MediaImage,
 )
-from nanocore.operations.base import Context, build
+from nanocore.operations.base import Context, build, visible_to
 from nanocore.operations.claims import Claim, ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Change, Delete, Insert, Put
@@ -229,7 +229,7 @@ class Images:
         return [
             image
             for image in self.all(kind)
-            if (image.owner == owner or (group != "" and image.group == group))
+            if visible_to(owner, group, image.owner, image.group)
             and (not wanted or not wanted.isdisjoint(image.tags))
         ]
 

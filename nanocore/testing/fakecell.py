@@ -59,8 +59,10 @@ REPORT_INTERVAL = 2.0
 RECONNECT_DELAY = 3.0
 #: Seconds from a stop to ``GuestStoppedEvent`` (a real Cell polls the guest once a second).
 STOP_TIME = 1.0
-#: Progress events of a creation that clones a disk image (25, 50, 75 %).
+#: Progress events of a creation that clones a disk image (25, 50, 75 %), and of a reset.
 CLONE_STEPS = 4
+#: CPU usage (percent) a running guest reports.
+GUEST_USAGE = 12.5
 
 GiB = 1 << 30
 
@@ -177,6 +179,8 @@ class FakeCell:
         self._reconnect_clock = reconnect_clock if reconnect_clock is not None else clock
         #: Errors the next creations fail with (a ``GuestUpdatedEvent`` with success false).
         self.creation_failures: deque[str] = deque()
+        #: Errors the next system resets end with (a ``SystemResetEvent`` with success false).
+        self.reset_failures: deque[str] = deque()
         self.link: LinkSession | None = None
         self.guests: dict[str, SimulatedGuest] = {}
         self.pool = ""
@@ -639,7 +643,7 @@ class FakeCell:
                 )
             )
             return
-        guest.move("created")
+        guest.move("created", self._clock.seconds())
         self._send(
             self._event(
                 MessageID.GuestCreatedEvent,
@@ -652,7 +656,7 @@ class FakeCell:
             )
         )
         if guest.auto_start:
-            guest.move("start")
+            guest.move("start", self._clock.seconds())
             self._send(self._guest_event(MessageID.GuestStartedEvent, guest))
 
     def _guest_event(self, message_id: int, guest: SimulatedGuest) -> Message:
@@ -660,7 +664,7 @@ class FakeCell:
 
     def _delete_guest(self, request: Message) -> list[Message]:
         guest = self._guest(request)
-        guest.require(GuestState.STOPPED, GuestState.CREATING)
+        guest.require(GuestState.STOPPED, GuestState.CREATING, GuestState.RESETTING)
         del self.guests[guest.id]
         return [self._success(request), self._guest_event(MessageID.GuestDeletedEvent, guest)]
 
@@ -674,7 +678,7 @@ class FakeCell:
             media = _require(request.string_params, ParamKey.Source, "string")
             _require(request.string_params, ParamKey.Host, "string")
             _require(request.uint_params, ParamKey.Port, "uint")
-        guest.move("start")
+        guest.move("start", self._clock.seconds())
         replies = [self._success(request), self._guest_event(MessageID.GuestStartedEvent, guest)]
         if media:
             guest.media = media
@@ -691,7 +695,7 @@ class FakeCell:
         if options[0]:  # reboot
             guest.require(GuestState.RUNNING)
             return [self._success(request)]
-        guest.move("stop")
+        guest.move("stop", self._clock.seconds())
         self._schedule(self._stop_time, self._stopped, guest)
         return [self._success(request)]
 
@@ -700,7 +704,10 @@ class FakeCell:
             self._send(self._guest_event(MessageID.GuestStoppedEvent, guest))
 
     def _instance_status(self, request: Message) -> list[Message]:
+        """The guest's config and its live figures: CPU usage and free memory while it runs,
+        I/O counters that grow with the time it has run."""
         g = self._guest(request)
+        now = self._clock.seconds()
         uints = {
             ParamKey.Core: g.cores,
             ParamKey.Status: int(g.running),
@@ -710,6 +717,7 @@ class FakeCell:
         }
         if not g.created_ok:
             uints[ParamKey.Progress] = g.progress
+        free_memory = g.memory - g.memory // 4 if g.running else g.memory
         return [
             self._success(
                 request,
@@ -726,13 +734,13 @@ class FakeCell:
                 },
                 uint_params=uints,
                 bool_params={ParamKey.Enable: g.created_ok, ParamKey.Media: bool(g.media)},
-                float_params={ParamKey.Usage: 12.5 if g.running else 0.0},
+                float_params={ParamKey.Usage: GUEST_USAGE if g.running else 0.0},
                 uint_array_params={
                     ParamKey.Option: [int(g.auto_start)],
                     ParamKey.Disk: g.disks,
                     ParamKey.Limit: g.limits,
-                    ParamKey.Available: [g.memory // 2, sum(g.disks) // 2],
-                    ParamKey.IO: [0, 0, 0, 0],
+                    ParamKey.Available: [free_memory, sum(g.disks) // 2],
+                    ParamKey.IO: g.io(now),
                 },
             )
         ]
@@ -812,23 +820,36 @@ class FakeCell:
         return [self._success(request)]
 
     def _reset_system(self, request: Message) -> list[Message]:
+        """Every parameter Core sends is read; progress as for a clone, then the end."""
         guest = self._guest(request, ParamKey.Guest)
-        guest.require(GuestState.STOPPED)
         _require(request.string_params, ParamKey.Image, "string")
-        instance = {ParamKey.Instance: guest.id}
-        self._later(
-            self._creation_time / 2,
-            self._event(
-                MessageID.GuestUpdatedEvent,
-                string_params=instance,
-                uint_params={ParamKey.Progress: 50},
-            ),
-        )
-        self._later(
-            self._creation_time,
-            self._event(MessageID.SystemResetEvent, string_params={ParamKey.Guest: guest.id}),
-        )
+        _require(request.string_params, ParamKey.Host, "string")
+        _require(request.uint_params, ParamKey.Port, "uint")
+        _require(request.uint_params, ParamKey.Size, "uint")
+        guest.move("reset", self._clock.seconds())
+        for step in range(1, CLONE_STEPS):
+            self._schedule(
+                self._creation_time * step / CLONE_STEPS,
+                self._progress,
+                guest,
+                100 * step // CLONE_STEPS,
+            )
+        self._schedule(self._creation_time, self._reset_done, guest)
         return [self._success(request)]
+
+    def _reset_done(self, guest: SimulatedGuest) -> None:
+        if self.guests.get(guest.id) is not guest:
+            return
+        guest.move("reset done", self._clock.seconds())
+        error = self.reset_failures.popleft() if self.reset_failures else ""
+        self._send(
+            Message(
+                id=MessageID.SystemResetEvent,
+                success=not error,
+                error=error,
+                string_params={ParamKey.Guest: guest.id},
+            )
+        )
 
     # -- §5.5 media ---------------------------------------------------------------------------
 

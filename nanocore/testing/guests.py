@@ -3,6 +3,7 @@
 A guest is CREATING until its disk is ready, then STOPPED or RUNNING. The only moves are:
 
     CREATING ──created──► STOPPED ──start──► RUNNING ──stop──► STOPPED
+                                 ├──reset──► RESETTING ──reset done──► STOPPED
                                  └──delete (only when stopped)──► gone
 
 Everything else a Cell does to a guest (resize, media, snapshots, rules, ...) is a field change
@@ -26,6 +27,7 @@ class GuestState(enum.Enum):
     CREATING = "creating"
     STOPPED = "stopped"
     RUNNING = "running"
+    RESETTING = "resetting"  #: its system disk is being written again from an image
 
 
 #: The moves the state machine allows: (from, action) -> to.
@@ -33,7 +35,11 @@ TRANSITIONS: dict[tuple[GuestState, str], GuestState] = {
     (GuestState.CREATING, "created"): GuestState.STOPPED,
     (GuestState.STOPPED, "start"): GuestState.RUNNING,
     (GuestState.RUNNING, "stop"): GuestState.STOPPED,
+    (GuestState.STOPPED, "reset"): GuestState.RESETTING,
+    (GuestState.RESETTING, "reset done"): GuestState.STOPPED,
 }
+#: Bytes per second a running guest reads, writes, receives and sends (its I/O counters).
+IO_RATES = (4096, 2048, 1024, 512)
 
 
 @frozen
@@ -101,6 +107,9 @@ class SimulatedGuest:
     current_snapshot: str = ""
     rules: list[Rule] = Factory(list)
     default_accept: bool = True
+    #: Seconds it ran before its latest start, and when that start was (clock seconds).
+    ran: float = 0.0
+    running_since: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -110,14 +119,30 @@ class SimulatedGuest:
     def created_ok(self) -> bool:
         return self.state is not GuestState.CREATING
 
-    def move(self, action: str) -> None:
-        """Take one transition of the state machine, or raise :class:`GuestError`."""
+    def move(self, action: str, now: float = 0.0) -> None:
+        """Take one transition of the state machine at ``now`` (clock seconds), or raise
+        :class:`GuestError`."""
         target = TRANSITIONS.get((self.state, action))
         if target is None:
             raise GuestError(f"guest {self.id} is {self.state.value}: cannot {action}")
+        if action == "start":
+            self.running_since = now
+        elif action == "stop":
+            self.ran += max(0.0, now - self.running_since)
         self.state = target
-        if action == "created":
+        if action in ("created", "reset done"):
             self.progress = 100
+        elif action == "reset":
+            self.progress = 0
+
+    def uptime(self, now: float) -> float:
+        """Seconds it has run in all, up to ``now``."""
+        return self.ran + (max(0.0, now - self.running_since) if self.running else 0.0)
+
+    def io(self, now: float) -> list[int]:
+        """Bytes read, written, received and sent so far: they grow while it runs."""
+        seconds = self.uptime(now)
+        return [int(rate * seconds) for rate in IO_RATES]
 
     def require(self, *states: GuestState) -> None:
         """Refuse a change unless the guest is in one of ``states``."""

@@ -4,7 +4,8 @@ The routes of this issue and those that build on them (instance lists, modify, m
 snapshots, firewall, migration) use the same three steps:
 
 - :meth:`GuestAccess.instance`: Core's record, or ``invalid instance '<id>'``;
-- :meth:`GuestAccess.forward`: a request to a Cell, its failures turned into what the client
+- :meth:`GuestAccess.forward` (and :meth:`GuestAccess.ask`, which finds the guest first): a
+  request to a Cell, its failures turned into what the client
   reads (the Cell's own error text verbatim, as Core relayed it; ``cell timeout``; the Cell
   not connected);
 - :meth:`GuestAccess.change`: read one instance, decide, commit, serialised per instance, so
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.python.failure import Failure
 
 from nanocore.cluster.cells import CellDirectory
@@ -27,7 +28,12 @@ from nanocore.cluster.transport import LinkError
 from nanocore.model import AddressAllocation, Instance
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CELL_TIMEOUT_MESSAGE, CellRefused
-from nanocore.operations.errors import InvalidRequest, OperationTimeout, UnknownEntity
+from nanocore.operations.errors import (
+    InvalidRequest,
+    OperationError,
+    OperationTimeout,
+    UnknownEntity,
+)
 from nanocore.store import Change, Delete
 
 T = TypeVar("T")
@@ -78,6 +84,17 @@ class GuestAccess:
             return failure
 
         return asking.addErrback(translate)
+
+    def ask(
+        self, instance_id: str, message: Callable[[Instance], Message]
+    ) -> Deferred[tuple[Instance, Message]]:
+        """Find the guest and send its Cell ``message(record)``: the record and the reply."""
+        try:
+            instance = self.instance(instance_id)
+        except OperationError as error:
+            return fail(error)
+        asking = self.forward(instance.cell, message(instance))
+        return asking.addCallback(lambda reply: (instance, reply))
 
     def serially(self, instance_id: str, work: Callable[[], Deferred[T]]) -> Deferred[T]:
         """Run ``work`` after every earlier piece of work on the same instance has ended."""

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import (
     AddressAllocation,
+    ComputePool,
     CPUPriority,
     Instance,
     InstanceNetwork,
@@ -39,7 +40,7 @@ from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import Placement
 from nanocore.operations.imagesite import ImageSiteLocator
 from nanocore.scheduler import Demand, format_size
-from nanocore.store import Change, Insert, Put
+from nanocore.store import Change, Insert, Put, ReadModel
 
 #: What the API calls the three CPU priorities (the Cells' 0, 1, 2).
 PRIORITIES = {"high": CPUPriority.HIGH, "medium": CPUPriority.MEDIUM, "low": CPUPriority.LOW}
@@ -90,6 +91,18 @@ class GuestSpec:
     cloud_init: CloudInit | None = None
     qos: QoSSpec | None = None
     security_policy_group: str = ""
+
+
+@frozen
+class Resolved:
+    """What a create request names, looked up and checked, before it is placed."""
+
+    pool: ComputePool
+    template: SystemTemplate
+    qos: QoS
+    policy: tuple[int, ...]
+    accept: bool
+    image: ImageSource | None
 
 
 @frozen
@@ -156,6 +169,36 @@ def limits(qos: QoS) -> tuple[int, ...]:
     )
 
 
+@frozen
+class ImageSource:
+    """A disk image for a Cell to write a system disk from, and where the Cell fetches it."""
+
+    image: str
+    host: str
+    port: int
+    size: int
+
+
+def image_source(
+    view: ReadModel, image_id: str, system_disk: int, image_site: ImageSiteLocator
+) -> ImageSource:
+    """The checks of a disk image a system disk is written from (create, reset), in order."""
+    image = view.disk_images.get(image_id)
+    if image is None:
+        raise UnknownEntity(f"invalid disk image '{image_id}'")
+    if not image.created:
+        raise InvalidRequest(f"disk image '{image_id}' not created")
+    if image.size > system_disk:
+        raise InvalidRequest(
+            f"source image ({format_size(image.size)}) larger than system disk "
+            f"({format_size(system_disk)})"
+        )
+    site = image_site()
+    if site is None:
+        raise InvalidRequest("no image server available")
+    return ImageSource(image.id, site.host, site.port, image.size)
+
+
 class Creations:
     """The create flow; ``in_flight`` holds the ids whose Cell has not answered yet."""
 
@@ -179,11 +222,23 @@ class Creations:
 
     def create(self, spec: GuestSpec) -> Deferred[Created]:
         """Validate and place now (refusals are raised at once), then record and ask."""
-        return Deferred.fromCoroutine(self._create(self._decide(spec)))
+        return self.begin(spec)[1]
+
+    def begin(self, spec: GuestSpec) -> tuple[str, Deferred[Created]]:
+        """As :meth:`create`, also naming the new guest's id, known from the decision on.
+
+        A batch shows each member's id while its creation is still being recorded.
+        """
+        decision = self._decide(spec)
+        return decision.instance.id, Deferred.fromCoroutine(self._create(decision))
+
+    def validate(self, spec: GuestSpec) -> None:
+        """Every check of a create that does not place it (a batch's checks up front)."""
+        self._resolve(spec)
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def _decide(self, spec: GuestSpec) -> Decision:
+    def _resolve(self, spec: GuestSpec) -> Resolved:
         required(spec)
         check_name("guest", spec.name)
         check_name("owner", spec.owner)
@@ -212,7 +267,16 @@ class Creations:
                 )
             policy = tuple(value for rule in group.rules for value in rule.flatten())
             accept = group.accept
-        image = self._clone_source(spec)
+        image = (
+            image_source(view, spec.from_image, spec.disks[0], self._image_site)
+            if spec.from_image
+            else None
+        )
+        return Resolved(pool, template, qos, policy, accept, image)
+
+    def _decide(self, spec: GuestSpec) -> Decision:
+        resolved = self._resolve(spec)
+        pool, template, qos = resolved.pool, resolved.template, resolved.qos
         demand = Demand(spec.cores, spec.memory, sum(spec.disks))
         instance_id = self._new_id()
         name_claim = self._placement.claim_name(spec.pool, spec.group, spec.name)
@@ -267,27 +331,10 @@ class Creations:
             for claim in (*held, capacity):
                 claims.release(claim)
             raise
-        message = self._message(instance, spec, template, policy, accept, image)
+        message = self._message(
+            instance, spec, template, resolved.policy, resolved.accept, resolved.image
+        )
         return Decision(instance, message, (Insert(instance), *changes), tuple(held))
-
-    def _clone_source(self, spec: GuestSpec) -> dict[str, object]:
-        """Image, Host, Port and Size of a disk image to clone, checked against disk 0."""
-        if not spec.from_image:
-            return {}
-        image = self._context.view.disk_images.get(spec.from_image)
-        if image is None:
-            raise UnknownEntity(f"invalid disk image '{spec.from_image}'")
-        if not image.created:
-            raise InvalidRequest(f"disk image '{spec.from_image}' not created")
-        if image.size > spec.disks[0]:
-            raise InvalidRequest(
-                f"source image ({format_size(image.size)}) larger than system disk "
-                f"({format_size(spec.disks[0])})"
-            )
-        site = self._image_site()
-        if site is None:
-            raise InvalidRequest("no image server available")
-        return {"image": image.id, "host": site.host, "port": site.port, "size": image.size}
 
     def _message(
         self,
@@ -296,7 +343,7 @@ class Creations:
         template: SystemTemplate,
         policy: Sequence[int],
         accept: bool,
-        image: dict[str, object],
+        image: ImageSource | None,
     ) -> Message:
         cloud = spec.cloud_init if spec.cloud_init is not None else CloudInit()
         strings: dict[int, str] = {
@@ -327,11 +374,9 @@ class Creations:
             strings[ParamKey.Policy] = spec.security_policy_group
             arrays[ParamKey.Policy] = tuple(policy)
             bools[ParamKey.Action] = accept
-        if image:
-            strings[ParamKey.Image] = str(image["image"])
-            strings[ParamKey.Host] = str(image["host"])
-            uints[ParamKey.Port] = int(image["port"])  # type: ignore[call-overload]
-            uints[ParamKey.Size] = int(image["size"])  # type: ignore[call-overload]
+        if image is not None:
+            strings.update({ParamKey.Image: image.image, ParamKey.Host: image.host})
+            uints.update({ParamKey.Port: image.port, ParamKey.Size: image.size})
         return Message(
             id=MessageID.CreateGuestRequest,
             string_params=strings,

@@ -31,6 +31,8 @@ _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _ID = re.compile(ID_PATTERN)
 #: A failed creation the Cell reports without a reason.
 CREATION_FAILED = "create guest fail"
+#: A failed system reset the Cell reports without a reason.
+RESET_FAILED = "reset guest system fail"
 
 
 def settle(pending: PendingError) -> list[Change]:
@@ -59,6 +61,7 @@ class GuestEvents:
             MessageID.AddressChangedEvent: self.address_changed,
             MessageID.MediaAttachedEvent: lambda cell, m: self.media(cell, m, True),
             MessageID.MediaDetachedEvent: lambda cell, m: self.media(cell, m, False),
+            MessageID.SystemResetEvent: self.system_reset,
         }
 
     @property
@@ -95,8 +98,8 @@ class GuestEvents:
 
     # -- events -------------------------------------------------------------------------------
 
-    def _guest(self, cell: str, message: Message) -> str | None:
-        guest = message.string_params.get(ParamKey.Instance, "")
+    def _guest(self, cell: str, message: Message, key: ParamKey = ParamKey.Instance) -> str | None:
+        guest = message.string_params.get(key, "")
         if not _ID.fullmatch(guest):
             self.log.warn(
                 "{cell}: {id:#08x} without a valid instance id ({guest!r}), ignored",
@@ -269,6 +272,35 @@ class GuestEvents:
             assert instance is not None
             changed = evolve(instance, media_attached=attached, media_source=source)
             return [] if changed == instance else [Put(changed)]
+
+        return self._access.change(guest, decide)
+
+    def system_reset(self, cell: str, message: Message) -> Deferred[None]:
+        """``SystemResetEvent`` (the guest as ``Guest``): a reset is over, done or failed.
+
+        Either way the guest is created and stopped again (its Cell still holds it); a
+        failure is also told once by the next ``GET /guests/:id``. The original left a guest
+        whose reset failed at ``created: false`` for good.
+        """
+        guest = self._guest(cell, message, ParamKey.Guest)
+        if guest is None:
+            return succeed(None)
+        reason = "" if message.success else (message.error or RESET_FAILED)
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if not self._ours(cell, instance, message):
+                return []
+            assert instance is not None
+            if instance.status is not InstanceStatus.RESETTING:
+                self.log.warn("{cell}: {guest} was not being reset; reset event ignored",
+                              cell=cell, guest=guest)  # fmt: skip
+                return []
+            changes: list[Change] = [
+                Put(evolve(instance, status=InstanceStatus.STOPPED, progress=0))
+            ]
+            if reason:
+                changes.append(Put(PendingError(guest, reason[:4096])))
+            return changes
 
         return self._access.change(guest, decide)
 

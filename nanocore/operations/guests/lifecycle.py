@@ -1,4 +1,5 @@
-"""The guest family of operations: create, get, delete, start and stop (§4.6-4.7).
+"""The guest family of operations: create, get, delete, start and stop (§4.6-4.7), and the
+rooms of the other guest routes (lists and searches, runtime status, resets).
 
 Start, stop and delete are checked against Core's record and forwarded to the guest's Cell.
 Core's record of running changes only on the Cell's ``GuestStartedEvent`` and
@@ -25,8 +26,11 @@ from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEn
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.create import Created, Creations, GuestSpec
 from nanocore.operations.guests.events import GuestEvents
+from nanocore.operations.guests.listing import GuestListing
 from nanocore.operations.guests.placement import Placement
 from nanocore.operations.guests.reconcile import Reconciler
+from nanocore.operations.guests.reset import Resets
+from nanocore.operations.guests.runtime import Runtime
 from nanocore.operations.imagesite import ImageSiteLocator, media_site, no_image_site
 from nanocore.operations.inventory import Reconciliation
 from nanocore.scheduler import Scheduler
@@ -70,6 +74,12 @@ class GuestOperations:
         self._reconciler = Reconciler(
             self.access, self.placement, self.events, self.creations.in_flight
         )
+        #: The instance status lists and the guest searches.
+        self.listing = GuestListing(context, cells)
+        #: ``GET /instances/:id``, asked of the guest's Cell.
+        self.runtime = Runtime(self.access)
+        #: System and monitor secret resets.
+        self.resets = Resets(self.access, image_site)
         self.placement.rebuild()
 
     def _progress(self, cell: str, message: Message) -> None:
@@ -82,12 +92,17 @@ class GuestOperations:
         return self.creations.create(spec)
 
     def get(self, instance_id: str) -> Deferred[Instance]:
-        """The record; a failure not yet told is told now, once (then: invalid instance)."""
-        found = self._context.view.instances.get(instance_id)
-        if found is not None:
-            return succeed(found)
-        pending = self._context.view.pending_errors.get(instance_id)
+        """The record; a failure not yet told is told now, once.
+
+        After a failed creation the next ``GET`` tells the failure, later ones answer
+        ``invalid instance``; after a failed reset the guest is shown again after it.
+        """
+        view = self._context.view
+        found = view.instances.get(instance_id)
+        pending = view.pending_errors.get(instance_id)
         if pending is None or pending.shown:
+            if found is not None:
+                return succeed(found)
             return fail(UnknownEntity(f"invalid instance '{instance_id}'"))
 
         def decide(_: Instance | None) -> list[Change]:
