@@ -1,13 +1,21 @@
 """Image transfers: upload and download a large file through the signed API (plain HTTP) and
-over the TLS image site (a Cell's certificate), beside openssl s_server/s_client moving the same
-bytes on the same machine in the same run.
+over the TLS image site (a Cell's certificate), beside openssl moving the same bytes on the
+same machine in the same run.
 
-    python benchmarks/image_bench.py [--size-mib 1024]
+    python benchmarks/image_bench.py [--size-mib 1024] [--rounds 3] [--legs api-up,...]
+        [--profile FILE] [--write-behind MIB]
 
 A Core (store, operations, API with its stream routes, TLS image site) runs in a child process
-on loopback; curl moves the bytes (it streams ``-F image=@file`` and ``-o /dev/null``). Prints
-MB/s per leg, the child's RSS before and its peak (VmHWM), and the p99 of signed API GETs made
-one after another while the API transfers run. Files live in a temporary folder, deleted after.
+on loopback; curl moves the bytes (it streams ``-F image=@file`` and ``-o /dev/null``), and
+every leg checks what was moved (curl's byte counts, the upload's envelope). Each download runs
+twice: just after its upload (the upload left little of the file in the page cache) and again
+(from the cache). The openssl legs: ``s_server -WWW`` to ``s_client`` and to curl (the TLS
+site legs' client), and ``s_client`` to ``s_server`` for uploads; the port is read from
+s_server's ``ACCEPT`` line. Prints the median MB/s of each leg with its range over the rounds,
+the Core's CPU seconds per leg (reactor thread, other threads: steadier than MB/s on a shared
+machine), its RSS before and its peak (VmHWM), the p99 of signed API GETs made every 10 ms
+while the API legs run, and each TLS leg against its openssl leg. ``--profile`` records the
+Core with py-spy; files live in a temporary folder, deleted after.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import argparse
 import json
 import os
 import shutil
-import socket
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,7 +32,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -33,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 CREDENTIAL = ("bench", "a-benchmark-key-of-reasonable-length")
 
 
-def serve(folder: Path) -> None:
+def serve(folder: Path, write_behind: int | None) -> None:
     """The child: a Core's image rooms on loopback; prints ``READY <api> <image>``."""
     from twisted.internet import epollreactor
 
@@ -63,7 +73,7 @@ def serve(folder: Path) -> None:
 
     def started(store: Store) -> None:
         reactor.addSystemEventTrigger("before", "shutdown", store.close)
-        folders = ImageFolders(folder / "data", thread_offload(reactor))
+        folders = ImageFolders(folder / "data", thread_offload(reactor), write_behind=write_behind)
         folders.prepare()
         operations = Operations(store, reactor, image_files=folders)
         verifier = Verifier(credentials, reactor)
@@ -121,10 +131,20 @@ def call(method: str, url: str, document: object = None) -> object:
         return json.loads(response.read())["data"]
 
 
-def curl(arguments: list[str]) -> float:
+def curl(arguments: list[str], upload: bool) -> tuple[float, int]:
+    """Seconds and the bytes curl moved; an upload's envelope must say it was recorded."""
     started = time.perf_counter()
-    subprocess.run(["curl", "-sS", "--fail-with-body", "-o", "/dev/null", *arguments], check=True)
-    return time.perf_counter() - started
+    done = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "-w", "\n%{size_upload} %{size_download}",
+         *([] if upload else ["-o", "/dev/null"]), *arguments],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    body, _, counts = done.stdout.rpartition(b"\n")
+    sent, received = (int(count) for count in counts.split())
+    if upload and json.loads(body).get("error_code", 0) != 0:
+        raise RuntimeError(f"the upload was refused: {body.decode()}")
+    return seconds, sent if upload else received
 
 
 def rss(pid: int, field: str) -> int:
@@ -134,39 +154,106 @@ def rss(pid: int, field: str) -> int:
     return 0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU time so far of a process's main (reactor) thread and of its other
+    threads (the steadier figures on a shared machine)."""
+    reactor = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # a thread that has just ended
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if task.name == str(pid):
+            reactor += seconds
+        else:
+            others += seconds
+    return reactor, others
 
 
-def openssl_download(paths: dict[str, Path], folder: Path, name: str) -> float:
-    """s_server -WWW sends the file, s_client reads it to /dev/null: the TLS ceiling here."""
-    port = free_port()
+def openssl_server(paths: dict[str, Path], folder: Path, *extra: str) -> tuple[Any, int]:
+    """An ``openssl s_server`` for one connection, and the port it announced.
+
+    The port is read from its ``ACCEPT host:port`` line: probing it with a connection would
+    use up its one accept (part 1's bug: the client then got nothing).
+    """
     server = subprocess.Popen(
-        ["openssl", "s_server", "-quiet", "-WWW", "-accept", str(port), "-naccept", "1",
-         "-cert", str(paths["server"]), "-key", str(paths["server_key"])],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ["openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1",
+         "-cert", str(paths["server"]), "-key", str(paths["server_key"]), *extra],
+        cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    assert server.stdout is not None
+    while line := server.stdout.readline():
+        if line.startswith(b"ACCEPT"):
+            return server, int(line.rsplit(b":", 1)[1])
+    raise RuntimeError("openssl s_server did not start")
+
+
+def count_until_eof(stream: Any) -> int:
+    """Bytes read from a pipe until its end, in large reads (the count proves the transfer)."""
+    total = 0
+    while chunk := stream.read1(1 << 20):
+        total += len(chunk)
+    return total
+
+
+def openssl_download(paths: dict[str, Path], folder: Path, source: Path) -> tuple[float, int]:
+    """s_server -WWW sends the file to s_client: the TLS ceiling for downloads here."""
+    server, port = openssl_server(paths, folder, "-WWW")
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         started = time.perf_counter()
-        counted = subprocess.run(
-            f"printf 'GET /{name} HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -ign_eof"
-            f" -connect 127.0.0.1:{port} 2>/dev/null | wc -c",
-            shell=True, capture_output=True, text=True, check=False,
+        client = subprocess.Popen(
+            ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{port}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        assert client.stdin is not None
+        client.stdin.write(f"GET /{source.name} HTTP/1.0\r\n\r\n".encode())
+        client.stdin.flush()
+        moved = count_until_eof(client.stdout)
         seconds = time.perf_counter() - started
-        print(f"openssl moved {counted.stdout.strip()} bytes", flush=True)
-        return seconds
+        client.stdin.close()
+        client.wait()
+        return seconds, moved
     finally:
         server.kill()
         server.wait()
+
+
+def openssl_to_curl(paths: dict[str, Path], folder: Path, source: Path) -> tuple[float, int]:
+    """s_server -WWW sends the file to curl, the client of the TLS site legs: s_client's
+    small reads make the leg above slower than the server, so this is the stricter ceiling."""
+    server, port = openssl_server(paths, folder, "-WWW")
+    try:
+        url = f"https://127.0.0.1:{port}/{source.name}"
+        return curl(["--cacert", str(paths["ca"]), url], upload=False)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def openssl_upload(paths: dict[str, Path], folder: Path, source: Path) -> tuple[float, int]:
+    """s_client sends the file to s_server, which writes what it receives to its stdout:
+    the TLS ceiling for uploads here (timed until the server has read it all)."""
+    server, port = openssl_server(paths, folder)
+    try:
+        started = time.perf_counter()
+        with source.open("rb") as data:
+            client = subprocess.Popen(
+                ["openssl", "s_client", "-nocommands", "-connect", f"127.0.0.1:{port}"],
+                stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            moved = count_until_eof(server.stdout)
+        seconds = time.perf_counter() - started
+        client.wait()
+        return seconds, moved
+    finally:
+        server.kill()
+        server.wait()
+
+
+#: Seconds between the starts of two signed GETs made while a transfer runs: a busy portal
+#: polling progress, not a second load competing with the transfer for the two cores.
+GET_INTERVAL = 0.01
 
 
 def p99_while(url: str, running: threading.Event, latencies: list[float]) -> None:
@@ -174,18 +261,76 @@ def p99_while(url: str, running: threading.Event, latencies: list[float]) -> Non
         started = time.perf_counter()
         call("GET", url)
         latencies.append(time.perf_counter() - started)
+        time.sleep(max(0.0, started + GET_INTERVAL - time.perf_counter()))
+
+
+#: The legs a run may be limited to (to profile one of them).
+LEGS = ("api-up", "api-down", "tls-up", "tls-down", "openssl")
+#: Each of our legs beside the openssl leg it is held to (>= 70 %).
+CEILINGS = (
+    ("TLS site download, cached", "openssl s_server -> s_client"),
+    ("TLS site download, cached", "openssl s_server -> curl"),
+    ("TLS site upload (Cell cert, PUT)", "openssl s_client -> s_server"),
+)
+
+
+@dataclass
+class Leg:
+    """One leg's rounds: MB/s, and the Core's CPU seconds (reactor thread, other threads)."""
+
+    label: str
+    rates: list[float] = field(default_factory=list)
+    reactor_cpu: list[float] = field(default_factory=list)
+    threads_cpu: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = statistics.median(self.rates)
+        text = f"{self.label:<34} {rate:6.0f} MB/s"
+        if len(self.rates) > 1:
+            text += f" ({min(self.rates):.0f}-{max(self.rates):.0f})"
+        if self.reactor_cpu:
+            text += (
+                f"   Core CPU s: reactor {statistics.median(self.reactor_cpu):.2f}"
+                f" threads {statistics.median(self.threads_cpu):.2f}"
+            )
+        if self.latencies:
+            p99 = statistics.quantiles(self.latencies, n=100)[98] * 1000
+            text += f"   signed GETs meanwhile: {len(self.latencies)}, p99 {p99:.1f} ms"
+        return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each leg (median shown)")
+    parser.add_argument(
+        "--legs",
+        default=",".join(LEGS),
+        help=f"which legs, comma-separated, of {','.join(LEGS)} (default: all)",
+    )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="record the Core with py-spy (collapsed stacks)"
+    )
+    parser.add_argument(
+        "--write-behind",
+        type=int,
+        metavar="MIB",
+        help="page cache an upload keeps behind its writer (default: the Core's; 0: all)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve))
+        from nanocore.images.files import WRITE_BEHIND
+
+        behind = WRITE_BEHIND if args.write_behind is None else (args.write_behind << 20 or None)
+        serve(Path(args.serve), behind)
         return
+    legs = set(args.legs.split(","))
+    if not legs <= set(LEGS):
+        parser.error(f"unknown legs: {', '.join(sorted(legs - set(LEGS)))}")
     folder = Path(tempfile.mkdtemp(prefix="image-bench-", dir=ROOT))
-    child = None
+    child = profiler = None
     try:
         size = args.size_mib << 20
         source = folder / "source.img"
@@ -194,65 +339,104 @@ def main() -> None:
             for _ in range(size // len(block)):
                 handle.write(block)
         child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(folder)],
+            [sys.executable, __file__, "--serve", str(folder),
+             *([] if args.write_behind is None else ["--write-behind", str(args.write_behind)])],
             stdout=subprocess.PIPE, cwd=ROOT, text=True,
         )  # fmt: skip
         assert child.stdout is not None
         ready = child.stdout.readline().split()
         api_port, image_port = int(ready[1]), int(ready[2])
+        core = child.pid
         paths = certificates(folder)
+        if args.profile:
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                 "--rate", "200", "--nonblocking", "-o", args.profile, "--pid", str(core)],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         base = f"http://127.0.0.1:{api_port}/api/v1"
-        rss_before = rss(child.pid, "VmRSS")
+        rss_before = rss(core, "VmRSS")
         print(f"load average before: {os.getloadavg()}")
-        print(f"file: {args.size_mib} MiB; Core RSS before: {rss_before / 2**20:.1f} MiB")
+        print(f"file: {args.size_mib} MiB, {args.rounds} round(s) per leg")
         mb = size / 1e6
-        results: dict[str, float] = {}
+        results: dict[str, Leg] = {}
 
-        def timed(label: str, arguments: list[str], measure_gets: bool = False) -> None:
-            latencies: list[float] = []
+        def timed(
+            label: str, arguments: list[str], *, upload: bool = False, measure_gets: bool = False
+        ) -> None:
+            leg = results.setdefault(label, Leg(label))
             running = threading.Event()
             watcher = None
             if measure_gets:
                 running.set()
                 watcher = threading.Thread(
-                    target=p99_while, args=(f"{base}/media_images/", running, latencies)
+                    target=p99_while, args=(f"{base}/media_images/", running, leg.latencies)
                 )
                 watcher.start()
-            seconds = curl(arguments)
+            reactor_before, threads_before = cpu_seconds(core)
+            seconds, moved = curl(arguments, upload=upload)
+            reactor_after, threads_after = cpu_seconds(core)
             running.clear()
             if watcher is not None:
                 watcher.join()
-            results[label] = mb / seconds
-            line = f"{label:<34} {mb / seconds:8.0f} MB/s"
-            if latencies:
-                p99 = statistics.quantiles(latencies, n=100)[98] * 1000
-                line += f"   signed GETs meanwhile: {len(latencies)}, p99 {p99:.1f} ms"
-            print(line, flush=True)
+            if moved < size:
+                raise RuntimeError(f"{label}: moved {moved:,} of {size:,} bytes")
+            leg.rates.append(mb / seconds)
+            leg.reactor_cpu.append(reactor_after - reactor_before)
+            leg.threads_cpu.append(threads_after - threads_before)
 
-        for kind, ext in (("disk_images", "qcow2"),):
-            image = call("POST", f"{base}/{kind}/", {"name": "bench", "owner": "a", "group": "b"})
-            image_id = image["id"]  # type: ignore[index]
-            url = f"{base}/{kind}/{image_id}/file/"
-            headers = [f"-H{k}: {v}" for k, v in signed("POST", url, stream=True).items()]
-            timed("API upload (signed, HTTP)", [*headers, "-F", f"image=@{source}", url], True)
-            headers = [f"-H{k}: {v}" for k, v in signed("GET", url, stream=True).items()]
-            timed("API download (signed, HTTP)", [*headers, url], True)
-            site = f"https://127.0.0.1:{image_port}/api/v1/{kind}/{image_id}/file/"
-            tls = ["--cacert", str(paths["ca"]), "--cert", str(paths["cell"]),
-                   "--key", str(paths["cell_key"])]  # fmt: skip
-            timed("TLS site upload (Cell cert, PUT)", [*tls, "-X", "PUT", "-F",
-                  f"image=@{source}", site])  # fmt: skip
-            timed("TLS site download (Cell cert)", [*tls, site])
-            (folder / "data" / kind / f"{image_id}_v2.{ext}").unlink(missing_ok=True)
-        seconds = openssl_download(paths, folder, "source.img")
-        results["openssl"] = mb / seconds
-        print(f"{'openssl s_server -> s_client':<34} {mb / seconds:8.0f} MB/s")
-        peak = rss(child.pid, "VmHWM")
-        print(f"Core peak RSS: {peak / 2**20:.1f} MiB (+{(peak - rss_before) / 2**20:.1f} MiB)")
-        ratio = results["TLS site download (Cell cert)"] / results["openssl"]
-        print(f"TLS site download / openssl: {ratio:.0%}")
+        def openssl(label: str, measured: tuple[float, int]) -> None:
+            seconds, moved = measured
+            if moved < size:
+                raise RuntimeError(f"{label}: moved {moved:,} of {size:,} bytes")
+            results.setdefault(label, Leg(label)).rates.append(mb / seconds)
+
+        kind = "disk_images"
+        image = call("POST", f"{base}/{kind}/", {"name": "bench", "owner": "a", "group": "b"})
+        image_id = image["id"]  # type: ignore[index]
+        url = f"{base}/{kind}/{image_id}/file/"
+        site = f"https://127.0.0.1:{image_port}/api/v1/{kind}/{image_id}/file/"
+        tls = ["--cacert", str(paths["ca"]), "--cert", str(paths["cell"]),
+               "--key", str(paths["cell_key"])]  # fmt: skip
+
+        def stream(method: str) -> list[str]:
+            return [f"-H{k}: {v}" for k, v in signed(method, url, stream=True).items()]
+
+        for _ in range(args.rounds):
+            if "api-up" in legs:
+                timed("API upload (signed, HTTP)", [*stream("POST"), "-F", f"image=@{source}",
+                      url], upload=True, measure_gets=True)  # fmt: skip
+            elif legs & {"api-down", "tls-down"}:
+                curl([*stream("POST"), "-F", f"image=@{source}", url], upload=True)
+            if "api-down" in legs:  # first from the disk, then from the page cache
+                timed("API download, just uploaded", [*stream("GET"), url], measure_gets=True)
+                timed("API download, cached", [*stream("GET"), url], measure_gets=True)
+            if "tls-up" in legs:
+                timed("TLS site upload (Cell cert, PUT)", [*tls, "-X", "PUT", "-F",
+                      f"image=@{source}", site], upload=True)  # fmt: skip
+            if "tls-down" in legs:
+                timed("TLS site download, just uploaded", [*tls, site])
+                timed("TLS site download, cached", [*tls, site])
+            if "openssl" in legs:
+                openssl("openssl s_server -> s_client", openssl_download(paths, folder, source))
+                openssl("openssl s_server -> curl", openssl_to_curl(paths, folder, source))
+                openssl("openssl s_client -> s_server", openssl_upload(paths, folder, source))
+        for leg in results.values():
+            print(leg.line())
+        peak = rss(core, "VmHWM")
+        print(f"Core RSS: {rss_before / 2**20:.1f} MiB before, peak {peak / 2**20:.1f} MiB"
+              f" (+{(peak - rss_before) / 2**20:.1f} MiB)")  # fmt: skip
+        for ours, theirs in CEILINGS:
+            if ours in results and theirs in results:
+                ratio = statistics.median(results[ours].rates) / statistics.median(
+                    results[theirs].rates
+                )
+                print(f"{ours} / {theirs}: {ratio:.0%} (target >= 70%)")
         print(f"load average after: {os.getloadavg()}")
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait()
         if child is not None:
             child.terminate()
             child.wait()

@@ -35,6 +35,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _CIDR = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}/(?:3[0-2]|[12]?[0-9])")
@@ -168,6 +169,12 @@ def optional_sha1(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> No
     """A lowercase SHA-1 hex digest, or the empty string."""
     if value != "" and not (isinstance(value, str) and _SHA1.fullmatch(value)):
         raise ValueError(f"'{attribute.name}' must be a SHA-1 hex digest, not {value!r}")
+
+
+def optional_sha256(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A lowercase SHA-256 hex digest, or the empty string."""
+    if value != "" and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+        raise ValueError(f"'{attribute.name}' must be a SHA-256 hex digest, not {value!r}")
 
 
 def optional_time(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -885,6 +892,8 @@ class MediaImage:
     version: int = field(default=0, validator=non_negative)
     create_time: str = field(default="", validator=optional_time)
     modify_time: str = field(default="", validator=optional_time)
+    #: Of the recorded version's file ("" when not known: imported, or never uploaded).
+    sha256: str = field(default="", validator=optional_sha256)
 
     @property
     def key(self) -> str:
@@ -913,6 +922,8 @@ class DiskImage:
     modify_time: str = field(default="", validator=optional_time)
     check_sum: str = field(default="", validator=optional_sha1)
     created: bool = field(default=False, validator=boolean)
+    #: Of the recorded version's file ("" when not known: imported, or never uploaded).
+    sha256: str = field(default="", validator=optional_sha256)
 
     @property
     def key(self) -> str:

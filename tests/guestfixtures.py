@@ -123,6 +123,7 @@ class GuestClusterCase(TestCase):
                 # A Cell whose link drops comes back on its own, a moment later.
                 reconnect_delay=0.01,
                 reconnect_clock=reactor,
+                **self.cell_options(),
             )
             for name in self.CELLS
         }
@@ -135,6 +136,10 @@ class GuestClusterCase(TestCase):
 
     def setUp(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self.asyncSetUp())
+
+    def cell_options(self) -> dict[str, Any]:
+        """More options of ``InProcessCluster.add_cell`` for every Cell (image tests: disks)."""
+        return {}
 
     def build_operations(self) -> Operations:
         ops = Operations(

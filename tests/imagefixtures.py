@@ -54,6 +54,7 @@ class ImageHarness:
         self.clock = Clock()
         self.clock.advance(NOW)
         self.store = store
+        self.data_dir = data_dir
         self.folders = ImageFolders(data_dir, inline_offload)
         self.folders.prepare()
         self.operations = Operations(store, self.clock, image_files=self.folders)

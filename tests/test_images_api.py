@@ -192,9 +192,10 @@ class SyncTests(ImageTestCase):
         self.assertIn("kept", images)
         adopted = images[f"centos_7_{int(self.h.clock.seconds())}"]
         self.assertEqual(
-            (adopted.created, adopted.size, adopted.check_sum, adopted.version),
-            (True, 8, hashlib.sha1(b"imported").hexdigest(), 1),
-        )
+            (adopted.created, adopted.size, adopted.check_sum, adopted.sha256, adopted.version),
+            (True, 8, hashlib.sha1(b"imported").hexdigest(),
+             hashlib.sha256(b"imported").hexdigest(), 1),
+        )  # fmt: skip
         self.assertEqual(
             sorted(os.listdir(folder)),
             sorted([f"{kept}_v1.qcow2", f"{adopted.id}_v1.qcow2", "notes.txt"]),

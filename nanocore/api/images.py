@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from nanocore.api.auth import Variant
 from nanocore.api.decode import Body, Field, Kind
-from nanocore.api.route import Call, Family, Fields, empty
+from nanocore.api.route import Call, Family, Fields, Reply, empty
 from nanocore.api.schema import BOOL, ID_REPLY, STRING, UINT, array, nullable, obj
 from nanocore.model import DiskImage
 from nanocore.operations.core import Operations
@@ -194,13 +194,13 @@ def search_disks(ops: Operations, call: Call) -> object:
 def get_disk(ops: Operations, call: Call) -> object:
     image = ops.images.get(ImageKind.DISK, call.params["id"])
     assert isinstance(image, DiskImage)
-    progress = ops.images.upload_progress(ImageKind.DISK, image.id)
+    progress = ops.images.progress(ImageKind.DISK, image.id)
     return {
         "name": image.name,
         "description": image.description,
         "size": image.size,
         "created": image.created,
-        "progress": progress.percent() if progress is not None else 0,
+        "progress": progress or 0,
         "tags": _tags(image),
     }
 
@@ -213,8 +213,10 @@ def get_disk(ops: Operations, call: Call) -> object:
     response=ID_REPLY,
 )
 def create_disk(ops: Operations, call: Call) -> Deferred[object]:
-    if call.body.text("guest"):
-        raise InvalidRequest("capturing a disk image from a guest is not available yet")
+    guest = call.body.text("guest")
+    if guest:
+        capturing = ops.captures.capture(_spec(call.body), guest)
+        return capturing.addCallback(lambda image_id: Reply({"id": image_id}, 202))
     created = ops.images.create(ImageKind.DISK, _spec(call.body))
     return created.addCallback(lambda image_id: {"id": image_id})
 

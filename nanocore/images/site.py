@@ -27,7 +27,6 @@ from nanocore.images.transfers import (
     StreamingChannel,
     StreamingMixin,
     StreamRefused,
-    Target,
     Transfers,
     first_headers,
     target_of,
@@ -81,20 +80,20 @@ class ImageSiteResource(Resource):
         self.envelope = transfers.envelope
         self._signature = signature
 
-    def authorize(self, request: Request, method: str, path: str, query: str) -> str:
-        """Who the request comes from: a Cell's name, or ``signed``; else StreamRefused."""
+    def authorize(self, request: Request, method: str, path: str, query: str) -> str | None:
+        """The Cell the request comes from, or None for a client with a valid signature;
+        else StreamRefused."""
         cell = peer_cell(request)
-        if cell is not None:
-            return cell
-        self._signature(method, path, query, first_headers(request))
-        return "signed"
+        if cell is None:
+            self._signature(method, path, query, first_headers(request))
+        return cell
 
     def begin(self, request: Request, method: str, path: str, query: str) -> Transfer | None:
         target = target_of(path)
         if target is None or method not in UPLOADS or method not in METHODS[target.kind]:
             return None
-        self.authorize(request, method, path, query)
-        return self.transfers.begin(request, target)
+        cell = self.authorize(request, method, path, query)
+        return self.transfers.begin(request, target, cell=cell)
 
     def render(self, request: IRequest) -> bytes | int:
         req = cast(Request, request)
@@ -115,18 +114,15 @@ class ImageSiteResource(Resource):
             return self.transfers.answer_upload(req, transfer)
         query = req.uri.partition(b"?")[2].decode("latin-1")
         try:
-            self.authorize(req, method, path, query)
+            cell = self.authorize(req, method, path, query)
         except StreamRefused as refused:
             if method == "HEAD":
                 req.setResponseCode(401)
                 return b""
             return self.transfers.refuse(req, refused)
-        return self._serve(req, method, target)
-
-    def _serve(self, request: Request, method: str, target: Target) -> bytes | int:
         if method in UPLOADS:
-            return self.transfers.upload_buffered(request, target)
-        return self.transfers.download(request, target)
+            return self.transfers.upload_buffered(req, target, cell=cell)
+        return self.transfers.download(req, target)
 
 
 class ImageChannel(StreamingChannel):

@@ -9,11 +9,11 @@ then goes to the :class:`~nanocore.images.upload.Transfer` as it arrives; a refu
 answered at once and the connection closed, so a refused body is never read. The resource
 that renders the request only waits for the transfer's end and answers the envelope.
 
-Downloads are :class:`twisted.web.static.File`'s producer (``Range``/206, ``If-Modified-Since``
-/304, ``Last-Modified``, ``HEAD``) over the file of the image's recorded version, with Nano's
-headers and, for disk images, ``Signature: <sha1>``. The file is opened when the request is
-rendered; a later upload renames a new version beside it, so a download in progress always
-sends one whole version.
+Downloads are :class:`twisted.web.static.File` (``Range``/206, ``If-Modified-Since``/304,
+``Last-Modified``, ``HEAD``), sent by :mod:`nanocore.images.download`'s producer, over the
+file of the image's recorded version, with Nano's headers and, for disk images,
+``Signature: <sha1>``. The file is opened when the request is rendered; a later upload renames
+a new version beside it, so a download in progress always sends one whole version.
 
 Nothing here imports the API: the envelope and the signature check are handed in.
 """
@@ -34,7 +34,8 @@ from twisted.web import static
 from twisted.web.http import HTTPChannel, Request
 from twisted.web.server import NOT_DONE_YET
 
-from nanocore.images.files import ImageFolders
+from nanocore.images.download import FileStream
+from nanocore.images.files import ImageFolders, Offload
 from nanocore.images.upload import Transfer, boundary_of
 from nanocore.operations.errors import OperationError
 from nanocore.operations.images import KINDS, Image, ImageKind, Images
@@ -130,15 +131,18 @@ class Transfers:
 
     # --- uploads -----------------------------------------------------------------------------
 
-    def begin(self, request: Request, target: Target) -> Transfer:
-        """Lock the image and open its part file; raises :class:`StreamRefused`."""
+    def begin(self, request: Request, target: Target, *, cell: str | None = None) -> Transfer:
+        """Lock the image and open its part file; raises :class:`StreamRefused`.
+
+        ``cell``: the Cell uploading, named by its certificate (None: a signed client).
+        """
         length = request.requestHeaders.getRawHeaders(b"content-length")
         expected = int(length[0]) if length and length[0].isdigit() else 0
         if expected > self.max_upload:
             raise StreamRefused(f"upload larger than {self.max_upload} bytes", 413)
         try:
             boundary = boundary_of(_header(request, b"content-type"))
-            upload = self.images.begin_upload(target.kind, target.image_id, expected)
+            upload = self.images.begin_upload(target.kind, target.image_id, expected, cell=cell)
         except OperationError as error:
             raise StreamRefused(error.message) from None
         try:
@@ -157,10 +161,12 @@ class Transfers:
         )
         return NOT_DONE_YET
 
-    def upload_buffered(self, request: Request, target: Target) -> bytes | int:
+    def upload_buffered(
+        self, request: Request, target: Target, *, cell: str | None = None
+    ) -> bytes | int:
         """An upload whose body a plain ``Request`` already holds (in-memory test clients)."""
         try:
-            transfer = self.begin(request, target)
+            transfer = self.begin(request, target, cell=cell)
         except StreamRefused as refused:
             return self.refuse(request, refused)
         content = request.content
@@ -184,7 +190,8 @@ class Transfers:
                 return self._not_found(request)
             message = f"no content available for {target.kind.label} '{image.id}'"
             return self.refuse(request, StreamRefused(message))
-        resource = ImageFile(self.folders.path(target.kind, image.id, image.version), image)
+        path = self.folders.path(target.kind, image.id, image.version)
+        resource = ImageFile(path, image, self.folders.offload)
         return cast(bytes | int, resource.render(request))
 
     # --- answers -----------------------------------------------------------------------------
@@ -224,10 +231,13 @@ def _header(request: Request, name: bytes) -> str:
 
 
 class ImageFile(static.File):
-    """One version's file with Nano's download headers (and ``Signature`` for disks)."""
+    """One version's file with Nano's download headers (and ``Signature`` for disks), sent
+    by a :class:`~nanocore.images.download.FileStream` (``static.File``'s own producer for a
+    request of several ranges)."""
 
-    def __init__(self, path: Any, image: Image) -> None:
+    def __init__(self, path: Any, image: Image, offload: Offload) -> None:
         super().__init__(str(path), defaultType="application/octet-stream")
+        self._offload = offload
         self.contentTypes = {}
         self._headers = dict(DOWNLOAD_HEADERS)
         check_sum = getattr(image, "check_sum", "")
@@ -240,6 +250,19 @@ class ImageFile(static.File):
         return super().render_GET(request)
 
     render_HEAD = render_GET
+
+    def makeProducer(self, request: Any, fileForReading: Any) -> Any:
+        """``static.File`` answers the headers and picks the range; a whole file or one range
+        is then sent in large chunks read off the reactor."""
+        producer = super().makeProducer(request, fileForReading)
+        if isinstance(producer, static.NoRangeStaticProducer):
+            size = self.getFileSize()
+            return FileStream(request, fileForReading, 0, size, self._offload)
+        if isinstance(producer, static.SingleRangeStaticProducer):
+            return FileStream(
+                request, fileForReading, producer.offset, producer.size, self._offload
+            )
+        return producer
 
 
 # --- the request side ----------------------------------------------------------------------

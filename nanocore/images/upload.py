@@ -2,8 +2,9 @@
 off the reactor, checked, placed and recorded, or else removed without a trace.
 
 The body is parsed incrementally by ``multipart``'s push parser (defnull/multipart). Bytes of
-the ``image`` part queue up while one write is in flight; the queue is handed to the thread
-pool as one batch when that write ends, so a fast client makes few, large writes. Above
+the ``image`` part queue up in one buffer while one write is in flight; the buffer is handed to
+the thread pool as the next batch when that write ends, so a fast client makes few, large
+writes. Above
 :data:`HIGH_WATER` queued bytes the connection is paused (its transport's
 ``pauseProducing``) until the writer has caught up below :data:`LOW_WATER`: memory stays flat
 whatever the file size. Parts before ``image`` may declare ``checksum`` (SHA-1 as Nano's Cells
@@ -88,8 +89,7 @@ class Receiver:
         self._value = bytearray()
         self.fields: dict[str, str] = {}
         self._image_seen = False
-        self._queue: list[bytes] = []
-        self._queued = 0
+        self._queue = bytearray()
         self._writing: Deferred[int] | None = None
         self._paused = False
         self._error: Failure | None = None
@@ -142,9 +142,7 @@ class Receiver:
                 self._state = _SKIP
         elif isinstance(event, bytes | bytearray | memoryview):
             if self._state == _IMAGE:
-                chunk = bytes(event)
-                self._queue.append(chunk)
-                self._queued += len(chunk)
+                self._queue += event
             elif self._state == _FIELD:
                 self._value += event
                 if len(self._value) > FIELD_LIMIT:
@@ -160,10 +158,10 @@ class Receiver:
 
     def _pump(self) -> None:
         if self._writing is None and self._queue and self._error is None:
-            batch, self._queue, self._queued = self._queue, [], 0
+            batch, self._queue = self._queue, bytearray()  # the batch is never changed again
             self._writing = self._offload(self._part.write, batch)
             self._writing.addCallbacks(self._written, self._write_failed)
-        if self._queued > HIGH_WATER and not self._paused and self._producer is not None:
+        if len(self._queue) > HIGH_WATER and not self._paused and self._producer is not None:
             self._paused = True
             self._producer.pauseProducing()
         self._settle()
@@ -171,7 +169,7 @@ class Receiver:
     def _written(self, count: int) -> None:
         self._writing = None
         self._progress(count)
-        if self._paused and self._queued < LOW_WATER and self._producer is not None:
+        if self._paused and len(self._queue) < LOW_WATER and self._producer is not None:
             self._paused = False
             self._producer.resumeProducing()
         self._pump()
@@ -185,7 +183,7 @@ class Receiver:
     def _fail(self, error: Exception) -> None:
         if self._error is None:
             self._error = Failure(error)
-            self._queue, self._queued = [], 0
+            self._queue = bytearray()
         if self._paused and self._producer is not None:
             # The rest of the body is read and dropped, so that the answer can be sent.
             self._paused = False
@@ -277,17 +275,20 @@ class Transfer:
             self._cleanup()
             raise
         try:
-            image = await self._images.finish_upload(upload, received.size, received.sha1)
+            image = await self._images.finish_upload(
+                upload, received.size, received.sha1, received.sha256
+            )
         except BaseException:
             await self._folders.remove(upload.kind, upload.image.id, upload.version)
             self._images.abort_upload(upload)
             raise
         log.info(
-            "{kind} '{id}' version {version}: {size} bytes, sha256 {sha256}",
+            "{kind} '{id}' version {version}: {size} bytes, sha1 {sha1}, sha256 {sha256}",
             kind=upload.kind.label,
             id=image.id,
             version=upload.version,
             size=received.size,
+            sha1=received.sha1,
             sha256=received.sha256,
         )
         return image

@@ -10,6 +10,7 @@ from nanocore.cluster.cells import CellDirectory
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context
 from nanocore.operations.batches import Batches
+from nanocore.operations.capture import Captures
 from nanocore.operations.cells import CellOperations, NoLinks
 from nanocore.operations.growth import Growth
 from nanocore.operations.guest_config import GuestConfig
@@ -70,6 +71,7 @@ class Operations:
         self.media = GuestMedia(access, image_site)
         self.snapshots = Snapshots(access)
         self.guest_firewall = GuestFirewall(access)
+        self.captures = Captures(self.context, self.images, self.guests.access, image_site)
         self.cells = CellOperations(self.context, links, timeout, reconcile=self.guests.reconcile)
         self.batches = Batches(self.context, self.guests)
         links.subscribe(self.cells)

@@ -5,7 +5,10 @@ Records live in the store; the files live in the image folders, reached only thr
 :class:`ImageFiles` interface (``nanocore/images/files.py`` provides it), so this room never
 builds a path. An upload holds the image's :data:`IMAGE_UPLOAD` claim from its first byte to
 the commit of the new version: while it is held the image can be neither modified, deleted nor
-uploaded again, and the claim's value is the progress the API shows.
+uploaded again, and the claim's value is the progress the API shows. A disk image captured
+from a guest (:mod:`nanocore.operations.capture`) is held by :data:`IMAGE_CAPTURE` from its
+creation to the Cell's last word: only that Cell may upload it meanwhile, and the Cell's
+progress is what the API shows.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from enum import Enum
 from typing import Any, cast
 
 from attrs import define, evolve, frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -88,10 +91,12 @@ class StoredFile:
 
 @frozen
 class Adopted:
-    """A folder file taken into the catalogue: its new size and SHA-1 (disk images only)."""
+    """A folder file taken into the catalogue: its size, SHA-1 (recorded for disk images
+    only, as Nano does) and SHA-256."""
 
     size: int
     sha1: str
+    sha256: str
 
 
 class ImageFiles(Interface):
@@ -123,7 +128,17 @@ class UploadProgress:
         return min(99, self.received * 100 // self.expected)
 
 
-def _locked(held: Claim[UploadProgress]) -> InvalidRequest:
+@define
+class CaptureProgress:
+    """A capture from a guest: the Cell that uploads it, how far it says it is, and whether
+    the capture has failed (its upload may then no longer be recorded)."""
+
+    cell: str
+    percent: int = 0
+    failed: bool = False
+
+
+def _locked(held: Claim[Any]) -> InvalidRequest:
     kind, image_id = cast(tuple[ImageKind, str], held.key)
     return InvalidRequest(f"{kind.label} '{image_id}' locked")
 
@@ -142,6 +157,8 @@ def _syncing(held: Claim[None]) -> InvalidRequest:
 IMAGE_UPLOAD: ClaimKind[UploadProgress] = ClaimKind("image upload", _locked)
 #: An image's ``(kind, group, name)`` from its uniqueness check to its commit.
 IMAGE_NAME: ClaimKind[None] = ClaimKind("image name", _name_taken)
+#: A disk image from its creation for a capture to the end of the capture.
+IMAGE_CAPTURE: ClaimKind[CaptureProgress] = ClaimKind("image capture", _locked)
 #: A folder being synchronised: one sync per kind at a time.
 IMAGE_SYNC: ClaimKind[None] = ClaimKind("image sync", _syncing)
 
@@ -216,6 +233,14 @@ class Images:
         held = self._context.claims.held(IMAGE_UPLOAD, (kind, image_id))
         return held.value if held is not None else None
 
+    def progress(self, kind: ImageKind, image_id: str) -> int | None:
+        """Percent done of the capture or else the upload holding the image; None if none."""
+        capture = self._context.claims.held(IMAGE_CAPTURE, (kind, image_id))
+        if capture is not None:
+            return capture.value.percent
+        upload = self.upload_progress(kind, image_id)
+        return upload.percent() if upload is not None else None
+
     def all(self, kind: ImageKind) -> list[Image]:
         """Every image of a kind, sorted by ``group.name`` as Core sorts image lists."""
         return sorted(self._records(kind).values(), key=_sort_key)
@@ -288,9 +313,25 @@ class Images:
 
     def _unlocked(self, kind: ImageKind, image_id: str) -> Image:
         image = self.get(kind, image_id)
-        if self._context.claims.held(IMAGE_UPLOAD, (kind, image_id)) is not None:
+        claims, key = self._context.claims, (kind, image_id)
+        if (claims.held(IMAGE_UPLOAD, key), claims.held(IMAGE_CAPTURE, key)) != (None, None):
             raise InvalidRequest(f"{kind.label} '{image_id}' is locked for update")
         return image
+
+    def drop(self, kind: ImageKind, image_id: str) -> Deferred[None]:
+        """Delete a record whatever holds it (a failed capture), and its files: its version's,
+        and the next, which an upload recorded just before this delete may have placed."""
+        image = self._records(kind).get(image_id)
+        if image is None:
+            return succeed(None)
+        committed = self._context.commit(Delete(kind.entity, image_id))
+
+        def remove(_: object) -> Deferred[None]:
+            versions = [image.version + 1] + ([image.version] if image.version else [])
+            removing = [self._files.remove(kind, image_id, version) for version in versions]
+            return gatherResults(removing, consumeErrors=True).addCallback(lambda _: None)
+
+        return committed.addCallback(remove)
 
     def _claim_name(self, kind: ImageKind, image: Image) -> Claim[None]:
         for other in self._records(kind).values():
@@ -302,27 +343,42 @@ class Images:
 
     # --- uploads ---------------------------------------------------------------------------
 
-    def begin_upload(self, kind: ImageKind, image_id: str, expected: int = 0) -> Upload:
-        """Lock the image for an upload of its next version (refused while locked)."""
+    def begin_upload(
+        self, kind: ImageKind, image_id: str, expected: int = 0, *, cell: str | None = None
+    ) -> Upload:
+        """Lock the image for an upload of its next version (refused while locked).
+
+        ``cell``: the Cell uploading, by its certificate; while the image is being captured,
+        only the capturing Cell may upload it.
+        """
         image = self.get(kind, check_id(kind, image_id))
         if self._context.claims.held(IMAGE_SYNC, kind) is not None:
             raise InvalidRequest(f"{kind.folder} are being synchronised, retry")
+        capture = self._context.claims.held(IMAGE_CAPTURE, (kind, image_id))
+        if capture is not None and (capture.value.failed or cell != capture.value.cell):
+            raise _locked(capture)
         claim = self._context.claims.take(
             IMAGE_UPLOAD, (kind, image_id), UploadProgress(0, expected)
         )
         return Upload(kind, image, image.version + 1, claim)
 
-    def finish_upload(self, upload: Upload, size: int, sha1: str) -> Deferred[Image]:
+    def finish_upload(
+        self, upload: Upload, size: int, sha1: str, sha256: str = ""
+    ) -> Deferred[Image]:
         """Record the new version (its file is in place) and unlock the image.
 
         The previous version's file is removed once the record no longer names it.
         """
         kind, current = upload.kind, self.get(upload.kind, upload.image.id)
+        capture = self._context.claims.held(IMAGE_CAPTURE, (kind, current.id))
+        if capture is not None and capture.value.failed:
+            raise InvalidRequest(f"the capture of {kind.label} '{current.id}' has failed")
         fields: dict[str, Any] = {
             "version": upload.version,
             "size": size,
             "path": upload.file_name,
             "modify_time": self._context.now_text(),
+            "sha256": sha256,
         }
         if kind is ImageKind.DISK:
             fields |= {"check_sum": sha1, "created": True}
@@ -396,6 +452,7 @@ class Images:
                 "path": kind.file_name(image_id, 1),
                 "create_time": when,
                 "modify_time": when,
+                "sha256": result.sha256,
             }
             if kind is ImageKind.DISK:
                 fields |= {"check_sum": result.sha1, "created": True}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
@@ -26,6 +26,8 @@ from nanocore.cluster.discovery import SERVICE_TYPE_CORE, ServiceEntry
 from nanocore.services.listen import port_of
 
 log = Logger()
+
+T = TypeVar("T")
 
 #: The original's link port range on `listen_address`.
 LINK_PORTS = range(5600, 5800)
@@ -101,7 +103,76 @@ def holding(
     return both
 
 
-class CellLinkService(Service):
+class FirstFreePortService(Service, Generic[T]):
+    """Listens on the first free port of `ports` once `after()` fires, until stop.
+
+    What waits for the Core's state before it serves (a Cell link, the image site): `listen(n,
+    ready)` binds port `n` for what `after()` gave. No free port, or a failure of what it
+    waits for, goes to `on_failure` (the Core says why and stops); stopping cancels the wait
+    first. Subclasses say what listening means (`listening`) and what a stop closes, in which
+    order (`closing`).
+    """
+
+    def __init__(
+        self,
+        *,
+        ports: Sequence[int],
+        listen: Callable[[int, T], IListeningPort],
+        address: str,
+        after: Callable[[], Deferred[T]],
+        on_failure: Callable[[Failure], object],
+    ) -> None:
+        if not ports:
+            raise ValueError("a service needs at least one port to try")
+        self._ports = ports
+        self._listen = listen
+        self._address = address
+        self._after = after
+        self._on_failure = on_failure
+        self._waiting: Deferred[T] | None = None
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._waiting = self._after()
+        self._waiting.addCallbacks(self._ready, self._not_started)
+
+    def _ready(self, ready: T) -> None:
+        self._waiting = None
+        try:
+            self.port = listen_first_free(
+                self._ports, lambda number: self._listen(number, ready), self._address
+            )
+        except CannotListenError:
+            self._on_failure(Failure())
+            return
+        self.listening(ready)
+
+    def listening(self, ready: T) -> None:
+        """`self.port` listens now."""
+
+    def _not_started(self, failure: Failure) -> None:
+        self._waiting = None
+        if not failure.check(CancelledError):
+            self._on_failure(failure)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        return Deferred.fromCoroutine(self.closing())
+
+    async def closing(self) -> None:
+        """Stop listening."""
+        await self.stop_listening()
+
+    async def stop_listening(self) -> None:
+        port, self.port = self.port, None
+        if port is not None:
+            await maybeDeferred(port.stopListening)
+
+
+class CellLinkService(FirstFreePortService[object]):
     """Cell links on the first free port of `ports`, from when `after()` fires until stop.
 
     `listen(port)` binds one port for `links` (who owns every link accepted on it);
@@ -124,18 +195,16 @@ class CellLinkService(Service):
         on_failure: Callable[[Failure], object],
         warning: str = "",
     ) -> None:
-        if not ports:
-            raise ValueError("a Cell link needs at least one port to try")
-        self._ports = ports
-        self._listen = listen
+        super().__init__(
+            ports=ports,
+            listen=lambda number, _: listen(number),
+            address=address,
+            after=after,
+            on_failure=on_failure,
+        )
         self._links = links
         self._protocol = protocol
-        self._address = address
-        self._after = after
-        self._on_failure = on_failure
         self._warning = warning
-        self._waiting: Deferred[Any] | None = None
-        self.port: IListeningPort | None = None
 
     def advertised(self) -> ServiceEntry | None:
         """What discovery echoes: this link's protocol and port; None until it listens."""
@@ -148,18 +217,8 @@ class CellLinkService(Service):
             port=port_of(self.port),
         )
 
-    def startService(self) -> None:
-        super().startService()
-        self._waiting = self._after()
-        self._waiting.addCallbacks(self._start_listening, self._not_started)
-
-    def _start_listening(self, _: object) -> None:
-        self._waiting = None
-        try:
-            self.port = listen_first_free(self._ports, self._listen, self._address)
-        except CannotListenError:
-            self._on_failure(Failure())
-            return
+    def listening(self, ready: object) -> None:
+        assert self.port is not None
         # A link that exposes something (the plaintext KCP link) says so where it starts.
         say = log.warn if self._warning else log.info
         say(
@@ -171,22 +230,9 @@ class CellLinkService(Service):
             exposes=f": {self._warning}" if self._warning else "",
         )
 
-    def _not_started(self, failure: Failure) -> None:
-        self._waiting = None
-        if not failure.check(CancelledError):
-            self._on_failure(failure)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        if self._waiting is not None:
-            self._waiting.cancel()
+    async def closing(self) -> None:
         await self._links.close_all()
-        port, self.port = self.port, None
-        if port is not None:
-            await maybeDeferred(port.stopListening)
+        await self.stop_listening()
 
 
 def advertised_together(*links: CellLinkService) -> Callable[[], tuple[ServiceEntry, ...]]:

@@ -434,9 +434,9 @@ MEDIA_IMAGE = Table(
     name="media_image",
     description="media image",
     key_columns=("id",),
-    columns=_IMAGE_COLUMNS,
-    to_row=_image_row,
-    from_row=lambda r: m.MediaImage(**_image_fields(r)),
+    columns=(*_IMAGE_COLUMNS, "sha256"),
+    to_row=lambda i: (*_image_row(i), i.sha256),
+    from_row=lambda r: m.MediaImage(**_image_fields(r), sha256=r[12]),
     describe_key=_quoted,
 )
 
@@ -445,9 +445,11 @@ DISK_IMAGE = Table(
     name="disk_image",
     description="disk image",
     key_columns=("id",),
-    columns=(*_IMAGE_COLUMNS, "check_sum", "created"),
-    to_row=lambda i: (*_image_row(i), i.check_sum, i.created),
-    from_row=lambda r: m.DiskImage(**_image_fields(r), check_sum=r[12], created=bool(r[13])),
+    columns=(*_IMAGE_COLUMNS, "check_sum", "created", "sha256"),
+    to_row=lambda i: (*_image_row(i), i.check_sum, i.created, i.sha256),
+    from_row=lambda r: m.DiskImage(
+        **_image_fields(r), check_sum=r[12], created=bool(r[13]), sha256=r[14]
+    ),
     describe_key=_quoted,
 )
 

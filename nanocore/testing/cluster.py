@@ -8,12 +8,17 @@ fabric benchmark; other rooms can use it to test Core against Cells, over both w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -31,7 +36,9 @@ from nanocore.pki import (
     peer_cell_name,
     server_tls_options,
 )
+from nanocore.testing.celldisks import CellDisks
 from nanocore.testing.fakecell import FakeCell, Locate, LocatedCoreEndpoint
+from nanocore.testing.imageclient import CellImageClient
 from nanocore.tlsserver import tls_server_factory
 
 LOOPBACK = "127.0.0.1"
@@ -161,6 +168,7 @@ class InProcessCluster:
         *,
         locate: Locate | None = None,
         clock: IReactorTime | None = None,
+        disks: Path | None = None,
         **options: Any,
     ) -> FakeCell:
         """Start a FakeCell (over TLS with a fresh certificate); it keeps reconnecting until
@@ -168,21 +176,28 @@ class InProcessCluster:
 
         ``locate`` finds Core for each connection attempt (e.g. by discovery); by default the
         cell dials this cluster's listening address. ``clock`` drives the Cell's own timers
-        (reports, keepalives); a ``Clock`` that is never advanced freezes them.
+        (reports, keepalives); a ``Clock`` that is never advanced freezes them. ``disks``
+        (TLS only): the folder under which the Cell keeps its guests' disks, moving them to
+        and from the image site with its certificate (a folder of its name inside it).
         """
         cell = FakeCell(name, self.reactor if clock is None else clock, **options)
         where = locate or (lambda: succeed(self.address))
         service: IService
         if self.wire == "kcp":
+            if disks is not None:
+                raise ValueError("a Cell on the KCP link holds no certificate for the image site")
             service = cell.kcp_service(self.reactor, where, interface=LOOPBACK)
         else:
             ca = self.ca
             assert ca is not None
             issued = issue_cell_certificate(ca, name)
-            endpoint = LocatedCoreEndpoint(
-                self.reactor, where, lambda host: client_tls_options(ca, host, issued)
-            )
-            service = cell.service(endpoint)
+
+            def tls_for(host: str) -> IOpenSSLClientConnectionCreator:
+                return client_tls_options(ca, host, issued)
+
+            if disks is not None:
+                cell.disks = CellDisks(CellImageClient(self.reactor, tls_for), disks / name)
+            service = cell.service(LocatedCoreEndpoint(self.reactor, where, tls_for))
         service.startService()
         self.cells[name], self.services[name] = cell, service
         return cell

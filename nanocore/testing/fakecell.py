@@ -10,6 +10,12 @@ out as soon as the link is up (not after 4 s); a request missing a parameter get
 (a real Cell stays silent); guest events that follow a reply (created, started, progress) are sent
 as unsolicited events (``to`` = 0), except ``DiskImageUpdatedEvent`` which the spec addresses to
 Core's session.
+
+Given :class:`~nanocore.testing.celldisks.CellDisks`, a FakeCell moves image bytes as a Cell
+does: a guest created from a disk image is downloaded from the image site with the Cell's
+certificate and checked against its signature (a mismatch fails the creation), and a disk image
+captured from a guest is uploaded there; progress is reported as the bytes move. Without it,
+both are simulated on the Cell's clock.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from nanocore.cluster.transport import (
     cell_link_protocol,
 )
 from nanocore.model import TIME_FORMAT
+from nanocore.testing.celldisks import CellDisks
 from nanocore.testing.guests import GuestError, GuestState, Rule, SimulatedGuest
 
 #: Seconds between status reports (the Cell collector's tick).
@@ -163,9 +170,11 @@ class FakeCell:
         stop_time: float = STOP_TIME,
         reconnect_delay: float = RECONNECT_DELAY,
         reconnect_clock: IReactorTime | None = None,
+        disks: CellDisks | None = None,
     ) -> None:
         """``creation_time``: seconds from a create request to ``GuestCreatedEvent`` (0: at
-        the next turn); ``stop_time``: from a stop to ``GuestStoppedEvent``."""
+        the next turn); ``stop_time``: from a stop to ``GuestStoppedEvent``; ``disks``: clone
+        and capture through the image site (see the module's docstring)."""
         self.name = name
         self.capacity = capacity
         self.usage = usage
@@ -177,6 +186,7 @@ class FakeCell:
         #: Where the reconnect delay runs (default: the Cell's clock); a test that freezes
         #: the Cell's clock can let the Cell come back on its own on the reactor's.
         self._reconnect_clock = reconnect_clock if reconnect_clock is not None else clock
+        self.disks = disks
         #: Errors the next creations fail with (a ``GuestUpdatedEvent`` with success false).
         self.creation_failures: deque[str] = deque()
         #: Errors the next system resets end with (a ``SystemResetEvent`` with success false).
@@ -574,6 +584,8 @@ class FakeCell:
             _require(s, ParamKey.Host, "string")
             _require(u, ParamKey.Port, "uint")
             _require(u, ParamKey.Size, "uint")
+            if self.disks is not None and not self.disks.holds(guest_id):
+                raise GuestError(f"cannot keep a disk for guest id {guest_id!r}")
         port = next(self._ports)
         guest = SimulatedGuest(
             id=guest_id,
@@ -602,20 +614,38 @@ class FakeCell:
         ]
         guest.default_accept = request.bool_params.get(ParamKey.Action, True)
         self.guests[guest_id] = guest
+        if cloning and self.disks is not None:
+            self._clone(
+                guest, s[ParamKey.Image], s[ParamKey.Host], u[ParamKey.Port], u[ParamKey.Size]
+            )
+            return [self._not_yet(request, guest_id)]
         steps = CLONE_STEPS if cloning else 1
         for step in range(1, steps):
             self._schedule(
                 self._creation_time * step / steps, self._progress, guest, 100 * step // steps
             )
         self._schedule(self._creation_time, self._created, guest)
-        # As a stock Cell: the guest does not exist yet (Enable false); events say when it does.
-        return [
-            self._success(
-                request,
-                string_params={ParamKey.Instance: guest_id},
-                bool_params={ParamKey.Enable: False},
-            )
-        ]
+        return [self._not_yet(request, guest_id)]
+
+    def _not_yet(self, request: Message, guest_id: str) -> Message:
+        """As a stock Cell: the guest does not exist yet (Enable false); events say when."""
+        return self._success(
+            request,
+            string_params={ParamKey.Instance: guest_id},
+            bool_params={ParamKey.Enable: False},
+        )
+
+    def _clone(self, guest: SimulatedGuest, image: str, host: str, port: int, size: int) -> None:
+        """Download the image as the guest's system disk; created once it is whole and its
+        SHA-1 is the site's signature, else the creation fails with the reason."""
+        assert self.disks is not None
+        cloning = self.disks.clone(
+            guest.id, (host, port), image, size, lambda percent: self._progress(guest, percent)
+        )
+        cloning.addCallbacks(
+            lambda _: self._created(guest),
+            lambda failure: self._creation_failed(guest, str(failure.value)),
+        )
 
     def _progress(self, guest: SimulatedGuest, percent: int) -> None:
         if self.guests.get(guest.id) is not guest:
@@ -633,15 +663,7 @@ class FakeCell:
         if self.guests.get(guest.id) is not guest:
             return
         if self.creation_failures:
-            del self.guests[guest.id]
-            self._send(
-                Message(
-                    id=MessageID.GuestUpdatedEvent,
-                    success=False,
-                    error=self.creation_failures.popleft(),
-                    string_params={ParamKey.Instance: guest.id},
-                )
-            )
+            self._creation_failed(guest, self.creation_failures.popleft())
             return
         guest.move("created", self._clock.seconds())
         self._send(
@@ -659,6 +681,21 @@ class FakeCell:
             guest.move("start", self._clock.seconds())
             self._send(self._guest_event(MessageID.GuestStartedEvent, guest))
 
+    def _creation_failed(self, guest: SimulatedGuest, error: str) -> None:
+        if self.guests.get(guest.id) is not guest:
+            return
+        del self.guests[guest.id]
+        if self.disks is not None:
+            self.disks.forget(guest.id)
+        self._send(
+            Message(
+                id=MessageID.GuestUpdatedEvent,
+                success=False,
+                error=error,
+                string_params={ParamKey.Instance: guest.id},
+            )
+        )
+
     def _guest_event(self, message_id: int, guest: SimulatedGuest) -> Message:
         return self._event(message_id, string_params={ParamKey.Instance: guest.id})
 
@@ -666,6 +703,8 @@ class FakeCell:
         guest = self._guest(request)
         guest.require(GuestState.STOPPED, GuestState.CREATING, GuestState.RESETTING)
         del self.guests[guest.id]
+        if self.disks is not None:
+            self.disks.forget(guest.id)
         return [self._success(request), self._guest_event(MessageID.GuestDeletedEvent, guest)]
 
     def _start(self, request: Message) -> list[Message]:
@@ -1075,8 +1114,13 @@ class FakeCell:
     def _create_disk_image(self, request: Message) -> list[Message]:
         guest = self._guest(request, ParamKey.Guest)
         guest.require(GuestState.STOPPED)
-        _require(request.string_params, ParamKey.Image, "string")
+        image = _require(request.string_params, ParamKey.Image, "string")
         to = request.from_session
+        if self.disks is not None:
+            host = _require(request.string_params, ParamKey.Host, "string")
+            port = _require(request.uint_params, ParamKey.Port, "uint")
+            self._capture(guest, image, host, port, to)
+            return [self._success(request)]
         for step, percent in enumerate((50, 100), start=1):
             done = percent == 100
             uints: dict[int, int] = {ParamKey.Progress: percent}
@@ -1093,6 +1137,32 @@ class FakeCell:
                 ),
             )
         return [self._success(request)]
+
+    def _capture(self, guest: SimulatedGuest, image: str, host: str, port: int, to: int) -> None:
+        """Upload the guest's system disk as ``image``, telling Core's session how far it is."""
+        assert self.disks is not None
+
+        def updated(percent: int, *, size: int | None = None, error: str = "") -> None:
+            """Progress; with ``size``: done (Enable); with ``error``: failed."""
+            uints: dict[int, int] = {ParamKey.Progress: percent}
+            if size is not None:
+                uints[ParamKey.Size] = size
+            self._send(
+                Message(
+                    id=MessageID.DiskImageUpdatedEvent,
+                    success=not error,
+                    error=error,
+                    to_session=to,
+                    uint_params=uints,
+                    bool_params={ParamKey.Enable: size is not None},
+                )
+            )
+
+        capturing = self.disks.capture(guest.id, (host, port), image, updated)
+        capturing.addCallbacks(
+            lambda size: updated(100, size=size),
+            lambda failure: updated(0, error=str(failure.value)),
+        )
 
 
 Locate = Callable[[], Deferred[tuple[str, int]]]

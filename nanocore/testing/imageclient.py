@@ -57,13 +57,24 @@ class CellImageClient:
         self._http = treq.client.HTTPClient(agent)
 
     def fetch(
-        self, host: str, port: int, image_id: str, sink: Callable[[bytes], object] = lambda _: None
+        self,
+        host: str,
+        port: int,
+        image_id: str,
+        sink: Callable[[bytes], object] = lambda _: None,
+        progress: Callable[[int], object] = lambda _: None,
     ) -> Deferred[Fetched]:
-        """Download a disk image, verifying its SHA-1 against ``Signature``."""
-        return Deferred.fromCoroutine(self._fetch(host, port, image_id, sink))
+        """Download a disk image, verifying its SHA-1 against ``Signature``; ``sink`` gets
+        each piece, ``progress`` the bytes received so far."""
+        return Deferred.fromCoroutine(self._fetch(host, port, image_id, sink, progress))
 
     async def _fetch(
-        self, host: str, port: int, image_id: str, sink: Callable[[bytes], object]
+        self,
+        host: str,
+        port: int,
+        image_id: str,
+        sink: Callable[[bytes], object],
+        progress: Callable[[int], object],
     ) -> Fetched:
         url = f"https://{host}:{port}/api/v1/disk_images/{image_id}/file/"
         response = await self._http.get(url)
@@ -79,17 +90,28 @@ class CellImageClient:
             sha1.update(data)
             size += len(data)
             sink(data)
+            progress(size)
 
         await treq.collect(response, chunk)
         if sha1.hexdigest() != signature:
             raise ImageFetchError(f"checksum mismatch: signed {signature}, got {sha1.hexdigest()}")
         return Fetched(size, signature)
 
-    def upload(self, host: str, port: int, image_id: str, path: Path) -> Deferred[Any]:
-        """PUT a disk file as the image's content (parts ``checksum`` then ``image``)."""
-        return Deferred.fromCoroutine(self._upload(host, port, image_id, path))
+    def upload(
+        self,
+        host: str,
+        port: int,
+        image_id: str,
+        path: Path,
+        progress: Callable[[int], object] = lambda _: None,
+    ) -> Deferred[Any]:
+        """PUT a disk file as the image's content (parts ``checksum`` then ``image``); fires
+        with the site's envelope. ``progress`` is told the bytes of the file sent so far."""
+        return Deferred.fromCoroutine(self._upload(host, port, image_id, path, progress))
 
-    async def _upload(self, host: str, port: int, image_id: str, path: Path) -> Any:
+    async def _upload(
+        self, host: str, port: int, image_id: str, path: Path, progress: Callable[[int], object]
+    ) -> Any:
         sha1 = hashlib.sha1(usedforsecurity=False)
         with path.open("rb") as handle:
             while block := handle.read(1 << 20):
@@ -102,7 +124,7 @@ class CellImageClient:
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
-        body = _Concatenated(head, path, tail)
+        body = _Concatenated(head, path, tail, progress)
         url = f"https://{host}:{port}/api/v1/disk_images/{image_id}/file/"
         response = await self._http.put(
             url,
@@ -117,8 +139,12 @@ class CellImageClient:
 class _Concatenated:
     """A read-only file of bytes, a file on disk, and bytes (for FileBodyProducer)."""
 
-    def __init__(self, head: bytes, path: Path, tail: bytes) -> None:
+    def __init__(
+        self, head: bytes, path: Path, tail: bytes, progress: Callable[[int], object]
+    ) -> None:
         self._head, self._tail = head, tail
+        self._progress = progress
+        self._sent = 0
         self._file = path.open("rb")
         self._length = len(head) + os.fstat(self._file.fileno()).st_size + len(tail)
         self._stage = 0
@@ -142,6 +168,8 @@ class _Concatenated:
         if self._stage == 1:
             data = self._file.read(size)
             if data:
+                self._sent += len(data)
+                self._progress(self._sent)
                 return data
             self._stage = 2
             self._file.close()

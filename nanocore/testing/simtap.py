@@ -2,8 +2,11 @@
 
 Over the TLS link (``--link tls``, the default) the simulator signs its Cells' certificates
 itself with the cluster CA from ``--cert-dir`` (the directory Core uses), so it is meant to run
-beside Core, on 127.0.0.1 by default. Over the KCP link (``--link kcp``) its Cells link as stock
-Nano Cells do: plaintext, named by what they claim, no certificate.
+beside Core, on 127.0.0.1 by default; with the same certificates its Cells download disk images
+from Core's image site to create guests from them, and upload guest disks to capture images,
+keeping each guest's disk under ``--disks``. Over the KCP link (``--link kcp``) its Cells link
+as stock Nano Cells do: plaintext, named by what they claim, no certificate (their image
+transfers are simulated).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from nanocore.pki import (
     issue_cell_certificate,
     load_or_create_ca,
 )
+from nanocore.testing.celldisks import CellDisks
 from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint, discover_core
+from nanocore.testing.imageclient import CellImageClient
 
 GiB = 1 << 30
 
@@ -65,6 +70,7 @@ class Options(NanocoreOptions):
         ["link", None, "tls", "The Cell link to use", _link],
         ["core", None, "127.0.0.1:5600", "Core's Cell link endpoint, HOST:PORT"],
         ["cert-dir", None, "cert", "Directory with the cluster CA, for --link tls"],
+        ["disks", None, "data/sim-disks", "Directory for the guests' disks (a folder per Cell)"],
         ["count", "n", 10, "How many Cells to simulate", _positive(int)],
         ["prefix", None, "Cell_sim", "Cell names are PREFIX followed by a 6-digit number"],
         ["cores", None, 8, "Logical CPUs per Cell", _positive(int)],
@@ -135,7 +141,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         if ca is None:
             service = cell.kcp_service(reactor, locate, interface=options["interface"])
         else:
-            service = cell.service(LocatedCoreEndpoint(reactor, locate, _tls_for(ca, name)))
+            tls_for = _tls_for(ca, name)
+            folder = Path(options["disks"]) / name
+            cell.disks = CellDisks(CellImageClient(reactor, tls_for), folder)
+            service = cell.service(LocatedCoreEndpoint(reactor, locate, tls_for))
         service.setName(name)
         service.setServiceParent(parent)
     return parent

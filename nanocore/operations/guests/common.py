@@ -67,9 +67,14 @@ class GuestAccess:
         message: Message,
         *,
         on_progress: Callable[[Message], None] | None = None,
+        **transaction: Any,
     ) -> Deferred[Message]:
-        """Ask ``cell``; a refusal carries the Cell's error text as Core relayed it."""
+        """Ask ``cell``; a refusal carries the Cell's error text as Core relayed it.
+
+        ``transaction``: more options of the request (``is_reply``, ``restart_on_progress``).
+        """
         options: dict[str, Any] = {} if self._timeout is None else {"timeout": self._timeout}
+        options.update(transaction)
         if on_progress is not None:
             options["on_progress"] = on_progress
         asking = self.cells.request(cell, message, **options)
