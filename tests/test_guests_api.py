@@ -311,3 +311,15 @@ class LifecycleTests(GuestClusterCase):
         self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}),
                          "domain not found")  # fmt: skip
         self.assertFalse(self.store.view.instances[guest].running)
+
+
+class CreateOverKCPTests(CreateTests):
+    """The same create cases with the Cells linked over the KCP wire stock Go Cells use."""
+
+    wire = "kcp"
+
+
+class LifecycleOverKCPTests(LifecycleTests):
+    """Start, stop, reset and delete with the Cells linked over KCP."""
+
+    wire = "kcp"

@@ -137,3 +137,18 @@ class ReconcileTests(GuestClusterCase):
         await self.ops.cells.storage_paths("default", instance.cell)
         await self.store.commit(UnitOfWork(()))
         self.assertNotIn("lost", await self.ok("GET", f"/guests/{instance.id}"))
+
+
+class CreateFaultOverKCPTests(CreateFaultTests):
+    """Timeouts, error replies and late guests on the KCP wire."""
+
+    wire = "kcp"
+
+    async def test_disconnect_mid_create_fails_cleanly(self) -> None:
+        """KCP has no connection to drop: a Cell that vanishes without its goodbye is silent,
+        which is the dropped-reply case above, until keepalives declare it disconnected
+        (tests/test_cluster_inprocess.py, KCPFrozenCellTests)."""
+
+    test_disconnect_mid_create_fails_cleanly.skip = (  # type: ignore[attr-defined]
+        "on KCP a vanished Cell is a silent one: covered by the dropped-reply case"
+    )
