@@ -13,34 +13,64 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.web.http import Request
 
+from nanocore.api.auth import Variant
 from nanocore.api.endpoint import Endpoint, Incoming
+
+#: Answers kept at most (paths of cacheable routes are few: the lists, one per pool's cells).
+DEFAULT_LIMIT = 4096
+
+
+@frozen
+class Guard:
+    """How the route of a kept answer is reached: the signature it takes (None: none) and
+    whether the verifier remembers a read's signature there (see ``signed``)."""
+
+    variant: Variant | None = None
+    writable: bool = False
+
+
+UNGUARDED = Guard()
 
 
 class ResponseCache:
-    """Answers by path, each valid while the revision it was made at is current."""
+    """Answers by path, each valid while the revision it was made at is current.
 
-    def __init__(self, revision: Callable[[], Hashable], limit: int = 4096) -> None:
+    Bounded: at most ``limit`` answers (a flood of distinct paths empties it and costs only
+    rebuilds); each is one encoded list, so the bound in bytes is ``limit`` times the largest
+    list answer.
+    """
+
+    def __init__(self, revision: Callable[[], Hashable], limit: int = DEFAULT_LIMIT) -> None:
         self._revision = revision
         self._limit = limit
-        self._answers: dict[str, tuple[Hashable, bytes]] = {}
+        self._answers: dict[str, tuple[Hashable, bytes, Guard]] = {}
 
     def lookup(self, path: str) -> bytes | None:
+        kept = self.kept(path)
+        return kept[0] if kept is not None else None
+
+    def kept(self, path: str) -> tuple[bytes, Guard] | None:
+        """The current answer for ``path`` and how its route is guarded, if one is kept."""
         kept = self._answers.get(path)
         if kept is not None and kept[0] == self._revision():
-            return kept[1]
+            return kept[1], kept[2]
         return None
 
-    def keep(self, path: str, answer: bytes) -> None:
+    def keep(self, path: str, answer: bytes, guard: Guard = UNGUARDED) -> None:
         if len(self._answers) >= self._limit:
-            # Paths of cacheable routes are few; a flood of distinct ones only costs rebuilds.
             self._answers.clear()
-        self._answers[path] = (self._revision(), answer)
+        self._answers[path] = (self._revision(), answer, guard)
 
-    def wrap(self, endpoint: Endpoint) -> Endpoint:
-        """``endpoint`` answered from the cache when it can be; a query always goes through."""
+    def wrap(self, endpoint: Endpoint, guard: Guard = UNGUARDED) -> Endpoint:
+        """``endpoint`` answered from the cache when it can be; a query always goes through.
+
+        ``guard`` is how the route is reached: kept with each answer, for a fast path that
+        answers from here without routing (it must check the same signature first).
+        """
 
         def cached(request: Request, incoming: Incoming) -> bytes | Deferred[bytes]:
             if incoming.query:
@@ -51,7 +81,7 @@ class ResponseCache:
                 if isinstance(fresh, Deferred) or request.code != 200:
                     # A Deferred may fire after the state changed; another status is no read.
                     return fresh
-                self.keep(incoming.path, fresh)
+                self.keep(incoming.path, fresh, guard)
                 answer = fresh
             return answer
 
