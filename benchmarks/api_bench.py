@@ -299,12 +299,14 @@ def prepare_folders(root: Path, port: int) -> dict[str, Path]:
 
 
 def start_twistd(
-    root: Path, source: Path, pin: list[str], profile: str | None
+    root: Path, source: Path, pin: list[str], profile: str | None, trace_memory: bool = False
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """``twistd -n nanocore`` on a free port; with ``trace_memory``, under tracemalloc (a
+    snapshot in ``root`` on SIGUSR2: ``benchmarks/traced_twistd.py``)."""
     port = free_port()
     folders = prepare_folders(root, port)
     environment = dict(os.environ, PYTHONPATH=str(source))
-    if profile:
+    if trace_memory:
         environment["NANOCORE_BENCH_SNAPSHOT"] = str(root / "tracemalloc.snapshot")
         command = [*pin, sys.executable, str(ROOT / "benchmarks" / "traced_twistd.py")]
     else:
@@ -644,8 +646,10 @@ def measure(
 def start(
     args: argparse.Namespace, root: Path, source: Path, pin: list[str], profile: str | None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    starter = start_twistd if args.server == "twistd" else start_standin
-    server, port = starter(root, source, pin, profile)
+    if args.server == "twistd":
+        server, port = start_twistd(root, source, pin, profile, trace_memory=bool(profile))
+    else:
+        server, port = start_standin(root, source, pin, profile)
     try:
         wait_until_serving(Signer(*CREDENTIAL), port)
     except RuntimeError as error:
