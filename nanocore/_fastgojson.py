@@ -13,7 +13,7 @@ to :func:`nanocore.gojson.dumps`, so errors and odd types are the plain printer'
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 from nanocore import gojson
