@@ -41,6 +41,9 @@ class AllAlive:
     def usage(self, name: str) -> Usage | None:
         return Usage(cores=16, cpu_usage=12.5, memory=64 << 30, memory_available=32 << 30)
 
+    def generation(self) -> int:
+        return 0
+
 
 def build(pools: int, cells: int, instances: int) -> Status:
     state: dict[type, dict[Any, Any]] = {table.kind: {} for table in TABLES}

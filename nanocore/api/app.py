@@ -18,7 +18,7 @@ check, without Klein's routing (a fast path behind a wall, with a property test)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Generic, cast
 
 from klein import Klein
@@ -96,7 +96,9 @@ class APIResource(KleinResource, Generic[Ops]):
             )
             endpoint = self._answer(route)
             if route.cacheable and cache is not None:
-                endpoint = cache.wrap(endpoint, Guard(route.auth, writable))
+                endpoint = cache.wrap(
+                    endpoint, Guard(route.auth, writable), self._kept_while(route)
+                )
             if route.auth is not None:
                 endpoint = signed(verifier, route.auth, endpoint, writable=writable)
             klein_endpoint = misses.exact(route.method, _reading(route.method, endpoint))
@@ -120,6 +122,12 @@ class APIResource(KleinResource, Generic[Ops]):
         except HTTPException:
             return None
         return self._routes[int(rule.endpoint)]
+
+    def _kept_while(self, route: Route[Ops]) -> Callable[[], Hashable] | None:
+        kept_while, operations = route.kept_while, self._operations
+        if kept_while is None:
+            return None
+        return lambda: kept_while(operations)
 
     def _answer(self, route: Route[Ops]) -> Endpoint:
         """The route's own step: decode the body, call the handler, encode its result."""

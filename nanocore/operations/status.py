@@ -7,7 +7,7 @@ online cells contribute usage. Instance counters come from the store, so they ca
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 from attrs import frozen
 from zope.interface import Interface
@@ -46,6 +46,10 @@ class CellMonitor(Interface):
 
     def usage(name: str) -> Usage | None:
         """The Cell's latest figures while it is alive, else None."""
+
+    def generation() -> Hashable:
+        """Changes whenever what the three above answer for any Cell may have changed (by
+        an event or by time passing): status answers are kept while it stands."""
 
 
 @frozen
@@ -180,6 +184,11 @@ class Status:
         self._context = context
         self._monitor = monitor
         self._start_time = start_time
+
+    def revision(self) -> Hashable:
+        """Changes whenever any status answer may have: a commit, or a Cell's liveness,
+        address or report (the API keeps encoded answers while it stands)."""
+        return (self._context.revision(), self._monitor.generation())
 
     def _cell(self, cell: ComputeCell, index: _Index) -> CellState:
         alive = self._monitor.alive(cell.name)
