@@ -5,7 +5,9 @@ One run prints, each load line beside **the floor** (``benchmarks/floor_server.p
 in the same process setup), run in turn A/B/A/B so a neighbour's load weighs on both, with the
 ratio of the rates and of the server CPU per request:
 
-- signed cached ``GET /compute_pools/`` at concurrency 1 and 32;
+- signed cached ``GET /compute_pools/`` at concurrency 1 and 32, one signature repeated (as
+  a portal polling within the second its date names), and at 32 signed anew for every
+  request (no two alike, as from many clients);
 - durable writes (an address pool created and deleted, each answered after the store commit)
   at concurrency 1 and 32, and the **fsync floor** of this disk (a loop of SQLite commits,
   WAL, ``synchronous=FULL``) beside the c=1 line;
@@ -54,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +250,12 @@ def writes(signer: Signer, port: int, prefix: str) -> Iterator[list[bytes]]:
             request_bytes(signer, "POST", path, body, port),
             request_bytes(signer, "DELETE", path, b"", port),
         ]
+
+
+def resigned(signer: Signer, port: int, path: str) -> Iterator[list[bytes]]:
+    """GETs each signed anew (a date to the microsecond): no two alike, as from many clients."""
+    while True:
+        yield [request_bytes(signer, "GET", path, b"", port)]
 
 
 def mixed(signer: Signer, port: int, prefix: str) -> Iterator[list[bytes]]:
@@ -553,9 +561,18 @@ class Servers:
             sock.sendall(raw)
             sock.recv(65536)
 
-    def compare(self, name: str, concurrency: int, raw: bytes, path: str) -> list[Line]:
-        """The same request bytes to the floor and to nanocore, A/B/A/B."""
+    def compare(
+        self,
+        name: str,
+        concurrency: int,
+        raw: bytes,
+        path: str,
+        make: Callable[[], Iterator[list[bytes]]] | None = None,
+    ) -> list[Line]:
+        """The same request bytes to the floor and to nanocore, A/B/A/B: ``raw`` again and
+        again, or what ``make`` yields."""
         self.answer_on_floor(path, fetch(self.nano_port, raw))
+        make = make if make is not None else lambda: gets(raw)
         results: dict[str, list[tuple[int, float, list[float]]]] = {"floor": [], "nano": []}
         cpu = {"floor": 0.0, "nano": 0.0}
         for _ in range(self.pairs):
@@ -567,7 +584,7 @@ class Servers:
                 results[side].append(
                     run(
                         port,
-                        gets(raw),
+                        make(),
                         concurrency,
                         self.seconds / self.pairs,
                         self.max_requests // self.pairs,
@@ -687,6 +704,13 @@ def measure_small(
                 lines += servers.compare(
                     "GET /compute_pools/ (signed)", concurrency, raw, "/compute_pools/"
                 )
+            lines += servers.compare(
+                "GET /compute_pools/ (signed anew each)",
+                32,
+                raw,
+                "/compute_pools/",
+                lambda: resigned(signer, port, "/compute_pools/"),
+            )
         if args.only in (None, "writes"):
             floor_rate = fsync_floor(root / "data", min(args.seconds, 3.0))
             print(f"  fsync floor (SQLite commits, WAL, synchronous=FULL): {floor_rate:.0f}/s")

@@ -491,3 +491,50 @@ class ReplayMemoryTests(SynchronousTestCase):
         now = clock.seconds()
         remembered = [kept for kept in model.seen.values() if kept[1] > now]
         self.assertEqual(verifier.replay_entries(), len(remembered))
+
+
+class ReadMemoTests(SynchronousTestCase):
+    """A read's exact parts verified before are checked for freshness only: the outcome is
+    what a verifier that never saw them decides."""
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([0.0, 0.5, 120.0, 299.0, 301.0]),  # signed this long ago
+                st.sampled_from(["/api/v1/a", "/api/v1/b"]),
+                st.sampled_from(["GET", "HEAD", "GET"]),
+                st.sampled_from(["good", "corrupted", "stranger"]),
+                st.sampled_from([0.0, 0.4, 2.0, 150.0, 400.0]),  # then wait
+            ),
+            max_size=30,
+        )
+    )
+    def test_a_remembered_read_decides_as_a_fresh_verifier(
+        self, steps: list[tuple[Any, ...]]
+    ) -> None:
+        verifier, clock = verifier_at(SIGNED_AT)
+        sent: dict[tuple[Any, ...], RequestParts] = {}
+        for ago, path, method, kind, wait in steps:
+            key = (ago, path, method, kind)
+            parts = sent.get(key)
+            if parts is None:  # the same request again, byte for byte, when drawn again
+                parts = dated(clock.seconds() - SIGNED_AT - ago, path)
+                parts = RequestParts(method, parts.path, "", parts.headers, b"")
+                if kind != "good":
+                    value = parts.headers["nano-authorization"]
+                    value = value[:-4] + "0000" if kind == "corrupted" else value
+                    if kind == "stranger":
+                        value = value.replace("dummyID", "stranger")
+                    parts = with_authorization(parts, value)
+                sent[key] = parts
+            fresh = Verifier({"dummyID": KEY}, clock)
+            self.assertEqual(
+                self.outcome(verifier, parts), self.outcome(fresh, parts), (key, clock.seconds())
+            )
+            clock.advance(wait)
+
+    def outcome(self, verifier: Verifier, parts: RequestParts) -> str:
+        try:
+            return verifier.verify(parts, writable=False)
+        except AuthError as refusal:
+            return refusal.message
