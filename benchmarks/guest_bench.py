@@ -229,6 +229,23 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_split(pid: int) -> tuple[float, float, float]:
+    """Core's CPU seconds so far: user, system, and the part of both spent off its main
+    thread (the store's writer), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended
+        spent_user, spent_system = int(fields[11]) / tick, int(fields[12]) / tick
+        user, system = user + spent_user, system + spent_system
+        if task.name != str(pid):
+            others += spent_user + spent_system
+    return user, system, others
+
+
 def link_port(log: Path, deadline: float) -> int:
     while time.monotonic() < deadline:
         found = _LINK.findall(log.read_bytes()) if log.exists() else []
@@ -270,6 +287,13 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--profile", help="write Core's cProfile data to this file")
     parser.add_argument(
+        "--core-source",
+        type=Path,
+        default=ROOT,
+        help="run Core from this source tree (a worktree of another branch, to compare"
+        " before and after in one session; the Cells and the client stay this tree's)",
+    )
+    parser.add_argument(
         "--poll",
         type=float,
         default=0.005,
@@ -287,7 +311,7 @@ def main() -> None:
     core: subprocess.Popen[bytes] | None = None
     sim: subprocess.Popen[bytes] | None = None
     try:
-        core, port = start_twistd(root, ROOT, [], arguments.profile)
+        core, port = start_twistd(root, arguments.core_source, [], arguments.profile)
         wait_until_serving(signer, port)
         link = link_port(root / "twistd.log", time.monotonic() + 30)
         twistd = str(Path(sys.executable).with_name("twistd"))
@@ -327,18 +351,33 @@ def main() -> None:
             POLLS[0] = 0
             POST_TIMES.clear()
             cpu = cpu_seconds(core.pid), cpu_seconds(sim.pid)
+            core_before = cpu_split(core.pid)
+            client_before = time.process_time()
+            began = time.perf_counter()
             seconds, latencies = drive(
                 port, signer, arguments.concurrency, list(range(arguments.guests)),
                 create_until_created(created, body, arguments.poll),
             )  # fmt: skip
             core_share = (cpu_seconds(core.pid) - cpu[0]) / seconds
             sim_share = (cpu_seconds(sim.pid) - cpu[1]) / seconds
+            client_share = (time.process_time() - client_before) / seconds
+            # Core's CPU per create counts every create's whole work, to its GuestCreatedEvent
+            # committed: wait until the zone counts them all (a cheap call every 10 ms).
+            deadline = time.monotonic() + 60
+            while call(port, signer, "GET", "/compute_zone_status/")["instances"] != [
+                arguments.guests, 0, 0, 0,
+            ]:  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"run {run}: the creates did not all complete in 60 s")
+                time.sleep(0.01)
+            settled = time.perf_counter() - began
+            user, system, writer = (
+                (after - before) * 1000 / arguments.guests
+                for after, before in zip(cpu_split(core.pid), core_before, strict=True)
+            )
             for guest in created if not arguments.poll else ():
-                while call(port, signer, "GET", f"/guests/{guest}")["created"] is not True:
-                    time.sleep(0.01)
-            zone = call(port, signer, "GET", "/compute_zone_status/")
-            if zone["instances"] != [arguments.guests, 0, 0, 0]:
-                raise SystemExit(f"run {run}: zone shows {zone['instances']} after the creates")
+                if call(port, signer, "GET", f"/guests/{guest}")["created"] is not True:
+                    raise SystemExit(f"run {run}: guest {guest} is not created")
             delete_seconds, _ = drive(port, signer, arguments.concurrency, created, delete)
             zone = call(port, signer, "GET", "/compute_zone_status/")
             if zone["instances"] != [0, 0, 0, 0] or core.poll() is not None:
@@ -349,9 +388,14 @@ def main() -> None:
                 f"run {run}: {len(created) / seconds:7.0f} creates/s  time to created p50 "
                 f"{p50:6.2f} ms  p99 {p99:6.2f} ms  {len(created) / delete_seconds:7.0f} "
                 f"deletes/s  Core peak RSS {peak_rss_mb(core.pid):.0f} MB  CPU while creating:"
-                f" Core {core_share:.0%}, Cells {sim_share:.0%}  polls per create "
-                f"{POLLS[0] / len(created):.1f}  202 p50 {acknowledged:.1f} ms  "
+                f" Core {core_share:.0%}, Cells {sim_share:.0%}, client {client_share:.0%}  "
+                f"polls per create {POLLS[0] / len(created):.1f}  202 p50 {acknowledged:.1f} ms  "
                 f"load {os.getloadavg()[0]:.2f}"
+            )
+            print(
+                f"       Core CPU per create {user + system:.2f} ms (user {user:.2f}, system "
+                f"{system:.2f}; store thread {writer:.2f})  all created after {settled:.2f} s"
+                f" ({arguments.guests / settled:.0f}/s)"
             )
     finally:
         for process in (sim, core):

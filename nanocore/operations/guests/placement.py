@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 
 from attrs import define, frozen
 
+from nanocore._fastscheduler import VerdictCache
 from nanocore.addresses import ChosenAddress, choose_address
 from nanocore.cluster.cells import STATUS_STALE_AFTER, CellDirectory, CellLiveness, CellStatus
 from nanocore.model import ComputeCell, ComputePool, Instance, InstanceStatus
@@ -116,7 +117,7 @@ class Placement:
         randbelow: Callable[[int], int],
     ) -> None:
         self._context = context
-        self._scheduler = scheduler
+        self._choice = VerdictCache(scheduler)
         self._randbelow = randbelow
         self._cells: dict[str, _Cell] = {}
         #: Instances whose claim is counted in their committed record's load as well.
@@ -198,7 +199,7 @@ class Placement:
     def place(self, instance_id: str, pool: str, demand: Demand) -> Claim[Share]:
         """Choose a Cell of ``pool`` and claim the guest's share of it."""
         try:
-            chosen = self._scheduler.choose(demand, self.capacities(pool))
+            chosen = self._choice.choose(demand, self.capacities(pool))
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
