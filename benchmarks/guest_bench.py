@@ -42,7 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from api_bench import CREDENTIAL, cpu_seconds, start_twistd, stop, wait_until_serving  # noqa: E402
+from api_bench import (  # noqa: E402
+    CREDENTIAL,
+    cpu_seconds,
+    free_port,
+    prepare_folders,
+    start_twistd,
+    stop,
+    wait_until_serving,
+)
 
 from nanocore.api.client import Signer  # noqa: E402
 from nanocore.scheduler import CellCapacity, Demand, Scheduler  # noqa: E402
@@ -246,6 +254,56 @@ def cpu_split(pid: int) -> tuple[float, float, float]:
     return user, system, others
 
 
+def start_under_callgrind(
+    root: Path, source: Path, out: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Core under callgrind, counting nothing until :func:`callgrind` turns it on (start-up
+    alone takes about a minute there)."""
+    port = free_port()
+    folders = prepare_folders(root, port)
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    command = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        sys.executable, twistd, "-n", "--pidfile=", "--reactor=epoll",
+        f"--logfile={root / 'twistd.log'}", "nanocore",
+    ]  # fmt: skip
+    for name, folder in folders.items():
+        command += [f"--{name}-dir", str(folder)]
+    core = subprocess.Popen(
+        command, cwd=source, env=dict(os.environ, PYTHONPATH=str(source)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and core.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return core, port
+        except OSError:
+            time.sleep(0.5)
+    stop(core)
+    raise SystemExit("Core under callgrind did not listen within 300 s")
+
+
+def callgrind(core: subprocess.Popen[bytes], on: bool) -> None:
+    """Count Core's instructions from now (on) or stop counting (off)."""
+    steps = [["-i", "on"]] if on else [["-i", "off"], ["--dump"]]  # dumped before the SIGTERM
+    for step in steps:
+        subprocess.run(
+            ["callgrind_control", *step, str(core.pid)], check=True, stdout=subprocess.DEVNULL
+        )
+
+
+def callgrind_totals(out: str) -> list[int]:
+    """The instruction count of each dump callgrind wrote to ``out.N``, in order."""
+    totals = []
+    for part in sorted(
+        Path(out).parent.glob(Path(out).name + ".*"), key=lambda p: int(p.suffix[1:])
+    ):
+        found = re.search(r"^totals: (\d+)", part.read_text(), re.MULTILINE)
+        totals.append(int(found.group(1)) if found else 0)
+    return totals
+
+
 def link_port(log: Path, deadline: float) -> int:
     while time.monotonic() < deadline:
         found = _LINK.findall(log.read_bytes()) if log.exists() else []
@@ -287,6 +345,12 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--profile", help="write Core's cProfile data to this file")
     parser.add_argument(
+        "--callgrind",
+        metavar="OUT",
+        help="run Core under valgrind's callgrind, counting its instructions during the"
+        " creates only (a stable figure on a shared machine); writes OUT",
+    )
+    parser.add_argument(
         "--core-source",
         type=Path,
         default=ROOT,
@@ -311,9 +375,13 @@ def main() -> None:
     core: subprocess.Popen[bytes] | None = None
     sim: subprocess.Popen[bytes] | None = None
     try:
-        core, port = start_twistd(root, arguments.core_source, [], arguments.profile)
-        wait_until_serving(signer, port)
-        link = link_port(root / "twistd.log", time.monotonic() + 30)
+        patience = 300 if arguments.callgrind else 30
+        if arguments.callgrind:
+            core, port = start_under_callgrind(root, arguments.core_source, arguments.callgrind)
+        else:
+            core, port = start_twistd(root, arguments.core_source, [], arguments.profile)
+        wait_until_serving(signer, port, patience)
+        link = link_port(root / "twistd.log", time.monotonic() + patience)
         twistd = str(Path(sys.executable).with_name("twistd"))
         per_cell = -(-arguments.guests // arguments.cells) + 1
         sim = subprocess.Popen(
@@ -325,10 +393,10 @@ def main() -> None:
             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
         )  # fmt: skip
         names = [f"Cell_sim{i:06d}" for i in range(arguments.cells)]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 2 * patience
         while len(call(port, signer, "GET", "/compute_pool_cells/")) < arguments.cells:
             if time.monotonic() > deadline or sim.poll() is not None:
-                raise SystemExit("the simulated Cells did not all link within 60 s")
+                raise SystemExit(f"the simulated Cells did not all link within {2 * patience} s")
             time.sleep(0.2)
         for name in names:
             call(port, signer, "POST", f"/compute_pool_cells/default/{name}")
@@ -353,6 +421,8 @@ def main() -> None:
             cpu = cpu_seconds(core.pid), cpu_seconds(sim.pid)
             core_before = cpu_split(core.pid)
             client_before = time.process_time()
+            if arguments.callgrind:
+                callgrind(core, on=True)
             began = time.perf_counter()
             seconds, latencies = drive(
                 port, signer, arguments.concurrency, list(range(arguments.guests)),
@@ -363,18 +433,32 @@ def main() -> None:
             client_share = (time.process_time() - client_before) / seconds
             # Core's CPU per create counts every create's whole work, to its GuestCreatedEvent
             # committed: wait until the zone counts them all (a cheap call every 10 ms).
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 2 * patience
             while call(port, signer, "GET", "/compute_zone_status/")["instances"] != [
                 arguments.guests, 0, 0, 0,
             ]:  # fmt: skip
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"run {run}: the creates did not all complete in 60 s")
-                time.sleep(0.01)
+                    raise SystemExit(f"run {run}: the creates were not all done in time")
+                time.sleep(0.5 if arguments.callgrind else 0.01)
             settled = time.perf_counter() - began
+            if arguments.callgrind:
+                callgrind(core, on=False)
             user, system, writer = (
                 (after - before) * 1000 / arguments.guests
                 for after, before in zip(cpu_split(core.pid), core_before, strict=True)
             )
+            if arguments.callgrind:
+                # The same span with nothing asked: the Cells' reports and keep-alives, which
+                # a Core slowed down by callgrind gets many more of per create.
+                callgrind(core, on=True)
+                time.sleep(settled)
+                callgrind(core, on=False)
+                busy, idle = callgrind_totals(arguments.callgrind)[-2:]
+                print(
+                    f"       callgrind: {busy / arguments.guests / 1e6:.2f} M instructions per "
+                    f"create, {idle / arguments.guests / 1e6:.2f} M of them the same span idle: "
+                    f"{(busy - idle) / arguments.guests / 1e6:.2f} M per create"
+                )
             for guest in created if not arguments.poll else ():
                 if call(port, signer, "GET", f"/guests/{guest}")["created"] is not True:
                     raise SystemExit(f"run {run}: guest {guest} is not created")
