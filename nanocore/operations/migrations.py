@@ -185,6 +185,8 @@ class Migrations:
         self._running: dict[str, _Transit] = {}
         #: Guests a source was asked to take back after a failed move: guest -> source.
         self._returning: dict[str, str] = {}
+        self._ending: dict[str, list[Deferred[Migration]]] = {}
+        self._planning: dict[str, list[Deferred[list[str]]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
 
@@ -203,6 +205,29 @@ class Migrations:
         self._sweep()
         kept = [m for m in self._context.view.migrations.values() if not self._expired(m)]
         return sorted(kept, key=lambda m: (m.start_time, m.id))
+
+    def ended(self, migration_id: str) -> Deferred[Migration]:
+        """Fires with the record once the migration has ended and that is committed."""
+        record = self._context.view.migrations.get(migration_id)
+        if migration_id not in self._running:
+            if record is None:
+                return fail(UnknownEntity(f"invalid migration '{migration_id}'"))
+            if not record.running:
+                return succeed(record)
+        waiting: Deferred[Migration] = Deferred()
+        self._ending.setdefault(migration_id, []).append(waiting)
+        return waiting
+
+    def planned(self, cell: str) -> Deferred[list[str]]:
+        """Fires with the ids of the records of the next failover of ``cell`` once its plan is
+        committed and its attach requests are sent (none: nothing to re-place)."""
+        waiting: Deferred[list[str]] = Deferred()
+        self._planning.setdefault(cell, []).append(waiting)
+        return waiting
+
+    def _told(self, record: Migration) -> None:
+        for waiting in self._ending.pop(record.id, []):
+            waiting.callback(record)
 
     def _expired(self, record: Migration) -> bool:
         now = self._context.clock.seconds()
@@ -496,6 +521,7 @@ class Migrations:
             else:
                 self._placement.abandon(claim)
         self._release(transit)
+        self._told(ended)
         if missing:
             self.log.warn("migration {id}: {error}", id=record.id, error=error)
         else:
@@ -523,6 +549,7 @@ class Migrations:
             await self._in_turn(record.instances, lambda: self._context.commit(*decide()))
         finally:
             self._release(transit, capacity=True)
+        self._told(ended)
         self.log.warn("migration {id} ({kind}) of {count} instance(s) from {source} to {target}"
                       " failed: {reason}", id=record.id, kind=record.kind.value,
                       count=len(record.instances), source=record.source_cell,
@@ -543,7 +570,7 @@ class Migrations:
 
     # -- failover -----------------------------------------------------------------------------
 
-    async def _failover(self, lost: str, pool: ComputePool) -> None:
+    async def _failover(self, lost: str, pool: ComputePool) -> list[str]:
         """Re-place every guest of ``lost`` on the other Cells of its pool (see the module)."""
         view = self._context.view
         now = self._context.clock.seconds()
@@ -581,14 +608,16 @@ class Migrations:
         changes: list[Change] = []
         for transit in plan.values():
             changes.append(Insert(transit.record))
+        unplaced_ids: list[str] = []
         if unplaced:
             reasons = "; ".join(
                 f"instance '{i.id}'('{i.full_name}'): {reason}" for i, reason in unplaced
             )
+            unplaced_ids.append(self._new_id())
             changes.append(
                 Insert(
                     Migration(
-                        id=self._new_id(), source_pool=pool.name, source_cell=lost,
+                        id=unplaced_ids[0], source_pool=pool.name, source_cell=lost,
                         target_pool=pool.name, target_cell="", kind=MigrationKind.FAILOVER,
                         instances=tuple(i.id for i, _ in unplaced), error=reasons[:65536],
                         start_time=now, end_time=now,
@@ -631,6 +660,7 @@ class Migrations:
         self.log.info("failover of {cell}: {moving} instance(s) sent to {targets} cell(s), "
                       "{unplaced} not re-placed", cell=lost, moving=len(moving),
                       targets=len(plan), unplaced=len(unplaced))  # fmt: skip
+        return [transit.record.id for transit in plan.values()] + unplaced_ids
 
     def _failover_late(self, transit: _Transit) -> None:
         transit.timer = None
@@ -663,6 +693,12 @@ class Migrations:
             return
         failing = Deferred.fromCoroutine(self._failover(name, pool))
         failing.addErrback(self._logged, f"failover of {name}")
+
+        def planned(records: list[str] | None) -> None:
+            for waiting in self._planning.pop(name, []):
+                waiting.callback(records or [])
+
+        failing.addCallback(planned)
 
     def cell_event(self, name: str, message: Message) -> None:
         if message.id == MessageID.InstanceMigratedEvent:
