@@ -16,6 +16,13 @@ does: a guest created from a disk image is downloaded from the image site with t
 certificate and checked against its signature (a mismatch fails the creation), and a disk image
 captured from a guest is uploaded there; progress is reported as the bytes move. Without it,
 both are simulated on the Cell's clock.
+
+Guests' volumes live on the pool's storage as the Cell sees it: on a pool with NFS storage, an
+export of :class:`~nanocore.testing.sharedstorage.SharedStorage` that every FakeCell given the
+same ``shared`` mounts, so migration and failover (§5.7) move guests between them: an attach
+prepares guests of the export (or, with Immediate, takes them at once), Core's Migrate
+activates them, a detach lets go of them (or of what was prepared), and a prepared attach is
+undone after ``attach_timeout`` without a Migrate.
 """
 
 from __future__ import annotations
