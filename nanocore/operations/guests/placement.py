@@ -105,8 +105,9 @@ class Placement:
 
     What the scheduler is shown of a Cell is kept between decisions and rebuilt only when
     something it depends on changed: the Cell's link or report (its events), the capacity
-    claimed on it, its record, or what Core's records place on it. A decision over a pool
-    then costs a few comparisons per Cell, not a rebuild of each.
+    claimed on it, its record, or what Core's records place on it. The scheduler's verdict on
+    each Cell is kept the same way (:mod:`nanocore._fastscheduler`): a decision over a pool
+    then costs a few comparisons per Cell, and filters and scores only the Cells that changed.
     """
 
     def __init__(
@@ -214,7 +215,7 @@ class Placement:
         """Choose a Cell of ``pool`` for a guest that moves there (failover) and claim it; the
         record still places the guest on its old Cell, so the claim counts in full."""
         try:
-            chosen = self._scheduler.choose(demand, self.capacities(pool))
+            chosen = self._choice.choose(demand, self.capacities(pool))
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
