@@ -11,11 +11,18 @@ Cells to pool ``default``, then per run:
 
 Each run checks the zone's instance counters (N stopped after the creates, none after the
 deletes) and that Core is still running. It prints creates/s, p50/p99 time to created,
-deletes/s, Core's peak RSS (``VmHWM``), the load average, and an in-process micro-bench of the
-scheduler's decision (100 and 1,000 Cells).
+deletes/s, Core's peak RSS (``VmHWM``), the load average, Core's CPU per create (user, system,
+the store's writer thread; from the first POST until the zone counts every guest created), and
+an in-process micro-bench of the scheduler's decision (100 and 1,000 Cells, judged anew and
+with placement's kept verdicts).
 
     python benchmarks/guest_bench.py [--guests 2000] [--concurrency 16] [--cells 100]
-                                     [--runs 1] [--decisions 2000]
+                                     [--runs 1] [--decisions 2000] [--poll 0.005]
+                                     [--core-source DIR] [--callgrind OUT] [--profile OUT]
+
+``--core-source`` runs Core from another tree (a worktree of ``main``) for before/after in one
+session; ``--callgrind`` counts Core's instructions during the creates (less the same span
+idle), the figure that stays put on a shared machine.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import attrs  # noqa: E402
 from api_bench import (  # noqa: E402
     CREDENTIAL,
     cpu_seconds,
@@ -52,6 +60,7 @@ from api_bench import (  # noqa: E402
     wait_until_serving,
 )
 
+from nanocore._fastscheduler import VerdictCache  # noqa: E402
 from nanocore.api.client import Signer  # noqa: E402
 from nanocore.scheduler import CellCapacity, Demand, Scheduler  # noqa: E402
 
@@ -313,8 +322,12 @@ def link_port(log: Path, deadline: float) -> int:
     raise SystemExit("Core named no Cell link port in its log")
 
 
-def scheduling(cells: int, decisions: int) -> tuple[float, float]:
-    """p50 and p99 of one decision over ``cells`` prepared capacities, in ms (in process)."""
+def scheduling(cells: int, decisions: int, kept: bool = False) -> tuple[float, float]:
+    """p50 and p99 of one decision over ``cells`` prepared capacities, in ms (in process).
+
+    ``kept``: through placement's :class:`VerdictCache`, one Cell changed before each
+    decision (the chosen one's claim, as in a burst of creates); else every Cell judged anew.
+    """
     rng = random.Random(cells)
     capacities = [
         CellCapacity(
@@ -327,11 +340,15 @@ def scheduling(cells: int, decisions: int) -> tuple[float, float]:
         for i in range(cells)
     ]  # fmt: skip
     scheduler = Scheduler()
+    choose = VerdictCache(scheduler).choose if kept else scheduler.choose
     demand = Demand(cores=2, memory=4 * GiB, disk=50 * GiB)
     times = []
     for _ in range(decisions):
+        if kept:
+            changed = rng.randrange(cells)
+            capacities[changed] = attrs.evolve(capacities[changed])
         began = time.perf_counter()
-        scheduler.choose(demand, capacities)
+        choose(demand, capacities)
         times.append((time.perf_counter() - began) * 1000)
     return statistics.median(times), percentile(times, 0.99)
 
@@ -366,9 +383,13 @@ def main() -> None:
     )
     arguments = parser.parse_args()
 
-    for cells in (100, 1000):
-        p50, p99 = scheduling(cells, arguments.decisions)
-        print(f"scheduling, {cells:5d} cells: p50 {p50:.3f} ms  p99 {p99:.3f} ms per decision")
+    for kept in (False, True):
+        for cells in (100, 1000):
+            p50, p99 = scheduling(cells, arguments.decisions, kept)
+            print(
+                f"scheduling, {cells:5d} cells{', verdicts kept' if kept else ''}: p50 "
+                f"{p50:.3f} ms  p99 {p99:.3f} ms per decision"
+            )
 
     root = Path(tempfile.mkdtemp(prefix="guest-bench-"))
     signer = Signer(*CREDENTIAL)
