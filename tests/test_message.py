@@ -24,8 +24,6 @@ from nanocore.cluster.message import (
     MessageError,
     MessageID,
     ParamKey,
-    check_str_array,
-    check_uint_array,
     decode,
     encode,
     message_kind,
@@ -684,57 +682,3 @@ class DecodeTests(SynchronousTestCase):
         self.assertIsInstance(error, ValueError)
         self.assertIn("-1", error.reason)
         self.assertEqual(str(error), f"uint_params.2: {error.reason}")
-
-
-def _checked(check: Any, name: str, value: object) -> object:
-    """What an array check gives: the items with their types, or the refusal."""
-    try:
-        return ("checked", [(type(item), item) for item in check(name, 7, value)])
-    except MessageError as error:
-        return ("refused", error.field, error.reason)
-
-
-class ArrayCheckProperties(SynchronousTestCase):
-    """The array checks sweep plain ints and strings in C; anything else item by item, with
-    the same result and the same error."""
-
-    items = st.one_of(
-        st.integers(-2, 1 << 65),
-        st.sampled_from([True, False, 1.0, ParamKey.Name, MessageID.CreateGuestRequest, None]),
-        st.text(max_size=3),
-    )
-
-    @given(st.lists(items, max_size=6), st.booleans())
-    def test_uint_arrays(self, items: list[object], as_tuple: bool) -> None:
-        value = tuple(items) if as_tuple else items
-        expected: object
-        bad = [
-            index
-            for index, item in enumerate(items)
-            if not (isinstance(item, int) and not isinstance(item, bool))
-            or not 0 <= item <= (1 << 64) - 1  # type: ignore[operator]
-        ]
-        if bad:
-            expected = (
-                "refused",
-                f"uint_array_params.7[{bad[0]}]",
-                f"expected an integer in 0..2**64-1, got {items[bad[0]]!r}",
-            )
-        else:
-            expected = ("checked", [(int, int(item)) for item in items])  # type: ignore[call-overload]
-        self.assertEqual(_checked(check_uint_array, "uint_array_params", value), expected)
-
-    @given(st.lists(items, max_size=6), st.booleans())
-    def test_string_arrays(self, items: list[object], as_tuple: bool) -> None:
-        value = tuple(items) if as_tuple else items
-        bad = [index for index, item in enumerate(items) if not isinstance(item, str)]
-        expected: object = (
-            (
-                "refused",
-                f"string_array_params.7[{bad[0]}]",
-                f"expected a string, got {items[bad[0]]!r}",
-            )
-            if bad
-            else ("checked", [(str, item) for item in items])
-        )
-        self.assertEqual(_checked(check_str_array, "string_array_params", value), expected)

@@ -354,18 +354,7 @@ def check_str(name: str, key: int | None, value: object) -> str:
     raise _refused(name, key, "expected a string", value)
 
 
-#: The item types the array checks pass in one C-level sweep (anything else: item by item).
-_PLAIN_INT, _PLAIN_STR = frozenset((int,)), frozenset((str,))
-
-
 def check_uint_array(name: str, key: int | None, value: object) -> tuple[int, ...]:
-    # Plain ints only (a create request carries dozens): sweeps in C, not a Python loop.
-    if (
-        (type(value) is tuple or type(value) is list)
-        and _PLAIN_INT.issuperset(map(type, value))
-        and (not value or (min(value) >= 0 and max(value) <= UINT64_MAX))
-    ):
-        return tuple(value)
     if not isinstance(value, list | tuple):
         raise _refused(name, key, "expected an array of unsigned integers", value)
     for index, item in enumerate(value):
@@ -375,8 +364,6 @@ def check_uint_array(name: str, key: int | None, value: object) -> tuple[int, ..
 
 
 def check_str_array(name: str, key: int | None, value: object) -> tuple[str, ...]:
-    if (type(value) is tuple or type(value) is list) and _PLAIN_STR.issuperset(map(type, value)):
-        return tuple(value)
     if not isinstance(value, list | tuple):
         raise _refused(name, key, "expected an array of strings", value)
     for index, item in enumerate(value):
