@@ -465,8 +465,8 @@ class CellOperations:
         pool = self._context.view.compute_pools.get(record.pool)
         if not gracefully and pool is not None and pool.failover:
             self.log.warn(
-                "{name} lost without goodbye; failover is not implemented yet, "
-                "its instances are marked lost",
+                "{name} lost without goodbye: its instances are marked lost, and failed "
+                "over to other cells if its pool's storage is shared",
                 name=name,
             )
 
