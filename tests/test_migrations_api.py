@@ -257,6 +257,51 @@ class MigrationTests(MigrationCase):
         self.assertEqual(set(self.cells[A].guests), {guest})
         self.assertEqual(self.moving(), [])
 
+    async def test_a_source_that_let_go_after_its_detach_timed_out_takes_the_guest_back(
+        self,
+    ) -> None:
+        """It detached, but said so too late: the guest is shown lost, not on the source as if
+        nothing happened, until the source's inventory (taken at once) tells, and the source
+        takes it back."""
+        guest = await self.guest_on(A, "vm1")
+        # The source lets go at once; its answer would come after Core's timeout.
+        self.cells[A].inject(MessageID.DetachInstanceRequest, Fault(delay=TIMEOUT * 2))
+        detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        reconciled = self.ops.migrations.reconciled(A)
+        back = self.events.until(MessageID.InstanceMigratedEvent, "")
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await detached
+        self.assertEqual(self.cells[A].guests, {})
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(ended.error, "detach instance timeout")
+        shown = await self.ok("GET", f"/guests/{guest}")
+        self.assertEqual((shown["cell"], shown.get("lost")), (A, True))
+        await reconciled
+        await self.applied(back, guest)
+        await self.stayed(guest)
+        self.assertEqual(self.cells[B].prepared(), set())
+
+    async def test_a_source_that_kept_the_guest_after_its_detach_timed_out(self) -> None:
+        """The detach never happened: the source's inventory shows the guest there, and it is
+        not asked to take it back."""
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.DetachInstanceRequest, Fault(drop=True))
+        detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        reconciled = self.ops.migrations.reconciled(A)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await detached
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(ended.error, "detach instance timeout")
+        self.assertTrue(self.record(guest).lost)
+        await reconciled
+        # A round trip to the source: anything sent to it before has arrived.
+        await self.ops.cells.storage_paths(POOL, A)
+        await self.stayed(guest)
+        attached = [m for m in self.cells[A].received if m.id == MessageID.AttachInstanceRequest]
+        self.assertEqual(attached, [])
+
     async def stayed(self, guest: str) -> None:
         """The guest is on the source as before, and nothing of the move is left."""
         record = self.record(guest)
@@ -386,6 +431,75 @@ class FailoverTests(MigrationCase):
         ended = await self.ops.migrations.ended(record)
         self.assertEqual(ended.error, "attach instance fail: no bridge")
         self.assertEqual((self.record(guest).lost, self.record(guest).migrating), (True, False))
+
+    async def test_a_cell_back_during_its_failover_lets_go_of_the_guests_after_it(
+        self,
+    ) -> None:
+        """The lost Cell rejoins while the target is still taking its guest: its rejoin leaves
+        the guest in flight alone, and once the failover ended the Cell is reconciled at
+        once, so it does not keep a copy of a guest another Cell serves."""
+        guest = await self.guest_on(A, "vm1")
+        await self.reported()
+        told = {}
+        for cell in (B, C):
+            # The target takes the guest at once, and tells Core a second later.
+            self.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(delay=1.0))
+            told[cell] = self.cells[cell].until_received(MessageID.AttachInstanceRequest)
+        (record,) = await self.lose(A)
+        target = self.store.view.migrations[record].target_cell
+        await told[target]
+        # A comes back (it still holds its copy) and rejoins its pool meanwhile.
+        pushed = self.cells[A].until_received(MessageID.ComputePoolReadyEvent)
+        linked = self.events.until_available(A)
+        self.cells[A]._reconnect_delay = 0.01
+        await self.cluster.services[A].stopService()
+        self.cluster.services[A].startService()
+        await linked
+        await pushed
+        await self.ops.cells.storage_paths(POOL, A)
+        await self.store.commit(UnitOfWork(()))
+        self.assertEqual(set(self.cells[A].guests), {guest})
+        self.assertTrue(self.record(guest).migrating)
+        # The failover ends: A is asked for its inventory again, and lets go of its copy.
+        reconciled = self.ops.migrations.reconciled(A)
+        detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        self.cell_clock.advance(1.0)
+        ended = await self.ops.migrations.ended(record)
+        self.assertEqual((ended.finished, ended.error), (True, ""))
+        await reconciled
+        message = await detached
+        self.assertEqual(message.string_array_params[ParamKey.Instance], (guest,))
+        self.assertEqual(self.cells[A].guests, {})
+        self.assertEqual(set(self.cells[target].guests), {guest})
+        now = self.record(guest)
+        self.assertEqual((now.cell, now.lost, now.migrating), (target, False, False))
+
+    async def test_a_cell_back_during_a_failover_that_failed_keeps_its_guests(self) -> None:
+        """No target took the guest: the Cell that came back meanwhile holds it, and its
+        inventory, taken once the failover failed, shows it there again (not lost)."""
+        guest = await self.guest_on(A, "vm1")
+        await self.reported()
+        for cell in (B, C):
+            self.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(drop=True))
+        (record,) = await self.lose(A)
+        linked = self.events.until_available(A)
+        pushed = self.cells[A].until_received(MessageID.ComputePoolReadyEvent)
+        self.cells[A]._reconnect_delay = 0.01
+        await self.cluster.services[A].stopService()
+        self.cluster.services[A].startService()
+        await linked
+        await pushed
+        await self.ops.cells.storage_paths(POOL, A)
+        await self.store.commit(UnitOfWork(()))
+        self.assertTrue(self.record(guest).migrating)
+        reconciled = self.ops.migrations.reconciled(A)
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(record)
+        self.assertEqual(ended.error, f"attach instance timeout on cell '{ended.target_cell}'")
+        await reconciled
+        now = self.record(guest)
+        self.assertEqual((now.cell, now.lost, now.migrating), (A, False, False))
+        self.assertEqual(set(self.cells[A].guests), {guest})
 
     async def test_a_graceful_stop_is_no_failover(self) -> None:
         guest = await self.guest_on(A, "vm1")
