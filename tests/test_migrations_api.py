@@ -28,13 +28,18 @@ class MigrationCase(GuestClusterCase):
     CELLS = (A, B, C)
     creation_time = 0.0
     failover = False
+    #: The pool's address pool (``net``, see ``address_pool``), or none.
+    network = ""
 
     async def asyncSetUp(self) -> None:
         await super().asyncSetUp()
         await self.ok("POST", "/storage_pools/nfs",
                       {"type": "nfs", "host": "192.0.2.9", "target": "/export"})  # fmt: skip
-        await self.ok("POST", f"/compute_pools/{POOL}",
-                      {"storage": "nfs", "failover": self.failover})  # fmt: skip
+        pool: dict[str, Any] = {"storage": "nfs", "failover": self.failover}
+        if self.network:
+            await self.address_pool()
+            pool["network"] = self.network
+        await self.ok("POST", f"/compute_pools/{POOL}", pool)
         for name in self.CELLS:
             await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
             await self.ok("POST", f"/compute_pool_cells/{POOL}/{name}")
@@ -510,3 +515,48 @@ class FailoverTests(MigrationCase):
         await self.ops.guests.access.serially(guest, lambda: succeed(None))
         self.assertEqual((self.record(guest).cell, self.record(guest).lost), (A, True))
         self.assertEqual(await self.ok("GET", "/migrations/"), [])
+
+
+class FailoverAddressTests(FailoverTests):
+    """Failover in a pool with a network: addresses go with their guests."""
+
+    network = "net"
+
+    def addresses(self) -> dict[str, str]:
+        """Allocated address -> guest, as the store holds them."""
+        return {a.address: a.instance for a in self.store.view.allocations.values()}
+
+    def address_of(self, guest: str) -> str:
+        return self.record(guest).internal.assigned_address.partition("/")[0]
+
+    async def test_failed_over_guests_keep_their_addresses(self) -> None:
+        await self.guest_on(B, "fillb", memory=24 * GiB)
+        await self.guest_on(C, "fillc", memory=12 * GiB)
+        guests = [await self.guest_on(A, f"vm{i}", memory=10 * GiB) for i in range(3)]
+        await self.reported()
+        before = {guest: self.address_of(guest) for guest in guests}
+        allocated = self.addresses()
+        self.assertEqual(len(set(before.values())), 3)
+        self.assertEqual({allocated[a] for a in before.values()}, set(guests))
+        records = await self.lose(A)
+        ended = [await self.ops.migrations.ended(r) for r in records]
+        (left,) = next(r for r in ended if not r.target_cell).instances
+        placed = [g for g in guests if g != left]
+        self.assertEqual({self.record(g).cell for g in placed}, {C})
+        # Every guest keeps its address: those re-placed, and the one no Cell could take.
+        self.assertEqual({guest: self.address_of(guest) for guest in guests}, before)
+        self.assertEqual(self.addresses(), allocated)
+        shown = await self.ok("GET", f"/guests/{left}")
+        self.assertEqual((shown.get("lost"), shown["cell"]), (True, A))
+        self.assertEqual(shown["internal"]["allocated_address"].partition("/")[0], before[left])
+        # The target serves them with those addresses; its inventory agrees.
+        for guest in placed:
+            self.assertEqual(self.cells[C].guests[guest].internal_address.partition("/")[0],
+                             before[guest])  # fmt: skip
+        await self.rejoined(C)
+        self.assertEqual({guest: self.address_of(guest) for guest in guests}, before)
+        # A new guest gets an address nobody holds.
+        fresh = await self.created(name="fresh", pool=POOL, memory=2 * GiB)
+        self.assertNotIn(self.address_of(fresh), allocated)
+        self.assertEqual(self.addresses()[self.address_of(fresh)], fresh)
+        self.assertEqual(len(self.addresses()), len(allocated) + 1)
