@@ -19,6 +19,9 @@ status report; the source's load drops with the same commit.
 the claims end, and nothing stays half-attached: a target that was asked to attach is told to
 detach what it prepared. Once the source has let go of the guests (the last step failed) they
 are shown lost until the source takes them back: it is asked to attach them again at once.
+When the source's detach goes unanswered it may still let go of them late: they are shown
+lost, the source's inventory is taken at once (``refresh``), and those it no longer holds are
+asked back the same way.
 
 **Failover.** When a Cell of a pool with failover on shared storage disconnects without a
 goodbye, each of its guests is placed on another Cell of the pool by the scheduler (cores and
@@ -30,7 +33,8 @@ and the scheduler's reason for each guest in its error (and a log line each). A 
 refuses or does not answer within the domain timeout fails its record: its guests are shown
 lost (never migrating forever) and its claims end. The lost Cell is disabled; when it comes
 back, its copies of guests now on other Cells are detached from it (reconciliation), and the
-guests no Cell could take are its own again.
+guests no Cell could take are its own again; if it comes back while its failover is in flight
+(its rejoin leaves those guests alone), it is reconciled again once the failover ended.
 
 **Records** are stored. They are kept :data:`RETENTION` seconds after they end (the original
 deleted them the first time a client read them), judged by the clock when they are read. A

@@ -22,7 +22,9 @@ export of :class:`~nanocore.testing.sharedstorage.SharedStorage` that every Fake
 same ``shared`` mounts, so migration and failover (§5.7) move guests between them: an attach
 prepares guests of the export (or, with Immediate, takes them at once), Core's Migrate
 activates them, a detach lets go of them (or of what was prepared), and a prepared attach is
-undone after ``attach_timeout`` without a Migrate.
+undone after ``attach_timeout`` without a Migrate. On an export kept in a folder that other
+processes share, a guest is written there before any message naming it is sent and before it
+is detached, so a Cell that dies leaves its guests as it last told Core.
 """
 
 from __future__ import annotations
