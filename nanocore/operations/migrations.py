@@ -491,7 +491,7 @@ class Migrations:
                 and instance.lost
                 and not instance.migrating
             ]
-            if left:
+            if left and self._linked(source):  # else its rejoin tells, when it is back
                 self._take_back(source, left)
 
         checking = self._refresh(source)
