@@ -8,7 +8,14 @@ over, answered by four resources that each add one layer to the one before:
    werkzeug's matching);
 3. the API's ``APIResource`` with the route unsigned (adds our endpoint chain: reading the
    request, the response cache, the handler call);
-4. the same route signed (adds the Nano-HMAC-SHA256 verification).
+4. the same route signed (adds the Nano-HMAC-SHA256 verification);
+5. that signed app behind the cached-read fast path (``nanocore.api._fastread``): Klein and
+   our chain skipped for a kept answer, the signature still checked;
+6. the same, composed as the daemon serves it: the starting gate and the stream routes in
+   front, on the site with upload routes (``StreamingAPIChannel``, ``StreamingAPIRequest``).
+
+Line 0 is the true floor: the plain resource on a plain ``twisted.web.server.Site`` (lines 1-5
+use the API's site, ``api_site_for``, with its wire limits).
 
     python benchmarks/api_layers_bench.py [--requests 20000]
 """
@@ -24,17 +31,23 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from klein import Klein
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
 
 from nanocore.api import envelope
+from nanocore.api._fastread import CachedReads
 from nanocore.api.app import APIResource, api_site_for
 from nanocore.api.auth import Variant, Verifier
 from nanocore.api.cache import ResponseCache
 from nanocore.api.client import Signer
 from nanocore.api.route import Call, Route
+from nanocore.api.streams import StreamFront
+from nanocore.images.transfers import Transfers
+from nanocore.services.gate import StartingGate
 
 CREDENTIALS = {"bench": "benchmark-key-0123456789"}
 POOLS = [
@@ -72,7 +85,7 @@ def trivial_klein() -> IResource:
     return resource
 
 
-def api(clock: Clock, signed: bool) -> IResource:
+def api(clock: Clock, signed: bool, fast: bool = False) -> IResource:
     def pools(ops: object, call: Call) -> Any:
         return POOLS
 
@@ -85,15 +98,27 @@ def api(clock: Clock, signed: bool) -> IResource:
         auth=Variant.REQUEST if signed else None,
         cacheable=True,
     )
-    return APIResource([route], None, Verifier(CREDENTIALS, clock), ResponseCache(lambda: 1))
+    verifier, cache = Verifier(CREDENTIALS, clock), ResponseCache(lambda: 1)
+    app = APIResource([route], None, verifier, cache)
+    return CachedReads(app, cache, verifier) if fast else app
 
 
-def per_request(resource: IResource, request: bytes, count: int) -> tuple[float, float]:
+def daemon_site(clock: Clock) -> Site:
+    """The signed fast-path app as ``tap`` composes it: gate, stream routes, streaming site."""
+    resource = api(clock, signed=True, fast=True)
+    verifier = Verifier(CREDENTIALS, clock)
+    front = StreamFront(resource, Transfers.__new__(Transfers), verifier)
+    gate = StartingGate(lambda: succeed(front), lambda failure: None)
+    return api_site_for(gate, upload_routes=lambda: None)
+
+
+def per_request(resource: IResource | Site, request: bytes, count: int) -> tuple[float, float]:
     """Best of three runs in seconds per request, and Python function calls per request.
 
     The call count does not move with the machine's load: it tells two builds apart where the
     timings, on a shared machine, cannot."""
-    channel = api_site_for(resource).buildProtocol(None)
+    site = resource if isinstance(resource, Site) else api_site_for(resource)
+    channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
     channel.dataReceived(request)
@@ -133,11 +158,16 @@ def main() -> None:
     request = b"GET /api/v1/compute_pools/ HTTP/1.1\r\n"
     request += b"".join(name + b": " + value + b"\r\n" for name, value in headers.items())
     request += b"\r\n"
-    layers = [
+    bare = Site(Plain())
+    bare.log = lambda request: None  # type: ignore[method-assign]
+    layers: list[tuple[str, IResource | Site]] = [
+        ("plain resource, plain Site", bare),
         ("plain twisted.web resource", Plain()),
         ("+ Klein and werkzeug", trivial_klein()),
         ("+ our dispatch (unsigned route)", api(clock, signed=False)),
         ("+ signature (the real GET)", api(clock, signed=True)),
+        ("signed, behind the fast path", api(clock, signed=True, fast=True)),
+        ("the same as the daemon composes it", daemon_site(clock)),
     ]
     previous = 0.0
     for name, resource in layers:

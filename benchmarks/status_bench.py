@@ -1,9 +1,10 @@
 """Status aggregates benchmark: prints how long each status route's computation takes.
 
-The aggregates are derived per request (no counters), so their cost grows with the cluster.
-This builds a read model of ``--pools`` pools, ``--cells`` cells and ``--instances`` instances
-in memory (no SQLite, no HTTP) and times the zone, pool-list, one-pool and cell-list
-computations.
+The aggregates are derived per request from the read model (its instance tallies per Cell)
+and the Cells' liveness, so their cost grows with the number of Cells. This builds a read
+model of ``--pools`` pools, ``--cells`` cells and ``--instances`` instances in memory (no
+SQLite, no HTTP), every Cell alive with a report, and times the zone, pool-list, one-pool and
+cell-list computations.
 
     python benchmarks/status_bench.py [--pools 10] [--cells 1000] [--instances 20000]
 """
@@ -25,6 +26,8 @@ from zope.interface import implementer
 from nanocore import model as m
 from nanocore.operations.base import Context
 from nanocore.operations.status import CellMonitor, Status, Usage
+from nanocore.store import ReadModel
+from nanocore.store.tables import TABLES
 
 
 @implementer(CellMonitor)
@@ -38,18 +41,21 @@ class AllAlive:
     def usage(self, name: str) -> Usage | None:
         return Usage(cores=16, cpu_usage=12.5, memory=64 << 30, memory_available=32 << 30)
 
+    def generation(self) -> int:
+        return 0
+
 
 def build(pools: int, cells: int, instances: int) -> Status:
-    pool_map = {f"pool{i}": m.ComputePool(name=f"pool{i}") for i in range(pools)}
-    cell_map = {
-        f"Cell_{i:012x}": m.ComputeCell(name=f"Cell_{i:012x}", pool=f"pool{i % pools}")
-        for i in range(cells)
-    }
-    names = list(cell_map)
-    instance_map = {}
+    state: dict[type, dict[Any, Any]] = {table.kind: {} for table in TABLES}
+    state[m.Zone] = {m.Zone().key: m.Zone()}
+    for i in range(pools):
+        state[m.ComputePool][f"pool{i}"] = m.ComputePool(name=f"pool{i}")
+    names = [f"Cell_{i:012x}" for i in range(cells)]
+    for i, name in enumerate(names):
+        state[m.ComputeCell][name] = m.ComputeCell(name=name, pool=f"pool{i % pools}")
     for i in range(instances):
-        cell = cell_map[names[i % cells]]
-        instance_map[f"i{i}"] = m.Instance(
+        cell = state[m.ComputeCell][names[i % cells]]
+        state[m.Instance][f"i{i}"] = m.Instance(
             id=f"i{i}",
             name=f"vm{i}",
             owner="admin",
@@ -61,10 +67,7 @@ def build(pools: int, cells: int, instances: int) -> Status:
             disks=(10 << 30,),
             status=m.InstanceStatus.RUNNING if i % 2 else m.InstanceStatus.STOPPED,
         )
-    view = SimpleNamespace(
-        compute_pools=pool_map, cells=cell_map, instances=instance_map, zone=m.Zone()
-    )
-    context = Context(SimpleNamespace(view=view), Clock())  # type: ignore[arg-type]
+    context = Context(SimpleNamespace(view=ReadModel(state)), Clock())  # type: ignore[arg-type]
     return Status(context, AllAlive(), "2024-05-01 00:00:00")
 
 
@@ -81,7 +84,7 @@ def main() -> None:
     parser.add_argument("--pools", type=int, default=10)
     parser.add_argument("--cells", type=int, default=1000)
     parser.add_argument("--instances", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     status = build(args.pools, args.cells, args.instances)
     print(f"{args.pools} pools, {args.cells} cells, {args.instances} instances")

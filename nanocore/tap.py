@@ -65,6 +65,7 @@ from nanocore.services.link import (
     holding,
 )
 from nanocore.services.listen import ListeningService, PortFile
+from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
 from nanocore.tlsserver import tls_server_factory
@@ -262,8 +263,14 @@ def build_service(
     )
 
     name = core_name()
+    memory = MemoryTrim(reactor)
     links = CellLinkFactory(
-        registry, reactor, name, peer_cell_name, max_handshaking=link_handshaking
+        registry,
+        reactor,
+        name,
+        peer_cell_name,
+        max_handshaking=link_handshaking,
+        quiet=memory.soon,
     )
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
     link_factory = tls_server_factory(tls, links)
@@ -328,6 +335,7 @@ def build_service(
         ("discovery", discovery),
         ("api", api_server),
         ("api-port", PortFile(layout.api_port_file, api_server)),
+        ("memory", memory),
     ]
     for name, child in children:
         child.setName(name)

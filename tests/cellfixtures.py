@@ -65,11 +65,13 @@ class FakeDirectory:
         self.requests: list[tuple[str, Message]] = []
         self.sent: list[tuple[str, Message]] = []
         self.observers: list[CellObserver] = []
+        self.events = 0
 
     def connect(
         self, name: str, address: str = "127.0.0.1", status: CellStatus | None = None
     ) -> None:
         """The Cell links up (again); a ``status`` is its first report."""
+        self.events += 1
         self.linked[name] = True
         self.addresses[name] = address
         for observer in list(self.observers):
@@ -78,12 +80,14 @@ class FakeDirectory:
             self.report(name, status)
 
     def report(self, name: str, status: CellStatus) -> None:
+        self.events += 1
         self.statuses[name] = status
         self.reported_at[name] = self.clock.seconds()
         for observer in list(self.observers):
             observer.cell_status(name, status)
 
     def disconnect(self, name: str, gracefully: bool = False) -> None:
+        self.events += 1
         self.linked[name] = False
         self.transactions.fail_peer(name, CellUnavailable(f"cell {name!r} disconnected"))
         for observer in list(self.observers):
@@ -120,6 +124,11 @@ class FakeDirectory:
 
     def status(self, name: str) -> CellStatus | None:
         return self.statuses.get(name)
+
+    def generation(self) -> int:
+        now = self.clock.seconds()
+        stale = sum(now - at >= STATUS_STALE_AFTER for at in self.reported_at.values())
+        return self.events * 1_000_000 + stale
 
     def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
         if not self.linked.get(name):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -417,3 +419,122 @@ class TamperTests(SynchronousTestCase):
         body[index % len(body)] = (body[index % len(body)] + delta) % 256
         changed = RequestParts(parts.method, parts.path, parts.query, parts.headers, bytes(body))
         self.check_refused(changed, authorization)
+
+
+class ReplayModel:
+    """The replay rule in its plainest form: every signature in one dict, forgotten when its
+    date goes stale. The verifier keeps the same facts in less memory (per stale second,
+    settled digests in sorted arrays); it must decide alike."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+        self.seen: dict[str, tuple[float, int]] = {}
+
+    def verify(
+        self, signature: str, signed_at: float, now: float, write: bool, writable: bool
+    ) -> str:
+        if abs(now - signed_at) > self.skew:
+            return "expired"
+        self.seen = {key: kept for key, kept in self.seen.items() if kept[1] > now}
+        if not (write or writable):
+            return "ok"
+        kept = self.seen.get(signature)
+        if kept is not None:
+            return "replayed" if write and now > kept[0] else "ok"
+        until = now + (math.floor(signed_at) + 1 - signed_at) + REPEAT_MARGIN
+        self.seen[signature] = (until, math.floor(signed_at + self.skew) + 1)
+        return "ok"
+
+
+def dated(offset: float, path: str) -> RequestParts:
+    """A signed POST of ``path`` dated ``offset`` seconds after SIGNED_AT."""
+    moment = datetime.fromtimestamp(SIGNED_AT + offset).astimezone()
+    headers = dict(vector_b().headers, **{"nano-date": moment.isoformat()})
+    parts = RequestParts("POST", path, "", headers, b"")
+    return with_authorization(parts, sign("dummyID", KEY, parts, SCOPE, WITHOUT_BODY))
+
+
+class ReplayMemoryTests(SynchronousTestCase):
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([0.0, 0.25, 1.0, 2.5, 7.0, 150.0]),  # signed this long ago
+                st.sampled_from(["/api/v1/a", "/api/v1/b"]),
+                st.sampled_from(["POST", "DELETE", "GET"]),
+                st.booleans(),  # writable
+                st.sampled_from([0.0, 0.0, 0.3, 0.9, 1.7, 4.0, 60.0, 299.0]),  # then wait
+            ),
+            max_size=40,
+        )
+    )
+    def test_the_verifier_decides_as_the_plain_rule(self, steps: list[tuple[Any, ...]]) -> None:
+        verifier, clock = verifier_at(SIGNED_AT + 200, skew=100.0)
+        model = ReplayModel(100.0)
+        for ago, path, method, writable, wait in steps:
+            parts = dated(clock.seconds() - SIGNED_AT - ago, path)
+            parts = RequestParts(method, parts.path, "", parts.headers, b"")
+            try:
+                verifier.verify(parts, writable=writable)
+                outcome = "ok"
+            except AuthError as refusal:
+                outcome = refusal.message.split(" ")[0]
+            signed_at = clock.seconds() - ago
+            expected = model.verify(
+                parts.headers["nano-authorization"],
+                signed_at,
+                clock.seconds(),
+                method != "GET",
+                writable,
+            )
+            self.assertEqual(outcome, expected)
+            clock.advance(wait)
+        now = clock.seconds()
+        remembered = [kept for kept in model.seen.values() if kept[1] > now]
+        self.assertEqual(verifier.replay_entries(), len(remembered))
+
+
+class ReadMemoTests(SynchronousTestCase):
+    """A read's exact parts verified before are checked for freshness only: the outcome is
+    what a verifier that never saw them decides."""
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([0.0, 0.5, 120.0, 299.0, 301.0]),  # signed this long ago
+                st.sampled_from(["/api/v1/a", "/api/v1/b"]),
+                st.sampled_from(["GET", "HEAD", "GET"]),
+                st.sampled_from(["good", "corrupted", "stranger"]),
+                st.sampled_from([0.0, 0.4, 2.0, 150.0, 400.0]),  # then wait
+            ),
+            max_size=30,
+        )
+    )
+    def test_a_remembered_read_decides_as_a_fresh_verifier(
+        self, steps: list[tuple[Any, ...]]
+    ) -> None:
+        verifier, clock = verifier_at(SIGNED_AT)
+        sent: dict[tuple[Any, ...], RequestParts] = {}
+        for ago, path, method, kind, wait in steps:
+            key = (ago, path, method, kind)
+            parts = sent.get(key)
+            if parts is None:  # the same request again, byte for byte, when drawn again
+                parts = dated(clock.seconds() - SIGNED_AT - ago, path)
+                parts = RequestParts(method, parts.path, "", parts.headers, b"")
+                if kind != "good":
+                    value = parts.headers["nano-authorization"]
+                    value = value[:-4] + "0000" if kind == "corrupted" else value
+                    if kind == "stranger":
+                        value = value.replace("dummyID", "stranger")
+                    parts = with_authorization(parts, value)
+                sent[key] = parts
+            fresh = Verifier({"dummyID": KEY}, clock)
+            self.assertEqual(
+                self.outcome(verifier, parts), self.outcome(fresh, parts), (key, clock.seconds())
+            )
+            clock.advance(wait)
+
+    def outcome(self, verifier: Verifier, parts: RequestParts) -> str:
+        try:
+            return verifier.verify(parts, writable=False)
+        except AuthError as refusal:
+            return refusal.message

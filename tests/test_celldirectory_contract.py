@@ -194,6 +194,23 @@ class DirectoryContract:
         self.assertIs(self.directory.state(CELL), CellLiveness.CONNECTED)
         self.assertEqual(self.directory.status(CELL), REPORT)
 
+    def test_the_generation_moves_with_every_change(self: Any) -> None:
+        seen = [self.directory.generation()]
+
+        def moved() -> None:
+            now = self.directory.generation()
+            self.assertNotIn(now, seen)
+            seen.append(now)
+
+        self.driver.connect(CELL, "127.0.0.5")
+        moved()
+        self.driver.report(CELL, REPORT)
+        moved()
+        self.advance(STATUS_STALE_AFTER)  # the report goes stale: alive, then connected
+        moved()
+        self.driver.disconnect(CELL, True)
+        moved()
+
     def test_request_and_reply(self: Any) -> None:
         self.driver.connect(CELL, "127.0.0.5")
         asking = self.directory.request(CELL, Message(id=MessageID.QueryCellStorageRequest))

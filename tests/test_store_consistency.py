@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import model as m
-from nanocore.store import Delete, Insert, Put, StoreError, UnitOfWork
+from nanocore.store import Delete, Insert, Put, StoreError, UnitOfWork, condition
 from nanocore.store.readmodel import ReadModel
 from nanocore.store.schema import bundled_scripts, open_database
 from nanocore.store.writer import Writer
@@ -72,6 +72,9 @@ instances = st.builds(
     cores=st.just(1),
     memory=st.just(1),
     disks=st.just((1,)),
+    status=st.sampled_from(m.InstanceStatus),
+    lost=st.booleans(),
+    migrating=st.booleans(),
 )
 entities = st.one_of(
     storage_pools, compute_pools, cells, address_pools, ranges, allocations, instances
@@ -128,6 +131,10 @@ class ReadModelMatchesDatabase(SynchronousTestCase):
                 dict(view.instances_on_cell(cell)), dict(fresh.instances_on_cell(cell))
             )
             self.assertEqual(view.load_on_cell(cell), fresh.load_on_cell(cell))
+            tallied: dict[Any, int] = {}
+            for instance in fresh.instances_on_cell(cell).values():
+                tallied[condition(instance)] = tallied.get(condition(instance), 0) + 1
+            self.assertEqual(dict(view.instance_conditions(cell)), tallied)
         for pool in POOLS:
             for name in ("g1", "g2"):
                 self.assertEqual(

@@ -29,6 +29,7 @@ from nanocore.openfiles import connection_share
 from nanocore.services.images import ImageSiteService
 from nanocore.services.link import CellLinkService
 from nanocore.services.listen import ListeningService, PortFile
+from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
 from nanocore.testing import simtap
@@ -208,6 +209,7 @@ class MakeServiceTests(SynchronousTestCase):
                 ("discovery", MulticastServer),
                 ("api", ListeningService),
                 ("api-port", PortFile),
+                ("memory", MemoryTrim),
             ],
         )
 
@@ -216,7 +218,7 @@ class MakeServiceTests(SynchronousTestCase):
         tree = tap.makeService(self.options, self.reactor)
         self.assertEqual(
             [child.name for child in tree],
-            ["store", "cell-link", "images", "discovery", "api", "api-port"],
+            ["store", "cell-link", "images", "discovery", "api", "api-port", "memory"],
         )
 
     def test_nothing_listens_before_the_service_starts(self) -> None:

@@ -10,11 +10,15 @@ Errors are mapped in one place, with ``handle_errors``: werkzeug's misses to htt
 answers (:mod:`nanocore.api.misses`); a refused signature, a bad body and an operation's
 refusal to the envelope with their message; anything else to "internal error", logged once.
 The body limit is the request class's, on the wire (:mod:`nanocore.api.request`).
+
+:func:`build_api_resource` puts :class:`~nanocore.api._fastread.CachedReads` in front of the
+app: a signed read whose answer the cache keeps is answered there, after the same signature
+check, without Klein's routing (a fast path behind a wall, with a property test).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Generic, cast
 
 from klein import Klein
@@ -31,6 +35,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from nanocore.api import envelope
+from nanocore.api._fastread import CachedReads
 from nanocore.api.auth import (
     DEFAULT_SKEW,
     MUTATING_METHODS,
@@ -38,7 +43,7 @@ from nanocore.api.auth import (
     Verifier,
     parse_query,
 )
-from nanocore.api.cache import ResponseCache
+from nanocore.api.cache import Guard, ResponseCache
 from nanocore.api.decode import DecodeError
 from nanocore.api.endpoint import Endpoint, Incoming, decoded_path, sized
 from nanocore.api.families import all_routes
@@ -86,13 +91,15 @@ class APIResource(KleinResource, Generic[Ops]):
             if (route.method, rule) in seen:
                 raise ValueError(f"route declared twice: {route.method} {route.full_path}")
             seen.add((route.method, rule))
+            writable = route.method in MUTATING_METHODS or any(
+                may_share_a_path(route.full_path, write) for write in writes
+            )
             endpoint = self._answer(route)
             if route.cacheable and cache is not None:
-                endpoint = cache.wrap(endpoint)
-            if route.auth is not None:
-                writable = route.method in MUTATING_METHODS or any(
-                    may_share_a_path(route.full_path, write) for write in writes
+                endpoint = cache.wrap(
+                    endpoint, Guard(route.auth, writable), self._kept_while(route)
                 )
+            if route.auth is not None:
                 endpoint = signed(verifier, route.auth, endpoint, writable=writable)
             klein_endpoint = misses.exact(route.method, _reading(route.method, endpoint))
             app.route(rule, methods=[route.method], endpoint=str(index))(klein_endpoint)
@@ -115,6 +122,12 @@ class APIResource(KleinResource, Generic[Ops]):
         except HTTPException:
             return None
         return self._routes[int(rule.endpoint)]
+
+    def _kept_while(self, route: Route[Ops]) -> Callable[[], Hashable] | None:
+        kept_while, operations = route.kept_while, self._operations
+        if kept_while is None:
+            return None
+        return lambda: kept_while(operations)
 
     def _answer(self, route: Route[Ops]) -> Endpoint:
         """The route's own step: decode the body, call the handler, encode its result."""
@@ -219,7 +232,7 @@ def build_api_resource(
     skew: float = DEFAULT_SKEW,
     verifier: Verifier | None = None,
     noise: RateLimitedLog | None = None,
-) -> APIResource[Operations]:
+) -> CachedReads:
     """The API as one resource over injected ``operations`` (mount it at the site root).
 
     ``verifier`` is shared with whatever else checks signatures (the image site); ``noise``
@@ -228,7 +241,8 @@ def build_api_resource(
     if verifier is None:
         verifier = Verifier(credentials, clock, skew)
     cache = ResponseCache(operations.revision)
-    return APIResource(all_routes(), operations, verifier, cache, noise)
+    app = APIResource(all_routes(), operations, verifier, cache, noise)
+    return CachedReads(app, cache, verifier)
 
 
 def build_api_site(

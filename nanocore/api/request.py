@@ -64,7 +64,10 @@ class LimitedRequest(Request):
         super().__init__(*args, **kwargs)
 
     def process(self) -> None:
-        if not _utf8(unquote_to_bytes(self.path)) or not _utf8(self.getRequestHostname()):
+        path = self.path
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        if not _utf8(path) or not _utf8(self.getRequestHostname()):
             # Klein refuses these too, but logs a traceback for each: a cheap log flood.
             self.setResponseCode(400)
             self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")

@@ -16,7 +16,7 @@ mypy checks every handler against the real operations class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Generic, Never, TypeVar, cast
 
 from attrs import frozen
@@ -131,6 +131,9 @@ class Route(Generic[Ops]):
     response: Schema = EMPTY
     #: Reads whose encoded answer may be kept until the operations' revision changes.
     cacheable: bool = False
+    #: For a cacheable read whose answer depends on more than the store: what to keep it
+    #: by instead of the operations' revision (status: the Cells' liveness too).
+    kept_while: Callable[[Ops], Hashable] | None = None
     #: Query parameters the handler reads, for the OpenAPI document.
     query: tuple[str, ...] = ()
     #: Media type of a route answering :class:`Raw` bytes instead of the envelope.
@@ -169,6 +172,7 @@ class Family(Generic[Ops]):
         auth: Variant | None = Variant.REQUEST,
         response: Schema = EMPTY,
         cacheable: bool = False,
+        kept_while: Callable[[Ops], Hashable] | None = None,
         query: tuple[str, ...] = (),
         raw: str = "",
         upload: str = "",
@@ -180,7 +184,7 @@ class Family(Generic[Ops]):
                 Route(
                     method, path, handler, summary, self.tag,
                     body=body, auth=auth, response=response, cacheable=cacheable,
-                    query=query, raw=raw, upload=upload,
+                    kept_while=kept_while, query=query, raw=raw, upload=upload,
                 )
             )  # fmt: skip
             return handler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from nanocore.api.route import Call, Family
@@ -69,7 +70,19 @@ def cell(state: CellState, truncate: bool) -> dict[str, Any]:
 status: Family[Operations] = Family("status")
 
 
-@status.route("GET", "/compute_zone_status/", "Zone totals", response=ZONE)
+def _kept_while(ops: Operations) -> Hashable:
+    """Status answers are kept until a commit or a Cell's liveness, address or report moves."""
+    return ops.status.revision()
+
+
+@status.route(
+    "GET",
+    "/compute_zone_status/",
+    "Zone totals",
+    response=ZONE,
+    cacheable=True,
+    kept_while=_kept_while,
+)
 def zone(ops: Operations, call: Call) -> object:
     state = ops.status.zone()
     return {
@@ -87,12 +100,21 @@ def zone(ops: Operations, call: Call) -> object:
     "/compute_pool_status/",
     "Status of every pool (null when there are none)",
     response=nullable(array(POOL)),
+    cacheable=True,
+    kept_while=_kept_while,
 )
 def pools(ops: Operations, call: Call) -> object:
     return [pool(state, truncate=True) for state in ops.status.pools()] or None
 
 
-@status.route("GET", "/compute_pool_status/:pool", "Status of one pool", response=POOL)
+@status.route(
+    "GET",
+    "/compute_pool_status/:pool",
+    "Status of one pool",
+    response=POOL,
+    cacheable=True,
+    kept_while=_kept_while,
+)
 def one_pool(ops: Operations, call: Call) -> object:
     return pool(ops.status.pool(call.params["pool"]), truncate=False)
 
@@ -102,13 +124,22 @@ def one_pool(ops: Operations, call: Call) -> object:
     "/compute_cell_status/:pool",
     "Status of the cells of a pool (null when there are none)",
     response=nullable(array(CELL)),
+    cacheable=True,
+    kept_while=_kept_while,
 )
 def cells(ops: Operations, call: Call) -> object:
     states = ops.status.cells(call.params["pool"])
     return [cell(state, truncate=True) for state in states] or None
 
 
-@status.route("GET", "/compute_cell_status/:pool/:cell", "Status of one cell", response=CELL)
+@status.route(
+    "GET",
+    "/compute_cell_status/:pool/:cell",
+    "Status of one cell",
+    response=CELL,
+    cacheable=True,
+    kept_while=_kept_while,
+)
 def one_cell(ops: Operations, call: Call) -> object:
     p = call.params
     return cell(ops.status.cell(p["pool"], p["cell"]), truncate=False)

@@ -75,6 +75,10 @@ class StreamFront(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         req = cast(Request, request)
+        raw = req.path
+        if not raw.endswith(b"/file/") and b"%" not in raw:
+            # Not a stream route, and no escape could make it one: the API's, undecoded.
+            return cast(bytes | int, self._api.render(request))
         method = req.method.decode("latin-1")
         path = decoded_path(req)
         target = target_of(path) if path.endswith("/file/") else None

@@ -9,6 +9,7 @@ become the latest :class:`CellStatus`, and every other message goes to the subsc
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -143,6 +144,11 @@ class CellDirectory(Interface):
     def status(name: str) -> CellStatus | None:
         """The Cell's latest valid status report, kept after it disconnects."""
 
+    def generation() -> int:
+        """A number that changes whenever ``state``, ``address`` or ``status`` of any Cell
+        may have changed, by an event or by time passing (answers derived from them are
+        kept while it stands)."""
+
     def request(name: str, message: Message, **kw: Any) -> Deferred[Message]:
         """A transaction with the Cell; fails with :class:`CellUnavailable` if it is unlinked."""
 
@@ -172,6 +178,9 @@ class CellRegistry:
         self._transactions = transactions
         self._cells: dict[str, _Cell] = {}
         self._observers: list[CellObserver] = []
+        self._generation = 0
+        #: When reports go stale (a Cell turns from alive to connected), earliest first.
+        self._stale_at: list[float] = []
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -211,6 +220,15 @@ class CellRegistry:
             return CellLiveness.ALIVE
         return CellLiveness.CONNECTED
 
+    def generation(self) -> int:
+        now = self._clock.seconds()
+        stale_at = self._stale_at
+        if stale_at and stale_at[0] <= now:
+            while stale_at and stale_at[0] <= now:
+                heapq.heappop(stale_at)
+            self._generation += 1
+        return self._generation
+
     # -- talking to Cells ---------------------------------------------------------------------
 
     def send(self, name: str, message: Message) -> None:
@@ -241,6 +259,7 @@ class CellRegistry:
     # -- LinkHandler --------------------------------------------------------------------------
 
     def link_connected(self, link: LinkSession) -> None:
+        self._generation += 1
         cell = self._cells.get(link.name)
         previous = cell.link if cell is not None else None
         if cell is None:
@@ -267,11 +286,14 @@ class CellRegistry:
 
     def link_lost(self, link: LinkSession) -> None:
         """Lost is bookkeeping only (``state``); failover waits for the disconnect."""
+        self._generation += 1
 
     def link_recovered(self, link: LinkSession) -> None:
         """Back to connected; nothing to tell observers."""
+        self._generation += 1
 
     def link_closed(self, link: LinkSession, gracefully: bool) -> None:
+        self._generation += 1
         cell = self._cells.get(link.name)
         if cell is None or cell.link is not link:
             return
@@ -292,6 +314,8 @@ class CellRegistry:
         cell = self._cells[name]
         cell.status = status
         cell.reported_at = self._clock.seconds()
+        self._generation += 1
+        heapq.heappush(self._stale_at, cell.reported_at + STATUS_STALE_AFTER)
         self._notify(lambda observer: observer.cell_status(name, status))
 
     def _notify(self, tell: Callable[[CellObserver], None]) -> None:

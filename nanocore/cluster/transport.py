@@ -564,8 +564,12 @@ class CellLinkFactory(Factory):
         core_name: str,
         identify: Callable[[ITransport], str | None],
         max_handshaking: int = MAX_TLS_HANDSHAKING,
+        quiet: Callable[[], object] | None = None,
     ) -> None:
+        """``quiet`` is told when the last connection still handshaking is done (a wave of
+        Cells has linked: what their handshakes freed may be returned, ``services.memory``)."""
         self._handler = handler
+        self._quiet = quiet
         self._clock = clock
         self._core_name = core_name
         self._identify = identify
@@ -644,7 +648,13 @@ class CellLinkFactory(Factory):
 
     def _forget(self, protocol: FramedLinkProtocol) -> None:
         self.connections.discard(protocol)
+        self._done_waiting(protocol)
+
+    def _done_waiting(self, protocol: FramedLinkProtocol) -> None:
+        waiting = len(self._waiting)
         self._waiting.remove(protocol)
+        if waiting and not self._waiting and self._quiet is not None:
+            self._quiet()
 
     def _new_session(self, wire: FramedLinkProtocol) -> LinkSession:
         return LinkSession(
@@ -656,7 +666,7 @@ class CellLinkFactory(Factory):
             peer_type=ServiceType.CELL,
             dialer=False,
             identify=lambda: self._identify(transport_of(wire)),
-            handshake_over=lambda _: self._waiting.remove(wire),
+            handshake_over=lambda _: self._done_waiting(wire),
             noise=self._noise,
         )
 

@@ -12,7 +12,8 @@ reconnects and disconnects of Cells change state here, through the store, like a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 from attrs import define, evolve, frozen
@@ -87,6 +88,9 @@ class NoLinks:
     def status(self, name: str) -> CellStatus | None:
         return None
 
+    def generation(self) -> int:
+        return 0
+
     def request(self, name: str, message: Message, **kw: Any) -> Deferred[Message]:
         return fail(CellUnavailable(f"cell {name!r} is not connected"))
 
@@ -156,6 +160,9 @@ class CellOperations:
         self._timeout = timeout
         self._reconcile = reconcile
         self._presence: dict[str, _Presence] = {}
+        self._arrivals = 0
+        #: When a Cell that linked but has not reported stops counting as alive, earliest first.
+        self._unreported_until: list[float] = []
 
     # -- what a Cell looks like now -----------------------------------------------------------
 
@@ -171,6 +178,16 @@ class CellOperations:
                 and self._clock.seconds() - presence.connected_at < STATUS_STALE_AFTER
             )
         return False
+
+    def generation(self) -> Hashable:
+        """Changes whenever ``alive``, ``address`` or ``usage`` of any Cell may have."""
+        now = self._clock.seconds()
+        until = self._unreported_until
+        if until and until[0] <= now:
+            while until and until[0] <= now:
+                heapq.heappop(until)
+            self._arrivals += 1
+        return (self._cells.generation(), self._arrivals)
 
     def usage(self, name: str) -> Usage | None:
         """The Cell's latest report while it is alive; a dead Cell's stale figures are not used."""
@@ -439,6 +456,8 @@ class CellOperations:
 
     def cell_available(self, name: str, address: str) -> None:
         self._presence[name] = _Presence(address, self._clock.seconds())
+        self._arrivals += 1
+        heapq.heappush(self._unreported_until, self._clock.seconds() + STATUS_STALE_AFTER)
         record = self._context.view.cells.get(name)
         if record is None or not record.pool:
             self.log.info(

@@ -9,6 +9,7 @@ from nanocore.store.errors import (
     StoreClosed,
     StoreError,
 )
+from nanocore.store.indexes import Condition, condition
 from nanocore.store.interfaces import CommitStore
 from nanocore.store.readmodel import ReadModel
 from nanocore.store.store import Store
@@ -16,6 +17,7 @@ from nanocore.store.store import Store
 __all__ = [
     "Change",
     "CommitStore",
+    "Condition",
     "Conflict",
     "DamagedStore",
     "Delete",
@@ -28,4 +30,5 @@ __all__ = [
     "StoreClosed",
     "StoreError",
     "UnitOfWork",
+    "condition",
 ]

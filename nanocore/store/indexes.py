@@ -12,9 +12,17 @@ from types import MappingProxyType
 
 from attrs import frozen
 
-from nanocore.model import Instance
+from nanocore.model import Instance, InstanceStatus
 
 _NONE: Mapping[str, Instance] = MappingProxyType({})
+
+#: What the status counters of a Cell's instances depend on: status, migrating, lost.
+Condition = tuple[InstanceStatus, bool, bool]
+_NO_CONDITIONS: Mapping[Condition, int] = MappingProxyType({})
+
+
+def condition(instance: Instance) -> Condition:
+    return (instance.status, instance.migrating, instance.lost)
 
 
 @frozen
@@ -40,6 +48,7 @@ class InstanceIndex:
         self._names: dict[tuple[str, str, str], str] = {}
         self._loads: dict[str, CellLoad] = {}
         self._loads_view = MappingProxyType(self._loads)
+        self._conditions: dict[str, dict[Condition, int]] = {}
         for instance in instances:
             self.added(instance)
 
@@ -59,6 +68,11 @@ class InstanceIndex:
 
     def load(self, cell: str) -> CellLoad:
         return self._loads.get(cell, NO_LOAD)
+
+    def conditions(self, cell: str) -> Mapping[Condition, int]:
+        """How many of the Cell's instances are in each condition (none absent)."""
+        found = self._conditions.get(cell)
+        return _NO_CONDITIONS if found is None else MappingProxyType(found)
 
     @property
     def loads(self) -> Mapping[str, CellLoad]:
@@ -85,6 +99,9 @@ class InstanceIndex:
         self._by_pool.setdefault(instance.pool, {})[instance.id] = instance
         self._by_cell.setdefault(instance.cell, {})[instance.id] = instance
         self._names[(instance.pool, instance.group, instance.name)] = instance.id
+        tally = self._conditions.setdefault(instance.cell, {})
+        key = condition(instance)
+        tally[key] = tally.get(key, 0) + 1
         if shift:
             self._shift(instance, 1)
 
@@ -94,6 +111,14 @@ class InstanceIndex:
         name = (instance.pool, instance.group, instance.name)
         if self._names.get(name) == instance.id:
             del self._names[name]
+        tally = self._conditions.get(instance.cell)
+        key = condition(instance)
+        if tally is not None and key in tally:
+            tally[key] -= 1
+            if not tally[key]:
+                del tally[key]
+                if not tally:
+                    del self._conditions[instance.cell]
         if shift:
             self._shift(instance, -1)
 

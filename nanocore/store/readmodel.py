@@ -8,7 +8,7 @@ from typing import Any, TypeVar, cast
 
 from nanocore import model as m
 from nanocore.store.changes import Delete, UnitOfWork
-from nanocore.store.indexes import CellLoad, InstanceIndex
+from nanocore.store.indexes import CellLoad, Condition, InstanceIndex
 from nanocore.store.writer import State, apply_to_state
 
 T = TypeVar("T")
@@ -56,6 +56,11 @@ class ReadModel:
         """The instance whose stored name is ``<group>.<name>`` in ``pool``, if any."""
         found = self._index.named(pool, group, name)
         return None if found is None else self._state[m.Instance].get(found)
+
+    def instance_conditions(self, cell: str) -> Mapping[Condition, int]:
+        """How many instances on ``cell`` are in each (status, migrating, lost) condition:
+        the status counters without a pass over the Cell's instances."""
+        return self._index.conditions(cell)
 
     def load_on_cell(self, cell: str) -> CellLoad:
         """How many instances Core places on ``cell``, and their cores, memory and disk."""

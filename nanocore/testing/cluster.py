@@ -27,7 +27,7 @@ from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.link import core_sessions
 from nanocore.cluster.message import Message
 from nanocore.cluster.transactions import Transactions
-from nanocore.cluster.transport import CellLinkFactory
+from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
 from nanocore.pki import (
     CertificateAuthority,
     client_tls_options,
@@ -160,7 +160,7 @@ class InProcessCluster:
             self.clock,
             self.core_name,
             peer_cell_name,
-            **({} if max_handshaking is None else {"max_handshaking": max_handshaking}),
+            max_handshaking=MAX_TLS_HANDSHAKING if max_handshaking is None else max_handshaking,
         )
         endpoint = TCP4ServerEndpoint(self.reactor, port, backlog=1024, interface=LOOPBACK)
         self.port = await endpoint.listen(tls_server_factory(options, factory))
