@@ -34,7 +34,7 @@ from twisted.web import static
 from twisted.web.http import HTTPChannel, Request
 from twisted.web.server import NOT_DONE_YET
 
-from nanocore.images.download import FileStream
+from nanocore.images.download import TLS_PIECE, FileStream
 from nanocore.images.files import ImageFolders, Offload
 from nanocore.images.upload import Transfer, boundary_of
 from nanocore.operations.errors import OperationError
@@ -274,14 +274,18 @@ class ImageFile(static.File):
 
     def makeProducer(self, request: Any, fileForReading: Any) -> Any:
         """``static.File`` answers the headers and picks the range; a whole file or one range
-        is then sent in large chunks read off the reactor."""
+        is then sent in large chunks read off the reactor (handed to a TLS transport in
+        pieces, see :data:`~nanocore.images.download.TLS_PIECE`)."""
         producer = super().makeProducer(request, fileForReading)
+        channel = getattr(request, "channel", None)
+        tls = ISSLTransport.providedBy(getattr(channel, "transport", None))
+        piece = TLS_PIECE if tls else None
         if isinstance(producer, static.NoRangeStaticProducer):
             size = self.getFileSize()
-            return FileStream(request, fileForReading, 0, size, self._offload)
+            return FileStream(request, fileForReading, 0, size, self._offload, piece=piece)
         if isinstance(producer, static.SingleRangeStaticProducer):
             return FileStream(
-                request, fileForReading, producer.offset, producer.size, self._offload
+                request, fileForReading, producer.offset, producer.size, self._offload, piece=piece
             )
         return producer
 
