@@ -346,6 +346,11 @@ class BatchKind(StrEnum):
     STOP = "stop"
 
 
+class MigrationKind(StrEnum):
+    MANUAL = "manual"  #: asked through ``POST /migrations/``
+    FAILOVER = "failover"  #: guests of a lost Cell re-placed by Core
+
+
 class BatchStatus(IntEnum):
     PROCESSING = 0
     SUCCESS = 1
@@ -370,6 +375,10 @@ def to_address_provider(raw: Any) -> Any:
 
 def to_batch_kind(raw: Any) -> Any:
     return enum_or_raw(BatchKind, raw)
+
+
+def to_migration_kind(raw: Any) -> Any:
+    return enum_or_raw(MigrationKind, raw)
 
 
 def to_batch_status(raw: Any) -> Any:
@@ -937,7 +946,12 @@ class DiskImage:
 
 @frozen
 class Migration:
-    """A manual migration or failover of instances between two cells of one pool."""
+    """A manual migration or failover of instances between two cells of one pool.
+
+    Running while neither ``finished`` nor ``error``; ``end_time`` (clock seconds, 0 while
+    running) starts its retention. A failover's guests that no Cell could take are a record
+    with no ``target_cell`` and the reasons in ``error``.
+    """
 
     id: str = field(validator=identifier)
     source_pool: str = field(validator=qualified_name)
@@ -948,6 +962,17 @@ class Migration:
     finished: bool = field(default=False, validator=boolean)
     progress: int = field(default=0, validator=percent)
     error: str = field(default="", validator=text)
+    kind: MigrationKind = field(
+        default=MigrationKind.MANUAL,
+        converter=to_migration_kind,
+        validator=one_of(MigrationKind),
+    )
+    start_time: float = field(default=0.0, validator=timestamp)
+    end_time: float = field(default=0.0, validator=timestamp)
+
+    @property
+    def running(self) -> bool:
+        return not (self.finished or self.error)
 
     @property
     def key(self) -> str:

@@ -31,7 +31,7 @@ from nanocore.testing.fakecell import (
     create_guest_request,
     discover_core,
 )
-from nanocore.testing.guests import GuestState
+from nanocore.testing.guests import GuestState, SimulatedGuest
 
 CELL = "Cell_fake0001"
 GiB = 1 << 30
@@ -519,45 +519,154 @@ class FakeCellTests(SynchronousTestCase):
 
     # -- migration ----------------------------------------------------------------------------
 
-    def test_attach_then_migrate(self) -> None:
-        instances = {ParamKey.Instance: ("g7", "g8")}
-        reply = self.ok(
+    NFS = {ParamKey.Type: "nfs", ParamKey.Host: "192.0.2.9", ParamKey.Target: "/export"}
+
+    def on_nfs(self) -> dict[str, SimulatedGuest]:
+        """The Cell joins a pool on NFS; the export holds g7 and g8, made by another Cell."""
+        self.ok(
+            MessageID.ComputePoolReadyEvent,
+            string_params={ParamKey.Pool: "shared", ParamKey.Storage: "nfs1",
+                           ParamKey.Network: "", **self.NFS},
+        )  # fmt: skip
+        export = self.cell.shared.export("192.0.2.9", "/export")
+        for guest in ("g7", "g8"):
+            export[guest] = SimulatedGuest(id=guest, name=f"team.{guest}",
+                                           state=GuestState.STOPPED)  # fmt: skip
+        return export
+
+    def attach(self, *guests: str) -> Message:
+        return self.ok(
             MessageID.AttachInstanceRequest,
             bool_params={ParamKey.Immediate: False},
-            string_array_params=instances,
+            string_array_params={ParamKey.Instance: guests},
         )
-        self.assertNotEqual(reply.from_session, 0)
+
+    def migrate(self, session: int, *guests: str) -> None:
         # One-way: delivered into the Cell's still-open attach transaction.
         self.registry.send(
             CELL,
             Message(
                 id=MessageID.MigrateInstanceRequest,
-                to_session=reply.from_session,
+                to_session=session,
                 string_params={ParamKey.Migration: "m1"},
-                string_array_params=instances,
+                string_array_params={ParamKey.Instance: guests},
             ),
         )
         self.pump.flush()
+
+    def test_attach_then_migrate(self) -> None:
+        export = self.on_nfs()
+        reply = self.attach("g7", "g8")
+        self.assertNotEqual(reply.from_session, 0)
+        self.assertEqual((self.cell.prepared(), self.cell.guests), ({"g7", "g8"}, {}))
+        self.migrate(reply.from_session, "g7", "g8")
         migrated = self.events.messages[-1]
         self.assertEqual(migrated.id, MessageID.InstanceMigratedEvent)
         self.assertEqual(migrated.string_params[ParamKey.Migration], "m1")
+        self.assertFalse(migrated.bool_params[ParamKey.Immediate])
         self.assertEqual(len(migrated.uint_array_params[ParamKey.Monitor]), 2)
-        self.assertEqual(set(self.cell.guests), {"g7", "g8"})
+        self.assertEqual(self.cell.guests, {"g7": export["g7"], "g8": export["g8"]})
+        self.assertEqual(self.cell.prepared(), set())
+        # Its guests now: it reports them, and their volumes stay on the export.
+        listed = self.ok(
+            MessageID.ComputePoolReadyEvent,
+            string_params={
+                ParamKey.Pool: "shared",
+                ParamKey.Storage: "nfs1",
+                ParamKey.Network: "",
+                **self.NFS,
+            },
+        )
+        self.assertEqual(set(listed.string_array_params[ParamKey.Instance]), {"g7", "g8"})
+        self.ok(MessageID.DetachInstanceRequest, string_array_params={ParamKey.Instance: ("g7",)})
+        self.assertEqual((set(self.cell.guests), set(export)), ({"g8"}, {"g7", "g8"}))
+
+    def test_a_prepared_migration_is_undone(self) -> None:
+        self.on_nfs()
+        reply = self.attach("g7")
+        again = self.refused(
+            MessageID.AttachInstanceRequest,
+            bool_params={ParamKey.Immediate: False},
+            string_array_params={ParamKey.Instance: ("g7",)},
+        )
+        self.assertEqual(again, "instance 'g7' already attaching")
+        # Without Core's Migrate within the Cell's timeout, the attach undoes itself.
+        self.advance(10.0)
+        self.assertEqual(self.cell.prepared(), set())
+        self.migrate(reply.from_session, "g7")
+        self.assertEqual(self.cell.guests, {})
+        # Core cancels a prepared attach by detaching.
+        reply = self.attach("g8")
+        self.ok(MessageID.DetachInstanceRequest, string_array_params={ParamKey.Instance: ("g8",)})
+        self.assertEqual(self.cell.prepared(), set())
+        self.migrate(reply.from_session, "g8")
+        self.assertEqual(self.cell.guests, {})
+
+    def test_attach_refusals(self) -> None:
+        immediate = {ParamKey.Immediate: False}
+        self.assertEqual(
+            self.refused(MessageID.AttachInstanceRequest, bool_params=immediate,
+                         string_array_params={ParamKey.Instance: ("g7",)}),
+            "instance storage is not shared, can not attach",
+        )  # fmt: skip
+        self.on_nfs()
+        self.assertEqual(
+            self.refused(MessageID.AttachInstanceRequest, bool_params=immediate,
+                         string_array_params={ParamKey.Instance: ("g7", "nope")}),
+            "invalid instance 'nope'",
+        )  # fmt: skip
+        self.assertEqual(self.cell.prepared(), set())
+
+    def test_a_failed_activation_says_nothing(self) -> None:
+        self.on_nfs()
+        reply = self.attach("g7")
+        self.cell.inject(MessageID.MigrateInstanceRequest, Fault(drop=True))
+        seen = len(self.events.messages)
+        self.migrate(reply.from_session, "g7")
+        self.assertEqual((self.cell.guests, self.cell.prepared()), ({}, set()))
+        self.assertEqual(len(self.events.messages), seen)
+
+    def test_guests_made_here_are_on_the_export(self) -> None:
+        export = self.on_nfs()
+        self.create("g1")
+        self.assertIs(export["g1"], self.cell.guests["g1"])
+        self.ok(MessageID.DeleteGuestRequest, string_params={ParamKey.Instance: "g1"})
+        self.assertNotIn("g1", export)
 
     def test_immediate_attach_for_failover(self) -> None:
+        self.on_nfs()
         self.registry.send(
             CELL,
             Message(
                 id=MessageID.AttachInstanceRequest,
                 bool_params={ParamKey.Immediate: True},
                 string_params={ParamKey.Cell: "Cell_dead"},
-                string_array_params={ParamKey.Instance: ("g9",)},
+                string_array_params={ParamKey.Instance: ("g7",)},
             ),
         )
         self.pump.flush()
         migrated = self.events.messages[-1]
         self.assertTrue(migrated.bool_params[ParamKey.Immediate])
         self.assertEqual(migrated.string_params[ParamKey.Cell], "Cell_dead")
+        self.assertEqual(list(self.cell.guests), ["g7"])
+
+    def test_immediate_attach_failure_is_an_unsolicited_response(self) -> None:
+        self.on_nfs()
+        self.registry.send(
+            CELL,
+            Message(
+                id=MessageID.AttachInstanceRequest,
+                bool_params={ParamKey.Immediate: True},
+                string_params={ParamKey.Cell: "Cell_dead"},
+                string_array_params={ParamKey.Instance: ("gone",)},
+            ),
+        )
+        self.pump.flush()
+        failed = self.events.messages[-1]
+        self.assertEqual(
+            (failed.id, failed.success, failed.to_session, failed.error),
+            (MessageID.AttachInstanceResponse, False, 0, "invalid instance 'gone'"),
+        )
 
     def test_detach_and_purge(self) -> None:
         self.create("g1")

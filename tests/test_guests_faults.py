@@ -7,6 +7,8 @@ truth about every instance (docs/architecture.md, "claims" and "reconciling gues
 
 from __future__ import annotations
 
+from twisted.internet.defer import DeferredList
+
 from nanocore import model as m
 from nanocore.cluster.message import MessageID, ParamKey
 from nanocore.store import Delete, UnitOfWork
@@ -52,8 +54,11 @@ class CreateFaultTests(GuestClusterCase):
     async def test_a_late_guest_is_deleted_on_its_cell(self) -> None:
         """The original left a guest created after its timeout running, invisible to Core."""
         self.everywhere(Fault(delay=10 * TIMEOUT))  # on the Cell's clock: it does create
+        received = [c.until_received(MessageID.CreateGuestRequest) for c in self.cells.values()]
         answer = self.client.post("/guests/", self.guest_body())
         await self.store.commit(UnitOfWork(()))  # the record is in: the request went out
+        # The Cell has it (its creation timer is set) before either clock moves.
+        await DeferredList(received, fireOnOneCallback=True)
         self.core_clock.advance(TIMEOUT)
         self.assertEqual((await answer).envelope()["message"], "cell timeout")
         (pending,) = self.store.view.pending_errors.values()

@@ -117,6 +117,9 @@ def samples() -> list[Any]:
             target_cell="Cell_525400ddeeff",
             instances=(GUEST_ID,),
             error="target lost",
+            kind="failover",
+            start_time=1714564800.5,
+            end_time=1714564811.0,
         ),
         m.BatchTask(
             id="batch-1",
@@ -652,3 +655,22 @@ class MigrationTests(StoreTestCase):
         self.assertEqual(dict(store.view.pending_errors), {})
         self.assertEqual(list(store.view.instances_in_pool("p")), ["i1"])
         self.assertTrue((self.data_dir / f"{DB_NAME}.v1.bak").exists())
+
+    @defer.inlineCallbacks
+    def test_version_3_migrations_gain_kind_and_times(self) -> Any:
+        self.data_dir.mkdir(parents=True)
+        path = self.data_dir / DB_NAME
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            migrate(connection, bundled_scripts()[:3], path)
+            connection.executescript(
+                "INSERT INTO migration VALUES ('m1', 'p', 'a', 'p', 'b', '[]', 1, 0, '');"
+            )
+        finally:
+            connection.close()
+        store = yield self.open()
+        record = store.view.migrations["m1"]
+        self.assertEqual(
+            (record.kind, record.start_time, record.end_time, record.finished),
+            (m.MigrationKind.MANUAL, 0.0, 0.0, True),
+        )

@@ -17,6 +17,7 @@ from nanocore.api import (
     images,
     media,
     meta,
+    migrations,
     pools,
     security,
     snapshots,
@@ -44,6 +45,7 @@ FAMILIES: tuple[Family[Operations], ...] = (
     guest_security.guest_security,
     guestlists.lists,
     batches.batches,
+    migrations.migrations,
 )
 
 

@@ -19,6 +19,7 @@ from nanocore.operations.guests import GuestOperations
 from nanocore.operations.images import ImageFiles, Images, NoImageFiles
 from nanocore.operations.imagesite import ImageSiteLocator, no_image_site
 from nanocore.operations.media import GuestMedia
+from nanocore.operations.migrations import Migrations
 from nanocore.operations.pools import ComputePools, StoragePools
 from nanocore.operations.security import SecurityGroups
 from nanocore.operations.snapshots import Snapshots
@@ -74,8 +75,11 @@ class Operations:
         self.captures = Captures(self.context, self.images, self.guests.access, image_site)
         self.cells = CellOperations(self.context, links, timeout, reconcile=self.guests.reconcile)
         self.batches = Batches(self.context, self.guests)
+        self.migrations = Migrations(access, placement, timeout)
         links.subscribe(self.cells)
         links.subscribe(self.guests.events)
+        # After the guests' observer: a failover re-places guests once they are marked lost.
+        links.subscribe(self.migrations)
         # After the guests' observer: a batch judges a member once its event is applied.
         links.subscribe(self.batches)
         self.address_pools = AddressPools(self.context, self.cells.notify)

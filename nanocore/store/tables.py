@@ -468,6 +468,9 @@ MIGRATION = Table(
         "finished",
         "progress",
         "error",
+        "kind",
+        "start_time",
+        "end_time",
     ),
     to_row=lambda g: (
         g.id,
@@ -479,6 +482,9 @@ MIGRATION = Table(
         g.finished,
         g.progress,
         g.error,
+        g.kind.value,
+        g.start_time,
+        g.end_time,
     ),
     from_row=lambda r: m.Migration(
         id=r[0],
@@ -490,6 +496,9 @@ MIGRATION = Table(
         finished=bool(r[6]),
         progress=r[7],
         error=r[8],
+        kind=r[9],
+        start_time=r[10],
+        end_time=r[11],
     ),
     describe_key=_quoted,
 )

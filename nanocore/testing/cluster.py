@@ -39,6 +39,7 @@ from nanocore.pki import (
 from nanocore.testing.celldisks import CellDisks
 from nanocore.testing.fakecell import FakeCell, Locate, LocatedCoreEndpoint
 from nanocore.testing.imageclient import CellImageClient
+from nanocore.testing.sharedstorage import SharedStorage
 from nanocore.tlsserver import tls_server_factory
 
 LOOPBACK = "127.0.0.1"
@@ -128,6 +129,8 @@ class InProcessCluster:
         self.registry = CellRegistry(self.clock, self.transactions)
         self.waiter = Waiter()
         self.registry.subscribe(self.waiter)
+        #: The NFS exports every Cell of this fabric mounts (a pool's shared storage).
+        self.shared = SharedStorage()
         self.cells: dict[str, FakeCell] = {}
         self.services: dict[str, IService] = {}
         self.port: IListeningPort | None = None
@@ -180,6 +183,7 @@ class InProcessCluster:
         (TLS only): the folder under which the Cell keeps its guests' disks, moving them to
         and from the image site with its certificate (a folder of its name inside it).
         """
+        options.setdefault("shared", self.shared)
         cell = FakeCell(name, self.reactor if clock is None else clock, **options)
         where = locate or (lambda: succeed(self.address))
         service: IService

@@ -16,6 +16,13 @@ does: a guest created from a disk image is downloaded from the image site with t
 certificate and checked against its signature (a mismatch fails the creation), and a disk image
 captured from a guest is uploaded there; progress is reported as the bytes move. Without it,
 both are simulated on the Cell's clock.
+
+Guests' volumes live on the pool's storage as the Cell sees it: on a pool with NFS storage, an
+export of :class:`~nanocore.testing.sharedstorage.SharedStorage` that every FakeCell given the
+same ``shared`` mounts, so migration and failover (§5.7) move guests between them: an attach
+prepares guests of the export (or, with Immediate, takes them at once), Core's Migrate
+activates them, a detach lets go of them (or of what was prepared), and a prepared attach is
+undone after ``attach_timeout`` without a Migrate.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from nanocore.cluster.transport import (
 from nanocore.model import TIME_FORMAT
 from nanocore.testing.celldisks import CellDisks
 from nanocore.testing.guests import GuestError, GuestState, Rule, SimulatedGuest
+from nanocore.testing.sharedstorage import SharedStorage, Volumes
 
 #: Seconds between status reports (the Cell collector's tick).
 REPORT_INTERVAL = 2.0
@@ -171,10 +179,15 @@ class FakeCell:
         reconnect_delay: float = RECONNECT_DELAY,
         reconnect_clock: IReactorTime | None = None,
         disks: CellDisks | None = None,
+        shared: SharedStorage | None = None,
+        attach_timeout: float = 10.0,
     ) -> None:
         """``creation_time``: seconds from a create request to ``GuestCreatedEvent`` (0: at
         the next turn); ``stop_time``: from a stop to ``GuestStoppedEvent``; ``disks``: clone
-        and capture through the image site (see the module's docstring)."""
+        and capture through the image site (see the module's docstring); ``shared``: the NFS
+        exports this Cell mounts when its pool has shared storage (default: its own, seen by
+        no other Cell); ``attach_timeout``: how long a prepared migration waits for Core's
+        ``MigrateInstanceRequest`` before the Cell undoes it (a Cell's operate timeout)."""
         self.name = name
         self.capacity = capacity
         self.usage = usage
@@ -187,6 +200,11 @@ class FakeCell:
         #: the Cell's clock can let the Cell come back on its own on the reactor's.
         self._reconnect_clock = reconnect_clock if reconnect_clock is not None else clock
         self.disks = disks
+        self.shared = shared if shared is not None else SharedStorage()
+        self._local_volumes: Volumes = {}
+        #: The volumes of the guests this Cell can see: its pool's NFS export, or its own.
+        self.volumes: Volumes = self._local_volumes
+        self._attach_timeout = attach_timeout
         #: Errors the next creations fail with (a ``GuestUpdatedEvent`` with success false).
         self.creation_failures: deque[str] = deque()
         #: Errors the next system resets end with (a ``SystemResetEvent`` with success false).
@@ -204,6 +222,7 @@ class FakeCell:
         #: The latest messages Core sent (bounded, so a long simulation does not grow).
         self.received: deque[Message] = deque(maxlen=1000)
         self._sessions = itertools.count(1)
+        #: Migrations prepared here (attach session -> guests), waiting for Core's Migrate.
         self._attach_sessions: dict[int, tuple[str, ...]] = {}
         self._ports = itertools.count(5901)
         self._timers: set[IDelayedCall] = set()
@@ -487,6 +506,7 @@ class FakeCell:
                 "host": _require(s, ParamKey.Host, "string"),
                 "target": _require(s, ParamKey.Target, "string"),
             }
+        self._mount()
         self.network = {}
         if network:
             self.network = {
@@ -531,8 +551,24 @@ class FakeCell:
             "uint_array_params": uints,
         }
 
+    def _mount(self) -> None:
+        """Keep the guests' volumes on the pool's NFS export (or locally), with those of the
+        guests this Cell holds already."""
+        if self.storage:
+            volumes = self.shared.export(self.storage["host"], self.storage["target"])
+        else:
+            volumes = self._local_volumes
+        for guest in self.guests.values():
+            volumes.setdefault(guest.id, guest)
+        self.volumes = volumes
+
+    def prepared(self) -> set[str]:
+        """The guests attached here for a migration that has not been activated yet."""
+        return {guest for guests in self._attach_sessions.values() for guest in guests}
+
     def _cell_removed(self, request: Message) -> list[Message]:
         self.pool, self.storage, self.network = "", {}, {}
+        self._mount()
         return []
 
     def _address_pool_changed(self, request: Message) -> list[Message]:
@@ -565,7 +601,7 @@ class FakeCell:
         s, u = request.string_params, request.uint_params
         arrays, texts = request.uint_array_params, request.string_array_params
         guest_id = _require(s, ParamKey.Instance, "string")
-        if guest_id in self.guests:
+        if guest_id in self.guests or guest_id in self.volumes:
             raise GuestError(f"guest {guest_id} already exists")
         for key in (ParamKey.Name, ParamKey.User, ParamKey.Group, ParamKey.Pool, ParamKey.Admin,
                     ParamKey.Template):  # fmt: skip
@@ -613,7 +649,7 @@ class FakeCell:
             for i in range(0, len(policy) - len(policy) % 5, 5)
         ]
         guest.default_accept = request.bool_params.get(ParamKey.Action, True)
-        self.guests[guest_id] = guest
+        self.guests[guest_id] = self.volumes[guest_id] = guest
         if cloning and self.disks is not None:
             self._clone(
                 guest, s[ParamKey.Image], s[ParamKey.Host], u[ParamKey.Port], u[ParamKey.Size]
@@ -685,8 +721,7 @@ class FakeCell:
         if self.guests.get(guest.id) is not guest:
             return
         del self.guests[guest.id]
-        if self.disks is not None:
-            self.disks.forget(guest.id)
+        self._forget_volumes(guest)
         self._send(
             Message(
                 id=MessageID.GuestUpdatedEvent,
@@ -703,9 +738,14 @@ class FakeCell:
         guest = self._guest(request)
         guest.require(GuestState.STOPPED, GuestState.CREATING, GuestState.RESETTING)
         del self.guests[guest.id]
+        self._forget_volumes(guest)
+        return [self._success(request), self._guest_event(MessageID.GuestDeletedEvent, guest)]
+
+    def _forget_volumes(self, guest: SimulatedGuest) -> None:
+        if self.volumes.get(guest.id) is guest:
+            del self.volumes[guest.id]
         if self.disks is not None:
             self.disks.forget(guest.id)
-        return [self._success(request), self._guest_event(MessageID.GuestDeletedEvent, guest)]
 
     def _start(self, request: Message) -> list[Message]:
         guest = self._guest(request)
@@ -968,24 +1008,55 @@ class FakeCell:
 
     # -- §5.7 migration -----------------------------------------------------------------------
 
+    def _attachable(self, instances: tuple[str, ...]) -> list[SimulatedGuest]:
+        """The guests' volumes, as this Cell sees them: on its pool's NFS export."""
+        if not self.storage:
+            raise GuestError("instance storage is not shared, can not attach")
+        found = []
+        for guest_id in instances:
+            guest = self.volumes.get(guest_id)
+            if guest is None:
+                raise GuestError(f"invalid instance '{guest_id}'")
+            if guest_id in self.guests:
+                raise GuestError(f"instance '{guest_id}' already attached")
+            found.append(guest)
+        return found
+
     def _attach(self, request: Message) -> list[Message]:
+        """Prepare the guests for a migration (kept until Core's Migrate, or undone after the
+        attach timeout), or, for a failover, take them at once and tell Core."""
         instances = tuple(_require(request.string_array_params, ParamKey.Instance, "string array"))
         if request.bool_params.get(ParamKey.Immediate, False):
             source = request.string_params.get(ParamKey.Cell, "")
+            self._attachable(instances)  # a failure: AttachInstanceResponse, ``to`` = 0
             return [self._migrated(instances, immediate=True, source=source)]
+        self._attachable(instances)
+        busy = self.prepared().intersection(instances)
+        if busy:
+            raise GuestError(f"instance '{sorted(busy)[0]}' already attaching")
         session = next(self._sessions)
         self._attach_sessions[session] = instances
-        # The attach transaction stays open for the MigrateInstanceRequest, then gives up.
-        self._schedule(10.0, self._attach_sessions.pop, session, None)
+        # The attach transaction stays open for the MigrateInstanceRequest, then undoes itself.
+        self._schedule(self._attach_timeout, self._attach_sessions.pop, session, None)
         reply = self._success(request)
         return [evolve(reply, from_session=session)]
 
     def _migrate(self, request: Message) -> list[Message]:
+        """Activate what the attach session prepared; silent on failure, as a stock Cell."""
         instances = self._attach_sessions.pop(request.to_session, None)
         if instances is None:
             self.log.warn("{cell}: migrate for an unknown attach session", cell=self.name)
             return []
+        fault = self._take_fault(MessageID.MigrateInstanceRequest)
+        if fault is not None and (fault.drop or fault.error):
+            return []  # activation failed: the prepared guests are let go, nothing is said
         migration = request.string_params.get(ParamKey.Migration, "")
+        try:
+            self._attachable(instances)
+        except GuestError as error:
+            self.log.warn("{cell}: migration {id} not activated: {error}", cell=self.name,
+                          id=migration, error=str(error))  # fmt: skip
+            return []
         return [self._migrated(instances, immediate=False, migration=migration)]
 
     def _migrated(
@@ -993,11 +1064,7 @@ class FakeCell:
     ) -> Message:
         ports = []
         for guest_id in instances:
-            guest = self.guests.get(guest_id)
-            if guest is None:
-                guest = self.guests[guest_id] = SimulatedGuest(
-                    id=guest_id, name=guest_id, state=GuestState.STOPPED, progress=100
-                )
+            guest = self.guests[guest_id] = self.volumes[guest_id]
             guest.monitor_port = next(self._ports)
             ports.append(guest.monitor_port)
         strings = {ParamKey.Cell: source} if immediate else {ParamKey.Migration: migration}
@@ -1010,11 +1077,20 @@ class FakeCell:
         )
 
     def _detach(self, request: Message) -> list[Message]:
+        """Let go of guests (their volumes stay on the export); an empty list: everything.
+        Guests prepared for a migration are let go too."""
         instances = request.string_array_params.get(ParamKey.Instance, ())
         if not instances:  # purge: drop everything here (§5.7)
             self.guests.clear()
+            self._attach_sessions.clear()
         for guest_id in instances:
             self.guests.pop(guest_id, None)
+        for session, prepared in list(self._attach_sessions.items()):
+            left = tuple(g for g in prepared if g not in instances)
+            if left:
+                self._attach_sessions[session] = left
+            else:
+                del self._attach_sessions[session]
         return [self._success(request)]
 
     # -- §5.8 storage paths -------------------------------------------------------------------

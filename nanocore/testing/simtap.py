@@ -4,7 +4,9 @@ Over the TLS link (``--link tls``, the default) the simulator signs its Cells' c
 itself with the cluster CA from ``--cert-dir`` (the directory Core uses), so it is meant to run
 beside Core, on 127.0.0.1 by default; with the same certificates its Cells download disk images
 from Core's image site to create guests from them, and upload guest disks to capture images,
-keeping each guest's disk under ``--disks``. Over the KCP link (``--link kcp``) its Cells link
+keeping each guest's disk under ``--disks``. Its Cells share one simulated NFS backend per
+storage pool (:mod:`nanocore.testing.sharedstorage`), so guests migrate and fail over between
+them as on a real pool with shared storage. Over the KCP link (``--link kcp``) its Cells link
 as stock Nano Cells do: plaintext, named by what they claim, no certificate (their image
 transfers are simulated).
 """
@@ -31,6 +33,7 @@ from nanocore.pki import (
 from nanocore.testing.celldisks import CellDisks
 from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint, discover_core
 from nanocore.testing.imageclient import CellImageClient
+from nanocore.testing.sharedstorage import SharedStorage
 
 GiB = 1 << 30
 
@@ -128,6 +131,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         address = (options["host"], options["port"])
         locate = lambda: succeed(address)  # noqa: E731
     ca = load_or_create_ca(Path(options["cert-dir"])) if link == "tls" else None
+    # One NFS backend for every Cell here: a pool's guests can move between them.
+    shared = SharedStorage()
     for name in options.cell_names():
         cell = FakeCell(
             name,
@@ -136,6 +141,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             usage=options["usage"],
             creation_time=options["creation-time"],
             stop_time=options["stop-time"],
+            shared=shared,
         )
         service: IService
         if ca is None:

@@ -40,6 +40,12 @@ from nanocore.store import Change, Delete, Put
 BOOT_DISK, BOOT_MEDIA = 0, 1
 
 
+def refuse_migrating(instance: Instance) -> None:
+    """A guest between two Cells is neither started nor deleted (the original did both)."""
+    if instance.migrating:
+        raise InvalidRequest(f"instance '{instance.id}' is migrating")
+
+
 class GuestOperations:
     """Every guest route of this issue; ``events`` is the registry's observer for guests."""
 
@@ -125,6 +131,7 @@ class GuestOperations:
             instance = self.access.instance(instance_id)
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
+            refuse_migrating(instance)
         except OperationError as error:
             return fail(error)
         if instance.lost and self._cells.state(instance.cell) not in (
@@ -161,6 +168,7 @@ class GuestOperations:
                 raise InvalidRequest(f"instance '{instance_id}' not created yet")
             if from_network:
                 raise InvalidRequest("start from network is not supported")
+            refuse_migrating(instance)
             message = self._start_message(instance_id, from_media, source)
         except OperationError as error:
             return fail(error)

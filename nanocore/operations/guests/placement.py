@@ -209,6 +209,21 @@ class Placement:
         share (released by :meth:`until_report` or :meth:`abandon`)."""
         return self._take(key, share, recorded=False)
 
+    def place_move(self, key: Hashable, pool: str, demand: Demand) -> Claim[Share]:
+        """Choose a Cell of ``pool`` for a guest that moves there (failover) and claim it; the
+        record still places the guest on its old Cell, so the claim counts in full."""
+        try:
+            chosen = self._scheduler.choose(demand, self.capacities(pool))
+        except NoCellFits as refusal:
+            raise NoCellAvailable(refusal, pool) from None
+        share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
+        return self._take(key, share, recorded=False)
+
+    def claim_move(self, key: Hashable, share: Share) -> Claim[Share]:
+        """Claim what a guest moving to ``share.cell`` takes there, until its record follows
+        (:meth:`recorded`, then :meth:`until_report`) or the move fails (:meth:`abandon`)."""
+        return self._take(key, share, recorded=False)
+
     def abandon(self, claim: Claim[Share]) -> None:
         """A claim whose change did not happen: it ends now."""
         self._release(claim)
@@ -238,8 +253,9 @@ class Placement:
             cell.unrecorded_disk += sign * share.disk
         cell.version += 1
 
-    def recorded(self, instance_id: str) -> None:
-        """The guest's record is committed: its load counts it, its claim's cores no more."""
+    def recorded(self, instance_id: Hashable) -> None:
+        """The guest's record is committed (or moved to the claim's Cell): its load counts
+        it, its claim's cores no more."""
         claim = self._context.claims.held(CAPACITY, instance_id)
         if claim is not None and instance_id not in self._recorded:
             self._count(claim.value, -1, False)

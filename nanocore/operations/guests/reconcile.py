@@ -27,9 +27,11 @@ from collections.abc import Collection
 
 from attrs import evolve
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nanocore.addresses import plain_address
-from nanocore.cluster.message import Message
+from nanocore.cluster.cells import CellLiveness
+from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import AddressAllocation, Instance, InstanceStatus, PendingError
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.events import GuestEvents, settle
@@ -69,6 +71,7 @@ class Reconciler:
         confirmed: list[str] = []
         released: list[str] = []
         orphans: list[str] = []
+        stale: list[str] = []
         reported = {instance.id for instance in inventory.instances}
         busy = self._access.busy
         for instance in inventory.instances:
@@ -76,7 +79,11 @@ class Reconciler:
                 continue
             known = view.instances.get(instance.id)
             pending = view.pending_errors.get(instance.id)
-            if known is None and pending is not None and pending.cell == cell:
+            if known is not None and known.migrating:
+                continue  # left to its migration
+            if known is not None and self._elsewhere(known, cell):
+                stale.append(instance.id)
+            elif known is None and pending is not None and pending.cell == cell:
                 orphans.append(instance.id)
             elif known is None:
                 changes.extend(self._adopted(instance))
@@ -85,7 +92,7 @@ class Reconciler:
                 if known.status is InstanceStatus.CREATING and instance.created:
                     confirmed.append(instance.id)
         for instance in view.instances_on_cell(cell).values():
-            if instance.id in reported or busy(instance.id):
+            if instance.id in reported or busy(instance.id) or instance.migrating:
                 continue
             released.append(instance.id)
             if instance.status is InstanceStatus.CREATING:
@@ -108,8 +115,33 @@ class Reconciler:
                 self._placement.release(guest)
             for guest in orphans:
                 self._events.delete_orphan(cell, guest)
+            if stale:
+                self._detach_stale(cell, stale)
 
         return Reconciliation(tuple(changes), after)
+
+    def _elsewhere(self, known: Instance, cell: str) -> bool:
+        """Core places the guest on another Cell that is linked and holds it (not lost): the
+        reporting Cell's copy is stale, as a Cell back after its guests failed over has."""
+        if known.cell == cell or known.lost:
+            return False
+        return self._access.cells.state(known.cell) in (
+            CellLiveness.ALIVE, CellLiveness.CONNECTED, CellLiveness.LOST,
+        )  # fmt: skip
+
+    def _detach_stale(self, cell: str, guests: list[str]) -> None:
+        """Ask ``cell`` to let go of its copies of guests now served by other Cells."""
+        log.warn("{cell} holds {count} instance(s) now on other cells ({guests}); detaching "
+                 "them there", cell=cell, count=len(guests), guests=", ".join(guests))  # fmt: skip
+        request = Message(
+            id=MessageID.DetachInstanceRequest, string_array_params={ParamKey.Instance: guests}
+        )
+
+        def failed(failure: Failure) -> None:
+            log.warn("{cell}: stale instances not detached: {reason}", cell=cell,
+                     reason=failure.getErrorMessage())  # fmt: skip
+
+        self._access.forward(cell, request).addErrback(failed)
 
     def _adopted(self, instance: Instance) -> list[Change]:
         view = self._context.view

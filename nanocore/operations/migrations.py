@@ -1,0 +1,824 @@
+"""Migrations: stopped guests moved between the Cells of a pool on shared (NFS) storage, by hand
+(``POST /migrations/``) or by failover when a Cell of a failover pool is lost (§4.12, §5.7).
+
+**By hand.** The request is checked in Nano's order and words, then by what Nano forgot (the
+guest on another Cell than the source, listed twice, not created, lost). The target must have
+room for the guests' cores and memory (their disks stay where they are, on the shared storage):
+that room is claimed through the placement at once, as a capacity claim per guest, so creations
+decided meanwhile see it; each guest is claimed (:data:`MIGRATING`) so no second migration takes
+it. The record and the guests' ``migrating`` flags are committed before the id is answered;
+then the two-phase move of cell-protocol §5.7 runs: attach (prepare) on the target, detach on
+the source, migrate (activate) on the target, and the target's ``InstanceMigratedEvent`` moves
+the guests' records to the target (cell, monitor port and address) in one commit with the
+record's end. Their claims then count in the records' load and end with the target's next
+status report; the source's load drops with the same commit.
+
+**When it fails.** Each step waits one domain timeout. The record says why (Nano's words:
+``attach instance fail: <the Cell's error>``, ``attach instance timeout``, ``detach instance
+...``, ``migrate instance timeout``), the guests stay on the source with ``migrating`` cleared,
+the claims end, and nothing stays half-attached: a target that was asked to attach is told to
+detach what it prepared. Once the source has let go of the guests (the last step failed) they
+are shown lost until the source takes them back: it is asked to attach them again at once.
+
+**Failover.** When a Cell of a pool with failover on shared storage disconnects without a
+goodbye, each of its guests is placed on another Cell of the pool by the scheduler (cores and
+memory, claimed as a creation's share) and the plan is one record per target Cell (kind
+``failover``), each with the guests sent there; the target is asked to attach them at once
+(``AttachInstanceRequest`` with Immediate) and its ``InstanceMigratedEvent`` moves them. The
+guests that no Cell can take stay lost on the lost Cell and are one more record, with no target
+and the scheduler's reason for each guest in its error (and a log line each). A target that
+refuses or does not answer within the domain timeout fails its record: its guests are shown
+lost (never migrating forever) and its claims end. The lost Cell is disabled; when it comes
+back, its copies of guests now on other Cells are detached from it (reconciliation), and the
+guests no Cell could take are its own again.
+
+**Records** are stored. They are kept :data:`RETENTION` seconds after they end (the original
+deleted them the first time a client read them), judged by the clock when they are read. A
+migration under way when Core stopped is failed at the next start (:data:`RESTARTED`) and its
+guests' flags cleared; those that had left their source are shown lost until a Cell reports
+them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
+
+from attrs import define, evolve, frozen
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nanocore.cluster.cells import CellDirectory, CellLiveness, CellObserver, CellStatus
+from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.transport import LinkError
+from nanocore.model import (
+    ComputePool,
+    Instance,
+    InstanceStatus,
+    Migration,
+    MigrationKind,
+    StorageType,
+)
+from nanocore.operations.base import Context
+from nanocore.operations.claims import Claim, ClaimHeld, ClaimKind
+from nanocore.operations.errors import (
+    InvalidRequest,
+    OperationError,
+    OperationTimeout,
+    UnknownEntity,
+)
+from nanocore.operations.guests.common import GuestAccess
+from nanocore.operations.guests.placement import NoCellAvailable, Placement, Share
+from nanocore.scheduler import Cores, Demand, Memory, Rejection
+from nanocore.store import Change, Delete, Insert, Put, StoreClosed
+
+#: Seconds a migration record is kept after it finished or failed (then it is gone).
+RETENTION = 600.0
+#: The wait for a Cell when Core runs without a configured timeout (the domain default).
+DEFAULT_TIMEOUT = 10.0
+#: The error of a migration that was under way when Core stopped.
+RESTARTED = "nanocore stopped during the migration"
+#: The progress a manual migration shows after each step (Nano's stayed at 0).
+ATTACHED, DETACHED, DONE = 30, 60, 100
+
+
+def _in_migration(held: Claim[str]) -> OperationError:
+    return InvalidRequest(f"instance '{held.key}'('{held.value}') already in migrating")
+
+
+#: A guest in a migration (value: its stored name), from the check to the record's end.
+MIGRATING: ClaimKind[str] = ClaimKind("migration of instance", _in_migration)
+
+
+@frozen
+class MigrationSpec:
+    """``POST /migrations/``: the pool and Cells, and the guests (none: all of the source's)."""
+
+    source_pool: str
+    source_cell: str
+    target_cell: str
+    target_pool: str = ""
+    instances: tuple[str, ...] = ()
+
+
+class NoRoomOnTarget(InvalidRequest):
+    """The target cannot take the guests; ``data`` names the Cell, filter and reason."""
+
+    def __init__(self, cell: str, count: int, rejection: Rejection) -> None:
+        super().__init__(
+            f"cell '{cell}' has no room for the {count} instance(s) to migrate: {rejection.reason}"
+        )
+        self.data = {
+            "cells": [
+                {"name": rejection.cell, "filter": rejection.filter, "reason": rejection.reason}
+            ]
+        }
+
+
+class _Failed(Exception):
+    """A step of a migration failed; ``reason`` is what its record says."""
+
+    def __init__(self, reason: str, *, released: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        #: The source let go of the guests already.
+        self.released = released
+
+
+@define
+class _Transit:
+    """A migration under way: its record, what it holds, and the wait for the target."""
+
+    record: Migration
+    guests: list[Claim[str]]
+    capacity: list[Claim[Share]]
+    arrived: Deferred[Message] | None = None
+    timer: IDelayedCall | None = None
+
+
+def _detach(instances: Sequence[str]) -> Message:
+    return Message(
+        id=MessageID.DetachInstanceRequest, string_array_params={ParamKey.Instance: instances}
+    )
+
+
+def _attach_at_once(source: str, instances: Sequence[str]) -> Message:
+    """The failover attach: take the guests and start serving them (no Migrate follows)."""
+    return Message(
+        id=MessageID.AttachInstanceRequest,
+        bool_params={ParamKey.Immediate: True},
+        string_params={ParamKey.Cell: source},
+        string_array_params={ParamKey.Instance: instances},
+    )
+
+
+@implementer(CellObserver)
+class Migrations:
+    """The migration routes, failover, and the registry's observer for their events."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        access: GuestAccess,
+        placement: Placement,
+        timeout: float | None = None,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._access = access
+        self._context: Context = access.context
+        self._cells: CellDirectory = access.cells
+        self._placement = placement
+        self._timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self._new_id = new_id
+        self._running: dict[str, _Transit] = {}
+        #: Guests a source was asked to take back after a failed move: guest -> source.
+        self._returning: dict[str, str] = {}
+        self._ending: dict[str, list[Deferred[Migration]]] = {}
+        self._planning: dict[str, list[Deferred[list[str]]]] = {}
+        #: Fires once the records of migrations cut short by a stop are failed.
+        self.recovered: Deferred[None] = self._recover()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, migration_id: str) -> Migration:
+        """The record, kept until :data:`RETENTION` seconds after it ended."""
+        self._sweep()
+        found = self._context.view.migrations.get(migration_id)
+        if found is None or self._expired(found):
+            raise UnknownEntity(f"invalid migration '{migration_id}'")
+        return found
+
+    def kept(self) -> list[Migration]:
+        """Every record still kept, oldest first."""
+        self._sweep()
+        kept = [m for m in self._context.view.migrations.values() if not self._expired(m)]
+        return sorted(kept, key=lambda m: (m.start_time, m.id))
+
+    def ended(self, migration_id: str) -> Deferred[Migration]:
+        """Fires with the record once the migration has ended and that is committed."""
+        record = self._context.view.migrations.get(migration_id)
+        if migration_id not in self._running:
+            if record is None:
+                return fail(UnknownEntity(f"invalid migration '{migration_id}'"))
+            if not record.running:
+                return succeed(record)
+        waiting: Deferred[Migration] = Deferred()
+        self._ending.setdefault(migration_id, []).append(waiting)
+        return waiting
+
+    def planned(self, cell: str) -> Deferred[list[str]]:
+        """Fires with the ids of the records of the next failover of ``cell`` once its plan is
+        committed and its attach requests are sent (none: nothing to re-place)."""
+        waiting: Deferred[list[str]] = Deferred()
+        self._planning.setdefault(cell, []).append(waiting)
+        return waiting
+
+    def _told(self, record: Migration) -> None:
+        for waiting in self._ending.pop(record.id, []):
+            waiting.callback(record)
+
+    def _expired(self, record: Migration) -> bool:
+        now = self._context.clock.seconds()
+        return not record.running and now - record.end_time >= RETENTION
+
+    def _sweep(self) -> None:
+        gone = [
+            Delete(Migration, m.id)
+            for m in self._context.view.migrations.values()
+            if self._expired(m) and m.id not in self._running
+        ]
+        if gone:
+            self._context.commit(*gone).addErrback(self._logged, "expired migrations not removed")
+
+    # -- a migration by hand ------------------------------------------------------------------
+
+    def create(self, spec: MigrationSpec) -> Deferred[str]:
+        """Check, claim and record the migration; its id once recorded. The move goes on."""
+        try:
+            pool, instances = self._checked(spec)
+            transit = self._claimed(spec, pool, instances)
+        except OperationError as error:
+            return fail(error)
+        ids = transit.record.instances
+        begun = self._in_turn(ids, lambda: self._begin(transit))
+
+        def started(_: None) -> str:
+            self._running[transit.record.id] = transit
+            moving = Deferred.fromCoroutine(self._move(transit))
+            moving.addErrback(self._logged, f"migration {transit.record.id}")
+            return transit.record.id
+
+        def refused(failure: Failure) -> Failure:
+            self._release(transit, capacity=True)
+            return failure
+
+        return begun.addCallbacks(started, refused)
+
+    def _checked(self, spec: MigrationSpec) -> tuple[ComputePool, list[Instance]]:
+        """Nano's checks in its order and words, then those it lacked."""
+        view = self._context.view
+        if spec.target_pool:
+            raise InvalidRequest("migration between pools not support")
+        if spec.target_cell == spec.source_cell:
+            raise InvalidRequest("migrate in same cell")
+        pool = view.compute_pools.get(spec.source_pool)
+        if pool is None:
+            raise UnknownEntity(f"invalid pool '{spec.source_pool}'")
+        if not pool.storage:
+            raise InvalidRequest("migrate only work on shared storage")
+        storage = view.storage_pools.get(pool.storage)
+        if storage is None:
+            raise InvalidRequest(
+                f"invalid storage '{pool.storage}' attached to pool '{pool.name}'"
+            )
+        if storage.type is not StorageType.NFS:
+            raise InvalidRequest(
+                f"migrate not work on storage type '{storage.type}'(storage "
+                f"'{pool.storage}' attached to pool '{pool.name}')"
+            )
+        source, target = view.cells.get(spec.source_cell), view.cells.get(spec.target_cell)
+        if source is None or source.pool != pool.name:
+            raise InvalidRequest(f"source cell '{spec.source_cell}' not in pool '{pool.name}'")
+        if target is None or target.pool != pool.name:
+            raise InvalidRequest(f"target cell '{spec.target_cell}' not in pool '{pool.name}'")
+        if not self._linked(target.name):
+            raise InvalidRequest(f"target cell '{target.name}' already lost")
+        if not target.enabled:
+            raise InvalidRequest(f"target cell '{target.name}' already disabled")
+        if not self._linked(source.name):
+            raise InvalidRequest(f"source cell '{source.name}' already lost")
+        ids = spec.instances
+        if not ids:
+            on_source = view.instances_on_cell(source.name).values()
+            everything = [i for i in on_source if i.status is not InstanceStatus.CREATING]
+            if not everything:
+                where = f"{pool.name}.{source.name}"
+                raise InvalidRequest(f"no instance need migrate in cell '{where}'")
+            ids = tuple(i.id for i in sorted(everything, key=lambda i: i.full_name))
+        found: list[Instance] = []
+        seen: set[str] = set()
+        for guest in ids:
+            instance = view.instances.get(guest)
+            if instance is None:
+                raise UnknownEntity(f"invalid instance '{guest}'")
+            named = f"instance '{guest}'('{instance.full_name}')"
+            if instance.running:
+                raise InvalidRequest(f"{named} is still running")
+            if instance.migrating:
+                raise InvalidRequest(f"{named} already in migrating")
+            if instance.cell == target.name:
+                raise InvalidRequest(f"{named} already in cell '{target.name}'")
+            if guest in seen:
+                raise InvalidRequest(f"{named} listed twice")
+            if instance.cell != source.name:
+                raise InvalidRequest(f"{named} not in cell '{source.name}'")
+            if not instance.created:
+                raise InvalidRequest(f"{named} not created yet")
+            if instance.lost:
+                raise InvalidRequest(f"{named} is lost")
+            seen.add(guest)
+            found.append(instance)
+        return pool, found
+
+    def _linked(self, cell: str) -> bool:
+        return self._cells.state(cell) in (CellLiveness.ALIVE, CellLiveness.CONNECTED)
+
+    def _claimed(
+        self, spec: MigrationSpec, pool: ComputePool, instances: list[Instance]
+    ) -> _Transit:
+        """The guests claimed, and their cores and memory on the target if it has room."""
+        target = spec.target_cell
+        cores = sum(i.cores for i in instances)
+        memory = sum(i.memory for i in instances)
+        capacities = self._placement.capacities(pool.name)
+        capacity = next((c for c in capacities if c.name == target), None)
+        if capacity is None or not capacity.reported:
+            raise NoRoomOnTarget(
+                target, len(instances), Rejection(target, "available", "no recent report")
+            )
+        for check in (Cores(), Memory()):
+            _, rejected = check.split(Demand(cores, memory, 0), [capacity])
+            if rejected:
+                raise NoRoomOnTarget(target, len(instances), rejected[0])
+        now = self._context.clock.seconds()
+        record = Migration(
+            id=self._new_id(),
+            source_pool=pool.name,
+            source_cell=spec.source_cell,
+            target_pool=pool.name,
+            target_cell=target,
+            instances=tuple(i.id for i in instances),
+            start_time=now,
+        )
+        transit = _Transit(record, [], [])
+        try:
+            for instance in instances:
+                transit.guests.append(
+                    self._context.claims.take(MIGRATING, instance.id, instance.full_name)
+                )
+            for instance in instances:
+                share = Share(target, instance.cores, instance.memory, 0)
+                transit.capacity.append(self._placement.claim_move(_key(instance.id), share))
+        except ClaimHeld:
+            self._release(transit, capacity=True)
+            raise
+        return transit
+
+    def _begin(self, transit: _Transit) -> Deferred[None]:
+        """The record and the guests' flags, re-checked on what is committed now."""
+        record = transit.record
+        changes: list[Change] = [Insert(record)]
+        view = self._context.view
+        for guest in record.instances:
+            instance = view.instances.get(guest)
+            if instance is None:
+                return fail(UnknownEntity(f"invalid instance '{guest}'"))
+            if instance.cell != record.source_cell or instance.running or instance.lost:
+                return fail(
+                    InvalidRequest(f"instance '{guest}'('{instance.full_name}') changed, retry")
+                )
+            changes.append(Put(evolve(instance, migrating=True)))
+        return self._context.commit(*changes)
+
+    async def _move(self, transit: _Transit) -> None:
+        record = transit.record
+        ids, source, target = record.instances, record.source_cell, record.target_cell
+        try:
+            session = await self._step(
+                target,
+                Message(
+                    id=MessageID.AttachInstanceRequest,
+                    bool_params={ParamKey.Immediate: False},
+                    string_array_params={ParamKey.Instance: ids},
+                ),
+                "attach",
+                undo=target,
+                ids=ids,
+            )
+            await self._progress(transit, ATTACHED)
+            await self._step(source, _detach(ids), "detach", undo=target, ids=ids)
+            await self._progress(transit, DETACHED)
+            arrived = transit.arrived = Deferred()
+            arrived.addTimeout(self._timeout, self._context.clock)
+            try:
+                self._cells.send(
+                    target,
+                    Message(
+                        id=MessageID.MigrateInstanceRequest,
+                        to_session=session.from_session,
+                        string_params={ParamKey.Migration: record.id},
+                        string_array_params={ParamKey.Instance: ids},
+                    ),
+                )
+                event = await arrived
+            except (TimeoutError, CancelledError, LinkError):
+                self._undo(target, ids)
+                self._take_back(source, ids)
+                raise _Failed("migrate instance timeout", released=True) from None
+        except _Failed as failed:
+            await self._cancel(transit, failed.reason, lost=failed.released)
+            return
+        await self._arrived(transit, target, event)
+
+    async def _step(
+        self, cell: str, message: Message, what: str, *, undo: str, ids: Sequence[str]
+    ) -> Message:
+        """One request of the move; its failure, in Nano's words, undoes the target's part."""
+        try:
+            return await self._access.forward(cell, message)
+        except OperationTimeout:
+            self._undo(undo, ids)
+            raise _Failed(f"{what} instance timeout") from None
+        except OperationError as error:
+            if what != "attach":  # a target that refused its attach undid it itself
+                self._undo(undo, ids)
+            raise _Failed(f"{what} instance fail: {error.message}") from None
+
+    def _undo(self, cell: str, ids: Sequence[str]) -> None:
+        """Best effort: the Cell lets go of what it prepared or took (its own timeout too)."""
+        asking = self._access.forward(cell, _detach(ids))
+        asking.addErrback(self._logged, f"{cell}: detaching {len(ids)} instance(s) left over")
+
+    def _take_back(self, source: str, ids: Sequence[str]) -> None:
+        """The source let go of guests no target took: it is asked to attach them again."""
+        for guest in ids:
+            self._returning[guest] = source
+        try:
+            self._cells.send(source, _attach_at_once(source, ids))
+        except LinkError as error:
+            self.log.warn("{cell} not asked to take back {count} instance(s): {error}",
+                          cell=source, count=len(ids), error=str(error))  # fmt: skip
+
+    async def _progress(self, transit: _Transit, percent: int) -> None:
+        transit.record = evolve(transit.record, progress=percent)
+        try:
+            await self._context.commit(Put(transit.record))
+        except StoreClosed:
+            raise
+        except Exception:
+            self.log.failure("migration {id}: progress not recorded", id=transit.record.id)
+
+    # -- the end of a move --------------------------------------------------------------------
+
+    async def _arrived(self, transit: _Transit, cell: str, event: Message) -> None:
+        """The target serves the guests: their records follow, the record ends."""
+        record = transit.record
+        reported = event.string_array_params.get(ParamKey.Instance, ())
+        ports = event.uint_array_params.get(ParamKey.Monitor, ())
+        port_of = dict(zip(reported, ports, strict=False))
+        address = self._cells.address(cell) or ""
+        missing = [guest for guest in record.instances if guest not in port_of]
+        now = self._context.clock.seconds()
+        error = ""
+        if missing:
+            error = f"{len(missing)} instance(s) not taken by cell '{cell}': {', '.join(missing)}"
+        ended = evolve(record, finished=not missing, progress=DONE, error=error, end_time=now)
+
+        def decide() -> list[Change]:
+            view = self._context.view
+            changes: list[Change] = [Put(ended)]
+            for guest in record.instances:
+                instance = view.instances.get(guest)
+                if instance is None:
+                    continue
+                if guest in port_of:
+                    internal = instance.internal
+                    port = port_of[guest]
+                    if 0 < port <= 65535:
+                        internal = evolve(internal, monitor_port=port)
+                    if address:
+                        internal = evolve(internal, monitor_address=address)
+                    moved = evolve(
+                        instance, cell=cell, migrating=False, lost=False, internal=internal
+                    )
+                else:
+                    moved = evolve(instance, migrating=False, lost=True)
+                changes.append(Put(moved))
+            return changes
+
+        try:
+            await self._in_turn(record.instances, lambda: self._context.commit(*decide()))
+        except Exception:
+            self._release(transit, capacity=True)
+            raise
+        moved = {_key(guest) for guest in port_of}
+        for claim in transit.capacity:
+            if claim.key in moved:
+                self._placement.recorded(claim.key)
+                self._placement.until_report(claim)
+            else:
+                self._placement.abandon(claim)
+        self._release(transit)
+        self._told(ended)
+        if missing:
+            self.log.warn("migration {id}: {error}", id=record.id, error=error)
+        else:
+            self.log.info("migration {id}: {count} instance(s) moved from {source} to {target}",
+                          id=record.id, count=len(record.instances), source=record.source_cell,
+                          target=cell)  # fmt: skip
+
+    async def _cancel(self, transit: _Transit, reason: str, *, lost: bool = False) -> None:
+        """The guests stay where their records say, not migrating; ``lost`` when their Cell
+        let go of them. The record keeps the reason."""
+        record = transit.record
+        ended = evolve(record, error=reason, end_time=self._context.clock.seconds())
+
+        def decide() -> list[Change]:
+            view = self._context.view
+            changes: list[Change] = [Put(ended)]
+            for guest in record.instances:
+                instance = view.instances.get(guest)
+                if instance is not None and (instance.migrating or lost):
+                    left = evolve(instance, migrating=False, lost=instance.lost or lost)
+                    changes.append(Put(left))
+            return changes
+
+        try:
+            await self._in_turn(record.instances, lambda: self._context.commit(*decide()))
+        finally:
+            self._release(transit, capacity=True)
+        self._told(ended)
+        self.log.warn("migration {id} ({kind}) of {count} instance(s) from {source} to {target}"
+                      " failed: {reason}", id=record.id, kind=record.kind.value,
+                      count=len(record.instances), source=record.source_cell,
+                      target=record.target_cell, reason=reason)  # fmt: skip
+
+    def _release(self, transit: _Transit, *, capacity: bool = False) -> None:
+        """The guests' claims end (and the capacity claims, when nothing moved)."""
+        for claim in transit.guests:
+            self._context.claims.release(claim)
+        if capacity:
+            for share in transit.capacity:
+                self._placement.abandon(share)
+        if transit.timer is not None and transit.timer.active():
+            transit.timer.cancel()
+        transit.timer = None
+        if self._running.get(transit.record.id) is transit:
+            del self._running[transit.record.id]
+
+    # -- failover -----------------------------------------------------------------------------
+
+    async def _failover(self, lost: str, pool: ComputePool) -> list[str]:
+        """Re-place every guest of ``lost`` on the other Cells of its pool (see the module)."""
+        view = self._context.view
+        now = self._context.clock.seconds()
+        guests = sorted(view.instances_on_cell(lost).values(), key=lambda i: i.full_name)
+        plan: dict[str, _Transit] = {}
+        unplaced: list[tuple[Instance, str]] = []
+        for instance in guests:
+            if instance.status is InstanceStatus.CREATING or instance.migrating:
+                continue  # its creation fails with the Cell; a migration fails on its own
+            try:
+                held = self._context.claims.take(MIGRATING, instance.id, instance.full_name)
+            except ClaimHeld:
+                continue
+            demand = Demand(instance.cores, instance.memory, 0)
+            try:
+                claim = self._placement.place_move(_key(instance.id), pool.name, demand)
+            except NoCellAvailable as refusal:
+                self._context.claims.release(held)
+                unplaced.append((instance, refusal.message))
+                continue
+            target = claim.value.cell
+            transit = plan.get(target)
+            if transit is None:
+                record = Migration(
+                    id=self._new_id(), source_pool=pool.name, source_cell=lost,
+                    target_pool=pool.name, target_cell=target, kind=MigrationKind.FAILOVER,
+                    start_time=now,
+                )  # fmt: skip
+                transit = plan[target] = _Transit(record, [], [])
+            transit.record = evolve(
+                transit.record, instances=(*transit.record.instances, instance.id)
+            )
+            transit.guests.append(held)
+            transit.capacity.append(claim)
+        changes: list[Change] = []
+        for transit in plan.values():
+            changes.append(Insert(transit.record))
+        unplaced_ids: list[str] = []
+        if unplaced:
+            reasons = "; ".join(
+                f"instance '{i.id}'('{i.full_name}'): {reason}" for i, reason in unplaced
+            )
+            unplaced_ids.append(self._new_id())
+            changes.append(
+                Insert(
+                    Migration(
+                        id=unplaced_ids[0], source_pool=pool.name, source_cell=lost,
+                        target_pool=pool.name, target_cell="", kind=MigrationKind.FAILOVER,
+                        instances=tuple(i.id for i, _ in unplaced), error=reasons[:65536],
+                        start_time=now, end_time=now,
+                    )
+                )
+            )  # fmt: skip
+            for instance, reason in unplaced:
+                self.log.warn("failover of {cell}: instance {guest} ({name}) not re-placed, "
+                              "shown lost: {reason}", cell=lost, guest=instance.id,
+                              name=instance.full_name, reason=reason)  # fmt: skip
+        cell = view.cells.get(lost)
+        if cell is not None and cell.enabled:
+            changes.append(Put(evolve(cell, enabled=False)))
+        moving = [guest for transit in plan.values() for guest in transit.record.instances]
+
+        def decide() -> list[Change]:
+            current = self._context.view.instances
+            flagged = list(changes)
+            for guest in moving:
+                instance = current.get(guest)
+                if instance is not None and instance.cell == lost:
+                    flagged.append(Put(evolve(instance, migrating=True, lost=False)))
+            return flagged
+
+        try:
+            await self._in_turn(moving, lambda: self._context.commit(*decide()))
+        except Exception:
+            for transit in plan.values():
+                self._release(transit, capacity=True)
+            raise
+        for target, transit in plan.items():
+            self._running[transit.record.id] = transit
+            transit.timer = self._context.clock.callLater(
+                self._timeout, self._failover_late, transit
+            )
+            try:
+                self._cells.send(target, _attach_at_once(lost, transit.record.instances))
+            except LinkError as error:
+                self._failover_failed(transit, f"attach instance fail: {error}")
+        self.log.info("failover of {cell}: {moving} instance(s) sent to {targets} cell(s), "
+                      "{unplaced} not re-placed", cell=lost, moving=len(moving),
+                      targets=len(plan), unplaced=len(unplaced))  # fmt: skip
+        return [transit.record.id for transit in plan.values()] + unplaced_ids
+
+    def _failover_late(self, transit: _Transit) -> None:
+        transit.timer = None
+        target = transit.record.target_cell
+        self._undo(target, transit.record.instances)
+        self._failover_failed(transit, f"attach instance timeout on cell '{target}'")
+
+    def _failover_failed(self, transit: _Transit, reason: str) -> None:
+        if self._running.get(transit.record.id) is not transit:
+            return
+        del self._running[transit.record.id]
+        cancelling = Deferred.fromCoroutine(self._cancel(transit, reason, lost=True))
+        cancelling.addErrback(self._logged, f"failover {transit.record.id}")
+
+    # -- CellObserver -------------------------------------------------------------------------
+
+    def cell_available(self, name: str, address: str) -> None:
+        pass
+
+    def cell_status(self, name: str, status: CellStatus) -> None:
+        pass
+
+    def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        """A Cell of a failover pool on shared storage lost without a goodbye: failover."""
+        if gracefully:
+            return
+        record = self._context.view.cells.get(name)
+        pool = self._context.view.compute_pools.get(record.pool) if record else None
+        if pool is None or not pool.failover or not pool.storage:
+            return
+        failing = Deferred.fromCoroutine(self._failover(name, pool))
+        failing.addErrback(self._logged, f"failover of {name}")
+
+        def planned(records: list[str] | None) -> None:
+            for waiting in self._planning.pop(name, []):
+                waiting.callback(records or [])
+
+        failing.addCallback(planned)
+
+    def cell_event(self, name: str, message: Message) -> None:
+        if message.id == MessageID.InstanceMigratedEvent:
+            self._migrated(name, message)
+        elif message.id == MessageID.AttachInstanceResponse and not message.success:
+            # A failover attach that failed (a stock Cell answers it with ``to`` = 0).
+            for transit in list(self._running.values()):
+                record = transit.record
+                if record.kind is MigrationKind.FAILOVER and record.target_cell == name:
+                    reason = message.error or "failed"
+                    self._failover_failed(transit, f"attach instance fail: {reason}")
+
+    def _migrated(self, cell: str, message: Message) -> None:
+        if not message.bool_params.get(ParamKey.Immediate, False):
+            migration = message.string_params.get(ParamKey.Migration, "")
+            transit = self._running.get(migration)
+            if transit is None or transit.record.target_cell != cell or transit.arrived is None:
+                self.log.warn("{cell}: migrated event for migration {id!r}, not waiting; "
+                              "ignored", cell=cell, id=migration)  # fmt: skip
+                return
+            if not transit.arrived.called:
+                transit.arrived.callback(message)
+            return
+        source = message.string_params.get(ParamKey.Cell, "")
+        for transit in list(self._running.values()):
+            record = transit.record
+            if (record.kind, record.source_cell, record.target_cell) == (
+                MigrationKind.FAILOVER, source, cell
+            ):  # fmt: skip
+                self._running.pop(record.id)
+                if transit.timer is not None and transit.timer.active():
+                    transit.timer.cancel()
+                transit.timer = None
+                arriving = Deferred.fromCoroutine(self._arrived(transit, cell, message))
+                arriving.addErrback(self._logged, f"failover {record.id}")
+                return
+        returned = [
+            guest
+            for guest in message.string_array_params.get(ParamKey.Instance, ())
+            if self._returning.get(guest) == cell == source
+        ]
+        if not returned:
+            self.log.warn("{cell}: migrated event from {source} expected by no failover; "
+                          "ignored", cell=cell, source=source)  # fmt: skip
+            return
+        for guest in returned:
+            del self._returning[guest]
+        taking = self._in_turn(returned, lambda: self._taken_back(cell, returned, message))
+        taking.addErrback(self._logged, f"{cell}: instances taken back")
+
+    def _taken_back(self, cell: str, guests: list[str], message: Message) -> Deferred[None]:
+        ports = dict(
+            zip(
+                message.string_array_params.get(ParamKey.Instance, ()),
+                message.uint_array_params.get(ParamKey.Monitor, ()),
+                strict=False,
+            )
+        )
+        changes: list[Change] = []
+        for guest in guests:
+            instance = self._context.view.instances.get(guest)
+            if instance is None or instance.cell != cell:
+                continue
+            internal = instance.internal
+            if 0 < ports.get(guest, 0) <= 65535:
+                internal = evolve(internal, monitor_port=ports[guest])
+            changes.append(Put(evolve(instance, lost=False, internal=internal)))
+        return self._context.commit(*changes) if changes else succeed(None)
+
+    # -- start --------------------------------------------------------------------------------
+
+    def _recover(self) -> Deferred[None]:
+        """Migrations under way when Core stopped failed; no guest stays flagged migrating."""
+        view = self._context.view
+        now = self._context.clock.seconds()
+        changes: dict[Hashable, Change] = {}
+        for record in view.migrations.values():
+            if not record.running:
+                continue
+            changes[record.id] = Put(evolve(record, error=RESTARTED, end_time=now))
+            left = record.kind is MigrationKind.FAILOVER or record.progress >= DETACHED
+            for guest in record.instances:
+                instance = view.instances.get(guest)
+                if instance is not None and instance.migrating:
+                    # Where it is now only a Cell can tell: shown lost until one reports it.
+                    changed = evolve(instance, migrating=False, lost=instance.lost or left)
+                    changes[guest] = Put(changed)
+        for instance in view.instances.values():
+            if instance.migrating and instance.id not in changes:
+                changes[instance.id] = Put(evolve(instance, migrating=False))
+        if not changes:
+            return succeed(None)
+        self.log.warn("{count} change(s) to end migrations cut short by a stop",
+                      count=len(changes))  # fmt: skip
+        return self._context.commit(*changes.values())
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _in_turn(self, guests: Iterable[str], work: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+        """``work`` in the turn of every guest at once (their turns taken in id order, so two
+        such waits never hold each other's)."""
+        ordered = sorted(set(guests))
+
+        def step(index: int) -> Deferred[Any]:
+            if index == len(ordered):
+                return maybeDeferred(work)
+            return self._access.serially(ordered[index], lambda: step(index + 1))
+
+        return step(0)
+
+    def _logged(self, failure: Failure, doing: str) -> None:
+        if failure.check(StoreClosed):
+            self.log.info("{doing}: the store is closed", doing=doing)
+        elif failure.check(OperationError):
+            self.log.warn("{doing}: {reason}", doing=doing,
+                          reason=failure.value.message)  # type: ignore[union-attr]  # fmt: skip
+        else:
+            self.log.failure("{doing} failed", failure, doing=doing)
+
+
+def _key(guest: str) -> tuple[str, str]:
+    """The key of a guest's capacity claim on the Cell it moves to."""
+    return ("migration", guest)

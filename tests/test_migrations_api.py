@@ -1,0 +1,398 @@
+"""Migration and failover end to end: the signed API, the real store, FakeCells over loopback
+TLS (and one case over KCP) sharing a simulated NFS export (api-reference §4.12,
+cell-protocol §5.7, core-internals §3.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import evolve
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import globalLogPublisher
+
+from nanocore import model as m
+from nanocore.cluster.message import MessageID, ParamKey
+from nanocore.operations.core import Operations
+from nanocore.operations.migrations import RESTARTED, RETENTION
+from nanocore.store import Put, UnitOfWork
+from nanocore.testing.fakecell import Fault
+from tests.guestfixtures import TIMEOUT, GiB, GuestClusterCase
+
+A, B, C = "Cell_0000000000a1", "Cell_0000000000b2", "Cell_0000000000c3"
+POOL = "shared"
+
+
+class MigrationCase(GuestClusterCase):
+    """Three Cells in pool ``shared`` on the NFS storage pool ``nfs``."""
+
+    CELLS = (A, B, C)
+    creation_time = 0.0
+    failover = False
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        await self.ok("POST", "/storage_pools/nfs",
+                      {"type": "nfs", "host": "192.0.2.9", "target": "/export"})  # fmt: skip
+        await self.ok("POST", f"/compute_pools/{POOL}",
+                      {"storage": "nfs", "failover": self.failover})  # fmt: skip
+        for name in self.CELLS:
+            await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
+            await self.ok("POST", f"/compute_pool_cells/{POOL}/{name}")
+
+    async def guest_on(self, cell: str, name: str, memory: int = 2 * GiB) -> str:
+        """A stopped guest created on ``cell`` (the other Cells disabled meanwhile)."""
+        others = [c for c in self.CELLS if c != cell]
+        for other in others:
+            await self.ok("PUT", f"/compute_pool_cells/{POOL}/{other}", {"enable": False})
+        guest = await self.created(name=name, pool=POOL, memory=memory)
+        for other in others:
+            await self.ok("PUT", f"/compute_pool_cells/{POOL}/{other}", {"enable": True})
+        self.assertEqual(self.store.view.instances[guest].cell, cell)
+        return guest
+
+    def body(self, *guests: str, source: str = A, target: str = B, **more: Any) -> Any:
+        return {"source_pool": POOL, "source_cell": source, "target_cell": target,
+                "instances": list(guests), **more}  # fmt: skip
+
+    async def migrated(self, body: Any) -> str:
+        """Start a migration through the API and wait until it ended."""
+        migration: str = (await self.ok("POST", "/migrations/", body))["id"]
+        await self.ops.migrations.ended(migration)
+        return migration
+
+    def placed_cores(self, cell: str) -> int:
+        return next(
+            c for c in self.ops.guests.placement.capacities(POOL) if c.name == cell
+        ).placed_cores
+
+    def moving(self) -> list[str]:
+        """The capacity claims of guests moving to another Cell."""
+        return [claim for claim in self.claims() if claim.startswith("('migration'")]
+
+    def record(self, guest: str) -> m.Instance:
+        return self.store.view.instances[guest]
+
+
+class MigrationRequestTests(MigrationCase):
+    async def test_every_refusal_in_nanos_order(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        other = await self.guest_on(C, "vm2")
+        vm1, vm2 = f"instance '{guest}'('team.vm1')", f"instance '{other}'('team.vm2')"
+        shared = "migrate only work on shared storage"
+        refusals = [
+            (None, "EOF"),
+            ({}, "migrate in same cell"),
+            (self.body(guest, target_pool=POOL), "migration between pools not support"),
+            (self.body(guest, target=A), "migrate in same cell"),
+            ({**self.body(guest), "source_pool": "nope"}, "invalid pool 'nope'"),
+            ({**self.body(guest), "source_pool": "default"}, shared),
+            (self.body(guest, source="Cell_x"), f"source cell 'Cell_x' not in pool '{POOL}'"),
+            (self.body(guest, target="Cell_x"), f"target cell 'Cell_x' not in pool '{POOL}'"),
+            (self.body(source=B, target=C), f"no instance need migrate in cell '{POOL}.{B}'"),
+            (self.body("nope"), "invalid instance 'nope'"),
+            (self.body(other, source=A, target=C), f"{vm2} already in cell '{C}'"),
+            (self.body(guest, guest), f"{vm1} listed twice"),
+            (self.body(other), f"{vm2} not in cell '{A}'"),
+        ]
+        for body, message in refusals:
+            self.assertEqual(await self.refused("POST", "/migrations/", body), message, body)
+        await self.ok("PUT", f"/compute_pool_cells/{POOL}/{B}", {"enable": False})
+        self.assertEqual(await self.refused("POST", "/migrations/", self.body(guest)),
+                         f"target cell '{B}' already disabled")  # fmt: skip
+        await self.ok("PUT", f"/compute_pool_cells/{POOL}/{B}", {"enable": True})
+        await self.started(guest)
+        self.assertEqual(await self.refused("POST", "/migrations/", self.body(guest)),
+                         f"instance '{guest}'('team.vm1') is still running")  # fmt: skip
+        # Nothing was recorded or claimed by any of them.
+        self.assertEqual((await self.ok("GET", "/migrations/"), self.moving()), ([], []))
+        self.assertFalse(self.record(guest).migrating)
+
+    async def test_lost_cells(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        for cell, side in ((B, "target"), (A, "source")):
+            self.cells[cell]._reconnect_delay = 3600.0  # it stays away
+            gone = self.events.until_disconnected(cell)
+            self.cells[cell].kill()
+            await gone
+            body = self.body(guest, target=B if side == "target" else C)
+            self.assertEqual(await self.refused("POST", "/migrations/", body),
+                             f"{side} cell '{cell}' already lost")  # fmt: skip
+
+    async def test_a_guest_in_a_migration_and_a_target_without_room(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        big = await self.guest_on(A, "big", memory=20 * GiB)
+        await self.guest_on(B, "filler", memory=20 * GiB)
+        await self.reported()
+        refused = await self.call("POST", "/migrations/", self.body(big))
+        document = refused.envelope()
+        self.assertEqual(document["message"],
+                         f"cell '{B}' has no room for the 1 instance(s) to migrate: "
+                         "memory 12 GB free < 20 GB")  # fmt: skip
+        self.assertEqual(document["data"]["cells"][0]["filter"], "memory")
+        self.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=1.0))
+        told = self.cells[B].until_received(MessageID.AttachInstanceRequest)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        self.assertTrue(self.record(guest).migrating)
+        self.assertEqual(await self.refused("POST", "/migrations/", self.body(guest, target=C)),
+                         f"instance '{guest}'('team.vm1') already in migrating")  # fmt: skip
+        # A guest between two Cells is neither started nor deleted.
+        self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}),
+                         f"instance '{guest}' is migrating")  # fmt: skip
+        self.assertEqual(await self.refused("DELETE", f"/guests/{guest}", {}),
+                         f"instance '{guest}' is migrating")  # fmt: skip
+        self.assertEqual(await self.ok("GET", f"/migrations/{migration}"), {"finished": False})
+        await told
+        self.cell_clock.advance(1.0)
+        await self.ops.migrations.ended(migration)
+        self.assertEqual(self.record(guest).cell, B)
+
+
+class MigrationTests(MigrationCase):
+    async def test_guests_move_with_their_claims(self) -> None:
+        first, second = await self.guest_on(A, "vm1"), await self.guest_on(A, "vm2")
+        await self.reported()
+        self.assertEqual((self.placed_cores(A), self.placed_cores(B)), (4, 0))
+        arrived = self.events.until(MessageID.InstanceMigratedEvent, "")
+        migration = (await self.ok("POST", "/migrations/", self.body(first, second)))["id"]
+        # From the start, the target's room is claimed for the guests in transit.
+        self.assertEqual(self.moving(), sorted(str(("migration", g)) for g in (first, second)))
+        self.assertEqual((self.placed_cores(A), self.placed_cores(B)), (4, 4))
+        self.assertTrue(self.record(first).migrating)
+        await arrived
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual((ended.finished, ended.progress, ended.error), (True, 100, ""))
+        for guest in (first, second):
+            record = self.record(guest)
+            self.assertEqual((record.cell, record.migrating, record.lost), (B, False, False))
+            self.assertEqual(
+                record.internal.monitor_port, self.cells[B].guests[guest].monitor_port
+            )
+            self.assertEqual(record.internal.monitor_address, "127.0.0.1")
+        self.assertEqual(set(self.cells[B].guests), {first, second})
+        self.assertEqual(self.cells[A].guests, {})
+        self.assertEqual(self.cells[B].prepared(), set())
+        # The records count on the target now; the claims end with its next report.
+        self.assertEqual((self.placed_cores(A), self.placed_cores(B)), (0, 4))
+        self.assertEqual(len(self.moving()), 2)
+        await self.reported(B)
+        self.assertEqual(self.moving(), [])
+        shown = await self.ok("GET", f"/guests/{first}")
+        self.assertEqual(shown["cell"], B)
+        # Kept, however often it is read, until the retention period is over.
+        for _ in range(2):
+            self.assertEqual(await self.ok("GET", f"/migrations/{migration}"),
+                             {"finished": True, "progress": 100})  # fmt: skip
+            self.assertEqual(await self.ok("GET", "/migrations/"),
+                             [{"id": migration, "finished": True, "progress": 100}])  # fmt: skip
+        self.core_clock.advance(RETENTION - 1)
+        await self.ok("GET", f"/migrations/{migration}")
+        self.core_clock.advance(1)
+        self.assertEqual(await self.refused("GET", f"/migrations/{migration}"),
+                         f"invalid migration '{migration}'")  # fmt: skip
+        self.assertEqual(await self.ok("GET", "/migrations/"), [])
+        await self.store.commit(UnitOfWork(()))
+        self.assertNotIn(migration, self.store.view.migrations)
+        # Removing a Cell that still holds guests answers Nano's message.
+        self.assertEqual(await self.refused("DELETE", f"/compute_pool_cells/{POOL}/{B}"),
+                         f"2 instance(s) left in cell '{B}', migrate or delete all instance(s)"
+                         " before remove cell")  # fmt: skip
+
+    async def test_every_guest_of_the_source_when_none_is_named(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        migration = await self.migrated(self.body())
+        self.assertEqual(self.store.view.migrations[migration].instances, (guest,))
+        self.assertEqual(self.record(guest).cell, B)
+
+    async def test_a_target_that_refuses_cancels(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        self.cells[B].inject(MessageID.AttachInstanceRequest, Fault(error="no room for volumes"))
+        migration = await self.migrated(self.body(guest))
+        failed = {"finished": False, "error": "attach instance fail: no room for volumes"}
+        self.assertEqual(await self.ok("GET", f"/migrations/{migration}"), failed)
+        await self.stayed(guest)
+
+    async def test_a_target_that_times_out_cancels_and_lets_go(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        # The target prepares the guest, but its answer comes too late.
+        self.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=TIMEOUT * 2))
+        told = self.cells[B].until_received(MessageID.AttachInstanceRequest)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await told
+        self.assertEqual(self.cells[B].prepared(), {guest})
+        undone = self.cells[B].until_received(MessageID.DetachInstanceRequest)
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(ended.error, "attach instance timeout")
+        await undone
+        self.assertEqual(self.cells[B].prepared(), set())
+        await self.stayed(guest)
+
+    async def test_a_source_that_refuses_cancels(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.DetachInstanceRequest, Fault(error="volume busy"))
+        undone = self.cells[B].until_received(MessageID.DetachInstanceRequest)
+        migration = await self.migrated(self.body(guest))
+        self.assertEqual(self.store.view.migrations[migration].error,
+                         "detach instance fail: volume busy")  # fmt: skip
+        await undone
+        self.assertEqual(self.cells[B].prepared(), set())
+        await self.stayed(guest)
+
+    async def test_a_failed_activation_gives_the_guests_back_to_the_source(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        self.cells[B].inject(MessageID.MigrateInstanceRequest, Fault(drop=True))
+        sent = self.cells[B].until_received(MessageID.MigrateInstanceRequest)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await sent
+        self.assertEqual((self.cells[A].guests, self.cells[B].guests), ({}, {}))
+        back = self.events.until(MessageID.InstanceMigratedEvent, "")
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(ended.error, "migrate instance timeout")
+        # Neither Cell holds it now: it is shown lost until the source takes it back.
+        self.assertTrue(self.record(guest).lost)
+        await self.applied(back, guest)
+        record = self.record(guest)
+        self.assertEqual((record.cell, record.lost, record.migrating), (A, False, False))
+        self.assertEqual(set(self.cells[A].guests), {guest})
+        self.assertEqual(self.moving(), [])
+
+    async def stayed(self, guest: str) -> None:
+        """The guest is on the source as before, and nothing of the move is left."""
+        record = self.record(guest)
+        self.assertEqual((record.cell, record.migrating, record.lost), (A, False, False))
+        self.assertEqual(set(self.cells[A].guests), {guest})
+        self.assertEqual(self.cells[B].guests, {})
+        self.assertEqual(self.moving(), [])
+        self.assertEqual(self.placed_cores(B), 0)
+
+    async def test_a_migration_cut_short_by_a_stop(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        running = m.Migration(
+            id="0b3c2e1e-3c3c-4c1a-9d55-0123456789ab", source_pool=POOL, source_cell=A,
+            target_pool=POOL, target_cell=B, instances=(guest,), progress=60,
+        )  # fmt: skip
+        await self.store.commit(
+            UnitOfWork.of(Put(running), Put(evolve(self.record(guest), migrating=True)))
+        )
+        restarted = Operations(self.store, self.core_clock)
+        await restarted.migrations.recovered
+        record = self.store.view.migrations[running.id]
+        self.assertEqual((record.error, record.end_time), (RESTARTED, self.core_clock.seconds()))
+        # It had left the source: where it is now, only a Cell's report can tell.
+        self.assertEqual((self.record(guest).migrating, self.record(guest).lost), (False, True))
+        self.assertEqual(restarted.migrations.get(running.id).error, RESTARTED)
+
+
+class KCPMigrationTests(MigrationCase):
+    """The same move with the Cells on KCP, as stock Cells link."""
+
+    wire = "kcp"
+    test_guests_move = MigrationTests.test_guests_move_with_their_claims
+
+
+class FailoverTests(MigrationCase):
+    failover = True
+
+    def lose(self, cell: str) -> Deferred[list[str]]:
+        """Kill ``cell`` (no goodbye; it stays away); the failover's record ids."""
+        planned = self.ops.migrations.planned(cell)
+        self.cells[cell]._reconnect_delay = 3600.0
+        self.cells[cell].kill()
+        return planned
+
+    async def test_the_guests_of_a_lost_cell_are_re_placed(self) -> None:
+        guests = [await self.guest_on(A, f"vm{i}") for i in range(3)]
+        await self.reported()
+        lost_at = self.core_clock.seconds()
+        records = await self.lose(A)
+        ended = [await self.ops.migrations.ended(r) for r in records]
+        # No time had to pass: re-placed at the disconnect, in one scheduling round.
+        self.assertEqual(self.core_clock.seconds(), lost_at)
+        self.assertEqual({r.kind for r in ended}, {m.MigrationKind.FAILOVER})
+        self.assertTrue(all(r.finished and not r.error for r in ended), ended)
+        self.assertEqual(sorted(g for r in ended for g in r.instances), sorted(guests))
+        for guest in guests:
+            record = self.record(guest)
+            self.assertIn(record.cell, (B, C))
+            self.assertEqual((record.lost, record.migrating), (False, False))
+            self.assertIn(guest, self.cells[record.cell].guests)
+        # The scheduler spread them by headroom: both Cells took some.
+        self.assertEqual({self.record(g).cell for g in guests}, {B, C})
+        self.assertFalse(self.store.view.cells[A].enabled)
+        listed = await self.ok("GET", "/migrations/")
+        self.assertEqual(sorted(e["id"] for e in listed), sorted(records))
+        await self.reported(B, C)
+        self.assertEqual(self.moving(), [])
+        # Back, the lost Cell lets go of its copies: the guests stay where they are now.
+        detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        linked = self.events.until_available(A)
+        self.cells[A]._reconnect_delay = 0.01
+        await self.cluster.services[A].stopService()
+        self.cluster.services[A].startService()
+        await linked
+        message = await detached
+        self.assertEqual(set(message.string_array_params[ParamKey.Instance]), set(guests))
+        self.assertEqual(self.cells[A].guests, {})
+        self.assertEqual({self.record(g).cell for g in guests}, {B, C})
+
+    async def test_guests_without_room_are_reported_lost_with_reasons(self) -> None:
+        await self.guest_on(B, "fillb", memory=24 * GiB)
+        await self.guest_on(C, "fillc", memory=12 * GiB)
+        guests = [await self.guest_on(A, f"vm{i}", memory=10 * GiB) for i in range(3)]
+        await self.reported()
+        lines: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(lines.append)
+        self.addCleanup(globalLogPublisher.removeObserver, lines.append)
+        records = await self.lose(A)
+        ended = [await self.ops.migrations.ended(r) for r in records]
+        unplaced = [r for r in ended if not r.target_cell]
+        self.assertEqual(len(unplaced), 1)
+        (left,) = unplaced[0].instances
+        self.assertIn(f"instance '{left}'('team.{self.record(left).name}'): no cell has enough "
+                      "memory: 10 GB", unplaced[0].error)  # fmt: skip
+        placed = [g for g in guests if g != left]
+        self.assertEqual({self.record(g).cell for g in placed}, {C})
+        shown = await self.ok("GET", f"/guests/{left}")
+        self.assertEqual((shown["lost"], shown["cell"]), (True, A))
+        self.assertFalse(self.record(left).migrating)
+        listed = {e["id"]: e for e in await self.ok("GET", "/migrations/")}
+        self.assertEqual(listed[unplaced[0].id]["error"], unplaced[0].error)
+        warned = [e for e in lines if "shown lost" in e.get("log_format", "")]
+        self.assertEqual([e["guest"] for e in warned], [left])
+
+    async def test_a_target_that_does_not_answer_leaves_the_guests_lost(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        await self.reported()
+        for cell in (B, C):
+            self.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(drop=True))
+        (record,) = await self.lose(A)
+        self.assertTrue(self.record(guest).migrating)
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(record)
+        self.assertEqual(ended.error, f"attach instance timeout on cell '{ended.target_cell}'")
+        record_now = self.record(guest)
+        self.assertEqual(
+            (record_now.cell, record_now.lost, record_now.migrating), (A, True, False)
+        )
+        self.assertEqual(self.moving(), [])
+
+    async def test_a_target_that_refuses(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        await self.reported()
+        for cell in (B, C):
+            self.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(error="no bridge"))
+        (record,) = await self.lose(A)
+        ended = await self.ops.migrations.ended(record)
+        self.assertEqual(ended.error, "attach instance fail: no bridge")
+        self.assertEqual((self.record(guest).lost, self.record(guest).migrating), (True, False))
+
+    async def test_a_graceful_stop_is_no_failover(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        gone = self.events.until_disconnected(A)
+        self.cells[A]._reconnect_delay = 3600.0
+        self.cells[A].close()
+        await gone
+        await self.ops.guests.access.serially(guest, lambda: succeed(None))
+        self.assertEqual((self.record(guest).cell, self.record(guest).lost), (A, True))
+        self.assertEqual(await self.ok("GET", "/migrations/"), [])
