@@ -3,7 +3,7 @@ over the TLS image site (a Cell's certificate), beside openssl moving the same b
 same machine in the same run.
 
     python benchmarks/image_bench.py [--size-mib 1024] [--rounds 3] [--legs api-up,...]
-        [--profile FILE] [--write-behind MIB]
+        [--profile FILE] [--write-behind MIB] [--buffered] [--read-kib KIB] [--no-gets]
 
 A Core (store, operations, API with its stream routes, TLS image site) runs in a child process
 on loopback; curl moves the bytes (it streams ``-F image=@file`` and ``-o /dev/null``), and
@@ -15,7 +15,9 @@ s_server's ``ACCEPT`` line. Prints the median MB/s of each leg with its range ov
 the Core's CPU seconds per leg (reactor thread, other threads: steadier than MB/s on a shared
 machine), its RSS before and its peak (VmHWM), the p99 of signed API GETs made every 10 ms
 while the API legs run, and each TLS leg against its openssl leg. ``--profile`` records the
-Core with py-spy; files live in a temporary folder, deleted after.
+Core with py-spy; ``--buffered``, ``--read-kib`` and ``--no-gets`` take one change at a time
+out of a run (page-cache writes, the upload's read size, the GETs' share of the Core's CPU).
+Files live in a temporary folder, deleted after.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ off the reactor, checked, placed and recorded, or else removed without a trace.
 The body is parsed incrementally by ``multipart``'s push parser (defnull/multipart). Bytes of
 the ``image`` part are copied, as they arrive, into :data:`BLOCK`-sized page-aligned blocks
 that are used again and again: the chunk the network gave is dropped at once, so the next
-read's buffer reuses its memory instead of faulting in fresh pages (with 1 MiB reads, a
-quarter of the reactor's CPU went to those faults), and the part file gets whole aligned
+read's buffer reuses its memory instead of faulting in fresh pages (with 1 MiB reads, ~30 %
+of the reactor's CPU went to those faults), and the part file gets whole aligned
 blocks, which it writes straight to the disk (direct I/O, :mod:`nanocore.images.files`). A
 full block goes through two steps on the thread pool, its digests and then its write, one
 block in each step at a time: the next block is hashed while the previous one is written.
