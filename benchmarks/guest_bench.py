@@ -11,11 +11,18 @@ Cells to pool ``default``, then per run:
 
 Each run checks the zone's instance counters (N stopped after the creates, none after the
 deletes) and that Core is still running. It prints creates/s, p50/p99 time to created,
-deletes/s, Core's peak RSS (``VmHWM``), the load average, and an in-process micro-bench of the
-scheduler's decision (100 and 1,000 Cells).
+deletes/s, Core's peak RSS (``VmHWM``), the load average, Core's CPU per create (user, system,
+the store's writer thread; from the first POST until the zone counts every guest created), and
+an in-process micro-bench of the scheduler's decision (100 and 1,000 Cells, judged anew and
+with placement's kept verdicts).
 
     python benchmarks/guest_bench.py [--guests 2000] [--concurrency 16] [--cells 100]
-                                     [--runs 1] [--decisions 2000]
+                                     [--runs 1] [--decisions 2000] [--poll 0.005]
+                                     [--core-source DIR] [--callgrind OUT] [--profile OUT]
+
+``--core-source`` runs Core from another tree (a worktree of ``main``) for before/after in one
+session; ``--callgrind`` counts Core's instructions during the creates (less the same span
+idle), the figure that stays put on a shared machine.
 """
 
 from __future__ import annotations
@@ -42,8 +49,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from api_bench import CREDENTIAL, cpu_seconds, start_twistd, stop, wait_until_serving  # noqa: E402
+import attrs  # noqa: E402
+from api_bench import (  # noqa: E402
+    CREDENTIAL,
+    cpu_seconds,
+    free_port,
+    prepare_folders,
+    start_twistd,
+    stop,
+    wait_until_serving,
+)
 
+from nanocore._fastscheduler import VerdictCache  # noqa: E402
 from nanocore.api.client import Signer  # noqa: E402
 from nanocore.scheduler import CellCapacity, Demand, Scheduler  # noqa: E402
 
@@ -229,6 +246,73 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_split(pid: int) -> tuple[float, float, float]:
+    """Core's CPU seconds so far: user, system, and the part of both spent off its main
+    thread (the store's writer), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended
+        spent_user, spent_system = int(fields[11]) / tick, int(fields[12]) / tick
+        user, system = user + spent_user, system + spent_system
+        if task.name != str(pid):
+            others += spent_user + spent_system
+    return user, system, others
+
+
+def start_under_callgrind(
+    root: Path, source: Path, out: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Core under callgrind, counting nothing until :func:`callgrind` turns it on (start-up
+    alone takes about a minute there)."""
+    port = free_port()
+    folders = prepare_folders(root, port)
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    command = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        sys.executable, twistd, "-n", "--pidfile=", "--reactor=epoll",
+        f"--logfile={root / 'twistd.log'}", "nanocore",
+    ]  # fmt: skip
+    for name, folder in folders.items():
+        command += [f"--{name}-dir", str(folder)]
+    core = subprocess.Popen(
+        command, cwd=source, env=dict(os.environ, PYTHONPATH=str(source)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and core.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return core, port
+        except OSError:
+            time.sleep(0.5)
+    stop(core)
+    raise SystemExit("Core under callgrind did not listen within 300 s")
+
+
+def callgrind(core: subprocess.Popen[bytes], on: bool) -> None:
+    """Count Core's instructions from now (on) or stop counting (off)."""
+    steps = [["-i", "on"]] if on else [["-i", "off"], ["--dump"]]  # dumped before the SIGTERM
+    for step in steps:
+        subprocess.run(
+            ["callgrind_control", *step, str(core.pid)], check=True, stdout=subprocess.DEVNULL
+        )
+
+
+def callgrind_totals(out: str) -> list[int]:
+    """The instruction count of each dump callgrind wrote to ``out.N``, in order."""
+    totals = []
+    for part in sorted(
+        Path(out).parent.glob(Path(out).name + ".*"), key=lambda p: int(p.suffix[1:])
+    ):
+        found = re.search(r"^totals: (\d+)", part.read_text(), re.MULTILINE)
+        totals.append(int(found.group(1)) if found else 0)
+    return totals
+
+
 def link_port(log: Path, deadline: float) -> int:
     while time.monotonic() < deadline:
         found = _LINK.findall(log.read_bytes()) if log.exists() else []
@@ -238,8 +322,12 @@ def link_port(log: Path, deadline: float) -> int:
     raise SystemExit("Core named no Cell link port in its log")
 
 
-def scheduling(cells: int, decisions: int) -> tuple[float, float]:
-    """p50 and p99 of one decision over ``cells`` prepared capacities, in ms (in process)."""
+def scheduling(cells: int, decisions: int, kept: bool = False) -> tuple[float, float]:
+    """p50 and p99 of one decision over ``cells`` prepared capacities, in ms (in process).
+
+    ``kept``: through placement's :class:`VerdictCache`, one Cell changed before each
+    decision (the chosen one's claim, as in a burst of creates); else every Cell judged anew.
+    """
     rng = random.Random(cells)
     capacities = [
         CellCapacity(
@@ -252,11 +340,15 @@ def scheduling(cells: int, decisions: int) -> tuple[float, float]:
         for i in range(cells)
     ]  # fmt: skip
     scheduler = Scheduler()
+    choose = VerdictCache(scheduler).choose if kept else scheduler.choose
     demand = Demand(cores=2, memory=4 * GiB, disk=50 * GiB)
     times = []
     for _ in range(decisions):
+        if kept:
+            changed = rng.randrange(cells)
+            capacities[changed] = attrs.evolve(capacities[changed])
         began = time.perf_counter()
-        scheduler.choose(demand, capacities)
+        choose(demand, capacities)
         times.append((time.perf_counter() - began) * 1000)
     return statistics.median(times), percentile(times, 0.99)
 
@@ -270,6 +362,19 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--profile", help="write Core's cProfile data to this file")
     parser.add_argument(
+        "--callgrind",
+        metavar="OUT",
+        help="run Core under valgrind's callgrind, counting its instructions during the"
+        " creates only (a stable figure on a shared machine); writes OUT",
+    )
+    parser.add_argument(
+        "--core-source",
+        type=Path,
+        default=ROOT,
+        help="run Core from this source tree (a worktree of another branch, to compare"
+        " before and after in one session; the Cells and the client stay this tree's)",
+    )
+    parser.add_argument(
         "--poll",
         type=float,
         default=0.005,
@@ -278,18 +383,26 @@ def main() -> None:
     )
     arguments = parser.parse_args()
 
-    for cells in (100, 1000):
-        p50, p99 = scheduling(cells, arguments.decisions)
-        print(f"scheduling, {cells:5d} cells: p50 {p50:.3f} ms  p99 {p99:.3f} ms per decision")
+    for kept in (False, True):
+        for cells in (100, 1000):
+            p50, p99 = scheduling(cells, arguments.decisions, kept)
+            print(
+                f"scheduling, {cells:5d} cells{', verdicts kept' if kept else ''}: p50 "
+                f"{p50:.3f} ms  p99 {p99:.3f} ms per decision"
+            )
 
     root = Path(tempfile.mkdtemp(prefix="guest-bench-"))
     signer = Signer(*CREDENTIAL)
     core: subprocess.Popen[bytes] | None = None
     sim: subprocess.Popen[bytes] | None = None
     try:
-        core, port = start_twistd(root, ROOT, [], arguments.profile)
-        wait_until_serving(signer, port)
-        link = link_port(root / "twistd.log", time.monotonic() + 30)
+        patience = 300 if arguments.callgrind else 30
+        if arguments.callgrind:
+            core, port = start_under_callgrind(root, arguments.core_source, arguments.callgrind)
+        else:
+            core, port = start_twistd(root, arguments.core_source, [], arguments.profile)
+        wait_until_serving(signer, port, patience)
+        link = link_port(root / "twistd.log", time.monotonic() + patience)
         twistd = str(Path(sys.executable).with_name("twistd"))
         per_cell = -(-arguments.guests // arguments.cells) + 1
         sim = subprocess.Popen(
@@ -301,10 +414,10 @@ def main() -> None:
             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
         )  # fmt: skip
         names = [f"Cell_sim{i:06d}" for i in range(arguments.cells)]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 2 * patience
         while len(call(port, signer, "GET", "/compute_pool_cells/")) < arguments.cells:
             if time.monotonic() > deadline or sim.poll() is not None:
-                raise SystemExit("the simulated Cells did not all link within 60 s")
+                raise SystemExit(f"the simulated Cells did not all link within {2 * patience} s")
             time.sleep(0.2)
         for name in names:
             call(port, signer, "POST", f"/compute_pool_cells/default/{name}")
@@ -327,18 +440,49 @@ def main() -> None:
             POLLS[0] = 0
             POST_TIMES.clear()
             cpu = cpu_seconds(core.pid), cpu_seconds(sim.pid)
+            core_before = cpu_split(core.pid)
+            client_before = time.process_time()
+            if arguments.callgrind:
+                callgrind(core, on=True)
+            began = time.perf_counter()
             seconds, latencies = drive(
                 port, signer, arguments.concurrency, list(range(arguments.guests)),
                 create_until_created(created, body, arguments.poll),
             )  # fmt: skip
             core_share = (cpu_seconds(core.pid) - cpu[0]) / seconds
             sim_share = (cpu_seconds(sim.pid) - cpu[1]) / seconds
+            client_share = (time.process_time() - client_before) / seconds
+            # Core's CPU per create counts every create's whole work, to its GuestCreatedEvent
+            # committed: wait until the zone counts them all (a cheap call every 10 ms).
+            deadline = time.monotonic() + 2 * patience
+            while call(port, signer, "GET", "/compute_zone_status/")["instances"] != [
+                arguments.guests, 0, 0, 0,
+            ]:  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"run {run}: the creates were not all done in time")
+                time.sleep(0.5 if arguments.callgrind else 0.01)
+            settled = time.perf_counter() - began
+            if arguments.callgrind:
+                callgrind(core, on=False)
+            user, system, writer = (
+                (after - before) * 1000 / arguments.guests
+                for after, before in zip(cpu_split(core.pid), core_before, strict=True)
+            )
+            if arguments.callgrind:
+                # The same span with nothing asked: the Cells' reports and keep-alives, which
+                # a Core slowed down by callgrind gets many more of per create.
+                callgrind(core, on=True)
+                time.sleep(settled)
+                callgrind(core, on=False)
+                busy, idle = callgrind_totals(arguments.callgrind)[-2:]
+                print(
+                    f"       callgrind: {busy / arguments.guests / 1e6:.2f} M instructions per "
+                    f"create, {idle / arguments.guests / 1e6:.2f} M of them the same span idle: "
+                    f"{(busy - idle) / arguments.guests / 1e6:.2f} M per create"
+                )
             for guest in created if not arguments.poll else ():
-                while call(port, signer, "GET", f"/guests/{guest}")["created"] is not True:
-                    time.sleep(0.01)
-            zone = call(port, signer, "GET", "/compute_zone_status/")
-            if zone["instances"] != [arguments.guests, 0, 0, 0]:
-                raise SystemExit(f"run {run}: zone shows {zone['instances']} after the creates")
+                if call(port, signer, "GET", f"/guests/{guest}")["created"] is not True:
+                    raise SystemExit(f"run {run}: guest {guest} is not created")
             delete_seconds, _ = drive(port, signer, arguments.concurrency, created, delete)
             zone = call(port, signer, "GET", "/compute_zone_status/")
             if zone["instances"] != [0, 0, 0, 0] or core.poll() is not None:
@@ -349,9 +493,14 @@ def main() -> None:
                 f"run {run}: {len(created) / seconds:7.0f} creates/s  time to created p50 "
                 f"{p50:6.2f} ms  p99 {p99:6.2f} ms  {len(created) / delete_seconds:7.0f} "
                 f"deletes/s  Core peak RSS {peak_rss_mb(core.pid):.0f} MB  CPU while creating:"
-                f" Core {core_share:.0%}, Cells {sim_share:.0%}  polls per create "
-                f"{POLLS[0] / len(created):.1f}  202 p50 {acknowledged:.1f} ms  "
+                f" Core {core_share:.0%}, Cells {sim_share:.0%}, client {client_share:.0%}  "
+                f"polls per create {POLLS[0] / len(created):.1f}  202 p50 {acknowledged:.1f} ms  "
                 f"load {os.getloadavg()[0]:.2f}"
+            )
+            print(
+                f"       Core CPU per create {user + system:.2f} ms (user {user:.2f}, system "
+                f"{system:.2f}; store thread {writer:.2f})  all created after {settled:.2f} s"
+                f" ({arguments.guests / settled:.0f}/s)"
             )
     finally:
         for process in (sim, core):

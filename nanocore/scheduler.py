@@ -80,7 +80,11 @@ class Rejection:
 
 
 class Filter(Protocol):
-    """Keeps the Cells that can take the guest; says, for each other one, why not."""
+    """Keeps the Cells that can take the guest; says, for each other one, why not.
+
+    A filter judges each Cell on its own (never against the others), so a Cell's verdict can
+    be kept while its capacity and the demand stay the same (:meth:`Scheduler.verdict`).
+    """
 
     name: str
 
@@ -94,7 +98,8 @@ class Filter(Protocol):
 
 
 class Weigher(Protocol):
-    """Scores the Cells that passed every filter; the highest total wins."""
+    """Scores the Cells that passed every filter; the highest total wins. Each Cell's score
+    depends on that Cell and the demand only, as a filter's verdict does."""
 
     def scores(self, demand: Demand, cells: list[CellCapacity]) -> list[float]: ...
 
@@ -332,3 +337,16 @@ class Scheduler:
             if score > best_score or (score == best_score and cell.name < best.name):
                 best, best_score = cell, score
         return best
+
+    def verdict(self, demand: Demand, cell: CellCapacity) -> float | None:
+        """One Cell alone: None if a filter refuses it, else its total score (what
+        :meth:`choose` weighs it by among the Cells that pass)."""
+        alone = [cell]
+        for step in self.filters:
+            if not step.split(demand, alone)[0]:
+                return None
+        total = 0.0
+        for index, weigher in enumerate(self.weighers):
+            score = weigher.scores(demand, alone)[0]
+            total = score if index == 0 else total + score
+        return total

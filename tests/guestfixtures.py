@@ -175,16 +175,20 @@ class GuestClusterCase(TestCase):
     async def use_network(self, end: str = "172.16.0.20") -> None:
         """The Cells move to pool ``netted``, whose address pool ``net`` has one range from
         172.16.0.10 (a pool's network can change only while it has no Cells)."""
+        await self.address_pool(end)
+        await self.ok("POST", "/compute_pools/netted", {"network": "net"})
+        for name in self.CELLS:
+            await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
+            await self.ok("POST", f"/compute_pool_cells/netted/{name}")
+
+    async def address_pool(self, end: str = "172.16.0.20") -> None:
+        """Address pool ``net``, with one range from 172.16.0.10 to ``end``."""
         await self.ok("POST", "/address_pools/net", {"gateway": "172.16.0.1", "provider": "dhcp"})
         await self.ok(
             "POST",
             "/address_pools/net/internal/ranges/172.16.0.10",
             {"end": end, "netmask": "255.255.255.0"},
         )
-        await self.ok("POST", "/compute_pools/netted", {"network": "net"})
-        for name in self.CELLS:
-            await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
-            await self.ok("POST", f"/compute_pool_cells/netted/{name}")
 
     async def created(self, **fields: Any) -> str:
         """A guest made through the API (``guest_body(**fields)``) and confirmed by its Cell."""

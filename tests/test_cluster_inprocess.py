@@ -146,6 +146,23 @@ class FabricCases:
         assert status is not None
         self.assertEqual(status.cores, 8)
 
+    async def test_a_stopped_simulator_says_goodbye_for_each_cell(self) -> None:
+        """Stopping ``nanocell-sim`` is no crash: Core hears a goodbye from every Cell (else
+        it would fail their guests over)."""
+        cert_dir = Path(self.mktemp())
+        write_pair(self.ca, cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE)
+        host, port = self.cluster.address
+        options = simtap.Options()
+        options.parseOptions(["--link", self.wire, "--cert-dir", str(cert_dir),
+                              "--core", f"{host}:{port}", "--count", "2"])  # fmt: skip
+        service = simtap.makeService(options, reactor)
+        service.startService()
+        names = options.cell_names()
+        await self.cluster.waiter.until_reported(set(names))
+        gone = [self.cluster.waiter.until_disconnected(name) for name in names]
+        await service.stopService()
+        self.assertEqual([await d for d in gone], [True, True])
+
     async def test_cell_reconnects_after_core_drops_it(self) -> None:
         """Like a real Cell (§2.9) it dials again; Core sees it available once more."""
         lookups: list[int] = []

@@ -28,13 +28,18 @@ class MigrationCase(GuestClusterCase):
     CELLS = (A, B, C)
     creation_time = 0.0
     failover = False
+    #: The pool's address pool (``net``, see ``address_pool``), or none.
+    network = ""
 
     async def asyncSetUp(self) -> None:
         await super().asyncSetUp()
         await self.ok("POST", "/storage_pools/nfs",
                       {"type": "nfs", "host": "192.0.2.9", "target": "/export"})  # fmt: skip
-        await self.ok("POST", f"/compute_pools/{POOL}",
-                      {"storage": "nfs", "failover": self.failover})  # fmt: skip
+        pool: dict[str, Any] = {"storage": "nfs", "failover": self.failover}
+        if self.network:
+            await self.address_pool()
+            pool["network"] = self.network
+        await self.ok("POST", f"/compute_pools/{POOL}", pool)
         for name in self.CELLS:
             await self.ok("DELETE", f"/compute_pool_cells/default/{name}")
             await self.ok("POST", f"/compute_pool_cells/{POOL}/{name}")
@@ -257,6 +262,51 @@ class MigrationTests(MigrationCase):
         self.assertEqual(set(self.cells[A].guests), {guest})
         self.assertEqual(self.moving(), [])
 
+    async def test_a_source_that_let_go_after_its_detach_timed_out_takes_the_guest_back(
+        self,
+    ) -> None:
+        """It detached, but said so too late: the guest is shown lost, not on the source as if
+        nothing happened, until the source's inventory (taken at once) tells, and the source
+        takes it back."""
+        guest = await self.guest_on(A, "vm1")
+        # The source lets go at once; its answer would come after Core's timeout.
+        self.cells[A].inject(MessageID.DetachInstanceRequest, Fault(delay=TIMEOUT * 2))
+        detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        reconciled = self.ops.migrations.reconciled(A)
+        back = self.events.until(MessageID.InstanceMigratedEvent, "")
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await detached
+        self.assertEqual(self.cells[A].guests, {})
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(ended.error, "detach instance timeout")
+        shown = await self.ok("GET", f"/guests/{guest}")
+        self.assertEqual((shown["cell"], shown.get("lost")), (A, True))
+        await reconciled
+        await self.applied(back, guest)
+        await self.stayed(guest)
+        self.assertEqual(self.cells[B].prepared(), set())
+
+    async def test_a_source_that_kept_the_guest_after_its_detach_timed_out(self) -> None:
+        """The detach never happened: the source's inventory shows the guest there, and it is
+        not asked to take it back."""
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.DetachInstanceRequest, Fault(drop=True))
+        detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        reconciled = self.ops.migrations.reconciled(A)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await detached
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(ended.error, "detach instance timeout")
+        self.assertTrue(self.record(guest).lost)
+        await reconciled
+        # A round trip to the source: anything sent to it before has arrived.
+        await self.ops.cells.storage_paths(POOL, A)
+        await self.stayed(guest)
+        attached = [m for m in self.cells[A].received if m.id == MessageID.AttachInstanceRequest]
+        self.assertEqual(attached, [])
+
     async def stayed(self, guest: str) -> None:
         """The guest is on the source as before, and nothing of the move is left."""
         record = self.record(guest)
@@ -387,6 +437,75 @@ class FailoverTests(MigrationCase):
         self.assertEqual(ended.error, "attach instance fail: no bridge")
         self.assertEqual((self.record(guest).lost, self.record(guest).migrating), (True, False))
 
+    async def test_a_cell_back_during_its_failover_lets_go_of_the_guests_after_it(
+        self,
+    ) -> None:
+        """The lost Cell rejoins while the target is still taking its guest: its rejoin leaves
+        the guest in flight alone, and once the failover ended the Cell is reconciled at
+        once, so it does not keep a copy of a guest another Cell serves."""
+        guest = await self.guest_on(A, "vm1")
+        await self.reported()
+        told = {}
+        for cell in (B, C):
+            # The target takes the guest at once, and tells Core a second later.
+            self.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(delay=1.0))
+            told[cell] = self.cells[cell].until_received(MessageID.AttachInstanceRequest)
+        (record,) = await self.lose(A)
+        target = self.store.view.migrations[record].target_cell
+        await told[target]
+        # A comes back (it still holds its copy) and rejoins its pool meanwhile.
+        pushed = self.cells[A].until_received(MessageID.ComputePoolReadyEvent)
+        linked = self.events.until_available(A)
+        self.cells[A]._reconnect_delay = 0.01
+        await self.cluster.services[A].stopService()
+        self.cluster.services[A].startService()
+        await linked
+        await pushed
+        await self.ops.cells.storage_paths(POOL, A)
+        await self.store.commit(UnitOfWork(()))
+        self.assertEqual(set(self.cells[A].guests), {guest})
+        self.assertTrue(self.record(guest).migrating)
+        # The failover ends: A is asked for its inventory again, and lets go of its copy.
+        reconciled = self.ops.migrations.reconciled(A)
+        detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        self.cell_clock.advance(1.0)
+        ended = await self.ops.migrations.ended(record)
+        self.assertEqual((ended.finished, ended.error), (True, ""))
+        await reconciled
+        message = await detached
+        self.assertEqual(message.string_array_params[ParamKey.Instance], (guest,))
+        self.assertEqual(self.cells[A].guests, {})
+        self.assertEqual(set(self.cells[target].guests), {guest})
+        now = self.record(guest)
+        self.assertEqual((now.cell, now.lost, now.migrating), (target, False, False))
+
+    async def test_a_cell_back_during_a_failover_that_failed_keeps_its_guests(self) -> None:
+        """No target took the guest: the Cell that came back meanwhile holds it, and its
+        inventory, taken once the failover failed, shows it there again (not lost)."""
+        guest = await self.guest_on(A, "vm1")
+        await self.reported()
+        for cell in (B, C):
+            self.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(drop=True))
+        (record,) = await self.lose(A)
+        linked = self.events.until_available(A)
+        pushed = self.cells[A].until_received(MessageID.ComputePoolReadyEvent)
+        self.cells[A]._reconnect_delay = 0.01
+        await self.cluster.services[A].stopService()
+        self.cluster.services[A].startService()
+        await linked
+        await pushed
+        await self.ops.cells.storage_paths(POOL, A)
+        await self.store.commit(UnitOfWork(()))
+        self.assertTrue(self.record(guest).migrating)
+        reconciled = self.ops.migrations.reconciled(A)
+        self.core_clock.advance(TIMEOUT)
+        ended = await self.ops.migrations.ended(record)
+        self.assertEqual(ended.error, f"attach instance timeout on cell '{ended.target_cell}'")
+        await reconciled
+        now = self.record(guest)
+        self.assertEqual((now.cell, now.lost, now.migrating), (A, False, False))
+        self.assertEqual(set(self.cells[A].guests), {guest})
+
     async def test_a_graceful_stop_is_no_failover(self) -> None:
         guest = await self.guest_on(A, "vm1")
         gone = self.events.until_disconnected(A)
@@ -396,3 +515,48 @@ class FailoverTests(MigrationCase):
         await self.ops.guests.access.serially(guest, lambda: succeed(None))
         self.assertEqual((self.record(guest).cell, self.record(guest).lost), (A, True))
         self.assertEqual(await self.ok("GET", "/migrations/"), [])
+
+
+class FailoverAddressTests(FailoverTests):
+    """Failover in a pool with a network: addresses go with their guests."""
+
+    network = "net"
+
+    def addresses(self) -> dict[str, str]:
+        """Allocated address -> guest, as the store holds them."""
+        return {a.address: a.instance for a in self.store.view.allocations.values()}
+
+    def address_of(self, guest: str) -> str:
+        return self.record(guest).internal.assigned_address.partition("/")[0]
+
+    async def test_failed_over_guests_keep_their_addresses(self) -> None:
+        await self.guest_on(B, "fillb", memory=24 * GiB)
+        await self.guest_on(C, "fillc", memory=12 * GiB)
+        guests = [await self.guest_on(A, f"vm{i}", memory=10 * GiB) for i in range(3)]
+        await self.reported()
+        before = {guest: self.address_of(guest) for guest in guests}
+        allocated = self.addresses()
+        self.assertEqual(len(set(before.values())), 3)
+        self.assertEqual({allocated[a] for a in before.values()}, set(guests))
+        records = await self.lose(A)
+        ended = [await self.ops.migrations.ended(r) for r in records]
+        (left,) = next(r for r in ended if not r.target_cell).instances
+        placed = [g for g in guests if g != left]
+        self.assertEqual({self.record(g).cell for g in placed}, {C})
+        # Every guest keeps its address: those re-placed, and the one no Cell could take.
+        self.assertEqual({guest: self.address_of(guest) for guest in guests}, before)
+        self.assertEqual(self.addresses(), allocated)
+        shown = await self.ok("GET", f"/guests/{left}")
+        self.assertEqual((shown.get("lost"), shown["cell"]), (True, A))
+        self.assertEqual(shown["internal"]["allocated_address"].partition("/")[0], before[left])
+        # The target serves them with those addresses; its inventory agrees.
+        for guest in placed:
+            self.assertEqual(self.cells[C].guests[guest].internal_address.partition("/")[0],
+                             before[guest])  # fmt: skip
+        await self.rejoined(C)
+        self.assertEqual({guest: self.address_of(guest) for guest in guests}, before)
+        # A new guest gets an address nobody holds.
+        fresh = await self.created(name="fresh", pool=POOL, memory=2 * GiB)
+        self.assertNotIn(self.address_of(fresh), allocated)
+        self.assertEqual(self.addresses()[self.address_of(fresh)], fresh)
+        self.assertEqual(len(self.addresses()), len(allocated) + 1)

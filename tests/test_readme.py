@@ -1,9 +1,10 @@
-"""The README's walk-through, run line by line as a shell runs it, against real processes.
+"""The README's walk-throughs, run line by line as a shell runs them, against real processes.
 
-The commands are read from the first ```sh block of the README section below, so the README
-cannot drift from what works. To extend the walk-through, add its lines to the README; if a
-line's output must show something, or gives a value later lines name (`GUEST_ID`), add an
-entry to `EXPECTED`.
+The commands are read from the ```sh blocks of the README section below (the first: Core and
+a guest; the second: migration and failover between two simulators), so the README cannot
+drift from what works. To extend a walk-through, add its lines to the README; if a line's
+output must show something, or gives a value later lines name (`GUEST_ID`), add an entry to
+its block's expectations (`EXPECTED`, `FAILOVER_EXPECTED`).
 
 The simulated Cells find Core by multicast discovery, as the README says. Every process runs
 inside a network namespace the test creates (only `lo`), so no ping reaches another nanocore
@@ -47,13 +48,17 @@ EVENTUALLY_SECONDS = 30.0
 RETRY_INTERVAL = 0.25
 
 
-def walk_through(readme: str) -> list[str]:
-    """The command lines of the first ```sh block after the walk-through's heading."""
+def walk_through(readme: str, index: int = 0) -> list[str]:
+    """The command lines of the ``index``-th ```sh block after the walk-through's heading
+    (within its section)."""
     section = readme[readme.index(SECTION) :]
-    block = re.search(r"^```sh\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
-    if block is None:
-        raise ValueError(f"no ```sh block under {SECTION!r}")
-    return [line for line in block.group(1).splitlines() if line.strip()]
+    following = re.search(r"^## ", section[len(SECTION) :], re.MULTILINE)
+    if following is not None:
+        section = section[: len(SECTION) + following.start()]
+    blocks = re.findall(r"^```sh\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    if len(blocks) <= index:
+        raise ValueError(f"no ```sh block {index} under {SECTION!r}")
+    return [line for line in blocks[index].splitlines() if line.strip()]
 
 
 #: The README's create line (its JSON makes it long).
@@ -118,21 +123,72 @@ EXPECTED: dict[str, Expect] = {
 }
 
 
+SHARED_POOL = "shared"
+CELL_A, CELL_B = "Cell_a000000", "Cell_b000000"
+#: The failover walk-through's create line.
+SHARED_CREATE_LINE = CREATE_LINE.replace('"vm1"', '"vm2"').replace('"default"', '"shared"')
+MIGRATE_LINE = (
+    'nanocore call POST /migrations/ \'{"source_pool": "shared", "source_cell": "Cell_a000000", '
+    '"target_cell": "Cell_b000000", "instances": ["GUEST_ID"]}\''
+)
+
+
+def on_cell_a(document: Any) -> bool:
+    """The guest is created and served by Cell A: neither lost nor migrating."""
+    guest = document["data"]
+    return bool(
+        guest["created"]
+        and guest["cell"] == CELL_A
+        and not guest.get("lost")
+        and not guest.get("migrating")
+    )
+
+
+#: Checks of the second block (migration and failover), as for `EXPECTED`.
+FAILOVER_EXPECTED: dict[str, Expect] = {
+    "nanocore call GET /compute_pool_cells/": Expect(
+        lambda d: {CELL_A, CELL_B} <= set(names(d)), eventually=True
+    ),
+    f"nanocore call POST /compute_pool_cells/{SHARED_POOL}/{CELL_A}": Expect(),
+    f"nanocore call POST /compute_pool_cells/{SHARED_POOL}/{CELL_B}": Expect(),
+    "nanocore call GET /templates/": EXPECTED["nanocore call GET /templates/"],
+    SHARED_CREATE_LINE: Expect(gives=(("GUEST_ID", lambda d: d["data"]["id"]),)),
+    # Created on A; after B is killed, back on A.
+    "nanocore call GET /guests/GUEST_ID": Expect(on_cell_a, eventually=True),
+    MIGRATE_LINE: Expect(gives=(("MIGRATION_ID", lambda d: d["data"]["id"]),)),
+    "nanocore call GET /migrations/MIGRATION_ID": Expect(
+        lambda d: d["data"] == {"finished": True, "progress": 100}, eventually=True
+    ),
+    "nanocore call GET /instances/GUEST_ID": Expect(lambda d: d["data"]["cell"] == CELL_B),
+    "nanocore call GET /migrations/": Expect(
+        lambda d: len(d["data"]) == 2 and all(m["finished"] for m in d["data"]),
+        eventually=True,
+    ),
+}
+#: Each block of the section, with its checks.
+BLOCKS = (EXPECTED, FAILOVER_EXPECTED)
+
+
 class WalkThroughParsingTests(SynchronousTestCase):
     def test_every_expectation_names_a_line_of_the_readme(self) -> None:
-        lines = walk_through(README.read_text(encoding="utf-8"))
-        self.assertEqual([key for key in EXPECTED if key not in lines], [])
-        self.assertEqual((lines[0], lines[-1]), ("nanocore start", "nanocore stop"))
-        # A value is named only after the line that gives it.
-        given: set[str] = set()
-        for line in lines:
-            named = set(re.findall(r"\b[A-Z]+_ID\b", line))
-            self.assertLessEqual(named, given, line)
-            given.update(name for name, _ in EXPECTED.get(line, Expect()).gives)
+        for index, expected in enumerate(BLOCKS):
+            lines = walk_through(README.read_text(encoding="utf-8"), index)
+            self.assertEqual([key for key in expected if key not in lines], [])
+            self.assertEqual((lines[0], lines[-1]), ("nanocore start", "nanocore stop"))
+            # A value is named only after the line that gives it.
+            given: set[str] = set()
+            for line in lines:
+                named = set(re.findall(r"\b[A-Z]+_ID\b", line))
+                self.assertLessEqual(named, given, line)
+                given.update(name for name, _ in expected.get(line, Expect()).gives)
 
-    def test_reads_only_the_sh_block_of_the_section(self) -> None:
-        text = "# x\n```sh\nnot this\n```\n" + SECTION + "\nSome words.\n```sh\na\n\nb\n```\n"
-        self.assertEqual(walk_through(text), ["a", "b"])
+    def test_reads_only_the_sh_blocks_of_the_section(self) -> None:
+        text = (
+            "# x\n```sh\nnot this\n```\n" + SECTION + "\nSome words.\n```sh\na\n\nb\n```\n"
+            "More.\n```sh\nc\n```\n## Next\n```sh\nnor this\n```\n"
+        )
+        self.assertEqual((walk_through(text), walk_through(text, 1)), (["a", "b"], ["c"]))
+        self.assertRaises(ValueError, walk_through, text, 2)
 
 
 class WalkThroughTests(TestCase):
@@ -180,29 +236,34 @@ class WalkThroughTests(TestCase):
         api_file.write_text(json.dumps(api))
         self.addCleanup(self.stop_everything)
 
-    def simulator_pid(self) -> int | None:
-        """The pid of the running `nanocell-sim` daemon this test started, if it runs."""
-        pid = pidfile.read_pid(self.root / "data" / "sim.pid")
-        if pid is None:
-            return None
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        return pid if b"nanocell-sim" in argv else None
+    def simulator_pids(self) -> list[int]:
+        """The pids of the running `nanocell-sim` daemons this test started (`data/sim*.pid`)."""
+        running = []
+        for path in sorted((self.root / "data").glob("sim*.pid")):
+            pid = pidfile.read_pid(path)
+            if pid is None:
+                continue
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"nanocell-sim" in argv:
+                running.append(pid)
+        return running
 
     async def until_simulator_exits(self) -> bool:
         for _ in range(100):
-            if self.simulator_pid() is None:
+            if not self.simulator_pids():
                 return True
             await deferLater(reactor, 0.1, lambda: None)
         return False
 
     async def stop_everything(self) -> None:
         """Whatever a failed step left running: the simulated Cells, then nanocore."""
-        sim = self.simulator_pid()
-        if sim is not None:
+        sims = self.simulator_pids()
+        for sim in sims:
             os.kill(sim, signal.SIGTERM)
+        if sims:
             await self.until_simulator_exits()
         await self.shell(f"nanocore halt --data-dir {shlex.quote(str(self.root / 'data'))}")
 
@@ -230,8 +291,8 @@ class WalkThroughTests(TestCase):
             line = line.replace(DISCOVER, f"--core {self.link_address()}")
         return line
 
-    async def run_step(self, line: str) -> None:
-        expect = EXPECTED.get(line)
+    async def run_step(self, line: str, expected: dict[str, Expect]) -> None:
+        expect = expected.get(line)
         command = self.command(line)
         waited = 0.0
         while True:
@@ -247,8 +308,16 @@ class WalkThroughTests(TestCase):
             await deferLater(reactor, RETRY_INTERVAL, lambda: None)
             waited += RETRY_INTERVAL
 
-    async def test_the_walk_through_runs_as_written(self) -> None:
-        for line in walk_through(README.read_text(encoding="utf-8")):
-            await self.run_step(line)
+    async def walk(self, index: int) -> None:
+        for line in walk_through(README.read_text(encoding="utf-8"), index):
+            await self.run_step(line, BLOCKS[index])
         self.assertIsNone(pidfile.running_pid(self.root / "data" / "core.pid"))
         self.assertTrue(await self.until_simulator_exits(), "the simulated Cells still run")
+
+    async def test_the_walk_through_runs_as_written(self) -> None:
+        await self.walk(0)
+
+    async def test_migration_and_failover_run_as_written(self) -> None:
+        """Two simulators share a folder as NFS storage; a guest migrates from A to B, and
+        fails over back to A when B is killed."""
+        await self.walk(1)

@@ -465,12 +465,22 @@ class CellOperations:
         pool = self._context.view.compute_pools.get(record.pool)
         if not gracefully and pool is not None and pool.failover:
             self.log.warn(
-                "{name} lost without goodbye; failover is not implemented yet, "
-                "its instances are marked lost",
+                "{name} lost without goodbye: its instances are marked lost, and failed "
+                "over to other cells if its pool's storage is shared",
                 name=name,
             )
 
     # -- lifecycle internals ------------------------------------------------------------------
+
+    def refresh(self, name: str) -> Deferred[None]:
+        """Take a linked Cell's inventory now, as when it rejoins (its pool pushed again):
+        what another room left uncertain (a migration, a failover) ends as the Cell says.
+        Nothing for a Cell that is not linked, in no pool, or about to be purged."""
+        record = self._context.view.cells.get(name)
+        linked = self._cells.state(name) in (CellLiveness.ALIVE, CellLiveness.CONNECTED)
+        if record is None or not record.pool or record.purge_pending or not linked:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._rejoin(record))
 
     async def _rejoin(self, record: ComputeCell) -> None:
         pool = self._context.view.compute_pools.get(record.pool)

@@ -75,7 +75,7 @@ class Operations:
         self.captures = Captures(self.context, self.images, self.guests.access, image_site)
         self.cells = CellOperations(self.context, links, timeout, reconcile=self.guests.reconcile)
         self.batches = Batches(self.context, self.guests)
-        self.migrations = Migrations(access, placement, timeout)
+        self.migrations = Migrations(access, placement, timeout, refresh=self.cells.refresh)
         links.subscribe(self.cells)
         links.subscribe(self.guests.events)
         # After the guests' observer: a failover re-places guests once they are marked lost.

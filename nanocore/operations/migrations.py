@@ -19,6 +19,9 @@ status report; the source's load drops with the same commit.
 the claims end, and nothing stays half-attached: a target that was asked to attach is told to
 detach what it prepared. Once the source has let go of the guests (the last step failed) they
 are shown lost until the source takes them back: it is asked to attach them again at once.
+When the source's detach goes unanswered it may still let go of them late: they are shown
+lost, the source's inventory is taken at once (``refresh``), and those it no longer holds are
+asked back the same way.
 
 **Failover.** When a Cell of a pool with failover on shared storage disconnects without a
 goodbye, each of its guests is placed on another Cell of the pool by the scheduler (cores and
@@ -30,7 +33,8 @@ and the scheduler's reason for each guest in its error (and a log line each). A 
 refuses or does not answer within the domain timeout fails its record: its guests are shown
 lost (never migrating forever) and its claims end. The lost Cell is disabled; when it comes
 back, its copies of guests now on other Cells are detached from it (reconciliation), and the
-guests no Cell could take are its own again.
+guests no Cell could take are its own again; if it comes back while its failover is in flight
+(its rejoin leaves those guests alone), it is reconciled again once the failover ended.
 
 **Records** are stored. They are kept :data:`RETENTION` seconds after they end (the original
 deleted them the first time a client read them), judged by the clock when they are read. A
@@ -129,11 +133,13 @@ class NoRoomOnTarget(InvalidRequest):
 class _Failed(Exception):
     """A step of a migration failed; ``reason`` is what its record says."""
 
-    def __init__(self, reason: str, *, released: bool = False) -> None:
+    def __init__(self, reason: str, *, released: bool = False, uncertain: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         #: The source let go of the guests already.
         self.released = released
+        #: The source may have let go of them (its detach went unanswered): only it can tell.
+        self.uncertain = uncertain
 
 
 @define
@@ -175,7 +181,10 @@ class Migrations:
         placement: Placement,
         timeout: float | None = None,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        refresh: Callable[[str], Deferred[None]] = lambda cell: succeed(None),
     ) -> None:
+        """``refresh(cell)`` takes a linked Cell's inventory now and reconciles Core's records
+        with it (``CellOperations.refresh``)."""
         self._access = access
         self._context: Context = access.context
         self._cells: CellDirectory = access.cells
@@ -187,6 +196,10 @@ class Migrations:
         self._returning: dict[str, str] = {}
         self._ending: dict[str, list[Deferred[Migration]]] = {}
         self._planning: dict[str, list[Deferred[list[str]]]] = {}
+        self._refresh = refresh
+        #: Failover records under way, by the lost Cell they take guests from.
+        self._failing_over: dict[str, set[str]] = {}
+        self._reconciling: dict[str, list[Deferred[None]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
 
@@ -225,7 +238,16 @@ class Migrations:
         self._planning.setdefault(cell, []).append(waiting)
         return waiting
 
+    def reconciled(self, cell: str) -> Deferred[None]:
+        """Fires once the next reconciliation of ``cell`` these migrations ask for is done
+        (after a detach that went unanswered, after the failover of a Cell that came back)."""
+        waiting: Deferred[None] = Deferred()
+        self._reconciling.setdefault(cell, []).append(waiting)
+        return waiting
+
     def _told(self, record: Migration) -> None:
+        if record.kind is MigrationKind.FAILOVER:
+            self._failover_ended(record)
         for waiting in self._ending.pop(record.id, []):
             waiting.callback(record)
 
@@ -428,7 +450,9 @@ class Migrations:
                 self._take_back(source, ids)
                 raise _Failed("migrate instance timeout", released=True) from None
         except _Failed as failed:
-            await self._cancel(transit, failed.reason, lost=failed.released)
+            await self._cancel(transit, failed.reason, lost=failed.released or failed.uncertain)
+            if failed.uncertain:
+                self._recheck(source, ids)
             return
         await self._arrived(transit, target, event)
 
@@ -440,7 +464,8 @@ class Migrations:
             return await self._access.forward(cell, message)
         except OperationTimeout:
             self._undo(undo, ids)
-            raise _Failed(f"{what} instance timeout") from None
+            # A source may still let go of the guests after its detach timed out.
+            raise _Failed(f"{what} instance timeout", uncertain=what == "detach") from None
         except OperationError as error:
             if what != "attach":  # a target that refused its attach undid it itself
                 self._undo(undo, ids)
@@ -450,6 +475,33 @@ class Migrations:
         """Best effort: the Cell lets go of what it prepared or took (its own timeout too)."""
         asking = self._access.forward(cell, _detach(ids))
         asking.addErrback(self._logged, f"{cell}: detaching {len(ids)} instance(s) left over")
+
+    def _recheck(self, source: str, ids: Sequence[str]) -> None:
+        """The source's detach went unanswered, so the guests are shown lost: its inventory
+        now says which it still holds (no longer lost), and it is asked to take back the
+        others, which it let go of late."""
+
+        def take_back(_: None) -> None:
+            view = self._context.view
+            left = [
+                guest
+                for guest in ids
+                if (instance := view.instances.get(guest)) is not None
+                and instance.cell == source
+                and instance.lost
+                and not instance.migrating
+            ]
+            if left and self._linked(source):  # else its rejoin tells, when it is back
+                self._take_back(source, left)
+
+        checking = self._refresh(source)
+        checking.addCallback(take_back)
+        checking.addErrback(self._logged, f"{source}: instances after a detach timeout")
+        checking.addBoth(self._told_reconciled, source)
+
+    def _told_reconciled(self, _: object, cell: str) -> None:
+        for waiting in self._reconciling.pop(cell, []):
+            waiting.callback(None)
 
     def _take_back(self, source: str, ids: Sequence[str]) -> None:
         """The source let go of guests no target took: it is asked to attach them again."""
@@ -648,6 +700,9 @@ class Migrations:
             for transit in plan.values():
                 self._release(transit, capacity=True)
             raise
+        if plan:
+            under_way = self._failing_over.setdefault(lost, set())
+            under_way.update(transit.record.id for transit in plan.values())
         for target, transit in plan.items():
             self._running[transit.record.id] = transit
             transit.timer = self._context.clock.callLater(
@@ -661,6 +716,22 @@ class Migrations:
                       "{unplaced} not re-placed", cell=lost, moving=len(moving),
                       targets=len(plan), unplaced=len(unplaced))  # fmt: skip
         return [transit.record.id for transit in plan.values()] + unplaced_ids
+
+    def _failover_ended(self, record: Migration) -> None:
+        """Once the last record of a failover ended, a lost Cell that came back meanwhile is
+        reconciled: its rejoin left the guests in flight alone, so its copies of those now on
+        other Cells are detached from it, and those that stayed are its own again."""
+        under_way = self._failing_over.get(record.source_cell)
+        if under_way is None or record.id not in under_way:
+            return
+        under_way.discard(record.id)
+        if under_way:
+            return
+        del self._failing_over[record.source_cell]
+        if self._linked(record.source_cell):
+            reconciling = self._refresh(record.source_cell)
+            reconciling.addErrback(self._logged, f"{record.source_cell}: back after failover")
+            reconciling.addBoth(self._told_reconciled, record.source_cell)
 
     def _failover_late(self, transit: _Transit) -> None:
         transit.timer = None

@@ -22,7 +22,9 @@ export of :class:`~nanocore.testing.sharedstorage.SharedStorage` that every Fake
 same ``shared`` mounts, so migration and failover (§5.7) move guests between them: an attach
 prepares guests of the export (or, with Immediate, takes them at once), Core's Migrate
 activates them, a detach lets go of them (or of what was prepared), and a prepared attach is
-undone after ``attach_timeout`` without a Migrate.
+undone after ``attach_timeout`` without a Migrate. On an export kept in a folder that other
+processes share, a guest is written there before any message naming it is sent and before it
+is detached, so a Cell that dies leaves its guests as it last told Core.
 """
 
 from __future__ import annotations
@@ -100,6 +102,20 @@ class Fault:
     error: str = ""  #: reply with success=false and this text, doing nothing
     disconnect: bool = False  #: drop the connection without a goodbye
     times: int | None = 1
+
+
+class _GoodbyeClientService(ClientService):
+    """A Cell's reconnecting link whose stop is a Cell's graceful shutdown: without the
+    goodbye, Core would take the stop for a crash (and fail the Cell's guests over)."""
+
+    def __init__(self, cell: FakeCell, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cell = cell
+
+    def stopService(self) -> Deferred[None]:
+        self._cell.close()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
 
 class MissingParameter(GuestError):
@@ -242,8 +258,10 @@ class FakeCell:
         return Factory.forProtocol(self.protocol)
 
     def service(self, endpoint: IStreamClientEndpoint) -> ClientService:
-        """Keep a link to Core up, reconnecting every 3 s like a real Cell (§2.9)."""
-        return ClientService(
+        """Keep a link to Core up, reconnecting every 3 s like a real Cell (§2.9); stopping
+        the service says goodbye first, so that Core sees a stop, not a crash."""
+        return _GoodbyeClientService(
+            self,
             endpoint,
             self.factory(),
             retryPolicy=lambda attempt: self._reconnect_delay,
@@ -388,12 +406,27 @@ class FakeCell:
             self._send(message)
 
     def _send(self, message: Message) -> None:
+        self._keep(message)
         if self.link is None or not self.link.connected:
             return
         try:
             self.link.send(message)
         except LinkError as e:
             self.log.warn("{cell} could not send {id}: {e}", cell=self.name, id=message.id, e=e)
+
+    def _keep(self, message: Message) -> None:
+        """What the Cell tells Core about its guests is on their export first (a no-op in
+        memory; on a folder shared by processes, it survives this process's death)."""
+        named = message.string_array_params.get(ParamKey.Instance, ())
+        single = message.string_params.get(ParamKey.Instance)
+        for guest_id in (single, *named) if single else named:
+            self._save(guest_id)
+
+    def _save(self, guest_id: str) -> None:
+        """A guest this Cell holds, written to its export as it is now."""
+        guest = self.guests.get(guest_id)
+        if guest is not None and self.volumes.get(guest_id) is guest:
+            self.volumes[guest_id] = guest
 
     def _schedule(self, delay: float, f: Callable[..., object], *args: Any) -> None:
         """A timer of the simulation; all of them stop when the Cell closes or dies."""
@@ -1080,6 +1113,8 @@ class FakeCell:
         """Let go of guests (their volumes stay on the export); an empty list: everything.
         Guests prepared for a migration are let go too."""
         instances = request.string_array_params.get(ParamKey.Instance, ())
+        for guest_id in instances or tuple(self.guests):
+            self._save(guest_id)  # as it is now, for the Cell that takes it
         if not instances:  # purge: drop everything here (§5.7)
             self.guests.clear()
             self._attach_sessions.clear()

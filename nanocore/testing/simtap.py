@@ -6,9 +6,12 @@ beside Core, on 127.0.0.1 by default; with the same certificates its Cells downl
 from Core's image site to create guests from them, and upload guest disks to capture images,
 keeping each guest's disk under ``--disks``. Its Cells share one simulated NFS backend per
 storage pool (:mod:`nanocore.testing.sharedstorage`), so guests migrate and fail over between
-them as on a real pool with shared storage. Over the KCP link (``--link kcp``) its Cells link
-as stock Nano Cells do: plaintext, named by what they claim, no certificate (their image
-transfers are simulated).
+them as on a real pool with shared storage; with ``--shared-storage DIR`` that backend is a
+folder, shared with every ``nanocell-sim`` given the same one, so that one simulator can be
+killed while the Cells of another take its guests over. Stopping the simulator says goodbye
+for each of its Cells: Core sees them stop, not crash (no failover). Over the KCP link
+(``--link kcp``) its Cells link as stock Nano Cells do: plaintext, named by what they claim,
+no certificate (their image transfers are simulated).
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ class Options(NanocoreOptions):
         ["core", None, "127.0.0.1:5600", "Core's Cell link endpoint, HOST:PORT"],
         ["cert-dir", None, "cert", "Directory with the cluster CA, for --link tls"],
         ["disks", None, "data/sim-disks", "Directory for the guests' disks (a folder per Cell)"],
+        [
+            "shared-storage",
+            None,
+            None,
+            "Directory for the simulated NFS exports, shared with other simulators given it"
+            " (default: shared by this simulator's Cells only, in memory)",
+        ],
         ["count", "n", 10, "How many Cells to simulate", _positive(int)],
         ["prefix", None, "Cell_sim", "Cell names are PREFIX followed by a 6-digit number"],
         ["cores", None, 8, "Logical CPUs per Cell", _positive(int)],
@@ -131,8 +141,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         address = (options["host"], options["port"])
         locate = lambda: succeed(address)  # noqa: E731
     ca = load_or_create_ca(Path(options["cert-dir"])) if link == "tls" else None
-    # One NFS backend for every Cell here: a pool's guests can move between them.
-    shared = SharedStorage()
+    # One NFS backend for every Cell here (and, on a folder, of other simulators too): a
+    # pool's guests can move between them.
+    folder = options["shared-storage"]
+    shared = SharedStorage(None if folder is None else Path(folder).absolute())
     for name in options.cell_names():
         cell = FakeCell(
             name,

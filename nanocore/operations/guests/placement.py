@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 
 from attrs import define, frozen
 
+from nanocore._fastscheduler import VerdictCache
 from nanocore.addresses import ChosenAddress, choose_address
 from nanocore.cluster.cells import STATUS_STALE_AFTER, CellDirectory, CellLiveness, CellStatus
 from nanocore.model import ComputeCell, ComputePool, Instance, InstanceStatus
@@ -104,8 +105,9 @@ class Placement:
 
     What the scheduler is shown of a Cell is kept between decisions and rebuilt only when
     something it depends on changed: the Cell's link or report (its events), the capacity
-    claimed on it, its record, or what Core's records place on it. A decision over a pool
-    then costs a few comparisons per Cell, not a rebuild of each.
+    claimed on it, its record, or what Core's records place on it. The scheduler's verdict on
+    each Cell is kept the same way (:mod:`nanocore._fastscheduler`): a decision over a pool
+    then costs a few comparisons per Cell, and filters and scores only the Cells that changed.
     """
 
     def __init__(
@@ -116,7 +118,7 @@ class Placement:
         randbelow: Callable[[int], int],
     ) -> None:
         self._context = context
-        self._scheduler = scheduler
+        self._choice = VerdictCache(scheduler)
         self._randbelow = randbelow
         self._cells: dict[str, _Cell] = {}
         #: Instances whose claim is counted in their committed record's load as well.
@@ -198,7 +200,7 @@ class Placement:
     def place(self, instance_id: str, pool: str, demand: Demand) -> Claim[Share]:
         """Choose a Cell of ``pool`` and claim the guest's share of it."""
         try:
-            chosen = self._scheduler.choose(demand, self.capacities(pool))
+            chosen = self._choice.choose(demand, self.capacities(pool))
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
@@ -213,7 +215,7 @@ class Placement:
         """Choose a Cell of ``pool`` for a guest that moves there (failover) and claim it; the
         record still places the guest on its old Cell, so the claim counts in full."""
         try:
-            chosen = self._scheduler.choose(demand, self.capacities(pool))
+            chosen = self._choice.choose(demand, self.capacities(pool))
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
