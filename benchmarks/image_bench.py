@@ -3,7 +3,7 @@ over the TLS image site (a Cell's certificate), beside openssl moving the same b
 same machine in the same run.
 
     python benchmarks/image_bench.py [--size-mib 1024] [--rounds 3] [--legs api-up,...]
-        [--profile FILE] [--write-behind MIB]
+        [--profile FILE] [--write-behind MIB] [--buffered] [--read-kib KIB] [--no-gets]
 
 A Core (store, operations, API with its stream routes, TLS image site) runs in a child process
 on loopback; curl moves the bytes (it streams ``-F image=@file`` and ``-o /dev/null``), and
@@ -15,7 +15,9 @@ s_server's ``ACCEPT`` line. Prints the median MB/s of each leg with its range ov
 the Core's CPU seconds per leg (reactor thread, other threads: steadier than MB/s on a shared
 machine), its RSS before and its peak (VmHWM), the p99 of signed API GETs made every 10 ms
 while the API legs run, and each TLS leg against its openssl leg. ``--profile`` records the
-Core with py-spy; files live in a temporary folder, deleted after.
+Core with py-spy; ``--buffered``, ``--read-kib`` and ``--no-gets`` take one change at a time
+out of a run (page-cache writes, the upload's read size, the GETs' share of the Core's CPU).
+Files live in a temporary folder, deleted after.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 CREDENTIAL = ("bench", "a-benchmark-key-of-reasonable-length")
 
 
-def serve(folder: Path, write_behind: int | None) -> None:
+def serve(folder: Path, write_behind: int | None, direct: bool, read_size: int | None) -> None:
     """The child: a Core's image rooms on loopback; prints ``READY <api> <image>``."""
     from twisted.internet import epollreactor
 
@@ -54,6 +56,7 @@ def serve(folder: Path, write_behind: int | None) -> None:
     from nanocore.api.app import api_site_for, build_api_resource
     from nanocore.api.auth import Verifier
     from nanocore.api.streams import StreamFront, stream_signature
+    from nanocore.images import transfers as transfers_module
     from nanocore.images.files import ImageFolders, thread_offload
     from nanocore.images.site import ImageSite, ImageSiteResource
     from nanocore.images.transfers import Transfers
@@ -73,7 +76,11 @@ def serve(folder: Path, write_behind: int | None) -> None:
 
     def started(store: Store) -> None:
         reactor.addSystemEventTrigger("before", "shutdown", store.close)
-        folders = ImageFolders(folder / "data", thread_offload(reactor), write_behind=write_behind)
+        folders = ImageFolders(
+            folder / "data", thread_offload(reactor), write_behind=write_behind, direct=direct
+        )
+        if read_size is not None:
+            transfers_module.UPLOAD_READ_SIZE = read_size
         folders.prepare()
         operations = Operations(store, reactor, image_files=folders)
         verifier = Verifier(credentials, reactor)
@@ -318,13 +325,30 @@ def main() -> None:
         metavar="MIB",
         help="page cache an upload keeps behind its writer (default: the Core's; 0: all)",
     )
+    parser.add_argument(
+        "--buffered",
+        action="store_true",
+        help="uploads written through the page cache (default: direct I/O where it works)",
+    )
+    parser.add_argument(
+        "--read-kib",
+        type=int,
+        metavar="KIB",
+        help="socket read size of an API upload (default: the Core's)",
+    )
+    parser.add_argument(
+        "--no-gets",
+        action="store_true",
+        help="no signed GETs during the API legs (the Core's CPU is then the transfer's alone)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         from nanocore.images.files import WRITE_BEHIND
 
         behind = WRITE_BEHIND if args.write_behind is None else (args.write_behind << 20 or None)
-        serve(Path(args.serve), behind)
+        read_size = None if args.read_kib is None else args.read_kib << 10
+        serve(Path(args.serve), behind, not args.buffered, read_size)
         return
     legs = set(args.legs.split(","))
     if not legs <= set(LEGS):
@@ -340,7 +364,9 @@ def main() -> None:
                 handle.write(block)
         child = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(folder),
-             *([] if args.write_behind is None else ["--write-behind", str(args.write_behind)])],
+             *([] if args.write_behind is None else ["--write-behind", str(args.write_behind)]),
+             *(["--buffered"] if args.buffered else []),
+             *([] if args.read_kib is None else ["--read-kib", str(args.read_kib)])],
             stdout=subprocess.PIPE, cwd=ROOT, text=True,
         )  # fmt: skip
         assert child.stdout is not None
@@ -367,7 +393,7 @@ def main() -> None:
             leg = results.setdefault(label, Leg(label))
             running = threading.Event()
             watcher = None
-            if measure_gets:
+            if measure_gets and not args.no_gets:
                 running.set()
                 watcher = threading.Thread(
                     target=p99_while, args=(f"{base}/media_images/", running, leg.latencies)

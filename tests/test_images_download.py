@@ -68,11 +68,18 @@ class FileStreamTests(TestCase):
         self.file = self.path.open("rb")
         self.addCleanup(self.file.close)
 
-    def stream(self, consumer: Consumer, offload: Any, offset: int = 0, size: int = -1) -> Any:
+    def stream(
+        self,
+        consumer: Consumer,
+        offload: Any,
+        offset: int = 0,
+        size: int = -1,
+        piece: int | None = None,
+    ) -> Any:
         size = len(DATA) - offset if size < 0 else size
         request = cast(Request, consumer)
         stream = FileStream(
-            request, cast(IO[bytes], self.file), offset, size, offload, chunk=CHUNK
+            request, cast(IO[bytes], self.file), offset, size, offload, chunk=CHUNK, piece=piece
         )
         stream.start()
         return stream
@@ -111,6 +118,24 @@ class FileStreamTests(TestCase):
         stream.resumeProducing()
         self.assertEqual(consumer.written, [DATA[:CHUNK], DATA[CHUNK : 2 * CHUNK]])
         self.assertEqual(len(reads.pending), 1)
+
+    def test_pieces_are_written_one_at_a_time_while_the_transport_takes_them(self) -> None:
+        consumer, reads = Consumer(pause_after_write=True), Reads()
+        stream = self.stream(consumer, reads, piece=300)
+        reads.complete()
+        self.assertEqual(consumer.written, [DATA[:300]])
+        self.assertEqual(len(reads.pending), 1)  # less than a chunk left: the next is read
+        stream.resumeProducing()
+        self.assertEqual(consumer.written, [DATA[:300], DATA[300:600]])
+        reads.complete()
+        self.assertEqual(reads.pending, [])  # more than a chunk ready: no read ahead
+        while not consumer.finished:
+            if reads.pending:
+                reads.complete()
+            stream.resumeProducing()
+        self.assertEqual(b"".join(consumer.written), DATA)
+        self.assertLessEqual(max(map(len, consumer.written)), 300)
+        self.assertTrue(self.file.closed)
 
     def test_a_client_gone_mid_read_closes_the_file_once_the_read_ends(self) -> None:
         consumer, reads = Consumer(), Reads()

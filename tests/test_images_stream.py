@@ -9,13 +9,20 @@ from __future__ import annotations
 import hashlib
 import os
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import HTTPConnectionPool
+from zope.interface import directlyProvides
 
+from nanocore.images import transfers
 from nanocore.images import upload as upload_module
+from nanocore.images.transfers import UPLOAD_READ_SIZE, read_size
 from nanocore.operations.images import ImageKind
 from nanocore.store import Store
 from tests.imagefixtures import CONTENT_TYPE, ImageTestCase, multipart
@@ -123,6 +130,60 @@ class StreamingUploadTests(ImageTestCase):
         (batch,) = held[0][1]
         self.assertLessEqual(len(batch), upload_module.HIGH_WATER + (1 << 20))  # type: ignore[arg-type]
         wire.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class LoopbackUploadTests(ImageTestCase):
+    async def test_an_upload_on_a_socket_is_read_in_large_pieces_until_its_body_is_in(
+        self,
+    ) -> None:
+        port = reactor.listenTCP(0, self.h.api_site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        sizes: list[int] = []
+
+        def recording(transport: object, size: int | None) -> None:
+            read_size(transport, size)
+            sizes.append(transport.bufferSize)  # type: ignore[attr-defined]
+
+        self.patch(transfers, "read_size", recording)
+        image_id = await self.h.create("disk_images")
+        path = f"/disk_images/{image_id}/file/"
+        base = f"http://127.0.0.1:{port.getHost().port}/api/v1"
+        headers = self.h.signed_headers("POST", path, base)
+        headers[b"Content-Type"] = CONTENT_TYPE
+        data = DATA * 3 + b"tail"
+        response = await treq.post(
+            base + path, data=multipart(("image", data)), headers=headers, pool=pool
+        )
+        self.assertEqual((await response.json())["error_code"], 0)
+        self.assertEqual(sizes, [UPLOAD_READ_SIZE, 65536])
+        image = self.h.images.get(ImageKind.DISK, image_id)
+        self.assertEqual(
+            (image.size, image.check_sum, image.sha256),
+            (len(data), hashlib.sha1(data).hexdigest(), hashlib.sha256(data).hexdigest()),
+        )
+
+
+class ReadSizeTests(SynchronousTestCase):
+    class Transport(StringTransport):
+        bufferSize = 65536
+
+    def test_a_tcp_transport_reads_the_size_asked_then_its_own(self) -> None:
+        transport = self.Transport()
+        directlyProvides(transport, ITCPTransport)
+        read_size(transport, 1 << 20)
+        self.assertEqual(transport.bufferSize, 1 << 20)
+        read_size(transport, None)
+        self.assertEqual(transport.bufferSize, 65536)
+
+    def test_tls_and_other_transports_are_left_as_they_are(self) -> None:
+        tls = self.Transport()
+        directlyProvides(tls, ITCPTransport, ISSLTransport)
+        other = self.Transport()
+        for transport in (tls, other):
+            read_size(transport, 1 << 20)
+            self.assertEqual(transport.bufferSize, 65536)
 
 
 class BodyLimitTests(ImageTestCase):

@@ -11,6 +11,8 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from nanocore.images import download
+from nanocore.images.download import TLS_PIECE, read_pieces
 from nanocore.operations.images import ImageKind
 from nanocore.pki import (
     client_tls_options,
@@ -56,6 +58,18 @@ class TLSSiteTests(ImageTestCase):
     async def test_a_cell_fetches_a_disk_image_with_its_certificate(self) -> None:
         fetched = await self.cell.fetch("127.0.0.1", self.address.port, self.image_id)
         self.assertEqual((fetched.size, fetched.sha1), (len(DISK), hashlib.sha1(DISK).hexdigest()))
+
+    async def test_a_download_is_written_to_tls_in_small_pieces(self) -> None:
+        pieces: list[int] = []
+
+        def recording(descriptor: int, length: int, offset: int, piece: int) -> list[bytes]:
+            pieces.append(piece)
+            return read_pieces(descriptor, length, offset, piece)
+
+        self.patch(download, "read_pieces", recording)
+        fetched = await self.cell.fetch("127.0.0.1", self.address.port, self.image_id)
+        self.assertEqual(fetched.sha1, hashlib.sha1(DISK).hexdigest())
+        self.assertEqual(pieces, [TLS_PIECE, TLS_PIECE])  # 1 MiB and its tail
 
     async def test_a_client_without_certificate_or_signature_is_refused(self) -> None:
         http = self.anonymous()

@@ -8,11 +8,21 @@ file that is not in the page cache (an upload leaves little of itself there, see
 and keeps the next chunk read ahead while the transport sends the last, so the socket never
 waits for the disk and the reactor turns once per chunk. Memory per download: two chunks and
 the transport's buffer.
+
+Over TLS a chunk is read as :data:`TLS_PIECE`-sized pieces, written one at a time while the
+transport takes them. Written whole, a chunk became some 64 TLS records that the TCP
+transport joins into one MiB-sized buffer before sending it; glibc serves a buffer that large
+from fresh pages (``mmap``, or a heap it trims again at once), so every GiB sent cost a
+quarter of a million page faults, doubling the reactor's CPU per GiB (from 1.1 to 2.1 s). It
+had not shown before only because an earlier upload's multi-MiB buffers, when freed, had
+raised glibc's thresholds for the rest of the process's life; a Core that had not taken an
+upload since it started paid it.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import IO
 
 from twisted.internet.defer import Deferred
@@ -26,13 +36,32 @@ from nanocore.images.files import Offload
 
 log = Logger()
 
-#: Bytes read and written at a time.
+#: Bytes read at a time (and written at a time, but over TLS).
 CHUNK = 1 << 20
+#: Bytes written at a time over TLS: four records, which the TCP transport sends without
+#: joining them into a buffer larger than glibc's smallest ``mmap`` threshold (128 KiB).
+#: 32 and 128 KiB cost more reactor CPU per GiB (``benchmarks/README.md``).
+TLS_PIECE = 64 << 10
+
+
+def read_pieces(descriptor: int, length: int, offset: int, piece: int) -> list[bytes]:
+    """``length`` bytes at ``offset``, in pieces of ``piece`` bytes (blocking); fewer bytes
+    where the file ends first."""
+    pieces = []
+    end = offset + length
+    for start in range(offset, end, piece):
+        wanted = min(piece, end - start)
+        data = os.pread(descriptor, wanted, start)
+        pieces.append(data)
+        if len(data) < wanted:
+            break
+    return pieces
 
 
 @implementer(IPushProducer)
 class FileStream:
-    """Sends ``size`` bytes of ``file`` from ``offset`` to ``request``, then finishes it.
+    """Sends ``size`` bytes of ``file`` from ``offset`` to ``request``, then finishes it;
+    read ``chunk`` bytes at a time, written ``piece`` bytes at a time (default: a chunk).
 
     The file is closed when the last byte is written or the client has gone, once no read is in
     flight on it. A read that fails, or a file shorter than the range, closes the connection:
@@ -48,16 +77,19 @@ class FileStream:
         offload: Offload,
         *,
         chunk: int = CHUNK,
+        piece: int | None = None,
     ) -> None:
         self._request = request
         self._file = file
         self._offload = offload
         self._chunk = chunk
+        self._piece = piece or chunk
         self._next = offset  # where the next read starts
         self._left_to_read = size
         self._left_to_send = size
-        self._ready: bytes | None = None
-        self._reading: Deferred[bytes] | None = None
+        self._ready: deque[bytes] = deque()
+        self._queued = 0  # bytes in _ready
+        self._reading: Deferred[list[bytes]] | None = None
         self._paused = False
         self._done = False
         self._stepping = False
@@ -82,7 +114,8 @@ class FileStream:
     # --- the loop ---------------------------------------------------------------------------
 
     def _step(self) -> None:
-        """Send what is ready while the transport takes it; keep one chunk read ahead.
+        """Send what is ready while the transport takes it; read the next chunk as soon as less
+        than a chunk is left to send.
 
         A loop rather than recursion: a write may pause or resume us, and a read may complete
         at once (tests' offload), each calling back in here.
@@ -92,14 +125,15 @@ class FileStream:
         self._stepping = True
         try:
             while not self._done:
-                if self._ready is not None and not self._paused:
-                    data, self._ready = self._ready, None
+                if self._reading is None and self._left_to_read and self._queued < self._chunk:
+                    self._read()
+                elif self._ready and not self._paused:
+                    data = self._ready.popleft()
+                    self._queued -= len(data)
                     self._left_to_send -= len(data)
                     self._request.write(data)
                 elif self._left_to_send == 0:
                     self._finish()
-                elif self._ready is None and self._reading is None and self._left_to_read:
-                    self._read()
                 else:
                     break
         finally:
@@ -107,21 +141,22 @@ class FileStream:
 
     def _read(self) -> None:
         length = min(self._chunk, self._left_to_read)
-        reading = self._offload(os.pread, self._file.fileno(), length, self._next)
+        reading = self._offload(read_pieces, self._file.fileno(), length, self._next, self._piece)
         self._reading = reading
         self._next += length
         self._left_to_read -= length
         reading.addCallbacks(self._got, self._failed, callbackArgs=(length,))
 
-    def _got(self, data: bytes, length: int) -> None:
+    def _got(self, pieces: list[bytes], length: int) -> None:
         self._reading = None
         if self._done:
             self._close_file()
             return
-        if len(data) < length:
+        if sum(map(len, pieces)) < length:
             self._failed(Failure(OSError(f"file shorter than expected: {self._file.name}")))
             return
-        self._ready = data
+        self._ready.extend(pieces)
+        self._queued += length
         self._step()
 
     def _failed(self, failure: Failure) -> None:
@@ -137,7 +172,8 @@ class FileStream:
 
     def _end(self) -> None:
         self._done = True
-        self._ready = None
+        self._ready.clear()
+        self._queued = 0
         if self._reading is None:
             self._close_file()
 

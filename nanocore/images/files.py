@@ -9,7 +9,14 @@ whole, checked file is fsynced and renamed to its version's name, the folder fsy
 Everything that can block (writes, fsync, hashing, renames, scans) runs through ``offload``,
 the reactor's thread pool in a Core; tests pass a function that runs it at once.
 
-A large upload streams through a bounded window of the page cache: a part file advises the
+An upload's part file is written with direct I/O (``O_DIRECT``) where the file system takes it:
+the receiver hands it whole, page-aligned blocks, which go from its memory to the disk without
+a copy into the page cache. On the benchmark's VM that cut the writer's CPU per GiB from
+~0.5 s (buffered, most of it page-cache bookkeeping and the copy) to ~0.05 s. Whatever is not
+aligned (the last block of an upload, or a caller's plain ``bytes``) ends direct writes for
+that file and goes through the page cache, as does every write where ``O_DIRECT`` is refused.
+
+A buffered upload streams through a bounded window of the page cache: a part file advises the
 kernel to drop what it wrote more than :data:`WRITE_BEHIND` bytes ago (``POSIX_FADV_DONTNEED``,
 which also starts its writeback), so the pages it frees are reused by the next writes instead
 of new ones being taken (on the benchmark's VM each fresh page-cache page costs more system
@@ -20,6 +27,8 @@ time than the hashing), and the final fsync has little left to do. Pinned by
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -48,6 +57,11 @@ PART_SUFFIX = ".part"
 HASH_BLOCK = 4 << 20
 #: Bytes of an upload kept in the page cache behind its writer (None: keep all).
 WRITE_BEHIND: int | None = 32 << 20
+#: What direct writes must be aligned to: memory, file offset and length (a page covers the
+#: logical block size of every disk Linux has).
+DIRECT_ALIGN = 4096
+#: ``O_DIRECT`` where the platform has it (0: never direct).
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 FOLDER_MODE = 0o700
 
 
@@ -80,14 +94,21 @@ def file_digests(path: Path) -> tuple[int, str, str]:
 class PartFile:
     """The temporary file of one upload; hashes what it is given as it writes it.
 
-    Calls come one at a time (the receiver keeps at most one write in flight), from a worker
-    thread; nothing here touches the reactor. The write and both digests of a batch run on
-    that one thread: split over three (they release the GIL), the TLS site's uploads got
-    slower on two loaded cores, the reactor losing the GIL to them after every TLS record.
+    Nothing here touches the reactor. :meth:`digest` and :meth:`store` may run at the same
+    time on two worker threads (they share no state): the receiver hashes one block while the
+    one before it is stored, each step called one at a time and in the bytes' order. A direct
+    write barely uses the CPU, so this overlap costs no GIL contention; hashing the two
+    digests on two threads did (they release the GIL): the TLS site's uploads got slower on
+    two loaded cores, the reactor losing the GIL to them after every TLS record.
     """
 
     def __init__(
-        self, folder: Path, image_id: str, *, write_behind: int | None = WRITE_BEHIND
+        self,
+        folder: Path,
+        image_id: str,
+        *,
+        write_behind: int | None = WRITE_BEHIND,
+        direct: bool = True,
     ) -> None:
         descriptor, name = tempfile.mkstemp(
             prefix=f"{PART_PREFIX}{image_id}-", suffix=PART_SUFFIX, dir=folder
@@ -95,10 +116,13 @@ class PartFile:
         self._descriptor: int | None = descriptor
         self.path = Path(name)
         self.folder = folder
+        #: Bytes stored so far.
         self.size = 0
         self._write_behind = write_behind
         self._sha1 = hashlib.sha1(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
+        #: Writes go straight to the disk (until something unaligned comes).
+        self.direct = direct and _set_direct(descriptor, on=True)
 
     @property
     def sha1(self) -> str:
@@ -108,23 +132,54 @@ class PartFile:
     def sha256(self) -> str:
         return self._sha256.hexdigest()
 
-    def write(self, data: bytes | bytearray) -> int:
-        """Append ``data`` (one buffer: one GIL release per digest); returns its length."""
-        if self._descriptor is None:
-            raise ValueError("write to a closed part file")
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Hash and store ``data``; returns its length."""
+        self.digest(data)
+        return self.store(data)
+
+    def digest(self, data: bytes | bytearray | memoryview) -> None:
+        """Add ``data`` to both digests (one buffer: one GIL release per digest)."""
         self._sha1.update(data)
         self._sha256.update(data)
-        view = memoryview(data)
+
+    def store(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data`` to the file; returns its length.
+
+        Written directly while the file is direct, up to its last whole multiple of
+        :data:`DIRECT_ALIGN` bytes; a remainder, or memory the kernel refuses as unaligned,
+        is written through the page cache, and so is everything after it.
+        """
+        descriptor = self._descriptor
+        if descriptor is None:
+            raise ValueError("write to a closed part file")
+        view = memoryview(data).cast("B")
+        if self.direct:
+            view = self._write_direct(descriptor, view)
         while view:
-            written = os.write(self._descriptor, view)
+            written = os.write(descriptor, view)
             view = view[written:]
         self.size += len(data)
-        if self._write_behind is not None and self.size > self._write_behind:
+        if not self.direct and self._write_behind is not None and self.size > self._write_behind:
             # Drops what was written back already, starts writing back the rest.
-            os.posix_fadvise(
-                self._descriptor, 0, self.size - self._write_behind, os.POSIX_FADV_DONTNEED
-            )
+            os.posix_fadvise(descriptor, 0, self.size - self._write_behind, os.POSIX_FADV_DONTNEED)
         return len(data)
+
+    def _write_direct(self, descriptor: int, view: memoryview) -> memoryview:
+        """Write the aligned head of ``view`` directly; returns what is left to write buffered
+        (the file is then no longer direct when anything is left)."""
+        aligned = len(view) & -DIRECT_ALIGN
+        done = 0
+        while done < aligned:
+            try:
+                done += os.write(descriptor, view[done:aligned])
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                break  # unaligned memory (or a file system that takes no direct writes)
+        if done < len(view):
+            _set_direct(descriptor, on=False)
+            self.direct = False
+        return view[done:]
 
     def place(self, target: Path) -> None:
         """Make the file durable and give it its final name (blocking)."""
@@ -150,16 +205,34 @@ class PartFile:
             log.warn("cannot remove {path}: {error}", path=str(self.path), error=error)
 
 
+def _set_direct(descriptor: int, *, on: bool) -> bool:
+    """Turn direct I/O on or off for an open file; False where it cannot be on."""
+    if not O_DIRECT:
+        return False
+    flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, flags | O_DIRECT if on else flags & ~O_DIRECT)
+    except OSError:  # a file system without direct I/O (tmpfs before Linux 6.6, FUSE, ...)
+        return False
+    return on
+
+
 @implementer(ImageFiles)
 class ImageFolders:
     """The two image folders under ``data_dir``."""
 
     def __init__(
-        self, data_dir: Path, offload: Offload, *, write_behind: int | None = WRITE_BEHIND
+        self,
+        data_dir: Path,
+        offload: Offload,
+        *,
+        write_behind: int | None = WRITE_BEHIND,
+        direct: bool = True,
     ) -> None:
         self._data_dir = data_dir
         self.offload = offload
         self._write_behind = write_behind
+        self._direct = direct
 
     def folder(self, kind: ImageKind) -> Path:
         return self._data_dir / kind.folder
@@ -182,7 +255,10 @@ class ImageFolders:
     def open_part(self, kind: ImageKind, image_id: str) -> PartFile:
         """A new temporary file for an upload of ``image_id`` (one quick syscall)."""
         return PartFile(
-            self.folder(kind), check_id(kind, image_id), write_behind=self._write_behind
+            self.folder(kind),
+            check_id(kind, image_id),
+            write_behind=self._write_behind,
+            direct=self._direct,
         )
 
     def remove(self, kind: ImageKind, image_id: str, version: int) -> Deferred[None]:

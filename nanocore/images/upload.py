@@ -2,17 +2,25 @@
 off the reactor, checked, placed and recorded, or else removed without a trace.
 
 The body is parsed incrementally by ``multipart``'s push parser (defnull/multipart). Bytes of
-the ``image`` part queue up in one buffer while one write is in flight; the buffer is handed to
-the thread pool as the next batch when that write ends, so a fast client makes few, large
-writes. Above
-:data:`HIGH_WATER` queued bytes the connection is paused (its transport's
-``pauseProducing``) until the writer has caught up below :data:`LOW_WATER`: memory stays flat
-whatever the file size. Parts before ``image`` may declare ``checksum`` (SHA-1 as Nano's Cells
-send it, or SHA-256, in hex) and ``size``; parts after it are ignored, as in the original.
+the ``image`` part are copied, as they arrive, into :data:`BLOCK`-sized page-aligned blocks
+that are used again and again: the chunk the network gave is dropped at once, so the next
+read's buffer reuses its memory instead of faulting in fresh pages (with 1 MiB reads, ~30 %
+of the reactor's CPU went to those faults), and the part file gets whole aligned
+blocks, which it writes straight to the disk (direct I/O, :mod:`nanocore.images.files`). A
+full block goes through two steps on the thread pool, its digests and then its write, one
+block in each step at a time: the next block is hashed while the previous one is written.
+When :data:`HIGH_WATER` bytes of full blocks wait for a step, the connection is paused (its
+transport's ``pauseProducing``) until no more than :data:`LOW_WATER` do: memory stays flat
+whatever the file size.
+
+Parts before ``image`` may declare ``checksum`` (SHA-1 as Nano's Cells send it, or SHA-256, in
+hex) and ``size``; parts after it are ignored, as in the original.
 """
 
 from __future__ import annotations
 
+import mmap
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +37,14 @@ from nanocore.operations.images import Image, ImageKind, Images, Upload
 
 log = Logger()
 
-#: Queued bytes above which the client is paused, and below which it is resumed.
-HIGH_WATER = 8 << 20
-LOW_WATER = 2 << 20
+#: Bytes of an upload gathered before they are hashed and written: a multiple of the part
+#: file's direct-I/O alignment, large enough that the thread hops and GIL handovers per GiB
+#: are few (256), small enough that an upload holds ~20 MiB at most.
+BLOCK = 4 << 20
+#: Bytes in full blocks waiting for a step (their digests or their write) at which the client
+#: is paused, and at or below which it is resumed.
+HIGH_WATER = 2 * BLOCK
+LOW_WATER = BLOCK
 #: Longest value of a small field part (``checksum``, ``size``).
 FIELD_LIMIT = 256
 #: Parts a body may have (the original's clients send one to three).
@@ -89,7 +102,12 @@ class Receiver:
         self._value = bytearray()
         self.fields: dict[str, str] = {}
         self._image_seen = False
-        self._queue = bytearray()
+        self._filling: memoryview | None = None
+        self._filled = 0
+        self._full: deque[memoryview] = deque()  # waiting to be hashed
+        self._hashed: deque[memoryview] = deque()  # waiting to be stored
+        self._spare: list[memoryview] = []
+        self._hashing: Deferred[None] | None = None
         self._writing: Deferred[int] | None = None
         self._paused = False
         self._error: Failure | None = None
@@ -121,7 +139,7 @@ class Receiver:
             if self._error is None and not self._image_seen:
                 self._fail(UploadError(self._missing_image))
         self._ended = Deferred()
-        self._pump()
+        self._pump(last=True)
         return self._ended
 
     def stop(self, error: Exception) -> None:
@@ -142,7 +160,7 @@ class Receiver:
                 self._state = _SKIP
         elif isinstance(event, bytes | bytearray | memoryview):
             if self._state == _IMAGE:
-                self._queue += event
+                self._gather(event)
             elif self._state == _FIELD:
                 self._value += event
                 if len(self._value) > FIELD_LIMIT:
@@ -156,26 +174,70 @@ class Receiver:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        if self._writing is None and self._queue and self._error is None:
-            batch, self._queue = self._queue, bytearray()  # the batch is never changed again
-            self._writing = self._offload(self._part.write, batch)
-            self._writing.addCallbacks(self._written, self._write_failed)
-        if len(self._queue) > HIGH_WATER and not self._paused and self._producer is not None:
-            self._paused = True
-            self._producer.pauseProducing()
+    def _gather(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into blocks; a block that fills up joins the queue of full ones."""
+        view = memoryview(data).cast("B")
+        while view:
+            block = self._filling
+            if block is None:
+                block = self._filling = self._spare.pop() if self._spare else _new_block()
+            taken = min(len(view), BLOCK - self._filled)
+            block[self._filled : self._filled + taken] = view[:taken]
+            self._filled += taken
+            view = view[taken:]
+            if self._filled == BLOCK:
+                self._full.append(block)
+                self._filling, self._filled = None, 0
+
+    def _pump(self, *, last: bool = False) -> None:
+        """Start the next digest and the next write where none is in flight; ``last``: the
+        body is complete, so the block being filled goes too."""
+        if last and self._filling is not None and self._error is None:
+            self._full.append(self._filling[: self._filled])
+            self._filling, self._filled = None, 0
+        if self._error is None:
+            if self._hashing is None and self._full:
+                block = self._full.popleft()
+                self._hashing = self._offload(self._part.digest, block)
+                self._hashing.addCallbacks(self._digested, self._hash_failed, (block,))
+            if self._writing is None and self._hashed:
+                block = self._hashed.popleft()
+                self._writing = self._offload(self._part.store, block)
+                self._writing.addCallbacks(self._written, self._write_failed, (block,))
+        waiting = (len(self._full) + len(self._hashed)) * BLOCK
+        if self._producer is not None:
+            if not self._paused and waiting >= HIGH_WATER:
+                self._paused = True
+                self._producer.pauseProducing()
+            elif self._paused and waiting <= LOW_WATER:
+                self._paused = False
+                self._producer.resumeProducing()
         self._settle()
 
-    def _written(self, count: int) -> None:
-        self._writing = None
-        self._progress(count)
-        if self._paused and len(self._queue) < LOW_WATER and self._producer is not None:
-            self._paused = False
-            self._producer.resumeProducing()
+    def _digested(self, _: None, block: memoryview) -> None:
+        self._hashing = None
+        if self._error is None:
+            self._hashed.append(block)
         self._pump()
+
+    def _written(self, count: int, block: memoryview) -> None:
+        self._writing = None
+        if len(block) == BLOCK:
+            self._spare.append(block)
+        self._progress(count)
+        self._pump()
+
+    def _hash_failed(self, failure: Failure) -> None:
+        self._hashing = None
+        self._step_failed(failure)
 
     def _write_failed(self, failure: Failure) -> None:
         self._writing = None
+        self._step_failed(failure)
+
+    def _step_failed(self, failure: Failure) -> None:
+        """A step failed: the other one, if in flight, is waited for before the end is told
+        (the part file is closed only once no thread uses it)."""
         log.failure("writing an upload failed", failure)
         self._fail(UploadError("cannot write the image: " + str(failure.value)))
         self._settle()
@@ -183,7 +245,9 @@ class Receiver:
     def _fail(self, error: Exception) -> None:
         if self._error is None:
             self._error = Failure(error)
-            self._queue = bytearray()
+            self._full.clear()
+            self._hashed.clear()
+            self._filling, self._filled = None, 0
         if self._paused and self._producer is not None:
             # The rest of the body is read and dropped, so that the answer can be sent.
             self._paused = False
@@ -191,13 +255,22 @@ class Receiver:
 
     def _settle(self) -> None:
         ended = self._ended
-        if ended is None or ended.called or self._writing is not None:
+        busy = self._hashing is not None or self._writing is not None
+        if ended is None or ended.called or busy:
             return
         if self._error is not None:
+            self._spare.clear()
             ended.errback(self._error)
-        elif not self._queue:
+        elif not self._full and not self._hashed:
+            self._spare.clear()
             part = self._part
             ended.callback(Received(part.size, part.sha1, part.sha256, dict(self.fields)))
+
+
+def _new_block() -> memoryview:
+    """A page-aligned block of :data:`BLOCK` bytes (anonymous memory: aligned for direct
+    writes, unlike a ``bytearray``)."""
+    return memoryview(mmap.mmap(-1, BLOCK))
 
 
 class Transfer:
