@@ -7,6 +7,7 @@ import json
 import os
 import random
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,6 @@ class CoreProcessCase(TestCase):
 
     def spawn(self) -> CoreProcess:
         """Start nanocore in the foreground (`python -m twisted nanocore`), killed at cleanup."""
-        process = CoreProcess()
         layout = self.layout
         # A killed core leaves its port file behind; the next one writes its own.
         layout.api_port_file.unlink(missing_ok=True)
@@ -93,6 +93,11 @@ class CoreProcessCase(TestCase):
             "--log-dir",
             str(layout.log_dir),
         ]
+        return self.spawn_python(arguments)
+
+    def spawn_python(self, arguments: list[str]) -> CoreProcess:
+        """Run ``sys.executable`` with ``arguments`` in the test's folder, killed at cleanup."""
+        process = CoreProcess()
         transport = reactor.spawnProcess(
             process, sys.executable, arguments, env=child_environment(), path=str(self.root)
         )
@@ -105,6 +110,18 @@ class CoreProcessCase(TestCase):
 
         self.addCleanup(kill)
         return process
+
+    async def eventually(
+        self, check: Callable[[], Awaitable[Any]], what: str, deadline: float = 30.0
+    ) -> Any:
+        """Poll ``check`` on the reactor until it returns something true, for ``deadline`` s
+        (the processes work meanwhile)."""
+        for _ in range(int(deadline / POLL_SECONDS)):
+            result = await check()
+            if result:
+                return result
+            await deferLater(reactor, POLL_SECONDS, lambda: None)
+        self.fail(f"not within {deadline}s: {what}")
 
     async def serving(self, process: CoreProcess) -> None:
         """Poll `GET /api/v1/` until it answers 200, for at most START_DEADLINE_SECONDS."""

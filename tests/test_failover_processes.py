@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.task import deferLater
-
-from nanocore.cli import child_environment
-from tests.coreprocess import POLL_SECONDS, CoreProcess, CoreProcessCase, reactor
+from tests.coreprocess import CoreProcess, CoreProcessCase
 
 GiB = 1 << 30
-DEADLINE_SECONDS = 30.0
 _LINK = re.compile(r"Cell link \(TLS\) on (127\.0\.0\.1:\d+)")
 A, B = "Cell_a000000", "Cell_b000000"
 
@@ -36,7 +31,6 @@ class FailoverAcrossProcessesTests(CoreProcessCase):
 
     def simulator(self, prefix: str) -> CoreProcess:
         """One ``nanocell-sim`` with one Cell, in the foreground, killed at cleanup."""
-        process = CoreProcess()
         log = self.root / f"sim-{prefix}.log"
         arguments = [
             sys.executable, "-m", "twisted", "--log-file", str(log), "--log-format", "text",
@@ -44,27 +38,7 @@ class FailoverAcrossProcessesTests(CoreProcessCase):
             "--count", "1", "--prefix", prefix, "--creation-time", "0", "--stop-time", "0",
             "--disks", str(self.root / "sim-disks"), "--shared-storage", str(self.shared),
         ]  # fmt: skip
-        transport = reactor.spawnProcess(
-            process, sys.executable, arguments, env=child_environment(), path=str(self.root)
-        )
-
-        def kill() -> Any:
-            if not process.running:
-                return None
-            transport.signalProcess("KILL")
-            return process.ended
-
-        self.addCleanup(kill)
-        return process
-
-    async def eventually(self, check: Callable[[], Awaitable[Any]], what: str) -> Any:
-        """Poll ``check`` on the reactor until it returns something true, for a bounded time."""
-        for _ in range(int(DEADLINE_SECONDS / POLL_SECONDS)):
-            result = await check()
-            if result:
-                return result
-            await deferLater(reactor, POLL_SECONDS, lambda: None)
-        self.fail(f"not within {DEADLINE_SECONDS}s: {what}")
+        return self.spawn_python(arguments)
 
     async def ok(self, method: str, path: str, body: Any = None) -> Any:
         document = await self.call(method, path, body)

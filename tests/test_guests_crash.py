@@ -11,20 +11,17 @@ guests leave: two more fit, a third does not).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import deferLater
 
 from nanocore.pki import client_tls_options, issue_cell_certificate, load_or_create_ca
 from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint
-from tests.coreprocess import POLL_SECONDS, CoreProcessCase, reactor
+from tests.coreprocess import CoreProcessCase, reactor
 
 GiB = 1 << 30
 CELLS = ("Cell_crash01", "Cell_crash02")
 GUESTS = 6
-DEADLINE_SECONDS = 30.0
 _LINK = re.compile(r"Cell link \(TLS\) on 127\.0\.0\.1:(\d+)")
 
 
@@ -65,15 +62,6 @@ class GuestCrashTests(CoreProcessCase):
             self.addCleanup(cell.close)
             cells[name] = cell
         return cells
-
-    async def eventually(self, check: Callable[[], Awaitable[Any]], what: str) -> Any:
-        """Poll ``check`` until it returns something true (Cells and Core work meanwhile)."""
-        for _ in range(int(DEADLINE_SECONDS / POLL_SECONDS)):
-            result = await check()
-            if result:
-                return result
-            await deferLater(reactor, POLL_SECONDS, lambda: None)
-        self.fail(f"not within {DEADLINE_SECONDS}s: {what}")
 
     def guest(self, index: int) -> dict[str, Any]:
         return {
