@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,84 @@ class PidFileTests(SynchronousTestCase):
         self.assertTrue(pidfile.remove_stale(self.pid_file))
         self.assertFalse(self.pid_file.exists())
         self.assertFalse(pidfile.remove_stale(self.pid_file))
+
+
+def blocked_child(case: SynchronousTestCase, *argv: str, cwd: Path | None = None) -> int:
+    """A live process with ``argv`` after Python's own (it waits on its stdin, closed at
+    cleanup); its pid, once it runs (before, /proc shows the forking parent's argv)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()", *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=cwd,
+    )
+
+    def end() -> None:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()
+        child.stdout.close()
+        child.wait()
+
+    case.addCleanup(end)
+    assert child.stdout is not None
+    case.assertEqual(child.stdout.readline(), b"ready\n")
+    return child.pid
+
+
+class PidIdentityTests(SynchronousTestCase):
+    """A pid is the daemon of a pid file only when it is a nanocore twistd writing that file:
+    a reused pid may belong to another nanocore, which `halt` must never kill."""
+
+    def setUp(self) -> None:
+        self.data_dir = Path(self.mktemp()).absolute()
+        self.data_dir.mkdir()
+        self.pid_file = self.data_dir / "core.pid"
+
+    def running(self, pid: int) -> int | None:
+        self.pid_file.write_text(str(pid))
+        return pidfile.running_pid(self.pid_file)
+
+    def test_the_daemon_of_this_pid_file_is_running(self) -> None:
+        pid = blocked_child(self, "--pidfile", str(self.pid_file), "nanocore")
+        self.assertEqual(self.running(pid), pid)
+        pid = blocked_child(self, f"--pidfile={self.pid_file}", "nanocore")
+        self.assertEqual(self.running(pid), pid)
+
+    def test_a_relative_pid_file_is_taken_from_the_daemons_folder(self) -> None:
+        pid = blocked_child(self, "--pidfile", "core.pid", "nanocore", cwd=self.data_dir)
+        self.assertEqual(self.running(pid), pid)
+        pid = blocked_child(self, "--pidfile", "core.pid", "nanocore", cwd=self.data_dir.parent)
+        self.assertIsNone(self.running(pid))
+
+    def test_another_nanocore_is_not_this_pid_files_daemon(self) -> None:
+        elsewhere = self.data_dir.parent / "elsewhere" / "core.pid"
+        for argv in (
+            ("--pidfile", str(elsewhere), "nanocore"),  # a second Core's daemon
+            ("--pidfile=", "nanocore"),  # a benchmark's twistd -n, without a pid file
+            ("nanocore", "call", "GET", "/compute_pools/"),  # python -m nanocore call
+            ("--pidfile", str(self.pid_file), "other-plugin"),
+        ):
+            self.assertIsNone(self.running(blocked_child(self, *argv)), argv)
+
+    def test_halt_never_kills_another_nanocore(self) -> None:
+        elsewhere = self.data_dir.parent / "elsewhere" / "core.pid"
+        pid = blocked_child(self, "--pidfile", str(elsewhere), "nanocore")
+        self.pid_file.write_text(str(pid))
+        the_console, out, _err = console()
+        options = cli.parse(["halt", f"--data-dir={self.data_dir}"], the_console)
+        assert isinstance(options, cli.CommandOptions)
+        code = self.successResultOf(
+            ensureDeferred(cli.run_command(MemoryReactor(), options, the_console))
+        )
+        self.assertEqual((code, out.getvalue()), (cli.EXIT_OK, f"removed stale pid file "
+                         f"{self.pid_file}\ncore is already stopped\n"))  # fmt: skip
+        os.kill(pid, 0)  # still alive: raises ProcessLookupError if it was killed
+
+    def test_a_dead_pid_is_stale(self) -> None:
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        self.assertIsNone(self.running(child.pid))
+        self.assertTrue(pidfile.remove_stale(self.pid_file))
 
 
 class CommandTests(SynchronousTestCase):
