@@ -26,6 +26,7 @@ from twisted.web.resource import Resource
 from nanocore.api import envelope
 from nanocore.api.auth import AuthError, RequestParts, Verifier
 from nanocore.api.cache import ResponseCache
+from nanocore.images.transfers import first_headers
 
 
 class CachedReads(Resource):
@@ -64,14 +65,9 @@ class CachedReads(Resource):
         if not _utf8_host(request):
             return None  # Klein refuses it
         if guard.variant is not None:
-            headers: dict[str, str] = {}
-            for name, values in request.requestHeaders.getAllRawHeaders():
-                if values:
-                    headers[name.decode("latin-1").lower()] = values[0].decode("latin-1")
+            parts = RequestParts("GET", path, "", first_headers(request))
             try:
-                self._verifier.verify(
-                    RequestParts("GET", path, "", headers), guard.variant, writable=guard.writable
-                )
+                self._verifier.verify(parts, guard.variant, writable=guard.writable)
             except AuthError:
                 return None  # the app refuses it, in its words
         return answer

@@ -14,6 +14,7 @@ from twisted.web.http import Request
 
 from nanocore.api.auth import RequestParts, Variant, Verifier
 from nanocore.api.endpoint import Endpoint, Incoming
+from nanocore.images.transfers import first_headers
 
 
 def signed(
@@ -54,8 +55,6 @@ def may_share_a_path(route: str, other: str) -> bool:
 
 def signed_parts(request: Request, incoming: Incoming) -> RequestParts:
     """What a signature covers: the headers Core signs (their *first* values) and the body."""
-    headers: dict[str, str] = {}
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        if values:
-            headers[name.decode("latin-1").lower()] = values[0].decode("latin-1")
-    return RequestParts(incoming.method, incoming.path, incoming.query, headers, incoming.body)
+    return RequestParts(
+        incoming.method, incoming.path, incoming.query, first_headers(request), incoming.body
+    )
