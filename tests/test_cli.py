@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -458,6 +460,33 @@ class RealDaemonTests(TestCase):
             # The log of the killed daemon is still there: core.log is appended to.
             log = (self.root / "log" / "core.log").read_text()
             self.assertEqual(log.count("starting up"), 2)
+
+        return ensureDeferred(scenario())
+
+    def test_a_daemon_dead_without_cleanup(self) -> Deferred[None]:
+        """Killed by a signal nothing handles: its pid file stays; status and start say so, the
+        fault file holds its threads' tracebacks, and the next run's log names its death."""
+
+        async def scenario() -> None:
+            await self.expect(0, "start")
+            first = pidfile.read_pid(self.pid_file)
+            assert first is not None
+            os.kill(first, signal.SIGHUP)
+            for _ in range(int(cli.STOP_TIMEOUT / cli.POLL_INTERVAL)):
+                if pidfile.running_pid(self.pid_file) is None:
+                    break
+                await deferLater(reactor, cli.POLL_INTERVAL, lambda: None)
+            self.assertTrue(self.pid_file.exists())
+            self.assertIn("stale pid file", await self.expect(3, "status"))
+            text = await self.expect(0, "start")
+            self.assertIn(f"removed stale pid file {self.pid_file}", text)
+            self.assertIn("core started", text)
+            await self.expect(0, "stop")
+            fault_file = self.root / "log" / "core-fault.log"
+            self.assertIn("Current thread", fault_file.read_text())
+            log = (self.root / "log" / "core.log").read_text()
+            self.assertIn("died of a fatal error or a signal", log)
+            self.assertIn(str(fault_file), log)
 
         return ensureDeferred(scenario())
 
