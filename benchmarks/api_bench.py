@@ -407,6 +407,7 @@ def stop(server: subprocess.Popen[bytes]) -> None:
     if died is not None:
         print(f"!! server pid {server.pid} died on its own: {exit_of(died)}", flush=True)
     else:
+        asked = time.monotonic()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(20)
@@ -414,6 +415,8 @@ def stop(server: subprocess.Popen[bytes]) -> None:
             print(f"!! server pid {server.pid} ignored SIGTERM for 20 s: SIGKILL", flush=True)
             server.kill()
             server.wait()
+        if server.pid in _TWISTD_ROOTS:
+            print(f"  server pid {server.pid} stopped in {time.monotonic() - asked:.1f} s")
     root = _TWISTD_ROOTS.pop(server.pid, None)
     keep = os.environ.get("NANOCORE_BENCH_KEEP")
     if root is not None and keep:
@@ -794,9 +797,14 @@ def measure_small(
         if profile:
             snapshot = root / "tracemalloc.snapshot"
             server.send_signal(signal.SIGUSR2)
-            deadline = time.monotonic() + 60
-            while not snapshot.exists() and time.monotonic() < deadline:
+            asked = time.monotonic()
+            while not snapshot.exists() and time.monotonic() < asked + 60:
                 time.sleep(0.2)
+            print(
+                f"  tracemalloc snapshot: {'written' if snapshot.exists() else '!! NOT written'}"
+                f" after {time.monotonic() - asked:.1f} s",
+                flush=True,
+            )
             rss_end = rss_mib(server.pid)
             stop(server)
             if snapshot.exists():
