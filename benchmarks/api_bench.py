@@ -17,7 +17,9 @@ ratio of the rates and of the server CPU per request:
   mixed load (GETs, writes, status), sampled every 10 s; the issue's soak is 600 s.
 
 Loopback only; every line is bounded in requests and in seconds; servers are stopped at the
-end. ``--profile FILE`` runs the server under cProfile (self time by area) and tracemalloc
+end, and a server found dead before its stop is said with its exit status or signal
+(``NANOCORE_BENCH_KEEP=DIR`` keeps each twistd server's logs, fault file and exit in ``DIR``).
+``--profile FILE`` runs the server under cProfile (self time by area) and tracemalloc
 (the top allocation sites and rooms of what is live after the soak).
 
 ``--source [LABEL=]DIR`` serves the API from another source tree (the child's PYTHONPATH and
@@ -66,6 +68,9 @@ sys.path.insert(0, str(ROOT))
 from nanocore.api.client import Signer  # noqa: E402
 
 CREDENTIAL = ("bench", "benchmark-key-0123456789")
+#: Seconds a twistd server may take to listen; profiled or under tracemalloc.
+LISTEN_LIMIT = 30.0
+LISTEN_LIMIT_TRACED = 180.0
 
 
 def request_bytes(signer: Signer, method: str, path: str, body: bytes, port: int) -> bytes:
@@ -326,7 +331,12 @@ def start_twistd(
     for name, folder in folders.items():
         command += [f"--{name}-dir", str(folder)]
     server = subprocess.Popen(command, cwd=source, env=environment, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
+    _TWISTD_ROOTS[server.pid] = root
+    # Under tracemalloc every allocation of the imports is traced: a start took 39 s (18 s of
+    # CPU) beside a neighbour on the same core, and a SIGTERM before the reactor runs ends
+    # twistd silently, its buffered log unwritten (benchmarks/README.md, "Stability").
+    limit = LISTEN_LIMIT_TRACED if trace_memory or profile else LISTEN_LIMIT
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if server.poll() is not None:
             log = (root / "twistd.log").read_text(errors="replace")[-2000:]
@@ -337,7 +347,7 @@ def start_twistd(
         except OSError:
             time.sleep(0.05)
     stop(server)
-    raise SystemExit("twistd nanocore did not listen within 30 s")
+    raise SystemExit(f"twistd nanocore did not listen within {limit:.0f} s")
 
 
 def start_script(
@@ -379,14 +389,54 @@ def wait_until_serving(signer: Signer, port: int, limit: float = 60.0) -> None:
             time.sleep(0.1)
 
 
+#: Where each twistd server keeps its folders (pid -> root), for ``NANOCORE_BENCH_KEEP``.
+_TWISTD_ROOTS: dict[int, Path] = {}
+#: Servers already stopped here (a second ``stop`` of one is not a death).
+_STOPPED: set[int] = set()
+
+
+def exit_of(code: int | None) -> str:
+    """A Popen return code in words: the exit status, or the signal that ended it."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exit status {code}"
+
+
 def stop(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is None:
+    """SIGTERM, then SIGKILL after 20 s; say so loudly when the server had died on its own,
+    and keep a twistd server's folders when ``NANOCORE_BENCH_KEEP`` names a folder."""
+    if server.pid in _STOPPED:
+        return
+    _STOPPED.add(server.pid)
+    died = server.poll()
+    if died is not None:
+        print(f"!! server pid {server.pid} died on its own: {exit_of(died)}", flush=True)
+    else:
+        asked = time.monotonic()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(20)
         except subprocess.TimeoutExpired:
+            print(f"!! server pid {server.pid} ignored SIGTERM for 20 s: SIGKILL", flush=True)
             server.kill()
             server.wait()
+        if server.pid in _TWISTD_ROOTS:
+            print(f"  server pid {server.pid} stopped in {time.monotonic() - asked:.1f} s")
+    root = _TWISTD_ROOTS.pop(server.pid, None)
+    keep = os.environ.get("NANOCORE_BENCH_KEEP")
+    if root is not None and keep:
+        kept = Path(keep) / f"{time.strftime('%Y%m%dT%H%M%S')}-pid{server.pid}"
+        kept.mkdir(parents=True)
+        for name in ("log",):
+            if (root / name).is_dir():
+                shutil.copytree(root / name, kept / name)
+        for path in root.glob("twistd.log*"):
+            shutil.copy(path, kept / path.name)
+        (kept / "exit.txt").write_text(
+            f"{exit_of(server.returncode)}{' (on its own)' if died is not None else ''}\n"
+        )
 
 
 def build_store(data_dir: Path, pools: int, cells: int, instances: int) -> None:
@@ -754,9 +804,14 @@ def measure_small(
         if profile:
             snapshot = root / "tracemalloc.snapshot"
             server.send_signal(signal.SIGUSR2)
-            deadline = time.monotonic() + 60
-            while not snapshot.exists() and time.monotonic() < deadline:
+            asked = time.monotonic()
+            while not snapshot.exists() and time.monotonic() < asked + 60:
                 time.sleep(0.2)
+            print(
+                f"  tracemalloc snapshot: {'written' if snapshot.exists() else '!! NOT written'}"
+                f" after {time.monotonic() - asked:.1f} s",
+                flush=True,
+            )
             rss_end = rss_mib(server.pid)
             stop(server)
             if snapshot.exists():

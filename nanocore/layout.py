@@ -18,6 +18,8 @@ from nanocore.options import NanocoreOptions
 PID_FILE_NAME = "core.pid"
 #: Log file name inside the log folder, as in the original.
 LOG_FILE_NAME = "core.log"
+#: File in the log folder where fatal errors and deaths by signal leave tracebacks (nanocore).
+FAULT_FILE_NAME = "core-fault.log"
 #: File in the data folder holding the API port the running daemon bound (new in nanocore).
 API_PORT_FILE_NAME = "api.port"
 
@@ -45,6 +47,10 @@ class Layout:
     @property
     def log_file(self) -> Path:
         return self.log_dir / LOG_FILE_NAME
+
+    @property
+    def fault_file(self) -> Path:
+        return self.log_dir / FAULT_FILE_NAME
 
     def create_folders(self) -> None:
         """Create missing folders with mode 0700; existing folders are left as they are."""

@@ -1,9 +1,11 @@
 """The pid file of the daemon, and whether the process it names is really a running nanocore.
 
-A pid file outlives a crash, and its pid can be reused by an unrelated process. Before
-`status` says "running", `start` refuses, or `halt` sends SIGKILL, the process is checked
-against its command line: it must be a live (not zombie) process started for this pid file or
-for the `nanocore` twistd plugin. Where `/proc` is absent, a live pid is trusted.
+A pid file outlives a crash, and its pid can be reused by an unrelated process, or by another
+nanocore (a second Core on the host, a benchmark's daemon, `python -m nanocore call`). Before
+`status` says "running", `start` refuses, `stop` sends SIGTERM or `halt` sends SIGKILL, the
+process is checked against its command line: it must be a live (not zombie) twistd process of
+the `nanocore` plugin whose ``--pidfile`` is this pid file (a relative one taken from the
+process's working directory). Where `/proc` is absent, a live pid is trusted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 #: argv element that marks a twistd process running the nanocore plugin.
 PLUGIN_ARGUMENT = b"nanocore"
+#: twistd's option naming the pid file it writes (``--pidfile X`` or ``--pidfile=X``).
+PID_FILE_OPTION = b"--pidfile"
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -38,6 +42,27 @@ def _command_line(pid: int) -> list[bytes] | None:
     return [part for part in raw.split(b"\0") if part]
 
 
+def _pid_files_named(argv: list[bytes]) -> list[bytes]:
+    """The values given to twistd's ``--pidfile`` in `argv`, as written."""
+    named = []
+    for index, argument in enumerate(argv):
+        if argument == PID_FILE_OPTION and index + 1 < len(argv):
+            named.append(argv[index + 1])
+        elif argument.startswith(PID_FILE_OPTION + b"="):
+            named.append(argument[len(PID_FILE_OPTION) + 1 :])
+    return named
+
+
+def _names(pid: int, named: bytes, pid_file: Path) -> bool:
+    """Whether `named`, as process `pid` wrote it, is `pid_file`."""
+    if not os.path.isabs(named):
+        try:
+            named = os.path.join(os.fsencode(os.readlink(f"/proc/{pid}/cwd")), named)
+        except OSError:
+            return False
+    return os.path.realpath(named) == os.path.realpath(os.fsencode(pid_file.absolute()))
+
+
 def is_nanocore_process(pid: int, pid_file: Path) -> bool:
     """Whether `pid` is alive and is the nanocore daemon that owns `pid_file`."""
     try:
@@ -49,7 +74,9 @@ def is_nanocore_process(pid: int, pid_file: Path) -> bool:
     argv = _command_line(pid)
     if argv is None:
         return True
-    return PLUGIN_ARGUMENT in argv or os.fsencode(pid_file) in argv
+    if PLUGIN_ARGUMENT not in argv:
+        return False
+    return any(_names(pid, named, pid_file) for named in _pid_files_named(argv))
 
 
 def running_pid(pid_file: Path) -> int | None:

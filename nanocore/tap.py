@@ -36,6 +36,7 @@ from nanocore.cluster.kcp.link import cell_link_endpoint
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, DomainConfig, ensure_config, load_config
+from nanocore.faults import report_fatal_errors
 from nanocore.images.files import ImageFolders, thread_offload
 from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
 from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
@@ -344,7 +345,10 @@ def build_service(
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
-    """The twistd entry point; a config or certificate fault ends the process, naming it."""
+    """The twistd entry point; a config or certificate fault ends the process, naming it.
+
+    From here on, a crash in C code or a death by signal leaves the tracebacks of every thread
+    in the log folder (`nanocore.faults`); a daemon's fork keeps the file and the handlers."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -357,6 +361,17 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     except OSError as error:
         raise SystemExit(f"nanocore: cannot prepare {error.filename}: {error.strerror}") from None
     try:
+        earlier = report_fatal_errors(layout.fault_file)
+    except OSError as error:
+        raise SystemExit(f"nanocore: cannot prepare {error.filename}: {error.strerror}") from None
+    if earlier is not None:
+        log.warn(
+            "the previous run of nanocore (started {started}) died of a fatal error or a signal:"
+            " the tracebacks of its threads are in {path}",
+            started=earlier,
+            path=str(layout.fault_file),
+        )
+    try:
         certificates = prepare_certificates(layout, config)
     except (PKIError, OSError) as error:
         raise SystemExit(f"nanocore: certificate error: {error}") from None
@@ -364,7 +379,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     domain = config.domain
     log.info(
         "nanocore {version} (compatible with Nano Core {compatible}): API on {address}:{port},"
-        " discovery of domain {domain!r} on {group}:{group_port}; open-file limit {open_files}",
+        " discovery of domain {domain!r} on {group}:{group_port}; open-file limit {open_files};"
+        " fatal errors are reported in {fault_file}",
         version=__version__,
         compatible=COMPATIBLE_CORE_VERSION,
         address=domain.listen_address,
@@ -373,5 +389,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         group=domain.group_address,
         group_port=domain.group_port,
         open_files=open_files,
+        fault_file=str(layout.fault_file),
     )
     return build_service(layout, config, certificates, reactor, open_files=open_files)

@@ -7,7 +7,7 @@ import json
 import os
 import random
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +70,15 @@ class CoreProcessCase(TestCase):
 
     # -- the process -------------------------------------------------------------------------
 
-    def spawn(self) -> CoreProcess:
-        """Start nanocore in the foreground (`python -m twisted nanocore`), killed at cleanup."""
+    def spawn(self, runner: Sequence[str] = ("-m", "twisted")) -> CoreProcess:
+        """Start nanocore in the foreground (`python -m twisted nanocore`, or another
+        ``runner`` taking `twist`'s arguments), killed at cleanup."""
         layout = self.layout
         # A killed core leaves its port file behind; the next one writes its own.
         layout.api_port_file.unlink(missing_ok=True)
         arguments = [
             sys.executable,
-            "-m",
-            "twisted",
+            *runner,
             "--log-file",
             str(layout.log_dir / "crash-test.log"),
             "--log-format",
@@ -156,7 +156,7 @@ class CoreProcessCase(TestCase):
         self.assertIn(await self.signalled(process, "TERM"), (None, 15))
         self.assertIn("Main loop terminated.", self.log_file().read_text())
 
-    async def signalled(self, process: CoreProcess, signal: str) -> int | None:
+    async def signalled(self, process: CoreProcess, signal: str | int) -> int | None:
         """Send ``signal``; the signal that ended the process, or None for exit status 0."""
         transport = process.transport
         assert transport is not None

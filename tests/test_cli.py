@@ -5,14 +5,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -150,6 +153,84 @@ class PidFileTests(SynchronousTestCase):
         self.assertTrue(pidfile.remove_stale(self.pid_file))
         self.assertFalse(self.pid_file.exists())
         self.assertFalse(pidfile.remove_stale(self.pid_file))
+
+
+def blocked_child(case: SynchronousTestCase, *argv: str, cwd: Path | None = None) -> int:
+    """A live process with ``argv`` after Python's own (it waits on its stdin, closed at
+    cleanup); its pid, once it runs (before, /proc shows the forking parent's argv)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()", *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=cwd,
+    )
+
+    def end() -> None:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()
+        child.stdout.close()
+        child.wait()
+
+    case.addCleanup(end)
+    assert child.stdout is not None
+    case.assertEqual(child.stdout.readline(), b"ready\n")
+    return child.pid
+
+
+class PidIdentityTests(SynchronousTestCase):
+    """A pid is the daemon of a pid file only when it is a nanocore twistd writing that file:
+    a reused pid may belong to another nanocore, which `halt` must never kill."""
+
+    def setUp(self) -> None:
+        self.data_dir = Path(self.mktemp()).absolute()
+        self.data_dir.mkdir()
+        self.pid_file = self.data_dir / "core.pid"
+
+    def running(self, pid: int) -> int | None:
+        self.pid_file.write_text(str(pid))
+        return pidfile.running_pid(self.pid_file)
+
+    def test_the_daemon_of_this_pid_file_is_running(self) -> None:
+        pid = blocked_child(self, "--pidfile", str(self.pid_file), "nanocore")
+        self.assertEqual(self.running(pid), pid)
+        pid = blocked_child(self, f"--pidfile={self.pid_file}", "nanocore")
+        self.assertEqual(self.running(pid), pid)
+
+    def test_a_relative_pid_file_is_taken_from_the_daemons_folder(self) -> None:
+        pid = blocked_child(self, "--pidfile", "core.pid", "nanocore", cwd=self.data_dir)
+        self.assertEqual(self.running(pid), pid)
+        pid = blocked_child(self, "--pidfile", "core.pid", "nanocore", cwd=self.data_dir.parent)
+        self.assertIsNone(self.running(pid))
+
+    def test_another_nanocore_is_not_this_pid_files_daemon(self) -> None:
+        elsewhere = self.data_dir.parent / "elsewhere" / "core.pid"
+        for argv in (
+            ("--pidfile", str(elsewhere), "nanocore"),  # a second Core's daemon
+            ("--pidfile=", "nanocore"),  # a benchmark's twistd -n, without a pid file
+            ("nanocore", "call", "GET", "/compute_pools/"),  # python -m nanocore call
+            ("--pidfile", str(self.pid_file), "other-plugin"),
+        ):
+            self.assertIsNone(self.running(blocked_child(self, *argv)), argv)
+
+    def test_halt_never_kills_another_nanocore(self) -> None:
+        elsewhere = self.data_dir.parent / "elsewhere" / "core.pid"
+        pid = blocked_child(self, "--pidfile", str(elsewhere), "nanocore")
+        self.pid_file.write_text(str(pid))
+        the_console, out, _err = console()
+        options = cli.parse(["halt", f"--data-dir={self.data_dir}"], the_console)
+        assert isinstance(options, cli.CommandOptions)
+        code = self.successResultOf(
+            ensureDeferred(cli.run_command(MemoryReactor(), options, the_console))
+        )
+        self.assertEqual((code, out.getvalue()), (cli.EXIT_OK, f"removed stale pid file "
+                         f"{self.pid_file}\ncore is already stopped\n"))  # fmt: skip
+        os.kill(pid, 0)  # still alive: raises ProcessLookupError if it was killed
+
+    def test_a_dead_pid_is_stale(self) -> None:
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        self.assertIsNone(self.running(child.pid))
+        self.assertTrue(pidfile.remove_stale(self.pid_file))
 
 
 class CommandTests(SynchronousTestCase):
@@ -379,6 +460,33 @@ class RealDaemonTests(TestCase):
             # The log of the killed daemon is still there: core.log is appended to.
             log = (self.root / "log" / "core.log").read_text()
             self.assertEqual(log.count("starting up"), 2)
+
+        return ensureDeferred(scenario())
+
+    def test_a_daemon_dead_without_cleanup(self) -> Deferred[None]:
+        """Killed by a signal nothing handles: its pid file stays; status and start say so, the
+        fault file holds its threads' tracebacks, and the next run's log names its death."""
+
+        async def scenario() -> None:
+            await self.expect(0, "start")
+            first = pidfile.read_pid(self.pid_file)
+            assert first is not None
+            os.kill(first, signal.SIGHUP)
+            for _ in range(int(cli.STOP_TIMEOUT / cli.POLL_INTERVAL)):
+                if pidfile.running_pid(self.pid_file) is None:
+                    break
+                await deferLater(reactor, cli.POLL_INTERVAL, lambda: None)
+            self.assertTrue(self.pid_file.exists())
+            self.assertIn("stale pid file", await self.expect(3, "status"))
+            text = await self.expect(0, "start")
+            self.assertIn(f"removed stale pid file {self.pid_file}", text)
+            self.assertIn("core started", text)
+            await self.expect(0, "stop")
+            fault_file = self.root / "log" / "core-fault.log"
+            self.assertIn("Current thread", fault_file.read_text())
+            log = (self.root / "log" / "core.log").read_text()
+            self.assertIn("died of a fatal error or a signal", log)
+            self.assertIn(str(fault_file), log)
 
         return ensureDeferred(scenario())
 

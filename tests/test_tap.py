@@ -181,6 +181,34 @@ class MakeServiceTests(SynchronousTestCase):
             ]
         )
         self.reactor = MemoryMulticastReactor()
+        # Fatal-error reports are the process's: recorded here, never enabled in the test runner.
+        self.fault_files: list[Path] = []
+        self.earlier_death: str | None = None
+
+        def report_fatal_errors(path: Path) -> str | None:
+            self.fault_files.append(path)
+            return self.earlier_death
+
+        self.patch(tap, "report_fatal_errors", report_fatal_errors)
+
+    def test_fatal_errors_are_reported_in_the_log_folder(self) -> None:
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        tap.makeService(self.options, self.reactor)
+        self.assertEqual(self.fault_files, [self.root / "log" / "core-fault.log"])
+        said = [formatEvent(event) for event in logged]
+        self.assertTrue(any(f"fatal errors are reported in {self.fault_files[0]}" in line
+                            for line in said), said)  # fmt: skip
+        self.assertFalse([line for line in said if "previous run" in line])
+
+    def test_a_previous_death_is_told_at_start(self) -> None:
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.earlier_death = "2026-12-06T10:00:00Z"
+        tap.makeService(self.options, self.reactor)
+        [warning] = [
+            formatEvent(event) for event in logged if "previous run" in formatEvent(event)
+        ]
+        self.assertIn("(started 2026-12-06T10:00:00Z) died of a fatal error or a signal", warning)
+        self.assertIn(str(self.root / "log" / "core-fault.log"), warning)
 
     def test_fresh_machine_gets_config_ca_and_image_certificate(self) -> None:
         tap.makeService(self.options, self.reactor)
