@@ -633,18 +633,22 @@ class FakeCellTests(SynchronousTestCase):
         self.ok(MessageID.DeleteGuestRequest, string_params={ParamKey.Instance: "g1"})
         self.assertNotIn("g1", export)
 
-    def test_immediate_attach_for_failover(self) -> None:
-        self.on_nfs()
+    def attach_at_once(self, guest: str) -> None:
+        """Core's failover attach of ``guest``, lost with ``Cell_dead``, answered at once."""
         self.registry.send(
             CELL,
             Message(
                 id=MessageID.AttachInstanceRequest,
                 bool_params={ParamKey.Immediate: True},
                 string_params={ParamKey.Cell: "Cell_dead"},
-                string_array_params={ParamKey.Instance: ("g7",)},
+                string_array_params={ParamKey.Instance: (guest,)},
             ),
         )
         self.pump.flush()
+
+    def test_immediate_attach_for_failover(self) -> None:
+        self.on_nfs()
+        self.attach_at_once("g7")
         migrated = self.events.messages[-1]
         self.assertTrue(migrated.bool_params[ParamKey.Immediate])
         self.assertEqual(migrated.string_params[ParamKey.Cell], "Cell_dead")
@@ -652,16 +656,7 @@ class FakeCellTests(SynchronousTestCase):
 
     def test_immediate_attach_failure_is_an_unsolicited_response(self) -> None:
         self.on_nfs()
-        self.registry.send(
-            CELL,
-            Message(
-                id=MessageID.AttachInstanceRequest,
-                bool_params={ParamKey.Immediate: True},
-                string_params={ParamKey.Cell: "Cell_dead"},
-                string_array_params={ParamKey.Instance: ("gone",)},
-            ),
-        )
-        self.pump.flush()
+        self.attach_at_once("gone")
         failed = self.events.messages[-1]
         self.assertEqual(
             (failed.id, failed.success, failed.to_session, failed.error),
