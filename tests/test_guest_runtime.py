@@ -22,14 +22,6 @@ class GuestCases(GuestClusterCase):
 
     creation_time = 0.0
 
-    async def created(self, **fields: Any) -> str:
-        answer = await self.ok("POST", "/guests/", self.guest_body(**fields), status=202)
-        guest: str = answer["id"]
-        created = self.events.until(MessageID.GuestCreatedEvent, guest)
-        self.cell_clock.advance(self.creation_time)
-        await self.applied(created, guest)
-        return guest
-
     async def started(self, guest: str) -> None:
         started = self.events.until(MessageID.GuestStartedEvent, guest)
         await self.ok("POST", f"/instances/{guest}", {})

@@ -77,6 +77,22 @@ class MigrationCase(GuestClusterCase):
     def record(self, guest: str) -> m.Instance:
         return self.store.view.instances[guest]
 
+    async def relinked(self, cell: str) -> None:
+        """``cell``'s link drops and comes back at once; Core sees it available again."""
+        linked = self.events.until_available(cell)
+        self.cells[cell]._reconnect_delay = 0.01
+        await self.cluster.services[cell].stopService()
+        self.cluster.services[cell].startService()
+        await linked
+
+    async def rejoined_mid_failover(self, cell: str) -> None:
+        """``cell`` links again and rejoins its pool while its failover still runs."""
+        pushed = self.cells[cell].until_received(MessageID.ComputePoolReadyEvent)
+        await self.relinked(cell)
+        await pushed
+        await self.ops.cells.storage_paths(POOL, cell)
+        await self.store.commit(UnitOfWork(()))
+
 
 class MigrationRequestTests(MigrationCase):
     async def test_every_refusal_in_nanos_order(self) -> None:
@@ -376,11 +392,7 @@ class FailoverTests(MigrationCase):
         self.assertEqual(self.moving(), [])
         # Back, the lost Cell lets go of its copies: the guests stay where they are now.
         detached = self.cells[A].until_received(MessageID.DetachInstanceRequest)
-        linked = self.events.until_available(A)
-        self.cells[A]._reconnect_delay = 0.01
-        await self.cluster.services[A].stopService()
-        self.cluster.services[A].startService()
-        await linked
+        await self.relinked(A)
         message = await detached
         self.assertEqual(set(message.string_array_params[ParamKey.Instance]), set(guests))
         self.assertEqual(self.cells[A].guests, {})
@@ -454,15 +466,7 @@ class FailoverTests(MigrationCase):
         target = self.store.view.migrations[record].target_cell
         await told[target]
         # A comes back (it still holds its copy) and rejoins its pool meanwhile.
-        pushed = self.cells[A].until_received(MessageID.ComputePoolReadyEvent)
-        linked = self.events.until_available(A)
-        self.cells[A]._reconnect_delay = 0.01
-        await self.cluster.services[A].stopService()
-        self.cluster.services[A].startService()
-        await linked
-        await pushed
-        await self.ops.cells.storage_paths(POOL, A)
-        await self.store.commit(UnitOfWork(()))
+        await self.rejoined_mid_failover(A)
         self.assertEqual(set(self.cells[A].guests), {guest})
         self.assertTrue(self.record(guest).migrating)
         # The failover ends: A is asked for its inventory again, and lets go of its copy.
@@ -487,15 +491,7 @@ class FailoverTests(MigrationCase):
         for cell in (B, C):
             self.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(drop=True))
         (record,) = await self.lose(A)
-        linked = self.events.until_available(A)
-        pushed = self.cells[A].until_received(MessageID.ComputePoolReadyEvent)
-        self.cells[A]._reconnect_delay = 0.01
-        await self.cluster.services[A].stopService()
-        self.cluster.services[A].startService()
-        await linked
-        await pushed
-        await self.ops.cells.storage_paths(POOL, A)
-        await self.store.commit(UnitOfWork(()))
+        await self.rejoined_mid_failover(A)
         self.assertTrue(self.record(guest).migrating)
         reconciled = self.ops.migrations.reconciled(A)
         self.core_clock.advance(TIMEOUT)

@@ -638,7 +638,7 @@ class Migrations:
                 continue
             demand = Demand(instance.cores, instance.memory, 0)
             try:
-                claim = self._placement.place_move(_key(instance.id), pool.name, demand)
+                claim = self._placement.place(_key(instance.id), pool.name, demand)
             except NoCellAvailable as refusal:
                 self._context.claims.release(held)
                 unplaced.append((instance, refusal.message))

@@ -197,28 +197,20 @@ class Placement:
 
     # -- claims -------------------------------------------------------------------------------
 
-    def place(self, instance_id: str, pool: str, demand: Demand) -> Claim[Share]:
-        """Choose a Cell of ``pool`` and claim the guest's share of it."""
+    def place(self, key: Hashable, pool: str, demand: Demand) -> Claim[Share]:
+        """Choose a Cell of ``pool`` and claim the guest's share of it, counted in full: a new
+        guest has no record there yet, and one that fails over is still recorded on its old
+        Cell."""
         try:
             chosen = self._choice.choose(demand, self.capacities(pool))
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
-        return self._take(instance_id, share, recorded=False)
+        return self._take(key, share, recorded=False)
 
     def claim_growth(self, key: Hashable, share: Share) -> Claim[Share]:
         """Claim what a change adds to a guest in place, counted on its Cell like a creation's
         share (released by :meth:`until_report` or :meth:`abandon`)."""
-        return self._take(key, share, recorded=False)
-
-    def place_move(self, key: Hashable, pool: str, demand: Demand) -> Claim[Share]:
-        """Choose a Cell of ``pool`` for a guest that moves there (failover) and claim it; the
-        record still places the guest on its old Cell, so the claim counts in full."""
-        try:
-            chosen = self._choice.choose(demand, self.capacities(pool))
-        except NoCellFits as refusal:
-            raise NoCellAvailable(refusal, pool) from None
-        share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
         return self._take(key, share, recorded=False)
 
     def claim_move(self, key: Hashable, share: Share) -> Claim[Share]:
