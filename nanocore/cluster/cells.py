@@ -167,6 +167,40 @@ class _Cell:
     reported_at: float | None = None
 
 
+class Deadlines:
+    """Moments at which something derived from Cells goes stale (a report, a link that never
+    reported), to tell whether any passed: :meth:`passed` changes when one did.
+
+    Moments already past are dropped whenever one is added or asked about, so what is kept is
+    bounded by what falls due within one window (a report every 2 s from each Cell), however
+    long nobody asks.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._due: list[float] = []
+        self._passed = 0
+
+    def add(self, at: float) -> None:
+        self._drop_past()
+        heapq.heappush(self._due, at)
+
+    def passed(self) -> int:
+        """A count that grows each time some moments have passed since it was last read."""
+        self._drop_past()
+        return self._passed
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def _drop_past(self) -> None:
+        due, now = self._due, self._clock.seconds()
+        if due and due[0] <= now:
+            while due and due[0] <= now:
+                heapq.heappop(due)
+            self._passed += 1
+
+
 @implementer(CellDirectory, LinkHandler)
 class CellRegistry:
     """Who is connected, alive, lost or disconnected, and how to reach them."""
@@ -179,8 +213,8 @@ class CellRegistry:
         self._cells: dict[str, _Cell] = {}
         self._observers: list[CellObserver] = []
         self._generation = 0
-        #: When reports go stale (a Cell turns from alive to connected), earliest first.
-        self._stale_at: list[float] = []
+        #: When reports go stale (a Cell turns from alive to connected).
+        self._stale = Deadlines(clock)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -221,13 +255,7 @@ class CellRegistry:
         return CellLiveness.CONNECTED
 
     def generation(self) -> int:
-        now = self._clock.seconds()
-        stale_at = self._stale_at
-        if stale_at and stale_at[0] <= now:
-            while stale_at and stale_at[0] <= now:
-                heapq.heappop(stale_at)
-            self._generation += 1
-        return self._generation
+        return self._generation + self._stale.passed()
 
     # -- talking to Cells ---------------------------------------------------------------------
 
@@ -315,7 +343,7 @@ class CellRegistry:
         cell.status = status
         cell.reported_at = self._clock.seconds()
         self._generation += 1
-        heapq.heappush(self._stale_at, cell.reported_at + STATUS_STALE_AFTER)
+        self._stale.add(cell.reported_at + STATUS_STALE_AFTER)
         self._notify(lambda observer: observer.cell_status(name, status))
 
     def _notify(self, tell: Callable[[CellObserver], None]) -> None:

@@ -12,7 +12,6 @@ reconnects and disconnects of Cells change state here, through the store, like a
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable, Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from nanocore.cluster.cells import (
     CellObserver,
     CellStatus,
     CellUnavailable,
+    Deadlines,
 )
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, TransactionTimeout
@@ -161,8 +161,8 @@ class CellOperations:
         self._reconcile = reconcile
         self._presence: dict[str, _Presence] = {}
         self._arrivals = 0
-        #: When a Cell that linked but has not reported stops counting as alive, earliest first.
-        self._unreported_until: list[float] = []
+        #: When a Cell that linked but has not reported stops counting as alive.
+        self._unreported = Deadlines(self._clock)
 
     # -- what a Cell looks like now -----------------------------------------------------------
 
@@ -181,13 +181,7 @@ class CellOperations:
 
     def generation(self) -> Hashable:
         """Changes whenever ``alive``, ``address`` or ``usage`` of any Cell may have."""
-        now = self._clock.seconds()
-        until = self._unreported_until
-        if until and until[0] <= now:
-            while until and until[0] <= now:
-                heapq.heappop(until)
-            self._arrivals += 1
-        return (self._cells.generation(), self._arrivals)
+        return (self._cells.generation(), self._arrivals + self._unreported.passed())
 
     def usage(self, name: str) -> Usage | None:
         """The Cell's latest report while it is alive; a dead Cell's stale figures are not used."""
@@ -457,7 +451,7 @@ class CellOperations:
     def cell_available(self, name: str, address: str) -> None:
         self._presence[name] = _Presence(address, self._clock.seconds())
         self._arrivals += 1
-        heapq.heappush(self._unreported_until, self._clock.seconds() + STATUS_STALE_AFTER)
+        self._unreported.add(self._clock.seconds() + STATUS_STALE_AFTER)
         record = self._context.view.cells.get(name)
         if record is None or not record.pool:
             self.log.info(
