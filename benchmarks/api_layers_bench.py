@@ -109,7 +109,7 @@ def daemon_site(clock: Clock) -> Site:
     verifier = Verifier(CREDENTIALS, clock)
     front = StreamFront(resource, Transfers.__new__(Transfers), verifier)
     gate = StartingGate(lambda: succeed(front), lambda failure: None)
-    return api_site_for(gate, upload_routes=lambda: None)
+    return api_site_for(gate, upload_routes=lambda: front)  # every request asks it
 
 
 def per_request(resource: IResource | Site, request: bytes, count: int) -> tuple[float, float]:

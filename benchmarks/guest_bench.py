@@ -17,7 +17,7 @@ an in-process micro-bench of the scheduler's decision (100 and 1,000 Cells, judg
 with placement's kept verdicts).
 
     python benchmarks/guest_bench.py [--guests 2000] [--concurrency 16] [--cells 100]
-                                     [--runs 1] [--decisions 2000] [--poll 0.005]
+                                     [--runs 1] [--decisions 2000] [--poll 0.005] [--reads 0]
                                      [--core-source DIR] [--callgrind OUT] [--profile OUT]
 
 ``--core-source`` runs Core from another tree (a worktree of ``main``) for before/after in one
@@ -224,6 +224,18 @@ def create_until_created(created: list[str], body: Callable[[int], Any], poll: f
     return start
 
 
+def read(exchange: Exchange, guest: str, done: Callable[[], None]) -> None:
+    """One signed ``GET /guests/:id`` of a created guest: what a poll costs once it is done."""
+
+    def answered(status: int, document: Any) -> None:
+        if status != 200 or document["error_code"]:
+            raise RuntimeError(f"read {guest}: {status} {document['message']}")
+        done()
+
+    exchange.on_answer = answered
+    exchange.send("GET", f"/guests/{guest}")
+
+
 def delete(exchange: Exchange, guest: str, done: Callable[[], None]) -> None:
     def answered(status: int, document: Any) -> None:
         if document["error_code"]:
@@ -360,6 +372,12 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=100)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--decisions", type=int, default=2000)
+    parser.add_argument(
+        "--reads",
+        type=int,
+        default=0,
+        help="after the creates, this many GET /guests/:id of created guests (a poll's cost)",
+    )
     parser.add_argument("--profile", help="write Core's cProfile data to this file")
     parser.add_argument(
         "--callgrind",
@@ -483,6 +501,31 @@ def main() -> None:
             for guest in created if not arguments.poll else ():
                 if call(port, signer, "GET", f"/guests/{guest}")["created"] is not True:
                     raise SystemExit(f"run {run}: guest {guest} is not created")
+            if arguments.reads:
+                reads = [created[i % len(created)] for i in range(arguments.reads)]
+                before = cpu_split(core.pid)
+                if arguments.callgrind:
+                    callgrind(core, on=True)
+                read_seconds, read_latencies = drive(
+                    port, signer, arguments.concurrency, reads, read
+                )
+                if arguments.callgrind:
+                    callgrind(core, on=False)
+                spent = sum(cpu_split(core.pid)[:2]) - sum(before[:2])
+                print(
+                    f"       {arguments.reads / read_seconds:7.0f} reads/s (GET /guests/:id, "
+                    f"created)  p50 {statistics.median(read_latencies) * 1000:.2f} ms  Core "
+                    f"CPU per read {spent * 1e6 / arguments.reads:.0f} us"
+                )
+                if arguments.callgrind:
+                    callgrind(core, on=True)
+                    time.sleep(read_seconds)
+                    callgrind(core, on=False)
+                    busy, idle = callgrind_totals(arguments.callgrind)[-2:]
+                    print(
+                        f"       callgrind: {(busy - idle) / arguments.reads / 1e6:.3f} M "
+                        f"instructions per read (less the same span idle)"
+                    )
             delete_seconds, _ = drive(port, signer, arguments.concurrency, created, delete)
             zone = call(port, signer, "GET", "/compute_zone_status/")
             if zone["instances"] != [0, 0, 0, 0] or core.poll() is not None:

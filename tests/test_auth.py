@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore.api.auth import (
+    METHOD,
     REPEAT_MARGIN,
     AuthError,
     RequestParts,
@@ -19,6 +20,9 @@ from nanocore.api.auth import (
     Verifier,
     canonical_query,
     canonical_request,
+    canonical_uri,
+    checked_authorization,
+    escaped_twice,
     parse_authorization,
     sign,
     signing_key,
@@ -167,6 +171,53 @@ class ParseTests(SynchronousTestCase):
             "Nano-HMAC-SHA256 Credential=id/a/b/c, SignedHeaders=host, Signature=00"
         )
         self.assertEqual((auth.credential_id, auth.scope), ("id", "a/b/c"))
+
+
+def _outcome(parse: Any, value: str) -> object:
+    try:
+        return parse(value)
+    except AuthError as error:
+        return error.message
+
+
+_TOKEN = st.text(alphabet=st.sampled_from("ab/=, ;-0"), max_size=6)
+
+
+@st.composite
+def authorization_headers(draw: st.DrawFn) -> str:
+    """Headers near the form clients send, and far from it."""
+    if draw(st.booleans()):
+        return draw(st.text(max_size=80))
+    method = draw(st.sampled_from([METHOD, METHOD + "x", "AWS4-HMAC-SHA256", ""]))
+    separator = draw(st.sampled_from([" ", "", "  ", "x"]))
+    names = draw(
+        st.lists(
+            st.sampled_from(["Credential", "SignedHeaders", "Signature", " Signature", "c"]),
+            max_size=4,
+        )
+    )
+    commas = draw(st.sampled_from([", ", ",", " , ", ",  "]))
+    return method + separator + commas.join(f"{name}={draw(_TOKEN)}" for name in names)
+
+
+class FastParseTests(SynchronousTestCase):
+    """The quick readings of a signature's parts give what the written-out ones give."""
+
+    @given(authorization_headers())
+    def test_authorization(self, value: str) -> None:
+        self.assertEqual(
+            _outcome(parse_authorization, value), _outcome(checked_authorization, value)
+        )
+
+    def test_authorization_as_clients_send_it(self) -> None:
+        value = f"{METHOD} Credential=id/{SCOPE}, SignedHeaders={WITH_BODY}, Signature=0a"
+        self.assertEqual(parse_authorization(value), checked_authorization(value))
+        self.assertEqual(parse_authorization(value).scope, SCOPE)
+
+    @given(st.text(alphabet=st.sampled_from("/aZ09_.~-%+ é?&=#"), max_size=30) | st.text())
+    def test_canonical_uri(self, path: str) -> None:
+        canonical_uri.cache_clear()
+        self.assertEqual(canonical_uri(path), escaped_twice(path))
 
 
 class FreshnessTests(SynchronousTestCase):

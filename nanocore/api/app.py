@@ -138,6 +138,11 @@ class APIResource(KleinResource, Generic[Ops]):
             call = Call(incoming.params, parse_query(incoming.query), decoded, incoming.query)
             result = handler(operations, call)
             if isinstance(result, Deferred):
+                # Most reads have their answer at once: encode it now, without a chain.
+                now: list[object] = []
+                result.addBoth(_noted, now)
+                if now and not isinstance(now[0], Failure):
+                    return _encoded(now[0], request)
                 return self._outliving(result).addCallback(_encoded, request)
             return _encoded(result, request)
 
@@ -196,6 +201,11 @@ def _reading(method: str, endpoint: Endpoint) -> KleinEndpoint:
         return sized(req, answer)
 
     return read
+
+
+def _noted(outcome: object, into: list[object]) -> object:
+    into.append(outcome)
+    return outcome
 
 
 def _client(request: Request) -> str:

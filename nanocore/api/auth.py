@@ -13,6 +13,7 @@ import hashlib
 import heapq
 import hmac
 import math
+import re
 from array import array
 from bisect import bisect_left
 from collections.abc import Mapping
@@ -83,9 +84,23 @@ def _go_query_unescape(text: str) -> str | None:
     return unquote_to_bytes(text.replace("+", " ")).decode("utf-8", errors="replace")
 
 
+#: Paths that escaping leaves alone but for their slashes (ids, names: the common case).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
 @lru_cache(maxsize=4096)
 def canonical_uri(path: str) -> str:
-    """The path escaped twice (cached: clients call the same few paths over and over)."""
+    """The path escaped twice (cached: clients call the same few paths over and over).
+
+    A slash escapes to ``%2F``, then ``%252F``; the unreserved characters stay as they are.
+    """
+    if _PLAIN_PATH.fullmatch(path):
+        return path.replace("/", "%252F")
+    return escaped_twice(path)
+
+
+def escaped_twice(path: str) -> str:
+    """What Core signs for a path: Go's ``QueryEscape`` of its ``QueryEscape``."""
     return go_query_escape(go_query_escape(path))
 
 
@@ -150,7 +165,7 @@ def signature(key: bytes, parts: RequestParts, scope: str, signed: str, variant:
         canonical_request(parts, signed, variant).encode("utf-8")
     ).hexdigest()
     text = string_to_sign(parts.headers.get("nano-date", ""), scope, canonical_hash)
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, text.encode("utf-8"), "sha256").hex()
 
 
 def sign(
@@ -179,8 +194,22 @@ class Authorization:
     signature: str
 
 
+#: A header as clients write it: parsed at once, to what the checks below would give.
+_WELL_FORMED = re.compile(
+    METHOD + r" Credential=([^,=/ ]+)/([^,= ]*), ?SignedHeaders=([^,= ]*), ?Signature=([^,= ]*)"
+)
+
+
 def parse_authorization(value: str) -> Authorization:
     """Parse the header with Core's checks and messages, in Core's order (§2.3)."""
+    plain = _WELL_FORMED.fullmatch(value)
+    if plain is not None:
+        return Authorization(*plain.groups())
+    return checked_authorization(value)
+
+
+def checked_authorization(value: str) -> Authorization:
+    """:func:`parse_authorization`, every step written out as Core takes it."""
     if not value:
         raise AuthError("authorization required")
     if len(value) <= len(METHOD):
@@ -210,8 +239,10 @@ def parse_authorization(value: str) -> Authorization:
     return Authorization(credential_id, scope, tokens[1][1], tokens[2][1])
 
 
+@lru_cache(maxsize=256)
 def parse_date(value: str) -> float:
-    """Seconds since the epoch of an RFC 3339 ``Nano-Date`` (an offset is required)."""
+    """Seconds since the epoch of an RFC 3339 ``Nano-Date`` (an offset is required; cached:
+    a second's requests carry one date)."""
     text = value.strip()
     if len(text) < 20 or text[10] not in "Tt":
         raise ValueError(value)
@@ -258,6 +289,8 @@ class Verifier:
         #: repeat window, with when to look at them again.
         self._forget_at: list[int] = []
         self._to_settle: dict[int, float] = {}
+        #: No second in ``_to_settle`` is due before this moment (it may be later).
+        self._settle_from = math.inf
         self._entries = 0
         #: Reads verified lately, by everything their signature covers: a portal polls the
         #: same path many times under one signature (its date names a whole second).
@@ -297,8 +330,8 @@ class Verifier:
         remembered = not (write or writable)
         if remembered:
             # A read nothing remembers for replays: the same parts verify alike, while fresh.
-            read = (parts.method, parts.path, parts.query, parts.body, variant,
-                    tuple(parts.headers.items()))  # fmt: skip
+            read = (parts.method, parts.path, parts.query, parts.body,
+                    variant is Variant.STREAM, tuple(parts.headers.items()))  # fmt: skip
             known = self._reads.get(read)
             if known is not None and abs(self._clock.seconds() - known[1]) <= self._skew:
                 return known[0]
@@ -364,6 +397,7 @@ class Verifier:
         second.recent[digest] = repeat_until
         self._entries += 1
         self._to_settle[stale_at] = max(self._to_settle.get(stale_at, 0.0), repeat_until)
+        self._settle_from = min(self._settle_from, repeat_until)
 
     def _expire(self, now: float) -> None:
         forget_at = self._forget_at
@@ -371,10 +405,13 @@ class Verifier:
             stale_at = heapq.heappop(forget_at)
             self._entries -= len(self._seconds.pop(stale_at))
             self._to_settle.pop(stale_at, None)
+        if now <= self._settle_from:
+            return
         for stale_at, until in list(self._to_settle.items()):
             if until < now:
                 del self._to_settle[stale_at]
                 self._seconds[stale_at].settle(now)
+        self._settle_from = min(self._to_settle.values(), default=math.inf)
 
 
 class _Second:

@@ -67,7 +67,10 @@ class LimitedRequest(Request):
         path = self.path
         if b"%" in path:
             path = unquote_to_bytes(path)
-        if not _utf8(path) or not _utf8(self.getRequestHostname()):
+        try:
+            path.decode("utf-8")
+            self.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
             # Klein refuses these too, but logs a traceback for each: a cheap log flood.
             self.setResponseCode(400)
             self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -134,13 +137,9 @@ class LimitedChannel(HTTPChannel):
         self.site.connection_closed()
         super().connectionLost(reason)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._refused:
-            return  # discarded: the client is reading our refusal
-        super().dataReceived(data)
-
     def lineReceived(self, line: bytes) -> None:
         if self._in_headers:
+            # Once refused, every line is over the limit: none reaches Twisted any more.
             self._header_bytes += len(line)
             self._header_lines += bool(line)
             if self._header_bytes > self.totalHeadersSize:
@@ -157,16 +156,16 @@ class LimitedChannel(HTTPChannel):
                     f"more than {self.maxHeaders} request headers",
                 )
                 return
+            if not line:
+                self._in_headers = False  # the end of this request's headers
+            super().lineReceived(line)
+            return
         requests = len(self.requests)
         super().lineReceived(line)
         if len(self.requests) > requests:  # that was the request line of a new request
             self._in_headers = True
             self._header_bytes = len(line)
             self._header_lines = 0
-
-    def allHeadersReceived(self) -> None:
-        self._in_headers = False
-        super().allHeadersReceived()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._in_headers:
@@ -194,6 +193,7 @@ class LimitedChannel(HTTPChannel):
         if self._refused or self.transport is None:
             return
         self._refused = True
+        self.dataReceived = _discard  # type: ignore[method-assign]  # the client reads our refusal
         self.setTimeout(None)
         body = envelope.failure(message)
         self.transport.write(
@@ -273,12 +273,8 @@ def _host(address: IAddress | None) -> str:
     return host if isinstance(host, str) else "?"
 
 
-def _utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def _discard(data: bytes) -> None:
+    """What a refused connection does with what its client still sends."""
 
 
 def limited_request_factory(max_body: int) -> type[LimitedRequest]:

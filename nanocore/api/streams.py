@@ -74,11 +74,11 @@ class StreamFront(Resource):
         return self.transfers.begin(request, target)
 
     def render(self, request: IRequest) -> bytes | int:
-        req = cast(Request, request)
-        raw = req.path
+        raw = request.path
         if not raw.endswith(b"/file/") and b"%" not in raw:
             # Not a stream route, and no escape could make it one: the API's, undecoded.
-            return cast(bytes | int, self._api.render(request))
+            return self._api.render(request)
+        req = cast(Request, request)
         method = req.method.decode("latin-1")
         path = decoded_path(req)
         target = target_of(path) if path.endswith("/file/") else None

@@ -1,8 +1,8 @@
 """Moving image bytes over HTTP, for the TLS image site and the API's stream routes alike.
 
 Twisted's ``Request`` buffers a whole body before any resource sees it. An upload here is
-taken over as soon as its headers are in: :class:`StreamingChannel` tells each request its
-request line when it is read, and :class:`StreamingMixin`'s ``gotLength`` asks the site's
+taken over as soon as its headers are in: :class:`StreamingChannel` tells the request its
+request line then, and :class:`StreamingMixin`'s ``gotLength`` asks the site's
 :class:`UploadRoutes` whether the request is an upload. If it is, the client is authorized, the
 image locked and a part file opened before a byte of the body is read, and every body chunk
 then goes to the :class:`~nanocore.images.upload.Transfer` as it arrives; a refusal is
@@ -294,20 +294,24 @@ class ImageFile(static.File):
 
 
 class StreamingChannel(HTTPChannel):
-    """An ``HTTPChannel`` that tells each request its request line as soon as it is read.
+    """An ``HTTPChannel`` whose requests may be routed from their request line and headers.
 
-    Twisted gives a request its method and path only once the whole body is in; an upload
-    must be routed (and refused) from its headers.
+    Twisted gives a request its method and path only once the whole body is in; until then
+    the channel holds them (``_command``, ``_path``, set as the request line is parsed and
+    kept until the body is in). An upload must be routed (and refused) from its headers.
     """
 
-    def lineReceived(self, line: bytes) -> None:
-        waiting = len(self.requests)
-        super().lineReceived(line)
-        if len(self.requests) > waiting:
-            request = self.requests[-1]
-            parts = line.split(b" ")
-            if len(parts) == 3 and isinstance(request, StreamingMixin):
-                request.stream_line = (parts[0], parts[1])
+    def request_line(self) -> tuple[bytes, bytes] | None:
+        """The method and target of the request whose headers are being read."""
+        method: bytes | None = getattr(self, "_command", None)
+        target: bytes | None = getattr(self, "_path", None)
+        if method is None or target is None:
+            return None
+        return method, target
+
+
+#: Methods that never upload: their requests are not offered to the upload routes.
+_READS = frozenset({b"GET", b"HEAD"})
 
 
 class StreamingMixin(Request):
@@ -316,14 +320,15 @@ class StreamingMixin(Request):
 
     #: The site's upload routes; None while there are none (the Core is starting).
     upload_routes: Callable[[], UploadRoutes | None] = staticmethod(lambda: None)
-    stream_line: tuple[bytes, bytes] | None = None
     transfer: Transfer | None = None
     stream_refused = False
 
     def gotLength(self, length: int | None) -> None:
         routes = self.upload_routes()
-        if routes is not None and self.stream_line is not None:
-            method, uri = self.stream_line
+        channel = self.channel
+        line = channel.request_line() if isinstance(channel, StreamingChannel) else None
+        if routes is not None and line is not None and line[0] not in _READS:
+            method, uri = line
             raw_path, _, query = uri.partition(b"?")
             path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="replace")
             try:
