@@ -14,7 +14,8 @@ fits it calls that very method for the refusal and its reasons.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Collection, Mapping, Sequence
 
 from nanocore.scheduler import CellCapacity, Demand, Scheduler
 
@@ -55,3 +56,67 @@ class VerdictCache:
         if best is None:
             return self.scheduler.choose(demand, cells)  # raises NoCellFits with every reason
         return best
+
+
+class PoolChoice:
+    """:class:`VerdictCache` for one pool that is told which Cells changed, so a decision
+    costs the changed Cells' verdicts and a heap's top, not a pass over the pool.
+
+    The fitting Cells wait in a heap by (best score, smallest name); an entry whose Cell was
+    judged again since it was pushed is dropped when it comes to the top.
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._demand: Demand | None = None
+        self._verdicts: dict[str, tuple[CellCapacity, float | None]] = {}
+        self._heap: list[tuple[float, str, int, CellCapacity]] = []
+        self._pushed = 0
+
+    def choose(
+        self,
+        demand: Demand,
+        cells: Mapping[str, CellCapacity],
+        changed: Collection[str] | None,
+    ) -> CellCapacity:
+        """As :meth:`Scheduler.choose` over ``cells`` (the pool now, by name); ``changed``
+        names every Cell whose capacity object may differ from the last decision's, added
+        and removed ones included (None: any may)."""
+        if demand != self._demand or changed is None:
+            self._demand = demand
+            self._verdicts.clear()
+            self._heap.clear()
+            changed = cells.keys()
+        verdicts, verdict = self._verdicts, self.scheduler.verdict
+        for name in changed:
+            cell = cells.get(name)
+            if cell is None:
+                verdicts.pop(name, None)
+                continue
+            kept = verdicts.get(name)
+            if kept is not None and kept[0] is cell:
+                continue
+            score = verdict(demand, cell)
+            verdicts[name] = (cell, score)
+            if score is not None:
+                self._pushed += 1
+                heapq.heappush(self._heap, (-score, name, self._pushed, cell))
+        heap = self._heap
+        while heap:
+            _, name, _, cell = heap[0]
+            kept = verdicts.get(name)
+            if kept is not None and kept[0] is cell:
+                if len(heap) > 2 * len(verdicts) + 64:
+                    self._compact()
+                return cell
+            heapq.heappop(heap)
+        return self.scheduler.choose(demand, list(cells.values()))  # raises NoCellFits
+
+    def _compact(self) -> None:
+        """Drop the entries of Cells judged again since (the heap would grow without end)."""
+        self._heap = [
+            entry
+            for entry in self._heap
+            if (kept := self._verdicts.get(entry[1])) is not None and kept[0] is entry[3]
+        ]
+        heapq.heapify(self._heap)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore._fastscheduler import VerdictCache
+from nanocore._fastscheduler import PoolChoice, VerdictCache
 from nanocore.scheduler import (
     Available,
     CellCapacity,
@@ -77,6 +77,48 @@ class VerdictCacheProperties(SynchronousTestCase):
                     )
             if cells and data.draw(st.booleans()):
                 cells = cells[1:] + cells[:1]  # the pool in another order
+
+
+class PoolChoiceProperties(SynchronousTestCase):
+    @given(
+        schedulers,
+        st.lists(capacities, max_size=12, unique_by=lambda c: c.name),
+        st.lists(demands, min_size=1, max_size=3),
+        st.data(),
+    )
+    def test_every_decision_is_the_plain_one(
+        self,
+        scheduler: Scheduler,
+        cells: list[CellCapacity],
+        some_demands: list[Demand],
+        data: st.DataObject,
+    ) -> None:
+        """Told which Cells changed (new capacities, equal or not, Cells gone and added),
+        the pool's choice is the plain one every time, over many decisions (the heap's stale
+        entries compacted on the way)."""
+        choice = PoolChoice(scheduler)
+        pool = {cell.name: cell for cell in cells}
+        changed: set[str] | None = None
+        for _ in range(data.draw(st.integers(1, 40))):
+            demand = data.draw(st.sampled_from(some_demands))
+            self.assertEqual(
+                outcome(lambda d, _, told=changed: choice.choose(d, pool, told), demand, []),
+                outcome(scheduler.choose, demand, list(pool.values())),
+            )
+            changed = set()
+            for name in data.draw(st.sets(st.sampled_from(sorted(pool) or ["none"]))):
+                if name in pool:
+                    changed.add(name)
+                    if data.draw(st.booleans()):
+                        pool[name] = attrs.evolve(data.draw(capacities), name=name)
+                    elif data.draw(st.booleans()):
+                        del pool[name]
+                    else:
+                        pool[name] = attrs.evolve(pool[name])  # equal, not the same object
+            if data.draw(st.booleans()):
+                added = data.draw(capacities)
+                pool[added.name] = added
+                changed.add(added.name)
 
 
 class VerdictCacheTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
@@ -25,6 +26,7 @@ from nanocore import model as m
 from nanocore.cluster.message import Message, MessageID
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY, GuestSpec
+from nanocore.scheduler import CellCapacity, Demand, NoCellFits
 from nanocore.store import CommitStore, Put, ReadModel, UnitOfWork
 from nanocore.store.schema import bundled_scripts, open_database
 from nanocore.store.writer import Writer
@@ -259,3 +261,122 @@ class GuestProperties(SynchronousTestCase):
                     waiting.cancel()
                 world.store.close()
             shutil.rmtree(folder)
+
+
+class WatchedWorld(World):
+    """A World whose placement is held to the plain scheduler at every decision: what differs
+    is kept in ``mismatches`` (a create swallows what its decision raises)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.decisions = 0
+        self.mismatches: list[tuple[object, object]] = []
+        super().__init__(folder)
+
+    def start(self) -> None:
+        super().start()
+        placement = self.ops.guests.placement
+        kept = placement._choose
+
+        def choose(pool: str, demand: Demand) -> CellCapacity:
+            scheduler = placement._scheduler
+            plain = _choice(lambda: scheduler.choose(demand, placement.capacities(pool)))
+            fast = _choice(lambda: kept(pool, demand))
+            self.decisions += 1
+            if fast != plain:
+                self.mismatches.append((fast, plain))
+            # What it judged is every Cell's capacity now, not only where the choice shows it.
+            shown = placement._pools[pool].cells
+            current = {cell.name: cell for cell in placement.capacities(pool)}
+            if shown != current:
+                self.mismatches.append((shown, current))
+            if isinstance(fast, CellCapacity):
+                return fast
+            return scheduler.choose(demand, list(current.values()))  # raises the refusal
+
+        placement._choose = choose  # type: ignore[method-assign]
+
+
+def _choice(choose: Any) -> object:
+    try:
+        return choose()
+    except NoCellFits as refusal:
+        return ("refused", refusal.headline, refusal.rejections)
+
+
+#: Two guests created and reported on both Cells, then a third decided.
+_SETTLED = [
+    ("create", 0, "ok"), ("advance", 1.0), ("advance", 1.0),
+    ("report", "Cell_p1"), ("report", "Cell_p2"),
+    ("create", 1, "ok"), ("advance", 1.0), ("advance", 1.0),
+    ("report", "Cell_p1"), ("report", "Cell_p2"), ("create", 2, "ok"),
+]  # fmt: skip
+
+
+class PlacementProperties(SynchronousTestCase):
+    @given(steps)
+    def test_each_decision_is_the_plain_schedulers(self, script: list[tuple[Any, ...]]) -> None:
+        """Placement judges only the Cells that changed since a pool's last decision: over
+        random histories (creations, deletions, reports, time, reconnects, restarts) it
+        chooses as the plain scheduler over every Cell's capacity now."""
+        folder = Path(tempfile.mkdtemp())
+        world: WatchedWorld | None = None
+        try:
+            world = WatchedWorld(folder)
+            for name, *arguments in script:
+                getattr(world, name)(*arguments)
+                self.assertEqual(world.mismatches, [])
+        finally:
+            if world is not None:
+                for waiting in world.waiting:
+                    waiting.cancel()
+                world.store.close()
+            shutil.rmtree(folder)
+
+
+class OneChangeTests(SynchronousTestCase):
+    """A decision after one kind of change alone, on a Cell nothing else touched since the
+    pool's last decision: each is seen (the watched placement asserts it)."""
+
+    def setUp(self) -> None:
+        self.folder = Path(tempfile.mkdtemp())
+        self.world = WatchedWorld(self.folder)
+        for step in _SETTLED:
+            getattr(self.world, step[0])(*step[1:])
+        self.quiet = next(name for name in CELLS if not self._placed_last(name))
+
+    def tearDown(self) -> None:
+        for waiting in self.world.waiting:
+            waiting.cancel()
+        self.world.store.close()
+        shutil.rmtree(self.folder)
+
+    def _placed_last(self, cell: str) -> bool:
+        return any(
+            i.name == "vm2" and i.cell == cell for i in self.world.store.view.instances.values()
+        )
+
+    def decide(self) -> None:
+        before = self.world.decisions
+        self.world.create(3, "ok")
+        self.assertEqual(self.world.decisions, before + 1)
+        self.assertEqual(self.world.mismatches, [])
+
+    def test_load_alone(self) -> None:
+        """A record grows (a commit, no claim, no report)."""
+        view = self.world.store.view
+        guest = next(i for i in view.instances.values() if i.cell == self.quiet)
+        self.world.store.commit(UnitOfWork.of(Put(attrs.evolve(guest, cores=guest.cores + 3))))
+        self.decide()
+
+    def test_report_alone(self) -> None:
+        cell = self.world.cells[self.quiet]
+        cell.capacity = attrs.evolve(cell.capacity, memory=cell.capacity.memory + GiB)
+        self.world.report(self.quiet)
+        self.decide()
+
+    def test_time_alone(self) -> None:
+        """Every report goes stale: the pool is shown anew, every Cell unreported."""
+        self.world.advance(TIMEOUT)
+        self.world.advance(TIMEOUT)
+        self.decide()
+        self.assertFalse(any(c.reported for c in self.world.ops.guests.placement.capacities("p")))

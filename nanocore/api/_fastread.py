@@ -69,4 +69,3 @@ class CachedReads(Resource):
             except AuthError:
                 return None  # the app refuses it, in its words
         return answer
-

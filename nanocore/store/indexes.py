@@ -7,7 +7,9 @@ reactor thread. They change with the read model (never before a commit is durabl
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from types import MappingProxyType
 
 from attrs import frozen
@@ -38,6 +40,9 @@ class CellLoad:
 #: The load of a Cell Core places nothing on.
 NO_LOAD = CellLoad()
 
+#: Load changes remembered for :meth:`InstanceIndex.loads_changed_since` (older ones: "many").
+LOAD_JOURNAL = 4096
+
 
 class InstanceIndex:
     """Kept by :class:`~nanocore.store.readmodel.ReadModel`; read it through the read model."""
@@ -49,6 +54,9 @@ class InstanceIndex:
         self._loads: dict[str, CellLoad] = {}
         self._loads_view = MappingProxyType(self._loads)
         self._conditions: dict[str, dict[Condition, int]] = {}
+        #: The Cells whose load changed, latest last, and how many changes there were in all.
+        self._load_journal: deque[str] = deque(maxlen=LOAD_JOURNAL)
+        self._load_changes = 0
         for instance in instances:
             self.added(instance)
 
@@ -78,6 +86,20 @@ class InstanceIndex:
     def loads(self) -> Mapping[str, CellLoad]:
         """Every Cell's load (a Cell without instances is absent: :data:`NO_LOAD`)."""
         return self._loads_view
+
+    @property
+    def load_changes(self) -> int:
+        """How many load changes there were: a mark for :meth:`loads_changed_since`."""
+        return self._load_changes
+
+    def loads_changed_since(self, mark: int) -> tuple[int, set[str] | None]:
+        """The mark to pass next time, and the Cells whose load changed after ``mark`` (a
+        mark this returned before; None: more changes than are remembered)."""
+        missed = self._load_changes - mark
+        journal = self._load_journal
+        if missed > len(journal):
+            return self._load_changes, None
+        return self._load_changes, set(islice(journal, len(journal) - missed, None))
 
     # -- keeping -------------------------------------------------------------------------------
 
@@ -134,6 +156,8 @@ class InstanceIndex:
             self._loads[instance.cell] = changed
         else:
             self._loads.pop(instance.cell, None)
+        self._load_journal.append(instance.cell)
+        self._load_changes += 1
 
 
 def _discard(index: dict[str, dict[str, Instance]], group: str, key: str) -> None:

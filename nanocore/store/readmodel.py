@@ -28,19 +28,26 @@ class ReadModel:
             kind: MappingProxyType(entities) for kind, entities in state.items()
         }
         self._index = InstanceIndex(state[m.Instance].values())
+        self._revisions: dict[type, int] = {}
 
     def mirror(self, unit: UnitOfWork) -> None:
         """Apply a unit the database has just committed (only the store calls this)."""
         instances = self._state[m.Instance]
-        touched = [
-            change.key if isinstance(change, Delete) else change.entity.key
-            for change in unit.changes
-            if (change.kind if isinstance(change, Delete) else type(change.entity)) is m.Instance
-        ]
+        touched = []
+        revisions = self._revisions
+        for change in unit.changes:
+            kind = change.kind if isinstance(change, Delete) else type(change.entity)
+            revisions[kind] = revisions.get(kind, 0) + 1
+            if kind is m.Instance:
+                touched.append(change.key if isinstance(change, Delete) else change.entity.key)
         before = {key: instances.get(key) for key in touched}
         apply_to_state(self._state, unit)
         for key, old in before.items():
             self._index.replaced(old, instances.get(key))
+
+    def revision_of(self, kind: type) -> int:
+        """Moves whenever a committed change touches an entity of ``kind``."""
+        return self._revisions.get(kind, 0)
 
     # -- instance indexes ------------------------------------------------------------------
 
@@ -70,6 +77,16 @@ class ReadModel:
     def cell_loads(self) -> Mapping[str, CellLoad]:
         """:meth:`load_on_cell` of every Cell holding instances, for a pass over many."""
         return self._index.loads
+
+    @property
+    def load_changes(self) -> int:
+        """A mark for :meth:`loads_changed_since`: how many load changes there were."""
+        return self._index.load_changes
+
+    def loads_changed_since(self, mark: int) -> tuple[int, set[str] | None]:
+        """For whoever keeps what it derived from loads: the mark to pass next time, and
+        the Cells whose load changed after ``mark`` (None: too many to tell)."""
+        return self._index.loads_changed_since(mark)
 
     def all(self, kind: type[T]) -> Mapping[Hashable, T]:
         return cast(Mapping[Hashable, T], self._views[kind])

@@ -18,11 +18,11 @@ of the record that holds them; the store's unique keys are the backstop.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 
-from attrs import define, frozen
+from attrs import Factory, define, frozen
 
-from nanocore._fastscheduler import VerdictCache
+from nanocore._fastscheduler import PoolChoice
 from nanocore.addresses import ChosenAddress, choose_address
 from nanocore.cluster.cells import STATUS_STALE_AFTER, CellDirectory, CellLiveness, CellStatus
 from nanocore.model import ComputeCell, ComputePool, Instance, InstanceStatus
@@ -79,6 +79,23 @@ class NoCellAvailable(InvalidRequest):
 
 
 @define
+class _PoolView:
+    """What the scheduler was shown of one pool at its last decision, and what changed since:
+    Cells named by placement's own events (``dirty``), load changes after ``load_mark``; a
+    change to any Cell record, or a report going stale, shows the pool anew."""
+
+    cells: dict[str, CellCapacity]
+    choice: PoolChoice
+    load_mark: int
+    cells_revision: int
+    #: No Cell's report goes stale before this moment.
+    stale_check_at: float
+    #: When it was shown (a clock that went back shows it anew).
+    shown_at: float
+    dirty: set[str] = Factory(set)
+
+
+@define
 class _Cell:
     """What placement keeps of one Cell between decisions (changed by events, not polled)."""
 
@@ -118,7 +135,9 @@ class Placement:
         randbelow: Callable[[int], int],
     ) -> None:
         self._context = context
-        self._choice = VerdictCache(scheduler)
+        self._scheduler = scheduler
+        #: What each pool's last decision was shown, kept up to date by what changes.
+        self._pools: dict[str, _PoolView] = {}
         self._randbelow = randbelow
         self._cells: dict[str, _Cell] = {}
         #: Instances whose claim is counted in their committed record's load as well.
@@ -146,43 +165,98 @@ class Placement:
         view = self._context.view
         loads = view.cell_loads
         now = self._context.clock.seconds()
-        result: list[CellCapacity] = []
-        append = result.append
-        for record in view.cells.values():
-            if record.pool != pool:
-                continue
-            name = record.name
-            cell = self._cells.get(name)
-            if cell is None:
-                cell = self._cell(name)
-            fresh = cell.report is not None and now - cell.reported_at < STATUS_STALE_AFTER
-            load = loads.get(name, NO_LOAD)
-            capacity = cell.capacity
-            if (
-                capacity is None
-                or cell.built_version != cell.version
-                or cell.built_load is not load
-                or cell.built_record is not record
-                or cell.built_fresh is not fresh
-            ):
-                capacity = cell.capacity = _capacity(name, record.enabled, fresh, cell, load)
-                cell.built_version, cell.built_load = cell.version, load
-                cell.built_record, cell.built_fresh = record, fresh
-            append(capacity)
-        return result
+        return [
+            self._capacity_of(record, now, loads)
+            for record in view.cells.values()
+            if record.pool == pool
+        ]
+
+    def _capacity_of(
+        self, record: ComputeCell, now: float, loads: Mapping[str, CellLoad]
+    ) -> CellCapacity:
+        """The Cell's capacity now: the object shown last time while nothing it depends on
+        changed (the kept verdicts rely on that)."""
+        name = record.name
+        cell = self._cells.get(name)
+        if cell is None:
+            cell = self._cell(name)
+        fresh = cell.report is not None and now - cell.reported_at < STATUS_STALE_AFTER
+        load = loads.get(name, NO_LOAD)
+        capacity = cell.capacity
+        if (
+            capacity is None
+            or cell.built_version != cell.version
+            or cell.built_load is not load
+            or cell.built_record is not record
+            or cell.built_fresh is not fresh
+        ):
+            capacity = cell.capacity = _capacity(name, record.enabled, fresh, cell, load)
+            cell.built_version, cell.built_load = cell.version, load
+            cell.built_record, cell.built_fresh = record, fresh
+        return capacity
+
+    def _choose(self, pool: str, demand: Demand) -> CellCapacity:
+        """The scheduler's choice over :meth:`capacities`, judging only the Cells that changed
+        since the pool's last decision (``tests/test_guests_properties.py`` holds the two to
+        each other over random cluster histories)."""
+        view = self._context.view
+        now = self._context.clock.seconds()
+        loads = view.cell_loads
+        shown = self._pools.get(pool)
+        revision = view.revision_of(ComputeCell)
+        if (
+            shown is not None
+            and revision == shown.cells_revision
+            and shown.shown_at <= now < shown.stale_check_at
+        ):
+            mark, loads_changed = view.loads_changed_since(shown.load_mark)
+            if loads_changed is not None:
+                changed = shown.dirty
+                changed.update(loads_changed.intersection(shown.cells))
+                shown.dirty, shown.load_mark, shown.shown_at = set(), mark, now
+                for name in changed:
+                    capacity = self._capacity_of(view.cells[name], now, loads)
+                    shown.cells[name] = capacity
+                    shown.stale_check_at = min(shown.stale_check_at, self._stale_at(name, now))
+                return shown.choice.choose(demand, shown.cells, changed)
+        cells = {c.name: c for c in self.capacities(pool)}
+        shown = self._pools[pool] = _PoolView(
+            cells,
+            shown.choice if shown is not None else PoolChoice(self._scheduler),
+            view.load_changes,
+            revision,
+            min((self._stale_at(name, now) for name in cells), default=math.inf),
+            now,
+        )
+        return shown.choice.choose(demand, cells, None)
+
+    def _stale_at(self, name: str, now: float) -> float:
+        """When the Cell's latest report goes stale; never if it has none or went stale
+        already (only a new report, an event, changes it then)."""
+        cell = self._cells[name]
+        stale_at = cell.reported_at + STATUS_STALE_AFTER
+        return stale_at if cell.report is not None and stale_at > now else math.inf
+
+    def _changed(self, name: str, cell: _Cell) -> None:
+        """Something the Cell's capacity depends on changed: show it anew."""
+        cell.version += 1
+        record = self._context.view.cells.get(name)
+        shown = self._pools.get(record.pool) if record is not None else None
+        if shown is not None:
+            shown.dirty.add(name)
 
     # -- what Cells tell ----------------------------------------------------------------------
 
     def linked(self, name: str) -> None:
         cell = self._cell(name)
         cell.linked = True
-        cell.version += 1
+        self._changed(name, cell)
 
     def reported(self, name: str, report: CellStatus) -> None:
         """A status report counts every guest its Cell confirmed before it: their claims end."""
         cell = self._cell(name)
         cell.report, cell.reported_at = report, self._context.clock.seconds()
-        cell.version += 1
+        self._changed(name, cell)
         for claim in self._until_report.pop(name, ()):
             self._release(claim)
 
@@ -190,7 +264,7 @@ class Placement:
         """A Cell that disconnected frees every claim on it."""
         cell = self._cell(name)
         cell.linked = False
-        cell.version += 1
+        self._changed(name, cell)
         self._until_report.pop(name, None)
         for claim in self._context.claims.live_in(CAPACITY, name):
             self._release(claim)
@@ -202,7 +276,7 @@ class Placement:
         guest has no record there yet, and one that fails over is still recorded on its old
         Cell."""
         try:
-            chosen = self._choice.choose(demand, self.capacities(pool))
+            chosen = self._choose(pool, demand)
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
@@ -245,7 +319,7 @@ class Placement:
             cell.unrecorded_cores += sign * share.cores
             cell.unrecorded_memory += sign * share.memory
             cell.unrecorded_disk += sign * share.disk
-        cell.version += 1
+        self._changed(share.cell, cell)
 
     def recorded(self, instance_id: Hashable) -> None:
         """The guest's record is committed (or moved to the claim's Cell): its load counts
