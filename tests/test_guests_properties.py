@@ -218,6 +218,15 @@ class World:
             case.assertLessEqual(used, cell.capacity.memory, f"{name} overcommitted")
 
 
+def _end(world: World | None, folder: Path) -> None:
+    """Abandon what is still waiting, close the store, remove the data folder."""
+    if world is not None:
+        for waiting in world.waiting:
+            waiting.cancel()
+        world.store.close()
+    shutil.rmtree(folder)
+
+
 def _puts(*entities: Any) -> list[Any]:
     return [Put(e) for e in entities]
 
@@ -256,11 +265,7 @@ class GuestProperties(SynchronousTestCase):
                 self.assertIn(instance.id, cell.guests)
                 self.assertEqual(instance.created, cell.guests[instance.id].created_ok)
         finally:
-            if world is not None:
-                for waiting in world.waiting:
-                    waiting.cancel()
-                world.store.close()
-            shutil.rmtree(folder)
+            _end(world, folder)
 
 
 class WatchedWorld(World):
@@ -326,11 +331,7 @@ class PlacementProperties(SynchronousTestCase):
                 getattr(world, name)(*arguments)
                 self.assertEqual(world.mismatches, [])
         finally:
-            if world is not None:
-                for waiting in world.waiting:
-                    waiting.cancel()
-                world.store.close()
-            shutil.rmtree(folder)
+            _end(world, folder)
 
 
 class OneChangeTests(SynchronousTestCase):
@@ -345,10 +346,7 @@ class OneChangeTests(SynchronousTestCase):
         self.quiet = next(name for name in CELLS if not self._placed_last(name))
 
     def tearDown(self) -> None:
-        for waiting in self.world.waiting:
-            waiting.cancel()
-        self.world.store.close()
-        shutil.rmtree(self.folder)
+        _end(self.world, self.folder)
 
     def _placed_last(self, cell: str) -> bool:
         return any(
