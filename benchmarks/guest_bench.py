@@ -60,7 +60,7 @@ from api_bench import (  # noqa: E402
     wait_until_serving,
 )
 
-from nanocore._fastscheduler import VerdictCache  # noqa: E402
+from nanocore._fastscheduler import PoolChoice  # noqa: E402
 from nanocore.api.client import Signer  # noqa: E402
 from nanocore.scheduler import CellCapacity, Demand, Scheduler  # noqa: E402
 
@@ -325,6 +325,17 @@ def callgrind_totals(out: str) -> list[int]:
     return totals
 
 
+def busy_and_idle(core: subprocess.Popen[bytes], out: str, seconds: float) -> tuple[int, int]:
+    """Core's instructions in the span just counted, and in as long a span with nothing
+    asked (the Cells' reports and keep-alives, which a Core slowed down by callgrind gets
+    many more of per request)."""
+    callgrind(core, on=True)
+    time.sleep(seconds)
+    callgrind(core, on=False)
+    busy, idle = callgrind_totals(out)[-2:]
+    return busy, idle
+
+
 def link_port(log: Path, deadline: float) -> int:
     while time.monotonic() < deadline:
         found = _LINK.findall(log.read_bytes()) if log.exists() else []
@@ -337,8 +348,9 @@ def link_port(log: Path, deadline: float) -> int:
 def scheduling(cells: int, decisions: int, kept: bool = False) -> tuple[float, float]:
     """p50 and p99 of one decision over ``cells`` prepared capacities, in ms (in process).
 
-    ``kept``: through placement's :class:`VerdictCache`, one Cell changed before each
-    decision (the chosen one's claim, as in a burst of creates); else every Cell judged anew.
+    ``kept``: through placement's :class:`PoolChoice`, told of the one Cell changed before
+    each decision (the chosen one's claim, as in a burst of creates); else every Cell judged
+    anew.
     """
     rng = random.Random(cells)
     capacities = [
@@ -351,16 +363,22 @@ def scheduling(cells: int, decisions: int, kept: bool = False) -> tuple[float, f
         )
         for i in range(cells)
     ]  # fmt: skip
-    scheduler = Scheduler()
-    choose = VerdictCache(scheduler).choose if kept else scheduler.choose
+    scheduler, choice = Scheduler(), PoolChoice(Scheduler())
+    pool = {capacity.name: capacity for capacity in capacities}
     demand = Demand(cores=2, memory=4 * GiB, disk=50 * GiB)
+    changed: set[str] | None = None
     times = []
     for _ in range(decisions):
         if kept:
-            changed = rng.randrange(cells)
-            capacities[changed] = attrs.evolve(capacities[changed])
+            name = capacities[rng.randrange(cells)].name
+            pool[name] = attrs.evolve(pool[name])
+            changed = {name} if changed is not None else None
         began = time.perf_counter()
-        choose(demand, capacities)
+        if kept:
+            choice.choose(demand, pool, changed)
+            changed = set()
+        else:
+            scheduler.choose(demand, capacities)
         times.append((time.perf_counter() - began) * 1000)
     return statistics.median(times), percentile(times, 0.99)
 
@@ -487,12 +505,7 @@ def main() -> None:
                 for after, before in zip(cpu_split(core.pid), core_before, strict=True)
             )
             if arguments.callgrind:
-                # The same span with nothing asked: the Cells' reports and keep-alives, which
-                # a Core slowed down by callgrind gets many more of per create.
-                callgrind(core, on=True)
-                time.sleep(settled)
-                callgrind(core, on=False)
-                busy, idle = callgrind_totals(arguments.callgrind)[-2:]
+                busy, idle = busy_and_idle(core, arguments.callgrind, settled)
                 print(
                     f"       callgrind: {busy / arguments.guests / 1e6:.2f} M instructions per "
                     f"create, {idle / arguments.guests / 1e6:.2f} M of them the same span idle: "
@@ -518,10 +531,7 @@ def main() -> None:
                     f"CPU per read {spent * 1e6 / arguments.reads:.0f} us"
                 )
                 if arguments.callgrind:
-                    callgrind(core, on=True)
-                    time.sleep(read_seconds)
-                    callgrind(core, on=False)
-                    busy, idle = callgrind_totals(arguments.callgrind)[-2:]
+                    busy, idle = busy_and_idle(core, arguments.callgrind, read_seconds)
                     print(
                         f"       callgrind: {(busy - idle) / arguments.reads / 1e6:.3f} M "
                         f"instructions per read (less the same span idle)"

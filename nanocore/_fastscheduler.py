@@ -5,9 +5,10 @@ about that Cell changes (its report, a claim on it, its record or load), and a b
 asks for the same demand again and again. Filters and weighers judge each Cell on its own, so
 a Cell's verdict (refused, or its score) holds while its capacity object and the demand are
 the same: a decision then judges only the Cells that changed (the one chosen last time, those
-that reported) instead of filtering and scoring the whole pool.
+that reported) instead of filtering and scoring the whole pool, and, told which those are,
+looks at no other Cell: the fitting ones wait in a heap by score.
 
-:meth:`VerdictCache.choose` gives the Cell :meth:`Scheduler.choose` gives, and when no Cell
+:meth:`PoolChoice.choose` gives the Cell :meth:`Scheduler.choose` gives, and when no Cell
 fits it calls that very method for the refusal and its reasons.
 ``tests/test_fastscheduler.py`` holds the two to each other.
 """
@@ -15,52 +16,13 @@ fits it calls that very method for the refusal and its reasons.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 
 from nanocore.scheduler import CellCapacity, Demand, Scheduler
 
 
-class VerdictCache:
-    """Each Cell's verdict for the last demand, kept while its capacity object is the same."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self._demand: Demand | None = None
-        #: Cell name -> (the capacity judged, its verdict: None refused, else its score).
-        self._verdicts: dict[str, tuple[CellCapacity, float | None]] = {}
-
-    def choose(self, demand: Demand, cells: Sequence[CellCapacity]) -> CellCapacity:
-        """As :meth:`Scheduler.choose` (ties: the smaller name; NoCellFits when none fits)."""
-        if demand != self._demand:
-            self._verdicts.clear()
-            self._demand = demand
-        verdicts = self._verdicts
-        verdict = self.scheduler.verdict
-        best: CellCapacity | None = None
-        best_score = 0.0
-        for cell in cells:
-            kept = verdicts.get(cell.name)
-            if kept is not None and kept[0] is cell:
-                score = kept[1]
-            else:
-                score = verdict(demand, cell)
-                verdicts[cell.name] = (cell, score)
-            if score is None:
-                continue
-            if (
-                best is None
-                or score > best_score
-                or (score == best_score and cell.name < best.name)
-            ):
-                best, best_score = cell, score
-        if best is None:
-            return self.scheduler.choose(demand, cells)  # raises NoCellFits with every reason
-        return best
-
-
 class PoolChoice:
-    """:class:`VerdictCache` for one pool that is told which Cells changed, so a decision
-    costs the changed Cells' verdicts and a heap's top, not a pass over the pool.
+    """Each Cell's verdict for the last demand, kept while its capacity object is the same.
 
     The fitting Cells wait in a heap by (best score, smallest name); an entry whose Cell was
     judged again since it was pushed is dropped when it comes to the top.
@@ -69,6 +31,7 @@ class PoolChoice:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._demand: Demand | None = None
+        #: Cell name -> (the capacity judged, its verdict: None refused, else its score).
         self._verdicts: dict[str, tuple[CellCapacity, float | None]] = {}
         self._heap: list[tuple[float, str, int, CellCapacity]] = []
         self._pushed = 0
@@ -77,17 +40,23 @@ class PoolChoice:
         self,
         demand: Demand,
         cells: Mapping[str, CellCapacity],
-        changed: Collection[str] | None,
+        changed: Collection[str] | None = None,
     ) -> CellCapacity:
-        """As :meth:`Scheduler.choose` over ``cells`` (the pool now, by name); ``changed``
-        names every Cell whose capacity object may differ from the last decision's, added
-        and removed ones included (None: any may)."""
-        if demand != self._demand or changed is None:
+        """As :meth:`Scheduler.choose` over ``cells`` (the pool now, by name; ties: the
+        smaller name; NoCellFits when none fits). ``changed`` names every Cell whose capacity
+        object may differ from the last decision's, added and removed ones included; None:
+        any may, and each is looked at (its verdict still kept while its object is)."""
+        verdicts = self._verdicts
+        if demand != self._demand:
             self._demand = demand
-            self._verdicts.clear()
+            verdicts.clear()
             self._heap.clear()
+            changed = None  # every Cell is to be judged for this demand
+        if changed is None:
+            for gone in verdicts.keys() - cells.keys():
+                del verdicts[gone]
             changed = cells.keys()
-        verdicts, verdict = self._verdicts, self.scheduler.verdict
+        verdict = self.scheduler.verdict
         for name in changed:
             cell = cells.get(name)
             if cell is None:
