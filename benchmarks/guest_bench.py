@@ -14,7 +14,8 @@ deletes) and that Core is still running. It prints creates/s, p50/p99 time to cr
 deletes/s, Core's peak RSS (``VmHWM``), the load average, Core's CPU per create (user, system,
 the store's writer thread; from the first POST until the zone counts every guest created), and
 an in-process micro-bench of the scheduler's decision (100 and 1,000 Cells, judged anew and
-with placement's kept verdicts).
+with placement's kept verdicts), and, after Core stopped, the time each decision took in the
+live Core as Core logs it (``--cells 1000`` for the live figure at 1,000 Cells).
 
     python benchmarks/guest_bench.py [--guests 2000] [--concurrency 16] [--cells 100]
                                      [--runs 1] [--decisions 2000] [--poll 0.005] [--reads 0]
@@ -345,6 +346,17 @@ def link_port(log: Path, deadline: float) -> int:
     raise SystemExit("Core named no Cell link port in its log")
 
 
+#: The line Core logs of its placement decisions (nanocore.services.timings).
+_DECISIONS = re.compile(r"placement decision times since the last line: (.*)$", re.MULTILINE)
+
+
+def decision_times(root: Path) -> str:
+    """What Core's last timings line says of its placement decisions (it logs one on stop,
+    with every decision since the previous line: every 600 s)."""
+    found = _DECISIONS.findall((root / "twistd.log").read_text())
+    return found[-1] if found else "Core logged no placement decision times"
+
+
 def scheduling(cells: int, decisions: int, kept: bool = False) -> tuple[float, float]:
     """p50 and p99 of one decision over ``cells`` prepared capacities, in ms (in process).
 
@@ -555,6 +567,9 @@ def main() -> None:
                 f"{system:.2f}; store thread {writer:.2f})  all created after {settled:.2f} s"
                 f" ({arguments.guests / settled:.0f}/s)"
             )
+        stop(sim)
+        stop(core)
+        print(f"scheduling in Core, {arguments.cells:5d} cells, live: {decision_times(root)}")
     finally:
         for process in (sim, core):
             if process is not None:

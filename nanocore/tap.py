@@ -36,6 +36,7 @@ from nanocore.cluster.kcp.link import cell_link_endpoint
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, DomainConfig, ensure_config, load_config
+from nanocore.durations import Durations
 from nanocore.faults import report_fatal_errors
 from nanocore.images.files import ImageFolders, thread_offload
 from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
@@ -69,6 +70,7 @@ from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
+from nanocore.services.timings import TimingReport
 from nanocore.tlsserver import tls_server_factory
 
 log = Logger()
@@ -216,6 +218,7 @@ def build_service(
     folders = ImageFolders(layout.data_dir, thread_offload(reactor))
     # One verifier for the API and the image site: a signature used on one is a replay on both.
     verifier = Verifier(config.api.credential_keys(), reactor)
+    decision_times = Durations()
 
     # What anyone can make the API log (refused signatures and connections, idle clients),
     # rate-limited in one place, and flushed when the API stops listening.
@@ -229,6 +232,7 @@ def build_service(
             cells=registry,
             image_files=folders,
             image_site=lambda: site_address(images),
+            decision_times=decision_times,
         )
 
     operations = store.opened.then(open_operations)
@@ -330,6 +334,8 @@ def build_service(
     tree = InOrder()
     children: list[tuple[str, IService]] = [
         ("store", store),
+        # Stops after every other child but the store: its last line counts every decision.
+        ("timings", TimingReport(reactor, {"placement decision": decision_times})),
         *kcp_links,
         ("cell-link", link),
         ("images", images),

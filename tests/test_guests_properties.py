@@ -127,10 +127,13 @@ class World:
     def start(self) -> None:
         self.directory = FakeDirectory(self.clock)
         self.directory.responders.update({name: self._responder(name) for name in CELLS})
-        self.ops = Operations(self.store, self.clock, cells=self.directory, timeout=TIMEOUT,
-                              randbelow=lambda n: n // 2)  # fmt: skip
+        self.ops = self.operations()
         for name in CELLS:
             self.connect(name)
+
+    def operations(self, **options: Any) -> Operations:
+        return Operations(self.store, self.clock, cells=self.directory, timeout=TIMEOUT,
+                          randbelow=lambda n: n // 2, **options)  # fmt: skip
 
     def _responder(self, name: str) -> Any:
         def respond(request: Message) -> None:

@@ -32,6 +32,7 @@ from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
+from nanocore.services.timings import TimingReport
 from nanocore.testing import simtap
 
 
@@ -231,6 +232,7 @@ class MakeServiceTests(SynchronousTestCase):
             [(child.name, type(child)) for child in tree],
             [
                 ("store", StoreService),
+                ("timings", TimingReport),
                 ("kcp-link", CellLinkService),
                 ("cell-link", CellLinkService),
                 ("images", ImageSiteService),
@@ -246,7 +248,7 @@ class MakeServiceTests(SynchronousTestCase):
         tree = tap.makeService(self.options, self.reactor)
         self.assertEqual(
             [child.name for child in tree],
-            ["store", "cell-link", "images", "discovery", "api", "api-port", "memory"],
+            ["store", "timings", "cell-link", "images", "discovery", "api", "api-port", "memory"],
         )
 
     def test_nothing_listens_before_the_service_starts(self) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IReactorTime
 
 from nanocore.cluster.cells import CellDirectory
+from nanocore.durations import Durations
 from nanocore.operations.addresses import AddressPools
 from nanocore.operations.base import Context
 from nanocore.operations.batches import Batches
@@ -43,13 +44,15 @@ class Operations:
         scheduler: Scheduler | None = None,
         image_site: ImageSiteLocator = no_image_site,
         randbelow: Callable[[int], int] | None = None,
+        decision_times: Durations | None = None,
     ) -> None:
         """``cells`` is the Cell registry (none: a Core with no fabric, every Cell offline).
 
         ``timeout`` bounds Cell requests (default: the registry's own, the domain timeout);
         ``scheduler`` places guests (default: the original's filters and score); ``image_site``
         says where Cells fetch images; ``randbelow(n)`` starts the address search in a range;
-        ``image_files`` are the image folders (none: a Core that keeps no image files).
+        ``image_files`` are the image folders (none: a Core that keeps no image files);
+        ``decision_times`` records how long each placement decision takes.
         """
         self.context = Context(store, clock)
         self.compute_pools = ComputePools(self.context)
@@ -66,6 +69,7 @@ class Operations:
             scheduler=scheduler,
             image_site=image_site,
             randbelow=randbelow,
+            decision_times=decision_times,
         )
         access, placement = self.guests.access, self.guests.placement
         self.guest_config = GuestConfig(access, placement, Growth(self.context, placement))

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from nanocore.cluster.cells import CellDirectory, CellLiveness
 from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.durations import Durations
 from nanocore.model import Instance, PendingError
 from nanocore.operations.base import Context
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
@@ -58,6 +59,7 @@ class GuestOperations:
         scheduler: Scheduler | None = None,
         image_site: ImageSiteLocator = no_image_site,
         randbelow: Callable[[int], int] | None = None,
+        decision_times: Durations | None = None,
     ) -> None:
         self.access = GuestAccess(context, cells, timeout)
         self._context = context
@@ -68,6 +70,7 @@ class GuestOperations:
             cells,
             scheduler if scheduler is not None else Scheduler(),
             randbelow if randbelow is not None else random.SystemRandom().randrange,
+            decision_times=decision_times,
         )
         self.events = GuestEvents(self.access, self.placement)
         self.creations = Creations(

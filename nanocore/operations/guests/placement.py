@@ -18,6 +18,7 @@ of the record that holds them; the store's unique keys are the backstop.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Hashable, Mapping
 
 from attrs import Factory, define, frozen
@@ -25,6 +26,7 @@ from attrs import Factory, define, frozen
 from nanocore._fastscheduler import PoolChoice
 from nanocore.addresses import ChosenAddress, choose_address
 from nanocore.cluster.cells import STATUS_STALE_AFTER, CellDirectory, CellLiveness, CellStatus
+from nanocore.durations import Durations
 from nanocore.model import ComputeCell, ComputePool, Instance, InstanceStatus
 from nanocore.operations.base import Context
 from nanocore.operations.claims import Claim, ClaimKind
@@ -133,9 +135,15 @@ class Placement:
         cells: CellDirectory,
         scheduler: Scheduler,
         randbelow: Callable[[int], int],
+        *,
+        decision_times: Durations | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``decision_times`` records how long each :meth:`place` took by ``timer``."""
         self._context = context
         self._scheduler = scheduler
+        self._decision_times = decision_times if decision_times is not None else Durations()
+        self._timer = timer
         #: What each pool's last decision was shown, kept up to date by what changes.
         self._pools: dict[str, _PoolView] = {}
         self._randbelow = randbelow
@@ -274,13 +282,17 @@ class Placement:
     def place(self, key: Hashable, pool: str, demand: Demand) -> Claim[Share]:
         """Choose a Cell of ``pool`` and claim the guest's share of it, counted in full: a new
         guest has no record there yet, and one that fails over is still recorded on its old
-        Cell."""
+        Cell. Its time, a refusal's included, goes to the decision times."""
+        began = self._timer()
         try:
             chosen = self._choose(pool, demand)
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
-        share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
-        return self._take(key, share, recorded=False)
+        else:
+            share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
+            return self._take(key, share, recorded=False)
+        finally:
+            self._decision_times.add(self._timer() - began)
 
     def claim_growth(self, key: Hashable, share: Share) -> Claim[Share]:
         """Claim what a change adds to a guest in place, counted on its Cell like a creation's
