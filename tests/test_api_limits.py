@@ -59,6 +59,13 @@ class OversizedRequestTests(TestCase):
         )
         self.assertEqual(refusal(answer), (431, "more than 500 request headers"))
 
+    async def test_a_malformed_header_keeps_twisteds_bare_400(self) -> None:
+        """Only the header limits are told apart from Twisted's other bad requests."""
+        answer = await exchange(
+            self.api.number, b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n"
+        )
+        self.assertEqual((answer.status, answer.body), (400, b""))
+
     async def test_a_client_still_sending_a_large_body_reads_the_413(self) -> None:
         body = b"x" * (4 * DEFAULT_MAX_BODY)
         answer = await self.api.send("POST", "/compute_pools/p1", body)
