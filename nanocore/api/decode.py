@@ -86,12 +86,15 @@ class Body:
     #: ``invalid request payload: ``).
     error_prefix: str = ""
     _by_lower: Mapping[str, tuple[Field, ...]] = field(init=False, repr=False, eq=False)
+    #: Every field's zero value (all immutable), copied for each decode.
+    _zeros: Mapping[str, Any] = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         index: dict[str, tuple[Field, ...]] = {}
         for item in self.fields:
             index[item.name.lower()] = (*index.get(item.name.lower(), ()), item)
         object.__setattr__(self, "_by_lower", index)
+        object.__setattr__(self, "_zeros", {item.name: _ZERO[item.kind] for item in self.fields})
 
     def decode(self, raw: bytes) -> dict[str, Any]:
         """Decode ``raw`` into a dict holding every declared field (zero value if absent)."""
@@ -116,7 +119,7 @@ class Body:
         return self.decode_value(document, self.name)
 
     def zero(self) -> dict[str, Any]:
-        return {item.name: _ZERO[item.kind] for item in self.fields}
+        return dict(self._zeros)
 
     def decode_value(self, document: Any, struct: str) -> dict[str, Any]:
         if document is None:

@@ -358,7 +358,7 @@ def check_uint_array(name: str, key: int | None, value: object) -> tuple[int, ..
     if not isinstance(value, list | tuple):
         raise _refused(name, key, "expected an array of unsigned integers", value)
     for index, item in enumerate(value):
-        if not (_is_integer(item) and 0 <= item <= UINT64_MAX):
+        if not ((type(item) is int or _is_integer(item)) and 0 <= item <= UINT64_MAX):
             raise MessageError(f"{_at(name, key)}[{index}]", f"{_UINT64}, got {item!r}")
     return tuple(map(int, value))
 
@@ -436,7 +436,8 @@ class ParamMap:
         checked: dict[int, Any] = {}
         name, check = self.name, self.check
         for key, value in params.items():
-            number = key if type(key) is int else _plain_int(key)
+            kind = type(key)
+            number = key if kind is int else int(key) if kind is ParamKey else _plain_int(key)
             if type(number) is not int or not 0 <= number <= UINT32_MAX:
                 raise MessageError(name, f"parameter key {key!r} is not an integer in 0..2**32-1")
             checked[number] = check(name, number, value)

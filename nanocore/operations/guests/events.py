@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
@@ -141,11 +142,12 @@ class GuestEvents:
                 return []
             if not self._ours(cell, instance, message):
                 return []
-            internal = instance.internal
+            monitor: dict[str, Any] = {}
             if 0 < port <= 65535:
-                internal = evolve(internal, monitor_port=port)
+                monitor["monitor_port"] = port
             if is_ipv4(address):
-                internal = evolve(internal, monitor_address=address)
+                monitor["monitor_address"] = address
+            internal = evolve(instance.internal, **monitor) if monitor else instance.internal
             running = instance.status is InstanceStatus.RUNNING
             return [
                 Put(
