@@ -99,7 +99,8 @@ class InstanceIndex:
         journal = self._load_journal
         if missed > len(journal):
             return self._load_changes, None
-        return self._load_changes, set(islice(journal, len(journal) - missed, None))
+        # From the newest end: the journal holds thousands, a decision missed a few.
+        return self._load_changes, set(islice(reversed(journal), missed))
 
     # -- keeping -------------------------------------------------------------------------------
 
