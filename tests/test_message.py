@@ -242,6 +242,26 @@ class RoundTripTests(SynchronousTestCase):
     def test_uint_array_params(self, params: dict[int, list[int]]) -> None:
         self._round_trip_map("uint_array_params", params)
 
+    @given(
+        st.lists(
+            st.one_of(
+                st.integers(-3, 3), st.integers(2**64 - 3, 2**64 + 3), st.integers(0, 2**64 - 1),
+                st.booleans(), st.sampled_from(ParamKey),
+            )
+        )
+    )  # fmt: skip
+    def test_a_tuple_is_checked_as_its_list(self, items: list[Any]) -> None:
+        """Core's own tuples take a quicker path: same value, same refusal."""
+
+        def outcome(value: Any) -> Any:
+            try:
+                checked = Message(id=1, uint_array_params={1: value}).uint_array_params[1]
+            except MessageError as error:
+                return str(error)
+            return checked, [type(item) for item in checked]
+
+        self.assertEqual(outcome(tuple(items)), outcome(items))
+
     @given(MAP_STRATEGIES["string_array_params"])
     def test_string_array_params(self, params: dict[int, list[str]]) -> None:
         self._round_trip_map("string_array_params", params)

@@ -123,6 +123,8 @@ def parse_query(raw_query: str) -> dict[str, str]:
 
 def canonical_query(raw_query: str) -> str:
     """The sorted ``key=first value`` list Core signs."""
+    if not raw_query:
+        return ""  # most requests: nothing to parse, sort or join
     first = parse_query(raw_query)
     ordered = sorted(first, key=lambda k: k.encode("utf-8"))
     return "&".join(f"{go_query_escape(k)}={go_query_escape(first[k])}" for k in ordered)

@@ -355,6 +355,12 @@ def check_str(name: str, key: int | None, value: object) -> str:
 
 
 def check_uint_array(name: str, key: int | None, value: object) -> tuple[int, ...]:
+    if type(value) is tuple:  # Core's own values: plain ints, kept as they are when in range
+        for item in value:
+            if type(item) is not int or not 0 <= item <= UINT64_MAX:
+                break
+        else:
+            return value
     if not isinstance(value, list | tuple):
         raise _refused(name, key, "expected an array of unsigned integers", value)
     for index, item in enumerate(value):
