@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -11,11 +13,13 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyChannel
 
 from nanocore.api import envelope
 from nanocore.api.app import APIResource, api_site_for
 from nanocore.api.auth import Verifier
 from nanocore.api.client import Signer
+from nanocore.api.request import LimitedRequest
 from nanocore.api.route import Call, Route
 from nanocore.api.routing import clean_path, fold_static, respell, werkzeug_rule
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
@@ -306,6 +310,22 @@ class MethodCaseAndEncodingTests(AppTestsMixin, SynchronousTestCase):
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
             self.assertTrue(transport.value().endswith(b"\r\n\r\nNon-UTF-8 encoding in URL."))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    @given(st.binary(max_size=24).filter(lambda raw: b"\r" not in raw and b"\n" not in raw))
+    def test_a_host_header_is_utf8_exactly_when_its_host_is(self, raw: bytes) -> None:
+        """The request checks the Host header whole; Klein decodes the host Twisted parses
+        out of it: one is refused exactly when the other would fail."""
+
+        def decodes(data: bytes) -> bool:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            return True
+
+        request = LimitedRequest(DummyChannel())
+        request.requestHeaders.setRawHeaders(b"host", [raw])
+        self.assertEqual(decodes(raw), decodes(request.getRequestHostname()))
 
     def test_lower_case_method_is_not_the_upper_case_one(self) -> None:
         for request, status in (

@@ -69,7 +69,9 @@ class LimitedRequest(Request):
             path = unquote_to_bytes(path)
         try:
             path.decode("utf-8")
-            self.getRequestHostname().decode("utf-8")
+            # The Host header as sent: its host part is valid UTF-8 exactly when it is (what
+            # Twisted strips off around it is ASCII), and checking it whole saves the parse.
+            (self.getHeader(b"host") or b"").decode("utf-8")
         except UnicodeDecodeError:
             # Klein refuses these too, but logs a traceback for each: a cheap log flood.
             self.setResponseCode(400)

@@ -324,10 +324,10 @@ class StreamingMixin(Request):
     stream_refused = False
 
     def gotLength(self, length: int | None) -> None:
-        routes = self.upload_routes()
         channel = self.channel
         line = channel.request_line() if isinstance(channel, StreamingChannel) else None
-        if routes is not None and line is not None and line[0] not in _READS:
+        routes = self.upload_routes() if line is not None and line[0] not in _READS else None
+        if routes is not None and line is not None:
             method, uri = line
             raw_path, _, query = uri.partition(b"?")
             path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="replace")
