@@ -20,7 +20,8 @@ live Core as Core logs it (``--cells 1000`` for the live figure at 1,000 Cells).
     python benchmarks/guest_bench.py [--guests 2000] [--concurrency 16] [--cells 100]
                                      [--runs 1] [--decisions 2000] [--poll 0.005] [--reads 0]
                                      [--server-cpu 0] [--client-cpu 1] [--no-pin]
-                                     [--core-source DIR] [--callgrind OUT] [--profile OUT]
+                                     [--sizes 1,2,4] [--core-source DIR] [--callgrind OUT]
+                                     [--profile OUT]
 
 Like ``api_bench.py``, Core runs pinned to one CPU (``--server-cpu``, default 0) and the
 load, the simulated Cells and the client, on the other (``--client-cpu``, default 1): a Core
@@ -440,7 +441,14 @@ def main() -> None:
         "--client-cpu", type=int, default=1, help="the CPU of the simulated Cells and the client"
     )
     parser.add_argument("--no-pin", action="store_true", help="let every process run anywhere")
+    parser.add_argument(
+        "--sizes",
+        default="1",
+        help="guest sizes in turn, each N cores and N GiB (e.g. 1,2,4: every decision then"
+        " has another demand than the one before)",
+    )
     arguments = parser.parse_args()
+    sizes = [int(size) for size in arguments.sizes.split(",")]
     pin: list[str] = []
     if not arguments.no_pin and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         pin = ["taskset", "-c", str(arguments.server_cpu)]
@@ -471,7 +479,7 @@ def main() -> None:
         twistd = str(Path(sys.executable).with_name("twistd"))
         # Room for two runs: a Cell's report counts the previous run's deleted guests until its
         # next one (every 2 s), and Core places by the reports (as the original did).
-        per_cell = 2 * -(-arguments.guests // arguments.cells) + 1
+        per_cell = (2 * -(-arguments.guests // arguments.cells) + 1) * max(sizes)
         sim = subprocess.Popen(
             [sys.executable, twistd, "-n", "--pidfile=", f"--logfile={root / 'sim.log'}",
              "--reactor=epoll", "nanocell-sim", "--core", f"127.0.0.1:{link}",
@@ -505,7 +513,8 @@ def main() -> None:
             def body(index: int, run: int = run) -> Any:
                 return {
                     "name": f"r{run}g{index}", "owner": "bench", "group": "bench",
-                    "pool": "default", "template": template, "cores": 1, "memory": GiB,
+                    "pool": "default", "template": template,
+                    "cores": sizes[index % len(sizes)], "memory": sizes[index % len(sizes)] * GiB,
                     "disks": [10 * GiB],
                 }  # fmt: skip
 

@@ -10,13 +10,18 @@ looks at no other Cell: the fitting ones wait in a heap by score.
 
 :meth:`PoolChoice.choose` gives the Cell :meth:`Scheduler.choose` gives, and when no Cell
 fits it calls that very method for the refusal and its reasons.
+A cluster creates guests of a few sizes, and a verdict holds for one demand only:
+:class:`RecentDemands` keeps a :class:`PoolChoice` for each of the last few demands, and the
+Cells changed since each one's last decision, so alternating sizes do not judge the whole
+pool anew at every decision.
+
 ``tests/test_fastscheduler.py`` holds the two to each other.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from nanocore.scheduler import CellCapacity, Demand, Scheduler
 
@@ -89,3 +94,40 @@ class PoolChoice:
             if (kept := self._verdicts.get(entry[1])) is not None and kept[0] is entry[3]
         ]
         heapq.heapify(self._heap)
+
+
+#: Demands whose verdicts a pool keeps, the most recently used.
+KEPT_DEMANDS = 8
+
+
+class RecentDemands:
+    """A :class:`PoolChoice` for each of the last :data:`KEPT_DEMANDS` demands over one pool,
+    and for each, the Cells changed since its last decision (None: any may have)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        #: Least recently used first.
+        self._choices: dict[Demand, PoolChoice] = {}
+        self._changed: dict[Demand, set[str] | None] = {}
+
+    def changed(self, names: Iterable[str] | None) -> None:
+        """These Cells' capacity objects may differ now (None: any Cell's may)."""
+        pending = self._changed
+        for demand, since in pending.items():
+            if names is None:
+                pending[demand] = None
+            elif since is not None:
+                since.update(names)
+
+    def choose(self, demand: Demand, cells: Mapping[str, CellCapacity]) -> CellCapacity:
+        """:meth:`PoolChoice.choose` with ``demand``'s own choice, told what changed since."""
+        choice = self._choices.pop(demand, None)
+        since = self._changed.pop(demand, None)
+        if choice is None:
+            if len(self._choices) >= KEPT_DEMANDS:
+                oldest = next(iter(self._choices))
+                del self._choices[oldest], self._changed[oldest]
+            choice = PoolChoice(self.scheduler)
+        self._choices[demand] = choice
+        self._changed[demand] = set()
+        return choice.choose(demand, cells, since)

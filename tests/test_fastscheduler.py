@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore._fastscheduler import PoolChoice
+from nanocore import _fastscheduler
+from nanocore._fastscheduler import PoolChoice, RecentDemands
 from nanocore.scheduler import (
     Available,
     CellCapacity,
@@ -85,6 +86,48 @@ class PoolChoiceProperties(SynchronousTestCase):
                 added = data.draw(capacities)
                 pool[added.name] = added
                 changed.add(added.name)
+
+
+class RecentDemandsProperties(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.patch(_fastscheduler, "KEPT_DEMANDS", 2)  # fewer than the demands drawn below
+
+    @given(
+        schedulers,
+        st.lists(capacities, max_size=12, unique_by=lambda c: c.name),
+        st.lists(demands, min_size=1, max_size=4),
+        st.data(),
+    )
+    def test_every_decision_is_the_plain_one(
+        self,
+        scheduler: Scheduler,
+        cells: list[CellCapacity],
+        some_demands: list[Demand],
+        data: st.DataObject,
+    ) -> None:
+        """Demands in any order, more of them than are kept, each told what changed since
+        any decision (or that anything may have): each decision is the plain one."""
+        recent = RecentDemands(scheduler)
+        pool = {cell.name: cell for cell in cells}
+        for _ in range(data.draw(st.integers(1, 40))):
+            demand = data.draw(st.sampled_from(some_demands))
+            self.assertEqual(
+                outcome(lambda d, _: recent.choose(d, pool), demand, []),
+                outcome(scheduler.choose, demand, list(pool.values())),
+            )
+            changed: set[str] = set()
+            for name in data.draw(st.sets(st.sampled_from(sorted(pool) or ["none"]))):
+                if name in pool:
+                    changed.add(name)
+                    if data.draw(st.booleans()):
+                        pool[name] = attrs.evolve(data.draw(capacities), name=name)
+                    else:
+                        del pool[name]
+            if data.draw(st.booleans()):
+                added = data.draw(capacities)
+                pool[added.name] = added
+                changed.add(added.name)
+            recent.changed(None if data.draw(st.integers(0, 9)) == 0 else changed)
 
 
 class PoolChoiceTests(SynchronousTestCase):

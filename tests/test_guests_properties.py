@@ -150,7 +150,8 @@ class World:
 
     # -- what a script does ---------------------------------------------------------------
 
-    def create(self, index: int, outcome: str) -> None:
+    def create(self, index: int, outcome: str, size: int = 1) -> None:
+        """A guest of ``size`` cores and GiB (sizes differ: each is its own demand)."""
         fault = {
             "refuse": Fault(error="refused"),
             "drop": Fault(drop=True),
@@ -161,8 +162,8 @@ class World:
             if fault is not None:
                 cell.inject(MessageID.CreateGuestRequest, fault)
         spec = GuestSpec(name=f"vm{index}", owner="o", group="g", pool="p",
-                         template=next(iter(self.store.view.templates)), cores=1,
-                         memory=GiB, disks=(10 * GiB,))  # fmt: skip
+                         template=next(iter(self.store.view.templates)), cores=size,
+                         memory=size * GiB, disks=(10 * GiB,))  # fmt: skip
         try:
             creating = self.ops.guests.create(spec)
         except Exception:
@@ -237,7 +238,8 @@ def _puts(*entities: Any) -> list[Any]:
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("create"), st.integers(0, 9),
-                  st.sampled_from(("ok", "ok", "ok", "refuse", "drop", "late"))),
+                  st.sampled_from(("ok", "ok", "ok", "refuse", "drop", "late")),
+                  st.sampled_from((1, 1, 2))),
         st.tuples(st.just("advance"), st.sampled_from((0.5, 1.0, TIMEOUT))),
         st.tuples(st.just("report"), st.sampled_from(CELLS)),
         st.tuples(st.just("delete"), st.integers(0, 20)),

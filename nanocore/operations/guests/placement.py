@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable, Mapping
 
 from attrs import Factory, define, frozen
 
-from nanocore._fastscheduler import PoolChoice
+from nanocore._fastscheduler import RecentDemands
 from nanocore.addresses import ChosenAddress, choose_address
 from nanocore.cluster.cells import STATUS_STALE_AFTER, CellDirectory, CellLiveness, CellStatus
 from nanocore.durations import Durations
@@ -87,7 +87,7 @@ class _PoolView:
     change to any Cell record, or a report going stale, shows the pool anew."""
 
     cells: dict[str, CellCapacity]
-    choice: PoolChoice
+    choices: RecentDemands
     load_mark: int
     cells_revision: int
     #: No Cell's report goes stale before this moment.
@@ -226,17 +226,20 @@ class Placement:
                     capacity = self._capacity_of(view.cells[name], now, loads)
                     shown.cells[name] = capacity
                     shown.stale_check_at = min(shown.stale_check_at, self._stale_at(name, now))
-                return shown.choice.choose(demand, shown.cells, changed)
+                shown.choices.changed(changed)
+                return shown.choices.choose(demand, shown.cells)
         cells = {c.name: c for c in self.capacities(pool)}
-        shown = self._pools[pool] = _PoolView(
+        choices = shown.choices if shown is not None else RecentDemands(self._scheduler)
+        choices.changed(None)
+        self._pools[pool] = _PoolView(
             cells,
-            shown.choice if shown is not None else PoolChoice(self._scheduler),
+            choices,
             view.load_changes,
             revision,
             min((self._stale_at(name, now) for name in cells), default=math.inf),
             now,
         )
-        return shown.choice.choose(demand, cells, None)
+        return choices.choose(demand, cells)
 
     def _stale_at(self, name: str, now: float) -> float:
         """When the Cell's latest report goes stale; never if it has none or went stale
