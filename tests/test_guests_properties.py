@@ -26,8 +26,9 @@ from nanocore import model as m
 from nanocore.cluster.message import Message, MessageID
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY, GuestSpec
+from nanocore.operations.guests.placement import NoCellAvailable
 from nanocore.scheduler import CellCapacity, Demand, NoCellFits
-from nanocore.store import CommitStore, Put, ReadModel, UnitOfWork
+from nanocore.store import CommitStore, Delete, Put, ReadModel, UnitOfWork
 from nanocore.store.schema import bundled_scripts, open_database
 from nanocore.store.writer import Writer
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
@@ -376,6 +377,20 @@ class OneChangeTests(SynchronousTestCase):
         cell.capacity = attrs.evolve(cell.capacity, memory=cell.capacity.memory + GiB)
         self.world.report(self.quiet)
         self.decide()
+
+    def test_a_deleted_pools_view_goes(self) -> None:
+        """What placement kept of a pool goes once the pool is gone (at the next full
+        showing of another pool)."""
+        store, placement = self.world.store, self.world.ops.guests.placement
+        store.commit(UnitOfWork.of(Put(m.ComputePool(name="q"))))
+        with self.assertRaises(NoCellAvailable):
+            placement.place("x", "q", Demand(cores=1, memory=GiB, disk=GiB))
+        self.assertIn("q", placement._pools)
+        store.commit(UnitOfWork.of(Delete(m.ComputePool, "q")))
+        self.world.advance(TIMEOUT)
+        self.world.advance(TIMEOUT)
+        self.decide()
+        self.assertNotIn("q", placement._pools)
 
     def test_time_alone(self) -> None:
         """Every report goes stale: the pool is shown anew, every Cell unreported."""

@@ -229,6 +229,8 @@ class Placement:
                 shown.choices.changed(changed)
                 return shown.choices.choose(demand, shown.cells)
         cells = {c.name: c for c in self.capacities(pool)}
+        for gone in self._pools.keys() - view.compute_pools.keys():
+            del self._pools[gone]  # a deleted pool's view goes with the next full showing
         choices = shown.choices if shown is not None else RecentDemands(self._scheduler)
         choices.changed(None)
         self._pools[pool] = _PoolView(
