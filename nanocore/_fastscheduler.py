@@ -10,6 +10,7 @@ looks at no other Cell: the fitting ones wait in a heap by score.
 
 :meth:`PoolChoice.choose` gives the Cell :meth:`Scheduler.choose` gives, and when no Cell
 fits it calls that very method for the refusal and its reasons.
+
 A cluster creates guests of a few sizes, and a verdict holds for one demand only:
 :class:`RecentDemands` keeps a :class:`PoolChoice` for each of the last few demands, and the
 Cells changed since each one's last decision, so alternating sizes do not judge the whole

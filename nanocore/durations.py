@@ -1,6 +1,6 @@
 """How long a recurring step takes in a running Core, kept in bounded memory for its report.
 
-Placement records each decision here (``docs/architecture.md``, "decision times"); the
+Placement records each decision here (``docs/architecture.md``, "guests"); the
 :mod:`nanocore.services.timings` service logs what was recorded since its last line. Only the
 latest ``keep`` durations are kept for the percentiles; the count and the longest cover every
 one since the last report.
