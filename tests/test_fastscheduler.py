@@ -45,13 +45,36 @@ def outcome(choose: Any, demand: Demand, cells: list[CellCapacity]) -> object:
         return ("refused", refusal.headline, refusal.rejections)
 
 
+#: A scheduler, a pool's Cells, the demands decisions draw from, and the draws to come.
+histories = (
+    schedulers,
+    st.lists(capacities, max_size=12, unique_by=lambda c: c.name),
+    st.lists(demands, min_size=1, max_size=4),
+    st.data(),
+)
+
+
+def change_some(data: st.DataObject, pool: dict[str, CellCapacity]) -> set[str]:
+    """New capacities (equal or not) for some Cells, some gone, maybe one added: their names."""
+    changed = set()
+    for name in data.draw(st.sets(st.sampled_from(sorted(pool) or ["none"]))):
+        if name in pool:
+            changed.add(name)
+            if data.draw(st.booleans()):
+                pool[name] = attrs.evolve(data.draw(capacities), name=name)
+            elif data.draw(st.booleans()):
+                del pool[name]
+            else:
+                pool[name] = attrs.evolve(pool[name])  # equal, not the same object
+    if data.draw(st.booleans()):
+        added = data.draw(capacities)
+        pool[added.name] = added
+        changed.add(added.name)
+    return changed
+
+
 class PoolChoiceProperties(SynchronousTestCase):
-    @given(
-        schedulers,
-        st.lists(capacities, max_size=12, unique_by=lambda c: c.name),
-        st.lists(demands, min_size=1, max_size=3),
-        st.data(),
-    )
+    @given(*histories)
     def test_every_decision_is_the_plain_one(
         self,
         scheduler: Scheduler,
@@ -72,32 +95,14 @@ class PoolChoiceProperties(SynchronousTestCase):
                 outcome(lambda d, _, told=told: choice.choose(d, pool, told), demand, []),
                 outcome(scheduler.choose, demand, list(pool.values())),
             )
-            changed = set()
-            for name in data.draw(st.sets(st.sampled_from(sorted(pool) or ["none"]))):
-                if name in pool:
-                    changed.add(name)
-                    if data.draw(st.booleans()):
-                        pool[name] = attrs.evolve(data.draw(capacities), name=name)
-                    elif data.draw(st.booleans()):
-                        del pool[name]
-                    else:
-                        pool[name] = attrs.evolve(pool[name])  # equal, not the same object
-            if data.draw(st.booleans()):
-                added = data.draw(capacities)
-                pool[added.name] = added
-                changed.add(added.name)
+            changed = change_some(data, pool)
 
 
 class RecentDemandsProperties(SynchronousTestCase):
     def setUp(self) -> None:
-        self.patch(_fastscheduler, "KEPT_DEMANDS", 2)  # fewer than the demands drawn below
+        self.patch(_fastscheduler, "KEPT_DEMANDS", 2)  # fewer than the demands drawn
 
-    @given(
-        schedulers,
-        st.lists(capacities, max_size=12, unique_by=lambda c: c.name),
-        st.lists(demands, min_size=1, max_size=4),
-        st.data(),
-    )
+    @given(*histories)
     def test_every_decision_is_the_plain_one(
         self,
         scheduler: Scheduler,
@@ -115,18 +120,7 @@ class RecentDemandsProperties(SynchronousTestCase):
                 outcome(lambda d, _: recent.choose(d, pool), demand, []),
                 outcome(scheduler.choose, demand, list(pool.values())),
             )
-            changed: set[str] = set()
-            for name in data.draw(st.sets(st.sampled_from(sorted(pool) or ["none"]))):
-                if name in pool:
-                    changed.add(name)
-                    if data.draw(st.booleans()):
-                        pool[name] = attrs.evolve(data.draw(capacities), name=name)
-                    else:
-                        del pool[name]
-            if data.draw(st.booleans()):
-                added = data.draw(capacities)
-                pool[added.name] = added
-                changed.add(added.name)
+            changed = change_some(data, pool)
             recent.changed(None if data.draw(st.integers(0, 9)) == 0 else changed)
 
 
