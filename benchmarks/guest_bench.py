@@ -353,15 +353,12 @@ def link_port(log: Path, deadline: float) -> int:
     raise SystemExit("Core named no Cell link port in its log")
 
 
-#: The line Core logs of its placement decisions (nanocore.services.timings).
-_DECISIONS = re.compile(r"placement decision times since the last line: (.*)$", re.MULTILINE)
-
-
-def decision_times(root: Path) -> str:
-    """What Core's last timings line says of its placement decisions (it logs one on stop,
-    with every decision since the previous line: every 600 s)."""
-    found = _DECISIONS.findall((root / "twistd.log").read_text())
-    return found[-1] if found else "Core logged no placement decision times"
+def logged_times(root: Path, step: str) -> str:
+    """What Core's last timings line says of ``step`` (nanocore.services.timings: one on stop,
+    with every record since the previous line, written every 600 s)."""
+    line = re.compile(re.escape(step) + r" times since the last line: (.*)$", re.MULTILINE)
+    found = line.findall((root / "twistd.log").read_text())
+    return found[-1] if found else f"Core logged no {step} times"
 
 
 def scheduling(cells: int, decisions: int, kept: bool = False) -> tuple[float, float]:
@@ -603,7 +600,11 @@ def main() -> None:
             )
         stop(sim)
         stop(core)
-        print(f"scheduling in Core, {arguments.cells:5d} cells, live: {decision_times(root)}")
+        print(
+            f"scheduling in Core, {arguments.cells:5d} cells, live: "
+            f"{logged_times(root, 'placement decision')}"
+        )
+        print(f"store commits in Core, live: {logged_times(root, 'store commit')}")
     finally:
         for process in (sim, core):
             if process is not None:

@@ -1,7 +1,8 @@
 """How long a recurring step takes in a running Core, kept in bounded memory for its report.
 
-Placement records each decision here (``docs/architecture.md``, "guests"); the
-:mod:`nanocore.services.timings` service logs what was recorded since its last line. Only the
+The store records each commit and placement each decision here (``docs/architecture.md``,
+"service tree"); the :mod:`nanocore.services.timings` service logs what was recorded since
+its last line. Only the
 latest ``keep`` durations are kept for the percentiles; the count and the longest cover every
 one since the last report.
 """

@@ -214,11 +214,11 @@ def build_service(
     # The shared objects of a running Core.
     transactions = Transactions(reactor, float(domain.timeout))
     registry = CellRegistry(reactor, transactions)
-    store = StoreService(layout.data_dir, reactor, on_failure=stop)
+    commit_times, decision_times = Durations(), Durations()
+    store = StoreService(layout.data_dir, reactor, on_failure=stop, commit_times=commit_times)
     folders = ImageFolders(layout.data_dir, thread_offload(reactor))
     # One verifier for the API and the image site: a signature used on one is a replay on both.
     verifier = Verifier(config.api.credential_keys(), reactor)
-    decision_times = Durations()
 
     # What anyone can make the API log (refused signatures and connections, idle clients),
     # rate-limited in one place, and flushed when the API stops listening.
@@ -335,7 +335,12 @@ def build_service(
     children: list[tuple[str, IService]] = [
         ("store", store),
         # Stops after every other child but the store: its last line counts every decision.
-        ("timings", TimingReport(reactor, {"placement decision": decision_times})),
+        (
+            "timings",
+            TimingReport(
+                reactor, {"store commit": commit_times, "placement decision": decision_times}
+            ),
+        ),
         *kcp_links,
         ("cell-link", link),
         ("images", images),

@@ -13,6 +13,7 @@ from twisted.python.threadable import isInIOThread
 from twisted.trial.unittest import TestCase
 
 from nanocore import model as m
+from nanocore.durations import Durations
 from nanocore.store import (
     Conflict,
     DamagedStore,
@@ -440,6 +441,18 @@ class ConstraintTests(StoreTestCase):
 
 
 class CommitTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_every_commit_is_timed_refusals_too(self) -> Any:
+        times = Durations()
+        store = yield self.open(commit_times=times)
+        units = [put_all(m.ComputePool(name=f"t{n}")) for n in range(3)]
+        units[1] = put_all(m.ComputePool(name="bad", storage="missing"))
+        yield defer.DeferredList([store.commit(unit) for unit in units], consumeErrors=True)
+        summary = times.take()
+        assert summary is not None
+        self.assertEqual(summary.count, 3)
+        self.assertGreater(summary.longest, 0.0)
+
     @defer.inlineCallbacks
     def test_view_changes_only_when_durable(self) -> Any:
         store = yield self.open()

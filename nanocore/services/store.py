@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nanocore.durations import Durations
 from nanocore.services.order import OneShot
 from nanocore.store import Store
 
@@ -28,8 +29,15 @@ class StoreService(Service):
     """
 
     def __init__(
-        self, data_dir: Path, reactor: Any, on_failure: Callable[[Failure], object]
+        self,
+        data_dir: Path,
+        reactor: Any,
+        on_failure: Callable[[Failure], object],
+        *,
+        commit_times: Durations | None = None,
     ) -> None:
+        """``commit_times`` records how long each commit took (:class:`Store`)."""
+        self._commit_times = commit_times
         self._data_dir = data_dir
         self._reactor = reactor
         self._on_failure = on_failure
@@ -41,7 +49,7 @@ class StoreService(Service):
         if self._opening is not None or self.opened.resolved:
             raise RuntimeError("a StoreService opens its store once; build a new one to reopen")
         super().startService()
-        opening = Store.open(self._data_dir, self._reactor)
+        opening = Store.open(self._data_dir, self._reactor, commit_times=self._commit_times)
         self._opening = opening.addCallbacks(self._open, self._refused)
 
     def _open(self, store: Store) -> None:

@@ -1,5 +1,7 @@
-"""A log line now and then saying how long placement decisions took, for operators and
-benchmarks alike (``benchmarks/guest_bench.py`` reads the last one after stopping Core).
+"""A log line now and then saying how long Core's recurring steps took (store commits from
+request to durable answer, placement decisions), for operators and benchmarks alike: a slow
+disk shows in the commits' p99 (``benchmarks/guest_bench.py`` reads the last lines after
+stopping Core).
 
 Every ``interval`` seconds, and once more on stop, each named :class:`Durations` with records
 since the last line gets one line; quiet spans log nothing.

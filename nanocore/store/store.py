@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -20,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from nanocore.durations import Durations
 from nanocore.model import TIME_FORMAT
 from nanocore.store.changes import UnitOfWork
 from nanocore.store.errors import StoreClosed, StoreError
@@ -30,7 +32,8 @@ from nanocore.store.writer import State, Writer
 
 log = Logger()
 
-Pending = list[tuple[UnitOfWork, Deferred[None]]]
+#: Each queued unit, who waits for it, and when it was handed over (``timer``).
+Pending = list[tuple[UnitOfWork, Deferred[None], float]]
 
 
 def new_template_id() -> str:
@@ -49,12 +52,19 @@ class Store:
         writer: Writer,
         state: State,
         max_batch: int = 1024,
+        *,
+        commit_times: Durations | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``commit_times`` records how long each unit took from :meth:`commit` to its
+        answer, by ``timer``: what a slow disk costs the operations that wait for it."""
         self._reactor = reactor
         self._threadpool = threadpool
         self._writer = writer
         self._state = state
         self._max_batch = max_batch
+        self._commit_times = commit_times if commit_times is not None else Durations()
+        self._timer = timer
         self.view = ReadModel(state)
         self._queue: Pending = []
         self._in_flight = False
@@ -74,6 +84,7 @@ class Store:
         *,
         scripts: tuple[SchemaScript, ...] | None = None,
         max_batch: int = 1024,
+        commit_times: Durations | None = None,
     ) -> Deferred[Store]:
         """Check, migrate and load the store in ``data_dir`` (created with defaults if new).
 
@@ -97,7 +108,9 @@ class Store:
                 raise
 
         def opened(result: tuple[Writer, State]) -> Store:
-            store = cls(reactor, threadpool, *result, max_batch=max_batch)
+            store = cls(
+                reactor, threadpool, *result, max_batch=max_batch, commit_times=commit_times
+            )
             log.info(
                 "store open: {pools} pools, {cells} cells, {instances} instances",
                 pools=len(store.view.compute_pools),
@@ -122,7 +135,7 @@ class Store:
         if self._closing:
             return fail(StoreClosed("the store is closed"))
         done: Deferred[None] = Deferred()
-        self._queue.append((unit, done))
+        self._queue.append((unit, done, self._timer()))
         if not (self._in_flight or self._dispatching):
             self._flush()
         return done
@@ -131,7 +144,7 @@ class Store:
         batch = self._queue[: self._max_batch]
         self._queue = self._queue[self._max_batch :]
         self._in_flight = True
-        units = [unit for unit, _ in batch]
+        units = [unit for unit, _, _ in batch]
         committing = deferToThreadPool(
             self._reactor,
             self._threadpool,
@@ -150,15 +163,17 @@ class Store:
         else:
             outcomes = list(result)
             self.batches_committed += 1
-            for (unit, _), outcome in zip(batch, outcomes, strict=True):
+            for (unit, _, _), outcome in zip(batch, outcomes, strict=True):
                 if outcome is None:
                     self.view.mirror(unit)
                     self.units_committed += 1
         # Writers woken by these callbacks usually commit again at once: hold the next
         # batch until all of them had their turn, so they share one transaction and fsync.
         self._dispatching = True
+        finished = self._timer()
         try:
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
+            for (_, done, began), outcome in zip(batch, outcomes, strict=True):
+                self._commit_times.add(finished - began)
                 if outcome is None:
                     done.callback(None)
                 else:
