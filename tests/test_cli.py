@@ -434,12 +434,15 @@ class RealDaemonTests(TestCase):
             self.assertEqual([pool["name"] for pool in pools["data"]], ["default"])
             refused = json.loads(await self.expect(1, "call", "POST", "/compute_pools/default"))
             self.assertEqual(refused["message"], "compute pool 'default' already exists")
+            await self.expect(0, "call", "POST", "/compute_pools/cli")
             self.assertIn("stop core success", await self.expect(0, "stop"))
             self.assertFalse(self.pid_file.exists())
             self.assertFalse(layout_under(self.root).api_port_file.exists())
             self.assertIn("core is stopped", await self.expect(3, "status"))
             log = (self.root / "log" / "core.log").read_text()
             self.assertIn("Server Shut Down", log)
+            # On stop Core says how long its commits took (the one above).
+            self.assertIn("store commit times since the last line: 1 in all, p50 ", log)
 
         return ensureDeferred(scenario())
 
