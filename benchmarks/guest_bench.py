@@ -14,8 +14,9 @@ deletes) and that Core is still running. It prints creates/s, p50/p99 time to cr
 deletes/s, Core's peak RSS (``VmHWM``), the load average, Core's CPU per create (user, system,
 the store's writer thread; from the first POST until the zone counts every guest created), and
 an in-process micro-bench of the scheduler's decision (100 and 1,000 Cells, judged anew and
-with placement's kept verdicts), and, after Core stopped, the time each decision took in the
-live Core as Core logs it (``--cells 1000`` for the live figure at 1,000 Cells).
+with placement's kept verdicts), and, after Core stopped, the time each decision and each
+store commit took in the live Core as Core logs them (``--cells 1000`` for the live figure at
+1,000 Cells; ``--sizes 1,2,4`` for guests of mixed sizes, each decision another demand).
 
     python benchmarks/guest_bench.py [--guests 2000] [--concurrency 16] [--cells 100]
                                      [--runs 1] [--decisions 2000] [--poll 0.005] [--reads 0]
