@@ -220,7 +220,8 @@ class Placement:
             mark, loads_changed = view.loads_changed_since(shown.load_mark)
             if loads_changed is not None:
                 changed = shown.dirty
-                changed.update(loads_changed.intersection(shown.cells))
+                # From the few that changed (``set.intersection`` would walk the whole pool).
+                changed.update(name for name in loads_changed if name in shown.cells)
                 shown.dirty, shown.load_mark, shown.shown_at = set(), mark, now
                 for name in changed:
                     capacity = self._capacity_of(view.cells[name], now, loads)
