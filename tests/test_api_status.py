@@ -172,6 +172,12 @@ class StatusRouteTests(HarnessTestCase):
         )
         one = (await self.h.api.get(f"/compute_cell_status/shared/{ALIVE}")).data
         self.assertEqual(one, listed[0])
+        # Its entries are encoded one by one and kept: the bytes are the plain envelope's.
+        for _ in range(2):
+            answer = await self.h.api.get("/compute_cell_status/shared")
+            self.assertEqual(answer.body, envelope.success(listed))
+            self.h.connect(ALIVE, status_report(cores=8, usage=50.0, speed=10))
+            listed[0]["cpu_usage"] = 50
 
     async def test_cell_status_null_and_errors(self) -> None:
         self.assertEqual(

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import _fastgojson as fast
 from nanocore import gojson
+from nanocore.api import envelope
 
 _text = st.text(
     st.one_of(
@@ -83,3 +84,31 @@ class FastGoJSONTests(SynchronousTestCase):
         value = {"a": [1, {"b": 2.0}]}
         for indent in (0, 1, 4):
             self.assertEqual(fast.dumps(value, indent=indent), gojson.dumps(value, indent=indent))
+
+
+_printable = st.recursive(
+    _scalars.filter(lambda value: not isinstance(value, float) or value == value),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)
+    ),
+    max_leaves=20,
+).filter(lambda value: _prints(value))
+
+
+def _prints(value: Any) -> bool:
+    try:
+        envelope.go_json(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class EncodedListingTests(SynchronousTestCase):
+    @given(st.lists(_printable, min_size=1, max_size=5))
+    @example([{"name": "a\nb", "list": [1, {"deep": []}], "empty": {}}])
+    def test_a_listing_of_encoded_items_is_the_envelope_of_the_list(
+        self, items: list[Any]
+    ) -> None:
+        """Items encoded alone, then placed in the envelope: the bytes of the whole."""
+        encoded = [envelope.go_json(item) for item in items]
+        self.assertEqual(envelope.success_of_encoded(encoded), envelope.success(items))

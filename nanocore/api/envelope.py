@@ -8,6 +8,7 @@ document ends with one newline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from nanocore import _fastgojson
@@ -39,6 +40,20 @@ def success(data: Any = "") -> bytes:
 
 #: Every write answers this; encoding it costs more than the rest of the reply.
 _EMPTY_SUCCESS = _envelope(0, "", "")
+
+
+#: What surrounds the items of a listing's envelope (Go's indent: the items sit two deep).
+_LIST_HEAD = '{\n  "error_code": 0,\n  "message": "",\n  "data": [\n    '
+_LIST_SEPARATOR = ",\n    "
+_LIST_TAIL = "\n  ]\n}\n"
+
+
+def success_of_encoded(items: Sequence[str]) -> bytes:
+    """``success(list)`` for a non-empty list whose items are each already :func:`go_json`
+    text: a listing that encodes only the items that changed since it was last answered.
+    Each item's lines move two levels in (an encoded string holds no raw line break)."""
+    indented = [item.replace("\n", "\n    ") for item in items]
+    return (_LIST_HEAD + _LIST_SEPARATOR.join(indented) + _LIST_TAIL).encode("utf-8")
 
 
 def failure(message: str, data: Any = None) -> bytes:
