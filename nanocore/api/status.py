@@ -138,7 +138,11 @@ def cells(ops: Operations, call: Call) -> object:
     return Raw(body, envelope.CONTENT_TYPE)
 
 
-@lru_cache(maxsize=8192)
+#: Entries kept: every Cell of a 2,000-Cell pool, ~1 KiB each (docs/architecture.md, bounds).
+KEPT_CELL_ENTRIES = 2048
+
+
+@lru_cache(maxsize=KEPT_CELL_ENTRIES)
 def _encoded_entry(state: CellState) -> str:
     """A Cell's entry of the status list, encoded (a frozen value: the same text always)."""
     return envelope.go_json(cell(state, truncate=True))
