@@ -2,9 +2,8 @@
 
 The store records each commit and placement each decision here (``docs/architecture.md``,
 "service tree"); the :mod:`nanocore.services.timings` service logs what was recorded since
-its last line. Only the
-latest ``keep`` durations are kept for the percentiles; the count and the longest cover every
-one since the last report.
+its last line. Only the latest ``keep`` durations are kept for the percentiles; the count and
+the longest cover every one since the last report.
 """
 
 from __future__ import annotations

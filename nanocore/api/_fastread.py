@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from nanocore.api import envelope
 from nanocore.api.auth import AuthError, RequestParts, Verifier
 from nanocore.api.cache import ResponseCache
-from nanocore.images.transfers import first_headers
+from nanocore.httpparts import first_headers
 
 
 class CachedReads(Resource):

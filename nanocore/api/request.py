@@ -30,6 +30,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from nanocore.api import envelope
+from nanocore.httpparts import request_line
 from nanocore.ratelog import RateLimitedLog
 
 #: Largest request body read.
@@ -151,7 +152,7 @@ class LimitedChannel(HTTPChannel):
         self.refuse(431, b"Request Header Fields Too Large", message)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        if hasattr(self, "_command"):  # the request line was read: this is a header line
+        if request_line(self) is not None:  # this is a header line
             self.refuse(
                 431,
                 b"Request Header Fields Too Large",

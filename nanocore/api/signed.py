@@ -14,7 +14,7 @@ from twisted.web.http import Request
 
 from nanocore.api.auth import RequestParts, Variant, Verifier
 from nanocore.api.endpoint import Endpoint, Incoming
-from nanocore.images.transfers import first_headers
+from nanocore.httpparts import first_headers
 
 
 def signed(

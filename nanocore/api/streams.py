@@ -21,6 +21,7 @@ from nanocore.api import envelope
 from nanocore.api.auth import AuthError, RequestParts, Variant, Verifier
 from nanocore.api.endpoint import decoded_path
 from nanocore.api.request import LimitedChannel, LimitedRequest
+from nanocore.httpparts import first_headers
 from nanocore.images.transfers import (
     Envelope,
     StreamingChannel,
@@ -28,7 +29,6 @@ from nanocore.images.transfers import (
     StreamRefused,
     Transfers,
     UploadRoutes,
-    first_headers,
     target_of,
 )
 from nanocore.images.upload import Transfer

@@ -22,13 +22,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request as ServerRequest
 from twisted.web.server import Site
 
+from nanocore.httpparts import first_headers
 from nanocore.images.transfers import (
     SignatureCheck,
     StreamingChannel,
     StreamingMixin,
     StreamRefused,
     Transfers,
-    first_headers,
     target_of,
 )
 from nanocore.images.upload import Transfer

@@ -1,8 +1,8 @@
 """Moving image bytes over HTTP, for the TLS image site and the API's stream routes alike.
 
 Twisted's ``Request`` buffers a whole body before any resource sees it. An upload here is
-taken over as soon as its headers are in: :class:`StreamingChannel` tells the request its
-request line then, and :class:`StreamingMixin`'s ``gotLength`` asks the site's
+taken over as soon as its headers are in: on a :class:`StreamingChannel`, the request line
+is read from the channel then, and :class:`StreamingMixin`'s ``gotLength`` asks the site's
 :class:`UploadRoutes` whether the request is an upload. If it is, the client is authorized, the
 image locked and a part file opened before a byte of the body is read, and every body chunk
 then goes to the :class:`~nanocore.images.upload.Transfer` as it arrives; a refusal is
@@ -34,6 +34,7 @@ from twisted.web import static
 from twisted.web.http import HTTPChannel, Request
 from twisted.web.server import NOT_DONE_YET
 
+from nanocore.httpparts import request_line
 from nanocore.images.download import TLS_PIECE, FileStream
 from nanocore.images.files import ImageFolders, Offload
 from nanocore.images.upload import Transfer, boundary_of
@@ -95,15 +96,6 @@ def target_of(path: str) -> Target | None:
     if match is None:
         return None
     return Target(KINDS[match[1]], match[2])
-
-
-def first_headers(request: Request) -> dict[str, str]:
-    """Lower-cased header names with their *first* value, as signatures cover them."""
-    headers: dict[str, str] = {}
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        if values:
-            headers[name.decode("latin-1").lower()] = values[0].decode("latin-1")
-    return headers
 
 
 class UploadRoutes(Protocol):
@@ -294,20 +286,8 @@ class ImageFile(static.File):
 
 
 class StreamingChannel(HTTPChannel):
-    """An ``HTTPChannel`` whose requests may be routed from their request line and headers.
-
-    Twisted gives a request its method and path only once the whole body is in; until then
-    the channel holds them (``_command``, ``_path``, set as the request line is parsed and
-    kept until the body is in). An upload must be routed (and refused) from its headers.
-    """
-
-    def request_line(self) -> tuple[bytes, bytes] | None:
-        """The method and target of the request whose headers are being read."""
-        method: bytes | None = getattr(self, "_command", None)
-        target: bytes | None = getattr(self, "_path", None)
-        if method is None or target is None:
-            return None
-        return method, target
+    """An ``HTTPChannel`` whose requests may be routed from their request line and headers
+    (:func:`nanocore.httpparts.request_line`): an upload before its body is read."""
 
 
 #: Methods that never upload: their requests are not offered to the upload routes.
@@ -325,7 +305,7 @@ class StreamingMixin(Request):
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
-        line = channel.request_line() if isinstance(channel, StreamingChannel) else None
+        line = request_line(channel) if isinstance(channel, StreamingChannel) else None
         routes = self.upload_routes() if line is not None and line[0] not in _READS else None
         if routes is not None and line is not None:
             method, uri = line

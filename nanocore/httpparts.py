@@ -1,0 +1,32 @@
+"""What Twisted's HTTP objects hold of a request, read the same way wherever we need it.
+
+- The request line while the headers are read: Twisted gives a request its method and path
+  only once the whole body is in; until then the channel keeps them in ``_command`` and
+  ``_path`` (set as the request line is parsed, removed when the body is in). The API's wire
+  limits tell a header line from the request line by them, and an upload is routed (and
+  refused) from them before its body.
+- The headers as signatures cover them: lower-cased names with their first value.
+"""
+
+from __future__ import annotations
+
+from twisted.web.http import HTTPChannel, Request
+
+
+def request_line(channel: HTTPChannel) -> tuple[bytes, bytes] | None:
+    """The method and target of the request whose headers ``channel`` is reading (None
+    before its request line, and once its body is in)."""
+    method: bytes | None = getattr(channel, "_command", None)
+    target: bytes | None = getattr(channel, "_path", None)
+    if method is None or target is None:
+        return None
+    return method, target
+
+
+def first_headers(request: Request) -> dict[str, str]:
+    """Lower-cased header names with their *first* value, as signatures cover them."""
+    headers: dict[str, str] = {}
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        if values:
+            headers[name.decode("latin-1").lower()] = values[0].decode("latin-1")
+    return headers
