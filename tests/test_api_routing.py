@@ -14,6 +14,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyChannel
+from werkzeug.exceptions import BadHost
+from werkzeug.routing import Map
 
 from nanocore.api import envelope
 from nanocore.api.app import APIResource, api_site_for
@@ -326,6 +328,33 @@ class MethodCaseAndEncodingTests(AppTestsMixin, SynchronousTestCase):
         request = LimitedRequest(DummyChannel())
         request.requestHeaders.setRawHeaders(b"host", [raw])
         self.assertEqual(decodes(raw), decodes(request.getRequestHostname()))
+
+    def test_a_host_no_route_can_be_bound_to_is_refused_plainly(self) -> None:
+        """werkzeug will not bind a map to a name IDNA refuses, and Klein let its error
+        out as a 500 with a logged traceback; such a request is now refused on the wire."""
+        for host in (b"a..b", b".", b"x" * 64, b"a..b:5850"):
+            for path in (b"/api/v1/things/", b"/api/v1/nothing"):
+                transport = StringTransport()
+                channel = api_site_for(self.resource).buildProtocol(None)
+                channel.makeConnection(transport)
+                channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+                channel.connectionLost(Failure(ConnectionDone()))
+                answer = transport.value()
+                self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request"), answer)
+                self.assertTrue(answer.endswith(b"\r\n\r\nmalformed Host header"), answer)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @given(st.text(alphabet="ab.-:[]1\u00e9", max_size=70))
+    def test_a_host_is_refused_exactly_when_klein_could_not_bind_to_it(self, host: str) -> None:
+        request = LimitedRequest(DummyChannel())
+        request.requestHeaders.setRawHeaders(b"host", [host.encode("utf-8")])
+        try:
+            Map().bind(request.getRequestHostname().decode("utf-8"))
+        except BadHost:
+            bindable = False
+        else:
+            bindable = True
+        self.assertEqual(request._names_a_host(host.encode("utf-8")), bindable)
 
     def test_lower_case_method_is_not_the_upper_case_one(self) -> None:
         for request, status in (

@@ -43,6 +43,11 @@ REFUSAL_LINGER = 5.0
 log = Logger()
 
 _NOT_UTF8 = b"Non-UTF-8 encoding in URL."
+_MALFORMED_HOST = b"malformed Host header"
+
+#: Host headers seen naming a host (most clients send one or two); forgotten when full.
+NAMED_HOSTS_KEPT = 256
+_NAMED_HOSTS: set[bytes] = set()
 
 
 def body_too_large(limit: int) -> str:
@@ -68,20 +73,40 @@ class LimitedRequest(Request):
         path = self.path
         if b"%" in path:
             path = unquote_to_bytes(path)
+        host = self.getHeader(b"host") or b""
         try:
             path.decode("utf-8")
             # The Host header as sent: its host part is valid UTF-8 exactly when it is (what
             # Twisted strips off around it is ASCII), and checking it whole saves the parse.
-            (self.getHeader(b"host") or b"").decode("utf-8")
+            host.decode("utf-8")
         except UnicodeDecodeError:
             # Klein refuses these too, but logs a traceback for each: a cheap log flood.
-            self.setResponseCode(400)
-            self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            self.setHeader(b"Content-Length", b"%d" % len(_NOT_UTF8))
-            self.write(_NOT_UTF8)
-            self.finish()
+            self._refuse_plainly(_NOT_UTF8)
+            return
+        if host not in _NAMED_HOSTS and not self._names_a_host(host):
+            self._refuse_plainly(_MALFORMED_HOST)
             return
         super().process()
+
+    def _names_a_host(self, host: bytes) -> bool:
+        """Whether werkzeug can bind routes to the host this request names, as Klein does
+        (an IDNA-invalid name such as ``a..b`` escaped Klein as a 500 with a traceback)."""
+        name = self.getRequestHostname().decode("utf-8").lower().partition(":")[0]
+        try:
+            name.encode("idna")
+        except UnicodeError:
+            return False
+        if len(_NAMED_HOSTS) >= NAMED_HOSTS_KEPT:
+            _NAMED_HOSTS.clear()
+        _NAMED_HOSTS.add(host)
+        return True
+
+    def _refuse_plainly(self, reason: bytes) -> None:
+        self.setResponseCode(400)
+        self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        self.setHeader(b"Content-Length", b"%d" % len(reason))
+        self.write(reason)
+        self.finish()
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
