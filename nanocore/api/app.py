@@ -19,7 +19,7 @@ check, without Klein's routing (a fast path behind a wall, with a property test)
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Generic, cast
+from typing import Any, Generic, cast
 
 from klein import Klein
 from klein.resource import KleinResource
@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import server
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -35,6 +36,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from nanocore.api import envelope
+from nanocore.api._fastdispatch import ErrorHandler, MatchedRoutes
 from nanocore.api._fastread import CachedReads
 from nanocore.api.auth import (
     DEFAULT_SKEW,
@@ -45,9 +47,9 @@ from nanocore.api.auth import (
 )
 from nanocore.api.cache import Guard, ResponseCache
 from nanocore.api.decode import DecodeError
-from nanocore.api.endpoint import Endpoint, Incoming, decoded_path, sized
+from nanocore.api.endpoint import Endpoint, Incoming, KleinEndpoint, decoded_path, sized
 from nanocore.api.families import all_routes
-from nanocore.api.misses import KleinEndpoint, Misses, without_head
+from nanocore.api.misses import Misses, without_head
 from nanocore.api.request import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_CONNECTIONS,
@@ -76,8 +78,11 @@ class APIResource(KleinResource, Generic[Ops]):
         verifier: Verifier,
         cache: ResponseCache | None = None,
         noise: RateLimitedLog | None = None,
+        *,
+        direct: bool = True,
     ) -> None:
-        """``noise`` rate-limits the log lines of refused signatures (anyone can send those)."""
+        """``noise`` rate-limits the log lines of refused signatures (anyone can send those);
+        ``direct`` answers a matched route without Klein's resource (:mod:`._fastdispatch`)."""
         self._routes = tuple(routes)
         self._operations = operations
         self._noise = noise if noise is not None else RateLimitedLog(self.log, verifier.clock)
@@ -86,6 +91,7 @@ class APIResource(KleinResource, Generic[Ops]):
         app = Klein()
         configure_map(app.url_map)
         seen: set[tuple[str, str]] = set()
+        endpoints: dict[str, KleinEndpoint] = {}
         for index, route in enumerate(self._routes):
             rule = werkzeug_rule(route.full_path)
             if (route.method, rule) in seen:
@@ -102,14 +108,27 @@ class APIResource(KleinResource, Generic[Ops]):
             if route.auth is not None:
                 endpoint = signed(verifier, route.auth, endpoint, writable=writable)
             klein_endpoint = misses.exact(route.method, _reading(route.method, endpoint))
+            endpoints[str(index)] = klein_endpoint
             app.route(rule, methods=[route.method], endpoint=str(index))(klein_endpoint)
         without_head(app.url_map)
-        app.handle_errors(RequestRedirect, NotFound, MethodNotAllowed)(misses.missed)
-        app.handle_errors(AuthError)(self._refused)
-        app.handle_errors(DecodeError, OperationError)(_refusal)
-        app.handle_errors(Exception)(self._unexpected)
+        handlers: list[ErrorHandler] = [
+            ((RequestRedirect, NotFound, MethodNotAllowed), misses.missed),
+            ((AuthError,), self._refused),
+            ((DecodeError, OperationError), _refusal),
+            ((Exception,), self._unexpected),
+        ]
+        for errors, handler in handlers:
+            app.handle_errors(*errors)(handler)
         self.app = app
+        self._direct = MatchedRoutes(app.url_map, endpoints, handlers) if direct else None
         super().__init__(app)
+
+    def render(self, request: IRequest) -> Any:
+        if self._direct is not None:
+            answer = self._direct.render(cast(server.Request, request))
+            if answer is not None:
+                return answer
+        return super().render(request)
 
     @property
     def routes(self) -> tuple[Route[Ops], ...]:
