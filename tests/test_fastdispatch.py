@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from klein import Klein
 from klein.resource import KleinResource
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
@@ -23,7 +24,6 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
-from werkzeug.routing import Map, Rule
 
 from nanocore.api._fastdispatch import MatchedRoutes
 from nanocore.api.app import APIResource, api_site_for
@@ -220,10 +220,9 @@ class FailingHandlerTests(SynchronousTestCase):
             seen.append(repr(failure.value))
             return b"answered"
 
-        url_map = Map([Rule("/x", endpoint="0", methods=["GET"])])
-        routes = MatchedRoutes(
-            url_map, {"0": endpoint}, [((KeyError,), failing), ((Exception,), answering)]
-        )
+        app = Klein()
+        app.route("/x", methods=["GET"], endpoint="0")(endpoint)
+        routes = MatchedRoutes(app, [((KeyError,), failing), ((Exception,), answering)])
         request = Request(DummyChannel())
         request.method, request.prepath, request.postpath = b"GET", [], [b"x"]
         self.assertEqual(routes.render(request), b"answered")

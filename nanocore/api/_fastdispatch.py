@@ -19,18 +19,17 @@ generated requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol, cast
 
+from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
-
-from nanocore.api.endpoint import KleinEndpoint
+from werkzeug.routing import Rule
 
 log = Logger()
 
@@ -46,20 +45,15 @@ ErrorHandler = tuple[tuple[type[Exception], ...], ErrorAnswer]
 
 
 class MatchedRoutes:
-    """The endpoints of ``url_map``'s rules (by endpoint name), and the app's error handlers."""
+    """``app``'s routes, answered by its own endpoints, and the handlers it registered."""
 
-    def __init__(
-        self,
-        url_map: Map,
-        endpoints: Mapping[str, KleinEndpoint],
-        handlers: Sequence[ErrorHandler],
-    ) -> None:
+    def __init__(self, app: Klein, handlers: Sequence[ErrorHandler]) -> None:
         # Without host matching or subdomains (configure_map) the host never picks a rule, so
         # one binding serves every request; Klein binds anew for each, to build URLs.
-        self._adapter = url_map.bind("localhost")
-        self._endpoints = dict(endpoints)
+        self._adapter = app.url_map.bind("localhost")
+        self._execute = app.execute_endpoint
         self._handlers = tuple(handlers)
-        self._methods = _methods_of(url_map.iter_rules())
+        self._methods = _methods_of(app.url_map.iter_rules())
 
     def render(self, request: Request) -> bytes | int | None:
         """The answer (bytes, or ``NOT_DONE_YET``), or ``None``: Klein's to answer."""
@@ -74,12 +68,12 @@ class MatchedRoutes:
         except (HTTPException, UnicodeDecodeError):
             return None
         try:
-            answer = self._endpoints[rule.endpoint](request, **params)
+            answer = self._execute(rule.endpoint, request, **params)
         except Exception:
             refusal = self._failed(Failure(), request)
             return NOT_DONE_YET if refusal is None else refusal
         if not isinstance(answer, Deferred):
-            return answer
+            return cast(bytes, answer)  # the API's endpoints answer bytes, or a Deferred of them
         gone: list[object] = []
         request.notifyFinish().addBoth(gone.append)
         answer.addErrback(self._failed, request).addCallback(_write, request, gone)

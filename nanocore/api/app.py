@@ -47,9 +47,9 @@ from nanocore.api.auth import (
 )
 from nanocore.api.cache import Guard, ResponseCache
 from nanocore.api.decode import DecodeError
-from nanocore.api.endpoint import Endpoint, Incoming, KleinEndpoint, decoded_path, sized
+from nanocore.api.endpoint import Endpoint, Incoming, decoded_path, sized
 from nanocore.api.families import all_routes
-from nanocore.api.misses import Misses, without_head
+from nanocore.api.misses import KleinEndpoint, Misses, without_head
 from nanocore.api.request import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_CONNECTIONS,
@@ -91,7 +91,6 @@ class APIResource(KleinResource, Generic[Ops]):
         app = Klein()
         configure_map(app.url_map)
         seen: set[tuple[str, str]] = set()
-        endpoints: dict[str, KleinEndpoint] = {}
         for index, route in enumerate(self._routes):
             rule = werkzeug_rule(route.full_path)
             if (route.method, rule) in seen:
@@ -108,7 +107,6 @@ class APIResource(KleinResource, Generic[Ops]):
             if route.auth is not None:
                 endpoint = signed(verifier, route.auth, endpoint, writable=writable)
             klein_endpoint = misses.exact(route.method, _reading(route.method, endpoint))
-            endpoints[str(index)] = klein_endpoint
             app.route(rule, methods=[route.method], endpoint=str(index))(klein_endpoint)
         without_head(app.url_map)
         handlers: list[ErrorHandler] = [
@@ -120,7 +118,7 @@ class APIResource(KleinResource, Generic[Ops]):
         for errors, handler in handlers:
             app.handle_errors(*errors)(handler)
         self.app = app
-        self._direct = MatchedRoutes(app.url_map, endpoints, handlers) if direct else None
+        self._direct = MatchedRoutes(app, handlers) if direct else None
         super().__init__(app)
 
     def render(self, request: IRequest) -> Any:

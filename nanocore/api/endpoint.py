@@ -43,8 +43,6 @@ class Incoming:
 
 #: One step of an endpoint: bytes to answer, or a Deferred of them.
 Endpoint = Callable[[Request, Incoming], "bytes | Deferred[bytes]"]
-#: An endpoint as Klein calls it: the request and the route's path parameters.
-KleinEndpoint = Callable[..., "bytes | Deferred[bytes]"]
 
 
 def decoded_path(request: Request) -> str:

@@ -9,7 +9,7 @@ not (a method in another case, a path with leading slashes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 from urllib.parse import quote
 
@@ -21,7 +21,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 
-from nanocore.api.endpoint import KleinEndpoint, decoded_path, sized
+from nanocore.api.endpoint import decoded_path, sized
 from nanocore.api.routing import (
     clean_path,
     configure_map,
@@ -31,6 +31,9 @@ from nanocore.api.routing import (
     toggle_slash,
     werkzeug_rule,
 )
+
+#: A Klein endpoint: the request and the route's path parameters.
+KleinEndpoint = Callable[..., "bytes | Deferred[bytes]"]
 
 
 class Misses:
