@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
+from nanocore.api import _fastdispatch
 from nanocore.api._fastdispatch import MatchedRoutes
 from nanocore.api.app import APIResource, api_site_for
 from nanocore.api.auth import Verifier
@@ -227,3 +228,33 @@ class FailingHandlerTests(SynchronousTestCase):
         request.method, request.prepath, request.postpath = b"GET", [], [b"x"]
         self.assertEqual(routes.render(request), b"answered")
         self.assertEqual(seen, ["KeyError('first')", "ValueError('second')"])
+
+
+class MemoTests(SynchronousTestCase):
+    """Matches are remembered within bounds, whatever paths clients send."""
+
+    def routes(self) -> MatchedRoutes:
+        app = Klein()
+        app.route("/x/<name>", methods=["GET"], endpoint="0")(lambda request, name: name.encode())
+        return MatchedRoutes(app, [])
+
+    def render(self, routes: MatchedRoutes, *segments: bytes) -> object:
+        request = Request(DummyChannel())
+        request.method, request.prepath, request.postpath = b"GET", [], [b"x", *segments]
+        return routes.render(request)
+
+    def test_a_remembered_match_answers_as_werkzeugs(self) -> None:
+        routes = self.routes()
+        self.assertEqual(self.render(routes, b"a"), b"a")
+        self.assertEqual(self.render(routes, b"a"), b"a")
+        self.assertEqual(self.render(routes, b"b"), b"b")
+        self.assertIsNone(self.render(routes, b"a", b"b"))  # a miss stays Klein's
+
+    def test_the_memo_is_bounded(self) -> None:
+        routes = self.routes()
+        for index in range(_fastdispatch.MATCHES_KEPT + 10):
+            self.assertEqual(self.render(routes, b"%d" % index), b"%d" % index)
+        self.assertLessEqual(len(routes._matches), _fastdispatch.MATCHES_KEPT)
+        long = b"n" * _fastdispatch.MATCH_PATH_KEPT
+        self.assertEqual(self.render(routes, long), long)  # answered, not kept
+        self.assertNotIn((b"x/" + long, b"GET"), routes._matches)

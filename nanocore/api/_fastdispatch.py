@@ -13,14 +13,15 @@ durable write's instructions (benchmarks/README.md, "Session of 7 Dec 2026").
 endpoint Klein would call and, if that fails, the handler Klein would choose. Every other
 request, every miss and redirect included, is left to Klein (:meth:`render` answers ``None``).
 It never routes by itself: the rules, their order and the matching are werkzeug's, over
-Klein's map. ``tests/test_fastdispatch.py`` holds the bytes on the wire to Klein's for
-generated requests.
+Klein's map (a match is remembered for the next request of the same method and path: the map
+never changes once the app is built). ``tests/test_fastdispatch.py`` holds the bytes on the
+wire to Klein's for generated requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -32,6 +33,11 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
 
 log = Logger()
+
+#: Matches remembered (a path and method, its rule and values): forgotten when full, and only
+#: for paths this long at most, so that the memo stays under ~1 MiB whatever clients send.
+MATCHES_KEPT = 1024
+MATCH_PATH_KEPT = 256
 
 
 class ErrorAnswer(Protocol):
@@ -54,6 +60,9 @@ class MatchedRoutes:
         self._execute = app.execute_endpoint
         self._handlers = tuple(handlers)
         self._methods = _methods_of(app.url_map.iter_rules())
+        # werkzeug's match walks its state machine in ~15 Python calls, a twentieth of a
+        # write's; a portal or script asks the same few paths again and again.
+        self._matches: dict[tuple[bytes, bytes], tuple[str, Mapping[str, Any]]] = {}
 
     def render(self, request: Request) -> bytes | int | None:
         """The answer (bytes, or ``NOT_DONE_YET``), or ``None``: Klein's to answer."""
@@ -62,13 +71,14 @@ class MatchedRoutes:
             return None
         # Klein's PATH_INFO: the percent-decoded segments Twisted split the path into.
         joined = b"/".join(request.postpath or ())
+        matched = self._matches.get((joined, method))
+        if matched is None:
+            matched = self._match(joined, method)
+            if matched is None:
+                return None
+        endpoint, params = matched
         try:
-            path = (joined if joined[:1] == b"/" else b"/" + joined).decode("utf-8")
-            rule, params = self._adapter.match(path, method.decode(), return_rule=True)
-        except (HTTPException, UnicodeDecodeError):
-            return None
-        try:
-            answer = self._execute(rule.endpoint, request, **params)
+            answer = self._execute(endpoint, request, **params)
         except Exception:
             refusal = self._failed(Failure(), request)
             return NOT_DONE_YET if refusal is None else refusal
@@ -79,6 +89,20 @@ class MatchedRoutes:
         answer.addErrback(self._failed, request).addCallback(_write, request, gone)
         answer.addErrback(lambda failure: log.failure("writing an answer", failure))
         return NOT_DONE_YET
+
+    def _match(self, joined: bytes, method: bytes) -> tuple[str, Mapping[str, Any]] | None:
+        """werkzeug's match of the path, remembered; None for a miss or a redirect."""
+        try:
+            path = (joined if joined[:1] == b"/" else b"/" + joined).decode("utf-8")
+            rule, params = self._adapter.match(path, method.decode(), return_rule=True)
+        except (HTTPException, UnicodeDecodeError):
+            return None
+        matched = (cast(str, rule.endpoint), params)
+        if len(joined) <= MATCH_PATH_KEPT:
+            if len(self._matches) >= MATCHES_KEPT:
+                self._matches.clear()
+            self._matches[joined, method] = matched
+        return matched
 
     def _failed(self, failure: Failure, request: Request) -> bytes | None:
         """The first handler that takes the error answers it; a failing handler passes on,
