@@ -146,6 +146,37 @@ class IdleTimeoutLogTests(SynchronousTestCase):
         self.assertFalse(any("Timing out client" in formatEvent(e) for e in events))
 
 
+class AddressTests(SynchronousTestCase):
+    """A connection's addresses are asked of its transport once, not once per request."""
+
+    def test_every_request_of_a_connection_has_its_addresses(self) -> None:
+        class Addresses(Resource):
+            isLeaf = True
+            seen: list[tuple[object, object]] = []
+
+            def render_GET(self, request: Any) -> bytes:
+                self.seen.append((request.getHost(), request.getClientAddress()))
+                return b"ok"
+
+        asked: list[str] = []
+        local = IPv4Address("TCP", "127.0.0.1", 5850)
+        remote = IPv4Address("TCP", "127.0.0.1", 40000)
+        transport = StringTransport(hostAddress=local, peerAddress=remote)
+        for name, address in (("getHost", local), ("getPeer", remote)):
+            setattr(
+                transport, name, lambda name=name, address=address: asked.append(name) or address
+            )
+        resource = Addresses()
+        channel = LimitedSite(resource, reactor=Clock()).buildProtocol(remote)
+        assert channel is not None
+        channel.makeConnection(transport)
+        for _ in range(3):
+            channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(resource.seen, [(local, remote)] * 3)
+        self.assertEqual(sorted(asked), ["getHost", "getPeer"])
+
+
 class StreamingSiteTests(TestCase):
     """Core's API site has upload routes (its channel streams them): the limits still hold."""
 

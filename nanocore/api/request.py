@@ -156,6 +156,21 @@ class LimitedChannel(HTTPChannel):
     site: LimitedSite
     _refused = False
     _linger: IDelayedCall | None = None
+    _local: IAddress | None = None
+    _remote: IAddress | None = None
+
+    # Twisted's Request asks its channel for both addresses, each request anew (one a
+    # getsockname call): a connection's addresses never change, so they are asked once.
+
+    def getHost(self) -> IAddress:
+        if self._local is None:
+            self._local = super().getHost()
+        return self._local
+
+    def getPeer(self) -> IAddress:
+        if self._remote is None:
+            self._remote = super().getPeer()
+        return self._remote
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if self._linger is not None and self._linger.active():
