@@ -12,7 +12,9 @@ Cells to pool ``default``, then per run:
 Each run checks the zone's instance counters (N stopped after the creates, none after the
 deletes) and that Core is still running. It prints creates/s, p50/p99 time to created,
 deletes/s, Core's peak RSS (``VmHWM``), the load average, Core's CPU per create (user, system,
-the store's writer thread; from the first POST until the zone counts every guest created), and
+the store's writer thread; from the first POST until the zone counts every guest created), the
+host's pace just before the run (a fixed pure-Python loop timed on Core's CPU while Core is
+idle: lower is faster; it tells a slow moment of a shared host from a slower build), and
 an in-process micro-bench of the scheduler's decision (100 and 1,000 Cells, judged anew and
 with placement's kept verdicts), and, after Core stopped, the time each decision and each
 store commit took in the live Core as Core logs them (``--cells 1000`` for the live figure at
@@ -253,6 +255,31 @@ def delete(exchange: Exchange, guest: str, done: Callable[[], None]) -> None:
 
     exchange.on_answer = answered
     exchange.send("DELETE", f"/guests/{guest}", {})
+
+
+#: A fixed pure-Python workload (dicts, strings, calls: Core's kind of work), timed alone.
+_PACE_LOOP = """
+import time
+def step(i, d):
+    d[i % 512] = str(i) + "x"
+    return len(d)
+best = float("inf")
+for _ in range(5):
+    began, d = time.perf_counter(), {}
+    for i in range(100_000):
+        step(i, d)
+    best = min(best, time.perf_counter() - began)
+print(best)
+"""
+
+
+def host_pace(pin: list[str]) -> float:
+    """Milliseconds the fixed loop takes on Core's CPU now, while Core is idle: the host's
+    pace at the moment (a shared host runs the same instructions 10-30 % slower at times)."""
+    output = subprocess.run(
+        [*pin, sys.executable, "-c", _PACE_LOOP], capture_output=True, check=True, text=True
+    ).stdout
+    return float(output) * 1000
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -516,6 +543,7 @@ def main() -> None:
                     "disks": [10 * GiB],
                 }  # fmt: skip
 
+            pace = host_pace(pin)
             created: list[str] = []
             POLLS[0] = 0
             POST_TIMES.clear()
@@ -597,7 +625,7 @@ def main() -> None:
             print(
                 f"       Core CPU per create {user + system:.2f} ms (user {user:.2f}, system "
                 f"{system:.2f}; store thread {writer:.2f})  all created after {settled:.2f} s"
-                f" ({arguments.guests / settled:.0f}/s)"
+                f" ({arguments.guests / settled:.0f}/s)  host pace {pace:.1f} ms"
             )
         stop(sim)
         stop(core)
