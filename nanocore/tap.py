@@ -301,6 +301,7 @@ def build_service(
             after=operations.wait,
             on_failure=stop,
             warning=KCP_WARNING,
+            leaving=registry.leaving,
         )
         kcp_links.append(("kcp-link", kcp))
     link = CellLinkService(
@@ -313,6 +314,7 @@ def build_service(
         address=domain.listen_address,
         after=operations.wait,
         on_failure=stop,
+        leaving=registry.leaving,
     )
     # The KCP link first: a stock Cell dials the first entry.
     discovery = discovery_server(

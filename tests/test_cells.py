@@ -237,6 +237,18 @@ class RegistryTests(SynchronousTestCase):
         self.assertIs(self.registry.state("Cell_a"), CellLiveness.DISCONNECTED)
         self.assertEqual(self.registry.status("Cell_a"), STATUS)
 
+    def test_links_core_closes_as_it_leaves_are_not_cells_lost(self) -> None:
+        """Core stopping says goodbye to every Cell: its rooms are not told of Cells lost
+        (they would mark guests lost and fail them over), but requests waiting still fail."""
+        protocol, _ = self.connect("Cell_a")
+        waiting = self.registry.request("Cell_a", Message(id=MessageID.CreateGuestRequest))
+        self.registry.leaving()
+        assert protocol.session is not None
+        protocol.session.close()
+        self.assertEqual(self.observer.seen, [("available", "Cell_a", "127.0.0.2")])
+        self.assertIs(self.registry.state("Cell_a"), CellLiveness.DISCONNECTED)
+        self.failureResultOf(waiting, CellUnavailable)
+
     def test_reconnect_replaces_old_link(self) -> None:
         """A restarted Cell's new link wins; the old one closes without a disconnect event."""
         old, old_transport = self.connect("Cell_a", "127.0.0.2")

@@ -316,6 +316,31 @@ class CellLinkServiceTests(SynchronousTestCase):
         connection.connectionLost(Failure(ConnectionError("closed")))
         self.successResultOf(stopping)
 
+    def test_stopping_says_core_is_leaving_before_any_link_closes(self) -> None:
+        """The registry must know the closes are Core's goodbyes before the first one."""
+        told: list[str] = []
+        links = self.links
+
+        class Watched:
+            def close_all(self) -> Deferred[None]:
+                told.append("close_all")
+                return links.close_all()
+
+        service = CellLinkService(
+            ports=LINK_PORTS,
+            listen=busy_until(5601)[1],
+            links=Watched(),
+            protocol="tls",
+            address="127.0.0.1",
+            after=self.ready.wait,
+            on_failure=self.failed.append,
+            leaving=lambda: told.append("leaving"),
+        )
+        service.startService()
+        self.ready.resolve(None)
+        self.successResultOf(service.stopService())
+        self.assertEqual(told, ["leaving", "close_all"])
+
     def test_links_are_advertised_together_in_order_or_not_at_all(self) -> None:
         _, listen = busy_until(5700)
         kcp = CellLinkService(

@@ -215,6 +215,8 @@ class CellRegistry:
         self._generation = 0
         #: When reports go stale (a Cell turns from alive to connected).
         self._stale = Deadlines(clock)
+        #: Core is stopping: the links it closes are its goodbyes, not Cells lost.
+        self._leaving = False
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -284,6 +286,16 @@ class CellRegistry:
     def subscribe(self, observer: CellObserver) -> None:
         self._observers.append(observer)
 
+    def leaving(self) -> None:
+        """Core is stopping and closes every link: observers are not told of those closes.
+
+        A Cell that Core leaves has not failed: its guests are not lost, its pool fails
+        nothing over, and Core's records stay as they were for the next start, when the Cells
+        link again and their inventories are reconciled. Requests still waiting for a Cell's
+        answer fail as the links close, as ever.
+        """
+        self._leaving = True
+
     # -- LinkHandler --------------------------------------------------------------------------
 
     def link_connected(self, link: LinkSession) -> None:
@@ -329,7 +341,8 @@ class CellRegistry:
         self._transactions.fail_peer(
             link.name, CellUnavailable(f"cell {link.name!r} disconnected")
         )
-        self._notify(lambda observer: observer.cell_disconnected(link.name, gracefully))
+        if not self._leaving:
+            self._notify(lambda observer: observer.cell_disconnected(link.name, gracefully))
 
     # -- internals ----------------------------------------------------------------------------
 

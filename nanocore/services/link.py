@@ -178,9 +178,10 @@ class CellLinkService(FirstFreePortService[object]):
     `listen(port)` binds one port for `links` (who owns every link accepted on it);
     `protocol` is what discovery echoes for it ("kcp", "tls"). `warning`, when given, is
     logged once the link listens, saying what it exposes. No free port, or a failure of what
-    it waits for, goes to `on_failure` (the Core says why and stops). Stopping closes every
-    link (Cells get a goodbye), waits until each one is gone, and only then closes the port
-    (over UDP the goodbyes and their acknowledgements use it).
+    it waits for, goes to `on_failure` (the Core says why and stops). Stopping first tells
+    `leaving` (Core's goodbyes are not Cells lost: the registry keeps them from its
+    observers), then closes every link (Cells get a goodbye), waits until each one is gone,
+    and only then closes the port (over UDP the goodbyes and their acknowledgements use it).
     """
 
     def __init__(
@@ -194,6 +195,7 @@ class CellLinkService(FirstFreePortService[object]):
         after: Callable[[], Deferred[Any]],
         on_failure: Callable[[Failure], object],
         warning: str = "",
+        leaving: Callable[[], object] = lambda: None,
     ) -> None:
         super().__init__(
             ports=ports,
@@ -205,6 +207,7 @@ class CellLinkService(FirstFreePortService[object]):
         self._links = links
         self._protocol = protocol
         self._warning = warning
+        self._leaving = leaving
 
     def advertised(self) -> ServiceEntry | None:
         """What discovery echoes: this link's protocol and port; None until it listens."""
@@ -231,6 +234,7 @@ class CellLinkService(FirstFreePortService[object]):
         )
 
     async def closing(self) -> None:
+        self._leaving()
         await self._links.close_all()
         await self.stop_listening()
 
