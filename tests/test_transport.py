@@ -9,7 +9,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
@@ -251,6 +251,24 @@ class CoreSideTests(SynchronousTestCase):
         self.protocol.connectionLost(None)
         self.assertEqual(self.handler.events[-1], ("closed", CELL, False))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_connection_dropped_without_a_goodbye_is_logged(self) -> None:
+        """An operator learns a Cell dropped whatever its pool (only failover pools said so)."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.handshake()
+        self.protocol.connectionLost(None)
+        lines = [formatEvent(event) for event in events if event.get("log_level") is LogLevel.warn]
+        self.assertEqual(
+            lines,
+            [f"link {CELL} (127.0.0.5) dropped: the connection ended without a goodbye"],
+        )
+
+    def test_a_goodbye_or_cores_own_close_logs_no_drop(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.handshake()
+        self.link.close()
+        self.protocol.connectionLost(None)
+        self.assertFalse([e for e in events if "dropped" in formatEvent(e)])
 
     def test_malformed_frame_closes_link(self) -> None:
         self.handshake()

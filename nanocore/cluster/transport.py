@@ -276,7 +276,13 @@ class LinkSession:
         self._wire.abort()
 
     def wire_lost(self) -> None:
-        """The connection below is gone."""
+        """The connection below is gone (a goodbye, or Core's own close, came first if any)."""
+        if self.connected:
+            self.log.warn(
+                "link {name} ({address}) dropped: the connection ended without a goodbye",
+                name=self.name,
+                address=self.address,
+            )
         self._finish(gracefully=False)
 
     # -- the CellLink face --------------------------------------------------------------------
