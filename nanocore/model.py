@@ -23,14 +23,16 @@ from attrs import validators as v
 # Validators
 # --------------------------------------------------------------------------------------------
 
+#: The longest name nanocore keeps: names are stored and shown (the original had no limit).
+MAX_NAME = 255
 #: Names the original qualifies (pools, cells, guests, owners, groups; §3.5).
-NAME_PATTERN = r"[A-Za-z0-9_-]{1,255}"
+NAME_PATTERN = rf"[A-Za-z0-9_-]{{1,{MAX_NAME}}}"
 #: Image names additionally allow dots (§3.5).
-IMAGE_NAME_PATTERN = r"[A-Za-z0-9_.-]{1,255}"
+IMAGE_NAME_PATTERN = rf"[A-Za-z0-9_.-]{{1,{MAX_NAME}}}"
 #: Ids: UUID v4 (instances, images, policies) or xid (templates) strings.
 ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 #: Free-text labels the original never qualified (template, address pool, policy names).
-LABEL_PATTERN = r"[^\x00-\x1f\x7f]{1,255}"
+LABEL_PATTERN = rf"[^\x00-\x1f\x7f]{{1,{MAX_NAME}}}"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
@@ -46,6 +48,47 @@ _TIME = re.compile(
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
+#: Unicode categories a label may not hold: controls, format characters (bidi overrides such
+#: as U+202E, zero-width characters, BOM), surrogates, line and paragraph separators. They make
+#: a name display as something it is not, or break the lines and tables it is shown in.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: How many characters of a refused value a message quotes: enough to tell which value it
+#: was, never the kilobytes a client may have sent.
+SHOWN = 64
+
+
+def first_invisible(text: str) -> str | None:
+    """The first character of ``text`` in INVISIBLE_CATEGORIES, or None (ASCII: a regex)."""
+    if text.isascii():
+        found = _ASCII_CONTROL.search(text)
+        return found.group() if found else None
+    for character in text:
+        if unicodedata.category(character) in INVISIBLE_CATEGORIES:
+            return character
+    return None
+
+
+def shown(text: str) -> str:
+    """``text`` as a message quotes it: its first SHOWN characters (``…`` marks the cut), the
+    invisible ones escaped (``\\u202e``), so a refusal neither swells with its input nor
+    displays as something else."""
+    head = text[:SHOWN]
+    if first_invisible(head) is not None:
+        head = "".join(
+            repr(c)[1:-1] if unicodedata.category(c) in INVISIBLE_CATEGORIES else c for c in head
+        )
+    return head + "…" if len(text) > SHOWN else head
+
+
+def quoted(value: Any) -> str:
+    """A refused value as a validation message names it: a string ``'<shown>'``, else its
+    repr, cut as `shown` cuts."""
+    if type(value) is str:
+        return f"'{shown(value)}'"
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
+
 
 def matching(pattern: str, meaning: str) -> Validator:
     """A string fully matching ``pattern``, checked in one plain call (loading runs it a lot)."""
@@ -53,15 +96,9 @@ def matching(pattern: str, meaning: str) -> Validator:
 
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if type(value) is not str or compiled.fullmatch(value) is None:
-            raise ValueError(f"'{attribute.name}' must be {meaning}, not {value!r}")
+            raise ValueError(f"'{attribute.name}' must be {meaning}, not {quoted(value)}")
 
     return check
-
-
-#: Unicode categories a label may not hold: controls, format characters (bidi overrides such
-#: as U+202E, zero-width characters, BOM), surrogates, line and paragraph separators. They make
-#: a name display as something it is not, or break the lines and tables it is shown in.
-INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def visible_text(pattern: str, meaning: str) -> Validator:
@@ -70,10 +107,8 @@ def visible_text(pattern: str, meaning: str) -> Validator:
 
     def check(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         shape(inst, attribute, value)
-        if not value.isascii() and any(
-            unicodedata.category(character) in INVISIBLE_CATEGORIES for character in value
-        ):
-            raise ValueError(f"'{attribute.name}' must be {meaning}, not {value!r}")
+        if not value.isascii() and first_invisible(value) is not None:
+            raise ValueError(f"'{attribute.name}' must be {meaning}, not {quoted(value)}")
 
     return check
 
@@ -96,7 +131,7 @@ text = matching(r"[^\x00]{0,4096}", "text of at most 4096 characters")
 def boolean(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """True or False (not 0/1 or strings)."""
     if type(value) is not bool:
-        raise ValueError(f"'{attribute.name}' must be true or false, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be true or false, not {quoted(value)}")
 
 
 def _is_int(value: Any) -> bool:
@@ -106,13 +141,13 @@ def _is_int(value: Any) -> bool:
 def non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A count or byte size: a non-negative integer (booleans are not sizes)."""
     if not _is_int(value) or value < 0:
-        raise ValueError(f"'{attribute.name}' must be an integer >= 0, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be an integer >= 0, not {quoted(value)}")
 
 
 def positive(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A count that must be at least one (cores, memory, disk sizes)."""
     if not _is_int(value) or value < 1:
-        raise ValueError(f"'{attribute.name}' must be an integer >= 1, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be an integer >= 1, not {quoted(value)}")
 
 
 def is_ipv4(value: object) -> bool:
@@ -131,7 +166,7 @@ def is_ipv4(value: object) -> bool:
 def ipv4(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A field holding an IPv4 address (see :func:`is_ipv4`)."""
     if not is_ipv4(value):
-        raise ValueError(f"'{attribute.name}' must be an IPv4 address, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be an IPv4 address, not {quoted(value)}")
 
 
 def optional_ipv4(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -148,59 +183,62 @@ def dotted_netmask(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> N
         bits = -1
     inverted = ~bits & 0xFFFFFFFF
     if bits <= 0 or (inverted + 1) & inverted:
-        raise ValueError(f"'{attribute.name}' must be a dotted IPv4 netmask, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be a dotted IPv4 netmask, not {quoted(value)}")
 
 
 def optional_cidr(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """An ``address/prefix`` IPv4 interface, or the empty string."""
     if value != "" and (type(value) is not str or _CIDR.fullmatch(value) is None):
         raise ValueError(
-            f"'{attribute.name}' must be an IPv4 address with prefix (a.b.c.d/n), not {value!r}"
+            f"'{attribute.name}' must be an IPv4 address with prefix (a.b.c.d/n), "
+            f"not {quoted(value)}"
         )
 
 
 def optional_mac(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A colon-separated MAC address, or the empty string."""
     if value != "" and not (isinstance(value, str) and _MAC.fullmatch(value)):
-        raise ValueError(f"'{attribute.name}' must be a MAC address, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be a MAC address, not {quoted(value)}")
 
 
 def optional_sha1(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A lowercase SHA-1 hex digest, or the empty string."""
     if value != "" and not (isinstance(value, str) and _SHA1.fullmatch(value)):
-        raise ValueError(f"'{attribute.name}' must be a SHA-1 hex digest, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be a SHA-1 hex digest, not {quoted(value)}")
 
 
 def optional_sha256(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A lowercase SHA-256 hex digest, or the empty string."""
     if value != "" and not (isinstance(value, str) and _SHA256.fullmatch(value)):
-        raise ValueError(f"'{attribute.name}' must be a SHA-256 hex digest, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be a SHA-256 hex digest, not {quoted(value)}")
 
 
 def optional_time(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A ``YYYY-MM-DD HH:MM:SS`` timestamp as the original writes it, or the empty string."""
     if value != "" and (type(value) is not str or _TIME.fullmatch(value) is None):
         raise ValueError(
-            f"'{attribute.name}' must be a time like '2006-01-02 15:04:05', not {value!r}"
+            f"'{attribute.name}' must be a time like '2006-01-02 15:04:05', not {quoted(value)}"
         )
 
 
 def port_number(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A TCP/UDP port number (0 = any/none)."""
     if not _is_int(value) or not 0 <= value <= 65535:
-        raise ValueError(f"'{attribute.name}' must be a port number 0..65535, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be a port number 0..65535, not {quoted(value)}")
 
 
 def percent(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A progress figure 0..100."""
     if not _is_int(value) or not 0 <= value <= 100:
-        raise ValueError(f"'{attribute.name}' must be an integer 0..100, not {value!r}")
+        raise ValueError(f"'{attribute.name}' must be an integer 0..100, not {quoted(value)}")
 
 
 def timestamp(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """Seconds since the epoch as reported by the injected clock."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"'{attribute.name}' must be a number of seconds >= 0, not {value!r}")
+        raise ValueError(
+            f"'{attribute.name}' must be a number of seconds >= 0, not {quoted(value)}"
+        )
 
 
 def each(member: Callable[[Any, attrs.Attribute[Any], Any], None]) -> Any:
@@ -229,7 +267,7 @@ def one_of(enum: type[Enum]) -> Callable[[Any, attrs.Attribute[Any], Any], None]
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in members:
             accepted = ", ".join(repr(member.value) for member in members)
-            raise ValueError(f"'{attribute.name}' must be one of {accepted}, not {value!r}")
+            raise ValueError(f"'{attribute.name}' must be one of {accepted}, not {quoted(value)}")
 
     return check
 
@@ -244,7 +282,7 @@ def validation_message(error: Exception) -> str:
 def as_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
     """Accept any iterable (e.g. a JSON list) for tuple fields; strings are not iterables here."""
     if isinstance(value, str | bytes):
-        raise TypeError(f"expected a list, not {value!r}")
+        raise TypeError(f"expected a list, not {quoted(value)}")
     return tuple(value)
 
 

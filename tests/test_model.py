@@ -70,6 +70,30 @@ class NameTests(ValidationErrorMixin, SynchronousTestCase):
             )
             self.assertRejected(lambda c=character: m.ComputePool(name="p", network=c), "network")
 
+    def test_a_refusal_quotes_a_cut_of_the_value_with_invisible_characters_escaped(self) -> None:
+        """The API shows these messages: a megabyte sent is not a megabyte echoed, and an
+        override quoted raw would turn the message around (or, a lone surrogate, make it
+        impossible to encode)."""
+        meaning = "1-255 characters of A-Z a-z 0-9 _ -"
+        self.assertEqual(
+            self.assertRejected(lambda: m.ComputePool(name="p" * 1_000_000), "name"),
+            f"'name' must be {meaning}, not '{'p' * 64}…'",
+        )
+        self.assertEqual(
+            self.assertRejected(lambda: m.ComputePool(name="p" * 63 + " "), "name"),
+            f"'name' must be {meaning}, not '{'p' * 63} '",  # 64 characters: no cut
+        )
+        for name, shown in (("a\u202eb", "a\\u202eb"), ("\ud800", "\\ud800"), ("\t", "\\t")):
+            self.assertEqual(
+                self.assertRejected(lambda n=name: m.ComputePool(name=n), "name"),
+                f"'name' must be {meaning}, not '{shown}'",
+            )
+        many = ("x",) * 100  # not a string: its repr, cut as well
+        self.assertEqual(
+            self.assertRejected(lambda: m.ComputePool(name=many), "name"),  # type: ignore[arg-type]
+            f"'name' must be {meaning}, not {repr(many)[:64]}…",
+        )
+
 
 class PoolTests(ValidationErrorMixin, SynchronousTestCase):
     def test_defaults(self) -> None:
