@@ -372,7 +372,9 @@ class TemplateTests(StoreTestCase):
         refused = yield self.refused(
             "POST", "/templates/", {**TEMPLATE, "name": "gpu\u202eexe.txt"}
         )
-        self.assertIn("without control or format characters", refused)
+        self.assertEqual(
+            refused, "invalid template name 'gpu\\u202eexe.txt': illegal char '\\u202e'"
+        )
         self.assertEqual(len((yield self.ok("GET", "/templates/"))), 5)
 
 

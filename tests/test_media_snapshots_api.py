@@ -147,7 +147,7 @@ class SnapshotTests(GuestClusterCase):
             ("POST", base, {}, "snapshot name required"),
             ("POST", base, {"name": "a/b"}, "invalid snapshot name 'a/b': illegal char '/'"),
             ("POST", base, {"name": "x" * 256},
-             f"invalid snapshot name '{'x' * 256}': longer than 255 characters"),
+             f"invalid snapshot name '{'x' * 64}…': longer than 255 characters"),
             ("PUT", base, {}, "snapshot name required"),
             ("PUT", base, {"target": "nope"}, "invalid snapshot 'nope'"),
             ("GET", base + "nope", None, "invalid snapshot 'nope'"),

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import AddressAllocation, AddressPool, AddressRange, is_ipv4
-from nanocore.operations.base import Context, build
+from nanocore.operations.base import Context, build, check_label
 from nanocore.operations.claims import ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
@@ -105,6 +105,7 @@ class AddressPools:
     def create(
         self, name: str, gateway: str, dns: Sequence[str], provider: str, mode: str
     ) -> Deferred[None]:
+        check_label("address pool", name)
         if name in self._context.view.address_pools:
             raise AlreadyExists(f"address pool '{name}' already exists")
         return self._context.commit(Insert(self._validated(name, gateway, dns, provider, mode)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
@@ -11,7 +12,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from nanocore.model import TIME_FORMAT, validation_message
+from nanocore.model import MAX_NAME, TIME_FORMAT, first_invisible, shown, validation_message
 from nanocore.operations.claims import Claim, Claims
 from nanocore.operations.errors import (
     AlreadyExists,
@@ -102,14 +103,45 @@ def build(factory: Callable[..., T], **fields: Any) -> T:
 
 
 def check_name(kind: str, name: str, *, also: str = "") -> None:
-    """Core's qualifier: ``[A-Za-z0-9_-]`` only (ASCII), plus the characters in ``also``
-    (``.`` for image and snapshot names)."""
-    allowed = "_-" + also
-    for char in name:
-        if not (char.isascii() and (char.isalnum() or char in allowed)):
-            raise InvalidRequest(f"invalid {kind} name '{name}': illegal char '{char}'")
+    """Core's qualifier, in Core's shape: ``[A-Za-z0-9_-]`` only (ASCII), plus the characters
+    in ``also`` (``.`` for image and snapshot names); then nanocore's length limit.
+
+    Checked before the model's validators, so a refusal names the route's kind of name and
+    quotes at most a cut of it (`shown`), however much a client sent.
+    """
     if not name:
         raise InvalidRequest(f"{kind} name required")
+    illegal = _illegal_char(also).search(name)
+    if illegal is not None:
+        raise _invalid_name(kind, name, f"illegal char '{shown(illegal.group())}'")
+    _check_length(kind, name)
+
+
+def check_label(kind: str, name: str) -> None:
+    """A name Core never qualified (templates, address pools, policy groups, media images):
+    free text without control or format characters (the model's ``label``), in the words
+    of `check_name`. The length goes first: Core refused nothing here, and it bounds the scan.
+    """
+    if not name:
+        raise InvalidRequest(f"{kind} name required")
+    _check_length(kind, name)
+    invisible = first_invisible(name)
+    if invisible is not None:
+        raise _invalid_name(kind, name, f"illegal char '{shown(invisible)}'")
+
+
+@functools.cache
+def _illegal_char(also: str) -> re.Pattern[str]:
+    return re.compile(f"[^A-Za-z0-9_{re.escape('-' + also)}]")
+
+
+def _check_length(kind: str, name: str) -> None:
+    if len(name) > MAX_NAME:
+        raise _invalid_name(kind, name, f"longer than {MAX_NAME} characters")
+
+
+def _invalid_name(kind: str, name: str, reason: str) -> InvalidRequest:
+    return InvalidRequest(f"invalid {kind} name '{shown(name)}': {reason}")
 
 
 def refusals_deferred(operation: Callable[P, Deferred[T]]) -> Callable[P, Deferred[T]]:

@@ -44,7 +44,7 @@ from zope.interface import implementer
 from nanocore.cluster.cells import CellObserver, CellStatus
 from nanocore.cluster.message import Message, ParamKey
 from nanocore.model import BatchGuest, BatchKind, BatchStatus, BatchTask, Instance
-from nanocore.operations.base import Context
+from nanocore.operations.base import Context, check_name
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
 from nanocore.operations.guests import GuestOperations, GuestSpec
 from nanocore.store import Delete, Insert, Put, StoreClosed
@@ -184,9 +184,8 @@ class Batches:
         rule = NAME_RULES[spec.name_rule]
         if rule:
             raise InvalidRequest(f"unsupport name rule {rule}")
-        last = f"{spec.prefix}_{spec.count - 1}"
-        if len(last) > 255:
-            raise InvalidRequest(f"invalid guest name '{last}': longer than 255 characters")
+        last = f"{spec.prefix}_{spec.count - 1}"  # the longest member name
+        check_name("guest", last)
         self._guests.creations.validate(evolve(spec.guest, name=last))
 
     def _each(

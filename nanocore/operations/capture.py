@@ -78,6 +78,7 @@ class Captures:
         return Deferred.fromCoroutine(self._capture(spec, guest_id))
 
     async def _capture(self, spec: ImageSpec, guest_id: str) -> str:
+        self._images.check_names(ImageKind.DISK, spec)  # before the guest, as Core
         instance = self._guests.instance(guest_id)
         if not instance.created:
             raise InvalidRequest(f"guest '{guest_id}' not created yet")

@@ -33,7 +33,7 @@ from nanocore.model import (
     DiskImage,
     MediaImage,
 )
-from nanocore.operations.base import Context, build, visible_to
+from nanocore.operations.base import Context, build, check_label, check_name, visible_to
 from nanocore.operations.claims import Claim, ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Change, Delete, Insert, Put
@@ -260,7 +260,20 @@ class Images:
 
     # --- changing --------------------------------------------------------------------------
 
+    def check_names(self, kind: ImageKind, spec: ImageSpec, *, keep_empty: bool = False) -> None:
+        """The spec's names in the route's words, in Core's order (name, owner, group), before
+        the model sees them; ``keep_empty``: a modify's empty fields keep their value."""
+        if spec.name or not keep_empty:
+            if kind is ImageKind.DISK:
+                check_name("image", spec.name, also=".")  # Core's words
+            else:
+                check_label("media image", spec.name)
+        for kind_of_name, name in (("owner", spec.owner), ("group", spec.group)):
+            if name or not keep_empty:
+                check_name(kind_of_name, name)
+
     def create(self, kind: ImageKind, spec: ImageSpec) -> Deferred[str]:
+        self.check_names(kind, spec)
         image_id = str(uuid.uuid4())
         now = self._context.now_text()
         image = build(
@@ -282,6 +295,7 @@ class Images:
         """A partial update: empty fields keep their value (Core's rule, so none can be
         cleared); refused while an upload holds the image."""
         current = self._unlocked(kind, image_id)
+        self.check_names(kind, spec, keep_empty=True)
         changed: dict[str, Any] = {
             name: value
             for name, value in (
@@ -409,7 +423,8 @@ class Images:
             raise InvalidRequest("owner required")
         if not group:
             raise InvalidRequest("group required")
-        build(kind.entity, id="x", name="x", owner=owner, group=group)
+        check_name("owner", owner)
+        check_name("group", group)
         claim = self._context.claims.take(IMAGE_SYNC, kind, None)
         return self._context.claims.until(
             Deferred.fromCoroutine(self._sync(kind, owner, group)), claim

@@ -59,6 +59,7 @@ class ComputePools:
         return self._context.commit(Insert(pool))
 
     def modify(self, name: str, storage: str, network: str, failover: bool) -> Deferred[None]:
+        check_name("pool", name)  # before the lookup, as Core's modify
         current = self._pool(name)
         pool = self._validated(name, storage, network, failover)
         if pool == current:
@@ -130,6 +131,7 @@ class StoragePools:
         return self._context.commit(Insert(self._validated(name, kind, host, target)))
 
     def modify(self, name: str, kind: str, host: str, target: str) -> Deferred[None]:
+        check_name("storage pool", name)  # before the lookup, as Core's modify
         current = self._pool(name)
         pool = self._validated(name, kind, host, target)
         if pool == current:

@@ -8,7 +8,7 @@ from attrs import evolve, frozen
 from twisted.internet.defer import Deferred
 
 from nanocore.model import SecurityPolicyGroup, SecurityPolicyRule, is_ipv4
-from nanocore.operations.base import Context, build, check_name
+from nanocore.operations.base import Context, build, check_label, check_name
 from nanocore.operations.claims import ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
@@ -100,6 +100,7 @@ class SecurityGroups:
     def _check(self, spec: GroupSpec, group_id: str) -> None:
         if not spec.name:
             raise InvalidRequest("name required")
+        check_label("security policy group", spec.name)
         check_name("user", spec.user)
         check_name("group", spec.group)
         for other in self._context.view.policy_groups.values():

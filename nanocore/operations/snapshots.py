@@ -14,11 +14,7 @@ from twisted.internet.defer import Deferred
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.operations.base import check_name, refusals_deferred
 from nanocore.operations.cells import CellRefused
-from nanocore.operations.errors import InvalidRequest
 from nanocore.operations.guests import GuestAccess
-
-#: The longest snapshot name (as every name Core stores).
-MAX_NAME = 255
 
 
 @frozen
@@ -41,10 +37,8 @@ class SnapshotDetail:
 
 
 def check_snapshot_name(name: str) -> None:
-    """Nano's snapshot qualifier, not empty, at most :data:`MAX_NAME` characters."""
+    """Nano's snapshot qualifier, not empty, at most 255 characters (as every name kept)."""
     check_name("snapshot", name, also=".")
-    if len(name) > MAX_NAME:
-        raise InvalidRequest(f"invalid snapshot name '{name}': longer than {MAX_NAME} characters")
 
 
 def _tree(cell: str, reply: Message) -> list[SnapshotNode]:

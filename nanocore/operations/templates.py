@@ -9,7 +9,7 @@ from attrs import evolve, frozen
 from twisted.internet.defer import Deferred
 
 from nanocore.model import SystemTemplate
-from nanocore.operations.base import Context, build
+from nanocore.operations.base import Context, build, check_label
 from nanocore.operations.claims import ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
@@ -88,6 +88,9 @@ class Templates:
             if value not in accepted:
                 label = field_name.replace("_", " ")
                 raise InvalidRequest(f"invalid template config: invalid {label} option '{value}'")
+        # After Core's checks, which had no rule for either.
+        check_label("template", spec.name)
+        check_label("admin", spec.admin)
         for other in self._context.view.templates.values():
             if other.name == spec.name and other.id != template_id:
                 raise AlreadyExists(f"system template '{spec.name}' already exists")
