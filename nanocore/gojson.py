@@ -7,7 +7,9 @@ so they share one set of rules:
 - ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (Go refuses them; Python would not);
 - a document nested deeper than :data:`MAX_DEPTH` is refused with :class:`JSONError`, never
   with a ``RecursionError`` from the parser's stack (a 1,000-deep body once crashed a request);
-- text is UTF-8 (a BOM or other encodings are refused);
+- text is UTF-8 (a BOM or other encodings are refused), and a ``\\u`` escape of a lone UTF-16
+  surrogate reads as U+FFFD, as in Go (Python keeps the surrogate, which no UTF-8 output can
+  hold: an answer quoting it could not be written);
 - printing refuses non-finite numbers, escapes ``<``, ``>``, ``&``, U+2028 and U+2029 and writes
   integral floats without ``.0``, as Go does, where a reader may compare bytes.
 
@@ -18,6 +20,7 @@ use it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -61,6 +64,9 @@ _DECODERS = {
     for decimals in (False, True)
 }
 _WHITESPACE = " \t\r\n"
+#: An escape of a UTF-16 surrogate; one that is half of a pair was joined by the parser.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def loads(
@@ -103,6 +109,20 @@ def loads(
     # A document cannot nest deeper than it has brackets: walk it only when it might.
     if text.count("[") + text.count("{") > MAX_DEPTH:
         _check_depth(value)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        value = _without_surrogates(value)
+    return value
+
+
+def _without_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate of its strings (keys included) as U+FFFD."""
+    kind = type(value)
+    if kind is str:
+        return _SURROGATE.sub("\ufffd", value)
+    if kind is dict:
+        return {_without_surrogates(key): _without_surrogates(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return kind(_without_surrogates(item) for item in value)
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from decimal import Decimal
 
 from hypothesis import given
@@ -98,6 +99,24 @@ class LoadsTests(SynchronousTestCase):
     def test_first_value(self) -> None:
         self.assertEqual(gojson.loads(' {"a": 1} {"a": 2} junk', first_value=True), {"a": 1})
         self.assertEqual(self.refused(" ", first_value=True).msg, "Expecting value")
+
+    def test_a_lone_surrogate_reads_as_go_reads_it(self) -> None:
+        """Go reads an escaped surrogate that is not half of a pair as U+FFFD; Python kept it,
+        and an answer quoting it could not be encoded (an API refusal became a 500)."""
+        self.assertEqual(gojson.loads(r'"x\ud800y"'), "x\ufffdy")
+        self.assertEqual(gojson.loads(r'"\uDC00\ud800A"'), "\ufffd\ufffdA")
+        self.assertEqual(gojson.loads(r'{"k\ud800": ["\udfff", 1]}'), {"k\ufffd": ["\ufffd", 1]})
+        self.assertEqual(gojson.loads(r'{"k": "\ud800"}', pairs=True), (("k", "\ufffd"),))
+        self.assertEqual(gojson.loads(r'"\ud83d\ude00"'), "\U0001f600")  # a pair: one rune
+        self.assertEqual(gojson.loads(r'"\\ud800"'), "\\ud800")  # an escaped backslash
+
+    @given(st.text(st.characters(blacklist_categories=()), max_size=20))
+    def test_every_string_read_can_be_written(self, text: str) -> None:
+        """Escaped, any text reads back as UTF-16 does: pairs joined, lone halves U+FFFD."""
+        read = gojson.loads(json.dumps(text))  # ASCII: every surrogate as an escape
+        as_utf16 = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        self.assertEqual(read, as_utf16)
+        self.assertEqual(read.encode("utf-8").decode("utf-8"), read)  # no surrogate left
 
     @given(st.binary(max_size=64))
     def test_any_bytes_raise_only_json_errors(self, data: bytes) -> None:
