@@ -142,6 +142,7 @@ class CreateTests(GuestClusterCase):
             ({"qos": {}}, "invalid CPU priority "),
             ({"modules": ["vmware"]}, "invalid module 'vmware'"),
             ({"pool": "nowhere"}, "invalid pool 'nowhere'"),
+            ({"pool": "x\ud800"}, "invalid pool 'x\ufffd'"),  # read as Go reads it
             ({"template": "nope"}, "invalid template 'nope'"),
             ({"security_policy_group": "nope"}, "invalid security policy group 'nope'"),
             ({"from_image": "nope"}, "invalid disk image 'nope'"),
