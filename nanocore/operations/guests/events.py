@@ -11,7 +11,7 @@ told the creation failed and its address may be someone else's by now.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from attrs import evolve
@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nanocore.cluster.cells import CellObserver, CellStatus
+from nanocore.cluster.cells import CellLiveness, CellObserver, CellStatus
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, is_ipv4
 from nanocore.operations.errors import OperationError
@@ -53,6 +53,10 @@ class GuestEvents:
         self._access = access
         self._context = access.context
         self._placement = placement
+        #: For each Cell linked now whose inventory Core has read since it linked: the guests
+        #: of Core's records that inventory lacked. A lost guest of a Cell not in here may
+        #: still be on it (the Cell is away, or has not told its inventory yet).
+        self._lacking: dict[str, frozenset[str]] = {}
         self._handlers: dict[int, Callable[[str, Message], Deferred[None]]] = {
             MessageID.GuestCreatedEvent: self.created,
             MessageID.GuestUpdatedEvent: self.updated,
@@ -73,6 +77,7 @@ class GuestEvents:
 
     def cell_available(self, name: str, address: str) -> None:
         """Reconciling the Cell's guests waits for its inventory (cell operations ask it)."""
+        self._lacking.pop(name, None)
         self._placement.linked(name)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
@@ -85,6 +90,7 @@ class GuestEvents:
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         """Its claims end; its guests are lost (a creation it failed is forgotten first)."""
+        self._lacking.pop(name, None)
         self._placement.cell_gone(name)
 
         def lost(instance: Instance | None) -> list[Change]:
@@ -96,6 +102,21 @@ class GuestEvents:
             self._access.change(guest, lost).addErrback(
                 self._logged, name, Message(id=MessageID.GuestStoppedEvent)
             )
+
+    # -- inventories --------------------------------------------------------------------------
+
+    def inventory_lacks(self, cell: str, guests: Collection[str]) -> None:
+        """``cell`` has told its inventory, and it lacked ``guests`` of Core's (forgotten at
+        once if its link is gone already: its next link tells a new one)."""
+        if self._access.cells.state(cell) in (None, CellLiveness.DISCONNECTED):
+            self._lacking.pop(cell, None)
+        else:
+            self._lacking[cell] = frozenset(guests)
+
+    def came_back_without(self, instance: Instance) -> bool:
+        """Whether ``instance`` is lost because its Cell came back and does not hold it (not
+        merely because the Cell is away): nothing is left on any Cell to ask about it."""
+        return instance.lost and instance.id in self._lacking.get(instance.cell, ())
 
     # -- events -------------------------------------------------------------------------------
 

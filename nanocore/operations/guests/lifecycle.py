@@ -7,6 +7,9 @@ Core's record of running changes only on the Cell's ``GuestStartedEvent`` and
 change made on the Cell's answer: once the Cell says the guest is deleted, its record and
 addresses go in one commit before the client is answered, so a deleted guest is never listed
 again (the original waited for ``GuestDeletedEvent``, which then finds nothing to do).
+
+A guest its Cell came back without (lost, and missing from the inventory the Cell told since it
+linked again) is on no Cell: deleting it forgets it, asking no Cell, whatever its record says.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from attrs import evolve
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from nanocore.cluster.cells import CellDirectory, CellLiveness
+from nanocore.cluster.cells import CellDirectory
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.durations import Durations
 from nanocore.model import Instance, PendingError
@@ -132,25 +135,27 @@ class GuestOperations:
     def delete(self, instance_id: str) -> Deferred[None]:
         try:
             instance = self.access.instance(instance_id)
+            if self.events.came_back_without(instance) and not instance.migrating:
+                # Nothing is left to ask a Cell, whatever the record says of running.
+                return self._forget(instance_id, lost=True)
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
             refuse_migrating(instance)
         except OperationError as error:
             return fail(error)
-        if instance.lost and self._cells.state(instance.cell) not in (
-            None,
-            CellLiveness.DISCONNECTED,
-        ):
-            # The Cell came back without it (reconciliation): nothing is left to ask it.
-            return self._forget(instance_id)
         request = Message(
             id=MessageID.DeleteGuestRequest, string_params={ParamKey.Instance: instance_id}
         )
         asking = self.access.forward(instance.cell, request)
         return asking.addCallback(lambda _: self._forget(instance_id))
 
-    def _forget(self, instance_id: str) -> Deferred[None]:
+    def _forget(self, instance_id: str, *, lost: bool = False) -> Deferred[None]:
+        """Remove the record and its addresses; ``lost``: only while it is still a guest its
+        Cell came back without (it was decided on without asking the Cell)."""
+
         def decide(instance: Instance | None) -> list[Change]:
+            if lost and instance is not None and not self.events.came_back_without(instance):
+                raise InvalidRequest(f"instance '{instance_id}' changed while deleted, retry")
             self.placement.release(instance_id)
             return self.access.forgetting(instance) if instance is not None else []
 

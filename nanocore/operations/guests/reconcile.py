@@ -13,7 +13,10 @@ The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell r
   not adopted, and Core asks the Cell to delete it;
 - a record the Cell does not report is kept and shown as lost, never deleted, unless it was
   still being created and no creation request is in flight: that creation failed, and its
-  record and address go, leaving a pending error the next ``GET`` tells;
+  record and address go, leaving a pending error the next ``GET`` tells. A lost guest recorded
+  running is recorded stopped: no Cell runs it, and a record left running would refuse the
+  delete that is the only thing left to do with it. The guests the Cell lacked are told to
+  :meth:`GuestEvents.inventory_lacks`, so that deleting one asks no Cell;
 - pending errors naming this Cell for guests it does not report are settled;
 - a guest whose record is being changed right now (an event, a deletion) is left to that
   change: one unit deciding on what was committed before it would undo it.
@@ -43,6 +46,12 @@ log = Logger()
 
 #: The pending error of a creation the Cell no longer holds after it came back.
 LOST_WHILE_CREATING = "cell '{cell}' lost the guest while creating it"
+
+
+def lacked(instance: Instance) -> Instance:
+    """``instance`` as its Cell's inventory left it: lost, and not running anywhere."""
+    status = InstanceStatus.STOPPED if instance.running else instance.status
+    return evolve(instance, lost=True, status=status)
 
 
 class Reconciler:
@@ -102,13 +111,14 @@ class Reconciler:
                 message = LOST_WHILE_CREATING.format(cell=cell)
                 changes.extend(self._access.forgetting(instance))
                 changes.append(Put(PendingError(instance.id, message)))
-            elif not instance.lost:
-                changes.append(Put(evolve(instance, lost=True)))
+            elif not instance.lost or instance.running:
+                changes.append(Put(lacked(instance)))
         for pending in view.pending_errors.values():
             if pending.cell == cell and pending.id not in reported and not busy(pending.id):
                 changes.extend(settle(pending))
 
         def after() -> None:
+            self._events.inventory_lacks(cell, released)
             for guest in confirmed:
                 self._placement.confirmed(guest)
             for guest in released:

@@ -1,0 +1,118 @@
+"""A guest that was running when its Cell died without a goodbye, and that the Cell came back
+without.
+
+Reconciliation keeps such a record and marks it lost (docs/compatibility.md, "a guest Core has
+but the Cell lacks is kept and marked lost, not deleted (deleting it then asks no Cell)"). These
+tests hold Core to the rest of that promise, through the API: the record no longer says the
+guest runs, and deleting it (alone or in a batch) asks no Cell and frees its name and address.
+"""
+
+from __future__ import annotations
+
+from attrs import evolve
+
+from nanocore import model as m
+from nanocore.cluster.message import MessageID
+from nanocore.store import Put, UnitOfWork
+from nanocore.testing.fakecell import FakeCell, Fault
+from tests.guestfixtures import GuestClusterCase
+
+
+class LostRunningGuestTests(GuestClusterCase):
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        await self.use_network()
+
+    def cell_of(self, guest: str) -> FakeCell:
+        return self.cells[self.store.view.instances[guest].cell]
+
+    async def lost_while_running(self, name: str = "vm1") -> str:
+        """A guest started on a Cell that is then killed and relinks without it."""
+        guest = await self.created(name=name, pool="netted")
+        await self.started(guest)
+        cell = self.cell_of(guest)
+        del cell.guests[guest]  # the Cell's host lost it with the crash
+        await self.rejoined(cell.name)
+        return guest
+
+    def asked(self, cell: FakeCell, message_id: int) -> int:
+        return sum(1 for message in cell.received if message.id == message_id)
+
+    async def test_the_record_says_lost_and_not_running(self) -> None:
+        guest = await self.lost_while_running()
+        shown = await self.ok("GET", f"/guests/{guest}")
+        self.assertEqual((shown["lost"], shown["running"], shown["created"]), (True, False, True))
+        listed = await self.ok("GET", "/instance_status/netted")
+        self.assertEqual([(g["id"], g["running"]) for g in listed], [(guest, False)])
+
+    async def test_deleting_it_asks_no_cell_and_frees_its_name_and_address(self) -> None:
+        guest = await self.lost_while_running()
+        cell = self.cell_of(guest)
+        ranges = await self.ok("GET", "/address_pools/net/internal/ranges/172.16.0.10")
+        self.assertEqual([a["address"] for a in ranges["allocated"]], ["172.16.0.10"])
+        await self.ok("DELETE", f"/guests/{guest}", {})
+        self.assertEqual(self.asked(cell, MessageID.DeleteGuestRequest), 0)
+        self.assertEqual(
+            await self.refused("GET", f"/guests/{guest}"), f"invalid instance '{guest}'"
+        )
+        self.assertEqual(dict(self.store.view.allocations), {})
+        ranges = await self.ok("GET", "/address_pools/net/internal/ranges/172.16.0.10")
+        self.assertNotIn("allocated", ranges)
+        # Name and address are free again: a new guest of that name gets that address.
+        again = await self.created(name="vm1", pool="netted")
+        self.assertNotEqual(again, guest)
+        self.assertEqual(
+            self.store.view.instances[again].internal.assigned_address, "172.16.0.10/24"
+        )
+
+    async def test_a_batch_deletes_it(self) -> None:
+        lost = await self.lost_while_running()
+        kept = await self.created(name="vm2", pool="netted")
+        deleted = self.events.until(MessageID.GuestDeletedEvent, kept)
+        batch = (await self.ok("POST", "/batch/delete_guest/", {"guest": [lost, kept]}, 202))["id"]
+        await self.applied(deleted, kept)
+        members = await self.ok("GET", f"/batch/delete_guest/{batch}")
+        self.assertEqual(
+            [(member["id"], member["status"]) for member in members],
+            [(lost, "deleted"), (kept, "deleted")],
+        )
+        self.assertEqual(dict(self.store.view.instances), {})
+        self.assertEqual(dict(self.store.view.allocations), {})
+
+    async def test_a_record_an_older_core_left_running_is_deleted_and_corrected(self) -> None:
+        """Records kept lost *and* running before this fix: the next inventory stops them, and
+        deleting one whose Cell came back without it needs no Cell, whatever its status."""
+        first, second = await self.lost_while_running(), await self.lost_while_running("vm2")
+        for guest in (first, second):
+            record = self.store.view.instances[guest]
+            running = evolve(record, status=m.InstanceStatus.RUNNING)
+            await self.store.commit(UnitOfWork.of(Put(running)))
+        await self.ok("DELETE", f"/guests/{first}", {})
+        self.assertNotIn(first, self.store.view.instances)
+        await self.rejoined(self.store.view.instances[second].cell)
+        record = self.store.view.instances[second]
+        self.assertEqual((record.lost, record.status), (True, m.InstanceStatus.STOPPED))
+
+    async def test_before_its_inventory_is_read_a_relinked_cell_is_asked(self) -> None:
+        """A lost guest of a Cell that has linked again but not yet told its inventory may be
+        on that Cell: deleting it asks the Cell instead of forgetting a guest it still holds."""
+        guest = await self.created(pool="netted")
+        cell = self.cell_of(guest)
+        cell._reconnect_delay = 3600.0  # it stays away until the test lets it back
+        gone = self.events.until_disconnected(cell.name)
+        cell.kill()
+        await gone
+        await self.store.commit(UnitOfWork(()))
+        self.assertTrue(self.store.view.instances[guest].lost)
+        cell.inject(MessageID.ComputePoolReadyEvent, Fault(drop=True))  # no inventory yet
+        linked = self.events.until_available(cell.name)
+        cell._reconnect_delay = 0.01
+        await self.cluster.services[cell.name].stopService()
+        self.cluster.services[cell.name].startService()
+        await linked
+        await self.ok("DELETE", f"/guests/{guest}", {})
+        self.assertEqual(self.asked(cell, MessageID.DeleteGuestRequest), 1)
+        self.assertNotIn(guest, cell.guests)
+        self.assertNotIn(guest, self.store.view.instances)
+        await self.rejoined(cell.name)  # its inventory now: nothing to adopt back
+        self.assertEqual(dict(self.store.view.instances), {})
