@@ -4,7 +4,8 @@ without.
 Reconciliation keeps such a record and marks it lost (docs/compatibility.md, "a guest Core has
 but the Cell lacks is kept and marked lost, not deleted (deleting it then asks no Cell)"). These
 tests hold Core to the rest of that promise, through the API: the record no longer says the
-guest runs, and deleting it (alone or in a batch) asks no Cell and frees its name and address.
+guest runs, deleting it (alone or in a batch) asks no Cell and frees its name and address, and
+starting or stopping it is refused with the reason rather than relayed to a Cell that lacks it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,18 @@ class LostRunningGuestTests(GuestClusterCase):
         )
         self.assertEqual(dict(self.store.view.instances), {})
         self.assertEqual(dict(self.store.view.allocations), {})
+
+    async def test_starting_or_stopping_it_is_refused_with_the_reason(self) -> None:
+        guest = await self.lost_while_running()
+        cell = self.cell_of(guest)
+        reason = f"instance '{guest}' is lost: cell '{cell.name}' came back without it"
+        self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}), reason)
+        self.assertEqual(await self.refused("DELETE", f"/instances/{guest}", {}), reason)
+        batch = (await self.ok("POST", "/batch/stop_guest/", {"guest": [guest]}, 202))["id"]
+        (member,) = await self.ok("GET", f"/batch/stop_guest/{batch}")
+        self.assertEqual((member["status"], member["error"]), ("fail", reason))
+        self.assertEqual(self.asked(cell, MessageID.StartInstanceRequest), 1)  # the first start
+        self.assertEqual(self.asked(cell, MessageID.StopInstanceRequest), 0)
 
     async def test_a_record_an_older_core_left_running_is_deleted_and_corrected(self) -> None:
         """Records kept lost *and* running before this fix: the next inventory stops them, and

@@ -9,7 +9,8 @@ addresses go in one commit before the client is answered, so a deleted guest is 
 again (the original waited for ``GuestDeletedEvent``, which then finds nothing to do).
 
 A guest its Cell came back without (lost, and missing from the inventory the Cell told since it
-linked again) is on no Cell: deleting it forgets it, asking no Cell, whatever its record says.
+linked again) is on no Cell: deleting it forgets it, asking no Cell, whatever its record says,
+and starting or stopping it is refused with that reason rather than relayed to the Cell.
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ class GuestOperations:
 
         return self.access.change(instance_id, decide)
 
+    def _refuse_lost(self, instance: Instance) -> None:
+        """A guest on no Cell can be neither started nor stopped (its Cell would answer
+        ``invalid instance``; the record, that it is already started or stopped)."""
+        if self.events.came_back_without(instance):
+            raise InvalidRequest(
+                f"instance '{instance.id}' is lost: cell '{instance.cell}' came back without it"
+            )
+
     # -- start / stop -------------------------------------------------------------------------
 
     def start(
@@ -170,6 +179,7 @@ class GuestOperations:
         """Boot the guest, from a media image of the image site when asked."""
         try:
             instance = self.access.instance(instance_id)
+            self._refuse_lost(instance)
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' already started")
             if not instance.created:
@@ -197,6 +207,7 @@ class GuestOperations:
         """Shut the guest down (or off, with ``force``), or reboot it."""
         try:
             instance = self.access.instance(instance_id)
+            self._refuse_lost(instance)
             if not instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' already stopped")
         except OperationError as error:
