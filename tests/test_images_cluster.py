@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
+from nanocore import model as m
 from nanocore.api import envelope
 from nanocore.api.app import build_api_resource
 from nanocore.api.auth import Variant, Verifier
@@ -36,11 +37,12 @@ from nanocore.pki import (
     requesting_tls_options,
     write_pair,
 )
+from nanocore.store import Put, UnitOfWork
 from nanocore.testing import simtap
 from nanocore.testing.celldisks import BLANK_DISK, blank_disk
-from nanocore.testing.fakecell import Fault
+from nanocore.testing.fakecell import STOP_TIME, Fault
 from nanocore.testing.imageclient import CellImageClient
-from tests.guestfixtures import TIMEOUT, GuestClusterCase, cluster_ca, reactor
+from tests.guestfixtures import TIMEOUT, GiB, GuestClusterCase, cluster_ca, reactor
 from tests.imagefixtures import CONTENT_TYPE, multipart
 
 DISK = os.urandom(3 << 20) + b"end"
@@ -330,3 +332,123 @@ class SimulatorTests(ImageClusterCase):
         self.assertEqual(
             self.store.view.disk_images[captured].check_sum, hashlib.sha1(DISK).hexdigest()
         )
+
+
+class CaptureHoldsTheGuestTests(ImageClusterCase):
+    """While a disk image is captured from a guest, nothing may change the guest's disk or
+    power state: its Cell would copy a disk being written (Nano checked only at the start).
+    The Cells' captures are simulated on their clock ("done" after the creation time), so the
+    test decides when one ends."""
+
+    creation_time = 1.0
+
+    def cell_options(self) -> dict[str, Any]:
+        return {}
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        await self.store.commit(
+            UnitOfWork.of(
+                Put(m.DiskImage(id="img-1", name="base", owner="alice", group="team",
+                                size=5 * GiB, version=1, created=True))
+            )
+        )  # fmt: skip
+
+    async def capture(self, guest: str) -> str:
+        body = {"name": "snap", "owner": "alice", "group": "team", "guest": guest}
+        image: str = (await self.ok("POST", "/disk_images/", body, status=202))["id"]
+        return image
+
+    async def assert_held(self, guest: str, image: str) -> None:
+        """Every change of the guest's disk or power state is refused, naming the capture, and
+        none reaches its Cell."""
+        reason = f"guest '{guest}' is being captured to disk image '{image}'"
+        refused = {
+            "start": ("POST", f"/instances/{guest}", {}),
+            "reset": ("PUT", f"/guests/{guest}/system/", {"from_image": "img-1"}),
+            "delete": ("DELETE", f"/guests/{guest}", {}),
+            "resize": ("PUT", f"/guests/{guest}/disks/resize/0", {"size": 40 * GiB}),
+            "shrink": ("PUT", f"/guests/{guest}/disks/shrink/0", {}),
+            "snapshot": ("POST", f"/instances/{guest}/snapshots/", {"name": "s1"}),
+            "restore": ("PUT", f"/instances/{guest}/snapshots/", {"target": "s0"}),
+            "drop snapshot": ("DELETE", f"/instances/{guest}/snapshots/s0", None),
+        }
+        for what, (method, path, body) in refused.items():
+            self.assertEqual((what, await self.refused(method, path, body)), (what, reason))
+        batch = (await self.ok("POST", "/batch/delete_guest/", {"guest": [guest]}, 202))["id"]
+        (member,) = await self.ok("GET", f"/batch/delete_guest/{batch}")
+        self.assertEqual((member["status"], member["error"]), ("fail", reason))
+        writes = {
+            MessageID.StartInstanceRequest, MessageID.ResetSystemRequest,
+            MessageID.DeleteGuestRequest, MessageID.ResizeDiskRequest,
+            MessageID.ShrinkDiskRequest, MessageID.CreateSnapshotRequest,
+            MessageID.RestoreSnapshotRequest, MessageID.DeleteSnapshotRequest,
+        }  # fmt: skip
+        self.assertEqual([r.id for r in self.cell_of(guest).received if r.id in writes], [])
+        self.assertIn(guest, self.store.view.instances)
+
+    async def assert_free(self, guest: str) -> None:
+        """Reset, start, stop and delete go through as for any guest."""
+        cell = self.cell_of(guest)
+        await self.ok("PUT", f"/guests/{guest}/system/", {"from_image": "img-1"})
+        reset = self.events.until(MessageID.SystemResetEvent, guest)
+        self.cell_clock.advance(self.creation_time)
+        await self.applied(reset, guest)
+        await self.started(guest)
+        stopped = self.events.until(MessageID.GuestStoppedEvent, guest)
+        await self.ok("DELETE", f"/instances/{guest}", {})
+        self.cell_clock.advance(STOP_TIME)
+        await self.applied(stopped, guest)
+        await self.ok("DELETE", f"/guests/{guest}", {})
+        self.assertNotIn(guest, self.store.view.instances)
+        self.assertNotIn(guest, cell.guests)
+
+    async def test_refused_while_it_runs_and_allowed_once_it_failed(self) -> None:
+        guest = await self.created_guest()
+        image = await self.capture(guest)
+        self.cell_clock.advance(self.creation_time / 2)  # 50 %: still under way
+        await self.reported(self.cell_of(guest).name)
+        await self.assert_held(guest, image)
+        self.cell_clock.advance(self.creation_time / 2)  # "done", having uploaded nothing
+        await self.ops.captures.finished(image)
+        self.assertNotIn(image, self.store.view.disk_images)
+        await self.assert_free(guest)
+
+    async def test_a_start_while_the_image_record_is_written_is_refused(self) -> None:
+        """The capture holds the guest from its check on, not only once its record is in."""
+        guest = await self.created_guest()
+        body = {"name": "snap", "owner": "alice", "group": "team", "guest": guest}
+        capturing = self.client.post("/disk_images/", body)
+        starting = self.client.post(f"/instances/{guest}", {})  # while the record is written
+        captured, started = (await capturing).envelope(), (await starting).envelope()
+        self.assertEqual(captured["error_code"], 0, captured)
+        self.assertEqual(
+            started["message"],
+            f"guest '{guest}' is being captured to disk image '{captured['data']['id']}'",
+        )
+        image = captured["data"]["id"]
+        self.cell_clock.advance(self.creation_time)
+        await self.ops.captures.finished(image)
+
+    async def test_refused_until_the_cell_is_done_and_allowed_once_it_finished(self) -> None:
+        guest = await self.created_guest()
+        image = await self.capture(guest)
+        cell = self.cell_of(guest)
+        # The capturing Cell uploads the disk; the capture lasts until the Cell says done.
+        client = CellImageClient(
+            reactor,
+            lambda host: client_tls_options(
+                cluster_ca(), host, issue_cell_certificate(cluster_ca(), cell.name)
+            ),
+        )
+        disk = Path(self.mktemp())
+        disk.write_bytes(DISK)
+        answer = await client.upload("127.0.0.1", self.site_address.port, image, disk)
+        self.assertEqual(answer["error_code"], 0, answer)
+        self.assertTrue(self.store.view.disk_images[image].created)
+        await self.assert_held(guest, image)
+        self.cell_clock.advance(self.creation_time)  # the Cell's last word: done
+        await self.ops.captures.finished(image)
+        shown = await self.ok("GET", f"/disk_images/{image}")
+        self.assertEqual((shown["created"], shown["size"]), (True, len(DISK)))
+        await self.assert_free(guest)

@@ -139,6 +139,21 @@ class MigrationRequestTests(MigrationCase):
             self.assertEqual(await self.refused("POST", "/migrations/", body),
                              f"{side} cell '{cell}' already lost")  # fmt: skip
 
+    async def test_a_guest_whose_disk_image_is_being_captured(self) -> None:
+        """It stays where its Cell copies its disk (Nano moved it); then it may move."""
+        guest = await self.guest_on(A, "vm1")
+        capture = {"name": "snap", "owner": "alice", "group": "team", "guest": guest}
+        image = (await self.ok("POST", "/disk_images/", capture, status=202))["id"]
+        self.assertEqual(
+            await self.refused("POST", "/migrations/", self.body(guest)),
+            f"instance '{guest}'('team.vm1') is being captured to disk image '{image}'",
+        )
+        self.assertEqual((await self.ok("GET", "/migrations/"), self.moving()), ([], []))
+        self.cell_clock.advance(0)  # the simulated capture ends (having uploaded nothing)
+        await self.ops.captures.finished(image)
+        await self.migrated(self.body(guest))
+        self.assertEqual(self.record(guest).cell, B)
+
     async def test_a_guest_in_a_migration_and_a_target_without_room(self) -> None:
         guest = await self.guest_on(A, "vm1")
         big = await self.guest_on(A, "big", memory=20 * GiB)

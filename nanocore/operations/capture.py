@@ -2,18 +2,24 @@
 cell-protocol.md §5.12, core-internals §5.6).
 
 The guest must be created and stopped. The image record is created (not yet ``created``), held
-by :data:`~nanocore.operations.images.IMAGE_CAPTURE`, and the guest's Cell is asked to upload
-the disk to the image site (``CreateDiskImageRequest`` with the site's Host and Port). The
-client is answered once the Cell has said it started (its ``CreateDiskImageResponse``), or with
-its refusal. The Cell's ``DiskImageUpdatedEvent``\\ s, addressed to the request's session, are
-its progress (shown by ``GET /disk_images/:id``); each restarts the operate timeout, which is
-so an inactivity limit, as in the original. The last (``Enable``) ends the capture: the Cell's
-upload, checked against the checksum it declared, must have made the image ``created`` by then.
+by :data:`~nanocore.operations.images.IMAGE_CAPTURE` from just before its creation, and the
+guest's Cell is asked to upload the disk to the image site (``CreateDiskImageRequest`` with the
+site's Host and Port). The client is answered once the Cell has said it started (its
+``CreateDiskImageResponse``), or with its refusal. The Cell's ``DiskImageUpdatedEvent``\\ s,
+addressed to the request's session, are its progress (shown by ``GET /disk_images/:id``); each
+restarts the operate timeout, which is so an inactivity limit, as in the original. The last
+(``Enable``) ends the capture: the Cell's upload, checked against the checksum it declared,
+must have made the image ``created`` by then.
 
 Any other end (the Cell reports a failure, stays silent longer than the timeout, loses its
 link, or says "done" having uploaded nothing) deletes the image, with whatever its upload
 placed; an upload still running is no longer recorded. A restart ends the wait too (claims are
 in memory): the record then stays as a never-uploaded image, which its owner may delete.
+
+While the claim is held, the guest's operations that would change its disk or power state
+(start, system reset, delete, disk resize, snapshots, migration) are refused
+(:meth:`~nanocore.operations.guests.GuestAccess.refuse_capturing`): the Cell would copy a disk
+being written. Nano checked the guest only when the capture started.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from nanocore.operations.images import (
     ImageKind,
     Images,
     ImageSpec,
+    new_image_id,
 )
 from nanocore.operations.imagesite import ImageSiteLocator
 
@@ -87,10 +94,16 @@ class Captures:
         site = self._image_site()
         if site is None:
             raise InvalidRequest("no image server available")
-        image_id = await self._images.create(ImageKind.DISK, spec)
+        # Claimed before the record's commit: no start may slip in while it is written.
+        image_id = new_image_id()
         claim = self._context.claims.take(
-            IMAGE_CAPTURE, (ImageKind.DISK, image_id), CaptureProgress(instance.cell)
+            IMAGE_CAPTURE, (ImageKind.DISK, image_id), CaptureProgress(instance.cell, guest_id)
         )
+        try:
+            await self._images.create(ImageKind.DISK, spec, image_id)
+        except BaseException:
+            self._context.claims.release(claim)
+            raise
         self._running[image_id] = []
         request = Message(
             id=MessageID.CreateDiskImageRequest,

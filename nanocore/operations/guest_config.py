@@ -296,6 +296,7 @@ class GuestConfig:
     def resize_disk(self, instance_id: str, index_text: str, size: int) -> Deferred[None]:
         """Grow disk ``index`` to ``size`` bytes (the Cell wants the guest stopped)."""
         instance = self._access.instance(instance_id)
+        self._access.refuse_capturing(instance_id)
         index = disk_index(index_text, instance)
         current = instance.disks[index]
         if size <= current:
@@ -322,6 +323,7 @@ class GuestConfig:
     def shrink_disk(self, instance_id: str, index_text: str) -> Deferred[None]:
         """Compact disk ``index`` (its size stays; the Cell answers as for a resize)."""
         instance = self._access.instance(instance_id)
+        self._access.refuse_capturing(instance_id)
         index = disk_index(index_text, instance)
         message = self._request(
             MessageID.ShrinkDiskRequest, instance, uint_params={ParamKey.Disk: index}

@@ -6,9 +6,10 @@ Records live in the store; the files live in the image folders, reached only thr
 builds a path. An upload holds the image's :data:`IMAGE_UPLOAD` claim from its first byte to
 the commit of the new version: while it is held the image can be neither modified, deleted nor
 uploaded again, and the claim's value is the progress the API shows. A disk image captured
-from a guest (:mod:`nanocore.operations.capture`) is held by :data:`IMAGE_CAPTURE` from its
-creation to the Cell's last word: only that Cell may upload it meanwhile, and the Cell's
-progress is what the API shows.
+from a guest (:mod:`nanocore.operations.capture`) is held by :data:`IMAGE_CAPTURE` from just
+before its creation to the Cell's last word: only that Cell may upload it meanwhile, the Cell's
+progress is what the API shows, and the guest's operations find there that its disk is being
+copied (the claims are grouped by guest).
 """
 
 from __future__ import annotations
@@ -130,10 +131,12 @@ class UploadProgress:
 
 @define
 class CaptureProgress:
-    """A capture from a guest: the Cell that uploads it, how far it says it is, and whether
-    the capture has failed (its upload may then no longer be recorded)."""
+    """A capture from a guest: the Cell that uploads it, the guest whose disk it copies, how
+    far it says it is, and whether the capture has failed (its upload may then no longer be
+    recorded)."""
 
     cell: str
+    guest: str
     percent: int = 0
     failed: bool = False
 
@@ -141,6 +144,10 @@ class CaptureProgress:
 def _locked(held: Claim[Any]) -> InvalidRequest:
     kind, image_id = cast(tuple[ImageKind, str], held.key)
     return InvalidRequest(f"{kind.label} '{image_id}' locked")
+
+
+def _captured_guest(progress: CaptureProgress) -> str:
+    return progress.guest
 
 
 def _name_taken(held: Claim[None]) -> AlreadyExists:
@@ -157,8 +164,11 @@ def _syncing(held: Claim[None]) -> InvalidRequest:
 IMAGE_UPLOAD: ClaimKind[UploadProgress] = ClaimKind("image upload", _locked)
 #: An image's ``(kind, group, name)`` from its uniqueness check to its commit.
 IMAGE_NAME: ClaimKind[None] = ClaimKind("image name", _name_taken)
-#: A disk image from its creation for a capture to the end of the capture.
-IMAGE_CAPTURE: ClaimKind[CaptureProgress] = ClaimKind("image capture", _locked)
+#: A disk image from just before its creation for a capture to the end of the capture; the
+#: claims of one guest are listed by ``Claims.live_in(IMAGE_CAPTURE, guest_id)``.
+IMAGE_CAPTURE: ClaimKind[CaptureProgress] = ClaimKind(
+    "image capture", _locked, group=_captured_guest
+)
 #: A folder being synchronised: one sync per kind at a time.
 IMAGE_SYNC: ClaimKind[None] = ClaimKind("image sync", _syncing)
 
@@ -207,6 +217,10 @@ class NoImageFiles:
 
     def adopt(self, kind: ImageKind, name: str, image_id: str) -> Deferred[Adopted]:
         raise InvalidRequest("this Core keeps no image files")
+
+
+def new_image_id() -> str:
+    return str(uuid.uuid4())
 
 
 class Images:
@@ -272,9 +286,11 @@ class Images:
             if name or not keep_empty:
                 check_name(kind_of_name, name)
 
-    def create(self, kind: ImageKind, spec: ImageSpec) -> Deferred[str]:
+    def create(self, kind: ImageKind, spec: ImageSpec, image_id: str = "") -> Deferred[str]:
+        """A new record (no content yet); ``image_id`` is one its caller has claimed already
+        (a capture), else a new one."""
         self.check_names(kind, spec)
-        image_id = str(uuid.uuid4())
+        image_id = image_id or new_image_id()
         now = self._context.now_text()
         image = build(
             cast(Callable[..., Image], kind.entity),

@@ -350,6 +350,9 @@ class Migrations:
                 raise InvalidRequest(f"{named} not created yet")
             if instance.lost:
                 raise InvalidRequest(f"{named} is lost")
+            image = self._access.capture_of(guest)
+            if image is not None:
+                raise InvalidRequest(f"{named} is being captured to disk image '{image}'")
             seen.add(guest)
             found.append(instance)
         return pool, found

@@ -3,7 +3,8 @@
 Core keeps no snapshot state: it checks the snapshot name (``[A-Za-z0-9_.-]``, as Nano's
 qualifier, and not empty), asks the guest's Cell, and relays what the Cell refuses verbatim
 (a live snapshot, a snapshot others depend on). What the Cell answers is read strictly: a
-reply whose lists do not line up is refused, not guessed at.
+reply whose lists do not line up is refused, not guessed at. Taking, deleting or restoring a
+snapshot writes the guest's disks: refused while a disk image is captured from it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.operations.base import check_name, refusals_deferred
 from nanocore.operations.cells import CellRefused
 from nanocore.operations.guests import GuestAccess
+
+#: The requests that write the guest's disks, refused while a disk image is captured from it.
+_WRITES = frozenset(
+    (MessageID.CreateSnapshotRequest, MessageID.DeleteSnapshotRequest,
+     MessageID.RestoreSnapshotRequest)
+)  # fmt: skip
 
 
 @frozen
@@ -82,6 +89,8 @@ class Snapshots:
         if message_id == MessageID.CreateSnapshotRequest:
             params[ParamKey.Description] = description
         instance = self._access.instance(instance_id)
+        if message_id in _WRITES:
+            self._access.refuse_capturing(instance_id)
         message = Message(id=message_id, string_params=params)
         return self._access.forward(instance.cell, message)
 

@@ -11,12 +11,15 @@ snapshots, firewall, migration) use the same three steps:
 - :meth:`GuestAccess.change`: read one instance, decide, commit, serialised per instance, so
   that a Cell event and an API call that change the same guest never overwrite each other's
   change with what they read before it.
+
+And one refusal they share: :meth:`GuestAccess.refuse_capturing`, for what would change the
+disk or power state of a guest whose system disk its Cell is copying into a disk image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.python.failure import Failure
@@ -34,6 +37,7 @@ from nanocore.operations.errors import (
     OperationTimeout,
     UnknownEntity,
 )
+from nanocore.operations.images import IMAGE_CAPTURE
 from nanocore.store import Change, Delete
 
 T = TypeVar("T")
@@ -60,6 +64,22 @@ class GuestAccess:
         if found is None:
             raise UnknownEntity(f"invalid instance '{instance_id}'")
         return found
+
+    def capture_of(self, instance_id: str) -> str | None:
+        """The disk image being captured from the guest's system disk now, if any."""
+        for claim in self.context.claims.live_in(IMAGE_CAPTURE, instance_id):
+            _, image_id = cast(tuple[object, str], claim.key)
+            return image_id
+        return None
+
+    def refuse_capturing(self, instance_id: str) -> None:
+        """Refuse what would change the guest's disk or power state while its Cell copies its
+        system disk (the image would be torn); Nano checked only when the capture began."""
+        image = self.capture_of(instance_id)
+        if image is not None:
+            raise InvalidRequest(
+                f"guest '{instance_id}' is being captured to disk image '{image}'"
+            )
 
     def forward(
         self,

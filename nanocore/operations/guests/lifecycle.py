@@ -142,6 +142,7 @@ class GuestOperations:
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
             refuse_migrating(instance)
+            self.access.refuse_capturing(instance_id)
         except OperationError as error:
             return fail(error)
         request = Message(
@@ -187,6 +188,7 @@ class GuestOperations:
             if from_network:
                 raise InvalidRequest("start from network is not supported")
             refuse_migrating(instance)
+            self.access.refuse_capturing(instance_id)
             message = self._start_message(instance_id, from_media, source)
         except OperationError as error:
             return fail(error)

@@ -5,7 +5,8 @@ again from a disk image of the image site. The Cell's answer means "started": Co
 the guest *resetting* (``created: false``, ``progress: 0``, so ``GET /guests/:id`` answers 201),
 takes its progress events as it does a creation's, and ``SystemResetEvent`` ends it
 (:meth:`~nanocore.operations.guests.events.GuestEvents.system_reset`). The original crashed on a
-running guest (core-internals §8.3 #2); here it is refused: ``guest '<name>' still running``.
+running guest (core-internals §8.3 #2); here it is refused (``guest '<name>' still running``),
+and so is a reset while a disk image is captured from the guest (the copy would be torn).
 
 The request runs in the guest's turn (:meth:`GuestAccess.serially`): it is checked against the
 record as it is then, nothing else changes the guest while its Cell is asked, and the Cell's
@@ -51,6 +52,7 @@ class Resets:
                 raise InvalidRequest(f"guest '{instance.full_name}' still running")
             if not instance.created:
                 raise InvalidRequest(f"guest '{instance_id}' not created yet")
+            self._access.refuse_capturing(instance_id)
             if not image_id:
                 raise InvalidRequest("disk image required")
             source = image_source(
