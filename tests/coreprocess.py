@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
@@ -25,7 +26,9 @@ from twisted.web.http_headers import Headers
 from nanocore.api.client import Signer
 from nanocore.cli import child_environment
 from nanocore.layout import Layout
+from nanocore.pki import client_tls_options, issue_cell_certificate, load_or_create_ca
 from nanocore.services.listen import read_port
+from nanocore.testing.fakecell import FakeCell, LocatedCoreEndpoint
 from tests.corefixtures import CREDENTIAL, write_config
 
 reactor: Any = global_reactor
@@ -33,6 +36,11 @@ reactor: Any = global_reactor
 #: How long a (re)started core may take to answer `GET /api/v1/` with 200.
 START_DEADLINE_SECONDS = 20.0
 POLL_SECONDS = 0.02
+_LINK = re.compile(r"Cell link \(TLS\) on 127\.0\.0\.1:(\d+)")
+
+
+class CoreNotListening(Exception):
+    """No Cell link port in this run's log yet; a Cell tries again."""
 
 
 class CoreProcess(ProcessProtocol):
@@ -172,6 +180,36 @@ class CoreProcessCase(TestCase):
 
     def log_file(self) -> Path:
         return self.layout.log_dir / "crash-test.log"
+
+    # -- Cells -------------------------------------------------------------------------------
+
+    def link_port(self) -> Deferred[tuple[str, int]]:
+        """Where Core's Cell link listens now: the newest port its log names."""
+        found = _LINK.findall(self.log_file().read_text()) if self.log_file().exists() else []
+        if not found:
+            return fail(CoreNotListening())
+        return succeed(("127.0.0.1", int(found[-1])))
+
+    def start_fake_cells(self, names: Sequence[str], **options: Any) -> dict[str, FakeCell]:
+        """FakeCells in this process (``options``: FakeCell's), each with a certificate of the
+        cluster CA, dialling Core's TLS link wherever the latest start put it: they reconnect
+        to a restarted Core by themselves. Stopped at cleanup."""
+        ca = load_or_create_ca(self.layout.cert_dir)
+        cells = {}
+        for name in names:
+            cell = FakeCell(name, reactor, **options)
+            issued = issue_cell_certificate(ca, name)
+            endpoint = LocatedCoreEndpoint(
+                reactor,
+                self.link_port,
+                lambda host, issued=issued: client_tls_options(ca, host, issued),
+            )
+            service = cell.service(endpoint)
+            service.startService()
+            self.addCleanup(service.stopService)
+            self.addCleanup(cell.close)
+            cells[name] = cell
+        return cells
 
     # -- the API -----------------------------------------------------------------------------
 

@@ -11,61 +11,18 @@ moved, their power state kept, no migration recorded.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
-
-from nanocore.pki import client_tls_options, issue_cell_certificate, load_or_create_ca
-from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint
+from nanocore.testing.fakecell import Capacity
 from nanocore.testing.sharedstorage import SharedStorage
-from tests.coreprocess import CoreProcessCase, reactor
+from tests.coreprocess import CoreProcessCase
 
 GiB = 1 << 30
 CELLS = ("Cell_stay01", "Cell_stay02")
-_LINK = re.compile(r"Cell link \(TLS\) on 127\.0\.0\.1:(\d+)")
-
-
-class CoreNotListening(Exception):
-    """No Cell link port in this run's log yet; the Cell tries again."""
 
 
 class PlannedRestartTests(CoreProcessCase):
     timeout = 120
-
-    def link_port(self) -> Deferred[tuple[str, int]]:
-        """Where Core's Cell link listens now: the newest port its log names."""
-        found = _LINK.findall(self.log_file().read_text()) if self.log_file().exists() else []
-        if not found:
-            return fail(CoreNotListening())
-        return succeed(("127.0.0.1", int(found[-1])))
-
-    def start_cells(self) -> dict[str, FakeCell]:
-        ca = load_or_create_ca(self.layout.cert_dir)
-        shared = SharedStorage()
-        cells = {}
-        for name in CELLS:
-            cell = FakeCell(
-                name,
-                reactor,
-                capacity=Capacity(cores=8, memory=8 * GiB, disk=100 * GiB),
-                creation_time=0.0,
-                stop_time=0.0,
-                reconnect_delay=0.2,
-                shared=shared,
-            )
-            issued = issue_cell_certificate(ca, name)
-            endpoint = LocatedCoreEndpoint(
-                reactor,
-                self.link_port,
-                lambda host, issued=issued: client_tls_options(ca, host, issued),
-            )
-            service = cell.service(endpoint)
-            service.startService()
-            self.addCleanup(service.stopService)
-            self.addCleanup(cell.close)
-            cells[name] = cell
-        return cells
 
     async def ok(self, method: str, path: str, body: Any = None) -> Any:
         document = await self.call(method, path, body)
@@ -82,7 +39,14 @@ class PlannedRestartTests(CoreProcessCase):
     async def test_a_stop_and_start_leaves_cells_and_guests_as_they_were(self) -> None:
         core = self.spawn()
         await self.serving(core)
-        cells = self.start_cells()
+        cells = self.start_fake_cells(
+            CELLS,
+            capacity=Capacity(cores=8, memory=8 * GiB, disk=100 * GiB),
+            creation_time=0.0,
+            stop_time=0.0,
+            reconnect_delay=0.2,
+            shared=SharedStorage(),  # one NFS export for both: the pool's shared storage
+        )
         for cell in cells.values():
             await cell.connected()
         template = (await self.ok("GET", "/templates/"))[0]["id"]

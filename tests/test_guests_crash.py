@@ -10,58 +10,18 @@ guests leave: two more fit, a third does not).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
-
-from nanocore.pki import client_tls_options, issue_cell_certificate, load_or_create_ca
-from nanocore.testing.fakecell import Capacity, FakeCell, LocatedCoreEndpoint
-from tests.coreprocess import CoreProcessCase, reactor
+from nanocore.testing.fakecell import Capacity
+from tests.coreprocess import CoreProcessCase
 
 GiB = 1 << 30
 CELLS = ("Cell_crash01", "Cell_crash02")
 GUESTS = 6
-_LINK = re.compile(r"Cell link \(TLS\) on 127\.0\.0\.1:(\d+)")
-
-
-class CoreNotListening(Exception):
-    """No Cell link port in this run's log yet; the Cell tries again."""
 
 
 class GuestCrashTests(CoreProcessCase):
     timeout = 120
-
-    def link_port(self) -> Deferred[tuple[str, int]]:
-        """Where Core's Cell link listens now: the newest port its log names."""
-        found = _LINK.findall(self.log_file().read_text()) if self.log_file().exists() else []
-        if not found:
-            return fail(CoreNotListening())
-        return succeed(("127.0.0.1", int(found[-1])))
-
-    def start_cells(self) -> dict[str, FakeCell]:
-        ca = load_or_create_ca(self.layout.cert_dir)
-        cells = {}
-        for name in CELLS:
-            cell = FakeCell(
-                name,
-                reactor,
-                capacity=Capacity(cores=8, memory=4 * GiB, disk=100 * GiB),
-                creation_time=1.5,
-                reconnect_delay=0.2,
-            )
-            issued = issue_cell_certificate(ca, name)
-            endpoint = LocatedCoreEndpoint(
-                reactor,
-                self.link_port,
-                lambda host, issued=issued: client_tls_options(ca, host, issued),
-            )
-            service = cell.service(endpoint)
-            service.startService()
-            self.addCleanup(service.stopService)
-            self.addCleanup(cell.close)
-            cells[name] = cell
-        return cells
 
     def guest(self, index: int) -> dict[str, Any]:
         return {
@@ -72,7 +32,13 @@ class GuestCrashTests(CoreProcessCase):
     async def test_guests_created_across_a_sigkill_are_told_truthfully(self) -> None:
         process = self.spawn()
         await self.serving(process)
-        cells = self.start_cells()
+        # Each takes 1.5 s to create a guest: Core is killed before any says one exists.
+        cells = self.start_fake_cells(
+            CELLS,
+            capacity=Capacity(cores=8, memory=4 * GiB, disk=100 * GiB),
+            creation_time=1.5,
+            reconnect_delay=0.2,
+        )
         for cell in cells.values():
             await cell.connected()
         self.template = (await self.data("GET", "/templates/"))[0]["id"]
