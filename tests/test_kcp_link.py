@@ -52,7 +52,7 @@ class LinkTests(SynchronousTestCase):
         self.fabric.settle()
         link = self.fabric.registry.link(CELL)
         assert link is not None and cell.link is not None
-        self.assertEqual((link.name, link.address), (CELL, ADDRESS[0]))
+        self.assertEqual((link.name, link.address, link.verified), (CELL, ADDRESS[0], False))
         self.assertEqual(cell.link.name, CORE_NAME)
         self.assertEqual(self.available, [(CELL, ADDRESS[0])])
         self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)  # its first report
@@ -176,8 +176,8 @@ class NameGuardTests(SynchronousTestCase):
     """The guard alone, over recorded links."""
 
     class Link:
-        def __init__(self, name: str, address: str) -> None:
-            self.name, self.address = name, address
+        def __init__(self, name: str, address: str, *, verified: bool = False) -> None:
+            self.name, self.address, self.verified = name, address, verified
             self.connected = True
             self.errors: list[str] = []
 
@@ -206,6 +206,22 @@ class NameGuardTests(SynchronousTestCase):
         )
         self.assertEqual(handler.messages, [])
         self.assertEqual((guard.refused, len(second.errors)), (1, 1))
+
+    def test_a_claim_never_takes_a_name_a_certificate_holds(self) -> None:
+        """From the same address too: any process on a TLS Cell's host could claim its name
+        over KCP, and each claim would knock the real Cell off (its guests shown lost)."""
+        handler = RecordingHandler()
+        holders: dict[str, Any] = {CELL: self.Link(CELL, "10.0.0.1", verified=True)}
+        guard = NameGuard(handler, holders.get)
+        claim = self.Link(CELL, "10.0.0.1")
+        guard.link_connected(claim)  # type: ignore[arg-type]
+        self.assertEqual(handler.events, [])
+        self.assertEqual(claim.errors, [f"name {CELL!r} is held by its certificate's TLS link"])
+        # A Cell that restarted over KCP from its address takes over its own KCP link.
+        holders[CELL] = self.Link(CELL, "10.0.0.1")
+        again = self.Link(CELL, "10.0.0.1")
+        guard.link_connected(again)  # type: ignore[arg-type]
+        self.assertEqual((handler.events, again.errors), ([("connected", CELL, "10.0.0.1")], []))
 
 
 class StrictTypingTests(SynchronousTestCase):

@@ -132,7 +132,7 @@ class CoreSideTests(SynchronousTestCase):
         self.assertEqual(reply.uint_params[ParamKey.Type], ServiceType.CORE)
         self.assertEqual(self.handler.events, [("connected", CELL, "127.0.0.5")])
         self.assertIs(self.link.state, LinkState.CONNECTED)
-        self.assertEqual(self.link.name, CELL)
+        self.assertEqual((self.link.name, self.link.verified), (CELL, True))
 
     def test_name_must_match_certificate(self) -> None:
         """A Cell claiming another name than its certificate's is refused."""

@@ -106,8 +106,9 @@ class FrameWire(Interface):
 class CellLink(Interface):
     """What the rest of Core may do with a link (docs/architecture.md); LinkSession provides it."""
 
-    name = Attribute("The peer's name (str), from its verified certificate.")
+    name = Attribute("The peer's name (str): verified by its certificate, or as it claimed.")
     address = Attribute("The peer's IP address (str).")
+    verified = Attribute("Whether the name was checked against the peer's certificate (bool).")
 
     def send(message: Message) -> None:
         """Send one message or raise :class:`LinkError`."""
@@ -206,6 +207,11 @@ class LinkSession:
     def address(self) -> str:
         """The peer's IP address."""
         return self._wire.address
+
+    @property
+    def verified(self) -> bool:
+        """Whether the peer's name is its certificate's (TLS), not only its claim (KCP)."""
+        return self._identify is not None
 
     @property
     def connected(self) -> bool:

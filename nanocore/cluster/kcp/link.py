@@ -5,7 +5,8 @@ timers, graceful close, the registry, transactions and operations), so one Cell 
 whichever wire it came on. What differs is identity: a stock Cell has no certificate, so its
 name is the one it claims in its ``ConnectionOpenedEvent`` (cell-protocol.md §2.6). Because that
 claim is unauthenticated, :class:`NameGuard` refuses a claim of a name that is linked from
-another address while that link is alive, so a second host cannot take over a Cell's name.
+another address while that link is alive, so a second host cannot take over a Cell's name, and
+any claim of a name a live TLS link holds by its certificate, whatever the address.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ class NameGuard:
     A link whose claimed name is held by a live link from another address is dropped as soon
     as its handshake completes; the handler never hears of it. A claim from the same address
     (the Cell dialing again from a new port after a restart) is the Cell reconnecting and
-    replaces its old link, as over TLS.
+    replaces its old link, as over TLS; unless that link's name is its certificate's: a claim
+    proves nothing against it (any process on the Cell's host could make one), so the name
+    stays with the certificate until its link is gone (a Cell that really changed to a stock
+    one gets it at the TLS link's disconnect, 15 s of silence at most).
     """
 
     log = Logger()
@@ -48,12 +52,19 @@ class NameGuard:
 
     def link_connected(self, link: LinkSession) -> None:
         holder = self._current_link(link.name)
-        if holder is not None and holder is not link and holder.address != link.address:
-            self.refused += 1
-            self._refused.add(link)
-            link.protocol_error(f"name {link.name!r} is linked from {holder.address}")
-            return
+        if holder is not None and holder is not link:
+            if holder.address != link.address:
+                self._refuse(link, f"name {link.name!r} is linked from {holder.address}")
+                return
+            if holder.verified:
+                self._refuse(link, f"name {link.name!r} is held by its certificate's TLS link")
+                return
         self._handler.link_connected(link)
+
+    def _refuse(self, link: LinkSession, reason: str) -> None:
+        self.refused += 1
+        self._refused.add(link)
+        link.protocol_error(reason)
 
     def message_received(self, link: LinkSession, message: Message) -> None:
         if link not in self._refused:
