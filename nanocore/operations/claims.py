@@ -13,6 +13,9 @@ Cell is being added to; for a scheduler, the cores, memory and disk reserved on 
 that makes its change visible is released after the read model shows the change: for a moment
 both count, never neither. Claims are in memory only: they cover waits inside one process, and
 a restart, which ends every wait, ends them too.
+
+A claim refuses; :class:`Turns` queue instead: changes of one thing that must each decide on
+what the previous one committed (Nano ran them one after another) wait for their turn.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 
 from nanocore.operations.errors import InvalidRequest, OperationError
 
@@ -122,3 +125,30 @@ class Claims:
             return outcome
 
         return result.addBoth(release)
+
+
+class Turns:
+    """Work on one key runs after every earlier work on the same key has ended, however it
+    ended (a failure, a refusal raised at once, a cancellation): nothing waits forever on a
+    turn whose work failed. Keys with nothing queued are forgotten."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, DeferredLock] = {}
+
+    def run(self, key: Hashable, work: Callable[[], Deferred[T]]) -> Deferred[T]:
+        """Run ``work`` in ``key``'s turn (at once when nothing on ``key`` is under way)."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = DeferredLock()
+        running: Deferred[T] = lock.run(work)
+
+        def forget(result: Any) -> Any:
+            if not lock.locked and self._locks.get(key) is lock:
+                del self._locks[key]
+            return result
+
+        return running.addBoth(forget)
+
+    def busy(self, key: Hashable) -> bool:
+        """Whether work on ``key`` is under way or waiting."""
+        return key in self._locks

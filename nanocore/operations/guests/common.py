@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from nanocore.cluster.cells import CellDirectory
@@ -31,6 +31,7 @@ from nanocore.cluster.transport import LinkError
 from nanocore.model import AddressAllocation, Instance
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CELL_TIMEOUT_MESSAGE, CellRefused
+from nanocore.operations.claims import Turns
 from nanocore.operations.errors import (
     InvalidRequest,
     OperationError,
@@ -57,7 +58,7 @@ class GuestAccess:
         self.context = context
         self.cells = cells
         self._timeout = timeout
-        self._locks: dict[str, DeferredLock] = {}
+        self._turns = Turns()
 
     def instance(self, instance_id: str) -> Instance:
         found = self.context.view.instances.get(instance_id)
@@ -123,22 +124,12 @@ class GuestAccess:
 
     def serially(self, instance_id: str, work: Callable[[], Deferred[T]]) -> Deferred[T]:
         """Run ``work`` after every earlier piece of work on the same instance has ended."""
-        lock = self._locks.get(instance_id)
-        if lock is None:
-            lock = self._locks[instance_id] = DeferredLock()
-        running: Deferred[T] = lock.run(work)
-
-        def forget(result: Any) -> Any:
-            if not lock.locked and self._locks.get(instance_id) is lock:
-                del self._locks[instance_id]
-            return result
-
-        return running.addBoth(forget)
+        return self._turns.run(instance_id, work)
 
     def busy(self, instance_id: str) -> bool:
         """Whether a change of the instance is under way (a unit deciding on the committed
         view now would overwrite what it commits)."""
-        return instance_id in self._locks
+        return self._turns.busy(instance_id)
 
     def change(self, instance_id: str, decide: Decide) -> Deferred[None]:
         """Read the instance (None if gone), decide the changes, commit them, in turn."""
