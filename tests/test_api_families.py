@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import fail, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -16,7 +16,7 @@ from nanocore.api.testing import TEST_CREDENTIALS, APIClient
 from nanocore.cluster.cells import CellStatus
 from nanocore.model import ComputeCell, Instance, InstanceStatus
 from nanocore.operations.core import Operations
-from nanocore.store import Insert, Store, UnitOfWork
+from nanocore.store import Insert, Store, StoreError, UnitOfWork
 from tests.cellfixtures import FakeDirectory
 
 NOW = 1_714_529_472.0
@@ -471,6 +471,75 @@ class SecurityGroupTests(StoreTestCase):
                          "already on bottom")  # fmt: skip
         yield self.ok("DELETE", rules + "1")
         self.assertEqual([r["to_port"] for r in (yield self.ok("GET", rules))], [2222, 80])
+
+    @inlineCallbacks
+    def answers(self, *calls: tuple[str, str, Any]) -> Any:
+        """Fire ``calls`` at once (none waits for another's answer): the envelopes' messages,
+        "" for a success, in the order the calls were made."""
+        answers = yield gatherResults(
+            [self.client.request(method, path, body) for method, path, body in calls]
+        )
+        return [answer.envelope()["message"] for answer in answers]
+
+    @inlineCallbacks
+    def test_concurrent_rule_changes_run_in_turn(self) -> Any:
+        """Nano ran them one after another; each decides on the rules the one before left."""
+        group_id = yield self.create()
+        rules = f"/security_policy_groups/{group_id}/rules/"
+        ssh = {"action": "accept", "protocol": "tcp", "to_port": 22}
+        web = {"action": "accept", "protocol": "tcp", "to_port": 80}
+        added = yield self.answers(("POST", rules, ssh), ("POST", rules, web),
+                                   ("POST", rules, ssh))  # fmt: skip
+        self.assertEqual(added, ["", "", "rule tcp::22 already defined in policy group 'web'"])
+        self.assertEqual([r["to_port"] for r in (yield self.ok("GET", rules))], [22, 80])
+        changed = yield self.answers(
+            ("PUT", rules + "0", {**ssh, "to_port": 2222}),
+            ("PUT", rules + "1/order", {"direction": "up"}),
+            ("DELETE", rules + "0", None),
+            ("DELETE", rules + "1", None),  # one rule is left by now
+            ("PUT", rules + "0/order", {"direction": "down"}),  # ... and it is at the bottom
+        )
+        self.assertEqual(changed, ["", "", "", "invalid index 1", "already on bottom"])
+        self.assertEqual([r["to_port"] for r in (yield self.ok("GET", rules))], [2222])
+
+    @inlineCallbacks
+    def test_group_changes_run_in_turn_with_its_rule_changes(self) -> Any:
+        """A full replacement decided while a rule is being added keeps the rule (it used to
+        put back the rules it read before), and a deleted group takes no more rules."""
+        group_id = yield self.create()
+        path = f"/security_policy_groups/{group_id}"
+        ssh = {"action": "accept", "protocol": "tcp", "to_port": 22}
+        answers = yield self.answers(
+            ("POST", path + "/rules/", ssh),
+            ("PUT", path, {**GROUP, "default_action": "accept"}),
+            ("PUT", path, {**GROUP, "default_action": "accept"}),
+        )
+        self.assertEqual(answers, ["", "", "no need to change"])
+        self.assertEqual(len((yield self.ok("GET", path + "/rules/"))), 1)
+        self.assertEqual((yield self.ok("GET", path))["default_action"], "accept")
+        answers = yield self.answers(("DELETE", path, None), ("POST", path + "/rules/", ssh))
+        self.assertEqual(answers, ["", f"invalid security policy group '{group_id}'"])
+
+    @inlineCallbacks
+    def test_failed_commit_ends_its_turn(self) -> Any:
+        """A change whose commit fails answers its failure; the next one still runs."""
+        group_id = yield self.create()
+        rules = f"/security_policy_groups/{group_id}/rules/"
+        commit = self.store.commit
+        failing = [True]
+
+        def first_fails(unit: UnitOfWork) -> Any:
+            if failing.pop() if failing else False:  # after a round through the store
+                return commit(UnitOfWork(())).addCallback(lambda _: fail(StoreError("disk full")))
+            return commit(unit)
+
+        self.patch(self.store, "commit", first_fails)
+        ssh = {"action": "accept", "protocol": "tcp", "to_port": 22}
+        web = {"action": "accept", "protocol": "tcp", "to_port": 80}
+        answers = yield gatherResults([self.client.post(rules, ssh), self.client.post(rules, web)])
+        self.assertEqual([a.envelope()["error_code"] for a in answers], [500, 0])
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)  # an internal error
+        self.assertEqual([r["to_port"] for r in (yield self.ok("GET", rules))], [80])
 
     @inlineCallbacks
     def test_rule_validation(self) -> Any:

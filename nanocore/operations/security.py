@@ -1,15 +1,22 @@
-"""Security policy groups and their ordered rules (§4.16)."""
+"""Security policy groups and their ordered rules (§4.16).
+
+The changes of one group run in turn (:class:`~nanocore.operations.claims.Turns`), each
+deciding on what the one before it committed, as Nano's single resource loop ran them: an
+index, "already defined" or "already on top" is judged on the latest rules, and a modify of
+the group keeps the rules committed just before it.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred
 
 from nanocore.model import SecurityPolicyGroup, SecurityPolicyRule, is_ipv4
 from nanocore.operations.base import Context, build, check_label, check_name
-from nanocore.operations.claims import ClaimKind
+from nanocore.operations.claims import ClaimKind, Turns
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
 from nanocore.store import Delete, Insert, Put
 
@@ -19,12 +26,6 @@ PROTOCOLS = ("tcp", "udp", "icmp")
 GROUP_NAME: ClaimKind[None] = ClaimKind(
     "policy group name",
     lambda held: AlreadyExists(f"security policy group '{held.key}' already exists"),
-)
-#: A group's rule list (key: group id, value: group name) while a change of it commits, so
-#: that two changes made against the same list cannot overwrite each other.
-GROUP_RULES: ClaimKind[str] = ClaimKind(
-    "policy group rules",
-    lambda held: InvalidRequest(f"rules of policy group '{held.value}' are being changed"),
 )
 
 
@@ -78,6 +79,12 @@ def build_rule(spec: RuleSpec) -> SecurityPolicyRule:
 class SecurityGroups:
     def __init__(self, context: Context) -> None:
         self._context = context
+        #: One turn per group id: its changes decide and commit one after another.
+        self._turns = Turns()
+
+    def _in_turn(self, group_id: str, change: Callable[[], Deferred[None]]) -> Deferred[None]:
+        """Decide and commit ``change`` once every earlier change of the group has ended."""
+        return self._turns.run(group_id, change)
 
     def get(self, group_id: str) -> SecurityPolicyGroup:
         group = self._context.view.policy_groups.get(group_id)
@@ -116,6 +123,9 @@ class SecurityGroups:
         return d.addCallback(lambda _: group_id)
 
     def modify(self, group_id: str, spec: GroupSpec) -> Deferred[None]:
+        return self._in_turn(group_id, lambda: self._modify(group_id, spec))
+
+    def _modify(self, group_id: str, spec: GroupSpec) -> Deferred[None]:
         current = self.get(group_id)
         self._check(spec, group_id)
         group = build(SecurityPolicyGroup, id=group_id, rules=current.rules, **_group_fields(spec))
@@ -125,6 +135,9 @@ class SecurityGroups:
         return self._context.commit(Put(group), holding=(claim,))
 
     def delete(self, group_id: str) -> Deferred[None]:
+        return self._in_turn(group_id, lambda: self._delete(group_id))
+
+    def _delete(self, group_id: str) -> Deferred[None]:
         self.get(group_id)
         return self._context.commit(Delete(SecurityPolicyGroup, group_id))
 
@@ -148,10 +161,12 @@ class SecurityGroups:
     def _save_rules(
         self, group: SecurityPolicyGroup, rules: list[SecurityPolicyRule]
     ) -> Deferred[None]:
-        claim = self._context.claims.take(GROUP_RULES, group.id, group.name)
-        return self._context.commit(Put(evolve(group, rules=tuple(rules))), holding=(claim,))
+        return self._context.commit(Put(evolve(group, rules=tuple(rules))))
 
     def add_rule(self, group_id: str, spec: RuleSpec) -> Deferred[None]:
+        return self._in_turn(group_id, lambda: self._add_rule(group_id, spec))
+
+    def _add_rule(self, group_id: str, spec: RuleSpec) -> Deferred[None]:
         group = self.get(group_id)
         rule = build_rule(spec)
         if any(other.identity == rule.identity for other in group.rules):
@@ -159,6 +174,9 @@ class SecurityGroups:
         return self._save_rules(group, [*group.rules, rule])
 
     def modify_rule(self, group_id: str, index_text: str, spec: RuleSpec) -> Deferred[None]:
+        return self._in_turn(group_id, lambda: self._modify_rule(group_id, index_text, spec))
+
+    def _modify_rule(self, group_id: str, index_text: str, spec: RuleSpec) -> Deferred[None]:
         group = self.get(group_id)
         index = self._index(group, index_text)
         rule = build_rule(spec)
@@ -172,6 +190,9 @@ class SecurityGroups:
         return self._save_rules(group, rules)
 
     def remove_rule(self, group_id: str, index_text: str) -> Deferred[None]:
+        return self._in_turn(group_id, lambda: self._remove_rule(group_id, index_text))
+
+    def _remove_rule(self, group_id: str, index_text: str) -> Deferred[None]:
         group = self.get(group_id)
         index = self._index(group, index_text)
         rules = list(group.rules)
@@ -179,6 +200,9 @@ class SecurityGroups:
         return self._save_rules(group, rules)
 
     def move_rule(self, group_id: str, index_text: str, up: bool) -> Deferred[None]:
+        return self._in_turn(group_id, lambda: self._move_rule(group_id, index_text, up))
+
+    def _move_rule(self, group_id: str, index_text: str, up: bool) -> Deferred[None]:
         group = self.get(group_id)
         index = self._index(group, index_text)
         if up and index == 0:
