@@ -12,7 +12,7 @@ reconnects and disconnects of Cells change state here, through the store, like a
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from typing import Any
 
 from attrs import define, evolve, frozen
@@ -36,7 +36,7 @@ from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
 from nanocore.model import ComputeCell, ComputePool, Instance
 from nanocore.operations.base import Context
-from nanocore.operations.claims import ClaimKind
+from nanocore.operations.claims import ClaimKind, Turns
 from nanocore.operations.errors import (
     InvalidRequest,
     OperationError,
@@ -67,6 +67,16 @@ CELL_JOINING: ClaimKind[str] = ClaimKind(
         f"cell '{held.key}' already allocated (being added to pool '{held.value}')"
     ),
 )
+#: A Cell (key) leaving its pool (value) while its removal commits: no guest is placed on it.
+CELL_LEAVING: ClaimKind[str] = ClaimKind("leaving cell")
+
+
+class CellLeaving(InvalidRequest):
+    """A guest was placed on (or is to move to) a Cell that is leaving, or left, its pool;
+    the next try sees the pool without it."""
+
+    def __init__(self, cell: str, pool: str) -> None:
+        super().__init__(f"cell '{cell}' left pool '{pool}', retry")
 
 
 @implementer(CellDirectory)
@@ -152,9 +162,15 @@ class CellOperations:
         timeout: float | None = None,
         *,
         reconcile: Reconcile,
+        bound_for: Callable[[str], Collection[str]] = lambda cell: (),
     ) -> None:
-        """``reconcile`` reads a Cell's inventory into changes of Core's guest records."""
+        """``reconcile`` reads a Cell's inventory into changes of Core's guest records;
+        ``bound_for(cell)`` names the guests placed on the Cell or moving to it whose records
+        may not say so yet (creations, migrations), which a removal counts as Nano did."""
         self._context = context
+        self._bound_for = bound_for
+        #: Removals of one Cell run in turn: the second sees what the first committed.
+        self._removals = Turns()
         self._cells = cells
         self._clock: IReactorTime = context.clock
         self._timeout = timeout
@@ -375,18 +391,33 @@ class CellOperations:
 
     def remove(self, pool: str, cell: str) -> Deferred[None]:
         """Refused while the cell still holds instances; the Cell is told after the commit."""
-        return Deferred.fromCoroutine(self._remove(pool, cell))
+        return self._removals.run(cell, lambda: Deferred.fromCoroutine(self._remove(pool, cell)))
 
     async def _remove(self, pool: str, cell: str) -> None:
         self._member(pool, cell)
-        left = len(self._context.view.instances_on_cell(cell))
-        if left:
+        self._refuse_occupied(cell)
+        # From the check to the commit no creation is placed on the Cell (placement asks).
+        with self._context.claims.holding(CELL_LEAVING, cell, pool):
+            try:
+                await self._context.commit(Delete(ComputeCell, cell))
+            except OperationError:
+                # Guests committed on the Cell meanwhile (its inventory at a rejoin): Nano's
+                # answer on what is committed now, not the store's.
+                self._member(pool, cell)
+                self._refuse_occupied(cell)
+                raise
+        self._tell_removed(cell)
+
+    def _refuse_occupied(self, cell: str) -> None:
+        """Nano counted the Cell's instances and its pending creations (``Instances`` +
+        ``Pending``); guests moving to it count too, as they will be there."""
+        guests = set(self._context.view.instances_on_cell(cell))
+        guests.update(self._bound_for(cell))
+        if guests:
             raise InvalidRequest(
-                f"{left} instance(s) left in cell '{cell}', "
+                f"{len(guests)} instance(s) left in cell '{cell}', "
                 "migrate or delete all instance(s) before remove cell"
             )
-        await self._context.commit(Delete(ComputeCell, cell))
-        self._tell_removed(cell)
 
     def modify(self, pool: str, cell: str, enable: bool, purge: bool = False) -> Deferred[None]:
         """Enable (cancelling a pending purge) or disable, optionally asking for a purge.
@@ -581,7 +612,9 @@ class CellOperations:
 
 __all__ = [
     "ADD_TIMEOUT_MESSAGE",
+    "CELL_LEAVING",
     "CELL_TIMEOUT_MESSAGE",
+    "CellLeaving",
     "CellOperations",
     "CellRefused",
     "CellStoragePaths",

@@ -77,7 +77,13 @@ class Operations:
         self.snapshots = Snapshots(access)
         self.guest_firewall = GuestFirewall(access)
         self.captures = Captures(self.context, self.images, self.guests.access, image_site)
-        self.cells = CellOperations(self.context, links, timeout, reconcile=self.guests.reconcile)
+        self.cells = CellOperations(
+            self.context,
+            links,
+            timeout,
+            reconcile=self.guests.reconcile,
+            bound_for=placement.bound_for,
+        )
         self.batches = Batches(self.context, self.guests)
         self.migrations = Migrations(access, placement, timeout, refresh=self.cells.refresh)
         links.subscribe(self.cells)

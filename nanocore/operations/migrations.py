@@ -75,6 +75,7 @@ from nanocore.model import (
     StorageType,
 )
 from nanocore.operations.base import Context
+from nanocore.operations.cells import CELL_LEAVING, CellLeaving
 from nanocore.operations.claims import Claim, ClaimHeld, ClaimKind
 from nanocore.operations.errors import (
     InvalidRequest,
@@ -83,7 +84,7 @@ from nanocore.operations.errors import (
     UnknownEntity,
 )
 from nanocore.operations.guests.common import GuestAccess
-from nanocore.operations.guests.placement import NoCellAvailable, Placement, Share
+from nanocore.operations.guests.placement import NoCellAvailable, Placement, Share, move_key
 from nanocore.scheduler import Cores, Demand, Memory, Rejection
 from nanocore.store import Change, Delete, Insert, Put, StoreClosed
 
@@ -365,6 +366,8 @@ class Migrations:
     ) -> _Transit:
         """The guests claimed, and their cores and memory on the target if it has room."""
         target = spec.target_cell
+        if self._context.claims.held(CELL_LEAVING, target) is not None:
+            raise CellLeaving(target, pool.name)  # its removal commits now
         cores = sum(i.cores for i in instances)
         memory = sum(i.memory for i in instances)
         capacities = self._placement.capacities(pool.name)
@@ -395,7 +398,7 @@ class Migrations:
                 )
             for instance in instances:
                 share = Share(target, instance.cores, instance.memory, 0)
-                transit.capacity.append(self._placement.claim_move(_key(instance.id), share))
+                transit.capacity.append(self._placement.claim_move(move_key(instance.id), share))
         except ClaimHeld:
             self._release(transit, capacity=True)
             raise
@@ -568,7 +571,7 @@ class Migrations:
         except Exception:
             self._release(transit, capacity=True)
             raise
-        moved = {_key(guest) for guest in port_of}
+        moved = {move_key(guest) for guest in port_of}
         for claim in transit.capacity:
             if claim.key in moved:
                 self._placement.recorded(claim.key)
@@ -641,8 +644,8 @@ class Migrations:
                 continue
             demand = Demand(instance.cores, instance.memory, 0)
             try:
-                claim = self._placement.place(_key(instance.id), pool.name, demand)
-            except NoCellAvailable as refusal:
+                claim = self._placement.place(move_key(instance.id), pool.name, demand)
+            except (NoCellAvailable, CellLeaving) as refusal:
                 self._context.claims.release(held)
                 unplaced.append((instance, refusal.message))
                 continue
@@ -891,8 +894,3 @@ class Migrations:
                           reason=failure.value.message)  # type: ignore[union-attr]  # fmt: skip
         else:
             self.log.failure("{doing} failed", failure, doing=doing)
-
-
-def _key(guest: str) -> tuple[str, str]:
-    """The key of a guest's capacity claim on the Cell it moves to."""
-    return ("migration", guest)

@@ -20,6 +20,7 @@ from typing import Any
 
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import (
@@ -33,7 +34,7 @@ from nanocore.model import (
     SystemTemplate,
 )
 from nanocore.operations.base import build, check_name
-from nanocore.operations.cells import CellRefused
+from nanocore.operations.cells import CellLeaving, CellRefused
 from nanocore.operations.claims import Claim
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
 from nanocore.operations.guests.common import GuestAccess
@@ -201,6 +202,8 @@ def image_source(
 
 class Creations:
     """The create flow; ``in_flight`` holds the ids whose Cell has not answered yet."""
+
+    log = Logger()
 
     def __init__(
         self,
@@ -398,6 +401,9 @@ class Creations:
         instance, message = decision.instance, decision.message
         try:
             await self._context.commit(*decision.changes, holding=decision.held)
+        except OperationError as error:
+            self._placement.release(instance.id)
+            raise self._unrecorded(decision, error) from None
         except BaseException:
             self._placement.release(instance.id)
             raise
@@ -424,6 +430,32 @@ class Creations:
                 ),
             )
         return Created(instance.id, created)
+
+    def _unrecorded(self, decision: Decision, error: OperationError) -> OperationError:
+        """What the client reads when the store refused the new record: what changed under
+        the placement, never the store's sentence (it names the id the client never got)."""
+        instance = decision.instance
+        self.log.info(
+            "creation of {name} in pool {pool} not recorded: {error}",
+            name=instance.full_name,
+            pool=instance.pool,
+            error=error.message,
+        )
+        view = self._context.view
+        cell = view.cells.get(instance.cell)
+        if cell is None or cell.pool != instance.pool:
+            return CellLeaving(instance.cell, instance.pool)
+        allocations = [
+            change.entity
+            for change in decision.changes
+            if isinstance(change, Insert) and isinstance(change.entity, AddressAllocation)
+        ]
+        for allocation in allocations:
+            if (allocation.pool, allocation.range_start) not in view.address_ranges:
+                return InvalidRequest(
+                    f"address pool '{allocation.pool}' changed while the guest was placed, retry"
+                )
+        return InvalidRequest(f"pool '{instance.pool}' changed while the guest was placed, retry")
 
     def _failed(
         self, instance: Instance, error: OperationError, may_exist: bool

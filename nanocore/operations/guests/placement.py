@@ -29,6 +29,7 @@ from nanocore.cluster.cells import STATUS_STALE_AFTER, CellDirectory, CellLivene
 from nanocore.durations import Durations
 from nanocore.model import ComputeCell, ComputePool, Instance, InstanceStatus
 from nanocore.operations.base import Context
+from nanocore.operations.cells import CELL_LEAVING, CellLeaving
 from nanocore.operations.claims import Claim, ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest
 from nanocore.scheduler import CellCapacity, Demand, NoCellFits, Scheduler
@@ -48,8 +49,17 @@ class Share:
     disk: int
 
 
-#: Capacity of one guest (key: instance id) on its Cell, from decision to the rule above.
+#: Capacity of one guest on its Cell, from decision to the rule above. Key: the instance id
+#: for a creation, :func:`move_key` for a guest moving there, ``("growth", id, aspect)`` for
+#: what a change adds to a guest already there.
 CAPACITY: ClaimKind[Share] = ClaimKind("capacity of instance", group=lambda share: share.cell)
+
+
+def move_key(guest: str) -> tuple[str, str]:
+    """The key of a guest's capacity claim on the Cell it moves to (migration, failover)."""
+    return ("migration", guest)
+
+
 #: ``(pool, group, name)`` from the uniqueness check to the commit of the record.
 GUEST_NAME: ClaimKind[None] = ClaimKind(
     "guest name",
@@ -295,6 +305,9 @@ class Placement:
         except NoCellFits as refusal:
             raise NoCellAvailable(refusal, pool) from None
         else:
+            if self._context.claims.held(CELL_LEAVING, chosen.name) is not None:
+                # Its removal commits now: a record placed there could not be committed.
+                raise CellLeaving(chosen.name, pool)
             share = Share(chosen.name, demand.cores, demand.memory, demand.disk)
             return self._take(key, share, recorded=False)
         finally:
@@ -393,6 +406,18 @@ class Placement:
         claim = self._context.claims.held(CAPACITY, instance_id)
         if claim is not None:
             self._release(claim)
+
+    def bound_for(self, cell: str) -> set[str]:
+        """The guests being created on ``cell`` or moving to it, as claimed (their records
+        may not say so yet); a change of a guest already there is not one more guest."""
+        guests = set()
+        for claim in self._context.claims.live_in(CAPACITY, cell):
+            key = claim.key
+            if isinstance(key, str):
+                guests.add(key)
+            elif isinstance(key, tuple) and key[0] == "migration":
+                guests.add(key[1])
+        return guests
 
     def holds(self, instance_id: str) -> bool:
         return self._context.claims.held(CAPACITY, instance_id) is not None
