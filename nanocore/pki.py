@@ -44,8 +44,13 @@ ORGANIZATION = "nano"
 
 CA_LIFETIME = datetime.timedelta(days=20 * 365)
 LEAF_LIFETIME = datetime.timedelta(days=5 * 365)
-#: A server certificate this close to expiry is re-issued at start.
+#: A server certificate this close to expiry is re-issued at start; a CA this close, warned of.
 RENEW_BEFORE = datetime.timedelta(days=30)
+#: What to do with a cluster CA that cannot be used, after the reason.
+CA_REMEDY = (
+    "put a valid CA pair in its place (the Installer's, to keep one CA for the cluster), or move"
+    " both files away and nanocore creates a new CA (Cell certificates must then come from it)"
+)
 
 Now = Callable[[], datetime.datetime]
 
@@ -154,8 +159,15 @@ def _issue(
     usage: x509.ObjectIdentifier,
     now: Now,
 ) -> IssuedCertificate:
-    key = _new_key()
     start = now() - datetime.timedelta(minutes=5)
+    # Nothing verifies past the CA's end, so a certificate never claims to outlive it.
+    end = min(start + LEAF_LIFETIME, ca.certificate.not_valid_after_utc)
+    if end <= start:
+        raise PKIError(
+            f"the cluster CA expired on {ca.certificate.not_valid_after_utc:%Y-%m-%d}:"
+            f" it cannot issue certificates any more; {CA_REMEDY}"
+        )
+    key = _new_key()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -163,7 +175,7 @@ def _issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + LEAF_LIFETIME)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([alternative_name]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -226,21 +238,52 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Any]:
 
 
 def load_or_create_ca(cert_dir: Path, *, now: Now = _utcnow) -> CertificateAuthority:
-    """The cluster CA of C{cert_dir}, created there (key 0600) if it has none."""
+    """The cluster CA of C{cert_dir}, created there (key 0600) if it has none.
+
+    One that is no CA, expired or not yet valid is refused (L{PKIError}): everything it signs
+    would fail verification. One that expires within 30 days is used, with a warning.
+    """
     cert_path, key_path = cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE
     if cert_path.exists() != key_path.exists():
         present, missing = (cert_path, key_path) if cert_path.exists() else (key_path, cert_path)
         raise PKIError(f"{present} exists but {missing} does not: restore it or remove both")
     if cert_path.exists():
         certificate, key = _load_pair(cert_path, key_path)
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-        if not constraints.value.ca:
-            raise PKIError(f"{cert_path}: not a CA certificate")
+        unfit = _unfit_ca(certificate, now)
+        if unfit is not None:
+            raise PKIError(f"{cert_path} cannot be the cluster CA: {unfit}; {CA_REMEDY}")
+        if certificate.not_valid_after_utc - RENEW_BEFORE < now():
+            log.warn(
+                "{path}: the cluster CA expires on {date}; from then on no Cell link or image"
+                " download can be verified: {remedy}",
+                path=str(cert_path),
+                date=f"{certificate.not_valid_after_utc:%Y-%m-%d}",
+                remedy=CA_REMEDY,
+            )
         return CertificateAuthority(certificate, key)
     ca = create_ca(now)
     write_pair(ca, cert_path, key_path)
     log.info("created the cluster CA in {path}", path=str(cert_path))
     return ca
+
+
+def _unfit_ca(certificate: x509.Certificate, now: Now) -> str | None:
+    """Why C{certificate} cannot sign what Cells and clients verify (None when it can)."""
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return "it is not a CA certificate (it has no basicConstraints extension)"
+    if not constraints.value.ca:
+        return "it is not a CA certificate (basicConstraints CA:FALSE)"
+    moment = now()
+    if certificate.not_valid_before_utc > moment:
+        return (
+            f"it is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+            " (or this host's clock is wrong)"
+        )
+    if certificate.not_valid_after_utc <= moment:
+        return f"it expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
+    return None
 
 
 def first_ip_address(certificate: x509.Certificate) -> str | None:
@@ -322,12 +365,13 @@ def ensure_server_certificate(
     is ever overwritten.
 
     A missing pair is issued, but only inside C{cert_dir}. A pair that does not fit (another
-    address, another CA, expired or expiring within 30 days, unreadable, key missing or not
-    its own) is re-issued only when it is this installation's own issue, and the old files are
-    kept as backups. Own issue means: both files inside C{cert_dir} (the CA may be shared by
-    other installations, so its signature does not say whose file it is) and the shape Core
-    issues (L{has_core_shape}). Anything else that does not fit raises L{PKIError} saying what
-    to do; an operator's certificate that fits but expires soon is used, with a warning.
+    address, another CA, expired or expiring within 30 days while the CA lasts longer,
+    unreadable, key missing or not its own) is re-issued only when it is this installation's
+    own issue, and the old files are kept as backups. Own issue means: both files inside
+    C{cert_dir} (the CA may be shared by other installations, so its signature does not say
+    whose file it is) and the shape Core issues (L{has_core_shape}). Anything else that does
+    not fit raises L{PKIError} saying what to do; an operator's certificate that fits but
+    expires soon is used, with a warning.
     """
     address = str(ipaddress.ip_address(address))
     own_place = _inside(cert_dir, cert_path, key_path)
@@ -347,7 +391,11 @@ def ensure_server_certificate(
         certificate, reason = _readable_certificate(cert_path), str(problem)
     else:
         unfit = _unfit(ca, certificate, address, now)
-        if unfit is None and certificate.not_valid_after_utc - RENEW_BEFORE >= now():
+        # One that already lasts as long as the CA would come back with the same end.
+        lasts = certificate.not_valid_after_utc - RENEW_BEFORE >= now() or (
+            certificate.not_valid_after_utc >= ca.certificate.not_valid_after_utc
+        )
+        if unfit is None and lasts:
             return IssuedCertificate(certificate, key)
         if unfit is None:
             usable = IssuedCertificate(certificate, key)

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from service_identity import VerificationError
 from service_identity.cryptography import verify_certificate_ip_address
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.interfaces import IReactorSSL
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from nanocore import config, pki
@@ -48,6 +51,74 @@ class CertificateAuthorityTests(unittest.TestCase):
         with self.assertRaises(pki.PKIError) as caught:
             pki.load_or_create_ca(self.cert_dir)
         self.assertIn("does not belong", str(caught.exception))
+
+    def place(self, ca: pki.CertificateAuthority) -> None:
+        pki.write_pair(ca, self.cert_dir / pki.CA_CERT_FILE, self.cert_dir / pki.CA_KEY_FILE)
+
+    def refused_at(self, moment: datetime.datetime) -> str:
+        """The refusal of the CA in place at C{moment}, which leaves the folder as it was."""
+        before = sorted(self.cert_dir.iterdir())
+        with self.assertRaises(pki.PKIError) as caught:
+            pki.load_or_create_ca(self.cert_dir, now=lambda: moment)
+        self.assertEqual(sorted(self.cert_dir.iterdir()), before)
+        message = str(caught.exception)
+        self.assertIn(str(self.cert_dir / pki.CA_CERT_FILE), message)
+        self.assertIn("move both files away", message)
+        return message
+
+    def test_an_expired_ca_is_refused(self) -> None:
+        """Everything it signs fails verification: Cells could never link."""
+        now = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
+        self.place(pki.create_ca(now=lambda: now - pki.CA_LIFETIME - datetime.timedelta(days=1)))
+        self.assertIn("it expired on 2030-05-30", self.refused_at(now))
+
+    def test_a_ca_not_yet_valid_is_refused(self) -> None:
+        now = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
+        self.place(pki.create_ca(now=lambda: now + datetime.timedelta(days=2)))
+        self.assertIn("it is not valid before 2030-06-02 23:55 UTC", self.refused_at(now))
+
+    def test_a_ca_without_basic_constraints_is_refused(self) -> None:
+        """Not what the Installer makes (it sets CA:TRUE); a hand-made one is told, not a crash."""
+        ca = pki.create_ca()
+        subject = ca.certificate.subject
+        bare = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(ca.private_key.public_key())
+            .serial_number(1)
+            .not_valid_before(ca.certificate.not_valid_before_utc)
+            .not_valid_after(ca.certificate.not_valid_after_utc)
+            .sign(ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        self.place(pki.CertificateAuthority(bare, ca.private_key))
+        message = self.refused_at(datetime.datetime.now(datetime.UTC))
+        self.assertIn("not a CA certificate (it has no basicConstraints extension)", message)
+
+    def test_a_ca_about_to_expire_is_used_with_a_warning(self) -> None:
+        now = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
+        self.place(pki.create_ca(now=lambda: now - pki.CA_LIFETIME + datetime.timedelta(days=10)))
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        pki.load_or_create_ca(self.cert_dir, now=lambda: now)
+        [warning] = [formatEvent(event) for event in logged]
+        self.assertIn(f"{self.cert_dir / pki.CA_CERT_FILE}: the cluster CA expires on", warning)
+        self.assertIn("move both files away", warning)
+
+    def test_nothing_it_issues_outlives_it(self) -> None:
+        now = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
+        ca = pki.create_ca(now=lambda: now - pki.CA_LIFETIME + datetime.timedelta(days=100))
+        for issued in (
+            pki.issue_server_certificate(ca, "127.0.0.1", now=lambda: now),
+            pki.issue_cell_certificate(ca, "Cell_1", now=lambda: now),
+        ):
+            self.assertEqual(
+                issued.certificate.not_valid_after_utc, ca.certificate.not_valid_after_utc
+            )
+        with self.assertRaises(pki.PKIError) as caught:
+            pki.issue_cell_certificate(
+                ca, "Cell_1", now=lambda: now + datetime.timedelta(days=100)
+            )
+        self.assertIn("cannot issue", str(caught.exception))
 
     def test_issues_only_its_own(self) -> None:
         ca, other = pki.create_ca(), pki.create_ca()
@@ -132,6 +203,17 @@ class ServerCertificateTests(unittest.TestCase):
 
         second = self.ensure(now=later)
         self.assertNotEqual(first.certificate, second.certificate)
+
+    def test_not_renewed_at_start_when_it_already_lasts_as_long_as_the_ca(self) -> None:
+        """A re-issue would end on the same day: every start would only add backups."""
+        now = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
+        self.ca = pki.create_ca(now=lambda: now - pki.CA_LIFETIME + datetime.timedelta(days=10))
+        first = self.ensure(now=lambda: now)
+        self.assertEqual(
+            first.certificate.not_valid_after_utc, self.ca.certificate.not_valid_after_utc
+        )
+        self.assertEqual(self.ensure(now=lambda: now).certificate, first.certificate)
+        self.assertEqual(self.backups(), [])
 
     def test_own_certificate_without_its_key_is_reissued(self) -> None:
         """What a crash between writing the key and the certificate can leave."""
