@@ -328,6 +328,11 @@ def _unfit(
         return f"it names {found or 'no IP address'}, the listen address is {address}"
     if not ca.issues(certificate):
         return "it was not issued by the cluster CA"
+    if certificate.not_valid_before_utc > now():
+        return (
+            f"it is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+            " (or this host's clock is wrong)"
+        )
     if certificate.not_valid_after_utc <= now():
         return f"it expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
     return None
@@ -365,13 +370,13 @@ def ensure_server_certificate(
     is ever overwritten.
 
     A missing pair is issued, but only inside C{cert_dir}. A pair that does not fit (another
-    address, another CA, expired or expiring within 30 days while the CA lasts longer,
-    unreadable, key missing or not its own) is re-issued only when it is this installation's
-    own issue, and the old files are kept as backups. Own issue means: both files inside
-    C{cert_dir} (the CA may be shared by other installations, so its signature does not say
-    whose file it is) and the shape Core issues (L{has_core_shape}). Anything else that does
-    not fit raises L{PKIError} saying what to do; an operator's certificate that fits but
-    expires soon is used, with a warning.
+    address, another CA, not yet valid, expired or expiring within 30 days while the CA lasts
+    longer, unreadable, key missing or not its own) is re-issued only when it is this
+    installation's own issue, and the old files are kept as backups. Own issue means: both
+    files inside C{cert_dir} (the CA may be shared by other installations, so its signature
+    does not say whose file it is) and the shape Core issues (L{has_core_shape}). Anything else
+    that does not fit raises L{PKIError} saying what to do; an operator's certificate that fits
+    but expires soon is used, with a warning.
     """
     address = str(ipaddress.ip_address(address))
     own_place = _inside(cert_dir, cert_path, key_path)

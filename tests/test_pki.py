@@ -215,6 +215,26 @@ class ServerCertificateTests(unittest.TestCase):
         self.assertEqual(self.ensure(now=lambda: now).certificate, first.certificate)
         self.assertEqual(self.backups(), [])
 
+    def test_own_certificate_not_yet_valid_is_reissued(self) -> None:
+        """Issued while the clock was ahead: nothing verifies it until then."""
+        moment = datetime.datetime.now(datetime.UTC)
+        ahead = self.ensure(now=lambda: moment + datetime.timedelta(days=10))
+        issued = self.ensure(now=lambda: moment)
+        self.assertLessEqual(issued.certificate.not_valid_before_utc, moment)
+        self.assertEqual(self.cert_path.read_bytes(), issued.certificate_pem)
+        stamp = f"{moment:%Y%m%dT%H%M%SZ}"
+        backup = self.cert_dir / f"{config.IMAGE_CERT_NAME}.{stamp}.bak"
+        self.assertEqual(backup.read_bytes(), ahead.certificate_pem)
+
+    def test_operator_certificate_not_yet_valid_is_refused(self) -> None:
+        moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10)
+        operator = pki.issue_server_certificate(
+            self.ca, "127.0.0.1", common_name="core.example", now=lambda: moment
+        )
+        pki.write_pair(operator, self.cert_path, self.key_path)
+        start = operator.certificate.not_valid_before_utc
+        self.assertIn(f"it is not valid before {start:%Y-%m-%d %H:%M} UTC", self.refused())
+
     def test_own_certificate_without_its_key_is_reissued(self) -> None:
         """What a crash between writing the key and the certificate can leave."""
         self.ensure()
