@@ -17,7 +17,7 @@ from twisted.application.internet import MulticastServer
 from twisted.application.service import IService, MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -66,7 +66,7 @@ from nanocore.services.link import (
     core_name,
     holding,
 )
-from nanocore.services.listen import ListeningService, PortFile
+from nanocore.services.listen import ListeningService, PortFile, check_local_address
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
@@ -384,6 +384,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             started=earlier,
             path=str(layout.fault_file),
         )
+    try:
+        # The image certificate names listen_address: an address the listeners cannot bind
+        # would fail the start only after a re-issue had replaced the pair in cert/.
+        check_local_address(config.domain.listen_address, config.api.port)
+    except CannotListenError as error:
+        raise SystemExit(f"nanocore: {start_report.explain(error)}") from None
     try:
         certificates = prepare_certificates(layout, config)
     except (PKIError, OSError) as error:

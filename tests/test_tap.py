@@ -300,6 +300,28 @@ class MakeServiceTests(SynchronousTestCase):
         image = x509.load_pem_x509_certificate((self.root / "cert" / "image.crt.pem").read_bytes())
         self.assertEqual(pki.first_ip_address(image), "127.0.0.2")
 
+    def test_an_address_not_on_this_host_changes_nothing_in_the_cert_folder(self) -> None:
+        """The start would fail at the first bind; the image certificate must not follow
+        the wrong address first (nor a new CA be made)."""
+        cert = self.root / "cert"
+        # TEST-NET-1 is never a local address: the bind fails, no packet leaves the host.
+        for fresh in (True, False):
+            if not fresh:
+                write_config(self.root / "config", listen_address="127.0.0.1")
+                tap.makeService(self.options, self.reactor)
+            before = {p.name: p.read_bytes() for p in cert.iterdir()} if cert.exists() else {}
+            write_config(self.root / "config", listen_address="192.0.2.1", port=5850)
+            with self.assertRaises(SystemExit) as caught:
+                tap.makeService(self.options, self.reactor)
+            self.assertEqual(
+                caught.exception.code,
+                "nanocore: cannot listen on 192.0.2.1:5850: 192.0.2.1 is not an address of"
+                " this host (listen_address in domain.cfg)",
+            )
+            after = {p.name: p.read_bytes() for p in cert.iterdir()} if cert.exists() else {}
+            self.assertEqual(after, before)
+            self.assertEqual(self.reactor.tcpServers, [])
+
     def test_a_copied_config_cannot_touch_another_installations_files(self) -> None:
         """image.cfg copied with its absolute paths names the first installation's pair."""
         write_config(self.root / "config", listen_address="127.0.0.1")

@@ -9,12 +9,14 @@ start` can report a port in use. Unlike `TCPServer` it tells which port it got, 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +25,19 @@ from twisted.python.filepath import FilePath
 from nanocore import start_report
 
 log = Logger()
+
+
+def check_local_address(address: str, port: int) -> None:
+    """Raise the `CannotListenError` a listener on `address`:`port` would meet if `address`
+    is not one of this host's, without binding `port` (a port in use is the listeners' to
+    tell). A start that would fail there is refused before it changes anything."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind((address, 0))
+    except OSError as error:
+        raise CannotListenError(address, port, error) from None
+    finally:
+        probe.close()
 
 
 def port_of(listening: IListeningPort) -> int:
