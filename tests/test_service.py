@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +397,19 @@ class ListeningServiceTests(TestCase):
         report.stopService()
         self.assertFalse(path.exists())
         return api.stopService()  # type: ignore[return-value]
+
+    def test_the_port_file_is_private_data(self) -> None:
+        """Mode 0600 whatever the umask (it was 0777 less the umask: executable)."""
+        self.addCleanup(os.umask, os.umask(0o022))
+        path = Path(self.mktemp())
+        api = ListeningService(
+            lambda: reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+        )
+        api.setName("api")
+        api.privilegedStartService()
+        self.addCleanup(api.stopService)
+        PortFile(path, api).startService()
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
 
     def test_a_port_in_use_fails_the_start_at_once(self) -> None:
         blocker = socket.socket()

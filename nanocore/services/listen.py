@@ -20,9 +20,9 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.filepath import FilePath
 
 from nanocore import start_report
+from nanocore.atomicfile import write_file
 
 log = Logger()
 
@@ -88,7 +88,8 @@ class PortFile(Service):
     """While running, `path` holds the port `listening` got, as decimal text and a newline.
 
     Written when the service starts (after `listening`, which binds first), replaced
-    atomically so a reader never sees half of it, and removed at stop.
+    atomically so a reader never sees half of it, and removed at stop. Mode 0600, as every
+    other file nanocore writes: it is data, not a program.
     """
 
     def __init__(self, path: Path, listening: ListeningService) -> None:
@@ -100,7 +101,7 @@ class PortFile(Service):
         if self._listening.port is None:
             raise RuntimeError(f"{self._listening.name} is not listening: no port to report")
         number = port_of(self._listening.port)
-        FilePath(str(self._path)).setContent(f"{number}\n".encode("ascii"))
+        write_file(self._path, f"{number}\n".encode("ascii"), mode=0o600)
 
     def stopService(self) -> None:
         super().stopService()
