@@ -13,6 +13,7 @@ import importlib
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -120,6 +121,38 @@ class CommandOptions(NanocoreOptions):
 # --- start ---------------------------------------------------------------------------------
 
 
+class CannotPrepare(Exception):
+    """A folder or file the daemon needs is unusable; the message names it and the reason."""
+
+
+def check_writable(layout: Layout) -> None:
+    """Open core.log and create a file in the data folder, as the daemon will.
+
+    twistd opens the log and writes core.pid only after it has forked, where a refusal ends in
+    a traceback instead of one line; core.log is created 0600, as the daemon's umask would.
+    """
+    try:
+        os.close(os.open(layout.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as error:
+        raise CannotPrepare(
+            f"cannot write the log file {layout.log_file}: {error.strerror}"
+        ) from None
+    try:
+        descriptor, name = tempfile.mkstemp(dir=layout.data_dir, prefix=".write-test.")
+    except OSError as error:
+        raise CannotPrepare(
+            f"cannot write in the data folder {layout.data_dir}: {error.strerror}"
+        ) from None
+    os.close(descriptor)
+    os.unlink(name)
+
+
+def _os_reason(error: OSError) -> str:
+    """`<file>: <reason>` for an OSError, whether or not it names a file."""
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename is not None else reason
+
+
 def check_config(layout: Layout, console: Console) -> CoreConfig:
     """Create folders, write missing config files, validate; show the config log lines."""
 
@@ -136,6 +169,7 @@ def check_config(layout: Layout, console: Console) -> CoreConfig:
     globalLogPublisher.addObserver(show)
     try:
         layout.create_folders()
+        check_writable(layout)
         ensure_config(layout.config_dir, cert_dir=layout.cert_dir)
         return load_config(layout.config_dir)
     finally:
@@ -182,6 +216,9 @@ def _twistd_reason(said: bytes) -> str | None:
     text = said.decode("utf-8", errors="replace").strip()
     if not text or "An error has occurred" in text:
         return None
+    if "Traceback (most recent call last)" in text:
+        # An error twistd did not expect: its last line says what it was.
+        text = text.splitlines()[-1]
     return " ".join(text.removeprefix("nanocore: ").split())
 
 
@@ -194,7 +231,14 @@ def show_run_log(console: Console, layout: Layout, mark: LogMark) -> None:
 
 
 def start_failed(console: Console, layout: Layout, mark: LogMark, said: bytes = b"") -> int:
-    """Say in one line what failed and why; the log only when no reason was given."""
+    """Say in one line what failed and why; the log only when no reason was given.
+
+    A daemon running now was started by another `nanocore start` meanwhile: twistd refused to
+    start a second one on its pid file, in words about twistd's own options."""
+    racing = running_pid(layout.pid_file)
+    if racing is not None:
+        console.complain(f"core is already running, current pid {racing}")
+        return EXIT_FAILURE
     reason = reason_in(lines_since(layout.log_file, mark)) or _twistd_reason(said)
     if reason is None:
         console.complain("nanocore failed to start")
@@ -244,21 +288,30 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
     except ConfigError as error:
         console.complain(f"nanocore failed to start: config error: {error}")
         return EXIT_FAILURE
+    except CannotPrepare as error:
+        console.complain(f"nanocore failed to start: {error}")
+        return EXIT_FAILURE
+    except OSError as error:
+        console.complain(f"nanocore failed to start: cannot prepare {_os_reason(error)}")
+        return EXIT_FAILURE
+    leftover = clear_stale(layout.pid_file, console)
+    if leftover is not None:
+        console.complain(f"nanocore failed to start: {leftover}")
+        return EXIT_FAILURE
+    mark = LogMark.of(layout.log_file)
+    try:
+        launch: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+            sys.executable,
+            twistd_arguments(layout),
+            env=child_environment(),
+            path=str(Path.cwd()),
+            reactor=reactor,
+        )
     except OSError as error:
         console.complain(
-            f"nanocore failed to start: cannot prepare {error.filename}: {error.strerror}"
+            f"nanocore failed to start: cannot run {sys.executable}: {error.strerror or error}"
         )
         return EXIT_FAILURE
-    if remove_stale(layout.pid_file):
-        console.say(f"removed stale pid file {layout.pid_file}")
-    mark = LogMark.of(layout.log_file)
-    launch: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
-        sys.executable,
-        twistd_arguments(layout),
-        env=child_environment(),
-        path=str(Path.cwd()),
-        reactor=reactor,
-    )
     launch.addTimeout(START_TIMEOUT, reactor)
     try:
         output, errors, code = await launch
@@ -306,19 +359,54 @@ async def _wait_for_exit(reactor: Any, pid_file: Path, timeout: float) -> bool:
     return True
 
 
+def clear_stale(pid_file: Path, console: Console) -> str | None:
+    """Remove a pid file that names no running daemon; why it stays, if it cannot be removed."""
+    try:
+        removed = remove_stale(pid_file)
+    except OSError as error:
+        return f"cannot remove the stale pid file {pid_file}: {error.strerror or error}"
+    if removed:
+        console.say(f"removed stale pid file {pid_file}")
+    return None
+
+
+def _leftover(pid_file: Path, console: Console) -> None:
+    """After the daemon is gone, a pid file that stays is worth a warning, not a failure: the
+    command did what it was asked, and `start` takes a stale pid file for what it is."""
+    leftover = clear_stale(pid_file, console)
+    if leftover is not None:
+        console.complain(f"warning: {leftover}")
+
+
+def _signal(pid: int, number: signal.Signals, console: Console) -> bool:
+    """Send `number` to the daemon; False (said in one line) when this user may not."""
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass  # it exited meanwhile; waiting for its exit ends at once
+    except PermissionError as error:
+        console.complain(
+            f"cannot send {number.name} to core (pid {pid}): {error.strerror};"
+            " run the command as the user that started it"
+        )
+        return False
+    return True
+
+
 async def stop(reactor: Any, pid_file: Path, console: Console) -> int:
     pid = running_pid(pid_file)
     if pid is None:
-        remove_stale(pid_file)
+        _leftover(pid_file, console)
         console.say("core is already stopped")
         return EXIT_OK
-    os.kill(pid, signal.SIGTERM)
+    if not _signal(pid, signal.SIGTERM, console):
+        return EXIT_FAILURE
     if not await _wait_for_exit(reactor, pid_file, STOP_TIMEOUT):
         console.complain(
             f"core (pid {pid}) did not stop within {STOP_TIMEOUT:.0f} s; `nanocore halt` kills it"
         )
         return EXIT_FAILURE
-    remove_stale(pid_file)
+    _leftover(pid_file, console)
     console.say(f"stop core success (pid {pid})")
     return EXIT_OK
 
@@ -338,15 +426,15 @@ def status(pid_file: Path, console: Console) -> int:
 async def halt(reactor: Any, pid_file: Path, console: Console) -> int:
     pid = running_pid(pid_file)
     if pid is None:
-        if remove_stale(pid_file):
-            console.say(f"removed stale pid file {pid_file}")
+        _leftover(pid_file, console)
         console.say("core is already stopped")
         return EXIT_OK
-    os.kill(pid, signal.SIGKILL)
+    if not _signal(pid, signal.SIGKILL, console):
+        return EXIT_FAILURE
     if not await _wait_for_exit(reactor, pid_file, STOP_TIMEOUT):
         console.complain(f"core (pid {pid}) survived SIGKILL for {STOP_TIMEOUT:.0f} s")
         return EXIT_FAILURE
-    remove_stale(pid_file)
+    _leftover(pid_file, console)
     console.say(f"core halted (pid {pid} killed)")
     return EXIT_OK
 
@@ -378,7 +466,18 @@ async def import_nano(source: Path, data_dir: Path, console: Console) -> int:
 
 
 async def run_command(reactor: Any, options: CommandOptions, console: Console) -> int:
-    """Run the parsed command; return the process exit code."""
+    """Run the parsed command; return the process exit code.
+
+    A file the command could not use, which no step expected, is still one line naming it
+    and the reason, never a traceback."""
+    try:
+        return await _run_command(reactor, options, console)
+    except OSError as error:
+        console.complain(f"nanocore {options.subCommand}: {_os_reason(error)}")
+        return EXIT_FAILURE
+
+
+async def _run_command(reactor: Any, options: CommandOptions, console: Console) -> int:
     command = options.subCommand
     sub = options.subOptions
     if command == "start":

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from nanocore import __version__, cli, config, pidfile, start_report
@@ -27,6 +29,25 @@ from nanocore.services.listen import read_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 reactor: Any = global_reactor
+
+
+def skip_unless_modes_bind() -> None:
+    """Root with CAP_DAC_OVERRIDE writes where a mode says no, so a test of a read-only file
+    would prove nothing; probed rather than read from `os.geteuid()`, so that root without
+    the capability (`setpriv --bounding-set=-dac_override,-dac_read_search`) runs them."""
+    probe = Path(tempfile.mkdtemp())
+    try:
+        probe.chmod(0o500)
+        try:
+            (probe / "written").touch()
+        except PermissionError:
+            return
+        raise SkipTest(
+            f"file modes do not bind this user (uid {os.geteuid()}, with CAP_DAC_OVERRIDE)"
+        )
+    finally:
+        probe.chmod(0o700)
+        shutil.rmtree(probe)
 
 
 def console() -> tuple[cli.Console, io.StringIO, io.StringIO]:
@@ -359,6 +380,29 @@ class StartFailedTests(SynchronousTestCase):
         self.assertEqual(lines[0], "nanocore failed to start: why")
         self.assertNotIn("Address al", "\n".join(lines))
 
+    def test_a_traceback_from_twistd_is_said_by_its_last_line(self) -> None:
+        said = (
+            b'Traceback (most recent call last):\n  File "<string>", line 1, in <module>\n'
+            b"PermissionError: [Errno 13] Permission denied: '/n/x'\n"
+        )
+        lines = self.said(said)
+        self.assertEqual(
+            lines[0],
+            "nanocore failed to start: PermissionError: [Errno 13] Permission denied: '/n/x'",
+        )
+
+    def test_a_start_that_lost_a_race_names_the_daemon_that_won(self) -> None:
+        """Two starts at once: twistd's refusal speaks of its options; the winner runs."""
+        pid = blocked_child(self, "--pidfile", str(self.layout.pid_file), "nanocore")
+        self.layout.pid_file.write_text(str(pid))
+        refused = (
+            b"Another twistd server is running, PID 1\n\nThis could either be a previously"
+            b" started instance of your application or a different application entirely. To"
+            b" start a new one, either run it in some other directory, or use the --pidfile and"
+            b" --logfile parameters to avoid clashes.\n"
+        )
+        self.assertEqual(self.said(refused), [f"core is already running, current pid {pid}"])
+
     def test_without_a_reason_this_starts_log_is_shown(self) -> None:
         cut = b'An error has occurred: b"...: [Errno 98] Address al"\nPlease look at log file\n'
         lines = self.said(cut, "2026 [-] Traceback (most recent call last):", "2026 [-] Oops")
@@ -578,6 +622,121 @@ class RealDaemonTests(TestCase):
             # An expected failure is one line in the log too, not a traceback.
             self.assertNotIn("Traceback", (self.root / "log" / "core.log").read_text())
             self.assertFalse(layout_under(self.root).api_port_file.exists())
+
+        return ensureDeferred(scenario())
+
+    async def refused_start(self) -> list[str]:
+        """What a start that fails before anything forks prints; it leaves no daemon."""
+        lines = (await self.expect(1, "start")).splitlines()
+        await self.expect(3, "status")
+        return lines
+
+    def test_a_log_file_that_is_a_folder_is_said_in_one_line(self) -> Deferred[None]:
+        log_file = self.root / "log" / "core.log"
+        log_file.mkdir(parents=True)
+
+        async def scenario() -> None:
+            self.assertEqual(
+                await self.refused_start(),
+                [
+                    f"nanocore failed to start: cannot write the log file {log_file}:"
+                    " Is a directory"
+                ],
+            )
+
+        return ensureDeferred(scenario())
+
+    def test_a_read_only_log_file_is_said_in_one_line(self) -> Deferred[None]:
+        skip_unless_modes_bind()
+        log_file = self.root / "log" / "core.log"
+        log_file.parent.mkdir()
+        log_file.touch(mode=0o400)
+
+        async def scenario() -> None:
+            self.assertEqual(
+                await self.refused_start(),
+                [
+                    f"nanocore failed to start: cannot write the log file {log_file}:"
+                    " Permission denied"
+                ],
+            )
+
+        return ensureDeferred(scenario())
+
+    def test_a_read_only_data_folder_is_said_in_one_line(self) -> Deferred[None]:
+        skip_unless_modes_bind()
+        data = self.root / "data"
+        data.mkdir(mode=0o500)
+        self.addCleanup(data.chmod, 0o700)
+
+        async def scenario() -> None:
+            self.assertEqual(
+                await self.refused_start(),
+                [
+                    f"nanocore failed to start: cannot write in the data folder {data}:"
+                    " Permission denied"
+                ],
+            )
+
+        return ensureDeferred(scenario())
+
+    def test_a_pid_file_that_cannot_be_removed_is_said_in_one_line(self) -> Deferred[None]:
+        """start refuses, naming it; stop and halt did what they were asked: a warning."""
+        self.pid_file.mkdir(parents=True)
+        cannot = f"cannot remove the stale pid file {self.pid_file}: Is a directory"
+
+        async def scenario() -> None:
+            self.assertEqual(await self.refused_start(), [f"nanocore failed to start: {cannot}"])
+            for command in ("stop", "halt"):
+                text = await self.expect(0, command)
+                self.assertEqual(
+                    sorted(text.splitlines()), ["core is already stopped", f"warning: {cannot}"]
+                )
+
+        return ensureDeferred(scenario())
+
+    def test_stop_and_halt_succeed_when_the_pid_file_stays(self) -> Deferred[None]:
+        """The data folder turned read-only under a running daemon: it still stops."""
+        skip_unless_modes_bind()
+        data = self.root / "data"
+        self.addCleanup(data.chmod, 0o700)
+        cannot = f"warning: cannot remove the stale pid file {self.pid_file}: Permission denied"
+
+        async def scenario() -> None:
+            await self.expect(0, "start")
+            pid = pidfile.read_pid(self.pid_file)
+            data.chmod(0o500)
+            text = await self.expect(0, "stop")
+            self.assertEqual(sorted(text.splitlines()), [f"stop core success (pid {pid})", cannot])
+            self.assertIn("stale pid file", await self.expect(3, "status"))
+            data.chmod(0o700)
+            self.assertIn("core started", await self.expect(0, "start"))
+            pid = pidfile.read_pid(self.pid_file)
+            data.chmod(0o500)
+            text = await self.expect(0, "halt")
+            self.assertEqual(
+                sorted(text.splitlines()), [f"core halted (pid {pid} killed)", cannot]
+            )
+            await self.expect(3, "status")
+
+        return ensureDeferred(scenario())
+
+    def test_an_interpreter_that_cannot_run_is_said_in_one_line(self) -> Deferred[None]:
+        interpreter = self.root / "python3"
+        interpreter.write_text("not executable")
+        self.patch(sys, "executable", str(interpreter))
+
+        async def scenario() -> None:
+            the_console, out, err = console()
+            code = await cli.start(reactor, layout_under(self.root), the_console)
+            self.assertEqual(
+                (code, out.getvalue(), err.getvalue()),
+                (
+                    cli.EXIT_FAILURE,
+                    "",
+                    f"nanocore failed to start: cannot run {interpreter}: Permission denied\n",
+                ),
+            )
 
         return ensureDeferred(scenario())
 
