@@ -104,6 +104,14 @@ class CommandOptions(NanocoreOptions):
     synopsis = "Usage: nanocore start|stop|status|halt|import-nano|call [options]"
 
     longdesc = "Nano Core control node. `nanocore COMMAND --help` describes each command."
+
+    def getSynopsis(self) -> str:
+        """A command's usage starts `Usage: nanocore COMMAND`, not the list of all commands
+        (twistd's `Options` puts the parent's synopsis before the command's own)."""
+        if getattr(self, "subCommand", None) is None:
+            return self.synopsis
+        return "Usage: nanocore"
+
     subCommands = [
         ["start", None, StartOptions, "start nanocore as a daemon"],
         ["stop", None, StopOptions, "stop the running nanocore"],
@@ -501,7 +509,9 @@ def parse(argv: Sequence[str], console: Console) -> CommandOptions | int:
     try:
         options.parseOptions(list(argv))
     except usage.UsageError as error:
-        console.complain(f"{options}\nnanocore: {error}")
+        # A command's own usage when the error is in its arguments.
+        shown = getattr(options, "subOptions", options)
+        console.complain(f"{shown}\nnanocore: {error}")
         return EXIT_USAGE
     except SystemExit as done:  # --help
         return int(done.code or 0)

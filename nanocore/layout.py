@@ -7,6 +7,7 @@ nanocore takes each folder from an option whose default is relative to the worki
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from attrs import frozen
@@ -53,8 +54,15 @@ class Layout:
         return self.log_dir / FAULT_FILE_NAME
 
     def create_folders(self) -> None:
-        """Create missing folders with mode 0700; existing folders are left as they are."""
-        for folder in (self.config_dir, self.data_dir, self.cert_dir, self.log_dir):
+        """Create missing folders with mode 0700; existing folders are left as they are.
+
+        A folder option naming a file is refused before any folder is made, saying so (mkdir
+        would say "File exists" after making the others)."""
+        folders = (self.config_dir, self.data_dir, self.cert_dir, self.log_dir)
+        for folder in folders:
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
+        for folder in folders:
             folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
 
 

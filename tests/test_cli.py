@@ -111,6 +111,19 @@ class ParseTests(SynchronousTestCase):
         self.assertIn("nanocore:", self.refused("import-nano"))
         self.assertIn("--data-dir", self.refused("status", "--data-dir="))
 
+    def test_a_commands_usage_names_the_command(self) -> None:
+        """Not the list of every command, and with the command's own arguments (PATH)."""
+        self.assertTrue(
+            self.refused("import-nano").startswith("Usage: nanocore import-nano PATH [--data-dir"),
+        )
+        self.assertTrue(self.refused("stop", "--bogus").startswith("Usage: nanocore stop "))
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)
+        the_console, _out, _err = console()
+        self.assertEqual(cli.parse(["start", "--help"], the_console), 0)
+        self.assertTrue(printed.getvalue().startswith("Usage: nanocore start [--config-dir"))
+        self.assertTrue(self.refused().startswith("Usage: nanocore start|stop|status|halt|"))
+
     def test_help_exits_zero(self) -> None:
         printed = io.StringIO()
         self.patch(sys, "stdout", printed)
@@ -310,17 +323,22 @@ class CommandTests(SynchronousTestCase):
         self.assertFalse(self.layout.pid_file.exists())
 
     def test_start_with_a_folder_that_cannot_be_made_spawns_nothing(self) -> None:
+        """A folder option naming a file says so, before any other folder is made."""
         blocked = self.root / "not-a-folder"
         blocked.write_text("a file where the log folder should be")
+        fresh = layout_under(self.root / "fresh")
         code, _out, err = self.run_command(
             "start",
-            f"--config-dir={self.layout.config_dir}",
-            f"--data-dir={self.layout.data_dir}",
-            f"--cert-dir={self.layout.cert_dir}",
+            f"--config-dir={fresh.config_dir}",
+            f"--data-dir={fresh.data_dir}",
+            f"--cert-dir={fresh.cert_dir}",
             f"--log-dir={blocked}",
         )
         self.assertEqual(code, cli.EXIT_FAILURE)
-        self.assertIn(f"cannot prepare {blocked}", err)
+        self.assertEqual(
+            err, f"nanocore failed to start: cannot prepare {blocked}: not a folder\n"
+        )
+        self.assertFalse((self.root / "fresh").exists())
 
     def test_import_nano_imports_a_nano_installation(self) -> None:
         source = REPO_ROOT / "tests" / "fixtures" / "nano14"
