@@ -387,7 +387,12 @@ def ensure_server_certificate(
                 " nanocore issues certificates only there: set cert_file and key_file in"
                 f" image.cfg to {cert_dir / IMAGE_CERT_NAME} and {cert_dir / IMAGE_KEY_NAME}"
             )
-        return _issue_and_write(ca, address, cert_path, key_path, now)
+        try:
+            return _issue_and_write(ca, address, cert_path, key_path, now)
+        except OSError as error:
+            raise PKIError(
+                f"cannot issue {cert_path} for {address}: {_os_reason(error)}"
+            ) from None
     certificate: x509.Certificate | None
     usable: IssuedCertificate | None = None
     try:
@@ -423,14 +428,26 @@ def ensure_server_certificate(
             f"{cert_path} cannot serve {address}: {reason}. nanocore did not issue it in its"
             f" cert folder {cert_dir}, so it will not replace it: {remedy}"
         )
-    backups = [str(back_up(path, now)) for path in (cert_path, key_path) if path.exists()]
-    log.warn(
-        "re-issuing {path}: {reason}; the old files are kept as {backups}",
-        path=str(cert_path),
-        reason=reason,
-        backups=", ".join(backups),
-    )
-    return _issue_and_write(ca, address, cert_path, key_path, now)
+    try:
+        backups = [str(back_up(path, now)) for path in (cert_path, key_path) if path.exists()]
+        log.warn(
+            "re-issuing {path}: {reason}; the old files are kept as {backups}",
+            path=str(cert_path),
+            reason=reason,
+            backups=", ".join(backups),
+        )
+        return _issue_and_write(ca, address, cert_path, key_path, now)
+    except OSError as error:
+        raise PKIError(
+            f"{cert_path} must be re-issued ({reason}), but {_os_reason(error)}"
+        ) from None
+
+
+def _os_reason(error: OSError) -> str:
+    """Which file nanocore could not use, and why: a bare errno says neither."""
+    if error.filename is None:
+        return error.strerror or str(error)
+    return f"cannot use {error.filename}: {error.strerror}"
 
 
 def _issue_and_write(

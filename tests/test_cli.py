@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +18,16 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from nanocore import __version__, cli, config, pidfile, start_report
 from nanocore.layout import Layout
 from nanocore.services.listen import read_port
+from tests.filemodes import skip_unless_modes_bind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 reactor: Any = global_reactor
-
-
-def skip_unless_modes_bind() -> None:
-    """Root with CAP_DAC_OVERRIDE writes where a mode says no, so a test of a read-only file
-    would prove nothing; probed rather than read from `os.geteuid()`, so that root without
-    the capability (`setpriv --bounding-set=-dac_override,-dac_read_search`) runs them."""
-    probe = Path(tempfile.mkdtemp())
-    try:
-        probe.chmod(0o500)
-        try:
-            (probe / "written").touch()
-        except PermissionError:
-            return
-        raise SkipTest(
-            f"file modes do not bind this user (uid {os.geteuid()}, with CAP_DAC_OVERRIDE)"
-        )
-    finally:
-        probe.chmod(0o700)
-        shutil.rmtree(probe)
 
 
 def console() -> tuple[cli.Console, io.StringIO, io.StringIO]:

@@ -18,6 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from nanocore import config, pki
+from tests.filemodes import skip_unless_modes_bind
 
 ssl_reactor: IReactorSSL = reactor  # type: ignore[assignment]
 
@@ -186,6 +187,17 @@ class ServerCertificateTests(unittest.TestCase):
         self.ensure("127.0.0.1", now=lambda: moment)
         self.assertEqual(len(self.backups()), 4)
         self.assertEqual(cert_backup.read_bytes(), old_cert)
+
+    def test_a_reissue_that_cannot_write_says_what_and_where(self) -> None:
+        """A read-only cert folder when listen_address changed: not a bare errno."""
+        skip_unless_modes_bind()
+        self.ensure()
+        self.cert_dir.chmod(0o500)
+        self.addCleanup(self.cert_dir.chmod, 0o700)
+        message = self.refused("127.0.0.9")
+        self.assertTrue(message.startswith(f"{self.cert_path} must be re-issued ("), message)
+        self.assertIn(f"but cannot use {self.cert_path}.", message)
+        self.assertTrue(message.endswith(".bak: Permission denied"), message)
 
     def test_own_issue_of_a_previous_cluster_ca_is_reissued(self) -> None:
         """The operator replaced the CA (the Installer's): Core's own old certificate goes."""
