@@ -384,6 +384,14 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             started=earlier,
             path=str(layout.fault_file),
         )
+    elif layout.api_port_file.exists():
+        # Removed by every stop that runs the services' stops; SIGKILL (`nanocore halt`), a
+        # lost power supply or the OOM killer leave it.
+        log.warn(
+            "the previous run of nanocore did not stop cleanly (killed, or the host went"
+            " down): it left {path} behind; the store keeps every committed change",
+            path=str(layout.api_port_file),
+        )
     try:
         # The image certificate names listen_address: an address the listeners cannot bind
         # would fail the start only after a re-issue had replaced the pair in cert/.

@@ -505,6 +505,12 @@ class RealDaemonTests(TestCase):
             # The log of the killed daemon is still there: core.log is appended to.
             log = (self.root / "log" / "core.log").read_text()
             self.assertEqual(log.count("starting up"), 2)
+            # The second run says the first did not stop cleanly; a clean stop leaves no trace.
+            self.assertEqual(log.count("the previous run of nanocore did not stop cleanly"), 1)
+            await self.expect(0, "start")
+            log = (self.root / "log" / "core.log").read_text()
+            self.assertEqual(log.count("the previous run of nanocore did not stop cleanly"), 1)
+            await self.expect(0, "stop")
 
         return ensureDeferred(scenario())
 
