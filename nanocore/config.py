@@ -267,17 +267,19 @@ def _non_empty_string(value: object) -> str:
     return value
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
-    expected = (
-        f"an integer from {minimum} to {maximum}"
-        if maximum is not None
-        else f"an integer of at least {minimum}"
-    )
+#: The largest value of Go's ``int`` (64-bit): its decoder refuses a number above it.
+GO_INT_MAX = 2**63 - 1
+
+
+def _integer(minimum: int, maximum: int = GO_INT_MAX) -> Callable[[object], int]:
+    """An integer in ``minimum..maximum``; never above what Go's ``int`` holds, which the
+    original's decoder refused (a larger timeout would reach the reactor as a delay)."""
+    expected = f"an integer from {minimum} to {maximum}"
 
     def check(value: object) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise _Invalid(expected)
-        if value < minimum or (maximum is not None and value > maximum):
+        if value < minimum or value > maximum:
             raise _Invalid(expected)
         return value
 

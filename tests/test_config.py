@@ -150,6 +150,11 @@ class DomainTests(ConfigTestCase):
             ("nano", "224.0.0.226", 5599, 10),
         )
 
+    def test_timeout_up_to_gos_int_is_taken(self) -> None:
+        """The bound is Go's, not a new one: the largest int the original read is still read."""
+        path = self.write(config.DOMAIN_FILE, replaced(GOOD_DOMAIN, "timeout", 2**63 - 1))
+        self.assertEqual(load_domain(path).timeout, 2**63 - 1)
+
     def test_zero_timeout_means_the_default(self) -> None:
         """The original applies the timeout only when it is positive."""
         path = self.write(config.DOMAIN_FILE, replaced(GOOD_DOMAIN, "timeout", 0))
@@ -194,6 +199,9 @@ class DomainTests(ConfigTestCase):
             ("timeout", -1, "-1"),
             ("timeout", "10", '"10"'),
             ("timeout", 1.5, "1.5"),
+            # Go's decoder refuses a number its 64-bit int cannot hold (QA2 finding 10).
+            ("timeout", 2**63, "9223372036854775808"),
+            ("timeout", 99999999999999999999, "99999999999999999999"),
         ]
         for key, value, found in cases:
             document = replaced(GOOD_DOMAIN, key, value)
