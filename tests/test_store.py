@@ -540,6 +540,23 @@ class OpenCheckTests(StoreTestCase):
         self.assertIn("not a readable SQLite database", str(error))
 
     @defer.inlineCallbacks
+    def test_empty_file_is_not_a_new_store(self) -> Any:
+        """SQLite reads a 0-byte file as a new database; the state it held must not be
+        replaced by defaults without a word (QA2 finding 12)."""
+        self.data_dir.mkdir()
+        path = self.data_dir / DB_NAME
+        path.write_bytes(b"")
+        opening = Store.open(self.data_dir, reactor)
+        opening.addCallback(lambda store: store.close().addCallback(lambda _: store))
+        error = yield self.assertFailure(opening, DamagedStore)
+        self.assertIn(f"{path} is empty (0 bytes)", str(error))
+        self.assertIn("restore it from a backup, or delete it", str(error))
+        self.assertEqual(path.stat().st_size, 0)
+        path.unlink()
+        store = yield self.open()
+        self.assertIn("default", store.view.compute_pools)
+
+    @defer.inlineCallbacks
     def test_another_programs_database(self) -> Any:
         self.data_dir.mkdir()
         self.write_raw("CREATE TABLE notes (text TEXT);")

@@ -68,6 +68,13 @@ def open_database(
     path = database_path(data_dir)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    elif path.stat().st_size == 0:
+        # SQLite takes an empty file for a new database: a store emptied by a full disk,
+        # a bad copy or `: >` would come back as a first start and its state be lost.
+        raise DamagedStore(
+            f"{path} is empty (0 bytes): the database was damaged or emptied; restore it "
+            "from a backup, or delete it to start with an empty store"
+        )
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0.5)
     try:
         _configure(connection, path)
