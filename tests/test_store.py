@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from nanocore import model as m
 from nanocore.durations import Durations
 from nanocore.store import (
+    CommitFailed,
     Conflict,
     DamagedStore,
     Delete,
@@ -503,13 +504,32 @@ class CommitTests(StoreTestCase):
 
         store._writer.apply_batch = disk_full  # type: ignore[method-assign]
         error = yield self.assertFailure(
-            store.commit(put_all(m.ComputePool(name="lost"))), StoreError
+            store.commit(put_all(m.ComputePool(name="lost"))), CommitFailed
         )
-        self.assertIn("disk is full", str(error))
+        self.assertEqual(str(error), "state could not be saved: database or disk is full")
         self.assertNotIn("lost", store.view.compute_pools)
-        self.flushLoggedErrors(sqlite3.OperationalError)
+        # The database's refusal is a logged line (rate-limited), not a traceback.
+        self.assertEqual(self.flushLoggedErrors(), [])
         yield store.commit(put_all(m.ComputePool(name="kept")))
         self.assertIn("kept", store.view.compute_pools)
+
+    @defer.inlineCallbacks
+    def test_a_fault_of_ours_in_a_commit_is_logged_with_its_traceback(self) -> Any:
+        """Not the database's refusal: a bug, logged once per batch, its words kept from
+        the client."""
+        store = yield self.open()
+        real = store._writer.apply_batch
+
+        def broken(units: Any) -> Any:
+            store._writer.apply_batch = real  # type: ignore[method-assign]
+            raise KeyError("secret detail")
+
+        store._writer.apply_batch = broken  # type: ignore[method-assign]
+        error = yield self.assertFailure(
+            store.commit(put_all(m.ComputePool(name="lost"))), CommitFailed
+        )
+        self.assertEqual(str(error), "state could not be saved: internal error")
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
     @defer.inlineCallbacks
     def test_close_drains_then_refuses(self) -> Any:

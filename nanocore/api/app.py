@@ -62,7 +62,7 @@ from nanocore.api.signed import may_share_a_path, signed
 from nanocore.api.streams import StreamingAPIChannel, streaming_request_factory
 from nanocore.images.transfers import UploadRoutes
 from nanocore.operations.core import Operations
-from nanocore.operations.errors import OperationError
+from nanocore.operations.errors import UNAVAILABLE, OperationError, unavailable_message
 from nanocore.ratelog import RateLimitedLog
 
 
@@ -113,6 +113,7 @@ class APIResource(KleinResource, Generic[Ops]):
             ((RequestRedirect, NotFound, MethodNotAllowed), misses.missed),
             ((AuthError,), self._refused),
             ((DecodeError, OperationError), _refusal),
+            (UNAVAILABLE, _unavailable),
             ((Exception,), self._unexpected),
         ]
         for errors, handler in handlers:
@@ -176,7 +177,7 @@ class APIResource(KleinResource, Generic[Ops]):
                     answer.errback(outcome)
                 else:
                     answer.callback(outcome)
-            elif isinstance(outcome, Failure) and not outcome.check(OperationError):
+            elif isinstance(outcome, Failure) and not outcome.check(OperationError, *UNAVAILABLE):
                 self.log.failure("unexpected error after the client went away", outcome)
 
         operation.addBoth(settle)
@@ -244,6 +245,15 @@ def _refusal(request: IRequest, failure: Failure) -> bytes:
     """A bad body or an operation's refusal: the envelope with the message the client reads."""
     error = cast(DecodeError | OperationError, failure.value)
     return _failure(cast(Request, request), error.message, getattr(error, "data", None))
+
+
+def _unavailable(request: IRequest, failure: Failure) -> bytes:
+    """The store could not save the change, and kept nothing of it: 503 with the reason and
+    ``Retry-After``, as while the state loads (``services/gate``); logged by the store."""
+    req = cast(Request, request)
+    req.setResponseCode(503)
+    req.setHeader(b"Retry-After", b"1")
+    return _failure(req, unavailable_message(cast(Exception, failure.value)))
 
 
 def _failure(request: Request, message: str, data: object = None) -> bytes:

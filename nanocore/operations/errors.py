@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from nanocore.store.errors import CommitFailed, StoreClosed
+
+#: The store's errors that say the state cannot be saved for now (the disk is full, Core is
+#: stopping), not that the request is wrong; the store logged them, the API answers 503.
+UNAVAILABLE = (CommitFailed, StoreClosed)
+
+
+def unavailable_message(error: BaseException) -> str:
+    """What a client reads for one of :data:`UNAVAILABLE`: the store's reason for a failed
+    commit (``state could not be saved: database or disk is full``), or that Core stops."""
+    return "nanocore is stopping" if isinstance(error, StoreClosed) else str(error)
+
 
 class OperationError(Exception):
     """A request the domain refuses; ``message`` is shown to the client verbatim.

@@ -2,6 +2,7 @@
 
 from nanocore.store.changes import Change, Delete, Insert, Put, UnitOfWork
 from nanocore.store.errors import (
+    CommitFailed,
     Conflict,
     DamagedStore,
     NotFound,
@@ -16,6 +17,7 @@ from nanocore.store.store import Store
 
 __all__ = [
     "Change",
+    "CommitFailed",
     "CommitStore",
     "Condition",
     "Conflict",

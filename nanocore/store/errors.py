@@ -30,5 +30,10 @@ class DamagedStore(StoreError):
     """The database failed its integrity checks or cannot be read; Core refuses to start."""
 
 
+class CommitFailed(StoreError):
+    """The database could not commit (disk full, I/O error): nothing of the batch was applied,
+    and a later commit may succeed; ``message`` is what the client reads."""
+
+
 class StoreClosed(StoreError):
     """The store was closed; nothing more can be committed."""

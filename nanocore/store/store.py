@@ -8,6 +8,7 @@ only after COMMIT has returned, at the same moment the read model changes.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -16,15 +17,16 @@ from pathlib import Path
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from nanocore.durations import Durations
 from nanocore.model import TIME_FORMAT
+from nanocore.ratelog import RateLimitedLog
 from nanocore.store.changes import UnitOfWork
-from nanocore.store.errors import StoreClosed, StoreError
+from nanocore.store.errors import CommitFailed, StoreClosed, StoreError
 from nanocore.store.interfaces import CommitStore
 from nanocore.store.readmodel import ReadModel
 from nanocore.store.schema import SchemaScript, bundled_scripts, open_database
@@ -34,6 +36,12 @@ log = Logger()
 
 #: Each queued unit, who waits for it, and when it was handed over (``timer``).
 Pending = list[tuple[UnitOfWork, Deferred[None], float]]
+
+
+def _global_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def new_template_id() -> str:
@@ -55,9 +63,11 @@ class Store:
         *,
         commit_times: Durations | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        clock: IReactorTime | None = None,
     ) -> None:
         """``commit_times`` records how long each unit took from :meth:`commit` to its
-        answer, by ``timer``: what a slow disk costs the operations that wait for it."""
+        answer, by ``timer``: what a slow disk costs the operations that wait for it.
+        ``clock`` paces the lines about failed commits (the reactor's by default)."""
         self._reactor = reactor
         self._threadpool = threadpool
         self._writer = writer
@@ -66,6 +76,11 @@ class Store:
         self._commit_times = commit_times if commit_times is not None else Durations()
         self._timer = timer
         self.view = ReadModel(state)
+        if clock is None:
+            clock = reactor if IReactorTime.providedBy(reactor) else _global_clock()
+        #: A full disk fails every commit, and anyone who can write causes one: one line
+        #: per cause per minute, with a count, not a traceback per request.
+        self._failures = RateLimitedLog(log, clock)
         self._queue: Pending = []
         self._in_flight = False
         self._dispatching = False
@@ -85,6 +100,7 @@ class Store:
         scripts: tuple[SchemaScript, ...] | None = None,
         max_batch: int = 1024,
         commit_times: Durations | None = None,
+        clock: IReactorTime | None = None,
     ) -> Deferred[Store]:
         """Check, migrate and load the store in ``data_dir`` (created with defaults if new).
 
@@ -93,8 +109,8 @@ class Store:
         """
         threadpool = ThreadPool(minthreads=1, maxthreads=1, name="nanocore-store")
         threadpool.start()
-        clock = reactor if IReactorTime.providedBy(reactor) else None
-        seconds = clock.seconds() if clock is not None else time.time()
+        timekeeper = reactor if IReactorTime.providedBy(reactor) else None
+        seconds = timekeeper.seconds() if timekeeper is not None else time.time()
         now = time.strftime(TIME_FORMAT, time.localtime(seconds))
         chosen = scripts if scripts is not None else bundled_scripts()
 
@@ -109,7 +125,12 @@ class Store:
 
         def opened(result: tuple[Writer, State]) -> Store:
             store = cls(
-                reactor, threadpool, *result, max_batch=max_batch, commit_times=commit_times
+                reactor,
+                threadpool,
+                *result,
+                max_batch=max_batch,
+                commit_times=commit_times,
+                clock=clock,
             )
             log.info(
                 "store open: {pools} pools, {cells} cells, {instances} instances",
@@ -157,9 +178,8 @@ class Store:
         self._in_flight = False
         outcomes: list[StoreError | Failure | None]
         if isinstance(result, Failure):
-            log.failure("store commit failed; {count} unit(s) refused", result, count=len(batch))
-            reason = f"the store could not commit: {result.getErrorMessage()}"
-            outcomes = [StoreError(reason) for _ in batch]
+            reason = f"state could not be saved: {self._failed(result, len(batch))}"
+            outcomes = [CommitFailed(reason) for _ in batch]
         else:
             outcomes = list(result)
             self.batches_committed += 1
@@ -184,6 +204,24 @@ class Store:
             self._flush()
         elif self._closing:
             self._finish_close()
+
+    def _failed(self, failure: Failure, count: int) -> str:
+        """Log why a batch did not commit, once per cause per minute; the cause, in words
+        for the client (the database's own for its errors, nothing of a bug's)."""
+        if failure.check(sqlite3.Error):
+            cause = failure.getErrorMessage()
+            self._failures.emit(
+                LogLevel.error,
+                f"failed store commits ({cause})",
+                "nanocore.db",
+                "store commit failed, {count} unit(s) not saved: {cause}",
+                count=count,
+                cause=cause,
+            )
+            return cause
+        # Not the database's refusal but a fault of ours: its traceback, once per batch.
+        log.failure("store commit failed; {count} unit(s) not saved", failure, count=count)
+        return "internal error"
 
     # --- closing ---------------------------------------------------------------------------
 
@@ -210,6 +248,7 @@ class Store:
 
         def stopped(result: object) -> None:
             self._threadpool.stop()
+            self._failures.flush()
             if isinstance(result, Failure):
                 log.failure("closing the store failed", result)
             waiters, self._close_waiters = self._close_waiters, []
