@@ -462,11 +462,15 @@ async def import_nano(source: Path, data_dir: Path, console: Console) -> int:
         console.complain("import-nano is not available in this build of nanocore")
         return EXIT_FAILURE
     try:
-        await maybeDeferred(importer.run_import, source, data_dir)
+        report = await maybeDeferred(importer.run_import, source, data_dir)
     except importer.ImportRefused as refused:
         console.complain(f"import refused: {refused}")
         return EXIT_FAILURE
+    for warning in report.warnings:
+        console.complain(f"warning: {warning}")
     console.say(f"imported {source} into {data_dir}")
+    if report.placed:
+        console.say(f"image files placed in {data_dir}: {len(report.placed)}")
     return EXIT_OK
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -326,7 +327,18 @@ class CommandTests(SynchronousTestCase):
         code, out, err = self.run_command("import-nano", str(source), data)
         self.assertEqual(code, cli.EXIT_OK, err)
         self.assertIn(f"imported {source} into {self.layout.data_dir}", out)
+        self.assertIn(f"image files placed in {self.layout.data_dir}: 2", out)
         self.assertNotEqual(list(self.layout.data_dir.iterdir()), [])
+
+    def test_import_nano_without_image_data_warns(self) -> None:
+        source = self.root / "nano"
+        shutil.copytree(REPO_ROOT / "tests" / "fixtures" / "nano14", source)
+        (source / "data" / "image.data").unlink()
+        data = f"--data-dir={self.layout.data_dir}"
+        code, out, err = self.run_command("import-nano", str(source), data)
+        self.assertEqual(code, cli.EXIT_OK, err)
+        self.assertIn(f"warning: no image.data in {source / 'data'}", err)
+        self.assertIn("imported", out)
 
     def test_import_nano_creates_its_data_folder_0700(self) -> None:
         """As documented for every folder nanocore makes, whatever the caller's umask."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from nanocore.store.schema import DB_NAME
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nano14"
 GUEST_A = "4b0f6e0e-2a7c-4f7e-9d0c-1a2b3c4d5e6f"
+MEDIA = "media_images/5c1a7e2b-3d4f-4a6b-8c9d-0e1f2a3b4c5d_v1.iso"
+DISK = "disk_images/7a8b9c0d-1e2f-4a3b-9c4d-5e6f7a8b9c0d_v3.qcow2"
 
 
 class ImporterTestCase(TestCase):
@@ -100,7 +104,7 @@ class ImportTests(ImporterTestCase):
         self.assertFalse(web.rules[2].accept)
         self.assertEqual(len(view.policy_groups), 2)
         media = next(iter(view.media_images.values()))
-        self.assertEqual((media.tags, media.size), (("linux", "installer"), 1474560000))
+        self.assertEqual((media.tags, media.size), (("linux", "installer"), 56))
         disks = {d.name: d for d in view.disk_images.values()}
         self.assertTrue(disks["centos7-base"].created)
         self.assertEqual(disks["centos7-base"].check_sum[:6], "2fd4e1")
@@ -123,6 +127,75 @@ class ImportTests(ImporterTestCase):
         run_import(self.source, self.data_dir)
         store = yield self.open()
         self.assertEqual(len(store.view.templates), 5)
+        self.assertEqual(len(store.view.disk_images), 0)
+
+
+class ImageFileTests(ImporterTestCase):
+    """The image files come with their records (QA2 finding 7), checked, all or nothing."""
+
+    def test_files_are_placed_where_core_serves_them(self) -> None:
+        report = run_import(self.source, self.data_dir)
+        self.assertEqual(set(report.placed), {self.data_dir / MEDIA, self.data_dir / DISK})
+        for name in (MEDIA, DISK):
+            self.assertEqual(
+                (self.data_dir / name).read_bytes(), (self.source / "data" / name).read_bytes()
+            )
+        self.assertEqual(report.warnings, ())
+        # Nothing but the two files: no temporary name is left behind.
+        self.assertEqual(
+            sorted(p.name for p in (self.data_dir / "disk_images").iterdir()), [Path(DISK).name]
+        )
+
+    def test_a_second_run_places_nothing_and_an_older_import_gains_its_files(self) -> None:
+        run_import(self.source, self.data_dir)
+        self.assertEqual(run_import(self.source, self.data_dir).placed, ())
+        (self.data_dir / DISK).unlink()  # as an import by an earlier nanocore left it
+        self.assertEqual(run_import(self.source, self.data_dir).placed, (self.data_dir / DISK,))
+
+    def test_missing_files_are_named_and_nothing_is_imported(self) -> None:
+        (self.source / "data" / DISK).unlink()
+        (self.source / "data" / MEDIA).unlink()
+        message = self.assertRefused("2 image file(s)", "are missing", DISK, MEDIA)
+        self.assertIn("nothing was imported", message)
+        self.assertFalse((self.data_dir / DB_NAME).exists())
+
+    def test_a_file_of_another_size_is_refused(self) -> None:
+        (self.source / "data" / MEDIA).write_bytes(b"short")
+        self.assertRefused(MEDIA, "holds 5 bytes", "records 56")
+        self.assertFalse((self.data_dir / DISK).exists())
+        self.assertFalse((self.data_dir / MEDIA).exists())
+
+    def test_a_file_of_another_checksum_is_refused(self) -> None:
+        (self.source / "data" / DISK).write_bytes(b"The quick brown fox jumps over the lazy cat")
+        self.assertRefused(DISK, "SHA-1", "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12")
+        self.assertFalse((self.data_dir / MEDIA).exists())
+        self.assertFalse((self.data_dir / DB_NAME).exists())
+
+    def test_a_refused_commit_takes_the_placed_files_back(self) -> None:
+        self.patch(importer.Writer, "apply_batch", lambda writer, units: [Conflict("no room")])
+        self.assertRefused("the store refused the import: no room")
+        self.assertFalse((self.data_dir / DISK).exists())
+        self.assertFalse((self.data_dir / MEDIA).exists())
+
+    def test_copied_when_a_link_is_not_possible(self) -> None:
+        def cross_device(source: Any, target: Any) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        self.patch(importer.os, "link", cross_device)
+        run_import(self.source, self.data_dir)
+        placed = self.data_dir / DISK
+        self.assertEqual(placed.read_bytes(), (self.source / "data" / DISK).read_bytes())
+        self.assertFalse(os.path.samefile(placed, self.source / "data" / DISK))
+
+    @defer.inlineCallbacks
+    def test_no_image_data_is_a_warning(self) -> Any:
+        (self.source / "data" / "image.data").unlink()
+        report = run_import(self.source, self.data_dir)
+        (warning,) = report.warnings
+        self.assertIn(f"no image.data in {self.source / 'data'}", warning)
+        self.assertIn("no disk or media image was imported", warning)
+        self.assertIn(f"delete {self.data_dir / DB_NAME}", warning)
+        store = yield self.open()
         self.assertEqual(len(store.view.disk_images), 0)
 
 

@@ -1,14 +1,28 @@
-"""Import of a Nano Core 1.4 data dir (``resource.data``, ``image.data``) into the store.
+"""Import of a Nano Core 1.4 data dir (``resource.data``, ``image.data`` and the image files
+of ``disk_images/`` and ``media_images/``) into the store and its data folder.
 
 Everything is read and checked before the store is touched, and written in one transaction:
 bad or conflicting data is refused with the file, the entity and the field, and the store
 stays as it was. A second run over the same files changes nothing.
+
+An imported image with content (``version > 0``) needs its file, Nano's
+``<id>_v<version>.<ext>`` beside the data files: a missing one refuses the import (naming every
+missing file), a file whose size or SHA-1 differs from its record too. The files are
+hard-linked into the data folder where it is on the same file system (neither side rewrites a
+version's file), else copied, under a temporary name an interrupted import leaves for the next
+start to remove (``.upload-*.part``), and given their names just before the commit; a refused
+commit removes them again.
 
 This is a synchronous tool for ``nanocore import-nano``; never call it from a running Core.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
@@ -19,6 +33,7 @@ from twisted.logger import Logger
 
 from nanocore import gojson
 from nanocore import model as m
+from nanocore.atomicfile import sync_directory
 from nanocore.store.changes import Change, Delete, Put, UnitOfWork
 from nanocore.store.errors import StoreError
 from nanocore.store.schema import bundled_scripts, database_path, open_database
@@ -30,6 +45,17 @@ log = Logger()
 
 RESOURCE_FILE = "resource.data"
 IMAGE_FILE = "image.data"
+
+#: The image folders and extensions, as ``nanocore.operations.images.ImageKind`` has them
+#: (the store imports nothing above it).
+IMAGE_FOLDERS: dict[type, tuple[str, str]] = {
+    m.MediaImage: ("media_images", "iso"),
+    m.DiskImage: ("disk_images", "qcow2"),
+}
+#: Temporary names the Core removes at start (``nanocore.images.files`` PART_PREFIX/SUFFIX).
+PART_PREFIX, PART_SUFFIX = ".upload-", ".part"
+#: Reading size for copying and hashing image files.
+BLOCK = 4 << 20
 
 T = TypeVar("T")
 
@@ -56,19 +82,50 @@ class NanoData:
         return [e for e in self.entities if isinstance(e, kind)]
 
 
-def run_import(source_dir: Path, data_dir: Path) -> None:
+@frozen
+class ImageFile:
+    """One image's file: where Nano keeps it, where nanocore wants it, what its record says."""
+
+    source: Path
+    target: Path
+    size: int
+    sha1: str
+
+
+@frozen
+class ImportReport:
+    """What an import did beyond the store, for ``nanocore import-nano`` to print."""
+
+    #: Image files placed in the data folder (not those already there).
+    placed: tuple[Path, ...] = ()
+    #: What the operator should know: a missing ``image.data``.
+    warnings: tuple[str, ...] = ()
+
+
+def run_import(source_dir: Path, data_dir: Path) -> ImportReport:
     """Import ``source_dir`` (a Nano install or its ``data/`` folder) into ``data_dir``."""
     resource_path, image_path = find_files(source_dir)
     data = read_nano_data(resource_path, image_path)
+    warnings: tuple[str, ...] = ()
+    if image_path is None:
+        warnings = (
+            f"no {IMAGE_FILE} in {resource_path.parent}: no disk or media image was imported "
+            f"(if the installation has images, delete {database_path(data_dir)} and import "
+            f"again from the folder that holds {IMAGE_FILE})",
+        )
+    files = image_files(data, resource_path.parent, data_dir)
     path = database_path(data_dir)
     created = not path.exists()
     try:
         connection = open_database(data_dir, bundled_scripts(), _now(), new_template_id)
     except StoreError as error:
         raise ImportRefused(f"cannot open the store: {error.message}") from None
+    placed: list[Path] = []
     try:
         writer = Writer(connection, guard_io_thread=False)
         unit = plan_import(writer.load(), data, path)
+        # Checked and in place before the commit; a refused commit removes them (below).
+        placed = place_files(files)
         if unit is None:
             log.info("{source} is already imported; nothing to do", source=resource_path)
         else:
@@ -82,11 +139,116 @@ def run_import(source_dir: Path, data_dir: Path) -> None:
             )
     except BaseException:
         connection.close()
+        for target in placed:
+            target.unlink(missing_ok=True)
         if created:  # leave no half-made store behind: there was none before
             for leftover in (path, path.with_name(f"{path.name}-wal")):
                 leftover.unlink(missing_ok=True)
         raise
     connection.close()
+    return ImportReport(tuple(placed), warnings)
+
+
+def image_files(data: NanoData, folder: Path, data_dir: Path) -> list[ImageFile]:
+    """The file of every image with content; refuses naming each one that is missing."""
+    files, missing = [], []
+    for image in data.entities:
+        if type(image) not in IMAGE_FOLDERS or image.version <= 0:
+            continue
+        if re.fullmatch(m.ID_PATTERN, image.id) is None:  # the model checks it; a path is made
+            raise ImportRefused(f"{IMAGE_FILE}: image id {image.id!r} cannot name a file")
+        subfolder, extension = IMAGE_FOLDERS[type(image)]
+        name = f"{image.id}_v{image.version}.{extension}"
+        source = folder / subfolder / name
+        if not source.is_file():
+            missing.append(str(source))
+        sha1 = getattr(image, "check_sum", "")
+        files.append(ImageFile(source, data_dir / subfolder / name, image.size, sha1))
+    if missing:
+        raise ImportRefused(
+            f"{len(missing)} image file(s) named in {IMAGE_FILE} are missing: "
+            f"{', '.join(missing)}; put them there, or remove their records from {IMAGE_FILE} "
+            "(nothing was imported)"
+        )
+    return files
+
+
+def place_files(files: list[ImageFile]) -> list[Path]:
+    """Link or copy each file not yet in place, checked; the targets placed, in order.
+
+    All or nothing: a refusal removes what this call placed."""
+    placed: list[Path] = []
+    try:
+        for file in files:
+            if _same_file(file.source, file.target):
+                continue
+            if file.target.exists():
+                _check(file, file.target, file.target)  # by an earlier, interrupted import
+                continue
+            file.target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            part = file.target.with_name(f"{PART_PREFIX}{file.target.stem}-import{PART_SUFFIX}")
+            try:
+                _link_or_copy(file.source, part)
+                _check(file, part, file.source)
+                os.replace(part, file.target)
+            finally:
+                part.unlink(missing_ok=True)
+            placed.append(file.target)
+        for folder in {file.target.parent for file in files}:
+            sync_directory(folder)
+    except BaseException:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        raise
+    return placed
+
+
+def _same_file(source: Path, target: Path) -> bool:
+    try:
+        return os.path.samefile(source, target)
+    except OSError:
+        return False
+
+
+def _link_or_copy(source: Path, part: Path) -> None:
+    try:
+        os.link(source, part)
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise ImportRefused(f"cannot link {source} to {part}: {error.strerror}") from None
+        try:
+            with source.open("rb") as reading, part.open("xb") as writing:
+                shutil.copyfileobj(reading, writing, BLOCK)
+                writing.flush()
+                os.fsync(writing.fileno())
+        except OSError as error:
+            raise ImportRefused(f"cannot copy {source} to {part}: {error.strerror}") from None
+
+
+def _check(file: ImageFile, path: Path, shown: Path) -> None:
+    """``path`` has the size (when recorded) and SHA-1 (disk images) of ``file``'s record;
+    a refusal names ``shown``."""
+    try:
+        size = path.stat().st_size
+        digest = ""
+        if file.sha1:
+            sha1 = hashlib.sha1(usedforsecurity=False)
+            with path.open("rb") as handle:
+                while block := handle.read(BLOCK):
+                    sha1.update(block)
+            digest = sha1.hexdigest()
+    except OSError as error:
+        raise ImportRefused(f"cannot read {path}: {error.strerror}") from None
+    if file.size > 0 and size != file.size:
+        raise ImportRefused(
+            f"{shown} holds {size} bytes, but {IMAGE_FILE} records {file.size} "
+            "(nothing was imported)"
+        )
+    if file.sha1 and digest != file.sha1.lower():
+        raise ImportRefused(
+            f"{shown} has SHA-1 {digest}, but {IMAGE_FILE} records {file.sha1} "
+            "(nothing was imported)"
+        )
 
 
 def _now() -> str:
