@@ -221,11 +221,15 @@ class GuestClusterCase(TestCase):
         for name in names or self.CELLS:
             await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
 
-    async def rejoined(self, name: str) -> None:
+    async def rejoined(self, name: str, *, died: bool = True) -> None:
         """Drop ``name``'s link (if it is up); it reconnects, rejoins its pool, and Core took
-        its inventory."""
+        its inventory. ``died``: the Cell died with its link and forgot what it was doing;
+        otherwise only the link dropped."""
         linked = self.events.until_available(name)
-        self.cells[name].kill()
+        if died:
+            self.cells[name].kill()
+        else:
+            self.cells[name].drop_link()
         await linked
         self.cells[name].report()
         # The pool push went out when Core heard of the Cell: a round trip after it means its

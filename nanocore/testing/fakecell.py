@@ -332,6 +332,12 @@ class FakeCell:
         if self.link is not None:
             self.link.protocol_error("killed")
 
+    def drop_link(self) -> None:
+        """The link drops with no goodbye (a network fault), but the Cell lives on: what it was
+        doing (a creation, a reset, a stop) ends as it would, told over its next link."""
+        if self.link is not None:
+            self.link.protocol_error("link dropped")
+
     # -- LinkHandler --------------------------------------------------------------------------
 
     def link_connected(self, link: LinkSession) -> None:
