@@ -16,6 +16,7 @@ from typing import Any
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -34,6 +35,13 @@ _ID = re.compile(ID_PATTERN)
 CREATION_FAILED = "create guest fail"
 #: A failed system reset the Cell reports without a reason.
 RESET_FAILED = "reset guest system fail"
+#: Seconds Core waits for word (progress or end) of a reset its Cell's inventory found under
+#: way. A Cell gives a reset up after one operate timeout (10 s by default) without progress,
+#: and its progress ticks every 2 s: a reset silent six times as long is over on the Cell (or
+#: forgotten by a Cell that restarted), and its end was not heard.
+RESET_SILENCE = 60.0
+#: The pending error of a reset whose end Core never heard.
+RESET_UNHEARD = "cell '{cell}' did not tell how the system reset ended"
 
 
 def settle(pending: PendingError) -> list[Change]:
@@ -57,6 +65,11 @@ class GuestEvents:
         #: of Core's records that inventory lacked. A lost guest of a Cell not in here may
         #: still be on it (the Cell is away, or has not told its inventory yet).
         self._lacking: dict[str, frozenset[str]] = {}
+        #: Resets an inventory found under way, by guest: their Cell, and the timer that ends
+        #: one unheard of for :attr:`reset_silence` (a Cell may have ended it, or forgotten it,
+        #: while Core was not listening).
+        self._reset_watches: dict[str, tuple[str, IDelayedCall]] = {}
+        self.reset_silence = RESET_SILENCE
         self._handlers: dict[int, Callable[[str, Message], Deferred[None]]] = {
             MessageID.GuestCreatedEvent: self.created,
             MessageID.GuestUpdatedEvent: self.updated,
@@ -92,6 +105,9 @@ class GuestEvents:
         """Its claims end; its guests are lost (a creation it failed is forgotten first)."""
         self._lacking.pop(name, None)
         self._placement.cell_gone(name)
+        for guest, (cell, _) in list(self._reset_watches.items()):
+            if cell == name:  # its next inventory watches again
+                self._unwatch(guest)
 
         def lost(instance: Instance | None) -> list[Change]:
             if instance is None or instance.cell != name or instance.lost:
@@ -195,6 +211,7 @@ class GuestEvents:
             return succeed(None)
         if not message.success:
             return self._creation_failed(cell, guest, message)
+        self._heard(cell, guest)
         progress = min(message.uint_params.get(ParamKey.Progress, 0), 100)
 
         def decide(instance: Instance | None) -> list[Change]:
@@ -309,6 +326,8 @@ class GuestEvents:
         if guest is None:
             return succeed(None)
         reason = "" if message.success else (message.error or RESET_FAILED)
+        if self._reset_watches.get(guest, ("",))[0] == cell:
+            self._unwatch(guest)
 
         def decide(instance: Instance | None) -> list[Change]:
             if not self._ours(cell, instance, message):
@@ -326,6 +345,52 @@ class GuestEvents:
             return changes
 
         return self._access.change(guest, decide)
+
+    # -- resets an inventory found under way ----------------------------------------------------
+
+    def watch_reset(self, cell: str, guest: str) -> None:
+        """``cell``'s inventory holds ``guest``, whose reset Core recorded: its end may come, or
+        may have been sent while Core was not listening. Unheard of for :attr:`reset_silence`,
+        it is ended as failed (:meth:`_unheard`)."""
+        self._unwatch(guest)
+        call = self._context.clock.callLater(self.reset_silence, self._unheard, cell, guest)
+        self._reset_watches[guest] = (cell, call)
+
+    def _heard(self, cell: str, guest: str) -> None:
+        """Progress of a watched reset: the Cell is still at it."""
+        watch = self._reset_watches.get(guest)
+        if watch is not None and watch[0] == cell:
+            watch[1].reset(self.reset_silence)
+
+    def _unwatch(self, guest: str) -> None:
+        watch = self._reset_watches.pop(guest, None)
+        if watch is not None and watch[1].active():
+            watch[1].cancel()
+
+    def _unheard(self, cell: str, guest: str) -> None:
+        """The reset's end was never heard: the guest is stopped again, and the next ``GET``
+        tells that its outcome is unknown (rather than a guest left resetting for good)."""
+        self._reset_watches.pop(guest, None)
+        reason = RESET_UNHEARD.format(cell=cell)
+
+        def decide(instance: Instance | None) -> list[Change]:
+            if (
+                instance is None
+                or instance.cell != cell
+                or instance.lost
+                or instance.status is not InstanceStatus.RESETTING
+            ):
+                return []
+            self.log.warn("{cell}: no word of the reset of {guest} for {seconds:g} s; ended",
+                          cell=cell, guest=guest, seconds=self.reset_silence)  # fmt: skip
+            return [
+                Put(evolve(instance, status=InstanceStatus.STOPPED, progress=0)),
+                Put(PendingError(guest, reason)),
+            ]
+
+        self._access.change(guest, decide).addErrback(
+            self._logged, cell, Message(id=MessageID.SystemResetEvent)
+        )
 
     # -- orphans ------------------------------------------------------------------------------
 

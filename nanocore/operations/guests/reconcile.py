@@ -5,7 +5,12 @@ The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell r
 
 - a guest Core holds is taken as the Cell reports it (running, created, progress, address),
   keeping what only Core knows (template, media, ``address/prefix``); it is no longer lost.
-  A creation in flight across a Core restart is confirmed this way;
+  A creation in flight across a Core restart is confirmed this way. A reset is not: a Cell's
+  inventory cannot say one is under way (it shows the guest created and stopped), so a guest
+  Core records resetting stays resetting, with its progress, unless the Cell reports it
+  running; its ``SystemResetEvent`` ends it as usual, and one not heard of within
+  :data:`~nanocore.operations.guests.events.RESET_SILENCE` is ended as failed
+  (:meth:`GuestEvents.watch_reset`);
 - a guest Core does not hold is adopted, with its address allocated if that address is free
   in the pool's address pool; one whose name is already taken in the pool is not adopted and
   the refusal is logged (nothing is dropped silently);
@@ -15,8 +20,9 @@ The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell r
   still being created and no creation request is in flight: that creation failed, and its
   record and address go, leaving a pending error the next ``GET`` tells. A lost guest recorded
   running is recorded stopped: no Cell runs it, and a record left running would refuse the
-  delete that is the only thing left to do with it. The guests the Cell lacked are told to
-  :meth:`GuestEvents.inventory_lacks`, so that deleting one asks no Cell;
+  delete that is the only thing left to do with it. One recorded resetting is recorded stopped
+  too, with a pending error: no Cell is left to end its reset. The guests the Cell lacked are
+  told to :meth:`GuestEvents.inventory_lacks`, so that deleting one asks no Cell;
 - pending errors naming this Cell for guests it does not report are settled;
 - a guest whose record is being changed right now (an event, a deletion) is left to that
   change: one unit deciding on what was committed before it would undo it.
@@ -46,12 +52,26 @@ log = Logger()
 
 #: The pending error of a creation the Cell no longer holds after it came back.
 LOST_WHILE_CREATING = "cell '{cell}' lost the guest while creating it"
+#: The pending error of a reset whose guest the Cell no longer holds after it came back.
+LOST_WHILE_RESETTING = "cell '{cell}' lost the guest while resetting its system"
 
 
 def lacked(instance: Instance) -> Instance:
-    """``instance`` as its Cell's inventory left it: lost, and not running anywhere."""
-    status = InstanceStatus.STOPPED if instance.running else instance.status
+    """``instance`` as its Cell's inventory left it: lost, and neither running nor being
+    reset anywhere."""
+    ended = instance.running or _reset(instance)
+    status = InstanceStatus.STOPPED if ended else instance.status
     return evolve(instance, lost=True, status=status)
+
+
+def _reset(instance: Instance) -> bool:
+    return instance.status is InstanceStatus.RESETTING
+
+
+def _resetting(known: Instance, reported: Instance, cell: str) -> bool:
+    """Whether ``cell`` reports ``known``'s reset as possibly still under way: a Cell's
+    inventory shows a guest being reset as created and stopped, and never shows it running."""
+    return known.cell == cell and _reset(known) and not known.migrating and not reported.running
 
 
 class Reconciler:
@@ -81,12 +101,16 @@ class Reconciler:
         released: list[str] = []
         orphans: list[str] = []
         stale: list[str] = []
+        resetting: list[str] = []
         reported = {instance.id for instance in inventory.instances}
         busy = self._access.busy
         for instance in inventory.instances:
+            known = view.instances.get(instance.id)
+            if known is not None and _resetting(known, instance, cell):
+                resetting.append(instance.id)
+                instance = evolve(instance, status=known.status, progress=known.progress)
             if busy(instance.id):
                 continue
-            known = view.instances.get(instance.id)
             pending = view.pending_errors.get(instance.id)
             if known is not None and known.migrating:
                 continue  # left to its migration
@@ -100,6 +124,9 @@ class Reconciler:
                 changes.append(Put(instance))
                 if known.status is InstanceStatus.CREATING and instance.created:
                     confirmed.append(instance.id)
+                elif known.status is InstanceStatus.RESETTING and instance.running:
+                    log.warn("{cell} runs {guest}, whose reset Core recorded: its end was not "
+                             "heard", cell=cell, guest=instance.id)  # fmt: skip
         for instance in view.instances_on_cell(cell).values():
             if instance.id in reported or busy(instance.id) or instance.migrating:
                 continue
@@ -111,14 +138,19 @@ class Reconciler:
                 message = LOST_WHILE_CREATING.format(cell=cell)
                 changes.extend(self._access.forgetting(instance))
                 changes.append(Put(PendingError(instance.id, message)))
-            elif not instance.lost or instance.running:
+            elif not instance.lost or instance.running or _reset(instance):
                 changes.append(Put(lacked(instance)))
+                if _reset(instance):
+                    message = LOST_WHILE_RESETTING.format(cell=cell)
+                    changes.append(Put(PendingError(instance.id, message)))
         for pending in view.pending_errors.values():
             if pending.cell == cell and pending.id not in reported and not busy(pending.id):
                 changes.extend(settle(pending))
 
         def after() -> None:
             self._events.inventory_lacks(cell, released)
+            for guest in resetting:
+                self._events.watch_reset(cell, guest)
             for guest in confirmed:
                 self._placement.confirmed(guest)
             for guest in released:
