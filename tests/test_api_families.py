@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
 from nanocore.cluster.cells import CellStatus
-from nanocore.model import ComputeCell, Instance, InstanceStatus
+from nanocore.model import AddressAllocation, ComputeCell, Instance, InstanceStatus
 from nanocore.operations.core import Operations
 from nanocore.store import Insert, Store, StoreError, UnitOfWork
 from tests.cellfixtures import FakeDirectory
@@ -668,6 +668,27 @@ class RaceTests(StoreTestCase):
         answers = [(yield first), (yield second)]
         self.assertEqual(answers[1].error, "system template 'Mine' already exists")
         self.assertEqual([t.name for t in self.store.view.templates.values()].count("Mine"), 1)
+
+    @inlineCallbacks
+    def test_a_range_removal_racing_an_allocation_answers_nanos_words(self) -> Any:
+        """The allocation commits between the removal's check and its commit: the removal is
+        refused as Nano refused a range in use, not with the store's sentence."""
+        yield self.ok("POST", "/address_pools/n", {"gateway": "192.0.2.1", "provider": "dhcp"})
+        base = "/address_pools/n/internal/ranges/"
+        yield self.ok(
+            "POST", base + "192.0.2.10", {"end": "192.0.2.20", "netmask": "255.255.255.0"}
+        )
+        allocating = self.store.commit(
+            UnitOfWork.of(
+                Insert(AddressAllocation(pool="n", range_start="192.0.2.10",
+                                           address="192.0.2.11", instance="g1"))
+            )
+        )  # fmt: skip
+        removal = self.client.request("DELETE", base + "192.0.2.10")
+        yield allocating
+        answer = yield removal
+        self.assertEqual(answer.error, "1 address(es) of range '192.0.2.10' still allocated")
+        self.assertEqual(len(self.store.view.address_ranges), 1)
 
     @inlineCallbacks
     def test_racing_range_additions(self) -> Any:

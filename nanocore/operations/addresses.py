@@ -8,12 +8,18 @@ from collections.abc import Callable, Sequence
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import AddressAllocation, AddressPool, AddressRange, is_ipv4
 from nanocore.operations.base import Context, build, check_label
 from nanocore.operations.claims import ClaimKind
-from nanocore.operations.errors import AlreadyExists, InvalidRequest, UnknownEntity
+from nanocore.operations.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    OperationError,
+    UnknownEntity,
+)
 from nanocore.store import Delete, Insert, Put
 
 PROVIDERS = ("dhcp", "cloudinit")
@@ -211,7 +217,20 @@ class AddressPools:
 
     def remove_range(self, name: str, kind: str, start: str) -> Deferred[None]:
         item = self._range(name, kind, start)
-        allocated = sum(1 for a in self._allocations(name) if a.range_start == item.start)
+        self._refuse_allocated(item)
+
+        def allocated_meanwhile(failure: Failure) -> Failure:
+            # An allocation committed between the check and the removal (a guest placed
+            # then): Nano's answer on what is committed now, not the store's sentence.
+            failure.trap(OperationError)
+            self._refuse_allocated(item)
+            return failure
+
+        return self._context.commit(Delete(AddressRange, item.key)).addErrback(allocated_meanwhile)
+
+    def _refuse_allocated(self, item: AddressRange) -> None:
+        allocated = sum(1 for a in self._allocations(item.pool) if a.range_start == item.start)
         if allocated:
-            raise InvalidRequest(f"{allocated} address(es) of range '{start}' still allocated")
-        return self._context.commit(Delete(AddressRange, item.key))
+            raise InvalidRequest(
+                f"{allocated} address(es) of range '{item.start}' still allocated"
+            )
