@@ -231,12 +231,14 @@ class FakeCellTests(SynchronousTestCase):
         instance = {ParamKey.Instance: "g1"}
         boot = {ParamKey.Option: 0}
         self.ok(MessageID.StartInstanceRequest, string_params=instance, uint_params=boot)
-        self.assertIn(
-            "running", self.refused(MessageID.DeleteGuestRequest, string_params=instance)
+        # A stock Cell's words for what a race of two clients makes Core relay.
+        self.assertEqual(
+            self.refused(MessageID.DeleteGuestRequest, string_params=instance),
+            "instance 'g1' is running",
         )
-        self.assertIn(
-            "cannot start",
+        self.assertEqual(
             self.refused(MessageID.StartInstanceRequest, string_params=instance, uint_params=boot),
+            "instance 'g1' already started",
         )
         status = self.ok(MessageID.GetInstanceStatusRequest, string_params=instance)
         self.assertEqual(status.uint_params[ParamKey.Status], 1)
@@ -250,6 +252,14 @@ class FakeCellTests(SynchronousTestCase):
         self.assertEqual(status.uint_params[ParamKey.Status], 0)
         self.assertNotIn(MessageID.GuestStoppedEvent, self.events.ids())
         self.advance(1.0)
+        self.assertEqual(
+            self.refused(
+                MessageID.StopInstanceRequest,
+                string_params=instance,
+                uint_array_params={ParamKey.Option: (0, 0)},
+            ),
+            "instance 'g1' alreay stopped",  # the stock Cell's spelling
+        )
         self.ok(MessageID.DeleteGuestRequest, string_params=instance)
         self.assertEqual(
             self.events.ids()[1:],

@@ -38,6 +38,13 @@ TRANSITIONS: dict[tuple[GuestState, str], GuestState] = {
     (GuestState.STOPPED, "reset"): GuestState.RESETTING,
     (GuestState.RESETTING, "reset done"): GuestState.STOPPED,
 }
+#: A stock Cell's words where it has its own (cell instance_manager.go; "alreay" is its
+#: spelling), so that a race Core relays reads as a real cluster's would; else the simulator's.
+_STOCK_REFUSALS = {
+    (GuestState.RUNNING, "start"): "instance '{id}' already started",
+    (GuestState.STOPPED, "stop"): "instance '{id}' alreay stopped",
+}
+_refusal = "guest {id} is {state}: cannot {action}"
 #: Bytes per second a running guest reads, writes, receives and sends (its I/O counters).
 IO_RATES = (4096, 2048, 1024, 512)
 
@@ -124,7 +131,9 @@ class SimulatedGuest:
         :class:`GuestError`."""
         target = TRANSITIONS.get((self.state, action))
         if target is None:
-            raise GuestError(f"guest {self.id} is {self.state.value}: cannot {action}")
+            raise GuestError(_STOCK_REFUSALS.get((self.state, action), _refusal).format(
+                id=self.id, state=self.state.value, action=action
+            ))  # fmt: skip
         if action == "start":
             self.running_since = now
         elif action == "stop":
@@ -146,6 +155,9 @@ class SimulatedGuest:
 
     def require(self, *states: GuestState) -> None:
         """Refuse a change unless the guest is in one of ``states``."""
+        if self.state is GuestState.RUNNING and GuestState.RUNNING not in states:
+            # What a stock Cell's libvirt check says (cell instance_utility.go DeleteInstance).
+            raise GuestError(f"instance '{self.id}' is running")
         if self.state not in states:
             wanted = " or ".join(s.value for s in states)
             raise GuestError(f"guest {self.id} is {self.state.value}, must be {wanted}")
