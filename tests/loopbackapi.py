@@ -104,7 +104,27 @@ class LoopbackAPI:
         site = build_api_site(Operations(store, clock), TEST_CREDENTIALS, clock, **site_options)
         port = reactor.listenTCP(0, site, interface=LOOPBACK)
         test.addCleanup(port.stopListening)
-        return cls(site, port, clock)
+        api = cls(site, port, clock)
+        test.addCleanup(api.all_closed)
+        return api
+
+    def all_closed(self) -> Deferred[None]:
+        """Fires once the server has seen every connection go: it may learn later than the
+        client did, and a channel it still holds keeps its timers in the reactor."""
+        site: Any = self.site
+        done: Deferred[None] = Deferred()
+        if site.open_connections == 0:
+            done.callback(None)
+            return done
+        seen = site.connection_closed
+
+        def closed() -> None:
+            seen()
+            if site.open_connections == 0 and not done.called:
+                reactor.callLater(0, done.callback, None)  # after the channel's own cleanup
+
+        site.connection_closed = closed
+        return done
 
     @property
     def host(self) -> str:
