@@ -13,15 +13,15 @@ version's file), else copied, under a temporary name an interrupted import leave
 start to remove (``.upload-*.part``), and given their names just before the commit; a refused
 commit removes them again.
 
-This is a synchronous tool for ``nanocore import-nano``; never call it from a running Core.
+This is a synchronous tool for ``nanocore import-nano``; never call it from a running Core. It
+sits above the store (only the CLI imports it): Nano's file names, the temporary names and the
+hashing are the image room's (``operations.images.ImageKind``, ``images.files``).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -34,6 +34,9 @@ from twisted.logger import Logger
 from nanocore import gojson
 from nanocore import model as m
 from nanocore.atomicfile import sync_directory
+from nanocore.images.files import PART_PREFIX, PART_SUFFIX, file_digests
+from nanocore.operations.errors import UnknownEntity
+from nanocore.operations.images import ImageKind
 from nanocore.store.changes import Change, Delete, Put, UnitOfWork
 from nanocore.store.errors import StoreError
 from nanocore.store.schema import bundled_scripts, database_path, open_database
@@ -46,15 +49,9 @@ log = Logger()
 RESOURCE_FILE = "resource.data"
 IMAGE_FILE = "image.data"
 
-#: The image folders and extensions, as ``nanocore.operations.images.ImageKind`` has them
-#: (the store imports nothing above it).
-IMAGE_FOLDERS: dict[type, tuple[str, str]] = {
-    m.MediaImage: ("media_images", "iso"),
-    m.DiskImage: ("disk_images", "qcow2"),
-}
-#: Temporary names the Core removes at start (``nanocore.images.files`` PART_PREFIX/SUFFIX).
-PART_PREFIX, PART_SUFFIX = ".upload-", ".part"
-#: Reading size for copying and hashing image files.
+#: The image catalogue of each record type (its folder, and Nano's file names in it).
+IMAGE_KINDS: dict[type, ImageKind] = {m.MediaImage: ImageKind.MEDIA, m.DiskImage: ImageKind.DISK}
+#: Reading size for copying image files.
 BLOCK = 4 << 20
 
 T = TypeVar("T")
@@ -153,17 +150,20 @@ def image_files(data: NanoData, folder: Path, data_dir: Path) -> list[ImageFile]
     """The file of every image with content; refuses naming each one that is missing."""
     files, missing = [], []
     for image in data.entities:
-        if type(image) not in IMAGE_FOLDERS or image.version <= 0:
+        kind = IMAGE_KINDS.get(type(image))
+        if kind is None or image.version <= 0:
             continue
-        if re.fullmatch(m.ID_PATTERN, image.id) is None:  # the model checks it; a path is made
-            raise ImportRefused(f"{IMAGE_FILE}: image id {image.id!r} cannot name a file")
-        subfolder, extension = IMAGE_FOLDERS[type(image)]
-        name = f"{image.id}_v{image.version}.{extension}"
-        source = folder / subfolder / name
+        try:
+            name = kind.file_name(image.id, image.version)  # refuses an id a path could hide in
+        except UnknownEntity:
+            raise ImportRefused(
+                f"{IMAGE_FILE}: image id {image.id!r} cannot name a file"
+            ) from None
+        source = folder / kind.folder / name
         if not source.is_file():
             missing.append(str(source))
         sha1 = getattr(image, "check_sum", "")
-        files.append(ImageFile(source, data_dir / subfolder / name, image.size, sha1))
+        files.append(ImageFile(source, data_dir / kind.folder / name, image.size, sha1))
     if missing:
         raise ImportRefused(
             f"{len(missing)} image file(s) named in {IMAGE_FILE} are missing: "
@@ -229,14 +229,10 @@ def _check(file: ImageFile, path: Path, shown: Path) -> None:
     """``path`` has the size (when recorded) and SHA-1 (disk images) of ``file``'s record;
     a refusal names ``shown``."""
     try:
-        size = path.stat().st_size
-        digest = ""
         if file.sha1:
-            sha1 = hashlib.sha1(usedforsecurity=False)
-            with path.open("rb") as handle:
-                while block := handle.read(BLOCK):
-                    sha1.update(block)
-            digest = sha1.hexdigest()
+            size, digest, _ = file_digests(path)
+        else:
+            size, digest = path.stat().st_size, ""
     except OSError as error:
         raise ImportRefused(f"cannot read {path}: {error.strerror}") from None
     if file.size > 0 and size != file.size:
