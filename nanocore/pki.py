@@ -275,6 +275,11 @@ def _unfit_ca(certificate: x509.Certificate, now: Now) -> str | None:
         return "it is not a CA certificate (it has no basicConstraints extension)"
     if not constraints.value.ca:
         return "it is not a CA certificate (basicConstraints CA:FALSE)"
+    return _outside_validity(certificate, now)
+
+
+def _outside_validity(certificate: x509.Certificate, now: Now) -> str | None:
+    """Why C{certificate} does not verify now (not yet, or no more valid), or None."""
     moment = now()
     if certificate.not_valid_before_utc > moment:
         return (
@@ -328,14 +333,7 @@ def _unfit(
         return f"it names {found or 'no IP address'}, the listen address is {address}"
     if not ca.issues(certificate):
         return "it was not issued by the cluster CA"
-    if certificate.not_valid_before_utc > now():
-        return (
-            f"it is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-            " (or this host's clock is wrong)"
-        )
-    if certificate.not_valid_after_utc <= now():
-        return f"it expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
-    return None
+    return _outside_validity(certificate, now)
 
 
 def back_up(path: Path, now: Now = _utcnow) -> Path:
