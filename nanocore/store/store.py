@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -36,12 +37,6 @@ log = Logger()
 
 #: Each queued unit, who waits for it, and when it was handed over (``timer``).
 Pending = list[tuple[UnitOfWork, Deferred[None], float]]
-
-
-def _global_clock() -> IReactorTime:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def new_template_id() -> str:
@@ -77,7 +72,9 @@ class Store:
         self._timer = timer
         self.view = ReadModel(state)
         if clock is None:
-            clock = reactor if IReactorTime.providedBy(reactor) else _global_clock()
+            if not IReactorTime.providedBy(reactor):
+                raise TypeError("a Store needs a clock: the reactor's, or one given as clock")
+            clock = cast(IReactorTime, reactor)
         #: A full disk fails every commit, and anyone who can write causes one: one line
         #: per cause per minute, with a count, not a traceback per request.
         self._failures = RateLimitedLog(log, clock)
