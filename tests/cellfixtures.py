@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -29,7 +29,9 @@ from nanocore.cluster.message import Message, MessageID, encode
 from nanocore.cluster.transactions import Transactions, reply_to
 from nanocore.operations.cells import CellOperations
 from nanocore.operations.core import Operations
-from nanocore.store import Put, Store, UnitOfWork
+from nanocore.store import CommitStore, Put, ReadModel, Store, UnitOfWork
+from nanocore.store.schema import bundled_scripts, open_database
+from nanocore.store.writer import Writer
 
 reactor: Any = _reactor
 NOW = 1_714_529_472.0
@@ -148,6 +150,55 @@ class FakeDirectory:
         if not self.linked.get(name):
             raise CellUnavailable(f"cell {name!r} is not connected")
         self.sent.append((name, message))
+
+
+@implementer(CommitStore)
+class SyncStore:
+    """The store's writer and read model, committing each unit at once (no thread)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._connection = open_database(folder, bundled_scripts(), "", _ids())
+        self._writer = Writer(self._connection, guard_io_thread=False)
+        self.view = ReadModel(self._writer.load())
+        self.units_committed = 0
+
+    def commit(self, unit: UnitOfWork) -> Deferred[None]:
+        (refusal,) = self._writer.apply_batch([unit])
+        if refusal is not None:
+            return fail(refusal)
+        self.view.mirror(unit)
+        self.units_committed += 1
+        return succeed(None)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _ids() -> Any:
+    counter = iter(range(10_000))
+    return lambda: f"tpl{next(counter):017d}"
+
+
+class StubLink:
+    """A FakeCell's link straight into the current directory: replies and events at once."""
+
+    connected = True
+
+    def __init__(self, directory: Callable[[], FakeDirectory], name: str) -> None:
+        self._directory = directory
+        self.name = name
+
+    def send(self, message: Message) -> None:
+        directory = self._directory()
+        if not directory.linked.get(self.name):
+            return
+        if message.to_session:
+            directory.answer(message, self.name)
+        elif message.id == MessageID.CellStatusReportEvent:
+            pass
+        else:
+            for observer in list(directory.observers):
+                observer.cell_event(self.name, message)
 
 
 def frame(message: Message) -> bytes:

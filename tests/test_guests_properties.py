@@ -17,10 +17,9 @@ from typing import Any
 import attrs
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from nanocore import model as m
 from nanocore.cluster.message import Message, MessageID
@@ -28,64 +27,13 @@ from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY, GuestSpec
 from nanocore.operations.guests.placement import NoCellAvailable
 from nanocore.scheduler import CellCapacity, Demand, NoCellFits
-from nanocore.store import CommitStore, Delete, Put, ReadModel, UnitOfWork
-from nanocore.store.schema import bundled_scripts, open_database
-from nanocore.store.writer import Writer
+from nanocore.store import Delete, Put, UnitOfWork
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
-from tests.cellfixtures import FakeDirectory
+from tests.cellfixtures import FakeDirectory, StubLink, SyncStore
 
 GiB = 1 << 30
 CELLS = ("Cell_p1", "Cell_p2")
 TIMEOUT = 5.0
-
-
-@implementer(CommitStore)
-class SyncStore:
-    """The store's writer and read model, committing each unit at once (no thread)."""
-
-    def __init__(self, folder: Path) -> None:
-        self._connection = open_database(folder, bundled_scripts(), "", _ids())
-        self._writer = Writer(self._connection, guard_io_thread=False)
-        self.view = ReadModel(self._writer.load())
-        self.units_committed = 0
-
-    def commit(self, unit: UnitOfWork) -> Deferred[None]:
-        (refusal,) = self._writer.apply_batch([unit])
-        if refusal is not None:
-            return fail(refusal)
-        self.view.mirror(unit)
-        self.units_committed += 1
-        return succeed(None)
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-def _ids() -> Any:
-    counter = iter(range(10_000))
-    return lambda: f"tpl{next(counter):017d}"
-
-
-class StubLink:
-    """A FakeCell's link straight into the current directory: replies and events at once."""
-
-    connected = True
-
-    def __init__(self, world: World, name: str) -> None:
-        self._world = world
-        self.name = name
-
-    def send(self, message: Message) -> None:
-        directory = self._world.directory
-        if not directory.linked.get(self.name):
-            return
-        if message.to_session:
-            directory.answer(message, self.name)
-        elif message.id == MessageID.CellStatusReportEvent:
-            pass
-        else:
-            for observer in list(directory.observers):
-                observer.cell_event(self.name, message)
 
 
 class World:
@@ -101,7 +49,7 @@ class World:
                            creation_time=1.0, stop_time=0.0)
             for name in CELLS
         }  # fmt: skip
-        self.links = {name: StubLink(self, name) for name in CELLS}
+        self.links = {name: StubLink(lambda: self.directory, name) for name in CELLS}
         for name, cell in self.cells.items():
             cell.link = self.links[name]  # type: ignore[assignment]
         self.waiting: list[Deferred[Any]] = []
