@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,14 @@ from nanocore import model as m
 from nanocore.api.app import build_api_resource
 from nanocore.api.testing import TEST_CREDENTIALS, APIClient
 from nanocore.cluster.cells import (
+    REJOIN_GRACE,
     STATUS_STALE_AFTER,
     CellDirectory,
     CellLiveness,
     CellObserver,
     CellStatus,
     CellUnavailable,
+    RejoinWatch,
 )
 from nanocore.cluster.message import Message, MessageID, encode
 from nanocore.cluster.transactions import Transactions, reply_to
@@ -150,6 +152,18 @@ class FakeDirectory:
         if not self.linked.get(name):
             raise CellUnavailable(f"cell {name!r} is not connected")
         self.sent.append((name, message))
+
+    def expect_back(
+        self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE
+    ) -> None:
+        def presume_lost(name: str) -> None:
+            self.events += 1
+            for observer in list(self.observers):
+                observer.cell_disconnected(name, False)
+
+        RejoinWatch(self.clock, groups, lambda name: name in self.linked, presume_lost).start(
+            within
+        )
 
 
 @implementer(CommitStore)

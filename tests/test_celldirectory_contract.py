@@ -161,6 +161,10 @@ class DirectoryContract:
             seconds -= step
             self.driver.keep_alive()
 
+    def watching(self) -> bool:
+        """Whether a rejoin watch still waits on the clock (the links' timers left out)."""
+        return any("RejoinWatch" in repr(call) for call in self.clock.getDelayedCalls())
+
     def test_interface(self: Any) -> None:
         self.assertTrue(verifyObject(CellDirectory, self.directory))
 
@@ -276,6 +280,42 @@ class DirectoryContract:
         self.assertIs(self.directory.state(CELL), CellLiveness.CONNECTED)
         self.assertEqual(self.directory.address(CELL), "127.0.0.6")
 
+    def test_cells_not_back_after_a_start_are_presumed_lost(self: Any) -> None:
+        """Once another Cell of its pool linked, a Cell Core knew that has not linked within
+        the grace is told lost without goodbye, once; a pool none of whose Cells is back
+        waits, and is judged again a grace later."""
+        pools = {"shared": ["Cell_a", "Cell_b", "Cell_c"], "quiet": ["Cell_q"], "empty": []}
+        self.directory.expect_back(pools, 60.0)
+        self.assertTrue(self.watching())
+        self.driver.connect("Cell_a", "127.0.0.5")
+        self.advance(59.0)
+        self.assertEqual(self.heard.seen, [("available", "Cell_a", "127.0.0.5")])
+        self.advance(1.0)
+        self.assertEqual(
+            self.heard.seen[1:],
+            [("disconnected", "Cell_b", False), ("disconnected", "Cell_c", False)],
+        )
+        # Presumed lost is not linked: the state stays that of a Cell never seen.
+        self.assertIsNone(self.directory.state("Cell_b"))
+        self.driver.connect("Cell_b", "127.0.0.6")
+        self.advance(120.0)
+        self.assertEqual(self.heard.seen[3:], [("available", "Cell_b", "127.0.0.6")])
+        # Cell_q's pool had none back; once one is, the next round judges it (it is back).
+        self.driver.connect("Cell_q", "127.0.0.7")
+        self.advance(60.0)
+        self.assertEqual(self.heard.seen[4:], [("available", "Cell_q", "127.0.0.7")])
+        self.assertFalse(self.watching())
+
+    def test_a_cell_that_linked_and_left_is_not_presumed_again(self: Any) -> None:
+        self.directory.expect_back({"shared": ["Cell_a", "Cell_b"]}, 60.0)
+        self.driver.connect("Cell_a", "127.0.0.5")
+        self.driver.connect("Cell_b", "127.0.0.6")
+        self.driver.disconnect("Cell_b", True)
+        self.advance(60.0)
+        self.assertEqual(self.heard.seen[-1], ("disconnected", "Cell_b", True))
+        self.assertEqual(len(self.heard.seen), 3)
+        self.assertFalse(self.watching())
+
 
 class FakeDirectoryContractTests(DirectoryContract, SynchronousTestCase):
     driver_type = FakeDriver
@@ -283,3 +323,11 @@ class FakeDirectoryContractTests(DirectoryContract, SynchronousTestCase):
 
 class CellRegistryContractTests(DirectoryContract, SynchronousTestCase):
     driver_type = RegistryDriver
+
+    def test_nothing_is_presumed_once_core_is_leaving(self) -> None:
+        self.directory.expect_back({"shared": ["Cell_a", "Cell_b"]}, 60.0)
+        self.driver.connect("Cell_a", "127.0.0.5")
+        self.directory.leaving()
+        self.advance(120.0)
+        self.assertEqual(self.heard.seen, [("available", "Cell_a", "127.0.0.5")])
+        self.assertFalse(self.watching())

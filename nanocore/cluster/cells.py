@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -25,6 +26,11 @@ from nanocore.cluster.transport import LinkError, LinkHandler, LinkSession, Link
 
 #: A cell whose last status report is older than this is no longer *alive* (core §6, step 2).
 STATUS_STALE_AFTER = 10.0
+
+#: How long a Cell Core knew before it started may take to link again before it is presumed
+#: lost. A live Cell redials every 3 to 8 s once its Core is gone (cell-protocol §2.9); a
+#: minute leaves room for a thousand Cells linking in waves over a slow network.
+REJOIN_GRACE = 60.0
 
 
 class CellLiveness(enum.Enum):
@@ -149,11 +155,67 @@ class CellDirectory(Interface):
         may have changed, by an event or by time passing (answers derived from them are
         kept while it stands)."""
 
+    def expect_back(groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE) -> None:
+        """The Cells Core knew before it started, by group (their pools), are to link again;
+        see :class:`RejoinWatch` for when one that does not is presumed lost."""
+
     def request(name: str, message: Message, **kw: Any) -> Deferred[Message]:
         """A transaction with the Cell; fails with :class:`CellUnavailable` if it is unlinked."""
 
     def send(name: str, message: Message) -> None:
         """Fire-and-forget; raises :class:`CellUnavailable` if the Cell is unlinked."""
+
+
+class RejoinWatch:
+    """Cells Core knew before it started, watched until each has linked again or is presumed
+    lost.
+
+    A link lost while Core runs is a Cell lost; a Cell that died while Core was down leaves no
+    such trace. So every ``within`` seconds after start, a Cell that has not linked since is
+    presumed lost without goodbye (``presume_lost(name)``: its guests are shown lost,
+    and a failover pool fails them over), but only once another Cell of its group has linked
+    since start: when none of a pool's Cells is back, Core cannot tell dead Cells from a whole
+    cluster still booting or a network that does not carry their links yet, and waits.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        groups: Mapping[str, Collection[str]],
+        seen: Callable[[str], bool],
+        presume_lost: Callable[[str], None],
+    ) -> None:
+        self._groups = {group: frozenset(names) for group, names in groups.items() if names}
+        self._seen = seen
+        self._presume_lost = presume_lost
+        self._check = LoopingCall(self._presume)
+        self._check.clock = clock
+
+    def start(self, within: float) -> None:
+        if self._groups:
+            self._check.start(within, now=False)
+
+    def stop(self) -> None:
+        if self._check.running:
+            self._check.stop()
+
+    def _presume(self) -> None:
+        for group, names in sorted(self._groups.items()):
+            back = {name for name in names if self._seen(name)}
+            if not back:
+                continue
+            del self._groups[group]
+            for name in sorted(names - back):
+                self.log.warn(
+                    "{name} has not linked since Core started, while {back} of its pool "
+                    "'{group}' has: presumed lost without goodbye",
+                    name=name, back=min(back), group=group,
+                )  # fmt: skip
+                self._presume_lost(name)
+        if not self._groups:
+            self.stop()
 
 
 @define
@@ -217,6 +279,7 @@ class CellRegistry:
         self._stale = Deadlines(clock)
         #: Core is stopping: the links it closes are its goodbyes, not Cells lost.
         self._leaving = False
+        self._rejoin: RejoinWatch | None = None
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -295,6 +358,24 @@ class CellRegistry:
         answer fail as the links close, as ever.
         """
         self._leaving = True
+        if self._rejoin is not None:
+            self._rejoin.stop()
+
+    def expect_back(
+        self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE
+    ) -> None:
+        """Watch the Cells Core knew before it started (:class:`RejoinWatch`); one presumed
+        lost is told to the observers as a link lost without goodbye."""
+        if self._rejoin is not None:
+            self._rejoin.stop()
+
+        def presume_lost(name: str) -> None:
+            self._notify(lambda observer: observer.cell_disconnected(name, False))
+
+        self._rejoin = RejoinWatch(
+            self._clock, groups, lambda name: name in self._cells, presume_lost
+        )
+        self._rejoin.start(within)
 
     # -- LinkHandler --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ reconnects and disconnects of Cells change state here, through the store, like a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from typing import Any
 
 from attrs import define, evolve, frozen
@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nanocore.cluster.cells import (
+    REJOIN_GRACE,
     STATUS_STALE_AFTER,
     CellDirectory,
     CellLiveness,
@@ -106,6 +107,12 @@ class NoLinks:
 
     def send(self, name: str, message: Message) -> None:
         raise CellUnavailable(f"cell {name!r} is not connected")
+
+    def expect_back(
+        self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE
+    ) -> None:
+        """No Cell links here, so none is ever presumed lost: a pool none of whose Cells is
+        back waits (``RejoinWatch``)."""
 
 
 @frozen
@@ -236,6 +243,14 @@ class CellOperations:
             pool=cell.pool,
             purge_pending=cell.purge_pending,
         )
+
+    def expect_members_back(self) -> None:
+        """Every Cell of a pool is to link again after Core started (``RejoinWatch``)."""
+        groups: dict[str, list[str]] = {}
+        for cell in self._context.view.cells.values():
+            if cell.pool:
+                groups.setdefault(cell.pool, []).append(cell.name)
+        self._cells.expect_back(groups)
 
     def members(self, pool: str) -> list[ComputeCell]:
         """The persisted cells of ``pool``, sorted by name."""

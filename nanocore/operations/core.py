@@ -92,6 +92,9 @@ class Operations:
         links.subscribe(self.migrations)
         # After the guests' observer: a batch judges a member once its event is applied.
         links.subscribe(self.batches)
+        # A Cell that died while Core was down has no link to lose: presumed lost if it does
+        # not link again in time, as a link lost without goodbye.
+        self.cells.expect_members_back()
         self.address_pools = AddressPools(self.context, self.cells.notify)
         self.status = Status(self.context, self.cells, self.context.now_text())
 

@@ -34,7 +34,10 @@ refuses or does not answer within the domain timeout fails its record: its guest
 lost (never migrating forever) and its claims end. The lost Cell is disabled; when it comes
 back, its copies of guests now on other Cells are detached from it (reconciliation), and the
 guests no Cell could take are its own again; if it comes back while its failover is in flight
-(its rejoin leaves those guests alone), it is reconciled again once the failover ended.
+(its rejoin leaves those guests alone), it is reconciled again once the failover ended. A
+target lost itself during the failover (Cells failing together) leaves its guests to be planned
+again among the others (:data:`FAILOVER_REPLANS`). A Cell that died while Core was down is
+presumed lost by the registry after a start (``RejoinWatch``) and takes the same path.
 
 **Records** are stored. They are kept :data:`RETENTION` seconds after they end (the original
 deleted them the first time a client read them), judged by the clock when they are read. A
@@ -46,7 +49,7 @@ them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from typing import Any
 
 from attrs import define, evolve, frozen
@@ -96,6 +99,9 @@ DEFAULT_TIMEOUT = 10.0
 RESTARTED = "nanocore stopped during the migration"
 #: The progress a manual migration shows after each step (Nano's stayed at 0).
 ATTACHED, DETACHED, DONE = 30, 60, 100
+#: How many times the guests of one lost Cell are planned again after a target was lost too
+#: (Cells failing together), until that Cell links again.
+FAILOVER_REPLANS = 3
 
 
 def _in_migration(held: Claim[str]) -> OperationError:
@@ -200,6 +206,8 @@ class Migrations:
         self._refresh = refresh
         #: Failover records under way, by the lost Cell they take guests from.
         self._failing_over: dict[str, set[str]] = {}
+        #: Plans made again for a lost Cell's guests since it was lost (``FAILOVER_REPLANS``).
+        self._replans: dict[str, int] = {}
         self._reconciling: dict[str, list[Deferred[None]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
@@ -628,11 +636,29 @@ class Migrations:
 
     # -- failover -----------------------------------------------------------------------------
 
-    async def _failover(self, lost: str, pool: ComputePool) -> list[str]:
-        """Re-place every guest of ``lost`` on the other Cells of its pool (see the module)."""
+    def _plan(self, lost: str, pool: ComputePool, only: Collection[str] | None = None) -> None:
+        """Fail ``lost`` over (``only`` those guests, when given); who waits for its plan
+        (:meth:`planned`) hears of it once it is committed and sent."""
+        failing = Deferred.fromCoroutine(self._failover(lost, pool, only))
+        failing.addErrback(self._logged, f"failover of {lost}")
+
+        def planned(records: list[str] | None) -> None:
+            for waiting in self._planning.pop(lost, []):
+                waiting.callback(records or [])
+
+        failing.addCallback(planned)
+
+    async def _failover(
+        self, lost: str, pool: ComputePool, only: Collection[str] | None = None
+    ) -> list[str]:
+        """Re-place every guest of ``lost`` (or ``only`` those) on the other Cells of its pool
+        (see the module)."""
         view = self._context.view
         now = self._context.clock.seconds()
-        guests = sorted(view.instances_on_cell(lost).values(), key=lambda i: i.full_name)
+        guests = sorted(
+            (i for i in view.instances_on_cell(lost).values() if only is None or i.id in only),
+            key=lambda i: i.full_name,
+        )
         plan: dict[str, _Transit] = {}
         unplaced: list[tuple[Instance, str]] = []
         for instance in guests:
@@ -750,12 +776,36 @@ class Migrations:
             return
         del self._running[transit.record.id]
         cancelling = Deferred.fromCoroutine(self._cancel(transit, reason, lost=True))
+        cancelling.addCallback(lambda _: self._plan_again(transit.record))
         cancelling.addErrback(self._logged, f"failover {transit.record.id}")
+
+    def _plan_again(self, failed: Migration) -> None:
+        """A target that is itself gone (not one that refused while linked) leaves its guests
+        to the pool's other Cells: planned again while their own Cell is still away, at most
+        :data:`FAILOVER_REPLANS` times until it links again."""
+        source, target = failed.source_cell, failed.target_cell
+        if self._linked(target) or self._linked(source):
+            return
+        record = self._context.view.cells.get(source)
+        pool = self._context.view.compute_pools.get(record.pool) if record else None
+        if pool is None or not pool.failover or not pool.storage:
+            return
+        done = self._replans.get(source, 0)
+        if done >= FAILOVER_REPLANS:
+            self.log.warn("failover of {cell}: target {target} lost too; planned again "
+                          "{done} time(s) already, its guests stay lost", cell=source,
+                          target=target, done=done)  # fmt: skip
+            return
+        self._replans[source] = done + 1
+        self.log.info("failover of {cell}: target {target} lost too, planning its "
+                      "{count} instance(s) again", cell=source, target=target,
+                      count=len(failed.instances))  # fmt: skip
+        self._plan(source, pool, failed.instances)
 
     # -- CellObserver -------------------------------------------------------------------------
 
     def cell_available(self, name: str, address: str) -> None:
-        pass
+        self._replans.pop(name, None)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
         pass
@@ -768,14 +818,7 @@ class Migrations:
         pool = self._context.view.compute_pools.get(record.pool) if record else None
         if pool is None or not pool.failover or not pool.storage:
             return
-        failing = Deferred.fromCoroutine(self._failover(name, pool))
-        failing.addErrback(self._logged, f"failover of {name}")
-
-        def planned(records: list[str] | None) -> None:
-            for waiting in self._planning.pop(name, []):
-                waiting.callback(records or [])
-
-        failing.addCallback(planned)
+        self._plan(name, pool)
 
     def cell_event(self, name: str, message: Message) -> None:
         if message.id == MessageID.InstanceMigratedEvent:

@@ -1,0 +1,252 @@
+"""Cells lost while Core was down, and failover targets lost in the middle of a failover.
+
+A link lost while Core runs fails a Cell over; a Cell that died while Core was down left no
+link to lose. After a start, a Cell of a pool that has not linked again within
+``REJOIN_GRACE`` while another Cell of its pool has is presumed lost without goodbye
+(``RejoinWatch``): its guests are shown lost, and a failover pool fails them over. A target
+that is itself lost during a failover leaves its guests to the other Cells.
+
+Core runs over the real store's writer in a data folder, committing synchronously, with
+FakeCells on one simulated NFS export answering through a scripted directory on one Clock; a
+restart abandons the operations, reopens the store and builds them again over a new directory,
+as a new process would (``tests/test_guests_properties.py`` works the same way).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from attrs import evolve
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanocore import model as m
+from nanocore.cluster.cells import REJOIN_GRACE
+from nanocore.cluster.message import Message, MessageID
+from nanocore.operations.core import Operations
+from nanocore.operations.guests import GuestSpec
+from nanocore.store import Put, UnitOfWork
+from nanocore.testing.fakecell import Capacity, FakeCell, Fault
+from nanocore.testing.sharedstorage import SharedStorage
+from tests.cellfixtures import FakeDirectory, StubLink, SyncStore
+
+GiB = 1 << 30
+A, B, C = "Cell_r1", "Cell_r2", "Cell_r3"
+TIMEOUT = 5.0
+
+
+class DeliveringDirectory(FakeDirectory):
+    """Fire-and-forget messages reach the Cell too (a failover's attach is one)."""
+
+    def send(self, name: str, message: Message) -> None:
+        super().send(name, message)
+        responder = self.responders.get(name)
+        if responder is not None:
+            responder(message)
+
+
+class World:
+    """Core and three FakeCells of pool ``p`` on the NFS storage ``nfs``."""
+
+    def __init__(self, folder: Path, *, failover: bool) -> None:
+        self.folder = folder
+        self.clock = Clock()
+        self.clock.advance(1_714_529_472)
+        shared = SharedStorage()
+        self.cells = {
+            name: FakeCell(name, self.clock, capacity=Capacity(cores=16, memory=16 * GiB,
+                                                                disk=400 * GiB),
+                           creation_time=0.0, stop_time=0.0, shared=shared)
+            for name in (A, B, C)
+        }  # fmt: skip
+        self.links = {name: StubLink(lambda: self.directory, name) for name in self.cells}
+        for name, cell in self.cells.items():
+            cell.link = self.links[name]  # type: ignore[assignment]
+        self.store = SyncStore(folder)
+        self.store.commit(
+            UnitOfWork.of(
+                Put(m.StoragePool(name="nfs", host="192.0.2.9", target="/export")),
+                Put(m.ComputePool(name="p", storage="nfs", failover=failover)),
+                *(Put(m.ComputeCell(name=name, pool="p")) for name in self.cells),
+            )
+        )
+        self.start(A, B, C)
+
+    def start(self, *linked: str) -> None:
+        """Core starts; the ``linked`` Cells link at once (the others are dead)."""
+        self.directory = DeliveringDirectory(self.clock)
+        self.directory.responders.update({name: self._responder(name) for name in self.cells})
+        self.ops = Operations(self.store, self.clock, cells=self.directory, timeout=TIMEOUT)
+        for name in linked:
+            self.connect(name)
+
+    def _responder(self, name: str) -> Any:
+        def respond(request: Message) -> None:
+            self.cells[name].message_received(self.links[name], request)  # type: ignore[arg-type]
+
+        return respond
+
+    def connect(self, name: str) -> None:
+        self.directory.connect(name, status=self.cells[name].status())
+        self.clock.advance(0)
+
+    def wait(self, seconds: float) -> None:
+        """Time passes; the linked Cells report every 2 s, as Cells do."""
+        for _ in range(int(seconds // 2)):
+            self.clock.advance(2)
+            for name, linked in self.directory.linked.items():
+                if linked:
+                    self.directory.report(name, self.cells[name].status())
+        self.clock.advance(seconds % 2)
+
+    def restart(self, *linked: str) -> None:
+        """Core stops (its goodbyes are no Cell lost) and starts again with ``linked``."""
+        for name in self.cells:
+            self.directory.linked[name] = False
+        self.directory.observers.clear()
+        self.store.close()
+        self.store = SyncStore(self.folder)
+        self.start(*linked)
+
+    def guest_on(self, cell: str, index: int) -> str:
+        """A new guest, created on ``cell`` (the only Cell its placement may choose)."""
+        for other in self.cells:
+            if other != cell:
+                self.enable(other, False)
+        spec = GuestSpec(name=f"vm{index}", owner="o", group="g", pool="p",
+                         template=next(iter(self.store.view.templates)), cores=1,
+                         memory=GiB, disks=(10 * GiB,))  # fmt: skip
+        created = self.ops.guests.create(spec)
+        self.clock.advance(0)
+        guest: str = created.result.id  # type: ignore[attr-defined]
+        for other in self.cells:
+            if other != cell:
+                self.enable(other, True)
+        return guest
+
+    def enable(self, cell: str, enabled: bool) -> None:
+        self.store.commit(UnitOfWork.of(Put(evolve(self.store.view.cells[cell], enabled=enabled))))
+
+    def instance(self, guest: str) -> m.Instance:
+        return self.store.view.instances[guest]
+
+    def failovers(self) -> list[m.Migration]:
+        return sorted(self.store.view.migrations.values(), key=lambda r: (r.start_time, r.id))
+
+
+class RejoinCase(SynchronousTestCase):
+    failover = True
+
+    def setUp(self) -> None:
+        folder = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, folder)
+        self.world = World(folder, failover=self.failover)
+        self.addCleanup(lambda: self.world.store.close())
+        self.guests = [self.world.guest_on(A, i) for i in range(2)]
+        for guest in self.guests:
+            self.assertEqual(self.world.instance(guest).cell, A)
+
+
+class LostWhileCoreWasDownTests(RejoinCase):
+    def test_a_cell_not_back_is_failed_over_once_the_grace_is_over(self) -> None:
+        world = self.world
+        world.cells[A].guests.clear()  # A died with Core: it will not come back
+        world.restart(B, C)
+        world.wait(REJOIN_GRACE - 1)
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
+        self.assertEqual(world.failovers(), [])
+        world.wait(1)
+        records = world.failovers()
+        self.assertTrue(records)
+        self.assertTrue(all(r.kind is m.MigrationKind.FAILOVER and r.source_cell == A
+                            and r.finished and not r.error for r in records), records)  # fmt: skip
+        for guest in self.guests:
+            moved = world.instance(guest)
+            self.assertIn(moved.cell, (B, C))
+            self.assertEqual((moved.lost, moved.migrating), (False, False))
+            self.assertIn(guest, world.cells[moved.cell].guests)
+        self.assertFalse(world.store.view.cells[A].enabled)
+
+    def test_a_pool_none_of_whose_cells_is_back_waits(self) -> None:
+        world = self.world
+        world.restart()
+        world.wait(3 * REJOIN_GRACE)
+        self.assertEqual(world.failovers(), [])
+        self.assertTrue(all(not world.instance(g).lost for g in self.guests))
+        self.assertTrue(world.store.view.cells[A].enabled)
+        # One of its Cells is back: the next round judges the others (C had no guest to
+        # fail over: it is only disabled, as a Cell lost without goodbye is).
+        world.connect(B)
+        world.wait(REJOIN_GRACE)
+        self.assertEqual({r.source_cell for r in world.failovers()}, {A})
+        self.assertEqual({world.instance(g).cell for g in self.guests}, {B})
+        cells = world.store.view.cells
+        self.assertEqual((cells[A].enabled, cells[B].enabled, cells[C].enabled),
+                         (False, True, False))  # fmt: skip
+
+    def test_a_cell_back_in_time_keeps_its_guests(self) -> None:
+        world = self.world
+        world.restart(B, C)
+        world.wait(REJOIN_GRACE / 2)
+        world.connect(A)
+        world.wait(REJOIN_GRACE)
+        self.assertEqual(world.failovers(), [])
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
+        self.assertTrue(world.store.view.cells[A].enabled)
+
+
+class LostWithoutFailoverTests(RejoinCase):
+    failover = False
+
+    def test_the_guests_of_a_cell_not_back_are_shown_lost(self) -> None:
+        world = self.world
+        world.restart(B, C)
+        world.wait(REJOIN_GRACE)
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
+        self.assertEqual(world.failovers(), [])
+        self.assertTrue(world.store.view.cells[A].enabled)
+        # Back later, with its guests: they are its own again.
+        world.connect(A)
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
+
+
+class TargetLostDuringFailoverTests(RejoinCase):
+    def test_the_guests_sent_to_a_target_lost_meanwhile_are_planned_again(self) -> None:
+        """A and B fail together: the failover of A sends its guests to B, which dies before
+        it takes them; C, the pool's last Cell, gets them."""
+        world = self.world
+        world.enable(C, False)
+        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(drop=True))
+        world.directory.disconnect(A)
+        (first,) = world.failovers()
+        self.assertEqual((first.target_cell, first.running), (B, True))
+        world.directory.disconnect(B)
+        world.enable(C, True)
+        world.clock.advance(TIMEOUT)
+        failed = world.store.view.migrations[first.id]
+        self.assertEqual(failed.error, f"attach instance timeout on cell '{B}'")
+        again = [r for r in world.failovers() if r.source_cell == A and r.id != first.id]
+        self.assertEqual([(r.target_cell, r.finished, r.error) for r in again], [(C, True, "")])
+        self.assertEqual(sorted(again[0].instances), sorted(self.guests))
+        for guest in self.guests:
+            moved = world.instance(guest)
+            self.assertEqual((moved.cell, moved.lost, moved.migrating), (C, False, False))
+
+    def test_a_target_that_refuses_while_linked_is_not_planned_again(self) -> None:
+        world = self.world
+        for cell in (B, C):
+            world.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(error="no bridge"))
+        world.directory.disconnect(A)
+        world.clock.advance(TIMEOUT)
+        records = world.failovers()
+        self.assertTrue(records)
+        self.assertEqual({r.error for r in records}, {"attach instance fail: no bridge"})
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
