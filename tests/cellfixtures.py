@@ -34,6 +34,7 @@ from nanocore.operations.core import Operations
 from nanocore.store import CommitStore, Put, ReadModel, Store, UnitOfWork
 from nanocore.store.schema import bundled_scripts, open_database
 from nanocore.store.writer import Writer
+from nanocore.testing.fakecell import FakeCell
 
 reactor: Any = _reactor
 NOW = 1_714_529_472.0
@@ -213,6 +214,23 @@ class StubLink:
         else:
             for observer in list(directory.observers):
                 observer.cell_event(self.name, message)
+
+
+def wired(
+    cells: Mapping[str, FakeCell], directory: Callable[[], FakeDirectory]
+) -> dict[str, Responder]:
+    """Each FakeCell's link goes straight into the current ``directory()`` (:class:`StubLink`);
+    what it returns is the responders that take the directory's requests straight to the
+    Cells (install them in each new directory)."""
+    responders: dict[str, Responder] = {}
+    for name, cell in cells.items():
+        link = cell.link = StubLink(directory, name)  # type: ignore[assignment]
+
+        def respond(request: Message, cell: FakeCell = cell, link: Any = link) -> None:
+            cell.message_received(link, request)
+
+        responders[name] = respond
+    return responders
 
 
 def frame(message: Message) -> bytes:

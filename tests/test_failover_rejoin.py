@@ -17,7 +17,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from attrs import evolve
 from twisted.internet.task import Clock
@@ -31,7 +30,7 @@ from nanocore.operations.guests import GuestSpec
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
 from nanocore.testing.sharedstorage import SharedStorage
-from tests.cellfixtures import FakeDirectory, StubLink, SyncStore
+from tests.cellfixtures import FakeDirectory, SyncStore, wired
 
 GiB = 1 << 30
 A, B, C = "Cell_r1", "Cell_r2", "Cell_r3"
@@ -62,9 +61,7 @@ class World:
                            creation_time=0.0, stop_time=0.0, shared=shared)
             for name in (A, B, C)
         }  # fmt: skip
-        self.links = {name: StubLink(lambda: self.directory, name) for name in self.cells}
-        for name, cell in self.cells.items():
-            cell.link = self.links[name]  # type: ignore[assignment]
+        self.responders = wired(self.cells, lambda: self.directory)
         self.store = SyncStore(folder)
         self.store.commit(
             UnitOfWork.of(
@@ -78,16 +75,10 @@ class World:
     def start(self, *linked: str) -> None:
         """Core starts; the ``linked`` Cells link at once (the others are dead)."""
         self.directory = DeliveringDirectory(self.clock)
-        self.directory.responders.update({name: self._responder(name) for name in self.cells})
+        self.directory.responders.update(self.responders)
         self.ops = Operations(self.store, self.clock, cells=self.directory, timeout=TIMEOUT)
         for name in linked:
             self.connect(name)
-
-    def _responder(self, name: str) -> Any:
-        def respond(request: Message) -> None:
-            self.cells[name].message_received(self.links[name], request)  # type: ignore[arg-type]
-
-        return respond
 
     def connect(self, name: str) -> None:
         self.directory.connect(name, status=self.cells[name].status())

@@ -22,14 +22,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import model as m
-from nanocore.cluster.message import Message, MessageID
+from nanocore.cluster.message import MessageID
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY, GuestSpec
 from nanocore.operations.guests.placement import NoCellAvailable
 from nanocore.scheduler import CellCapacity, Demand, NoCellFits
 from nanocore.store import Delete, Put, UnitOfWork
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
-from tests.cellfixtures import FakeDirectory, StubLink, SyncStore
+from tests.cellfixtures import FakeDirectory, SyncStore, wired
 
 GiB = 1 << 30
 CELLS = ("Cell_p1", "Cell_p2")
@@ -49,9 +49,7 @@ class World:
                            creation_time=1.0, stop_time=0.0)
             for name in CELLS
         }  # fmt: skip
-        self.links = {name: StubLink(lambda: self.directory, name) for name in CELLS}
-        for name, cell in self.cells.items():
-            cell.link = self.links[name]  # type: ignore[assignment]
+        self.responders = wired(self.cells, lambda: self.directory)
         self.waiting: list[Deferred[Any]] = []
         self.store = SyncStore(folder)
         self._seed()
@@ -75,7 +73,7 @@ class World:
 
     def start(self) -> None:
         self.directory = FakeDirectory(self.clock)
-        self.directory.responders.update({name: self._responder(name) for name in CELLS})
+        self.directory.responders.update(self.responders)
         self.ops = self.operations()
         for name in CELLS:
             self.connect(name)
@@ -83,12 +81,6 @@ class World:
     def operations(self, **options: Any) -> Operations:
         return Operations(self.store, self.clock, cells=self.directory, timeout=TIMEOUT,
                           randbelow=lambda n: n // 2, **options)  # fmt: skip
-
-    def _responder(self, name: str) -> Any:
-        def respond(request: Message) -> None:
-            self.cells[name].message_received(self.links[name], request)  # type: ignore[arg-type]
-
-        return respond
 
     def connect(self, name: str) -> None:
         self.directory.connect(name, status=self.cells[name].status())
