@@ -891,6 +891,21 @@ class Instance:
 
 
 @frozen
+class DepartedCell:
+    """A Cell whose link last ended with its goodbye while Core ran, not linked since.
+
+    A Cell stopped on purpose may leave its guests running: after a start it is not expected
+    back (``RejoinWatch``), so never presumed lost and failed over.
+    """
+
+    name: str = field(validator=qualified_name)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@frozen
 class PendingError:
     """A guest's asynchronous failure, told once by the next ``GET /guests/:id`` (§2.2 #16).
 
@@ -1071,6 +1086,7 @@ ENTITY_TYPES: tuple[type, ...] = (
     Migration,
     BatchTask,
     PendingError,
+    DepartedCell,
 )
 
 Entity = (
@@ -1089,4 +1105,5 @@ Entity = (
     | Migration
     | BatchTask
     | PendingError
+    | DepartedCell
 )

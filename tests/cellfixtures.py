@@ -71,6 +71,7 @@ class FakeDirectory:
         self.sent: list[tuple[str, Message]] = []
         self.observers: list[CellObserver] = []
         self.events = 0
+        self.rejoin: RejoinWatch | None = None
 
     def connect(
         self, name: str, address: str = "127.0.0.1", status: CellStatus | None = None
@@ -79,6 +80,8 @@ class FakeDirectory:
         self.events += 1
         self.linked[name] = True
         self.addresses[name] = address
+        if self.rejoin is not None:
+            self.rejoin.linked(name)
         for observer in list(self.observers):
             observer.cell_available(name, address)
         if status is not None:
@@ -162,9 +165,10 @@ class FakeDirectory:
             for observer in list(self.observers):
                 observer.cell_disconnected(name, False)
 
-        RejoinWatch(self.clock, groups, lambda name: name in self.linked, presume_lost).start(
-            within
-        )
+        self.rejoin = RejoinWatch(self.clock, groups, presume_lost)
+        for name in self.linked:
+            self.rejoin.linked(name)
+        self.rejoin.start(within)
 
 
 @implementer(CommitStore)

@@ -306,6 +306,21 @@ class DirectoryContract:
         self.assertEqual(self.heard.seen[4:], [("available", "Cell_q", "127.0.0.7")])
         self.assertFalse(self.watching())
 
+    def test_the_grace_runs_from_the_first_cell_of_the_pool_back(self: Any) -> None:
+        """A pool's Cells booting together: the first back at 55 s leaves its siblings until
+        115 s, not 60 s."""
+        self.directory.expect_back({"shared": ["Cell_a", "Cell_b", "Cell_c"]}, 60.0)
+        self.advance(55.0)
+        self.driver.connect("Cell_a", "127.0.0.5")
+        self.advance(8.0)
+        self.driver.connect("Cell_b", "127.0.0.6")
+        self.advance(51.0)
+        self.assertEqual([seen[0] for seen in self.heard.seen], ["available", "available"])
+        self.advance(1.0)
+        self.assertEqual(self.heard.seen[-1], ("disconnected", "Cell_c", False))
+        self.assertEqual(len(self.heard.seen), 3)
+        self.assertFalse(self.watching())
+
     def test_a_cell_that_linked_and_left_is_not_presumed_again(self: Any) -> None:
         self.directory.expect_back({"shared": ["Cell_a", "Cell_b"]}, 60.0)
         self.driver.connect("Cell_a", "127.0.0.5")

@@ -131,6 +131,7 @@ def samples() -> list[Any]:
             guests=(m.BatchGuest("web_0", GUEST_ID, 1, 100), m.BatchGuest("web_1", error="x")),
         ),
         m.PendingError(id="i-failed", error="cell timeout", cell="Cell_525400aabbcc"),
+        m.DepartedCell(name="Cell_525400aabbcc"),
     ]
 
 

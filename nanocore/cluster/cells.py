@@ -15,8 +15,7 @@ from typing import Any
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -171,11 +170,12 @@ class RejoinWatch:
     lost.
 
     A link lost while Core runs is a Cell lost; a Cell that died while Core was down leaves no
-    such trace. So every ``within`` seconds after start, a Cell that has not linked since is
-    presumed lost without goodbye (``presume_lost(name)``: its guests are shown lost,
-    and a failover pool fails them over), but only once another Cell of its group has linked
-    since start: when none of a pool's Cells is back, Core cannot tell dead Cells from a whole
-    cluster still booting or a network that does not carry their links yet, and waits.
+    such trace. So a Cell that has not linked since start is presumed lost without goodbye
+    (``presume_lost(name)``: its guests are shown lost, and a failover pool fails them over)
+    once ``within`` seconds have passed both since start and since the first Cell of its group
+    (its pool) linked again. Until one of a pool's Cells is back, Core cannot tell dead Cells
+    from a whole cluster still booting or a network that does not carry their links yet, and
+    waits; the grace from the first one back leaves its siblings, booting beside it, as long.
     """
 
     log = Logger()
@@ -184,38 +184,59 @@ class RejoinWatch:
         self,
         clock: IReactorTime,
         groups: Mapping[str, Collection[str]],
-        seen: Callable[[str], bool],
         presume_lost: Callable[[str], None],
     ) -> None:
-        self._groups = {group: frozenset(names) for group, names in groups.items() if names}
-        self._seen = seen
+        self._clock = clock
+        self._groups = {group: set(names) for group, names in groups.items() if names}
+        self._group_of = {name: group for group, names in self._groups.items() for name in names}
+        #: When the first Cell of each group linked since start, and which did since.
+        self._first_back: dict[str, float] = {}
+        self._back: dict[str, str] = {}
         self._presume_lost = presume_lost
-        self._check = LoopingCall(self._presume)
-        self._check.clock = clock
+        self._call: IDelayedCall | None = None
+        self._within = 0.0
 
     def start(self, within: float) -> None:
+        self._within = within
         if self._groups:
-            self._check.start(within, now=False)
+            self._call = self._clock.callLater(within, self._judge)
 
     def stop(self) -> None:
-        if self._check.running:
-            self._check.stop()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
 
-    def _presume(self) -> None:
-        for group, names in sorted(self._groups.items()):
-            back = {name for name in names if self._seen(name)}
-            if not back:
+    def linked(self, name: str) -> None:
+        """``name`` linked (it is back, and so is its group)."""
+        group = self._group_of.pop(name, None)
+        if group is not None and group in self._groups:
+            self._groups[group].discard(name)
+            self._first_back.setdefault(group, self._clock.seconds())
+            self._back.setdefault(group, name)
+
+    def _judge(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        next_due = now + self._within  # a group none of whose Cells is back: again then
+        for group, absent in sorted(self._groups.items()):
+            first = self._first_back.get(group)
+            if first is None:
+                continue
+            if now < first + self._within:
+                next_due = min(next_due, first + self._within)
                 continue
             del self._groups[group]
-            for name in sorted(names - back):
+            for name in sorted(absent):
+                del self._group_of[name]
                 self.log.warn(
                     "{name} has not linked since Core started, while {back} of its pool "
                     "'{group}' has: presumed lost without goodbye",
-                    name=name, back=min(back), group=group,
+                    name=name, back=self._back[group], group=group,
                 )  # fmt: skip
                 self._presume_lost(name)
-        if not self._groups:
-            self.stop()
+        self._groups = {group: absent for group, absent in self._groups.items() if absent}
+        if self._groups:
+            self._call = self._clock.callLater(next_due - now, self._judge)
 
 
 @define
@@ -372,15 +393,17 @@ class CellRegistry:
         def presume_lost(name: str) -> None:
             self._notify(lambda observer: observer.cell_disconnected(name, False))
 
-        self._rejoin = RejoinWatch(
-            self._clock, groups, lambda name: name in self._cells, presume_lost
-        )
+        self._rejoin = RejoinWatch(self._clock, groups, presume_lost)
+        for name in self._cells:  # linked before this watch began
+            self._rejoin.linked(name)
         self._rejoin.start(within)
 
     # -- LinkHandler --------------------------------------------------------------------------
 
     def link_connected(self, link: LinkSession) -> None:
         self._generation += 1
+        if self._rejoin is not None:
+            self._rejoin.linked(link.name)
         cell = self._cells.get(link.name)
         previous = cell.link if cell is not None else None
         if cell is None:

@@ -35,7 +35,7 @@ from nanocore.cluster.cells import (
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
-from nanocore.model import ComputeCell, ComputePool, Instance
+from nanocore.model import ComputeCell, ComputePool, DepartedCell, Instance
 from nanocore.operations.base import Context
 from nanocore.operations.claims import ClaimKind, Turns
 from nanocore.operations.errors import (
@@ -245,11 +245,16 @@ class CellOperations:
         )
 
     def expect_members_back(self) -> None:
-        """Every Cell of a pool is to link again after Core started (``RejoinWatch``)."""
+        """Every Cell of a pool is to link again after Core started (``RejoinWatch``), but
+        those that left with their goodbye: a Cell stopped on purpose may keep its guests
+        running, and failing them over would run them twice."""
+        view = self._context.view
         groups: dict[str, list[str]] = {}
-        for cell in self._context.view.cells.values():
+        for cell in view.cells.values():
             if cell.pool:
-                groups.setdefault(cell.pool, []).append(cell.name)
+                group = groups.setdefault(cell.pool, [])
+                if cell.name not in view.departed_cells:
+                    group.append(cell.name)
         self._cells.expect_back(groups)
 
     def members(self, pool: str) -> list[ComputeCell]:
@@ -414,7 +419,10 @@ class CellOperations:
         # From the check to the commit no creation is placed on the Cell (placement asks).
         with self._context.claims.holding(CELL_LEAVING, cell, pool):
             try:
-                await self._context.commit(Delete(ComputeCell, cell))
+                gone: list[Change] = [Delete(ComputeCell, cell)]
+                if cell in self._context.view.departed_cells:
+                    gone.append(Delete(DepartedCell, cell))
+                await self._context.commit(*gone)
             except OperationError:
                 # Guests committed on the Cell meanwhile (its inventory at a rejoin): Nano's
                 # answer on what is committed now, not the store's.
@@ -498,6 +506,9 @@ class CellOperations:
         self._presence[name] = _Presence(address, self._clock.seconds())
         self._arrivals += 1
         self._unreported.add(self._clock.seconds() + STATUS_STALE_AFTER)
+        if name in self._context.view.departed_cells:
+            returning = self._context.commit(Delete(DepartedCell, name))
+            returning.addErrback(self._logged, "forgetting its goodbye", name)
         record = self._context.view.cells.get(name)
         if record is None or not record.pool:
             self.log.info(
@@ -517,10 +528,14 @@ class CellOperations:
         """Guest events belong to the guest operations (their own observer)."""
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        """Its guests are marked lost by the guest operations (each in its turn)."""
+        """Its guests are marked lost by the guest operations (each in its turn). A goodbye
+        is kept: a Cell stopped on purpose is not expected back after Core's next start."""
         record = self._context.view.cells.get(name)
         if record is None or not record.pool:
             return
+        if gracefully:
+            departing = self._context.commit(Put(DepartedCell(name)))
+            departing.addErrback(self._logged, "keeping its goodbye", name)
         pool = self._context.view.compute_pools.get(record.pool)
         if not gracefully and pool is not None and pool.failover:
             self.log.warn(

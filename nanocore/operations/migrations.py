@@ -811,7 +811,12 @@ class Migrations:
         pass
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        """A Cell of a failover pool on shared storage lost without a goodbye: failover."""
+        """A Cell of a failover pool on shared storage lost without a goodbye: failover. A
+        failover waiting for it as its target fails now (its guests are planned again)."""
+        for transit in list(self._running.values()):
+            sent = transit.record
+            if sent.kind is MigrationKind.FAILOVER and sent.target_cell == name:
+                self._failover_failed(transit, f"attach instance fail: cell '{name}' disconnected")
         if gracefully:
             return
         record = self._context.view.cells.get(name)

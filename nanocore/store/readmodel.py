@@ -153,3 +153,7 @@ class ReadModel:
     @property
     def pending_errors(self) -> Mapping[str, m.PendingError]:
         return self._views[m.PendingError]
+
+    @property
+    def departed_cells(self) -> Mapping[str, m.DepartedCell]:
+        return self._views[m.DepartedCell]

@@ -551,6 +551,17 @@ PENDING_ERROR = Table(
     describe_key=_quoted,
 )
 
+DEPARTED_CELL = Table(
+    kind=m.DepartedCell,
+    name="departed_cell",
+    description="departed cell",
+    key_columns=("name",),
+    columns=("name",),
+    to_row=lambda c: (c.name,),
+    from_row=lambda r: m.DepartedCell(name=r[0]),
+    describe_key=_quoted,
+)
+
 #: Every table, in an order where referenced tables come before referencing ones.
 TABLES: tuple[Table, ...] = (
     ZONE,
@@ -568,6 +579,7 @@ TABLES: tuple[Table, ...] = (
     MIGRATION,
     BATCH_TASK,
     PENDING_ERROR,
+    DEPARTED_CELL,
 )
 
 BY_KIND: dict[type, Table] = {table.kind: table for table in TABLES}
