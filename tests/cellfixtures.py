@@ -72,6 +72,7 @@ class FakeDirectory:
         self.observers: list[CellObserver] = []
         self.events = 0
         self.rejoin: RejoinWatch | None = None
+        self.transactions.late = self._answered_late
 
     def connect(
         self, name: str, address: str = "127.0.0.1", status: CellStatus | None = None
@@ -100,6 +101,10 @@ class FakeDirectory:
         self.transactions.fail_peer(name, CellUnavailable(f"cell {name!r} disconnected"))
         for observer in list(self.observers):
             observer.cell_disconnected(name, gracefully)
+
+    def _answered_late(self, request: Message, reply: Message) -> None:
+        for observer in list(self.observers):
+            observer.cell_answered_late(reply.sender, request, reply)
 
     def answer(self, message: Message, name: str) -> None:
         """Deliver a Cell's reply now (for requests whose responder returned None)."""
@@ -261,6 +266,9 @@ class RecordingObserver:
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         self.seen.append(("disconnected", name, gracefully))
+
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        self.seen.append(("late", name, request.id))
 
 
 def status_report(cores: int = 8, usage: float = 25.0, speed: int = 0) -> CellStatus:

@@ -89,6 +89,9 @@ class GuestEventWaiter:
         for d in self._gone.pop(name, []):
             d.callback(None)
 
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        pass
+
 
 class GuestClusterCase(TestCase):
     """``self.ops`` over a fresh store, ``self.cells`` linked over ``wire`` and added to pool

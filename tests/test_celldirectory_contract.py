@@ -240,6 +240,15 @@ class DirectoryContract:
         self.advance(1)
         self.failureResultOf(asking, TransactionTimeout)
 
+    def test_a_late_reply_is_told_to_the_observers(self: Any) -> None:
+        self.driver.connect(CELL, "127.0.0.5")
+        asking = self.directory.request(CELL, Message(id=MessageID.QueryCellStorageRequest))
+        self.advance(TIMEOUT)
+        self.failureResultOf(asking, TransactionTimeout)
+        (request,) = self.driver.requests_seen(CELL)
+        self.driver.answer(CELL, reply_to(request))
+        self.assertEqual(self.heard.seen[-1], ("late", CELL, MessageID.QueryCellStorageRequest))
+
     def test_send(self: Any) -> None:
         self.driver.connect(CELL, "127.0.0.5")
         self.directory.send(CELL, Message(id=MessageID.ComputeCellRemovedEvent))

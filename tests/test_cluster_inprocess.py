@@ -367,6 +367,9 @@ class EventWaiter:
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         pass
 
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        pass
+
 
 class GuestCases:
     async def test_create_guest_and_stop_with_work_pending(self) -> None:

@@ -55,6 +55,9 @@ class Events:
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         self.disconnected.append(gracefully)
 
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        pass
+
     def ids(self) -> list[int]:
         return [m.id for m in self.messages]
 

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.cluster.transactions import (
+    TIMED_OUT_KEPT,
     TOKEN_MAX,
     CellError,
     Transactions,
@@ -164,6 +165,39 @@ class TimeoutTests(Harness):
         self.assertNoResult(newer)
         self.assertTrue(self.logged("late reply GetAuthResponse from 'Cell_a'"))
         self.assertTrue(self.logged("already ended"))
+
+    def test_a_late_reply_goes_to_whoever_hears_of_them(self) -> None:
+        heard: list[tuple[Message, Message]] = []
+        self.transactions.late = lambda request, reply: heard.append((request, reply))
+        d = self.request(peer="Cell_a")
+        self.clock.advance(10)
+        self.failureResultOf(d, TransactionTimeout)
+        (request,) = self.sent
+        progress = Message(id=MessageID.GuestUpdatedEvent, to_session=request.from_session,
+                           sender="Cell_a")  # fmt: skip
+        other = reply_to(request, sender="Cell_b")
+        for dropped in (progress, other):
+            self.assertFalse(self.transactions.deliver(dropped))
+        self.assertEqual(heard, [])
+        late = reply_to(request, sender="Cell_a")
+        self.assertFalse(self.transactions.deliver(late))
+        self.assertEqual(heard, [(request, late)])
+        # Told once: a second copy is a reply to a transaction that ended.
+        self.assertFalse(self.transactions.deliver(late))
+        self.assertEqual(len(heard), 1)
+        self.assertTrue(self.logged("already ended"))
+
+    def test_only_the_latest_timeouts_are_remembered(self) -> None:
+        heard: list[tuple[Message, Message]] = []
+        self.transactions.late = lambda request, reply: heard.append((request, reply))
+        waiting = [self.request() for _ in range(TIMED_OUT_KEPT + 1)]
+        self.clock.advance(10)
+        for d in waiting:
+            self.failureResultOf(d, TransactionTimeout)
+        oldest, newest = self.sent[0], self.sent[-1]
+        self.transactions.deliver(reply_to(oldest))
+        self.transactions.deliver(reply_to(newest))
+        self.assertEqual([request for request, _ in heard], [newest])
 
     def test_reply_after_completion_is_dropped(self) -> None:
         d = self.request()

@@ -19,9 +19,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.message import Message, MessageID, ParamKey, message_name
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import LinkError, LinkHandler, LinkSession, LinkState
+from nanocore.ratelog import RateLimitedLog
 
 #: A cell whose last status report is older than this is no longer *alive* (core §6, step 2).
 STATUS_STALE_AFTER = 10.0
@@ -129,6 +130,10 @@ class CellObserver(Interface):
 
     def cell_disconnected(name: str, gracefully: bool) -> None:
         """A Cell's link is gone; ``gracefully`` if the Cell said goodbye."""
+
+    def cell_answered_late(name: str, request: Message, reply: Message) -> None:
+        """A Cell answered ``request`` after Core had stopped waiting (the domain timeout):
+        it may have done what was asked though the client was told it did not."""
 
 
 class CellDirectory(Interface):
@@ -301,6 +306,9 @@ class CellRegistry:
         #: Core is stopping: the links it closes are its goodbyes, not Cells lost.
         self._leaving = False
         self._rejoin: RejoinWatch | None = None
+        #: A frozen Cell's late replies come in hundreds: a line per Cell per minute.
+        self._late = RateLimitedLog(self.log, clock)
+        transactions.late = self._answered_late
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -381,6 +389,7 @@ class CellRegistry:
         self._leaving = True
         if self._rejoin is not None:
             self._rejoin.stop()
+        self._late.flush()
 
     def expect_back(
         self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE
@@ -449,6 +458,16 @@ class CellRegistry:
             self._notify(lambda observer: observer.cell_disconnected(link.name, gracefully))
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _answered_late(self, request: Message, reply: Message) -> None:
+        name = reply.sender
+        if name not in self._cells or self._leaving:
+            return
+        self._late.info(
+            "late replies", name, "{name} answered {request} after Core stopped waiting",
+            name=name, request=message_name(request.id),
+        )  # fmt: skip
+        self._notify(lambda observer: observer.cell_answered_late(name, request, reply))
 
     def _status_received(self, name: str, message: Message) -> None:
         try:

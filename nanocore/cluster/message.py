@@ -273,6 +273,14 @@ def message_kind(message_id: int) -> int:
     return message_id & 0xFF
 
 
+def message_name(message_id: int) -> str:
+    """The id's name in the catalogue, or its hex form (for log lines)."""
+    try:
+        return MessageID(message_id).name
+    except ValueError:
+        return f"{message_id:#08x}"
+
+
 def response_id(request_id: int) -> int:
     """The id of the response to ``request_id`` (same operate and resource, kind 1)."""
     if message_kind(request_id) != KIND_REQUEST:

@@ -12,6 +12,7 @@ Cell, builds replies the one correct way.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -26,6 +27,7 @@ from nanocore.cluster.message import (
     Message,
     MessageID,
     message_kind,
+    message_name,
     response_id,
 )
 
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 TOKEN_MAX = 2**32 - 1
+#: Requests that timed out whose late reply is still recognised (the latest ones).
+TIMED_OUT_KEPT = 1024
 
 _NO_REPLY = frozenset({MessageID.MigrateInstanceRequest})
 _SPECIAL_REPLIES: dict[int, frozenset[int]] = {
@@ -64,9 +68,8 @@ class TransactionTimeout(Exception):
     """No reply arrived within the timeout; the token is forgotten, a late reply is dropped."""
 
     def __init__(self, request: Message, timeout: float) -> None:
-        super().__init__(
-            f"no reply to {_name(request.id)} (token {request.from_session}) within {timeout:g} s"
-        )
+        name, token = message_name(request.id), request.from_session
+        super().__init__(f"no reply to {name} (token {token}) within {timeout:g} s")
         self.request = request
         self.timeout = timeout
 
@@ -75,15 +78,8 @@ class CellError(Exception):
     """The peer answered with ``success: false``; ``message`` is that reply."""
 
     def __init__(self, message: Message) -> None:
-        super().__init__(message.error or f"{_name(message.id)} reported failure")
+        super().__init__(message.error or f"{message_name(message.id)} reported failure")
         self.message = message
-
-
-def _name(message_id: int) -> str:
-    try:
-        return MessageID(message_id).name
-    except ValueError:
-        return f"{message_id:#08x}"
 
 
 @define
@@ -96,6 +92,10 @@ class _Pending:
     timeout: float
     restart_on_progress: bool
     timer: IDelayedCall | None = None
+
+
+#: What is kept of a request that timed out: it, its peer, and what answers it.
+_TimedOut = tuple[Message, "str | None", Callable[[Message], bool]]
 
 
 class Transactions:
@@ -112,6 +112,11 @@ class Transactions:
         self._next_token = first_token
         self._wrapped = False
         self._pending: dict[int, _Pending] = {}
+        #: Requests that timed out, kept (the latest :data:`TIMED_OUT_KEPT`) until their reply
+        #: comes after all: the peer may have done what was asked, though its asker gave up.
+        self._timed_out: OrderedDict[int, _TimedOut] = OrderedDict()
+        #: Who hears of such a late reply, ``late(request, reply)`` (none: it is logged).
+        self.late: Callable[[Message, Message], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -170,11 +175,13 @@ class Transactions:
         if not token:
             return False
         entry = self._pending.get(token)
+        if entry is None and token in self._timed_out:
+            return self._answered_late(token, message)
         if entry is None:
             self.log.warn(
                 "Dropped {kind} {id} from {sender!r} for token {token}: {why}",
                 kind="late reply" if self._issued(token) else "message",
-                id=_name(message.id),
+                id=message_name(message.id),
                 sender=message.sender,
                 token=token,
                 why="its transaction already ended" if self._issued(token) else "never issued",
@@ -183,7 +190,7 @@ class Transactions:
         if entry.peer is not None and message.sender != entry.peer:
             self.log.warn(
                 "Dropped {id} for token {token}: it came from {sender!r}, not {peer!r}",
-                id=_name(message.id),
+                id=message_name(message.id),
                 token=token,
                 sender=message.sender,
                 peer=entry.peer,
@@ -192,7 +199,9 @@ class Transactions:
         try:
             complete = entry.is_reply(message)
         except Exception:
-            self.log.failure("is_reply failed on {id}; treated as progress", id=_name(message.id))
+            self.log.failure(
+                "is_reply failed on {id}; treated as progress", id=message_name(message.id)
+            )
             complete = False
         if complete:
             self._forget(token)
@@ -205,14 +214,38 @@ class Transactions:
             entry.timer.reset(entry.timeout)
         if entry.on_progress is None:
             self.log.debug(
-                "Progress {id} for token {token} ignored", id=_name(message.id), token=token
+                "Progress {id} for token {token} ignored", id=message_name(message.id), token=token
             )
             return True
         try:
             entry.on_progress(message)
         except Exception:
-            self.log.failure("Progress callback failed on {id}", id=_name(message.id))
+            self.log.failure("Progress callback failed on {id}", id=message_name(message.id))
         return True
+
+    def _answered_late(self, token: int, message: Message) -> bool:
+        """A message for a request that timed out: its reply goes to :attr:`late` (logged
+        without one); a progress event of it is dropped."""
+        request, peer, is_reply = self._timed_out[token]
+        if peer is not None and message.sender != peer:
+            return False
+        try:
+            complete = is_reply(message)
+        except Exception:
+            complete = False
+        if not complete:
+            self.log.debug("Progress {id} for timed-out token {token} dropped",
+                           id=message_name(message.id), token=token)  # fmt: skip
+            return False
+        del self._timed_out[token]
+        if self.late is not None:
+            self.late(request, message)
+        else:
+            self.log.warn(
+                "Dropped late reply {id} from {sender!r} for token {token}: its transaction "
+                "already ended", id=message_name(message.id), sender=message.sender, token=token,
+            )  # fmt: skip
+        return False
 
     def fail_peer(self, peer: str, reason: Exception) -> int:
         """Fail every transaction bound to ``peer`` (its link is gone); returns how many."""
@@ -251,9 +284,12 @@ class Transactions:
         if entry is None:
             return
         entry.timer = None
+        self._timed_out[token] = (entry.request, entry.peer, entry.is_reply)
+        if len(self._timed_out) > TIMED_OUT_KEPT:
+            self._timed_out.popitem(last=False)
         self.log.info(
             "{id} (token {token}) timed out after {timeout} s",
-            id=_name(entry.request.id),
+            id=message_name(entry.request.id),
             token=token,
             timeout=entry.timeout,
         )
@@ -283,7 +319,7 @@ def _default_is_reply(request_id: int) -> Callable[[Message], bool]:
     if is_reply is None:
         expected = reply_ids(request_id)
         if not expected:
-            raise ValueError(f"nothing answers {_name(request_id)}; pass is_reply")
+            raise ValueError(f"nothing answers {message_name(request_id)}; pass is_reply")
         is_reply = _id_in(expected)
         if request_id in _KNOWN_IDS:  # a bounded cache: ids of the catalogue only
             _DEFAULT_IS_REPLY[request_id] = is_reply

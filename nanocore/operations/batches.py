@@ -419,6 +419,9 @@ class Batches:
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         pass
 
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        """The Cell's inventory, taken again by the cell operations, tells what it did."""
+
     def cell_event(self, name: str, message: Message) -> None:
         """After the guest's own handling of the event, judge the members following it."""
         params = message.string_params

@@ -32,7 +32,7 @@ from nanocore.cluster.cells import (
     CellUnavailable,
     Deadlines,
 )
-from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.message import Message, MessageID, ParamKey, message_name
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
 from nanocore.model import ComputeCell, ComputePool, DepartedCell, Instance
@@ -183,6 +183,8 @@ class CellOperations:
         self._timeout = timeout
         self._reconcile = reconcile
         self._presence: dict[str, _Presence] = {}
+        #: Cells whose inventory is taken after a late reply: whether another is asked for.
+        self._refreshing: dict[str, bool] = {}
         self._arrivals = 0
         #: When a Cell that linked but has not reported stops counting as alive.
         self._unreported = Deadlines(self._clock)
@@ -526,6 +528,28 @@ class CellOperations:
 
     def cell_event(self, name: str, message: Message) -> None:
         """Guest events belong to the guest operations (their own observer)."""
+
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        """The Cell did what Core had stopped waiting for (a change of a guest's cores, name,
+        secret...): its inventory is taken again, as at a rejoin, so Core's records follow
+        what the Cell holds (one at a time per Cell; replies meanwhile ask for one more)."""
+        if not reply.success:
+            return
+        if name in self._refreshing:
+            self._refreshing[name] = True
+            return
+        self._refreshing[name] = False
+        self.log.info("{name} answered {request} late: taking its inventory again",
+                      name=name, request=message_name(request.id))  # fmt: skip
+
+        def done(_: object) -> None:
+            again = self._refreshing.pop(name, False)
+            if again:
+                self.cell_answered_late(name, request, reply)
+
+        refreshing = self.refresh(name)
+        refreshing.addErrback(self._logged, "taking its inventory after a late reply", name)
+        refreshing.addBoth(done)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         """Its guests are marked lost by the guest operations (each in its turn). A goodbye

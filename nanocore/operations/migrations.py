@@ -825,6 +825,9 @@ class Migrations:
             return
         self._plan(name, pool)
 
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        """The Cell's inventory, taken again by the cell operations, tells what it did."""
+
     def cell_event(self, name: str, message: Message) -> None:
         if message.id == MessageID.InstanceMigratedEvent:
             self._migrated(name, message)

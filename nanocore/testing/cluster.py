@@ -87,6 +87,9 @@ class Waiter:
         for d in self._disconnect_waiters.pop(name, []):
             d.callback(gracefully)
 
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        pass
+
     def _check_reports(self) -> None:
         waiting = []
         for names, d in self._report_waiters:

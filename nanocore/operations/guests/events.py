@@ -96,6 +96,9 @@ class GuestEvents:
     def cell_status(self, name: str, status: CellStatus) -> None:
         self._placement.reported(name, status)
 
+    def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
+        """The Cell's inventory, taken again by the cell operations, tells what it did."""
+
     def cell_event(self, name: str, message: Message) -> None:
         handler = self._handlers.get(message.id)
         if handler is not None:

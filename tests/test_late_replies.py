@@ -1,0 +1,80 @@
+"""A Cell that answers after Core stopped waiting: what it did is taken from its inventory.
+
+Core answers ``cell timeout`` after the domain timeout, but a Cell slower than that (a busy
+host, a frozen process) still does what was asked and answers late, over a link that stayed
+up. The registry hears the late reply (``Transactions.late``), the observers are told
+(``cell_answered_late``), and the cell operations take the Cell's inventory again, as at a
+rejoin, so that the guest's cores, name and monitor secret are the ones the Cell holds.
+End to end: the signed API, the real store, FakeCells over loopback TLS.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from nanocore.cluster.message import MessageID
+from nanocore.store import UnitOfWork
+from nanocore.testing.fakecell import Fault
+from tests.guestfixtures import TIMEOUT, GuestClusterCase
+
+
+class LateReplyTests(GuestClusterCase):
+    creation_time = 0.0
+
+    async def late(
+        self, guest: str, message_id: int, method: str, path: str, body: object
+    ) -> None:
+        """``method path`` times out, then the Cell does it and answers late; Core has taken
+        its inventory again by the end."""
+        cell_name = self.store.view.instances[guest].cell
+        cell = self.cells[cell_name]
+        cell.inject(message_id, Fault(delay=TIMEOUT + 1))
+        arrived = cell.until_received(message_id)
+        asking = Deferred.fromCoroutine(self.refused(method, path, body))
+        await arrived
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual(await asking, "cell timeout")
+        pushes = self.pool_pushes(cell_name)
+        self.cell_clock.advance(TIMEOUT + 1)
+        # Two round trips: the late reply, then the pool push it caused, have been answered.
+        for _ in range(2):
+            await self.ops.cells.storage_paths(self.store.view.cells[cell_name].pool, cell_name)
+        await self.store.commit(UnitOfWork(()))
+        self.assertEqual(self.pool_pushes(cell_name), pushes + 1)
+
+    def pool_pushes(self, cell: str) -> int:
+        return sum(m.id == MessageID.ComputePoolReadyEvent for m in self.cells[cell].received)
+
+    async def test_changes_the_cell_made_after_the_timeout_are_shown(self) -> None:
+        guest = await self.created()
+        base = f"/guests/{guest}"
+        simulated = self.cells[self.store.view.instances[guest].cell].guests[guest]
+        await self.late(guest, MessageID.ModifyCoreRequest, "PUT", base + "/cores", {"cores": 6})
+        self.assertEqual((simulated.cores, self.store.view.instances[guest].cores), (6, 6))
+        await self.late(guest, MessageID.ModifyGuestNameRequest, "PUT", base + "/name/",
+                        {"name": "renamed"})  # fmt: skip
+        self.assertEqual(self.store.view.instances[guest].name, "renamed")
+        self.assertEqual((await self.ok("GET", base))["name"], "team.renamed")
+        before = self.store.view.instances[guest].monitor_secret
+        await self.late(guest, MessageID.ResetSecretRequest, "PUT", base + "/monitor/secret", {})
+        secret = self.store.view.instances[guest].monitor_secret
+        self.assertNotEqual(secret, before)
+        self.assertEqual(secret, simulated.monitor_secret)
+        self.assertEqual((await self.ok("GET", base))["monitor_secret"], secret)
+
+    async def test_a_late_refusal_asks_for_nothing(self) -> None:
+        guest = await self.created()
+        cell = self.cells[self.store.view.instances[guest].cell]
+        cell.inject(MessageID.ModifyCoreRequest, Fault(delay=TIMEOUT + 1, error="no"))
+        arrived = cell.until_received(MessageID.ModifyCoreRequest)
+        asking = Deferred.fromCoroutine(
+            self.refused("PUT", f"/guests/{guest}/cores", {"cores": 6})
+        )
+        await arrived
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual(await asking, "cell timeout")
+        self.cell_clock.advance(TIMEOUT + 1)
+        # A round trip after the late refusal: it has been read by then.
+        await self.ops.cells.storage_paths(self.store.view.instances[guest].pool, cell.name)
+        self.assertEqual(self.pool_pushes(cell.name), 1)  # the one of its joining the pool
+        self.assertEqual(self.store.view.instances[guest].cores, 2)
