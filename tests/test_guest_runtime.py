@@ -227,6 +227,16 @@ class ResetProgressTests(GuestCases):
         await self.images()
         guest = await self.created()
         await self.ok("PUT", f"/guests/{guest}/system/", {"from_image": "img-1"})
+        # Nothing else touches the disks meanwhile: the Cell is writing the system disk again.
+        refusal = f"guest '{guest}' is resetting its system, retry after it"
+        for method, path, body in (
+            ("PUT", f"/guests/{guest}/disks/resize/0", {"size": 20 * GiB}),
+            ("PUT", f"/guests/{guest}/disks/shrink/0", {}),
+            ("POST", f"/instances/{guest}/snapshots/", {"name": "s1"}),
+            ("PUT", f"/instances/{guest}/snapshots/", {"target": "s1"}),
+            ("DELETE", f"/instances/{guest}/snapshots/s1", None),
+        ):
+            self.assertEqual(await self.refused(method, path, body), refusal, path)
         for percent in (25, 50, 75):
             progress = self.events.until(MessageID.GuestUpdatedEvent, guest)
             self.cell_clock.advance(0.25)

@@ -297,6 +297,7 @@ class GuestConfig:
         """Grow disk ``index`` to ``size`` bytes (the Cell wants the guest stopped)."""
         instance = self._access.instance(instance_id)
         self._access.refuse_capturing(instance_id)
+        self._access.refuse_resetting(instance)
         index = disk_index(index_text, instance)
         current = instance.disks[index]
         if size <= current:
@@ -324,6 +325,7 @@ class GuestConfig:
         """Compact disk ``index`` (its size stays; the Cell answers as for a resize)."""
         instance = self._access.instance(instance_id)
         self._access.refuse_capturing(instance_id)
+        self._access.refuse_resetting(instance)
         index = disk_index(index_text, instance)
         message = self._request(
             MessageID.ShrinkDiskRequest, instance, uint_params={ParamKey.Disk: index}

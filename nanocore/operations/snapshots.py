@@ -91,6 +91,7 @@ class Snapshots:
         instance = self._access.instance(instance_id)
         if message_id in _WRITES:
             self._access.refuse_capturing(instance_id)
+            self._access.refuse_resetting(instance)
         message = Message(id=message_id, string_params=params)
         return self._access.forward(instance.cell, message)
 

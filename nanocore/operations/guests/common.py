@@ -28,7 +28,7 @@ from nanocore.cluster.cells import CellDirectory
 from nanocore.cluster.message import Message
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
-from nanocore.model import AddressAllocation, Instance
+from nanocore.model import AddressAllocation, Instance, InstanceStatus
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CELL_TIMEOUT_MESSAGE, CellRefused
 from nanocore.operations.claims import Turns
@@ -81,6 +81,12 @@ class GuestAccess:
             raise InvalidRequest(
                 f"guest '{instance_id}' is being captured to disk image '{image}'"
             )
+
+    def refuse_resetting(self, instance: Instance) -> None:
+        """Refuse what would change the guest's disks while its Cell writes its system disk
+        again (a resize or snapshot of a disk being rewritten); the original asked the Cell."""
+        if instance.status is InstanceStatus.RESETTING:
+            raise InvalidRequest(f"guest '{instance.id}' is resetting its system, retry after it")
 
     def forward(
         self,
