@@ -32,6 +32,7 @@ from nanocore.testing.fakecell import (
     discover_core,
 )
 from nanocore.testing.guests import GuestState, SimulatedGuest
+from nanocore.testing.sharedstorage import SharedStorage
 
 CELL = "Cell_fake0001"
 GiB = 1 << 30
@@ -546,6 +547,24 @@ class FakeCellTests(SynchronousTestCase):
             export[guest] = SimulatedGuest(id=guest, name=f"team.{guest}",
                                            state=GuestState.STOPPED)  # fmt: skip
         return export
+
+    def test_what_the_cell_changes_is_on_the_export_before_it_answers(self) -> None:
+        """On a folder that simulators share, a Cell killed right after a change leaves its
+        guest as changed, for the Cell that takes it over (QA: the old name and cores)."""
+        folder = Path(self.mktemp())
+        self.cell.shared = SharedStorage(folder)
+        self.on_nfs()
+        self.create("g1")
+        self.ok(MessageID.ModifyGuestNameRequest,
+                string_params={ParamKey.Guest: "g1", ParamKey.Name: "team.renamed"})  # fmt: skip
+        self.ok(MessageID.ModifyCoreRequest, string_params={ParamKey.Guest: "g1"},
+                uint_params={ParamKey.Core: 3})  # fmt: skip
+        reply = self.ok(MessageID.ResetSecretRequest, string_params={ParamKey.Guest: "g1"})
+        seen = SharedStorage(folder).export("192.0.2.9", "/export")["g1"]
+        self.assertEqual(
+            (seen.name, seen.cores, seen.monitor_secret),
+            ("team.renamed", 3, reply.string_params[ParamKey.Secret]),
+        )
 
     def attach(self, *guests: str) -> Message:
         return self.ok(

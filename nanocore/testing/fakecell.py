@@ -389,6 +389,8 @@ class FakeCell:
                 replies = handler(message)
             except GuestError as e:
                 replies = [self._failure(message, str(e))]
+            else:
+                self._keep(message)  # the guest it changed, on its export before any answer
         if fault is not None and fault.delay:
             self._schedule(fault.delay, self._send_all, replies)
         else:
@@ -421,12 +423,15 @@ class FakeCell:
             self.log.warn("{cell} could not send {id}: {e}", cell=self.name, id=message.id, e=e)
 
     def _keep(self, message: Message) -> None:
-        """What the Cell tells Core about its guests is on their export first (a no-op in
-        memory; on a folder shared by processes, it survives this process's death)."""
-        named = message.string_array_params.get(ParamKey.Instance, ())
-        single = message.string_params.get(ParamKey.Instance)
-        for guest_id in (single, *named) if single else named:
+        """The guests a message names (an answer or event of the Cell, or a request it
+        carried out) are on their export as they are now (a no-op in memory; on a folder
+        shared by processes, it survives this process's death)."""
+        params = message.string_params
+        for guest_id in message.string_array_params.get(ParamKey.Instance, ()):
             self._save(guest_id)
+        for key in (ParamKey.Instance, ParamKey.Guest):
+            if params.get(key):
+                self._save(params[key])
 
     def _save(self, guest_id: str) -> None:
         """A guest this Cell holds, written to its export as it is now."""
