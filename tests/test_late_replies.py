@@ -10,6 +10,9 @@ End to end: the signed API, the real store, FakeCells over loopback TLS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import MessageID
@@ -61,6 +64,30 @@ class LateReplyTests(GuestClusterCase):
         self.assertNotEqual(secret, before)
         self.assertEqual(secret, simulated.monitor_secret)
         self.assertEqual((await self.ok("GET", base))["monitor_secret"], secret)
+
+    async def test_a_late_answer_to_a_query_or_an_inventory_asks_for_nothing(self) -> None:
+        """Nothing changed on the Cell; and a slow Cell's inventory answered late would
+        otherwise ask for the next one, for as long as the Cell stays slow."""
+        guest = await self.created()
+        cell = self.cells[self.store.view.instances[guest].cell]
+        pool = self.store.view.instances[guest].pool
+        status = f"/instances/{guest}"
+        asks: list[tuple[int, Callable[[], Deferred[Any]]]] = [
+            (MessageID.GetInstanceStatusRequest,
+             lambda: Deferred.fromCoroutine(self.refused("GET", status))),
+            (MessageID.ComputePoolReadyEvent, lambda: self.ops.cells.refresh(cell.name)),
+        ]  # fmt: skip
+        for message_id, asking in asks:
+            cell.inject(message_id, Fault(delay=TIMEOUT + 1))
+            arrived = cell.until_received(message_id)
+            waiting = asking()
+            waiting.addErrback(lambda _: None)
+            await arrived
+            self.core_clock.advance(TIMEOUT)
+            await waiting
+            self.cell_clock.advance(TIMEOUT + 1)
+            await self.ops.cells.storage_paths(pool, cell.name)
+        self.assertEqual(self.pool_pushes(cell.name), 2)  # its joining, and the refresh asked
 
     async def test_a_late_refusal_asks_for_nothing(self) -> None:
         guest = await self.created()

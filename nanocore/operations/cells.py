@@ -156,6 +156,14 @@ class _Presence:
     connected_at: float
 
 
+def _reads_only(message_id: int) -> bool:
+    """A request that changes nothing on the Cell (a query, or the pool push that takes its
+    inventory: a late answer to one taken after a late reply would ask for another)."""
+    return message_id == MessageID.ComputePoolReadyEvent or message_name(message_id).startswith(
+        ("Get", "Query")
+    )
+
+
 @implementer(CellObserver, CellMonitor)
 class CellOperations:
     """Pool membership, enable/disable/purge, live cell queries, and the Cell lifecycle."""
@@ -533,7 +541,7 @@ class CellOperations:
         """The Cell did what Core had stopped waiting for (a change of a guest's cores, name,
         secret...): its inventory is taken again, as at a rejoin, so Core's records follow
         what the Cell holds (one at a time per Cell; replies meanwhile ask for one more)."""
-        if not reply.success:
+        if not reply.success or _reads_only(request.id):
             return
         if name in self._refreshing:
             self._refreshing[name] = True
