@@ -27,6 +27,7 @@ from nanocore.cluster.cells import REJOIN_GRACE
 from nanocore.cluster.message import Message, MessageID
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import GuestSpec
+from nanocore.operations.migrations import FAILOVER_REPLANS
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
 from nanocore.testing.sharedstorage import SharedStorage
@@ -48,9 +49,12 @@ class DeliveringDirectory(FakeDirectory):
 
 
 class World:
-    """Core and three FakeCells of pool ``p`` on the NFS storage ``nfs``."""
+    """Core and FakeCells (``A``, ``B``, ``C`` unless named) of pool ``p`` on the NFS storage
+    ``nfs``."""
 
-    def __init__(self, folder: Path, *, failover: bool) -> None:
+    def __init__(
+        self, folder: Path, *, failover: bool, names: tuple[str, ...] = (A, B, C)
+    ) -> None:
         self.folder = folder
         self.clock = Clock()
         self.clock.advance(1_714_529_472)
@@ -59,7 +63,7 @@ class World:
             name: FakeCell(name, self.clock, capacity=Capacity(cores=16, memory=16 * GiB,
                                                                 disk=400 * GiB),
                            creation_time=0.0, stop_time=0.0, shared=shared)
-            for name in (A, B, C)
+            for name in names
         }  # fmt: skip
         self.responders = wired(self.cells, lambda: self.directory)
         self.store = SyncStore(folder)
@@ -70,7 +74,7 @@ class World:
                 *(Put(m.ComputeCell(name=name, pool="p")) for name in self.cells),
             )
         )
-        self.start(A, B, C)
+        self.start(*names)
 
     def start(self, *linked: str) -> None:
         """Core starts; the ``linked`` Cells link at once (the others are dead)."""
@@ -130,11 +134,12 @@ class World:
 
 class RejoinCase(SynchronousTestCase):
     failover = True
+    names = (A, B, C)
 
     def setUp(self) -> None:
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
-        self.world = World(folder, failover=self.failover)
+        self.world = World(folder, failover=self.failover, names=self.names)
         self.addCleanup(lambda: self.world.store.close())
         self.guests = [self.world.guest_on(A, i) for i in range(2)]
         for guest in self.guests:
@@ -260,5 +265,30 @@ class TargetLostDuringFailoverTests(RejoinCase):
         records = world.failovers()
         self.assertTrue(records)
         self.assertEqual({r.error for r in records}, {"attach instance fail: no bridge"})
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
+
+
+class TargetsLostOneAfterAnotherTests(RejoinCase):
+    names = (A, B, C, "Cell_r4", "Cell_r5")
+
+    def test_the_guests_are_planned_again_three_times_at_most(self) -> None:
+        """Each target dies before it takes the guests: they are planned again onto the
+        next, until FAILOVER_REPLANS plans have failed; then they stay lost on A."""
+        world = self.world
+        targets = self.names[1:]
+        for cell in targets:
+            world.cells[cell].inject(MessageID.AttachInstanceRequest, Fault(drop=True))
+        for cell in targets[1:]:
+            world.enable(cell, False)
+        world.directory.disconnect(A)
+        for index, target in enumerate(targets):
+            (planned,) = [r for r in world.failovers() if r.running]
+            self.assertEqual(planned.target_cell, target)
+            if index + 1 < len(targets):
+                world.enable(targets[index + 1], True)
+            world.directory.disconnect(target)
+        self.assertEqual([r for r in world.failovers() if r.running], [])
+        self.assertEqual(len(world.failovers()), FAILOVER_REPLANS + 1)
         for guest in self.guests:
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
