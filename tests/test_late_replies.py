@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
+from nanocore import model as m
 from nanocore.cluster.message import MessageID
-from nanocore.store import UnitOfWork
+from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Fault
-from tests.guestfixtures import TIMEOUT, GuestClusterCase
+from tests.guestfixtures import TIMEOUT, GiB, GuestClusterCase
 
 
 class LateReplyTests(GuestClusterCase):
@@ -105,3 +106,39 @@ class LateReplyTests(GuestClusterCase):
         await self.ops.cells.storage_paths(self.store.view.instances[guest].pool, cell.name)
         self.assertEqual(self.pool_pushes(cell.name), 1)  # the one of its joining the pool
         self.assertEqual(self.store.view.instances[guest].cores, 2)
+
+
+class LateResetTests(GuestClusterCase):
+    """A reset takes the Cells 4 s; its answer comes a second after Core stopped waiting."""
+
+    creation_time = 4.0
+
+    async def test_a_reset_begun_after_the_timeout_is_shown_until_it_ends(self) -> None:
+        await self.store.commit(UnitOfWork.of(Put(m.DiskImage(
+            id="img-1", name="centos", owner="alice", group="team", size=5 * GiB, version=1,
+            created=True))))  # fmt: skip
+        guest = await self.created()
+        cell = self.cells[self.store.view.instances[guest].cell]
+        cell.inject(MessageID.ResetSystemRequest, Fault(delay=TIMEOUT + 1))
+        arrived = cell.until_received(MessageID.ResetSystemRequest)
+        asking = Deferred.fromCoroutine(
+            self.refused("PUT", f"/guests/{guest}/system/", {"from_image": "img-1"})
+        )
+        await arrived
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual(await asking, "cell timeout")
+        self.cell_clock.advance(TIMEOUT + 1)
+        # A round trip after the late answer: it has been read, and the reset recorded.
+        await self.ops.cells.storage_paths(self.store.view.instances[guest].pool, cell.name)
+        await self.ops.guests.access.serially(guest, lambda: succeed(None))
+        shown = await self.ok("GET", f"/guests/{guest}", status=201)
+        self.assertEqual((shown["created"], shown["running"]), (False, False))
+        self.assertEqual(
+            await self.refused("PUT", f"/guests/{guest}/disks/resize/0", {"size": 20 * GiB}),
+            f"guest '{guest}' is resetting its system, retry after it",
+        )
+        done = self.events.until(MessageID.SystemResetEvent, guest)
+        self.cell_clock.advance(self.creation_time)
+        await self.applied(done, guest)
+        shown = await self.ok("GET", f"/guests/{guest}")
+        self.assertEqual((shown["created"], shown["running"]), (True, False))

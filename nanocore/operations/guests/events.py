@@ -97,7 +97,28 @@ class GuestEvents:
         self._placement.reported(name, status)
 
     def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
-        """The Cell's inventory, taken again by the cell operations, tells what it did."""
+        """The Cell's inventory, taken again by the cell operations, tells what it did; but
+        it cannot tell a reset under way (it shows the guest created and stopped). A reset the
+        Cell began after Core stopped waiting is recorded as the answer in time records it,
+        and its end awaited (:meth:`watch_reset`)."""
+        if request.id != MessageID.ResetSystemRequest or not reply.success:
+            return
+        guest = request.string_params.get(ParamKey.Guest, "")
+
+        def resetting(instance: Instance | None) -> list[Change]:
+            if instance is None or instance.cell != name:
+                return []
+            if instance.status is not InstanceStatus.STOPPED:
+                return []
+            return [Put(evolve(instance, status=InstanceStatus.RESETTING, progress=0))]
+
+        def watch(_: object) -> None:
+            current = self._context.view.instances.get(guest)
+            if current is not None and current.status is InstanceStatus.RESETTING:
+                self.watch_reset(name, guest)
+
+        recording = self._access.change(guest, resetting).addCallback(watch)
+        recording.addErrback(self._logged, name, reply)
 
     def cell_event(self, name: str, message: Message) -> None:
         handler = self._handlers.get(message.id)
