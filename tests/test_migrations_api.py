@@ -16,6 +16,7 @@ from nanocore.operations.core import Operations
 from nanocore.operations.migrations import RESTARTED, RETENTION
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Fault
+from nanocore.testing.guests import GuestState
 from tests.guestfixtures import TIMEOUT, GiB, GuestClusterCase
 
 A, B, C = "Cell_0000000000a1", "Cell_0000000000b2", "Cell_0000000000c3"
@@ -412,6 +413,24 @@ class FailoverTests(MigrationCase):
         self.assertEqual(set(message.string_array_params[ParamKey.Instance]), set(guests))
         self.assertEqual(self.cells[A].guests, {})
         self.assertEqual({self.record(g).cell for g in guests}, {B, C})
+
+    async def test_the_targets_word_on_the_guests_it_took_is_read(self) -> None:
+        """``InstanceMigratedEvent`` says where the guests are, not whether they run: once the
+        failover ended, the target's inventory is taken, and the record says what it holds."""
+        guest = await self.guest_on(A, "vm1")
+        await self.reported()
+        # What the lost Cell left on the export says running, Core's record stopped.
+        self.cells[A].guests[guest].state = GuestState.RUNNING
+        self.assertFalse(self.record(guest).running)
+        (record,) = await self.lose(A)
+        target = self.store.view.migrations[record].target_cell
+        await self.ops.migrations.ended(record)
+        # Two round trips: the pool push that takes the inventory, then its answer, are read.
+        for _ in range(2):
+            await self.ops.cells.storage_paths(POOL, target)
+        await self.store.commit(UnitOfWork(()))
+        self.assertEqual((self.record(guest).cell, self.record(guest).running), (target, True))
+        self.assertTrue((await self.ok("GET", f"/guests/{guest}"))["running"])
 
     async def test_guests_without_room_are_reported_lost_with_reasons(self) -> None:
         await self.guest_on(B, "fillb", memory=24 * GiB)

@@ -588,6 +588,12 @@ class Migrations:
                 self._placement.abandon(claim)
         self._release(transit)
         self._told(ended)
+        if record.kind is MigrationKind.FAILOVER:
+            # The target's word on the guests it took (running or not) is only in its
+            # inventory: the event says where they are, not how.
+            reading = self._refresh(cell)
+            reading.addErrback(self._logged, f"{cell}: inventory after failover {record.id}")
+            reading.addBoth(self._told_reconciled, cell)
         if missing:
             self.log.warn("migration {id}: {error}", id=record.id, error=error)
         else:
