@@ -144,6 +144,19 @@ class TimeoutTests(Harness):
         self.assertIn("GetAuthRequest", str(failure.value))
         self.assertEqual(self.transactions.pending, 0)
 
+    def test_timeouts_of_one_peer_are_logged_once_with_a_count(self) -> None:
+        """A frozen Cell times out everything waiting for it: one line per peer, and the
+        count when the minute ends (or when the owner stops)."""
+        waiting = [self.request(peer="Cell_a") for _ in range(3)] + [self.request(peer="Cell_b")]
+        self.clock.advance(10)
+        for d in waiting:
+            self.failureResultOf(d, TransactionTimeout)
+        lines = [formatEvent(e) for e in self.events if "timed out" in formatEvent(e)]
+        self.assertEqual(len(lines), 2)
+        self.transactions.flush_log()
+        self.assertTrue(self.logged("2 more timed-out requests from Cell_a"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_per_request_timeout(self) -> None:
         d = self.request(timeout=2.5)
         self.clock.advance(2.5)

@@ -390,6 +390,7 @@ class CellRegistry:
         if self._rejoin is not None:
             self._rejoin.stop()
         self._late.flush()
+        self._transactions.flush_log()
 
     def expect_back(
         self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE

@@ -30,6 +30,7 @@ from nanocore.cluster.message import (
     message_name,
     response_id,
 )
+from nanocore.ratelog import RateLimitedLog
 
 __all__ = [
     "CellError",
@@ -117,6 +118,8 @@ class Transactions:
         self._timed_out: OrderedDict[int, _TimedOut] = OrderedDict()
         #: Who hears of such a late reply, ``late(request, reply)`` (none: it is logged).
         self.late: Callable[[Message, Message], None] | None = None
+        #: A frozen Cell times out every request waiting for it: a line per peer per minute.
+        self._timeouts = RateLimitedLog(self.log, clock)
 
     @property
     def pending(self) -> int:
@@ -247,6 +250,10 @@ class Transactions:
             )  # fmt: skip
         return False
 
+    def flush_log(self) -> None:
+        """Write the counts of timed-out requests now (their owner is stopping)."""
+        self._timeouts.flush()
+
     def fail_peer(self, peer: str, reason: Exception) -> int:
         """Fail every transaction bound to ``peer`` (its link is gone); returns how many."""
         tokens = [token for token, entry in self._pending.items() if entry.peer == peer]
@@ -287,7 +294,9 @@ class Transactions:
         self._timed_out[token] = (entry.request, entry.peer, entry.is_reply)
         if len(self._timed_out) > TIMED_OUT_KEPT:
             self._timed_out.popitem(last=False)
-        self.log.info(
+        self._timeouts.info(
+            "timed-out requests",
+            entry.peer or "a peer",
             "{id} (token {token}) timed out after {timeout} s",
             id=message_name(entry.request.id),
             token=token,
