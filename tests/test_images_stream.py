@@ -108,6 +108,26 @@ class StreamingUploadTests(ImageTestCase):
         self.assertEqual(self.h.files("disk_images"), [])
         self.assertIsNone(self.h.images.upload_progress(ImageKind.DISK, image_id))
 
+    async def test_a_chunked_upload_is_cut_at_the_limit(self) -> None:
+        """A chunked body declares no length: the bytes are counted as they come."""
+        image_id = await self.h.create("disk_images")
+        wire = Wire(self.h.api_site)
+        wire.send(head(self.h, "POST", f"/disk_images/{image_id}/file/", None,
+                       b"Transfer-Encoding: chunked\r\n"))  # fmt: skip
+        body = multipart(("image", os.urandom(1 << 20) * 65))
+        for start in range(0, len(body), 1 << 20):
+            piece = body[start : start + (1 << 20)]
+            wire.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            if wire.transport.disconnecting:
+                break
+        self.assertTrue(wire.answer().startswith(b"HTTP/1.1 413 "), wire.answer()[:100])
+        self.assertIn(b"upload larger than 67108864 bytes", wire.answer())
+        self.assertTrue(wire.transport.disconnecting)
+        wire.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.h.files("disk_images"), [])
+        self.assertIsNone(self.h.images.upload_progress(ImageKind.DISK, image_id))
+        self.assertEqual(self.h.images.get(ImageKind.DISK, image_id).version, 0)
+
     async def test_the_client_is_paused_while_the_writer_is_behind(self) -> None:
         image_id = await self.h.create("disk_images")
         held: list[tuple[object, tuple[object, ...]]] = []

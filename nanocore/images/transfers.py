@@ -37,7 +37,7 @@ from twisted.web.server import NOT_DONE_YET
 from nanocore.httpparts import request_line
 from nanocore.images.download import TLS_PIECE, FileStream
 from nanocore.images.files import ImageFolders, Offload
-from nanocore.images.upload import Transfer, boundary_of
+from nanocore.images.upload import Transfer, UploadTooLarge, boundary_of
 from nanocore.operations.errors import OperationError
 from nanocore.operations.images import KINDS, Image, ImageKind, Images
 
@@ -144,7 +144,9 @@ class Transfers:
         try:
             transport = request.channel.transport if request.channel is not None else None
             producer = IPushProducer(transport, None)
-            transfer = Transfer(self.images, self.folders, upload, boundary, producer)
+            transfer = Transfer(
+                self.images, self.folders, upload, boundary, producer, limit=self.max_upload
+            )
         except BaseException:
             self.images.abort_upload(upload)
             raise
@@ -173,7 +175,10 @@ class Transfers:
         if content is not None:
             content.seek(0)
             while chunk := content.read(1 << 20):
-                transfer.write(chunk)
+                try:
+                    transfer.write(chunk)
+                except UploadTooLarge as error:
+                    return self.refuse(request, StreamRefused(error.message, 413))
         return self.answer_upload(request, transfer)
 
     # --- downloads ---------------------------------------------------------------------------
@@ -327,7 +332,11 @@ class StreamingMixin(Request):
         if self.stream_refused:
             return
         if self.transfer is not None:
-            self.transfer.write(data)
+            try:
+                self.transfer.write(data)
+            except UploadTooLarge as error:
+                self.transfer = None  # ended by its write
+                self._refuse_stream(StreamRefused(error.message, 413))
             return
         super().handleContentChunk(data)
 

@@ -57,6 +57,14 @@ class UploadError(InvalidRequest):
     """The body is not an upload this server takes; nothing of it is kept."""
 
 
+class UploadTooLarge(UploadError):
+    """More bytes arrived than the upload limit, however the body was framed (a chunked
+    body declares no length)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload larger than {limit} bytes")
+
+
 @frozen
 class Received:
     """What a whole body delivered: the image part's size and digests, the declared fields."""
@@ -287,8 +295,13 @@ class Transfer:
         upload: Upload,
         boundary: str,
         producer: IPushProducer | None,
+        *,
+        limit: int | None = None,
     ) -> None:
+        """``limit``: the most bytes of body taken (None: no limit)."""
         self._images = images
+        self._limit = limit
+        self._received = 0
         self._folders = folders
         self._upload = upload
         self._part = folders.open_part(upload.kind, upload.image.id)
@@ -314,6 +327,12 @@ class Transfer:
         self._upload.progress.received += count
 
     def write(self, data: bytes) -> None:
+        """Take the next bytes of the body; past the limit the upload ends, nothing kept
+        (raises :class:`UploadTooLarge`)."""
+        self._received += len(data)
+        if self._limit is not None and self._received > self._limit:
+            self.abort("it exceeded the upload limit")
+            raise UploadTooLarge(self._limit)
         self._receiver.write(data)
 
     def finish(self) -> Deferred[Image]:
@@ -323,18 +342,19 @@ class Transfer:
             self._result = Deferred.fromCoroutine(self._complete())
         return self._result
 
-    def abort(self) -> None:
-        """The client went away before its body was complete."""
+    def abort(self, why: str = "the client went away") -> None:
+        """The upload ends before its body was complete (by default: its client left)."""
         if self._finished:
             return
         self._finished = True
-        self._receiver.stop(UploadError("the client went away"))
+        self._receiver.stop(UploadError(why))
         # The part file is closed only once no write is in flight on it.
         self._receiver.end().addBoth(lambda _: self._cleanup())
         log.info(
-            "upload of {kind} '{id}' interrupted; nothing kept",
+            "upload of {kind} '{id}' interrupted ({why}); nothing kept",
             kind=self._upload.kind.label,
             id=self._upload.image.id,
+            why=why,
         )
 
     async def _complete(self) -> Image:
