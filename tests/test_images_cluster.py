@@ -289,7 +289,9 @@ class SimulatedCaptureTests(ImageClusterCase):
         refused = await client.upload(
             "127.0.0.1", self.site_address.port, image, self.write(b"another Cell's disk")
         )
-        self.assertEqual(refused["message"], f"disk image '{image}' locked")
+        self.assertEqual(
+            refused["message"], f"cell '{other}' is not capturing disk image '{image}'"
+        )
         self.assertEqual(self.store.view.disk_images[image].version, 0)
         self.core_clock.advance(TIMEOUT)
         await self.ops.captures.finished(image)

@@ -13,7 +13,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from nanocore.images import download
 from nanocore.images.download import TLS_PIECE, read_pieces
-from nanocore.operations.images import ImageKind
+from nanocore.operations.images import IMAGE_CAPTURE, CaptureProgress, ImageKind
 from nanocore.pki import (
     client_tls_options,
     create_ca,
@@ -92,11 +92,24 @@ class TLSSiteTests(ImageTestCase):
         self.assertEqual(response.code, 206)
         self.assertEqual(await response.content(), DISK[100:200])
 
-    async def test_a_cell_uploads_a_guest_disk(self) -> None:
-        target = await self.h.create("disk_images", "captured")
+    async def test_a_cell_uploads_only_the_disk_image_it_captures(self) -> None:
+        """A Cell's certificate is no licence to replace any image (QA: any Cell's could, and
+        every guest cloned from it afterwards got the new content)."""
         disk = Path(self.mktemp())
         disk.write_bytes(DISK[::-1])
-        answer = await self.cell.upload("127.0.0.1", self.address.port, target, disk)
+        refused = await self.cell.upload("127.0.0.1", self.address.port, self.image_id, disk)
+        self.assertEqual(
+            refused["message"],
+            f"cell 'Cell_0a0b0c0d0e0f' is not capturing disk image '{self.image_id}'",
+        )
+        image = self.h.images.get(ImageKind.DISK, self.image_id)
+        self.assertEqual(image.check_sum, hashlib.sha1(DISK).hexdigest())
+        target = await self.h.create("disk_images", "captured")
+        key = (ImageKind.DISK, target)
+        with self.h.operations.context.claims.holding(
+            IMAGE_CAPTURE, key, CaptureProgress("Cell_0a0b0c0d0e0f", "guest-1")
+        ):
+            answer = await self.cell.upload("127.0.0.1", self.address.port, target, disk)
         self.assertEqual(answer["error_code"], 0)
         image = self.h.images.get(ImageKind.DISK, target)
         self.assertEqual(image.check_sum, hashlib.sha1(DISK[::-1]).hexdigest())

@@ -378,13 +378,16 @@ class Images:
     ) -> Upload:
         """Lock the image for an upload of its next version (refused while locked).
 
-        ``cell``: the Cell uploading, by its certificate; while the image is being captured,
-        only the capturing Cell may upload it.
+        ``cell``: the Cell uploading, by its certificate. A Cell uploads only the disk image it
+        is capturing (Nano's Cells upload nothing else); while an image is captured, only the
+        capturing Cell may upload it.
         """
         image = self.get(kind, check_id(kind, image_id))
         if self._context.claims.held(IMAGE_SYNC, kind) is not None:
             raise InvalidRequest(f"{kind.folder} are being synchronised, retry")
         capture = self._context.claims.held(IMAGE_CAPTURE, (kind, image_id))
+        if cell is not None and (capture is None or capture.value.cell != cell):
+            raise InvalidRequest(f"cell '{cell}' is not capturing {kind.label} '{image_id}'")
         if capture is not None and (capture.value.failed or cell != capture.value.cell):
             raise _locked(capture)
         claim = self._context.claims.take(
