@@ -26,6 +26,7 @@ from nanocore.images.transfers import UPLOAD_READ_SIZE, read_size
 from nanocore.operations.images import ImageKind
 from nanocore.store import Store
 from tests.imagefixtures import CONTENT_TYPE, ImageTestCase, multipart
+from tests.test_api_store_errors import FULL, FullDisk
 
 DATA = os.urandom(3 << 20)
 
@@ -225,3 +226,19 @@ class StoredDigestTests(ImageTestCase):
         self.addCleanup(reopened.close)
         image = reopened.view.media_images[image_id]
         self.assertEqual(image.sha256, hashlib.sha256(DATA).hexdigest())
+
+
+class FullStoreTests(ImageTestCase):
+    async def test_an_upload_the_store_cannot_record_is_a_503_and_nothing_is_kept(self) -> None:
+        """QA: a full database disk answered 200 'internal error' with a critical traceback."""
+        image_id = await self.h.create("disk_images")
+        writer = self.h.store._writer  # type: ignore[attr-defined]
+        writer._connection = FullDisk(writer._connection)
+        answer = await self.h.upload("disk_images", image_id, multipart(("image", DATA)))
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(answer.header(b"Retry-After"), b"1")
+        self.assertEqual(answer.envelope()["message"], f"state could not be saved: {FULL}")
+        self.assertEqual(self.h.files("disk_images"), [])
+        self.assertEqual(self.h.images.get(ImageKind.DISK, image_id).version, 0)
+        self.assertIsNone(self.h.images.upload_progress(ImageKind.DISK, image_id))
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -38,7 +38,7 @@ from nanocore.httpparts import request_line
 from nanocore.images.download import TLS_PIECE, FileStream
 from nanocore.images.files import ImageFolders, Offload
 from nanocore.images.upload import Transfer, UploadTooLarge, boundary_of
-from nanocore.operations.errors import OperationError
+from nanocore.operations.errors import UNAVAILABLE, OperationError, unavailable_message
 from nanocore.operations.images import KINDS, Image, ImageKind, Images
 
 log = Logger()
@@ -224,6 +224,12 @@ class Transfers:
         error = failure.value
         if isinstance(error, OperationError | StreamRefused):
             message = error.message
+        elif isinstance(error, UNAVAILABLE):
+            # The store could not record the new version (it logged why); nothing is kept.
+            if not request.finished and request.channel is not None:
+                request.setResponseCode(503)
+                request.setHeader(b"Retry-After", b"1")
+            message = unavailable_message(error)
         else:
             log.failure("upload failed", failure)
             message = "internal error"
