@@ -6,6 +6,7 @@ is exactly what a client on a socket would see, with no socket.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 
@@ -14,13 +15,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport, ITCPTransport
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 from zope.interface import directlyProvides
 
-from nanocore.images import transfers
+from nanocore.images import files, transfers
 from nanocore.images import upload as upload_module
 from nanocore.images.transfers import UPLOAD_READ_SIZE, read_size
 from nanocore.operations.images import ImageKind
@@ -242,3 +244,26 @@ class FullStoreTests(ImageTestCase):
         self.assertEqual(self.h.images.get(ImageKind.DISK, image_id).version, 0)
         self.assertIsNone(self.h.images.upload_progress(ImageKind.DISK, image_id))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class FullImageDiskTests(ImageTestCase):
+    async def test_a_full_image_disk_refuses_the_upload_with_one_warning(self) -> None:
+        """QA: each such upload logged a critical traceback; a full disk is no fault of ours."""
+        image_id = await self.h.create("media_images")
+
+        def full(self: object, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(files.PartFile, "store", full)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        answer = await self.h.upload("media_images", image_id, multipart(("image", DATA)))
+        self.assertEqual(
+            answer.envelope()["message"],
+            "cannot write the image: [Errno 28] No space left on device",
+        )
+        levels = [e["log_level"] for e in events if "upload" in e.get("log_format", "")]
+        self.assertIn(LogLevel.warn, levels)
+        self.assertNotIn(LogLevel.critical, levels)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.h.files("media_images"), [])
+        self.assertEqual(self.h.images.get(ImageKind.MEDIA, image_id).version, 0)

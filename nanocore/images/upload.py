@@ -246,7 +246,12 @@ class Receiver:
     def _step_failed(self, failure: Failure) -> None:
         """A step failed: the other one, if in flight, is waited for before the end is told
         (the part file is closed only once no thread uses it)."""
-        log.failure("writing an upload failed", failure)
+        if failure.check(OSError):
+            # A full or failing disk is an operating condition: the client reads why, the log
+            # says it once (no traceback of ours to read).
+            log.warn("an upload could not be written: {reason}", reason=str(failure.value))
+        else:
+            log.failure("writing an upload failed", failure)
         self._fail(UploadError("cannot write the image: " + str(failure.value)))
         self._settle()
 
