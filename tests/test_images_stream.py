@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 from zope.interface import directlyProvides
 
+from nanocore.api.auth import Variant
 from nanocore.images import files, transfers
 from nanocore.images import upload as upload_module
 from nanocore.images.transfers import UPLOAD_READ_SIZE, read_size
@@ -267,3 +268,20 @@ class FullImageDiskTests(ImageTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(self.h.files("media_images"), [])
         self.assertEqual(self.h.images.get(ImageKind.MEDIA, image_id).version, 0)
+
+
+class DamagedFileTests(ImageTestCase):
+    async def test_a_file_removed_or_cut_behind_cores_back_is_not_served(self) -> None:
+        """QA: a missing file was Twisted's HTML 404 page (a Cell's creation failed with that
+        page as its message), a cut one was served short with its real length."""
+        image_id = await self.h.create("disk_images")
+        await self.h.upload("disk_images", image_id, multipart(("image", DATA)))
+        path = self.h.folders.path(ImageKind.DISK, image_id, 1)
+        message = f"the file of disk image '{image_id}' is damaged or missing"
+        os.truncate(path, 1000)
+        for damaged in ("cut", "missing"):
+            if damaged == "missing":
+                path.unlink()
+            answer = await self.h.api.get(f"/disk_images/{image_id}/file/", variant=Variant.STREAM)
+            self.assertEqual((answer.status, answer.envelope()["message"]), (404, message))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

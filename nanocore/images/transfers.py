@@ -196,6 +196,21 @@ class Transfers:
             message = f"no content available for {target.kind.label} '{image.id}'"
             return self.refuse(request, StreamRefused(message))
         path = self.folders.path(target.kind, image.id, image.version)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = None
+        if size != image.size:
+            # Removed or cut behind Core's back: say so, rather than serve a page or a part.
+            found = "missing" if size is None else f"{size} bytes, not {image.size}"
+            log.error("{kind} '{id}' version {version}: its file {path} is {found}",
+                      kind=target.kind.label, id=image.id, version=image.version,
+                      path=str(path), found=found)  # fmt: skip
+            if head:
+                return self._not_found(request)
+            request.setResponseCode(404)
+            message = f"the file of {target.kind.label} '{image.id}' is damaged or missing"
+            return self._envelope_bytes(request, self.envelope.failure(message))
         resource = ImageFile(path, image, self.folders.offload)
         return cast(bytes | int, resource.render(request))
 
