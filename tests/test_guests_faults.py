@@ -7,7 +7,7 @@ truth about every instance (docs/architecture.md, "claims" and "reconciling gues
 
 from __future__ import annotations
 
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 
 from nanocore import model as m
 from nanocore.cluster.message import MessageID, ParamKey
@@ -91,6 +91,24 @@ class CreateFaultTests(GuestClusterCase):
         self.assertEqual(dict(self.store.view.pending_errors), {})
         self.heal()
         await self.ok("POST", "/guests/", self.guest_body(), status=202)
+
+
+class StoppingTests(GuestClusterCase):
+    creation_time = 0.0
+
+    async def test_a_request_cut_short_by_cores_stop_says_so(self) -> None:
+        """Not the Cell's doing: 503 ``nanocore is stopping``, as for the store's close."""
+        guest = await self.created()
+        cell = self.cells[self.store.view.instances[guest].cell]
+        cell.inject(MessageID.StartInstanceRequest, Fault(drop=True))
+        arrived = cell.until_received(MessageID.StartInstanceRequest)
+        asking = Deferred.fromCoroutine(self.call("POST", f"/instances/{guest}", {}))
+        await arrived
+        self.cluster.registry.leaving()  # what the link services do as Core stops
+        cell.drop_link()
+        answer = await asking
+        self.assertEqual((answer.status, answer.error), (503, "nanocore is stopping"))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class ReconcileTests(GuestClusterCase):

@@ -266,6 +266,16 @@ class SimulatedCaptureTests(ImageClusterCase):
             await self.refused("GET", f"/disk_images/{image}"), f"invalid disk image '{image}'"
         )
 
+    async def test_a_capture_cut_short_by_cores_stop_keeps_its_image(self) -> None:
+        """QA: a graceful stop deleted the image and blamed the Cell; as after a restart, the
+        record stays, never uploaded, for its owner to delete or capture again."""
+        cell, image = await self.capture()
+        self.cluster.registry.leaving()  # what the link services do as Core stops
+        cell.drop_link()
+        await self.ops.captures.finished(image)
+        record = self.store.view.disk_images[image]
+        self.assertEqual((record.created, record.version), (False, 0))
+
     async def test_a_cell_that_says_done_without_uploading_loses_the_image(self) -> None:
         _, image = await self.capture()
         self.cell_clock.advance(1.0)

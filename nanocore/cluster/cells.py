@@ -54,6 +54,10 @@ class CellUnavailable(LinkError):
     """No connected link to that Cell."""
 
 
+class CoreStopping(CellUnavailable):
+    """The request's link closed because Core is stopping, not because the Cell left."""
+
+
 Quad = tuple[int, int, int, int]
 
 
@@ -452,9 +456,12 @@ class CellRegistry:
         if cell is None or cell.link is not link:
             return
         cell.link = None
-        self._transactions.fail_peer(
-            link.name, CellUnavailable(f"cell {link.name!r} disconnected")
+        reason = (
+            CoreStopping("nanocore is stopping")
+            if self._leaving
+            else CellUnavailable(f"cell {link.name!r} disconnected")
         )
+        self._transactions.fail_peer(link.name, reason)
         if not self._leaving:
             self._notify(lambda observer: observer.cell_disconnected(link.name, gracefully))
 

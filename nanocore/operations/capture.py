@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nanocore.cluster.cells import CoreStopping
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.operations.base import Context
 from nanocore.operations.claims import Claim
@@ -145,8 +146,13 @@ class Captures:
         self, failure: Failure, image_id: str, guest_id: str, state: CaptureProgress
     ) -> Deferred[Failure]:
         """Mark the capture failed (its upload may no longer be recorded), delete the image,
-        then go on with the failure."""
+        then go on with the failure. Cut short by Core's own stop, the image is kept, never
+        uploaded, as a restart leaves it (its owner may delete it or capture again)."""
         state.failed = True
+        if failure.check(CoreStopping):
+            log.info("capture of disk image '{id}' from guest '{guest}' cut short by the stop;"
+                     " the image is kept, not uploaded", id=image_id, guest=guest_id)  # fmt: skip
+            return succeed(failure)
         reason = failure.getErrorMessage()
         log.warn(
             "capture of disk image '{id}' from guest '{guest}' on {cell} failed: {reason};"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from nanocore.cluster.cells import CoreStopping
 from nanocore.store.errors import CommitFailed, StoreClosed
 
-#: The store's errors that say the state cannot be saved for now (the disk is full, Core is
-#: stopping), not that the request is wrong; the store logged them, the API answers 503.
-UNAVAILABLE = (CommitFailed, StoreClosed)
+#: The errors that say a request cannot be carried out for now (the store's disk is full, Core
+#: is stopping and closed the store or the Cell's link), not that it is wrong; the API
+#: answers 503.
+UNAVAILABLE = (CommitFailed, StoreClosed, CoreStopping)
 
 
 def unavailable_message(error: BaseException) -> str:
     """What a client reads for one of :data:`UNAVAILABLE`: the store's reason for a failed
     commit (``state could not be saved: database or disk is full``), or that Core stops."""
-    return "nanocore is stopping" if isinstance(error, StoreClosed) else str(error)
+    stopping = isinstance(error, StoreClosed | CoreStopping)
+    return "nanocore is stopping" if stopping else str(error)
 
 
 class OperationError(Exception):

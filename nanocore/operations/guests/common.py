@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from nanocore.cluster.cells import CellDirectory
+from nanocore.cluster.cells import CellDirectory, CoreStopping
 from nanocore.cluster.message import Message
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
@@ -111,6 +111,8 @@ class GuestAccess:
                 return Failure(OperationTimeout(CELL_TIMEOUT_MESSAGE))
             if failure.check(CellError):
                 return Failure(CellRefused(str(failure.value) or f"cell '{cell}' refused"))
+            if failure.check(CoreStopping):
+                return failure  # not the Cell's doing (see operations.errors.UNAVAILABLE)
             if failure.check(LinkError):
                 return Failure(not_connected(cell))
             return failure
