@@ -226,7 +226,7 @@ def build_service(
 
     def open_operations(opened: Any) -> Operations:
         folders.prepare()
-        return Operations(
+        ops = Operations(
             opened,
             reactor,
             cells=registry,
@@ -234,6 +234,9 @@ def build_service(
             image_site=lambda: site_address(images),
             decision_times=decision_times,
         )
+        tidying = ops.images.tidy()
+        tidying.addErrback(lambda failure: log.failure("tidying the image folders", failure))
+        return ops
 
     operations = store.opened.then(open_operations)
     fronts: list[StreamFront] = []

@@ -202,6 +202,19 @@ class SyncTests(ImageTestCase):
         )
         self.assertNotEqual(waiting, adopted.id)
 
+    async def test_a_start_removes_versions_no_record_names_and_nothing_else(self) -> None:
+        """QA: a kill between an upload's rename and its commit left ``<id>_v<n+1>`` (up to an
+        image's size of disk) until a sync or the image's next upload."""
+        kept = await self.h.create("media_images", "kept")
+        await self.h.upload("media_images", kept, multipart(("image", DISK)))
+        folder = self.h.folders.folder(ImageKind.MEDIA)
+        leftover = f"{kept}_v2.iso"
+        (folder / leftover).write_bytes(b"placed, never recorded")
+        (folder / "centos 7.iso").write_bytes(b"not an image of ours yet")
+        await self.h.images.tidy()
+        self.assertEqual(sorted(os.listdir(folder)), sorted([f"{kept}_v1.iso", "centos 7.iso"]))
+        self.assertEqual(self.h.images.get(ImageKind.MEDIA, kept).version, 1)
+
     async def test_sync_requires_owner_and_group(self) -> None:
         answer = await self.h.api.request("PATCH", "/media_images/", {"owner": "admin"})
         self.assertEqual(answer.error, "group required")

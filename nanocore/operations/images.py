@@ -449,6 +449,26 @@ class Images:
             Deferred.fromCoroutine(self._sync(kind, owner, group)), claim
         )
 
+    def tidy(self) -> Deferred[None]:
+        """At start: remove the version files of known images that no record names (a crash
+        between an upload's rename and its commit, or before an old version was removed),
+        as a sync does; uploads wait meanwhile (``being synchronised, retry``)."""
+        claims = [self._context.claims.take(IMAGE_SYNC, kind, None) for kind in ImageKind]
+        return self._context.claims.until(Deferred.fromCoroutine(self._tidy()), *claims)
+
+    async def _tidy(self) -> None:
+        for kind in ImageKind:
+            records = self._records(kind)
+            for stored in await self._files.scan(kind):
+                parsed = kind.parse_file_name(stored.name)
+                known = records.get(parsed[0]) if parsed is not None else None
+                if parsed is not None and known is not None and parsed[1] != known.version:
+                    await self._discard_unrecorded(kind, stored.name)
+
+    async def _discard_unrecorded(self, kind: ImageKind, name: str) -> None:
+        log.info("removing {name}: not the recorded version of its image", name=name)
+        await self._files.discard(kind, name)
+
     async def _sync(self, kind: ImageKind, owner: str, group: str) -> None:
         before = self._records(kind)
         found: set[str] = set()
@@ -465,10 +485,7 @@ class Images:
                 if version == before[image_id].version:
                     found.add(image_id)
                 else:
-                    # A version no record names: what a crash left between an upload's
-                    # rename and its commit, or before an old version was removed.
-                    log.info("sync removes {name}: not the recorded version", name=stored.name)
-                    await self._files.discard(kind, stored.name)
+                    await self._discard_unrecorded(kind, stored.name)
                 continue
             name = _adopted_name(kind, stored.name, stamp, names)
             names.add((group, name))
