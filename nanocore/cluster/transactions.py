@@ -116,7 +116,8 @@ class Transactions:
         #: Requests that timed out, kept (the latest :data:`TIMED_OUT_KEPT`) until their reply
         #: comes after all: the peer may have done what was asked, though its asker gave up.
         self._timed_out: OrderedDict[int, _TimedOut] = OrderedDict()
-        #: Who hears of such a late reply, ``late(request, reply)`` (none: it is logged).
+        #: Who hears of such a late reply, ``late(request, reply)`` (none: none is kept, and a
+        #: late reply is dropped and logged).
         self.late: Callable[[Message, Message], None] | None = None
         #: A frozen Cell times out every request waiting for it: a line per peer per minute.
         self._timeouts = RateLimitedLog(self.log, clock)
@@ -227,8 +228,8 @@ class Transactions:
         return True
 
     def _answered_late(self, token: int, message: Message) -> bool:
-        """A message for a request that timed out: its reply goes to :attr:`late` (logged
-        without one); a progress event of it is dropped."""
+        """A message for a request that timed out: its reply goes to :attr:`late`; a progress
+        event of it is dropped."""
         request, peer, is_reply = self._timed_out[token]
         if peer is not None and message.sender != peer:
             return False
@@ -243,11 +244,6 @@ class Transactions:
         del self._timed_out[token]
         if self.late is not None:
             self.late(request, message)
-        else:
-            self.log.warn(
-                "Dropped late reply {id} from {sender!r} for token {token}: its transaction "
-                "already ended", id=message_name(message.id), sender=message.sender, token=token,
-            )  # fmt: skip
         return False
 
     def flush_log(self) -> None:
@@ -291,9 +287,10 @@ class Transactions:
         if entry is None:
             return
         entry.timer = None
-        self._timed_out[token] = (entry.request, entry.peer, entry.is_reply)
-        if len(self._timed_out) > TIMED_OUT_KEPT:
-            self._timed_out.popitem(last=False)
+        if self.late is not None:  # else a late reply is dropped and logged as any other
+            self._timed_out[token] = (entry.request, entry.peer, entry.is_reply)
+            if len(self._timed_out) > TIMED_OUT_KEPT:
+                self._timed_out.popitem(last=False)
         self._timeouts.info(
             "timed-out requests",
             entry.peer or "a peer",
