@@ -792,9 +792,8 @@ class Migrations:
         source, target = failed.source_cell, failed.target_cell
         if self._linked(target) or self._linked(source):
             return
-        record = self._context.view.cells.get(source)
-        pool = self._context.view.compute_pools.get(record.pool) if record else None
-        if pool is None or not pool.failover or not pool.storage:
+        pool = self._failover_pool(source)
+        if pool is None:
             return
         done = self._replans.get(source, 0)
         if done >= FAILOVER_REPLANS:
@@ -825,11 +824,15 @@ class Migrations:
                 self._failover_failed(transit, f"attach instance fail: cell '{name}' disconnected")
         if gracefully:
             return
-        record = self._context.view.cells.get(name)
+        pool = self._failover_pool(name)
+        if pool is not None:
+            self._plan(name, pool)
+
+    def _failover_pool(self, cell: str) -> ComputePool | None:
+        """The Cell's pool when it fails over (failover on, shared storage), else None."""
+        record = self._context.view.cells.get(cell)
         pool = self._context.view.compute_pools.get(record.pool) if record else None
-        if pool is None or not pool.failover or not pool.storage:
-            return
-        self._plan(name, pool)
+        return pool if pool is not None and pool.failover and pool.storage else None
 
     def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
         """The Cell's inventory, taken again by the cell operations, tells what it did."""
