@@ -461,8 +461,9 @@ class Images:
             records = self._records(kind)
             for stored in await self._files.scan(kind):
                 parsed = kind.parse_file_name(stored.name)
-                known = records.get(parsed[0]) if parsed is not None else None
-                if parsed is not None and known is not None and parsed[1] != known.version:
+                if parsed is None or parsed[0] not in records:
+                    continue  # no image of ours: left to a sync, which adopts it
+                if parsed[1] != records[parsed[0]].version:
                     await self._discard_unrecorded(kind, stored.name)
 
     async def _discard_unrecorded(self, kind: ImageKind, name: str) -> None:

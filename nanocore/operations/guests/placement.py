@@ -55,9 +55,13 @@ class Share:
 CAPACITY: ClaimKind[Share] = ClaimKind("capacity of instance", group=lambda share: share.cell)
 
 
+#: The first part of :func:`move_key`'s keys.
+_MOVE = "migration"
+
+
 def move_key(guest: str) -> tuple[str, str]:
     """The key of a guest's capacity claim on the Cell it moves to (migration, failover)."""
-    return ("migration", guest)
+    return (_MOVE, guest)
 
 
 #: ``(pool, group, name)`` from the uniqueness check to the commit of the record.
@@ -415,7 +419,7 @@ class Placement:
             key = claim.key
             if isinstance(key, str):
                 guests.add(key)
-            elif isinstance(key, tuple) and key[0] == "migration":
+            elif isinstance(key, tuple) and key[0] == _MOVE:
                 guests.add(key[1])
         return guests
 
