@@ -106,11 +106,13 @@ class ImageClusterCase(GuestClusterCase):
         """Until such an event about ``guest`` has reached Core and been applied, whether it
         came before this was called or comes after."""
 
+        def about(message: Any) -> Any:  # events name their guest in either of two ways
+            params = message.string_params
+            return params.get(ParamKey.Instance) or params.get(ParamKey.Guest)
+
         def seen() -> bool:
             return any(
-                message.id == message_id
-                and message.success == success
-                and message.string_params.get(ParamKey.Instance) == guest
+                message.id == message_id and message.success == success and about(message) == guest
                 for _, message in self.events.seen
             )
 
@@ -159,6 +161,70 @@ class GuestFromImageTests(ImageClusterCase):
         self.assertNotIn(guest, cell.guests)
         self.assertFalse(cell.disks.path(guest).exists())
         self.assertNotIn(guest, self.store.view.instances)
+
+
+class SystemResetTests(ImageClusterCase):
+    """A system reset's Cell writes the guest's system disk again from the image it downloads,
+    verified against the site's signature as for a creation."""
+
+    creation_time = 0.0
+
+    def progress(self, guest: str) -> list[int]:
+        return [
+            message.uint_params[ParamKey.Progress]
+            for _, message in self.events.seen
+            if message.id == MessageID.GuestUpdatedEvent
+            and message.string_params.get(ParamKey.Instance) == guest
+        ]
+
+    async def reset(self, guest: str, image: str, *, success: bool = True) -> None:
+        await self.ok("PUT", f"/guests/{guest}/system/", {"from_image": image})
+        await self.arrived(MessageID.SystemResetEvent, guest, success=success)
+
+    async def test_the_cell_writes_the_system_disk_from_the_image(self) -> None:
+        guest = await self.created_guest()
+        image = await self.uploaded_image()
+        disk = self.cell_of(guest).disks.path(guest)
+        self.assertFalse(disk.exists())  # a blank guest's disk is the Cell's own
+        await self.reset(guest, image)
+        self.assertEqual(disk.read_bytes(), DISK)
+        self.assertEqual(self.progress(guest), [25, 50, 75])
+        shown = await self.ok("GET", f"/guests/{guest}")
+        self.assertEqual((shown["created"], shown["running"]), (True, False))
+
+    async def test_an_image_that_is_not_what_the_site_signed_fails_and_keeps_the_disk(
+        self,
+    ) -> None:
+        guest = await self.created_guest()
+        image = await self.uploaded_image()
+        await self.reset(guest, image)
+        # The file changes under the catalogue: the SHA-1 the site signs no longer matches.
+        self.folders.path(ImageKind.DISK, image, 1).write_bytes(DISK[::-1])
+        await self.reset(guest, image, success=False)
+        message = await self.refused("GET", f"/guests/{guest}")
+        self.assertEqual(
+            message,
+            f"checksum mismatch: signed {hashlib.sha1(DISK).hexdigest()},"
+            f" got {hashlib.sha1(DISK[::-1]).hexdigest()}",
+        )
+        shown = await self.ok("GET", f"/guests/{guest}")
+        self.assertEqual((shown["created"], shown["running"]), (True, False))
+        disk = self.cell_of(guest).disks.path(guest)
+        self.assertEqual(disk.read_bytes(), DISK)
+        self.assertEqual([p.name for p in disk.parent.iterdir()], [disk.name])
+
+    async def test_a_guest_deleted_during_its_reset_leaves_no_disk(self) -> None:
+        guest = await self.created_guest()
+        image = await self.uploaded_image()
+        cell = self.cell_of(guest)
+        downloads: list[Deferred[Any]] = []
+        reset = cell.disks.reset
+        cell.disks.reset = lambda *args: downloads.append(reset(*args)) or downloads[-1]
+        await self.ok("PUT", f"/guests/{guest}/system/", {"from_image": image})
+        await self.ok("DELETE", f"/guests/{guest}", {})
+        self.assertNotIn(guest, cell.guests)
+        await downloads[0]  # after the Cell's own callbacks on it
+        self.assertEqual(list(cell.disks.folder.iterdir()), [])
 
 
 class CaptureTests(ImageClusterCase):

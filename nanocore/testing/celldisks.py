@@ -1,10 +1,11 @@
 """A simulated Cell's guest disks, moved to and from the image site as a Cell moves them.
 
 A Cell creates a guest from a disk image by downloading it from Core's image site with its
-certificate and checking its SHA-1 against ``Signature`` (cell-protocol.md §5.3), and captures a
+certificate and checking its SHA-1 against ``Signature`` (cell-protocol.md §5.3), writes a
+guest's system disk again from one the same way on a system reset (§5.4), and captures a
 guest's system disk into a new image by uploading it there (``PUT``, parts ``checksum`` then
 ``image``, §5.12). A :class:`~nanocore.testing.fakecell.FakeCell` given :class:`CellDisks` does
-both for real, over :class:`~nanocore.testing.imageclient.CellImageClient`, and keeps each
+all three for real, over :class:`~nanocore.testing.imageclient.CellImageClient`, and keeps each
 guest's system disk as a file of its folder: the image it was cloned from, or else a small
 blank disk of its own. Writes are synchronous: this is a simulator, its disks are small.
 """
@@ -78,7 +79,38 @@ class CellDisks:
     ) -> Deferred[Fetched]:
         """Download ``image_id`` from the site at ``(host, port)`` as the guest's system disk,
         verified against its signature; nothing is kept if it fails."""
+        return self._download(self.path(guest_id), site, image_id, size, progress)
+
+    def reset(
+        self,
+        guest_id: str,
+        site: tuple[str, int],
+        image_id: str,
+        size: int,
+        progress: Callable[[int], object],
+    ) -> Deferred[Fetched]:
+        """Write the guest's system disk again from ``image_id``: downloaded beside it and put
+        in its place once whole and verified, so a reset that fails leaves the disk as it was
+        (a stock Cell writes into the volume and may leave it half-written)."""
         path = self.path(guest_id)
+        incoming = path.with_suffix(".reset")
+        fetching = self._download(incoming, site, image_id, size, progress)
+
+        def replace(fetched: Fetched) -> Fetched:
+            incoming.replace(path)
+            return fetched
+
+        return fetching.addCallback(replace)
+
+    def _download(
+        self,
+        path: Path,
+        site: tuple[str, int],
+        image_id: str,
+        size: int,
+        progress: Callable[[int], object],
+    ) -> Deferred[Fetched]:
+        """``image_id`` into ``path``, verified; removed if the download fails."""
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = path.open("wb")
         fetching = self.client.fetch(*site, image_id, handle.write, percent_steps(size, progress))

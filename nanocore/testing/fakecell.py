@@ -13,9 +13,9 @@ Core's session.
 
 Given :class:`~nanocore.testing.celldisks.CellDisks`, a FakeCell moves image bytes as a Cell
 does: a guest created from a disk image is downloaded from the image site with the Cell's
-certificate and checked against its signature (a mismatch fails the creation), and a disk image
-captured from a guest is uploaded there; progress is reported as the bytes move. Without it,
-both are simulated on the Cell's clock.
+certificate and checked against its signature (a mismatch fails the creation), a system reset
+downloads its image the same way, and a disk image captured from a guest is uploaded there;
+progress is reported as the bytes move. Without it, all three are simulated on the Cell's clock.
 
 Guests' volumes live on the pool's storage as the Cell sees it: on a pool with NFS storage, an
 export of :class:`~nanocore.testing.sharedstorage.SharedStorage` that every FakeCell given the
@@ -943,13 +943,25 @@ class FakeCell:
         return [self._success(request)]
 
     def _reset_system(self, request: Message) -> list[Message]:
-        """Every parameter Core sends is read; progress as for a clone, then the end."""
+        """Every parameter Core sends is read; progress as for a clone, then the end. With
+        disks, the image is downloaded and verified as for a clone, and a failure ends the
+        reset with the reason (the guest keeps its old disk)."""
         guest = self._guest(request, ParamKey.Guest)
-        _require(request.string_params, ParamKey.Image, "string")
-        _require(request.string_params, ParamKey.Host, "string")
-        _require(request.uint_params, ParamKey.Port, "uint")
-        _require(request.uint_params, ParamKey.Size, "uint")
+        s, u = request.string_params, request.uint_params
+        image = _require(s, ParamKey.Image, "string")
+        host = _require(s, ParamKey.Host, "string")
+        port = _require(u, ParamKey.Port, "uint")
+        size = _require(u, ParamKey.Size, "uint")
         guest.move("reset", self._clock.seconds())
+        if self.disks is not None:
+            resetting = self.disks.reset(
+                guest.id, (host, port), image, size, lambda percent: self._progress(guest, percent)
+            )
+            resetting.addCallbacks(
+                lambda _: self._reset_written(guest),
+                lambda failure: self._reset_done(guest, str(failure.value)),
+            )
+            return [self._success(request)]
         for step in range(1, CLONE_STEPS):
             self._schedule(
                 self._creation_time * step / CLONE_STEPS,
@@ -960,11 +972,17 @@ class FakeCell:
         self._schedule(self._creation_time, self._reset_done, guest)
         return [self._success(request)]
 
-    def _reset_done(self, guest: SimulatedGuest) -> None:
+    def _reset_written(self, guest: SimulatedGuest) -> None:
+        if self.guests.get(guest.id) is not guest:  # deleted meanwhile: so is the new disk
+            assert self.disks is not None
+            self.disks.forget(guest.id)
+        self._reset_done(guest)
+
+    def _reset_done(self, guest: SimulatedGuest, failure: str = "") -> None:
         if self.guests.get(guest.id) is not guest:
             return
         guest.move("reset done", self._clock.seconds())
-        error = self.reset_failures.popleft() if self.reset_failures else ""
+        error = failure or (self.reset_failures.popleft() if self.reset_failures else "")
         self._send(
             Message(
                 id=MessageID.SystemResetEvent,
