@@ -940,8 +940,8 @@ class MediaImage:
 
     id: str = field(validator=identifier)
     name: str = field(validator=label)
-    owner: str = field(validator=qualified_name)
-    group: str = field(validator=qualified_name)
+    owner: str = field(validator=optional_name)  #: may be empty, as in Core
+    group: str = field(validator=optional_name)
     description: str = field(default="", validator=text)
     tags: tuple[str, ...] = field(default=(), converter=as_tuple, validator=each(label))
     format: ImageFormat = field(
@@ -968,8 +968,8 @@ class DiskImage:
 
     id: str = field(validator=identifier)
     name: str = field(validator=image_name)
-    owner: str = field(validator=qualified_name)
-    group: str = field(validator=qualified_name)
+    owner: str = field(validator=optional_name)  #: may be empty, as in Core
+    group: str = field(validator=optional_name)
     description: str = field(default="", validator=text)
     tags: tuple[str, ...] = field(default=(), converter=as_tuple, validator=each(label))
     format: ImageFormat = field(

@@ -56,6 +56,23 @@ class CatalogueTests(ImageTestCase):
         found = await self.h.api.get("/disk_image_search/?group=ops&tags=y&tags=x")
         self.assertEqual([item["name"] for item in found.data], ["a", "b"])
 
+    async def test_an_empty_owner_or_group_is_accepted_as_in_core(self) -> None:
+        """A portal account without a group uploads ISOs and captures disks on Nano: Core
+        never checked either for emptiness (api-reference §4.8, §4.9)."""
+        media = await self.h.create("media_images", "tools", group="")
+        disk = await self.h.create("disk_images", "base", owner="", group="")
+        found = await self.h.api.get("/media_image_search/?owner=admin")
+        self.assertEqual([item["id"] for item in found.data], [media])
+        got = await self.h.api.get(f"/disk_images/{disk}")
+        self.assertEqual(got.data["name"], "base")
+        # Seen by nobody's search, as in Core: naming nobody shows nothing.
+        self.assertEqual((await self.h.api.get("/disk_image_search/?group=")).data, [])
+        # Still qualified when given, and still unique within the (empty) group.
+        bad = await self.h.api.post("/media_images/", {"name": "x", "owner": "a b", "group": ""})
+        self.assertEqual(bad.error, "invalid owner name 'a b': illegal char ' '")
+        again = await self.h.api.post("/disk_images/", {"name": "base", "owner": "x"})
+        self.assertEqual(again.error, "disk image 'base' already exists in group ''")
+
     async def test_a_disk_name_with_a_slash_is_refused(self) -> None:
         answer = await self.h.api.post(
             "/disk_images/", {"name": "../etc", "owner": "admin", "group": "ops"}

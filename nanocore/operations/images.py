@@ -276,14 +276,15 @@ class Images:
 
     def check_names(self, kind: ImageKind, spec: ImageSpec, *, keep_empty: bool = False) -> None:
         """The spec's names in the route's words, in Core's order (name, owner, group), before
-        the model sees them; ``keep_empty``: a modify's empty fields keep their value."""
+        the model sees them; ``keep_empty``: a modify's empty fields keep their value. An
+        owner or group may be empty, as in Core (a portal account without a group)."""
         if spec.name or not keep_empty:
             if kind is ImageKind.DISK:
                 check_name("image", spec.name, also=".")  # Core's words
             else:
                 check_label("media image", spec.name)
         for kind_of_name, name in (("owner", spec.owner), ("group", spec.group)):
-            if name or not keep_empty:
+            if name:
                 check_name(kind_of_name, name)
 
     def create(self, kind: ImageKind, spec: ImageSpec, image_id: str = "") -> Deferred[str]:
