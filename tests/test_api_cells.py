@@ -260,6 +260,9 @@ class CellRouteTests(HarnessTestCase):
         self.assertEqual(answer.error, f"cell '{CELL}' not in pool 'local'")
         answer = await self.h.api.delete(f"/compute_pool_cells/nope/{CELL}")
         self.assertEqual(answer.error, "invalid pool 'nope'")
+        # A Cell Core never saw, in Core's words (observed-with-cells.md, without Cells #1).
+        answer = await self.h.api.delete("/compute_pool_cells/shared/Cell_never")
+        self.assertEqual(answer.error, "invalid compute cell 'Cell_never'")
 
     # -- enable / disable / purge -------------------------------------------------------------
 
@@ -310,6 +313,8 @@ class CellRouteTests(HarnessTestCase):
             (await self.h.api.put(f"/compute_pool_cells/nope/{CELL}", {"enable": False})).error,
             "invalid pool 'nope'",
         )
+        never = await self.h.api.put("/compute_pool_cells/shared/Cell_never", {"enable": False})
+        self.assertEqual(never.error, "invalid compute cell 'Cell_never'")
         self.assertEqual(self.h.store.view.cells[CELL], m.ComputeCell(name=CELL, pool="shared"))
 
     # -- get ----------------------------------------------------------------------------------
@@ -372,9 +377,14 @@ class CellRouteTests(HarnessTestCase):
             (await self.h.api.get(f"/compute_pool_cells/local/{CELL}")).error,
             f"cell '{CELL}' not in pool 'local'",
         )
+        # Core's read never looks the pool up (observed-with-cells.md, with Cells #5).
         self.assertEqual(
             (await self.h.api.get(f"/compute_pool_cells/nope/{CELL}")).error,
-            "invalid pool 'nope'",
+            f"cell '{CELL}' not in pool 'nope'",
+        )
+        self.assertEqual(
+            (await self.h.api.get("/compute_pool_cells/shared/Cell_never")).error,
+            "invalid cell 'Cell_never'",
         )
 
     # -- storage paths ------------------------------------------------------------------------

@@ -375,7 +375,7 @@ class CellOperations:
             raise InvalidRequest(f"cell '{cell}' already in pool '{pool}'")
         if record is not None and record.pool:
             raise InvalidRequest(f"cell '{cell}' already allocated")
-        if record is None and cell not in self._presence and self._cells.state(cell) is None:
+        if record is None and not self._seen(cell):
             raise UnknownEntity(f"invalid cell '{cell}'")
         self._require_connected(cell)
         message = self.pool_ready_message(target)
@@ -424,7 +424,7 @@ class CellOperations:
         return self._removals.run(cell, lambda: Deferred.fromCoroutine(self._remove(pool, cell)))
 
     async def _remove(self, pool: str, cell: str) -> None:
-        self._member(pool, cell)
+        self._member(pool, cell, changing=True)
         self._refuse_occupied(cell)
         # From the check to the commit no creation is placed on the Cell (placement asks).
         with self._context.claims.holding(CELL_LEAVING, cell, pool):
@@ -436,7 +436,7 @@ class CellOperations:
             except OperationError:
                 # Guests committed on the Cell meanwhile (its inventory at a rejoin): Nano's
                 # answer on what is committed now, not the store's.
-                self._member(pool, cell)
+                self._member(pool, cell, changing=True)
                 self._refuse_occupied(cell)
                 raise
         self._tell_removed(cell)
@@ -458,7 +458,7 @@ class CellOperations:
         A purge drops every instance of the Cell; it is sent the next time the Cell connects.
         """
         try:
-            record = self._member(pool, cell)
+            record = self._member(pool, cell, changing=True)
             if enable:
                 if purge:
                     raise InvalidRequest("purge applies only when disabling a cell")
@@ -630,12 +630,22 @@ class CellOperations:
             raise UnknownEntity(f"invalid pool '{pool}'")
         return found
 
-    def _member(self, pool: str, cell: str) -> ComputeCell:
-        self._pool(pool)
+    def _member(self, pool: str, cell: str, *, changing: bool = False) -> ComputeCell:
+        """``cell``'s record, refused in Core's words unless it is in ``pool``: the routes
+        that change a membership (``changing``) look the pool up first and call a Cell never
+        seen ``invalid compute cell``; the reads never look the pool up."""
+        if changing:
+            self._pool(pool)
         record = self._context.view.cells.get(cell)
+        if record is None and not self._seen(cell):
+            raise UnknownEntity(f"invalid {'compute cell' if changing else 'cell'} '{cell}'")
         if record is None or record.pool != pool:
             raise InvalidRequest(f"cell '{cell}' not in pool '{pool}'")
         return record
+
+    def _seen(self, cell: str) -> bool:
+        """Linked now, or being watched for: a Cell Core knows without a record."""
+        return cell in self._presence or self._cells.state(cell) is not None
 
     def _require_connected(self, cell: str) -> None:
         if not self.connected(cell):
