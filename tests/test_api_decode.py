@@ -74,6 +74,22 @@ class DecodeTests(SynchronousTestCase):
             "qos.read_speed", self.refused(b'{"qos": {"cpu_priority": "x", "read_speed": -1}}')
         )
 
+    def test_the_last_key_to_reach_a_field_wins_as_in_go(self) -> None:
+        """Go assigns each key in document order to the field of its exact name, else of its
+        name in any case: a later key for the same field overrides an earlier one."""
+        name = lambda raw: BODY.decode(raw)["name"]  # noqa: E731
+        self.assertEqual(name(b'{"name": "a", "NAME": "b"}'), "b")
+        self.assertEqual(name(b'{"NAME": "b", "name": "a"}'), "a")
+        self.assertEqual(name(b'{"name": "a", "Name": "b", "name": "c"}'), "c")
+        self.assertEqual(name(b'{"name": "a", "NAME": null}'), "a")  # null changes nothing
+        self.assertEqual(BODY.decode(b'{"disks": [1, 2], "Disks": [3]}')["disks"], (3,))
+        # An object reaching a field again is decoded over what the first one set.
+        merged = BODY.decode(b'{"qos": {"cpu_priority": "x"}, "QOS": {"read_speed": 5}}')
+        self.assertEqual(merged["qos"], {"cpu_priority": "x", "read_speed": 5})
+        # Fields whose names differ only in case: the exact one, else the first declared.
+        cased = Body((Field("host"), Field("Host")))
+        self.assertEqual(cased.decode(b'{"Host": "x", "HOST": "y"}'), {"host": "y", "Host": "x"})
+
     def test_invalid_utf8_is_replaced_not_refused(self) -> None:
         self.assertEqual(BODY.decode(b'{"name": "a\xffb"}')["name"], "a\ufffdb")
 

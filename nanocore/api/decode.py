@@ -112,7 +112,7 @@ class Body:
                 return self.zero()
             raise DecodeError("EOF")
         try:
-            document = gojson.loads(text, decimals=True, first_value=True)
+            document = gojson.loads(text, pairs=True, decimals=True, first_value=True)
         except gojson.JSONError as error:
             where = "" if error.pos is None else f" at offset {error.pos}"
             raise DecodeError(f"invalid JSON body: {error.msg}{where}") from None
@@ -121,26 +121,26 @@ class Body:
     def zero(self) -> dict[str, Any]:
         return dict(self._zeros)
 
-    def decode_value(self, document: Any, struct: str) -> dict[str, Any]:
+    def decode_value(
+        self, document: Any, struct: str, into: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``document``, an object as its ``(key, value)`` pairs in document order, as Go
+        decodes it: each key goes to the field of its exact name, else of its name in any
+        case, and the last key to reach a field wins (an object reaching one again is decoded
+        over it, ``into``)."""
         if document is None:
-            document = {}
-        if not isinstance(document, dict):
+            document = ()
+        if type(document) is not tuple:
             raise DecodeError(
                 f"json: cannot unmarshal {_json_kind(document)} into Go value of type {struct}"
             )
-        result = self.zero()
-        seen: set[str] = set()
-        for key, value in document.items():
+        result = self.zero() if into is None else into
+        for key, value in document:
             candidates = self._by_lower.get(key.lower())
-            if not candidates:
+            if not candidates or value is None:
                 continue
             target = next((item for item in candidates if item.name == key), candidates[0])
-            if target.name in seen and key != target.name:
-                continue
-            seen.add(target.name)
-            if value is None:
-                continue
-            result[target.name] = _convert(target, value, struct)
+            result[target.name] = _convert(target, value, struct, result[target.name])
         for item in self.fields:
             if item.required and _is_empty(result[item.name]):
                 raise DecodeError(item.missing_message())
@@ -160,7 +160,7 @@ def _json_kind(value: Any) -> str:
         return "number"
     if isinstance(value, list):
         return "array"
-    if isinstance(value, dict):
+    if isinstance(value, tuple):  # an object, as its pairs
         return "object"
     return "null"
 
@@ -179,7 +179,7 @@ def _integer(value: Any, struct: str, item: Field, go_type: str, low: int, high:
     return value
 
 
-def _convert(item: Field, value: Any, struct: str) -> Any:
+def _convert(item: Field, value: Any, struct: str, current: Any) -> Any:
     kind = item.kind
     if kind is Kind.STRING:
         if not isinstance(value, str):
@@ -209,6 +209,8 @@ def _convert(item: Field, value: Any, struct: str) -> Any:
             raise _type_error(value, struct, item, "[]uint64")
         return tuple(_integer(v, struct, item, "uint64", 0, UINT64_MAX) for v in value)
     assert item.body is not None, f"object field {item.name} declares no body"
-    if not isinstance(value, dict):
+    if type(value) is not tuple:
         raise _type_error(value, struct, item, item.body.name)
-    return item.body.decode_value(value, item.body.name)
+    return item.body.decode_value(
+        value, item.body.name, None if current is None else dict(current)
+    )
