@@ -73,6 +73,13 @@ class CatalogueTests(ImageTestCase):
         again = await self.h.api.post("/disk_images/", {"name": "base", "owner": "x"})
         self.assertEqual(again.error, "disk image 'base' already exists in group ''")
 
+    async def test_a_blank_tag_filters_as_in_go(self) -> None:
+        """``tags=`` asks for the tag "", which no image has (Go keeps blank values)."""
+        await self.h.create("disk_images", "a", tags=["x"])
+        self.assertEqual((await self.h.api.get("/disk_image_search/?group=ops&tags=")).data, [])
+        found = await self.h.api.get("/disk_image_search/?group=ops&tags=&tags=x")
+        self.assertEqual([item["name"] for item in found.data], ["a"])
+
     async def test_a_disk_name_with_a_slash_is_refused(self) -> None:
         answer = await self.h.api.post(
             "/disk_images/", {"name": "../etc", "owner": "admin", "group": "ops"}

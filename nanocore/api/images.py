@@ -92,7 +92,7 @@ def _spec(body: Fields) -> ImageSpec:
 
 def _repeated(raw_query: str, key: str) -> list[str]:
     """Every value of a repeated query key (``tags=a&tags=b``), decoded as Go decodes."""
-    return [value for name, value in parse_qsl(raw_query, keep_blank_values=False) if name == key]
+    return [value for name, value in parse_qsl(raw_query, keep_blank_values=True) if name == key]
 
 
 def streamed(ops: Operations, call: Call) -> object:
