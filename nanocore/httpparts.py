@@ -6,11 +6,13 @@
   limits tell a header line from the request line by them, and an upload is routed (and
   refused) from them before its body.
 - The headers as signatures cover them: lower-cased names with their first value.
+- The answer's headers without Twisted's ``Server`` (:class:`UnbrandedRequest`).
 """
 
 from __future__ import annotations
 
 from twisted.web.http import HTTPChannel, Request
+from twisted.web.server import Request as ServerRequest
 
 
 def request_line(channel: HTTPChannel) -> tuple[bytes, bytes] | None:
@@ -30,3 +32,13 @@ def first_headers(request: Request) -> dict[str, str]:
         if values:
             headers[name.decode("latin-1").lower()] = values[0].decode("latin-1")
     return headers
+
+
+class UnbrandedRequest(ServerRequest):
+    """A request answered without the ``Server`` header Twisted sets: Nano's Go servers sent
+    none, and Twisted's names its exact version to whoever asks (a scanner's first question)."""
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self.responseHeaders.removeHeader(b"server")
+        super().write(data)

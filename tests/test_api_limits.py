@@ -81,6 +81,18 @@ class OversizedRequestTests(TestCase):
         )  # fmt: skip
         self.assertEqual(answer.status, 200)
 
+    async def test_answers_name_no_server(self) -> None:
+        """Go's server sent no ``Server`` header; Twisted's names its version to anyone."""
+        answers = [
+            await exchange(self.api.number, VERSION),
+            await self.api.send("GET", "/compute_pools/"),
+            await self.api.send("GET", "/no_such_route/"),
+            await self.api.send("POST", "/compute_pools/p1", b"x" * (2 * DEFAULT_MAX_BODY)),
+        ]
+        self.assertEqual([a.status for a in answers], [200, 200, 404, 413])
+        self.assertEqual([b"server" in a.headers for a in answers], [False] * 4)
+        self.assertIn(b"date", answers[0].headers)  # Twisted's other headers stay
+
 
 class ConnectionCapTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]

@@ -91,6 +91,7 @@ class TLSSiteTests(ImageTestCase):
         response = await http.get(self.url(path), headers=headers)
         self.assertEqual(response.code, 206)
         self.assertEqual(await response.content(), DISK[100:200])
+        self.assertFalse(response.headers.hasHeader(b"server"))  # as Nano's image server
 
     async def test_a_cell_uploads_only_the_disk_image_it_captures(self) -> None:
         """A Cell's certificate is no licence to replace any image (QA: any Cell's could, and

@@ -27,10 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from nanocore.api import envelope
-from nanocore.httpparts import request_line
+from nanocore.httpparts import UnbrandedRequest, request_line
 from nanocore.ratelog import RateLimitedLog
 
 #: Largest request body read.
@@ -54,7 +54,7 @@ def body_too_large(limit: int) -> str:
     return f"request body larger than {limit} bytes"
 
 
-class LimitedRequest(Request):
+class LimitedRequest(UnbrandedRequest):
     """A request that refuses a body above ``max_body`` before buffering it.
 
     Bodies are JSON whatever their ``Content-Type`` says (as in Core), so Twisted's form parsing

@@ -19,10 +19,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Request as ServerRequest
 from twisted.web.server import Site
 
-from nanocore.httpparts import first_headers
+from nanocore.httpparts import UnbrandedRequest, first_headers
 from nanocore.images.transfers import (
     SignatureCheck,
     StreamingChannel,
@@ -139,7 +138,7 @@ class ImageChannel(StreamingChannel):
         super().connectionLost(reason)
 
 
-class ImageRequest(StreamingMixin, ServerRequest):
+class ImageRequest(StreamingMixin, UnbrandedRequest):
     """Uploads stream; any other body above :data:`MAX_OTHER_BODY` is refused unread."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
