@@ -213,18 +213,41 @@ class SystemResetTests(ImageClusterCase):
         self.assertEqual(disk.read_bytes(), DISK)
         self.assertEqual([p.name for p in disk.parent.iterdir()], [disk.name])
 
-    async def test_a_guest_deleted_during_its_reset_leaves_no_disk(self) -> None:
-        guest = await self.created_guest()
-        image = await self.uploaded_image()
+
+class DeletedWhileFetchingTests(ImageClusterCase):
+    """A guest deleted while its Cell downloads its system disk leaves no disk behind."""
+
+    creation_time = 0.0
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        self.downloads: list[Deferred[Any]] = []  # each ends after its Cell's callbacks
+        for cell in self.cells.values():
+            fetch = cell.disks.fetch
+            cell.disks.fetch = lambda *args, fetch=fetch: self.started(fetch(*args))
+
+    def started(self, download: Deferred[Any]) -> Deferred[Any]:
+        self.downloads.append(download)
+        return download
+
+    async def assert_no_disk_after_delete(self, guest: str) -> None:
         cell = self.cell_of(guest)
-        downloads: list[Deferred[Any]] = []
-        reset = cell.disks.reset
-        cell.disks.reset = lambda *args: downloads.append(reset(*args)) or downloads[-1]
-        await self.ok("PUT", f"/guests/{guest}/system/", {"from_image": image})
         await self.ok("DELETE", f"/guests/{guest}", {})
         self.assertNotIn(guest, cell.guests)
-        await downloads[0]  # after the Cell's own callbacks on it
+        (download,) = self.downloads
+        await download
         self.assertEqual(list(cell.disks.folder.iterdir()), [])
+
+    async def test_during_its_creation(self) -> None:
+        image = await self.uploaded_image()
+        answer = await self.ok("POST", "/guests/", self.guest_body(from_image=image), status=202)
+        await self.assert_no_disk_after_delete(answer["id"])
+
+    async def test_during_its_reset(self) -> None:
+        guest = await self.created_guest()
+        image = await self.uploaded_image()
+        await self.ok("PUT", f"/guests/{guest}/system/", {"from_image": image})
+        await self.assert_no_disk_after_delete(guest)
 
 
 class CaptureTests(ImageClusterCase):

@@ -69,7 +69,7 @@ class CellDisks:
             raise ValueError(f"not a guest id: {guest_id!r}")
         return self.folder / f"{guest_id}.qcow2"
 
-    def clone(
+    def fetch(
         self,
         guest_id: str,
         site: tuple[str, int],
@@ -77,48 +77,22 @@ class CellDisks:
         size: int,
         progress: Callable[[int], object],
     ) -> Deferred[Fetched]:
-        """Download ``image_id`` from the site at ``(host, port)`` as the guest's system disk,
-        verified against its signature; nothing is kept if it fails."""
-        return self._download(self.path(guest_id), site, image_id, size, progress)
-
-    def reset(
-        self,
-        guest_id: str,
-        site: tuple[str, int],
-        image_id: str,
-        size: int,
-        progress: Callable[[int], object],
-    ) -> Deferred[Fetched]:
-        """Write the guest's system disk again from ``image_id``: downloaded beside it and put
-        in its place once whole and verified, so a reset that fails leaves the disk as it was
-        (a stock Cell writes into the volume and may leave it half-written)."""
+        """Download ``image_id`` from the site at ``(host, port)`` as the guest's system disk
+        (a creation's clone, a system reset): written beside it, verified against the site's
+        signature, and put in its place only once whole, so a failure leaves the disk as it
+        was, or absent (a stock Cell writes into the volume and may leave it half-written)."""
         path = self.path(guest_id)
-        incoming = path.with_suffix(".reset")
-        fetching = self._download(incoming, site, image_id, size, progress)
-
-        def replace(fetched: Fetched) -> Fetched:
-            incoming.replace(path)
-            return fetched
-
-        return fetching.addCallback(replace)
-
-    def _download(
-        self,
-        path: Path,
-        site: tuple[str, int],
-        image_id: str,
-        size: int,
-        progress: Callable[[int], object],
-    ) -> Deferred[Fetched]:
-        """``image_id`` into ``path``, verified; removed if the download fails."""
+        incoming = path.with_suffix(".incoming")
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle = path.open("wb")
+        handle = incoming.open("wb")
         fetching = self.client.fetch(*site, image_id, handle.write, percent_steps(size, progress))
 
         def closed(outcome: Fetched | Failure) -> Fetched | Failure:
             handle.close()
             if isinstance(outcome, Failure):
-                path.unlink(missing_ok=True)
+                incoming.unlink(missing_ok=True)
+            else:
+                incoming.replace(path)
             return outcome
 
         return fetching.addBoth(closed)

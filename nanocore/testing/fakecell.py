@@ -695,9 +695,7 @@ class FakeCell:
         guest.default_accept = request.bool_params.get(ParamKey.Action, True)
         self.guests[guest_id] = self.volumes[guest_id] = guest
         if cloning and self.disks is not None:
-            self._clone(
-                guest, s[ParamKey.Image], s[ParamKey.Host], u[ParamKey.Port], u[ParamKey.Size]
-            )
+            self._fetch_disk(guest, request, self._created, self._creation_failed)
             return [self._not_yet(request, guest_id)]
         steps = CLONE_STEPS if cloning else 1
         for step in range(1, steps):
@@ -715,17 +713,34 @@ class FakeCell:
             bool_params={ParamKey.Enable: False},
         )
 
-    def _clone(self, guest: SimulatedGuest, image: str, host: str, port: int, size: int) -> None:
-        """Download the image as the guest's system disk; created once it is whole and its
-        SHA-1 is the site's signature, else the creation fails with the reason."""
+    def _fetch_disk(
+        self,
+        guest: SimulatedGuest,
+        request: Message,
+        done: Callable[[SimulatedGuest], None],
+        failed: Callable[[SimulatedGuest, str], None],
+    ) -> None:
+        """Download the image ``request`` names as the guest's system disk (a clone, a
+        reset), verified against the site's signature, telling its progress; then ``done``, or
+        ``failed`` with the reason. A guest deleted meanwhile hears of neither, and its new
+        disk goes with it."""
         assert self.disks is not None
-        cloning = self.disks.clone(
-            guest.id, (host, port), image, size, lambda percent: self._progress(guest, percent)
+        disks, s, u = self.disks, request.string_params, request.uint_params
+        fetching = disks.fetch(
+            guest.id,
+            (s[ParamKey.Host], u[ParamKey.Port]),
+            s[ParamKey.Image],
+            u[ParamKey.Size],
+            lambda percent: self._progress(guest, percent),
         )
-        cloning.addCallbacks(
-            lambda _: self._created(guest),
-            lambda failure: self._creation_failed(guest, str(failure.value)),
-        )
+
+        def fetched(_: object) -> None:
+            if self.guests.get(guest.id) is not guest:
+                disks.forget(guest.id)
+            else:
+                done(guest)
+
+        fetching.addCallbacks(fetched, lambda failure: failed(guest, str(failure.value)))
 
     def _progress(self, guest: SimulatedGuest, percent: int) -> None:
         if self.guests.get(guest.id) is not guest:
@@ -947,20 +962,13 @@ class FakeCell:
         disks, the image is downloaded and verified as for a clone, and a failure ends the
         reset with the reason (the guest keeps its old disk)."""
         guest = self._guest(request, ParamKey.Guest)
-        s, u = request.string_params, request.uint_params
-        image = _require(s, ParamKey.Image, "string")
-        host = _require(s, ParamKey.Host, "string")
-        port = _require(u, ParamKey.Port, "uint")
-        size = _require(u, ParamKey.Size, "uint")
+        _require(request.string_params, ParamKey.Image, "string")
+        _require(request.string_params, ParamKey.Host, "string")
+        _require(request.uint_params, ParamKey.Port, "uint")
+        _require(request.uint_params, ParamKey.Size, "uint")
         guest.move("reset", self._clock.seconds())
         if self.disks is not None:
-            resetting = self.disks.reset(
-                guest.id, (host, port), image, size, lambda percent: self._progress(guest, percent)
-            )
-            resetting.addCallbacks(
-                lambda _: self._reset_written(guest),
-                lambda failure: self._reset_done(guest, str(failure.value)),
-            )
+            self._fetch_disk(guest, request, self._reset_done, self._reset_done)
             return [self._success(request)]
         for step in range(1, CLONE_STEPS):
             self._schedule(
@@ -971,12 +979,6 @@ class FakeCell:
             )
         self._schedule(self._creation_time, self._reset_done, guest)
         return [self._success(request)]
-
-    def _reset_written(self, guest: SimulatedGuest) -> None:
-        if self.guests.get(guest.id) is not guest:  # deleted meanwhile: so is the new disk
-            assert self.disks is not None
-            self.disks.forget(guest.id)
-        self._reset_done(guest)
 
     def _reset_done(self, guest: SimulatedGuest, failure: str = "") -> None:
         if self.guests.get(guest.id) is not guest:
