@@ -163,14 +163,17 @@ class FakeDirectory:
         self.sent.append((name, message))
 
     def expect_back(
-        self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE
+        self,
+        groups: Mapping[str, Collection[str]],
+        within: float = REJOIN_GRACE,
+        departed: Collection[str] = (),
     ) -> None:
         def presume_lost(name: str) -> None:
             self.events += 1
             for observer in list(self.observers):
                 observer.cell_disconnected(name, False)
 
-        self.rejoin = RejoinWatch(self.clock, groups, presume_lost)
+        self.rejoin = RejoinWatch(self.clock, groups, presume_lost, departed)
         for name in self.linked:
             self.rejoin.linked(name)
         self.rejoin.start(within)

@@ -330,6 +330,21 @@ class DirectoryContract:
         self.assertEqual(len(self.heard.seen), 3)
         self.assertFalse(self.watching())
 
+    def test_a_departed_cell_is_not_expected_but_shows_its_pool_back(self: Any) -> None:
+        """Cells that said goodbye are never presumed lost; one linking again starts the
+        grace of its pool's others as any Cell of the pool does."""
+        self.directory.expect_back(
+            {"shared": ["Cell_a", "Cell_b", "Cell_c"], "other": ["Cell_o"]},
+            60.0,
+            departed=["Cell_a", "Cell_c", "Cell_o"],
+        )
+        self.advance(120.0)
+        self.assertEqual(self.heard.seen, [])
+        self.driver.connect("Cell_a", "127.0.0.5")
+        self.advance(60.0)
+        self.assertEqual(self.heard.seen[1:], [("disconnected", "Cell_b", False)])
+        self.assertFalse(self.watching())
+
     def test_a_cell_that_linked_and_left_is_not_presumed_again(self: Any) -> None:
         self.directory.expect_back({"shared": ["Cell_a", "Cell_b"]}, 60.0)
         self.driver.connect("Cell_a", "127.0.0.5")

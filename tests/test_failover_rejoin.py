@@ -216,6 +216,23 @@ class LostWhileCoreWasDownTests(RejoinCase):
         world.wait(REJOIN_GRACE)
         self.assertEqual({world.instance(g).cell for g in self.guests} - {B, C}, set())
 
+    def test_a_cell_back_after_its_goodbye_shows_its_pool_is_back(self) -> None:
+        """The Cells of a pool: one stopped on purpose, another died while Core was down.
+        The first back is a sign its pool is, as any other Cell's return: the dead one is
+        judged and its guests failed over to it."""
+        world = self.world
+        world.directory.disconnect(B, gracefully=True)
+        world.directory.disconnect(C, gracefully=True)
+        world.clock.advance(0)
+        world.cells[A].guests.clear()  # A died with Core
+        world.restart()
+        world.wait(REJOIN_GRACE)
+        world.connect(B)
+        world.wait(2 * REJOIN_GRACE)
+        self.assertEqual({r.source_cell for r in world.failovers()}, {A})
+        self.assertEqual({world.instance(g).cell for g in self.guests}, {B})
+        self.assertTrue(world.store.view.cells[C].enabled)  # said goodbye: not presumed lost
+
 
 class LostWithoutFailoverTests(RejoinCase):
     failover = False

@@ -163,9 +163,14 @@ class CellDirectory(Interface):
         may have changed, by an event or by time passing (answers derived from them are
         kept while it stands)."""
 
-    def expect_back(groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE) -> None:
-        """The Cells Core knew before it started, by group (their pools), are to link again;
-        see :class:`RejoinWatch` for when one that does not is presumed lost."""
+    def expect_back(
+        groups: Mapping[str, Collection[str]],
+        within: float = REJOIN_GRACE,
+        departed: Collection[str] = (),
+    ) -> None:
+        """The Cells Core knew before it started, by group (their pools), are to link again,
+        but those ``departed`` (which only tell, by linking, that their group is back); see
+        :class:`RejoinWatch` for when one that does not is presumed lost."""
 
     def request(name: str, message: Message, **kw: Any) -> Deferred[Message]:
         """A transaction with the Cell; fails with :class:`CellUnavailable` if it is unlinked."""
@@ -185,6 +190,8 @@ class RejoinWatch:
     (its pool) linked again. Until one of a pool's Cells is back, Core cannot tell dead Cells
     from a whole cluster still booting or a network that does not carry their links yet, and
     waits; the grace from the first one back leaves its siblings, booting beside it, as long.
+    Cells ``departed`` (that said goodbye) are not expected, but one linking again shows its
+    group is back as any other does.
     """
 
     log = Logger()
@@ -194,10 +201,13 @@ class RejoinWatch:
         clock: IReactorTime,
         groups: Mapping[str, Collection[str]],
         presume_lost: Callable[[str], None],
+        departed: Collection[str] = (),
     ) -> None:
         self._clock = clock
-        self._groups = {group: set(names) for group, names in groups.items() if names}
-        self._group_of = {name: group for group, names in self._groups.items() for name in names}
+        self._group_of = {name: group for group, names in groups.items() for name in names}
+        gone = set(departed)
+        expected = {group: set(names) - gone for group, names in groups.items()}
+        self._groups = {group: names for group, names in expected.items() if names}
         #: When the first Cell of each group linked since start, and which did since.
         self._first_back: dict[str, float] = {}
         self._back: dict[str, str] = {}
@@ -397,7 +407,10 @@ class CellRegistry:
         self._transactions.flush_log()
 
     def expect_back(
-        self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE
+        self,
+        groups: Mapping[str, Collection[str]],
+        within: float = REJOIN_GRACE,
+        departed: Collection[str] = (),
     ) -> None:
         """Watch the Cells Core knew before it started (:class:`RejoinWatch`); one presumed
         lost is told to the observers as a link lost without goodbye."""
@@ -407,7 +420,7 @@ class CellRegistry:
         def presume_lost(name: str) -> None:
             self._notify(lambda observer: observer.cell_disconnected(name, False))
 
-        self._rejoin = RejoinWatch(self._clock, groups, presume_lost)
+        self._rejoin = RejoinWatch(self._clock, groups, presume_lost, departed)
         for name in self._cells:  # linked before this watch began
             self._rejoin.linked(name)
         self._rejoin.start(within)

@@ -109,7 +109,10 @@ class NoLinks:
         raise CellUnavailable(f"cell {name!r} is not connected")
 
     def expect_back(
-        self, groups: Mapping[str, Collection[str]], within: float = REJOIN_GRACE
+        self,
+        groups: Mapping[str, Collection[str]],
+        within: float = REJOIN_GRACE,
+        departed: Collection[str] = (),
     ) -> None:
         """No Cell links here, so none is ever presumed lost: a pool none of whose Cells is
         back waits (``RejoinWatch``)."""
@@ -262,10 +265,8 @@ class CellOperations:
         groups: dict[str, list[str]] = {}
         for cell in view.cells.values():
             if cell.pool:
-                group = groups.setdefault(cell.pool, [])
-                if cell.name not in view.departed_cells:
-                    group.append(cell.name)
-        self._cells.expect_back(groups)
+                groups.setdefault(cell.pool, []).append(cell.name)
+        self._cells.expect_back(groups, departed=view.departed_cells.keys())
 
     def members(self, pool: str) -> list[ComputeCell]:
         """The persisted cells of ``pool``, sorted by name."""
