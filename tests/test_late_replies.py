@@ -16,9 +16,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from nanocore import model as m
-from nanocore.cluster.message import MessageID
+from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Fault
+from nanocore.testing.guests import SimulatedGuest
 from tests.guestfixtures import TIMEOUT, GiB, GuestClusterCase
 
 
@@ -89,6 +90,50 @@ class LateReplyTests(GuestClusterCase):
             self.cell_clock.advance(TIMEOUT + 1)
             await self.ops.cells.storage_paths(pool, cell.name)
         self.assertEqual(self.pool_pushes(cell.name), 2)  # its joining, and the refresh asked
+
+    async def test_a_rejoin_answered_late_takes_that_inventory(self) -> None:
+        """A Cell back on a slow link answers its pool push after the timeout: that answer
+        is its inventory, and its guests are no longer lost (they stayed lost, the Cell
+        linked and reporting, until its next link)."""
+        guest = await self.created()
+        name = self.store.view.instances[guest].cell
+        cell, pool = self.cells[name], self.store.view.instances[guest].pool
+        cell.inject(MessageID.ComputePoolReadyEvent, Fault(delay=TIMEOUT + 1))
+        pushed = cell.until_received(MessageID.ComputePoolReadyEvent)
+        linked = self.events.until_available(name)
+        cell.drop_link()
+        await linked
+        await pushed
+        self.core_clock.advance(TIMEOUT)  # the rejoin gives up
+        await self.store.commit(UnitOfWork(()))
+        self.assertTrue(self.store.view.instances[guest].lost)
+        pushes = self.pool_pushes(name)
+        self.cell_clock.advance(TIMEOUT + 1)
+        await self.ops.cells.storage_paths(pool, name)  # the late answer has been read
+        await self.store.commit(UnitOfWork(()))
+        self.assertFalse(self.store.view.instances[guest].lost)
+        self.assertEqual(self.pool_pushes(name), pushes)  # and nothing asked again
+
+    async def test_a_late_answer_to_an_add_that_timed_out_adopts_nothing(self) -> None:
+        """The add left the Cell out of the pool: the guests its late answer names stay
+        unknown to Core."""
+        name = sorted(self.cells)[0]
+        pool = self.store.view.cells[name].pool
+        await self.ok("DELETE", f"/compute_pool_cells/{pool}/{name}")
+        cell = self.cells[name]
+        cell.guests["stray"] = SimulatedGuest(id="stray", name="team.stray")
+        cell.inject(MessageID.ComputePoolReadyEvent, Fault(delay=TIMEOUT + 1))
+        pushed = cell.until_received(MessageID.ComputePoolReadyEvent)
+        adding = Deferred.fromCoroutine(self.refused("POST", f"/compute_pool_cells/{pool}/{name}"))
+        await pushed
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual(await adding, "wait cell ready timeout")
+        self.cell_clock.advance(TIMEOUT + 1)
+        query = Message(id=MessageID.QueryCellStorageRequest, string_params={ParamKey.Cell: name})
+        await self.cluster.registry.request(name, query)  # the late answer is read by then
+        await self.store.commit(UnitOfWork(()))
+        self.assertNotIn("stray", self.store.view.instances)
+        self.assertNotIn(name, self.store.view.cells)
 
     async def test_a_late_refusal_asks_for_nothing(self) -> None:
         guest = await self.created()

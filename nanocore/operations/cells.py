@@ -160,11 +160,8 @@ class _Presence:
 
 
 def _reads_only(message_id: int) -> bool:
-    """A request that changes nothing on the Cell (a query, or the pool push that takes its
-    inventory: a late answer to one taken after a late reply would ask for another)."""
-    return message_id == MessageID.ComputePoolReadyEvent or message_name(message_id).startswith(
-        ("Get", "Query")
-    )
+    """A request that changes nothing on the Cell: a late answer to it asks for nothing."""
+    return message_name(message_id).startswith(("Get", "Query"))
 
 
 @implementer(CellObserver, CellMonitor)
@@ -544,6 +541,9 @@ class CellOperations:
         what the Cell holds (one at a time per Cell; replies meanwhile ask for one more)."""
         if not reply.success or _reads_only(request.id):
             return
+        if request.id == MessageID.ComputePoolReadyEvent:
+            self._late_inventory(name, request, reply)
+            return
         if name in self._refreshing:
             self._refreshing[name] = True
             return
@@ -559,6 +559,19 @@ class CellOperations:
         refreshing = self.refresh(name)
         refreshing.addErrback(self._logged, "taking its inventory after a late reply", name)
         refreshing.addBoth(done)
+
+    def _late_inventory(self, name: str, request: Message, reply: Message) -> None:
+        """A pool push answered late carries the inventory a rejoin or a refresh waited for:
+        taken as it would have been in time (else a linked Cell's guests stayed lost until its
+        next link), while the Cell is in that pool (an add that timed out left it out); it
+        asks for nothing more, or a slow Cell would be asked again for as long as it is slow."""
+        record = self._context.view.cells.get(name)
+        pool = request.string_params.get(ParamKey.Pool, "")
+        if record is None or not pool or record.pool != pool or record.purge_pending:
+            return
+        self.log.info("{name} answered its pool push late: taking that inventory", name=name)
+        taking = self.take_inventory(name, pool, reply)
+        taking.addErrback(self._logged, "taking its inventory from a late reply", name)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         """Its guests are marked lost by the guest operations (each in its turn). A goodbye
