@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import weakref
 from typing import Any
 
@@ -101,7 +102,7 @@ class SettingsTests(SynchronousTestCase):
         settings = {name: getattr(arq, name) for name in ("mtu", "mss", "snd_wnd", "rcv_wnd")}
         self.assertEqual(settings, {"mtu": 1392, "mss": 1368, "snd_wnd": 32, "rcv_wnd": 32})
         normal = {name: getattr(arq, name) for name in ("nodelay_", "interval", "nocwnd")}
-        self.assertEqual(normal, {"nodelay_": 0, "interval": 100, "nocwnd": 0})
+        self.assertEqual(normal, {"nodelay_": 2, "interval": 100, "nocwnd": 0})
         self.assertEqual((arq.rx_minrto, arq.fastresend, arq.stream), (100, 0, 0))  # type: ignore[attr-defined]
         self.assertEqual(MSS, 1368)
 
@@ -165,6 +166,26 @@ class ExchangeTests(SynchronousTestCase):
                     pair.clock.advance(0.005)
                 self.assertLess(pair.clock.scheduled, 100)
                 self.assertLess(len(pair.sent["a"]), 12)  # RTO backoff: a handful of resends
+
+    def test_resends_back_off_linearly_as_kcp_gos(self) -> None:
+        """kcp-go adds to a segment's timeout at each resend where C ikcp's normal mode
+        doubles it: after a 12 s outage Core must be heard again within about a second and a
+        half, not six (a stock Cell drops a link silent for 15-20 s)."""
+        pair = Pair()
+        pair.a.write_frame(b'{"id":1}')
+        pair.settle()
+        pair.cut.add("a")
+        pair.a.write_frame(b'{"id":2}')
+        sent, resends = len(pair.sent["a"]), []
+        while pair.clock.seconds() < 15.0:
+            pair.clock.advance(0.01)
+            if len(pair.sent["a"]) > sent:
+                sent = len(pair.sent["a"])
+                resends.append(pair.clock.seconds())
+        gaps = [b - a for a, b in itertools.pairwise(resends)]
+        steps = {round(b - a, 2) for a, b in itertools.pairwise(gaps)}
+        self.assertLessEqual(max(steps), 0.07)  # grows by a steady step, half the RTO
+        self.assertLessEqual(max(b for a, b in zip(resends, gaps, strict=False) if a < 12.0), 1.5)
 
     def test_send_errors_count_as_loss(self) -> None:
         clock = Clock()

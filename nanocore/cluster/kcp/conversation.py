@@ -2,7 +2,13 @@
 
 The ARQ is C ikcp through ``siokcp`` (sans-io), set up as kcp-go sets up its sessions
 (cell-protocol.md §2.2): mss 1368 so that a datagram with the FEC header is 1400 bytes, windows
-32/32, normal mode (``nodelay(0, 100, 0, 0)``, congestion control on), message mode. What KCP
+32/32, normal mode (``nodelay(0, 100, 0, 0)``: 100 ms interval and least RTO, congestion control
+on), message mode. One thing C ikcp's normal mode does otherwise: it doubles a segment's RTO at
+each resend, where kcp-go adds the current RTO, so after an outage of a few seconds Core would
+stay silent for as long again, past a stock Cell's 15-20 s limit. C ikcp's ``nodelay`` field 2
+(set alone, the least RTO staying kcp-go's 100 ms) grows it linearly by half the current RTO,
+and sends a segment the first time with kcp-go's timeout (no extra eighth): the nearest C ikcp
+comes to kcp-go, resending a little more often. What KCP
 wants sent is wrapped as a data shard (:mod:`.fec`); what it delivers is a stream of pieces
 gathered into JSON documents (:mod:`.framing`) and handed to the session as frames.
 
@@ -50,6 +56,8 @@ MSS = KCP_MTU - SEGMENT_HEADER_SIZE
 WINDOW = 32
 #: KCP's internal flush interval in ms (kcp-go's default, normal mode).
 INTERVAL_MS = 100
+#: C ikcp's ``nodelay`` value whose resends back off linearly, as kcp-go's normal mode does.
+LINEAR_BACKOFF = 2
 #: kcp-go never reads or sends a datagram above this (``mtuLimit``); larger ones are refused.
 MAX_DATAGRAM_SIZE = 1500
 
@@ -134,6 +142,9 @@ class _ARQ(Protocol):
 
     def setmtu(self, mtu: int) -> int: ...
     def wndsize(self, sndwnd: int, rcvwnd: int) -> int: ...
+
+    nodelay_: int
+
     def nodelay(self, nodelay: int, interval: int, resend: int, nc: int) -> int: ...
     def receive_data(self, data: bytes) -> int: ...
     def next_event(self) -> bytes | None: ...
@@ -170,6 +181,7 @@ def new_arq(conv: int, output: Callable[[bytes], int], now_ms: int) -> _ARQ:
     arq.wndsize(WINDOW, WINDOW)
     arq.rcv_wnd = WINDOW  # ikcp_wndsize never goes below C's default of 128; kcp-go uses 32
     arq.nodelay(0, INTERVAL_MS, 0, 0)
+    arq.nodelay_ = LINEAR_BACKOFF  # the field alone: see the module's docstring
     arq.stream = 0
     arq.update(now_ms)  # starts KCP's clock: flush() does nothing before the first update
     return arq
