@@ -225,6 +225,32 @@ class FloodTests(SynchronousTestCase):
         fabric.settle()
         self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
 
+    def test_malformed_openings_take_no_share_of_the_budget(self) -> None:
+        """One sender's junk openings (a length that lies) are refused before they cost an
+        opening: a Cell dialing meanwhile links at once (QA pass 9, finding 3)."""
+        fabric = KCPFabric(openings_per_second=10, opening_burst=20)
+        junk = shard(segment(7, data=b"{", length=900))
+        for _ in range(1_000):
+            fabric.network.inject(("10.6.6.6", 6000), CORE_ADDRESS, junk)
+        self.assertEqual(fabric.endpoint.conversations, {})
+        self.assertIn("malformed opening", self.observer[-1]["log_format"])
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
+
+    def test_a_malformed_opening_does_not_end_the_conversation_of_its_address(self) -> None:
+        fabric = KCPFabric()
+        fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        fabric.settle()
+        live = fabric.endpoint.conversations[ADDRESS_A]
+        junk = shard(segment(0xBAD, data=b"{", length=900))
+        fabric.network.inject(ADDRESS_A, CORE_ADDRESS, junk)
+        self.assertIs(fabric.endpoint.conversations[ADDRESS_A], live)
+        self.assertFalse(live.released)
+        d = fabric.registry.request(CELL_A, storage_request(CELL_A))
+        fabric.settle()
+        self.assertEqual(self.successResultOf(d).id, MessageID.QueryCellStorageResponse)
+
     def test_conversations_are_bounded(self) -> None:
         fabric = KCPFabric(conversations=2)
         fabric.dial(CELL_A, ADDRESS_A)

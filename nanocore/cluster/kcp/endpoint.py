@@ -148,7 +148,22 @@ class KCPEndpoint(DatagramProtocol):
             # while Core is closing every conversation.
             self.dropped += 1
             return
+        # The opening is read before it costs anything: junk takes no share of the openings
+        # budget, and cannot end the conversation of the address it claims to come from.
+        opening = KCPConversation(
+            head.conv,
+            peer,
+            self._clock,
+            partial(self._write, peer),
+            self._forget,
+            self._limits,
+        )
+        if not opening.accepts(payload):
+            opening.abort()
+            self._drop("malformed KCP openings", "malformed opening segment from {peer}", peer)
+            return
         if not self._openings.take():
+            opening.abort()
             self._drop(
                 "KCP openings over the rate",
                 "new conversation from {peer}: too many openings",
@@ -164,28 +179,17 @@ class KCPEndpoint(DatagramProtocol):
             )
             conversation.abort()
         if not self._has_room():
+            opening.abort()
             self._drop(
                 "KCP openings beyond the peer limit",
                 "new conversation from {peer}: too many peers",
                 peer,
             )
             return
-        conversation = KCPConversation(
-            head.conv,
-            peer,
-            self._clock,
-            partial(self._write, peer),
-            self._forget,
-            self._limits,
-        )
-        if not conversation.accepts(payload):
-            conversation.abort()
-            self._drop("malformed KCP openings", "malformed opening segment from {peer}", peer)
-            return
-        self.conversations[peer] = conversation
-        self._pending.add(conversation)
-        self._attach(conversation)
-        conversation.deliver()
+        self.conversations[peer] = opening
+        self._pending.add(opening)
+        self._attach(opening)
+        opening.deliver()
 
     def _has_room(self) -> bool:
         if len(self.conversations) >= self._limits.conversations:
