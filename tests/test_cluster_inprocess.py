@@ -173,6 +173,7 @@ class FabricCases:
 
         cell = self.cluster.add_cell("Cell_back", locate=locate, reconnect_delay=0.05)
         first = await cell.connected()
+        await self.cluster.waiter.until_reported({"Cell_back"})  # Core has it too by then
         core_side = self.cluster.registry.link("Cell_back")
         assert core_side is not None
         dropped = self.cluster.waiter.until_disconnected("Cell_back")
@@ -380,7 +381,7 @@ class GuestCases:
         events = EventWaiter()
         cluster.registry.subscribe(events)
         cell = cluster.add_cell("Cell_guests", creation_time=0.05)
-        await cell.connected()
+        await cluster.waiter.until_reported({"Cell_guests"})
 
         def create(guest: str) -> Deferred[Message]:
             return cluster.registry.request("Cell_guests", create_guest_request(guest))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -12,9 +14,11 @@ from zope.interface.verify import verifyObject
 from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.kcp.conversation import KCPConversation
 from nanocore.cluster.kcp.dialer import KCPDialer
+from nanocore.cluster.kcp.fec import DataShards
 from nanocore.cluster.kcp.link import NameGuard
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey, encode
 from nanocore.cluster.transport import (
+    CLOSE_GRACE,
     DISCONNECT_AFTER,
     KEEPALIVE_INTERVAL,
     LOST_AFTER,
@@ -148,7 +152,7 @@ class NameTakeoverTests(SynchronousTestCase):
         self.assertEqual(self.fabric.registry.address(CELL), ADDRESS[0])
         self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
         self.assertNotIn(OTHER_ADDRESS, self.fabric.endpoint.conversations)
-        assert impostor.link is None or not impostor.link.connected
+        self.assertIsNot(self.fabric.registry.link(CELL), impostor.link)
         self.assertTrue(any("is linked from" in str(e.get("reason", "")) for e in self.observer))
         d = self.fabric.registry.request(CELL, storage_request(CELL))
         self.fabric.settle()
@@ -171,6 +175,23 @@ class NameTakeoverTests(SynchronousTestCase):
         self.assertEqual(self.fabric.endpoint.conversations[(ADDRESS[0], 40999)].session, link)
         self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
 
+    def test_a_spoofed_claim_from_the_cells_own_address_takes_nothing(self) -> None:
+        """One datagram with the Cell's address as its source and a handshake in its name:
+        Core's answer goes to the real address, whose owner never acknowledges it, so the
+        claim is never handed on (it took the name at once: QA pass 9, finding 4)."""
+        live = self.fabric.registry.link(CELL)
+        handshake = encode(opened_event(CELL, ServiceType.CELL))
+        spoofed = DataShards().wrap(struct.pack("<IBBHIIII", 0x5B00F, 81, 0, 32, 0, 0, 0,
+                                                len(handshake)) + handshake)  # fmt: skip
+        self.fabric.network.inject((ADDRESS[0], 40999), CORE_ADDRESS, spoofed)
+        self.fabric.run(5.0)
+        self.assertIs(self.fabric.registry.link(CELL), live)
+        d = self.fabric.registry.request(CELL, storage_request(CELL))
+        self.fabric.settle()
+        self.assertEqual(self.successResultOf(d).sender, CELL)
+        self.fabric.run(DISCONNECT_AFTER + CLOSE_GRACE)  # it ends as any silent link does
+        self.assertNotIn((ADDRESS[0], 40999), self.fabric.endpoint.conversations)
+
 
 class NameGuardTests(SynchronousTestCase):
     """The guard alone, over recorded links."""
@@ -180,6 +201,11 @@ class NameGuardTests(SynchronousTestCase):
             self.name, self.address, self.verified = name, address, verified
             self.connected = True
             self.errors: list[str] = []
+            self.wire = self  # its own KCP conversation, for the guard
+            self.acknowledged: Deferred[None] = succeed(None)
+
+        def when_acknowledged(self) -> Deferred[None]:
+            return self.acknowledged
 
         def protocol_error(self, reason: str) -> None:
             self.errors.append(reason)
@@ -206,6 +232,32 @@ class NameGuardTests(SynchronousTestCase):
         )
         self.assertEqual(handler.messages, [])
         self.assertEqual((guard.refused, len(second.errors)), (1, 1))
+
+    def test_a_live_link_is_replaced_once_its_claimant_acknowledged_the_handshake(self) -> None:
+        handler = RecordingHandler()
+        holders: dict[str, Any] = {CELL: self.Link(CELL, "10.0.0.1")}
+        guard = NameGuard(handler, holders.get)
+        claim = self.Link(CELL, "10.0.0.1")
+        claim.acknowledged = Deferred()
+        guard.link_connected(claim)  # type: ignore[arg-type]
+        guard.message_received(claim, Message(id=1))  # type: ignore[arg-type]
+        guard.link_lost(claim)  # type: ignore[arg-type]
+        self.assertEqual((handler.events, handler.messages), ([], []))
+        claim.acknowledged.callback(None)
+        self.assertEqual(handler.events, [("connected", CELL, "10.0.0.1")])
+        # A claim gone before it proved anything is never heard of.
+        gone = self.Link(CELL, "10.0.0.1")
+        gone.acknowledged = Deferred()
+        guard.link_connected(gone)  # type: ignore[arg-type]
+        gone.connected = False
+        guard.link_closed(gone, False)  # type: ignore[arg-type]
+        gone.acknowledged.callback(None)
+        self.assertEqual(len(handler.events), 1)
+        # A name nobody holds is handed on at once (a Cell linking for the first time).
+        first = self.Link(OTHER, "10.0.0.2")
+        first.acknowledged = Deferred()
+        guard.link_connected(first)  # type: ignore[arg-type]
+        self.assertEqual(handler.events[-1], ("connected", OTHER, "10.0.0.2"))
 
     def test_a_claim_never_takes_a_name_a_certificate_holds(self) -> None:
         """From the same address too: any process on a TLS Cell's host could claim its name

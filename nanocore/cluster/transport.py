@@ -209,6 +209,11 @@ class LinkSession:
         return self._wire.address
 
     @property
+    def wire(self) -> FrameWire:
+        """The wire below: a TLS connection's framing, or a KCP conversation."""
+        return self._wire
+
+    @property
     def verified(self) -> bool:
         """Whether the peer's name is its certificate's (TLS), not only its claim (KCP)."""
         return self._identify is not None

@@ -222,6 +222,7 @@ class KCPConversation:
         self._abort_call: IDelayedCall | None = None
         self._closing = False
         self._waiters: list[Deferred[None]] | None = []
+        self._unacknowledged: list[Deferred[None]] = []
         self.session: LinkSession | None = None
         #: Datagrams dropped unread because the peer sent faster than its budget.
         self.over_budget = 0
@@ -277,6 +278,17 @@ class KCPConversation:
         self._waiters.append(d)
         return d
 
+    def when_acknowledged(self) -> Deferred[None]:
+        """Fires once the peer has acknowledged everything sent so far: it proves that the
+        peer receives at the address it sends from, which a spoofed source cannot (never
+        fires if the conversation ends first)."""
+        arq = self._arq
+        if arq is not None and arq.waitsnd() == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._unacknowledged.append(d)
+        return d
+
     # -- driven by the socket's owner ---------------------------------------------------------
 
     def accepts(self, payload: bytes) -> bool:
@@ -291,6 +303,10 @@ class KCPConversation:
             self.refused += 1
             return False
         self._flush_soon()  # ACKs, and window updates once the pieces are read
+        if self._unacknowledged and arq.waitsnd() == 0:
+            waiting, self._unacknowledged = self._unacknowledged, []
+            for d in waiting:
+                d.callback(None)
         return True
 
     def deliver(self) -> None:
@@ -384,6 +400,7 @@ class KCPConversation:
             return
         arq.send_cb = _discard
         self._outbox.clear()
+        self._unacknowledged = []
         for call in (self._flush_call, self._tick_call, self._abort_call):
             if call is not None and call.active():
                 call.cancel()

@@ -6,12 +6,14 @@ whichever wire it came on. What differs is identity: a stock Cell has no certifi
 name is the one it claims in its ``ConnectionOpenedEvent`` (cell-protocol.md §2.6). Because that
 claim is unauthenticated, :class:`NameGuard` refuses a claim of a name that is linked from
 another address while that link is alive, so a second host cannot take over a Cell's name, and
-any claim of a name a live TLS link holds by its certificate, whatever the address.
+any claim of a name a live TLS link holds by its certificate, whatever the address; a claim
+from the same address replaces the live link only once its peer has shown it receives there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 from weakref import WeakSet
 
 from twisted.internet.interfaces import IReactorTime
@@ -35,10 +37,13 @@ class NameGuard:
     A link whose claimed name is held by a live link from another address is dropped as soon
     as its handshake completes; the handler never hears of it. A claim from the same address
     (the Cell dialing again from a new port after a restart) is the Cell reconnecting and
-    replaces its old link, as over TLS; unless that link's name is its certificate's: a claim
-    proves nothing against it (any process on the Cell's host could make one), so the name
-    stays with the certificate until its link is gone (a Cell that really changed to a stock
-    one gets it at the TLS link's disconnect, 15 s of silence at most).
+    replaces its old link, as over TLS, but only once the claimant has acknowledged Core's
+    answer to its handshake: a restarted Cell does so within its flush interval, while one
+    datagram with the Cell's address as a spoofed source never can, and took the name at once.
+    A claim never replaces a link whose name is its certificate's: it proves nothing against
+    it (any process on the Cell's host could make one), so the name stays with the certificate
+    until its link is gone (a Cell that really changed to a stock one gets it at the TLS link's
+    disconnect, 15 s of silence at most).
     """
 
     log = Logger()
@@ -47,19 +52,37 @@ class NameGuard:
         self._handler = handler
         self._current_link = current_link
         self._refused: WeakSet[LinkSession] = WeakSet()
+        #: Claims of a live link's name whose peer has yet to acknowledge Core's handshake.
+        self._proving: WeakSet[LinkSession] = WeakSet()
         #: Handshakes refused because the name was held from another address.
         self.refused = 0
 
     def link_connected(self, link: LinkSession) -> None:
         holder = self._current_link(link.name)
-        if holder is not None and holder is not link:
-            if holder.address != link.address:
-                self._refuse(link, f"name {link.name!r} is linked from {holder.address}")
-                return
-            if holder.verified:
-                self._refuse(link, f"name {link.name!r} is held by its certificate's TLS link")
-                return
-        self._handler.link_connected(link)
+        if holder is None or holder is link:
+            self._handler.link_connected(link)
+        elif not self._refuses(link, holder):
+            self._proving.add(link)
+            wire = cast(KCPConversation, link.wire)
+            wire.when_acknowledged().addCallback(lambda _: self._proven(link))
+
+    def _proven(self, link: LinkSession) -> None:
+        self._proving.discard(link)
+        if not link.connected:
+            return  # gone meanwhile: the handler never heard of it
+        holder = self._current_link(link.name)
+        if holder is None or holder is link or not self._refuses(link, holder):
+            self._handler.link_connected(link)
+
+    def _refuses(self, link: LinkSession, holder: CellLink) -> bool:
+        """Whether ``link`` is refused the name ``holder`` holds (then it is dropped)."""
+        if holder.address != link.address:
+            self._refuse(link, f"name {link.name!r} is linked from {holder.address}")
+            return True
+        if holder.verified:
+            self._refuse(link, f"name {link.name!r} is held by its certificate's TLS link")
+            return True
+        return False
 
     def _refuse(self, link: LinkSession, reason: str) -> None:
         self.refused += 1
@@ -67,19 +90,19 @@ class NameGuard:
         link.protocol_error(reason)
 
     def message_received(self, link: LinkSession, message: Message) -> None:
-        if link not in self._refused:
+        if link not in self._refused and link not in self._proving:
             self._handler.message_received(link, message)
 
     def link_lost(self, link: LinkSession) -> None:
-        if link not in self._refused:
+        if link not in self._refused and link not in self._proving:
             self._handler.link_lost(link)
 
     def link_recovered(self, link: LinkSession) -> None:
-        if link not in self._refused:
+        if link not in self._refused and link not in self._proving:
             self._handler.link_recovered(link)
 
     def link_closed(self, link: LinkSession, gracefully: bool) -> None:
-        if link not in self._refused:
+        if link not in self._refused and link not in self._proving:
             self._handler.link_closed(link, gracefully)
 
 
