@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -158,6 +158,19 @@ class NameTakeoverTests(SynchronousTestCase):
         self.fabric.settle()
         self.assertEqual(self.successResultOf(d).sender, CELL)
 
+    def test_refused_claims_are_logged_once_per_source_and_never_as_connected(self) -> None:
+        """A Cell whose name another host holds dials again and again: each refusal was two
+        lines ("connected", then "dropping"), for as long as it kept trying."""
+        for port in range(5):
+            self.fabric.dial(CELL, (OTHER_ADDRESS[0], 41000 + port))
+            self.fabric.settle()
+        lines = [formatEvent(e) for e in self.observer]
+        refusals = [line for line in lines if "is linked from" in line]
+        self.assertEqual(len(refusals), 1)
+        claims = [line for line in lines if f"({OTHER_ADDRESS[0]}) connected" in line]
+        self.assertEqual(claims, [])
+        self.assertEqual(self.fabric.registry.address(CELL), ADDRESS[0])
+
     def test_the_name_is_free_again_once_its_link_is_gone(self) -> None:
         self.fabric.cells[CELL].close()
         self.fabric.settle()
@@ -207,7 +220,7 @@ class NameGuardTests(SynchronousTestCase):
         def when_acknowledged(self) -> Deferred[None]:
             return self.acknowledged
 
-        def protocol_error(self, reason: str) -> None:
+        def refuse(self, reason: str) -> None:
             self.errors.append(reason)
 
     def test_the_guard_is_a_link_handler(self) -> None:

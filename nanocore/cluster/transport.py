@@ -266,20 +266,32 @@ class LinkSession:
 
     def protocol_error(self, reason: str) -> None:
         """The peer broke the framing or the message format: drop only this link."""
+        # Before the handshake, anyone who can reach the port can cause this at will.
+        handshaking = self.state is LinkState.HANDSHAKING
+        self._drop(reason, "dropped handshakes" if handshaking else None)
+
+    def refuse(self, reason: str) -> None:
+        """Core will not give the peer the name it claims (another link holds it): drop this
+        link. Anyone can make a claim, so it is logged per source, as a dropped handshake."""
+        self._drop(reason, "refused name claims")
+
+    def _drop(self, reason: str, per_source: str | None) -> None:
+        """Drop the link, logged once a minute per source and ``per_source`` kind if named."""
         if self.state is LinkState.CLOSED:
             return
-        if self.state is LinkState.HANDSHAKING and self._noise is not None:
-            # Anyone who can reach the port can cause this at will: rate-limited per source.
+        name = self.name or "(unnamed)"
+        if per_source is not None and self._noise is not None:
             self._noise.warn(
-                "dropped handshakes",
+                per_source,
                 self.address,
-                "dropping link (unnamed) ({source}): {reason}",
+                "dropping link {name} ({source}): {reason}",
+                name=name,
                 reason=reason,
             )
         else:
             self.log.warn(
                 "dropping link {name} ({address}): {reason}",
-                name=self.name or "(unnamed)",
+                name=name,
                 address=self.address,
                 reason=reason,
             )
@@ -352,8 +364,11 @@ class LinkSession:
         self._cancel_watchdog()
         self._watchdog = self._clock.callLater(LOST_AFTER, self._watch)
         self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
-        self.log.info("link {name} ({address}) connected", name=self.name, address=self.address)
         self._handler.link_connected(self)
+        if self.connected:  # not refused the name it claims
+            self.log.info(
+                "link {name} ({address}) connected", name=self.name, address=self.address
+            )
 
     def _handshake_expired(self) -> None:
         self._watchdog = None

@@ -87,7 +87,7 @@ class NameGuard:
     def _refuse(self, link: LinkSession, reason: str) -> None:
         self.refused += 1
         self._refused.add(link)
-        link.protocol_error(reason)
+        link.refuse(reason)
 
     def message_received(self, link: LinkSession, message: Message) -> None:
         if link not in self._refused and link not in self._proving:
