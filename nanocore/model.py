@@ -906,6 +906,22 @@ class DepartedCell:
 
 
 @frozen
+class StaleCopy:
+    """A guest failed over away from ``cell`` while that Cell was lost: the Cell may still
+    hold a copy, which it is told to let go of when it links again, even once the guest is
+    deleted (adopted back, it would undo the delete and every change since the failover).
+    Kept until the Cell's inventory no longer lists the guest, or lists it as its own again.
+    """
+
+    cell: str = field(validator=qualified_name)
+    guest: str = field(validator=identifier)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.cell, self.guest)
+
+
+@frozen
 class PendingError:
     """A guest's asynchronous failure, told once by the next ``GET /guests/:id`` (§2.2 #16).
 
@@ -1087,6 +1103,7 @@ ENTITY_TYPES: tuple[type, ...] = (
     BatchTask,
     PendingError,
     DepartedCell,
+    StaleCopy,
 )
 
 Entity = (
@@ -1106,4 +1123,5 @@ Entity = (
     | BatchTask
     | PendingError
     | DepartedCell
+    | StaleCopy
 )

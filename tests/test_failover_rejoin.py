@@ -27,6 +27,7 @@ from nanocore.cluster.cells import REJOIN_GRACE
 from nanocore.cluster.message import Message, MessageID
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import GuestSpec
+from nanocore.operations.guests.reconcile import _copies_let_go
 from nanocore.operations.migrations import FAILOVER_REPLANS
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
@@ -232,6 +233,52 @@ class LostWhileCoreWasDownTests(RejoinCase):
         self.assertEqual({r.source_cell for r in world.failovers()}, {A})
         self.assertEqual({world.instance(g).cell for g in self.guests}, {B})
         self.assertTrue(world.store.view.cells[C].enabled)  # said goodbye: not presumed lost
+
+
+class CopiesLeftOnALostCellTests(RejoinCase):
+    """A Cell lost without goodbye (a hung host, a partition) may still hold the guests
+    failed over away from it when it links again."""
+
+    def test_a_guest_deleted_after_its_failover_is_not_adopted_back(self) -> None:
+        world = self.world
+        world.directory.disconnect(A, gracefully=False)  # hung: it keeps its guests
+        world.wait(2)
+        deleted, kept = self.guests
+        self.assertTrue(all(world.instance(g).cell != A for g in self.guests))
+        self.assertEqual(set(world.store.view.stale_copies), {(A, deleted), (A, kept)})
+        world.ops.guests.delete(deleted)
+        world.clock.advance(0)
+        self.assertNotIn(deleted, world.store.view.instances)
+        self.assertEqual(set(world.cells[A].guests), {deleted, kept})
+        world.connect(A)
+        world.wait(2)
+        # Told to let go of both, the deleted one too (it was adopted back, undeleted).
+        self.assertNotIn(deleted, world.store.view.instances)
+        self.assertEqual(set(world.cells[A].guests), set())
+        self.assertNotEqual(world.instance(kept).cell, A)
+        # Its next inventory lists neither: nothing is left to tell it.
+        world.ops.cells.refresh(A)
+        world.clock.advance(0)
+        self.assertEqual(dict(world.store.view.stale_copies), {})
+
+    def test_a_cell_removed_from_its_pool_takes_its_copies_along(self) -> None:
+        """A dead host taken out of the pool: nothing is left to tell it."""
+        world = self.world
+        world.directory.disconnect(A, gracefully=False)
+        world.wait(2)
+        self.assertEqual(len(world.store.view.stale_copies), 2)
+        removing = world.ops.cells.remove("p", A)
+        world.clock.advance(0)
+        self.successResultOf(removing)
+        self.assertEqual(dict(world.store.view.stale_copies), {})
+
+    def test_a_copy_is_forgotten_once_gone_or_the_cells_own_again(self) -> None:
+        copies = [m.StaleCopy(A, "g1"), m.StaleCopy(A, "g2"), m.StaleCopy(A, "g3"),
+                  m.StaleCopy(B, "g1")]  # fmt: skip
+        here = m.Instance(id="g2", name="vm", owner="o", group="g", pool="p", cell=A,
+                          cores=1, memory=GiB, disks=(GiB,))  # fmt: skip
+        gone = _copies_let_go(copies, {"g2": here}, A, reported={"g2", "g3"})
+        self.assertEqual([change.key for change in gone], [(A, "g1"), (A, "g2")])
 
 
 class LostWithoutFailoverTests(RejoinCase):

@@ -372,6 +372,6 @@ class ImageAndTaskTests(ValidationErrorMixin, SynchronousTestCase):
         )
 
     def test_every_entity_has_a_key(self) -> None:
-        self.assertEqual(len(m.ENTITY_TYPES), 16)
+        self.assertEqual(len(m.ENTITY_TYPES), 17)
         for kind in m.ENTITY_TYPES:
             self.assertTrue(isinstance(getattr(kind, "key", None), property), kind)

@@ -132,6 +132,7 @@ def samples() -> list[Any]:
         ),
         m.PendingError(id="i-failed", error="cell timeout", cell="Cell_525400aabbcc"),
         m.DepartedCell(name="Cell_525400aabbcc"),
+        m.StaleCopy(cell="Cell_525400aabbcc", guest=GUEST_ID),
     ]
 
 

@@ -35,7 +35,7 @@ from nanocore.cluster.cells import (
 from nanocore.cluster.message import Message, MessageID, ParamKey, message_name
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
-from nanocore.model import ComputeCell, ComputePool, DepartedCell, Instance
+from nanocore.model import ComputeCell, ComputePool, DepartedCell, Instance, StaleCopy
 from nanocore.operations.base import Context
 from nanocore.operations.claims import ClaimKind, Turns
 from nanocore.operations.errors import (
@@ -427,9 +427,11 @@ class CellOperations:
         # From the check to the commit no creation is placed on the Cell (placement asks).
         with self._context.claims.holding(CELL_LEAVING, cell, pool):
             try:
+                view = self._context.view
                 gone: list[Change] = [Delete(ComputeCell, cell)]
-                if cell in self._context.view.departed_cells:
+                if cell in view.departed_cells:
                     gone.append(Delete(DepartedCell, cell))
+                gone.extend(Delete(StaleCopy, key) for key in view.stale_copies if key[0] == cell)
                 await self._context.commit(*gone)
             except OperationError:
                 # Guests committed on the Cell meanwhile (its inventory at a rejoin): Nano's

@@ -75,6 +75,7 @@ from nanocore.model import (
     InstanceStatus,
     Migration,
     MigrationKind,
+    StaleCopy,
     StorageType,
 )
 from nanocore.operations.base import Context
@@ -569,6 +570,8 @@ class Migrations:
                     moved = evolve(
                         instance, cell=cell, migrating=False, lost=False, internal=internal
                     )
+                    if record.kind is MigrationKind.FAILOVER:  # its lost Cell may hold a copy
+                        changes.append(Put(StaleCopy(record.source_cell, guest)))
                 else:
                     moved = evolve(instance, migrating=False, lost=True)
                 changes.append(Put(moved))

@@ -157,3 +157,7 @@ class ReadModel:
     @property
     def departed_cells(self) -> Mapping[str, m.DepartedCell]:
         return self._views[m.DepartedCell]
+
+    @property
+    def stale_copies(self) -> Mapping[tuple[str, str], m.StaleCopy]:
+        return self._views[m.StaleCopy]

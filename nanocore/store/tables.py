@@ -562,6 +562,17 @@ DEPARTED_CELL = Table(
     describe_key=_quoted,
 )
 
+STALE_COPY = Table(
+    kind=m.StaleCopy,
+    name="stale_copy",
+    description="stale copy",
+    key_columns=("cell", "guest"),
+    columns=("cell", "guest"),
+    to_row=lambda c: (c.cell, c.guest),
+    from_row=lambda r: m.StaleCopy(*r),
+    describe_key=lambda k: f"of guest '{k[1]}' on cell '{k[0]}'",
+)
+
 #: Every table, in an order where referenced tables come before referencing ones.
 TABLES: tuple[Table, ...] = (
     ZONE,
@@ -580,6 +591,7 @@ TABLES: tuple[Table, ...] = (
     BATCH_TASK,
     PENDING_ERROR,
     DEPARTED_CELL,
+    STALE_COPY,
 )
 
 BY_KIND: dict[type, Table] = {table.kind: table for table in TABLES}

@@ -32,7 +32,7 @@ Everything changes in one commit; claims and orphan deletions follow it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from attrs import evolve
 from twisted.logger import Logger
@@ -41,12 +41,12 @@ from twisted.python.failure import Failure
 from nanocore.addresses import plain_address
 from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from nanocore.model import AddressAllocation, Instance, InstanceStatus, PendingError
+from nanocore.model import AddressAllocation, Instance, InstanceStatus, PendingError, StaleCopy
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.events import GuestEvents, settle
 from nanocore.operations.guests.placement import ADDRESS, GUEST_NAME, Placement
 from nanocore.operations.inventory import Reconciliation, read_inventory
-from nanocore.store import Change, Insert, Put
+from nanocore.store import Change, Delete, Insert, Put
 
 log = Logger()
 
@@ -54,6 +54,22 @@ log = Logger()
 LOST_WHILE_CREATING = "cell '{cell}' lost the guest while creating it"
 #: The pending error of a reset whose guest the Cell no longer holds after it came back.
 LOST_WHILE_RESETTING = "cell '{cell}' lost the guest while resetting its system"
+
+
+def _copies_let_go(
+    copies: Collection[StaleCopy],
+    instances: Mapping[str, Instance],
+    cell: str,
+    reported: Collection[str],
+) -> list[Change]:
+    """The stale copies ``cell`` no longer holds, or holds as its own again (a guest moved
+    back to it): nothing is left to tell it of them."""
+    return [
+        Delete(StaleCopy, copy.key)
+        for copy in copies
+        if copy.cell == cell
+        and (copy.guest not in reported or getattr(instances.get(copy.guest), "cell", "") == cell)
+    ]
 
 
 def lacked(instance: Instance) -> Instance:
@@ -116,6 +132,8 @@ class Reconciler:
                 continue  # left to its migration
             if known is not None and self._elsewhere(known, cell):
                 stale.append(instance.id)
+            elif known is None and (cell, instance.id) in view.stale_copies:
+                stale.append(instance.id)  # failed over away from this Cell, deleted since
             elif known is None and pending is not None and pending.cell == cell:
                 orphans.append(instance.id)
             elif known is None:
@@ -146,6 +164,7 @@ class Reconciler:
         for pending in view.pending_errors.values():
             if pending.cell == cell and pending.id not in reported and not busy(pending.id):
                 changes.extend(settle(pending))
+        changes.extend(_copies_let_go(view.stale_copies.values(), view.instances, cell, reported))
 
         def after() -> None:
             self._events.inventory_lacks(cell, released)
@@ -173,8 +192,9 @@ class Reconciler:
 
     def _detach_stale(self, cell: str, guests: list[str]) -> None:
         """Ask ``cell`` to let go of its copies of guests now served by other Cells."""
-        log.warn("{cell} holds {count} instance(s) now on other cells ({guests}); detaching "
-                 "them there", cell=cell, count=len(guests), guests=", ".join(guests))  # fmt: skip
+        log.warn("{cell} holds {count} instance(s) now on other cells or deleted since they "
+                 "left it ({guests}); detaching them there", cell=cell, count=len(guests),
+                 guests=", ".join(guests))  # fmt: skip
         request = Message(
             id=MessageID.DetachInstanceRequest, string_array_params={ParamKey.Instance: guests}
         )
