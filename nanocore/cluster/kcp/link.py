@@ -89,20 +89,24 @@ class NameGuard:
         self._refused.add(link)
         link.refuse(reason)
 
+    def _hidden(self, link: LinkSession) -> bool:
+        """Whether the handler never heard of ``link`` (refused, or proving its address)."""
+        return link in self._refused or link in self._proving
+
     def message_received(self, link: LinkSession, message: Message) -> None:
-        if link not in self._refused and link not in self._proving:
+        if not self._hidden(link):
             self._handler.message_received(link, message)
 
     def link_lost(self, link: LinkSession) -> None:
-        if link not in self._refused and link not in self._proving:
+        if not self._hidden(link):
             self._handler.link_lost(link)
 
     def link_recovered(self, link: LinkSession) -> None:
-        if link not in self._refused and link not in self._proving:
+        if not self._hidden(link):
             self._handler.link_recovered(link)
 
     def link_closed(self, link: LinkSession, gracefully: bool) -> None:
-        if link not in self._refused and link not in self._proving:
+        if not self._hidden(link):
             self._handler.link_closed(link, gracefully)
 
 

@@ -64,11 +64,15 @@ def _copies_let_go(
 ) -> list[Change]:
     """The stale copies ``cell`` no longer holds, or holds as its own again (a guest moved
     back to it): nothing is left to tell it of them."""
+
+    def its_own(guest: str) -> bool:
+        instance = instances.get(guest)
+        return instance is not None and instance.cell == cell
+
     return [
         Delete(StaleCopy, copy.key)
         for copy in copies
-        if copy.cell == cell
-        and (copy.guest not in reported or getattr(instances.get(copy.guest), "cell", "") == cell)
+        if copy.cell == cell and (copy.guest not in reported or its_own(copy.guest))
     ]
 
 
