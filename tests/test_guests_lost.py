@@ -11,6 +11,8 @@ starting or stopping it is refused with the reason rather than relayed to a Cell
 from __future__ import annotations
 
 from attrs import evolve
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 
 from nanocore import model as m
 from nanocore.cluster.message import MessageID
@@ -65,6 +67,21 @@ class LostRunningGuestTests(GuestClusterCase):
         self.assertEqual(
             self.store.view.instances[again].internal.assigned_address, "172.16.0.10/24"
         )
+
+    async def test_on_shared_storage_the_volumes_left_behind_are_said(self) -> None:
+        """Deleting asks no Cell, so nothing removes the guest's volumes from a pool's shared
+        storage: the operator is told which guest's were left there."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        await self.store.commit(UnitOfWork.of(
+            Put(m.StoragePool(name="nfs", host="192.0.2.9", target="/export")),
+            Put(evolve(self.store.view.compute_pools["netted"], storage="nfs")),
+        ))  # fmt: skip
+        guest = await self.lost_while_running()
+        await self.ok("DELETE", f"/guests/{guest}", {})
+        said = [formatEvent(e) for e in events if "came back without" in e["log_format"]]
+        self.assertEqual(len(said), 1)
+        self.assertIn(guest, said[0])
+        self.assertIn("storage pool 'nfs'", said[0])
 
     async def test_a_batch_deletes_it(self) -> None:
         lost = await self.lost_while_running()

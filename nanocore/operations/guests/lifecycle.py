@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanocore.cluster.cells import CellDirectory
@@ -40,6 +41,8 @@ from nanocore.operations.imagesite import ImageSiteLocator, media_site, no_image
 from nanocore.operations.inventory import Reconciliation
 from nanocore.scheduler import Scheduler
 from nanocore.store import Change, Delete, Put
+
+log = Logger()
 
 #: ``Option`` of ``StartInstanceRequest``: boot as configured, or from a media image.
 BOOT_DISK, BOOT_MEDIA = 0, 1
@@ -138,7 +141,8 @@ class GuestOperations:
             instance = self.access.instance(instance_id)
             if self.events.came_back_without(instance) and not instance.migrating:
                 # Nothing is left to ask a Cell, whatever the record says of running.
-                return self._forget(instance_id, lost=True)
+                forgetting = self._forget(instance_id, lost=True)
+                return forgetting.addCallback(lambda _: self._volumes_left(instance))
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
             refuse_migrating(instance)
@@ -162,6 +166,18 @@ class GuestOperations:
             return self.access.forgetting(instance) if instance is not None else []
 
         return self.access.change(instance_id, decide)
+
+    def _volumes_left(self, instance: Instance) -> None:
+        """A guest deleted asking no Cell leaves its volumes wherever they are: on a pool's
+        shared storage, which every Cell of it mounts, say so, for the operator to remove."""
+        pool = self._context.view.compute_pools.get(instance.pool)
+        if pool is not None and pool.storage:
+            log.warn(
+                "deleted {guest} ({name}), which cell '{cell}' came back without, asking no "
+                "cell: its volumes, if any are left on storage pool '{storage}', stay there",
+                guest=instance.id, name=instance.full_name, cell=instance.cell,
+                storage=pool.storage,
+            )  # fmt: skip
 
     def _refuse_lost(self, instance: Instance) -> None:
         """A guest on no Cell can be neither started nor stopped (its Cell would answer
