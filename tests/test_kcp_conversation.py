@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import struct
 import weakref
 from typing import Any
 
@@ -12,8 +13,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from nanocore.cluster.kcp.conversation import (
+    CMD_ACK,
+    CMD_PUSH,
     DATAGRAM_SIZE,
     DEFAULT_LIMITS,
+    MAX_UNPROVEN_SENDS,
     MSS,
     KCPConversation,
     Limits,
@@ -34,7 +38,12 @@ class RecordingSession:
         self.state = LinkState.CONNECTED
         self.frames: list[bytes] = []
         self.errors: list[str] = []
+        self.refusals: list[str] = []
         self.wire_gone = False
+
+    def refuse(self, reason: str) -> None:
+        self.refusals.append(reason)
+        self.state = LinkState.CLOSED
 
     def frame_received(self, frame: bytes) -> None:
         self.frames.append(frame)
@@ -204,6 +213,81 @@ class ExchangeTests(SynchronousTestCase):
         clock.advance(1.0)
         self.assertEqual(len(sent), 1)  # sent again by KCP's retransmission
         conversation.abort()
+
+
+def heads(datagrams: list[bytes]) -> list[tuple[int, int, int]]:
+    """``(cmd, ts, sn)`` of the first segment of each datagram."""
+    found = []
+    for datagram in datagrams:
+        payload = data_payload(datagram)
+        assert payload is not None
+        cmd, _, _, ts, sn = struct.unpack_from("<BBHII", payload, 4)
+        found.append((cmd, ts, sn))
+    return found
+
+
+class ProofTests(SynchronousTestCase):
+    """A peer shows that it receives at its address by what only a receiver could echo."""
+
+    def test_acknowledging_what_it_received_proves_the_peer(self) -> None:
+        pair = Pair()
+        proven = pair.a.when_proven()
+        self.assertNoResult(proven)
+        pair.a.write_frame(b'{"id":1}')
+        pair.settle()
+        self.successResultOf(proven)
+        self.assertTrue(pair.a.proven)
+        self.successResultOf(pair.a.when_proven())
+
+    def test_each_conversation_stamps_its_segments_from_its_own_random_start(self) -> None:
+        pair = Pair()
+        pair.a.write_frame(b'{"id":1}')
+        pair.b.write_frame(b'{"id":1}')
+        pair.settle()
+        (cmd_a, ts_a, _), (cmd_b, ts_b, _) = heads(pair.sent["a"])[0], heads(pair.sent["b"])[0]
+        self.assertEqual((cmd_a, cmd_b), (CMD_PUSH, CMD_PUSH))
+        self.assertNotEqual(ts_a, ts_b)  # same clock, same moment: unguessable from outside
+
+    def test_a_forged_acknowledgement_ends_the_conversation(self) -> None:
+        pair = Pair()
+        pair.cut.add("a")  # b, the real peer, never sees a's segment
+        proven = pair.a.when_proven()
+        pair.a.write_frame(b'{"id":1}')
+        pair.settle()
+        _, ts, sn = heads(pair.sent["a"])[0]
+        una_only = struct.pack("<IBBHIIII", 7, 83, 0, 32, 0, 0, sn + 1, 0)  # WASK, una past it
+        self.assertTrue(pair.a.accepts(una_only))
+        self.assertNoResult(proven)  # ``una`` is predictable: it proves nothing
+        forged = struct.pack("<IBBHIIII", 7, CMD_ACK, 0, 32, ts + 1, sn, sn + 1, 0)
+        self.assertFalse(pair.a.accepts(forged))
+        self.assertNoResult(proven)
+        self.assertEqual(len(pair.session_a.refusals), 1)
+        self.assertIn("never sent", pair.session_a.refusals[0])
+
+    def test_nothing_is_delivered_while_the_proof_is_awaited_and_nothing_lost(self) -> None:
+        pair = Pair()
+        pair.b.when_proven()  # b has sent nothing yet, so a cannot have acknowledged it
+        pair.a.write_frame(b'{"id":1}')
+        pair.a.write_frame(b'{"id":2}')
+        pair.settle()
+        self.assertEqual(pair.session_b.frames, [])
+        self.assertTrue(pair.b.handshaking)  # counted with the handshakes meanwhile
+        pair.b.write_frame(b'{"id":3}')
+        pair.settle()
+        self.assertEqual(pair.session_b.frames, [b'{"id":1}', b'{"id":2}'])
+        self.assertFalse(pair.b.handshaking)
+
+    def test_a_peer_that_acknowledges_nothing_is_dropped_at_the_unproven_limit(self) -> None:
+        """What bounds the stamps kept (each resend is stamped anew) whoever drives it; on
+        Core the claim's deadline and the link's silence end such a peer long before."""
+        pair = Pair()
+        pair.cut.add("a")
+        pair.a.write_frame(b'{"id":1}')
+        while not pair.a.released and pair.clock.seconds() < 20_000:
+            pair.clock.advance(1.0)
+        self.assertTrue(pair.a.released)
+        self.assertEqual(len(pair.sent["a"]), MAX_UNPROVEN_SENDS)  # the next one is not sent
+        self.assertIn("acknowledged none", pair.session_a.errors[0])
 
 
 class BoundsTests(SynchronousTestCase):

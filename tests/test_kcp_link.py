@@ -6,19 +6,19 @@ import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from nanocore.cluster.cells import CellLiveness
-from nanocore.cluster.kcp.conversation import KCPConversation
+from nanocore.cluster.kcp.conversation import CMD_ACK, CMD_PUSH, KCPConversation
 from nanocore.cluster.kcp.dialer import KCPDialer
 from nanocore.cluster.kcp.fec import DataShards
-from nanocore.cluster.kcp.link import NameGuard
+from nanocore.cluster.kcp.link import PROOF_TIMEOUT, NameGuard
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey, encode
 from nanocore.cluster.transport import (
-    CLOSE_GRACE,
     DISCONNECT_AFTER,
     KEEPALIVE_INTERVAL,
     LOST_AFTER,
@@ -34,6 +34,21 @@ from tests.test_transport import RecordingHandler
 
 CELL, ADDRESS = "Cell_5254001a2b3c", ("10.0.0.20", 40001)
 OTHER, OTHER_ADDRESS = "Cell_5254001a2b3d", ("10.0.0.21", 40002)
+CMD_WASK = 83
+SPOOFED_CONV = 0x5B00F
+
+
+def segment(cmd: int, *, ts: int = 0, sn: int = 0, una: int = 0, data: bytes = b"") -> bytes:
+    """One KCP segment of the spoofer's conversation."""
+    header = struct.pack(
+        "<IBBHIIII", SPOOFED_CONV, cmd, 0, 32, ts & 0xFFFFFFFF, sn, una, len(data)
+    )
+    return header + data
+
+
+def opening(name: str) -> bytes:
+    """The first segment of a conversation: a Cell's handshake claiming ``name``."""
+    return segment(CMD_PUSH, data=encode(opened_event(name, ServiceType.CELL)))
 
 
 def storage_request(name: str, payload: str = "") -> Message:
@@ -143,6 +158,10 @@ class NameTakeoverTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.fabric = KCPFabric()
         self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.waiter = Waiter()
+        self.fabric.registry.subscribe(self.waiter)
+        self.available: list[str] = []
+        self.waiter.cell_available = lambda name, address: self.available.append(name)  # type: ignore[method-assign]
         self.fabric.dial(CELL, ADDRESS)
         self.fabric.settle()
 
@@ -188,22 +207,71 @@ class NameTakeoverTests(SynchronousTestCase):
         self.assertEqual(self.fabric.endpoint.conversations[(ADDRESS[0], 40999)].session, link)
         self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
 
+    def spoof(self, source: tuple[str, int], *segments: bytes) -> None:
+        """One datagram with ``source`` as its source address, from someone who never sees
+        what Core sends there."""
+        self.fabric.network.inject(source, CORE_ADDRESS, DataShards().wrap(b"".join(segments)))
+
     def test_a_spoofed_claim_from_the_cells_own_address_takes_nothing(self) -> None:
         """One datagram with the Cell's address as its source and a handshake in its name:
         Core's answer goes to the real address, whose owner never acknowledges it, so the
         claim is never handed on (it took the name at once: QA pass 9, finding 4)."""
         live = self.fabric.registry.link(CELL)
-        handshake = encode(opened_event(CELL, ServiceType.CELL))
-        spoofed = DataShards().wrap(struct.pack("<IBBHIIII", 0x5B00F, 81, 0, 32, 0, 0, 0,
-                                                len(handshake)) + handshake)  # fmt: skip
-        self.fabric.network.inject((ADDRESS[0], 40999), CORE_ADDRESS, spoofed)
-        self.fabric.run(5.0)
+        self.spoof((ADDRESS[0], 40999), opening(CELL))
+        self.fabric.run(PROOF_TIMEOUT - 0.1)
         self.assertIs(self.fabric.registry.link(CELL), live)
         d = self.fabric.registry.request(CELL, storage_request(CELL))
         self.fabric.settle()
         self.assertEqual(self.successResultOf(d).sender, CELL)
-        self.fabric.run(DISCONNECT_AFTER + CLOSE_GRACE)  # it ends as any silent link does
+        self.fabric.run(0.2)  # refused at the deadline
         self.assertNotIn((ADDRESS[0], 40999), self.fabric.endpoint.conversations)
+        self.assertTrue(any("in 5 s" in str(e.get("reason", "")) for e in self.observer))
+
+    def test_a_blind_acknowledgement_proves_nothing(self) -> None:
+        """The spoofer follows its claim with what an acknowledgement of Core's answer must
+        look like, but for its timestamp: ``una`` alone (it took the name: the first fix of
+        finding 4 waited for nothing more), then an ACK stamped with Core's clock."""
+        live = self.fabric.registry.link(CELL)
+        source, now = (ADDRESS[0], 40999), int(self.fabric.clock.seconds() * 1000)
+        self.spoof(source, opening(CELL))
+        self.fabric.settle()  # Core answers at ``now`` by its clock: the spoofer's best guess
+        self.spoof(source, segment(CMD_WASK, ts=now, sn=0, una=100))
+        self.fabric.settle()
+        self.assertIs(self.fabric.registry.link(CELL), live)
+        self.assertIn(source, self.fabric.endpoint.conversations)  # still to prove itself
+        self.spoof(source, segment(CMD_ACK, ts=now, sn=0, una=1))
+        self.fabric.settle()
+        self.assertNotIn(source, self.fabric.endpoint.conversations)  # forged: dropped
+        self.assertIs(self.fabric.registry.link(CELL), live)
+        self.assertTrue(any("never sent" in str(e.get("reason", "")) for e in self.observer))
+
+    def test_a_spoofed_new_cell_is_never_added(self) -> None:
+        """A name nobody holds is no less a claim: from a source that never answers, no Cell
+        appears (it did, unallocated, until its silence disconnected it)."""
+        self.spoof(("10.0.0.99", 40000), opening(OTHER))
+        self.fabric.run(PROOF_TIMEOUT + 0.1)
+        self.assertIsNone(self.fabric.registry.state(OTHER))
+        self.assertEqual((self.available, self.waiter.disconnected), ([CELL], {}))
+        self.assertEqual(list(self.fabric.endpoint.conversations), [ADDRESS])
+
+    def test_what_a_new_cell_sends_before_it_is_proven_waits_for_the_proof(self) -> None:
+        """A Cell may send right behind its handshake, before it could acknowledge Core's
+        answer: that is held, not lost, and handed on once the Cell is proven."""
+        events: list[tuple[str, int]] = []
+        self.waiter.cell_event = lambda name, message: events.append((name, message.id))  # type: ignore[method-assign]
+        self.fabric.network.cut.add(CORE_ADDRESS)  # Core's answer does not get through yet
+        self.fabric.dial(OTHER, OTHER_ADDRESS)
+        self.fabric.settle()
+        conversation = self.fabric.dialers[OTHER].conversation
+        assert conversation is not None
+        early = Message(id=MessageID.GuestStartedEvent, string_params={ParamKey.Instance: "g1"})
+        conversation.write_frame(encode(early))
+        self.fabric.run(0.5)
+        self.assertIsNone(self.fabric.registry.state(OTHER))
+        self.fabric.network.cut.clear()
+        self.fabric.run(2.0)  # Core resends its answer, acknowledged this time
+        self.assertEqual(self.fabric.registry.state(OTHER), CellLiveness.ALIVE)
+        self.assertEqual(events, [(OTHER, MessageID.GuestStartedEvent)])
 
 
 class NameGuardTests(SynchronousTestCase):
@@ -215,24 +283,28 @@ class NameGuardTests(SynchronousTestCase):
             self.connected = True
             self.errors: list[str] = []
             self.wire = self  # its own KCP conversation, for the guard
-            self.acknowledged: Deferred[None] = succeed(None)
+            self.proof: Deferred[None] = succeed(None)
 
-        def when_acknowledged(self) -> Deferred[None]:
-            return self.acknowledged
+        def when_proven(self) -> Deferred[None]:
+            return self.proof
 
         def refuse(self, reason: str) -> None:
             self.errors.append(reason)
 
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.handler = RecordingHandler()
+        self.holders: dict[str, Any] = {}
+        self.guard = NameGuard(self.handler, self.holders.get, self.clock)
+
     def test_the_guard_is_a_link_handler(self) -> None:
-        self.assertTrue(verifyObject(LinkHandler, NameGuard(RecordingHandler(), {}.get)))
+        self.assertTrue(verifyObject(LinkHandler, self.guard))
 
     def test_only_refused_links_are_hidden_from_the_handler(self) -> None:
-        handler = RecordingHandler()
-        holders: dict[str, Any] = {}
-        guard = NameGuard(handler, holders.get)
+        guard, handler = self.guard, self.handler
         first, second = self.Link(CELL, "10.0.0.1"), self.Link(CELL, "10.0.0.2")
         guard.link_connected(first)  # type: ignore[arg-type]
-        holders[CELL] = first
+        self.holders[CELL] = first
         guard.link_connected(second)  # type: ignore[arg-type]
         for event in ("link_lost", "link_recovered"):
             getattr(guard, event)(second)
@@ -245,45 +317,57 @@ class NameGuardTests(SynchronousTestCase):
         )
         self.assertEqual(handler.messages, [])
         self.assertEqual((guard.refused, len(second.errors)), (1, 1))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_a_live_link_is_replaced_once_its_claimant_acknowledged_the_handshake(self) -> None:
-        handler = RecordingHandler()
-        holders: dict[str, Any] = {CELL: self.Link(CELL, "10.0.0.1")}
-        guard = NameGuard(handler, holders.get)
-        claim = self.Link(CELL, "10.0.0.1")
-        claim.acknowledged = Deferred()
-        guard.link_connected(claim)  # type: ignore[arg-type]
-        guard.message_received(claim, Message(id=1))  # type: ignore[arg-type]
-        guard.link_lost(claim)  # type: ignore[arg-type]
-        self.assertEqual((handler.events, handler.messages), ([], []))
-        claim.acknowledged.callback(None)
-        self.assertEqual(handler.events, [("connected", CELL, "10.0.0.1")])
-        # A claim gone before it proved anything is never heard of.
-        gone = self.Link(CELL, "10.0.0.1")
-        gone.acknowledged = Deferred()
-        guard.link_connected(gone)  # type: ignore[arg-type]
+    def test_every_claim_is_heard_of_once_its_claimant_is_proven(self) -> None:
+        guard, handler = self.guard, self.handler
+        self.holders[CELL] = self.Link(CELL, "10.0.0.1")
+        for claim in (self.Link(CELL, "10.0.0.1"), self.Link(OTHER, "10.0.0.2")):
+            # The Cell's own address (a restart), and a name nobody holds (a new Cell).
+            claim.proof = Deferred()
+            guard.link_connected(claim)  # type: ignore[arg-type]
+            guard.message_received(claim, Message(id=1))  # type: ignore[arg-type]
+            guard.link_lost(claim)  # type: ignore[arg-type]
+            self.assertEqual((handler.events, handler.messages), ([], []))
+            claim.proof.callback(None)
+            self.assertEqual(handler.events, [("connected", claim.name, claim.address)])
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+            handler.events.clear()
+
+    def test_a_claim_gone_before_it_was_proven_is_never_heard_of(self) -> None:
+        gone = self.Link(OTHER, "10.0.0.2")
+        gone.proof = Deferred()
+        self.guard.link_connected(gone)  # type: ignore[arg-type]
         gone.connected = False
-        guard.link_closed(gone, False)  # type: ignore[arg-type]
-        gone.acknowledged.callback(None)
-        self.assertEqual(len(handler.events), 1)
-        # A name nobody holds is handed on at once (a Cell linking for the first time).
-        first = self.Link(OTHER, "10.0.0.2")
-        first.acknowledged = Deferred()
-        guard.link_connected(first)  # type: ignore[arg-type]
-        self.assertEqual(handler.events[-1], ("connected", OTHER, "10.0.0.2"))
+        self.guard.link_closed(gone, False)  # type: ignore[arg-type]
+        gone.proof.callback(None)
+        self.assertEqual(self.handler.events, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_claim_not_proven_in_time_is_refused(self) -> None:
+        silent = self.Link(OTHER, "10.0.0.2")
+        silent.proof = Deferred()
+        self.guard.link_connected(silent)  # type: ignore[arg-type]
+        self.clock.advance(PROOF_TIMEOUT - 0.01)
+        self.assertEqual(silent.errors, [])
+        self.clock.advance(0.01)
+        self.assertEqual(len(silent.errors), 1)
+        self.assertIn("nothing shows that it receives", silent.errors[0])
+        silent.proof.callback(None)  # too late
+        self.guard.link_closed(silent, False)  # type: ignore[arg-type]
+        self.assertEqual((self.handler.events, self.guard.refused), ([], 1))
 
     def test_a_claim_never_takes_a_name_a_certificate_holds(self) -> None:
         """From the same address too: any process on a TLS Cell's host could claim its name
         over KCP, and each claim would knock the real Cell off (its guests shown lost)."""
-        handler = RecordingHandler()
-        holders: dict[str, Any] = {CELL: self.Link(CELL, "10.0.0.1", verified=True)}
-        guard = NameGuard(handler, holders.get)
+        guard, handler = self.guard, self.handler
+        self.holders[CELL] = self.Link(CELL, "10.0.0.1", verified=True)
         claim = self.Link(CELL, "10.0.0.1")
         guard.link_connected(claim)  # type: ignore[arg-type]
         self.assertEqual(handler.events, [])
         self.assertEqual(claim.errors, [f"name {CELL!r} is held by its certificate's TLS link"])
         # A Cell that restarted over KCP from its address takes over its own KCP link.
-        holders[CELL] = self.Link(CELL, "10.0.0.1")
+        self.holders[CELL] = self.Link(CELL, "10.0.0.1")
         again = self.Link(CELL, "10.0.0.1")
         guard.link_connected(again)  # type: ignore[arg-type]
         self.assertEqual((handler.events, again.errors), ([("connected", CELL, "10.0.0.1")], []))

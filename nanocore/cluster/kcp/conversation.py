@@ -8,18 +8,24 @@ each resend, where kcp-go adds the current RTO, so after an outage of a few seco
 stay silent for as long again, past a stock Cell's 15-20 s limit. C ikcp's ``nodelay`` field 2
 (set alone, the least RTO staying kcp-go's 100 ms) grows it linearly by half the current RTO,
 and sends a segment the first time with kcp-go's timeout (no extra eighth): the nearest C ikcp
-comes to kcp-go, resending a little more often. What KCP
-wants sent is wrapped as a data shard (:mod:`.fec`); what it delivers is a stream of pieces
-gathered into JSON documents (:mod:`.framing`) and handed to the session as frames.
+comes to kcp-go, resending a little more often. What KCP wants sent is wrapped as a data shard
+(:mod:`.fec`); what it delivers is a stream of pieces gathered into JSON documents
+(:mod:`.framing`) and handed to the session as frames.
 
-Time comes from the injected clock only. Sends and received datagrams schedule one flush at the
-reactor's next turn (so ACKs and replies of one read leave together, as soon as possible); KCP's
-own timer (``check``/``update``) runs only while something waits for an acknowledgement, so an
-idle conversation costs no timer at all.
+Time comes from the injected clock only, on a KCP clock that starts at a random point for each
+conversation: the timestamps Core's segments carry cannot be guessed, so a peer whose
+acknowledgement echoes one (with its sequence number) has shown that it receives at the address
+it sends from. Until it has, the (sequence, timestamp) of every segment sent is kept; an
+acknowledgement of anything else is forged and ends the conversation.
+
+Sends and received datagrams schedule one flush at the reactor's next turn (so ACKs and replies
+of one read leave together, as soon as possible); KCP's own timer (``check``/``update``) runs
+only while something waits for an acknowledgement, so an idle conversation costs no timer.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Callable
 from typing import Protocol
@@ -63,7 +69,13 @@ MAX_DATAGRAM_SIZE = 1500
 
 #: ``conv | cmd | frg | wnd | ts | sn``: the first fields of a KCP segment.
 _SEGMENT = struct.Struct("<IBBHII")
+#: ``cmd | frg | wnd | ts | sn | una | len``: a segment's header after its conv.
+_HEADER = struct.Struct("<BBHIIII")
 CMD_PUSH = 81
+CMD_ACK = 82
+#: Segments sent to a peer that has yet to acknowledge one; beyond, it is dropped (a live peer
+#: acknowledges Core's handshake within a few of its resends).
+MAX_UNPROVEN_SENDS = 256
 
 
 @frozen
@@ -213,6 +225,11 @@ class KCPConversation:
         self._released = released
         self._limits = limits
         self._outbox: list[bytes] = []
+        #: Where this conversation's KCP clock starts (see the module's docstring).
+        self._epoch = secrets.randbits(32)
+        #: (sequence, timestamp) of each segment sent until the peer proves it receives them.
+        self._stamps: set[tuple[int, int]] | None = set()
+        self._proof_waiters: list[Deferred[None]] = []
         self._arq: _ARQ | None = new_arq(conv, _collect(self._outbox), self._now())
         self._shards = DataShards()
         self._reassembler = Reassembler(MAX_FRAME_SIZE)
@@ -222,7 +239,6 @@ class KCPConversation:
         self._abort_call: IDelayedCall | None = None
         self._closing = False
         self._waiters: list[Deferred[None]] | None = []
-        self._unacknowledged: list[Deferred[None]] = []
         self.session: LinkSession | None = None
         #: Datagrams dropped unread because the peer sent faster than its budget.
         self.over_budget = 0
@@ -242,8 +258,18 @@ class KCPConversation:
 
     @property
     def handshaking(self) -> bool:
-        """True until the session above has a name (or when there is no session yet)."""
-        return self.session is None or self.session.state is LinkState.HANDSHAKING
+        """True until the session above has a name (or when there is no session yet), and
+        while someone waits for the peer to prove it receives (:meth:`when_proven`)."""
+        return (
+            self.session is None
+            or self.session.state is LinkState.HANDSHAKING
+            or bool(self._proof_waiters)
+        )
+
+    @property
+    def proven(self) -> bool:
+        """Whether the peer has acknowledged a segment by what only its receiver could know."""
+        return self._stamps is None
 
     def write_frame(self, frame: bytes) -> None:
         """Queue one document as pieces of at most ``MSS`` bytes, each its own KCP message."""
@@ -278,15 +304,15 @@ class KCPConversation:
         self._waiters.append(d)
         return d
 
-    def when_acknowledged(self) -> Deferred[None]:
-        """Fires once the peer has acknowledged everything sent so far: it proves that the
-        peer receives at the address it sends from, which a spoofed source cannot (never
-        fires if the conversation ends first)."""
-        arq = self._arq
-        if arq is not None and arq.waitsnd() == 0:
+    def when_proven(self) -> Deferred[None]:
+        """Fires once the peer has acknowledged one of Core's segments by its sequence number
+        and timestamp, which proves that it receives at the address it sends from (a spoofed
+        source cannot know the timestamp). Until then nothing more is delivered to the
+        session; never fires if the conversation ends first."""
+        if self._stamps is None:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._unacknowledged.append(d)
+        self._proof_waiters.append(d)
         return d
 
     # -- driven by the socket's owner ---------------------------------------------------------
@@ -303,16 +329,22 @@ class KCPConversation:
             self.refused += 1
             return False
         self._flush_soon()  # ACKs, and window updates once the pieces are read
-        if self._unacknowledged and arq.waitsnd() == 0:
-            waiting, self._unacknowledged = self._unacknowledged, []
-            for d in waiting:
-                d.callback(None)
+        if self._stamps is not None and not self._check_proof(payload):
+            self.refused += 1
+            if self.session is not None:  # an opening's is the endpoint's to drop
+                self.session.refuse("it acknowledged a segment with a timestamp Core never sent")
+            return False
         return True
 
     def deliver(self) -> None:
         """Hand every document KCP has completed to the session."""
         arq = self._arq
-        while arq is not None and self.session is not None and not self._closing:
+        while (
+            arq is not None
+            and self.session is not None
+            and not self._closing
+            and not self._proof_waiters
+        ):
             piece = arq.next_event()
             if piece is None:
                 return
@@ -328,7 +360,34 @@ class KCPConversation:
     # -- internals ----------------------------------------------------------------------------
 
     def _now(self) -> int:
-        return int(self._clock.seconds() * 1000) & 0xFFFFFFFF
+        return (int(self._clock.seconds() * 1000) + self._epoch) & 0xFFFFFFFF
+
+    def _check_proof(self, payload: bytes) -> bool:
+        """Look for the acknowledgement that proves the peer (see :meth:`when_proven`);
+        False if ``payload`` acknowledges something Core never sent: it is forged."""
+        stamps = self._stamps
+        assert stamps is not None
+        for cmd, ts, sn in _segments(payload):
+            if cmd != CMD_ACK:
+                continue
+            if (sn, ts) not in stamps:
+                return False
+            self._stamps = None
+            waiting, self._proof_waiters = self._proof_waiters, []
+            for d in waiting:
+                d.callback(None)
+            return True
+        return True
+
+    def _stamp(self, payload: bytes) -> None:
+        """Keep what each data segment of ``payload`` carries, for :meth:`_check_proof`."""
+        stamps = self._stamps
+        assert stamps is not None
+        for cmd, ts, sn in _segments(payload):
+            if cmd == CMD_PUSH:
+                stamps.add((sn, ts))
+        if len(stamps) > MAX_UNPROVEN_SENDS:
+            self._fail(f"acknowledged none of {len(stamps)} segments sent")
 
     def _fail(self, reason: str) -> None:
         if self.session is not None and self.session.state is not LinkState.CLOSED:
@@ -367,6 +426,11 @@ class KCPConversation:
     def _after_kcp(self, arq: _ARQ) -> None:
         """Send what KCP produced, then wake KCP's timer only if something awaits an ACK."""
         if self._outbox:
+            if self._stamps is not None:
+                for payload in self._outbox:
+                    self._stamp(payload)
+                if self._arq is None:
+                    return  # dropped: it never acknowledged anything
             wrap, send = self._shards.wrap, self._send_datagram
             for payload in self._outbox:
                 send(wrap(payload))
@@ -400,7 +464,7 @@ class KCPConversation:
             return
         arq.send_cb = _discard
         self._outbox.clear()
-        self._unacknowledged = []
+        self._proof_waiters = []
         for call in (self._flush_call, self._tick_call, self._abort_call):
             if call is not None and call.active():
                 call.cancel()
@@ -412,6 +476,17 @@ class KCPConversation:
         for d in waiters:
             if not d.called:  # a waiter may have given up (cancelled)
                 d.callback(None)
+
+
+def _segments(payload: bytes) -> list[tuple[int, int, int]]:
+    """``(cmd, ts, sn)`` of each KCP segment in ``payload`` (which ikcp has read or written)."""
+    found = []
+    offset, end = 0, len(payload) - SEGMENT_HEADER_SIZE
+    while offset <= end:
+        cmd, _, _, ts, sn, _, length = _HEADER.unpack_from(payload, offset + 4)
+        found.append((cmd, ts, sn))
+        offset += SEGMENT_HEADER_SIZE + length
+    return found
 
 
 def _ms_between(start: int, end: int) -> int:

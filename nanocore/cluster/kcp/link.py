@@ -6,8 +6,8 @@ whichever wire it came on. What differs is identity: a stock Cell has no certifi
 name is the one it claims in its ``ConnectionOpenedEvent`` (cell-protocol.md §2.6). Because that
 claim is unauthenticated, :class:`NameGuard` refuses a claim of a name that is linked from
 another address while that link is alive, so a second host cannot take over a Cell's name, and
-any claim of a name a live TLS link holds by its certificate, whatever the address; a claim
-from the same address replaces the live link only once its peer has shown it receives there.
+any claim of a name a live TLS link holds by its certificate, whatever the address; and no
+claim is heard of before its peer has shown that it receives at its address.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import cast
 from weakref import WeakSet
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -25,6 +25,11 @@ from nanocore.cluster.kcp.endpoint import Attach, KCPEndpoint
 from nanocore.cluster.message import Message
 from nanocore.cluster.transport import CellLink, LinkHandler, LinkSession, ServiceType
 from nanocore.ratelog import RateLimitedLog
+
+#: How long a claimant has to acknowledge Core's answer to its handshake (a live Cell does
+#: within its flush interval, or a few of Core's resends on a lossy network); less than
+#: ``LOST_AFTER``, so that the link is still alive when it is handed on.
+PROOF_TIMEOUT = 5.0
 
 #: Where the rest of Core keeps the link a name is bound to now (``CellRegistry.link``).
 CurrentLink = Callable[[str], CellLink | None]
@@ -35,44 +40,56 @@ class NameGuard:
     """A :class:`LinkHandler` in front of the registry that keeps self-asserted names honest.
 
     A link whose claimed name is held by a live link from another address is dropped as soon
-    as its handshake completes; the handler never hears of it. A claim from the same address
+    as its handshake completes; the handler never hears of it. Every other claim is handed on
+    once the claimant has acknowledged Core's answer to its handshake by what only a receiver
+    of it can know (:meth:`KCPConversation.when_proven`), within ``PROOF_TIMEOUT``: a live Cell
+    does so within its flush interval, while a spoofed source address never can, so a spoofer
+    can neither add a Cell nor take one's name. A claim from the same address as the live link
     (the Cell dialing again from a new port after a restart) is the Cell reconnecting and
-    replaces its old link, as over TLS, but only once the claimant has acknowledged Core's
-    answer to its handshake: a restarted Cell does so within its flush interval, while one
-    datagram with the Cell's address as a spoofed source never can, and took the name at once.
-    A claim never replaces a link whose name is its certificate's: it proves nothing against
-    it (any process on the Cell's host could make one), so the name stays with the certificate
-    until its link is gone (a Cell that really changed to a stock one gets it at the TLS link's
-    disconnect, 15 s of silence at most).
+    replaces its old link, as over TLS. A claim never replaces a link whose name is its
+    certificate's: it proves nothing against it (any process on the Cell's host could make
+    one), so the name stays with the certificate until its link is gone (a Cell that really
+    changed to a stock one gets it at the TLS link's disconnect, 15 s of silence at most).
     """
 
     log = Logger()
 
-    def __init__(self, handler: LinkHandler, current_link: CurrentLink) -> None:
+    def __init__(
+        self, handler: LinkHandler, current_link: CurrentLink, clock: IReactorTime
+    ) -> None:
         self._handler = handler
         self._current_link = current_link
+        self._clock = clock
         self._refused: WeakSet[LinkSession] = WeakSet()
-        #: Claims of a live link's name whose peer has yet to acknowledge Core's handshake.
-        self._proving: WeakSet[LinkSession] = WeakSet()
-        #: Handshakes refused because the name was held from another address.
+        #: Claims whose peer has yet to prove that it receives, and their deadlines.
+        self._proving: dict[LinkSession, IDelayedCall] = {}
+        #: Claims refused: the name held from elsewhere, or the claimant never proven.
         self.refused = 0
 
     def link_connected(self, link: LinkSession) -> None:
         holder = self._current_link(link.name)
-        if holder is None or holder is link:
-            self._handler.link_connected(link)
-        elif not self._refuses(link, holder):
-            self._proving.add(link)
-            wire = cast(KCPConversation, link.wire)
-            wire.when_acknowledged().addCallback(lambda _: self._proven(link))
+        if holder is not None and holder is not link and self._refuses(link, holder):
+            return
+        self._proving[link] = self._clock.callLater(PROOF_TIMEOUT, self._unproven, link)
+        wire = cast(KCPConversation, link.wire)
+        wire.when_proven().addCallback(lambda _: self._proven(link))
 
     def _proven(self, link: LinkSession) -> None:
-        self._proving.discard(link)
-        if not link.connected:
-            return  # gone meanwhile: the handler never heard of it
+        deadline = self._proving.pop(link, None)
+        if deadline is None:
+            return  # gone or refused meanwhile: the handler never heard of it
+        deadline.cancel()
         holder = self._current_link(link.name)
         if holder is None or holder is link or not self._refuses(link, holder):
             self._handler.link_connected(link)
+
+    def _unproven(self, link: LinkSession) -> None:
+        del self._proving[link]
+        self._refuse(
+            link,
+            f"no acknowledgement of Core's handshake in {PROOF_TIMEOUT:g} s: "
+            "nothing shows that it receives at its address",
+        )
 
     def _refuses(self, link: LinkSession, holder: CellLink) -> bool:
         """Whether ``link`` is refused the name ``holder`` holds (then it is dropped)."""
@@ -106,7 +123,10 @@ class NameGuard:
             self._handler.link_recovered(link)
 
     def link_closed(self, link: LinkSession, gracefully: bool) -> None:
-        if not self._hidden(link):
+        deadline = self._proving.pop(link, None)
+        if deadline is not None:
+            deadline.cancel()  # gone before it proved anything
+        elif link not in self._refused:
             self._handler.link_closed(link, gracefully)
 
 
@@ -152,7 +172,7 @@ def core_sessions(
     name that ``current_link`` (``registry.link``) says is linked from elsewhere. ``noise``
     (the endpoint's) rate-limits the lines about handshakes dropped."""
     return _sessions(
-        NameGuard(handler, current_link),
+        NameGuard(handler, current_link, clock),
         clock,
         local_name=core_name,
         local_type=ServiceType.CORE,
