@@ -163,9 +163,10 @@ class FakeCellMembershipTests(TestCase):
         await self.store.commit(UnitOfWork(()))  # the observer's commit is queued before this
         self.assertTrue(self.store.view.instances["guest-1"].lost)
         status = (await self.api.get(f"/compute_cell_status/shared/{CELL}")).data
-        self.assertEqual(
-            (status["alive"], status["instances"], status["max_cpu"]), (False, [0, 0, 1, 0], 0)
+        self.assertEqual(  # its last report still shown, as Nano does; its pool's is not
+            (status["alive"], status["instances"], status["max_cpu"]), (False, [0, 0, 1, 0], 16)
         )
+        self.assertEqual((await self.api.get("/compute_zone_status/")).data["max_cpu"], 0)
 
     async def round_trip(self) -> None:
         """Everything Core sent the Cell before this has been answered and handled."""

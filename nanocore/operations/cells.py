@@ -217,8 +217,8 @@ class CellOperations:
         return (self._cells.generation(), self._arrivals + self._unreported.passed())
 
     def usage(self, name: str) -> Usage | None:
-        """The Cell's latest report while it is alive; a dead Cell's stale figures are not used."""
-        report = self._cells.status(name) if self.alive(name) else None
+        """The Cell's latest report, kept after it went silent or away (None before any)."""
+        report = self._cells.status(name)
         if report is None:
             return None
         read, write, receive, send = report.speed

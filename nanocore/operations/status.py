@@ -2,7 +2,8 @@
 
 Core recomputed these every 5 s and counted a cell that was already dead as online with its
 stale usage; here a cell counts as online only while the monitor says it is alive, and only
-online cells contribute usage. Instance counters come from the store, so they cannot drift.
+online cells contribute usage to their pool and the zone (a dead Cell's own row still shows its
+last report, as Core's did). Instance counters come from the store, so they cannot drift.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class CellMonitor(Interface):
         """The Cell's address, or "" when it was never seen."""
 
     def usage(name: str) -> Usage | None:
-        """The Cell's latest figures while it is alive, else None."""
+        """The Cell's latest figures, alive or not; None before its first report."""
 
     def generation() -> Hashable:
         """Changes whenever what the three above answer for any Cell may have changed (by
@@ -191,13 +192,12 @@ class Status:
         return (self._context.revision(), self._monitor.generation())
 
     def _cell(self, cell: ComputeCell, index: _Index) -> CellState:
-        alive = self._monitor.alive(cell.name)
-        usage = self._monitor.usage(cell.name) if alive else None
+        usage = self._monitor.usage(cell.name)
         return CellState(
             name=cell.name,
             address=self._monitor.address(cell.name),
             enabled=cell.enabled,
-            alive=alive,
+            alive=self._monitor.alive(cell.name),
             instances=index.counters(cell.name),
             usage=sum_usage([usage] if usage is not None else []),
         )
