@@ -50,6 +50,19 @@ def _refuse_constant(name: str) -> NoReturn:
     raise JSONError(f"{name} is not valid JSON")
 
 
+class NumberLiteral(Decimal):
+    """A number with a fraction or exponent, and its ``text`` as written: Go's errors quote
+    the literal (``number 1e0``), which ``Decimal`` would print otherwise (``1``)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> NumberLiteral:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 def _decoder(**options: Any) -> json.JSONDecoder:
     return json.JSONDecoder(parse_constant=_refuse_constant, **options)
 
@@ -58,7 +71,7 @@ def _decoder(**options: Any) -> json.JSONDecoder:
 _DECODERS = {
     (pairs, decimals): _decoder(
         object_pairs_hook=tuple if pairs else None,
-        parse_float=Decimal if decimals else None,
+        parse_float=NumberLiteral if decimals else None,
     )
     for pairs in (False, True)
     for decimals in (False, True)
@@ -80,8 +93,8 @@ def loads(
 
     ``pairs``: every object becomes a tuple of its ``(key, value)`` pairs in document order
     (arrays stay lists), for readers that resolve duplicate or case-folded keys as Go does.
-    ``decimals``: numbers with a fraction or exponent become :class:`~decimal.Decimal`, so that
-    ``1.0`` stays distinguishable from ``1`` and prints as written.
+    ``decimals``: numbers with a fraction or exponent become :class:`NumberLiteral` (a
+    ``Decimal``), so that ``1.0`` stays distinguishable from ``1`` and its text is kept.
     ``first_value``: read the first value after any whitespace and ignore what follows, as
     Go's ``json.Decoder.Decode`` does.
     """

@@ -58,6 +58,12 @@ class DecodeTests(SynchronousTestCase):
             self.refused(b'{"offset": 1.5}'),
             "json: cannot unmarshal number 1.5 into Go struct field request.offset of type int64",
         )
+        for literal in ("1e0", "1E+2", "2.50", "-0.0"):  # quoted as written, as Go does
+            self.assertEqual(
+                self.refused(b'{"offset": %s}' % literal.encode()),
+                f"json: cannot unmarshal number {literal} into Go struct field request.offset"
+                " of type int64",
+            )
         self.assertIn("request.usage of type float64", self.refused(b'{"usage": "x"}'))
         self.assertIn("request.disks of type uint64", self.refused(b'{"disks": [-1]}'))
         self.assertIn("request.disks of type []uint64", self.refused(b'{"disks": 1}'))

@@ -168,7 +168,7 @@ def _json_kind(value: Any) -> str:
 def _type_error(value: Any, struct: str, item: Field, go_type: str) -> DecodeError:
     kind = _json_kind(value)
     if kind == "number":
-        kind = f"number {value}"
+        kind = f"number {getattr(value, 'text', value)}"  # as written, as Go quotes it
     where = f"Go struct field {struct}.{item.name}"
     return DecodeError(f"json: cannot unmarshal {kind} into {where} of type {go_type}")
 
