@@ -67,6 +67,7 @@ from nanocore.services.link import (
     holding,
 )
 from nanocore.services.listen import ListeningService, PortFile, check_local_address
+from nanocore.services.logs import RotatedLogs
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
 from nanocore.services.store import StoreService
@@ -353,6 +354,7 @@ def build_service(
         ("api", api_server),
         ("api-port", PortFile(layout.api_port_file, api_server)),
         ("memory", memory),
+        ("logs", RotatedLogs(reactor, layout.log_file)),
     ]
     for name, child in children:
         child.setName(name)

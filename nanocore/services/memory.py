@@ -18,8 +18,9 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable
 
-from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from nanocore.services.periodic import Periodic
 
 #: Seconds between two trims, at least; and from a burst's end to its trim.
 TRIM_INTERVAL = 60.0
@@ -39,7 +40,7 @@ def _glibc_trim() -> Callable[[], object] | None:
     return lambda: trim(0)
 
 
-class MemoryTrim(TimerService):
+class MemoryTrim(Periodic):
     """Returns freed memory to the system every ``interval`` s and ``delay`` s after
     :meth:`soon`; ``release`` does it (glibc's ``malloc_trim``, or nothing)."""
 
@@ -78,6 +79,4 @@ class MemoryTrim(TimerService):
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
-        if not self.running:
-            return None  # never started (a sibling's start failed first)
         return super().stopService()
