@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import attrs  # noqa: E402
 from twisted.internet.defer import Deferred, succeed  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
+from valgrind import instructions_per  # noqa: E402  (beside this script)
 
 import tests.test_guests_properties as world_module  # noqa: E402
 from nanocore.api.app import api_site_for, build_api_resource  # noqa: E402
@@ -131,18 +130,7 @@ def drive(count: int) -> tuple[float, float]:
 
 def instructions(count: int) -> float:
     """Instructions per create: valgrind runs of ``count`` and ``4 * count`` creates."""
-    totals = []
-    for each in (count, 4 * count):
-        ran = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-             __file__, "--creates", str(each), "--quiet"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        found = re.search(r"Collected : (\d+)", ran.stderr)
-        if found is None:
-            raise SystemExit(f"valgrind said no total:\n{ran.stderr[-2000:]}")
-        totals.append(int(found.group(1)))
-    return (totals[1] - totals[0]) / (3 * count)
+    return instructions_per(lambda each: [__file__, "--creates", str(each), "--quiet"], count)
 
 
 def main() -> None:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -38,11 +36,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from api_layers_bench import CREDENTIALS, ENCODED, Plain, daemon_site
-from twisted.internet.protocol import Protocol
+from api_layers_bench import CREDENTIALS, ENCODED, Plain, daemon_site, per_request
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.server import Site
+from valgrind import instructions_per
 
 from nanocore.api import envelope
 from nanocore.api.client import Signer
@@ -92,9 +91,8 @@ class Edge(Protocol):
         self._parser.feed_data(data)
 
 
-class EdgeFactory:
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return Edge()
+class EdgeFactory(Factory):
+    protocol = Edge
 
 
 def requests() -> dict[str, bytes]:
@@ -125,49 +123,8 @@ def servers() -> dict[str, Callable[[], Any]]:
     return {"twisted": twisted_site, "httptools": EdgeFactory, "daemon": daemon}
 
 
-def run(server: str, method: str, count: int, *, calls: bool = False) -> tuple[float, float]:
-    """Best of three runs in seconds per request, and Python calls per request."""
-    request = requests()[method]
-    channel = servers()[server]().buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(request)
-    assert transport.value().startswith(b"HTTP/1.1 200"), transport.value()[:200]
-    best = float("inf")
-    for _ in range(3 if count else 0):
-        started = time.perf_counter()
-        for _ in range(count):
-            transport.clear()
-            channel.dataReceived(request)
-        best = min(best, (time.perf_counter() - started) / count)
-    made = 0
-    if calls:
-
-        def counting(frame: Any, event: str, arg: Any) -> None:
-            nonlocal made
-            made += event in ("call", "c_call")
-
-        sys.setprofile(counting)
-        for _ in range(100):
-            transport.clear()
-            channel.dataReceived(request)
-        sys.setprofile(None)
-    return best, made / 100
-
-
 def instructions(server: str, method: str, count: int) -> float:
-    totals = []
-    for each in (count, 4 * count):
-        ran = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-             __file__, "--child", server, method, str(each)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        found = re.search(r"Collected : (\d+)", ran.stderr)
-        if found is None:
-            raise SystemExit(f"valgrind said no total:\n{ran.stderr[-2000:]}")
-        totals.append(int(found.group(1)))
-    return (totals[1] - totals[0]) / (3 * count)
+    return instructions_per(lambda each: [__file__, "--child", server, method, str(each)], count)
 
 
 def child(server: str, method: str, count: int) -> None:
@@ -198,7 +155,8 @@ def main() -> None:
     lines = [("twisted", "GET"), ("httptools", "GET"), ("daemon", "GET")]
     lines += [("twisted", "POST"), ("httptools", "POST")]
     for server, method in lines:
-        seconds, calls = run(server, method, arguments.requests, calls=True)
+        answering = servers()[server]()
+        seconds, calls = per_request(answering, requests()[method], arguments.requests)
         line = f"{server:9s} {method:4s} {seconds * 1e6:6.1f} us/request  {calls:4.0f} calls"
         if arguments.instructions:
             count = max(500, arguments.requests // 20)
