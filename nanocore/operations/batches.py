@@ -44,7 +44,7 @@ from zope.interface import implementer
 from nanocore.cluster.cells import CellObserver, CellStatus
 from nanocore.cluster.message import Message, ParamKey
 from nanocore.model import BatchGuest, BatchKind, BatchStatus, BatchTask, Instance
-from nanocore.operations.base import Context, check_name
+from nanocore.operations.base import Context, Sweep, check_name
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
 from nanocore.operations.guests import GuestOperations, GuestSpec
 from nanocore.store import Delete, Insert, Put, StoreClosed
@@ -129,6 +129,7 @@ class Batches:
         self._guests = guests
         self._new_id = new_id
         self._runs: dict[str, _Run] = {}
+        self._expired = Sweep(context, "batches")
         #: Guest id -> the (batch, position) pairs following it.
         self._following: dict[str, set[tuple[str, int]]] = {}
         for task in context.view.batch_tasks.values():
@@ -369,15 +370,11 @@ class Batches:
         for run in list(self._runs.values()):
             if run.finished and now - run.latest_update >= EXPIRE_AFTER:
                 self._retire(run)
-        expired = [
+        self._expired.delete(
             Delete(BatchTask, task.id)
             for task in self._context.view.batch_tasks.values()
             if task.finished and now - task.latest_update >= EXPIRE_AFTER
-        ]
-        if expired:
-            self._context.commit(*expired).addErrback(
-                lambda failure: self.log.failure("expired batches not removed", failure)
-            )
+        )
 
     def _stall(self, run: _Run, now: float) -> None:
         if not run.finished and now - run.latest_update >= STALL_AFTER:

@@ -78,7 +78,7 @@ from nanocore.model import (
     StaleCopy,
     StorageType,
 )
-from nanocore.operations.base import Context
+from nanocore.operations.base import Context, Sweep
 from nanocore.operations.cells import CELL_LEAVING, CellLeaving
 from nanocore.operations.claims import Claim, ClaimHeld, ClaimKind
 from nanocore.operations.errors import (
@@ -200,6 +200,7 @@ class Migrations:
         self._timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self._new_id = new_id
         self._running: dict[str, _Transit] = {}
+        self._expired_records = Sweep(self._context, "migrations")
         #: Guests a source was asked to take back after a failed move: guest -> source.
         self._returning: dict[str, str] = {}
         self._ending: dict[str, list[Deferred[Migration]]] = {}
@@ -266,13 +267,11 @@ class Migrations:
         return not record.running and now - record.end_time >= RETENTION
 
     def _sweep(self) -> None:
-        gone = [
+        self._expired_records.delete(
             Delete(Migration, m.id)
             for m in self._context.view.migrations.values()
             if self._expired(m) and m.id not in self._running
-        ]
-        if gone:
-            self._context.commit(*gone).addErrback(self._logged, "expired migrations not removed")
+        )
 
     # -- a migration by hand ------------------------------------------------------------------
 
