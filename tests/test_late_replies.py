@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 
 from nanocore import model as m
@@ -151,6 +152,51 @@ class LateReplyTests(GuestClusterCase):
         await self.ops.cells.storage_paths(self.store.view.instances[guest].pool, cell.name)
         self.assertEqual(self.pool_pushes(cell.name), 1)  # the one of its joining the pool
         self.assertEqual(self.store.view.instances[guest].cores, 2)
+
+
+class StaleInventoryTests(GuestClusterCase):
+    """A late pool push answer is an inventory older than what Core did since it asked."""
+
+    CELLS = ("Cell_0000000000a1",)  # every guest on it
+    creation_time = 1.0
+
+    async def test_a_late_inventory_finds_lost_guests_and_judges_nothing_else(self) -> None:
+        """QA pass 13, N2: a creation given up after the push was answered is missing from
+        it; taking it as current settled that creation's pending error, and the next
+        inventory adopted the guest the client was told had failed. A guest created in time
+        meanwhile was shown lost by it."""
+        found = await self.created(name="found")
+        name, pool = self.store.view.instances[found].cell, self.store.view.instances[found].pool
+        cell = self.cells[name]
+        await self.store.commit(
+            UnitOfWork.of(Put(evolve(self.store.view.instances[found], lost=True)))
+        )
+        push = self.ops.cells.pool_ready_message(self.store.view.compute_pools[pool])
+        stale = await self.cluster.registry.request(name, push)  # its inventory, now
+        kept = await self.created(name="kept")
+        cell.inject(MessageID.CreateGuestRequest, Fault(delay=TIMEOUT + 1))
+        arrived = cell.until_received(MessageID.CreateGuestRequest)
+        given_up = Deferred.fromCoroutine(
+            self.refused("POST", "/guests/", self.guest_body(name="failed"))
+        )
+        await arrived
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual(await given_up, "cell timeout")
+        (pending,) = self.store.view.pending_errors.values()
+        self.ops.cells.cell_answered_late(name, push, stale)
+        await self.store.commit(UnitOfWork(()))
+        view = self.store.view
+        self.assertFalse(view.instances[found].lost)  # found, as the inventory shows it
+        self.assertFalse(view.instances[kept].lost)  # created after it: not judged by it
+        self.assertIn(pending.id, view.pending_errors)  # given up after it: still pending
+        # The Cell makes the guest anyway: an orphan, deleted there, never adopted.
+        deleted = self.events.until(MessageID.GuestDeletedEvent, pending.id)
+        self.cell_clock.advance(self.creation_time)
+        await self.applied(deleted, pending.id)
+        await self.ops.cells.refresh(name)
+        await self.ops.cells.refresh(name)
+        self.assertNotIn(pending.id, self.store.view.instances)
+        self.assertNotIn(pending.id, cell.guests)
 
 
 class LateResetTests(GuestClusterCase):

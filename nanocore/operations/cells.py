@@ -407,9 +407,11 @@ class CellOperations:
             (Put(evolve(record, pool=pool)), *inventory.changes), inventory.after
         )
 
-    def _inventory(self, cell: str, pool: str, reply: Message) -> Reconciliation:
+    def _inventory(
+        self, cell: str, pool: str, reply: Message, *, late: bool = False
+    ) -> Reconciliation:
         try:
-            return self._reconcile(cell, pool, reply)
+            return self._reconcile(cell, pool, reply, late=late)
         except InventoryError as error:
             raise CellRefused(f"cell '{cell}' sent an unusable inventory: {error}") from None
 
@@ -563,16 +565,18 @@ class CellOperations:
         refreshing.addBoth(done)
 
     def _late_inventory(self, name: str, request: Message, reply: Message) -> None:
-        """A pool push answered late carries the inventory a rejoin or a refresh waited for:
-        taken as it would have been in time (else a linked Cell's guests stayed lost until its
-        next link), while the Cell is in that pool (an add that timed out left it out); it
-        asks for nothing more, or a slow Cell would be asked again for as long as it is slow."""
+        """A pool push answered late carries the inventory a rejoin or a refresh waited for,
+        while the Cell is in that pool (an add that timed out left it out). It is older than
+        what Core did since it asked (creations given up, deletions), so it only finds the
+        guests Core shows lost (else a linked Cell's guests stayed lost until its next link);
+        the rest waits for the next inventory taken in time. It asks for nothing more, or a
+        slow Cell would be asked again for as long as it is slow."""
         record = self._context.view.cells.get(name)
         pool = request.string_params.get(ParamKey.Pool, "")
         if record is None or not pool or record.pool != pool or record.purge_pending:
             return
         self.log.info("{name} answered its pool push late: taking that inventory", name=name)
-        taking = self.take_inventory(name, pool, reply)
+        taking = self.take_inventory(name, pool, reply, late=True)
         taking.addErrback(self._logged, "taking its inventory from a late reply", name)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
@@ -611,10 +615,13 @@ class CellOperations:
         reply = await self._ask(record.name, self.pool_ready_message(pool), ADD_TIMEOUT_MESSAGE)
         await self.take_inventory(record.name, record.pool, reply)
 
-    def take_inventory(self, cell: str, pool: str, reply: Message) -> Deferred[None]:
-        """Reconcile Core's guests on ``cell`` with what the Cell reported."""
+    def take_inventory(
+        self, cell: str, pool: str, reply: Message, *, late: bool = False
+    ) -> Deferred[None]:
+        """Reconcile Core's guests on ``cell`` with what the Cell reported (``late``: in a
+        reply that came after Core stopped waiting, so older than what Core did meanwhile)."""
         try:
-            reconciled = self._inventory(cell, pool, reply)
+            reconciled = self._inventory(cell, pool, reply, late=late)
         except OperationError as error:
             return fail(error)
         if not reconciled.changes:

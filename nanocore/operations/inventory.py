@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import evolve, frozen
 
@@ -64,9 +64,14 @@ class Reconciliation:
     after: Callable[[], None]
 
 
-#: Reads a Cell's ready reply (cell, pool, reply) into a :class:`Reconciliation`; raises
-#: :class:`InventoryError` for a report that cannot be used at all.
-Reconcile = Callable[[str, str, Message], Reconciliation]
+class Reconcile(Protocol):
+    """Reads a Cell's ready reply into a :class:`Reconciliation`; raises
+    :class:`InventoryError` for a report that cannot be used at all. A ``late`` reply is an
+    inventory older than what Core did since it asked: it only finds lost guests."""
+
+    def __call__(
+        self, cell: str, pool: str, reply: Message, *, late: bool = False
+    ) -> Reconciliation: ...
 
 
 @frozen

@@ -239,6 +239,9 @@ class GuestOperations:
 
     # -- the Cell's inventory -----------------------------------------------------------------
 
-    def reconcile(self, cell: str, pool: str, reply: Message) -> Reconciliation:
+    def reconcile(
+        self, cell: str, pool: str, reply: Message, *, late: bool = False
+    ) -> Reconciliation:
         """What a Cell's inventory changes (see :mod:`nanocore.operations.guests.reconcile`)."""
-        return self._reconciler.reconcile(cell, pool, reply, self._cells.address(cell) or "")
+        address = self._cells.address(cell) or ""
+        return self._reconciler.reconcile(cell, pool, reply, address, late=late)

@@ -28,6 +28,12 @@ The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell r
   change: one unit deciding on what was committed before it would undo it.
 
 Everything changes in one commit; claims and orphan deletions follow it.
+
+An inventory that came *late* (the Cell answered its pool push after Core stopped waiting) is
+older than what Core did since it asked: a creation given up meanwhile is missing from it, a
+guest deleted meanwhile still in it. It only finds the guests Core shows lost on that Cell
+(taken as reported); everything else above waits for the next inventory taken in time, or a
+given-up creation's guest would be adopted by the one after (QA pass 13, N2).
 """
 
 from __future__ import annotations
@@ -108,7 +114,9 @@ class Reconciler:
         self._events = events
         self._in_flight = in_flight
 
-    def reconcile(self, cell: str, pool: str, reply: Message, address: str) -> Reconciliation:
+    def reconcile(
+        self, cell: str, pool: str, reply: Message, address: str, *, late: bool = False
+    ) -> Reconciliation:
         """Raises :class:`~nanocore.operations.inventory.InventoryError` for an unusable report."""
         view = self._context.view
         inventory = read_inventory(
@@ -116,6 +124,8 @@ class Reconciler:
         )
         for reason in inventory.skipped:
             log.warn("{cell}: skipped {reason}", cell=cell, reason=reason)
+        if late:
+            return self._found(cell, inventory.instances)
         changes: list[Change] = []
         confirmed: list[str] = []
         released: list[str] = []
@@ -184,6 +194,20 @@ class Reconciler:
                 self._detach_stale(cell, stale)
 
         return Reconciliation(tuple(changes), after)
+
+    def _found(self, cell: str, reported: Collection[Instance]) -> Reconciliation:
+        """A late inventory's changes: the guests Core shows lost on ``cell`` that it reports,
+        as reported (see the module's docstring)."""
+        view, busy = self._context.view, self._access.busy
+        changes: list[Change] = []
+        for instance in reported:
+            known = view.instances.get(instance.id)
+            if known is None or known.cell != cell or not known.lost or known.migrating:
+                continue
+            if busy(instance.id) or _resetting(known, instance, cell):
+                continue
+            changes.append(Put(instance))
+        return Reconciliation(tuple(changes), lambda: None)
 
     def _elsewhere(self, known: Instance, cell: str) -> bool:
         """Core places the guest on another Cell that is linked and holds it (not lost): the
