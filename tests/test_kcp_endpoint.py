@@ -15,7 +15,9 @@ from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.kcp.conversation import CMD_PUSH, KCPConversation
 from nanocore.cluster.kcp.endpoint import KCPEndpoint
 from nanocore.cluster.kcp.fec import TYPE_PARITY, DataShards
-from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.kcp.link import PROOF_TIMEOUT
+from nanocore.cluster.message import Message, MessageID, ParamKey, encode
+from nanocore.cluster.transport import ServiceType, opened_event
 from tests.kcpfixtures import CORE_ADDRESS, KCPFabric
 
 CMD_ACK = 82
@@ -84,6 +86,43 @@ class DemultiplexTests(SynchronousTestCase):
         self.assertEqual(self.fabric.endpoint.conversations[ADDRESS_A].conv, 0xA2)
         self.assertEqual(self.fabric.registry.state(CELL_A), CellLiveness.ALIVE)
         self.assertTrue(self.answers(CELL_A))
+
+    def test_a_spoofed_new_conv_from_a_live_cells_port_ends_nothing(self) -> None:
+        """One datagram with a Cell's exact address and port as its source, opening a new
+        conv: kcp-go's rule replaced the Cell's conversation at once, so its link dropped
+        without a goodbye and, in a pool with failover, its guests were started on another
+        Cell while it still ran them (QA pass 13, N1). The newcomer runs beside it until it
+        proves it receives there, which a spoofer never does."""
+        fabric = self.fabric
+        fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        fabric.settle()
+        live, link = fabric.endpoint.conversations[ADDRESS_A], fabric.registry.link(CELL_A)
+        handshake = encode(opened_event("Cell_0000000000ff", ServiceType.CELL))
+        fabric.network.inject(ADDRESS_A, CORE_ADDRESS, shard(segment(0xBAD, data=handshake)))
+        fabric.settle()
+        self.assertIs(fabric.endpoint.conversations[ADDRESS_A], live)
+        self.assertEqual(fabric.endpoint.challengers[ADDRESS_A].conv, 0xBAD)
+        fabric.run(PROOF_TIMEOUT + 0.1)
+        self.assertEqual(fabric.endpoint.challengers, {})
+        self.assertIs(fabric.registry.link(CELL_A), link)
+        self.assertFalse(live.released)
+        self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.ALIVE)
+        self.assertTrue(self.answers(CELL_A))
+
+    def test_a_proven_newcomer_refused_its_name_replaces_nothing(self) -> None:
+        fabric = self.fabric
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
+        fabric.dial(CELL_B, ADDRESS_B, conv=0xB2)
+        fabric.settle()
+        live = fabric.endpoint.conversations[ADDRESS_A]
+        fabric.network.ports.pop(ADDRESS_A)
+        fabric.dial(CELL_B, ADDRESS_A, conv=0xA2)  # B's name, held from B's address
+        fabric.settle()
+        self.assertEqual(fabric.endpoint.challengers, {})
+        self.assertIs(fabric.endpoint.conversations[ADDRESS_A], live)
+        self.assertEqual([e for e in observer if "failed" in e.get("log_format", "")], [])
+        self.assertEqual(fabric.registry.address(CELL_B), ADDRESS_B[0])
 
     def test_other_conv_mid_stream_from_a_known_address_is_ignored(self) -> None:
         self.fabric.dial(CELL_A, ADDRESS_A, conv=0xA1)
@@ -208,6 +247,21 @@ class FloodTests(SynchronousTestCase):
         fabric.settle()
         self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
         self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.ALIVE)
+
+    def test_one_source_holds_a_share_of_the_handshaking_places(self) -> None:
+        """Well-formed claims from one address that never prove themselves hold a place each
+        for 5 s: from one source they filled every place, and no Cell could link while they
+        kept coming (QA pass 13, N5)."""
+        fabric = KCPFabric(handshaking=8, handshaking_per_source=2)
+        for port in range(100):
+            handshake = encode(opened_event(f"Cell_{port:012x}", ServiceType.CELL))
+            opening = shard(segment(port + 1, data=handshake))
+            fabric.network.inject(("10.6.6.6", 1000 + port), CORE_ADDRESS, opening)
+        fabric.settle()
+        self.assertEqual(len(fabric.endpoint.conversations), 2)
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
 
     def test_openings_are_rate_limited(self) -> None:
         fabric = KCPFabric(openings_per_second=10, opening_burst=20)

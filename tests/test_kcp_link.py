@@ -217,9 +217,13 @@ class NameTakeoverTests(SynchronousTestCase):
         Core's answer goes to the real address, whose owner never acknowledges it, so the
         claim is never handed on (it took the name at once: QA pass 9, finding 4)."""
         live = self.fabric.registry.link(CELL)
+        before = len(self.observer)
         self.spoof((ADDRESS[0], 40999), opening(CELL))
         self.fabric.run(PROOF_TIMEOUT - 0.1)
         self.assertIs(self.fabric.registry.link(CELL), live)
+        # Nor is it logged as the Cell connecting (one line per spoofed datagram: QA 13, N3).
+        lines = [formatEvent(e) for e in list(self.observer)[before:]]
+        self.assertEqual([line for line in lines if "connected" in line], [])
         d = self.fabric.registry.request(CELL, storage_request(CELL))
         self.fabric.settle()
         self.assertEqual(self.successResultOf(d).sender, CELL)

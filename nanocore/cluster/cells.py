@@ -428,6 +428,9 @@ class CellRegistry:
     # -- LinkHandler --------------------------------------------------------------------------
 
     def link_connected(self, link: LinkSession) -> None:
+        # Logged here, where it is taken: a KCP claim still proving itself (or refused) is
+        # not a Cell connecting, and anyone can make those.
+        self.log.info("link {name} ({address}) connected", name=link.name, address=link.address)
         self._generation += 1
         if self._rejoin is not None:
             self._rejoin.linked(link.name)

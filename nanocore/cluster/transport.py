@@ -200,7 +200,7 @@ class LinkSession:
         self.state = LinkState.HANDSHAKING
         self._last_heard = clock.seconds()
         self._watchdog: IDelayedCall | None = None
-        self._keepalive = LoopingCall(self._send_keepalive)
+        self._keepalive = LoopingCall(self.send_keepalive)
         self._keepalive.clock = clock
 
     @property
@@ -364,19 +364,17 @@ class LinkSession:
         self._cancel_watchdog()
         self._watchdog = self._clock.callLater(LOST_AFTER, self._watch)
         self._keepalive.start(KEEPALIVE_INTERVAL, now=False)
-        self._handler.link_connected(self)
-        if self.connected:  # not refused the name it claims
-            self.log.info(
-                "link {name} ({address}) connected", name=self.name, address=self.address
-            )
+        self._handler.link_connected(self)  # which logs it if it takes it
 
     def _handshake_expired(self) -> None:
         self._watchdog = None
         self.protocol_error(f"no handshake within {HANDSHAKE_TIMEOUT} s")
 
-    def _send_keepalive(self) -> None:
+    def send_keepalive(self) -> None:
+        """Every ``KEEPALIVE_INTERVAL``, and whenever the wire wants the peer to answer."""
         # Sent while lost too: the original stops, so both ends then lose each other (§2.8).
-        self._wire.write_frame(_KEEPALIVE_FRAME)
+        if self.connected:
+            self._wire.write_frame(_KEEPALIVE_FRAME)
 
     def _watch(self) -> None:
         """Fires at the next silence deadline; cheap because receipt only stamps a time."""

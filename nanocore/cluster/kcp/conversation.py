@@ -126,8 +126,11 @@ class Limits:
 
     #: Conversations at once (each holds a KCP control block and a reassembly buffer).
     conversations: int = 4096
-    #: Conversations at once whose peer has not completed the handshake.
+    #: Conversations at once whose peer has not completed the handshake or proven its claim,
+    #: and how many of them one source address may hold (a flood from one address leaves the
+    #: rest to the others; a simulator's Cells on one address link in waves of it).
     handshaking: int = MAX_HANDSHAKING
+    handshaking_per_source: int = MAX_HANDSHAKING // 4
     #: New conversations per second from all peers, and their burst (a whole cluster dialing
     #: a restarted Core fits in it); beyond, openings are dropped and the dialers send again.
     openings_per_second: float = 200.0
@@ -334,6 +337,11 @@ class KCPConversation:
             if self.session is not None:  # an opening's is the endpoint's to drop
                 self.session.refuse("it acknowledged a segment with a timestamp Core never sent")
             return False
+        if self._proof_waiters and arq.waitsnd() == 0 and self.session is not None:
+            # Everything sent is covered by ``una`` but the ACK that proves it was lost: ask
+            # for another now, rather than at the next keepalive (on a lossy link the claim
+            # ran out of time so).
+            self.session.send_keepalive()
         return True
 
     def deliver(self) -> None:

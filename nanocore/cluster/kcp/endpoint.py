@@ -1,8 +1,12 @@
 """Core's KCP port: one UDP socket, one KCP conversation per remote address (kcp-go's Listener).
 
 Demultiplexing follows kcp-go (cell-protocol.md §2.3): conversations are keyed by the peer's
-``ip:port``; a known address that sends a *new* conv with sequence 0 replaces its conversation;
-parity shards are dropped. Unlike kcp-go, a conversation is created only from the datagram that
+``ip:port``; a known address that sends a *new* conv with sequence 0 replaces its conversation,
+but only once the new one's peer has proven that it receives there
+(:meth:`KCPConversation.proven`): until then the new conversation runs beside the old, which
+goes on (kcp-go replaced it at once, so one spoofed datagram ended a live Cell's link and, in a
+pool with failover, started its guests on another Cell while it still ran them); parity shards
+are dropped. Unlike kcp-go, a conversation is created only from the datagram that
 opens one (a data shard whose first segment is PUSH with sequence 0, the dialer's handshake), so
 mid-stream traffic from a conversation Core no longer knows (a Cell that outlived a Core
 restart) is ignored until that Cell dials again, instead of filling the table with sessions that
@@ -74,6 +78,8 @@ class KCPEndpoint(DatagramProtocol):
         #: What anyone can make this port log, rate-limited (shared with the sessions).
         self.noise = noise if noise is not None else RateLimitedLog(self.log, clock)
         self.conversations: dict[Address, KCPConversation] = {}
+        #: A new conversation from an address that has one, until its peer proves itself.
+        self.challengers: dict[Address, KCPConversation] = {}
         #: Conversations created and maybe still handshaking; pruned when it matters.
         self._pending: set[KCPConversation] = set()
         self._openings = TokenBucket(clock, limits.openings_per_second, limits.opening_burst)
@@ -88,7 +94,7 @@ class KCPEndpoint(DatagramProtocol):
         enlarge_receive_buffer(self.transport)
 
     def stopProtocol(self) -> None:
-        for conversation in list(self.conversations.values()):
+        for conversation in [*self.conversations.values(), *self.challengers.values()]:
             conversation.abort()
         self.noise.flush()
 
@@ -101,9 +107,9 @@ class KCPEndpoint(DatagramProtocol):
             self.log.failure(
                 "KCP datagram from {peer} failed; dropping its conversation", peer=peer
             )
-            conversation = self.conversations.get(peer)
-            if conversation is not None:
-                conversation.abort()
+            for known in (self.conversations.get(peer), self.challengers.get(peer)):
+                if known is not None:
+                    known.abort()
 
     # -- Core stopping ------------------------------------------------------------------------
 
@@ -111,7 +117,7 @@ class KCPEndpoint(DatagramProtocol):
         """Refuse new conversations, say goodbye on every one; fires once all are released
         (3 s at most: a Cell that does not acknowledge the goodbye is not waited for)."""
         self._closing = True
-        conversations = list(self.conversations.values())
+        conversations = [*self.conversations.values(), *self.challengers.values()]
         for conversation in conversations:
             if conversation.session is not None:
                 conversation.session.close()
@@ -139,6 +145,15 @@ class KCPEndpoint(DatagramProtocol):
         if conversation is not None and head.conv == conversation.conv:
             if conversation.accepts(payload):
                 conversation.deliver()
+            else:
+                self.dropped += 1
+            return
+        challenger = self.challengers.get(peer)
+        if challenger is not None and head.conv == challenger.conv:
+            if challenger.accepts(payload):
+                if challenger.proven and not challenger.released:  # (refused its name: gone)
+                    self._replace(peer, challenger)
+                challenger.deliver()
             else:
                 self.dropped += 1
             return
@@ -170,15 +185,7 @@ class KCPEndpoint(DatagramProtocol):
                 peer,
             )
             return
-        if conversation is not None:
-            self.log.info(
-                "{peer} opened conversation {conv}: replacing its conversation {old}",
-                peer=peer,
-                conv=head.conv,
-                old=conversation.conv,
-            )
-            conversation.abort()
-        if not self._has_room():
+        if not self._has_room(peer[0]):
             opening.abort()
             self._drop(
                 "KCP openings beyond the peer limit",
@@ -186,28 +193,52 @@ class KCPEndpoint(DatagramProtocol):
                 peer,
             )
             return
-        self.conversations[peer] = opening
+        if conversation is None:
+            self.conversations[peer] = opening
+        else:
+            # It replaces the conversation of its address once proven (see the docstring).
+            if challenger is not None:
+                challenger.abort()
+            self.challengers[peer] = opening
         self._pending.add(opening)
         self._attach(opening)
         opening.deliver()
 
-    def _has_room(self) -> bool:
-        if len(self.conversations) >= self._limits.conversations:
+    def _replace(self, peer: Address, challenger: KCPConversation) -> None:
+        """The new conversation of ``peer``'s address proved itself: it is that address's
+        now, and the old one (whose peer moved on to the new) ends."""
+        self.challengers.pop(peer, None)
+        old = self.conversations.get(peer)
+        self.conversations[peer] = challenger
+        if old is not None:
+            self.log.info(
+                "{peer} opened conversation {conv}: replacing its conversation {old}",
+                peer=peer,
+                conv=challenger.conv,
+                old=old.conv,
+            )
+            old.abort()
+
+    def _has_room(self, host: str) -> bool:
+        """Room for one more conversation from ``host``: in all, handshaking, and of the
+        handshaking places, ``host``'s share (one source cannot hold them all)."""
+        if len(self.conversations) + len(self.challengers) >= self._limits.conversations:
             return False
         pending = self._pending
+        pending.difference_update([c for c in pending if c.released or not c.handshaking])
         if len(pending) >= self._limits.handshaking:
-            pending.difference_update(
-                [c for c in pending if c.released or not c.handshaking],
-            )
-        return len(pending) < self._limits.handshaking
+            return False
+        from_host = sum(1 for c in pending if c.peer[0] == host)
+        return from_host < self._limits.handshaking_per_source
 
     def _write(self, peer: Address, datagram: bytes) -> None:
         if self.transport is not None:
             self.transport.write(datagram, peer)
 
     def _forget(self, conversation: KCPConversation) -> None:
-        if self.conversations.get(conversation.peer) is conversation:
-            del self.conversations[conversation.peer]
+        for table in (self.conversations, self.challengers):
+            if table.get(conversation.peer) is conversation:
+                del table[conversation.peer]
         self._pending.discard(conversation)
 
     def _drop(self, kind: str, text: str, peer: Address, **fields: object) -> None:
