@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from attrs import evolve
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from nanocore import model as m
 from nanocore.cluster.message import MessageID
@@ -40,6 +40,21 @@ class LostRunningGuestTests(GuestClusterCase):
 
     def asked(self, cell: FakeCell, message_id: int) -> int:
         return sum(1 for message in cell.received if message.id == message_id)
+
+    async def test_the_log_says_what_the_api_shows(self) -> None:
+        """A Cell back without its guests in a pool without failover: the API showed them
+        lost and the log said nothing but link lines (QA pass 14)."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        guest = await self.lost_while_running()
+        cell = self.store.view.instances[guest].cell
+        lines = [formatEvent(e) for e in observer if e["log_level"] >= LogLevel.warn]
+        gone = [line for line in lines if "lost without goodbye: its 1 instance(s)" in line]
+        back = [line for line in lines if f"{cell} came back: its inventory lacks 1" in line]
+        self.assertEqual((len(gone), len(back)), (1, 1))
+        self.assertIn(guest, back[0])
+        await self.rejoined(cell)  # told once: it is lost already
+        again = [formatEvent(e) for e in observer if "inventory lacks" in formatEvent(e)]
+        self.assertEqual(len(again), 1)
 
     async def test_the_record_says_lost_and_not_running(self) -> None:
         guest = await self.lost_while_running()

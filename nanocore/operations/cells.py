@@ -589,11 +589,21 @@ class CellOperations:
             departing = self._context.commit(Put(DepartedCell(name)))
             departing.addErrback(self._logged, "keeping its goodbye", name)
         pool = self._context.view.compute_pools.get(record.pool)
+        count = len(self._context.view.instances_on_cell(name))
         if not gracefully and pool is not None and pool.failover:
             self.log.warn(
-                "{name} lost without goodbye: its instances are marked lost, and failed "
-                "over to other cells if its pool's storage is shared",
+                "{name} lost without goodbye: its {count} instance(s) are marked lost, and "
+                "failed over to other cells if its pool's storage is shared",
                 name=name,
+                count=count,
+            )
+        elif count:
+            # Said wherever the pool, so that the log tells what the API shows.
+            self.log.warn(
+                "{name} {how}: its {count} instance(s) are shown lost until it is back",
+                name=name,
+                how="said goodbye" if gracefully else "lost without goodbye",
+                count=count,
             )
 
     # -- lifecycle internals ------------------------------------------------------------------

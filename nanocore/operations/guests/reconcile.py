@@ -56,6 +56,8 @@ from nanocore.store import Change, Delete, Insert, Put
 
 log = Logger()
 
+#: Guests named in one log line; the rest are counted.
+MAX_NAMED = 20
 #: The pending error of a creation the Cell no longer holds after it came back.
 LOST_WHILE_CREATING = "cell '{cell}' lost the guest while creating it"
 #: The pending error of a reset whose guest the Cell no longer holds after it came back.
@@ -129,6 +131,8 @@ class Reconciler:
         changes: list[Change] = []
         confirmed: list[str] = []
         released: list[str] = []
+        #: The released guests whose records this inventory changes (said in the log).
+        missing: list[str] = []
         orphans: list[str] = []
         stale: list[str] = []
         resetting: list[str] = []
@@ -170,8 +174,10 @@ class Reconciler:
                 message = LOST_WHILE_CREATING.format(cell=cell)
                 changes.extend(self._access.forgetting(instance))
                 changes.append(Put(PendingError(instance.id, message)))
+                missing.append(instance.id)
             elif not instance.lost or instance.running or _reset(instance):
                 changes.append(Put(lacked(instance)))
+                missing.append(instance.id)
                 if _reset(instance):
                     message = LOST_WHILE_RESETTING.format(cell=cell)
                     changes.append(Put(PendingError(instance.id, message)))
@@ -181,6 +187,13 @@ class Reconciler:
         changes.extend(_copies_let_go(view.stale_copies.values(), view.instances, cell, reported))
 
         def after() -> None:
+            if missing:
+                shown = ", ".join(missing[:MAX_NAMED])
+                more = len(missing) - MAX_NAMED
+                log.warn("{cell} came back: its inventory lacks {count} instance(s) of Core's "
+                         "({guests}{more}): kept and shown lost, or their creation failed",
+                         cell=cell, count=len(missing), guests=shown,
+                         more=f" and {more} more" if more > 0 else "")  # fmt: skip
             self._events.inventory_lacks(cell, released)
             for guest in resetting:
                 self._events.watch_reset(cell, guest)
