@@ -101,8 +101,11 @@ class Sweep:
         self._committing = False
 
     def delete(self, changes: Iterable[Change]) -> None:
+        """Commit ``changes`` (read only when no sweep is committing: a generator is fine)."""
+        if self._committing:
+            return
         changes = tuple(changes)
-        if self._committing or not changes:
+        if not changes:
             return
         self._committing = True
         self._context.commit(*changes).addBoth(self._done)

@@ -94,7 +94,7 @@ class KCPEndpoint(DatagramProtocol):
         enlarge_receive_buffer(self.transport)
 
     def stopProtocol(self) -> None:
-        for conversation in [*self.conversations.values(), *self.challengers.values()]:
+        for conversation in self._every():
             conversation.abort()
         self.noise.flush()
 
@@ -117,7 +117,7 @@ class KCPEndpoint(DatagramProtocol):
         """Refuse new conversations, say goodbye on every one; fires once all are released
         (3 s at most: a Cell that does not acknowledge the goodbye is not waited for)."""
         self._closing = True
-        conversations = [*self.conversations.values(), *self.challengers.values()]
+        conversations = self._every()
         for conversation in conversations:
             if conversation.session is not None:
                 conversation.session.close()
@@ -203,6 +203,10 @@ class KCPEndpoint(DatagramProtocol):
         self._pending.add(opening)
         self._attach(opening)
         opening.deliver()
+
+    def _every(self) -> list[KCPConversation]:
+        """Every conversation, the ones still to prove themselves included."""
+        return [*self.conversations.values(), *self.challengers.values()]
 
     def _replace(self, peer: Address, challenger: KCPConversation) -> None:
         """The new conversation of ``peer``'s address proved itself: it is that address's

@@ -131,7 +131,7 @@ class Reconciler:
         changes: list[Change] = []
         confirmed: list[str] = []
         released: list[str] = []
-        #: The released guests whose records this inventory changes (said in the log).
+        # The released guests whose records this inventory changes (said in the log).
         missing: list[str] = []
         orphans: list[str] = []
         stale: list[str] = []
