@@ -38,17 +38,23 @@ CMD_WASK = 83
 SPOOFED_CONV = 0x5B00F
 
 
-def segment(cmd: int, *, ts: int = 0, sn: int = 0, una: int = 0, data: bytes = b"") -> bytes:
+def segment(
+    cmd: int,
+    *,
+    ts: int = 0,
+    sn: int = 0,
+    una: int = 0,
+    data: bytes = b"",
+    conv: int = SPOOFED_CONV,
+) -> bytes:
     """One KCP segment of the spoofer's conversation."""
-    header = struct.pack(
-        "<IBBHIIII", SPOOFED_CONV, cmd, 0, 32, ts & 0xFFFFFFFF, sn, una, len(data)
-    )
+    header = struct.pack("<IBBHIIII", conv, cmd, 0, 32, ts & 0xFFFFFFFF, sn, una, len(data))
     return header + data
 
 
-def opening(name: str) -> bytes:
+def opening(name: str, conv: int = SPOOFED_CONV) -> bytes:
     """The first segment of a conversation: a Cell's handshake claiming ``name``."""
-    return segment(CMD_PUSH, data=encode(opened_event(name, ServiceType.CELL)))
+    return segment(CMD_PUSH, data=encode(opened_event(name, ServiceType.CELL)), conv=conv)
 
 
 def storage_request(name: str, payload: str = "") -> Message:
@@ -248,6 +254,44 @@ class NameTakeoverTests(SynchronousTestCase):
         self.assertNotIn(source, self.fabric.endpoint.conversations)  # forged: dropped
         self.assertIs(self.fabric.registry.link(CELL), live)
         self.assertTrue(any("never sent" in str(e.get("reason", "")) for e in self.observer))
+
+    def test_spoofed_claims_that_end_unproven_are_logged_per_source(self) -> None:
+        """Openings from the live Cell's own address and port, each superseding the last
+        unproven one, and claims ended by a forged acknowledgement: each was logged "link
+        <Cell> dropped: the connection ended without a goodbye", one line per datagram, while
+        the live link was untouched (QA pass 15, F1)."""
+        live = self.fabric.registry.link(CELL)
+        before = len(self.observer)
+        for conv in range(1, 41):
+            self.spoof(ADDRESS, opening(CELL, conv))
+            self.fabric.settle()
+        for conv in range(100, 110):
+            self.spoof(("10.0.0.77", 40000 + conv), opening(OTHER, conv))
+            self.fabric.settle()
+            self.spoof(("10.0.0.77", 40000 + conv), segment(CMD_ACK, sn=0, ts=1, conv=conv))
+            self.fabric.settle()
+        lines = [formatEvent(e) for e in list(self.observer)[before:]]
+        self.assertEqual([line for line in lines if "dropped" in line], [])
+        ended = [line for line in lines if "ended before it proved its address" in line]
+        forged = [line for line in lines if "a timestamp Core never sent" in line]
+        self.assertEqual((len(ended), len(forged)), (1, 1), lines)  # per source a minute
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIs(self.fabric.registry.link(CELL), live)
+        self.assertEqual(self.fabric.registry.state(CELL), CellLiveness.ALIVE)
+
+    def test_a_proven_cells_link_ending_is_still_logged_each_time(self) -> None:
+        """The per-source log is for claims never handed on: a Cell's own link that ends
+        without a goodbye is said, every time, however many share its address."""
+        ports = (40100, 40101, 40102)
+        for index, port in enumerate(ports):
+            self.fabric.dial(f"Cell_5254001a2c{index:02d}", (ADDRESS[0], port))
+            self.fabric.settle()
+        before = len(self.observer)
+        for port in ports:
+            self.fabric.endpoint.conversations[(ADDRESS[0], port)].abort()  # the wire is gone
+        lines = [formatEvent(e) for e in list(self.observer)[before:]]
+        dropped = [line for line in lines if "ended without a goodbye" in line]
+        self.assertEqual(len(dropped), 3, lines)
 
     def test_a_spoofed_new_cell_is_never_added(self) -> None:
         """A name nobody holds is no less a claim: from a source that never answers, no Cell

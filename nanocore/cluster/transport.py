@@ -198,6 +198,10 @@ class LinkSession:
         self._noise = noise
         self.name = ""
         self.state = LinkState.HANDSHAKING
+        #: Whether the handler keeps this connected link from the rest of Core for now
+        #: (:class:`~nanocore.cluster.kcp.link.NameGuard`, while a claim proves its address).
+        #: Anyone can open and end such links, so their end is logged per source.
+        self.withheld = False
         self._last_heard = clock.seconds()
         self._watchdog: IDelayedCall | None = None
         self._keepalive = LoopingCall(self.send_keepalive)
@@ -300,7 +304,14 @@ class LinkSession:
 
     def wire_lost(self) -> None:
         """The connection below is gone (a goodbye, or Core's own close, came first if any)."""
-        if self.connected:
+        if self.connected and self.withheld and self._noise is not None:
+            self._noise.warn(
+                "unproven links ended",
+                self.address,
+                "link {name} ({source}) ended before it proved its address",
+                name=self.name,
+            )
+        elif self.connected:
             self.log.warn(
                 "link {name} ({address}) dropped: the connection ended without a goodbye",
                 name=self.name,

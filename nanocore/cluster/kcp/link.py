@@ -70,6 +70,7 @@ class NameGuard:
         holder = self._current_link(link.name)
         if holder is not None and holder is not link and self._refuses(link, holder):
             return
+        link.withheld = True
         self._proving[link] = self._clock.callLater(PROOF_TIMEOUT, self._unproven, link)
         wire = cast(KCPConversation, link.wire)
         wire.when_proven().addCallback(lambda _: self._proven(link))
@@ -81,6 +82,7 @@ class NameGuard:
         deadline.cancel()
         holder = self._current_link(link.name)
         if holder is None or holder is link or not self._refuses(link, holder):
+            link.withheld = False
             self._handler.link_connected(link)
 
     def _unproven(self, link: LinkSession) -> None:
