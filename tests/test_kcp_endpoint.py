@@ -270,14 +270,78 @@ class FloodTests(SynchronousTestCase):
         for port in range(100):  # one address dialing again and again, and many addresses
             fabric.network.inject(ADDRESS_A, CORE_ADDRESS, shard(segment(port + 1, data=b"{")))
             fabric.network.inject(("10.6.6.6", port), CORE_ADDRESS, shard(segment(1, data=b"{")))
-        # Cell A took one of the 20; the other 19 went alternately to A's address (which keeps
-        # one conversation, replaced each time) and to 9 new addresses.
-        self.assertEqual(len(fabric.endpoint.conversations), 1 + 9)
+        # Cell A took one of the 20 openings of hosts never proven, 19 new addresses the rest;
+        # A's address, proven, has a budget of its own (its 20 replaced each other).
+        self.assertEqual(len(fabric.endpoint.conversations), 1 + 19)
+        self.assertEqual(len(fabric.endpoint.challengers), 1)
         self.assertIn("too many openings", self.observer[-1]["log_format"])
         fabric.run(10.5)  # the junk times out, the budget refills
         fabric.dial(CELL_B, ADDRESS_B)
         fabric.settle()
         self.assertEqual(fabric.registry.state(CELL_B), CellLiveness.ALIVE)
+
+    def flood_of_strangers(self, fabric: KCPFabric, count: int) -> None:
+        """Well-formed claims from ``count`` addresses never proven, which never prove."""
+        for index in range(count):
+            handshake = encode(opened_event(f"Cell_f{index:011x}", ServiceType.CELL))
+            source = (f"10.7.{index // 250}.{index % 250 + 1}", 5000 + index)
+            fabric.network.inject(source, CORE_ADDRESS, shard(segment(index + 1, data=handshake)))
+        fabric.settle()
+
+    def test_a_restarted_cell_takes_a_place_from_spoofed_openings_of_many_addresses(self) -> None:
+        """Openings from many spoofed addresses hold every handshaking place, 5 s each: a
+        Cell restarted meanwhile waited 15-55 s for one, past the disconnect, and its guests
+        were failed over while it ran them (QA pass 15, F2). Its host was proven before, so
+        it takes the oldest stranger's place and its budget is not the flood's."""
+        fabric = KCPFabric(handshaking=8, handshaking_per_source=4, opening_burst=40)
+        fabric.dial(CELL_A, ADDRESS_A)
+        fabric.settle()
+        self.flood_of_strangers(fabric, 60)  # spends the strangers' budget too
+        self.assertEqual(len(fabric.endpoint.conversations), 1 + 8)
+        fabric.network.ports.pop(ADDRESS_A)  # Cell A restarts: a new port on its host
+        restarted = (ADDRESS_A[0], 40999)
+        fabric.dial(CELL_A, restarted)
+        fabric.settle()
+        self.assertEqual(fabric.registry.state(CELL_A), CellLiveness.ALIVE)
+        link = fabric.registry.link(CELL_A)
+        assert link is not None
+        self.assertEqual(link.wire.peer, restarted)  # type: ignore[attr-defined]
+        strangers = [a for a in fabric.endpoint.conversations if a[0].startswith("10.7.")]
+        self.assertEqual(len(strangers), 7)  # the oldest gave way
+        self.assertNotIn(("10.7.0.1", 5000), strangers)
+        formats = [event.get("log_format", "") for event in self.observer]
+        self.assertEqual(sum("went to a returning host" in f for f in formats), 1)
+        # A Cell never seen before waits for the flood's places to free up, as before.
+        fabric.dial(CELL_B, ADDRESS_B)
+        fabric.settle()
+        self.assertIsNone(fabric.registry.state(CELL_B))
+
+    def test_a_returning_host_holds_its_share_of_places_and_no_more(self) -> None:
+        """A spoofer using a proven host's address gets that host's share of the places,
+        taken from strangers, and no more; it never takes a proven host's place."""
+        fabric = KCPFabric(handshaking=8, handshaking_per_source=3, opening_burst=100)
+        cell_c, address_c = "Cell_00000000000c", ("10.0.0.12", 40003)
+        for name, address in ((CELL_A, ADDRESS_A), (CELL_B, ADDRESS_B), (cell_c, address_c)):
+            fabric.dial(name, address)
+        fabric.settle()
+        self.flood_of_strangers(fabric, 8)
+
+        def unproven_claims(host: str, conv: int) -> None:
+            for port in range(20):  # claims from a proven host that never prove themselves
+                handshake = encode(opened_event(f"Cell_e{conv + port:011x}", ServiceType.CELL))
+                opening = shard(segment(conv + port, data=handshake))
+                fabric.network.inject((host, 6000 + port), CORE_ADDRESS, opening)
+            fabric.settle()
+
+        unproven_claims(ADDRESS_A[0], 0x100)
+        hosts = [address[0] for address in fabric.endpoint.conversations]
+        self.assertEqual(hosts.count(ADDRESS_A[0]), 1 + 3)  # its share, from 3 strangers
+        self.assertEqual(len(hosts), 3 + 8)
+        unproven_claims(ADDRESS_B[0], 0x200)  # B's share: 3 more strangers give way
+        unproven_claims(address_c[0], 0x300)  # the last 2 strangers, then no place
+        hosts = [address[0] for address in fabric.endpoint.conversations]
+        counts = [hosts.count(host[0]) for host in (ADDRESS_A, ADDRESS_B, address_c)]
+        self.assertEqual((counts, len(hosts)), ([1 + 3, 1 + 3, 1 + 2], 3 + 8))
 
     def test_malformed_openings_take_no_share_of_the_budget(self) -> None:
         """One sender's junk openings (a length that lies) are refused before they cost an

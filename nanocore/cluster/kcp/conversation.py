@@ -220,12 +220,16 @@ class KCPConversation:
         send: Callable[[bytes], None],
         released: Callable[[KCPConversation], None],
         limits: Limits = DEFAULT_LIMITS,
+        *,
+        proven: Callable[[KCPConversation], None] | None = None,
     ) -> None:
         self.conv = conv
         self.peer = peer
         self._clock = clock
         self._send = send
         self._released = released
+        #: Told once the peer has proven that it receives (see :meth:`when_proven`).
+        self._on_proven = proven
         self._limits = limits
         self._outbox: list[bytes] = []
         #: Where this conversation's KCP clock starts (see the module's docstring).
@@ -381,6 +385,8 @@ class KCPConversation:
             if (sn, ts) not in stamps:
                 return False
             self._stamps = None
+            if self._on_proven is not None:
+                self._on_proven(self)
             waiting, self._proof_waiters = self._proof_waiters, []
             for d in waiting:
                 d.callback(None)

@@ -80,9 +80,17 @@ class KCPEndpoint(DatagramProtocol):
         self.conversations: dict[Address, KCPConversation] = {}
         #: A new conversation from an address that has one, until its peer proves itself.
         self.challengers: dict[Address, KCPConversation] = {}
-        #: Conversations created and maybe still handshaking; pruned when it matters.
-        self._pending: set[KCPConversation] = set()
+        #: Conversations created and maybe still handshaking, oldest first; pruned when it
+        #: matters.
+        self._pending: dict[KCPConversation, None] = {}
         self._openings = TokenBucket(clock, limits.openings_per_second, limits.opening_burst)
+        #: Hosts a peer proved it receives at, most recent last (at most ``conversations``):
+        #: a Cell dialing again after a restart comes from one, spoofed openings mostly do not,
+        #: so returning hosts have a budget of their own and may take an unknown host's place.
+        self._returning: dict[str, None] = {}
+        self._returning_openings = TokenBucket(
+            clock, limits.openings_per_second, limits.opening_burst
+        )
         #: Datagrams dropped as malformed, foreign or over a limit.
         self.dropped = 0
         #: Core is closing every conversation: new ones are refused meanwhile.
@@ -172,12 +180,14 @@ class KCPEndpoint(DatagramProtocol):
             partial(self._write, peer),
             self._forget,
             self._limits,
+            proven=self._proven,
         )
         if not opening.accepts(payload):
             opening.abort()
             self._drop("malformed KCP openings", "malformed opening segment from {peer}", peer)
             return
-        if not self._openings.take():
+        returning = peer[0] in self._returning
+        if not (self._returning_openings if returning else self._openings).take():
             opening.abort()
             self._drop(
                 "KCP openings over the rate",
@@ -185,7 +195,7 @@ class KCPEndpoint(DatagramProtocol):
                 peer,
             )
             return
-        if not self._has_room(peer[0]):
+        if not self._has_room(peer[0], returning):
             opening.abort()
             self._drop(
                 "KCP openings beyond the peer limit",
@@ -200,7 +210,7 @@ class KCPEndpoint(DatagramProtocol):
             if challenger is not None:
                 challenger.abort()
             self.challengers[peer] = opening
-        self._pending.add(opening)
+        self._pending[opening] = None
         self._attach(opening)
         opening.deliver()
 
@@ -223,17 +233,40 @@ class KCPEndpoint(DatagramProtocol):
             )
             old.abort()
 
-    def _has_room(self, host: str) -> bool:
+    def _has_room(self, host: str, returning: bool) -> bool:
         """Room for one more conversation from ``host``: in all, handshaking, and of the
-        handshaking places, ``host``'s share (one source cannot hold them all)."""
+        handshaking places, ``host``'s share (one source cannot hold them all). A returning
+        host takes the place of the oldest opening from a host never proven, if it must:
+        spoofed openings from many addresses then cannot keep a restarted Cell out."""
         if len(self.conversations) + len(self.challengers) >= self._limits.conversations:
             return False
         pending = self._pending
-        pending.difference_update([c for c in pending if c.released or not c.handshaking])
-        if len(pending) >= self._limits.handshaking:
-            return False
+        for done in [c for c in pending if c.released or not c.handshaking]:
+            del pending[done]
         from_host = sum(1 for c in pending if c.peer[0] == host)
-        return from_host < self._limits.handshaking_per_source
+        if from_host >= self._limits.handshaking_per_source:
+            return False
+        if len(pending) < self._limits.handshaking:
+            return True
+        if returning:
+            stranger = next((c for c in pending if c.peer[0] not in self._returning), None)
+            if stranger is not None:
+                self._drop(
+                    "KCP openings dropped for returning hosts",
+                    "unproven conversation from {peer}: its place went to a returning host",
+                    stranger.peer,
+                )
+                stranger.abort()
+                return True
+        return False
+
+    def _proven(self, conversation: KCPConversation) -> None:
+        """Its peer showed it receives at its address: remember the host as returning."""
+        host, returning = conversation.peer[0], self._returning
+        returning.pop(host, None)
+        returning[host] = None
+        if len(returning) > self._limits.conversations:
+            del returning[next(iter(returning))]
 
     def _write(self, peer: Address, datagram: bytes) -> None:
         if self.transport is not None:
@@ -243,7 +276,7 @@ class KCPEndpoint(DatagramProtocol):
         for table in (self.conversations, self.challengers):
             if table.get(conversation.peer) is conversation:
                 del table[conversation.peer]
-        self._pending.discard(conversation)
+        self._pending.pop(conversation, None)
 
     def _drop(self, kind: str, text: str, peer: Address, **fields: object) -> None:
         self.dropped += 1
