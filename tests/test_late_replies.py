@@ -115,6 +115,28 @@ class LateReplyTests(GuestClusterCase):
         self.assertFalse(self.store.view.instances[guest].lost)
         self.assertEqual(self.pool_pushes(name), pushes)  # and nothing asked again
 
+    async def test_a_guest_being_changed_when_a_late_inventory_came_is_found_after(self) -> None:
+        guest = await self.created()
+        name = self.store.view.instances[guest].cell
+        cell, pool = self.cells[name], self.store.view.instances[guest].pool
+        cell.inject(MessageID.ComputePoolReadyEvent, Fault(delay=TIMEOUT + 1))
+        pushed = cell.until_received(MessageID.ComputePoolReadyEvent)
+        linked = self.events.until_available(name)
+        cell.drop_link()
+        await linked
+        await pushed
+        self.core_clock.advance(TIMEOUT)
+        await self.store.commit(UnitOfWork(()))
+        held: Deferred[None] = Deferred()
+        self.ops.guests.access.serially(guest, lambda: held)  # a change under way
+        self.cell_clock.advance(TIMEOUT + 1)
+        await self.ops.cells.storage_paths(pool, name)
+        await self.store.commit(UnitOfWork(()))
+        self.assertTrue(self.store.view.instances[guest].lost)  # left to that change
+        held.callback(None)
+        await self.ops.guests.access.serially(guest, lambda: succeed(None))
+        self.assertFalse(self.store.view.instances[guest].lost)
+
     async def test_a_late_answer_to_an_add_that_timed_out_adopts_nothing(self) -> None:
         """The add left the Cell out of the pool: the guests its late answer names stay
         unknown to Core."""

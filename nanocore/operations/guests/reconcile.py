@@ -25,7 +25,10 @@ The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell r
   told to :meth:`GuestEvents.inventory_lacks`, so that deleting one asks no Cell;
 - pending errors naming this Cell for guests it does not report are settled;
 - a guest whose record is being changed right now (an event, a deletion) is left to that
-  change: one unit deciding on what was committed before it would undo it.
+  change: one unit deciding on what was committed before it would undo it. If the Cell
+  reports it, it is found again once that change is done (lost no more, the rest as that
+  change left it): the change may be the lost mark of the link before, which then landed after
+  the inventory and left a guest lost on a Cell that runs it (QA pass 16).
 
 Everything changes in one commit; claims and orphan deletions follow it.
 
@@ -136,6 +139,8 @@ class Reconciler:
         orphans: list[str] = []
         stale: list[str] = []
         resetting: list[str] = []
+        # Reported guests being changed now: found again once that change is done.
+        found_after: list[str] = []
         reported = {instance.id for instance in inventory.instances}
         busy = self._access.busy
         for instance in inventory.instances:
@@ -144,6 +149,8 @@ class Reconciler:
                 resetting.append(instance.id)
                 instance = evolve(instance, status=known.status, progress=known.progress)
             if busy(instance.id):
+                if known is not None and known.cell == cell:
+                    found_after.append(instance.id)
                 continue
             pending = view.pending_errors.get(instance.id)
             if known is not None and known.migrating:
@@ -205,22 +212,47 @@ class Reconciler:
                 self._events.delete_orphan(cell, guest)
             if stale:
                 self._detach_stale(cell, stale)
+            for guest in found_after:
+                self._find_again(cell, guest)
 
         return Reconciliation(tuple(changes), after)
+
+    def _find_again(self, cell: str, guest: str) -> None:
+        """``cell`` reported ``guest`` while it was being changed: once that change is done,
+        it is lost no more if it is still ``cell``'s. (A disconnect since then marks it lost
+        again after this: its mark takes its turn behind this one.)"""
+
+        def found(instance: Instance | None) -> list[Change]:
+            if instance is None or instance.cell != cell or not instance.lost:
+                return []
+            return [] if instance.migrating else [Put(evolve(instance, lost=False))]
+
+        def failed(failure: Failure) -> None:
+            log.warn("{cell}: {guest} not found again after its change: {reason}", cell=cell,
+                     guest=guest, reason=failure.getErrorMessage())  # fmt: skip
+
+        self._access.change(guest, found).addErrback(failed)
 
     def _found(self, cell: str, reported: Collection[Instance]) -> Reconciliation:
         """A late inventory's changes: the guests Core shows lost on ``cell`` that it reports,
         as reported (see the module's docstring)."""
         view, busy = self._context.view, self._access.busy
         changes: list[Change] = []
+        found_after: list[str] = []
         for instance in reported:
             known = view.instances.get(instance.id)
-            if known is None or known.cell != cell or not known.lost or known.migrating:
+            if known is None or known.cell != cell or known.migrating:
                 continue
-            if busy(instance.id) or _resetting(known, instance, cell):
-                continue
-            changes.append(Put(instance))
-        return Reconciliation(tuple(changes), lambda: None)
+            if busy(instance.id):
+                found_after.append(instance.id)
+            elif known.lost and not _resetting(known, instance, cell):
+                changes.append(Put(instance))
+
+        def after() -> None:
+            for guest in found_after:
+                self._find_again(cell, guest)
+
+        return Reconciliation(tuple(changes), after)
 
     def _elsewhere(self, known: Instance, cell: str) -> bool:
         """Core places the guest on another Cell that is linked and holds it (not lost): the
