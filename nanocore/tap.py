@@ -70,6 +70,7 @@ from nanocore.services.listen import ListeningService, PortFile, check_local_add
 from nanocore.services.logs import RotatedLogs
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
+from nanocore.services.stall import StallWatch
 from nanocore.services.store import StoreService
 from nanocore.services.timings import TimingReport
 from nanocore.tlsserver import tls_server_factory
@@ -355,6 +356,7 @@ def build_service(
         ("api-port", PortFile(layout.api_port_file, api_server)),
         ("memory", memory),
         ("logs", RotatedLogs(reactor, layout.log_file)),
+        ("stalls", StallWatch(reactor)),
     ]
     for name, child in children:
         child.setName(name)

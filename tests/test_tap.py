@@ -32,6 +32,7 @@ from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.logs import RotatedLogs
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
+from nanocore.services.stall import StallWatch
 from nanocore.services.store import StoreService
 from nanocore.services.timings import TimingReport
 from nanocore.testing import simtap
@@ -242,6 +243,7 @@ class MakeServiceTests(SynchronousTestCase):
                 ("api-port", PortFile),
                 ("memory", MemoryTrim),
                 ("logs", RotatedLogs),
+                ("stalls", StallWatch),
             ],
         )
 

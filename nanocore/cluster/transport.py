@@ -39,6 +39,11 @@ KEEPALIVE_INTERVAL = 3.0
 LOST_AFTER = 9.0
 #: Seconds of silence after which a peer is disconnected (``DisconnectThresholdInterval``).
 DISCONNECT_AFTER = 15.0
+#: How late a silence check may run before Core counts the delay as its own stall (stopped,
+#: paused, swapped out) rather than the peer's silence: what the peer sent meanwhile is then
+#: still unread, so the check looks again ``STALL_GRACE`` seconds later, once.
+STALL_AFTER = 2.0
+STALL_GRACE = 1.0
 #: Seconds a new link may take to complete the handshake before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
 #: Connections Core accepts at once that have not completed the handshake; more are refused
@@ -204,6 +209,8 @@ class LinkSession:
         self.withheld = False
         self._last_heard = clock.seconds()
         self._watchdog: IDelayedCall | None = None
+        #: The last silence check ran late and looked again rather than judge.
+        self._rechecking = False
         self._keepalive = LoopingCall(self.send_keepalive)
         self._keepalive.clock = clock
 
@@ -389,8 +396,16 @@ class LinkSession:
 
     def _watch(self) -> None:
         """Fires at the next silence deadline; cheap because receipt only stamps a time."""
+        due = self._watchdog.getTime() if self._watchdog is not None else None
         self._watchdog = None
         now = self._clock.seconds()
+        if due is not None and now - due >= STALL_AFTER and not self._rechecking:
+            # Core itself did not run: every link would be judged silent at once (all 60 of a
+            # cluster after a 20 s stop, QA pass 16) before what they sent is read.
+            self._rechecking = True
+            self._watchdog = self._clock.callLater(STALL_GRACE, self._watch)
+            return
+        self._rechecking = False
         silent = now - self._last_heard
         if self.state is LinkState.CONNECTED and silent >= LOST_AFTER:
             self.state = LinkState.LOST

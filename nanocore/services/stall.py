@@ -1,0 +1,52 @@
+"""Saying when Core itself did not run: stopped (``SIGSTOP``), paused (a VM), starved of CPU.
+
+Timers that fell due meanwhile run late, before what peers sent meanwhile is read. The Cell
+links look again before they judge a Cell silent (``transport.STALL_AFTER``); requests that
+were waiting on a Cell may have timed out, and their late answers are taken as such. This says
+it once in the log, so that whoever reads those lines knows why.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nanocore.cluster.transport import STALL_AFTER
+from nanocore.services.periodic import Periodic
+
+#: Seconds between two looks at the clock.
+STEP = 1.0
+
+
+class StallWatch(Periodic):
+    """Logs every stretch of at least ``threshold`` seconds in which the reactor did not run."""
+
+    log = Logger()
+
+    def __init__(
+        self, clock: IReactorTime, *, step: float = STEP, threshold: float = STALL_AFTER
+    ) -> None:
+        super().__init__(step, self.look)
+        self.clock = clock  # the timer's
+        self._clock = clock
+        self._threshold = threshold
+        self._last: float | None = None
+        #: Stalls seen so far.
+        self.stalls = 0
+
+    def startService(self) -> None:
+        self._last = None
+        super().startService()
+
+    def look(self) -> None:
+        now = self._clock.seconds()
+        last, self._last = self._last, now
+        if last is None or now - last - self.step < self._threshold:
+            return
+        self.stalls += 1
+        self.log.warn(
+            "nanocore did not run for {seconds:.1f} s (stopped, paused or starved of CPU): "
+            "Cell links are heard again before any is judged silent; requests waiting on a "
+            "Cell meanwhile may have answered 'cell timeout'",
+            seconds=now - last,
+        )
