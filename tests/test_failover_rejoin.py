@@ -20,6 +20,8 @@ from pathlib import Path
 
 from attrs import evolve
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import model as m
@@ -141,6 +143,7 @@ class RejoinCase(SynchronousTestCase):
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
         self.world = World(folder, failover=self.failover, names=self.names)
+        self.observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.addCleanup(lambda: self.world.store.close())
         self.guests = [self.world.guest_on(A, i) for i in range(2)]
         for guest in self.guests:
@@ -184,6 +187,12 @@ class LostWhileCoreWasDownTests(RejoinCase):
         cells = world.store.view.cells
         self.assertEqual((cells[A].enabled, cells[B].enabled, cells[C].enabled),
                          (False, True, False))  # fmt: skip
+        disabled = [formatEvent(e) for e in self.observer if "disabled by its" in formatEvent(e)]
+        self.assertEqual(sorted(disabled), [
+            f'{cell} disabled by its failover: no guest is placed on it until it is enabled '
+            f'again (PUT /compute_pool_cells/p/{cell} {{"enable": true}})'
+            for cell in (A, C)
+        ])  # fmt: skip
 
     def test_a_cell_back_in_time_keeps_its_guests(self) -> None:
         world = self.world

@@ -721,7 +721,8 @@ class Migrations:
                               "shown lost: {reason}", cell=lost, guest=instance.id,
                               name=instance.full_name, reason=reason)  # fmt: skip
         cell = view.cells.get(lost)
-        if cell is not None and cell.enabled:
+        disabling = cell is not None and cell.enabled
+        if cell is not None and disabling:
             changes.append(Put(evolve(cell, enabled=False)))
         moving = [guest for transit in plan.values() for guest in transit.record.instances]
 
@@ -755,6 +756,12 @@ class Migrations:
         self.log.info("failover of {cell}: {moving} instance(s) sent to {targets} cell(s), "
                       "{unplaced} not re-placed", cell=lost, moving=len(moving),
                       targets=len(plan), unplaced=len(unplaced))  # fmt: skip
+        if disabling:
+            # As Nano: a Cell that failed gets no new guest until someone looked at it; the
+            # only trace was its flag in the API (QA pass 16).
+            self.log.warn("{cell} disabled by its failover: no guest is placed on it until it is "
+                          "enabled again (PUT /compute_pool_cells/{pool}/{cell} "
+                          '{{"enable": true}})', cell=lost, pool=pool.name)  # fmt: skip
         return [transit.record.id for transit in plan.values()] + unplaced_ids
 
     def _failover_ended(self, record: Migration) -> None:
