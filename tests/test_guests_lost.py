@@ -149,6 +149,9 @@ class LostRunningGuestTests(GuestClusterCase):
         reason = f"instance '{guest}' is lost: cell '{cell.name}' came back without it"
         self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}), reason)
         self.assertEqual(await self.refused("DELETE", f"/instances/{guest}", {}), reason)
+        # Its live status too: the Cell would say "invalid instance" of a guest the lists show.
+        self.assertEqual(await self.refused("GET", f"/instances/{guest}"), reason)
+        self.assertEqual(self.asked(cell, MessageID.GetInstanceStatusRequest), 0)
         batch = (await self.ok("POST", "/batch/stop_guest/", {"guest": [guest]}, 202))["id"]
         (member,) = await self.ok("GET", f"/batch/stop_guest/{batch}")
         self.assertEqual((member["status"], member["error"]), ("fail", reason))

@@ -93,7 +93,7 @@ class GuestOperations:
         #: The instance status lists and the guest searches.
         self.listing = GuestListing(context, cells)
         #: ``GET /instances/:id``, asked of the guest's Cell.
-        self.runtime = Runtime(self.access)
+        self.runtime = Runtime(self.access, self._refuse_lost)
         #: System and monitor secret resets.
         self.resets = Resets(self.access, image_site)
         self.placement.rebuild()

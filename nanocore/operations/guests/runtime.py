@@ -14,13 +14,15 @@ the Cell and the parameter, never half shown.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from attrs import evolve, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import Instance, InstanceStatus
 from nanocore.operations.cells import CellRefused
+from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 
 #: ``Status`` of the reply: the low two bits say running (1); bit 2 is "lost" (§4.0).
@@ -43,10 +45,19 @@ class RuntimeStatus:
 class Runtime:
     """``GET /instances/:id``: one request to the guest's Cell per call."""
 
-    def __init__(self, access: GuestAccess) -> None:
+    def __init__(
+        self, access: GuestAccess, refuse_lost: Callable[[Instance], None] = lambda _: None
+    ) -> None:
         self._access = access
+        #: Raises for a guest no Cell holds (its Cell came back without it): asked, the Cell
+        #: would only answer ``invalid instance`` while the lists show the guest.
+        self._refuse_lost = refuse_lost
 
     def status(self, instance_id: str) -> Deferred[RuntimeStatus]:
+        try:
+            self._refuse_lost(self._access.instance(instance_id))
+        except OperationError as refusal:
+            return fail(refusal)
         asking = self._access.ask(
             instance_id,
             lambda instance: Message(
