@@ -158,6 +158,28 @@ class LostRunningGuestTests(GuestClusterCase):
         self.assertEqual(self.asked(cell, MessageID.StartInstanceRequest), 1)  # the first start
         self.assertEqual(self.asked(cell, MessageID.StopInstanceRequest), 0)
 
+    async def test_what_would_ask_its_cell_is_refused_with_the_reason(self) -> None:
+        """Its configuration, snapshots, firewall and login were relayed to the Cell, which
+        answered `invalid guest` or `invalid instance` of a guest the lists show (QA pass 16)."""
+        guest = await self.lost_while_running()
+        cell = self.cell_of(guest)
+        received = len(cell.received)
+        reason = f"instance '{guest}' is lost: cell '{cell.name}' came back without it"
+        base = f"/guests/{guest}"
+        before = await self.ok("GET", base)
+        asks = [
+            ("PUT", base + "/memory", {"memory": 4 * 1024**3}),
+            ("PUT", base + "/name/", {"name": "renamed"}),
+            ("GET", f"/instances/{guest}/snapshots/", None),
+            ("POST", f"/instances/{guest}/snapshots/", {"name": "s1"}),
+            ("GET", base + "/security_policy/", None),
+            ("GET", base + "/auth", None),
+        ]
+        for method, path, body in asks:
+            self.assertEqual(await self.refused(method, path, body), reason, path)
+        self.assertEqual(len(cell.received), received)  # nothing was asked of it
+        self.assertEqual(await self.ok("GET", base), before)
+
     async def test_a_record_an_older_core_left_running_is_deleted_and_corrected(self) -> None:
         """Records kept lost *and* running before this fix: the next inventory stops them, and
         deleting one whose Cell came back without it needs no Cell, whatever its status."""

@@ -94,6 +94,7 @@ class GuestConfig:
         also: Callable[[], list[Claim[Any]]] = list,
     ) -> Deferred[Message]:
         """Claim the aspect (and what ``also`` claims), grow if asked, ask, then commit."""
+        self._access.refuse_lost(instance)
         claims = self._context.claims
         held = [claims.take(CHANGING, (instance.id, aspect), None)]
         try:
@@ -353,6 +354,7 @@ class GuestConfig:
     def password(self, instance_id: str) -> Deferred[Credentials]:
         """The guest OS login as its Cell keeps it (also while the guest is stopped)."""
         instance = self._access.instance(instance_id)
+        self._access.refuse_lost(instance)
         asking = self._access.forward(
             instance.cell, self._request(MessageID.GetAuthRequest, instance)
         )

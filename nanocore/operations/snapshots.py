@@ -89,6 +89,7 @@ class Snapshots:
         if message_id == MessageID.CreateSnapshotRequest:
             params[ParamKey.Description] = description
         instance = self._access.instance(instance_id)
+        self._access.refuse_lost(instance)
         if message_id in _WRITES:
             self._access.refuse_capturing(instance_id)
             self._access.refuse_resetting(instance)

@@ -59,12 +59,29 @@ class GuestAccess:
         self.cells = cells
         self._timeout = timeout
         self._turns = Turns()
+        #: For each Cell linked now whose inventory Core has read since it linked: the guests
+        #: of Core's records that inventory lacked (kept by ``GuestEvents``). A lost guest of a
+        #: Cell not in here may still be on it (the Cell is away, or has not told it yet).
+        self.lacking: dict[str, frozenset[str]] = {}
 
     def instance(self, instance_id: str) -> Instance:
         found = self.context.view.instances.get(instance_id)
         if found is None:
             raise UnknownEntity(f"invalid instance '{instance_id}'")
         return found
+
+    def came_back_without(self, instance: Instance) -> bool:
+        """Whether ``instance`` is lost because its Cell came back and does not hold it (not
+        merely because the Cell is away): nothing is left on any Cell to ask about it."""
+        return instance.lost and instance.id in self.lacking.get(instance.cell, ())
+
+    def refuse_lost(self, instance: Instance) -> None:
+        """Refuse what would ask the Cell of a guest it came back without: it would only
+        answer ``invalid instance`` (or ``invalid guest``) of a guest the lists show."""
+        if self.came_back_without(instance):
+            raise InvalidRequest(
+                f"instance '{instance.id}' is lost: cell '{instance.cell}' came back without it"
+            )
 
     def capture_of(self, instance_id: str) -> str | None:
         """The disk image being captured from the guest's system disk now, if any."""

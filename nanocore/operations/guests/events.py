@@ -61,10 +61,8 @@ class GuestEvents:
         self._access = access
         self._context = access.context
         self._placement = placement
-        #: For each Cell linked now whose inventory Core has read since it linked: the guests
-        #: of Core's records that inventory lacked. A lost guest of a Cell not in here may
-        #: still be on it (the Cell is away, or has not told its inventory yet).
-        self._lacking: dict[str, frozenset[str]] = {}
+        #: What each Cell's inventory lacked (``GuestAccess.lacking``), kept here.
+        self._lacking = access.lacking
         #: Resets an inventory found under way, by guest: their Cell, and the timer that ends
         #: one unheard of for :attr:`reset_silence` (a Cell may have ended it, or forgotten it,
         #: while Core was not listening).
@@ -154,9 +152,8 @@ class GuestEvents:
             self._lacking[cell] = frozenset(guests)
 
     def came_back_without(self, instance: Instance) -> bool:
-        """Whether ``instance`` is lost because its Cell came back and does not hold it (not
-        merely because the Cell is away): nothing is left on any Cell to ask about it."""
-        return instance.lost and instance.id in self._lacking.get(instance.cell, ())
+        """See :meth:`GuestAccess.came_back_without`."""
+        return self._access.came_back_without(instance)
 
     # -- events -------------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ class GuestOperations:
         #: The instance status lists and the guest searches.
         self.listing = GuestListing(context, cells)
         #: ``GET /instances/:id``, asked of the guest's Cell.
-        self.runtime = Runtime(self.access, self._refuse_lost)
+        self.runtime = Runtime(self.access)
         #: System and monitor secret resets.
         self.resets = Resets(self.access, image_site)
         self.placement.rebuild()
@@ -179,14 +179,6 @@ class GuestOperations:
                 storage=pool.storage,
             )  # fmt: skip
 
-    def _refuse_lost(self, instance: Instance) -> None:
-        """A guest on no Cell can be neither started nor stopped (its Cell would answer
-        ``invalid instance``; the record, that it is already started or stopped)."""
-        if self.events.came_back_without(instance):
-            raise InvalidRequest(
-                f"instance '{instance.id}' is lost: cell '{instance.cell}' came back without it"
-            )
-
     # -- start / stop -------------------------------------------------------------------------
 
     def start(
@@ -196,7 +188,7 @@ class GuestOperations:
         """Boot the guest, from a media image of the image site when asked."""
         try:
             instance = self.access.instance(instance_id)
-            self._refuse_lost(instance)
+            self.access.refuse_lost(instance)
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' already started")
             if not instance.created:
@@ -225,7 +217,7 @@ class GuestOperations:
         """Shut the guest down (or off, with ``force``), or reboot it."""
         try:
             instance = self.access.instance(instance_id)
-            self._refuse_lost(instance)
+            self.access.refuse_lost(instance)
             if not instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' already stopped")
         except OperationError as error:

@@ -14,7 +14,6 @@ the Cell and the parameter, never half shown.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, fail
@@ -45,17 +44,12 @@ class RuntimeStatus:
 class Runtime:
     """``GET /instances/:id``: one request to the guest's Cell per call."""
 
-    def __init__(
-        self, access: GuestAccess, refuse_lost: Callable[[Instance], None] = lambda _: None
-    ) -> None:
+    def __init__(self, access: GuestAccess) -> None:
         self._access = access
-        #: Raises for a guest no Cell holds (its Cell came back without it): asked, the Cell
-        #: would only answer ``invalid instance`` while the lists show the guest.
-        self._refuse_lost = refuse_lost
 
     def status(self, instance_id: str) -> Deferred[RuntimeStatus]:
         try:
-            self._refuse_lost(self._access.instance(instance_id))
+            self._access.refuse_lost(self._access.instance(instance_id))
         except OperationError as refusal:
             return fail(refusal)
         asking = self._access.ask(
