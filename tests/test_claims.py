@@ -16,6 +16,8 @@ from nanocore.model import ComputePool
 from nanocore.operations.base import Context
 from nanocore.operations.claims import ClaimHeld, ClaimKind, Claims
 from nanocore.operations.errors import AlreadyExists, InvalidRequest, OperationError
+from nanocore.operations.guests.placement import CAPACITY as GUEST_CAPACITY
+from nanocore.operations.guests.placement import Share, move_key
 from nanocore.store import CommitStore, Conflict, Insert, UnitOfWork
 
 
@@ -53,6 +55,25 @@ class ClaimsTests(SynchronousTestCase):
         with self.assertRaises(InvalidRequest) as caught:
             self.claims.take(CAPACITY, "vm-1", Reservation("cell-2", 1))
         self.assertEqual(caught.exception.message, "instance 'vm-1' is being placed")
+
+    def test_a_guests_capacity_clash_names_the_guest_whatever_its_key(self) -> None:
+        """A second migration right after the first one finished printed the claim's key,
+        a tuple: `capacity of instance '('migration', '<id>')' is busy` (QA pass 16)."""
+        share = Share("cell-b", 1, 1 << 30, 0)
+        keys = ["vm-1", move_key("vm-1"), ("growth", "vm-1", "memory")]
+        for key in keys:
+            self.claims.take(GUEST_CAPACITY, key, share)
+        messages = []
+        for key in keys:
+            with self.assertRaises(ClaimHeld) as caught:
+                self.claims.take(GUEST_CAPACITY, key, share)
+            messages.append(caught.exception.message)
+        self.assertEqual(messages, [
+            "capacity of instance 'vm-1' is busy, retry",
+            "instance 'vm-1' has just moved to cell 'cell-b': its place there is counted until "
+            "that Cell's next report, retry",
+            "memory of instance 'vm-1' is still being added, retry",
+        ])  # fmt: skip
 
     def test_live_claims_of_a_kind_can_be_summed(self) -> None:
         """What a scheduler does: capacity reserved on one Cell on top of the committed view."""

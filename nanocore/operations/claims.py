@@ -45,8 +45,8 @@ class Claim(Generic[V]):
 class ClaimHeld(InvalidRequest):
     """The ``(kind, key)`` is claimed by an operation still waiting; ``held`` is its claim."""
 
-    def __init__(self, held: Claim[Any]) -> None:
-        super().__init__(f"{held.kind.name} '{held.key}' is busy, retry")
+    def __init__(self, held: Claim[Any], message: str | None = None) -> None:
+        super().__init__(message or f"{held.kind.name} '{held.key}' is busy, retry")
         self.held = held
 
 

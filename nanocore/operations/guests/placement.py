@@ -30,7 +30,7 @@ from nanocore.durations import Durations
 from nanocore.model import ComputeCell, ComputePool, Instance, InstanceStatus
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CELL_LEAVING, CellLeaving
-from nanocore.operations.claims import Claim, ClaimKind
+from nanocore.operations.claims import Claim, ClaimHeld, ClaimKind
 from nanocore.operations.errors import AlreadyExists, InvalidRequest
 from nanocore.scheduler import CellCapacity, Demand, NoCellFits, Scheduler
 from nanocore.store.indexes import NO_LOAD, CellLoad
@@ -49,14 +49,31 @@ class Share:
     disk: int
 
 
+#: The first part of :func:`move_key`'s keys.
+_MOVE = "migration"
+
+
+def _capacity_busy(held: Claim[Share]) -> ClaimHeld:
+    """The refusal of a second capacity claim, naming the guest (its key is a tuple but for
+    a creation: the API printed ``'('migration', '<id>')'``, QA pass 16)."""
+    key = held.key
+    if isinstance(key, tuple) and len(key) == 2 and key[0] == _MOVE:
+        return ClaimHeld(
+            held,
+            f"instance '{key[1]}' has just moved to cell '{held.value.cell}': its place there "
+            "is counted until that Cell's next report, retry",
+        )
+    if isinstance(key, tuple) and len(key) == 3:
+        return ClaimHeld(held, f"{key[2]} of instance '{key[1]}' is still being added, retry")
+    return ClaimHeld(held)
+
+
 #: Capacity of one guest on its Cell, from decision to the rule above. Key: the instance id
 #: for a creation, :func:`move_key` for a guest moving there, ``("growth", id, aspect)`` for
 #: what a change adds to a guest already there.
-CAPACITY: ClaimKind[Share] = ClaimKind("capacity of instance", group=lambda share: share.cell)
-
-
-#: The first part of :func:`move_key`'s keys.
-_MOVE = "migration"
+CAPACITY: ClaimKind[Share] = ClaimKind(
+    "capacity of instance", _capacity_busy, group=lambda share: share.cell
+)
 
 
 def move_key(guest: str) -> tuple[str, str]:
