@@ -92,10 +92,10 @@ class LateReplyTests(GuestClusterCase):
             await self.ops.cells.storage_paths(pool, cell.name)
         self.assertEqual(self.pool_pushes(cell.name), 2)  # its joining, and the refresh asked
 
-    async def test_a_rejoin_answered_late_takes_that_inventory(self) -> None:
-        """A Cell back on a slow link answers its pool push after the timeout: that answer
-        is its inventory, and its guests are no longer lost (they stayed lost, the Cell
-        linked and reporting, until its next link)."""
+    async def rejoined_slowly(self) -> tuple[str, str, str]:
+        """A guest whose Cell's link drops and comes back on a slow link: its pool push is
+        answered after the timeout, the guest shown lost meanwhile (the guest, its Cell and
+        pool; the late answer comes once the Cell's clock moves on)."""
         guest = await self.created()
         name = self.store.view.instances[guest].cell
         cell, pool = self.cells[name], self.store.view.instances[guest].pool
@@ -108,6 +108,13 @@ class LateReplyTests(GuestClusterCase):
         self.core_clock.advance(TIMEOUT)  # the rejoin gives up
         await self.store.commit(UnitOfWork(()))
         self.assertTrue(self.store.view.instances[guest].lost)
+        return guest, name, pool
+
+    async def test_a_rejoin_answered_late_takes_that_inventory(self) -> None:
+        """A Cell back on a slow link answers its pool push after the timeout: that answer
+        is its inventory, and its guests are no longer lost (they stayed lost, the Cell
+        linked and reporting, until its next link)."""
+        guest, name, pool = await self.rejoined_slowly()
         pushes = self.pool_pushes(name)
         self.cell_clock.advance(TIMEOUT + 1)
         await self.ops.cells.storage_paths(pool, name)  # the late answer has been read
@@ -116,17 +123,7 @@ class LateReplyTests(GuestClusterCase):
         self.assertEqual(self.pool_pushes(name), pushes)  # and nothing asked again
 
     async def test_a_guest_being_changed_when_a_late_inventory_came_is_found_after(self) -> None:
-        guest = await self.created()
-        name = self.store.view.instances[guest].cell
-        cell, pool = self.cells[name], self.store.view.instances[guest].pool
-        cell.inject(MessageID.ComputePoolReadyEvent, Fault(delay=TIMEOUT + 1))
-        pushed = cell.until_received(MessageID.ComputePoolReadyEvent)
-        linked = self.events.until_available(name)
-        cell.drop_link()
-        await linked
-        await pushed
-        self.core_clock.advance(TIMEOUT)
-        await self.store.commit(UnitOfWork(()))
+        guest, name, pool = await self.rejoined_slowly()
         held: Deferred[None] = Deferred()
         self.ops.guests.access.serially(guest, lambda: held)  # a change under way
         self.cell_clock.advance(TIMEOUT + 1)
