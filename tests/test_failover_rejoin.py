@@ -307,6 +307,55 @@ class LostWithoutFailoverTests(RejoinCase):
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
 
 
+class NoCellAtThatMomentTests(RejoinCase):
+    def test_guests_no_cell_could_take_are_planned_again_when_one_reports(self) -> None:
+        """A Cell dies while the pool's other Cells are away for a moment (after a stall of
+        Core longer than their own 15 s they had said goodbye and were dialing again): its
+        failover found no Cell, and its guests stayed lost for good although the pool's Cells
+        were back a second later (QA pass 17)."""
+        world = self.world
+        for cell in (B, C):
+            world.directory.disconnect(cell, gracefully=True)
+        world.directory.disconnect(A)
+        (stranded,) = world.failovers()
+        self.assertEqual(
+            (stranded.target_cell, sorted(stranded.instances)), ("", sorted(self.guests))
+        )
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
+        world.connect(B)
+        world.wait(2)  # B reports
+        again = [r for r in world.failovers() if r.id != stranded.id]
+        self.assertEqual([(r.target_cell, r.finished, r.error) for r in again], [(B, True, "")])
+        for guest in self.guests:
+            moved = world.instance(guest)
+            self.assertEqual((moved.cell, moved.lost, moved.migrating), (B, False, False))
+
+    def test_a_cell_that_cannot_take_them_is_tried_a_bounded_number_of_times(self) -> None:
+        world = self.world
+        for cell in (B, C):
+            world.directory.disconnect(cell, gracefully=True)
+        world.directory.disconnect(A)
+        world.cells[B].capacity = Capacity(cores=16, memory=GiB // 2, disk=400 * GiB)
+        world.connect(B)
+        world.wait(20)  # ten reports
+        unplaced = [r for r in world.failovers() if not r.target_cell]
+        self.assertEqual(len(unplaced), 1 + FAILOVER_REPLANS)
+        self.assertTrue(all(world.instance(g).lost for g in self.guests))
+
+    def test_they_are_left_to_their_cell_if_it_is_back_first(self) -> None:
+        world = self.world
+        for cell in (B, C):
+            world.directory.disconnect(cell, gracefully=True)
+        world.directory.disconnect(A)
+        world.connect(A)
+        world.connect(B)
+        world.wait(4)
+        self.assertEqual(len(world.failovers()), 1)  # only the one that found no Cell
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
+
+
 class TargetLostDuringFailoverTests(RejoinCase):
     def test_the_guests_sent_to_a_target_lost_meanwhile_are_planned_again(self) -> None:
         """A and B fail together: the failover of A sends its guests to B, which dies before

@@ -36,7 +36,9 @@ back, its copies of guests now on other Cells are detached from it (reconciliati
 guests no Cell could take are its own again; if it comes back while its failover is in flight
 (its rejoin leaves those guests alone), it is reconciled again once the failover ended. A
 target lost itself during the failover (Cells failing together) leaves its guests to be planned
-again among the others (:data:`FAILOVER_REPLANS`). A Cell that died while Core was down is
+again among the others (:data:`FAILOVER_REPLANS`), and so do guests no Cell could take at that
+moment, once a Cell of the pool next reports (the pool's other Cells may be dialing again, as
+after a stall of Core longer than their own timeout). A Cell that died while Core was down is
 presumed lost by the registry after a start (``RejoinWatch``) and takes the same path.
 
 **Records** are stored. They are kept :data:`RETENTION` seconds after they end (the original
@@ -210,6 +212,9 @@ class Migrations:
         self._failing_over: dict[str, set[str]] = {}
         #: Plans made again for a lost Cell's guests since it was lost (``FAILOVER_REPLANS``).
         self._replans: dict[str, int] = {}
+        #: Guests of a lost Cell its failover could not re-place (no Cell could take them
+        #: then): planned again when a Cell of its pool next reports, while it is still away.
+        self._stranded: dict[str, set[str]] = {}
         self._reconciling: dict[str, list[Deferred[None]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
@@ -720,6 +725,7 @@ class Migrations:
                 self.log.warn("failover of {cell}: instance {guest} ({name}) not re-placed, "
                               "shown lost: {reason}", cell=lost, guest=instance.id,
                               name=instance.full_name, reason=reason)  # fmt: skip
+            self._stranded.setdefault(lost, set()).update(i.id for i, _ in unplaced)
         cell = view.cells.get(lost)
         disabling = cell is not None and cell.enabled
         if cell is not None and disabling:
@@ -822,7 +828,31 @@ class Migrations:
         self._replans.pop(name, None)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
-        pass
+        """A Cell of a pool with stranded guests reports: plan them again once the report
+        is everyone's (the placement hears of it too)."""
+        if self._stranded:
+            self._context.clock.callLater(0, self._plan_stranded, name)
+
+    def _plan_stranded(self, reporting: str) -> None:
+        record = self._context.view.cells.get(reporting)
+        if record is None or not record.enabled or not self._linked(reporting):
+            return
+        for lost in list(self._stranded):
+            pool = self._failover_pool(lost)
+            if self._linked(lost) or pool is None:  # back: its inventory tells the rest
+                del self._stranded[lost]
+                continue
+            if pool.name != record.pool:
+                continue
+            guests = self._stranded.pop(lost)
+            done = self._replans.get(lost, 0)
+            if done >= FAILOVER_REPLANS:
+                continue  # its guests stay lost (said when each was not re-placed)
+            self._replans[lost] = done + 1
+            self.log.info("failover of {cell}: {reporting} reports; planning the {count} "
+                          "instance(s) no cell could take again", cell=lost,
+                          reporting=reporting, count=len(guests))  # fmt: skip
+            self._plan(lost, pool, guests)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         """A Cell of a failover pool on shared storage lost without a goodbye: failover. A
