@@ -125,7 +125,16 @@ optional_name = matching(f"|{NAME_PATTERN}", "empty or 1-255 characters of A-Z a
 optional_label = visible_text(
     f"|{LABEL_PATTERN}", "empty or 1-255 characters without control or format characters"
 )
+#: The longest ``text`` (descriptions, errors kept in records).
+TEXT_LIMIT = 4096
 text = matching(r"[^\x00]{0,4096}", "text of at most 4096 characters")
+
+
+def clipped(message: str) -> str:
+    """``message`` made fit a ``text`` field: a record keeping an error (a Cell's, or one
+    naming many guests) must not fail to be written because the error is long."""
+    message = message.replace("\x00", "")
+    return message if len(message) <= TEXT_LIMIT else message[: TEXT_LIMIT - 1] + "…"
 
 
 def boolean(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

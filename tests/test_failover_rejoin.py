@@ -356,6 +356,41 @@ class NoCellAtThatMomentTests(RejoinCase):
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
 
 
+class LongErrorsTests(RejoinCase):
+    names = (A, B, C, *(f"Cell_r{i}" for i in range(4, 13)))
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.guests += [self.world.guest_on(A, i) for i in range(2, 14)]
+
+    def test_a_failover_whose_reasons_are_long_is_recorded_and_disables_its_cell(self) -> None:
+        """14 guests no Cell of a 12-Cell pool could take: the reasons ran past what a record
+        keeps, the record was refused and the failover failed with a critical line, its Cell
+        left enabled (QA pass 17)."""
+        world = self.world
+        for cell in self.names[1:]:
+            world.directory.disconnect(cell, gracefully=True)
+        world.directory.disconnect(A)
+        (record,) = world.failovers()
+        self.assertEqual(sorted(record.instances), sorted(self.guests))
+        self.assertEqual((len(record.error), record.error[-1]), (m.TEXT_LIMIT, "…"))
+        self.assertFalse(world.store.view.cells[A].enabled)
+
+    def test_a_targets_long_refusal_is_kept_clipped(self) -> None:
+        world = self.world
+        for cell in self.names[1:]:
+            world.cells[cell].inject(
+                MessageID.AttachInstanceRequest, Fault(error="no bridge \x00" + "x" * 5000)
+            )
+        world.directory.disconnect(A)
+        world.clock.advance(TIMEOUT)
+        errors = [r.error for r in world.failovers()]
+        self.assertTrue(errors)
+        for error in errors:
+            self.assertTrue(error.startswith("attach instance fail: no bridge x"), error[:60])
+            self.assertEqual(len(error), m.TEXT_LIMIT)
+
+
 class TargetLostDuringFailoverTests(RejoinCase):
     def test_the_guests_sent_to_a_target_lost_meanwhile_are_planned_again(self) -> None:
         """A and B fail together: the failover of A sends its guests to B, which dies before

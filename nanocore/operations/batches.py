@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from nanocore.cluster.cells import CellObserver, CellStatus
 from nanocore.cluster.message import Message, ParamKey
-from nanocore.model import BatchGuest, BatchKind, BatchStatus, BatchTask, Instance
+from nanocore.model import BatchGuest, BatchKind, BatchStatus, BatchTask, Instance, clipped
 from nanocore.operations.base import Context, Sweep, check_name
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
 from nanocore.operations.guests import GuestOperations, GuestSpec
@@ -58,8 +58,6 @@ EXPIRE_AFTER = 300.0
 MAX_MEMBERS = 1000
 #: Name rules of a batch create; only "order" (``<prefix>_<i>``) is implemented, as in Nano.
 NAME_RULES = {"order": 0, "MAC": 1, "address": 2}
-#: The longest error text a member keeps (``BatchGuest.error``).
-MAX_ERROR = 4096
 
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+")
 PROCESSING, SUCCESS, FAIL = BatchStatus.PROCESSING, BatchStatus.SUCCESS, BatchStatus.FAIL
@@ -109,10 +107,6 @@ class _Run:
         )
 
 
-def _error(message: str) -> str:
-    return message.replace("\x00", "")[:MAX_ERROR]
-
-
 @implementer(CellObserver)
 class Batches:
     """The batch routes; subscribed to the Cell registry after the guests' own observer."""
@@ -152,7 +146,7 @@ class Batches:
             try:
                 guest_id, done = creations.begin(evolve(spec.guest, name=name))
             except OperationError as error:
-                members.append(BatchGuest(name, status=FAIL, error=_error(error.message)))
+                members.append(BatchGuest(name, status=FAIL, error=clipped(error.message)))
                 continue
             started.append((len(members), done))
             members.append(BatchGuest(name, guest_id))
@@ -293,7 +287,7 @@ class Batches:
                              batch=run.id, position=position)  # fmt: skip
             message = "internal error"
         if self._current(run) and run.members[position].status is PROCESSING:
-            self._update(run, position, status=FAIL, error=_error(message))
+            self._update(run, position, status=FAIL, error=clipped(message))
 
     def _refresh(self, run: _Run, position: int) -> None:
         """Judge a member in progress by its guest's committed record."""
@@ -311,7 +305,7 @@ class Batches:
             elif position not in run.waiting:
                 pending = view.pending_errors.get(member.id)
                 reason = f"invalid instance '{member.id}'" if pending is None else pending.error
-                self._update(run, position, status=FAIL, error=_error(reason))
+                self._update(run, position, status=FAIL, error=clipped(reason))
         elif run.kind is BatchKind.DELETE:
             if instance is None:
                 self._update(run, position, status=SUCCESS)

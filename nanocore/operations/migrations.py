@@ -79,6 +79,7 @@ from nanocore.model import (
     MigrationKind,
     StaleCopy,
     StorageType,
+    clipped,
 )
 from nanocore.operations.base import Context, Sweep
 from nanocore.operations.cells import CELL_LEAVING, CellLeaving
@@ -555,7 +556,9 @@ class Migrations:
         error = ""
         if missing:
             error = f"{len(missing)} instance(s) not taken by cell '{cell}': {', '.join(missing)}"
-        ended = evolve(record, finished=not missing, progress=DONE, error=error, end_time=now)
+        ended = evolve(
+            record, finished=not missing, progress=DONE, error=clipped(error), end_time=now
+        )
 
         def decide() -> list[Change]:
             view = self._context.view
@@ -612,7 +615,7 @@ class Migrations:
         """The guests stay where their records say, not migrating; ``lost`` when their Cell
         let go of them. The record keeps the reason."""
         record = transit.record
-        ended = evolve(record, error=reason, end_time=self._context.clock.seconds())
+        ended = evolve(record, error=clipped(reason), end_time=self._context.clock.seconds())
 
         def decide() -> list[Change]:
             view = self._context.view
@@ -716,7 +719,7 @@ class Migrations:
                     Migration(
                         id=unplaced_ids[0], source_pool=pool.name, source_cell=lost,
                         target_pool=pool.name, target_cell="", kind=MigrationKind.FAILOVER,
-                        instances=tuple(i.id for i, _ in unplaced), error=reasons[:65536],
+                        instances=tuple(i.id for i, _ in unplaced), error=clipped(reasons),
                         start_time=now, end_time=now,
                     )
                 )

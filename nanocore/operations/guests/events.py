@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from nanocore.cluster.cells import CellLiveness, CellObserver, CellStatus
 from nanocore.cluster.message import Message, MessageID, ParamKey
-from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, is_ipv4
+from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, clipped, is_ipv4
 from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import Placement
@@ -257,7 +257,7 @@ class GuestEvents:
                               reason=reason)  # fmt: skip
                 return []
             self._placement.release(guest)
-            return [*self._access.forgetting(instance), Put(PendingError(guest, reason[:4096]))]
+            return [*self._access.forgetting(instance), Put(PendingError(guest, clipped(reason)))]
 
         return self._access.change(guest, decide)
 
@@ -362,7 +362,7 @@ class GuestEvents:
                 Put(evolve(instance, status=InstanceStatus.STOPPED, progress=0))
             ]
             if reason:
-                changes.append(Put(PendingError(guest, reason[:4096])))
+                changes.append(Put(PendingError(guest, clipped(reason))))
             return changes
 
         return self._access.change(guest, decide)
