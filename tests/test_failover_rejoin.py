@@ -308,15 +308,19 @@ class LostWithoutFailoverTests(RejoinCase):
 
 
 class NoCellAtThatMomentTests(RejoinCase):
+    def pool_away_when_a_dies(self) -> None:
+        """B and C said goodbye (dialing again, as after Core's stall), then A's link ends."""
+        for cell in (B, C):
+            self.world.directory.disconnect(cell, gracefully=True)
+        self.world.directory.disconnect(A)
+
     def test_guests_no_cell_could_take_are_planned_again_when_one_reports(self) -> None:
         """A Cell dies while the pool's other Cells are away for a moment (after a stall of
         Core longer than their own 15 s they had said goodbye and were dialing again): its
         failover found no Cell, and its guests stayed lost for good although the pool's Cells
         were back a second later (QA pass 17)."""
         world = self.world
-        for cell in (B, C):
-            world.directory.disconnect(cell, gracefully=True)
-        world.directory.disconnect(A)
+        self.pool_away_when_a_dies()
         (stranded,) = world.failovers()
         self.assertEqual(
             (stranded.target_cell, sorted(stranded.instances)), ("", sorted(self.guests))
@@ -333,9 +337,7 @@ class NoCellAtThatMomentTests(RejoinCase):
 
     def test_a_cell_that_cannot_take_them_is_tried_a_bounded_number_of_times(self) -> None:
         world = self.world
-        for cell in (B, C):
-            world.directory.disconnect(cell, gracefully=True)
-        world.directory.disconnect(A)
+        self.pool_away_when_a_dies()
         world.cells[B].capacity = Capacity(cores=16, memory=GiB // 2, disk=400 * GiB)
         world.connect(B)
         world.wait(20)  # ten reports
@@ -345,9 +347,7 @@ class NoCellAtThatMomentTests(RejoinCase):
 
     def test_they_are_left_to_their_cell_if_it_is_back_first(self) -> None:
         world = self.world
-        for cell in (B, C):
-            world.directory.disconnect(cell, gracefully=True)
-        world.directory.disconnect(A)
+        self.pool_away_when_a_dies()
         world.connect(A)
         world.connect(B)
         world.wait(4)
