@@ -730,9 +730,10 @@ class Migrations:
                               name=instance.full_name, reason=reason)  # fmt: skip
             self._stranded.setdefault(lost, set()).update(i.id for i, _ in unplaced)
         cell = view.cells.get(lost)
-        disabling = cell is not None and cell.enabled
-        if cell is not None and disabling:
+        disabling = False
+        if cell is not None and cell.enabled:
             changes.append(Put(evolve(cell, enabled=False)))
+            disabling = True
         moving = [guest for transit in plan.values() for guest in transit.record.instances]
 
         def decide() -> list[Change]:

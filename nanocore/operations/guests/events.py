@@ -61,8 +61,6 @@ class GuestEvents:
         self._access = access
         self._context = access.context
         self._placement = placement
-        #: What each Cell's inventory lacked (``GuestAccess.lacking``), kept here.
-        self._lacking = access.lacking
         #: Resets an inventory found under way, by guest: their Cell, and the timer that ends
         #: one unheard of for :attr:`reset_silence` (a Cell may have ended it, or forgotten it,
         #: while Core was not listening).
@@ -88,7 +86,7 @@ class GuestEvents:
 
     def cell_available(self, name: str, address: str) -> None:
         """Reconciling the Cell's guests waits for its inventory (cell operations ask it)."""
-        self._lacking.pop(name, None)
+        self._access.lacking.pop(name, None)
         self._placement.linked(name)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
@@ -125,7 +123,7 @@ class GuestEvents:
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         """Its claims end; its guests are lost (a creation it failed is forgotten first)."""
-        self._lacking.pop(name, None)
+        self._access.lacking.pop(name, None)
         self._placement.cell_gone(name)
         for guest, (cell, _) in list(self._reset_watches.items()):
             if cell == name:  # its next inventory watches again
@@ -147,13 +145,9 @@ class GuestEvents:
         """``cell`` has told its inventory, and it lacked ``guests`` of Core's (forgotten at
         once if its link is gone already: its next link tells a new one)."""
         if self._access.cells.state(cell) in (None, CellLiveness.DISCONNECTED):
-            self._lacking.pop(cell, None)
+            self._access.lacking.pop(cell, None)
         else:
-            self._lacking[cell] = frozenset(guests)
-
-    def came_back_without(self, instance: Instance) -> bool:
-        """See :meth:`GuestAccess.came_back_without`."""
-        return self._access.came_back_without(instance)
+            self._access.lacking[cell] = frozenset(guests)
 
     # -- events -------------------------------------------------------------------------------
 

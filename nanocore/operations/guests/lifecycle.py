@@ -139,7 +139,7 @@ class GuestOperations:
     def delete(self, instance_id: str) -> Deferred[None]:
         try:
             instance = self.access.instance(instance_id)
-            if self.events.came_back_without(instance) and not instance.migrating:
+            if self.access.came_back_without(instance) and not instance.migrating:
                 # Nothing is left to ask a Cell, whatever the record says of running.
                 forgetting = self._forget(instance_id, lost=True)
                 return forgetting.addCallback(lambda _: self._volumes_left(instance))
@@ -160,7 +160,7 @@ class GuestOperations:
         Cell came back without (it was decided on without asking the Cell)."""
 
         def decide(instance: Instance | None) -> list[Change]:
-            if lost and instance is not None and not self.events.came_back_without(instance):
+            if lost and instance is not None and not self.access.came_back_without(instance):
                 raise InvalidRequest(f"instance '{instance_id}' changed while deleted, retry")
             self.placement.release(instance_id)
             return self.access.forgetting(instance) if instance is not None else []
