@@ -39,6 +39,13 @@ class LostRunningGuestTests(GuestClusterCase):
         await self.rejoined(cell.name)
         return guest
 
+    async def on_shared_storage(self) -> None:
+        """Pool ``netted`` keeps its volumes on the NFS storage pool ``nfs``."""
+        await self.store.commit(UnitOfWork.of(
+            Put(m.StoragePool(name="nfs", host="192.0.2.9", target="/export")),
+            Put(evolve(self.store.view.compute_pools["netted"], storage="nfs")),
+        ))  # fmt: skip
+
     def asked(self, cell: FakeCell, message_id: int) -> int:
         return sum(1 for message in cell.received if message.id == message_id)
 
@@ -118,10 +125,7 @@ class LostRunningGuestTests(GuestClusterCase):
         """Deleting asks no Cell, so nothing removes the guest's volumes from a pool's shared
         storage: the operator is told which guest's were left there."""
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        await self.store.commit(UnitOfWork.of(
-            Put(m.StoragePool(name="nfs", host="192.0.2.9", target="/export")),
-            Put(evolve(self.store.view.compute_pools["netted"], storage="nfs")),
-        ))  # fmt: skip
+        await self.on_shared_storage()
         guest = await self.lost_while_running()
         await self.ok("DELETE", f"/guests/{guest}", {})
         said = [formatEvent(e) for e in events if "came back without" in e["log_format"]]
@@ -179,6 +183,21 @@ class LostRunningGuestTests(GuestClusterCase):
             self.assertEqual(await self.refused(method, path, body), reason, path)
         self.assertEqual(len(cell.received), received)  # nothing was asked of it
         self.assertEqual(await self.ok("GET", base), before)
+
+    async def test_migrating_it_is_refused_with_the_reason(self) -> None:
+        """Nano's own check refused it with `is lost` alone (QA pass 17)."""
+        await self.on_shared_storage()
+        guest = await self.lost_while_running()
+        record = self.store.view.instances[guest]
+        (target,) = (name for name in self.CELLS if name != record.cell)
+        body = {"source_pool": "netted", "source_cell": record.cell, "target_cell": target,
+                "instances": [guest]}  # fmt: skip
+        self.assertEqual(
+            await self.refused("POST", "/migrations/", body),
+            f"instance '{guest}'('{record.full_name}') is lost: cell '{record.cell}' came "
+            "back without it",
+        )
+        self.assertEqual(await self.ok("GET", "/migrations/"), [])
 
     async def test_a_record_an_older_core_left_running_is_deleted_and_corrected(self) -> None:
         """Records kept lost *and* running before this fix: the next inventory stops them, and

@@ -364,6 +364,9 @@ class Migrations:
             if not instance.created:
                 raise InvalidRequest(f"{named} not created yet")
             if instance.lost:
+                if self._access.came_back_without(instance):
+                    cell = f"cell '{instance.cell}'"
+                    raise InvalidRequest(f"{named} is lost: {cell} came back without it")
                 raise InvalidRequest(f"{named} is lost")
             image = self._access.capture_of(guest)
             if image is not None:
