@@ -184,24 +184,18 @@ def show(console: Console, answer: Answer) -> int:
     return EXIT_OK if 200 <= answer.status < 300 else EXIT_NO_ANSWER
 
 
-async def call(
-    reactor: Any, options: CallOptions, console: Console, stdin: IO[bytes], http: Any = treq
-) -> int:
-    """Run `nanocore call`; `http` is treq, or a StubTreq in tests."""
+class Unanswered(Exception):
+    """No answer came back (timeout, or the connection failed); the message says which."""
+
+
+async def answer_of(reactor: Any, http: Any, call: Call, timeout: float) -> Answer:
+    """Send ``call`` signed now; its answer, or :class:`Unanswered` within ``timeout``."""
+    sending = Deferred.fromCoroutine(send(http, call, reactor.seconds()))
+    sending.addTimeout(timeout, reactor)
     try:
-        prepared = prepare(options, stdin)
-    except CallRefused as refused:
-        console.complain(f"nanocore call: {refused}")
-        return EXIT_NO_ANSWER
-    sending = Deferred.fromCoroutine(send(http, prepared, reactor.seconds()))
-    sending.addTimeout(options["timeout"], reactor)
-    try:
-        answer = await sending
+        return await sending
     except CallTimeout:
-        console.complain(
-            f"nanocore call: no answer from {prepared.url} within {options['timeout']:g} s"
-        )
-        return EXIT_NO_ANSWER
+        raise Unanswered(f"no answer from {call.url} within {timeout:g} s") from None
     except (
         ConnectError,
         ConnectionClosed,
@@ -209,9 +203,20 @@ async def call(
         ResponseNeverReceived,
         RequestTransmissionFailed,
     ) as error:
-        console.complain(
-            f"nanocore call: cannot reach {prepared.url}: {_transport_reason(error)};"
+        raise Unanswered(
+            f"cannot reach {call.url}: {_transport_reason(error)};"
             " is nanocore running? (`nanocore status`)"
-        )
+        ) from None
+
+
+async def call(
+    reactor: Any, options: CallOptions, console: Console, stdin: IO[bytes], http: Any = treq
+) -> int:
+    """Run `nanocore call`; `http` is treq, or a StubTreq in tests."""
+    try:
+        prepared = prepare(options, stdin)
+        answer = await answer_of(reactor, http, prepared, options["timeout"])
+    except (CallRefused, Unanswered) as refused:
+        console.complain(f"nanocore call: {refused}")
         return EXIT_NO_ANSWER
     return show(console, answer)

@@ -1,4 +1,5 @@
-"""`nanocore start|stop|status|halt|import-nano|call`: the original's commands, around twistd.
+"""`nanocore start|stop|status|halt|import-nano|call|backup|restore`: the original's commands
+(and nanocore's own), around twistd.
 
 `start` checks (and if needed writes) the config in the foreground, so a mistake is reported
 on the terminal before anything forks; then it runs twistd with the nanocore plugin as a
@@ -29,6 +30,7 @@ from twisted.web.client import Agent, ResponseFailed, readBody
 from zope.interface import provider
 
 import nanocore
+from nanocore.backup import BackupOptions, RestoreOptions, backup, restore
 from nanocore.call import CallOptions, call
 from nanocore.config import ConfigError, CoreConfig, ensure_config, load_config
 from nanocore.console import Console
@@ -101,7 +103,7 @@ class ImportOptions(AnyOrderOptions, DataDirOptions):
 
 
 class CommandOptions(NanocoreOptions):
-    synopsis = "Usage: nanocore start|stop|status|halt|import-nano|call [options]"
+    synopsis = "Usage: nanocore start|stop|status|halt|import-nano|call|backup|restore [options]"
 
     longdesc = "Nano Core control node. `nanocore COMMAND --help` describes each command."
 
@@ -119,6 +121,8 @@ class CommandOptions(NanocoreOptions):
         ["halt", None, HaltOptions, "kill a running nanocore at once"],
         ["import-nano", None, ImportOptions, "import the data of a Nano Core 1.4.0"],
         ["call", None, CallOptions, "send one signed API request, print the answer"],
+        ["backup", None, BackupOptions, "copy the store to data/backups/ (and DEST)"],
+        ["restore", None, RestoreOptions, "put a backup in place of the store (stopped)"],
     ]
 
     def postOptions(self) -> None:
@@ -504,6 +508,10 @@ async def _run_command(reactor: Any, options: CommandOptions, console: Console) 
         return await import_nano(sub["source"], Path(sub["data-dir"]).absolute(), console)
     if command == "call":
         return await call(reactor, sub, console, sys.stdin.buffer)
+    if command == "backup":
+        return await backup(reactor, sub, console)
+    if command == "restore":
+        return restore(sub, console)
     raise AssertionError(f"unhandled command {command!r}")
 
 

@@ -44,6 +44,7 @@ from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
 from nanocore.images.transfers import Transfers
 from nanocore.layout import Layout, LayoutOptions
 from nanocore.openfiles import connection_share, raise_open_file_limit
+from nanocore.operations.backups import Backups
 from nanocore.operations.core import Operations
 from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import (
@@ -73,6 +74,7 @@ from nanocore.services.order import InOrder
 from nanocore.services.stall import StallWatch
 from nanocore.services.store import StoreService
 from nanocore.services.timings import TimingReport
+from nanocore.store.backup import BACKUP_FOLDER
 from nanocore.tlsserver import tls_server_factory
 
 log = Logger()
@@ -235,6 +237,7 @@ def build_service(
             image_files=folders,
             image_site=lambda: site_address(images),
             decision_times=decision_times,
+            backups=Backups(opened.backup, layout.data_dir / BACKUP_FOLDER, reactor),
         )
         tidying = ops.images.tidy()
         tidying.addErrback(lambda failure: log.failure("tidying the image folders", failure))

@@ -500,6 +500,33 @@ class RealDaemonTests(TestCase):
 
         return ensureDeferred(scenario())
 
+    def test_backup_while_running_then_restore(self) -> Deferred[None]:
+        """The running daemon holds its store locked: `backup` has it copy the store, and
+        `restore` puts the copy back once it is stopped."""
+
+        async def scenario() -> None:
+            await self.expect(0, "start")
+            await self.expect(0, "call", "POST", "/compute_pools/kept")
+            said = await self.expect(0, "backup", "saved")
+            self.assertIn(f"store backed up to {self.root / 'saved'} (", said)
+            (made,) = (self.root / "data" / "backups").iterdir()
+            self.assertEqual(made.read_bytes(), (self.root / "saved").read_bytes())
+            await self.expect(0, "call", "POST", "/compute_pools/after")
+            self.assertIn("stop it first", await self.expect(1, "restore", "saved"))
+            await self.expect(0, "stop")
+            said = await self.expect(0, "restore", "saved")
+            self.assertIn("the store it replaced is kept as", said)
+            await self.expect(0, "start")
+            pools = json.loads(await self.expect(0, "call", "GET", "/compute_pools/"))
+            self.assertEqual([pool["name"] for pool in pools["data"]], ["default", "kept"])
+            await self.expect(0, "stop")
+            # Stopped, `backup` copies the store itself, as the daemon would.
+            said = await self.expect(0, "backup")
+            self.assertEqual(len(list((self.root / "data" / "backups").iterdir())), 2)
+            self.assertIn("data/backups/nanocore-", said)
+
+        return ensureDeferred(scenario())
+
     def test_halt_then_start_again(self) -> Deferred[None]:
         async def scenario() -> None:
             await self.expect(0, "start")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from nanocore.api import (
     addresses,
+    backups,
     batches,
     cells,
     guest_config,
@@ -46,6 +47,7 @@ FAMILIES: tuple[Family[Operations], ...] = (
     guestlists.lists,
     batches.batches,
     migrations.migrations,
+    backups.backups,
 )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from twisted.internet.interfaces import IReactorTime
 
 from nanocore.cluster.cells import CellDirectory
 from nanocore.durations import Durations
 from nanocore.operations.addresses import AddressPools
+from nanocore.operations.backups import Backups
 from nanocore.operations.base import Context
 from nanocore.operations.batches import Batches
 from nanocore.operations.capture import Captures
@@ -45,6 +47,7 @@ class Operations:
         image_site: ImageSiteLocator = no_image_site,
         randbelow: Callable[[int], int] | None = None,
         decision_times: Durations | None = None,
+        backups: Backups | None = None,
     ) -> None:
         """``cells`` is the Cell registry (none: a Core with no fabric, every Cell offline).
 
@@ -52,7 +55,8 @@ class Operations:
         ``scheduler`` places guests (default: the original's filters and score); ``image_site``
         says where Cells fetch images; ``randbelow(n)`` starts the address search in a range;
         ``image_files`` are the image folders (none: a Core that keeps no image files);
-        ``decision_times`` records how long each placement decision takes.
+        ``decision_times`` records how long each placement decision takes; ``backups``
+        copies the store (none: a Core whose store is not copied).
         """
         self.context = Context(store, clock)
         self.compute_pools = ComputePools(self.context)
@@ -97,6 +101,7 @@ class Operations:
         self.cells.expect_members_back()
         self.address_pools = AddressPools(self.context, self.cells.notify)
         self.status = Status(self.context, self.cells, self.context.now_text())
+        self.backups = backups if backups is not None else Backups(None, Path(), clock)
 
     def revision(self) -> tuple[int, int]:
         """Changes with every commit made through these operations (keys the API's cache)."""

@@ -16,6 +16,7 @@ from attrs import frozen
 from twisted.logger import Logger
 
 from nanocore import model as m
+from nanocore.store.backup import write_backup
 from nanocore.store.errors import DamagedStore, StoreError
 from nanocore.store.tables import COMPUTE_POOL, SYSTEM_TEMPLATE, ZONE
 
@@ -160,11 +161,7 @@ def migrate(connection: sqlite3.Connection, scripts: tuple[SchemaScript, ...], p
         )
     if 0 < current < latest:
         target = backup_path(path, current)
-        copy = sqlite3.connect(target)
-        try:
-            connection.backup(copy)
-        finally:
-            copy.close()
+        write_backup(connection, target)
         log.info("store backed up to {target} before upgrade", target=target)
     for script in scripts:
         if script.version <= current:

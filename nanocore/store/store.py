@@ -26,6 +26,7 @@ from zope.interface import implementer
 from nanocore.durations import Durations
 from nanocore.model import TIME_FORMAT
 from nanocore.ratelog import RateLimitedLog
+from nanocore.store.backup import Backup
 from nanocore.store.changes import UnitOfWork
 from nanocore.store.errors import CommitFailed, StoreClosed, StoreError
 from nanocore.store.interfaces import CommitStore
@@ -219,6 +220,16 @@ class Store:
         # Not the database's refusal but a fault of ours: its traceback, once per batch.
         log.failure("store commit failed; {count} unit(s) not saved", failure, count=count)
         return "internal error"
+
+    # --- backups ---------------------------------------------------------------------------
+
+    def backup(self, target: Path) -> Deferred[Backup]:
+        """Copy every unit committed so far to ``target``. It runs on the writer thread
+        between two batches, so units queued meanwhile wait for it (a large store holds
+        writes for as long as the copy takes)."""
+        if self._closing:
+            return fail(StoreClosed("the store is closed"))
+        return deferToThreadPool(self._reactor, self._threadpool, self._writer.backup, target)
 
     # --- closing ---------------------------------------------------------------------------
 

@@ -11,12 +11,14 @@ import ipaddress
 import sqlite3
 import threading
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 from attrs import evolve, frozen
 from twisted.python.threadable import isInIOThread
 
 from nanocore import model as m
+from nanocore.store.backup import Backup, write_backup
 from nanocore.store.changes import Change, Delete, Insert, Put, UnitOfWork
 from nanocore.store.errors import Conflict, DamagedStore, NotFound, StillReferenced, StoreError
 from nanocore.store.tables import (
@@ -96,6 +98,11 @@ class Writer:
         """Close the connection (checkpointing the WAL); the writer is unusable afterwards."""
         self._enter()
         self._connection.close()
+
+    def backup(self, target: Path) -> Backup:
+        """Copy the committed database to ``target`` (between two batches: whole units)."""
+        self._enter()
+        return write_backup(self._connection, target)
 
     def _enter(self) -> None:
         if self._guard_io_thread and isInIOThread():

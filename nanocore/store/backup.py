@@ -1,0 +1,102 @@
+"""Consistent copies of the store, made while Core runs (and by the CLI while it does not).
+
+Core holds the database in SQLite's exclusive locking mode, so no other process can read it
+while Core runs, and copying ``nanocore.db`` and its WAL by hand can catch the two at different
+moments. A backup is therefore made by the connection that owns the store, on its writer
+thread between two batches, through SQLite's online backup API: it holds every acknowledged
+change and nothing half-applied. The copy is a single self-contained file (rollback journal,
+not WAL), checked, fsynced and only then given its name, so a file under its final name is
+always whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+from attrs import frozen
+
+from nanocore.atomicfile import sync_directory
+from nanocore.store.errors import StoreError
+
+#: Where backups go, inside the data folder.
+BACKUP_FOLDER = "backups"
+#: How many backups Core keeps in that folder; the oldest beyond go (copy them away).
+KEEP_BACKUPS = 10
+#: ``nanocore-20261207T171500Z.db``, with ``-2``... for a second backup in one second.
+BACKUP_NAME = re.compile(r"nanocore-\d{8}T\d{6}Z(?:-\d+)?\.db")
+
+
+@frozen
+class Backup:
+    """A backup file as written: where, how large, and the schema version it holds."""
+
+    path: Path
+    size: int
+    schema: int
+
+
+def new_backup_path(folder: Path, seconds: float) -> Path:
+    """A name in ``folder`` for a backup made at ``seconds`` (UTC), not used yet."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(seconds))
+    path, number = folder / f"nanocore-{stamp}.db", 1
+    while path.exists():
+        number += 1
+        path = folder / f"nanocore-{stamp}-{number}.db"
+    return path
+
+
+def write_backup(connection: sqlite3.Connection, target: Path) -> Backup:
+    """Copy the database of ``connection`` to ``target``, whole or not at all.
+
+    Run it on the thread that owns ``connection``, between transactions."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.unlink(missing_ok=True)
+    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    try:
+        copy = sqlite3.connect(partial, isolation_level=None)
+        try:
+            connection.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one file, readable anywhere
+            schema = checked_copy(copy, target)
+        finally:
+            copy.close()
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    sync_directory(target.parent)
+    return Backup(target, target.stat().st_size, schema)
+
+
+def checked_copy(copy: sqlite3.Connection, path: Path) -> int:
+    """The schema version of a copy that passes SQLite's integrity check, else refuse it."""
+    problems = [row[0] for row in copy.execute("PRAGMA integrity_check").fetchall()]
+    if problems != ["ok"]:
+        raise StoreError(f"{path} failed its integrity check: {'; '.join(problems[:5])}")
+    try:
+        row = copy.execute("SELECT version FROM schema_version").fetchone()
+    except sqlite3.DatabaseError:
+        row = None
+    if row is None:
+        raise StoreError(f"{path} is not a nanocore store (no schema version)")
+    return int(row[0])
+
+
+def prune_backups(folder: Path, keep: int = KEEP_BACKUPS) -> list[Path]:
+    """Remove all but the newest ``keep`` backups in ``folder``; return the removed."""
+    names = sorted(
+        (p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name)),
+        key=lambda p: (p.name[:25], int(p.stem[26:] or 1)),
+    )
+    removed = names[: max(0, len(names) - keep)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
