@@ -58,7 +58,7 @@ from nanocore.pki import (
     server_tls_options,
 )
 from nanocore.ratelog import RateLimitedLog
-from nanocore.services.gate import StartingGate
+from nanocore.services.gate import ClosingGate, StartingGate
 from nanocore.services.images import ImageSiteService
 from nanocore.services.link import (
     LINK_PORTS,
@@ -360,6 +360,8 @@ def build_service(
         ("memory", memory),
         ("logs", RotatedLogs(reactor, layout.log_file)),
         ("stalls", StallWatch(reactor)),
+        # Last, so the first to stop: requests from then on are told Core stops.
+        ("api-gate", ClosingGate(gate)),
     ]
     for name, child in children:
         child.setName(name)

@@ -26,7 +26,7 @@ from nanocore import model
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import CellLinkFactory
-from nanocore.services.gate import STARTING, StartingGate
+from nanocore.services.gate import STARTING, STOPPING, ClosingGate, StartingGate
 from nanocore.services.images import ImageSiteService
 from nanocore.services.link import (
     LINK_PORTS,
@@ -175,6 +175,27 @@ class StartingGateTests(SynchronousTestCase):
 
         api.resolve(Target())  # type: ignore[arg-type]
         self.assertEqual(gate.render(DummyRequest([b""])), b"served")
+
+    def test_once_core_stops_new_requests_are_told_so(self) -> None:
+        """Not served by operations whose Cells are being let go (QA pass 16: `cell '<c>' is
+        not connected` for a request on a kept-alive connection during `nanocore stop`)."""
+        api: OneShot[IResource] = OneShot()
+        gate = StartingGate(api.wait, on_failure=self.fail)
+
+        class Target:
+            def render(self, request: Any) -> bytes:
+                return b"served"
+
+        api.resolve(Target())  # type: ignore[arg-type]
+        closing = ClosingGate(gate)
+        closing.startService()
+        self.assertEqual(gate.render(DummyRequest([b""])), b"served")
+        closing.stopService()
+        request = DummyRequest([b""])
+        body = gate.render(request)
+        self.assertEqual(request.responseCode, 503)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"Retry-After"), [b"1"])
+        self.assertEqual(json.loads(body)["message"], STOPPING)
 
     def test_an_api_that_cannot_be_built_stops_the_core(self) -> None:
         api: OneShot[IResource] = OneShot()

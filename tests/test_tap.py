@@ -26,6 +26,7 @@ from nanocore.api.request import LimitedChannel
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.layout import Layout
 from nanocore.openfiles import connection_share
+from nanocore.services.gate import ClosingGate
 from nanocore.services.images import ImageSiteService
 from nanocore.services.link import CellLinkService
 from nanocore.services.listen import ListeningService, PortFile
@@ -244,6 +245,7 @@ class MakeServiceTests(SynchronousTestCase):
                 ("memory", MemoryTrim),
                 ("logs", RotatedLogs),
                 ("stalls", StallWatch),
+                ("api-gate", ClosingGate),
             ],
         )
 
