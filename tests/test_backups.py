@@ -151,6 +151,7 @@ class CoalescingTests(SynchronousTestCase):
                  "nanocore-20261130T010321Z.db", "notes.txt"]  # fmt: skip
         for name in names:
             (self.folder / name).write_bytes(b"")
+        (self.folder / ".nanocore-20261130T010300Z.db.partial").write_bytes(b"cut by a crash")
         removed = prune_backups(self.folder, keep=1)
         self.assertEqual([p.name for p in removed], names[:2])
         self.assertEqual(sorted(os.listdir(self.folder)), sorted(names[2:]))

@@ -91,7 +91,9 @@ def checked_copy(copy: sqlite3.Connection, path: Path) -> int:
 
 
 def prune_backups(folder: Path, keep: int = KEEP_BACKUPS) -> list[Path]:
-    """Remove all but the newest ``keep`` backups in ``folder``; return the removed."""
+    """Remove all but the newest ``keep`` backups in ``folder``, and what a copy cut short by
+    a crash left; return the backups removed. (Copies are made one at a time: none is under
+    way when this runs.)"""
     names = sorted(
         (p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name)),
         key=lambda p: (p.name[:25], int(p.stem[26:] or 1)),
@@ -99,4 +101,6 @@ def prune_backups(folder: Path, keep: int = KEEP_BACKUPS) -> list[Path]:
     removed = names[: max(0, len(names) - keep)]
     for path in removed:
         path.unlink(missing_ok=True)
+    for partial in folder.glob(".nanocore-*.db.partial"):
+        partial.unlink(missing_ok=True)
     return removed
