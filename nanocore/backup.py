@@ -13,7 +13,6 @@ it would be replayed into it).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import sqlite3
@@ -26,7 +25,7 @@ from twisted.internet.threads import deferToThread
 
 from nanocore import gojson
 from nanocore.atomicfile import sync_directory
-from nanocore.call import CallOptions, CallRefused, Unanswered, answer_of, prepare
+from nanocore.call import CallRefused, Unanswered, answer_of, signed_call
 from nanocore.console import Console
 from nanocore.layout import PID_FILE_NAME
 from nanocore.options import AnyOrderOptions
@@ -101,19 +100,10 @@ async def backup(reactor: Any, options: BackupOptions, console: Console, http: A
 
 
 async def _made_by_core(reactor: Any, options: BackupOptions, http: Any) -> Path:
-    asking = CallOptions()
-    asking.update(
-        {
-            "config-dir": options["config-dir"],
-            "data-dir": options["data-dir"],
-            "id": None,
-            "method": "POST",
-            "path": "/backups/",
-            "body": None,
-        }
-    )
     try:
-        prepared = prepare(asking, io.BytesIO())
+        prepared = signed_call(
+            Path(options["config-dir"]), Path(options["data-dir"]), "POST", "/backups/"
+        )
         answer = await answer_of(reactor, http, prepared, BACKUP_TIMEOUT)
     except (CallRefused, Unanswered) as refused:
         raise Refused(str(refused)) from None

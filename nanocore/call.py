@@ -103,17 +103,6 @@ def api_path(path: str) -> str:
 
 def prepare(options: CallOptions, stdin: IO[bytes]) -> Call:
     """Read the config and the body; refuse a body that is not JSON before sending it."""
-    config_dir = Path(options["config-dir"])
-    try:
-        domain = load_domain(config_dir / DOMAIN_FILE)
-        api = load_api(config_dir / API_FILE)
-    except ConfigError as error:
-        raise CallRefused(f"config error: {error}") from None
-    wanted = options["id"]
-    credentials = [c for c in api.credentials if wanted is None or c.id == wanted]
-    if not credentials:
-        known = ", ".join(c.id for c in api.credentials)
-        raise CallRefused(f"no credential {wanted!r} in {config_dir / API_FILE} (it has {known})")
     text = options["body"]
     body = stdin.read() if text == "-" else (text or "").encode("utf-8")
     if body:
@@ -121,19 +110,51 @@ def prepare(options: CallOptions, stdin: IO[bytes]) -> Call:
             gojson.loads(body)
         except gojson.JSONError as error:
             raise CallRefused(f"the body is not JSON: {error}") from None
+    return signed_call(
+        Path(options["config-dir"]),
+        Path(options["data-dir"]),
+        options["method"],
+        options["path"],
+        body,
+        credential=options["id"],
+    )
+
+
+def signed_call(
+    config_dir: Path,
+    data_dir: Path,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    credential: str | None = None,
+) -> Call:
+    """A request to the API of the nanocore whose config folder is ``config_dir``, signed
+    with ``credential`` of its api.cfg (default: the first)."""
+    try:
+        domain = load_domain(config_dir / DOMAIN_FILE)
+        api = load_api(config_dir / API_FILE)
+    except ConfigError as error:
+        raise CallRefused(f"config error: {error}") from None
+    credentials = [c for c in api.credentials if credential is None or c.id == credential]
+    if not credentials:
+        known = ", ".join(c.id for c in api.credentials)
+        raise CallRefused(
+            f"no credential {credential!r} in {config_dir / API_FILE} (it has {known})"
+        )
     port = api.port
     if port == 0:
         # Any free port: the running daemon reports the one it got (services.listen.PortFile).
-        port_file = Path(options["data-dir"]) / API_PORT_FILE_NAME
+        port_file = data_dir / API_PORT_FILE_NAME
         found = read_port(port_file)
         if found is None:
             raise CallRefused(
                 f"api.cfg says port 0 and {port_file} names no port: is nanocore running?"
             )
         port = found
-    url = f"http://{domain.listen_address}:{port}{api_path(options['path'])}"
+    url = f"http://{domain.listen_address}:{port}{api_path(path)}"
     signer = Signer(credentials[0].id, credentials[0].key)
-    return Call(options["method"], url, body, signer)
+    return Call(method, url, body, signer)
 
 
 @frozen
