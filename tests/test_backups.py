@@ -42,10 +42,15 @@ async def pools_in(case: TestCase, database: Path) -> list[str]:
     return names
 
 
-class StoreBackupTests(TestCase):
+class AsyncSetUp(TestCase):
     def setUp(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self.asyncSetUp())
 
+    async def asyncSetUp(self) -> None:
+        pass
+
+
+class StoreBackupTests(AsyncSetUp):
     async def asyncSetUp(self) -> None:
         self.data_dir = Path(self.mktemp())
         self.store = await Store.open(self.data_dir, reactor)
@@ -157,10 +162,7 @@ class CoalescingTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(self.folder)), sorted(names[2:]))
 
 
-class RestoreTests(TestCase):
-    def setUp(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.asyncSetUp())
-
+class RestoreTests(AsyncSetUp):
     async def asyncSetUp(self) -> None:
         self.root = Path(self.mktemp())
         self.data_dir = self.root / "data"
@@ -222,11 +224,8 @@ class RestoreTests(TestCase):
         self.assertIn("no store to back up", str(refused.exception))
 
 
-class BackupRouteTests(TestCase):
+class BackupRouteTests(AsyncSetUp):
     """``POST /backups/``, signed, through the API as the portal would call it."""
-
-    def setUp(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.asyncSetUp())
 
     async def asyncSetUp(self) -> None:
         self.data_dir = Path(self.mktemp())
