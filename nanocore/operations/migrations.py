@@ -36,9 +36,14 @@ back, its copies of guests now on other Cells are detached from it (reconciliati
 guests no Cell could take are its own again; if it comes back while its failover is in flight
 (its rejoin leaves those guests alone), it is reconciled again once the failover ended. A
 target lost itself during the failover (Cells failing together) leaves its guests to be planned
-again among the others (:data:`FAILOVER_REPLANS`), and so do guests no Cell could take at that
-moment, once a Cell of the pool next reports (the pool's other Cells may be dialing again, as
-after a stall of Core longer than their own timeout). A Cell that died while Core was down is
+again among the others (at once, :data:`FAILOVER_REPLANS` times). Guests no Cell could take
+(stranded) wait, lost, and are planned again whenever a Cell of the pool reports (at most every
+:data:`STRANDED_RETRY` seconds, quietly: what still finds no Cell was said and recorded the
+first time) until a Cell has room, their own Cell reports them, or they are deleted: the
+pool's other Cells may be dialing again (after a stall of Core longer than their own timeout),
+full, or disabled. Their own Cell, back without them (its host lost them), is one more place
+for them once enabled; an inventory of a Cell of a failover pool that lacks lost guests strands
+them the same way (also after a restart of Core). A Cell that died while Core was down is
 presumed lost by the registry after a start (``RejoinWatch``) and takes the same path.
 
 **Records** are stored. They are kept :data:`RETENTION` seconds after they end (the original
@@ -103,9 +108,12 @@ DEFAULT_TIMEOUT = 10.0
 RESTARTED = "nanocore stopped during the migration"
 #: The progress a manual migration shows after each step (Nano's stayed at 0).
 ATTACHED, DETACHED, DONE = 30, 60, 100
-#: How many times the guests of one lost Cell are planned again after a target was lost too
-#: (Cells failing together), until that Cell links again.
+#: How many times the guests of one lost Cell are planned again at once after a target was
+#: lost too (Cells failing together), until that Cell links again; then they wait as stranded.
 FAILOVER_REPLANS = 3
+#: Guests no Cell could take (stranded) are planned again when a Cell of their pool reports,
+#: at most once in this many seconds per lost Cell, for as long as they are lost.
+STRANDED_RETRY = 5.0
 
 
 def _in_migration(held: Claim[str]) -> OperationError:
@@ -214,8 +222,11 @@ class Migrations:
         #: Plans made again for a lost Cell's guests since it was lost (``FAILOVER_REPLANS``).
         self._replans: dict[str, int] = {}
         #: Guests of a lost Cell its failover could not re-place (no Cell could take them
-        #: then): planned again when a Cell of its pool next reports, while it is still away.
+        #: then): planned again when a Cell of its pool reports (at most every
+        #: ``STRANDED_RETRY`` seconds), until placed, deleted, or reported by their Cell.
         self._stranded: dict[str, set[str]] = {}
+        #: When the stranded guests of each lost Cell may next be planned again.
+        self._stranded_retry: dict[str, float] = {}
         self._reconciling: dict[str, list[Deferred[None]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
@@ -655,10 +666,18 @@ class Migrations:
 
     # -- failover -----------------------------------------------------------------------------
 
-    def _plan(self, lost: str, pool: ComputePool, only: Collection[str] | None = None) -> None:
-        """Fail ``lost`` over (``only`` those guests, when given); who waits for its plan
-        (:meth:`planned`) hears of it once it is committed and sent."""
-        failing = Deferred.fromCoroutine(self._failover(lost, pool, only))
+    def _plan(
+        self,
+        lost: str,
+        pool: ComputePool,
+        only: Collection[str] | None = None,
+        *,
+        stranded: bool = False,
+    ) -> None:
+        """Fail ``lost`` over (``only`` those guests, when given; ``stranded``: guests no
+        Cell could take before); who waits for its plan (:meth:`planned`) hears of it once it
+        is committed and sent."""
+        failing = Deferred.fromCoroutine(self._failover(lost, pool, only, stranded=stranded))
         failing.addErrback(self._logged, f"failover of {lost}")
 
         def planned(records: list[str] | None) -> None:
@@ -668,10 +687,16 @@ class Migrations:
         failing.addCallback(planned)
 
     async def _failover(
-        self, lost: str, pool: ComputePool, only: Collection[str] | None = None
+        self,
+        lost: str,
+        pool: ComputePool,
+        only: Collection[str] | None = None,
+        *,
+        stranded: bool = False,
     ) -> list[str]:
         """Re-place every guest of ``lost`` (or ``only`` those) on the other Cells of its pool
-        (see the module)."""
+        (see the module). Stranded guests planned again are quiet: what still finds no Cell
+        was recorded and said the first time, and the Cell was disabled then."""
         view = self._context.view
         now = self._context.clock.seconds()
         guests = sorted(
@@ -708,11 +733,15 @@ class Migrations:
             )
             transit.guests.append(held)
             transit.capacity.append(claim)
+        if stranded and not plan:
+            return []
         changes: list[Change] = []
         for transit in plan.values():
             changes.append(Insert(transit.record))
         unplaced_ids: list[str] = []
         if unplaced:
+            self._stranded.setdefault(lost, set()).update(i.id for i, _ in unplaced)
+        if unplaced and not stranded:
             reasons = "; ".join(
                 f"instance '{i.id}'('{i.full_name}'): {reason}" for i, reason in unplaced
             )
@@ -731,10 +760,9 @@ class Migrations:
                 self.log.warn("failover of {cell}: instance {guest} ({name}) not re-placed, "
                               "shown lost: {reason}", cell=lost, guest=instance.id,
                               name=instance.full_name, reason=reason)  # fmt: skip
-            self._stranded.setdefault(lost, set()).update(i.id for i, _ in unplaced)
         cell = view.cells.get(lost)
         disabling = False
-        if cell is not None and cell.enabled:
+        if cell is not None and cell.enabled and not stranded:
             changes.append(Put(evolve(cell, enabled=False)))
             disabling = True
         moving = [guest for transit in plan.values() for guest in transit.record.instances]
@@ -766,9 +794,10 @@ class Migrations:
                 self._cells.send(target, _attach_at_once(lost, transit.record.instances))
             except LinkError as error:
                 self._failover_failed(transit, f"attach instance fail: {error}")
-        self.log.info("failover of {cell}: {moving} instance(s) sent to {targets} cell(s), "
-                      "{unplaced} not re-placed", cell=lost, moving=len(moving),
-                      targets=len(plan), unplaced=len(unplaced))  # fmt: skip
+        self.log.info("failover of {cell}: {moving} {which}instance(s) sent to {targets} "
+                      "cell(s), {unplaced} {still}not re-placed", cell=lost, moving=len(moving),
+                      which="stranded " if stranded else "", targets=len(plan),
+                      unplaced=len(unplaced), still="still " if stranded else "")  # fmt: skip
         if disabling:
             # As Nano: a Cell that failed gets no new guest until someone looked at it; the
             # only trace was its flag in the API (QA pass 16).
@@ -820,8 +849,10 @@ class Migrations:
         done = self._replans.get(source, 0)
         if done >= FAILOVER_REPLANS:
             self.log.warn("failover of {cell}: target {target} lost too; planned again "
-                          "{done} time(s) already, its guests stay lost", cell=source,
-                          target=target, done=done)  # fmt: skip
+                          "{done} time(s) already, its guests wait, lost, for a Cell of the "
+                          "pool that can take them", cell=source, target=target,
+                          done=done)  # fmt: skip
+            self._stranded.setdefault(source, set()).update(failed.instances)
             return
         self._replans[source] = done + 1
         self.log.info("failover of {cell}: target {target} lost too, planning its "
@@ -836,30 +867,53 @@ class Migrations:
 
     def cell_status(self, name: str, status: CellStatus) -> None:
         """A Cell of a pool with stranded guests reports: plan them again once the report
-        is everyone's (the placement hears of it too)."""
+        is everyone's (the placement hears of it too). A Cell of a failover pool whose
+        inventory lacked lost guests of Core's strands them too: they are on no Cell (so also
+        after a restart of Core, which forgot what its failovers could not place)."""
+        lacked = self._access.lacking.get(name)
+        if lacked and self._failover_pool(name) is not None:
+            self._stranded.setdefault(name, set()).update(lacked)
         if self._stranded:
             self._context.clock.callLater(0, self._plan_stranded, name)
 
     def _plan_stranded(self, reporting: str) -> None:
+        """Plan again the stranded guests of the reporting Cell's pool, that still wait. A
+        guest waits while it is lost on its Cell: the Cell is away, or came back without it
+        (a Cell back that has not told its inventory yet may still hold it)."""
         record = self._context.view.cells.get(reporting)
         if record is None or not record.enabled or not self._linked(reporting):
             return
+        now = self._context.clock.seconds()
         for lost in list(self._stranded):
             pool = self._failover_pool(lost)
-            if self._linked(lost) or pool is None:  # back: its inventory tells the rest
-                del self._stranded[lost]
+            if pool is not None and (
+                pool.name != record.pool or now < self._stranded_retry.get(lost, now)
+            ):
                 continue
-            if pool.name != record.pool:
+            waiting = self._still_stranded(lost) if pool is not None else []
+            if pool is None or not waiting:
+                self._stranded.pop(lost, None)
+                self._stranded_retry.pop(lost, None)
                 continue
-            guests = self._stranded.pop(lost)
-            done = self._replans.get(lost, 0)
-            if done >= FAILOVER_REPLANS:
-                continue  # its guests stay lost (said when each was not re-placed)
-            self._replans[lost] = done + 1
-            self.log.info("failover of {cell}: {reporting} reports; planning the {count} "
-                          "instance(s) no cell could take again", cell=lost,
-                          reporting=reporting, count=len(guests))  # fmt: skip
-            self._plan(lost, pool, guests)
+            if self._linked(lost):
+                waiting = [g for g in waiting if self._access.came_back_without(g)]
+                if not waiting:
+                    continue
+            self._stranded_retry[lost] = now + STRANDED_RETRY
+            self._plan(lost, pool, [g.id for g in waiting], stranded=True)
+
+    def _still_stranded(self, lost: str) -> list[Instance]:
+        """The stranded guests of ``lost`` still lost on it (not deleted, moved or reported)."""
+        instances = self._context.view.instances
+        waiting = [
+            instance
+            for guest in self._stranded.get(lost, ())
+            if (instance := instances.get(guest)) is not None
+            and instance.cell == lost
+            and instance.lost
+        ]
+        self._stranded[lost] = {instance.id for instance in waiting}
+        return waiting
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
         """A Cell of a failover pool on shared storage lost without a goodbye: failover. A
