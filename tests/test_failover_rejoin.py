@@ -30,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nanocore import model as m
 from nanocore.cluster.cells import REJOIN_GRACE, CellStatus
 from nanocore.cluster.message import Message, MessageID
+from nanocore.model import StaleCopy
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import GuestSpec
 from nanocore.operations.guests.reconcile import _copies_let_go
@@ -430,11 +431,23 @@ class NoCellAtThatMomentTests(RejoinCase):
         world.wait(STRANDED_RETRY + 2)
         self.assertTrue(all(world.instance(g).lost for g in self.guests))  # A is disabled
         world.enable(A, True)
+        committed: list[object] = []
+        commit = world.store.commit
+
+        def recording(unit: UnitOfWork) -> Deferred[None]:
+            committed.extend(unit.changes)
+            return commit(unit)
+
+        world.store.commit = recording  # type: ignore[method-assign]
         world.wait(STRANDED_RETRY + 2)
         for guest in self.guests:
             back = world.instance(guest)
             self.assertEqual((back.cell, back.lost, back.migrating), (A, False, False))
             self.assertIn(guest, world.cells[A].guests)
+        # Taken back, not failed over away: A holds no stale copy of them to detach (the
+        # two inventories that followed both tried to forget one, and one failed).
+        copies = [c for c in committed if isinstance(c, Put) and isinstance(c.entity, StaleCopy)]
+        self.assertEqual(copies, [])
 
     def test_they_are_left_to_their_cell_if_it_is_back_first(self) -> None:
         world = self.world

@@ -591,7 +591,8 @@ class Migrations:
                     moved = evolve(
                         instance, cell=cell, migrating=False, lost=False, internal=internal
                     )
-                    if record.kind is MigrationKind.FAILOVER:  # its lost Cell may hold a copy
+                    if record.kind is MigrationKind.FAILOVER and record.source_cell != cell:
+                        # Its lost Cell may hold a copy (not when it took the guest back).
                         changes.append(Put(StaleCopy(record.source_cell, guest)))
                 else:
                     moved = evolve(instance, migrating=False, lost=True)
