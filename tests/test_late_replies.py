@@ -68,6 +68,41 @@ class LateReplyTests(GuestClusterCase):
         self.assertEqual(secret, simulated.monitor_secret)
         self.assertEqual((await self.ok("GET", base))["monitor_secret"], secret)
 
+    async def test_a_delete_the_cell_did_unheard_deletes_the_record(self) -> None:
+        """The client was told `cell timeout`; the Cell, frozen, did the delete when it ran
+        again, after it had dropped its silent link to Core (no answer, no event). The guest
+        then showed lost, `came back without it`, although deleted as asked (QA pass 18)."""
+        guest = await self.unanswered_delete()
+        cell = self.store.view.instances[guest].cell
+        del self.cells[cell].guests[guest]  # done, unheard
+        await self.rejoined(cell, died=False)
+        await self.store.commit(UnitOfWork(()))  # the deletion queued behind the inventory
+        self.assertNotIn(guest, self.store.view.instances)
+        self.assertEqual(
+            await self.refused("GET", f"/guests/{guest}"), f"invalid instance '{guest}'"
+        )
+        self.assertEqual(self.ops.guests.access.unanswered_deletes, {})
+
+    async def unanswered_delete(self) -> str:
+        """A guest whose delete its Cell did not answer (Core answered `cell timeout`)."""
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        self.cells[cell].inject(MessageID.DeleteGuestRequest, Fault(drop=True))
+        asking = Deferred.fromCoroutine(self.refused("DELETE", f"/guests/{guest}", {}))
+        await self.cells[cell].until_received(MessageID.DeleteGuestRequest)
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual(await asking, "cell timeout")
+        self.assertEqual(self.ops.guests.access.unanswered_deletes, {guest: cell})
+        return guest
+
+    async def test_a_delete_the_cell_did_not_do_leaves_the_guest(self) -> None:
+        guest = await self.unanswered_delete()
+        cell = self.store.view.instances[guest].cell
+        await self.rejoined(cell, died=False)
+        record = self.store.view.instances[guest]
+        self.assertEqual((record.cell, record.lost), (cell, False))
+        self.assertEqual(self.ops.guests.access.unanswered_deletes, {})
+
     async def test_a_late_answer_to_a_query_or_an_inventory_asks_for_nothing(self) -> None:
         """Nothing changed on the Cell; and a slow Cell's inventory answered late would
         otherwise ask for the next one, for as long as the Cell stays slow."""

@@ -63,6 +63,9 @@ class GuestAccess:
         #: of Core's records that inventory lacked (kept by ``GuestEvents``). A lost guest of a
         #: Cell not in here may still be on it (the Cell is away, or has not told it yet).
         self.lacking: dict[str, frozenset[str]] = {}
+        #: Guests whose Cell was asked to delete them and gave no answer (timeout, link lost):
+        #: guest -> that Cell. Its next inventory says whether it did (``GuestEvents``).
+        self.unanswered_deletes: dict[str, str] = {}
 
     def instance(self, instance_id: str) -> Instance:
         found = self.context.view.instances.get(instance_id)

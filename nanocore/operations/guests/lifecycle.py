@@ -28,6 +28,7 @@ from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.durations import Durations
 from nanocore.model import Instance, PendingError
 from nanocore.operations.base import Context
+from nanocore.operations.cells import CellRefused
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.create import Created, Creations, GuestSpec
@@ -153,7 +154,13 @@ class GuestOperations:
             id=MessageID.DeleteGuestRequest, string_params={ParamKey.Instance: instance_id}
         )
         asking = self.access.forward(instance.cell, request)
-        return asking.addCallback(lambda _: self._forget(instance_id))
+
+        def unanswered(failure: Failure) -> Failure:
+            if not failure.check(CellRefused):  # the Cell may have deleted it all the same
+                self.access.unanswered_deletes[instance_id] = instance.cell
+            return failure
+
+        return asking.addCallbacks(lambda _: self._forget(instance_id), unanswered)
 
     def _forget(self, instance_id: str, *, lost: bool = False) -> Deferred[None]:
         """Remove the record and its addresses; ``lost``: only while it is still a guest its
@@ -163,6 +170,7 @@ class GuestOperations:
             if lost and instance is not None and not self.access.came_back_without(instance):
                 raise InvalidRequest(f"instance '{instance_id}' changed while deleted, retry")
             self.placement.release(instance_id)
+            self.access.unanswered_deletes.pop(instance_id, None)
             return self.access.forgetting(instance) if instance is not None else []
 
         return self.access.change(instance_id, decide)
