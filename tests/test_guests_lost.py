@@ -64,6 +64,24 @@ class LostRunningGuestTests(GuestClusterCase):
         again = [formatEvent(e) for e in observer if "inventory lacks" in formatEvent(e)]
         self.assertEqual(len(again), 1)
 
+    async def test_a_guest_shown_lost_while_its_cell_was_away_is_said_once(self) -> None:
+        """A stopped guest, lost with its Cell's link, that the Cell came back without: the
+        inventory changed nothing of its record, and nothing was said (QA pass 18)."""
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        guest = await self.created(pool="netted")
+        cell = self.cell_of(guest)
+        del cell.guests[guest]  # the Cell's host lost it with the crash
+        await self.rejoined(cell.name)
+        await self.rejoined(cell.name)
+
+        def said() -> list[str]:
+            return [formatEvent(e) for e in observer if "came back without" in e["log_format"]]
+
+        self.assertEqual(len(said()), 1)
+        self.assertIn(f"came back without 1 instance(s) of Core's shown lost while it was away "
+                      f"({guest})", said()[0])  # fmt: skip
+        self.assertTrue(self.store.view.instances[guest].lost)
+
     async def test_a_guest_being_changed_while_its_cell_came_back_is_not_left_lost(self) -> None:
         """The link drops and comes back while the guest is being changed: its lost mark
         waited for that change, the new link's inventory left the busy guest to it, and the

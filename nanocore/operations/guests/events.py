@@ -31,6 +31,8 @@ from nanocore.store import Change, Delete, Put, StoreClosed
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _ID = re.compile(ID_PATTERN)
+#: Guests named in one log line; the rest are counted.
+MAX_NAMED = 20
 #: A failed creation the Cell reports without a reason.
 CREATION_FAILED = "create guest fail"
 #: A failed system reset the Cell reports without a reason.
@@ -65,6 +67,8 @@ class GuestEvents:
         #: one unheard of for :attr:`reset_silence` (a Cell may have ended it, or forgotten it,
         #: while Core was not listening).
         self._reset_watches: dict[str, tuple[str, IDelayedCall]] = {}
+        #: What each Cell's last inventory lacked (kept across its links: said once).
+        self._told_lacking: dict[str, frozenset[str]] = {}
         self.reset_silence = RESET_SILENCE
         self._handlers: dict[int, Callable[[str, Message], Deferred[None]]] = {
             MessageID.GuestCreatedEvent: self.created,
@@ -141,19 +145,35 @@ class GuestEvents:
 
     # -- inventories --------------------------------------------------------------------------
 
-    def inventory_lacks(self, cell: str, guests: Collection[str]) -> None:
+    def inventory_lacks(
+        self, cell: str, guests: Collection[str], *, said: Collection[str] = ()
+    ) -> None:
         """``cell`` has told its inventory, and it lacked ``guests`` of Core's (forgotten at
         once if its link is gone already: its next link tells a new one). A guest it was asked
-        to delete, without an answer, is deleted if it lacks it, and stays if it holds it."""
+        to delete, without an answer, is deleted if it lacks it, and stays if it holds it.
+        Those shown lost while the Cell was away that it lacks now are said once (``said``:
+        those the caller said already)."""
         if self._access.cells.state(cell) in (None, CellLiveness.DISCONNECTED):
             self._access.lacking.pop(cell, None)
         else:
             self._access.lacking[cell] = frozenset(guests)
         asked = self._access.unanswered_deletes
+        deleted: set[str] = set()
         for guest in [g for g, asked_of in asked.items() if asked_of == cell]:
             del asked[guest]
             if guest in guests:
+                deleted.add(guest)
                 self._deleted_unanswered(cell, guest)
+        told = self._told_lacking.get(cell, frozenset())
+        self._told_lacking[cell] = frozenset(guests)
+        unsaid = [g for g in guests if g not in told and g not in said and g not in deleted]
+        if unsaid:
+            shown = ", ".join(unsaid[:MAX_NAMED])
+            more = len(unsaid) - MAX_NAMED
+            self.log.warn("{cell} came back without {count} instance(s) of Core's shown lost "
+                          "while it was away ({guests}{more}): they stay lost (deleting one "
+                          "asks no Cell)", cell=cell, count=len(unsaid), guests=shown,
+                          more=f" and {more} more" if more > 0 else "")  # fmt: skip
 
     def _deleted_unanswered(self, cell: str, guest: str) -> None:
         """The Cell did the delete it did not answer (Core had stopped waiting, or the link

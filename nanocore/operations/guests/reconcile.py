@@ -52,15 +52,13 @@ from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import AddressAllocation, Instance, InstanceStatus, PendingError, StaleCopy
 from nanocore.operations.guests.common import GuestAccess
-from nanocore.operations.guests.events import GuestEvents, settle
+from nanocore.operations.guests.events import MAX_NAMED, GuestEvents, settle
 from nanocore.operations.guests.placement import ADDRESS, GUEST_NAME, Placement
 from nanocore.operations.inventory import Reconciliation, read_inventory
 from nanocore.store import Change, Delete, Insert, Put
 
 log = Logger()
 
-#: Guests named in one log line; the rest are counted.
-MAX_NAMED = 20
 #: The pending error of a creation the Cell no longer holds after it came back.
 LOST_WHILE_CREATING = "cell '{cell}' lost the guest while creating it"
 #: The pending error of a reset whose guest the Cell no longer holds after it came back.
@@ -201,7 +199,7 @@ class Reconciler:
                          "({guests}{more}): kept and shown lost, or their creation failed",
                          cell=cell, count=len(missing), guests=shown,
                          more=f" and {more} more" if more > 0 else "")  # fmt: skip
-            self._events.inventory_lacks(cell, released)
+            self._events.inventory_lacks(cell, released, said=missing)
             for guest in resetting:
                 self._events.watch_reset(cell, guest)
             for guest in confirmed:
