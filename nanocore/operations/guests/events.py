@@ -171,7 +171,7 @@ class GuestEvents:
             shown = ", ".join(unsaid[:MAX_NAMED])
             more = len(unsaid) - MAX_NAMED
             self.log.warn("{cell} came back without {count} instance(s) of Core's shown lost "
-                          "while it was away ({guests}{more}): they stay lost (deleting one "
+                          "while it was away ({guests}{more}): kept and shown lost (deleting one "
                           "asks no Cell)", cell=cell, count=len(unsaid), guests=shown,
                           more=f" and {more} more" if more > 0 else "")  # fmt: skip
 
