@@ -458,7 +458,8 @@ class FailoverTests(MigrationCase):
         listed = {e["id"]: e for e in await self.ok("GET", "/migrations/")}
         self.assertEqual(listed[unplaced[0].id]["error"], unplaced[0].error)
         warned = [e for e in lines if "shown lost" in e.get("log_format", "")]
-        self.assertEqual([e["guest"] for e in warned], [left])
+        self.assertEqual([(e["count"], e["guests"]) for e in warned],
+                         [(1, f"{left} (team.{self.record(left).name})")])  # fmt: skip
 
     async def test_a_target_that_does_not_answer_leaves_the_guests_lost(self) -> None:
         guest = await self.guest_on(A, "vm1")
