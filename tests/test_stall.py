@@ -28,16 +28,28 @@ class StallWatchTests(SynchronousTestCase):
         self.clock.pump([2.9] * 10)  # late, but less than the threshold each time
         self.assertEqual((self.lines(), self.watch.stalls), ([], 0))
 
-    def test_a_stop_of_20_s_is_said_once_with_its_length(self) -> None:
+    def test_a_stop_of_10_s_is_said_once_with_its_length(self) -> None:
         self.clock.pump([1.0] * 5)
-        self.clock.advance(20.0)
+        self.clock.advance(10.0)
         self.clock.pump([1.0] * 5)
         self.assertEqual(self.lines(), [
-            "nanocore did not run for 20.0 s (stopped, paused or starved of CPU): Cell links "
+            "nanocore did not run for 10.0 s (stopped, paused or starved of CPU): Cell links "
             "are heard again before any is judged silent; requests waiting on a Cell meanwhile "
             "may have answered 'cell timeout'"
         ])  # fmt: skip
         self.assertEqual(self.watch.stalls, 1)
+
+    def test_a_stop_the_cells_dropped_core_for_says_so(self) -> None:
+        self.clock.pump([1.0] * 5)
+        self.clock.advance(30.0)
+        self.clock.pump([1.0] * 5)
+        (line,) = self.lines()
+        self.assertTrue(line.startswith("nanocore did not run for 30.0 s"), line)
+        said = (
+            "Cells drop a Core silent for 15 s themselves: those that said goodbye meanwhile "
+            "(their guests shown lost) link again within seconds"
+        )
+        self.assertIn(said, line)
 
     def test_a_restart_of_the_service_does_not_count_its_pause(self) -> None:
         self.watch.stopService()

@@ -11,11 +11,17 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nanocore.cluster.transport import STALL_AFTER
+from nanocore.cluster.transport import DISCONNECT_AFTER, STALL_AFTER
 from nanocore.services.periodic import Periodic
 
 #: Seconds between two looks at the clock.
 STEP = 1.0
+#: Said of a stall as long as a Cell's own patience: each dropped the silent Core (QA pass 18:
+#: the goodbyes that follow such a stall were tied to nothing in the log).
+DROPPED_BY_CELLS = (
+    f". Cells drop a Core silent for {DISCONNECT_AFTER:g} s themselves: those that said "
+    "goodbye meanwhile (their guests shown lost) link again within seconds"
+)
 
 
 class StallWatch(Periodic):
@@ -44,9 +50,11 @@ class StallWatch(Periodic):
         if last is None or now - last - self.step < self._threshold:
             return
         self.stalls += 1
+        seconds = now - last
         self.log.warn(
             "nanocore did not run for {seconds:.1f} s (stopped, paused or starved of CPU): "
             "Cell links are heard again before any is judged silent; requests waiting on a "
-            "Cell meanwhile may have answered 'cell timeout'",
-            seconds=now - last,
+            "Cell meanwhile may have answered 'cell timeout'{dropped}",
+            seconds=seconds,
+            dropped=DROPPED_BY_CELLS if seconds >= DISCONNECT_AFTER else "",
         )
