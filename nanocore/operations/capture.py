@@ -88,6 +88,7 @@ class Captures:
     async def _capture(self, spec: ImageSpec, guest_id: str) -> str:
         self._images.check_names(ImageKind.DISK, spec)  # before the guest, as Core
         instance = self._guests.instance(guest_id)
+        self._guests.refuse_lost(instance)
         if not instance.created:
             raise InvalidRequest(f"guest '{guest_id}' not created yet")
         if instance.running:
