@@ -406,6 +406,23 @@ class NoCellAtThatMomentTests(RejoinCase):
         for guest in self.guests:
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
 
+    def test_a_target_that_refuses_them_is_not_asked_again_every_few_seconds(self) -> None:
+        """As for any failover, a refusal by a linked target is final for its guests (QA pass
+        18: an attach refused for one guest whose volumes were gone was a whole batch)."""
+        world = self.world
+        self.pool_away_when_a_dies()
+        world.cells[B].inject(
+            MessageID.AttachInstanceRequest, Fault(error="no bridge", times=None)
+        )
+        world.connect(B)
+        world.wait(30)
+        records = world.failovers()
+        self.assertEqual(len(records), 2)  # none could be placed; the refused attach
+        refused = [r for r in records if r.target_cell == B]
+        self.assertEqual([r.error for r in refused], ["attach instance fail: no bridge"])
+        for guest in self.guests:
+            self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
+
     def test_a_cell_back_that_has_not_told_its_inventory_may_hold_them(self) -> None:
         world = self.world
         self.pool_away_when_a_dies()

@@ -228,6 +228,9 @@ class Migrations:
         self._stranded: dict[str, set[str]] = {}
         #: When the stranded guests of each lost Cell may next be planned again.
         self._stranded_retry: dict[str, float] = {}
+        #: Guests a linked target refused (or left unanswered) in a failover: not stranded
+        #: again while they stay lost.
+        self._refused: set[str] = set()
         self._reconciling: dict[str, list[Deferred[None]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
@@ -852,7 +855,12 @@ class Migrations:
         to the pool's other Cells: planned again while their own Cell is still away, at most
         :data:`FAILOVER_REPLANS` times until it links again."""
         source, target = failed.source_cell, failed.target_cell
-        if self._linked(target) or self._linked(source):
+        if self._linked(target):
+            # Refused (or unanswered) while linked: final for these guests, also for those
+            # waiting as stranded, which would meet the same refusal every few seconds.
+            self._refused.update(failed.instances)
+            return
+        if self._linked(source):
             return
         pool = self._failover_pool(source)
         if pool is None:
@@ -914,15 +922,16 @@ class Migrations:
             self._plan(lost, pool, [g.id for g in waiting], stranded=True)
 
     def _still_stranded(self, lost: str) -> list[Instance]:
-        """The stranded guests of ``lost`` still lost on it (not deleted, moved or reported)."""
+        """The stranded guests of ``lost`` still lost on it (not deleted, moved or reported),
+        but those a linked target refused."""
         instances = self._context.view.instances
-        waiting = [
-            instance
-            for guest in self._stranded.get(lost, ())
-            if (instance := instances.get(guest)) is not None
-            and instance.cell == lost
-            and instance.lost
-        ]
+        waiting = []
+        for guest in self._stranded.get(lost, ()):
+            instance = instances.get(guest)
+            if instance is None or instance.cell != lost or not instance.lost:
+                self._refused.discard(guest)
+            elif guest not in self._refused:
+                waiting.append(instance)
         self._stranded[lost] = {instance.id for instance in waiting}
         return waiting
 
