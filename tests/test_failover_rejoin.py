@@ -31,6 +31,7 @@ from nanocore import model as m
 from nanocore.cluster.cells import REJOIN_GRACE, CellStatus
 from nanocore.cluster.message import Message, MessageID
 from nanocore.model import StaleCopy
+from nanocore.operations import migrations
 from nanocore.operations.core import Operations
 from nanocore.operations.guests import GuestSpec
 from nanocore.operations.guests.reconcile import _copies_let_go
@@ -422,6 +423,25 @@ class NoCellAtThatMomentTests(RejoinCase):
         self.assertEqual([r.error for r in refused], ["attach instance fail: no bridge"])
         for guest in self.guests:
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
+
+    def test_two_plans_to_one_target_each_get_their_own_guests(self) -> None:
+        """A guest placed while an earlier one of the same Cell is still on its way to the same
+        target: the target's events name their guests, whichever comes first."""
+        world = self.world
+        self.patch(migrations, "STRANDED_RETRY", 2.0)  # sooner than the domain timeout
+        self.pool_away_when_a_dies()
+        world.cells[B].capacity = Capacity(cores=16, memory=3 * GiB // 2, disk=400 * GiB)
+        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=TIMEOUT - 1))
+        world.connect(B)
+        world.clock.advance(0)
+        self.assertEqual(len([r for r in world.failovers() if r.target_cell == B]), 1)
+        world.cells[B].capacity = Capacity(cores=16, memory=16 * GiB, disk=400 * GiB)
+        world.wait(TIMEOUT)  # the second, answered at once, before the first
+        records = [world.store.view.migrations[r.id] for r in world.failovers() if r.target_cell]
+        self.assertEqual([(r.finished, r.error) for r in records], [(True, ""), (True, "")])
+        for guest in self.guests:
+            moved = world.instance(guest)
+            self.assertEqual((moved.cell, moved.lost, moved.migrating), (B, False, False))
 
     def test_a_cell_back_that_has_not_told_its_inventory_may_hold_them(self) -> None:
         world = self.world

@@ -980,18 +980,24 @@ class Migrations:
                 transit.arrived.callback(message)
             return
         source = message.string_params.get(ParamKey.Cell, "")
-        for transit in list(self._running.values()):
-            record = transit.record
-            if (record.kind, record.source_cell, record.target_cell) == (
-                MigrationKind.FAILOVER, source, cell
-            ):  # fmt: skip
-                self._running.pop(record.id)
-                if transit.timer is not None and transit.timer.active():
-                    transit.timer.cancel()
-                transit.timer = None
-                arriving = Deferred.fromCoroutine(self._arrived(transit, cell, message))
-                arriving.addErrback(self._logged, f"failover {record.id}")
-                return
+        reported = set(message.string_array_params.get(ParamKey.Instance, ()))
+        candidates = [
+            transit
+            for transit in self._running.values()
+            if (transit.record.kind, transit.record.source_cell, transit.record.target_cell)
+            == (MigrationKind.FAILOVER, source, cell)
+        ]
+        if candidates:
+            # Two plans may send guests of one Cell to the same target (a stranded guest
+            # placed while an earlier one is in flight): the event names its guests.
+            transit = max(candidates, key=lambda t: len(reported.intersection(t.record.instances)))
+            self._running.pop(transit.record.id)
+            if transit.timer is not None and transit.timer.active():
+                transit.timer.cancel()
+            transit.timer = None
+            arriving = Deferred.fromCoroutine(self._arrived(transit, cell, message))
+            arriving.addErrback(self._logged, f"failover {transit.record.id}")
+            return
         returned = [
             guest
             for guest in message.string_array_params.get(ParamKey.Instance, ())
