@@ -443,6 +443,28 @@ class NoCellAtThatMomentTests(RejoinCase):
             moved = world.instance(guest)
             self.assertEqual((moved.cell, moved.lost, moved.migrating), (B, False, False))
 
+    def test_a_refusal_fails_only_the_oldest_plan_waiting_on_that_target(self) -> None:
+        """A failed attach names neither the attach nor its guests: it failed every failover
+        plan waiting on that Cell, also one it was about to take."""
+        world = self.world
+        self.patch(migrations, "STRANDED_RETRY", 2.0)  # sooner than the domain timeout
+        self.pool_away_when_a_dies()
+        world.cells[B].capacity = Capacity(cores=16, memory=3 * GiB // 2, disk=400 * GiB)
+        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(error="no bridge", delay=3))
+        world.connect(B)
+        world.clock.advance(0)
+        world.cells[B].capacity = Capacity(cores=16, memory=16 * GiB, disk=400 * GiB)
+        # The next attach is taken, and said so after the refusal of the first.
+        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=2.5))
+        world.wait(2 * TIMEOUT)
+        records = [world.store.view.migrations[r.id] for r in world.failovers() if r.target_cell]
+        self.assertEqual(
+            [(r.finished, r.error) for r in records],
+            [(False, "attach instance fail: no bridge"), (True, "")],
+        )
+        moved = [g for g in self.guests if world.instance(g).cell == B]
+        self.assertEqual(len(moved), 1)
+
     def test_a_cell_back_that_has_not_told_its_inventory_may_hold_them(self) -> None:
         world = self.world
         self.pool_away_when_a_dies()

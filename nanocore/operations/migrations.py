@@ -961,12 +961,15 @@ class Migrations:
         if message.id == MessageID.InstanceMigratedEvent:
             self._migrated(name, message)
         elif message.id == MessageID.AttachInstanceResponse and not message.success:
-            # A failover attach that failed (a stock Cell answers it with ``to`` = 0).
+            # A failover attach that failed (a stock Cell answers it with ``to`` = 0, naming
+            # neither the attach nor its guests): the oldest still waiting on that Cell, which
+            # answers in turn (those it took were matched by their events already).
             for transit in list(self._running.values()):
                 record = transit.record
                 if record.kind is MigrationKind.FAILOVER and record.target_cell == name:
                     reason = message.error or "failed"
                     self._failover_failed(transit, f"attach instance fail: {reason}")
+                    break
 
     def _migrated(self, cell: str, message: Message) -> None:
         if not message.bool_params.get(ParamKey.Immediate, False):
