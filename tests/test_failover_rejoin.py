@@ -309,6 +309,20 @@ class CopiesLeftOnALostCellTests(RejoinCase):
         self.successResultOf(removing)
         self.assertEqual(dict(world.store.view.stale_copies), {})
 
+    def test_two_inventories_may_both_let_go_of_a_copy(self) -> None:
+        """A Cell's rejoin and the inventory after a failover to it, decided on the same
+        state: the second spoiled its whole reconciliation (QA pass 19)."""
+        world = self.world
+        world.store.commit(UnitOfWork.of(Put(m.StaleCopy(A, self.guests[0]))))
+        view = world.store.view
+        decided = [
+            _copies_let_go(view.stale_copies.values(), view.instances, A, reported=())
+            for _ in range(2)
+        ]
+        for changes in decided:
+            self.successResultOf(world.store.commit(UnitOfWork(changes)))
+        self.assertEqual(dict(view.stale_copies), {})
+
     def test_a_copy_is_forgotten_once_gone_or_the_cells_own_again(self) -> None:
         copies = [m.StaleCopy(A, "g1"), m.StaleCopy(A, "g2"), m.StaleCopy(A, "g3"),
                   m.StaleCopy(B, "g1")]  # fmt: skip

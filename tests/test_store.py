@@ -419,6 +419,16 @@ class ConstraintTests(StoreTestCase):
             "media image 'nope' does not exist",
         )
 
+    @defer.inlineCallbacks
+    def test_delete_missing_is_nothing_when_missing_ok(self) -> Any:
+        """Two decisions may both drop the same note (a stale copy): the second is no
+        refusal of the rest of its unit."""
+        unit = UnitOfWork.of(
+            Delete(m.MediaImage, "nope", missing_ok=True), Put(m.ComputePool(name="kept"))
+        )
+        yield self.store.commit(unit)
+        self.assertIn("kept", self.store.view.compute_pools)
+
     def test_malformed_key(self) -> Any:
         return self.assertRefused(
             self.store, UnitOfWork.of(Delete(m.AddressRange, "10.0.0.10")), NotFound, "malformed"

@@ -40,10 +40,12 @@ def _kind(_inst: Any, attribute: Any, value: Any) -> None:
 
 @frozen
 class Delete:
-    """Remove the entity of ``kind`` with ``key``; fails with ``NotFound`` if absent."""
+    """Remove the entity of ``kind`` with ``key``; fails with ``NotFound`` if absent, unless
+    ``missing_ok`` (a note two decisions may both drop, such as a stale copy)."""
 
     kind: type = field(validator=_kind)
     key: Hashable = field()
+    missing_ok: bool = field(default=False, kw_only=True)
 
 
 Change = Put | Insert | Delete

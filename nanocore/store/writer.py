@@ -182,7 +182,7 @@ class Writer:
 
     def _apply(self, change: Change) -> None:
         if isinstance(change, Delete):
-            self._delete(BY_KIND[change.kind], change.key)
+            self._delete(BY_KIND[change.kind], change.key, missing_ok=change.missing_ok)
             return
         entity = change.entity
         table = BY_KIND[type(entity)]
@@ -210,7 +210,7 @@ class Writer:
             rule_rows(group),
         )
 
-    def _delete(self, table: Table, key: Hashable) -> None:
+    def _delete(self, table: Table, key: Hashable, *, missing_ok: bool = False) -> None:
         try:
             values = table.key_values(key)
         except ValueError as error:
@@ -219,7 +219,7 @@ class Writer:
             cursor = self._connection.execute(self._statements[table.kind].delete, values)
         except sqlite3.IntegrityError:
             raise self._explain_delete(table, key, values) from None
-        if cursor.rowcount == 0:
+        if cursor.rowcount == 0 and not missing_ok:
             raise NotFound(f"{table.describe(key)} does not exist")
 
     # --- rules the schema cannot express -------------------------------------------------
