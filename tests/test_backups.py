@@ -151,6 +151,18 @@ class CoalescingTests(SynchronousTestCase):
         self.assertEqual(new_backup_path(self.folder, 1_796_000_000.0).name,
                          "nanocore-20261130T005320Z-2.db")  # fmt: skip
 
+    def test_a_second_with_more_backups_than_are_kept_keeps_the_newest(self) -> None:
+        """The 12th backup of one second took the bare name again, freed by pruning, and was
+        pruned at once as the oldest: acknowledged, and gone (QA pass 19)."""
+        backups = Backups(self.writes, self.folder, Clock(), keep=10)
+        for index in range(14):
+            made = backups.make()
+            self.writes.finish(index)
+            self.assertTrue(self.successResultOf(made).path.exists(), index)
+        kept = sorted(os.listdir(self.folder), key=lambda name: int(name[26:-3] or 1))
+        self.assertEqual(kept[-1], "nanocore-19700101T000000Z-14.db")
+        self.assertEqual(len(kept), 10)
+
     def test_pruning_leaves_other_files_alone(self) -> None:
         names = ["nanocore-20261130T005320Z.db", "nanocore-20261130T005320Z-2.db",
                  "nanocore-20261130T010321Z.db", "notes.txt"]  # fmt: skip

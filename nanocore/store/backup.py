@@ -41,13 +41,20 @@ class Backup:
 
 
 def new_backup_path(folder: Path, seconds: float) -> Path:
-    """A name in ``folder`` for a backup made at ``seconds`` (UTC), not used yet."""
+    """A name in ``folder`` for a backup made at ``seconds`` (UTC), after every backup of
+    that second (one pruned since must not be taken again: it would sort as the oldest)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(seconds))
-    path, number = folder / f"nanocore-{stamp}.db", 1
-    while path.exists():
-        number += 1
-        path = folder / f"nanocore-{stamp}-{number}.db"
-    return path
+    taken = [
+        _order(p)[1] for p in folder.glob(f"nanocore-{stamp}*.db") if BACKUP_NAME.fullmatch(p.name)
+    ]
+    if not taken:
+        return folder / f"nanocore-{stamp}.db"
+    return folder / f"nanocore-{stamp}-{max(taken) + 1}.db"
+
+
+def _order(path: Path) -> tuple[str, int]:
+    """A backup's second and its number in that second (1 for the bare name)."""
+    return path.name[:25], int(path.stem[26:] or 1)
 
 
 def write_backup(connection: sqlite3.Connection, target: Path) -> Backup:
@@ -94,10 +101,7 @@ def prune_backups(folder: Path, keep: int = KEEP_BACKUPS) -> list[Path]:
     """Remove all but the newest ``keep`` backups in ``folder``, and what a copy cut short by
     a crash left; return the backups removed. (Copies are made one at a time: none is under
     way when this runs.)"""
-    names = sorted(
-        (p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name)),
-        key=lambda p: (p.name[:25], int(p.stem[26:] or 1)),
-    )
+    names = sorted((p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name)), key=_order)
     removed = names[: max(0, len(names) - keep)]
     for path in removed:
         path.unlink(missing_ok=True)
