@@ -184,9 +184,14 @@ def restore_stopped(source: Path, data_dir: Path) -> Path | None:
     store = data_dir / DB_NAME
     staged = copy_file(source, data_dir / f".{DB_NAME}.restoring")
     aside = None
-    if store.exists():
+    wal = Path(f"{store}-wal")
+    if store.exists() or wal.exists():
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = data_dir / f"{DB_NAME}.before-restore-{stamp}"
+        number = 1
+        while aside.exists() or Path(f"{aside}-wal").exists():
+            number += 1
+            aside = data_dir / f"{DB_NAME}.before-restore-{stamp}-{number}"
         for suffix in ("-wal", ""):  # the WAL first: never left beside the restored file
             with contextlib.suppress(FileNotFoundError):
                 os.rename(f"{store}{suffix}", f"{aside}{suffix}")

@@ -228,6 +228,19 @@ class RestoreTests(AsyncSetUp):
         os.unlink(f"{aside}-wal")
         self.assertEqual(await pools_in(self, aside), ["default", "later", "saved"])
 
+    def test_a_wal_without_its_store_is_moved_aside_too(self) -> None:
+        saved = backup_stopped(self.data_dir)
+        (self.data_dir / DB_NAME).unlink()
+        wal = self.data_dir / f"{DB_NAME}-wal"
+        wal.write_bytes(b"left by a crash")
+        aside = restore_stopped(saved, self.data_dir)
+        again = restore_stopped(saved, self.data_dir)  # the same second: its own name
+        assert aside is not None and again is not None
+        self.assertFalse(wal.exists())
+        self.assertEqual(Path(f"{aside}-wal").read_bytes(), b"left by a crash")
+        self.assertNotEqual(again, aside)
+        self.assertTrue(again.exists())
+
     def test_a_stopped_store_is_copied_as_core_would(self) -> None:
         made = backup_stopped(self.data_dir)
         self.assertEqual(made.parent, self.data_dir / "backups")
