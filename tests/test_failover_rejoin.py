@@ -479,6 +479,17 @@ class NoCellAtThatMomentTests(RejoinCase):
         moved = [g for g in self.guests if world.instance(g).cell == B]
         self.assertEqual(len(moved), 1)
 
+    def test_after_a_restart_of_core_they_go_as_soon_as_there_is_room(self) -> None:
+        """Core forgot them when it stopped; their Cell, still away, was presumed lost again
+        only after REJOIN_GRACE, while room came and went (QA pass 19)."""
+        world = self.world
+        self.pool_away_when_a_dies()
+        world.restart(B)
+        world.wait(4)  # far less than REJOIN_GRACE
+        for guest in self.guests:
+            moved = world.instance(guest)
+            self.assertEqual((moved.cell, moved.lost), (B, False))
+
     def test_a_cell_back_that_has_not_told_its_inventory_may_hold_them(self) -> None:
         world = self.world
         self.pool_away_when_a_dies()

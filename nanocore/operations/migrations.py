@@ -234,6 +234,7 @@ class Migrations:
         self._reconciling: dict[str, list[Deferred[None]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
+        self._strand_recorded()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -1060,6 +1061,21 @@ class Migrations:
         self.log.warn("{count} change(s) to end migrations cut short by a stop",
                       count=len(changes))  # fmt: skip
         return self._context.commit(*changes.values())
+
+    def _strand_recorded(self) -> None:
+        """Guests a kept failover record could not place, still lost on their Cell, wait as
+        stranded from the start: their failover was decided before Core stopped, which
+        forgot them (QA pass 19: they waited a minute for their Cell to be presumed lost
+        again, while room came and went)."""
+        view = self._context.view
+        for record in view.migrations.values():
+            if record.kind is not MigrationKind.FAILOVER or record.target_cell:
+                continue
+            lost = record.source_cell
+            for guest in record.instances:
+                instance = view.instances.get(guest)
+                if instance is not None and instance.cell == lost and instance.lost:
+                    self._stranded.setdefault(lost, set()).add(guest)
 
     # -- helpers ------------------------------------------------------------------------------
 
