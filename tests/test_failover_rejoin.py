@@ -384,9 +384,18 @@ class NoCellAtThatMomentTests(RejoinCase):
         world = self.world
         self.pool_away_when_a_dies()
         world.cells[B].capacity = Capacity(cores=16, memory=GiB // 2, disk=400 * GiB)
+        tries: list[object] = []
+        plan = world.ops.migrations._plan
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            tries.append(args)
+            plan(*args, **kwargs)
+
+        self.patch(world.ops.migrations, "_plan", counted)
         world.connect(B)
         world.wait(20)  # ten reports of a Cell without room
         self.assertEqual(len(world.failovers()), 1)  # the first, that found no Cell
+        self.assertEqual(len(tries), 4)  # at 0, 6, 12 and 18 s: once in STRANDED_RETRY
         self.assertTrue(all(world.instance(g).lost for g in self.guests))
         world.cells[B].capacity = Capacity(cores=16, memory=3 * GiB // 2, disk=400 * GiB)
         world.wait(STRANDED_RETRY + 2)  # room for one of the two
