@@ -30,13 +30,7 @@ from nanocore.console import Console
 from nanocore.layout import PID_FILE_NAME
 from nanocore.options import AnyOrderOptions
 from nanocore.pidfile import running_pid
-from nanocore.store.backup import (
-    BACKUP_FOLDER,
-    checked_copy,
-    new_backup_path,
-    prune_backups,
-    write_backup,
-)
+from nanocore.store.backup import BACKUP_FOLDER, checked_copy, make_backup
 from nanocore.store.errors import StoreError
 from nanocore.store.schema import DB_NAME, bundled_scripts
 
@@ -126,13 +120,11 @@ def backup_stopped(data_dir: Path) -> Path:
     connection = sqlite3.connect(store, isolation_level=None, timeout=0.5)
     try:
         connection.execute("PRAGMA locking_mode = EXCLUSIVE")
-        folder = data_dir / BACKUP_FOLDER
-        made = write_backup(connection, new_backup_path(folder, time.time()))
+        made = make_backup(connection, data_dir / BACKUP_FOLDER, time.time())
     except (sqlite3.Error, StoreError) as error:
         raise Refused(f"{store} cannot be backed up: {error}") from None
     finally:
         connection.close()
-    prune_backups(folder)
     return made.path
 
 

@@ -26,6 +26,9 @@ from nanocore.store import CommitFailed, Put, Store, StoreClosed, UnitOfWork
 from nanocore.store.backup import Backup, new_backup_path, prune_backups
 from nanocore.store.schema import DB_NAME
 
+#: 2026-11-30 00:53:20 UTC.
+NOW = 1_796_000_000.0
+
 
 def pool(name: str) -> UnitOfWork:
     return UnitOfWork.of(Put(m.ComputePool(name=name)))
@@ -58,20 +61,19 @@ class StoreBackupTests(AsyncSetUp):
 
     async def test_a_copy_holds_what_was_acknowledged_before_it_and_nothing_after(self) -> None:
         await self.store.commit(pool("before"))
-        target = self.data_dir / "backups" / "copy.db"
-        copying = self.store.backup(target)
+        copying = self.store.backup(self.data_dir / "backups", NOW)
         after = self.store.commit(pool("after"))  # queued behind the copy
         backup = await copying
         await after
+        target = self.data_dir / "backups" / "nanocore-20261130T005320Z.db"
         self.assertEqual(backup, Backup(target, target.stat().st_size, backup.schema))
         self.assertGreater(backup.schema, 0)
         self.assertEqual(await pools_in(self, target), ["before", "default"])
         self.assertIn("after", self.store.view.compute_pools)
 
     async def test_the_copy_is_one_private_file_and_nothing_partial_is_left(self) -> None:
-        target = self.data_dir / "backups" / "copy.db"
-        await self.store.backup(target)
-        self.assertEqual(os.listdir(target.parent), ["copy.db"])
+        target = (await self.store.backup(self.data_dir / "backups", NOW)).path
+        self.assertEqual(os.listdir(target.parent), [target.name])
         self.assertEqual(stat.S_IMODE(target.stat().st_mode), 0o600)
         with sqlite3.connect(target) as copy:
             (mode,) = copy.execute("PRAGMA journal_mode").fetchone()
@@ -79,24 +81,29 @@ class StoreBackupTests(AsyncSetUp):
 
     async def test_a_closed_store_is_not_copied(self) -> None:
         await self.store.close()
-        await self.assertFailure(self.store.backup(self.data_dir / "copy.db"), StoreClosed)
+        await self.assertFailure(self.store.backup(self.data_dir / "backups", NOW), StoreClosed)
 
 
 class Writes:
-    """A stand-in for ``Store.backup``: each copy waits until the test lets it finish."""
+    """A stand-in for ``Store.backup``: each copy waits until the test lets it finish, then
+    is named and pruned as the store does."""
 
     def __init__(self) -> None:
-        self.asked: list[tuple[Path, Deferred[Backup]]] = []
+        self.asked: list[tuple[Path, float, int, Deferred[Backup]]] = []
+        #: The files written, in order.
+        self.made: list[Path] = []
 
-    def __call__(self, target: Path) -> Deferred[Backup]:
+    def __call__(self, folder: Path, seconds: float, keep: int) -> Deferred[Backup]:
         writing: Deferred[Backup] = Deferred()
-        self.asked.append((target, writing))
+        self.asked.append((folder, seconds, keep, writing))
         return writing
 
     def finish(self, index: int) -> Backup:
-        target, writing = self.asked[index]
+        folder, seconds, keep, writing = self.asked[index]
+        target = new_backup_path(folder, seconds)
         target.write_bytes(b"copy")
-        backup = Backup(target, 4, 7)
+        self.made.append(target)
+        backup = Backup(target, 4, 7, tuple(prune_backups(folder, keep)))
         writing.callback(backup)
         return backup
 
@@ -125,12 +132,12 @@ class CoalescingTests(SynchronousTestCase):
             self.backups.make()
             self.writes.finish(index)
         kept = sorted(p.name for p in self.folder.iterdir())
-        self.assertEqual(kept, sorted(t.name for t, _ in self.writes.asked[1:]))
+        self.assertEqual(kept, sorted(t.name for t in self.writes.made[1:]))
 
     def test_a_copy_that_could_not_be_written_is_said_and_the_next_is_made(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         backups = Backups(
-            lambda target: fail(OSError(28, "No space left on device")), self.folder, Clock()
+            lambda *_: fail(OSError(28, "No space left on device")), self.folder, Clock()
         )
         error = self.failureResultOf(backups.make(), CommitFailed).value
         self.assertEqual(
@@ -145,10 +152,10 @@ class CoalescingTests(SynchronousTestCase):
             Backups(None, self.folder, Clock()).make()
 
     def test_names_follow_the_time_and_never_collide(self) -> None:
-        first = new_backup_path(self.folder, 1_796_000_000.0)
+        first = new_backup_path(self.folder, NOW)
         self.assertEqual(first.name, "nanocore-20261130T005320Z.db")
         first.write_bytes(b"")
-        self.assertEqual(new_backup_path(self.folder, 1_796_000_000.0).name,
+        self.assertEqual(new_backup_path(self.folder, NOW).name,
                          "nanocore-20261130T005320Z-2.db")  # fmt: skip
 
     def test_a_second_with_more_backups_than_are_kept_keeps_the_newest(self) -> None:
@@ -255,7 +262,7 @@ class BackupRouteTests(AsyncSetUp):
     async def asyncSetUp(self) -> None:
         self.data_dir = Path(self.mktemp())
         self.clock = Clock()
-        self.clock.advance(1_796_000_000.0)
+        self.clock.advance(NOW)
         self.store = await Store.open(self.data_dir, reactor, clock=self.clock)
         self.addCleanup(self.store.close)
         folder = self.data_dir / "backups"

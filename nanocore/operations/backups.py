@@ -18,13 +18,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanocore.operations.errors import InvalidRequest
-from nanocore.store.backup import KEEP_BACKUPS, Backup, new_backup_path, prune_backups
+from nanocore.store.backup import KEEP_BACKUPS, Backup
 from nanocore.store.errors import CommitFailed, StoreClosed, StoreError
 
 log = Logger()
 
-#: Writes the committed store to a path (``Store.backup``).
-BackupWriter = Callable[[Path], "Deferred[Backup]"]
+#: Backs the committed store up into a folder, named for a time, keeping the newest so many
+#: (``Store.backup``).
+BackupWriter = Callable[[Path, float, int], "Deferred[Backup]"]
 
 
 class Backups:
@@ -61,15 +62,14 @@ class Backups:
         assert self._write is not None
         waiting, self._waiting = self._waiting, []
         self._writing = True
-        target = new_backup_path(self._folder, self._clock.seconds())
-        writing = self._write(target)
+        writing = self._write(self._folder, self._clock.seconds(), self._keep)
 
         def done(result: Backup | Failure) -> None:
             self._writing = False
             if isinstance(result, Backup):
                 self._written(result)
             else:
-                result = self._refusal(result, target)
+                result = self._refusal(result)
             for waiter in waiting:
                 if isinstance(result, Backup):
                     waiter.callback(result)
@@ -80,19 +80,21 @@ class Backups:
 
         writing.addBoth(done)
 
-    def _refusal(self, failure: Failure, target: Path) -> Failure:
+    def _refusal(self, failure: Failure) -> Failure:
         """What the clients read when the copy could not be written, and the log line."""
         if failure.check(StoreClosed):
             return failure  # Core is stopping
         if not failure.check(OSError, sqlite3.Error, StoreError):
-            log.failure("store backup to {target} failed", failure, target=target)
+            log.failure("store backup into {folder} failed", failure, folder=self._folder)
             return failure
         reason = failure.getErrorMessage()
-        log.error("store backup to {target} failed: {reason}", target=target, reason=reason)
+        log.error(
+            "store backup into {folder} failed: {reason}", folder=self._folder, reason=reason
+        )
         return Failure(CommitFailed(f"backup could not be written: {reason}"))
 
     def _written(self, backup: Backup) -> None:
-        removed = prune_backups(self._folder, self._keep)
+        removed = backup.removed
         log.info(
             "store backed up to {path} ({size} bytes){removed}",
             path=backup.path,

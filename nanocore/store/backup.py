@@ -18,7 +18,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from nanocore.atomicfile import sync_directory
 from nanocore.store.errors import StoreError
@@ -33,11 +33,22 @@ BACKUP_NAME = re.compile(r"nanocore-\d{8}T\d{6}Z(?:-\d+)?\.db")
 
 @frozen
 class Backup:
-    """A backup file as written: where, how large, and the schema version it holds."""
+    """A backup file as written: where, how large, the schema version it holds, and the
+    older backups removed to keep the newest."""
 
     path: Path
     size: int
     schema: int
+    removed: tuple[Path, ...] = ()
+
+
+def make_backup(
+    connection: sqlite3.Connection, folder: Path, seconds: float, keep: int = KEEP_BACKUPS
+) -> Backup:
+    """A new backup in ``folder``, named for ``seconds``, and the newest ``keep`` kept: all of
+    it file work, done where the copy is made (the writer thread, or the CLI's)."""
+    made = write_backup(connection, new_backup_path(folder, seconds))
+    return evolve(made, removed=tuple(prune_backups(folder, keep)))
 
 
 def new_backup_path(folder: Path, seconds: float) -> Path:

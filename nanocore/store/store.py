@@ -26,7 +26,7 @@ from zope.interface import implementer
 from nanocore.durations import Durations
 from nanocore.model import TIME_FORMAT
 from nanocore.ratelog import RateLimitedLog
-from nanocore.store.backup import Backup
+from nanocore.store.backup import KEEP_BACKUPS, Backup
 from nanocore.store.changes import UnitOfWork
 from nanocore.store.errors import CommitFailed, StoreClosed, StoreError
 from nanocore.store.interfaces import CommitStore
@@ -223,13 +223,15 @@ class Store:
 
     # --- backups ---------------------------------------------------------------------------
 
-    def backup(self, target: Path) -> Deferred[Backup]:
-        """Copy every unit committed so far to ``target``. It runs on the writer thread
-        between two batches, so units queued meanwhile wait for it (a large store holds
-        writes for as long as the copy takes)."""
+    def backup(self, folder: Path, seconds: float, keep: int = KEEP_BACKUPS) -> Deferred[Backup]:
+        """Copy every unit committed so far into ``folder``, named for ``seconds``, keeping
+        the newest ``keep`` there. It runs on the writer thread between two batches, so units
+        queued meanwhile wait for it (a large store holds writes for as long as the copy
+        takes), and none of its file work falls on the reactor."""
         if self._closing:
             return fail(StoreClosed("the store is closed"))
-        return deferToThreadPool(self._reactor, self._threadpool, self._writer.backup, target)
+        backup = self._writer.backup
+        return deferToThreadPool(self._reactor, self._threadpool, backup, folder, seconds, keep)
 
     # --- closing ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from attrs import evolve, frozen
 from twisted.python.threadable import isInIOThread
 
 from nanocore import model as m
-from nanocore.store.backup import Backup, write_backup
+from nanocore.store.backup import Backup, make_backup
 from nanocore.store.changes import Change, Delete, Insert, Put, UnitOfWork
 from nanocore.store.errors import Conflict, DamagedStore, NotFound, StillReferenced, StoreError
 from nanocore.store.tables import (
@@ -99,10 +99,11 @@ class Writer:
         self._enter()
         self._connection.close()
 
-    def backup(self, target: Path) -> Backup:
-        """Copy the committed database to ``target`` (between two batches: whole units)."""
+    def backup(self, folder: Path, seconds: float, keep: int) -> Backup:
+        """A backup of the committed database in ``folder`` (between two batches: whole
+        units; :func:`~nanocore.store.backup.make_backup`)."""
         self._enter()
-        return write_backup(self._connection, target)
+        return make_backup(self._connection, folder, seconds, keep)
 
     def _enter(self) -> None:
         if self._guard_io_thread and isInIOThread():
