@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred, fail
@@ -34,6 +34,15 @@ from nanocore.store import (
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+#: Items named in one log line; the rest are counted.
+MAX_NAMED = 20
+
+
+def named(items: Sequence[str]) -> str:
+    """``items`` for a log line: the first :data:`MAX_NAMED`, then how many more."""
+    more = len(items) - MAX_NAMED
+    return ", ".join(items[:MAX_NAMED]) + (f" and {more} more" if more > 0 else "")
 
 
 class Context:

@@ -86,7 +86,7 @@ from nanocore.model import (
     StorageType,
     clipped,
 )
-from nanocore.operations.base import Context, Sweep
+from nanocore.operations.base import Context, Sweep, named
 from nanocore.operations.cells import CELL_LEAVING, CellLeaving
 from nanocore.operations.claims import Claim, ClaimHeld, ClaimKind
 from nanocore.operations.errors import (
@@ -96,7 +96,6 @@ from nanocore.operations.errors import (
     UnknownEntity,
 )
 from nanocore.operations.guests.common import GuestAccess
-from nanocore.operations.guests.events import MAX_NAMED
 from nanocore.operations.guests.placement import NoCellAvailable, Placement, Share, move_key
 from nanocore.scheduler import Cores, Demand, Memory, Rejection
 from nanocore.store import Change, Delete, Insert, Put, StoreClosed
@@ -768,12 +767,10 @@ class Migrations:
             for instance, reason in unplaced:
                 by_reason.setdefault(reason, []).append(instance)
             for reason, instances in by_reason.items():
-                named = ", ".join(f"{i.id} ({i.full_name})" for i in instances[:MAX_NAMED])
-                more = len(instances) - MAX_NAMED
+                listed = named([f"{i.id} ({i.full_name})" for i in instances])
                 self.log.warn("failover of {cell}: {count} instance(s) not re-placed, shown "
-                              "lost until a cell of the pool can take them ({guests}{more}): "
-                              "{reason}", cell=lost, count=len(instances), guests=named,
-                              more=f" and {more} more" if more > 0 else "",
+                              "lost until a cell of the pool can take them ({guests}): "
+                              "{reason}", cell=lost, count=len(instances), guests=listed,
                               reason=reason)  # fmt: skip
         cell = view.cells.get(lost)
         disabling = False

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from nanocore.cluster.cells import CellLiveness, CellObserver, CellStatus
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, clipped, is_ipv4
+from nanocore.operations.base import named
 from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import Placement
@@ -31,8 +32,6 @@ from nanocore.store import Change, Delete, Put, StoreClosed
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _ID = re.compile(ID_PATTERN)
-#: Guests named in one log line; the rest are counted.
-MAX_NAMED = 20
 #: A failed creation the Cell reports without a reason.
 CREATION_FAILED = "create guest fail"
 #: A failed system reset the Cell reports without a reason.
@@ -168,12 +167,10 @@ class GuestEvents:
         self._told_lacking[cell] = frozenset(guests)
         unsaid = [g for g in guests if g not in told and g not in said and g not in deleted]
         if unsaid:
-            shown = ", ".join(unsaid[:MAX_NAMED])
-            more = len(unsaid) - MAX_NAMED
             self.log.warn("{cell} came back without {count} instance(s) of Core's shown lost "
-                          "while it was away ({guests}{more}): kept and shown lost (deleting one "
-                          "asks no Cell)", cell=cell, count=len(unsaid), guests=shown,
-                          more=f" and {more} more" if more > 0 else "")  # fmt: skip
+                          "while it was away ({guests}): kept and shown lost (deleting one asks "
+                          "no Cell)", cell=cell, count=len(unsaid),
+                          guests=named(unsaid))  # fmt: skip
 
     def _deleted_unanswered(self, cell: str, guest: str) -> None:
         """The Cell did the delete it did not answer (Core had stopped waiting, or the link

@@ -51,8 +51,9 @@ from nanocore.addresses import plain_address
 from nanocore.cluster.cells import CellLiveness
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import AddressAllocation, Instance, InstanceStatus, PendingError, StaleCopy
+from nanocore.operations.base import named
 from nanocore.operations.guests.common import GuestAccess
-from nanocore.operations.guests.events import MAX_NAMED, GuestEvents, settle
+from nanocore.operations.guests.events import GuestEvents, settle
 from nanocore.operations.guests.placement import ADDRESS, GUEST_NAME, Placement
 from nanocore.operations.inventory import Reconciliation, read_inventory
 from nanocore.store import Change, Delete, Insert, Put
@@ -195,12 +196,9 @@ class Reconciler:
 
         def after() -> None:
             if missing:
-                shown = ", ".join(missing[:MAX_NAMED])
-                more = len(missing) - MAX_NAMED
                 log.warn("{cell} came back: its inventory lacks {count} instance(s) of Core's "
-                         "({guests}{more}): kept and shown lost, or their creation failed",
-                         cell=cell, count=len(missing), guests=shown,
-                         more=f" and {more} more" if more > 0 else "")  # fmt: skip
+                         "({guests}): kept and shown lost, or their creation failed",
+                         cell=cell, count=len(missing), guests=named(missing))  # fmt: skip
             self._events.inventory_lacks(cell, released, said=missing)
             for guest in resetting:
                 self._events.watch_reset(cell, guest)
