@@ -196,6 +196,7 @@ class LostRunningGuestTests(GuestClusterCase):
             ("POST", f"/instances/{guest}/snapshots/", {"name": "s1"}),
             ("GET", base + "/security_policy/", None),
             ("GET", base + "/auth", None),
+            ("PUT", base + "/monitor/secret", {}),
             ("POST", "/disk_images/", {"name": "cap", "owner": "o", "group": "g", "guest": guest}),
         ]
         for method, path, body in asks:

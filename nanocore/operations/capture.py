@@ -125,8 +125,8 @@ class Captures:
                 percent = message.uint_params.get(ParamKey.Progress, 0)
                 claim.value.percent = max(claim.value.percent, min(99, percent))
 
-        asking = self._guests.forward(
-            instance.cell,
+        asking = self._guests.forward_for(
+            instance,
             request,
             on_progress=progress,
             is_reply=ends_capture,

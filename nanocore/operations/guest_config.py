@@ -117,7 +117,7 @@ class GuestConfig:
         claims = self._context.claims
         try:
             try:
-                reply = await self._access.forward(instance.cell, message)
+                reply = await self._access.forward_for(instance, message)
             except BaseException:
                 self._growth.abandoned(growth)
                 raise
@@ -354,9 +354,8 @@ class GuestConfig:
     def password(self, instance_id: str) -> Deferred[Credentials]:
         """The guest OS login as its Cell keeps it (also while the guest is stopped)."""
         instance = self._access.instance(instance_id)
-        self._access.refuse_lost(instance)
-        asking = self._access.forward(
-            instance.cell, self._request(MessageID.GetAuthRequest, instance)
+        asking = self._access.forward_for(
+            instance, self._request(MessageID.GetAuthRequest, instance)
         )
         return asking.addCallback(_credentials)
 

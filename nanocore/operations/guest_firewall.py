@@ -118,10 +118,9 @@ class GuestFirewall:
 
     def _ask(self, instance_id: str, message_id: int, **params: object) -> Deferred[Message]:
         instance = self._access.instance(instance_id)
-        self._access.refuse_lost(instance)
         strings = {ParamKey.Instance: instance_id}
         message = Message(id=message_id, string_params=strings, **params)  # type: ignore[arg-type]
-        return self._access.forward(instance.cell, message)
+        return self._access.forward_for(instance, message)
 
     @refusals_deferred
     def policy(self, instance_id: str) -> Deferred[GuestPolicy]:

@@ -72,5 +72,5 @@ class GuestMedia:
             changed = evolve(current, media_attached=attached, media_source=source)
             return [] if changed == current else [Put(changed)]
 
-        asking = self._access.forward(cell, message)
+        asking = self._access.forward_for(instance, message)
         return asking.addCallback(lambda _: self._access.change(instance.id, decide))

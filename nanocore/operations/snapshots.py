@@ -89,12 +89,11 @@ class Snapshots:
         if message_id == MessageID.CreateSnapshotRequest:
             params[ParamKey.Description] = description
         instance = self._access.instance(instance_id)
-        self._access.refuse_lost(instance)
         if message_id in _WRITES:
             self._access.refuse_capturing(instance_id)
             self._access.refuse_resetting(instance)
         message = Message(id=message_id, string_params=params)
-        return self._access.forward(instance.cell, message)
+        return self._access.forward_for(instance, message)
 
     @refusals_deferred
     def tree(self, instance_id: str) -> Deferred[list[SnapshotNode]]:

@@ -208,7 +208,7 @@ class GuestOperations:
             message = self._start_message(instance_id, from_media, source)
         except OperationError as error:
             return fail(error)
-        return self.access.forward(instance.cell, message).addCallback(lambda _: None)
+        return self.access.forward_for(instance, message).addCallback(lambda _: None)
 
     def _start_message(self, instance_id: str, from_media: bool, source: str) -> Message:
         strings: dict[int, str] = {ParamKey.Instance: instance_id}
@@ -235,7 +235,7 @@ class GuestOperations:
             string_params={ParamKey.Instance: instance_id},
             uint_array_params={ParamKey.Option: (int(reboot), int(force))},
         )
-        return self.access.forward(instance.cell, message).addCallback(lambda _: None)
+        return self.access.forward_for(instance, message).addCallback(lambda _: None)
 
     # -- the Cell's inventory -----------------------------------------------------------------
 

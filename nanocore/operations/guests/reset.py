@@ -58,8 +58,8 @@ class Resets:
             source = image_source(
                 self._context.view, image_id, instance.disks[0], self._image_site
             )
-            await self._access.forward(
-                instance.cell,
+            await self._access.forward_for(
+                instance,
                 Message(
                     id=MessageID.ResetSystemRequest,
                     string_params={

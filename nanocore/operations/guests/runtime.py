@@ -16,12 +16,11 @@ from __future__ import annotations
 import math
 
 from attrs import evolve, frozen
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import Instance, InstanceStatus
 from nanocore.operations.cells import CellRefused
-from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 
 #: ``Status`` of the reply: the low two bits say running (1); bit 2 is "lost" (§4.0).
@@ -48,10 +47,6 @@ class Runtime:
         self._access = access
 
     def status(self, instance_id: str) -> Deferred[RuntimeStatus]:
-        try:
-            self._access.refuse_lost(self._access.instance(instance_id))
-        except OperationError as refusal:
-            return fail(refusal)
         asking = self._access.ask(
             instance_id,
             lambda instance: Message(
