@@ -431,8 +431,8 @@ class NoCellAtThatMomentTests(RejoinCase):
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, False))
 
     def test_a_target_that_refuses_them_is_not_asked_again_every_few_seconds(self) -> None:
-        """As for any failover, a refusal by a linked target is final for its guests (QA pass
-        18: an attach refused for one guest whose volumes were gone was a whole batch)."""
+        """As for any failover, a refusal by a linked target of a guest asked for alone is final
+        for it (a batch refused together is asked for guest by guest first)."""
         world = self.world
         self.pool_away_when_a_dies()
         world.cells[B].inject(
@@ -441,9 +441,10 @@ class NoCellAtThatMomentTests(RejoinCase):
         world.connect(B)
         world.wait(30)
         records = world.failovers()
-        self.assertEqual(len(records), 2)  # none could be placed; the refused attach
+        self.assertEqual(len(records), 4)  # none could be placed; the batch; each alone
         refused = [r for r in records if r.target_cell == B]
-        self.assertEqual([r.error for r in refused], ["attach instance fail: no bridge"])
+        self.assertEqual(sorted(len(r.instances) for r in refused), [1, 1, 2])
+        self.assertEqual({r.error for r in refused}, {"attach instance fail: no bridge"})
         for guest in self.guests:
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
 
@@ -466,27 +467,33 @@ class NoCellAtThatMomentTests(RejoinCase):
             moved = world.instance(guest)
             self.assertEqual((moved.cell, moved.lost, moved.migrating), (B, False, False))
 
-    def test_a_refusal_fails_only_the_oldest_plan_waiting_on_that_target(self) -> None:
-        """A failed attach names neither the attach nor its guests: it failed every failover
-        plan waiting on that Cell, also one it was about to take."""
+    def test_a_refusal_fails_only_the_plan_it_answers(self) -> None:
+        """Nano's failover attach carried no token, so a stock Cell's refusal named neither
+        the attach nor its guests; nanocore failed the oldest plan waiting on that Cell, here
+        one it was about to take. The attach now carries a token, which the refusal names."""
         world = self.world
         self.patch(migrations, "STRANDED_RETRY", 2.0)  # sooner than the domain timeout
         self.pool_away_when_a_dies()
         world.cells[B].capacity = Capacity(cores=16, memory=3 * GiB // 2, disk=400 * GiB)
-        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(error="no bridge", delay=3))
+        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=TIMEOUT - 0.5))
         world.connect(B)
         world.clock.advance(0)
+        (first,) = [r for r in world.failovers() if r.target_cell == B]
         world.cells[B].capacity = Capacity(cores=16, memory=16 * GiB, disk=400 * GiB)
-        # The next attach is taken, and said so after the refusal of the first.
-        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=2.5))
+        # The second guest's attach is refused, and said so before the first is taken.
+        world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(error="no bridge", delay=0.2))
         world.wait(2 * TIMEOUT)
-        records = [world.store.view.migrations[r.id] for r in world.failovers() if r.target_cell]
+        records = {r.id: r for r in world.failovers() if r.target_cell == B}
+        taken = records.pop(first.id)
+        self.assertEqual((taken.finished, taken.error), (True, ""))
         self.assertEqual(
-            [(r.finished, r.error) for r in records],
-            [(False, "attach instance fail: no bridge"), (True, "")],
+            [(r.finished, r.error) for r in records.values()],
+            [(False, "attach instance fail: no bridge")],
         )
-        moved = [g for g in self.guests if world.instance(g).cell == B]
-        self.assertEqual(len(moved), 1)
+        self.assertEqual(
+            sorted((world.instance(g).cell, world.instance(g).lost) for g in self.guests),
+            [(A, True), (B, False)],
+        )
 
     def test_after_a_restart_of_core_they_go_as_soon_as_there_is_room(self) -> None:
         """Core forgot them when it stopped; their Cell, still away, was presumed lost again
@@ -579,7 +586,8 @@ class LongErrorsTests(RejoinCase):
         world = self.world
         for cell in self.names[1:]:
             world.cells[cell].inject(
-                MessageID.AttachInstanceRequest, Fault(error="no bridge \x00" + "x" * 5000)
+                MessageID.AttachInstanceRequest,
+                Fault(error="no bridge \x00" + "x" * 5000, times=None),
             )
         world.directory.disconnect(A)
         world.clock.advance(TIMEOUT)
@@ -623,6 +631,53 @@ class TargetLostDuringFailoverTests(RejoinCase):
         self.assertEqual({r.error for r in records}, {"attach instance fail: no bridge"})
         for guest in self.guests:
             self.assertEqual((world.instance(guest).cell, world.instance(guest).lost), (A, True))
+
+
+class OneGuestTheTargetCannotAttachTests(RejoinCase):
+    names = (A, B)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.guests.append(self.world.guest_on(A, 2))
+        self.gone = self.guests[0]
+        del self.world.cells[B].volumes[self.gone]  # removed from the export behind Core's back
+
+    def test_the_others_of_its_batch_are_taken(self) -> None:
+        """A stock Cell attaches a failover's batch whole or not at all: one guest whose
+        volumes were gone failed the batch, and its healthy guests stayed lost for good
+        (QA pass 18, F-FAILOVER-POISON). Each is then asked for alone; only its refusal is
+        final."""
+        world = self.world
+        world.directory.disconnect(A)
+        world.wait(30)
+        records = world.failovers()
+        batch = max(records, key=lambda r: len(r.instances))
+        self.assertEqual(
+            (sorted(batch.instances), batch.error),
+            (sorted(self.guests), f"attach instance fail: invalid instance '{self.gone}'"),
+        )
+        alone = sorted((r.instances, r.finished, r.error) for r in records if r is not batch)
+        self.assertEqual(
+            alone,
+            sorted(
+                ((guest,), guest != self.gone, "" if guest != self.gone else batch.error)
+                for guest in self.guests
+            ),
+        )
+        for guest in self.guests:
+            where = world.instance(guest)
+            expected = (A, True) if guest == self.gone else (B, False)
+            self.assertEqual((where.cell, where.lost, where.migrating), (*expected, False))
+        said = [formatEvent(e) for e in self.observer if "alone" in formatEvent(e)]
+        self.assertEqual(
+            said,
+            [f"failover of {A}: {B} refused 3 instance(s) together ({batch.error}); asking for "
+             "each alone"],
+        )  # fmt: skip
+        sent = [formatEvent(e) for e in self.observer if "sent to" in formatEvent(e)]
+        self.assertEqual(
+            sent[-1], f"failover of {A}: 3 instance(s) sent to 1 cell(s), 0 not re-placed"
+        )
 
 
 class TargetsLostOneAfterAnotherTests(RejoinCase):

@@ -9,7 +9,7 @@ from typing import Any
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from nanocore import model as m
 from nanocore.cluster.message import MessageID, ParamKey
@@ -291,11 +291,34 @@ class MigrationTests(MigrationCase):
         self.assertEqual(ended.error, "migrate instance timeout")
         # Neither Cell holds it now: it is shown lost until the source takes it back.
         self.assertTrue(self.record(guest).lost)
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         await self.applied(back, guest)
         record = self.record(guest)
         self.assertEqual((record.cell, record.lost, record.migrating), (A, False, False))
         self.assertEqual(set(self.cells[A].guests), {guest})
         self.assertEqual(self.moving(), [])
+        self.core_clock.advance(TIMEOUT)  # its event ended the wait for its attach
+        self.assertEqual([formatEvent(e) for e in observer if "back" in formatEvent(e)], [])
+
+    async def test_a_source_that_refuses_to_take_the_guests_back(self) -> None:
+        """Said so, by the attach's token (Nano's carried none: a refusal fell to whichever
+        failover waited on that Cell); the guest stays lost until a Cell reports it."""
+        guest = await self.guest_on(A, "vm1")
+        self.cells[B].inject(MessageID.MigrateInstanceRequest, Fault(drop=True))
+        self.cells[A].inject(MessageID.AttachInstanceRequest, Fault(error="no bridge"))
+        sent = self.cells[B].until_received(MessageID.MigrateInstanceRequest)
+        asked_back = self.cells[A].until_received(MessageID.AttachInstanceRequest)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await sent
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.core_clock.advance(TIMEOUT)
+        await self.ops.migrations.ended(migration)
+        await asked_back
+        await self.ops.cells.storage_paths(POOL, A)  # its refusal is ahead of this on the link
+        said = [formatEvent(e) for e in observer if "take back" in formatEvent(e)]
+        self.assertEqual(said, [f"{A} refused to take back 1 instance(s): no bridge"])
+        record = self.record(guest)
+        self.assertEqual((record.cell, record.lost, record.migrating), (A, True, False))
 
     async def test_a_source_that_let_go_after_its_detach_timed_out_takes_the_guest_back(
         self,

@@ -31,10 +31,14 @@ memory, claimed as a creation's share) and the plan is one record per target Cel
 guests that no Cell can take stay lost on the lost Cell and are one more record, with no target
 and the scheduler's reason for each guest in its error (and a log line each). A target that
 refuses or does not answer within the domain timeout fails its record: its guests are shown
-lost (never migrating forever) and its claims end. The lost Cell is disabled; when it comes
-back, its copies of guests now on other Cells are detached from it (reconciliation), and the
-guests no Cell could take are its own again; if it comes back while its failover is in flight
-(its rejoin leaves those guests alone), it is reconciled again once the failover ended. A
+lost (never migrating forever) and its claims end. Each attach carries a token (Nano's
+carried none), which a Cell's refusal names, so a refusal fails the record it answers; a stock
+Cell attaches a batch whole or not at all, so a batch refused by a linked target is planned
+again one guest per record (one guest whose volumes are gone fails only itself). The lost Cell
+is disabled; when it comes back, its copies of guests now on other Cells are detached from it
+(reconciliation), and the guests no Cell could take are its own again; if it comes back while
+its failover is in flight (its rejoin leaves those guests alone), it is reconciled again once
+the failover ended. A
 target lost itself during the failover (Cells failing together) leaves its guests to be planned
 again among the others (at once, :data:`FAILOVER_REPLANS` times). Guests no Cell could take
 (stranded) wait, lost, and are planned again whenever a Cell of the pool reports (at most every
@@ -68,13 +72,19 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nanocore.cluster.cells import CellDirectory, CellLiveness, CellObserver, CellStatus
+from nanocore.cluster.cells import (
+    CellDirectory,
+    CellLiveness,
+    CellObserver,
+    CellStatus,
+    CoreStopping,
+)
 from nanocore.cluster.message import Message, MessageID, ParamKey
+from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
 from nanocore.model import (
     ComputePool,
@@ -169,7 +179,8 @@ class _Transit:
     guests: list[Claim[str]]
     capacity: list[Claim[Share]]
     arrived: Deferred[Message] | None = None
-    timer: IDelayedCall | None = None
+    #: A failover's attach, until the target's event names the guests or it fails.
+    attaching: Deferred[Message] | None = None
 
 
 def _detach(instances: Sequence[str]) -> Message:
@@ -186,6 +197,12 @@ def _attach_at_once(source: str, instances: Sequence[str]) -> Message:
         string_params={ParamKey.Cell: source},
         string_array_params={ParamKey.Instance: instances},
     )
+
+
+def _refused_attach(message: Message) -> bool:
+    """What ends the wait for an attach at once: only its refusal (a stock Cell answers a
+    success with the guests' ``InstanceMigratedEvent``, which names no token)."""
+    return message.id == MessageID.AttachInstanceResponse and not message.success
 
 
 @implementer(CellObserver)
@@ -212,8 +229,9 @@ class Migrations:
         self._new_id = new_id
         self._running: dict[str, _Transit] = {}
         self._expired_records = Sweep(self._context, "migrations")
-        #: Guests a source was asked to take back after a failed move: guest -> source.
-        self._returning: dict[str, str] = {}
+        #: Guests a source was asked to take back after a failed move: guest -> the source
+        #: and its attach (until the source's event names them, or it refuses).
+        self._returning: dict[str, tuple[str, Deferred[Message]]] = {}
         self._ending: dict[str, list[Deferred[Migration]]] = {}
         self._planning: dict[str, list[Deferred[list[str]]]] = {}
         self._refresh = refresh
@@ -543,13 +561,35 @@ class Migrations:
 
     def _take_back(self, source: str, ids: Sequence[str]) -> None:
         """The source let go of guests no target took: it is asked to attach them again."""
+        asking = self._cells.request(
+            source, _attach_at_once(source, ids), timeout=self._timeout, is_reply=_refused_attach
+        )
+        if not asking.called:
+            for guest in ids:
+                self._returning[guest] = (source, asking)
+        asking.addErrback(self._not_taken_back, source, ids, asking)
+        asking.addErrback(self._logged, f"{source}: taking back {len(ids)} instance(s)")
+
+    def _not_taken_back(
+        self, failure: Failure, source: str, ids: Sequence[str], asking: Deferred[Message]
+    ) -> Failure | None:
+        """A refusal or a lost link ends the wait; after a timeout a late event still counts.
+        The guests stay lost until a Cell reports them."""
+        if failure.check(CancelledError, CoreStopping):
+            return None  # taken back (its event ended the wait), or Core stops
+        if failure.check(TransactionTimeout):
+            self.log.warn("{cell} did not answer in time taking back {count} instance(s)",
+                          cell=source, count=len(ids))  # fmt: skip
+            return None
+        if not failure.check(CellError, LinkError):
+            return failure
         for guest in ids:
-            self._returning[guest] = source
-        try:
-            self._cells.send(source, _attach_at_once(source, ids))
-        except LinkError as error:
-            self.log.warn("{cell} not asked to take back {count} instance(s): {error}",
-                          cell=source, count=len(ids), error=str(error))  # fmt: skip
+            if self._returning.get(guest, (None, None))[1] is asking:
+                del self._returning[guest]
+        doing = "refused to take" if failure.check(CellError) else "not asked to take"
+        self.log.warn("{cell} {doing} back {count} instance(s): {error}", cell=source,
+                      doing=doing, count=len(ids), error=str(failure.value))  # fmt: skip
+        return None
 
     async def _progress(self, transit: _Transit, percent: int) -> None:
         transit.record = evolve(transit.record, progress=percent)
@@ -663,9 +703,7 @@ class Migrations:
         if capacity:
             for share in transit.capacity:
                 self._placement.abandon(share)
-        if transit.timer is not None and transit.timer.active():
-            transit.timer.cancel()
-        transit.timer = None
+        self._stop_waiting(transit)
         if self._running.get(transit.record.id) is transit:
             del self._running[transit.record.id]
 
@@ -678,11 +716,14 @@ class Migrations:
         only: Collection[str] | None = None,
         *,
         stranded: bool = False,
+        singly: bool = False,
     ) -> None:
         """Fail ``lost`` over (``only`` those guests, when given; ``stranded``: guests no
-        Cell could take before); who waits for its plan (:meth:`planned`) hears of it once it
-        is committed and sent."""
-        failing = Deferred.fromCoroutine(self._failover(lost, pool, only, stranded=stranded))
+        Cell could take before; ``singly``: one record and attach per guest); who waits for
+        its plan (:meth:`planned`) hears of it once it is committed and sent."""
+        failing = Deferred.fromCoroutine(
+            self._failover(lost, pool, only, stranded=stranded, singly=singly)
+        )
         failing.addErrback(self._logged, f"failover of {lost}")
 
         def planned(records: list[str] | None) -> None:
@@ -698,6 +739,7 @@ class Migrations:
         only: Collection[str] | None = None,
         *,
         stranded: bool = False,
+        singly: bool = False,
     ) -> list[str]:
         """Re-place every guest of ``lost`` (or ``only`` those) on the other Cells of its pool
         (see the module). Stranded guests planned again are quiet: what still finds no Cell
@@ -725,14 +767,15 @@ class Migrations:
                 unplaced.append((instance, refusal.message))
                 continue
             target = claim.value.cell
-            transit = plan.get(target)
+            key = instance.id if singly else target
+            transit = plan.get(key)
             if transit is None:
                 record = Migration(
                     id=self._new_id(), source_pool=pool.name, source_cell=lost,
                     target_pool=pool.name, target_cell=target, kind=MigrationKind.FAILOVER,
                     start_time=now,
                 )  # fmt: skip
-                transit = plan[target] = _Transit(record, [], [])
+                transit = plan[key] = _Transit(record, [], [])
             transit.record = evolve(
                 transit.record, instances=(*transit.record.instances, instance.id)
             )
@@ -797,18 +840,13 @@ class Migrations:
         if plan:
             under_way = self._failing_over.setdefault(lost, set())
             under_way.update(transit.record.id for transit in plan.values())
-        for target, transit in plan.items():
+        for transit in plan.values():
             self._running[transit.record.id] = transit
-            transit.timer = self._context.clock.callLater(
-                self._timeout, self._failover_late, transit
-            )
-            try:
-                self._cells.send(target, _attach_at_once(lost, transit.record.instances))
-            except LinkError as error:
-                self._failover_failed(transit, f"attach instance fail: {error}")
+            self._attach(transit)
         self.log.info("failover of {cell}: {moving} {which}instance(s) sent to {targets} "
                       "cell(s), {unplaced} {still}not re-placed", cell=lost, moving=len(moving),
-                      which="stranded " if stranded else "", targets=len(plan),
+                      which="stranded " if stranded else "",
+                      targets=len({transit.record.target_cell for transit in plan.values()}),
                       unplaced=len(unplaced), still="still " if stranded else "")  # fmt: skip
         if disabling:
             # As Nano: a Cell that failed gets no new guest until someone looked at it; the
@@ -834,33 +872,76 @@ class Migrations:
             reconciling.addErrback(self._logged, f"{record.source_cell}: back after failover")
             reconciling.addBoth(self._told_reconciled, record.source_cell)
 
-    def _failover_late(self, transit: _Transit) -> None:
-        transit.timer = None
-        target = transit.record.target_cell
-        self._undo(target, transit.record.instances)
-        self._failover_failed(transit, f"attach instance timeout on cell '{target}'")
+    def _attach(self, transit: _Transit) -> None:
+        """Ask the target to take the guests at once. The request carries a token (Nano's
+        carried none), which a stock Cell's refusal names, so a refusal fails this plan
+        alone; the target's ``InstanceMigratedEvent`` (no token) ends the wait instead."""
+        record = transit.record
+        if not self._linked(record.target_cell):
+            reason = f"attach instance fail: cell '{record.target_cell}' is not connected"
+            self._failover_failed(transit, reason)
+            return
+        attaching = transit.attaching = self._cells.request(
+            record.target_cell,
+            _attach_at_once(record.source_cell, record.instances),
+            timeout=self._timeout,
+            is_reply=_refused_attach,
+        )
+        attaching.addErrback(self._attach_failed, transit)
+        attaching.addErrback(self._logged, f"failover {record.id}")
 
-    def _failover_failed(self, transit: _Transit, reason: str) -> None:
+    def _attach_failed(self, failure: Failure, transit: _Transit) -> Failure | None:
+        target = transit.record.target_cell
+        if failure.check(CancelledError, LinkError):
+            # Taken (its event ended the wait); or the link is gone, which the target's
+            # disconnect handles once every observer (the placement too) has heard of it.
+            return None
+        if failure.check(TransactionTimeout):
+            self._undo(target, transit.record.instances)
+            self._failover_failed(transit, f"attach instance timeout on cell '{target}'")
+        elif failure.check(CellError):
+            self._failover_failed(transit, f"attach instance fail: {failure.value}", refused=True)
+        else:
+            return failure
+        return None
+
+    def _stop_waiting(self, transit: _Transit) -> None:
+        attaching, transit.attaching = transit.attaching, None
+        if attaching is not None and not attaching.called:
+            attaching.cancel()
+
+    def _failover_failed(self, transit: _Transit, reason: str, *, refused: bool = False) -> None:
         if self._running.get(transit.record.id) is not transit:
             return
         del self._running[transit.record.id]
         cancelling = Deferred.fromCoroutine(self._cancel(transit, reason, lost=True))
-        cancelling.addCallback(lambda _: self._plan_again(transit.record))
+        refusal = reason if refused else ""
+        cancelling.addCallback(lambda _: self._plan_again(transit.record, refusal))
         cancelling.addErrback(self._logged, f"failover {transit.record.id}")
 
-    def _plan_again(self, failed: Migration) -> None:
-        """A target that is itself gone (not one that refused while linked) leaves its guests
-        to the pool's other Cells: planned again while their own Cell is still away, at most
-        :data:`FAILOVER_REPLANS` times until it links again."""
+    def _plan_again(self, failed: Migration, refusal: str = "") -> None:
+        """A target that is itself gone leaves its guests to the pool's other Cells: planned
+        again while their own Cell is still away, at most :data:`FAILOVER_REPLANS` times
+        until it links again. A linked target that refused several guests at once (its
+        ``refusal``) is asked for each alone; what it refuses alone, or leaves unanswered, is
+        final."""
         source, target = failed.source_cell, failed.target_cell
+        pool = None if self._linked(source) else self._failover_pool(source)
         if self._linked(target):
-            # Refused (or unanswered) while linked: final for these guests, also for those
-            # waiting as stranded, which would meet the same refusal every few seconds.
+            if refusal and len(failed.instances) > 1 and pool is not None:
+                # A stock Cell attaches a batch whole or not at all: one guest it cannot
+                # attach (its volumes removed behind Core's back) failed the batch's healthy
+                # guests with it (QA pass 18, F-FAILOVER-POISON).
+                self.log.info("failover of {cell}: {target} refused {count} instance(s) "
+                              "together ({reason}); asking for each alone", cell=source,
+                              target=target, count=len(failed.instances),
+                              reason=refusal)  # fmt: skip
+                self._plan(source, pool, failed.instances, singly=True)
+                return
+            # Final for these guests, also for those waiting as stranded, which would meet
+            # the same refusal every few seconds.
             self._refused.update(failed.instances)
             return
-        if self._linked(source):
-            return
-        pool = self._failover_pool(source)
         if pool is None:
             return
         done = self._replans.get(source, 0)
@@ -958,16 +1039,6 @@ class Migrations:
     def cell_event(self, name: str, message: Message) -> None:
         if message.id == MessageID.InstanceMigratedEvent:
             self._migrated(name, message)
-        elif message.id == MessageID.AttachInstanceResponse and not message.success:
-            # A failover attach that failed (a stock Cell answers it with ``to`` = 0, naming
-            # neither the attach nor its guests): the oldest still waiting on that Cell, which
-            # answers in turn (those it took were matched by their events already).
-            for transit in list(self._running.values()):
-                record = transit.record
-                if record.kind is MigrationKind.FAILOVER and record.target_cell == name:
-                    reason = message.error or "failed"
-                    self._failover_failed(transit, f"attach instance fail: {reason}")
-                    break
 
     def _migrated(self, cell: str, message: Message) -> None:
         if not message.bool_params.get(ParamKey.Immediate, False):
@@ -993,23 +1064,23 @@ class Migrations:
             # placed while an earlier one is in flight): the event names its guests.
             transit = max(candidates, key=lambda t: len(reported.intersection(t.record.instances)))
             self._running.pop(transit.record.id)
-            if transit.timer is not None and transit.timer.active():
-                transit.timer.cancel()
-            transit.timer = None
+            self._stop_waiting(transit)
             arriving = Deferred.fromCoroutine(self._arrived(transit, cell, message))
             arriving.addErrback(self._logged, f"failover {transit.record.id}")
             return
         returned = [
             guest
             for guest in message.string_array_params.get(ParamKey.Instance, ())
-            if self._returning.get(guest) == cell == source
+            if self._returning.get(guest, ("", None))[0] == cell == source
         ]
         if not returned:
             self.log.warn("{cell}: migrated event from {source} expected by no failover; "
                           "ignored", cell=cell, source=source)  # fmt: skip
             return
         for guest in returned:
-            del self._returning[guest]
+            _, asking = self._returning.pop(guest)
+            if not asking.called:
+                asking.cancel()
         taking = self._in_turn(returned, lambda: self._taken_back(cell, returned, message))
         taking.addErrback(self._logged, f"{cell}: instances taken back")
 

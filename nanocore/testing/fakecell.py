@@ -1092,7 +1092,8 @@ class FakeCell:
         instances = tuple(_require(request.string_array_params, ParamKey.Instance, "string array"))
         if request.bool_params.get(ParamKey.Immediate, False):
             source = request.string_params.get(ParamKey.Cell, "")
-            self._attachable(instances)  # a failure: AttachInstanceResponse, ``to`` = 0
+            # A failure: AttachInstanceResponse, ``to`` = the request's ``from`` (a stock Cell).
+            self._attachable(instances)
             return [self._migrated(instances, immediate=True, source=source)]
         self._attachable(instances)
         busy = self.prepared().intersection(instances)
