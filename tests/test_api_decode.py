@@ -119,6 +119,13 @@ class DecodeTests(SynchronousTestCase):
             self.refused(b'  {"name": }'), "invalid JSON body: Expecting value at offset 11"
         )
 
+    def test_a_control_character_in_a_string_says_where_once(self) -> None:
+        """Python's message for it ends with "at" itself (QA pass 20: "at at offset")."""
+        self.assertEqual(
+            self.refused(b'{"name": "a\x00b"}'),
+            "invalid JSON body: Invalid control character at offset 11",
+        )
+
 
 class Unreached:
     """The operations of an API whose requests never get past decoding the body."""
