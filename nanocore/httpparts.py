@@ -7,6 +7,7 @@
   refused) from them before its body.
 - The headers as signatures cover them: lower-cased names with their first value.
 - The answer's headers without Twisted's ``Server`` (:class:`UnbrandedRequest`).
+- A request's line and headers in time (:class:`HeadersInTime`).
 """
 
 from __future__ import annotations
@@ -42,3 +43,25 @@ class UnbrandedRequest(ServerRequest):
         if not self.startedWriting:
             self.responseHeaders.removeHeader(b"server")
         super().write(data)
+
+
+class HeadersInTime(HTTPChannel):
+    """A channel whose requests' line and headers must arrive within the idle timeout from
+    their first byte. Twisted restarts the timeout for every chunk, so a client sending a
+    header byte a second held its connection for hours (QA pass 20: 4,096 of them held every
+    place of the API). A body still restarts it per chunk: an upload's pace is its own.
+    ``headers_late`` tells ``timeoutConnection`` which of the two ran out."""
+
+    #: The line and headers of a request are arriving (their time runs from the first byte).
+    headers_late = False
+
+    def resetTimeout(self) -> None:
+        if self.line_mode:  # the next request's line and headers (a body is raw mode)
+            if self.headers_late:
+                return
+            self.headers_late = True
+        super().resetTimeout()
+
+    def allHeadersReceived(self) -> None:
+        self.headers_late = False
+        super().allHeadersReceived()

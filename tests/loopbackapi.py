@@ -118,8 +118,8 @@ class LoopbackAPI:
             return done
         seen = site.connection_closed
 
-        def closed() -> None:
-            seen()
+        def closed(channel: object) -> None:
+            seen(channel)
             if site.open_connections == 0 and not done.called:
                 reactor.callLater(0, done.callback, None)  # after the channel's own cleanup
 

@@ -111,7 +111,7 @@ class ConnectionCapTests(TestCase):
         texts = [formatEvent(e) for e in self.events]
         self.assertIn(
             "refused an API connection from 127.0.0.1: 3 connections are open, the most this"
-            " API serves at once",
+            " API serves at once, 3 of them from 127.0.0.1",
             texts,
         )
         self.assertEqual(self.api.site.open_connections, 3)  # type: ignore[attr-defined]
@@ -209,3 +209,119 @@ class StreamingSiteTests(TestCase):
         self.assertIsNone(site.buildProtocol(address))
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertIsNotNone(site.buildProtocol(address))
+
+
+class _Echo(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"ok"
+
+    def render_POST(self, request: Any) -> bytes:
+        return b"got " + request.content.read()
+
+
+class SlowClientTests(SynchronousTestCase):
+    """A client trickling a request: Twisted restarted the idle timeout for every byte, so one
+    header byte a second held a connection for hours, and 4,096 of them from one address held
+    every place of the API (QA pass 20, F1)."""
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.clock = Clock()
+        self.site = LimitedSite(_Echo(), reactor=self.clock, max_connections=4)
+
+    def connect(self, host: str = "192.0.2.7", port: int = 1024) -> tuple[Any, StringTransport]:
+        address = IPv4Address("TCP", host, port)
+        channel = self.site.buildProtocol(address)
+        assert channel is not None
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
+        return channel, transport
+
+    def test_headers_trickling_a_byte_a_second_get_408_within_the_timeout(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        for _ in range(int(self.site.timeOut) - 1):
+            self.clock.advance(1)
+            channel.dataReceived(b"a")
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(1)
+        answer = Response.parse(transport.value())
+        self.assertEqual(
+            refusal(answer), (408, f"request headers not received within {self.site.timeOut:g} s")
+        )
+        self.assertTrue(transport.disconnecting)
+        lines = [formatEvent(e) for e in self.events if "timing out" in formatEvent(e)]
+        self.assertEqual(
+            lines,
+            ["timing out API client 192.0.2.7: request headers not received within 60 s"],
+        )
+
+    def test_an_idle_connection_still_has_the_whole_timeout_for_each_request(self) -> None:
+        channel, transport = self.connect()
+        for _ in range(3):
+            self.clock.advance(self.site.timeOut - 1)
+            channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+            self.clock.advance(0.5)
+            channel.dataReceived(b"\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_body_keeps_its_pace_chunk_by_chunk(self) -> None:
+        """An upload's pace is its own: each chunk of a body restarts the idle timeout."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+        for byte in b"abc":
+            self.clock.advance(self.site.timeOut - 1)
+            channel.dataReceived(bytes([byte]))
+        self.assertIn(b"got abc", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+
+class FairConnectionsTests(SynchronousTestCase):
+    """Once every place is taken, one source cannot keep the others out."""
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.site = LimitedSite(_Echo(), reactor=Clock(), max_connections=4)
+        self.port = 1024
+
+    def connect(self, host: str) -> tuple[Any, StringTransport] | None:
+        self.port += 1
+        address = IPv4Address("TCP", host, self.port)
+        channel = self.site.buildProtocol(address)
+        if channel is None:
+            return None
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
+        return channel, transport
+
+    def test_a_newcomer_takes_the_oldest_place_of_the_source_holding_the_most(self) -> None:
+        flood = [self.connect("192.0.2.66") for _ in range(4)]
+        self.assertIsNone(self.connect("192.0.2.66"))  # it holds the most: refused
+        served = self.connect("192.0.2.7")
+        self.assertIsNotNone(served)
+        aborted = [c is not None and c[1].disconnected for c in flood]
+        self.assertEqual(aborted, [True, False, False, False])
+        self.assertEqual(self.site.open_connections, 4)
+        assert served is not None
+        served[0].dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIn(b"200 OK", served[1].value())
+        # Two sources holding two places each: a third source still gets one.
+        self.assertIsNotNone(self.connect("192.0.2.7"))
+        self.assertIsNotNone(self.connect("192.0.2.8"))
+        self.assertIsNone(self.connect("192.0.2.7"))  # 2 against 2: no better than swapping
+        lines = [formatEvent(e) for e in self.events if "API connection" in formatEvent(e)]
+        self.assertEqual(
+            lines[:2],
+            [
+                "refused an API connection from 192.0.2.66: 4 connections are open, the most"
+                " this API serves at once, 4 of them from 192.0.2.66",
+                "closed the oldest API connection of 192.0.2.66 for one from 192.0.2.7: 4"
+                " connections are open, the most this API serves at once, and 192.0.2.66"
+                " holds the most",
+            ],
+        )

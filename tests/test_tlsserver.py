@@ -1,18 +1,23 @@
 """A refusal behind TLS stays a refusal (``tls_server_factory``): over real loopback TLS, the
 image site's connection cap closes a connection beyond it at once, says so in one log line,
-and logs no traceback (``listenSSL`` kept such a connection open and logged one per event)."""
+and logs no traceback (``listenSSL`` kept such a connection open and logged one per event).
+Slow clients and one source's many connections cannot hold the site's places."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
-from nanocore.images.site import ImageSite
+from nanocore.images.site import IDLE_TIMEOUT, ImageSite
 from nanocore.pki import create_ca, issue_server_certificate, requesting_tls_options
 from nanocore.tlsserver import tls_server_factory
 from tests.loopbackapi import LOOPBACK, Collect, Response, exchange, reactor
@@ -34,10 +39,50 @@ class RefusalBehindTLSTests(TestCase):
         self.assertEqual(refused, Response(0, {}, b""))
         self.assertIn(
             "refused an image site connection from 127.0.0.1: 1 connections are open, the most"
-            " the image site serves at once",
+            " the image site serves at once, 1 of them from 127.0.0.1",
             [formatEvent(e) for e in events],
         )
         self.assertEqual([e for e in events if "log_failure" in e], [])
 
         held.transport.loseConnection()  # type: ignore[union-attr]
         await held.closed
+
+
+class SlowAndManyClientsTests(SynchronousTestCase):
+    """The image site's connections as the API's (QA pass 20, F1): a request's headers in time
+    from their first byte, and its places shared fairly among sources."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.site = ImageSite(cast(Any, Resource()), reactor=self.clock, max_connections=2)
+        self.port = 1024
+
+    def connect(self, host: str) -> tuple[Any, StringTransport] | None:
+        self.port += 1
+        address = IPv4Address("TCP", host, self.port)
+        channel = self.site.buildProtocol(address)
+        if channel is None:
+            return None
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
+        return channel, transport
+
+    def test_headers_trickling_are_timed_out_from_their_first_byte(self) -> None:
+        connected = self.connect("192.0.2.7")
+        assert connected is not None
+        channel, transport = connected
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nX-Slow: ")
+        for _ in range(IDLE_TIMEOUT - 1):
+            self.clock.advance(1)
+            channel.dataReceived(b"a")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_source_holding_every_place_gives_its_oldest_to_another(self) -> None:
+        flood = [self.connect("192.0.2.66") for _ in range(2)]
+        self.assertIsNone(self.connect("192.0.2.66"))
+        self.assertIsNotNone(self.connect("192.0.2.7"))
+        self.assertEqual([c is not None and c[1].disconnected for c in flood], [True, False])
+        self.assertIsNone(self.connect("192.0.2.7"))  # one each: no better than swapping

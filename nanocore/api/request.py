@@ -8,9 +8,17 @@ is limited.
 - **Request line and headers** (:class:`LimitedChannel`): Twisted's limits (16 KiB per line,
   16 KiB and 500 headers in all), answered 414 or 431 where Twisted closed the connection
   without a word (or said only ``400 Bad Request``).
-- **Connections** (:class:`LimitedSite`): at most ``max_connections`` at once; a connection
-  beyond is closed as it arrives, with a log line per source per minute; so idle clients cannot
-  take the daemon to its open-file limit.
+- **Time** (:class:`LimitedChannel`): a request's line and headers must arrive within the
+  idle timeout from their first byte (Twisted restarted it for every byte, so a client sending
+  a byte a second held its connection for hours), else 408.
+- **Connections** (:class:`LimitedSite`): at most ``max_connections`` at once, shared fairly
+  among source addresses (:class:`~nanocore.cluster.admission.FairShare`, as the Cell link's
+  handshakes): while there is room everyone gets in; once full, a newcomer from a source
+  holding at least two fewer than the source holding the most takes the oldest connection of
+  that one (which is closed), and any other is closed as it arrives, with a log line per
+  source per minute. So idle clients cannot take the daemon to its open-file limit, and one
+  source cannot hold every place (QA pass 20: 4,096 slow connections from one address locked
+  every client out).
 
 Every refusal is the envelope, and the client reads it whole: the connection is half-closed
 after the answer and what the client still sends is discarded for a moment (closing a socket
@@ -26,11 +34,11 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from nanocore.api import envelope
-from nanocore.httpparts import UnbrandedRequest, request_line
+from nanocore.cluster.admission import FairShare
+from nanocore.httpparts import HeadersInTime, UnbrandedRequest, request_line
 from nanocore.ratelog import RateLimitedLog
 
 #: Largest request body read.
@@ -140,7 +148,7 @@ class LimitedRequest(UnbrandedRequest):
         )
 
 
-class LimitedChannel(HTTPChannel):
+class LimitedChannel(HeadersInTime):
     """HTTP/1.1 with Twisted's limits on the request line and the headers, answered.
 
     Twisted closes the connection on a line over ``MAX_LENGTH`` without an answer, and answers
@@ -176,7 +184,7 @@ class LimitedChannel(HTTPChannel):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
-        self.site.connection_closed()
+        self.site.connection_closed(self)
         super().connectionLost(reason)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -203,6 +211,20 @@ class LimitedChannel(HTTPChannel):
 
     def timeoutConnection(self) -> None:
         peer = self.transport.getPeer() if self.transport is not None else None
+        if self.headers_late:
+            self.site.noise.info(
+                "slow API clients timed out",
+                _host(peer),
+                "timing out API client {source}: request headers not received within"
+                " {seconds:g} s",
+                seconds=self.timeOut or 0,
+            )
+            self.refuse(
+                408,
+                b"Request Timeout",
+                f"request headers not received within {self.timeOut or 0:g} s",
+            )
+            return
         self.site.noise.info(
             "idle API clients timed out",
             _host(peer),
@@ -240,12 +262,13 @@ class LimitedChannel(HTTPChannel):
 
 
 class LimitedSite(Site):
-    """A site whose channels are :class:`LimitedChannel` s, at most ``max_connections`` at once.
+    """A site whose channels are :class:`LimitedChannel` s, at most ``max_connections`` at once,
+    shared fairly among sources (see the module).
 
-    A connection beyond the limit is refused as it arrives (``buildProtocol`` returns None: the
-    port closes it at once), with one log line per source per minute; one that leaves makes
-    room for the next. ``access_log`` restores Twisted's line per request (Core kept none, and
-    it costs ~8 % per GET).
+    A connection refused is refused as it arrives (``buildProtocol`` returns None: the port
+    closes it at once); one closed for a newcomer is aborted. Each is one log line per source
+    per minute; one that leaves makes room for the next. ``access_log`` restores Twisted's line
+    per request (Core kept none, and it costs ~8 % per GET).
     """
 
     protocol = LimitedChannel  # type: ignore[assignment]
@@ -262,26 +285,47 @@ class LimitedSite(Site):
         super().__init__(resource, **kwargs)
         self.max_connections = max_connections
         self.access_log = access_log
-        self.open_connections = 0
+        self._connections: FairShare[LimitedChannel] = FairShare(max_connections)
         #: Log lines anyone can cause at will (idle clients, refused connections), rate-limited;
         #: shared with the API behind the site (refused signatures), and flushed when it stops.
         self.noise = noise if noise is not None else RateLimitedLog(log, self.reactor)
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
     def buildProtocol(self, addr: IAddress) -> LimitedChannel | None:  # type: ignore[override]
-        if self.open_connections >= self.max_connections:
+        source = _host(addr)
+        decision = self._connections.make_room(source)
+        if not decision.admitted:
             self.noise.warn(
                 "refused API connections",
-                _host(addr),
+                source,
                 "refused an API connection from {source}: {limit} connections are open,"
-                " the most this API serves at once",
+                " the most this API serves at once, {held} of them from {source}",
                 limit=self.max_connections,
+                held=self._connections.held_by(source),
             )
             return None
-        self.open_connections += 1
-        return cast(LimitedChannel, super().buildProtocol(addr))
+        evicted = decision.evicted
+        if evicted is not None:
+            self.noise.warn(
+                "API connections closed for other sources",
+                decision.evicted_source,
+                "closed the oldest API connection of {source} for one from {newcomer}:"
+                " {limit} connections are open, the most this API serves at once, and"
+                " {source} holds the most",
+                newcomer=source,
+                limit=self.max_connections,
+            )
+            if evicted.transport is not None:
+                cast(ITCPTransport, evicted.transport).abortConnection()
+        channel = cast(LimitedChannel, super().buildProtocol(addr))
+        self._connections.add(source, channel)
+        return channel
 
-    def connection_closed(self) -> None:
-        self.open_connections -= 1
+    def connection_closed(self, channel: LimitedChannel) -> None:
+        self._connections.remove(channel)
 
     def stopFactory(self) -> None:
         self.noise.flush()

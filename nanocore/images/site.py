@@ -21,7 +21,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from nanocore.httpparts import UnbrandedRequest, first_headers
+from nanocore.cluster.admission import FairShare
+from nanocore.httpparts import HeadersInTime, UnbrandedRequest, first_headers
 from nanocore.images.transfers import (
     SignatureCheck,
     StreamingChannel,
@@ -124,8 +125,9 @@ class ImageSiteResource(Resource):
         return self.transfers.download(req, target)
 
 
-class ImageChannel(StreamingChannel):
-    """A connection of the image site, known to its site until it is gone (to close at stop)."""
+class ImageChannel(StreamingChannel, HeadersInTime):
+    """A connection of the image site, known to its site until it is gone (to close at stop);
+    its requests' headers in time (:class:`~nanocore.httpparts.HeadersInTime`)."""
 
     site: ImageSite
 
@@ -135,6 +137,7 @@ class ImageChannel(StreamingChannel):
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         self.site.connections.discard(self)
+        self.site.places.remove(self)
         super().connectionLost(reason)
 
 
@@ -164,9 +167,11 @@ class ImageRequest(StreamingMixin, UnbrandedRequest):
 class ImageSite(Site):
     """The image site: streaming requests, no access log, every connection tracked.
 
-    At most ``max_connections`` at once: one beyond is refused as it arrives (the port closes
-    it; listen with :func:`nanocore.tlsserver.tls_server_factory` so that TLS keeps the
-    refusal), with one log line per source per minute.
+    At most ``max_connections`` at once, shared fairly among sources as the API's
+    (:class:`~nanocore.cluster.admission.FairShare`): one refused is refused as it arrives
+    (the port closes it; listen with :func:`nanocore.tlsserver.tls_server_factory` so that TLS
+    keeps the refusal), one closed for a newcomer from a source holding fewer is aborted; one
+    log line per source per minute.
     """
 
     protocol = ImageChannel  # type: ignore[assignment]
@@ -182,6 +187,8 @@ class ImageSite(Site):
         self.max_connections = max_connections
         self._noise = RateLimitedLog(log, self.reactor)
         self.connections: set[ImageChannel] = set()
+        #: Every connection's place, by source (``connections``: those made, to close at stop).
+        self.places: FairShare[ImageChannel] = FairShare(max_connections)
         self.displayTracebacks = False
         routes = {"upload_routes": staticmethod(lambda: resource)}
         self.requestFactory = cast(
@@ -189,17 +196,33 @@ class ImageSite(Site):
         )
 
     def buildProtocol(self, addr: IAddress) -> ImageChannel | None:  # type: ignore[override]
-        if len(self.connections) >= self.max_connections:
-            host = getattr(addr, "host", "?")
+        source = str(getattr(addr, "host", "?"))
+        decision = self.places.make_room(source)
+        if not decision.admitted:
             self._noise.warn(
                 "refused image site connections",
-                host,
+                source,
                 "refused an image site connection from {source}: {limit} connections are open,"
-                " the most the image site serves at once",
+                " the most the image site serves at once, {held} of them from {source}",
                 limit=self.max_connections,
+                held=self.places.held_by(source),
             )
             return None
-        return cast(ImageChannel, super().buildProtocol(addr))
+        evicted = decision.evicted
+        if evicted is not None:
+            self._noise.warn(
+                "image site connections closed for other sources",
+                decision.evicted_source,
+                "closed the oldest image site connection of {source} for one from {newcomer}:"
+                " {limit} connections are open, and {source} holds the most",
+                newcomer=source,
+                limit=self.max_connections,
+            )
+            if evicted.transport is not None:
+                cast(ITCPTransport, evicted.transport).abortConnection()
+        channel = cast(ImageChannel, super().buildProtocol(addr))
+        self.places.add(source, channel)
+        return channel
 
     def stopFactory(self) -> None:
         self._noise.flush()
