@@ -10,14 +10,16 @@ from typing import Any, cast
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from zope.interface import directlyProvides
 
-from nanocore.images.site import IDLE_TIMEOUT, ImageSite
+from nanocore.images.site import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, ImageSite
 from nanocore.pki import create_ca, issue_server_certificate, requesting_tls_options
 from nanocore.tlsserver import tls_server_factory
 from tests.loopbackapi import LOOPBACK, Collect, Response, exchange, reactor
@@ -86,3 +88,30 @@ class SlowAndManyClientsTests(SynchronousTestCase):
         self.assertIsNotNone(self.connect("192.0.2.7"))
         self.assertEqual([c is not None and c[1].disconnected for c in flood], [True, False])
         self.assertIsNone(self.connect("192.0.2.7"))  # one each: no better than swapping
+
+    def test_a_connection_that_never_completes_tls_is_closed_after_the_handshake_timeout(
+        self,
+    ) -> None:
+        """1,024 connections that never started TLS held every place for the whole idle
+        timeout (300 s), and every Cell's image fetch was reset meanwhile (QA pass 20, F15)."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        silent, shook = self.tls("192.0.2.66"), self.tls("192.0.2.7")
+        shook[0].handshakeCompleted()
+        self.clock.advance(HANDSHAKE_TIMEOUT)
+        self.assertEqual((silent[1].disconnected, shook[1].disconnected), (True, False))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["closed an image site connection from 192.0.2.66: no TLS handshake within 10 s"],
+        )
+
+    def tls(self, host: str) -> tuple[Any, StringTransport]:
+        self.port += 1
+        address = IPv4Address("TCP", host, self.port)
+        channel = self.site.buildProtocol(address)
+        assert channel is not None
+        transport = StringTransport(peerAddress=address)
+        directlyProvides(transport, ISSLTransport)
+        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]
+        channel.makeConnection(transport)
+        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
+        return channel, transport

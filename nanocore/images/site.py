@@ -13,13 +13,20 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from nanocore.cluster.admission import FairShare
 from nanocore.httpparts import HeadersInTime, UnbrandedRequest, first_headers
@@ -42,6 +49,8 @@ log = Logger()
 IMAGE_PORTS = range(5801, 5901)
 #: A connection idle this long is closed (an upload in progress is never idle that long).
 IDLE_TIMEOUT = 300
+#: Seconds a connection has to complete its TLS handshake (as a Cell link's).
+HANDSHAKE_TIMEOUT = 10.0
 #: Connections open at once, at most (lower when the open-file limit is low: ``tap``).
 DEFAULT_MAX_CONNECTIONS = 1024
 #: Largest body of a request that is not an upload (none of them takes one).
@@ -125,17 +134,33 @@ class ImageSiteResource(Resource):
         return self.transfers.download(req, target)
 
 
+@implementer(IHandshakeListener)
 class ImageChannel(StreamingChannel, HeadersInTime):
     """A connection of the image site, known to its site until it is gone (to close at stop);
-    its requests' headers in time (:class:`~nanocore.httpparts.HeadersInTime`)."""
+    its TLS handshake within :data:`HANDSHAKE_TIMEOUT` (a connection that never starts TLS
+    held its place for the whole idle timeout: QA pass 20, F15) and its requests' headers in
+    time (:class:`~nanocore.httpparts.HeadersInTime`)."""
 
     site: ImageSite
+    _handshake: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.connections.add(self)
+        if ISSLTransport.providedBy(self.transport):
+            self._handshake = self.callLater(HANDSHAKE_TIMEOUT, self._no_handshake)
+
+    def handshakeCompleted(self) -> None:
+        if self._handshake is not None and self._handshake.active():
+            self._handshake.cancel()
+        self._handshake = None
+
+    def _no_handshake(self) -> None:
+        self._handshake = None
+        self.site.no_handshake(self)
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
+        self.handshakeCompleted()  # no longer waited for
         self.site.connections.discard(self)
         self.site.places.remove(self)
         super().connectionLost(reason)
@@ -223,6 +248,18 @@ class ImageSite(Site):
         channel = cast(ImageChannel, super().buildProtocol(addr))
         self.places.add(source, channel)
         return channel
+
+    def no_handshake(self, channel: ImageChannel) -> None:
+        """``channel`` did not complete its TLS handshake in time: aborted."""
+        peer = channel.transport.getPeer() if channel.transport is not None else None
+        self._noise.info(
+            "image site connections without a handshake",
+            str(getattr(peer, "host", "?")),
+            "closed an image site connection from {source}: no TLS handshake within {seconds:g} s",
+            seconds=HANDSHAKE_TIMEOUT,
+        )
+        if channel.transport is not None:
+            cast(ITCPTransport, channel.transport).abortConnection()
 
     def stopFactory(self) -> None:
         self._noise.flush()
