@@ -377,6 +377,7 @@ def ensure_server_certificate(
     but expires soon is used, with a warning.
     """
     address = str(ipaddress.ip_address(address))
+    _refuse_ca_files(cert_dir, cert_path, key_path)
     own_place = _inside(cert_dir, cert_path, key_path)
     if not cert_path.exists() and not key_path.exists():
         if not own_place:
@@ -439,6 +440,23 @@ def ensure_server_certificate(
         raise PKIError(
             f"{cert_path} must be re-issued ({reason}), but {_os_reason(error)}"
         ) from None
+
+
+def _refuse_ca_files(cert_dir: Path, cert_path: Path, key_path: Path) -> None:
+    """The image pair must not be the cluster CA's files: a key_file naming the CA's key was
+    taken for a key of this installation's own image pair, and the CA's key was written over
+    with a new image key (QA pass 20: every later start failed, and what was issued meanwhile
+    was signed by a key that was not the CA's)."""
+    for path, setting in ((cert_path, "cert_file"), (key_path, "key_file")):
+        for ca_file in (cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE):
+            if path.resolve() == ca_file.resolve() or (
+                path.exists() and ca_file.exists() and os.path.samefile(path, ca_file)
+            ):
+                raise PKIError(
+                    f"image.cfg {setting} {path} is the cluster CA's {ca_file.name}: cert_file"
+                    " and key_file must name the image server's own pair (by default"
+                    f" {cert_dir / IMAGE_CERT_NAME} and {cert_dir / IMAGE_KEY_NAME})"
+                )
 
 
 def _os_reason(error: OSError) -> str:

@@ -164,6 +164,23 @@ class ServerCertificateTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(self.key_path.stat().st_mode), 0o600)
         self.assertTrue(pki.has_core_shape(certificate))
 
+    def test_the_ca_files_are_never_taken_for_the_image_pair(self) -> None:
+        """key_file naming the CA's key (the pair then "not its own") re-issued the image pair
+        over it: the CA's key was replaced, and every later start failed (QA pass 20, F9)."""
+        self.ensure()
+        ca_cert, ca_key = self.cert_dir / pki.CA_CERT_FILE, self.cert_dir / pki.CA_KEY_FILE
+        dotted = self.cert_dir / "." / pki.CA_KEY_FILE
+        for cert_path, key_path, setting, given, named in (
+            (self.cert_path, ca_key, "key_file", ca_key, ca_key),
+            (ca_cert, self.key_path, "cert_file", ca_cert, ca_cert),
+            (self.cert_path, dotted, "key_file", dotted, ca_key),
+        ):
+            self.cert_path, self.key_path = cert_path, key_path
+            message = self.refused()
+            expected = f"image.cfg {setting} {given} is the cluster CA's {named.name}"
+            self.assertTrue(message.startswith(expected), message)
+        self.assertEqual(pki.load_or_create_ca(self.cert_dir).certificate, self.ca.certificate)
+
     def test_kept_while_it_still_fits(self) -> None:
         first = self.ensure()
         second = self.ensure()
