@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+from attrs import evolve
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -116,6 +119,32 @@ class CellStatusTests(SynchronousTestCase):
             )
             self.assertRaises(StatusReportError, CellStatus.from_message, bad)
 
+    def test_what_no_host_can_report_is_rejected(self) -> None:
+        """QA pass 20: a usage of 1e308 made every status route an internal error; free memory
+        of 2**64-1 bytes of 1 drew every placement of the pool."""
+        good = STATUS.to_message()
+        arrays = good.uint_array_params
+        usage = "Usage: expected 0 to 100 percent, got"
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"uint_params": {ParamKey.Core: 0}}, "Core: expected at least 1"),
+            ({"float_params": {ParamKey.Usage: 1e308}}, f"{usage} 1e+308"),
+            ({"float_params": {ParamKey.Usage: -50.0}}, f"{usage} -50"),
+            (
+                {"uint_array_params": {**arrays, ParamKey.Memory: (2**64 - 1, 1)}},
+                f"Memory: {2**64 - 1} available of 1 in all",
+            ),
+            (
+                {"uint_array_params": {**arrays, ParamKey.Disk: (10**19, 5)}},
+                f"Disk: {10**19} free of 5 in all",
+            ),
+        ]
+        for change, reason in cases:
+            with self.assertRaises(StatusReportError) as caught:
+                CellStatus.from_message(evolve(good, **change))
+            self.assertEqual(str(caught.exception), reason)
+        rounded = CellStatus.from_message(evolve(good, float_params={ParamKey.Usage: 100.3}))
+        self.assertEqual(rounded.usage, 100.0)
+
 
 class RegistryTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -172,13 +201,51 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(self.registry.status("Cell_a"), STATUS)
 
     def test_bad_status_report_ignored(self) -> None:
-        """The whole report is rejected; the link and the previous status stay."""
+        """The whole report is rejected; the link and the previous status stay. A Cell that
+        reports wrongly does so every 2 s: one line a minute says so, with the count."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         protocol, transport = self.connect("Cell_a")
         protocol.dataReceived(frame(STATUS.to_message()))
-        protocol.dataReceived(frame(Message(id=MessageID.CellStatusReportEvent)))
+        for _ in range(30):
+            protocol.dataReceived(frame(Message(id=MessageID.CellStatusReportEvent)))
+            self.clock.advance(2)
         self.assertEqual(self.registry.status("Cell_a"), STATUS)
         self.assertEqual(len(self.observer.seen), 2)
         self.assertFalse(transport.disconnecting)
+        lines = [formatEvent(e) for e in events if "status report" in formatEvent(e)]
+        self.assertEqual(
+            lines,
+            [
+                "ignoring status report from Cell_a: Core: missing",
+                "29 more ignored status reports from Cell_a in the last 60 s (one line per"
+                " source every 60 s)",
+            ],
+        )
+
+    def test_unknown_ids_and_responses_naming_no_request_are_logged_and_dropped(self) -> None:
+        """cell-protocol §2.7; they were dropped without a word (QA pass 20)."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        protocol, transport = self.connect("Cell_a")
+        seen = len(self.observer.seen)
+        for _ in range(3):
+            protocol.dataReceived(frame(Message(id=0x7F7F02)))
+            protocol.dataReceived(frame(Message(id=MessageID.DeleteGuestResponse)))
+        self.assertEqual(len(self.observer.seen), seen)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(60)
+        lines = [
+            formatEvent(e)
+            for e in events
+            if "dropped" in formatEvent(e) or "more" in formatEvent(e)
+        ]
+        self.assertEqual(
+            lines,
+            [
+                "Cell_a sent 0x7f7f02, which is no message nanocore knows; dropped",
+                "5 more unexpected messages from Cell_a in the last 60 s (one line per source"
+                " every 60 s)",
+            ],
+        )
 
     def test_unsolicited_event(self) -> None:
         protocol, _ = self.connect("Cell_a")

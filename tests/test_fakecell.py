@@ -686,14 +686,17 @@ class FakeCellTests(SynchronousTestCase):
         self.assertEqual(migrated.string_params[ParamKey.Cell], "Cell_dead")
         self.assertEqual(list(self.cell.guests), ["g7"])
 
-    def test_immediate_attach_failure_is_an_unsolicited_response(self) -> None:
+    def test_immediate_attach_failure_answers_the_requests_from(self) -> None:
+        """As a stock Cell: its refusal's ``to`` is the attach's ``from`` (Nano's failover
+        attach carried none, so the refusal named no request)."""
         self.on_nfs()
-        self.attach_at_once("gone")
-        failed = self.events.messages[-1]
-        self.assertEqual(
-            (failed.id, failed.success, failed.to_session, failed.error),
-            (MessageID.AttachInstanceResponse, False, 0, "invalid instance 'gone'"),
+        refusal = self.refused(
+            MessageID.AttachInstanceRequest,
+            bool_params={ParamKey.Immediate: True},
+            string_params={ParamKey.Cell: "Cell_dead"},
+            string_array_params={ParamKey.Instance: ("gone",)},
         )
+        self.assertEqual(refusal, "invalid instance 'gone'")
 
     def test_detach_and_purge(self) -> None:
         self.create("g1")

@@ -19,7 +19,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from nanocore.cluster.message import Message, MessageID, ParamKey, message_name
+from nanocore.cluster.message import (
+    KIND_RESPONSE,
+    Message,
+    MessageID,
+    ParamKey,
+    message_kind,
+    message_name,
+)
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import LinkError, LinkHandler, LinkSession, LinkState
 from nanocore.ratelog import RateLimitedLog
@@ -46,8 +53,15 @@ class CellLiveness(enum.Enum):
     DISCONNECTED = "disconnected"
 
 
+#: Every message id of the catalogue (a Cell's other ids are logged and dropped).
+_KNOWN_IDS = frozenset(MessageID)
+#: The highest CPU usage a report may give, in percent (a measure may round past 100).
+USAGE_MAX = 100.5
+
+
 class StatusReportError(ValueError):
-    """A ``CellStatusReportEvent`` lacks a field or has an array of the wrong length."""
+    """A ``CellStatusReportEvent`` lacks a field, has an array of the wrong length, or says
+    what no host can (no core, usage outside 0-100 %, more free than in all)."""
 
 
 class CellUnavailable(LinkError):
@@ -94,9 +108,20 @@ class CellStatus:
         disk = array(ParamKey.Disk, 2)
         io = array(ParamKey.IO, 4)
         speed = array(ParamKey.Speed, 4)
+        # What no host can report; the scheduler and the status routes would take it as it
+        # came (QA pass 20: a usage of 1e308 made every status route an internal error, and
+        # 2**64-1 bytes of free memory drew every placement of the pool).
+        if cores < 1:
+            raise StatusReportError("Core: expected at least 1")
+        if not 0.0 <= usage <= USAGE_MAX:
+            raise StatusReportError(f"Usage: expected 0 to 100 percent, got {usage:g}")
+        if memory[0] > memory[1]:
+            raise StatusReportError(f"Memory: {memory[0]} available of {memory[1]} in all")
+        if disk[0] > disk[1]:
+            raise StatusReportError(f"Disk: {disk[0]} free of {disk[1]} in all")
         return cls(
             cores=cores,
-            usage=usage,
+            usage=min(usage, 100.0),
             memory_available=memory[0],
             memory_total=memory[1],
             disk_free=disk[0],
@@ -321,7 +346,7 @@ class CellRegistry:
         self._leaving = False
         self._rejoin: RejoinWatch | None = None
         #: A frozen Cell's late replies come in hundreds: a line per Cell per minute.
-        self._late = RateLimitedLog(self.log, clock)
+        self._noise = RateLimitedLog(self.log, clock)
         transactions.late = self._answered_late
 
     # -- queries ------------------------------------------------------------------------------
@@ -403,7 +428,7 @@ class CellRegistry:
         self._leaving = True
         if self._rejoin is not None:
             self._rejoin.stop()
-        self._late.flush()
+        self._noise.flush()
         self._transactions.flush_log()
 
     def expect_back(
@@ -455,6 +480,20 @@ class CellRegistry:
             self._transactions.deliver(message)
         elif message.id == MessageID.CellStatusReportEvent:
             self._status_received(link.name, message)
+        elif message.id not in _KNOWN_IDS or message_kind(message.id) == KIND_RESPONSE:
+            # cell-protocol §2.7: logged and dropped (they were dropped without a word: QA
+            # pass 20). A response names the request it answers; one naming none answers
+            # nothing.
+            self._noise.warn(
+                "unexpected messages",
+                link.name,
+                "{name} sent {id}, {why}; dropped",
+                name=link.name,
+                id=message_name(message.id),
+                why="a response that names no request"
+                if message.id in _KNOWN_IDS
+                else "which is no message nanocore knows",
+            )
         else:
             self._notify(lambda observer: observer.cell_event(link.name, message))
 
@@ -487,7 +526,7 @@ class CellRegistry:
         name = reply.sender
         if name not in self._cells or self._leaving:
             return
-        self._late.info(
+        self._noise.info(
             "late replies", name, "{name} answered {request} after Core stopped waiting",
             name=name, request=message_name(request.id),
         )  # fmt: skip
@@ -497,7 +536,14 @@ class CellRegistry:
         try:
             status = CellStatus.from_message(message)
         except StatusReportError as e:
-            self.log.warn("ignoring status report from {name}: {reason}", name=name, reason=str(e))
+            # A Cell that reports wrongly does so every 2 s: a line a minute, with the count.
+            self._noise.warn(
+                "ignored status reports",
+                name,
+                "ignoring status report from {name}: {reason}",
+                name=name,
+                reason=str(e),
+            )
             return
         cell = self._cells[name]
         cell.status = status
