@@ -71,6 +71,7 @@ from nanocore.services.listen import ListeningService, PortFile, check_local_add
 from nanocore.services.logs import RotatedLogs
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
+from nanocore.services.replay import REPLAY_MEMORY_FILE, ReplayMemory
 from nanocore.services.stall import StallWatch
 from nanocore.services.store import StoreService
 from nanocore.services.timings import TimingReport
@@ -350,6 +351,11 @@ def build_service(
             TimingReport(
                 reactor, {"store commit": commit_times, "placement decision": decision_times}
             ),
+        ),
+        # Before the API and the image site listen, so stopped after they closed.
+        (
+            "replay-memory",
+            ReplayMemory(verifier, layout.data_dir / REPLAY_MEMORY_FILE, reactor),
         ),
         *kcp_links,
         ("cell-link", link),

@@ -25,6 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from nanocore import __version__, cli, config, pidfile, start_report
 from nanocore.layout import Layout
 from nanocore.services.listen import read_port
+from nanocore.services.replay import REPLAY_MEMORY_FILE, decode
 from tests.filemodes import skip_unless_modes_bind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -493,6 +494,9 @@ class RealDaemonTests(TestCase):
             self.assertFalse(self.pid_file.exists())
             self.assertFalse(layout_under(self.root).api_port_file.exists())
             self.assertIn("core is stopped", await self.expect(3, "status"))
+            # The signatures of the two writes (at least) are kept for the next start.
+            kept = decode((self.root / "data" / REPLAY_MEMORY_FILE).read_bytes())
+            self.assertGreaterEqual(sum(len(digests) for digests in kept.values()), 2)
             log = (self.root / "log" / "core.log").read_text()
             self.assertIn("Server Shut Down", log)
             # On stop Core says how long its commits took (the one above).

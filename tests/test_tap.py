@@ -33,6 +33,7 @@ from nanocore.services.listen import ListeningService, PortFile
 from nanocore.services.logs import RotatedLogs
 from nanocore.services.memory import MemoryTrim
 from nanocore.services.order import InOrder
+from nanocore.services.replay import ReplayMemory
 from nanocore.services.stall import StallWatch
 from nanocore.services.store import StoreService
 from nanocore.services.timings import TimingReport
@@ -236,6 +237,7 @@ class MakeServiceTests(SynchronousTestCase):
             [
                 ("store", StoreService),
                 ("timings", TimingReport),
+                ("replay-memory", ReplayMemory),
                 ("kcp-link", CellLinkService),
                 ("cell-link", CellLinkService),
                 ("images", ImageSiteService),
@@ -253,7 +255,7 @@ class MakeServiceTests(SynchronousTestCase):
         write_config(self.root / "config", kcp_link=False)
         tree = tap.makeService(self.options, self.reactor)
         names = [child.name for child in tree]
-        self.assertEqual(names[:3], ["store", "timings", "cell-link"])
+        self.assertEqual(names[:4], ["store", "timings", "replay-memory", "cell-link"])
         self.assertNotIn("kcp-link", names)
 
     def test_nothing_listens_before_the_service_starts(self) -> None:

@@ -297,6 +297,8 @@ class Verifier:
         #: Reads verified lately, by everything their signature covers: a portal polls the
         #: same path many times under one signature (its date names a whole second).
         self._reads: dict[tuple[object, ...], tuple[str, float]] = {}
+        #: Writes dated before this moment are refused (:meth:`refuse_writes_before`).
+        self._writes_from = -math.inf
 
     @property
     def skew(self) -> float:
@@ -369,11 +371,49 @@ class Verifier:
             if len(self._reads) >= self._key_cache_size:
                 self._reads.clear()
             self._reads[read] = (auth.credential_id, signed_at)
+        if write and signed_at < self._writes_from:
+            raise AuthError(
+                f"request signed at {date}, before nanocore started without the replay memory"
+                " of its previous run; sign it again"
+            )
         if write or writable:
             # 8 bytes of the signature recognise a repeat: a stranger cannot aim at them without
             # the key, and a chance match among a second's signatures is ~1e-15.
             self._check_repeat(int(expected[:16], 16), signed_at, now, write)
         return auth.credential_id
+
+    # -- the replay memory across a restart (services/replay) -------------------------------
+
+    def remembered(self) -> dict[int, array[int]]:
+        """Every signature remembered, as sorted digests by the second their dates go stale."""
+        self._expire(self._clock.seconds())
+        return {
+            stale_at: array("Q", sorted([*second.settled, *second.recent]))
+            for stale_at, second in self._seconds.items()
+        }
+
+    def recall(self, seconds: Mapping[int, array[int]]) -> int:
+        """Remember again what :meth:`remembered` gave before a restart (their repeat windows
+        are over): the signatures not yet stale; how many."""
+        now = self._clock.seconds()
+        recalled = 0
+        for stale_at, digests in seconds.items():
+            if stale_at <= now or not digests:
+                continue
+            second = self._seconds.get(stale_at)
+            if second is None:
+                second = self._seconds[stale_at] = _Second()
+                heapq.heappush(self._forget_at, stale_at)
+            self._entries -= len(second)
+            second.settled = array("Q", sorted({*second.settled, *digests}))
+            self._entries += len(second)
+            recalled += len(digests)
+        return recalled
+
+    def refuse_writes_before(self, moment: float) -> None:
+        """Refuse writes dated before ``moment``: what a previous run accepted is unknown (it
+        did not stop cleanly), and any of it could be replayed while its date is fresh."""
+        self._writes_from = moment
 
     def _check_repeat(self, digest: int, signed_at: float, now: float, write: bool) -> None:
         self._expire(now)
