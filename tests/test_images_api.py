@@ -140,6 +140,38 @@ class UploadDownloadTests(ImageTestCase):
             before,
         )
 
+    async def test_a_checksum_after_the_image_is_enforced_too(self) -> None:
+        """It was ignored, and a wrong one let the image in (QA pass 20, F6)."""
+        image_id = await self.h.create("disk_images")
+        ok = await self.h.upload(
+            "disk_images",
+            image_id,
+            multipart(("image", DISK), ("checksum", hashlib.sha1(DISK).hexdigest().encode())),
+        )
+        self.assertEqual(ok.envelope()["error_code"], 0)
+        before = self.h.images.get(ImageKind.DISK, image_id)
+        wrong, sent = "0" * 40, hashlib.sha1(b"x" * 10).hexdigest()
+        after = (("image", b"x" * 10), ("checksum", wrong.encode()))
+        twice = (("checksum", sent.encode()), *after)
+        for parts, error in (
+            (after, f"checksum mismatch: declared {wrong}, received {sent}"),
+            (twice, "malformed multipart body: part 'checksum' given twice, differently"),
+        ):
+            refused = await self.h.upload("disk_images", image_id, multipart(*parts))
+            self.assertEqual(refused.error, error)
+            self.assertEqual(self.h.files("disk_images"), [f"{image_id}_v1.qcow2"])
+            self.assertEqual(self.h.images.get(ImageKind.DISK, image_id), before)
+
+    async def test_an_empty_image_is_refused(self) -> None:
+        """A 0-byte image replaced a good one (QA pass 20, F7)."""
+        image_id = await self.h.create("media_images")
+        await self.h.upload("media_images", image_id, multipart(("image", ISO)))
+        before = self.h.images.get(ImageKind.MEDIA, image_id)
+        refused = await self.h.upload("media_images", image_id, multipart(("image", b"")))
+        self.assertEqual(refused.error, "the image part is empty")
+        self.assertEqual(self.h.images.get(ImageKind.MEDIA, image_id), before)
+        self.assertEqual(self.h.files("media_images"), [f"{image_id}_v1.iso"])
+
     async def test_refusals_leave_nothing(self) -> None:
         image_id = await self.h.create("disk_images")
         no_part = await self.h.upload("disk_images", image_id, multipart(("other", b"1")))

@@ -13,8 +13,10 @@ When :data:`HIGH_WATER` bytes of full blocks wait for a step, the connection is 
 transport's ``pauseProducing``) until no more than :data:`LOW_WATER` do: memory stays flat
 whatever the file size.
 
-Parts before ``image`` may declare ``checksum`` (SHA-1 as Nano's Cells send it, or SHA-256, in
-hex) and ``size``; parts after it are ignored, as in the original.
+Parts may declare ``checksum`` (SHA-1 as Nano's Cells send it, or SHA-256, in hex) and ``size``,
+before ``image`` as Cells send them or after it (a checksum after the image was ignored, and a
+wrong one let the image in: QA pass 20); any other part, a second ``image`` too, is ignored, as
+in the original. An empty image is refused: no disk or ISO is empty.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ FIELD_LIMIT = 256
 #: Parts a body may have (the original's clients send one to three).
 MAX_PARTS = 16
 
-_IMAGE, _FIELD, _SKIP, _AFTER = "image", "field", "skip", "after"
+_IMAGE, _FIELD, _SKIP = "image", "field", "skip"
 
 
 class UploadError(InvalidRequest):
@@ -158,9 +160,7 @@ class Receiver:
 
     def _event(self, event: Any) -> None:
         if isinstance(event, multipart.MultipartSegment):
-            if self._state == _AFTER:
-                return
-            if event.name == "image":
+            if event.name == "image" and not self._image_seen:
                 self._state = _IMAGE
             elif event.name in ("checksum", "size"):
                 self._state, self._field, self._value = _FIELD, event.name, bytearray()
@@ -175,9 +175,11 @@ class Receiver:
                     raise UploadError(f"part '{self._field}' longer than {FIELD_LIMIT} bytes")
         elif event is None:
             if self._state == _IMAGE:
-                self._state, self._image_seen = _AFTER, True
+                self._state, self._image_seen = _SKIP, True
             elif self._state == _FIELD:
-                self.fields[self._field] = self._value.decode("utf-8", "replace").strip()
+                value = self._value.decode("utf-8", "replace").strip()
+                if self.fields.setdefault(self._field, value) != value:
+                    raise UploadError(f"part '{self._field}' given twice, differently")
                 self._state = _SKIP
 
     # --- writing -----------------------------------------------------------------------------
@@ -397,7 +399,9 @@ class Transfer:
 
 
 def check(received: Received) -> None:
-    """The declared checksum and size, when declared, must be what arrived."""
+    """The declared checksum and size, when declared, must be what arrived; and something."""
+    if received.size == 0:
+        raise UploadError("the image part is empty")
     declared = received.fields.get("checksum", "").lower()
     if declared:
         actual = {40: received.sha1, 64: received.sha256}.get(len(declared))
