@@ -572,6 +572,13 @@ class OpenCheckTests(StoreTestCase):
         self.assertIn("not a readable SQLite database", str(error))
 
     @defer.inlineCallbacks
+    def test_a_folder_in_the_stores_place_is_named(self) -> Any:
+        """SQLite said only "unable to open database file" (QA pass 20, F16)."""
+        (self.data_dir / DB_NAME).mkdir(parents=True)
+        error = yield self.assertFailure(Store.open(self.data_dir, reactor), StoreError)
+        self.assertIn(f"{self.data_dir / DB_NAME} is not a file", str(error))
+
+    @defer.inlineCallbacks
     def test_empty_file_is_not_a_new_store(self) -> Any:
         """SQLite reads a 0-byte file as a new database; the state it held must not be
         replaced by defaults without a word (QA2 finding 12)."""

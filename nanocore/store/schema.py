@@ -69,6 +69,12 @@ def open_database(
     path = database_path(data_dir)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    elif not path.is_file():
+        # SQLite says only "unable to open database file" (QA pass 20).
+        raise StoreError(
+            f"{path} is not a file (a folder, or another kind of file): move it away, then"
+            " restore the store from a backup or start with an empty one"
+        )
     elif path.stat().st_size == 0:
         # SQLite takes an empty file for a new database: a store emptied by a full disk,
         # a bad copy or `: >` would come back as a first start and its state be lost.
