@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -267,6 +268,26 @@ def _non_empty_string(value: object) -> str:
     return value
 
 
+#: What a credential id may hold: the ``Nano-Authorization`` header ends it at ``/`` ``,``
+#: ``=`` or a space, and cannot carry a control character (QA pass 20: such ids were taken,
+#: and no request could ever use them).
+_CREDENTIAL_ID = re.compile(r"[^\s,=/\x00-\x1f\x7f]{1,255}")
+#: The discovery domain: travels in every ping and echo, compared exactly.
+_DOMAIN = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
+
+
+def _credential_id(value: object) -> str:
+    if not isinstance(value, str) or _CREDENTIAL_ID.fullmatch(value) is None:
+        raise _Invalid("1-255 characters without spaces, control characters, '/', ',' or '='")
+    return value
+
+
+def _domain(value: object) -> str:
+    if not isinstance(value, str) or _DOMAIN.fullmatch(value) is None:
+        raise _Invalid("1-255 characters without control characters")
+    return value
+
+
 #: The largest value of Go's ``int`` (64-bit): its decoder refuses a number above it.
 GO_INT_MAX = 2**63 - 1
 
@@ -328,7 +349,7 @@ def _timeout(value: object) -> int:
 def load_domain(path: Path) -> DomainConfig:
     section = _Section(path, "", read_document(path))
     config = DomainConfig(
-        domain=section.read("domain", _non_empty_string, DEFAULT_DOMAIN),
+        domain=section.read("domain", _domain, DEFAULT_DOMAIN),
         group_address=section.read("group_address", _group_address, DEFAULT_GROUP_ADDRESS),
         group_port=section.read("group_port", _port, DEFAULT_GROUP_PORT),
         listen_address=section.read("listen_address", _listen_address),
@@ -352,7 +373,7 @@ def _credentials(path: Path) -> Callable[[object], tuple[Credential, ...]]:
                 )
             section = _Section(path, prefix + ".", entry)
             credential = Credential(
-                id=section.read("id", _non_empty_string),
+                id=section.read("id", _credential_id),
                 key=section.read("key", _non_empty_string, secret=True),
             )
             section.warn_unknown()
