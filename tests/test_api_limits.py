@@ -325,3 +325,28 @@ class FairConnectionsTests(SynchronousTestCase):
                 " holds the most",
             ],
         )
+
+
+class HostHeaderTests(SynchronousTestCase):
+    """RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host (Go answers 400 otherwise; QA
+    pass 20 found both served)."""
+
+    def answer(self, request: bytes) -> bytes:
+        site = api_site_for(_Echo())
+        address = IPv4Address("TCP", "192.0.2.7", 1024)
+        channel = site.buildProtocol(address)
+        assert channel is not None
+        transport = StringTransport(peerAddress=address)
+        channel.makeConnection(transport)
+        channel.dataReceived(request)
+        channel.connectionLost(Failure(ConnectionDone()))
+        return transport.value()
+
+    def test_none_or_two_are_refused_and_http_1_0_needs_none(self) -> None:
+        missing = self.answer(b"GET /x HTTP/1.1\r\n\r\n")
+        self.assertTrue(missing.startswith(b"HTTP/1.1 400 "), missing)
+        self.assertTrue(missing.endswith(b"missing required Host header"), missing)
+        two = self.answer(b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        self.assertTrue(two.endswith(b"too many Host headers"), two)
+        self.assertTrue(self.answer(b"GET /x HTTP/1.0\r\n\r\n").endswith(b"ok"))
+        self.assertTrue(self.answer(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").endswith(b"ok"))

@@ -52,6 +52,8 @@ log = Logger()
 
 _NOT_UTF8 = b"Non-UTF-8 encoding in URL."
 _MALFORMED_HOST = b"malformed Host header"
+_MISSING_HOST = b"missing required Host header"
+_HOSTS = b"too many Host headers"
 
 #: Host headers seen naming a host (most clients send one or two); forgotten when full.
 NAMED_HOSTS_KEPT = 256
@@ -81,7 +83,12 @@ class LimitedRequest(UnbrandedRequest):
         path = self.path
         if b"%" in path:
             path = unquote_to_bytes(path)
-        host = self.getHeader(b"host") or b""
+        hosts = self.requestHeaders.getRawHeaders(b"host")
+        if self.clientproto == b"HTTP/1.1" and (hosts is None or len(hosts) != 1):
+            # RFC 9112 §3.2, and Go's answer (QA pass 20 found both served).
+            self._refuse_plainly(_MISSING_HOST if hosts is None else _HOSTS)
+            return
+        host = hosts[-1] if hosts else b""
         try:
             path.decode("utf-8")
             # The Host header as sent: its host part is valid UTF-8 exactly when it is (what
