@@ -31,11 +31,11 @@ from nanocore import model as m
 from nanocore.cluster.cells import REJOIN_GRACE, CellStatus
 from nanocore.cluster.message import Message, MessageID
 from nanocore.model import StaleCopy
-from nanocore.operations import migrations
+from nanocore.operations import failover
 from nanocore.operations.core import Operations
+from nanocore.operations.failover import FAILOVER_REPLANS, STRANDED_RETRY
 from nanocore.operations.guests import GuestSpec
 from nanocore.operations.guests.reconcile import _copies_let_go
-from nanocore.operations.migrations import FAILOVER_REPLANS, STRANDED_RETRY
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Capacity, FakeCell, Fault
 from nanocore.testing.sharedstorage import SharedStorage
@@ -385,13 +385,13 @@ class NoCellAtThatMomentTests(RejoinCase):
         self.pool_away_when_a_dies()
         world.cells[B].capacity = Capacity(cores=16, memory=GiB // 2, disk=400 * GiB)
         tries: list[object] = []
-        plan = world.ops.migrations._plan
+        plan = world.ops.migrations.failover._plan
 
         def counted(*args: Any, **kwargs: Any) -> None:
             tries.append(args)
             plan(*args, **kwargs)
 
-        self.patch(world.ops.migrations, "_plan", counted)
+        self.patch(world.ops.migrations.failover, "_plan", counted)
         world.connect(B)
         world.wait(20)  # ten reports of a Cell without room
         self.assertEqual(len(world.failovers()), 1)  # the first, that found no Cell
@@ -452,7 +452,7 @@ class NoCellAtThatMomentTests(RejoinCase):
         """A guest placed while an earlier one of the same Cell is still on its way to the same
         target: the target's events name their guests, whichever comes first."""
         world = self.world
-        self.patch(migrations, "STRANDED_RETRY", 2.0)  # sooner than the domain timeout
+        self.patch(failover, "STRANDED_RETRY", 2.0)  # sooner than the domain timeout
         self.pool_away_when_a_dies()
         world.cells[B].capacity = Capacity(cores=16, memory=3 * GiB // 2, disk=400 * GiB)
         world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=TIMEOUT - 1))
@@ -472,7 +472,7 @@ class NoCellAtThatMomentTests(RejoinCase):
         the attach nor its guests; nanocore failed the oldest plan waiting on that Cell, here
         one it was about to take. The attach now carries a token, which the refusal names."""
         world = self.world
-        self.patch(migrations, "STRANDED_RETRY", 2.0)  # sooner than the domain timeout
+        self.patch(failover, "STRANDED_RETRY", 2.0)  # sooner than the domain timeout
         self.pool_away_when_a_dies()
         world.cells[B].capacity = Capacity(cores=16, memory=3 * GiB // 2, disk=400 * GiB)
         world.cells[B].inject(MessageID.AttachInstanceRequest, Fault(delay=TIMEOUT - 0.5))

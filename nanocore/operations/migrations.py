@@ -23,32 +23,8 @@ When the source's detach goes unanswered it may still let go of them late: they 
 lost, the source's inventory is taken at once (``refresh``), and those it no longer holds are
 asked back the same way.
 
-**Failover.** When a Cell of a pool with failover on shared storage disconnects without a
-goodbye, each of its guests is placed on another Cell of the pool by the scheduler (cores and
-memory, claimed as a creation's share) and the plan is one record per target Cell (kind
-``failover``), each with the guests sent there; the target is asked to attach them at once
-(``AttachInstanceRequest`` with Immediate) and its ``InstanceMigratedEvent`` moves them. The
-guests that no Cell can take stay lost on the lost Cell and are one more record, with no target
-and the scheduler's reason for each guest in its error (and a log line each). A target that
-refuses or does not answer within the domain timeout fails its record: its guests are shown
-lost (never migrating forever) and its claims end. Each attach carries a token (Nano's
-carried none), which a Cell's refusal names, so a refusal fails the record it answers; a stock
-Cell attaches a batch whole or not at all, so a batch refused by a linked target is planned
-again one guest per record (one guest whose volumes are gone fails only itself). The lost Cell
-is disabled; when it comes back, its copies of guests now on other Cells are detached from it
-(reconciliation), and the guests no Cell could take are its own again; if it comes back while
-its failover is in flight (its rejoin leaves those guests alone), it is reconciled again once
-the failover ended. A
-target lost itself during the failover (Cells failing together) leaves its guests to be planned
-again among the others (at once, :data:`FAILOVER_REPLANS` times). Guests no Cell could take
-(stranded) wait, lost, and are planned again whenever a Cell of the pool reports (at most every
-:data:`STRANDED_RETRY` seconds, quietly: what still finds no Cell was said and recorded the
-first time) until a Cell has room, their own Cell reports them, or they are deleted: the
-pool's other Cells may be dialing again (after a stall of Core longer than their own timeout),
-full, or disabled. Their own Cell, back without them (its host lost them), is one more place
-for them once enabled; an inventory of a Cell of a failover pool that lacks lost guests strands
-them the same way (also after a restart of Core). A Cell that died while Core was down is
-presumed lost by the registry after a start (``RejoinWatch``) and takes the same path.
+**Failover** (:mod:`nanocore.operations.failover`) plans where the guests of a lost Cell go
+and sends them; its moves are these (one record per target, kind ``failover``).
 
 **Records** are stored. They are kept :data:`RETENTION` seconds after they end (the original
 deleted them the first time a client read them), judged by the clock when they are read. A
@@ -60,10 +36,10 @@ them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
-from attrs import define, evolve, frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -96,17 +72,25 @@ from nanocore.model import (
     StorageType,
     clipped,
 )
-from nanocore.operations.base import Context, Sweep, named
+from nanocore.operations.base import Context, Sweep
 from nanocore.operations.cells import CELL_LEAVING, CellLeaving
-from nanocore.operations.claims import Claim, ClaimHeld, ClaimKind
+from nanocore.operations.claims import ClaimHeld
 from nanocore.operations.errors import (
     InvalidRequest,
     OperationError,
     OperationTimeout,
     UnknownEntity,
 )
+from nanocore.operations.failover import Failover
 from nanocore.operations.guests.common import GuestAccess
-from nanocore.operations.guests.placement import NoCellAvailable, Placement, Share, move_key
+from nanocore.operations.guests.placement import Placement, Share, move_key
+from nanocore.operations.moves import (
+    MIGRATING,
+    Transit,
+    attach_at_once,
+    detach,
+    refused_attach,
+)
 from nanocore.scheduler import Cores, Demand, Memory, Rejection
 from nanocore.store import Change, Delete, Insert, Put, StoreClosed
 
@@ -118,20 +102,6 @@ DEFAULT_TIMEOUT = 10.0
 RESTARTED = "nanocore stopped during the migration"
 #: The progress a manual migration shows after each step (Nano's stayed at 0).
 ATTACHED, DETACHED, DONE = 30, 60, 100
-#: How many times the guests of one lost Cell are planned again at once after a target was
-#: lost too (Cells failing together), until that Cell links again; then they wait as stranded.
-FAILOVER_REPLANS = 3
-#: Guests no Cell could take (stranded) are planned again when a Cell of their pool reports,
-#: at most once in this many seconds per lost Cell, for as long as they are lost.
-STRANDED_RETRY = 5.0
-
-
-def _in_migration(held: Claim[str]) -> OperationError:
-    return InvalidRequest(f"instance '{held.key}'('{held.value}') already in migrating")
-
-
-#: A guest in a migration (value: its stored name), from the check to the record's end.
-MIGRATING: ClaimKind[str] = ClaimKind("migration of instance", _in_migration)
 
 
 @frozen
@@ -171,40 +141,6 @@ class _Failed(Exception):
         self.uncertain = uncertain
 
 
-@define
-class _Transit:
-    """A migration under way: its record, what it holds, and the wait for the target."""
-
-    record: Migration
-    guests: list[Claim[str]]
-    capacity: list[Claim[Share]]
-    arrived: Deferred[Message] | None = None
-    #: A failover's attach, until the target's event names the guests or it fails.
-    attaching: Deferred[Message] | None = None
-
-
-def _detach(instances: Sequence[str]) -> Message:
-    return Message(
-        id=MessageID.DetachInstanceRequest, string_array_params={ParamKey.Instance: instances}
-    )
-
-
-def _attach_at_once(source: str, instances: Sequence[str]) -> Message:
-    """The failover attach: take the guests and start serving them (no Migrate follows)."""
-    return Message(
-        id=MessageID.AttachInstanceRequest,
-        bool_params={ParamKey.Immediate: True},
-        string_params={ParamKey.Cell: source},
-        string_array_params={ParamKey.Instance: instances},
-    )
-
-
-def _refused_attach(message: Message) -> bool:
-    """What ends the wait for an attach at once: only its refusal (a stock Cell answers a
-    success with the guests' ``InstanceMigratedEvent``, which names no token)."""
-    return message.id == MessageID.AttachInstanceResponse and not message.success
-
-
 @implementer(CellObserver)
 class Migrations:
     """The migration routes, failover, and the registry's observer for their events."""
@@ -227,31 +163,17 @@ class Migrations:
         self._placement = placement
         self._timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self._new_id = new_id
-        self._running: dict[str, _Transit] = {}
+        self.running: dict[str, Transit] = {}
         self._expired_records = Sweep(self._context, "migrations")
         #: Guests a source was asked to take back after a failed move: guest -> the source
         #: and its attach (until the source's event names them, or it refuses).
         self._returning: dict[str, tuple[str, Deferred[Message]]] = {}
         self._ending: dict[str, list[Deferred[Migration]]] = {}
-        self._planning: dict[str, list[Deferred[list[str]]]] = {}
         self._refresh = refresh
-        #: Failover records under way, by the lost Cell they take guests from.
-        self._failing_over: dict[str, set[str]] = {}
-        #: Plans made again for a lost Cell's guests since it was lost (``FAILOVER_REPLANS``).
-        self._replans: dict[str, int] = {}
-        #: Guests of a lost Cell its failover could not re-place (no Cell could take them
-        #: then): planned again when a Cell of its pool reports (at most every
-        #: ``STRANDED_RETRY`` seconds), until placed, deleted, or reported by their Cell.
-        self._stranded: dict[str, set[str]] = {}
-        #: When the stranded guests of each lost Cell may next be planned again.
-        self._stranded_retry: dict[str, float] = {}
-        #: Guests a linked target refused (or left unanswered) in a failover: not stranded
-        #: again while they stay lost.
-        self._refused: set[str] = set()
         self._reconciling: dict[str, list[Deferred[None]]] = {}
         #: Fires once the records of migrations cut short by a stop are failed.
         self.recovered: Deferred[None] = self._recover()
-        self._strand_recorded()
+        self.failover = Failover(self, access, placement, self._timeout, new_id)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -272,20 +194,13 @@ class Migrations:
     def ended(self, migration_id: str) -> Deferred[Migration]:
         """Fires with the record once the migration has ended and that is committed."""
         record = self._context.view.migrations.get(migration_id)
-        if migration_id not in self._running:
+        if migration_id not in self.running:
             if record is None:
                 return fail(UnknownEntity(f"invalid migration '{migration_id}'"))
             if not record.running:
                 return succeed(record)
         waiting: Deferred[Migration] = Deferred()
         self._ending.setdefault(migration_id, []).append(waiting)
-        return waiting
-
-    def planned(self, cell: str) -> Deferred[list[str]]:
-        """Fires with the ids of the records of the next failover of ``cell`` once its plan is
-        committed and its attach requests are sent (none: nothing to re-place)."""
-        waiting: Deferred[list[str]] = Deferred()
-        self._planning.setdefault(cell, []).append(waiting)
         return waiting
 
     def reconciled(self, cell: str) -> Deferred[None]:
@@ -297,7 +212,7 @@ class Migrations:
 
     def _told(self, record: Migration) -> None:
         if record.kind is MigrationKind.FAILOVER:
-            self._failover_ended(record)
+            self.failover.ended(record)
         for waiting in self._ending.pop(record.id, []):
             waiting.callback(record)
 
@@ -309,7 +224,7 @@ class Migrations:
         self._expired_records.delete(
             Delete(Migration, m.id)
             for m in self._context.view.migrations.values()
-            if self._expired(m) and m.id not in self._running
+            if self._expired(m) and m.id not in self.running
         )
 
     # -- a migration by hand ------------------------------------------------------------------
@@ -322,16 +237,16 @@ class Migrations:
         except OperationError as error:
             return fail(error)
         ids = transit.record.instances
-        begun = self._in_turn(ids, lambda: self._begin(transit))
+        begun = self.in_turn(ids, lambda: self._begin(transit))
 
         def started(_: None) -> str:
-            self._running[transit.record.id] = transit
+            self.running[transit.record.id] = transit
             moving = Deferred.fromCoroutine(self._move(transit))
-            moving.addErrback(self._logged, f"migration {transit.record.id}")
+            moving.addErrback(self.logged, f"migration {transit.record.id}")
             return transit.record.id
 
         def refused(failure: Failure) -> Failure:
-            self._release(transit, capacity=True)
+            self.release(transit, capacity=True)
             return failure
 
         return begun.addCallbacks(started, refused)
@@ -363,11 +278,11 @@ class Migrations:
             raise InvalidRequest(f"source cell '{spec.source_cell}' not in pool '{pool.name}'")
         if target is None or target.pool != pool.name:
             raise InvalidRequest(f"target cell '{spec.target_cell}' not in pool '{pool.name}'")
-        if not self._linked(target.name):
+        if not self.linked(target.name):
             raise InvalidRequest(f"target cell '{target.name}' already lost")
         if not target.enabled:
             raise InvalidRequest(f"target cell '{target.name}' already disabled")
-        if not self._linked(source.name):
+        if not self.linked(source.name):
             raise InvalidRequest(f"source cell '{source.name}' already lost")
         ids = spec.instances
         if not ids:
@@ -408,12 +323,12 @@ class Migrations:
             found.append(instance)
         return pool, found
 
-    def _linked(self, cell: str) -> bool:
+    def linked(self, cell: str) -> bool:
         return self._cells.state(cell) in (CellLiveness.ALIVE, CellLiveness.CONNECTED)
 
     def _claimed(
         self, spec: MigrationSpec, pool: ComputePool, instances: list[Instance]
-    ) -> _Transit:
+    ) -> Transit:
         """The guests claimed, and their cores and memory on the target if it has room."""
         target = spec.target_cell
         if self._context.claims.held(CELL_LEAVING, target) is not None:
@@ -440,7 +355,7 @@ class Migrations:
             instances=tuple(i.id for i in instances),
             start_time=now,
         )
-        transit = _Transit(record, [], [])
+        transit = Transit(record, [], [])
         try:
             for instance in instances:
                 transit.guests.append(
@@ -450,11 +365,11 @@ class Migrations:
                 share = Share(target, instance.cores, instance.memory, 0)
                 transit.capacity.append(self._placement.claim_move(move_key(instance.id), share))
         except ClaimHeld:
-            self._release(transit, capacity=True)
+            self.release(transit, capacity=True)
             raise
         return transit
 
-    def _begin(self, transit: _Transit) -> Deferred[None]:
+    def _begin(self, transit: Transit) -> Deferred[None]:
         """The record and the guests' flags, re-checked on what is committed now."""
         record = transit.record
         changes: list[Change] = [Insert(record)]
@@ -470,7 +385,7 @@ class Migrations:
             changes.append(Put(evolve(instance, migrating=True)))
         return self._context.commit(*changes)
 
-    async def _move(self, transit: _Transit) -> None:
+    async def _move(self, transit: Transit) -> None:
         record = transit.record
         ids, source, target = record.instances, record.source_cell, record.target_cell
         try:
@@ -486,7 +401,7 @@ class Migrations:
                 ids=ids,
             )
             await self._progress(transit, ATTACHED)
-            await self._step(source, _detach(ids), "detach", undo=target, ids=ids)
+            await self._step(source, detach(ids), "detach", undo=target, ids=ids)
             await self._progress(transit, DETACHED)
             arrived = transit.arrived = Deferred()
             arrived.addTimeout(self._timeout, self._context.clock)
@@ -502,15 +417,15 @@ class Migrations:
                 )
                 event = await arrived
             except (TimeoutError, CancelledError, LinkError):
-                self._undo(target, ids)
+                self.undo(target, ids)
                 self._take_back(source, ids)
                 raise _Failed("migrate instance timeout", released=True) from None
         except _Failed as failed:
-            await self._cancel(transit, failed.reason, lost=failed.released or failed.uncertain)
+            await self.cancel(transit, failed.reason, lost=failed.released or failed.uncertain)
             if failed.uncertain:
                 self._recheck(source, ids)
             return
-        await self._arrived(transit, target, event)
+        await self.arrive(transit, target, event)
 
     async def _step(
         self, cell: str, message: Message, what: str, *, undo: str, ids: Sequence[str]
@@ -519,18 +434,18 @@ class Migrations:
         try:
             return await self._access.forward(cell, message)
         except OperationTimeout:
-            self._undo(undo, ids)
+            self.undo(undo, ids)
             # A source may still let go of the guests after its detach timed out.
             raise _Failed(f"{what} instance timeout", uncertain=what == "detach") from None
         except OperationError as error:
             if what != "attach":  # a target that refused its attach undid it itself
-                self._undo(undo, ids)
+                self.undo(undo, ids)
             raise _Failed(f"{what} instance fail: {error.message}") from None
 
-    def _undo(self, cell: str, ids: Sequence[str]) -> None:
+    def undo(self, cell: str, ids: Sequence[str]) -> None:
         """Best effort: the Cell lets go of what it prepared or took (its own timeout too)."""
-        asking = self._access.forward(cell, _detach(ids))
-        asking.addErrback(self._logged, f"{cell}: detaching {len(ids)} instance(s) left over")
+        asking = self._access.forward(cell, detach(ids))
+        asking.addErrback(self.logged, f"{cell}: detaching {len(ids)} instance(s) left over")
 
     def _recheck(self, source: str, ids: Sequence[str]) -> None:
         """The source's detach went unanswered, so the guests are shown lost: its inventory
@@ -547,13 +462,20 @@ class Migrations:
                 and instance.lost
                 and not instance.migrating
             ]
-            if left and self._linked(source):  # else its rejoin tells, when it is back
+            if left and self.linked(source):  # else its rejoin tells, when it is back
                 self._take_back(source, left)
 
         checking = self._refresh(source)
         checking.addCallback(take_back)
-        checking.addErrback(self._logged, f"{source}: instances after a detach timeout")
+        checking.addErrback(self.logged, f"{source}: instances after a detach timeout")
         checking.addBoth(self._told_reconciled, source)
+
+    def reconcile(self, cell: str, why: str) -> None:
+        """Take ``cell``'s inventory now and reconcile Core's records with it (those waiting
+        on :meth:`reconciled` hear of it)."""
+        reconciling = self._refresh(cell)
+        reconciling.addErrback(self.logged, f"{cell}: {why}")
+        reconciling.addBoth(self._told_reconciled, cell)
 
     def _told_reconciled(self, _: object, cell: str) -> None:
         for waiting in self._reconciling.pop(cell, []):
@@ -562,13 +484,13 @@ class Migrations:
     def _take_back(self, source: str, ids: Sequence[str]) -> None:
         """The source let go of guests no target took: it is asked to attach them again."""
         asking = self._cells.request(
-            source, _attach_at_once(source, ids), timeout=self._timeout, is_reply=_refused_attach
+            source, attach_at_once(source, ids), timeout=self._timeout, is_reply=refused_attach
         )
         if not asking.called:
             for guest in ids:
                 self._returning[guest] = (source, asking)
         asking.addErrback(self._not_taken_back, source, ids, asking)
-        asking.addErrback(self._logged, f"{source}: taking back {len(ids)} instance(s)")
+        asking.addErrback(self.logged, f"{source}: taking back {len(ids)} instance(s)")
 
     def _not_taken_back(
         self, failure: Failure, source: str, ids: Sequence[str], asking: Deferred[Message]
@@ -591,7 +513,7 @@ class Migrations:
                       doing=doing, count=len(ids), error=str(failure.value))  # fmt: skip
         return None
 
-    async def _progress(self, transit: _Transit, percent: int) -> None:
+    async def _progress(self, transit: Transit, percent: int) -> None:
         transit.record = evolve(transit.record, progress=percent)
         try:
             await self._context.commit(Put(transit.record))
@@ -602,7 +524,7 @@ class Migrations:
 
     # -- the end of a move --------------------------------------------------------------------
 
-    async def _arrived(self, transit: _Transit, cell: str, event: Message) -> None:
+    async def arrive(self, transit: Transit, cell: str, event: Message) -> None:
         """The target serves the guests: their records follow, the record ends."""
         record = transit.record
         reported = event.string_array_params.get(ParamKey.Instance, ())
@@ -644,9 +566,9 @@ class Migrations:
             return changes
 
         try:
-            await self._in_turn(record.instances, lambda: self._context.commit(*decide()))
+            await self.in_turn(record.instances, lambda: self._context.commit(*decide()))
         except Exception:
-            self._release(transit, capacity=True)
+            self.release(transit, capacity=True)
             raise
         moved = {move_key(guest) for guest in port_of}
         for claim in transit.capacity:
@@ -655,14 +577,12 @@ class Migrations:
                 self._placement.until_report(claim)
             else:
                 self._placement.abandon(claim)
-        self._release(transit)
+        self.release(transit)
         self._told(ended)
         if record.kind is MigrationKind.FAILOVER:
             # The target's word on the guests it took (running or not) is only in its
             # inventory: the event says where they are, not how.
-            reading = self._refresh(cell)
-            reading.addErrback(self._logged, f"{cell}: inventory after failover {record.id}")
-            reading.addBoth(self._told_reconciled, cell)
+            self.reconcile(cell, f"inventory after failover {record.id}")
         if missing:
             self.log.warn("migration {id}: {error}", id=record.id, error=error)
         else:
@@ -670,7 +590,7 @@ class Migrations:
                           id=record.id, count=len(record.instances), source=record.source_cell,
                           target=cell)  # fmt: skip
 
-    async def _cancel(self, transit: _Transit, reason: str, *, lost: bool = False) -> None:
+    async def cancel(self, transit: Transit, reason: str, *, lost: bool = False) -> None:
         """The guests stay where their records say, not migrating; ``lost`` when their Cell
         let go of them. The record keeps the reason."""
         record = transit.record
@@ -687,351 +607,41 @@ class Migrations:
             return changes
 
         try:
-            await self._in_turn(record.instances, lambda: self._context.commit(*decide()))
+            await self.in_turn(record.instances, lambda: self._context.commit(*decide()))
         finally:
-            self._release(transit, capacity=True)
+            self.release(transit, capacity=True)
         self._told(ended)
         self.log.warn("migration {id} ({kind}) of {count} instance(s) from {source} to {target}"
                       " failed: {reason}", id=record.id, kind=record.kind.value,
                       count=len(record.instances), source=record.source_cell,
                       target=record.target_cell, reason=reason)  # fmt: skip
 
-    def _release(self, transit: _Transit, *, capacity: bool = False) -> None:
+    def release(self, transit: Transit, *, capacity: bool = False) -> None:
         """The guests' claims end (and the capacity claims, when nothing moved)."""
         for claim in transit.guests:
             self._context.claims.release(claim)
         if capacity:
             for share in transit.capacity:
                 self._placement.abandon(share)
-        self._stop_waiting(transit)
-        if self._running.get(transit.record.id) is transit:
-            del self._running[transit.record.id]
+        transit.stop_waiting()
+        if self.running.get(transit.record.id) is transit:
+            del self.running[transit.record.id]
 
-    # -- failover -----------------------------------------------------------------------------
+    # -- CellObserver (what concerns failover is the failover's) -----------------------------
 
-    def _plan(
-        self,
-        lost: str,
-        pool: ComputePool,
-        only: Collection[str] | None = None,
-        *,
-        stranded: bool = False,
-        singly: bool = False,
-    ) -> None:
-        """Fail ``lost`` over (``only`` those guests, when given; ``stranded``: guests no
-        Cell could take before; ``singly``: one record and attach per guest); who waits for
-        its plan (:meth:`planned`) hears of it once it is committed and sent."""
-        failing = Deferred.fromCoroutine(
-            self._failover(lost, pool, only, stranded=stranded, singly=singly)
-        )
-        failing.addErrback(self._logged, f"failover of {lost}")
-
-        def planned(records: list[str] | None) -> None:
-            for waiting in self._planning.pop(lost, []):
-                waiting.callback(records or [])
-
-        failing.addCallback(planned)
-
-    async def _failover(
-        self,
-        lost: str,
-        pool: ComputePool,
-        only: Collection[str] | None = None,
-        *,
-        stranded: bool = False,
-        singly: bool = False,
-    ) -> list[str]:
-        """Re-place every guest of ``lost`` (or ``only`` those) on the other Cells of its pool
-        (see the module). Stranded guests planned again are quiet: what still finds no Cell
-        was recorded and said the first time, and the Cell was disabled then."""
-        view = self._context.view
-        now = self._context.clock.seconds()
-        guests = sorted(
-            (i for i in view.instances_on_cell(lost).values() if only is None or i.id in only),
-            key=lambda i: i.full_name,
-        )
-        plan: dict[str, _Transit] = {}
-        unplaced: list[tuple[Instance, str]] = []
-        for instance in guests:
-            if instance.status is InstanceStatus.CREATING or instance.migrating:
-                continue  # its creation fails with the Cell; a migration fails on its own
-            try:
-                held = self._context.claims.take(MIGRATING, instance.id, instance.full_name)
-            except ClaimHeld:
-                continue
-            demand = Demand(instance.cores, instance.memory, 0)
-            try:
-                claim = self._placement.place(move_key(instance.id), pool.name, demand)
-            except (NoCellAvailable, CellLeaving) as refusal:
-                self._context.claims.release(held)
-                unplaced.append((instance, refusal.message))
-                continue
-            target = claim.value.cell
-            key = instance.id if singly else target
-            transit = plan.get(key)
-            if transit is None:
-                record = Migration(
-                    id=self._new_id(), source_pool=pool.name, source_cell=lost,
-                    target_pool=pool.name, target_cell=target, kind=MigrationKind.FAILOVER,
-                    start_time=now,
-                )  # fmt: skip
-                transit = plan[key] = _Transit(record, [], [])
-            transit.record = evolve(
-                transit.record, instances=(*transit.record.instances, instance.id)
-            )
-            transit.guests.append(held)
-            transit.capacity.append(claim)
-        if stranded and not plan:
-            return []
-        changes: list[Change] = []
-        for transit in plan.values():
-            changes.append(Insert(transit.record))
-        unplaced_ids: list[str] = []
-        if unplaced:
-            self._stranded.setdefault(lost, set()).update(i.id for i, _ in unplaced)
-        if unplaced and not stranded:
-            reasons = "; ".join(
-                f"instance '{i.id}'('{i.full_name}'): {reason}" for i, reason in unplaced
-            )
-            unplaced_ids.append(self._new_id())
-            changes.append(
-                Insert(
-                    Migration(
-                        id=unplaced_ids[0], source_pool=pool.name, source_cell=lost,
-                        target_pool=pool.name, target_cell="", kind=MigrationKind.FAILOVER,
-                        instances=tuple(i.id for i, _ in unplaced), error=clipped(reasons),
-                        start_time=now, end_time=now,
-                    )
-                )
-            )  # fmt: skip
-            # One line per reason, not per guest: a pool's reason names each of its Cells, and
-            # a failover of many guests said it once for each (QA pass 18: 29 % of the log).
-            by_reason: dict[str, list[Instance]] = {}
-            for instance, reason in unplaced:
-                by_reason.setdefault(reason, []).append(instance)
-            for reason, instances in by_reason.items():
-                listed = named([f"{i.id} ({i.full_name})" for i in instances])
-                self.log.warn("failover of {cell}: {count} instance(s) not re-placed, shown "
-                              "lost until a cell of the pool can take them ({guests}): "
-                              "{reason}", cell=lost, count=len(instances), guests=listed,
-                              reason=reason)  # fmt: skip
-        cell = view.cells.get(lost)
-        disabling = False
-        if cell is not None and cell.enabled and not stranded:
-            changes.append(Put(evolve(cell, enabled=False)))
-            disabling = True
-        moving = [guest for transit in plan.values() for guest in transit.record.instances]
-
-        def decide() -> list[Change]:
-            current = self._context.view.instances
-            flagged = list(changes)
-            for guest in moving:
-                instance = current.get(guest)
-                if instance is not None and instance.cell == lost:
-                    flagged.append(Put(evolve(instance, migrating=True, lost=False)))
-            return flagged
-
-        try:
-            await self._in_turn(moving, lambda: self._context.commit(*decide()))
-        except Exception:
-            for transit in plan.values():
-                self._release(transit, capacity=True)
-            raise
-        if plan:
-            under_way = self._failing_over.setdefault(lost, set())
-            under_way.update(transit.record.id for transit in plan.values())
-        for transit in plan.values():
-            self._running[transit.record.id] = transit
-            self._attach(transit)
-        self.log.info("failover of {cell}: {moving} {which}instance(s) sent to {targets} "
-                      "cell(s), {unplaced} {still}not re-placed", cell=lost, moving=len(moving),
-                      which="stranded " if stranded else "",
-                      targets=len({transit.record.target_cell for transit in plan.values()}),
-                      unplaced=len(unplaced), still="still " if stranded else "")  # fmt: skip
-        if disabling:
-            # As Nano: a Cell that failed gets no new guest until someone looked at it; the
-            # only trace was its flag in the API (QA pass 16).
-            self.log.warn("{cell} disabled by its failover: no guest is placed on it until it is "
-                          "enabled again (PUT /compute_pool_cells/{pool}/{cell} "
-                          '{{"enable": true}})', cell=lost, pool=pool.name)  # fmt: skip
-        return [transit.record.id for transit in plan.values()] + unplaced_ids
-
-    def _failover_ended(self, record: Migration) -> None:
-        """Once the last record of a failover ended, a lost Cell that came back meanwhile is
-        reconciled: its rejoin left the guests in flight alone, so its copies of those now on
-        other Cells are detached from it, and those that stayed are its own again."""
-        under_way = self._failing_over.get(record.source_cell)
-        if under_way is None or record.id not in under_way:
-            return
-        under_way.discard(record.id)
-        if under_way:
-            return
-        del self._failing_over[record.source_cell]
-        if self._linked(record.source_cell):
-            reconciling = self._refresh(record.source_cell)
-            reconciling.addErrback(self._logged, f"{record.source_cell}: back after failover")
-            reconciling.addBoth(self._told_reconciled, record.source_cell)
-
-    def _attach(self, transit: _Transit) -> None:
-        """Ask the target to take the guests at once. The request carries a token (Nano's
-        carried none), which a stock Cell's refusal names, so a refusal fails this plan
-        alone; the target's ``InstanceMigratedEvent`` (no token) ends the wait instead."""
-        record = transit.record
-        if not self._linked(record.target_cell):
-            reason = f"attach instance fail: cell '{record.target_cell}' is not connected"
-            self._failover_failed(transit, reason)
-            return
-        attaching = transit.attaching = self._cells.request(
-            record.target_cell,
-            _attach_at_once(record.source_cell, record.instances),
-            timeout=self._timeout,
-            is_reply=_refused_attach,
-        )
-        attaching.addErrback(self._attach_failed, transit)
-        attaching.addErrback(self._logged, f"failover {record.id}")
-
-    def _attach_failed(self, failure: Failure, transit: _Transit) -> Failure | None:
-        target = transit.record.target_cell
-        if failure.check(CancelledError, LinkError):
-            # Taken (its event ended the wait); or the link is gone, which the target's
-            # disconnect handles once every observer (the placement too) has heard of it.
-            return None
-        if failure.check(TransactionTimeout):
-            self._undo(target, transit.record.instances)
-            self._failover_failed(transit, f"attach instance timeout on cell '{target}'")
-        elif failure.check(CellError):
-            self._failover_failed(transit, f"attach instance fail: {failure.value}", refused=True)
-        else:
-            return failure
-        return None
-
-    def _stop_waiting(self, transit: _Transit) -> None:
-        attaching, transit.attaching = transit.attaching, None
-        if attaching is not None and not attaching.called:
-            attaching.cancel()
-
-    def _failover_failed(self, transit: _Transit, reason: str, *, refused: bool = False) -> None:
-        if self._running.get(transit.record.id) is not transit:
-            return
-        del self._running[transit.record.id]
-        cancelling = Deferred.fromCoroutine(self._cancel(transit, reason, lost=True))
-        refusal = reason if refused else ""
-        cancelling.addCallback(lambda _: self._plan_again(transit.record, refusal))
-        cancelling.addErrback(self._logged, f"failover {transit.record.id}")
-
-    def _plan_again(self, failed: Migration, refusal: str = "") -> None:
-        """A target that is itself gone leaves its guests to the pool's other Cells: planned
-        again while their own Cell is still away, at most :data:`FAILOVER_REPLANS` times
-        until it links again. A linked target that refused several guests at once (its
-        ``refusal``) is asked for each alone; what it refuses alone, or leaves unanswered, is
-        final."""
-        source, target = failed.source_cell, failed.target_cell
-        pool = None if self._linked(source) else self._failover_pool(source)
-        if self._linked(target):
-            if refusal and len(failed.instances) > 1 and pool is not None:
-                # A stock Cell attaches a batch whole or not at all: one guest it cannot
-                # attach (its volumes removed behind Core's back) failed the batch's healthy
-                # guests with it (QA pass 18, F-FAILOVER-POISON).
-                self.log.info("failover of {cell}: {target} refused {count} instance(s) "
-                              "together ({reason}); asking for each alone", cell=source,
-                              target=target, count=len(failed.instances),
-                              reason=refusal)  # fmt: skip
-                self._plan(source, pool, failed.instances, singly=True)
-                return
-            # Final for these guests, also for those waiting as stranded, which would meet
-            # the same refusal every few seconds.
-            self._refused.update(failed.instances)
-            return
-        if pool is None:
-            return
-        done = self._replans.get(source, 0)
-        if done >= FAILOVER_REPLANS:
-            self.log.warn("failover of {cell}: target {target} lost too; planned again "
-                          "{done} time(s) already, its guests wait, lost, for a Cell of the "
-                          "pool that can take them", cell=source, target=target,
-                          done=done)  # fmt: skip
-            self._stranded.setdefault(source, set()).update(failed.instances)
-            return
-        self._replans[source] = done + 1
-        self.log.info("failover of {cell}: target {target} lost too, planning its "
-                      "{count} instance(s) again", cell=source, target=target,
-                      count=len(failed.instances))  # fmt: skip
-        self._plan(source, pool, failed.instances)
-
-    # -- CellObserver -------------------------------------------------------------------------
+    def planned(self, cell: str) -> Deferred[list[str]]:
+        """Fires with the ids of the records of the next failover of ``cell`` once its plan is
+        committed and its attach requests are sent (none: nothing to re-place)."""
+        return self.failover.planned(cell)
 
     def cell_available(self, name: str, address: str) -> None:
-        self._replans.pop(name, None)
+        self.failover.cell_available(name, address)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
-        """A Cell of a pool with stranded guests reports: plan them again once the report
-        is everyone's (the placement hears of it too). A Cell of a failover pool whose
-        inventory lacked lost guests of Core's strands them too: they are on no Cell (so also
-        after a restart of Core, which forgot what its failovers could not place)."""
-        lacked = self._access.lacking.get(name)
-        if lacked and self._failover_pool(name) is not None:
-            self._stranded.setdefault(name, set()).update(lacked)
-        if self._stranded:
-            self._context.clock.callLater(0, self._plan_stranded, name)
-
-    def _plan_stranded(self, reporting: str) -> None:
-        """Plan again the stranded guests of the reporting Cell's pool, that still wait. A
-        guest waits while it is lost on its Cell: the Cell is away, or came back without it
-        (a Cell back that has not told its inventory yet may still hold it)."""
-        record = self._context.view.cells.get(reporting)
-        if record is None or not record.enabled or not self._linked(reporting):
-            return
-        now = self._context.clock.seconds()
-        for lost in list(self._stranded):
-            pool = self._failover_pool(lost)
-            if pool is not None and (
-                pool.name != record.pool or now < self._stranded_retry.get(lost, now)
-            ):
-                continue
-            waiting = self._still_stranded(lost) if pool is not None else []
-            if pool is None or not waiting:
-                self._stranded.pop(lost, None)
-                self._stranded_retry.pop(lost, None)
-                continue
-            if self._linked(lost):
-                waiting = [g for g in waiting if self._access.came_back_without(g)]
-                if not waiting:
-                    continue
-            self._stranded_retry[lost] = now + STRANDED_RETRY
-            self._plan(lost, pool, [g.id for g in waiting], stranded=True)
-
-    def _still_stranded(self, lost: str) -> list[Instance]:
-        """The stranded guests of ``lost`` still lost on it (not deleted, moved or reported),
-        but those a linked target refused."""
-        instances = self._context.view.instances
-        waiting = []
-        for guest in self._stranded.get(lost, ()):
-            instance = instances.get(guest)
-            if instance is None or instance.cell != lost or not instance.lost:
-                self._refused.discard(guest)
-            elif guest not in self._refused:
-                waiting.append(instance)
-        self._stranded[lost] = {instance.id for instance in waiting}
-        return waiting
+        self.failover.cell_status(name, status)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
-        """A Cell of a failover pool on shared storage lost without a goodbye: failover. A
-        failover waiting for it as its target fails now (its guests are planned again)."""
-        for transit in list(self._running.values()):
-            sent = transit.record
-            if sent.kind is MigrationKind.FAILOVER and sent.target_cell == name:
-                self._failover_failed(transit, f"attach instance fail: cell '{name}' disconnected")
-        if gracefully:
-            return
-        pool = self._failover_pool(name)
-        if pool is not None:
-            self._plan(name, pool)
-
-    def _failover_pool(self, cell: str) -> ComputePool | None:
-        """The Cell's pool when it fails over (failover on, shared storage), else None."""
-        record = self._context.view.cells.get(cell)
-        pool = self._context.view.compute_pools.get(record.pool) if record else None
-        return pool if pool is not None and pool.failover and pool.storage else None
+        self.failover.cell_disconnected(name, gracefully)
 
     def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
         """The Cell's inventory, taken again by the cell operations, tells what it did."""
@@ -1043,7 +653,7 @@ class Migrations:
     def _migrated(self, cell: str, message: Message) -> None:
         if not message.bool_params.get(ParamKey.Immediate, False):
             migration = message.string_params.get(ParamKey.Migration, "")
-            transit = self._running.get(migration)
+            transit = self.running.get(migration)
             if transit is None or transit.record.target_cell != cell or transit.arrived is None:
                 self.log.warn("{cell}: migrated event for migration {id!r}, not waiting; "
                               "ignored", cell=cell, id=migration)  # fmt: skip
@@ -1051,23 +661,9 @@ class Migrations:
             if not transit.arrived.called:
                 transit.arrived.callback(message)
             return
-        source = message.string_params.get(ParamKey.Cell, "")
-        reported = set(message.string_array_params.get(ParamKey.Instance, ()))
-        candidates = [
-            transit
-            for transit in self._running.values()
-            if (transit.record.kind, transit.record.source_cell, transit.record.target_cell)
-            == (MigrationKind.FAILOVER, source, cell)
-        ]
-        if candidates:
-            # Two plans may send guests of one Cell to the same target (a stranded guest
-            # placed while an earlier one is in flight): the event names its guests.
-            transit = max(candidates, key=lambda t: len(reported.intersection(t.record.instances)))
-            self._running.pop(transit.record.id)
-            self._stop_waiting(transit)
-            arriving = Deferred.fromCoroutine(self._arrived(transit, cell, message))
-            arriving.addErrback(self._logged, f"failover {transit.record.id}")
+        if self.failover.migrated(cell, message):
             return
+        source = message.string_params.get(ParamKey.Cell, "")
         returned = [
             guest
             for guest in message.string_array_params.get(ParamKey.Instance, ())
@@ -1081,8 +677,8 @@ class Migrations:
             _, asking = self._returning.pop(guest)
             if not asking.called:
                 asking.cancel()
-        taking = self._in_turn(returned, lambda: self._taken_back(cell, returned, message))
-        taking.addErrback(self._logged, f"{cell}: instances taken back")
+        taking = self.in_turn(returned, lambda: self._taken_back(cell, returned, message))
+        taking.addErrback(self.logged, f"{cell}: instances taken back")
 
     def _taken_back(self, cell: str, guests: list[str], message: Message) -> Deferred[None]:
         ports = dict(
@@ -1130,24 +726,9 @@ class Migrations:
                       count=len(changes))  # fmt: skip
         return self._context.commit(*changes.values())
 
-    def _strand_recorded(self) -> None:
-        """Guests a kept failover record could not place, still lost on their Cell, wait as
-        stranded from the start: their failover was decided before Core stopped, which
-        forgot them (QA pass 19: they waited a minute for their Cell to be presumed lost
-        again, while room came and went)."""
-        view = self._context.view
-        for record in view.migrations.values():
-            if record.kind is not MigrationKind.FAILOVER or record.target_cell:
-                continue
-            lost = record.source_cell
-            for guest in record.instances:
-                instance = view.instances.get(guest)
-                if instance is not None and instance.cell == lost and instance.lost:
-                    self._stranded.setdefault(lost, set()).add(guest)
-
     # -- helpers ------------------------------------------------------------------------------
 
-    def _in_turn(self, guests: Iterable[str], work: Callable[[], Deferred[Any]]) -> Deferred[Any]:
+    def in_turn(self, guests: Iterable[str], work: Callable[[], Deferred[Any]]) -> Deferred[Any]:
         """``work`` in the turn of every guest at once (their turns taken in id order, so two
         such waits never hold each other's)."""
         ordered = sorted(set(guests))
@@ -1159,7 +740,7 @@ class Migrations:
 
         return step(0)
 
-    def _logged(self, failure: Failure, doing: str) -> None:
+    def logged(self, failure: Failure, doing: str) -> None:
         if failure.check(StoreClosed):
             self.log.info("{doing}: the store is closed", doing=doing)
         elif failure.check(OperationError):
