@@ -127,7 +127,7 @@ optional_label = visible_text(
 )
 #: The longest ``text`` (descriptions, errors kept in records).
 TEXT_LIMIT = 4096
-text = matching(r"[^\x00]{0,4096}", "text of at most 4096 characters")
+text = matching(r"[^\x00]{0,4096}", "text of at most 4096 characters, without NUL")
 
 
 def clipped(message: str) -> str:

@@ -60,6 +60,12 @@ class NameTests(ValidationErrorMixin, SynchronousTestCase):
         self.assertRejected(lambda: m.AddressPool(name="a\nb", gateway="10.0.0.1"), "name")
         self.assertRejected(lambda: m.AddressPool(name="", gateway="10.0.0.1"), "name")
 
+    def test_a_description_with_nul_says_so(self) -> None:
+        """It said only "text of at most 4096 characters" of a 3-character value (QA pass 20)."""
+        with self.assertRaises(ValueError) as caught:
+            m.DiskImage(id="i1", name="n", owner="a", group="g", description="a\x00b")
+        self.assertIn("text of at most 4096 characters, without NUL", str(caught.exception))
+
     def test_labels_refuse_bidi_and_other_format_characters(self) -> None:
         """A right-to-left override makes 'exe.txt' display as 'txt.exe'; none gets in."""
         self.assertEqual(m.AddressPool(name="réseau שלום", gateway="10.0.0.1").name, "réseau שלום")
