@@ -102,7 +102,15 @@ class ReplayMemory(Service):
                 count=recalled,
             )
         # Consumed: a run that dies leaves no memory behind, rather than an old one.
-        self._path.unlink(missing_ok=True)
+        try:
+            self._path.unlink(missing_ok=True)
+        except OSError as error:
+            self.log.warn(
+                "{path} could not be removed ({error}): if this run dies, the next start"
+                " takes this old memory for its own",
+                path=str(self._path),
+                error=error,
+            )
 
     def _forgotten(self, why: str) -> None:
         # From the whole second: the portal's dates name whole seconds, and no run died and
