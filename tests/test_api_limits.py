@@ -110,7 +110,7 @@ class ConnectionCapTests(TestCase):
         self.assertEqual(refused, Response(0, {}, b""))  # closed as it arrived, unread
         texts = [formatEvent(e) for e in self.events]
         self.assertIn(
-            "refused an API connection from 127.0.0.1: 3 connections are open, the most this"
+            "refused an API connection from 127.0.0.1: 3 connections are open, the most the"
             " API serves at once, 3 of them from 127.0.0.1",
             texts,
         )
@@ -319,9 +319,9 @@ class FairConnectionsTests(SynchronousTestCase):
             lines[:2],
             [
                 "refused an API connection from 192.0.2.66: 4 connections are open, the most"
-                " this API serves at once, 4 of them from 192.0.2.66",
+                " the API serves at once, 4 of them from 192.0.2.66",
                 "closed the oldest API connection of 192.0.2.66 for one from 192.0.2.7: 4"
-                " connections are open, the most this API serves at once, and 192.0.2.66"
+                " connections are open, the most the API serves at once, and 192.0.2.66"
                 " holds the most",
             ],
         )

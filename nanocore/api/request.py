@@ -37,7 +37,7 @@ from twisted.web import http
 from twisted.web.server import Site
 
 from nanocore.api import envelope
-from nanocore.cluster.admission import FairShare
+from nanocore.cluster.admission import FairShare, admit
 from nanocore.httpparts import HeadersInTime, UnbrandedRequest, request_line
 from nanocore.ratelog import RateLimitedLog
 
@@ -303,30 +303,8 @@ class LimitedSite(Site):
 
     def buildProtocol(self, addr: IAddress) -> LimitedChannel | None:  # type: ignore[override]
         source = _host(addr)
-        decision = self._connections.make_room(source)
-        if not decision.admitted:
-            self.noise.warn(
-                "refused API connections",
-                source,
-                "refused an API connection from {source}: {limit} connections are open,"
-                " the most this API serves at once, {held} of them from {source}",
-                limit=self.max_connections,
-                held=self._connections.held_by(source),
-            )
+        if not admit(self._connections, source, noise=self.noise, site="API"):
             return None
-        evicted = decision.evicted
-        if evicted is not None:
-            self.noise.warn(
-                "API connections closed for other sources",
-                decision.evicted_source,
-                "closed the oldest API connection of {source} for one from {newcomer}:"
-                " {limit} connections are open, the most this API serves at once, and"
-                " {source} holds the most",
-                newcomer=source,
-                limit=self.max_connections,
-            )
-            if evicted.transport is not None:
-                cast(ITCPTransport, evicted.transport).abortConnection()
         channel = cast(LimitedChannel, super().buildProtocol(addr))
         self._connections.add(source, channel)
         return channel

@@ -15,9 +15,11 @@ anywhere else.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from attrs import frozen
+
+from nanocore.ratelog import RateLimitedLog
 
 C = TypeVar("C", bound=Hashable)
 
@@ -44,6 +46,10 @@ class FairShare(Generic[C]):
 
     def __len__(self) -> int:
         return len(self._source_of)
+
+    @property
+    def limit(self) -> int:
+        return self._limit
 
     def held_by(self, source: str) -> int:
         """Places ``source`` holds."""
@@ -75,3 +81,37 @@ class FairShare(Generic[C]):
         del waiting[connection]
         if not waiting:
             del self._by_source[source]
+
+
+def admit(places: FairShare[Any], source: str, *, noise: RateLimitedLog, site: str) -> bool:
+    """Whether a connection from ``source`` to ``site`` (the API, the image site) gets a place
+    among ``places``; a refusal, and the connection it displaces (aborted), are said once a
+    minute per source, with a count. The caller adds the connection it then builds."""
+    decision = places.make_room(source)
+    if not decision.admitted:
+        noise.warn(
+            f"refused {site} connections",
+            source,
+            "refused an {site} connection from {source}: {limit} connections are open, the"
+            " most the {site} serves at once, {held} of them from {source}",
+            site=site,
+            limit=places.limit,
+            held=places.held_by(source),
+        )
+        return False
+    evicted = decision.evicted
+    if evicted is not None:
+        noise.warn(
+            f"{site} connections closed for other sources",
+            decision.evicted_source,
+            "closed the oldest {site} connection of {source} for one from {newcomer}: {limit}"
+            " connections are open, the most the {site} serves at once, and {source} holds"
+            " the most",
+            site=site,
+            newcomer=source,
+            limit=places.limit,
+        )
+        transport = getattr(evicted, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+    return True

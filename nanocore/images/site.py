@@ -28,7 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from nanocore.cluster.admission import FairShare
+from nanocore.cluster.admission import FairShare, admit
 from nanocore.httpparts import HeadersInTime, UnbrandedRequest, first_headers
 from nanocore.images.transfers import (
     SignatureCheck,
@@ -222,29 +222,8 @@ class ImageSite(Site):
 
     def buildProtocol(self, addr: IAddress) -> ImageChannel | None:  # type: ignore[override]
         source = str(getattr(addr, "host", "?"))
-        decision = self.places.make_room(source)
-        if not decision.admitted:
-            self._noise.warn(
-                "refused image site connections",
-                source,
-                "refused an image site connection from {source}: {limit} connections are open,"
-                " the most the image site serves at once, {held} of them from {source}",
-                limit=self.max_connections,
-                held=self.places.held_by(source),
-            )
+        if not admit(self.places, source, noise=self._noise, site="image site"):
             return None
-        evicted = decision.evicted
-        if evicted is not None:
-            self._noise.warn(
-                "image site connections closed for other sources",
-                decision.evicted_source,
-                "closed the oldest image site connection of {source} for one from {newcomer}:"
-                " {limit} connections are open, and {source} holds the most",
-                newcomer=source,
-                limit=self.max_connections,
-            )
-            if evicted.transport is not None:
-                cast(ITCPTransport, evicted.transport).abortConnection()
         channel = cast(ImageChannel, super().buildProtocol(addr))
         self.places.add(source, channel)
         return channel
