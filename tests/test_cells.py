@@ -126,7 +126,16 @@ class CellStatusTests(SynchronousTestCase):
         arrays = good.uint_array_params
         usage = "Usage: expected 0 to 100 percent, got"
         cases: list[tuple[dict[str, Any], str]] = [
-            ({"uint_params": {ParamKey.Core: 0}}, "Core: expected at least 1"),
+            ({"uint_params": {ParamKey.Core: 0}}, "Core: expected 1 to 65536, got 0"),
+            (
+                {"uint_params": {ParamKey.Core: 2**64 - 1}},
+                f"Core: expected 1 to 65536, got {2**64 - 1}",
+            ),
+            (
+                {"uint_array_params": {**arrays, ParamKey.Memory: (2**64 - 1, 2**64 - 1)}},
+                "Memory or Disk: more than 281474976710656 bytes of memory or 4503599627370496"
+                " of disk in all",
+            ),
             ({"float_params": {ParamKey.Usage: 1e308}}, f"{usage} 1e+308"),
             ({"float_params": {ParamKey.Usage: -50.0}}, f"{usage} -50"),
             (

@@ -55,6 +55,13 @@ class CellLiveness(enum.Enum):
 
 #: Every message id of the catalogue (a Cell's other ids are logged and dropped).
 _KNOWN_IDS = frozenset(MessageID)
+#: The most a Cell may report of each: beyond what any host holds, and small enough that the
+#: sums over a zone of a few thousand Cells stay within the uint64 Go clients read them into
+#: (QA pass 21: a Cell reporting 2**64-1 cores drew every placement of its pool, and the zone
+#: status answered totals no Go client could decode).
+MAX_CORES = 1 << 16
+MAX_MEMORY = 1 << 48  # 256 TiB
+MAX_DISK = 1 << 52  # 4 PiB
 #: The highest CPU usage a report may give, in percent (a measure may round past 100).
 USAGE_MAX = 100.5
 
@@ -111,8 +118,13 @@ class CellStatus:
         # What no host can report; the scheduler and the status routes would take it as it
         # came (QA pass 20: a usage of 1e308 made every status route an internal error, and
         # 2**64-1 bytes of free memory drew every placement of the pool).
-        if cores < 1:
-            raise StatusReportError("Core: expected at least 1")
+        if not 1 <= cores <= MAX_CORES:
+            raise StatusReportError(f"Core: expected 1 to {MAX_CORES}, got {cores}")
+        if memory[1] > MAX_MEMORY or disk[1] > MAX_DISK:
+            raise StatusReportError(
+                f"Memory or Disk: more than {MAX_MEMORY} bytes of memory or {MAX_DISK} of disk"
+                " in all"
+            )
         if not 0.0 <= usage <= USAGE_MAX:
             raise StatusReportError(f"Usage: expected 0 to 100 percent, got {usage:g}")
         if memory[0] > memory[1]:
