@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
 from nanocore.api.app import api_site_for
-from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedSite
+from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedRequest, LimitedSite
 from tests.loopbackapi import LOOPBACK, Collect, LoopbackAPI, Response, exchange, reactor
 
 VERSION = b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -269,8 +269,34 @@ class SlowClientTests(SynchronousTestCase):
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
         self.assertFalse(transport.disconnecting)
 
-    def test_a_body_keeps_its_pace_chunk_by_chunk(self) -> None:
-        """An upload's pace is its own: each chunk of a body restarts the idle timeout."""
+    def test_a_body_read_whole_has_the_timeout_from_the_end_of_the_headers(self) -> None:
+        """A body trickling a byte every 30 s held its connection for as long as it trickled
+        (QA pass 21, N2); one in time is served."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+        self.clock.advance(30)
+        channel.dataReceived(b"a")
+        self.clock.advance(29)
+        channel.dataReceived(b"b")
+        self.assertIn(b"got ab", transport.value())
+        transport.clear()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+        for _ in range(2):
+            self.clock.advance(30)
+            channel.dataReceived(b"a")
+        answer = Response.parse(transport.value())
+        self.assertEqual(refusal(answer), (408, "request body not received within 60 s"))
+
+    def test_an_upload_keeps_its_pace_chunk_by_chunk(self) -> None:
+        """A body streamed to storage (an image upload) restarts the timeout with each chunk:
+        its pace is its own."""
+
+        class Streamed(LimitedRequest):
+            def gotLength(self, length: int | None) -> None:
+                self.transfer = "an upload"  # as StreamingMixin marks one
+                super().gotLength(length)
+
+        self.site.requestFactory = Streamed
         channel, transport = self.connect()
         channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
         for byte in b"abc":

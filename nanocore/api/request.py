@@ -10,7 +10,8 @@ is limited.
   without a word (or said only ``400 Bad Request``).
 - **Time** (:class:`LimitedChannel`): a request's line and headers must arrive within the
   idle timeout from their first byte (Twisted restarted it for every byte, so a client sending
-  a byte a second held its connection for hours), else 408.
+  a byte a second held its connection for hours), and a body read whole within it from the end
+  of the headers (an upload streamed to storage keeps its own pace), else 408.
 - **Connections** (:class:`LimitedSite`): at most ``max_connections`` at once, shared fairly
   among source addresses (:class:`~nanocore.cluster.admission.FairShare`, as the Cell link's
   handshakes): while there is room everyone gets in; once full, a newcomer from a source
@@ -170,6 +171,8 @@ class LimitedChannel(HeadersInTime):
 
     site: LimitedSite
     _refused = False
+    #: A body read whole is arriving: its time runs from the end of the headers.
+    _body_late = False
     _linger: IDelayedCall | None = None
     _local: IAddress | None = None
     _remote: IAddress | None = None
@@ -216,20 +219,39 @@ class LimitedChannel(HeadersInTime):
         else:
             self.refuse(414, b"URI Too Long", f"request line longer than {self.MAX_LENGTH} bytes")
 
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        request = self.requests[-1] if self.requests else None
+        if self.length != 0 and request is not None and getattr(request, "transfer", None) is None:
+            # A body read whole (an upload's streams at its own pace): the timeout from
+            # here, not restarted by each chunk (QA pass 21: a body trickling a byte every
+            # 30 s held its connection for as long as it trickled).
+            self.setTimeout(self.timeOut)  # still line mode: resetTimeout would take it as headers
+            self._body_late = True
+
+    def allContentReceived(self) -> None:
+        self._body_late = False
+        super().allContentReceived()
+
+    def resetTimeout(self) -> None:
+        if not self._body_late:
+            super().resetTimeout()
+
     def timeoutConnection(self) -> None:
         peer = self.transport.getPeer() if self.transport is not None else None
-        if self.headers_late:
+        late = "headers" if self.headers_late else "body" if self._body_late else ""
+        if late:
             self.site.noise.info(
                 "slow API clients timed out",
                 _host(peer),
-                "timing out API client {source}: request headers not received within"
-                " {seconds:g} s",
+                "timing out API client {source}: request {late} not received within {seconds:g} s",
+                late=late,
                 seconds=self.timeOut or 0,
             )
             self.refuse(
                 408,
                 b"Request Timeout",
-                f"request headers not received within {self.timeOut or 0:g} s",
+                f"request {late} not received within {self.timeOut or 0:g} s",
             )
             return
         self.site.noise.info(
