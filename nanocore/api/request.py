@@ -28,6 +28,7 @@ with unread input resets it, and the answer with it).
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
@@ -54,6 +55,8 @@ log = Logger()
 _NOT_UTF8 = b"Non-UTF-8 encoding in URL."
 _MALFORMED_HOST = b"malformed Host header"
 _MISSING_HOST = b"missing required Host header"
+#: The bytes Go's server takes in a Host header (httpguts.ValidHostHeader).
+_GO_HOST = re.compile(rb"[0-9A-Za-z!$%&'()*+,\-.:;=\[\]_~]*")
 _HOSTS = b"too many Host headers"
 
 #: Host headers seen naming a host (most clients send one or two); forgotten when full.
@@ -87,27 +90,28 @@ class LimitedRequest(UnbrandedRequest):
         hosts = self.requestHeaders.getRawHeaders(b"host")
         if self.clientproto == b"HTTP/1.1" and (hosts is None or len(hosts) != 1):
             # RFC 9112 §3.2, and Go's answer (QA pass 20 found both served).
-            self._refuse_plainly(_MISSING_HOST if hosts is None else _HOSTS)
+            self._refuse_as_go(_MISSING_HOST if hosts is None else _HOSTS)
             return
         host = hosts[-1] if hosts else b""
+        if host not in _NAMED_HOSTS and not self._names_a_host(host):
+            self._refuse_as_go(_MALFORMED_HOST)
+            return
         try:
             path.decode("utf-8")
-            # The Host header as sent: its host part is valid UTF-8 exactly when it is (what
-            # Twisted strips off around it is ASCII), and checking it whole saves the parse.
-            host.decode("utf-8")
         except UnicodeDecodeError:
             # Klein refuses these too, but logs a traceback for each: a cheap log flood.
             self._refuse_plainly(_NOT_UTF8)
             return
-        if host not in _NAMED_HOSTS and not self._names_a_host(host):
-            self._refuse_plainly(_MALFORMED_HOST)
-            return
         super().process()
 
     def _names_a_host(self, host: bytes) -> bool:
-        """Whether werkzeug can bind routes to the host this request names, as Klein does
-        (an IDNA-invalid name such as ``a..b`` escaped Klein as a 500 with a traceback)."""
-        name = self.getRequestHostname().decode("utf-8").lower().partition(":")[0]
+        """Whether ``host`` has only the bytes Go's server takes in a Host (QA pass 21: spaces,
+        control characters and ``<`` were served), and werkzeug can bind routes to the host it
+        names, as Klein does (an IDNA-invalid name such as ``a..b`` escaped Klein as a 500 with
+        a traceback)."""
+        if _GO_HOST.fullmatch(host) is None:
+            return False
+        name = self.getRequestHostname().decode("ascii").lower().partition(":")[0]
         try:
             name.encode("idna")
         except UnicodeError:
@@ -117,8 +121,16 @@ class LimitedRequest(UnbrandedRequest):
         _NAMED_HOSTS.add(host)
         return True
 
-    def _refuse_plainly(self, reason: bytes) -> None:
-        self.setResponseCode(400)
+    def _refuse_as_go(self, reason: bytes) -> None:
+        """Go's server's answer to a request it cannot read (``400 Bad Request: <reason>`` as
+        the status and the body, then the connection closed)."""
+        self.setResponseCode(400, b"Bad Request: " + reason)
+        self.setHeader(b"Connection", b"close")
+        self._refuse_plainly(b"400 Bad Request: " + reason, status=None)
+
+    def _refuse_plainly(self, reason: bytes, status: int | None = 400) -> None:
+        if status is not None:
+            self.setResponseCode(status)
         self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         self.setHeader(b"Content-Length", b"%d" % len(reason))
         self.write(reason)
