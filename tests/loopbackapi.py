@@ -13,13 +13,18 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet import reactor as global_reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
+from zope.interface import directlyProvides
 
 from nanocore.api.app import build_api_site
 from nanocore.api.client import Signer
@@ -156,3 +161,21 @@ class LoopbackAPI:
         body = b"" if document is None else json.dumps(document).encode()
         answer = await self.send(method, path, body, self.signed(method, path, body))
         return answer.envelope()
+
+
+def connect_in_memory(
+    test: TestCase | Any, site: Any, host: str, port: int, *, tls: bool = False
+) -> tuple[Any, StringTransport] | None:
+    """A connection to ``site`` from ``host:port`` over a ``StringTransport`` (one that says
+    it is TLS, with ``tls``), lost at the test's end; None when the site refuses it."""
+    address = IPv4Address("TCP", host, port)
+    channel = site.buildProtocol(address)
+    if channel is None:
+        return None
+    transport = StringTransport(peerAddress=address)
+    if tls:
+        directlyProvides(transport, ISSLTransport)
+        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]
+    channel.makeConnection(transport)
+    test.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
+    return channel, transport

@@ -21,7 +21,15 @@ from twisted.web.resource import Resource
 
 from nanocore.api.app import api_site_for
 from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedRequest, LimitedSite
-from tests.loopbackapi import LOOPBACK, Collect, LoopbackAPI, Response, exchange, reactor
+from tests.loopbackapi import (
+    LOOPBACK,
+    Collect,
+    LoopbackAPI,
+    Response,
+    connect_in_memory,
+    exchange,
+    reactor,
+)
 
 VERSION = b"GET /api/v1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
@@ -231,14 +239,10 @@ class SlowClientTests(SynchronousTestCase):
         self.clock = Clock()
         self.site = LimitedSite(_Echo(), reactor=self.clock, max_connections=4)
 
-    def connect(self, host: str = "192.0.2.7", port: int = 1024) -> tuple[Any, StringTransport]:
-        address = IPv4Address("TCP", host, port)
-        channel = self.site.buildProtocol(address)
-        assert channel is not None
-        transport = StringTransport(peerAddress=address)
-        channel.makeConnection(transport)
-        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
-        return channel, transport
+    def connect(self) -> tuple[Any, StringTransport]:
+        connected = connect_in_memory(self, self.site, "192.0.2.7", 1024)
+        assert connected is not None
+        return connected
 
     def test_headers_trickling_a_byte_a_second_get_408_within_the_timeout(self) -> None:
         channel, transport = self.connect()
@@ -316,14 +320,7 @@ class FairConnectionsTests(SynchronousTestCase):
 
     def connect(self, host: str) -> tuple[Any, StringTransport] | None:
         self.port += 1
-        address = IPv4Address("TCP", host, self.port)
-        channel = self.site.buildProtocol(address)
-        if channel is None:
-            return None
-        transport = StringTransport(peerAddress=address)
-        channel.makeConnection(transport)
-        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
-        return channel, transport
+        return connect_in_memory(self, self.site, host, self.port)
 
     def test_a_newcomer_takes_the_oldest_place_of_the_source_holding_the_most(self) -> None:
         flood = [self.connect("192.0.2.66") for _ in range(4)]

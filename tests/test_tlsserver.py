@@ -7,22 +7,17 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
-from zope.interface import directlyProvides
 
 from nanocore.images.site import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, ImageSite
 from nanocore.pki import create_ca, issue_server_certificate, requesting_tls_options
 from nanocore.tlsserver import tls_server_factory
-from tests.loopbackapi import LOOPBACK, Collect, Response, exchange, reactor
+from tests.loopbackapi import LOOPBACK, Collect, Response, connect_in_memory, exchange, reactor
 
 
 class RefusalBehindTLSTests(TestCase):
@@ -61,14 +56,7 @@ class SlowAndManyClientsTests(SynchronousTestCase):
 
     def connect(self, host: str) -> tuple[Any, StringTransport] | None:
         self.port += 1
-        address = IPv4Address("TCP", host, self.port)
-        channel = self.site.buildProtocol(address)
-        if channel is None:
-            return None
-        transport = StringTransport(peerAddress=address)
-        channel.makeConnection(transport)
-        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
-        return channel, transport
+        return connect_in_memory(self, self.site, host, self.port)
 
     def test_headers_trickling_are_timed_out_from_their_first_byte(self) -> None:
         connected = self.connect("192.0.2.7")
@@ -106,12 +94,6 @@ class SlowAndManyClientsTests(SynchronousTestCase):
 
     def tls(self, host: str) -> tuple[Any, StringTransport]:
         self.port += 1
-        address = IPv4Address("TCP", host, self.port)
-        channel = self.site.buildProtocol(address)
-        assert channel is not None
-        transport = StringTransport(peerAddress=address)
-        directlyProvides(transport, ISSLTransport)
-        transport.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]
-        channel.makeConnection(transport)
-        self.addCleanup(lambda: channel.connectionLost(Failure(ConnectionDone())))
-        return channel, transport
+        connected = connect_in_memory(self, self.site, host, self.port, tls=True)
+        assert connected is not None
+        return connected
