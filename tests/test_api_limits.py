@@ -355,15 +355,15 @@ class HostHeaderTests(SynchronousTestCase):
     pass 20 found both served)."""
 
     def answer(self, request: bytes) -> bytes:
-        site = api_site_for(_Echo())
-        address = IPv4Address("TCP", "192.0.2.7", 1024)
-        channel = site.buildProtocol(address)
-        assert channel is not None
-        transport = StringTransport(peerAddress=address)
-        channel.makeConnection(transport)
+        """The answer to ``request``; a refusal closes the connection, as Go's does."""
+        connected = connect_in_memory(self, api_site_for(_Echo()), "192.0.2.7", 1024)
+        assert connected is not None
+        channel, transport = connected
         channel.dataReceived(request)
-        channel.connectionLost(Failure(ConnectionDone()))
-        return transport.value()
+        answer = transport.value()
+        if answer.startswith(b"HTTP/1.1 400"):
+            self.assertTrue(transport.disconnecting, answer)
+        return answer
 
     def test_none_or_two_are_refused_and_http_1_0_needs_none(self) -> None:
         missing = self.answer(b"GET /x HTTP/1.1\r\n\r\n")

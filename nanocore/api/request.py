@@ -124,9 +124,12 @@ class LimitedRequest(UnbrandedRequest):
     def _refuse_as_go(self, reason: bytes) -> None:
         """Go's server's answer to a request it cannot read (``400 Bad Request: <reason>`` as
         the status and the body, then the connection closed)."""
+        channel = self.channel  # gone once the request is finished
         self.setResponseCode(400, b"Bad Request: " + reason)
         self.setHeader(b"Connection", b"close")
         self._refuse_plainly(b"400 Bad Request: " + reason, status=None)
+        if channel is not None:
+            channel.loseConnection()  # Twisted keeps it open whatever the header says
 
     def _refuse_plainly(self, reason: bytes, status: int | None = 400) -> None:
         if status is not None:
