@@ -21,6 +21,7 @@ from zope.interface import Interface, implementer
 
 from nanocore.cluster.message import (
     KIND_RESPONSE,
+    KNOWN_IDS,
     Message,
     MessageID,
     ParamKey,
@@ -53,8 +54,6 @@ class CellLiveness(enum.Enum):
     DISCONNECTED = "disconnected"
 
 
-#: Every message id of the catalogue (a Cell's other ids are logged and dropped).
-_KNOWN_IDS = frozenset(MessageID)
 #: The most a Cell may report of each: beyond what any host holds, and small enough that the
 #: sums over a zone of a few thousand Cells stay within the uint64 Go clients read them into
 #: (QA pass 21: a Cell reporting 2**64-1 cores drew every placement of its pool, and the zone
@@ -492,7 +491,7 @@ class CellRegistry:
             self._transactions.deliver(message)
         elif message.id == MessageID.CellStatusReportEvent:
             self._status_received(link.name, message)
-        elif message.id not in _KNOWN_IDS or message_kind(message.id) == KIND_RESPONSE:
+        elif message.id not in KNOWN_IDS or message_kind(message.id) == KIND_RESPONSE:
             # cell-protocol §2.7: logged and dropped (they were dropped without a word: QA
             # pass 20). A response names the request it answers; one naming none answers
             # nothing.
@@ -503,7 +502,7 @@ class CellRegistry:
                 name=link.name,
                 id=message_name(message.id),
                 why="a response that names no request"
-                if message.id in _KNOWN_IDS
+                if message.id in KNOWN_IDS
                 else "which is no message nanocore knows",
             )
         else:

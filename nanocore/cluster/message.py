@@ -31,6 +31,7 @@ __all__ = [
     "KIND_EVENT",
     "KIND_REQUEST",
     "KIND_RESPONSE",
+    "KNOWN_IDS",
     "Message",
     "MessageError",
     "MessageID",
@@ -266,6 +267,10 @@ class ParamKey(IntEnum):
     Index = 76
     Security = 77
     Policy = 78
+
+
+#: Every id of the catalogue (an int compares equal to its member).
+KNOWN_IDS = frozenset(MessageID)
 
 
 def message_kind(message_id: int) -> int:

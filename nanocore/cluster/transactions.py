@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from nanocore.cluster._fastcodec import with_from_session
 from nanocore.cluster.message import (
     KIND_REQUEST,
+    KNOWN_IDS,
     Message,
     MessageID,
     message_kind,
@@ -316,7 +317,6 @@ def _id_in(expected: Collection[int]) -> Callable[[Message], bool]:
 
 
 _DEFAULT_IS_REPLY: dict[int, Callable[[Message], bool]] = {}
-_KNOWN_IDS = frozenset(MessageID)
 
 
 def _default_is_reply(request_id: int) -> Callable[[Message], bool]:
@@ -327,7 +327,7 @@ def _default_is_reply(request_id: int) -> Callable[[Message], bool]:
         if not expected:
             raise ValueError(f"nothing answers {message_name(request_id)}; pass is_reply")
         is_reply = _id_in(expected)
-        if request_id in _KNOWN_IDS:  # a bounded cache: ids of the catalogue only
+        if request_id in KNOWN_IDS:  # a bounded cache: ids of the catalogue only
             _DEFAULT_IS_REPLY[request_id] = is_reply
     return is_reply
 
