@@ -7,7 +7,7 @@
   refused) from them before its body.
 - The headers as signatures cover them: lower-cased names with their first value.
 - The answer's headers without Twisted's ``Server`` (:class:`UnbrandedRequest`).
-- A request's line and headers in time (:class:`HeadersInTime`).
+- A request's line, headers and body in time (:class:`RequestInTime`).
 """
 
 from __future__ import annotations
@@ -45,23 +45,35 @@ class UnbrandedRequest(ServerRequest):
         super().write(data)
 
 
-class HeadersInTime(HTTPChannel):
-    """A channel whose requests' line and headers must arrive within the idle timeout from
-    their first byte. Twisted restarts the timeout for every chunk, so a client sending a
-    header byte a second held its connection for hours (QA pass 20: 4,096 of them held every
-    place of the API). A body still restarts it per chunk: an upload's pace is its own.
-    ``headers_late`` tells ``timeoutConnection`` which of the two ran out."""
+class RequestInTime(HTTPChannel):
+    """A channel whose requests must arrive in time: the line and headers within the idle
+    timeout from their first byte, and a body read whole within it from the end of the
+    headers. Twisted restarts the timeout for every chunk, so a client sending a byte a second
+    held its connection for hours (QA pass 20: 4,096 header tricklers held every place of the
+    API; pass 21: a body trickling a byte every 30 s). A body streamed to storage (its
+    request has a ``transfer``: an upload) still restarts it per chunk: its pace is its own.
+    ``late`` tells ``timeoutConnection`` what ran out: ``"headers"``, ``"body"``, or nothing
+    (the connection was idle)."""
 
-    #: The line and headers of a request are arriving (their time runs from the first byte).
-    headers_late = False
+    late = ""
 
     def resetTimeout(self) -> None:
         if self.line_mode:  # the next request's line and headers (a body is raw mode)
-            if self.headers_late:
+            if self.late:
                 return
-            self.headers_late = True
+            self.late = "headers"
+        elif self.late:  # a body read whole
+            return
         super().resetTimeout()
 
     def allHeadersReceived(self) -> None:
-        self.headers_late = False
-        super().allHeadersReceived()
+        self.late = ""
+        super().allHeadersReceived()  # the request learns its length (and an upload, its transfer)
+        request = self.requests[-1] if self.requests else None
+        if self.length != 0 and request is not None and getattr(request, "transfer", None) is None:
+            self.setTimeout(self.timeOut)  # from here (still line mode: not resetTimeout)
+            self.late = "body"
+
+    def allContentReceived(self) -> None:
+        self.late = ""
+        super().allContentReceived()

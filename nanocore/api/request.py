@@ -40,7 +40,7 @@ from twisted.web.server import Site
 
 from nanocore.api import envelope
 from nanocore.cluster.admission import FairShare, admit
-from nanocore.httpparts import HeadersInTime, UnbrandedRequest, request_line
+from nanocore.httpparts import RequestInTime, UnbrandedRequest, request_line
 from nanocore.ratelog import RateLimitedLog
 
 #: Largest request body read.
@@ -125,15 +125,13 @@ class LimitedRequest(UnbrandedRequest):
         """Go's server's answer to a request it cannot read (``400 Bad Request: <reason>`` as
         the status and the body, then the connection closed)."""
         channel = self.channel  # gone once the request is finished
-        self.setResponseCode(400, b"Bad Request: " + reason)
         self.setHeader(b"Connection", b"close")
-        self._refuse_plainly(b"400 Bad Request: " + reason, status=None)
+        self._refuse_plainly(b"400 Bad Request: " + reason, phrase=b"Bad Request: " + reason)
         if channel is not None:
             channel.loseConnection()  # Twisted keeps it open whatever the header says
 
-    def _refuse_plainly(self, reason: bytes, status: int | None = 400) -> None:
-        if status is not None:
-            self.setResponseCode(status)
+    def _refuse_plainly(self, reason: bytes, phrase: bytes | None = None) -> None:
+        self.setResponseCode(400, phrase)
         self.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         self.setHeader(b"Content-Length", b"%d" % len(reason))
         self.write(reason)
@@ -171,7 +169,7 @@ class LimitedRequest(UnbrandedRequest):
         )
 
 
-class LimitedChannel(HeadersInTime):
+class LimitedChannel(RequestInTime):
     """HTTP/1.1 with Twisted's limits on the request line and the headers, answered.
 
     Twisted closes the connection on a line over ``MAX_LENGTH`` without an answer, and answers
@@ -186,8 +184,6 @@ class LimitedChannel(HeadersInTime):
 
     site: LimitedSite
     _refused = False
-    #: A body read whole is arriving: its time runs from the end of the headers.
-    _body_late = False
     _linger: IDelayedCall | None = None
     _local: IAddress | None = None
     _remote: IAddress | None = None
@@ -234,27 +230,9 @@ class LimitedChannel(HeadersInTime):
         else:
             self.refuse(414, b"URI Too Long", f"request line longer than {self.MAX_LENGTH} bytes")
 
-    def allHeadersReceived(self) -> None:
-        super().allHeadersReceived()
-        request = self.requests[-1] if self.requests else None
-        if self.length != 0 and request is not None and getattr(request, "transfer", None) is None:
-            # A body read whole (an upload's streams at its own pace): the timeout from
-            # here, not restarted by each chunk (QA pass 21: a body trickling a byte every
-            # 30 s held its connection for as long as it trickled).
-            self.setTimeout(self.timeOut)  # still line mode: resetTimeout would take it as headers
-            self._body_late = True
-
-    def allContentReceived(self) -> None:
-        self._body_late = False
-        super().allContentReceived()
-
-    def resetTimeout(self) -> None:
-        if not self._body_late:
-            super().resetTimeout()
-
     def timeoutConnection(self) -> None:
         peer = self.transport.getPeer() if self.transport is not None else None
-        late = "headers" if self.headers_late else "body" if self._body_late else ""
+        late = self.late
         if late:
             self.site.noise.info(
                 "slow API clients timed out",

@@ -14,7 +14,7 @@ anywhere else.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 from attrs import frozen
@@ -46,6 +46,10 @@ class FairShare(Generic[C]):
 
     def __len__(self) -> int:
         return len(self._source_of)
+
+    def __iter__(self) -> Iterator[C]:
+        """The connections holding a place, oldest of each source first."""
+        return iter(list(self._source_of))
 
     @property
     def limit(self) -> int:

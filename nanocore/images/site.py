@@ -29,7 +29,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from nanocore.cluster.admission import FairShare, admit
-from nanocore.httpparts import HeadersInTime, UnbrandedRequest, first_headers
+from nanocore.httpparts import RequestInTime, UnbrandedRequest, first_headers
 from nanocore.images.transfers import (
     SignatureCheck,
     StreamingChannel,
@@ -135,18 +135,18 @@ class ImageSiteResource(Resource):
 
 
 @implementer(IHandshakeListener)
-class ImageChannel(StreamingChannel, HeadersInTime):
-    """A connection of the image site, known to its site until it is gone (to close at stop);
-    its TLS handshake within :data:`HANDSHAKE_TIMEOUT` (a connection that never starts TLS
-    held its place for the whole idle timeout: QA pass 20, F15) and its requests' headers in
-    time (:class:`~nanocore.httpparts.HeadersInTime`)."""
+class ImageChannel(StreamingChannel, RequestInTime):
+    """A connection of the image site, holding a place of it until it is gone (aborted at
+    stop, or for a newcomer from a source holding fewer); its TLS handshake within
+    :data:`HANDSHAKE_TIMEOUT` (a connection that never starts TLS held its place for the whole
+    idle timeout: QA pass 20, F15) and its requests in time
+    (:class:`~nanocore.httpparts.RequestInTime`)."""
 
     site: ImageSite
     _handshake: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.connections.add(self)
         if ISSLTransport.providedBy(self.transport):
             self._handshake = self.callLater(HANDSHAKE_TIMEOUT, self._no_handshake)
 
@@ -161,7 +161,6 @@ class ImageChannel(StreamingChannel, HeadersInTime):
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         self.handshakeCompleted()  # no longer waited for
-        self.site.connections.discard(self)
         self.site.places.remove(self)
         super().connectionLost(reason)
 
@@ -190,7 +189,7 @@ class ImageRequest(StreamingMixin, UnbrandedRequest):
 
 
 class ImageSite(Site):
-    """The image site: streaming requests, no access log, every connection tracked.
+    """The image site: streaming requests, no access log, every connection holding a place.
 
     At most ``max_connections`` at once, shared fairly among sources as the API's
     (:class:`~nanocore.cluster.admission.FairShare`): one refused is refused as it arrives
@@ -211,8 +210,7 @@ class ImageSite(Site):
         super().__init__(resource, timeout=IDLE_TIMEOUT, **kwargs)
         self.max_connections = max_connections
         self._noise = RateLimitedLog(log, self.reactor)
-        self.connections: set[ImageChannel] = set()
-        #: Every connection's place, by source (``connections``: those made, to close at stop).
+        #: Every connection's place, by source.
         self.places: FairShare[ImageChannel] = FairShare(max_connections)
         self.displayTracebacks = False
         routes = {"upload_routes": staticmethod(lambda: resource)}
@@ -249,7 +247,7 @@ class ImageSite(Site):
 
     def close_connections(self) -> None:
         """Abort every connection: an upload in progress is abandoned and cleaned up."""
-        for channel in list(self.connections):
+        for channel in list(self.places):
             transport = ITCPTransport(channel.transport, None)
             if transport is not None:
                 transport.abortConnection()
