@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,16 @@ def start_simulator(root: Path, link: int, cells: int, pin: list[str]) -> subpro
     )  # fmt: skip
 
 
+def profile(pid: int, path: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling Core's threads (GIL holders only) until interrupted."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
+         "--output", path, "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def floor_per_link(
     root: Path, cells: int, settle: float, pins: tuple[list[str], list[str]]
 ) -> float:
@@ -113,6 +124,9 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--no-floor", action="store_true", help="skip the bare TLS server")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="py-spy Core (collapsed stacks) during lines 3 and 4"
+    )
     args = parser.parse_args()
     has_taskset = shutil.which("taskset") is not None
     pins = (
@@ -166,6 +180,7 @@ def main() -> None:
         time.sleep(2.5)  # every Cell reports at least once in its pool
         zone = call(port, signer, "GET", "/compute_zone_status/")
         print(f"   zone: cells [offline, online] = {zone['cells']}")
+        spy = None if args.profile is None else profile(core.pid, args.profile)
         cpu_before, wall_before = cpu_seconds(core.pid), time.monotonic()
         p50, p99 = latencies(port, signer, "/compute_zone_status/", args.requests)
         print(f"3. GET /compute_zone_status/         p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
@@ -174,6 +189,9 @@ def main() -> None:
         share = (cpu_seconds(core.pid) - cpu_before) / (time.monotonic() - wall_before)
         print(f"   Core CPU share meanwhile (the Cells' reports included): {share:.0%}")
         print(f"   Core RSS now {rss_mib(core.pid):.1f} MiB")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait()
     finally:
         if sim is not None:
             stop(sim)

@@ -119,8 +119,9 @@ class EncodedListingTests(SynchronousTestCase):
     ) -> None:
         """Items encoded alone, then placed in the envelope: the bytes of the whole (or
         the same refusal)."""
-        encoded = [envelope.go_json(item) for item in items]
         self.assertEqual(
-            _bytes_or_refusal(lambda: envelope.success_of_encoded(encoded)),
+            _bytes_or_refusal(
+                lambda: envelope.success_of_items([envelope.list_item(item) for item in items])
+            ),
             _bytes_or_refusal(lambda: envelope.success(items)),
         )

@@ -1,9 +1,13 @@
-"""Status answers may be kept while ``Status.revision()`` stands: it moves whenever they do.
+"""Status answers may be kept while ``Status.revision()`` stands: it moves whenever they do;
+and what ``Status`` keeps of each Cell between answers never makes them differ from answers
+computed afresh.
 
 The real Cell registry and cell operations, Cells linked over in-memory transports, driven by
 generated sequences of links, reports, keep-alives, silences (a link goes lost, then
-disconnected), closes and time: wherever the revision reads the same as at the previous step,
-the zone, pool and cell answers must be the same too.
+disconnected), closes, time, and commits (a Cell enabled or disabled, instances placed,
+changed and removed): wherever the revision reads the same as at the previous step, the zone,
+pool and cell answers must be the same too; and at every step they must be those of a new
+``Status`` (nothing kept).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from attrs import evolve
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -33,7 +38,7 @@ from nanocore.cluster.transport import (
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CellOperations
 from nanocore.operations.status import Status
-from nanocore.store import ReadModel
+from nanocore.store import Change, Delete, Put, ReadModel, UnitOfWork
 from nanocore.store.tables import TABLES
 from tests.cellfixtures import frame, status_report
 
@@ -48,6 +53,15 @@ steps = st.lists(
         st.tuples(st.just("keepalive"), st.sampled_from(CELLS)),
         st.tuples(st.just("close"), st.sampled_from(CELLS)),
         st.tuples(st.just("wait"), st.sampled_from([0.0, 0.5, 2.0, 3.0, 5.0, 9.5, 10.0, 16.0])),
+        st.tuples(st.just("toggle"), st.sampled_from(CELLS)),
+        st.tuples(
+            st.just("place"),
+            st.sampled_from(CELLS),
+            st.integers(0, 3),
+            st.sampled_from(list(m.InstanceStatus)),
+            st.booleans(),
+        ),
+        st.tuples(st.just("remove"), st.integers(0, 3)),
     ),
     max_size=30,
 )
@@ -64,8 +78,8 @@ class World:
         state[m.ComputePool]["p"] = m.ComputePool(name="p")
         for name in CELLS:
             state[m.ComputeCell][name] = m.ComputeCell(name=name, pool="p")
-        store = SimpleNamespace(view=ReadModel(state), units_committed=0)
-        context = Context(store, self.clock)  # type: ignore[arg-type]
+        self.store = SimpleNamespace(view=ReadModel(state), units_committed=0)
+        context = self.context = Context(self.store, self.clock)  # type: ignore[arg-type]
         self.registry = CellRegistry(self.clock, Transactions(self.clock, 10_000.0))
         self.cells = CellOperations(context, self.registry, reconcile=lambda *a: None)  # type: ignore[arg-type]
         self.registry.subscribe(self.cells)
@@ -81,6 +95,9 @@ class World:
         kind, *rest = step
         if kind == "wait":
             self.clock.advance(rest[0])
+            return
+        if kind in ("toggle", "place", "remove"):
+            self.commit(kind, *rest)
             return
         name = rest[0]
         link = self.links.get(name)
@@ -102,8 +119,32 @@ class World:
         elif kind == "close" and link is not None:
             link.connectionLost(Failure(ConnectionDone()))
 
-    def answers(self) -> tuple[Any, ...]:
-        return (self.status.zone(), self.status.pools(), self.status.cells("p"))
+    def commit(self, kind: str, *rest: Any) -> None:
+        """A unit committed as the store would: mirrored into the read model, counted."""
+        view = self.store.view
+        change: Change
+        if kind == "toggle":
+            cell = view.cells[rest[0]]
+            change = Put(evolve(cell, enabled=not cell.enabled))
+        elif kind == "place":
+            cell_name, number, status, lost = rest
+            change = Put(m.Instance(id=f"i{number}", name=f"vm{number}", owner="admin",
+                                    group="admin", pool="p", cell=cell_name, cores=1,
+                                    memory=1 << 30, disks=(10 << 30,), status=status,
+                                    lost=lost))  # fmt: skip
+        elif f"i{rest[0]}" in view.instances:
+            change = Delete(m.Instance, f"i{rest[0]}")
+        else:
+            return
+        view.mirror(UnitOfWork((change,)))
+        self.store.units_committed += 1
+
+    def answers(self, status: Status | None = None) -> tuple[Any, ...]:
+        status = self.status if status is None else status
+        return (status.zone(), status.pools(), status.cells("p"), status.cell("p", "Cell_a"))
+
+    def answers_afresh(self) -> tuple[Any, ...]:
+        return self.answers(Status(self.context, self.cells, "2024-05-01 10:11:12"))
 
 
 class StatusRevisionTests(SynchronousTestCase):
@@ -126,6 +167,28 @@ class StatusRevisionTests(SynchronousTestCase):
             if now_revision == revision:
                 self.assertEqual(now_answers, answers, step)
             revision, answers = now_revision, now_answers
+        for link in world.links.values():
+            if link.transport is not None:
+                link.connectionLost(Failure(ConnectionDone()))
+        self.flushLoggedErrors()
+
+    @settings(max_examples=150, deadline=None)
+    @given(steps)
+    @example(  # a Cell's counters change while its report and liveness stay
+        [
+            ("link", "Cell_a"),
+            ("report", "Cell_a", 1),
+            ("place", "Cell_a", 0, m.InstanceStatus.RUNNING, False),
+            ("place", "Cell_a", 0, m.InstanceStatus.RUNNING, True),
+            ("toggle", "Cell_a"),
+            ("remove", 0),
+        ]
+    )
+    def test_kept_answers_are_those_computed_afresh(self, sequence: list[tuple[Any, ...]]) -> None:
+        world = World()
+        for step in sequence:
+            world.act(step)
+            self.assertEqual(world.answers(), world.answers_afresh(), step)
         for link in world.links.values():
             if link.transport is not None:
                 link.connectionLost(Failure(ConnectionDone()))

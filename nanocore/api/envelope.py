@@ -43,17 +43,21 @@ _EMPTY_SUCCESS = _envelope(0, "", "")
 
 
 #: What surrounds the items of a listing's envelope (Go's indent: the items sit two deep).
-_LIST_HEAD = '{\n  "error_code": 0,\n  "message": "",\n  "data": [\n    '
-_LIST_SEPARATOR = ",\n    "
-_LIST_TAIL = "\n  ]\n}\n"
+_LIST_HEAD = b'{\n  "error_code": 0,\n  "message": "",\n  "data": [\n    '
+_LIST_SEPARATOR = b",\n    "
+_LIST_TAIL = b"\n  ]\n}\n"
 
 
-def success_of_encoded(items: Sequence[str]) -> bytes:
-    """``success(list)`` for a non-empty list whose items are each already :func:`go_json`
-    text: a listing that encodes only the items that changed since it was last answered.
-    Each item's lines move two levels in (an encoded string holds no raw line break)."""
-    indented = [item.replace("\n", "\n    ") for item in items]
-    return (_LIST_HEAD + _LIST_SEPARATOR.join(indented) + _LIST_TAIL).encode("utf-8")
+def list_item(value: Any) -> bytes:
+    """``value`` encoded as an item of a listing's envelope (:func:`success_of_items`): its
+    lines two levels in (an encoded string holds no raw line break)."""
+    return go_json(value).replace("\n", "\n    ").encode("utf-8")
+
+
+def success_of_items(items: Sequence[bytes]) -> bytes:
+    """``success(list)`` for a non-empty list whose items are each :func:`list_item`: a
+    listing that encodes only the items that changed since it was last answered."""
+    return _LIST_HEAD + _LIST_SEPARATOR.join(items) + _LIST_TAIL
 
 
 def failure(message: str, data: Any = None) -> bytes:

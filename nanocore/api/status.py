@@ -134,7 +134,7 @@ def cells(ops: Operations, call: Call) -> object:
     if not states:
         return None
     # After a burst of reports most Cells' states are the ones encoded last time.
-    body = envelope.success_of_encoded([_encoded_entry(state) for state in states])
+    body = envelope.success_of_items([_encoded_entry(state) for state in states])
     return Raw(body, envelope.CONTENT_TYPE)
 
 
@@ -143,9 +143,9 @@ KEPT_CELL_ENTRIES = 2048
 
 
 @lru_cache(maxsize=KEPT_CELL_ENTRIES)
-def _encoded_entry(state: CellState) -> str:
-    """A Cell's entry of the status list, encoded (a frozen value: the same text always)."""
-    return envelope.go_json(cell(state, truncate=True))
+def _encoded_entry(state: CellState) -> bytes:
+    """A Cell's entry of the status list, encoded (a frozen value: the same bytes always)."""
+    return envelope.list_item(cell(state, truncate=True))
 
 
 @status.route(

@@ -159,6 +159,22 @@ class _Presence:
     connected_at: float
 
 
+def _usage_of(report: CellStatus) -> Usage:
+    read, write, receive, send = report.speed
+    return Usage(
+        cores=report.cores,
+        cpu_usage=report.usage,
+        memory=report.memory_total,
+        memory_available=report.memory_available,
+        disk=report.disk_total,
+        disk_available=report.disk_free,
+        read_speed=read,
+        write_speed=write,
+        receive_speed=receive,
+        send_speed=send,
+    )
+
+
 def _reads_only(message_id: int) -> bool:
     """A request that changes nothing on the Cell: a late answer to it asks for nothing."""
     return message_name(message_id).startswith(("Get", "Query"))
@@ -196,6 +212,8 @@ class CellOperations:
         self._arrivals = 0
         #: When a Cell that linked but has not reported stops counting as alive.
         self._unreported = Deadlines(self._clock)
+        #: Each Cell's latest report and the figures read from it.
+        self._usages: dict[str, tuple[CellStatus, Usage]] = {}
 
     # -- what a Cell looks like now -----------------------------------------------------------
 
@@ -217,23 +235,17 @@ class CellOperations:
         return (self._cells.generation(), self._arrivals + self._unreported.passed())
 
     def usage(self, name: str) -> Usage | None:
-        """The Cell's latest report, kept after it went silent or away (None before any)."""
+        """The Cell's latest report, kept after it went silent or away (None before any);
+        the same object while no new report came (status keeps what it derived from it)."""
         report = self._cells.status(name)
         if report is None:
+            self._usages.pop(name, None)
             return None
-        read, write, receive, send = report.speed
-        return Usage(
-            cores=report.cores,
-            cpu_usage=report.usage,
-            memory=report.memory_total,
-            memory_available=report.memory_available,
-            disk=report.disk_total,
-            disk_available=report.disk_free,
-            read_speed=read,
-            write_speed=write,
-            receive_speed=receive,
-            send_speed=send,
-        )
+        kept = self._usages.get(name)
+        if kept is not None and kept[0] is report:
+            return kept[1]
+        usage = self._usages[name] = (report, _usage_of(report))
+        return usage[1]
 
     def connected(self, name: str) -> bool:
         return self._cells.state(name) not in (None, CellLiveness.DISCONNECTED)

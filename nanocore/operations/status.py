@@ -1,4 +1,6 @@
-"""Zone, pool and cell status aggregates (core-internals §6), computed on demand.
+"""Zone, pool and cell status aggregates (core-internals §6), computed on demand from what
+each Cell's state is made of (kept while that stands: most Cells did not report since the last
+answer).
 
 Core recomputed these every 5 s and counted a cell that was already dead as online with its
 stale usage; here a cell counts as online only while the monitor says it is alive, and only
@@ -19,7 +21,7 @@ from nanocore.operations.errors import InvalidRequest, UnknownEntity
 from nanocore.store import Condition, condition
 
 
-@frozen
+@frozen(cache_hash=True)
 class Usage:
     """Resource figures of one Cell's latest report, or the sum of several (bytes, bytes/s);
     ``cpu_usage`` is a percentage, core-weighted when summed."""
@@ -53,7 +55,7 @@ class CellMonitor(Interface):
         an event or by time passing): status answers are kept while it stands."""
 
 
-@frozen
+@frozen(cache_hash=True)
 class Counters:
     """``[stopped, running, lost, migrating]`` instances."""
 
@@ -130,7 +132,7 @@ def sum_usage(usages: Iterable[Usage]) -> Usage:
     )
 
 
-@frozen
+@frozen(cache_hash=True)
 class CellState:
     name: str
     address: str
@@ -140,7 +142,7 @@ class CellState:
     usage: Usage
 
 
-@frozen
+@frozen(cache_hash=True)
 class PoolState:
     name: str
     enabled: bool
@@ -163,21 +165,26 @@ class ZoneState:
 
 
 class _Index:
-    """One pass over the cells per request: cells by pool. Instance counters come per Cell
-    from the read model's tallies; scanning all instances for every cell and pool took 0.5 s
-    per zone request at 1,000 cells and 20,000 instances, on the reactor thread, and counting
-    each Cell's instances still ~10 ms (benchmarks/status_bench.py).
+    """What status reads of the store, kept while its revision stands: cells by pool, and
+    each Cell's instance counters (from the read model's tallies; scanning all instances for
+    every cell and pool took 0.5 s per zone request at 1,000 cells and 20,000 instances, on the
+    reactor thread, and counting each Cell's instances still ~10 ms: status_bench.py).
     """
 
     def __init__(self, context: Context) -> None:
+        self.revision = context.revision()
         view = self.view = context.view
         self.cells_of: dict[str, list[ComputeCell]] = {}
         for name in sorted(view.cells):
             cell = view.cells[name]
             self.cells_of.setdefault(cell.pool, []).append(cell)
+        self._counters: dict[str, Counters] = {}
 
     def counters(self, cell: str) -> Counters:
-        return count_conditions(self.view.instance_conditions(cell))
+        found = self._counters.get(cell)
+        if found is None:
+            found = self._counters[cell] = count_conditions(self.view.instance_conditions(cell))
+        return found
 
 
 class Status:
@@ -185,22 +192,43 @@ class Status:
         self._context = context
         self._monitor = monitor
         self._start_time = start_time
+        self._index: _Index | None = None
+        #: Each Cell's state with what it was made of: with 1,000 Cells reporting every 2 s
+        #: an answer is asked for again after a few reports, so most states are as they were.
+        self._kept: dict[str, tuple[tuple[object, ...], CellState]] = {}
 
     def revision(self) -> Hashable:
         """Changes whenever any status answer may have: a commit, or a Cell's liveness,
         address or report (the API keeps encoded answers while it stands)."""
         return (self._context.revision(), self._monitor.generation())
 
+    def _current(self) -> _Index:
+        index = self._index
+        if index is None or index.revision != self._context.revision():
+            index = self._index = _Index(self._context)
+            if len(self._kept) > len(index.view.cells):
+                self._kept = {n: kept for n, kept in self._kept.items() if n in index.view.cells}
+        return index
+
     def _cell(self, cell: ComputeCell, index: _Index) -> CellState:
-        usage = self._monitor.usage(cell.name)
-        return CellState(
-            name=cell.name,
-            address=self._monitor.address(cell.name),
+        name = cell.name
+        monitor = self._monitor
+        usage = monitor.usage(name)
+        address, alive, counters = monitor.address(name), monitor.alive(name), index.counters(name)
+        made_of = (cell, address, alive, usage, counters)
+        kept = self._kept.get(name)
+        if kept is not None and kept[0] == made_of:
+            return kept[1]
+        state = CellState(
+            name=name,
+            address=address,
             enabled=cell.enabled,
-            alive=self._monitor.alive(cell.name),
-            instances=index.counters(cell.name),
+            alive=alive,
+            instances=counters,
             usage=sum_usage([usage] if usage is not None else []),
         )
+        self._kept[name] = (made_of, state)
+        return state
 
     def _pool_cells(self, pool: str, index: _Index) -> list[ComputeCell]:
         if pool not in self._context.view.compute_pools:
@@ -208,11 +236,11 @@ class Status:
         return index.cells_of.get(pool, [])
 
     def cells(self, pool: str) -> list[CellState]:
-        index = _Index(self._context)
+        index = self._current()
         return [self._cell(cell, index) for cell in self._pool_cells(pool, index)]
 
     def cell(self, pool: str, name: str) -> CellState:
-        index = _Index(self._context)
+        index = self._current()
         for cell in self._pool_cells(pool, index):
             if cell.name == name:
                 return self._cell(cell, index)
@@ -232,10 +260,10 @@ class Status:
         )
 
     def pool(self, name: str) -> PoolState:
-        return self._pool(name, _Index(self._context))
+        return self._pool(name, self._current())
 
     def pools(self) -> list[PoolState]:
-        index = _Index(self._context)
+        index = self._current()
         return [self._pool(name, index) for name in sorted(self._context.view.compute_pools)]
 
     def zone(self) -> ZoneState:
