@@ -57,6 +57,12 @@ class RequestInTime(HTTPChannel):
 
     late = ""
 
+    @property
+    def serving(self) -> bool:
+        """Whether a request whose headers arrived is being read, served or answered (an
+        idle connection, or one still sending headers, is not): places are given up last."""
+        return bool(self.requests) and self.late != "headers"
+
     def resetTimeout(self) -> None:
         if self.line_mode:  # the next request's line and headers (a body is raw mode)
             if self.late:

@@ -26,6 +26,16 @@ class FairShareTests(SynchronousTestCase):
         self.assertEqual(self.share.make_room("c"), Decision(True, "a1", "a"))
         self.assertEqual((len(self.share), self.share.held_by("a")), (3, 2))
 
+    def test_the_oldest_idle_place_is_given_up_before_a_busy_one(self) -> None:
+        busy = {"a1", "a3"}
+        self.share = FairShare(4, busy=busy.__contains__)
+        self.fill("a", "a1", "a2", "a3")
+        self.fill("b", "b1")
+        self.assertEqual(self.share.make_room("c"), Decision(True, "a2", "a"))
+        self.share.add("c", "c1")
+        # Only busy places left with "a": its oldest goes.
+        self.assertEqual(self.share.make_room("d"), Decision(True, "a1", "a"))
+
     def test_a_newcomer_from_the_largest_source_is_refused(self) -> None:
         self.fill("a", "a1", "a2", "a3", "a4")
         self.assertEqual(self.share.make_room("a"), Decision(False))

@@ -343,11 +343,29 @@ class FairConnectionsTests(SynchronousTestCase):
             [
                 "refused an API connection from 192.0.2.66: 4 connections are open, the most"
                 " the API serves at once, 4 of them from 192.0.2.66",
-                "closed the oldest API connection of 192.0.2.66 for one from 192.0.2.7: 4"
+                "closed an API connection of 192.0.2.66 for one from 192.0.2.7: 4"
                 " connections are open, the most the API serves at once, and 192.0.2.66"
                 " holds the most",
             ],
         )
+
+    def test_a_request_under_way_keeps_its_place_while_its_source_has_an_idle_one(self) -> None:
+        """The source holding the most gives up its oldest idle connection: a client's
+        request whose body is arriving (an upload from the portal's host) is not cut."""
+        uploading = self.connect("192.0.2.66")
+        assert uploading is not None
+        uploading[0].dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc")
+        trickling = self.connect("192.0.2.66")
+        assert trickling is not None
+        trickling[0].dataReceived(b"GET /x HTTP/1.1\r\nHo")  # headers not in yet: idle
+        rest = [self.connect("192.0.2.66") for _ in range(2)]
+        self.assertIsNotNone(self.connect("192.0.2.7"))
+        self.assertFalse(uploading[1].disconnected)
+        self.assertTrue(trickling[1].disconnected)
+        self.assertIsNotNone(self.connect("192.0.2.8"))
+        self.assertEqual([c is not None and c[1].disconnected for c in rest], [True, False])
+        uploading[0].dataReceived(b"defghi")
+        self.assertIn(b"200 OK", uploading[1].value())
 
 
 class HostHeaderTests(SynchronousTestCase):

@@ -45,13 +45,20 @@ class RefusalBehindTLSTests(TestCase):
         await held.closed
 
 
+class _NoUploads(Resource):
+    """An image site's routes with no upload: a body is read whole, as the API's."""
+
+    def begin(self, *request: object) -> None:
+        return None
+
+
 class SlowAndManyClientsTests(SynchronousTestCase):
     """The image site's connections as the API's (QA pass 20, F1): a request's headers in time
     from their first byte, and its places shared fairly among sources."""
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.site = ImageSite(cast(Any, Resource()), reactor=self.clock, max_connections=2)
+        self.site = ImageSite(cast(Any, _NoUploads()), reactor=self.clock, max_connections=2)
         self.port = 1024
 
     def connect(self, host: str) -> tuple[Any, StringTransport] | None:
@@ -76,6 +83,13 @@ class SlowAndManyClientsTests(SynchronousTestCase):
         self.assertIsNotNone(self.connect("192.0.2.7"))
         self.assertEqual([c is not None and c[1].disconnected for c in flood], [True, False])
         self.assertIsNone(self.connect("192.0.2.7"))  # one each: no better than swapping
+
+    def test_a_request_under_way_keeps_its_place_while_its_source_has_an_idle_one(self) -> None:
+        busy, idle = self.connect("192.0.2.66"), self.connect("192.0.2.66")
+        assert busy is not None and idle is not None
+        busy[0].dataReceived(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc")
+        self.assertIsNotNone(self.connect("192.0.2.7"))
+        self.assertEqual((busy[1].disconnected, idle[1].disconnected), (False, True))
 
     def test_a_connection_that_never_completes_tls_is_closed_after_the_handshake_timeout(
         self,

@@ -307,7 +307,9 @@ class LimitedSite(Site):
         super().__init__(resource, **kwargs)
         self.max_connections = max_connections
         self.access_log = access_log
-        self._connections: FairShare[LimitedChannel] = FairShare(max_connections)
+        self._connections: FairShare[LimitedChannel] = FairShare(
+            max_connections, busy=lambda channel: channel.serving
+        )
         #: Log lines anyone can cause at will (idle clients, refused connections), rate-limited;
         #: shared with the API behind the site (refused signatures), and flushed when it stops.
         self.noise = noise if noise is not None else RateLimitedLog(log, self.reactor)

@@ -6,15 +6,17 @@ that never start TLS, re-opened when dropped, kept every real Cell out (issue #1
 places are shared among source addresses instead. While there is room everyone gets in (a whole
 cluster dialing a restarted Core from one address loses nothing); once full, a newcomer from a
 source holding at least two places fewer than the source holding the most takes the oldest
-place of that one, and any other newcomer is refused (so Cells dialing from many addresses,
-one place each, do not take each other's places in turn). So a flood from one place
+place of that one (its oldest idle place, when the caller can tell idle from busy: an API
+client's upload under way is spared while that source holds a connection doing nothing), and
+any other newcomer is refused (so Cells dialing from many addresses, one place each, do not
+take each other's places in turn). So a flood from one place
 costs the others nothing but the share it already had, and it cannot starve a Cell dialing from
 anywhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 from attrs import frozen
@@ -34,12 +36,14 @@ class Decision(Generic[C]):
 
 
 class FairShare(Generic[C]):
-    """At most ``limit`` waiting connections, shared fairly among their sources."""
+    """At most ``limit`` waiting connections, shared fairly among their sources; ``busy``
+    tells a connection whose place is given up last."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, busy: Callable[[C], bool] = lambda connection: False) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self._limit = limit
+        self._busy = busy
         #: Waiting connections per source, oldest first.
         self._by_source: dict[str, dict[C, None]] = {}
         self._source_of: dict[C, str] = {}
@@ -67,9 +71,13 @@ class FairShare(Generic[C]):
         if len(self._by_source[largest]) <= self.held_by(source) + 1:
             return Decision(False)  # taking a place would only swap who holds more
 
-        oldest = next(iter(self._by_source[largest]))
-        self.remove(oldest)
-        return Decision(True, oldest, largest)
+        places = self._by_source[largest]
+        busy = self._busy
+        given_up = next((c for c in places if not busy(c)), None)
+        if given_up is None:
+            given_up = next(iter(places))
+        self.remove(given_up)
+        return Decision(True, given_up, largest)
 
     def add(self, source: str, connection: C) -> None:
         """``connection`` from ``source`` takes a place (after :meth:`make_room` admitted it)."""
@@ -108,7 +116,7 @@ def admit(places: FairShare[Any], source: str, *, noise: RateLimitedLog, site: s
         noise.warn(
             f"{site} connections closed for other sources",
             decision.evicted_source,
-            "closed the oldest {site} connection of {source} for one from {newcomer}: {limit}"
+            "closed an {site} connection of {source} for one from {newcomer}: {limit}"
             " connections are open, the most the {site} serves at once, and {source} holds"
             " the most",
             site=site,

@@ -211,7 +211,9 @@ class ImageSite(Site):
         self.max_connections = max_connections
         self._noise = RateLimitedLog(log, self.reactor)
         #: Every connection's place, by source.
-        self.places: FairShare[ImageChannel] = FairShare(max_connections)
+        self.places: FairShare[ImageChannel] = FairShare(
+            max_connections, busy=lambda channel: channel.serving
+        )
         self.displayTracebacks = False
         routes = {"upload_routes": staticmethod(lambda: resource)}
         self.requestFactory = cast(
