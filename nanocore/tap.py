@@ -26,7 +26,7 @@ from twisted.web.resource import IResource
 
 from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
 from nanocore.api import envelope
-from nanocore.api.app import api_site_for, build_api_resource
+from nanocore.api.app import APIResource, api_site_for, build_api_resource
 from nanocore.api.auth import Verifier
 from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
 from nanocore.api.streams import StreamFront, stream_signature
@@ -246,12 +246,14 @@ def build_service(
 
     operations = store.opened.then(open_operations)
     fronts: list[StreamFront] = []
+    apps: list[APIResource[Operations]] = []
 
     def api_resource(ops: Operations) -> StreamFront:
         transfers = Transfers(ops.images, folders, envelope, max_upload=config.image.max_upload)
         resource = build_api_resource(
             ops, config.api.credential_keys(), reactor, verifier=verifier, noise=api_noise
         )
+        apps.append(cast(APIResource[Operations], resource.app))
         fronts.append(StreamFront(resource, transfers, verifier))
         return fronts[0]
 
@@ -335,6 +337,8 @@ def build_service(
         max_connections=api_connections,
         noise=api_noise,
         upload_routes=lambda: fronts[0] if fronts else None,
+        # While Core starts the gate answers every request: nothing is refused before it.
+        before_body=lambda *request: apps[0].refusal_before_body(*request) if apps else None,
     )
     api_server = ListeningService(
         lambda: reactor.listenTCP(

@@ -393,3 +393,91 @@ class HostHeaderTests(SynchronousTestCase):
         self.assertTrue(two.endswith(b"\r\n\r\n400 Bad Request: too many Host headers"), two)
         self.assertTrue(self.answer(b"GET /x HTTP/1.0\r\n\r\n").endswith(b"ok"))
         self.assertTrue(self.answer(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").endswith(b"ok"))
+
+
+class RefusedBeforeTheBodyTests(TestCase):
+    """A signed route's checks that need no body (the header, the credential, the date, the
+    scope) refuse a request as soon as its headers are in, and close it: nobody without a
+    credential can make Core read and hold a body. The answer is the one the whole request
+    gets; what needs the body (the signature itself) is still checked once it is in."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.api = await LoopbackAPI.start(self)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.port = 2000
+
+    def headers_of(self, method: str, path: str, body: bytes, signer: Any = None) -> bytes:
+        """The request's line and headers (no ``Connection: close``), without its body."""
+        signer = self.api.signer if signer is None else signer
+        url = f"http://{self.api.host}/api/v1{path}"
+        signed = signer.headers(method, url, body, now=self.api.clock.seconds())
+        whole = self.api.request(method, path, body, signed)
+        return whole[: whole.index(b"\r\n\r\n") + 4].replace(b"Connection: close\r\n", b"")
+
+    def sent(self, head: bytes, body: bytes = b"") -> tuple[bytes, StringTransport]:
+        self.port += 1
+        connected = connect_in_memory(self, self.api.site, "192.0.2.9", self.port)
+        assert connected is not None
+        channel, transport = connected
+        channel.dataReceived(head)
+        if body:
+            channel.dataReceived(body)
+        return transport.value(), transport
+
+    def late(self, head: bytes, body: bytes) -> bytes:
+        """The answer with the early check off: what the whole request gets."""
+        site: Any = self.api.site
+        check, site.before_body = site.before_body, None
+        try:
+            return Response.parse(self.sent(head, body)[0]).body
+        finally:
+            site.before_body = check
+
+    def test_an_unknown_credential_is_answered_before_any_body_byte(self) -> None:
+        body = b'{"name": "a1", "gateway": "10.0.0.1"}'
+        stranger = type(self.api.signer)("nobody", "secret")
+        head = self.headers_of("POST", "/address_pools/a1", body, stranger)
+        answer, transport = self.sent(head)
+        parsed = Response.parse(answer)
+        self.assertEqual(refusal(parsed), (200, "invalid API ID: nobody"))
+        self.assertEqual(parsed.body, self.late(head, body))
+        self.assertEqual(parsed.headers[b"connection"], b"close")
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(
+            "refused POST /api/v1/address_pools/a1 from 192.0.2.9: invalid API ID: nobody",
+            [formatEvent(e) for e in self.events],
+        )
+
+    def test_a_stale_date_is_answered_before_the_body(self) -> None:
+        body = b'{"name": "a1"}'
+        self.api.clock.advance(-600)
+        head = self.headers_of("PUT", "/address_pools/a1", body)
+        self.api.clock.advance(600)
+        answer, _ = self.sent(head)
+        expected = "expired request with date "
+        self.assertTrue(refusal(Response.parse(answer))[1].startswith(expected), answer)
+        self.assertEqual(Response.parse(answer).body, self.late(head, body))
+
+    def test_a_wrong_signature_waits_for_the_body_it_covers(self) -> None:
+        head = self.headers_of("POST", "/address_pools/a1", b'{"gateway": "10.0.0.1"}')
+        answer, transport = self.sent(head)
+        self.assertEqual(answer, b"")  # the headers are fine: the body is awaited
+        other = b'{"gateway": "10.0.0.2"}'  # as long as the signed one: another body
+        answer, transport = self.sent(head, other)
+        self.assertEqual(refusal(Response.parse(answer)), (200, "signature corrupted"))
+        self.assertFalse(transport.disconnecting)  # an ordinary answer: the connection stays
+
+    def test_what_is_refused_before_the_route_is_answered_as_before(self) -> None:
+        """A miss, a route nobody signs, or a request the wire refuses: the same answer as
+        ever, once the body is in."""
+        stranger = type(self.api.signer)("nobody", "secret")
+        for head in (
+            self.headers_of("POST", "/no_such_route/", b"{}", stranger),
+            self.headers_of("POST", "/address_pools/a1", b"{}", stranger).replace(
+                b"Host: ", b"X-Host: "
+            ),
+        ):
+            answer, _ = self.sent(head)
+            self.assertEqual(answer, b"", head)
+            answer, _ = self.sent(head, b"{}")
+            self.assertEqual(Response.parse(answer).body, self.late(head, b"{}"))

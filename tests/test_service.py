@@ -23,6 +23,7 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from nanocore import model
+from nanocore.api.client import Signer
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import CellLinkFactory
@@ -42,6 +43,7 @@ from nanocore.store import Put, Store, StoreClosed, UnitOfWork
 from nanocore.store.schema import DB_NAME
 from nanocore.tap import load_checked_config, site_address
 from tests.corefixtures import RunningCore, write_config
+from tests.loopbackapi import LOOPBACK, exchange
 
 reactor: Any = global_reactor
 
@@ -570,6 +572,25 @@ class CoreTests(RunningCore, TestCase):
         again = await self.start()
         store = again.getServiceNamed("store").store  # type: ignore[attr-defined]
         self.assertEqual(store.view.cells["Cell_0a0000000001"].pool, "default")
+
+    async def test_a_request_its_headers_refuse_is_answered_without_its_body(self) -> None:
+        """The daemon's API site refuses a stranger's write from its headers (the body it
+        declares never comes) and closes; a signed one is served as ever."""
+        tree = await self.start()
+        port = self.api_port(tree)
+        url = f"http://{LOOPBACK}:{port}/api/v1/address_pools/a1"
+        headers = Signer("stranger", "secret").headers("POST", url, b"{}", now=reactor.seconds())
+        head = b"POST /api/v1/address_pools/a1 HTTP/1.1\r\n" + b"".join(
+            name + b": " + value + b"\r\n" for name, value in headers.items()
+        )
+        answer = await exchange(port, head + b"Content-Length: 100000\r\n\r\n")
+        self.assertEqual(answer.envelope()["message"], "invalid API ID: stranger")
+        self.assertEqual(answer.headers[b"connection"], b"close")
+        await self.api(
+            tree, "POST", "/address_pools/a1", {"gateway": "192.0.2.1", "provider": "dhcp"}
+        )
+        pools = await self.api(tree, "GET", "/address_pools/")
+        self.assertEqual([pool["name"] for pool in pools], ["a1"])
 
     async def test_a_port_in_use_fails_the_start_at_once_and_opens_nothing(self) -> None:
         blocker = socket.socket()

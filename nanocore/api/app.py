@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Generic, cast
+from urllib.parse import unquote
 
 from klein import Klein
 from klein.resource import KleinResource
@@ -60,6 +61,7 @@ from nanocore.api.route import Call, Fields, Ops, Raw, Reply, Route
 from nanocore.api.routing import configure_map, werkzeug_rule
 from nanocore.api.signed import may_share_a_path, signed
 from nanocore.api.streams import StreamingAPIChannel, streaming_request_factory
+from nanocore.httpparts import first_headers
 from nanocore.images.transfers import UploadRoutes
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import UNAVAILABLE, OperationError, unavailable_message
@@ -85,6 +87,7 @@ class APIResource(KleinResource, Generic[Ops]):
         ``direct`` answers a matched route without Klein's resource (:mod:`._fastdispatch`)."""
         self._routes = tuple(routes)
         self._operations = operations
+        self._verifier = verifier
         self._noise = noise if noise is not None else RateLimitedLog(self.log, verifier.clock)
         misses = Misses((route.method, route.full_path) for route in self._routes)
         writes = [r.full_path for r in self._routes if r.method in MUTATING_METHODS]
@@ -141,6 +144,24 @@ class APIResource(KleinResource, Generic[Ops]):
             return None
         return self._routes[int(rule.endpoint)]
 
+    def refusal_before_body(self, request: Request, method: bytes, path: bytes) -> str | None:
+        """The refusal the headers of a request for ``method path`` already earn, before its
+        body is read: a signed route's checks that come before the signature's (which covers
+        the body), answered as the whole request would be. Without it anyone could make Core
+        read and hold a body of up to ``max_body`` per connection while it trickled in."""
+        try:
+            self._verifier.check_headers(first_headers(request))
+        except AuthError as error:
+            verb = method.decode("latin-1")
+            decoded = unquote(path.decode("latin-1"), encoding="utf-8", errors="replace")
+            route = self.route_for(verb, decoded)
+            if route is None or route.auth is None:
+                return None  # a miss, or a route nobody signs: answered once the body is in
+            source = getattr(request.channel.getPeer(), "host", "?")
+            self._say_refused(verb, decoded, source, error.message)
+            return error.message
+        return None
+
     def _kept_while(self, route: Route[Ops]) -> Callable[[], Hashable] | None:
         kept_while, operations = route.kept_while, self._operations
         if kept_while is None:
@@ -186,15 +207,18 @@ class APIResource(KleinResource, Generic[Ops]):
     def _refused(self, request: IRequest, failure: Failure) -> bytes:
         req = cast(Request, request)
         reason = cast(AuthError, failure.value).message
+        self._say_refused(req.method.decode("ascii"), decoded_path(req), _client(req), reason)
+        return _failure(req, reason)
+
+    def _say_refused(self, method: str, path: str, source: str, reason: str) -> None:
         self._noise.warn(
             "refused signatures",
-            _client(req),
+            source,
             "refused {method} {path} from {source}: {reason}",
-            method=req.method.decode("ascii"),
-            path=decoded_path(req),
+            method=method,
+            path=path,
             reason=reason,
         )
-        return _failure(req, reason)
 
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
         req = cast(Request, request)
@@ -301,6 +325,7 @@ def build_api_site(
         max_connections=max_connections,
         access_log=access_log,
         noise=noise,
+        before_body=cast(APIResource[Operations], resource.app).refusal_before_body,
     )
 
 
@@ -312,17 +337,21 @@ def api_site_for(
     access_log: bool = False,
     noise: RateLimitedLog | None = None,
     upload_routes: Callable[[], UploadRoutes | None] | None = None,
+    before_body: Callable[[Request, bytes, bytes], str | None] | None = None,
 ) -> Site:
     """A ``Site`` for an API resource with the wire limits of :mod:`nanocore.api.request`:
     bodies above ``max_body``, lines and headers above Twisted's, connections beyond
     ``max_connections``; ``noise``, the rate-limited log it shares with the resource.
 
     With ``upload_routes`` (the :class:`~nanocore.api.streams.StreamFront` once there is one),
-    an upload route's body streams to storage instead (:mod:`nanocore.api.streams`).
+    an upload route's body streams to storage instead (:mod:`nanocore.api.streams`); with
+    ``before_body`` (:meth:`APIResource.refusal_before_body`), a request its headers already
+    refuse is answered before its body is read, and closed.
     """
     site = LimitedSite(
         resource, max_connections=max_connections, access_log=access_log, noise=noise
     )
+    site.before_body = before_body
     if upload_routes is None:
         site.requestFactory = limited_request_factory(max_body)
     else:

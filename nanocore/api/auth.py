@@ -339,25 +339,8 @@ class Verifier:
             known = self._reads.get(read)
             if known is not None and abs(self._clock.seconds() - known[1]) <= self._skew:
                 return known[0]
-        auth = parse_authorization(parts.headers.get("nano-authorization", ""))
-        if auth.credential_id not in self._credentials:
-            raise AuthError(f"invalid API ID: {auth.credential_id}")
-        date = parts.headers.get("nano-date")
-        if not date:
-            raise AuthError("Nano-Date header required")
-        try:
-            signed_at = parse_date(date)
-        except ValueError:
-            raise AuthError(f"expired request with date {date}: not an RFC 3339 time") from None
+        auth, signed_at = self.check_headers(parts.headers)
         now = self._clock.seconds()
-        if abs(now - signed_at) > self._skew:
-            raise AuthError(
-                f"expired request with date {date}: "
-                f"more than {self._skew:g} s from the server clock"
-            )
-        scope_header = parts.headers.get("nano-scope")
-        if scope_header is not None and scope_header != auth.scope:
-            raise AuthError(f"request scope mismatch: {scope_header} => {auth.scope}")
         expected = signature(
             self._key(auth.credential_id, auth.scope),
             parts,
@@ -372,6 +355,7 @@ class Verifier:
                 self._reads.clear()
             self._reads[read] = (auth.credential_id, signed_at)
         if write and signed_at < self._writes_from:
+            date = parts.headers["nano-date"]
             raise AuthError(
                 f"request signed at {date}, before nanocore started without the replay memory"
                 " of its previous run; sign it again"
@@ -381,6 +365,31 @@ class Verifier:
             # the key, and a chance match among a second's signatures is ~1e-15.
             self._check_repeat(int(expected[:16], 16), signed_at, now, write)
         return auth.credential_id
+
+    def check_headers(self, headers: Mapping[str, str]) -> tuple[Authorization, float]:
+        """The checks of :meth:`verify` that come before the signature's, in Core's order
+        (the header, the credential, the date and its freshness, the scope): they need no
+        body, so the API can refuse a request before reading its body. Returns the parsed
+        header and the moment the request was signed, or raises :class:`AuthError`."""
+        auth = parse_authorization(headers.get("nano-authorization", ""))
+        if auth.credential_id not in self._credentials:
+            raise AuthError(f"invalid API ID: {auth.credential_id}")
+        date = headers.get("nano-date")
+        if not date:
+            raise AuthError("Nano-Date header required")
+        try:
+            signed_at = parse_date(date)
+        except ValueError:
+            raise AuthError(f"expired request with date {date}: not an RFC 3339 time") from None
+        if abs(self._clock.seconds() - signed_at) > self._skew:
+            raise AuthError(
+                f"expired request with date {date}: "
+                f"more than {self._skew:g} s from the server clock"
+            )
+        scope_header = headers.get("nano-scope")
+        if scope_header is not None and scope_header != auth.scope:
+            raise AuthError(f"request scope mismatch: {scope_header} => {auth.scope}")
+        return auth, signed_at
 
     # -- the replay memory across a restart (services/replay) -------------------------------
 

@@ -4,7 +4,9 @@ is limited.
 - **Body** (:class:`LimitedRequest`): a declared ``Content-Length`` above the limit is answered
   413 at once; a chunked body is counted as it arrives and refused once it passes the limit.
   Either way the body is refused before it is buffered whole, and nothing behind the site ever
-  sees it, so the app reads bodies without checking their size again.
+  sees it, so the app reads bodies without checking their size again. A request whose headers
+  alone earn a refusal (``LimitedSite.before_body``: the API's signature checks that need no
+  body) is answered and closed before its body is read.
 - **Request line and headers** (:class:`LimitedChannel`): Twisted's limits (16 KiB per line,
   16 KiB and 500 headers in all), answered 414 or 431 where Twisted closed the connection
   without a word (or said only ``400 Bad Request``).
@@ -29,6 +31,7 @@ with unread input resets it, and the answer with it).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
@@ -84,25 +87,34 @@ class LimitedRequest(UnbrandedRequest):
         super().__init__(*args, **kwargs)
 
     def process(self) -> None:
-        path = self.path
-        if b"%" in path:
-            path = unquote_to_bytes(path)
-        hosts = self.requestHeaders.getRawHeaders(b"host")
-        if self.clientproto == b"HTTP/1.1" and (hosts is None or len(hosts) != 1):
-            # RFC 9112 §3.2, and Go's answer (QA pass 20 found both served).
-            self._refuse_as_go(_MISSING_HOST if hosts is None else _HOSTS)
+        refusal = self._wire_refusal(self.path, self.clientproto)
+        if refusal is not None:
+            reason, as_go = refusal
+            if as_go:
+                self._refuse_as_go(reason)
+            else:
+                self._refuse_plainly(reason)
             return
+        super().process()
+
+    def _wire_refusal(self, path: bytes, version: bytes) -> tuple[bytes, bool] | None:
+        """Why the request for ``path`` is refused before any resource sees it, and whether
+        in Go's server's words; None when it is not."""
+        hosts = self.requestHeaders.getRawHeaders(b"host")
+        if version == b"HTTP/1.1" and (hosts is None or len(hosts) != 1):
+            # RFC 9112 §3.2, and Go's answer (QA pass 20 found both served).
+            return (_MISSING_HOST if hosts is None else _HOSTS), True
         host = hosts[-1] if hosts else b""
         if host not in _NAMED_HOSTS and not self._names_a_host(host):
-            self._refuse_as_go(_MALFORMED_HOST)
-            return
+            return _MALFORMED_HOST, True
+        if b"%" in path:
+            path = unquote_to_bytes(path)
         try:
             path.decode("utf-8")
         except UnicodeDecodeError:
             # Klein refuses these too, but logs a traceback for each: a cheap log flood.
-            self._refuse_plainly(_NOT_UTF8)
-            return
-        super().process()
+            return _NOT_UTF8, False
+        return None
 
     def _names_a_host(self, host: bytes) -> bool:
         """Whether ``host`` has only the bytes Go's server takes in a Host (QA pass 21: spaces,
@@ -141,7 +153,28 @@ class LimitedRequest(UnbrandedRequest):
         if length is not None and length > self.max_body:
             self._refuse()
             return
+        if length != 0 and self._refused_by_headers():
+            return
         super().gotLength(length)
+
+    def _refused_by_headers(self) -> bool:
+        """Refuse now, and close, a request whose headers alone earn a refusal from what the
+        site serves (``LimitedSite.before_body``), rather than read its body first."""
+        channel = self.channel
+        check = getattr(getattr(channel, "site", None), "before_body", None)
+        line = request_line(channel) if channel is not None else None
+        if check is None or line is None:
+            return False
+        method, target = line
+        path = target.partition(b"?")[0]
+        if self._wire_refusal(path, getattr(channel, "_version", b"")) is not None:
+            return False  # what the wire refuses is answered as ever, once the body is in
+        message = check(self, method, path)
+        if message is None:
+            return False
+        self.refused = True
+        cast(LimitedChannel, channel).refuse(200, b"OK", message)
+        return True
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.refused:
@@ -313,6 +346,11 @@ class LimitedSite(Site):
         #: Log lines anyone can cause at will (idle clients, refused connections), rate-limited;
         #: shared with the API behind the site (refused signatures), and flushed when it stops.
         self.noise = noise if noise is not None else RateLimitedLog(log, self.reactor)
+        #: The refusal a request's headers earn before its body is read (the API's signature
+        #: checks that need no body), or None: given the request (its headers), its method and
+        #: its raw path (the request itself learns them once its body is in); set by whoever
+        #: mounts the API.
+        self.before_body: Callable[[http.Request, bytes, bytes], str | None] | None = None
 
     @property
     def open_connections(self) -> int:
