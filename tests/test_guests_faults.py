@@ -7,11 +7,14 @@ truth about every instance (docs/architecture.md, "claims" and "reconciling gues
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from nanocore import model as m
 from nanocore.cluster.message import MessageID, ParamKey
-from nanocore.store import Delete, UnitOfWork
+from nanocore.operations.cells import RESYNC_AFTER
+from nanocore.store import CommitFailed, Delete, UnitOfWork
 from nanocore.testing.fakecell import Fault
 from tests.guestfixtures import TIMEOUT, GuestClusterCase
 
@@ -160,6 +163,85 @@ class ReconcileTests(GuestClusterCase):
         await self.ops.cells.storage_paths("default", instance.cell)
         await self.store.commit(UnitOfWork(()))
         self.assertNotIn("lost", await self.ok("GET", f"/guests/{instance.id}"))
+
+
+class UnrecordedEventTests(GuestClusterCase):
+    """A Cell's event that arrives while the store cannot save (a full disk) is not lost for
+    good: the Cell's inventory is taken again once it can (QA pass 22, B1: a guest started
+    while data/ was full stayed stopped in Core's records; it could be neither stopped, as
+    Core thought it stopped, nor started, as the Cell had it running)."""
+
+    def full_disk(self) -> list[bool]:
+        """Every commit fails as SQLite's on a full disk, until the flag is cleared."""
+        full = [True]
+        commit = self.commit = self.store.commit
+
+        def failing(unit: UnitOfWork) -> Deferred[None]:
+            if full[0]:
+                return fail(CommitFailed("state could not be saved: database or disk is full"))
+            return commit(unit)
+
+        self.patch(self.store, "commit", failing)
+        return full
+
+    async def settled(self, cell: str) -> None:
+        """The inventory asked for by now was answered and its changes committed."""
+        await self.ops.cells.storage_paths("default", cell)
+        await self.commit(UnitOfWork(()))  # behind the inventory's, which may have failed
+
+    async def test_a_start_heard_while_full_is_recorded_once_the_store_can_save(self) -> None:
+        log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        full = self.full_disk()
+        started = self.events.until(MessageID.GuestStartedEvent, guest)
+        self.assertEqual(await self.ok("POST", f"/instances/{guest}", {}), "")
+        await started
+        self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.STOPPED)
+
+        self.core_clock.advance(RESYNC_AFTER)  # still full: tried, and tried again later
+        await self.settled(cell)
+        self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.STOPPED)
+
+        full[0] = False
+        self.core_clock.advance(RESYNC_AFTER)
+        await self.settled(cell)
+        self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.RUNNING)
+        said = [formatEvent(e) for e in log if e.get("log_level") is LogLevel.warn]
+        self.assertEqual(
+            [line for line in said if "could not be recorded" in line],
+            [
+                f"{cell}: what it said could not be recorded (state could not be saved:"
+                f" database or disk is full): its inventory is taken again in 5 s"
+            ]
+            * 2,
+        )
+        self.assertEqual([e for e in log if e.get("log_level") is LogLevel.critical], [])
+        # And the guest can be stopped, as its Cell runs it (its event about 1 s later).
+        stopped = self.events.until(MessageID.GuestStoppedEvent, guest)
+        await self.ok("DELETE", f"/instances/{guest}", {})
+        self.cell_clock.advance(1.0)
+        await self.applied(stopped, guest)
+        self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.STOPPED)
+
+    async def test_a_creation_heard_while_full_is_recorded_once_the_store_can_save(self) -> None:
+        answer = await self.ok("POST", "/guests/", self.guest_body(), status=202)
+        guest = answer["id"]
+        cell = self.store.view.instances[guest].cell
+        full = self.full_disk()
+        created = self.events.until(MessageID.GuestCreatedEvent, guest)
+        self.cell_clock.advance(self.creation_time)
+        await self.applied(created, guest)
+        creating = await self.call("GET", f"/guests/{guest}")
+        self.assertEqual((creating.status, creating.envelope()["data"]["created"]), (201, False))
+        full[0] = False
+        self.core_clock.advance(RESYNC_AFTER)
+        await self.settled(cell)
+        document = await self.ok("GET", f"/guests/{guest}")
+        self.assertEqual((document["created"], document["running"]), (True, False))
+        await self.reported(cell)
+        self.assertEqual(self.claims(), [])  # its placement's hold ends as after any creation
+        await self.started(guest)
 
 
 class CreateFaultOverKCPTests(CreateFaultTests):

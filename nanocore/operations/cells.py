@@ -17,7 +17,7 @@ from typing import Any
 
 from attrs import define, evolve, frozen
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -46,7 +46,11 @@ from nanocore.operations.errors import (
 )
 from nanocore.operations.inventory import InventoryError, Reconcile, Reconciliation
 from nanocore.operations.status import CellMonitor, Usage
-from nanocore.store import Change, Delete, Put
+from nanocore.store import Change, CommitFailed, Delete, Put
+
+#: Seconds until a Cell's inventory is taken again after what it said could not be recorded
+#: (the store could not save), and between tries while it still cannot.
+RESYNC_AFTER = 5.0
 
 #: What the add-cell wait says on timeout (api-reference §1.6).
 ADD_TIMEOUT_MESSAGE = "wait cell ready timeout"
@@ -212,6 +216,8 @@ class CellOperations:
         self._arrivals = 0
         #: When a Cell that linked but has not reported stops counting as alive.
         self._unreported = Deadlines(self._clock)
+        #: Cells whose inventory is to be taken again, what they said being unrecorded.
+        self._resyncs: dict[str, IDelayedCall] = {}
         #: Each Cell's latest report and the figures read from it.
         self._usages: dict[str, tuple[CellStatus, Usage]] = {}
 
@@ -554,26 +560,51 @@ class CellOperations:
     def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
         """The Cell did what Core had stopped waiting for (a change of a guest's cores, name,
         secret...): its inventory is taken again, as at a rejoin, so Core's records follow
-        what the Cell holds (one at a time per Cell; replies meanwhile ask for one more)."""
+        what the Cell holds."""
         if not reply.success or _reads_only(request.id):
             return
         if request.id == MessageID.ComputePoolReadyEvent:
             self._late_inventory(name, request, reply)
             return
+        if name not in self._refreshing:
+            self.log.info("{name} answered {request} late: taking its inventory again",
+                          name=name, request=message_name(request.id))  # fmt: skip
+        self._inventory_again(name, "taking its inventory after a late reply")
+
+    def resync(self, name: str, reason: str) -> None:
+        """What the Cell said (an event, an inventory) could not be recorded: the store could
+        not save, for ``reason``. Nothing would say it again while the Cell stays linked (QA
+        pass 22: a guest started while data/ was full stayed stopped in Core's records, and
+        could be neither stopped nor started), so its inventory is taken again in
+        :data:`RESYNC_AFTER` s, and after each such delay while the store still cannot save."""
+        if name in self._resyncs or not self.connected(name):
+            return  # a Cell that links again has its inventory taken then
+        self.log.warn(
+            "{name}: what it said could not be recorded ({reason}): its inventory is taken"
+            " again in {after:g} s",
+            name=name,
+            reason=reason,
+            after=RESYNC_AFTER,
+        )
+        self._resyncs[name] = self._clock.callLater(RESYNC_AFTER, self._resynced, name)
+
+    def _resynced(self, name: str) -> None:
+        del self._resyncs[name]
+        self._inventory_again(name, "taking its inventory again")
+
+    def _inventory_again(self, name: str, doing: str) -> None:
+        """:meth:`refresh`, one at a time per Cell: asked meanwhile, once more after it."""
         if name in self._refreshing:
             self._refreshing[name] = True
             return
         self._refreshing[name] = False
-        self.log.info("{name} answered {request} late: taking its inventory again",
-                      name=name, request=message_name(request.id))  # fmt: skip
 
         def done(_: object) -> None:
-            again = self._refreshing.pop(name, False)
-            if again:
-                self.cell_answered_late(name, request, reply)
+            if self._refreshing.pop(name, False):
+                self._inventory_again(name, doing)
 
         refreshing = self.refresh(name)
-        refreshing.addErrback(self._logged, "taking its inventory after a late reply", name)
+        refreshing.addErrback(self._logged, doing, name)
         refreshing.addBoth(done)
 
     def _late_inventory(self, name: str, request: Message, reply: Message) -> None:
@@ -716,7 +747,9 @@ class CellOperations:
         return asking.addErrback(translate)
 
     def _logged(self, failure: Failure, doing: str, name: str) -> None:
-        if failure.check(OperationError):
+        if failure.check(CommitFailed) and self.connected(name):
+            self.resync(name, failure.getErrorMessage())
+        elif failure.check(OperationError):
             self.log.warn(
                 "{name}: {doing} failed: {reason}",
                 name=name,

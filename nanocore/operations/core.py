@@ -74,6 +74,7 @@ class Operations:
             image_site=image_site,
             randbelow=randbelow,
             decision_times=decision_times,
+            resync=lambda cell, reason: self.cells.resync(cell, reason),
         )
         access, placement = self.guests.access, self.guests.placement
         self.guest_config = GuestConfig(access, placement, Growth(self.context, placement))

@@ -28,7 +28,7 @@ from nanocore.operations.base import named
 from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import Placement
-from nanocore.store import Change, Delete, Put, StoreClosed
+from nanocore.store import Change, CommitFailed, Delete, Put, StoreClosed
 
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _ID = re.compile(ID_PATTERN)
@@ -58,8 +58,14 @@ class GuestEvents:
 
     log = Logger()
 
-    def __init__(self, access: GuestAccess, placement: Placement) -> None:
+    def __init__(
+        self,
+        access: GuestAccess,
+        placement: Placement,
+        resync: Callable[[str, str], None] = lambda cell, reason: None,
+    ) -> None:
         self._access = access
+        self._resync = resync
         self._context = access.context
         self._placement = placement
         #: Resets an inventory found under way, by guest: their Cell, and the timer that ends
@@ -487,6 +493,8 @@ class GuestEvents:
         if failure.check(StoreClosed):  # Core is stopping: the Cell re-reports on rejoin
             self.log.info("{cell}: {id:#08x} not applied: the store is closed", cell=cell,
                           id=message.id)  # fmt: skip
+        elif failure.check(CommitFailed):  # its inventory tells again what this said
+            self._resync(cell, failure.getErrorMessage())
         elif failure.check(OperationError):
             self.log.warn(
                 "{cell}: {id:#08x} not applied: {reason}",

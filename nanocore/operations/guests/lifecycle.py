@@ -68,7 +68,10 @@ class GuestOperations:
         image_site: ImageSiteLocator = no_image_site,
         randbelow: Callable[[int], int] | None = None,
         decision_times: Durations | None = None,
+        resync: Callable[[str, str], None] = lambda cell, reason: None,
     ) -> None:
+        """``resync(cell, reason)``: what a Cell said could not be recorded (the store could
+        not save, for ``reason``): its inventory is to be taken again (``CellOperations``)."""
         self.access = GuestAccess(context, cells, timeout)
         self._context = context
         self._cells = cells
@@ -80,7 +83,7 @@ class GuestOperations:
             randbelow if randbelow is not None else random.SystemRandom().randrange,
             decision_times=decision_times,
         )
-        self.events = GuestEvents(self.access, self.placement)
+        self.events = GuestEvents(self.access, self.placement, resync)
         self.creations = Creations(
             self.access,
             self.placement,
