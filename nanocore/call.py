@@ -23,6 +23,7 @@ from twisted.web.client import RequestTransmissionFailed, ResponseFailed, Respon
 
 from nanocore import gojson
 from nanocore.api.client import Signer
+from nanocore.clocks import wall_seconds
 from nanocore.config import API_FILE, DOMAIN_FILE, ConfigError, load_api, load_domain
 from nanocore.console import Console
 from nanocore.layout import API_PORT_FILE_NAME
@@ -211,7 +212,7 @@ class Unanswered(Exception):
 
 async def answer_of(reactor: Any, http: Any, call: Call, timeout: float) -> Answer:
     """Send ``call`` signed now; its answer, or :class:`Unanswered` within ``timeout``."""
-    sending = Deferred.fromCoroutine(send(http, call, reactor.seconds()))
+    sending = Deferred.fromCoroutine(send(http, call, wall_seconds(reactor)))
     sending.addTimeout(timeout, reactor)
     try:
         return await sending

@@ -30,6 +30,7 @@ from nanocore.api.app import APIResource, api_site_for, build_api_resource
 from nanocore.api.auth import Verifier
 from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
 from nanocore.api.streams import StreamFront, stream_signature
+from nanocore.clocks import steady_timers
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.discovery import DiscoveryListener, ServiceEntry
 from nanocore.cluster.kcp.link import cell_link_endpoint
@@ -388,6 +389,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+        steady_timers(reactor)  # before any timer of Core's is armed
     layout = options.layout()
     try:
         config = load_checked_config(layout)

@@ -254,6 +254,13 @@ class FreshnessTests(SynchronousTestCase):
         clock.advance(0.5)
         self.assertIn("expired request with date", self.refusal(verifier, parts))
 
+    def test_dates_are_judged_by_the_wall_clock_not_the_steady_one(self) -> None:
+        """Once the system clock stepped (NTP corrected it), Core's steady clock reads the
+        old time; clients' dates are judged by the new one (nanocore.clocks)."""
+        verifier, clock = verifier_at(SIGNED_AT + 600)  # the steady clock, 10 min off
+        clock.wall_seconds = lambda: SIGNED_AT + 1  # type: ignore[attr-defined]
+        verifier.verify(self.signed(vector_a()))
+
     def test_future_date_beyond_skew_fails(self) -> None:
         verifier, _ = verifier_at(SIGNED_AT - 301)
         self.assertIn("expired request", self.refusal(verifier, self.signed(vector_a())))

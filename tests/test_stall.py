@@ -51,6 +51,29 @@ class StallWatchTests(SynchronousTestCase):
         )
         self.assertIn(said, line)
 
+    def test_a_step_of_the_system_clock_is_said_and_is_no_stall(self) -> None:
+        """With timers on a steady clock, a step of the wall clock moves nothing but dates:
+        said once, with its size and way; a forward step was said as a stall (QA pass 22)."""
+        self.watch.stopService()
+        wall = [0.0]
+        self.clock.wall_seconds = lambda: self.clock.seconds() + wall[0]  # type: ignore[attr-defined]
+        self.watch.startService()
+        self.clock.pump([1.0] * 3)
+        wall[0] = -600.0
+        self.clock.pump([1.0] * 3)
+        wall[0] = 0.0
+        self.clock.pump([1.0] * 3)
+        steps = [formatEvent(e) for e in self.observer if "stepped" in formatEvent(e)]
+        self.assertEqual(steps, [
+            "the system clock stepped back by 600.0 s: Core's timers and the silences of Cells"
+            " are measured on a steady clock and did not move; signed dates and the dates Core"
+            " writes follow the new time",
+            "the system clock stepped forward by 600.0 s: Core's timers and the silences of"
+            " Cells are measured on a steady clock and did not move; signed dates and the dates"
+            " Core writes follow the new time",
+        ])  # fmt: skip
+        self.assertEqual((self.lines(), self.watch.stalls), ([], 0))
+
     def test_a_restart_of_the_service_does_not_count_its_pause(self) -> None:
         self.watch.stopService()
         self.clock.advance(60.0)

@@ -25,6 +25,8 @@ from urllib.parse import quote_plus, unquote_to_bytes
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
+from nanocore.clocks import wall_seconds
+
 METHOD = "Nano-HMAC-SHA256"
 EMPTY_PAYLOAD_HASH = hashlib.sha256(b"").hexdigest()
 UNHASHED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -310,7 +312,7 @@ class Verifier:
 
     def replay_entries(self) -> int:
         """How many signatures are remembered right now (bounded by the window)."""
-        self._expire(self._clock.seconds())
+        self._expire(wall_seconds(self._clock))
         return self._entries
 
     def _key(self, credential_id: str, scope: str) -> bytes:
@@ -337,10 +339,10 @@ class Verifier:
             read = (parts.method, parts.path, parts.query, parts.body,
                     variant is Variant.STREAM, tuple(parts.headers.items()))  # fmt: skip
             known = self._reads.get(read)
-            if known is not None and abs(self._clock.seconds() - known[1]) <= self._skew:
+            if known is not None and abs(wall_seconds(self._clock) - known[1]) <= self._skew:
                 return known[0]
         auth, signed_at = self.check_headers(parts.headers)
-        now = self._clock.seconds()
+        now = wall_seconds(self._clock)
         expected = signature(
             self._key(auth.credential_id, auth.scope),
             parts,
@@ -381,7 +383,7 @@ class Verifier:
             signed_at = parse_date(date)
         except ValueError:
             raise AuthError(f"expired request with date {date}: not an RFC 3339 time") from None
-        if abs(self._clock.seconds() - signed_at) > self._skew:
+        if abs(wall_seconds(self._clock) - signed_at) > self._skew:
             raise AuthError(
                 f"expired request with date {date}: "
                 f"more than {self._skew:g} s from the server clock"
@@ -395,7 +397,7 @@ class Verifier:
 
     def remembered(self) -> dict[int, array[int]]:
         """Every signature remembered, as sorted digests by the second their dates go stale."""
-        self._expire(self._clock.seconds())
+        self._expire(wall_seconds(self._clock))
         return {
             stale_at: array("Q", sorted([*second.settled, *second.recent]))
             for stale_at, second in self._seconds.items()
@@ -404,7 +406,7 @@ class Verifier:
     def recall(self, seconds: Mapping[int, array[int]]) -> int:
         """Remember again what :meth:`remembered` gave before a restart (their repeat windows
         are over): the signatures not yet stale; how many."""
-        now = self._clock.seconds()
+        now = wall_seconds(self._clock)
         recalled = 0
         for stale_at, digests in seconds.items():
             if stale_at <= now or not digests:

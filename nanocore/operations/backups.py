@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nanocore.clocks import wall_seconds
 from nanocore.operations.errors import InvalidRequest
 from nanocore.store.backup import KEEP_BACKUPS, Backup
 from nanocore.store.errors import CommitFailed, StoreClosed, StoreError
@@ -62,7 +63,7 @@ class Backups:
         assert self._write is not None
         waiting, self._waiting = self._waiting, []
         self._writing = True
-        writing = self._write(self._folder, self._clock.seconds(), self._keep)
+        writing = self._write(self._folder, wall_seconds(self._clock), self._keep)
 
         def done(result: Backup | Failure) -> None:
             self._writing = False

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nanocore.clocks import wall_seconds
 from nanocore.model import MAX_NAME, TIME_FORMAT, first_invisible, shown, validation_message
 from nanocore.operations.claims import Claim, Claims
 from nanocore.operations.errors import (
@@ -68,7 +69,7 @@ class Context:
 
     def now_text(self) -> str:
         """The clock's time as Core writes it: local ``YYYY-MM-DD HH:MM:SS``."""
-        return time.strftime(TIME_FORMAT, time.localtime(self.clock.seconds()))
+        return time.strftime(TIME_FORMAT, time.localtime(wall_seconds(self.clock)))
 
     def commit(self, *changes: Change, holding: Iterable[Claim[Any]] = ()) -> Deferred[None]:
         """Commit ``changes`` as one unit; the ``holding`` claims are released when it is done.

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from nanocore.clocks import wall_seconds
 from nanocore.model import (
     ID_PATTERN,
     INVISIBLE_CATEGORIES,
@@ -476,7 +477,7 @@ class Images:
         found: set[str] = set()
         adopted: list[Image] = []
         names = {(image.group, image.name) for image in before.values()}
-        stamp = int(self._context.clock.seconds())
+        stamp = int(wall_seconds(self._context.clock))
         when = time.strftime(TIME_FORMAT, time.localtime(stamp))
         for stored in await self._files.scan(kind):
             parsed = kind.parse_file_name(stored.name)

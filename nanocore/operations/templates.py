@@ -8,6 +8,7 @@ import secrets
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred
 
+from nanocore.clocks import wall_seconds
 from nanocore.model import SystemTemplate
 from nanocore.operations.base import Context, build, check_label
 from nanocore.operations.claims import ClaimKind
@@ -96,7 +97,7 @@ class Templates:
                 raise AlreadyExists(f"system template '{spec.name}' already exists")
 
     def create(self, spec: TemplateSpec) -> Deferred[str]:
-        template_id = new_xid(self._context.clock.seconds())
+        template_id = new_xid(wall_seconds(self._context.clock))
         self._check(spec, template_id)
         now = self._context.now_text()
         template = build(

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from nanocore.api.auth import Verifier
 from nanocore.atomicfile import write_file
+from nanocore.clocks import wall_seconds
 
 #: The file in the data folder.
 REPLAY_MEMORY_FILE = "replay-memory"
@@ -115,7 +116,7 @@ class ReplayMemory(Service):
     def _forgotten(self, why: str) -> None:
         # From the whole second: the portal's dates name whole seconds, and no run died and
         # started again within one.
-        self._verifier.refuse_writes_before(math.floor(self._clock.seconds()))
+        self._verifier.refuse_writes_before(math.floor(wall_seconds(self._clock)))
         self.log.info(
             "no replay memory from the previous run ({why}): writes signed before this start"
             " are refused, to be signed again",

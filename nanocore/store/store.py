@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from nanocore.clocks import wall_seconds
 from nanocore.durations import Durations
 from nanocore.model import TIME_FORMAT
 from nanocore.ratelog import RateLimitedLog
@@ -108,7 +109,7 @@ class Store:
         threadpool = ThreadPool(minthreads=1, maxthreads=1, name="nanocore-store")
         threadpool.start()
         timekeeper = reactor if IReactorTime.providedBy(reactor) else None
-        seconds = timekeeper.seconds() if timekeeper is not None else time.time()
+        seconds = wall_seconds(timekeeper) if timekeeper is not None else time.time()
         now = time.strftime(TIME_FORMAT, time.localtime(seconds))
         chosen = scripts if scripts is not None else bundled_scripts()
 
