@@ -247,7 +247,7 @@ def start_failed(console: Console, layout: Layout, mark: LogMark, said: bytes = 
 
     A daemon running now was started by another `nanocore start` meanwhile: twistd refused to
     start a second one on its pid file, in words about twistd's own options."""
-    racing = running_pid(layout.pid_file)
+    racing = running_pid(layout.pid_file, exiting=False)  # not this start's, failing
     if racing is not None:
         console.complain(f"core is already running, current pid {racing}")
         return EXIT_FAILURE

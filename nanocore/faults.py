@@ -29,11 +29,11 @@ MAX_READ = 1 << 20
 
 #: Signals that end the process by default and that nothing of Twisted's handles. SIGTERM and
 #: SIGINT are the reactor's (a clean, logged stop); SIGUSR1 is twistd's log rotation; SIGPIPE
-#: is ignored by Python. A signal some code already handles is left to that code.
+#: is ignored by Python; SIGHUP is said and ignored (:func:`outlive_hangups`). A signal some
+#: code already handles is left to that code.
 SILENT_DEATHS = tuple(
     getattr(signal, name)
     for name in (
-        "SIGHUP",
         "SIGALRM",
         "SIGVTALRM",
         "SIGPROF",
@@ -96,3 +96,10 @@ def report_fatal_errors(
             # After the tracebacks, the signal's own action: the process still ends by it.
             handler.register(signum, file, all_threads=True, chain=True)
     return earlier
+
+
+def outlive_hangups(say: Callable[[], object]) -> None:
+    """SIGHUP ends a process by default, so logrotate's usual ``postrotate kill -HUP`` stopped
+    the cluster's control node without a line in its log (QA pass 22, F1); nanocore rotates
+    its own log. From now on a hang-up is only ``say``-ed."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: say())

@@ -5,12 +5,14 @@ nanocore (a second Core on the host, a benchmark's daemon, `python -m nanocore c
 `status` says "running", `start` refuses, `stop` sends SIGTERM or `halt` sends SIGKILL, the
 process is checked against its command line: it must be a live (not zombie) twistd process of
 the `nanocore` plugin whose ``--pidfile`` is this pid file (a relative one taken from the
-process's working directory). Where `/proc` is absent, a live pid is trusted.
+process's working directory). Where `/proc` is absent, a live pid is trusted. A daemon that
+removed its pid file while exiting is found by its command line.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 #: argv element that marks a twistd process running the nanocore plugin.
@@ -79,12 +81,34 @@ def is_nanocore_process(pid: int, pid_file: Path) -> bool:
     return any(_names(pid, named, pid_file) for named in _pid_files_named(argv))
 
 
-def running_pid(pid_file: Path) -> int | None:
-    """The pid of the running daemon named by `pid_file`, or None when none is running."""
+def running_pid(pid_file: Path, *, exiting: bool = True) -> int | None:
+    """The pid of the running daemon named by `pid_file`, or None when none is running.
+
+    twistd removes its pid file when the reactor stops, a second or so before the process
+    exits (its threads are joined after): a daemon found owning `pid_file` without it is
+    still running (QA pass 22: `stop` said "stop core success" while the daemon lived, a
+    second `stop` said "already stopped", and a `start` then ran a second daemon beside it);
+    ``exiting=False`` asks only for one that holds its pid file (one that won a start).
+    """
     pid = read_pid(pid_file)
-    if pid is None or not is_nanocore_process(pid, pid_file):
-        return None
-    return pid
+    if pid is not None and is_nanocore_process(pid, pid_file):
+        return pid
+    return next(_daemons_owning(pid_file), None) if exiting else None
+
+
+def _daemons_owning(pid_file: Path) -> Iterator[int]:
+    """Live nanocore daemons whose ``--pidfile`` is `pid_file` (none where /proc is absent)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        argv = _command_line(int(entry))
+        # The command line first: it rules out nearly every process without a readlink.
+        if argv and PLUGIN_ARGUMENT in argv and is_nanocore_process(int(entry), pid_file):
+            yield int(entry)
 
 
 def remove_stale(pid_file: Path) -> bool:

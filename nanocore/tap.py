@@ -38,7 +38,7 @@ from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import MAX_TLS_HANDSHAKING, CellLinkFactory
 from nanocore.config import ConfigError, CoreConfig, DomainConfig, ensure_config, load_config
 from nanocore.durations import Durations
-from nanocore.faults import report_fatal_errors
+from nanocore.faults import outlive_hangups, report_fatal_errors
 from nanocore.images.files import ImageFolders, thread_offload
 from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
 from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
@@ -82,6 +82,11 @@ from nanocore.tlsserver import tls_server_factory
 log = Logger()
 
 #: The protocols discovery echoes for the Cell links this Core serves.
+#: Said of a SIGHUP, which no longer ends the daemon (logrotate's usual signal).
+HANGUP_SAID = (
+    "SIGHUP received and ignored: nanocore keeps running (it rotates its log itself at 1 MB;"
+    " SIGUSR1 rotates it now; `nanocore stop` stops it)"
+)
 LINK_PROTOCOL = "tls"
 KCP_PROTOCOL = "kcp"
 #: What the KCP link's start says it exposes, and how to switch it off.
@@ -390,6 +395,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
         reactor = default_reactor
         steady_timers(reactor)  # before any timer of Core's is armed
+        outlive_hangups(lambda: reactor.callFromThread(log.warn, HANGUP_SAID))
     layout = options.layout()
     try:
         config = load_checked_config(layout)

@@ -215,8 +215,8 @@ class PidIdentityTests(SynchronousTestCase):
     def test_a_relative_pid_file_is_taken_from_the_daemons_folder(self) -> None:
         pid = blocked_child(self, "--pidfile", "core.pid", "nanocore", cwd=self.data_dir)
         self.assertEqual(self.running(pid), pid)
-        pid = blocked_child(self, "--pidfile", "core.pid", "nanocore", cwd=self.data_dir.parent)
-        self.assertIsNone(self.running(pid))
+        other = blocked_child(self, "--pidfile", "core.pid", "nanocore", cwd=self.data_dir.parent)
+        self.assertEqual(self.running(other), pid)  # not the other: the first one, still alive
 
     def test_another_nanocore_is_not_this_pid_files_daemon(self) -> None:
         elsewhere = self.data_dir.parent / "elsewhere" / "core.pid"
@@ -241,6 +241,24 @@ class PidIdentityTests(SynchronousTestCase):
         self.assertEqual((code, out.getvalue()), (cli.EXIT_OK, f"removed stale pid file "
                          f"{self.pid_file}\ncore is already stopped\n"))  # fmt: skip
         os.kill(pid, 0)  # still alive: raises ProcessLookupError if it was killed
+
+    def test_a_daemon_that_removed_its_pid_file_while_exiting_still_runs(self) -> None:
+        """twistd removes the pid file a second or so before its process exits (QA pass 22:
+        `stop` said success while it ran, and a `start` then ran a second daemon)."""
+        pid = blocked_child(self, "--pidfile", str(self.pid_file), "nanocore")
+        self.assertFalse(self.pid_file.exists())
+        self.assertEqual(pidfile.running_pid(self.pid_file), pid)
+        the_console, out, _err = console()
+        options = cli.parse(["status", f"--data-dir={self.data_dir}"], the_console)
+        assert isinstance(options, cli.CommandOptions)
+        code = self.successResultOf(
+            ensureDeferred(cli.run_command(MemoryReactor(), options, the_console))
+        )
+        self.assertEqual(
+            (code, out.getvalue()), (cli.EXIT_OK, f"core is running, current pid {pid}\n")
+        )
+        elsewhere = self.data_dir.parent / "elsewhere" / "core.pid"
+        self.assertIsNone(pidfile.running_pid(elsewhere))  # another Core's is not this one
 
     def test_a_dead_pid_is_stale(self) -> None:
         child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -491,6 +509,9 @@ class RealDaemonTests(TestCase):
             self.assertEqual(refused["message"], "compute pool 'default' already exists")
             await self.expect(0, "call", "POST", "/compute_pools/cli")
             self.assertIn("stop core success", await self.expect(0, "stop"))
+            assert pid is not None
+            # Said once the daemon is gone, not once its pid file is (QA pass 22, F2).
+            self.assertFalse(pidfile.is_nanocore_process(pid, self.pid_file))
             self.assertFalse(self.pid_file.exists())
             self.assertFalse(layout_under(self.root).api_port_file.exists())
             self.assertIn("core is stopped", await self.expect(3, "status"))
@@ -565,7 +586,7 @@ class RealDaemonTests(TestCase):
             await self.expect(0, "start")
             first = pidfile.read_pid(self.pid_file)
             assert first is not None
-            os.kill(first, signal.SIGHUP)
+            os.kill(first, signal.SIGALRM)
             for _ in range(int(cli.STOP_TIMEOUT / cli.POLL_INTERVAL)):
                 if pidfile.running_pid(self.pid_file) is None:
                     break

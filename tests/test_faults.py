@@ -11,7 +11,7 @@ from typing import IO
 from attrs import define, field
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanocore import faults
+from nanocore import faults, tap
 from tests.coreprocess import CoreProcessCase
 
 FAULT_CHILD = Path(__file__).with_name("fault_child.py")
@@ -98,7 +98,8 @@ class ReportFatalErrorsTests(SynchronousTestCase):
     def test_the_terms_and_interrupts_of_the_reactor_are_not_touched(self) -> None:
         for kept in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGPIPE):
             self.assertNotIn(kept, faults.SILENT_DEATHS)
-        self.assertIn(signal.SIGHUP, faults.SILENT_DEATHS)
+        self.assertIn(signal.SIGALRM, faults.SILENT_DEATHS)
+        self.assertNotIn(signal.SIGHUP, faults.SILENT_DEATHS)  # said and outlived
 
     def test_no_file_and_clean_runs_tell_nothing(self) -> None:
         self.assertIsNone(faults.earlier_death(self.path))
@@ -161,10 +162,25 @@ class FatalErrorProcessTests(CoreProcessCase):
         self.assertIn("died of a fatal error or a signal", log)
         self.assertIn(str(self.layout.fault_file), log)
 
-    async def test_a_death_by_sighup_leaves_the_main_loops_traceback(self) -> None:
+    async def test_a_hangup_is_said_and_outlived(self) -> None:
+        """logrotate's usual ``postrotate kill -HUP`` ended Core without a word (QA pass 22)."""
         process = self.spawn()
         await self.serving(process)
-        self.assertEqual(await self.signalled(process, signal.SIGHUP), signal.SIGHUP)
+        transport = process.transport
+        assert transport is not None
+        transport.signalProcess("HUP")
+
+        async def said() -> bool:
+            return tap.HANGUP_SAID in self.log_file().read_text()
+
+        await self.eventually(said, "the hang-up said in the log")
+        await self.serving(process)  # still answering
+        await self.stopped(process)
+
+    async def test_a_death_by_sigalrm_leaves_the_main_loops_traceback(self) -> None:
+        process = self.spawn()
+        await self.serving(process)
+        self.assertEqual(await self.signalled(process, signal.SIGALRM), signal.SIGALRM)
         report = self.fault_report()
         self.assertIn("Current thread", report)
         self.assertIn("twisted", report)  # the reactor's loop, where the signal found it
