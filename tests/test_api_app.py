@@ -8,13 +8,14 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore import __version__
 from nanocore.api import envelope
-from nanocore.api.app import APIResource, api_site_for
+from nanocore.api.app import OUT_OF_MEMORY, APIResource, api_site_for
 from nanocore.api.auth import Verifier
 from nanocore.api.cache import ResponseCache
 from nanocore.api.client import Signer
@@ -54,6 +55,9 @@ class Handlers:
     def crash(self, ops: object, call: Call) -> Any:
         raise RuntimeError("boom")
 
+    def exhausted(self, ops: object, call: Call) -> Any:
+        raise MemoryError()
+
     def later(self, ops: object, call: Call) -> Deferred[Any]:
         self.pending = Deferred()
         return self.pending
@@ -80,6 +84,7 @@ class Handlers:
             Route("PUT", "/things/:id/qos/cpu", self.record, "qos", "t"),
             Route("GET", "/fail/", self.fail, "fail", "t"),
             Route("GET", "/crash/", self.crash, "crash", "t"),
+            Route("GET", "/exhausted/", self.exhausted, "exhausted", "t"),
             Route("GET", "/later/", self.later, "later", "t"),
             Route("POST", "/accepted/", self.accepted, "accepted", "t", body=Body()),
             Route("GET", "/search/things/*filepath", self.record, "search", "t"),
@@ -168,6 +173,19 @@ class EnvelopeTests(AppTestsMixin, SynchronousTestCase):
         answer = result_of(self.client.get("/crash/"))
         self.assertEqual(answer.error, "internal error")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_memory_running_out_is_a_503_said_once_a_minute(self) -> None:
+        """Not "internal error" with a traceback per request (QA pass 22, E1)."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for _ in range(3):
+            answer = result_of(self.client.get("/exhausted/"))
+            self.assertEqual((answer.status, answer.error), (503, OUT_OF_MEMORY))
+            self.assertEqual(answer.header(b"retry-after"), b"1")
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["out of memory answering GET /api/v1/exhausted/: answered 503"],
+        )
+        self.assertEqual(self.flushLoggedErrors(MemoryError), [])
 
     def test_asynchronous_handler(self) -> None:
         d = self.client.get("/later/")
