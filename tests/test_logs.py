@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from unittest.mock import patch
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanocore.services.logs import RotatedLogs, rotated
@@ -63,6 +67,25 @@ class RotatedLogsTests(SynchronousTestCase):
     def test_a_log_folder_gone_is_no_fault(self) -> None:
         logs = RotatedLogs(self.clock, Path(self.mktemp()) / "core.log")
         self.assertEqual(logs.prune(), 0)
+
+    def test_a_folder_that_cannot_be_read_is_said_and_looked_at_again(self) -> None:
+        """Out of file descriptors, the glob failed and the looping call died with an
+        Unhandled Error (QA pass 22, D1): nothing more was ever pruned."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.rotate_into(1, 2, 3, 4)
+
+        def no_descriptor(self: Path, pattern: str) -> list[Path]:
+            raise OSError(errno.EMFILE, "Too many open files", str(self))
+
+        with patch.object(Path, "glob", no_descriptor):
+            self.assertEqual(self.logs.prune(), 0)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                f"cannot look for old logs to remove: [Errno 24] Too many open files: '{self.folder}'"
+            ],
+        )
+        self.assertEqual(self.logs.prune(), 1)  # the next look
 
     def test_stopping_before_it_started_is_no_fault(self) -> None:
         """A sibling's start failed first: every service is stopped, started or not."""

@@ -51,9 +51,15 @@ class RotatedLogs(Periodic):
         self._keep = keep
 
     def prune(self) -> int:
-        """Remove the copies beyond the newest ``keep``; how many went."""
+        """Remove the copies beyond the newest ``keep``; how many went. A folder that cannot
+        be read now (no file descriptor left: QA pass 22) is said, and looked at next time."""
         removed = 0
-        for number, path in sorted(rotated(self._log_file).items()):
+        try:
+            copies = rotated(self._log_file)
+        except OSError as error:
+            self.log.warn("cannot look for old logs to remove: {error}", error=error)
+            return removed
+        for number, path in sorted(copies.items()):
             if number <= self._keep:
                 continue
             try:
