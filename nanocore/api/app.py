@@ -67,7 +67,6 @@ from nanocore.operations.core import Operations
 from nanocore.operations.errors import UNAVAILABLE, OperationError, unavailable_message
 from nanocore.ratelog import RateLimitedLog
 
-
 #: The message of a request answered while memory ran out.
 OUT_OF_MEMORY = "nanocore is out of memory, retry later"
 
