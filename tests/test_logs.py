@@ -82,7 +82,8 @@ class RotatedLogsTests(SynchronousTestCase):
         self.assertEqual(
             [formatEvent(e) for e in events],
             [
-                f"cannot look for old logs to remove: [Errno 24] Too many open files: '{self.folder}'"
+                "cannot look for old logs to remove: [Errno 24] Too many open files:"
+                f" '{self.folder}'"
             ],
         )
         self.assertEqual(self.logs.prune(), 1)  # the next look
