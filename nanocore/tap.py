@@ -28,7 +28,7 @@ from nanocore import COMPATIBLE_CORE_VERSION, __version__, start_report
 from nanocore.api import envelope
 from nanocore.api.app import APIResource, api_site_for, build_api_resource
 from nanocore.api.auth import Verifier
-from nanocore.api.request import DEFAULT_MAX_CONNECTIONS
+from nanocore.api.request import DEFAULT_MAX_CONNECTIONS, LimitedSite
 from nanocore.api.streams import StreamFront, stream_signature
 from nanocore.clocks import steady_timers
 from nanocore.cluster.cells import CellRegistry
@@ -44,7 +44,7 @@ from nanocore.images.site import DEFAULT_MAX_CONNECTIONS as IMAGE_CONNECTIONS
 from nanocore.images.site import IMAGE_PORTS, ImageSite, ImageSiteResource
 from nanocore.images.transfers import Transfers
 from nanocore.layout import Layout, LayoutOptions
-from nanocore.openfiles import connection_share, raise_open_file_limit
+from nanocore.openfiles import Descriptors, connection_share, raise_open_file_limit
 from nanocore.operations.backups import Backups
 from nanocore.operations.core import Operations
 from nanocore.operations.imagesite import ImageSiteAddress
@@ -220,6 +220,9 @@ def build_service(
     api_connections = min(DEFAULT_MAX_CONNECTIONS, share or DEFAULT_MAX_CONNECTIONS)
     link_handshaking = min(MAX_TLS_HANDSHAKING, share or MAX_TLS_HANDSHAKING)
     image_connections = min(IMAGE_CONNECTIONS, share or IMAGE_CONNECTIONS)
+    # Linked Cells hold descriptors too: every port refuses newcomers once all of them hold
+    # what the limit leaves beside the reserve.
+    descriptors = Descriptors(open_files) if open_files is not None else None
     stop = stop_on_failure(reactor)
 
     # The shared objects of a running Core.
@@ -268,8 +271,11 @@ def build_service(
         lambda front: ImageSite(
             ImageSiteResource(front.transfers, stream_signature(verifier)),
             max_connections=image_connections,
+            descriptors=descriptors,
         )
     )
+    image_places: list[ImageSite] = []
+    image_site.then(image_places.append)
     image_tls = requesting_tls_options(certificates.ca, certificates.image)
     images = ImageSiteService(
         ports=IMAGE_PORTS,
@@ -293,6 +299,7 @@ def build_service(
         peer_cell_name,
         max_handshaking=link_handshaking,
         quiet=memory.soon,
+        descriptors=descriptors,
     )
     tls = server_tls_options(certificates.ca, certificates.image, require_client_certificate=True)
     link_factory = tls_server_factory(tls, links)
@@ -345,7 +352,12 @@ def build_service(
         upload_routes=lambda: fronts[0] if fronts else None,
         # While Core starts the gate answers every request: nothing is refused before it.
         before_body=lambda *request: apps[0].refusal_before_body(*request) if apps else None,
+        descriptors=descriptors,
     )
+    if descriptors is not None:
+        descriptors.count(lambda: cast(LimitedSite, site).open_connections)
+        descriptors.count(lambda: len(links.connections))
+        descriptors.count(lambda: sum(len(each.places) for each in image_places))
     api_server = ListeningService(
         lambda: reactor.listenTCP(
             config.api.port, site, backlog=API_BACKLOG, interface=domain.listen_address

@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 
 from nanocore.api.app import api_site_for
 from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedRequest, LimitedSite
+from nanocore.openfiles import RESERVED_FILES, Descriptors
 from tests.loopbackapi import (
     LOOPBACK,
     Collect,
@@ -348,6 +349,23 @@ class FairConnectionsTests(SynchronousTestCase):
                 " holds the most",
             ],
         )
+
+    def test_every_ports_connections_together_stay_within_the_open_file_limit(self) -> None:
+        """Linked Cells hold descriptors too: with 60 linked and a limit of 256, idle
+        connections to the three ports took the last one (QA pass 22, D1)."""
+        cells = [3]
+        self.site.descriptors = descriptors = Descriptors(RESERVED_FILES + 4)
+        descriptors.count(lambda: cells[0])
+        descriptors.count(lambda: self.site.open_connections)
+        self.assertIsNotNone(self.connect("192.0.2.7"))
+        self.assertIsNone(self.connect("192.0.2.8"))  # 3 Cells + 1: none left
+        self.assertIn(
+            "refused an API connection from 192.0.2.8: 4 connections are open on all ports,"
+            " as many as the open-file limit leaves for them (4)",
+            [formatEvent(e) for e in self.events],
+        )
+        cells[0] = 2  # a Cell left
+        self.assertIsNotNone(self.connect("192.0.2.8"))
 
     def test_a_request_under_way_keeps_its_place_while_its_source_has_an_idle_one(self) -> None:
         """The source holding the most gives up its oldest idle connection: a client's

@@ -58,3 +58,20 @@ class ShareTests(SynchronousTestCase):
     def test_a_quarter_of_the_limit_but_never_below_the_floor(self) -> None:
         self.assertEqual(openfiles.connection_share(20000), 5000)
         self.assertEqual(openfiles.connection_share(100), openfiles.MIN_SHARE)
+
+
+class DescriptorsTests(SynchronousTestCase):
+    def test_full_once_every_port_holds_what_the_limit_leaves_beside_the_reserve(self) -> None:
+        descriptors = openfiles.Descriptors(100, reserved=90)
+        api, links = [3], [6]
+        descriptors.count(lambda: api[0])
+        descriptors.count(lambda: links[0])
+        self.assertEqual((descriptors.allowed, descriptors.in_use()), (10, 9))
+        self.assertFalse(descriptors.full())
+        links[0] = 7
+        self.assertTrue(descriptors.full())
+        api[0] = 2
+        self.assertFalse(descriptors.full())
+
+    def test_a_limit_below_the_reserve_still_allows_one(self) -> None:
+        self.assertEqual(openfiles.Descriptors(10).allowed, 1)

@@ -25,7 +25,7 @@ from nanocore import __version__, config, pki, tap
 from nanocore.api.request import LimitedChannel
 from nanocore.cluster.discovery import DiscoveryListener
 from nanocore.layout import Layout
-from nanocore.openfiles import connection_share
+from nanocore.openfiles import RESERVED_FILES, connection_share
 from nanocore.services.gate import ClosingGate
 from nanocore.services.images import ImageSiteService
 from nanocore.services.link import CellLinkService
@@ -38,6 +38,7 @@ from nanocore.services.stall import StallWatch
 from nanocore.services.store import StoreService
 from nanocore.services.timings import TimingReport
 from nanocore.testing import simtap
+from tests.loopbackapi import connect_in_memory
 
 
 def write_config(
@@ -298,6 +299,12 @@ class MakeServiceTests(SynchronousTestCase):
         tree.privilegedStartService()
         [(_port, site, _backlog, _interface)] = self.reactor.tcpServers
         self.assertEqual(site.max_connections, 256)
+        # And every port's connections together: the API's own count among them.
+        descriptors = site.descriptors
+        self.assertEqual(descriptors.allowed, 1024 - RESERVED_FILES)
+        self.assertEqual(descriptors.in_use(), 0)
+        connect_in_memory(self, site, "192.0.2.7", 1024)
+        self.assertEqual(descriptors.in_use(), 1)
 
     def test_image_certificate_follows_the_listen_address(self) -> None:
         write_config(self.root / "config", listen_address="127.0.0.1")

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
 from nanocore.images.site import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, ImageSite
+from nanocore.openfiles import RESERVED_FILES, Descriptors
 from nanocore.pki import create_ca, issue_server_certificate, requesting_tls_options
 from nanocore.tlsserver import tls_server_factory
 from tests.loopbackapi import LOOPBACK, Collect, Response, connect_in_memory, exchange, reactor
@@ -90,6 +91,19 @@ class SlowAndManyClientsTests(SynchronousTestCase):
         busy[0].dataReceived(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc")
         self.assertIsNotNone(self.connect("192.0.2.7"))
         self.assertEqual((busy[1].disconnected, idle[1].disconnected), (False, True))
+
+    def test_every_ports_connections_together_stay_within_the_open_file_limit(self) -> None:
+        cells = [1]
+        descriptors = Descriptors(RESERVED_FILES + 2)
+        self.site = ImageSite(
+            cast(Any, _NoUploads()), reactor=self.clock, max_connections=2, descriptors=descriptors
+        )
+        descriptors.count(lambda: cells[0])
+        descriptors.count(lambda: len(self.site.places))
+        self.assertIsNotNone(self.connect("192.0.2.7"))
+        self.assertIsNone(self.connect("192.0.2.8"))
+        cells[0] = 0
+        self.assertIsNotNone(self.connect("192.0.2.8"))
 
     def test_a_connection_that_never_completes_tls_is_closed_after_the_handshake_timeout(
         self,

@@ -42,6 +42,7 @@ from nanocore.cluster.transport import (
     cell_link_protocol,
     opened_event,
 )
+from nanocore.openfiles import RESERVED_FILES, Descriptors
 from nanocore.testing.fakecell import FakeCell
 
 CELL = "Cell_5254001a2b3c"
@@ -441,6 +442,27 @@ class HandshakeCapTests(SynchronousTestCase):
         self.assertIsNone(self.accept("127.0.0.9"))
         self.assertIsNone(self.accept("127.0.0.5"))
         self.assertEqual(self.factory.refused, 2)
+
+    def test_linked_cells_count_against_the_open_file_limit(self) -> None:
+        """Every open link holds a descriptor, linked or not: once every port holds what
+        the limit leaves, a newcomer is refused (else Core's accept met EMFILE, and every
+        client was reset: QA pass 22, D1)."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        descriptors = Descriptors(RESERVED_FILES + 1)
+        descriptors.count(lambda: len(self.factory.connections))
+        self.factory = CellLinkFactory(
+            self.handler, self.clock, CORE, lambda transport: CELL, descriptors=descriptors
+        )
+        self.assertIsNotNone(self.accept())
+        self.assertIsNone(self.accept("127.0.0.9"))
+        self.assertEqual(self.factory.refused, 1)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "refused a Cell link connection from 127.0.0.9: 1 connections are open on all"
+                " ports, as many as the open-file limit leaves for them (1)"
+            ],
+        )
 
     def test_handshakes_failing_by_the_thousand_log_one_line_and_the_count(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)

@@ -63,6 +63,7 @@ from nanocore.api.signed import may_share_a_path, signed
 from nanocore.api.streams import StreamingAPIChannel, streaming_request_factory
 from nanocore.httpparts import first_headers
 from nanocore.images.transfers import UploadRoutes
+from nanocore.openfiles import Descriptors
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import UNAVAILABLE, OperationError, unavailable_message
 from nanocore.ratelog import RateLimitedLog
@@ -358,6 +359,7 @@ def api_site_for(
     noise: RateLimitedLog | None = None,
     upload_routes: Callable[[], UploadRoutes | None] | None = None,
     before_body: Callable[[Request, bytes, bytes], str | None] | None = None,
+    descriptors: Descriptors | None = None,
 ) -> Site:
     """A ``Site`` for an API resource with the wire limits of :mod:`nanocore.api.request`:
     bodies above ``max_body``, lines and headers above Twisted's, connections beyond
@@ -366,12 +368,14 @@ def api_site_for(
     With ``upload_routes`` (the :class:`~nanocore.api.streams.StreamFront` once there is one),
     an upload route's body streams to storage instead (:mod:`nanocore.api.streams`); with
     ``before_body`` (:meth:`APIResource.refusal_before_body`), a request its headers already
-    refuse is answered before its body is read, and closed.
+    refuse is answered before its body is read, and closed; with ``descriptors``, a
+    connection is refused while every port's hold what the open-file limit leaves.
     """
     site = LimitedSite(
         resource, max_connections=max_connections, access_log=access_log, noise=noise
     )
     site.before_body = before_body
+    site.descriptors = descriptors
     if upload_routes is None:
         site.requestFactory = limited_request_factory(max_body)
     else:

@@ -44,6 +44,7 @@ from twisted.web.server import Site
 from nanocore.api import envelope
 from nanocore.cluster.admission import FairShare, admit
 from nanocore.httpparts import RequestInTime, UnbrandedRequest, request_line
+from nanocore.openfiles import Descriptors
 from nanocore.ratelog import RateLimitedLog
 
 #: Largest request body read.
@@ -346,6 +347,8 @@ class LimitedSite(Site):
         #: Log lines anyone can cause at will (idle clients, refused connections), rate-limited;
         #: shared with the API behind the site (refused signatures), and flushed when it stops.
         self.noise = noise if noise is not None else RateLimitedLog(log, self.reactor)
+        #: Every port's connections against the open-file limit (set by whoever mounts it).
+        self.descriptors: Descriptors | None = None
         #: The refusal a request's headers earn before its body is read (the API's signature
         #: checks that need no body), or None: given the request (its headers), its method and
         #: its raw path (the request itself learns them once its body is in); set by whoever
@@ -358,7 +361,9 @@ class LimitedSite(Site):
 
     def buildProtocol(self, addr: IAddress) -> LimitedChannel | None:  # type: ignore[override]
         source = _host(addr)
-        if not admit(self._connections, source, noise=self.noise, site="API"):
+        if not admit(
+            self._connections, source, noise=self.noise, site="API", descriptors=self.descriptors
+        ):
             return None
         channel = cast(LimitedChannel, super().buildProtocol(addr))
         self._connections.add(source, channel)

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from attrs import frozen
 
+from nanocore.openfiles import Descriptors
 from nanocore.ratelog import RateLimitedLog
 
 C = TypeVar("C", bound=Hashable)
@@ -95,10 +96,20 @@ class FairShare(Generic[C]):
             del self._by_source[source]
 
 
-def admit(places: FairShare[Any], source: str, *, noise: RateLimitedLog, site: str) -> bool:
+def admit(
+    places: FairShare[Any],
+    source: str,
+    *,
+    noise: RateLimitedLog,
+    site: str,
+    descriptors: Descriptors | None = None,
+) -> bool:
     """Whether a connection from ``source`` to ``site`` (the API, the image site) gets a place
-    among ``places``; a refusal, and the connection it displaces (aborted), are said once a
-    minute per source, with a count. The caller adds the connection it then builds."""
+    among ``places`` (and, with ``descriptors``, a descriptor within the open-file limit); a
+    refusal, and the connection it displaces (aborted), are said once a minute per source,
+    with a count. The caller adds the connection it then builds."""
+    if descriptors is not None and refused_for_descriptors(descriptors, source, noise, site):
+        return False
     decision = places.make_room(source)
     if not decision.admitted:
         noise.warn(
@@ -126,4 +137,24 @@ def admit(places: FairShare[Any], source: str, *, noise: RateLimitedLog, site: s
         transport = getattr(evicted, "transport", None)
         if transport is not None:
             transport.abortConnection()
+    return True
+
+
+def refused_for_descriptors(
+    descriptors: Descriptors, source: str, noise: RateLimitedLog, site: str
+) -> bool:
+    """Whether a connection to ``site`` is refused because every port together holds what
+    the open-file limit leaves for connections; said once a minute per source."""
+    if not descriptors.full():
+        return False
+    noise.warn(
+        f"{site} connections over the open-file limit",
+        source,
+        "refused {article} {site} connection from {source}: {in_use} connections are open on"
+        " all ports, as many as the open-file limit leaves for them ({allowed})",
+        article="an" if site[0] in "AEIOUaeiou" else "a",
+        site=site,
+        in_use=descriptors.in_use(),
+        allowed=descriptors.allowed,
+    )
     return True

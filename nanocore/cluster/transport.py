@@ -29,8 +29,9 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from nanocore.cluster._fastcodec import decode, encode
-from nanocore.cluster.admission import FairShare
+from nanocore.cluster.admission import FairShare, refused_for_descriptors
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey
+from nanocore.openfiles import Descriptors
 from nanocore.ratelog import RateLimitedLog
 
 #: Seconds between two keepalives on a connected link (framework ``KeepAliveInterval``).
@@ -621,9 +622,12 @@ class CellLinkFactory(Factory):
         identify: Callable[[ITransport], str | None],
         max_handshaking: int = MAX_TLS_HANDSHAKING,
         quiet: Callable[[], object] | None = None,
+        descriptors: Descriptors | None = None,
     ) -> None:
         """``quiet`` is told when the last connection still handshaking is done (a wave of
-        Cells has linked: what their handshakes freed may be returned, ``services.memory``)."""
+        Cells has linked: what their handshakes freed may be returned, ``services.memory``);
+        ``descriptors`` counts every port's connections against the open-file limit."""
+        self._descriptors = descriptors
         self._handler = handler
         self._quiet = quiet
         self._clock = clock
@@ -650,6 +654,12 @@ class CellLinkFactory(Factory):
         # Until its handshake completes a connection is nobody; a flood of them must not
         # exhaust Core's memory or file descriptors, nor keep a Cell from another place out.
         source = _host_of(addr) if addr is not None else "?"
+        descriptors = self._descriptors
+        if descriptors is not None and refused_for_descriptors(
+            descriptors, source, self._noise, "Cell link"
+        ):
+            self.refused += 1
+            return None
         decision = self._waiting.make_room(source)
         if not decision.admitted:
             self.refused += 1

@@ -39,6 +39,7 @@ from nanocore.images.transfers import (
     target_of,
 )
 from nanocore.images.upload import Transfer
+from nanocore.openfiles import Descriptors
 from nanocore.operations.images import ImageKind
 from nanocore.pki import peer_cell_name
 from nanocore.ratelog import RateLimitedLog
@@ -205,10 +206,13 @@ class ImageSite(Site):
         resource: ImageSiteResource,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        descriptors: Descriptors | None = None,
         **kwargs: Any,
     ) -> None:
+        """``descriptors``: every port's connections against the open-file limit."""
         super().__init__(resource, timeout=IDLE_TIMEOUT, **kwargs)
         self.max_connections = max_connections
+        self._descriptors = descriptors
         self._noise = RateLimitedLog(log, self.reactor)
         #: Every connection's place, by source.
         self.places: FairShare[ImageChannel] = FairShare(
@@ -222,7 +226,13 @@ class ImageSite(Site):
 
     def buildProtocol(self, addr: IAddress) -> ImageChannel | None:  # type: ignore[override]
         source = str(getattr(addr, "host", "?"))
-        if not admit(self.places, source, noise=self._noise, site="image site"):
+        if not admit(
+            self.places,
+            source,
+            noise=self._noise,
+            site="image site",
+            descriptors=self._descriptors,
+        ):
             return None
         channel = cast(ImageChannel, super().buildProtocol(addr))
         self.places.add(source, channel)
