@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -26,7 +26,7 @@ from nanocore.operations.core import Operations
 from nanocore.operations.guests import CAPACITY
 from nanocore.operations.imagesite import ImageSiteAddress
 from nanocore.pki import CertificateAuthority, create_ca
-from nanocore.store import Store, UnitOfWork
+from nanocore.store import CommitFailed, Store, UnitOfWork
 from nanocore.testing.cluster import InProcessCluster, Wire
 from nanocore.testing.fakecell import Capacity, FakeCell
 
@@ -239,6 +239,20 @@ class GuestClusterCase(TestCase):
         # answer arrived, and the inventory's commit is queued before this empty one.
         await self.ops.cells.storage_paths(self.store.view.cells[name].pool, name)
         await self.store.commit(UnitOfWork(()))
+
+    def store_cannot_save(self) -> list[bool]:
+        """Every commit fails as SQLite's on a full disk, until the flag is cleared;
+        ``self.commit`` still commits (a test's own barrier)."""
+        full = [True]
+        commit = self.commit = self.store.commit
+
+        def failing(unit: UnitOfWork) -> Deferred[None]:
+            if full[0]:
+                return fail(CommitFailed("state could not be saved: database or disk is full"))
+            return commit(unit)
+
+        self.patch(self.store, "commit", failing)
+        return full
 
     def claims(self) -> list[str]:
         return sorted(str(c.key) for c in self.ops.context.claims.live(CAPACITY))

@@ -7,14 +7,14 @@ truth about every instance (docs/architecture.md, "claims" and "reconciling gues
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from nanocore import model as m
 from nanocore.cluster.message import MessageID, ParamKey
-from nanocore.operations.cells import RESYNC_AFTER
-from nanocore.store import CommitFailed, Delete, UnitOfWork
+from nanocore.operations.errors import UNSAVED_RETRY
+from nanocore.store import Delete, UnitOfWork
 from nanocore.testing.fakecell import Fault
 from tests.guestfixtures import TIMEOUT, GuestClusterCase
 
@@ -171,19 +171,6 @@ class UnrecordedEventTests(GuestClusterCase):
     while data/ was full stayed stopped in Core's records; it could be neither stopped, as
     Core thought it stopped, nor started, as the Cell had it running)."""
 
-    def full_disk(self) -> list[bool]:
-        """Every commit fails as SQLite's on a full disk, until the flag is cleared."""
-        full = [True]
-        commit = self.commit = self.store.commit
-
-        def failing(unit: UnitOfWork) -> Deferred[None]:
-            if full[0]:
-                return fail(CommitFailed("state could not be saved: database or disk is full"))
-            return commit(unit)
-
-        self.patch(self.store, "commit", failing)
-        return full
-
     async def settled(self, cell: str) -> None:
         """The inventory asked for by now was answered and its changes committed."""
         await self.ops.cells.storage_paths("default", cell)
@@ -193,18 +180,18 @@ class UnrecordedEventTests(GuestClusterCase):
         log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         guest = await self.created()
         cell = self.store.view.instances[guest].cell
-        full = self.full_disk()
+        full = self.store_cannot_save()
         started = self.events.until(MessageID.GuestStartedEvent, guest)
         self.assertEqual(await self.ok("POST", f"/instances/{guest}", {}), "")
         await started
         self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.STOPPED)
 
-        self.core_clock.advance(RESYNC_AFTER)  # still full: tried, and tried again later
+        self.core_clock.advance(UNSAVED_RETRY)  # still full: tried, and tried again later
         await self.settled(cell)
         self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.STOPPED)
 
         full[0] = False
-        self.core_clock.advance(RESYNC_AFTER)
+        self.core_clock.advance(UNSAVED_RETRY)
         await self.settled(cell)
         self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.RUNNING)
         said = [formatEvent(e) for e in log if e.get("log_level") is LogLevel.warn]
@@ -228,20 +215,35 @@ class UnrecordedEventTests(GuestClusterCase):
         answer = await self.ok("POST", "/guests/", self.guest_body(), status=202)
         guest = answer["id"]
         cell = self.store.view.instances[guest].cell
-        full = self.full_disk()
+        full = self.store_cannot_save()
         created = self.events.until(MessageID.GuestCreatedEvent, guest)
         self.cell_clock.advance(self.creation_time)
         await self.applied(created, guest)
         creating = await self.call("GET", f"/guests/{guest}")
         self.assertEqual((creating.status, creating.envelope()["data"]["created"]), (201, False))
         full[0] = False
-        self.core_clock.advance(RESYNC_AFTER)
+        self.core_clock.advance(UNSAVED_RETRY)
         await self.settled(cell)
         document = await self.ok("GET", f"/guests/{guest}")
         self.assertEqual((document["created"], document["running"]), (True, False))
         await self.reported(cell)
         self.assertEqual(self.claims(), [])  # its placement's hold ends as after any creation
         await self.started(guest)
+
+    async def test_a_cell_gone_while_full_has_its_guests_shown_lost_once_it_can(self) -> None:
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        full = self.store_cannot_save()
+        gone = self.events.until_disconnected(cell)
+        self.cells[cell]._reconnect_delay = 3600.0  # it stays away
+        self.cells[cell].kill()
+        await gone
+        await self.commit(UnitOfWork(()))
+        self.assertFalse(self.store.view.instances[guest].lost)
+        full[0] = False
+        self.core_clock.advance(UNSAVED_RETRY)
+        await self.commit(UnitOfWork(()))
+        self.assertTrue(self.store.view.instances[guest].lost)
 
 
 class CreateFaultOverKCPTests(CreateFaultTests):

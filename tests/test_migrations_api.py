@@ -14,6 +14,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from nanocore import model as m
 from nanocore.cluster.message import MessageID, ParamKey
 from nanocore.operations.core import Operations
+from nanocore.operations.errors import UNSAVED_RETRY
 from nanocore.operations.migrations import RESTARTED, RETENTION
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Fault
@@ -439,6 +440,33 @@ class FailoverTests(MigrationCase):
         self.assertEqual(set(message.string_array_params[ParamKey.Instance]), set(guests))
         self.assertEqual(self.cells[A].guests, {})
         self.assertEqual({self.record(g).cell for g in guests}, {B, C})
+
+    async def test_a_cell_lost_while_the_store_cannot_save_fails_over_once_it_can(self) -> None:
+        """Neither its guests' loss nor its failover could be recorded, and nothing tried
+        again while the Cell stayed away: its guests stayed down, shown running, for good
+        (QA pass 22, B2)."""
+        guests = [await self.guest_on(A, f"vm{i}") for i in range(2)]
+        await self.reported()
+        full = self.store_cannot_save()
+        self.assertEqual(await self.lose(A), [])  # the plan could not be recorded
+        await self.commit(UnitOfWork(()))
+        self.assertEqual([self.record(g).cell for g in guests], [A, A])
+        self.assertFalse(any(self.record(g).lost for g in guests))
+        # Still full at the next try: tried again later.
+        planned = self.ops.migrations.planned(A)
+        self.core_clock.advance(UNSAVED_RETRY)
+        self.assertEqual(await planned, [])
+        full[0] = False
+        await self.reported(B, C)  # the Cells that take them report, as every 2 s
+        planned = self.ops.migrations.planned(A)
+        self.core_clock.advance(UNSAVED_RETRY)
+        records = await planned
+        ended = [await self.ops.migrations.ended(r) for r in records]
+        self.assertEqual(sorted(g for r in ended for g in r.instances), sorted(guests))
+        for guest in guests:
+            record = self.record(guest)
+            self.assertIn(record.cell, (B, C))
+            self.assertEqual((record.lost, record.migrating), (False, False))
 
     async def test_the_targets_word_on_the_guests_it_took_is_read(self) -> None:
         """``InstanceMigratedEvent`` says where the guests are, not whether they run: once the

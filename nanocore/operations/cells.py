@@ -39,6 +39,7 @@ from nanocore.model import ComputeCell, ComputePool, DepartedCell, Instance, Sta
 from nanocore.operations.base import Context
 from nanocore.operations.claims import ClaimKind, Turns
 from nanocore.operations.errors import (
+    UNSAVED_RETRY,
     InvalidRequest,
     OperationError,
     OperationTimeout,
@@ -47,10 +48,6 @@ from nanocore.operations.errors import (
 from nanocore.operations.inventory import InventoryError, Reconcile, Reconciliation
 from nanocore.operations.status import CellMonitor, Usage
 from nanocore.store import Change, CommitFailed, Delete, Put
-
-#: Seconds until a Cell's inventory is taken again after what it said could not be recorded
-#: (the store could not save), and between tries while it still cannot.
-RESYNC_AFTER = 5.0
 
 #: What the add-cell wait says on timeout (api-reference §1.6).
 ADD_TIMEOUT_MESSAGE = "wait cell ready timeout"
@@ -576,7 +573,7 @@ class CellOperations:
         not save, for ``reason``. Nothing would say it again while the Cell stays linked (QA
         pass 22: a guest started while data/ was full stayed stopped in Core's records, and
         could be neither stopped nor started), so its inventory is taken again in
-        :data:`RESYNC_AFTER` s, and after each such delay while the store still cannot save."""
+        :data:`UNSAVED_RETRY` s, and after each such delay while the store still cannot save."""
         if name in self._resyncs or not self.connected(name):
             return  # a Cell that links again has its inventory taken then
         self.log.warn(
@@ -584,9 +581,9 @@ class CellOperations:
             " again in {after:g} s",
             name=name,
             reason=reason,
-            after=RESYNC_AFTER,
+            after=UNSAVED_RETRY,
         )
-        self._resyncs[name] = self._clock.callLater(RESYNC_AFTER, self._resynced, name)
+        self._resyncs[name] = self._clock.callLater(UNSAVED_RETRY, self._resynced, name)
 
     def _resynced(self, name: str) -> None:
         del self._resyncs[name]

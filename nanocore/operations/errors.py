@@ -9,6 +9,9 @@ from nanocore.store.errors import CommitFailed, StoreClosed
 #: is stopping and closed the store or the Cell's link), not that it is wrong; the API
 #: answers 503.
 UNAVAILABLE = (CommitFailed, StoreClosed, CoreStopping)
+#: Seconds until Core tries again to record what it learnt but could not save (a Cell's event
+#: or loss, a failover: the store could not commit, a full disk), and between tries.
+UNSAVED_RETRY = 5.0
 
 
 def unavailable_message(error: BaseException) -> str:

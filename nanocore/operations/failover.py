@@ -48,11 +48,12 @@ from nanocore.model import ComputePool, Instance, InstanceStatus, Migration, Mig
 from nanocore.operations.base import Context, named
 from nanocore.operations.cells import CellLeaving
 from nanocore.operations.claims import ClaimHeld
+from nanocore.operations.errors import UNSAVED_RETRY
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import NoCellAvailable, Placement, move_key
 from nanocore.operations.moves import MIGRATING, Transit, attach_at_once, refused_attach
 from nanocore.scheduler import Demand
-from nanocore.store import Change, Insert, Put
+from nanocore.store import Change, CommitFailed, Insert, Put
 
 if TYPE_CHECKING:
     from nanocore.operations.migrations import Migrations
@@ -126,6 +127,21 @@ class Failover:
         failing = Deferred.fromCoroutine(
             self._failover(lost, pool, only, stranded=stranded, singly=singly)
         )
+
+        def unsaved(failure: Failure) -> None:
+            """The store could not record the plan (a full disk): nothing of it was sent,
+            and nothing else would plan it again while the Cell stays away (QA pass 22)."""
+            failure.trap(CommitFailed)
+            self.log.warn(
+                "failover of {cell} not recorded ({reason}): planned again in {after:g} s",
+                cell=lost,
+                reason=failure.getErrorMessage(),
+                after=UNSAVED_RETRY,
+            )
+            again = (only, stranded, singly)
+            self._context.clock.callLater(UNSAVED_RETRY, self._plan_unsaved, lost, *again)
+
+        failing.addErrback(unsaved)
         failing.addErrback(self._moves.logged, f"failover of {lost}")
 
         def planned(records: list[str] | None) -> None:
@@ -133,6 +149,14 @@ class Failover:
                 waiting.callback(records or [])
 
         failing.addCallback(planned)
+
+    def _plan_unsaved(
+        self, lost: str, only: Collection[str] | None, stranded: bool, singly: bool
+    ) -> None:
+        """:meth:`_plan` once more, if ``lost`` is still away and its pool still fails over."""
+        pool = self._failover_pool(lost)
+        if pool is not None and not self._moves.linked(lost):
+            self._plan(lost, pool, only, stranded=stranded, singly=singly)
 
     async def _failover(
         self,
