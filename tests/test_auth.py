@@ -261,6 +261,20 @@ class FreshnessTests(SynchronousTestCase):
         clock.wall_seconds = lambda: SIGNED_AT + 1  # type: ignore[attr-defined]
         verifier.verify(self.signed(vector_a()))
 
+    def test_a_step_back_of_the_wall_clock_opens_no_repeat_window_again(self) -> None:
+        """A write replayed after the wall clock stepped back was accepted again, its
+        repeat window being a time on the wall clock (QA pass 22, C2)."""
+        verifier, clock = verifier_at(SIGNED_AT + 0.2)
+        wall = [0.0]
+        clock.wall_seconds = lambda: clock.seconds() + wall[0]  # type: ignore[attr-defined]
+        parts = self.signed(vector_a())
+        verifier.verify(parts)
+        wall[0] = -120.0  # the system clock stepped back
+        clock.advance(5.0)
+        self.assertEqual(
+            self.refusal(verifier, parts), "replayed request: this signature was already used"
+        )
+
     def test_future_date_beyond_skew_fails(self) -> None:
         verifier, _ = verifier_at(SIGNED_AT - 301)
         self.assertIn("expired request", self.refusal(verifier, self.signed(vector_a())))

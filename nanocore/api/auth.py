@@ -436,7 +436,7 @@ class Verifier:
             if repeat_until is None and second.settled_holds(digest):
                 repeat_until = -math.inf  # its repeat window has passed
             if repeat_until is not None:
-                if write and now > repeat_until:
+                if write and self._clock.seconds() > repeat_until:
                     raise AuthError("replayed request: this signature was already used")
                 return
         if self._entries >= self._max_replay_entries:
@@ -445,25 +445,31 @@ class Verifier:
         if second is None:
             second = self._seconds[stale_at] = _Second()
             heapq.heappush(self._forget_at, stale_at)
-        # The rest of the second the date names, as late as its first copy arrived.
-        repeat_until = now + (math.floor(signed_at) + 1 - signed_at) + REPEAT_MARGIN
+        # The rest of the second the date names, as late as its first copy arrived: a span
+        # on the steady clock, which a step of the wall clock cannot open again (QA pass 22).
+        repeat_until = (
+            self._clock.seconds() + (math.floor(signed_at) + 1 - signed_at) + REPEAT_MARGIN
+        )
         second.recent[digest] = repeat_until
         self._entries += 1
         self._to_settle[stale_at] = max(self._to_settle.get(stale_at, 0.0), repeat_until)
         self._settle_from = min(self._settle_from, repeat_until)
 
     def _expire(self, now: float) -> None:
+        """Forget the signatures whose dates went stale by ``now`` (the wall clock's), and
+        settle those whose repeat windows ended (on the steady clock)."""
         forget_at = self._forget_at
         while forget_at and forget_at[0] <= now:
             stale_at = heapq.heappop(forget_at)
             self._entries -= len(self._seconds.pop(stale_at))
             self._to_settle.pop(stale_at, None)
-        if now <= self._settle_from:
+        steady = self._clock.seconds()
+        if steady <= self._settle_from:
             return
         for stale_at, until in list(self._to_settle.items()):
-            if until < now:
+            if until < steady:
                 del self._to_settle[stale_at]
-                self._seconds[stale_at].settle(now)
+                self._seconds[stale_at].settle(steady)
         self._settle_from = min(self._to_settle.values(), default=math.inf)
 
 
