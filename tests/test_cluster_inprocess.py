@@ -18,6 +18,8 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -221,11 +223,19 @@ class TLSFabricTests(FabricCases, ClusterCase):
         await self.refused(client_tls_options(self.ca, "127.0.0.1"), "Cell_anonymous")
 
     async def test_certificate_from_another_ca_refused(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         stranger = create_ca()
         tls = client_tls_options(
             self.ca, "127.0.0.1", issue_cell_certificate(stranger, "Cell_stranger")
         )
         await self.refused(tls, "Cell_stranger")
+        # Said, once a minute per source: a Cell refused by TLS was dropped without a word.
+        said = [formatEvent(e) for e in events if "TLS handshake" in formatEvent(e)]
+        self.assertEqual(len(said), 1, said)
+        self.assertTrue(
+            said[0].startswith("a Cell link from 127.0.0.1 failed its TLS handshake: "), said
+        )
+        self.assertIn("by Core's clock", said[0])
 
     async def test_server_certificate_is_not_a_cell(self) -> None:
         """A CA-issued certificate that is not a Cell's (no cell unit) carries no name."""

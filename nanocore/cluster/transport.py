@@ -17,8 +17,10 @@ the Cell side) implements :class:`LinkHandler`.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory
@@ -28,6 +30,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from nanocore.clocks import wall_seconds
 from nanocore.cluster._fastcodec import decode, encode
 from nanocore.cluster.admission import FairShare, refused_for_descriptors
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey
@@ -310,8 +313,23 @@ class LinkSession:
         self._finish(gracefully=False)
         self._wire.abort()
 
-    def wire_lost(self) -> None:
-        """The connection below is gone (a goodbye, or Core's own close, came first if any)."""
+    def wire_lost(self, reason: Failure | None = None) -> None:
+        """The connection below is gone (a goodbye, or Core's own close, came first if any);
+        ``reason``, why. A Cell refused by TLS itself (its certificate not issued by the
+        cluster CA, expired, or not yet valid by Core's clock) was dropped without a word
+        (QA pass 22: a Cell restarted while Core's clock was 10 min behind never linked, and
+        the log said nothing): said once a minute per source, with Core's time."""
+        tls_failure = reason is not None and reason.check(SSL.Error) is not None
+        if self.state is LinkState.HANDSHAKING and tls_failure and self._noise is not None:
+            assert reason is not None
+            self._noise.warn(
+                "failed TLS handshakes",
+                self.address,
+                "a Cell link from {source} failed its TLS handshake: {reason} (by Core's clock,"
+                " {now} UTC, a certificate must be issued by the cluster CA and valid)",
+                reason=_openssl_reason(reason.value),
+                now=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_seconds(self._clock))),
+            )
         if self.connected and self.withheld and self._noise is not None:
             self._noise.warn(
                 "unproven links ended",
@@ -573,7 +591,7 @@ class FramedLinkProtocol(Int32StringReceiver):
             self._abort_call.cancel()
         self._abort_call = None
         if self.session is not None:
-            self.session.wire_lost()
+            self.session.wire_lost(reason)
         waiters, self._closed_waiters = self._closed_waiters or [], None
         for d in waiters:
             d.callback(None)
@@ -591,6 +609,15 @@ class FramedLinkProtocol(Int32StringReceiver):
         self._abort_call = None
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def _openssl_reason(error: BaseException | None) -> str:
+    """OpenSSL's reasons in an ``SSL.Error`` (a list of (library, function, reason))."""
+    args = getattr(error, "args", ())
+    reasons = (
+        [entry[-1] for entry in args[0] if entry] if args and isinstance(args[0], list) else []
+    )
+    return "; ".join(str(r) for r in reasons if r) or str(error)
 
 
 def transport_of(wire: FramedLinkProtocol) -> ITransport:
