@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import itertools
+import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -482,7 +484,7 @@ def server_tls_options(
     certificate from C{ca} complete the handshake."""
     own = issued.to_twisted()
     if require_client_certificate:
-        return own.options(ca.trust_root())
+        return _tolerating_clock_behind(own.options(ca.trust_root()))
     return own.options()
 
 
@@ -493,7 +495,7 @@ def requesting_tls_options(
     one (the image site: Cells present theirs, API clients sign instead). A certificate that
     is presented must verify against C{ca}, or the handshake fails."""
     own = issued.to_twisted()
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=own.privateKey.original,
         certificate=own.original,
         verify=True,
@@ -501,6 +503,52 @@ def requesting_tls_options(
         requireCertificate=False,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+    return _tolerating_clock_behind(options)
+
+
+#: How far ahead of Core's clock a peer certificate's start may lie and the certificate still
+#: be taken (verified otherwise in full): Core's clock behind the host that issued it.
+NOT_YET_VALID_TOLERANCE = datetime.timedelta(days=1)
+#: OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID.
+_NOT_YET_VALID = 9
+#: When a certificate taken early was last said, by its subject.
+_said_early: dict[str, float] = {}
+
+
+def _tolerating_clock_behind(
+    options: ssl.CertificateOptions, now: Now = _utcnow
+) -> ssl.CertificateOptions:
+    """``options`` whose peer certificates, verified against the CA in full, may start up to
+    :data:`NOT_YET_VALID_TOLERANCE` after Core's clock: a Cell restarted with a fresh
+    certificate while Core's clock was 10 min behind could not link, was presumed lost after
+    a minute and failed over while it still ran its guests, on two Cells at once (QA pass 22,
+    C3). Each such certificate is said at most once an hour."""
+    context = options.getContext()
+
+    def verify(connection: object, certificate: Any, error: int, depth: int, ok: int) -> bool:
+        if ok:
+            return True
+        if error != _NOT_YET_VALID:
+            return False
+        starts = certificate.to_cryptography().not_valid_before_utc
+        if starts - now() > NOT_YET_VALID_TOLERANCE:
+            return False
+        subject = certificate.get_subject().CN or "?"
+        moment = time.monotonic()
+        if moment - _said_early.get(subject, -math.inf) >= 3600:
+            _said_early[subject] = moment
+            log.warn(
+                "took the certificate of {subject}, valid only from {starts:%Y-%m-%d %H:%M:%S}"
+                " UTC, at {now:%Y-%m-%d %H:%M:%S} UTC by Core's clock: Core's clock may be"
+                " behind (set it right: NTP)",
+                subject=subject,
+                starts=starts,
+                now=now(),
+            )
+        return True
+
+    context.set_verify(context.get_verify_mode(), verify)
+    return options
 
 
 def client_tls_options(

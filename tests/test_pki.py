@@ -415,6 +415,25 @@ class MutualTLSTests(unittest.TestCase):
         await self.connect("127.0.0.1", stranger)
         self.assertFalse(self.names.called)
 
+    async def test_a_certificate_starting_after_cores_clock_is_taken_within_a_day(self) -> None:
+        """A Cell certificate issued on a host whose clock is ahead of Core's (Core's clock
+        behind: the Cell could not link, was presumed lost and failed over while it ran its
+        guests: QA pass 22, C3) is taken and said; one starting later than a day is not."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        ahead = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=10)
+        cell = pki.issue_cell_certificate(self.ca, "Cell_0a0b0c0d0e0f", now=lambda: ahead)
+        lost = self.connect("127.0.0.1", cell)
+        self.assertEqual(await self.names, "Cell_0a0b0c0d0e0f")
+        await lost
+        (said,) = [formatEvent(e) for e in events if "valid only from" in formatEvent(e)]
+        self.assertTrue(said.startswith("took the certificate of Cell_0a0b0c0d0e0f"), said)
+
+    async def test_a_certificate_starting_more_than_a_day_later_is_refused(self) -> None:
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)
+        cell = pki.issue_cell_certificate(self.ca, "Cell_0a0b0c0d0e0f", now=lambda: later)
+        await self.connect("127.0.0.1", cell)
+        self.assertFalse(self.names.called)
+
     async def test_server_is_verified_by_address(self) -> None:
         cell = pki.issue_cell_certificate(self.ca, "Cell_0a0b0c0d0e0f")
         await self.connect("127.0.0.2", cell)
