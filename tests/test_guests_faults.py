@@ -195,13 +195,12 @@ class UnrecordedEventTests(GuestClusterCase):
         await self.settled(cell)
         self.assertIs(self.store.view.instances[guest].status, m.InstanceStatus.RUNNING)
         said = [formatEvent(e) for e in log if e.get("log_level") is LogLevel.warn]
-        self.assertEqual(
+        self.assertEqual(  # twice in 5 s: once a minute per Cell
             [line for line in said if "could not be recorded" in line],
             [
                 f"{cell}: what it said could not be recorded (state could not be saved:"
                 f" database or disk is full): its inventory is taken again in 5 s"
-            ]
-            * 2,
+            ],
         )
         self.assertEqual([e for e in log if e.get("log_level") is LogLevel.critical], [])
         # And the guest can be stopped, as its Cell runs it (its event about 1 s later).

@@ -47,6 +47,7 @@ from nanocore.operations.errors import (
 )
 from nanocore.operations.inventory import InventoryError, Reconcile, Reconciliation
 from nanocore.operations.status import CellMonitor, Usage
+from nanocore.ratelog import RateLimitedLog
 from nanocore.store import Change, CommitFailed, Delete, Put
 
 #: What the add-cell wait says on timeout (api-reference §1.6).
@@ -213,8 +214,10 @@ class CellOperations:
         self._arrivals = 0
         #: When a Cell that linked but has not reported stops counting as alive.
         self._unreported = Deadlines(self._clock)
-        #: Cells whose inventory is to be taken again, what they said being unrecorded.
+        #: Cells whose inventory is to be taken again, what they said being unrecorded; said
+        #: once a minute per Cell however long the disk stays full.
         self._resyncs: dict[str, IDelayedCall] = {}
+        self._unrecorded = RateLimitedLog(self.log, self._clock)
         #: Each Cell's latest report and the figures read from it.
         self._usages: dict[str, tuple[CellStatus, Usage]] = {}
 
@@ -576,10 +579,11 @@ class CellOperations:
         :data:`UNSAVED_RETRY` s, and after each such delay while the store still cannot save."""
         if name in self._resyncs or not self.connected(name):
             return  # a Cell that links again has its inventory taken then
-        self.log.warn(
-            "{name}: what it said could not be recorded ({reason}): its inventory is taken"
+        self._unrecorded.warn(
+            "inventories taken again",
+            name,
+            "{source}: what it said could not be recorded ({reason}): its inventory is taken"
             " again in {after:g} s",
-            name=name,
             reason=reason,
             after=UNSAVED_RETRY,
         )
