@@ -245,6 +245,25 @@ class UnrecordedEventTests(GuestClusterCase):
         self.assertTrue(self.store.view.instances[guest].lost)
 
 
+    async def test_a_goodbye_heard_while_full_is_kept_once_the_store_can_save(self) -> None:
+        """A goodbye lost to a full disk became, at the next start, the presumed loss of a
+        Cell stopped on purpose, and a failover of guests it may keep running (QA pass 22)."""
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        full = self.store_cannot_save()
+        gone = self.events.until_disconnected(cell)
+        self.cells[cell]._reconnect_delay = 3600.0  # stopped on purpose: it stays away
+        await self.cluster.services[cell].stopService()
+        await gone
+        await self.commit(UnitOfWork(()))
+        self.assertNotIn(cell, self.store.view.departed_cells)
+        full[0] = False
+        self.core_clock.advance(UNSAVED_RETRY)
+        await self.commit(UnitOfWork(()))
+        self.assertIn(cell, self.store.view.departed_cells)
+        self.assertTrue(self.store.view.instances[guest].lost)
+
+
 class CreateFaultOverKCPTests(CreateFaultTests):
     """Timeouts, error replies and late guests on the KCP wire."""
 

@@ -30,6 +30,7 @@ from nanocore.cluster.cells import (
     CellObserver,
     CellStatus,
     CellUnavailable,
+    CoreStopping,
     Deadlines,
 )
 from nanocore.cluster.message import Message, MessageID, ParamKey, message_name
@@ -48,7 +49,7 @@ from nanocore.operations.errors import (
 from nanocore.operations.inventory import InventoryError, Reconcile, Reconciliation
 from nanocore.operations.status import CellMonitor, Usage
 from nanocore.ratelog import RateLimitedLog
-from nanocore.store import Change, CommitFailed, Delete, Put
+from nanocore.store import Change, CommitFailed, Delete, Put, StoreClosed
 
 #: What the add-cell wait says on timeout (api-reference §1.6).
 ADD_TIMEOUT_MESSAGE = "wait cell ready timeout"
@@ -630,8 +631,7 @@ class CellOperations:
         if record is None or not record.pool:
             return
         if gracefully:
-            departing = self._context.commit(Put(DepartedCell(name)))
-            departing.addErrback(self._logged, "keeping its goodbye", name)
+            self._keep_goodbye(name)
         pool = self._context.view.compute_pools.get(record.pool)
         count = len(self._context.view.instances_on_cell(name))
         if not gracefully and pool is not None and pool.failover:
@@ -649,6 +649,34 @@ class CellOperations:
                 how="said goodbye" if gracefully else "lost without goodbye",
                 count=count,
             )
+
+    def _keep_goodbye(self, name: str) -> None:
+        """Keep the Cell's goodbye in the store, so that the next start does not presume it
+        lost; while the store cannot save, again every :data:`UNSAVED_RETRY` s as long as the
+        Cell stays away (QA pass 22: a goodbye lost to a full disk became a failover at the
+        next start, of guests a Cell stopped on purpose may keep running: twice on one disk)."""
+        departing = self._context.commit(Put(DepartedCell(name)))
+
+        def unsaved(failure: Failure) -> None:
+            failure.trap(CommitFailed)
+            self._unrecorded.warn(
+                "goodbyes kept again",
+                name,
+                "{source} said goodbye, which could not be recorded ({reason}): tried again"
+                " in {after:g} s",
+                reason=failure.getErrorMessage(),
+                after=UNSAVED_RETRY,
+            )
+            self._clock.callLater(UNSAVED_RETRY, self._goodbye_again, name)
+
+        departing.addErrback(unsaved).addErrback(self._logged, "keeping its goodbye", name)
+
+    def _goodbye_again(self, name: str) -> None:
+        record = self._context.view.cells.get(name)
+        if record is None or not record.pool or self.connected(name):
+            return  # gone from Core's records, or back (which forgets a goodbye anyway)
+        if name not in self._context.view.departed_cells:
+            self._keep_goodbye(name)
 
     # -- lifecycle internals ------------------------------------------------------------------
 
@@ -750,6 +778,8 @@ class CellOperations:
     def _logged(self, failure: Failure, doing: str, name: str) -> None:
         if failure.check(CommitFailed) and self.connected(name):
             self.resync(name, failure.getErrorMessage())
+        elif failure.check(StoreClosed, CoreStopping):  # Core stops: the next start asks again
+            self.log.info("{name}: {doing} not done: nanocore is stopping", name=name, doing=doing)
         elif failure.check(OperationError):
             self.log.warn(
                 "{name}: {doing} failed: {reason}",
