@@ -244,7 +244,6 @@ class UnrecordedEventTests(GuestClusterCase):
         await self.commit(UnitOfWork(()))
         self.assertTrue(self.store.view.instances[guest].lost)
 
-
     async def test_a_goodbye_heard_while_full_is_kept_once_the_store_can_save(self) -> None:
         """A goodbye lost to a full disk became, at the next start, the presumed loss of a
         Cell stopped on purpose, and a failover of guests it may keep running (QA pass 22)."""
