@@ -170,6 +170,18 @@ class CoalescingTests(SynchronousTestCase):
         self.assertEqual(kept[-1], "nanocore-19700101T000000Z-14.db")
         self.assertEqual(len(kept), 10)
 
+    def test_the_backup_just_made_is_kept_whatever_its_name(self) -> None:
+        """Made while Core's clock was behind the one that named the others, it sorted
+        oldest and was removed as it was made, its path answered (QA pass 22)."""
+        later = [f"nanocore-20261207T23410{i}Z.db" for i in range(3)]
+        for name in later:
+            (self.folder / name).write_bytes(b"")
+        made = self.folder / "nanocore-20261207T224129Z.db"
+        made.write_bytes(b"")
+        removed = prune_backups(self.folder, keep=3, made=made)
+        self.assertEqual([p.name for p in removed], [later[0]])
+        self.assertTrue(made.exists())
+
     def test_pruning_leaves_other_files_alone(self) -> None:
         names = ["nanocore-20261130T005320Z.db", "nanocore-20261130T005320Z-2.db",
                  "nanocore-20261130T010321Z.db", "notes.txt"]  # fmt: skip

@@ -48,7 +48,7 @@ def make_backup(
     """A new backup in ``folder``, named for ``seconds``, and the newest ``keep`` kept: all of
     it file work, done where the copy is made (the writer thread, or the CLI's)."""
     made = write_backup(connection, new_backup_path(folder, seconds))
-    return evolve(made, removed=tuple(prune_backups(folder, keep)))
+    return evolve(made, removed=tuple(prune_backups(folder, keep, made=made.path)))
 
 
 def new_backup_path(folder: Path, seconds: float) -> Path:
@@ -108,12 +108,15 @@ def checked_copy(copy: sqlite3.Connection, path: Path) -> int:
     return int(row[0])
 
 
-def prune_backups(folder: Path, keep: int = KEEP_BACKUPS) -> list[Path]:
+def prune_backups(folder: Path, keep: int = KEEP_BACKUPS, made: Path | None = None) -> list[Path]:
     """Remove all but the newest ``keep`` backups in ``folder``, and what a copy cut short by
     a crash left; return the backups removed. (Copies are made one at a time: none is under
-    way when this runs.)"""
+    way when this runs.) The backup just ``made`` is kept whatever its name: named for a
+    clock behind the one that named the others, it sorted oldest and was removed as it was
+    made, while its path was answered (QA pass 22)."""
     names = sorted((p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name)), key=_order)
-    removed = names[: max(0, len(names) - keep)]
+    others = [path for path in names if path != made]
+    removed = others[: max(0, len(names) - keep)]
     for path in removed:
         path.unlink(missing_ok=True)
     for partial in folder.glob(".nanocore-*.db.partial"):
