@@ -38,3 +38,17 @@ def wall_seconds(clock: IReactorTime) -> float:
     reactor, once :func:`steady_timers`), else its ``seconds`` (a test's ``Clock`` is both)."""
     wall: Callable[[], float] | None = getattr(clock, "wall_seconds", None)
     return wall() if wall is not None else clock.seconds()
+
+
+#: How late a deadline may fire before Core counts the delay as its own stall (stopped,
+#: paused, starved of CPU) rather than the peer's slowness: what the peer sent meanwhile is
+#: then still unread (the reactor runs due timers before it reads), so the deadline is looked
+#: at again ``STALL_GRACE`` seconds later, once.
+STALL_AFTER = 2.0
+STALL_GRACE = 1.0
+
+
+def overdue_from_own_stall(clock: IReactorTime, due: float | None) -> bool:
+    """Whether a deadline due at ``due`` fires :data:`STALL_AFTER` or more late: Core itself
+    did not run, and the peer deserves a look at what it sent meanwhile first."""
+    return due is not None and clock.seconds() - due >= STALL_AFTER

@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 
 from nanocore.api.app import api_site_for
 from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedRequest, LimitedSite
+from nanocore.clocks import STALL_GRACE
 from nanocore.openfiles import RESERVED_FILES, Descriptors
 from tests.loopbackapi import (
     LOOPBACK,
@@ -230,10 +231,8 @@ class _Echo(Resource):
         return b"got " + request.content.read()
 
 
-class SlowClientTests(SynchronousTestCase):
-    """A client trickling a request: Twisted restarted the idle timeout for every byte, so one
-    header byte a second held a connection for hours, and 4,096 of them from one address held
-    every place of the API (QA pass 20, F1)."""
+class _ClientInMemory(SynchronousTestCase):
+    """One client of a site on a ``Clock``, over an in-memory transport."""
 
     def setUp(self) -> None:
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -244,6 +243,12 @@ class SlowClientTests(SynchronousTestCase):
         connected = connect_in_memory(self, self.site, "192.0.2.7", 1024)
         assert connected is not None
         return connected
+
+
+class SlowClientTests(_ClientInMemory):
+    """A client trickling a request: Twisted restarted the idle timeout for every byte, so one
+    header byte a second held a connection for hours, and 4,096 of them from one address held
+    every place of the API (QA pass 20, F1)."""
 
     def test_headers_trickling_a_byte_a_second_get_408_within_the_timeout(self) -> None:
         channel, transport = self.connect()
@@ -309,6 +314,57 @@ class SlowClientTests(SynchronousTestCase):
             channel.dataReceived(bytes([byte]))
         self.assertIn(b"got abc", transport.value())
         self.assertFalse(transport.disconnecting)
+
+
+class CoresOwnStallTests(_ClientInMemory):
+    """A timeout that fires late because Core itself did not run (a 60 s stop: the reactor
+    runs due timers before it reads) looks at what the client sent meanwhile first: an
+    upload sending steadily was cut, and a request whose headers had all arrived got 408
+    (QA pass 22, A2)."""
+
+    def test_headers_that_arrived_during_the_stall_are_served(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+        self.clock.advance(self.site.timeOut + 5)  # stopped: due at 60 s, run at 65 s
+        self.assertEqual(transport.value(), b"")
+        channel.dataReceived(b"\r\n")  # what waited in the socket
+        self.clock.advance(STALL_GRACE)
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+    def test_an_upload_that_went_on_during_the_stall_goes_on(self) -> None:
+        class Streamed(LimitedRequest):
+            def gotLength(self, length: int | None) -> None:
+                self.transfer = "an upload"  # as StreamingMixin marks one
+                super().gotLength(length)
+
+        self.site.requestFactory = Streamed
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+        self.clock.advance(self.site.timeOut + 5)
+        channel.dataReceived(b"a")  # read after the stall: its time starts again
+        self.clock.advance(STALL_GRACE)
+        self.assertFalse(transport.disconnecting)
+        channel.dataReceived(b"b")
+        self.assertIn(b"got ab", transport.value())
+
+    def test_a_body_that_arrived_during_the_stall_is_served(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+        self.clock.advance(self.site.timeOut + 5)
+        channel.dataReceived(b"ab")
+        self.assertIn(b"got ab", transport.value())
+        self.clock.advance(STALL_GRACE)
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_client_silent_through_the_stall_times_out_at_the_second_look(self) -> None:
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+        self.clock.advance(self.site.timeOut + 5)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(STALL_GRACE)
+        answer = Response.parse(transport.value())
+        self.assertEqual(refusal(answer), (408, "request headers not received within 60 s"))
 
 
 class FairConnectionsTests(SynchronousTestCase):

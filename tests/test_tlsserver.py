@@ -14,6 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
+from nanocore.clocks import STALL_GRACE
 from nanocore.images.site import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, ImageSite
 from nanocore.openfiles import RESERVED_FILES, Descriptors
 from nanocore.pki import create_ca, issue_server_certificate, requesting_tls_options
@@ -119,6 +120,15 @@ class SlowAndManyClientsTests(SynchronousTestCase):
             [formatEvent(e) for e in events],
             ["closed an image site connection from 192.0.2.66: no TLS handshake within 10 s"],
         )
+
+    def test_a_handshake_waiting_through_a_stall_of_core_is_read_first(self) -> None:
+        """A 15 s stop of Core reset the image site's handshakes (QA pass 22)."""
+        waiting, silent = self.tls("192.0.2.7"), self.tls("192.0.2.8")
+        self.clock.advance(HANDSHAKE_TIMEOUT + 5)  # stopped: due at 10 s, run at 15 s
+        self.assertEqual((waiting[1].disconnected, silent[1].disconnected), (False, False))
+        waiting[0].handshakeCompleted()  # what waited in the socket
+        self.clock.advance(STALL_GRACE)
+        self.assertEqual((waiting[1].disconnected, silent[1].disconnected), (False, True))
 
     def tls(self, host: str) -> tuple[Any, StringTransport]:
         self.port += 1

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from nanocore import gojson
+from nanocore.clocks import STALL_AFTER, STALL_GRACE
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.message import Message, MessageID, ParamKey, decode, encode
 from nanocore.cluster.transactions import Transactions
@@ -27,8 +28,6 @@ from nanocore.cluster.transport import (
     KEEPALIVE_INTERVAL,
     LOST_AFTER,
     MAX_FRAME_SIZE,
-    STALL_AFTER,
-    STALL_GRACE,
     CellLink,
     CellLinkFactory,
     FramedLinkProtocol,
@@ -227,6 +226,20 @@ class CoreSideTests(SynchronousTestCase):
         self.assertIs(self.link.state, LinkState.CONNECTED)
         self.clock.advance(STALL_GRACE)
         self.assertEqual([e[0] for e in self.handler.events], ["connected", "lost", "closed"])
+
+    def test_a_handshake_waiting_through_a_stall_is_read_first(self) -> None:
+        """A 15 s stop of Core reset every Cell link still handshaking (QA pass 22): the
+        watchdog due at 10 s ran before the handshake waiting in the socket was read."""
+        self.clock.advance(15)  # stopped: the watchdog due at 10 s runs at 15 s
+        self.assertFalse(self.transport.disconnecting)
+        self.handshake()  # what waited in the socket
+        self.clock.advance(STALL_GRACE)
+        self.assertIs(self.link.state, LinkState.CONNECTED)
+
+    def test_no_handshake_through_a_stall_is_dropped_at_the_second_look(self) -> None:
+        self.clock.advance(15)
+        self.clock.advance(STALL_GRACE)
+        self.assertTrue(self.transport.disconnecting)
 
     def test_a_check_late_twice_in_a_row_judges(self) -> None:
         """Looking again is once per stall: a reactor late at every turn still judges."""

@@ -264,7 +264,7 @@ class LimitedChannel(RequestInTime):
         else:
             self.refuse(414, b"URI Too Long", f"request line longer than {self.MAX_LENGTH} bytes")
 
-    def timeoutConnection(self) -> None:
+    def timed_out(self) -> None:
         peer = self.transport.getPeer() if self.transport is not None else None
         late = self.late
         if late:

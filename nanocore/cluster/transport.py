@@ -30,7 +30,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from nanocore.clocks import wall_seconds
+from nanocore.clocks import STALL_GRACE, overdue_from_own_stall, wall_seconds
 from nanocore.cluster._fastcodec import decode, encode
 from nanocore.cluster.admission import FairShare, refused_for_descriptors
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey
@@ -43,11 +43,6 @@ KEEPALIVE_INTERVAL = 3.0
 LOST_AFTER = 9.0
 #: Seconds of silence after which a peer is disconnected (``DisconnectThresholdInterval``).
 DISCONNECT_AFTER = 15.0
-#: How late a silence check may run before Core counts the delay as its own stall (stopped,
-#: paused, swapped out) rather than the peer's silence: what the peer sent meanwhile is then
-#: still unread, so the check looks again ``STALL_GRACE`` seconds later, once.
-STALL_AFTER = 2.0
-STALL_GRACE = 1.0
 #: Seconds a new link may take to complete the handshake before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
 #: Connections Core accepts at once that have not completed the handshake; more are refused
@@ -404,7 +399,15 @@ class LinkSession:
         self._handler.link_connected(self)  # which logs it if it takes it
 
     def _handshake_expired(self) -> None:
+        due = self._watchdog.getTime() if self._watchdog is not None else None
         self._watchdog = None
+        if overdue_from_own_stall(self._clock, due) and not self._rechecking:
+            # Core itself did not run: the handshake may be waiting, unread (QA pass 22: a
+            # 15 s stop reset every Cell link handshaking).
+            self._rechecking = True
+            self._watchdog = self._clock.callLater(STALL_GRACE, self._handshake_expired)
+            return
+        self._rechecking = False
         self.protocol_error(f"no handshake within {HANDSHAKE_TIMEOUT} s")
 
     def send_keepalive(self) -> None:
@@ -418,7 +421,7 @@ class LinkSession:
         due = self._watchdog.getTime() if self._watchdog is not None else None
         self._watchdog = None
         now = self._clock.seconds()
-        if due is not None and now - due >= STALL_AFTER and not self._rechecking:
+        if overdue_from_own_stall(self._clock, due) and not self._rechecking:
             # Core itself did not run: every link would be judged silent at once (all 60 of a
             # cluster after a 20 s stop, QA pass 16) before what they sent is read.
             self._rechecking = True

@@ -28,6 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from nanocore.clocks import STALL_GRACE, overdue_from_own_stall
 from nanocore.cluster.admission import FairShare, admit
 from nanocore.httpparts import RequestInTime, UnbrandedRequest, first_headers
 from nanocore.images.transfers import (
@@ -145,6 +146,7 @@ class ImageChannel(StreamingChannel, RequestInTime):
 
     site: ImageSite
     _handshake: IDelayedCall | None = None
+    _looked_for_handshake = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -157,7 +159,13 @@ class ImageChannel(StreamingChannel, RequestInTime):
         self._handshake = None
 
     def _no_handshake(self) -> None:
+        due = self._handshake.getTime() if self._handshake is not None else None
         self._handshake = None
+        if not self._looked_for_handshake and overdue_from_own_stall(self.site.reactor, due):
+            # Core itself did not run: the handshake may be waiting, unread (QA pass 22).
+            self._looked_for_handshake = True
+            self._handshake = self.callLater(STALL_GRACE, self._no_handshake)
+            return
         self.site.no_handshake(self)
 
     def connectionLost(self, reason: Failure = _DONE) -> None:

@@ -2,7 +2,7 @@
 and when the system clock stepped (timers run on a steady clock: ``nanocore.clocks``).
 
 Timers that fell due meanwhile run late, before what peers sent meanwhile is read. The Cell
-links look again before they judge a Cell silent (``transport.STALL_AFTER``); requests that
+links look again before they judge a Cell silent (``clocks.STALL_AFTER``); requests that
 were waiting on a Cell may have timed out, and their late answers are taken as such. This says
 it once in the log, so that whoever reads those lines knows why.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nanocore.clocks import wall_seconds
-from nanocore.cluster.transport import DISCONNECT_AFTER, STALL_AFTER
+from nanocore.clocks import STALL_AFTER, wall_seconds
+from nanocore.cluster.transport import DISCONNECT_AFTER
 from nanocore.services.periodic import Periodic
 
 #: Seconds between two looks at the clock.
