@@ -263,6 +263,26 @@ class UnrecordedEventTests(GuestClusterCase):
         self.assertTrue(self.store.view.instances[guest].lost)
 
 
+    async def test_a_deletion_the_store_could_not_save_can_be_finished(self) -> None:
+        """The Cell deleted the guest, the store could not record it (503): the guest stayed
+        listed, and could be neither deleted (the Cell no longer knew it) nor started (QA
+        pass 22). Its inventory, taken again, tells; the client's retry finishes it."""
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        full = self.store_cannot_save()
+        deleted = self.events.until(MessageID.GuestDeletedEvent, guest)
+        answer = await self.call("DELETE", f"/guests/{guest}", {})
+        self.assertEqual(answer.status, 503)
+        await self.applied(deleted, guest)  # the Cell did delete it; not recorded either
+        self.assertIn(guest, self.store.view.instances)
+        full[0] = False
+        self.core_clock.advance(UNSAVED_RETRY)
+        await self.settled(cell)
+        if guest in self.store.view.instances:  # shown lost: the client's retry finishes it
+            await self.ok("DELETE", f"/guests/{guest}", {})
+        self.assertNotIn(guest, self.store.view.instances)
+
+
 class CreateFaultOverKCPTests(CreateFaultTests):
     """Timeouts, error replies and late guests on the KCP wire."""
 
