@@ -262,7 +262,6 @@ class UnrecordedEventTests(GuestClusterCase):
         self.assertIn(cell, self.store.view.departed_cells)
         self.assertTrue(self.store.view.instances[guest].lost)
 
-
     async def test_a_deletion_the_store_could_not_save_can_be_finished(self) -> None:
         """The Cell deleted the guest, the store could not record it (503): the guest stayed
         listed, and could be neither deleted (the Cell no longer knew it) nor started (QA
