@@ -231,6 +231,14 @@ class _Echo(Resource):
         return b"got " + request.content.read()
 
 
+class _Streamed(LimitedRequest):
+    """A request whose body streams to storage, as ``StreamingMixin`` marks an upload."""
+
+    def gotLength(self, length: int | None) -> None:
+        self.transfer = "an upload"
+        super().gotLength(length)
+
+
 class _ClientInMemory(SynchronousTestCase):
     """One client of a site on a ``Clock``, over an in-memory transport."""
 
@@ -301,12 +309,7 @@ class SlowClientTests(_ClientInMemory):
         """A body streamed to storage (an image upload) restarts the timeout with each chunk:
         its pace is its own."""
 
-        class Streamed(LimitedRequest):
-            def gotLength(self, length: int | None) -> None:
-                self.transfer = "an upload"  # as StreamingMixin marks one
-                super().gotLength(length)
-
-        self.site.requestFactory = Streamed
+        self.site.requestFactory = _Streamed
         channel, transport = self.connect()
         channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
         for byte in b"abc":
@@ -333,12 +336,7 @@ class CoresOwnStallTests(_ClientInMemory):
         self.assertFalse(transport.disconnecting)
 
     def test_an_upload_that_went_on_during_the_stall_goes_on(self) -> None:
-        class Streamed(LimitedRequest):
-            def gotLength(self, length: int | None) -> None:
-                self.transfer = "an upload"  # as StreamingMixin marks one
-                super().gotLength(length)
-
-        self.site.requestFactory = Streamed
+        self.site.requestFactory = _Streamed
         channel, transport = self.connect()
         channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
         self.clock.advance(self.site.timeOut + 5)
