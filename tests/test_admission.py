@@ -36,6 +36,13 @@ class FairShareTests(SynchronousTestCase):
         # Only busy places left with "a": its oldest goes.
         self.assertEqual(self.share.make_room("d"), Decision(True, "a1", "a"))
 
+    def test_without_room_elsewhere_a_newcomer_gets_in_only_in_anothers_place(self) -> None:
+        self.fill("a", "a1", "a2")
+        self.assertEqual(self.share.make_room("b", full=True), Decision(True, "a1", "a"))
+        self.share.add("b", "b1")
+        self.assertEqual(self.share.make_room("a", full=True), Decision(False))
+        self.assertEqual(FairShare[str](4).make_room("a", full=True), Decision(False))
+
     def test_a_newcomer_from_the_largest_source_is_refused(self) -> None:
         self.fill("a", "a1", "a2", "a3", "a4")
         self.assertEqual(self.share.make_room("a"), Decision(False))

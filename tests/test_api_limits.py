@@ -421,6 +421,27 @@ class FairConnectionsTests(SynchronousTestCase):
         cells[0] = 2  # a Cell left
         self.assertIsNotNone(self.connect("192.0.2.8"))
 
+    def test_at_the_open_file_limit_a_newcomer_still_takes_the_largest_sources_place(
+        self,
+    ) -> None:
+        """Refused before its fair share was looked at, a newcomer could not take a place
+        from the source holding every one: one source re-opening idle connections locked
+        every client out while the limit was reached (QA pass 23, D1r)."""
+        self.site.descriptors = descriptors = Descriptors(RESERVED_FILES + 3)
+        descriptors.count(lambda: self.site.open_connections)
+        flood = [self.connect("192.0.2.66") for _ in range(3)]  # the limit, not the places
+        served = self.connect("192.0.2.7")
+        self.assertIsNotNone(served)
+        self.assertEqual(
+            [c is not None and c[1].disconnected for c in flood], [True, False, False]
+        )
+        self.assertIsNone(self.connect("192.0.2.66"))  # it holds the most: no place of another
+        self.assertIn(
+            "refused an API connection from 192.0.2.66: 3 connections are open on all ports,"
+            " as many as the open-file limit leaves for them (3)",
+            [formatEvent(e) for e in self.events],
+        )
+
     def test_a_request_under_way_keeps_its_place_while_its_source_has_an_idle_one(self) -> None:
         """The source holding the most gives up its oldest idle connection: a client's
         request whose body is arriving (an upload from the portal's host) is not cut."""

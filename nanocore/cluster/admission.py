@@ -64,10 +64,14 @@ class FairShare(Generic[C]):
         """Places ``source`` holds."""
         return len(self._by_source.get(source, ()))
 
-    def make_room(self, source: str) -> Decision[C]:
-        """Decide on a newcomer from ``source``; an evicted connection no longer holds a place."""
-        if len(self._source_of) < self._limit:
+    def make_room(self, source: str, *, full: bool = False) -> Decision[C]:
+        """Decide on a newcomer from ``source``; an evicted connection no longer holds a place.
+        ``full``: there is no room whatever the places say (the open-file limit is reached),
+        so a newcomer gets in only in the place of another."""
+        if not full and len(self._source_of) < self._limit:
             return Decision(True)
+        if not self._by_source:
+            return Decision(False)
         largest = max(self._by_source, key=lambda s: len(self._by_source[s]))
         if len(self._by_source[largest]) <= self.held_by(source) + 1:
             return Decision(False)  # taking a place would only swap who holds more
@@ -108,9 +112,12 @@ def admit(
     among ``places`` (and, with ``descriptors``, a descriptor within the open-file limit); a
     refusal, and the connection it displaces (aborted), are said once a minute per source,
     with a count. The caller adds the connection it then builds."""
-    if descriptors is not None and refused_for_descriptors(descriptors, source, noise, site):
+    over = descriptors is not None and descriptors.full()
+    decision = places.make_room(source, full=over)
+    if not decision.admitted and over:
+        assert descriptors is not None
+        say_over_descriptors(descriptors, source, noise, site)
         return False
-    decision = places.make_room(source)
     if not decision.admitted:
         noise.warn(
             f"refused {site} connections",
@@ -140,13 +147,12 @@ def admit(
     return True
 
 
-def refused_for_descriptors(
+def say_over_descriptors(
     descriptors: Descriptors, source: str, noise: RateLimitedLog, site: str
-) -> bool:
-    """Whether a connection to ``site`` is refused because every port together holds what
-    the open-file limit leaves for connections; said once a minute per source."""
-    if not descriptors.full():
-        return False
+) -> None:
+    """Say, once a minute per source, that a connection to ``site`` is refused because every
+    port together holds what the open-file limit leaves for connections (and ``source``
+    holds no more than others, so it takes nobody's place)."""
     noise.warn(
         f"{site} connections over the open-file limit",
         source,
@@ -157,4 +163,3 @@ def refused_for_descriptors(
         in_use=descriptors.in_use(),
         allowed=descriptors.allowed,
     )
-    return True

@@ -32,7 +32,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from nanocore.clocks import STALL_GRACE, overdue_from_own_stall, wall_seconds
 from nanocore.cluster._fastcodec import decode, encode
-from nanocore.cluster.admission import FairShare, refused_for_descriptors
+from nanocore.cluster.admission import FairShare, say_over_descriptors
 from nanocore.cluster.message import Message, MessageError, MessageID, ParamKey
 from nanocore.openfiles import Descriptors
 from nanocore.ratelog import RateLimitedLog
@@ -685,12 +685,12 @@ class CellLinkFactory(Factory):
         # exhaust Core's memory or file descriptors, nor keep a Cell from another place out.
         source = _host_of(addr) if addr is not None else "?"
         descriptors = self._descriptors
-        if descriptors is not None and refused_for_descriptors(
-            descriptors, source, self._noise, "Cell link"
-        ):
+        over = descriptors is not None and descriptors.full()
+        decision = self._waiting.make_room(source, full=over)
+        if not decision.admitted and descriptors is not None and over:
             self.refused += 1
+            say_over_descriptors(descriptors, source, self._noise, "Cell link")
             return None
-        decision = self._waiting.make_room(source)
         if not decision.admitted:
             self.refused += 1
             self._noise.warn(
