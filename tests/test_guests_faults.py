@@ -281,6 +281,23 @@ class UnrecordedEventTests(GuestClusterCase):
             await self.ok("DELETE", f"/guests/{guest}", {})
         self.assertNotIn(guest, self.store.view.instances)
 
+    async def test_a_change_the_cell_made_while_full_is_recorded_once_the_store_can_save(
+        self,
+    ) -> None:
+        """The Cell resized the guest, the store could not record it (503): Core's record
+        and the Cell disagreed until a relink, and the client's retry was refused by the
+        Cell, `no need to change` (QA pass 23, B4)."""
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        full = self.store_cannot_save()
+        answer = await self.call("PUT", f"/guests/{guest}/cores", {"cores": 3})
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(self.store.view.instances[guest].cores, 2)
+        full[0] = False
+        self.core_clock.advance(UNSAVED_RETRY)
+        await self.settled(cell)
+        self.assertEqual(self.store.view.instances[guest].cores, 3)
+
 
 class CreateFaultOverKCPTests(CreateFaultTests):
     """Timeouts, error replies and late guests on the KCP wire."""

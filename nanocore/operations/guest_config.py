@@ -129,7 +129,8 @@ class GuestConfig:
                 changed = update(current)
                 return [] if changed == current else [Put(changed)]
 
-            await self._access.change(instance.id, decide)
+            changing = self._access.change(instance.id, decide)
+            await self._access.recorded_after_cell(instance.cell, changing)
             return reply
         finally:
             for claim in held:

@@ -39,7 +39,7 @@ from nanocore.operations.errors import (
     UnknownEntity,
 )
 from nanocore.operations.images import IMAGE_CAPTURE
-from nanocore.store import Change, Delete
+from nanocore.store import Change, CommitFailed, Delete
 
 T = TypeVar("T")
 
@@ -54,9 +54,18 @@ def not_connected(cell: str) -> InvalidRequest:
 class GuestAccess:
     """The instance lookup, the Cell request and the serialised change of one guest."""
 
-    def __init__(self, context: Context, cells: CellDirectory, timeout: float | None) -> None:
+    def __init__(
+        self,
+        context: Context,
+        cells: CellDirectory,
+        timeout: float | None,
+        resync: Callable[[str, str], None] = lambda cell, reason: None,
+    ) -> None:
+        """``resync(cell, reason)``: what ``cell`` did or said could not be recorded (the
+        store could not save, for ``reason``): its inventory is to be taken again."""
         self.context = context
         self.cells = cells
+        self.resync = resync
         self._timeout = timeout
         self._turns = Turns()
         #: For each Cell linked now whose inventory Core has read since it linked: the guests
@@ -66,6 +75,19 @@ class GuestAccess:
         #: Guests whose Cell was asked to delete them and gave no answer (timeout, link lost):
         #: guest -> that Cell. Its next inventory says whether it did (``GuestEvents``).
         self.unanswered_deletes: dict[str, str] = {}
+
+    def recorded_after_cell(self, cell: str, committing: Deferred[None]) -> Deferred[None]:
+        """The record of a change ``cell`` has made already: if the store cannot save it, the
+        client still hears why, and the Cell's inventory, taken again once the store can,
+        makes what the Cell holds Core's record (QA pass 23: a guest resized, renamed or
+        deleted while the disk was full stayed as it was in Core's records)."""
+
+        def unsaved(failure: Failure) -> Failure:
+            if failure.check(CommitFailed):
+                self.resync(cell, failure.getErrorMessage())
+            return failure
+
+        return committing.addErrback(unsaved)
 
     def instance(self, instance_id: str) -> Instance:
         found = self.context.view.instances.get(instance_id)

@@ -58,14 +58,8 @@ class GuestEvents:
 
     log = Logger()
 
-    def __init__(
-        self,
-        access: GuestAccess,
-        placement: Placement,
-        resync: Callable[[str, str], None] = lambda cell, reason: None,
-    ) -> None:
+    def __init__(self, access: GuestAccess, placement: Placement) -> None:
         self._access = access
-        self._resync = resync
         self._context = access.context
         self._placement = placement
         #: Resets an inventory found under way, by guest: their Cell, and the timer that ends
@@ -521,7 +515,7 @@ class GuestEvents:
             self.log.info("{cell}: {id:#08x} not applied: the store is closed", cell=cell,
                           id=message.id)  # fmt: skip
         elif failure.check(CommitFailed):  # its inventory tells again what this said
-            self._resync(cell, failure.getErrorMessage())
+            self._access.resync(cell, failure.getErrorMessage())
         elif failure.check(OperationError):
             self.log.warn(
                 "{cell}: {id:#08x} not applied: {reason}",

@@ -72,7 +72,7 @@ class GuestOperations:
     ) -> None:
         """``resync(cell, reason)``: what a Cell said could not be recorded (the store could
         not save, for ``reason``): its inventory is to be taken again (``CellOperations``)."""
-        self.access = GuestAccess(context, cells, timeout)
+        self.access = GuestAccess(context, cells, timeout, resync)
         self._context = context
         self._cells = cells
         self._image_site = image_site
@@ -83,7 +83,7 @@ class GuestOperations:
             randbelow if randbelow is not None else random.SystemRandom().randrange,
             decision_times=decision_times,
         )
-        self.events = GuestEvents(self.access, self.placement, resync)
+        self.events = GuestEvents(self.access, self.placement)
         self.creations = Creations(
             self.access,
             self.placement,
@@ -163,7 +163,10 @@ class GuestOperations:
                 self.access.unanswered_deletes[instance_id] = instance.cell
             return failure
 
-        return asking.addCallbacks(lambda _: self._forget(instance_id), unanswered)
+        return asking.addCallbacks(
+            lambda _: self.access.recorded_after_cell(instance.cell, self._forget(instance_id)),
+            unanswered,
+        )
 
     def _forget(self, instance_id: str, *, lost: bool = False) -> Deferred[None]:
         """Remove the record and its addresses; ``lost``: only while it is still a guest its
