@@ -50,6 +50,8 @@ EXIT_NOT_RUNNING = 3
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 POLL_INTERVAL = 0.1
+#: Seconds a start that failed waits for its daemon to be gone before it says why.
+EXIT_GRACE = 5.0
 
 #: Lines of core.log shown when the daemon fails to start.
 LOG_TAIL_LINES = 20
@@ -332,6 +334,9 @@ async def start(reactor: Any, layout: Layout, console: Console) -> int:
         show_run_log(console, layout, mark)
         return EXIT_FAILURE
     if code != 0:
+        # The daemon that failed may still be exiting, its pid file not yet removed: gone
+        # first, so that only a daemon another start ran is taken for one running.
+        await _wait_for_exit(reactor, layout.pid_file, EXIT_GRACE)
         return start_failed(console, layout, mark, errors + output)
     # The daemon wrote the port it bound before it reported its start (api.cfg may say 0);
     # a daemon that failed after detaching may have removed it again as it stopped.

@@ -23,14 +23,14 @@ from nanocore.clocks import STALL_GRACE, overdue_from_own_stall
 _DONE = Failure(ConnectionDone())
 
 
-def request_line(channel: HTTPChannel) -> tuple[bytes, bytes] | None:
-    """The method and target of the request whose headers ``channel`` is reading (None
-    before its request line, and once its body is in)."""
+def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes] | None:
+    """The method, target and version of the request whose headers ``channel`` is reading
+    (None before its request line, and once its body is in)."""
     method: bytes | None = getattr(channel, "_command", None)
     target: bytes | None = getattr(channel, "_path", None)
     if method is None or target is None:
         return None
-    return method, target
+    return method, target, getattr(channel, "_version", b"")
 
 
 def first_headers(request: Request) -> dict[str, str]:

@@ -166,9 +166,9 @@ class LimitedRequest(UnbrandedRequest):
         line = request_line(channel) if channel is not None else None
         if check is None or line is None:
             return False
-        method, target = line
+        method, target, version = line
         path = target.partition(b"?")[0]
-        if self._wire_refusal(path, getattr(channel, "_version", b"")) is not None:
+        if self._wire_refusal(path, version) is not None:
             return False  # what the wire refuses is answered as ever, once the body is in
         message = check(self, method, path)
         if message is None:

@@ -334,7 +334,7 @@ class StreamingMixin(Request):
         line = request_line(channel) if isinstance(channel, StreamingChannel) else None
         routes = self.upload_routes() if line is not None and line[0] not in _READS else None
         if routes is not None and line is not None:
-            method, uri = line
+            method, uri, _version = line
             raw_path, _, query = uri.partition(b"?")
             path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="replace")
             try:

@@ -17,13 +17,16 @@ from nanocore.clocks import wall_seconds
 from nanocore.model import MAX_NAME, TIME_FORMAT, first_invisible, shown, validation_message
 from nanocore.operations.claims import Claim, Claims
 from nanocore.operations.errors import (
+    UNSAVED_RETRY,
     AlreadyExists,
     InvalidRequest,
     OperationError,
     UnknownEntity,
 )
+from nanocore.ratelog import RateLimitedLog
 from nanocore.store import (
     Change,
+    CommitFailed,
     CommitStore,
     Conflict,
     NotFound,
@@ -58,6 +61,9 @@ class Context:
         self.clock = clock
         self.claims = Claims()
         self._revision = 0
+        #: What could not be saved and is tried again: said once a minute per kind and source
+        #: however long the disk stays full.
+        self._unsaved = RateLimitedLog(Logger(namespace="nanocore.operations"), clock)
 
     @property
     def view(self) -> ReadModel:
@@ -66,6 +72,20 @@ class Context:
     def revision(self) -> tuple[int, int]:
         """Changes whenever committed state may have changed, by any path into the store."""
         return (self.store.units_committed, self._revision)
+
+    def retry_unsaved(
+        self, failure: Failure, again: Callable[[], object], kind: str, source: str, say: str
+    ) -> None:
+        """An errback: what the store could not save (``failure`` a ``CommitFailed``; any other
+        passes on) is decided anew by ``again``, :data:`UNSAVED_RETRY` s later, on the state
+        then. Core learns some things only once, from a Cell (its loss, its goodbye, a
+        failover to plan), and nobody else would ask again (QA pass 22). ``say`` (with
+        ``{source}``, ``{reason}``, ``{after}``) is logged once a minute per ``kind`` and
+        ``source``."""
+        failure.trap(CommitFailed)
+        reason = failure.getErrorMessage()
+        self._unsaved.warn(kind, source, say, reason=reason, after=UNSAVED_RETRY)
+        self.clock.callLater(UNSAVED_RETRY, again)
 
     def now_text(self) -> str:
         """The clock's time as Core writes it: local ``YYYY-MM-DD HH:MM:SS``."""

@@ -656,20 +656,15 @@ class CellOperations:
         Cell stays away (QA pass 22: a goodbye lost to a full disk became a failover at the
         next start, of guests a Cell stopped on purpose may keep running: twice on one disk)."""
         departing = self._context.commit(Put(DepartedCell(name)))
-
-        def unsaved(failure: Failure) -> None:
-            failure.trap(CommitFailed)
-            self._unrecorded.warn(
-                "goodbyes kept again",
-                name,
-                "{source} said goodbye, which could not be recorded ({reason}): tried again"
-                " in {after:g} s",
-                reason=failure.getErrorMessage(),
-                after=UNSAVED_RETRY,
-            )
-            self._clock.callLater(UNSAVED_RETRY, self._goodbye_again, name)
-
-        departing.addErrback(unsaved).addErrback(self._logged, "keeping its goodbye", name)
+        departing.addErrback(
+            self._context.retry_unsaved,
+            lambda: self._goodbye_again(name),
+            "goodbyes kept again",
+            name,
+            "{source} said goodbye, which could not be recorded ({reason}): tried again in"
+            " {after:g} s",
+        )
+        departing.addErrback(self._logged, "keeping its goodbye", name)
 
     def _goodbye_again(self, name: str) -> None:
         record = self._context.view.cells.get(name)

@@ -48,12 +48,11 @@ from nanocore.model import ComputePool, Instance, InstanceStatus, Migration, Mig
 from nanocore.operations.base import Context, named
 from nanocore.operations.cells import CellLeaving
 from nanocore.operations.claims import ClaimHeld
-from nanocore.operations.errors import UNSAVED_RETRY
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import NoCellAvailable, Placement, move_key
 from nanocore.operations.moves import MIGRATING, Transit, attach_at_once, refused_attach
 from nanocore.scheduler import Demand
-from nanocore.store import Change, CommitFailed, Insert, Put
+from nanocore.store import Change, Insert, Put
 
 if TYPE_CHECKING:
     from nanocore.operations.migrations import Migrations
@@ -128,20 +127,14 @@ class Failover:
             self._failover(lost, pool, only, stranded=stranded, singly=singly)
         )
 
-        def unsaved(failure: Failure) -> None:
-            """The store could not record the plan (a full disk): nothing of it was sent,
-            and nothing else would plan it again while the Cell stays away (QA pass 22)."""
-            failure.trap(CommitFailed)
-            self.log.warn(
-                "failover of {cell} not recorded ({reason}): planned again in {after:g} s",
-                cell=lost,
-                reason=failure.getErrorMessage(),
-                after=UNSAVED_RETRY,
-            )
-            again = (only, stranded, singly)
-            self._context.clock.callLater(UNSAVED_RETRY, self._plan_unsaved, lost, *again)
-
-        failing.addErrback(unsaved)
+        # A plan the store could not record was not sent: planned again while the Cell is away.
+        failing.addErrback(
+            self._context.retry_unsaved,
+            lambda: self._plan_unsaved(lost, only, stranded, singly),
+            "failovers planned again",
+            lost,
+            "failover of {source} not recorded ({reason}): planned again in {after:g} s",
+        )
         failing.addErrback(self._moves.logged, f"failover of {lost}")
 
         def planned(records: list[str] | None) -> None:

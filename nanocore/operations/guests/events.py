@@ -25,7 +25,7 @@ from nanocore.cluster.cells import CellLiveness, CellObserver, CellStatus
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import ID_PATTERN, Instance, InstanceStatus, PendingError, clipped, is_ipv4
 from nanocore.operations.base import named
-from nanocore.operations.errors import UNSAVED_RETRY, OperationError
+from nanocore.operations.errors import OperationError
 from nanocore.operations.guests.common import GuestAccess
 from nanocore.operations.guests.placement import Placement
 from nanocore.store import Change, CommitFailed, Delete, Put, StoreClosed
@@ -138,7 +138,7 @@ class GuestEvents:
         """Show the guests of ``name``, gone, lost; what the store could not save is marked
         again :data:`UNSAVED_RETRY` s later while the Cell stays away (QA pass 22: a Cell
         that died while the disk was full left its guests shown running for good)."""
-        unsaved: list[str] = []
+        retrying: list[str] = []
 
         def lost(instance: Instance | None) -> list[Change]:
             if instance is None or instance.cell != name or instance.lost:
@@ -147,23 +147,22 @@ class GuestEvents:
                 return []  # moved meanwhile (its failover), the move tells
             return [Put(evolve(instance, lost=True))]
 
-        def failed(failure: Failure) -> None:
-            if not failure.check(CommitFailed):
-                self._logged(failure, name, Message(id=MessageID.GuestStoppedEvent))
-                return
-            if not unsaved:
-                self._context.clock.callLater(UNSAVED_RETRY, self._still_lost, name)
-                self.log.warn(
-                    "{cell} is gone, and its guests could not be shown lost ({reason}):"
+        def unsaved(failure: Failure) -> None:
+            failure.trap(CommitFailed)
+            if not retrying:  # once for all its guests
+                retrying.append(name)
+                self._context.retry_unsaved(
+                    failure,
+                    lambda: self._still_lost(name),
+                    "losses marked again",
+                    name,
+                    "{source} is gone, and its guests could not be shown lost ({reason}):"
                     " tried again in {after:g} s",
-                    cell=name,
-                    reason=failure.getErrorMessage(),
-                    after=UNSAVED_RETRY,
                 )
-            unsaved.append(name)
 
         for guest in list(self._context.view.instances_on_cell(name)):
-            self._access.change(guest, lost).addErrback(failed)
+            marking = self._access.change(guest, lost).addErrback(unsaved)
+            marking.addErrback(self._logged, name, Message(id=MessageID.GuestStoppedEvent))
 
     def _still_lost(self, name: str) -> None:
         if self._access.cells.state(name) in (None, CellLiveness.DISCONNECTED):
