@@ -270,6 +270,36 @@ class FullImageDiskTests(ImageTestCase):
         self.assertEqual(self.h.images.get(ImageKind.MEDIA, image_id).version, 0)
 
 
+class OutOfMemoryTests(ImageTestCase):
+    async def test_memory_running_out_mid_upload_is_a_503_and_nothing_is_kept(self) -> None:
+        """QA pass 23: an upload whose next block could not be allocated was dropped without
+        an answer, with an Unhandled Error traceback, and logged as "the client went away"."""
+        image_id = await self.h.create("disk_images")
+
+        def no_memory(*args: object) -> object:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+        self.patch(upload_module.mmap, "mmap", no_memory)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        body = multipart(("image", DATA))
+        wire = Wire(self.h.api_site)
+        wire.send(head(self.h, "POST", f"/disk_images/{image_id}/file/", len(body)))
+        wire.send(body[: len(body) // 2])
+        answer = wire.answer()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer)
+        self.assertIn(b"\r\nRetry-After: 1\r\n", answer)
+        self.assertIn(b'"message": "nanocore is out of memory, retry later"', answer)
+        self.assertTrue(wire.transport.disconnecting)
+        wire.send(body[len(body) // 2 :])  # what was already on its way is dropped
+        wire.protocol.connectionLost(Failure(ConnectionDone()))
+        said = [e["why"] for e in events if "interrupted" in e.get("log_format", "")]
+        self.assertEqual(said, ["nanocore ran out of memory"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.h.files("disk_images"), [])
+        self.assertIsNone(self.h.images.upload_progress(ImageKind.DISK, image_id))
+        self.assertEqual(self.h.images.get(ImageKind.DISK, image_id).version, 0)
+
+
 class DamagedFileTests(ImageTestCase):
     async def test_a_file_removed_or_cut_behind_cores_back_is_not_served(self) -> None:
         """QA: a missing file was Twisted's HTML 404 page (a Cell's creation failed with that

@@ -65,11 +65,13 @@ from nanocore.httpparts import first_headers
 from nanocore.images.transfers import UploadRoutes
 from nanocore.openfiles import Descriptors
 from nanocore.operations.core import Operations
-from nanocore.operations.errors import UNAVAILABLE, OperationError, unavailable_message
+from nanocore.operations.errors import (
+    OUT_OF_MEMORY,
+    UNAVAILABLE,
+    OperationError,
+    unavailable_message,
+)
 from nanocore.ratelog import RateLimitedLog
-
-#: The message of a request answered while memory ran out.
-OUT_OF_MEMORY = "nanocore is out of memory, retry later"
 
 
 class APIResource(KleinResource, Generic[Ops]):

@@ -38,7 +38,12 @@ from nanocore.httpparts import request_line
 from nanocore.images.download import TLS_PIECE, FileStream
 from nanocore.images.files import ImageFolders, Offload
 from nanocore.images.upload import Transfer, UploadTooLarge, boundary_of
-from nanocore.operations.errors import UNAVAILABLE, OperationError, unavailable_message
+from nanocore.operations.errors import (
+    OUT_OF_MEMORY,
+    UNAVAILABLE,
+    OperationError,
+    unavailable_message,
+)
 from nanocore.operations.images import KINDS, Image, ImageKind, Images
 
 log = Logger()
@@ -51,6 +56,9 @@ DEFAULT_MAX_UPLOAD = 1 << 40
 UPLOAD_READ_SIZE = 1 << 20
 
 _TARGET = re.compile(r"/api/v1/(disk_images|media_images)/([^/]*)/file/")
+
+#: The status lines of the answers a stream is refused with before its body is read.
+_REASONS = {200: b"OK", 413: b"Request Entity Too Large", 503: b"Service Unavailable"}
 
 DOWNLOAD_HEADERS = {
     b"Content-Transfer-Encoding": b"binary",
@@ -358,6 +366,13 @@ class StreamingMixin(Request):
             except UploadTooLarge as error:
                 self.transfer = None  # ended by its write
                 self._refuse_stream(StreamRefused(error.message, 413))
+            except MemoryError:
+                # Not the client's doing, as "went away" would say: Core's memory ran out
+                # (an address-space limit, a full host; QA pass 23). Nothing is kept, the
+                # client is told to retry, and the connection ends without a traceback.
+                transfer, self.transfer = self.transfer, None
+                transfer.abort("nanocore ran out of memory")
+                self._refuse_stream(StreamRefused(OUT_OF_MEMORY, 503))
             return
         super().handleContentChunk(data)
 
@@ -379,9 +394,11 @@ class StreamingMixin(Request):
         channel = self.channel
         if channel is None or channel.transport is None:
             return
-        reason = {200: b"OK", 413: b"Request Entity Too Large"}.get(refused.status, b"Refused")
+        reason = _REASONS.get(refused.status, b"Refused")
+        retry = b"Retry-After: 1\r\n" if refused.status == 503 else b""
         channel.transport.write(
             b"HTTP/1.1 %d %s\r\n" % (refused.status, reason)
+            + retry
             + b"Content-Type: text/plain; charset=utf-8\r\n"
             + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
             + body

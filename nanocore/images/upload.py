@@ -21,6 +21,7 @@ in the original. An empty image is refused: no disk or ISO is empty.
 
 from __future__ import annotations
 
+import errno
 import mmap
 from collections import deque
 from collections.abc import Callable
@@ -284,8 +285,14 @@ class Receiver:
 
 def _new_block() -> memoryview:
     """A page-aligned block of :data:`BLOCK` bytes (anonymous memory: aligned for direct
-    writes, unlike a ``bytearray``)."""
-    return memoryview(mmap.mmap(-1, BLOCK))
+    writes, unlike a ``bytearray``). No memory left for it is a :class:`MemoryError`, as for
+    any other allocation, not the ``OSError`` that ``mmap`` raises."""
+    try:
+        return memoryview(mmap.mmap(-1, BLOCK))
+    except OSError as error:
+        if error.errno == errno.ENOMEM:
+            raise MemoryError(f"no memory for an upload block: {error}") from error
+        raise
 
 
 class Transfer:

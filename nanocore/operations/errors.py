@@ -12,6 +12,9 @@ UNAVAILABLE = (CommitFailed, StoreClosed, CoreStopping)
 #: Seconds until Core tries again to record what it learnt but could not save (a Cell's event
 #: or loss, a failover: the store could not commit, a full disk), and between tries.
 UNSAVED_RETRY = 5.0
+#: What a request is told when memory ran out while it was served (an address-space limit, a
+#: full host): it is answered 503 and may be sent again once memory is back.
+OUT_OF_MEMORY = "nanocore is out of memory, retry later"
 
 
 def unavailable_message(error: BaseException) -> str:
