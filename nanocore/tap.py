@@ -120,6 +120,15 @@ class Certificates:
     image: IssuedCertificate
 
 
+@frozen
+class _API:
+    """The API once the state is loaded: the resource served, with its stream routes taken
+    first, and the app that checks a request's headers before its body is read."""
+
+    front: StreamFront
+    app: APIResource[Operations]
+
+
 def prepare_certificates(layout: Layout, config: CoreConfig) -> Certificates:
     """Create the cluster CA if the cert folder has none; (re)issue the image certificate.
 
@@ -254,19 +263,19 @@ def build_service(
         return ops
 
     operations = store.opened.then(open_operations)
-    fronts: list[StreamFront] = []
-    apps: list[APIResource[Operations]] = []
 
-    def api_resource(ops: Operations) -> StreamFront:
+    def api_resource(ops: Operations) -> _API:
         transfers = Transfers(ops.images, folders, envelope, max_upload=config.image.max_upload)
         resource = build_api_resource(
             ops, config.api.credential_keys(), reactor, verifier=verifier, noise=api_noise
         )
-        apps.append(cast(APIResource[Operations], resource.app))
-        fronts.append(StreamFront(resource, transfers, verifier))
-        return fronts[0]
+        return _API(
+            StreamFront(resource, transfers, verifier),
+            cast(APIResource[Operations], resource.app),
+        )
 
-    api = operations.then(api_resource)
+    built = operations.then(api_resource)
+    api = built.then(lambda each: each.front)
     image_site = api.then(
         lambda front: ImageSite(
             ImageSiteResource(front.transfers, stream_signature(verifier)),
@@ -274,8 +283,6 @@ def build_service(
             descriptors=descriptors,
         )
     )
-    image_places: list[ImageSite] = []
-    image_site.then(image_places.append)
     image_tls = requesting_tls_options(certificates.ca, certificates.image)
     images = ImageSiteService(
         ports=IMAGE_PORTS,
@@ -349,15 +356,17 @@ def build_service(
         gate,
         max_connections=api_connections,
         noise=api_noise,
-        upload_routes=lambda: fronts[0] if fronts else None,
+        upload_routes=api.peek,
         # While Core starts the gate answers every request: nothing is refused before it.
-        before_body=lambda *request: apps[0].refusal_before_body(*request) if apps else None,
+        before_body=lambda *request: (
+            each.app.refusal_before_body(*request) if (each := built.peek()) else None
+        ),
         descriptors=descriptors,
     )
     if descriptors is not None:
         descriptors.count(lambda: cast(LimitedSite, site).open_connections)
         descriptors.count(lambda: len(links.connections))
-        descriptors.count(lambda: sum(len(each.places) for each in image_places))
+        descriptors.count(lambda: len(each.places) if (each := image_site.peek()) else 0)
     api_server = ListeningService(
         lambda: reactor.listenTCP(
             config.api.port, site, backlog=API_BACKLOG, interface=domain.listen_address

@@ -63,14 +63,18 @@ class RunningCore:
         self.config = load_checked_config(self.layout)
         self.certificates: Certificates = prepare_certificates(self.layout, self.config)
 
-    def tree(self) -> MultiService:
-        tree = build_service(self.layout, self.config, self.certificates, reactor)
+    def tree(self, open_files: int | None = None) -> MultiService:
+        """The daemon's tree (``open_files``: the open-file limit it budgets for, as
+        ``makeService`` passes the process's)."""
+        tree = build_service(
+            self.layout, self.config, self.certificates, reactor, open_files=open_files
+        )
         self.addCleanup(lambda: tree.stopService() if tree.running else None)  # type: ignore[attr-defined]
         return tree
 
-    async def start(self) -> MultiService:
+    async def start(self, open_files: int | None = None) -> MultiService:
         """Start the tree as twistd does; return once the state is loaded and it all serves."""
-        tree = self.tree()
+        tree = self.tree(open_files)
         tree.privilegedStartService()
         tree.startService()
         store = tree.getServiceNamed("store")

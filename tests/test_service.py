@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import reactor as global_reactor
@@ -24,6 +24,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from nanocore import model
 from nanocore.api.client import Signer
+from nanocore.api.streams import StreamFront
 from nanocore.cluster.cells import CellRegistry
 from nanocore.cluster.transactions import Transactions
 from nanocore.cluster.transport import CellLinkFactory
@@ -43,7 +44,7 @@ from nanocore.store import Put, Store, StoreClosed, UnitOfWork
 from nanocore.store.schema import DB_NAME
 from nanocore.tap import load_checked_config, site_address
 from tests.corefixtures import RunningCore, write_config
-from tests.loopbackapi import LOOPBACK, exchange
+from tests.loopbackapi import LOOPBACK, connect_in_memory, exchange
 
 reactor: Any = global_reactor
 
@@ -98,6 +99,16 @@ class OneShotTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(derived.wait()), 8)
         self.assertEqual(calls, [4])
         self.failureResultOf(broken.wait(), ZeroDivisionError)
+
+    def test_peek_is_the_result_once_it_arrived_and_never_a_failure(self) -> None:
+        shot: OneShot[int] = OneShot()
+        broken: OneShot[int] = OneShot()
+        self.assertIsNone(shot.peek())
+        shot.resolve(3)
+        broken.resolve(Failure(ValueError("no")))
+        self.assertEqual(shot.peek(), 3)
+        self.assertIsNone(broken.peek())
+        self.failureResultOf(broken.wait(), ValueError)
 
 
 class Recorder(Service):
@@ -591,6 +602,19 @@ class CoreTests(RunningCore, TestCase):
         )
         pools = await self.api(tree, "GET", "/address_pools/")
         self.assertEqual([pool["name"] for pool in pools], ["a1"])
+
+    async def test_uploads_stream_and_every_ports_connections_are_counted(self) -> None:
+        """What the daemon wires once its state is loaded: the API site's upload routes (a
+        body is streamed to its image, not buffered whole) and the image site's connections
+        in the budget of open files the API's site refuses newcomers by."""
+        tree = await self.start(open_files=1024)
+        site = cast(ListeningService, tree.getServiceNamed("api")).port.factory  # type: ignore[union-attr]
+        self.assertIsInstance(site.requestFactory.upload_routes(), StreamFront)
+        images = cast(ImageSiteService, tree.getServiceNamed("images"))
+        assert images.site is not None, "the image site serves once the state is loaded"
+        before = site.descriptors.in_use()
+        connect_in_memory(self, images.site, "192.0.2.7", 1024, tls=True)
+        self.assertEqual(site.descriptors.in_use(), before + 1)
 
     async def test_a_port_in_use_fails_the_start_at_once_and_opens_nothing(self) -> None:
         blocker = socket.socket()

@@ -34,6 +34,12 @@ class OneShot(Generic[T]):
     def resolved(self) -> bool:
         return self._resolved
 
+    def peek(self) -> T | None:
+        """The result if it has arrived, else None (None too if it failed): for whoever must
+        answer now rather than wait (a connection's first bytes while Core starts)."""
+        result = self._result
+        return None if isinstance(result, Failure) else result
+
     def wait(self) -> Deferred[T]:
         """A new Deferred for the result; cancelling it ends only this wait."""
         if self._resolved:
