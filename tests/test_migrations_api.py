@@ -15,6 +15,7 @@ from nanocore import model as m
 from nanocore.cluster.message import MessageID, ParamKey
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import UNSAVED_RETRY
+from nanocore.operations.guests.common import STARTED_EVENT_WAIT
 from nanocore.operations.migrations import RESTARTED, RETENTION
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Fault
@@ -184,6 +185,83 @@ class MigrationRequestTests(MigrationCase):
         self.cell_clock.advance(1.0)
         await self.ops.migrations.ended(migration)
         self.assertEqual(self.record(guest).cell, B)
+
+
+class StartAndMigrationTests(MigrationCase):
+    """QA pass 25: a start and a migration of one guest at once were both acknowledged, and
+    the guest was moved while it booted (a stock Cell force-stops a guest to detach it)."""
+
+    async def test_a_guest_being_started_is_not_migrated(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.StartInstanceRequest, Fault(delay=1.0))
+        told = self.cells[A].until_received(MessageID.StartInstanceRequest)
+        starting = Deferred.fromCoroutine(self.call("POST", f"/instances/{guest}", {}))
+        await told
+        self.assertEqual(await self.refused("POST", "/migrations/", self.body(guest)),
+                         f"instance '{guest}'('team.vm1') is being started")  # fmt: skip
+        self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}),
+                         f"instance '{guest}' is being started, retry")  # fmt: skip
+        started = self.events.until(MessageID.GuestStartedEvent, guest)
+        self.cell_clock.advance(1.0)
+        self.assertEqual((await starting).envelope()["error_code"], 0)
+        await self.applied(started, guest)
+        self.assertTrue(self.record(guest).running)
+        self.assertEqual(await self.refused("POST", "/migrations/", self.body(guest)),
+                         f"instance '{guest}'('team.vm1') is still running")  # fmt: skip
+        self.assertEqual((self.cells[A].guests[guest].state, self.cells[B].guests), (
+            GuestState.RUNNING, {}))  # fmt: skip
+        # Once recorded running, nothing of the start is awaited: stopped, it moves at once.
+        stopped = self.events.until(MessageID.GuestStoppedEvent, guest)
+        await self.ok("DELETE", f"/instances/{guest}", {})
+        self.cell_clock.advance(1.0)
+        await self.applied(stopped, guest)
+        await self.migrated(self.body(guest))
+        self.assertEqual(self.record(guest).cell, B)
+
+    async def test_a_start_the_cell_refused_leaves_the_guest_free_to_move(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.StartInstanceRequest, Fault(error="no memory"))
+        self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}), "no memory")
+        await self.migrated(self.body(guest))
+        self.assertEqual(self.record(guest).cell, B)
+
+    async def test_a_started_guest_whose_event_never_came_may_move_after_a_while(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        cell = self.cells[A]
+        start = cell._handlers[MessageID.StartInstanceRequest]
+        # The Cell starts it and answers; its GuestStartedEvent is lost.
+        answer_only = {MessageID.StartInstanceRequest: lambda request: start(request)[:1]}
+        self.patch(cell, "_handlers", {**cell._handlers, **answer_only})
+        await self.ok("POST", f"/instances/{guest}", {})
+        # Answered, and not recorded as running: still being started, for a while.
+        self.assertFalse(self.record(guest).running)
+        self.assertEqual(await self.refused("POST", "/migrations/", self.body(guest)),
+                         f"instance '{guest}'('team.vm1') is being started")  # fmt: skip
+        self.core_clock.advance(STARTED_EVENT_WAIT - 1)
+        await self.reported()
+        self.assertIn("is being started", await self.refused("POST", "/migrations/",
+                                                             self.body(guest)))  # fmt: skip
+        self.core_clock.advance(1)
+        await self.reported()  # the Cells are still there to Core's clock
+        await self.migrated(self.body(guest))
+        self.assertEqual(self.record(guest).cell, B)
+
+    async def test_a_guest_a_migration_claimed_is_not_started(self) -> None:
+        """The migration's record is committed in the guest's turn: until then only its
+        claim says the guest is moving."""
+        guest = await self.guest_on(A, "vm1")
+        busy: Deferred[None] = Deferred()
+        self.ops.guests.access.serially(guest, lambda: busy)
+        migrating = Deferred.fromCoroutine(self.call("POST", "/migrations/", self.body(guest)))
+        self.assertFalse(self.record(guest).migrating)
+        self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}),
+                         f"instance '{guest}' is migrating")  # fmt: skip
+        self.assertEqual(await self.refused("DELETE", f"/guests/{guest}", {}),
+                         f"instance '{guest}' is migrating")  # fmt: skip
+        busy.callback(None)
+        migration = (await migrating).envelope()["data"]["id"]
+        await self.ops.migrations.ended(migration)
+        self.assertEqual((self.record(guest).cell, self.record(guest).running), (B, False))
 
 
 class MigrationTests(MigrationCase):

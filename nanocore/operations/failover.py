@@ -48,9 +48,9 @@ from nanocore.model import ComputePool, Instance, InstanceStatus, Migration, Mig
 from nanocore.operations.base import Context, named
 from nanocore.operations.cells import CellLeaving
 from nanocore.operations.claims import ClaimHeld
-from nanocore.operations.guests.common import GuestAccess
+from nanocore.operations.guests.common import MIGRATING, GuestAccess
 from nanocore.operations.guests.placement import NoCellAvailable, Placement, move_key
-from nanocore.operations.moves import MIGRATING, Transit, attach_at_once, refused_attach
+from nanocore.operations.moves import Transit, attach_at_once, refused_attach
 from nanocore.scheduler import Demand
 from nanocore.store import Change, Insert, Put
 

@@ -82,15 +82,9 @@ from nanocore.operations.errors import (
     UnknownEntity,
 )
 from nanocore.operations.failover import Failover
-from nanocore.operations.guests.common import GuestAccess
+from nanocore.operations.guests.common import MIGRATING, GuestAccess
 from nanocore.operations.guests.placement import Placement, Share, move_key
-from nanocore.operations.moves import (
-    MIGRATING,
-    Transit,
-    attach_at_once,
-    detach,
-    refused_attach,
-)
+from nanocore.operations.moves import Transit, attach_at_once, detach, refused_attach
 from nanocore.scheduler import Cores, Demand, Memory, Rejection
 from nanocore.store import Change, Delete, Insert, Put, StoreClosed
 
@@ -319,6 +313,7 @@ class Migrations:
             image = self._access.capture_of(guest)
             if image is not None:
                 raise InvalidRequest(f"{named} is being captured to disk image '{image}'")
+            self._access.refuse_starting(guest, f"{named} is being started")
             seen.add(guest)
             found.append(instance)
         return pool, found

@@ -10,17 +10,8 @@ from twisted.internet.defer import Deferred
 
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.model import Migration
-from nanocore.operations.claims import Claim, ClaimKind
-from nanocore.operations.errors import InvalidRequest, OperationError
+from nanocore.operations.claims import Claim
 from nanocore.operations.guests.placement import Share
-
-
-def _in_migration(held: Claim[str]) -> OperationError:
-    return InvalidRequest(f"instance '{held.key}'('{held.value}') already in migrating")
-
-
-#: A guest in a migration (value: its stored name), from the check to the record's end.
-MIGRATING: ClaimKind[str] = ClaimKind("migration of instance", _in_migration)
 
 
 @define

@@ -12,8 +12,11 @@ snapshots, firewall, migration) use the same three steps:
   that a Cell event and an API call that change the same guest never overwrite each other's
   change with what they read before it.
 
-And one refusal they share: :meth:`GuestAccess.refuse_capturing`, for what would change the
-disk or power state of a guest whose system disk its Cell is copying into a disk image.
+And the refusals they share: :meth:`GuestAccess.refuse_capturing`, for what would change the
+disk or power state of a guest whose system disk its Cell is copying into a disk image;
+:meth:`GuestAccess.refuse_migrating` and :meth:`GuestAccess.refuse_starting`, for a start, a
+deletion or a migration of a guest that another of them has been decided on and not yet
+recorded (each is checked on the record, which changes only once the Cell has acted).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from nanocore.cluster.transport import LinkError
 from nanocore.model import AddressAllocation, Instance, InstanceStatus
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CELL_TIMEOUT_MESSAGE, CellRefused
-from nanocore.operations.claims import Turns
+from nanocore.operations.claims import Claim, ClaimKind, Turns
 from nanocore.operations.errors import (
     InvalidRequest,
     OperationError,
@@ -45,6 +48,28 @@ T = TypeVar("T")
 
 #: What a guest's decision returns: the changes to commit (none: nothing to do).
 Decide = Callable[[Instance | None], Sequence[Change]]
+
+
+def _in_migration(held: Claim[str]) -> OperationError:
+    return InvalidRequest(f"instance '{held.key}'('{held.value}') already in migrating")
+
+
+#: A guest in a migration (value: its stored name), from the check to the record's end.
+MIGRATING: ClaimKind[str] = ClaimKind("migration of instance", _in_migration)
+
+
+def _being_started(held: Claim[float | None]) -> OperationError:
+    return InvalidRequest(f"instance '{held.key}' is being started, retry")
+
+
+#: A guest whose start Core sent, until its record shows it running. Value: None until the
+#: Cell answers, then the time until which its ``GuestStartedEvent`` is awaited. A migration
+#: decided in that window read "stopped" and moved a guest that was booting (a stock Cell
+#: force-stops a running guest to detach it; QA pass 25).
+STARTING: ClaimKind[float | None] = ClaimKind("start of instance", _being_started)
+#: Seconds a started guest's ``GuestStartedEvent`` is awaited after its Cell's answer (the
+#: Cell sends it right after; a lost one leaves the guest "being started" no longer).
+STARTED_EVENT_WAIT = 10.0
 
 
 def not_connected(cell: str) -> InvalidRequest:
@@ -123,6 +148,49 @@ class GuestAccess:
             raise InvalidRequest(
                 f"guest '{instance_id}' is being captured to disk image '{image}'"
             )
+
+    def refuse_migrating(self, instance: Instance) -> None:
+        """A guest between two Cells, or that a migration has claimed before recording it, is
+        neither started nor deleted (the original did both)."""
+        if instance.migrating or self.context.claims.held(MIGRATING, instance.id) is not None:
+            raise InvalidRequest(f"instance '{instance.id}' is migrating")
+
+    def refuse_starting(self, instance_id: str, refusal: str | None = None) -> None:
+        """Refuse what would move or start a guest whose start was sent and whose record does
+        not show it running yet (``refusal``: the words, by default "is being started")."""
+        claims = self.context.claims
+        held = claims.held(STARTING, instance_id)
+        if held is None:
+            return
+        if held.value is not None and self.context.clock.seconds() >= held.value:
+            claims.release(held)  # its event never came: the record is all there is
+            return
+        raise _being_started(held) if refusal is None else InvalidRequest(refusal)
+
+    def forward_start(self, instance: Instance, message: Message) -> Deferred[None]:
+        """Ask the guest's Cell to start it, holding :data:`STARTING` until its record shows
+        it running (:meth:`started`) or :data:`STARTED_EVENT_WAIT` after a successful answer;
+        a refusal releases it at once."""
+        claims, clock = self.context.claims, self.context.clock
+        asking = claims.take(STARTING, instance.id, None)
+
+        def answered(_: Message) -> None:
+            claims.release(asking)
+            recorded = self.context.view.instances.get(instance.id)
+            if recorded is not None and not recorded.running:
+                claims.take(STARTING, instance.id, clock.seconds() + STARTED_EVENT_WAIT)
+
+        def refused(failure: Failure) -> Failure:
+            claims.release(asking)
+            return failure
+
+        return self.forward_for(instance, message).addCallbacks(answered, refused)
+
+    def started(self, instance_id: str) -> None:
+        """The guest's record shows it running: nothing of its start is awaited any more."""
+        held = self.context.claims.held(STARTING, instance_id)
+        if held is not None:
+            self.context.claims.release(held)
 
     def refuse_resetting(self, instance: Instance) -> None:
         """Refuse what would change the guest's disks while its Cell writes its system disk

@@ -335,7 +335,10 @@ class GuestEvents:
                 return []
             return [Put(evolve(instance, status=status, lost=False))]
 
-        return self._access.change(guest, decide)
+        recording = self._access.change(guest, decide)
+        if running:
+            recording.addCallback(lambda _: self._access.started(guest))
+        return recording
 
     def deleted(self, cell: str, message: Message) -> Deferred[None]:
         """``GuestDeletedEvent``: the record and its addresses go, and any claim."""

@@ -49,12 +49,6 @@ log = Logger()
 BOOT_DISK, BOOT_MEDIA = 0, 1
 
 
-def refuse_migrating(instance: Instance) -> None:
-    """A guest between two Cells is neither started nor deleted (the original did both)."""
-    if instance.migrating:
-        raise InvalidRequest(f"instance '{instance.id}' is migrating")
-
-
 class GuestOperations:
     """Every guest route of this issue; ``events`` is the registry's observer for guests."""
 
@@ -149,7 +143,7 @@ class GuestOperations:
                 return forgetting.addCallback(lambda _: self._volumes_left(instance))
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
-            refuse_migrating(instance)
+            self.access.refuse_migrating(instance)
             self.access.refuse_capturing(instance_id)
         except OperationError as error:
             return fail(error)
@@ -209,12 +203,13 @@ class GuestOperations:
                 raise InvalidRequest(f"instance '{instance_id}' not created yet")
             if from_network:
                 raise InvalidRequest("start from network is not supported")
-            refuse_migrating(instance)
+            self.access.refuse_migrating(instance)
+            self.access.refuse_starting(instance_id)
             self.access.refuse_capturing(instance_id)
             message = self._start_message(instance_id, from_media, source)
         except OperationError as error:
             return fail(error)
-        return self.access.forward_for(instance, message).addCallback(lambda _: None)
+        return self.access.forward_start(instance, message)
 
     def _start_message(self, instance_id: str, from_media: bool, source: str) -> Message:
         strings: dict[int, str] = {ParamKey.Instance: instance_id}
