@@ -189,7 +189,8 @@ class MigrationRequestTests(MigrationCase):
 
 class StartAndMigrationTests(MigrationCase):
     """QA pass 25: a start and a migration of one guest at once were both acknowledged, and
-    the guest was moved while it booted (a stock Cell force-stops a guest to detach it)."""
+    the guest was moved while it booted (a stock Cell force-stops a guest to detach it); a
+    capture sent with a migration copied a disk its Cell was letting go of."""
 
     async def test_a_guest_being_started_is_not_migrated(self) -> None:
         guest = await self.guest_on(A, "vm1")
@@ -201,6 +202,9 @@ class StartAndMigrationTests(MigrationCase):
                          f"instance '{guest}'('team.vm1') is being started")  # fmt: skip
         self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}),
                          f"instance '{guest}' is being started, retry")  # fmt: skip
+        capture = {"name": "snap", "owner": "alice", "group": "team", "guest": guest}
+        self.assertEqual(await self.refused("POST", "/disk_images/", capture),
+                         f"guest '{guest}' is being started")  # fmt: skip
         started = self.events.until(MessageID.GuestStartedEvent, guest)
         self.cell_clock.advance(1.0)
         self.assertEqual((await starting).envelope()["error_code"], 0)
@@ -257,6 +261,9 @@ class StartAndMigrationTests(MigrationCase):
         self.assertEqual(await self.refused("POST", f"/instances/{guest}", {}),
                          f"instance '{guest}' is migrating")  # fmt: skip
         self.assertEqual(await self.refused("DELETE", f"/guests/{guest}", {}),
+                         f"instance '{guest}' is migrating")  # fmt: skip
+        capture = {"name": "snap", "owner": "alice", "group": "team", "guest": guest}
+        self.assertEqual(await self.refused("POST", "/disk_images/", capture),
                          f"instance '{guest}' is migrating")  # fmt: skip
         busy.callback(None)
         migration = (await migrating).envelope()["data"]["id"]

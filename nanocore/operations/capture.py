@@ -93,6 +93,10 @@ class Captures:
             raise InvalidRequest(f"guest '{guest_id}' not created yet")
         if instance.running:
             raise InvalidRequest(f"guest '{guest_id}' still running")
+        # Nor moving or booting, which its record does not show yet (QA pass 25: a capture
+        # sent with a migration copied a disk its Cell was letting go of).
+        self._guests.refuse_migrating(instance)
+        self._guests.refuse_starting(guest_id, f"guest '{guest_id}' is being started")
         site = self._image_site()
         if site is None:
             raise InvalidRequest("no image server available")
