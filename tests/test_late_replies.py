@@ -81,7 +81,7 @@ class LateReplyTests(GuestClusterCase):
         self.assertEqual(
             await self.refused("GET", f"/guests/{guest}"), f"invalid instance '{guest}'"
         )
-        self.assertEqual(self.ops.guests.access.unanswered_deletes, {})
+        self.assertEqual(self.ops.guests.access.unfinished_deletes, {})
 
     async def unanswered_delete(self) -> str:
         """A guest whose delete its Cell did not answer (Core answered `cell timeout`)."""
@@ -92,7 +92,7 @@ class LateReplyTests(GuestClusterCase):
         await self.cells[cell].until_received(MessageID.DeleteGuestRequest)
         self.core_clock.advance(TIMEOUT)
         self.assertEqual(await asking, "cell timeout")
-        self.assertEqual(self.ops.guests.access.unanswered_deletes, {guest: cell})
+        self.assertEqual(self.ops.guests.access.unfinished_deletes, {guest: cell})
         return guest
 
     async def test_a_delete_the_cell_did_not_do_leaves_the_guest(self) -> None:
@@ -101,7 +101,7 @@ class LateReplyTests(GuestClusterCase):
         await self.rejoined(cell, died=False)
         record = self.store.view.instances[guest]
         self.assertEqual((record.cell, record.lost), (cell, False))
-        self.assertEqual(self.ops.guests.access.unanswered_deletes, {})
+        self.assertEqual(self.ops.guests.access.unfinished_deletes, {})
 
     async def test_a_late_answer_to_a_query_or_an_inventory_asks_for_nothing(self) -> None:
         """Nothing changed on the Cell; and a slow Cell's inventory answered late would

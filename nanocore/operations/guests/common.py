@@ -97,9 +97,11 @@ class GuestAccess:
         #: of Core's records that inventory lacked (kept by ``GuestEvents``). A lost guest of a
         #: Cell not in here may still be on it (the Cell is away, or has not told it yet).
         self.lacking: dict[str, frozenset[str]] = {}
-        #: Guests whose Cell was asked to delete them and gave no answer (timeout, link lost):
-        #: guest -> that Cell. Its next inventory says whether it did (``GuestEvents``).
-        self.unanswered_deletes: dict[str, str] = {}
+        #: Guests whose Cell was asked to delete them and whose deletion Core has not
+        #: recorded: the Cell gave no answer (timeout, link lost), or it did and the store
+        #: could not save (a full disk). Guest -> that Cell. Its next inventory says whether
+        #: it did, and a guest it lacks is then deleted, not shown lost (``Reconciler``).
+        self.unfinished_deletes: dict[str, str] = {}
 
     def recorded_after_cell(self, cell: str, committing: Deferred[None]) -> Deferred[None]:
         """The record of a change ``cell`` has made already: if the store cannot save it, the

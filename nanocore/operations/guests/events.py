@@ -174,45 +174,21 @@ class GuestEvents:
         self, cell: str, guests: Collection[str], *, said: Collection[str] = ()
     ) -> None:
         """``cell`` has told its inventory, and it lacked ``guests`` of Core's (forgotten at
-        once if its link is gone already: its next link tells a new one). A guest it was asked
-        to delete, without an answer, is deleted if it lacks it, and stays if it holds it.
-        Those shown lost while the Cell was away that it lacks now are said once (``said``:
-        those the caller said already)."""
+        once if its link is gone already: its next link tells a new one). Those shown lost
+        while the Cell was away that it lacks now are said once (``said``: those the caller
+        said already)."""
         if self._access.cells.state(cell) in (None, CellLiveness.DISCONNECTED):
             self._access.lacking.pop(cell, None)
         else:
             self._access.lacking[cell] = frozenset(guests)
-        asked = self._access.unanswered_deletes
-        deleted: set[str] = set()
-        for guest in [g for g, asked_of in asked.items() if asked_of == cell]:
-            del asked[guest]
-            if guest in guests:
-                deleted.add(guest)
-                self._deleted_unanswered(cell, guest)
         told = self._told_lacking.get(cell, frozenset())
         self._told_lacking[cell] = frozenset(guests)
-        unsaid = [g for g in guests if g not in told and g not in said and g not in deleted]
+        unsaid = [g for g in guests if g not in told and g not in said]
         if unsaid:
             self.log.warn("{cell} came back without {count} instance(s) of Core's shown lost "
                           "while it was away ({guests}): kept and shown lost (deleting one asks "
                           "no Cell)", cell=cell, count=len(unsaid),
                           guests=named(unsaid))  # fmt: skip
-
-    def _deleted_unanswered(self, cell: str, guest: str) -> None:
-        """The Cell did the delete it did not answer (Core had stopped waiting, or the link
-        ended): the record and its addresses go too, as the client asked."""
-
-        def decide(instance: Instance | None) -> list[Change]:
-            if instance is None or instance.cell != cell or instance.migrating:
-                return []
-            self._placement.release(guest)
-            self.log.warn("{cell} deleted {guest} ({name}) without answering in time: its "
-                          "record and addresses are deleted too", cell=cell, guest=guest,
-                          name=instance.full_name)  # fmt: skip
-            return self._access.forgetting(instance)
-
-        deleting = self._access.change(guest, decide)
-        deleting.addErrback(self._logged, cell, Message(id=MessageID.DeleteGuestResponse))
 
     # -- events -------------------------------------------------------------------------------
 

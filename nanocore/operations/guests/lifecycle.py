@@ -152,15 +152,23 @@ class GuestOperations:
         )
         asking = self.access.forward(instance.cell, request)
 
-        def unanswered(failure: Failure) -> Failure:
-            if not failure.check(CellRefused):  # the Cell may have deleted it all the same
-                self.access.unanswered_deletes[instance_id] = instance.cell
+        def unfinished(failure: Failure) -> Failure:
+            self.access.unfinished_deletes[instance_id] = instance.cell
             return failure
 
-        return asking.addCallbacks(
-            lambda _: self.access.recorded_after_cell(instance.cell, self._forget(instance_id)),
-            unanswered,
-        )
+        def unanswered(failure: Failure) -> Failure:
+            if failure.check(CellRefused):
+                return failure
+            return unfinished(failure)  # the Cell may have deleted it all the same
+
+        def deleted(_: Message) -> Deferred[None]:
+            # Done, and not recorded if the store cannot save: the Cell's inventory, taken
+            # again once it can, finishes it (QA pass 24: it showed the guest lost, then
+            # failed it over from its Cell to the same Cell).
+            forgetting = self._forget(instance_id).addErrback(unfinished)
+            return self.access.recorded_after_cell(instance.cell, forgetting)
+
+        return asking.addCallbacks(deleted, unanswered)
 
     def _forget(self, instance_id: str, *, lost: bool = False) -> Deferred[None]:
         """Remove the record and its addresses; ``lost``: only while it is still a guest its
@@ -170,7 +178,7 @@ class GuestOperations:
             if lost and instance is not None and not self.access.came_back_without(instance):
                 raise InvalidRequest(f"instance '{instance_id}' changed while deleted, retry")
             self.placement.release(instance_id)
-            self.access.unanswered_deletes.pop(instance_id, None)
+            self.access.unfinished_deletes.pop(instance_id, None)
             return self.access.forgetting(instance) if instance is not None else []
 
         return self.access.change(instance_id, decide)

@@ -16,7 +16,9 @@ The rule (docs/architecture.md, "reconciling guests"), for the guests the Cell r
   the refusal is logged (nothing is dropped silently);
 - a guest whose creation Core gave up (a pending error naming this Cell) is an orphan: it is
   not adopted, and Core asks the Cell to delete it;
-- a record the Cell does not report is kept and shown as lost, never deleted, unless it was
+- a record the Cell does not report is kept and shown as lost, never deleted, unless the Cell
+  was asked to delete it and Core has not recorded that (no answer came, or the store could
+  not save it): it is deleted now, as the client asked; or unless it was
   still being created and no creation request is in flight: that creation failed, and its
   record and address go, leaving a pending error the next ``GET`` tells. A lost guest recorded
   running is recorded stopped: no Cell runs it, and a record left running would refuse the
@@ -171,8 +173,15 @@ class Reconciler:
                 elif known.status is InstanceStatus.RESETTING and instance.running:
                     log.warn("{cell} runs {guest}, whose reset Core recorded: its end was not "
                              "heard", cell=cell, guest=instance.id)  # fmt: skip
+        unfinished = self._access.unfinished_deletes
+        deleted: list[Instance] = []
         for instance in view.instances_on_cell(cell).values():
             if instance.id in reported or busy(instance.id) or instance.migrating:
+                continue
+            if unfinished.get(instance.id) == cell:
+                # Deleted as asked, unheard or unrecorded: finished, not shown lost.
+                changes.extend(self._access.forgetting(instance))
+                deleted.append(instance)
                 continue
             released.append(instance.id)
             if instance.status is InstanceStatus.CREATING:
@@ -195,6 +204,18 @@ class Reconciler:
         changes.extend(_copies_let_go(view.stale_copies.values(), view.instances, cell, reported))
 
         def after() -> None:
+            # What the inventory settled of the deletions not recorded: done (deleted with
+            # it), or not done (the Cell holds the guest); a guest being changed waits.
+            for guest, asked in list(unfinished.items()):
+                instance = self._context.view.instances.get(guest)
+                if asked == cell and (guest in reported or instance is None
+                                      or instance.cell != cell):  # fmt: skip
+                    del unfinished[guest]
+            for instance in deleted:
+                log.warn("{cell} deleted {guest} ({name}) as asked, which Core could not record "
+                         "then: its record and addresses are deleted now", cell=cell,
+                         guest=instance.id, name=instance.full_name)  # fmt: skip
+                self._placement.release(instance.id)
             if missing:
                 log.warn("{cell} came back: its inventory lacks {count} instance(s) of Core's "
                          "({guests}): kept and shown lost, or their creation failed",
