@@ -13,6 +13,7 @@ This module imports nothing of ours, so that every room may use it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from attrs import define
@@ -30,6 +31,8 @@ OTHER_SOURCES = "other sources"
 @define
 class _Tally:
     level: LogLevel
+    #: When its first event was said: its period runs from then.
+    started: float
     count: int = 0
 
 
@@ -37,11 +40,14 @@ class RateLimitedLog:
     """One line per kind of event and source per ``period``, and one more with the count.
 
     ``kind`` names the event in the count line ("refused signatures"); ``source`` is whoever
-    caused it (a peer address). Both key the count, so one noisy peer does not hide another,
-    and at most ``max_sources`` sources are told apart per period (memory and lines stay
-    bounded when the sources are many). The count lines are written when the period ends, on
-    the injected clock; :meth:`flush` writes them at once and cancels that timer (call it when
-    the owner stops).
+    caused it (a peer address). Both key the count, so one noisy peer does not hide another.
+    Each key's period starts with its first line, so a source is said at most once a period
+    whatever the others do (QA pass 24: with one period for all, a source first said just
+    before it ended was said again seconds later). At most ``max_sources`` sources of a kind
+    are told apart at a time (memory and lines stay bounded when the sources are many). The
+    count lines are written when their period ends, on the injected clock (a timer runs only
+    while some source has a count to write); :meth:`flush` writes them at once and cancels
+    that timer (call it when the owner stops).
     """
 
     def __init__(
@@ -59,9 +65,11 @@ class RateLimitedLog:
         self._period = period
         self._max_sources = max_sources
         self._tallies: dict[tuple[str, str], _Tally] = {}
-        #: Sources told apart this period, per kind.
+        #: Sources told apart now, per kind.
         self._sources: dict[str, int] = {}
-        self._started = 0.0
+        #: Per kind, no period of it ends before this (so a flood of new sources at the
+        #: bound looks for places to free once per period ending, not once per event).
+        self._first_end: dict[str, float] = {}
         self._flush_call: IDelayedCall | None = None
 
     def warn(self, kind: str, source: str, format: str, /, **fields: Any) -> None:
@@ -72,49 +80,97 @@ class RateLimitedLog:
 
     def emit(self, level: LogLevel, kind: str, source: str, format: str, /, **fields: Any) -> None:
         """Log ``format`` with ``fields`` (and ``source``, unless given) if it is the first
-        ``kind`` from ``source`` this period; otherwise count it."""
+        ``kind`` from ``source`` in its period; otherwise count it."""
         now = self._clock.seconds()
-        if self._tallies and now >= self._started + self._period:
-            self.flush()
-        if not self._tallies:
-            self._started = now
         key = (kind, source)
-        tally = self._tallies.get(key)
+        tally = self._current(key, now)
         if tally is None:
-            sources = self._sources.get(kind, 0)
-            if sources >= self._max_sources:
+            full = self._sources.get(kind, 0) >= self._max_sources
+            if full and now >= self._first_end.get(kind, math.inf):
+                self._end_periods(now, kind)  # sources whose period ended free their place
+                full = self._sources.get(kind, 0) >= self._max_sources
+            if full:
                 key = (kind, OTHER_SOURCES)
-                tally = self._tallies.get(key)
+                tally = self._current(key, now)
             if tally is None:
-                tally = self._tallies[key] = _Tally(level)
-                self._sources[kind] = sources + 1
+                tally = self._tallies[key] = _Tally(level, now)
+                self._sources[kind] = self._sources.get(kind, 0) + 1
+                ends = min(self._first_end.get(kind, math.inf), now + self._period)
+                self._first_end[kind] = ends
         tally.count += 1
         if tally.count == 1:
             fields.setdefault("source", source)
             self._log.emit(level, format, **fields)
-        elif self._flush_call is None:
-            self._flush_call = self._clock.callLater(
-                max(0.0, self._started + self._period - now), self.flush
-            )
+        elif tally.count == 2:
+            self._wake_at(tally.started + self._period, now)
 
     def flush(self) -> None:
         """Write the count of every source that had more than its one line, and start over."""
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        tallies, self._tallies = self._tallies, {}
-        self._sources = {}
-        seconds = min(self._clock.seconds() - self._started, self._period)
-        for (kind, source), tally in tallies.items():
-            if tally.count > 1:
-                self._log.emit(
-                    tally.level,
-                    "{count} more {kind} from {source} in the last {seconds:.0f} s"
-                    " (one line per source every {period:g} s)",
-                    count=tally.count - 1,
-                    kind=kind,
-                    source=source,
-                    seconds=seconds,
-                    period=self._period,
-                    suppressed=True,
-                )
+        now = self._clock.seconds()
+        for key, tally in list(self._tallies.items()):
+            self._end(key, tally, now)
+        self._first_end = {}
+
+    def _current(self, key: tuple[str, str], now: float) -> _Tally | None:
+        """``key``'s tally if its period still runs (one that ended is ended first)."""
+        tally = self._tallies.get(key)
+        if tally is not None and now >= tally.started + self._period:
+            self._end(key, tally, now)
+            return None
+        return tally
+
+    def _end(self, key: tuple[str, str], tally: _Tally, now: float) -> None:
+        del self._tallies[key]
+        kind, source = key
+        self._sources[kind] -= 1
+        if not self._sources[kind]:
+            del self._sources[kind]
+        if tally.count > 1:
+            self._log.emit(
+                tally.level,
+                "{count} more {kind} from {source} in the last {seconds:.0f} s"
+                " (one line per source every {period:g} s)",
+                count=tally.count - 1,
+                kind=kind,
+                source=source,
+                seconds=min(now - tally.started, self._period),
+                period=self._period,
+                suppressed=True,
+            )
+
+    def _end_periods(self, now: float, kind: str | None = None) -> None:
+        """End every period that ran out (of ``kind`` only, if given)."""
+        ends: dict[str, float] = {}
+        for key, tally in list(self._tallies.items()):
+            if kind is not None and key[0] != kind:
+                continue
+            end = tally.started + self._period
+            if now >= end:
+                self._end(key, tally, now)
+            else:
+                ends[key[0]] = min(ends.get(key[0], math.inf), end)
+        if kind is None:
+            self._first_end = ends
+        else:
+            self._first_end[kind] = ends.get(kind, math.inf)
+
+    def _wake_at(self, when: float, now: float) -> None:
+        """Have the timer fire by ``when`` (a count is due to be written then)."""
+        call = self._flush_call
+        if call is not None and call.active():
+            if call.getTime() > when:
+                call.reset(max(0.0, when - now))
+            return
+        self._flush_call = self._clock.callLater(max(0.0, when - now), self._woken)
+
+    def _woken(self) -> None:
+        """Write the counts due, and wait for the next (only while counts are being kept)."""
+        self._flush_call = None
+        now = self._clock.seconds()
+        self._end_periods(now)
+        due = [t.started + self._period for t in self._tallies.values() if t.count > 1]
+        if due:
+            self._wake_at(min(due), now)

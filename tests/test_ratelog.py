@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -91,6 +93,61 @@ class RateLimitedLogTests(SynchronousTestCase):
         self.noise.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.lines.suppressed(), 1)
+
+    def test_each_source_is_said_once_in_its_own_period(self) -> None:
+        """QA pass 24: with one period for all sources, a source first said just before it
+        ended was said again seconds later."""
+        self.bad("10.0.0.1")
+        self.bad("10.0.0.1")
+        self.clock.advance(59)
+        self.bad("10.0.0.2")
+        self.clock.advance(2)  # 10.0.0.1's period ended, and its count was written
+        self.bad("10.0.0.2")
+        self.assertEqual(self.lines.texts(), [
+            "bad packet from 10.0.0.1",
+            "bad packet from 10.0.0.2",
+            "1 more bad packets from 10.0.0.1 in the last 60 s (one line per source every 60 s)",
+        ])  # fmt: skip
+        self.clock.advance(58)
+        self.assertEqual(
+            self.lines.texts()[-1],
+            "1 more bad packets from 10.0.0.2 in the last 60 s (one line per source every 60 s)",
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_source_whose_period_ended_frees_its_place(self) -> None:
+        for number in range(3):
+            self.bad(f"10.0.0.{number}")
+        self.clock.advance(60)
+        self.bad("10.0.0.9")
+        self.bad("10.0.0.9")
+        self.noise.flush()
+        counts = [(e["source"], e["count"]) for e in self.lines.events if e.get("suppressed")]
+        self.assertEqual(counts, [("10.0.0.9", 1)])  # told apart, not among "other sources"
+
+    @given(
+        st.lists(
+            st.tuples(st.floats(0, 90), st.sampled_from(["a", "b", "c", "d", "e"])),
+            max_size=60,
+        )
+    )
+    def test_no_source_is_said_twice_within_a_period_and_every_event_is_counted(
+        self, events: list[tuple[float, str]]
+    ) -> None:
+        clock, lines = Clock(), Lines()
+        noise = RateLimitedLog(lines.log, clock, period=60.0, max_sources=5)
+        for step, source in events:
+            clock.advance(step)
+            noise.warn("bad packets", source, "bad packet from {source}", at=clock.seconds())
+        clock.advance(60)  # every count due is written by the timer, which then stops
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(lines.whole() + lines.suppressed(), len(events))
+        said: dict[str, float] = {}
+        for event in lines.events:
+            if not event.get("suppressed"):
+                last = said.get(event["source"])
+                self.assertTrue(last is None or event["at"] - last >= 60.0, (last, event))
+                said[event["source"]] = event["at"]
 
     def test_bad_settings_are_refused(self) -> None:
         self.assertRaises(ValueError, RateLimitedLog, self.lines.log, self.clock, period=0)
