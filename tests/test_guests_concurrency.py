@@ -70,3 +70,28 @@ class ConcurrentCreateTests(GuestClusterCase):
         self.assertEqual(sorted(a.status for a in again), [200] + [202] * 10)
         self.assertEqual(len(self.store.view.allocations), 150)
         self.assertEqual(len({a.address for a in self.store.view.allocations.values()}), 150)
+
+
+class RefusedCreateTests(GuestClusterCase):
+    """A creation refused after its Cell was chosen leaves nothing counted on that Cell (QA
+    pass 25: each one refused for want of an address kept its cores, memory and disk counted
+    there, and after ~40 of them the pool refused every creation until Core restarted)."""
+
+    CELLS = ("Cell_0000000000a1",)
+    capacity = Capacity(cores=2, memory=8 * GiB, disk=100 * GiB)
+
+    async def test_creations_refused_for_want_of_an_address_leave_nothing_counted(self) -> None:
+        await self.use_network(end="172.16.0.11")  # two addresses
+        body = self.guest_body("vm", pool="netted", cores=1, memory=GiB, disks=[GiB])
+        for index in range(2):
+            await self.ok("POST", "/guests/", {**body, "name": f"vm{index}"}, status=202)
+        before = self.ops.guests.placement.capacities("netted")
+        for index in range(2, 40):
+            self.assertEqual(
+                await self.refused("POST", "/guests/", {**body, "name": f"vm{index}"}),
+                "no free address in address pool 'net'",
+            )
+        self.assertEqual(self.ops.guests.placement.capacities("netted"), before)
+        guest = next(iter(self.store.view.instances))
+        await self.ok("DELETE", f"/guests/{guest}", {})
+        await self.ok("POST", "/guests/", {**body, "name": "again"}, status=202)

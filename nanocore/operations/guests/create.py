@@ -289,7 +289,9 @@ class Creations:
             try:
                 address = self._placement.claim_address(pool, instance_id)
             except BaseException:
-                claims.release(capacity)
+                # Through the placement, which counted it on its Cell (QA pass 25: each
+                # creation refused for want of an address kept its share counted there).
+                self._placement.abandon(capacity)
                 raise
         except BaseException:
             claims.release(name_claim)
@@ -331,8 +333,9 @@ class Creations:
                 qos=qos,
             )
         except BaseException:
-            for claim in (*held, capacity):
+            for claim in held:
                 claims.release(claim)
+            self._placement.abandon(capacity)
             raise
         message = self._message(
             instance, spec, template, resolved.policy, resolved.accept, resolved.image
