@@ -526,6 +526,29 @@ class FailoverTests(MigrationCase):
         self.assertEqual(self.cells[A].guests, {})
         self.assertEqual({self.record(g).cell for g in guests}, {B, C})
 
+    async def test_guests_of_a_migration_cut_short_by_their_lost_cell_fail_over(self) -> None:
+        """QA pass 25: left out of their Cell's failover (a migration fails on its own), they
+        stayed lost on the dead Cell once the migration failed, Cells with room beside."""
+        guests = [await self.guest_on(A, f"vm{i}") for i in range(2)]
+        await self.reported()
+        self.cells[A].inject(MessageID.DetachInstanceRequest, Fault(drop=True))
+        told = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        migration = (await self.ok("POST", "/migrations/", self.body(*guests, target=B)))["id"]
+        await told  # attached on B, the detach on A unanswered
+        planned = self.ops.migrations.planned(A)
+        self.lose(A)
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(ended.error, f"detach instance fail: cell '{A}' is not connected")
+        self.assertEqual(await planned, [])  # its failover at the loss: nothing but these
+        records = await self.ops.migrations.planned(A)
+        failed_over = [await self.ops.migrations.ended(r) for r in records]
+        self.assertEqual(sorted(g for r in failed_over for g in r.instances), sorted(guests))
+        for guest in guests:
+            record = self.record(guest)
+            self.assertIn(record.cell, (B, C))
+            self.assertEqual((record.lost, record.migrating), (False, False))
+            self.assertIn(guest, self.cells[record.cell].guests)
+
     async def test_a_cell_lost_while_the_store_cannot_save_fails_over_once_it_can(self) -> None:
         """Neither its guests' loss nor its failover could be recorded, and nothing tried
         again while the Cell stayed away: its guests stayed down, shown running, for good
@@ -685,6 +708,19 @@ class FailoverTests(MigrationCase):
         await self.ops.guests.access.serially(guest, lambda: succeed(None))
         self.assertEqual((self.record(guest).cell, self.record(guest).lost), (A, True))
         self.assertEqual(await self.ok("GET", "/migrations/"), [])
+
+    async def test_a_migration_cut_short_by_a_graceful_stop_is_no_failover(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.DetachInstanceRequest, Fault(drop=True))
+        told = self.cells[A].until_received(MessageID.DetachInstanceRequest)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await told
+        self.cells[A]._reconnect_delay = 3600.0
+        self.cells[A].close()
+        self.assertTrue((await self.ops.migrations.ended(migration)).error)
+        await self.ops.guests.access.serially(guest, lambda: succeed(None))
+        self.assertEqual((self.record(guest).cell, self.record(guest).lost), (A, True))
+        self.assertEqual([m["id"] for m in await self.ok("GET", "/migrations/")], [migration])
 
 
 class FailoverAddressTests(FailoverTests):

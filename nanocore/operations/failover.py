@@ -100,6 +100,8 @@ class Failover:
         #: Guests a linked target refused (or left unanswered) in a failover: not stranded
         #: again while they stay lost.
         self._refused: set[str] = set()
+        #: Cells lost without a goodbye, until they link again.
+        self._lost: set[str] = set()
         self._strand_recorded()
 
     def planned(self, cell: str) -> Deferred[list[str]]:
@@ -289,6 +291,28 @@ class Failover:
         if self._moves.linked(record.source_cell):
             self._moves.reconcile(record.source_cell, "back after failover")
 
+    def moved_by_hand_failed(self, record: Migration) -> None:
+        """A migration by hand failed while its source was lost without a goodbye: its
+        guests, left out of the source's failover (a migration fails on its own), fail over
+        now (QA pass 25: they stayed lost on a dead Cell until it came back)."""
+        source = record.source_cell
+        pool = self._failover_pool(source)
+        if pool is None or source not in self._lost or self._moves.linked(source):
+            return
+        instances = self._context.view.instances
+        left = [
+            guest
+            for guest in record.instances
+            if (instance := instances.get(guest)) is not None
+            and instance.cell == source
+            and not instance.migrating
+        ]
+        if left:
+            self.log.info("failover of {cell}: migration {id} failed, failing its {count} "
+                          "instance(s) over too", cell=source, id=record.id,
+                          count=len(left))  # fmt: skip
+            self._plan(source, pool, left)
+
     def _attach(self, transit: Transit) -> None:
         """Ask the target to take the guests at once. The request carries a token (Nano's
         carried none), which a stock Cell's refusal names, so a refusal fails this plan
@@ -374,6 +398,7 @@ class Failover:
 
     def cell_available(self, name: str, address: str) -> None:
         self._replans.pop(name, None)
+        self._lost.discard(name)
 
     def cell_status(self, name: str, status: CellStatus) -> None:
         """A Cell of a pool with stranded guests reports: plan them again once the report
@@ -435,6 +460,7 @@ class Failover:
                 self._failover_failed(transit, f"attach instance fail: cell '{name}' disconnected")
         if gracefully:
             return
+        self._lost.add(name)
         pool = self._failover_pool(name)
         if pool is not None:
             self._plan(name, pool)

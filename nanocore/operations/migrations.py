@@ -207,6 +207,8 @@ class Migrations:
     def _told(self, record: Migration) -> None:
         if record.kind is MigrationKind.FAILOVER:
             self.failover.ended(record)
+        elif record.error:
+            self.failover.moved_by_hand_failed(record)
         for waiting in self._ending.pop(record.id, []):
             waiting.callback(record)
 
