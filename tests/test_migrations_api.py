@@ -271,6 +271,47 @@ class StartAndMigrationTests(MigrationCase):
         self.assertEqual((self.record(guest).cell, self.record(guest).running), (B, False))
 
 
+class ResetAndMigrationTests(MigrationCase):
+    """QA pass 25: a system reset and a migration of one guest at once were both accepted,
+    and the guest was moved mid-reset and stayed "not created yet" on the target for good."""
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        image = m.DiskImage(id="img-1", name="centos", owner="alice", group="team",
+                            size=5 * GiB, version=1, created=True)  # fmt: skip
+        await self.store.commit(UnitOfWork.of(Put(image)))
+
+    async def test_a_guest_whose_reset_was_sent_is_not_migrated(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.ResetSystemRequest, Fault(delay=1.0))
+        told = self.cells[A].until_received(MessageID.ResetSystemRequest)
+        path = f"/guests/{guest}/system/"
+        resetting = Deferred.fromCoroutine(self.call("PUT", path, {"from_image": "img-1"}))
+        await told
+        migrating = Deferred.fromCoroutine(self.call("POST", "/migrations/", self.body(guest)))
+        self.cell_clock.advance(1.0)
+        self.assertEqual((await resetting).envelope()["error_code"], 0)
+        self.assertEqual((await migrating).envelope()["message"],
+                         f"instance '{guest}'('team.vm1') changed, retry")  # fmt: skip
+        self.assertEqual((self.record(guest).cell, self.record(guest).migrating), (A, False))
+        self.assertEqual(self.cells[B].prepared(), set())
+
+    async def test_a_guest_a_migration_claimed_is_not_reset(self) -> None:
+        guest = await self.guest_on(A, "vm1")
+        busy: Deferred[None] = Deferred()
+        self.ops.guests.access.serially(guest, lambda: busy)
+        migrating = Deferred.fromCoroutine(self.call("POST", "/migrations/", self.body(guest)))
+        resetting = Deferred.fromCoroutine(
+            self.call("PUT", f"/guests/{guest}/system/", {"from_image": "img-1"})
+        )
+        busy.callback(None)
+        migration = (await migrating).envelope()["data"]["id"]
+        self.assertEqual((await resetting).envelope()["message"],
+                         f"instance '{guest}' is migrating")  # fmt: skip
+        await self.ops.migrations.ended(migration)
+        self.assertEqual((self.record(guest).cell, self.record(guest).created), (B, True))
+
+
 class MigrationTests(MigrationCase):
     async def test_guests_move_with_their_claims(self) -> None:
         first, second = await self.guest_on(A, "vm1"), await self.guest_on(A, "vm2")

@@ -375,7 +375,9 @@ class Migrations:
             instance = view.instances.get(guest)
             if instance is None:
                 return fail(UnknownEntity(f"invalid instance '{guest}'"))
-            if instance.cell != record.source_cell or instance.running or instance.lost:
+            # Running, or reset (decided before it, in the guest's turn): not stopped now.
+            stopped = instance.status is InstanceStatus.STOPPED
+            if instance.cell != record.source_cell or not stopped or instance.lost:
                 return fail(
                     InvalidRequest(f"instance '{guest}'('{instance.full_name}') changed, retry")
                 )

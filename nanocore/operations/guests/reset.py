@@ -52,6 +52,10 @@ class Resets:
                 raise InvalidRequest(f"guest '{instance.full_name}' still running")
             if not instance.created:
                 raise InvalidRequest(f"guest '{instance_id}' not created yet")
+            # Nor moving or booting (QA pass 25: a reset sent with a migration left the guest
+            # half reset on the target, "not created yet" for good).
+            self._access.refuse_migrating(instance)
+            self._access.refuse_starting(instance_id, f"guest '{instance_id}' is being started")
             self._access.refuse_capturing(instance_id)
             if not image_id:
                 raise InvalidRequest("disk image required")
