@@ -24,6 +24,7 @@ from nanocore.operations.core import Operations
 from nanocore.operations.errors import InvalidRequest
 from nanocore.store import CommitFailed, Put, Store, StoreClosed, UnitOfWork
 from nanocore.store.backup import Backup, new_backup_path, prune_backups
+from nanocore.store.reserve import RESERVE_NAME
 from nanocore.store.schema import DB_NAME
 
 #: 2026-11-30 00:53:20 UTC.
@@ -216,7 +217,7 @@ class RestoreTests(AsyncSetUp):
                 restore_stopped(source, self.data_dir)
             self.assertIn(words, str(refused.exception))
         self.assertEqual((self.data_dir / DB_NAME).read_bytes(), before)
-        self.assertEqual(sorted(os.listdir(self.data_dir)), [DB_NAME])
+        self.assertEqual(sorted(os.listdir(self.data_dir)), [DB_NAME, RESERVE_NAME])
 
     def test_a_newer_schema_is_refused(self) -> None:
         newer = backup_stopped(self.data_dir)

@@ -17,6 +17,7 @@ from nanocore.operations.errors import UNSAVED_RETRY
 from nanocore.store import Delete, UnitOfWork
 from nanocore.testing.fakecell import Fault
 from tests.guestfixtures import TIMEOUT, GuestClusterCase
+from tests.test_store_reserve import FullWhileReserved
 
 CELL_A, CELL_B = GuestClusterCase.CELLS
 
@@ -261,6 +262,41 @@ class UnrecordedEventTests(GuestClusterCase):
         await self.commit(UnitOfWork(()))
         self.assertIn(cell, self.store.view.departed_cells)
         self.assertTrue(self.store.view.instances[guest].lost)
+
+    async def test_a_goodbye_on_a_full_disk_is_kept_in_the_reserves_room(self) -> None:
+        """QA pass 24: a goodbye the full disk refused was tried again only while Core ran;
+        stopped before there was room, Core presumed the Cell lost at its next start and failed
+        over guests it may keep running. The store's reserve takes it (and its guests' loss)
+        at once; what can wait is refused as before."""
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        reserve = self.store._reserve.path  # type: ignore[union-attr]
+        writer = self.store._writer  # type: ignore[attr-defined]
+        writer._connection = FullWhileReserved(writer._connection, reserve)
+        refused = await self.call("POST", "/compute_pools/later", {})
+        self.assertEqual(refused.status, 503)
+        gone = self.events.until_disconnected(cell)
+        self.cells[cell]._reconnect_delay = 3600.0  # stopped on purpose: it stays away
+        await self.cluster.services[cell].stopService()
+        await gone
+        await self.store.commit(UnitOfWork(()))  # behind the goodbye and the loss
+        self.assertIn(cell, self.store.view.departed_cells)
+        self.assertTrue(self.store.view.instances[guest].lost)
+        self.assertFalse(reserve.exists())
+
+    async def test_a_loss_on_a_full_disk_is_kept_in_the_reserves_room(self) -> None:
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        reserve = self.store._reserve.path  # type: ignore[union-attr]
+        writer = self.store._writer  # type: ignore[attr-defined]
+        writer._connection = FullWhileReserved(writer._connection, reserve)
+        gone = self.events.until_disconnected(cell)
+        self.cells[cell]._reconnect_delay = 3600.0
+        self.cells[cell].kill()
+        await gone
+        await self.store.commit(UnitOfWork(()))  # behind the loss
+        self.assertTrue(self.store.view.instances[guest].lost)
+        self.assertFalse(reserve.exists())
 
     async def test_a_deletion_the_store_could_not_save_is_finished_once_it_can(self) -> None:
         """The Cell deleted the guest, the store could not record it (503): the guest stayed

@@ -91,15 +91,19 @@ class Context:
         """The clock's time as Core writes it: local ``YYYY-MM-DD HH:MM:SS``."""
         return time.strftime(TIME_FORMAT, time.localtime(wall_seconds(self.clock)))
 
-    def commit(self, *changes: Change, holding: Iterable[Claim[Any]] = ()) -> Deferred[None]:
+    def commit(
+        self, *changes: Change, holding: Iterable[Claim[Any]] = (), essential: bool = False
+    ) -> Deferred[None]:
         """Commit ``changes`` as one unit; the ``holding`` claims are released when it is done.
+        ``essential``: recorded even on a full disk, in the store's reserve of room (what a
+        Cell did, which nobody can be told to send again).
 
         Store errors become the domain's (:class:`AlreadyExists`, :class:`UnknownEntity`,
         :class:`InvalidRequest`).
         """
         claims = tuple(holding)
         try:
-            committing = self.store.commit(UnitOfWork(changes))
+            committing = self.store.commit(UnitOfWork(changes, essential=essential))
         except BaseException:
             for claim in claims:
                 self.claims.release(claim)

@@ -655,7 +655,7 @@ class CellOperations:
         lost; while the store cannot save, again every :data:`UNSAVED_RETRY` s as long as the
         Cell stays away (QA pass 22: a goodbye lost to a full disk became a failover at the
         next start, of guests a Cell stopped on purpose may keep running: twice on one disk)."""
-        departing = self._context.commit(Put(DepartedCell(name)))
+        departing = self._context.commit(Put(DepartedCell(name)), essential=True)
         departing.addErrback(
             self._context.retry_unsaved,
             lambda: self._goodbye_again(name),

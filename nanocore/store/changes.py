@@ -63,7 +63,10 @@ class UnitOfWork:
         converter=_as_changes,
         validator=v.deep_iterable(v.instance_of((Put, Insert, Delete)), v.instance_of(tuple)),
     )
+    #: What Core must record even on a full disk (a Cell's goodbye, its guests' loss): the
+    #: store gives up its reserve of room for it (:mod:`nanocore.store.reserve`).
+    essential: bool = field(default=False, kw_only=True)
 
     @classmethod
-    def of(cls, *changes: Change) -> UnitOfWork:
-        return cls(changes)
+    def of(cls, *changes: Change, essential: bool = False) -> UnitOfWork:
+        return cls(changes, essential=essential)

@@ -32,6 +32,7 @@ from nanocore.store.changes import UnitOfWork
 from nanocore.store.errors import CommitFailed, StoreClosed, StoreError
 from nanocore.store.interfaces import CommitStore
 from nanocore.store.readmodel import ReadModel
+from nanocore.store.reserve import RESERVE_NAME, DiskReserve, disk_full
 from nanocore.store.schema import SchemaScript, bundled_scripts, open_database
 from nanocore.store.writer import State, Writer
 
@@ -61,13 +62,20 @@ class Store:
         commit_times: Durations | None = None,
         timer: Callable[[], float] = time.perf_counter,
         clock: IReactorTime | None = None,
+        reserve: DiskReserve | None = None,
     ) -> None:
         """``commit_times`` records how long each unit took from :meth:`commit` to its
         answer, by ``timer``: what a slow disk costs the operations that wait for it.
-        ``clock`` paces the lines about failed commits (the reactor's by default)."""
+        ``clock`` paces the lines about failed commits (the reactor's by default).
+        ``reserve``: the room given up for essential units on a full disk."""
         self._reactor = reactor
         self._threadpool = threadpool
         self._writer = writer
+        self._reserve = reserve
+        #: Set on the writer thread, said on the reactor: units kept in the reserve's room
+        #: by the last batch (None: it was not needed), and whether the reserve came back.
+        self._kept_in_reserve: tuple[int, int] | None = None
+        self._reserve_back = False
         self._state = state
         self._max_batch = max_batch
         self._commit_times = commit_times if commit_times is not None else Durations()
@@ -113,14 +121,24 @@ class Store:
         now = time.strftime(TIME_FORMAT, time.localtime(seconds))
         chosen = scripts if scripts is not None else bundled_scripts()
 
+        reserve = DiskReserve(data_dir / RESERVE_NAME)
+
         def work() -> tuple[Writer, State]:
             connection = open_database(data_dir, chosen, now, new_template_id)
             try:
                 writer = Writer(connection)
-                return writer, writer.load()
+                loaded = writer, writer.load()
             except BaseException:
                 connection.close()
                 raise
+            if not reserve.make() and reserve.size:
+                log.warn(
+                    "no room on the data disk for {path} ({size} bytes), kept for what Core"
+                    " must record when the disk is full: made once there is room",
+                    path=str(reserve.path),
+                    size=reserve.size,
+                )
+            return loaded
 
         def opened(result: tuple[Writer, State]) -> Store:
             store = cls(
@@ -130,6 +148,7 @@ class Store:
                 max_batch=max_batch,
                 commit_times=commit_times,
                 clock=clock,
+                reserve=reserve,
             )
             log.info(
                 "store open: {pools} pools, {cells} cells, {instances} instances",
@@ -165,16 +184,33 @@ class Store:
         self._queue = self._queue[self._max_batch :]
         self._in_flight = True
         units = [unit for unit, _, _ in batch]
-        committing = deferToThreadPool(
-            self._reactor,
-            self._threadpool,
-            self._writer.apply_batch,
-            units,
-        )
+        committing = deferToThreadPool(self._reactor, self._threadpool, self._apply, units)
         committing.addBoth(self._batch_done, batch)
+
+    def _apply(self, units: list[UnitOfWork]) -> list[StoreError | None]:
+        """On the writer thread: the batch; on a full disk, its essential units once more in
+        the room the reserve gives up (the others fail, as the whole batch would have)."""
+        reserve = self._reserve
+        try:
+            outcomes = self._writer.apply_batch(units)
+        except sqlite3.OperationalError as error:
+            essential = [index for index, unit in enumerate(units) if unit.essential]
+            if not (essential and disk_full(error) and reserve and reserve.release()):
+                raise
+            kept = self._writer.apply_batch([units[index] for index in essential])
+            self._kept_in_reserve = (len(essential), len(units) - len(essential))
+            failed = CommitFailed(f"state could not be saved: {error}")
+            outcomes = [failed] * len(units)
+            for index, outcome in zip(essential, kept, strict=True):
+                outcomes[index] = outcome
+            return outcomes
+        if reserve is not None and reserve.make_again():
+            self._reserve_back = True
+        return outcomes
 
     def _batch_done(self, result: list[StoreError | None] | Failure, batch: Pending) -> None:
         self._in_flight = False
+        self._say_reserve()
         outcomes: list[StoreError | Failure | None]
         if isinstance(result, Failure):
             reason = f"state could not be saved: {self._failed(result, len(batch))}"
@@ -203,6 +239,23 @@ class Store:
             self._flush()
         elif self._closing:
             self._finish_close()
+
+    def _say_reserve(self) -> None:
+        kept, self._kept_in_reserve = self._kept_in_reserve, None
+        back, self._reserve_back = self._reserve_back, False
+        reserve = self._reserve
+        if kept is not None and reserve is not None:
+            log.warn(
+                "the data disk is full: {path} ({size} bytes) was given up to record {kept}"
+                " unit(s) Core must keep (a Cell's goodbye, its guests' loss); {failed} other"
+                " unit(s) not saved. Free room on the disk: the reserve is made again then",
+                path=str(reserve.path),
+                size=reserve.size,
+                kept=kept[0],
+                failed=kept[1],
+            )
+        if back and reserve is not None:
+            log.info("room on the data disk again: {path} is kept again", path=str(reserve.path))
 
     def _failed(self, failure: Failure, count: int) -> str:
         """Log why a batch did not commit, once per cause per minute; the cause, in words

@@ -263,10 +263,14 @@ class GuestAccess:
         view now would overwrite what it commits)."""
         return self._turns.busy(instance_id)
 
-    def change(self, instance_id: str, decide: Decide) -> Deferred[None]:
-        """Read the instance (None if gone), decide the changes, commit them, in turn."""
-
-        return self.serially(instance_id, lambda: _committed(self.context, decide, instance_id))
+    def change(
+        self, instance_id: str, decide: Decide, *, essential: bool = False
+    ) -> Deferred[None]:
+        """Read the instance (None if gone), decide the changes, commit them, in turn
+        (``essential``: as :meth:`~nanocore.operations.base.Context.commit` says)."""
+        return self.serially(
+            instance_id, lambda: _committed(self.context, decide, instance_id, essential)
+        )
 
     def allocations(self, instance: Instance) -> list[AddressAllocation]:
         """The addresses allocated to ``instance`` (imported ones included)."""
@@ -290,6 +294,8 @@ class GuestAccess:
         return changes
 
 
-def _committed(context: Context, decide: Decide, instance_id: str) -> Deferred[None]:
+def _committed(
+    context: Context, decide: Decide, instance_id: str, essential: bool
+) -> Deferred[None]:
     changes = decide(context.view.instances.get(instance_id))
-    return context.commit(*changes) if changes else succeed(None)
+    return context.commit(*changes, essential=essential) if changes else succeed(None)

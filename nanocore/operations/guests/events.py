@@ -161,7 +161,7 @@ class GuestEvents:
                 )
 
         for guest in list(self._context.view.instances_on_cell(name)):
-            marking = self._access.change(guest, lost).addErrback(unsaved)
+            marking = self._access.change(guest, lost, essential=True).addErrback(unsaved)
             marking.addErrback(self._logged, name, Message(id=MessageID.GuestStoppedEvent))
 
     def _still_lost(self, name: str) -> None:
