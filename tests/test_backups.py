@@ -183,6 +183,24 @@ class CoalescingTests(SynchronousTestCase):
         self.assertEqual([p.name for p in removed], [later[0]])
         self.assertTrue(made.exists())
 
+    def test_backups_made_while_the_clock_is_behind_are_named_after_the_newest(self) -> None:
+        """Each backup made while Core's clock was behind the newest name removed the one
+        made before it, 2 s older, its path answered (QA pass 24)."""
+        later = self.folder / "nanocore-20261130T015320Z.db"  # far ahead of the clock (1970)
+        later.write_bytes(b"")
+        backups = Backups(self.writes, self.folder, Clock(), keep=2)
+        made = []
+        for index in range(3):
+            making = backups.make()
+            self.writes.finish(index)
+            made.append(self.successResultOf(making).path)
+        self.assertEqual([path.name for path in made], [
+            "nanocore-20261130T015320Z-2.db",
+            "nanocore-20261130T015320Z-3.db",
+            "nanocore-20261130T015320Z-4.db",
+        ])  # fmt: skip
+        self.assertEqual(sorted(os.listdir(self.folder)), [made[1].name, made[2].name])
+
     def test_pruning_leaves_other_files_alone(self) -> None:
         names = ["nanocore-20261130T005320Z.db", "nanocore-20261130T005320Z-2.db",
                  "nanocore-20261130T010321Z.db", "notes.txt"]  # fmt: skip

@@ -52,15 +52,19 @@ def make_backup(
 
 
 def new_backup_path(folder: Path, seconds: float) -> Path:
-    """A name in ``folder`` for a backup made at ``seconds`` (UTC), after every backup of
-    that second (one pruned since must not be taken again: it would sort as the oldest)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(seconds))
-    taken = [
-        _order(p)[1] for p in folder.glob(f"nanocore-{stamp}*.db") if BACKUP_NAME.fullmatch(p.name)
-    ]
-    if not taken:
-        return folder / f"nanocore-{stamp}.db"
-    return folder / f"nanocore-{stamp}-{max(taken) + 1}.db"
+    """A name in ``folder`` for a backup made at ``seconds`` (UTC), after every backup there:
+    after those of its second (one pruned since must not be taken again: it would sort as the
+    oldest), and after any named for a later second, which a clock behind the one that named
+    them makes (the newest ``keep`` by name must be the newest made: each backup made during a
+    step back removed the one made before it; QA pass 24). Such a backup takes the newest
+    name's second with the next number."""
+    ours = f"nanocore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(seconds))}"
+    taken = [_order(p) for p in folder.glob("nanocore-*.db") if BACKUP_NAME.fullmatch(p.name)]
+    newest = max(taken, default=None)
+    if newest is None or newest[0] < ours:
+        return folder / f"{ours}.db"
+    second, number = newest
+    return folder / f"{second}-{number + 1}.db"
 
 
 def _order(path: Path) -> tuple[str, int]:
