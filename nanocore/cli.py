@@ -140,10 +140,11 @@ class CannotPrepare(Exception):
 
 
 def check_writable(layout: Layout) -> None:
-    """Open core.log and create a file in the data folder, as the daemon will.
+    """Open core.log and write a file in the data folder, as the daemon will.
 
     twistd opens the log and writes core.pid only after it has forked, where a refusal ends in
     a traceback instead of one line; core.log is created 0600, as the daemon's umask would.
+    The test file gets a pid's bytes: a full disk lets a file be made, not written (QA pass 24).
     """
     try:
         os.close(os.open(layout.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
@@ -157,8 +158,16 @@ def check_writable(layout: Layout) -> None:
         raise CannotPrepare(
             f"cannot write in the data folder {layout.data_dir}: {error.strerror}"
         ) from None
-    os.close(descriptor)
-    os.unlink(name)
+    try:
+        os.write(descriptor, b"%d\n" % os.getpid())
+        os.fsync(descriptor)
+    except OSError as error:
+        raise CannotPrepare(
+            f"cannot write in the data folder {layout.data_dir}: {error.strerror}"
+        ) from None
+    finally:
+        os.close(descriptor)
+        os.unlink(name)
 
 
 def _os_reason(error: OSError) -> str:

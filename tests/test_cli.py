@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -376,6 +377,26 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(code, cli.EXIT_FAILURE)
         self.assertIn("import refused: no resource.data", err)
         self.assertEqual(list(self.layout.data_dir.iterdir()), [])
+
+
+class WritableTests(SynchronousTestCase):
+    def test_a_full_data_disk_is_said_in_one_line_and_leaves_nothing(self) -> None:
+        """QA pass 24: a full disk let the test file be made, then twistd's pid file could
+        not be written, a traceback under `nanocore failed to start`."""
+        layout = layout_under(Path(self.mktemp()).absolute())
+        layout.create_folders()
+
+        def full(descriptor: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(cli.os, "write", full)
+        with self.assertRaises(cli.CannotPrepare) as refused:
+            cli.check_writable(layout)
+        self.assertEqual(
+            str(refused.exception),
+            f"cannot write in the data folder {layout.data_dir}: No space left on device",
+        )
+        self.assertEqual(os.listdir(layout.data_dir), [])
 
 
 class StartFailedTests(SynchronousTestCase):
