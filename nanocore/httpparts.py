@@ -124,8 +124,21 @@ class RequestInTime(HTTPChannel):
         self.timeoutConnection()
 
     def timed_out(self) -> None:
-        """What a timeout does when it is not Core's own stall: Twisted's (closed)."""
+        """What a timeout does when it is not Core's own stall: Twisted's (closed); an upload
+        under way ends first, saying why."""
+        self.upload_stalled()
         super().timeoutConnection()
+
+    def upload_stalled(self) -> bool:
+        """End the upload under way, if any, whose client sent nothing for the timeout; it was
+        logged as "the client went away" when its connection was then closed (QA pass 24)."""
+        request = self.requests[-1] if self.requests else None
+        transfer = getattr(request, "transfer", None)
+        if transfer is None:
+            return False
+        request.transfer = None  # type: ignore[union-attr]
+        transfer.abort(f"nothing received for {self.timeOut or 0:g} s")
+        return True
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         self._gone = True

@@ -18,10 +18,12 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 from nanocore.api.app import api_site_for
 from nanocore.api.request import DEFAULT_MAX_BODY, LimitedChannel, LimitedRequest, LimitedSite
 from nanocore.clocks import STALL_GRACE
+from nanocore.httpparts import RequestInTime
 from nanocore.openfiles import RESERVED_FILES, Descriptors
 from tests.loopbackapi import (
     LOOPBACK,
@@ -317,6 +319,38 @@ class SlowClientTests(_ClientInMemory):
             channel.dataReceived(bytes([byte]))
         self.assertIn(b"got abc", transport.value())
         self.assertFalse(transport.disconnecting)
+
+
+class _Transfer:
+    """What an upload's transfer is told when it ends early."""
+
+    def __init__(self) -> None:
+        self.aborted: list[str] = []
+
+    def abort(self, why: str) -> None:
+        self.aborted.append(why)
+
+
+class StalledUploadTests(SynchronousTestCase):
+    def test_on_any_site_an_upload_that_stops_sending_ends_saying_why(self) -> None:
+        """The image site (Twisted's close at the timeout) as the API (408): the upload's
+        end said "the client went away", which it had not (QA pass 24)."""
+        transfer = _Transfer()
+
+        class Streamed(Request):
+            def gotLength(self, length: int | None) -> None:
+                self.transfer = transfer
+                super().gotLength(length)
+
+        site = Site(_Echo(), reactor=Clock())
+        site.protocol, site.requestFactory = RequestInTime, Streamed
+        connected = connect_in_memory(self, site, "192.0.2.7", 1024)
+        assert connected is not None
+        channel, transport = connected
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\na")
+        site.reactor.advance(channel.timeOut)
+        self.assertEqual(transfer.aborted, ["nothing received for 60 s"])
+        self.assertTrue(transport.disconnecting)
 
 
 class CoresOwnStallTests(_ClientInMemory):

@@ -270,6 +270,27 @@ class FullImageDiskTests(ImageTestCase):
         self.assertEqual(self.h.images.get(ImageKind.MEDIA, image_id).version, 0)
 
 
+class StalledUploadTests(ImageTestCase):
+    async def test_an_upload_that_stops_sending_is_answered_408_and_said_so(self) -> None:
+        """QA pass 24: cut at its deadline with no answer, and logged as "the client went
+        away", which it had not."""
+        image_id = await self.h.create("disk_images")
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        body = multipart(("image", DATA))
+        wire = Wire(self.h.api_site)
+        wire.send(head(self.h, "POST", f"/disk_images/{image_id}/file/", len(body)))
+        wire.send(body[: len(body) // 2])
+        self.h.clock.advance(wire.protocol.timeOut)
+        answer = wire.answer()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer[:80])
+        self.assertIn(b'"message": "upload stalled: nothing received for 60 s"', answer)
+        wire.protocol.connectionLost(Failure(ConnectionDone()))
+        said = [e["why"] for e in events if "interrupted" in e.get("log_format", "")]
+        self.assertEqual(said, ["nothing received for 60 s"])
+        self.assertEqual(self.h.files("disk_images"), [])
+        self.assertIsNone(self.h.images.upload_progress(ImageKind.DISK, image_id))
+
+
 class OutOfMemoryTests(ImageTestCase):
     async def test_memory_running_out_mid_upload_is_a_503_and_nothing_is_kept(self) -> None:
         """QA pass 23: an upload whose next block could not be allocated was dropped without

@@ -267,6 +267,13 @@ class LimitedChannel(RequestInTime):
     def timed_out(self) -> None:
         peer = self.transport.getPeer() if self.transport is not None else None
         late = self.late
+        if not late and self.upload_stalled():
+            self.refuse(
+                408,
+                b"Request Timeout",
+                f"upload stalled: nothing received for {self.timeOut or 0:g} s",
+            )
+            return
         if late:
             self.site.noise.info(
                 "slow API clients timed out",
