@@ -104,15 +104,16 @@ class GuestAccess:
         self.unfinished_deletes: dict[str, str] = {}
 
     def recorded_after_cell(self, cell: str, committing: Deferred[None]) -> Deferred[None]:
-        """The record of a change ``cell`` has made already: if the store cannot save it, the
-        client still hears why, and the Cell's inventory, taken again once the store can,
+        """The record of a change ``cell`` has made already. If the store cannot save it, the
+        change is done all the same: the Cell's inventory, taken again once the store can,
         makes what the Cell holds Core's record (QA pass 23: a guest resized, renamed or
-        deleted while the disk was full stayed as it was in Core's records)."""
+        deleted while the disk was full stayed as it was in Core's records), and the client
+        is told it is done (QA pass 24: told 503, it retried, and the Cell refused the retry,
+        `no need to change`)."""
 
-        def unsaved(failure: Failure) -> Failure:
-            if failure.check(CommitFailed):
-                self.resync(cell, failure.getErrorMessage())
-            return failure
+        def unsaved(failure: Failure) -> None:
+            failure.trap(CommitFailed)
+            self.resync(cell, failure.getErrorMessage())
 
         return committing.addErrback(unsaved)
 
