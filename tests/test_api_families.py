@@ -702,5 +702,24 @@ class RaceTests(StoreTestCase):
         )
         answers = [(yield first), (yield second)]
         self.assertEqual(answers[0].envelope()["error_code"], 0)
-        self.assertEqual(answers[1].error, "another range of address pool 'n' is being added")
+        self.assertEqual(answers[1].error, "address pool 'n' is being changed, retry")
         self.assertEqual(len(self.store.view.address_ranges), 1)
+
+    @inlineCallbacks
+    def test_a_gateway_change_racing_a_range_addition(self) -> Any:
+        """Each checked against the other's committed values, both passed, and the gateway
+        ended inside the range (QA pass 25)."""
+        yield self.ok("POST", "/address_pools/n", {"gateway": "192.0.2.1", "provider": "dhcp"})
+        adding = self.client.post("/address_pools/n/internal/ranges/192.0.2.10",
+                                  {"end": "192.0.2.20", "netmask": "255.255.255.0"})  # fmt: skip
+        moving = self.client.put("/address_pools/n", {"gateway": "192.0.2.15", "provider": "dhcp"})
+        answers = [(yield adding), (yield moving)]
+        self.assertEqual(answers[0].envelope()["error_code"], 0)
+        self.assertEqual(answers[1].error, "address pool 'n' is being changed, retry")
+        self.assertEqual(self.store.view.address_pools["n"].gateway, "192.0.2.1")
+        again = yield self.client.put(
+            "/address_pools/n", {"gateway": "192.0.2.15", "provider": "dhcp"}
+        )
+        self.assertEqual(
+            again.error, "gateway 192.0.2.15 inside range 192.0.2.10-192.0.2.20 of 'n'"
+        )

@@ -26,11 +26,13 @@ PROVIDERS = ("dhcp", "cloudinit")
 MODES = ("internal", "external", "both")
 RANGE_KINDS = ("internal",)
 
-#: An address pool (key: its name) while a range is added to it: the overlap check is made
-#: against the committed ranges, so two additions must not be in flight at once.
-RANGE_ADDITION: ClaimKind[None] = ClaimKind(
-    "address pool ranges",
-    lambda held: InvalidRequest(f"another range of address pool '{held.key}' is being added"),
+#: An address pool (key: its name) while a range is added to it or its gateway changed: each
+#: is checked against the other's committed values (ranges do not overlap, the gateway is in
+#: none), so no two may be in flight at once (QA pass 25: a gateway change and a range
+#: addition sent together left the gateway inside the range).
+POOL_CHANGE: ClaimKind[None] = ClaimKind(
+    "address pool change",
+    lambda held: InvalidRequest(f"address pool '{held.key}' is being changed, retry"),
 )
 
 
@@ -121,7 +123,9 @@ class AddressPools:
     ) -> Deferred[None]:
         self._pool(name)
         pool = self._validated(name, gateway, dns, provider, mode)
-        return self._context.commit(Put(pool)).addCallback(lambda _: self._announce(pool))
+        claim = self._context.claims.take(POOL_CHANGE, name, None)
+        committing = self._context.commit(Put(pool), holding=(claim,))
+        return committing.addCallback(lambda _: self._announce(pool))
 
     def _announce(self, pool: AddressPool) -> None:
         """Tell the Cells of every compute pool using ``pool`` (Core's AddressPoolChanged)."""
@@ -212,7 +216,7 @@ class AddressPools:
                 raise InvalidRequest(
                     f"range {start}-{end} overlaps range {other.start}-{other.end}"
                 )
-        claim = self._context.claims.take(RANGE_ADDITION, name, None)
+        claim = self._context.claims.take(POOL_CHANGE, name, None)
         return self._context.commit(Insert(item), holding=(claim,))
 
     def remove_range(self, name: str, kind: str, start: str) -> Deferred[None]:
