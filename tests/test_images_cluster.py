@@ -243,6 +243,22 @@ class DeletedWhileFetchingTests(ImageClusterCase):
         answer = await self.ok("POST", "/guests/", self.guest_body(from_image=image), status=202)
         await self.assert_no_disk_after_delete(answer["id"])
 
+    async def test_an_image_is_not_deleted_while_guests_are_cloned_from_it(self) -> None:
+        """QA pass 25: each creation, answered 202, then failed with the Cell's raw answer of
+        the image site (`200: {"error_code": 500, ...invalid disk image ...}`)."""
+        image = await self.uploaded_image()
+        guest = (await self.ok("POST", "/guests/", self.guest_body(from_image=image),
+                               status=202))["id"]  # fmt: skip
+        created = self.events.until(MessageID.GuestCreatedEvent, guest)
+        self.assertEqual(
+            await self.refused("DELETE", f"/disk_images/{image}"),
+            f"disk image '{image}' is being cloned by 1 guest creation(s), retry once they are"
+            " created",
+        )
+        await self.applied(created, guest)
+        self.assertTrue(self.store.view.instances[guest].created)
+        await self.ok("DELETE", f"/disk_images/{image}")
+
     async def test_during_its_reset(self) -> None:
         guest = await self.created_guest()
         image = await self.uploaded_image()

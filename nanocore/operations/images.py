@@ -230,6 +230,8 @@ class Images:
     def __init__(self, context: Context, files: ImageFiles) -> None:
         self._context = context
         self._files = files
+        #: The guests whose creation clones a disk image (set by whoever creates guests).
+        self.clones_of: Callable[[str], list[str]] = lambda image_id: []
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -336,8 +338,15 @@ class Images:
         return self._context.commit(Put(image), holding=claims)
 
     def delete(self, kind: ImageKind, image_id: str) -> Deferred[None]:
-        """Delete the record, then its file; refused while an upload holds the image."""
+        """Delete the record, then its file; refused while an upload holds the image, or
+        guests are being cloned from it."""
         image = self._unlocked(kind, image_id)
+        cloning = self.clones_of(image_id) if kind is ImageKind.DISK else []
+        if cloning:
+            raise InvalidRequest(
+                f"{kind.label} '{image_id}' is being cloned by {len(cloning)} guest"
+                " creation(s), retry once they are created"
+            )
         committed = self._context.commit(Delete(kind.entity, image_id))
         if image.version == 0:
             return committed
