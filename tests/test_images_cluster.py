@@ -252,11 +252,23 @@ class DeletedWhileFetchingTests(ImageClusterCase):
         created = self.events.until(MessageID.GuestCreatedEvent, guest)
         self.assertEqual(
             await self.refused("DELETE", f"/disk_images/{image}"),
-            f"disk image '{image}' is being cloned by 1 guest creation(s), retry once they are"
-            " created",
+            f"disk image '{image}' is being cloned to 1 guest(s), retry once they are created"
+            " or reset",
         )
         await self.applied(created, guest)
         self.assertTrue(self.store.view.instances[guest].created)
+        await self.ok("DELETE", f"/disk_images/{image}")
+
+    async def test_an_image_is_not_deleted_while_a_guest_is_reset_from_it(self) -> None:
+        guest = await self.created_guest()
+        image = await self.uploaded_image()
+        await self.ok("PUT", f"/guests/{guest}/system/", {"from_image": image})
+        self.assertIn("is being cloned to 1 guest(s)",
+                      await self.refused("DELETE", f"/disk_images/{image}"))  # fmt: skip
+        reset = self.events.until(MessageID.SystemResetEvent, guest)
+        (download,) = self.downloads
+        await download
+        await self.applied(reset, guest)
         await self.ok("DELETE", f"/disk_images/{image}")
 
     async def test_during_its_reset(self) -> None:

@@ -344,8 +344,8 @@ class Images:
         cloning = self.clones_of(image_id) if kind is ImageKind.DISK else []
         if cloning:
             raise InvalidRequest(
-                f"{kind.label} '{image_id}' is being cloned by {len(cloning)} guest"
-                " creation(s), retry once they are created"
+                f"{kind.label} '{image_id}' is being cloned to {len(cloning)} guest(s),"
+                " retry once they are created or reset"
             )
         committed = self._context.commit(Delete(kind.entity, image_id))
         if image.version == 0:

@@ -29,7 +29,6 @@ from nanocore.model import (
     CPUPriority,
     Instance,
     InstanceNetwork,
-    InstanceStatus,
     PendingError,
     QoS,
     SystemTemplate,
@@ -201,10 +200,6 @@ def image_source(
     return ImageSource(image.id, site.host, site.port, image.size)
 
 
-#: Clones remembered before those that ended are looked for (memory stays bounded).
-CLONES_LOOKED_AT = 1024
-
-
 class Creations:
     """The create flow; ``in_flight`` holds the ids whose Cell has not answered yet."""
 
@@ -227,23 +222,6 @@ class Creations:
         self._on_progress = on_progress
         self._new_id = new_id
         self.in_flight: set[str] = set()
-        #: Guests being cloned from a disk image: guest -> image (until looked at and found
-        #: created, failed or gone).
-        self._cloning: dict[str, str] = {}
-
-    def clones_of(self, image_id: str) -> list[str]:
-        """The guests whose creation still clones ``image_id`` (QA pass 25: deleted meanwhile,
-        each creation answered 202 then failed with the Cell's raw answer of the image site)."""
-        self._forget_clones()
-        return sorted(guest for guest, image in self._cloning.items() if image == image_id)
-
-    def _forget_clones(self) -> None:
-        """Forget the clones whose guest is no longer being created."""
-        instances = self._context.view.instances
-        for guest in list(self._cloning):
-            instance = instances.get(guest)
-            if instance is None or instance.status is not InstanceStatus.CREATING:
-                del self._cloning[guest]
 
     def create(self, spec: GuestSpec) -> Deferred[Created]:
         """Validate and place now (refusals are raised at once), then record and ask."""
@@ -436,9 +414,7 @@ class Creations:
         self.in_flight.add(instance.id)
         image = message.string_params.get(ParamKey.Image)
         if image:
-            if len(self._cloning) >= CLONES_LOOKED_AT:
-                self._forget_clones()
-            self._cloning[instance.id] = image
+            self._access.cloning(instance.id, image)
         try:
             reply = await self._access.forward(
                 instance.cell,
