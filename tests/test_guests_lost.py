@@ -256,3 +256,43 @@ class LostRunningGuestTests(GuestClusterCase):
         self.assertNotIn(guest, self.store.view.instances)
         await self.rejoined(cell.name)  # its inventory now: nothing to adopt back
         self.assertEqual(dict(self.store.view.instances), {})
+
+
+class CreationOnACellAwayTests(GuestClusterCase):
+    """QA pass 25: a Cell gone mid-creation left the guest neither created nor failed, its
+    name and address taken, and `DELETE` answered `cell '<c>' is not connected` for as long as
+    the Cell stayed away."""
+
+    CELLS = ("Cell_0000000000a1",)
+
+    async def test_it_is_deleted_without_asking_and_its_copy_goes_when_the_cell_is_back(
+        self,
+    ) -> None:
+        await self.use_network()
+        guest = (await self.ok("POST", "/guests/", self.guest_body(pool="netted"),
+                               status=202))["id"]  # fmt: skip
+        cell = self.cells["Cell_0000000000a1"]
+        gone = self.events.until_disconnected(cell.name)
+        cell._reconnect_delay = 3600.0
+        cell.drop_link()  # it lives on, and makes the guest meanwhile
+        await gone
+        await self.ok("DELETE", f"/guests/{guest}", {})
+        self.assertEqual(
+            await self.refused("GET", f"/guests/{guest}"), f"invalid instance '{guest}'"
+        )
+        self.assertEqual(dict(self.store.view.allocations), {})
+        self.cell_clock.advance(self.creation_time)
+        self.assertIn(guest, cell.guests)
+        # Back, the Cell holds it: an orphan, deleted there; the name is free meanwhile.
+        deleted = cell.until_received(MessageID.DeleteGuestRequest)
+        linked = self.events.until_available(cell.name)
+        cell._reconnect_delay = 0.01
+        await self.cluster.services[cell.name].stopService()
+        self.cluster.services[cell.name].startService()
+        await linked
+        await deleted
+        self.assertNotIn(guest, cell.guests)
+        again = (await self.ok("POST", "/guests/", self.guest_body(pool="netted"),
+                               status=202))["id"]  # fmt: skip
+        self.assertNotEqual(again, guest)
+

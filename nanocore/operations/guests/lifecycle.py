@@ -23,10 +23,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanocore.cluster.cells import CellDirectory
+from nanocore.cluster.cells import CellDirectory, CellLiveness
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.durations import Durations
-from nanocore.model import Instance, PendingError
+from nanocore.model import Instance, InstanceStatus, PendingError
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CellRefused
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
@@ -141,6 +141,8 @@ class GuestOperations:
                 # Nothing is left to ask a Cell, whatever the record says of running.
                 forgetting = self._forget(instance_id, lost=True)
                 return forgetting.addCallback(lambda _: self._volumes_left(instance))
+            if instance.status is InstanceStatus.CREATING and not self._linked(instance.cell):
+                return self._forget_creation(instance)
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
             self.access.refuse_migrating(instance)
@@ -169,6 +171,28 @@ class GuestOperations:
             return self.access.recorded_after_cell(instance.cell, forgetting)
 
         return asking.addCallbacks(deleted, unanswered)
+
+    def _linked(self, cell: str) -> bool:
+        return self._cells.state(cell) in (CellLiveness.ALIVE, CellLiveness.CONNECTED)
+
+    def _forget_creation(self, instance: Instance) -> Deferred[None]:
+        """A guest being created on a Cell that is away: deleted without asking it, its name
+        and addresses free again (QA pass 25: a Cell that died mid-creation left it neither
+        created nor failed, undeletable, for as long as it stayed away). If the Cell comes
+        back holding it, that copy is an orphan deleted there (the pending error names it)."""
+        cell = instance.cell
+
+        def decide(current: Instance | None) -> list[Change]:
+            if current is None:
+                return []
+            if current.status is not InstanceStatus.CREATING or self._linked(cell):
+                raise InvalidRequest(f"instance '{instance.id}' changed, retry")
+            self.placement.release(instance.id)
+            gone = PendingError(instance.id, f"deleted while cell '{cell}' was away", cell=cell,
+                                shown=True)  # fmt: skip
+            return [*self.access.forgetting(current), Put(gone)]
+
+        return self.access.change(instance.id, decide)
 
     def _forget(self, instance_id: str, *, lost: bool = False) -> Deferred[None]:
         """Remove the record and its addresses; ``lost``: only while it is still a guest its
