@@ -295,4 +295,3 @@ class CreationOnACellAwayTests(GuestClusterCase):
         again = (await self.ok("POST", "/guests/", self.guest_body(pool="netted"),
                                status=202))["id"]  # fmt: skip
         self.assertNotEqual(again, guest)
-

@@ -95,6 +95,24 @@ class LateReplyTests(GuestClusterCase):
         self.assertEqual(self.ops.guests.access.unfinished_deletes, {guest: cell})
         return guest
 
+    async def test_a_delete_refused_while_the_cell_is_away_is_not_done_later(self) -> None:
+        """Refused `not connected` (nothing was sent), it was still finished when the Cell
+        came back without the guest (QA pass 25)."""
+        guest = await self.created()
+        cell = self.store.view.instances[guest].cell
+        gone = self.events.until_disconnected(cell)
+        self.cells[cell]._reconnect_delay = 3600.0
+        self.cells[cell].drop_link()
+        await gone
+        self.assertEqual(
+            await self.refused("DELETE", f"/guests/{guest}", {}), f"cell '{cell}' is not connected"
+        )
+        self.assertEqual(self.ops.guests.access.unfinished_deletes, {})
+        self.assertEqual(self.asked_to_delete(cell), 0)
+
+    def asked_to_delete(self, cell: str) -> int:
+        return sum(1 for m in self.cells[cell].received if m.id == MessageID.DeleteGuestRequest)
+
     async def test_a_delete_the_cell_did_not_do_leaves_the_guest(self) -> None:
         guest = await self.unanswered_delete()
         cell = self.store.view.instances[guest].cell

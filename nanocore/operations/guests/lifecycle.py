@@ -30,7 +30,7 @@ from nanocore.model import Instance, InstanceStatus, PendingError
 from nanocore.operations.base import Context
 from nanocore.operations.cells import CellRefused
 from nanocore.operations.errors import InvalidRequest, OperationError, UnknownEntity
-from nanocore.operations.guests.common import GuestAccess
+from nanocore.operations.guests.common import GuestAccess, not_connected
 from nanocore.operations.guests.create import Created, Creations, GuestSpec
 from nanocore.operations.guests.events import GuestEvents
 from nanocore.operations.guests.listing import GuestListing
@@ -147,6 +147,10 @@ class GuestOperations:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
             self.access.refuse_migrating(instance)
             self.access.refuse_capturing(instance_id)
+            if not self._linked(instance.cell):
+                # Refused here, so that nothing waits for the Cell's word on it: a delete that
+                # never reached the Cell must not be finished when it comes back (QA pass 25).
+                raise not_connected(instance.cell)
         except OperationError as error:
             return fail(error)
         request = Message(
