@@ -427,6 +427,25 @@ class MigrationTests(MigrationCase):
         self.core_clock.advance(TIMEOUT)  # its event ended the wait for its attach
         self.assertEqual([formatEvent(e) for e in observer if "back" in formatEvent(e)], [])
 
+    async def test_a_target_gone_before_its_activation_fails_the_move_at_once(self) -> None:
+        """It waited the whole domain timeout while no Cell held the guests (QA pass 25)."""
+        guest = await self.guest_on(A, "vm1")
+        self.cells[B].inject(MessageID.MigrateInstanceRequest, Fault(drop=True))
+        sent = self.cells[B].until_received(MessageID.MigrateInstanceRequest)
+        migration = (await self.ok("POST", "/migrations/", self.body(guest)))["id"]
+        await sent
+        back = self.events.until(MessageID.InstanceMigratedEvent, "")
+        began = self.core_clock.seconds()
+        self.cells[B]._reconnect_delay = 3600.0
+        self.cells[B].kill()
+        ended = await self.ops.migrations.ended(migration)
+        self.assertEqual(self.core_clock.seconds(), began)
+        self.assertEqual(ended.error, f"migrate instance fail: cell '{B}' disconnected")
+        await self.applied(back, guest)
+        record = self.record(guest)
+        self.assertEqual((record.cell, record.lost, record.migrating), (A, False, False))
+        self.assertEqual(set(self.cells[A].guests), {guest})
+
     async def test_a_source_that_refuses_to_take_the_guests_back(self) -> None:
         """Said so, by the attach's token (Nano's carried none: a refusal fell to whichever
         failover waited on that Cell); the guest stays lost until a Cell reports it."""

@@ -57,6 +57,7 @@ from nanocore.cluster.cells import (
     CellLiveness,
     CellObserver,
     CellStatus,
+    CellUnavailable,
     CoreStopping,
 )
 from nanocore.cluster.message import Message, MessageID, ParamKey
@@ -415,10 +416,15 @@ class Migrations:
                     ),
                 )
                 event = await arrived
-            except (TimeoutError, CancelledError, LinkError):
+            except (TimeoutError, CancelledError, LinkError) as error:
                 self.undo(target, ids)
                 self._take_back(source, ids)
-                raise _Failed("migrate instance timeout", released=True) from None
+                reason = (
+                    f"migrate instance fail: cell '{target}' disconnected"
+                    if isinstance(error, LinkError)
+                    else "migrate instance timeout"
+                )
+                raise _Failed(reason, released=True) from None
         except _Failed as failed:
             await self.cancel(transit, failed.reason, lost=failed.released or failed.uncertain)
             if failed.uncertain:
@@ -640,6 +646,12 @@ class Migrations:
         self.failover.cell_status(name, status)
 
     def cell_disconnected(self, name: str, gracefully: bool) -> None:
+        """A target gone before its event: the move fails now, not a domain timeout later,
+        while no Cell holds the guests (QA pass 25); then the failover's part."""
+        for transit in list(self.running.values()):
+            arrived = transit.arrived
+            if transit.record.target_cell == name and arrived is not None and not arrived.called:
+                arrived.errback(CellUnavailable(f"cell {name!r} disconnected"))
         self.failover.cell_disconnected(name, gracefully)
 
     def cell_answered_late(self, name: str, request: Message, reply: Message) -> None:
