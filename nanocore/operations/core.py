@@ -76,7 +76,7 @@ class Operations:
             decision_times=decision_times,
             resync=lambda cell, reason: self.cells.resync(cell, reason),
         )
-        self.images.clones_of = self.guests.access.clones_of
+        self.images.clones_of = self.guests.access.clones.of
         access, placement = self.guests.access, self.guests.placement
         self.guest_config = GuestConfig(access, placement, Growth(self.context, placement))
         self.media = GuestMedia(access, image_site)

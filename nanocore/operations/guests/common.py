@@ -41,6 +41,7 @@ from nanocore.operations.errors import (
     OperationTimeout,
     UnknownEntity,
 )
+from nanocore.operations.guests.clones import Clones
 from nanocore.operations.images import IMAGE_CAPTURE
 from nanocore.store import Change, CommitFailed, Delete
 
@@ -70,12 +71,6 @@ STARTING: ClaimKind[float | None] = ClaimKind("start of instance", _being_starte
 #: Seconds a started guest's ``GuestStartedEvent`` is awaited after its Cell's answer (the
 #: Cell sends it right after; a lost one leaves the guest "being started" no longer).
 STARTED_EVENT_WAIT = 10.0
-
-
-#: Clones remembered before those that ended are looked for (memory stays bounded).
-CLONES_LOOKED_AT = 1024
-#: The states of a guest whose system disk its Cell writes from an image.
-_WRITING_SYSTEM = (InstanceStatus.CREATING, InstanceStatus.RESETTING)
 
 
 def not_connected(cell: str) -> InvalidRequest:
@@ -108,31 +103,8 @@ class GuestAccess:
         #: could not save (a full disk). Guest -> that Cell. Its next inventory says whether
         #: it did, and a guest it lacks is then deleted, not shown lost (``Reconciler``).
         self.unfinished_deletes: dict[str, str] = {}
-        #: Guests whose system disk is being written from a disk image: guest -> image (until
-        #: looked at and found created, reset, failed or gone).
-        self._cloning: dict[str, str] = {}
-
-    def cloning(self, instance_id: str, image_id: str) -> None:
-        """The guest's Cell was asked to write its system disk from ``image_id`` (a creation,
-        a reset), which must not be deleted until it has (:meth:`clones_of`)."""
-        if len(self._cloning) >= CLONES_LOOKED_AT:
-            self._forget_clones()
-        self._cloning[instance_id] = image_id
-
-    def clones_of(self, image_id: str) -> list[str]:
-        """The guests whose system disk is still being written from ``image_id`` (QA pass 25:
-        deleted meanwhile, each creation, answered 202, then failed with the Cell's raw answer
-        of the image site)."""
-        self._forget_clones()
-        return sorted(guest for guest, image in self._cloning.items() if image == image_id)
-
-    def _forget_clones(self) -> None:
-        """Forget the clones whose guest is no longer being created or reset."""
-        instances = self.context.view.instances
-        for guest in list(self._cloning):
-            instance = instances.get(guest)
-            if instance is None or instance.status not in _WRITING_SYSTEM:
-                del self._cloning[guest]
+        #: The disk images guests' system disks are being written from (not to be deleted).
+        self.clones = Clones(lambda: context.view.instances)
 
     def recorded_after_cell(self, cell: str, committing: Deferred[None]) -> Deferred[None]:
         """The record of a change ``cell`` has made already. If the store cannot save it, the

@@ -414,7 +414,7 @@ class Creations:
         self.in_flight.add(instance.id)
         image = message.string_params.get(ParamKey.Image)
         if image:
-            self._access.cloning(instance.id, image)
+            self._access.clones.add(instance.id, image)
         try:
             reply = await self._access.forward(
                 instance.cell,

@@ -78,7 +78,7 @@ class Resets:
             if current is not None and current.status is InstanceStatus.STOPPED:
                 resetting = evolve(current, status=InstanceStatus.RESETTING, progress=0)
                 await self._context.commit(Put(resetting))
-                self._access.cloning(instance_id, source.image)
+                self._access.clones.add(instance_id, source.image)
 
         return self._access.serially(instance_id, lambda: Deferred.fromCoroutine(reset()))
 
