@@ -76,7 +76,10 @@ class DiskReserve:
     def make_again(self) -> bool:
         """:meth:`make`, if it is missing and was not tried within :data:`RESTORE_INTERVAL`;
         whether it was made now."""
-        if not self.size or time.monotonic() - self._tried < RESTORE_INTERVAL or self.kept():
+        if not self.size or time.monotonic() - self._tried < RESTORE_INTERVAL:
+            return False
+        if self.kept():
+            self._tried = time.monotonic()  # looked at once an interval, not every batch
             return False
         return self.make()
 
