@@ -298,6 +298,20 @@ class UnrecordedEventTests(GuestClusterCase):
         self.assertTrue(self.store.view.instances[guest].lost)
         self.assertFalse(reserve.exists())
 
+    async def test_a_deletion_the_cell_did_on_a_full_disk_is_kept_in_the_reserves_room(
+        self,
+    ) -> None:
+        """Kept only in memory, it was lost when Core stopped before the disk had room, and
+        the next start showed the guest lost and failed it over (QA pass 26)."""
+        guest = await self.created()
+        reserve = self.store._reserve.path  # type: ignore[union-attr]
+        writer = self.store._writer  # type: ignore[attr-defined]
+        writer._connection = FullWhileReserved(writer._connection, reserve)
+        self.assertEqual(await self.ok("DELETE", f"/guests/{guest}", {}), "")
+        self.assertNotIn(guest, self.store.view.instances)
+        self.assertFalse(reserve.exists())
+        self.assertEqual(self.ops.guests.access.unfinished_deletes, {})
+
     async def test_a_deletion_the_store_could_not_save_is_finished_once_it_can(self) -> None:
         """The Cell deleted the guest, the store could not record it (503): the guest stayed
         listed, and could be neither deleted (the Cell no longer knew it) nor started (QA

@@ -74,7 +74,7 @@ class Store:
         self._reserve = reserve
         #: Set on the writer thread, said on the reactor: units kept in the reserve's room
         #: by the last batch (None: it was not needed), and whether the reserve came back.
-        self._kept_in_reserve: tuple[int, int] | None = None
+        self._kept_in_reserve: tuple[int, int, int, int] | None = None
         self._reserve_back = False
         self._state = state
         self._max_batch = max_batch
@@ -195,10 +195,18 @@ class Store:
             outcomes = self._writer.apply_batch(units)
         except sqlite3.OperationalError as error:
             essential = [index for index, unit in enumerate(units) if unit.essential]
-            if not (essential and disk_full(error) and reserve and reserve.release()):
+            if reserve is None or not (essential and disk_full(error)):
+                raise
+            given = reserve.release()
+            if not given:
                 raise
             kept = self._writer.apply_batch([units[index] for index in essential])
-            self._kept_in_reserve = (len(essential), len(units) - len(essential))
+            self._kept_in_reserve = (
+                given,
+                len(essential),
+                len(units) - len(essential),
+                reserve.held(),
+            )
             failed = CommitFailed(f"state could not be saved: {error}")
             outcomes = [failed] * len(units)
             for index, outcome in zip(essential, kept, strict=True):
@@ -246,13 +254,15 @@ class Store:
         reserve = self._reserve
         if kept is not None and reserve is not None:
             log.warn(
-                "the data disk is full: {path} ({size} bytes) was given up to record {kept}"
-                " unit(s) Core must keep (a Cell's goodbye, its guests' loss); {failed} other"
-                " unit(s) not saved. Free room on the disk: the reserve is made again then",
+                "the data disk is full: {given} bytes of {path} were given back to it to record"
+                " {kept} unit(s) Core must keep (what a Cell did or said); {failed} other"
+                " unit(s) not saved; {left} bytes of the reserve left. Free room on the disk:"
+                " the reserve is made whole again then",
                 path=str(reserve.path),
-                size=reserve.size,
-                kept=kept[0],
-                failed=kept[1],
+                given=kept[0],
+                kept=kept[1],
+                failed=kept[2],
+                left=kept[3],
             )
         if back and reserve is not None:
             log.info("room on the data disk again: {path} is kept again", path=str(reserve.path))

@@ -171,7 +171,7 @@ class GuestOperations:
             # Done, and not recorded if the store cannot save: the Cell's inventory, taken
             # again once it can, finishes it (QA pass 24: it showed the guest lost, then
             # failed it over from its Cell to the same Cell).
-            forgetting = self._forget(instance_id).addErrback(unfinished)
+            forgetting = self._forget(instance_id, essential=True).addErrback(unfinished)
             return self.access.recorded_after_cell(instance.cell, forgetting)
 
         return asking.addCallbacks(deleted, unanswered)
@@ -198,9 +198,13 @@ class GuestOperations:
 
         return self.access.change(instance.id, decide)
 
-    def _forget(self, instance_id: str, *, lost: bool = False) -> Deferred[None]:
+    def _forget(
+        self, instance_id: str, *, lost: bool = False, essential: bool = False
+    ) -> Deferred[None]:
         """Remove the record and its addresses; ``lost``: only while it is still a guest its
-        Cell came back without (it was decided on without asking the Cell)."""
+        Cell came back without (it was decided on without asking the Cell); ``essential``:
+        the Cell deleted it, which no inventory can tell after a stop (QA pass 26: stopped
+        while the disk was full, Core showed it lost at the next start and failed it over)."""
 
         def decide(instance: Instance | None) -> list[Change]:
             if lost and instance is not None and not self.access.came_back_without(instance):
@@ -209,7 +213,7 @@ class GuestOperations:
             self.access.unfinished_deletes.pop(instance_id, None)
             return self.access.forgetting(instance) if instance is not None else []
 
-        return self.access.change(instance_id, decide)
+        return self.access.change(instance_id, decide, essential=essential)
 
     def _volumes_left(self, instance: Instance) -> None:
         """A guest deleted asking no Cell leaves its volumes wherever they are: on a pool's
