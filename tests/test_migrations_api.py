@@ -16,6 +16,7 @@ from nanocore.cluster.message import MessageID, ParamKey
 from nanocore.operations.core import Operations
 from nanocore.operations.errors import UNSAVED_RETRY
 from nanocore.operations.guests.common import STARTED_EVENT_WAIT
+from nanocore.operations.guests.events import RESET_SILENCE
 from nanocore.operations.migrations import RESTARTED, RETENTION
 from nanocore.store import Put, UnitOfWork
 from nanocore.testing.fakecell import Fault
@@ -295,6 +296,25 @@ class ResetAndMigrationTests(MigrationCase):
                          f"instance '{guest}'('team.vm1') changed, retry")  # fmt: skip
         self.assertEqual((self.record(guest).cell, self.record(guest).migrating), (A, False))
         self.assertEqual(self.cells[B].prepared(), set())
+
+    async def test_a_reset_answered_too_late_is_not_taken_for_none(self) -> None:
+        """Recorded stopped after its `cell timeout`, the guest was migrated in the middle of
+        the reset its Cell did late (QA pass 26)."""
+        guest = await self.guest_on(A, "vm1")
+        self.cells[A].inject(MessageID.ResetSystemRequest, Fault(drop=True))
+        told = self.cells[A].until_received(MessageID.ResetSystemRequest)
+        path = f"/guests/{guest}/system/"
+        resetting = Deferred.fromCoroutine(self.call("PUT", path, {"from_image": "img-1"}))
+        await told
+        self.core_clock.advance(TIMEOUT)
+        self.assertEqual((await resetting).envelope()["message"], "cell timeout")
+        self.assertIs(self.record(guest).status, m.InstanceStatus.RESETTING)
+        self.assertEqual(await self.refused("POST", "/migrations/", self.body(guest)),
+                         f"instance '{guest}'('team.vm1') not created yet")  # fmt: skip
+        # Its end never heard: stopped again, the next read says the outcome is unknown.
+        self.core_clock.advance(RESET_SILENCE)
+        await self.ops.guests.access.serially(guest, lambda: succeed(None))
+        self.assertIs(self.record(guest).status, m.InstanceStatus.STOPPED)
 
     async def test_a_guest_a_migration_claimed_is_not_reset(self) -> None:
         guest = await self.guest_on(A, "vm1")

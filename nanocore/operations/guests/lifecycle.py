@@ -93,7 +93,7 @@ class GuestOperations:
         #: ``GET /instances/:id``, asked of the guest's Cell.
         self.runtime = Runtime(self.access)
         #: System and monitor secret resets.
-        self.resets = Resets(self.access, image_site)
+        self.resets = Resets(self.access, image_site, watch=self.events.watch_reset)
         self.placement.rebuild()
 
     def _progress(self, cell: str, message: Message) -> None:
