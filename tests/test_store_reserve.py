@@ -154,6 +154,21 @@ class FullDiskReserveTests(TestCase):
         writer._connection = disk
         return disk
 
+    async def test_a_batch_that_needs_more_room_is_given_more_pieces(self) -> None:
+        disk = self.full_disk(256 * KiB, 64 * KiB)
+        disk.limit = 128 * KiB  # two pieces of room are needed
+        goodbye = m.DepartedCell("Cell_000000000001")
+        await self.store.commit(UnitOfWork.of(Put(goodbye), essential=True))
+        self.assertIn(goodbye.name, self.store.view.departed_cells)
+        self.assertIn("131072 bytes of", self.said(LogLevel.warn)[-1])
+        self.assertEqual(self.reserve.stat().st_size, 128 * KiB)
+        writer = self.store._writer  # type: ignore[attr-defined]
+        writer._connection = FullDisk(disk.connection)  # no room the whole reserve could make
+        with self.assertRaises(CommitFailed):
+            await self.store.commit(UnitOfWork.of(Put(m.DepartedCell("Cell_000000000002")),
+                                                  essential=True))  # fmt: skip
+        self.assertFalse(self.reserve.exists())
+
     def test_the_store_opens_with_its_reserve(self) -> None:
         self.assertEqual(self.reserve.stat().st_size, reserve_size())
         self.assertEqual(reserve_size(), 64 << 10)  # the suite's (tests/__init__.py)

@@ -22,10 +22,11 @@ from pathlib import Path
 RESERVE_BYTES = 16 << 20
 #: The environment variable that sets another size (bytes; 0: no reserve).
 RESERVE_VARIABLE = "NANOCORE_RESERVE_BYTES"
-#: What one essential batch on a full disk is given: a piece of the reserve, so that each of
-#: many such moments (a goodbye, then another Cell's) has its own room (QA pass 26: one
-#: reserve given up whole was taken by the other writes, and a second goodbye was lost).
-RESERVE_PIECE = 1 << 20
+#: What one essential batch on a full disk is given at a time (more pieces if it needs them):
+#: a piece of the reserve, so that each of many such moments (a goodbye, then another Cell's)
+#: has its own room (QA pass 26: one reserve given up whole was taken by the other writes, and
+#: a second goodbye was lost; pass 27: a seventeenth deletion found none left of 1 MiB pieces).
+RESERVE_PIECE = 256 << 10
 #: Its name in the data folder.
 RESERVE_NAME = "nanocore.reserve"
 #: Seconds between two tries to make the reserve again while the disk has no room for it.

@@ -189,7 +189,8 @@ class Store:
 
     def _apply(self, units: list[UnitOfWork]) -> list[StoreError | None]:
         """On the writer thread: the batch; on a full disk, its essential units once more in
-        the room the reserve gives up (the others fail, as the whole batch would have)."""
+        the room the reserve gives up, a piece at a time until they fit (the others fail, as
+        the whole batch would have)."""
         reserve = self._reserve
         try:
             outcomes = self._writer.apply_batch(units)
@@ -197,10 +198,18 @@ class Store:
             essential = [index for index, unit in enumerate(units) if unit.essential]
             if reserve is None or not (essential and disk_full(error)):
                 raise
-            given = reserve.release()
-            if not given:
-                raise
-            kept = self._writer.apply_batch([units[index] for index in essential])
+            given = 0
+            while True:
+                piece = reserve.release()
+                if not piece:
+                    raise
+                given += piece
+                try:
+                    kept = self._writer.apply_batch([units[index] for index in essential])
+                    break
+                except sqlite3.OperationalError as again:
+                    if not disk_full(again):
+                        raise
             self._kept_in_reserve = (
                 given,
                 len(essential),
