@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -47,6 +48,18 @@ def new_template_id() -> str:
     return uuid.uuid4().hex[:20]
 
 
+@frozen
+class _Applied:
+    """What the writer thread did with a batch: each unit's outcome, and what the reserve
+    gave (``given`` bytes, for ``essential`` units, ``left`` after) or got back."""
+
+    outcomes: list[StoreError | None]
+    given: int = 0
+    essential: int = 0
+    left: int = 0
+    reserve_back: bool = False
+
+
 @implementer(CommitStore)
 class Store:
     """Cluster state in ``data/nanocore.db``; see docs/architecture.md for the contract."""
@@ -72,10 +85,6 @@ class Store:
         self._threadpool = threadpool
         self._writer = writer
         self._reserve = reserve
-        #: Set on the writer thread, said on the reactor: units kept in the reserve's room
-        #: by the last batch (None: it was not needed), and whether the reserve came back.
-        self._kept_in_reserve: tuple[int, int, int, int] | None = None
-        self._reserve_back = False
         self._state = state
         self._max_batch = max_batch
         self._commit_times = commit_times if commit_times is not None else Durations()
@@ -187,7 +196,7 @@ class Store:
         committing = deferToThreadPool(self._reactor, self._threadpool, self._apply, units)
         committing.addBoth(self._batch_done, batch)
 
-    def _apply(self, units: list[UnitOfWork]) -> list[StoreError | None]:
+    def _apply(self, units: list[UnitOfWork]) -> _Applied:
         """On the writer thread: the batch; on a full disk, its essential units once more in
         the room the reserve gives up, a piece at a time until they fit (the others fail, as
         the whole batch would have)."""
@@ -210,30 +219,22 @@ class Store:
                 except sqlite3.OperationalError as again:
                     if not disk_full(again):
                         raise
-            self._kept_in_reserve = (
-                given,
-                len(essential),
-                len(units) - len(essential),
-                reserve.held(),
-            )
             failed = CommitFailed(f"state could not be saved: {error}")
             outcomes = [failed] * len(units)
             for index, outcome in zip(essential, kept, strict=True):
                 outcomes[index] = outcome
-            return outcomes
-        if reserve is not None and reserve.make_again():
-            self._reserve_back = True
-        return outcomes
+            return _Applied(outcomes, given=given, essential=len(essential), left=reserve.held())
+        return _Applied(outcomes, reserve_back=reserve is not None and reserve.make_again())
 
-    def _batch_done(self, result: list[StoreError | None] | Failure, batch: Pending) -> None:
+    def _batch_done(self, result: _Applied | Failure, batch: Pending) -> None:
         self._in_flight = False
-        self._say_reserve()
         outcomes: list[StoreError | Failure | None]
         if isinstance(result, Failure):
             reason = f"state could not be saved: {self._failed(result, len(batch))}"
             outcomes = [CommitFailed(reason) for _ in batch]
         else:
-            outcomes = list(result)
+            self._say_reserve(result)
+            outcomes = list(result.outcomes)
             self.batches_committed += 1
             for (unit, _, _), outcome in zip(batch, outcomes, strict=True):
                 if outcome is None:
@@ -257,23 +258,23 @@ class Store:
         elif self._closing:
             self._finish_close()
 
-    def _say_reserve(self) -> None:
-        kept, self._kept_in_reserve = self._kept_in_reserve, None
-        back, self._reserve_back = self._reserve_back, False
+    def _say_reserve(self, applied: _Applied) -> None:
         reserve = self._reserve
-        if kept is not None and reserve is not None:
+        if reserve is None:
+            return
+        if applied.given:
             log.warn(
                 "the data disk is full: {given} bytes of {path} were given back to it to record"
                 " {kept} unit(s) Core must keep (what a Cell did or said); {failed} other"
                 " unit(s) not saved; {left} bytes of the reserve left. Free room on the disk:"
                 " the reserve is made whole again then",
                 path=str(reserve.path),
-                given=kept[0],
-                kept=kept[1],
-                failed=kept[2],
-                left=kept[3],
+                given=applied.given,
+                kept=applied.essential,
+                failed=len(applied.outcomes) - applied.essential,
+                left=applied.left,
             )
-        if back and reserve is not None:
+        if applied.reserve_back:
             log.info("room on the data disk again: {path} is kept again", path=str(reserve.path))
 
     def _failed(self, failure: Failure, count: int) -> str:
