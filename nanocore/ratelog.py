@@ -13,7 +13,6 @@ This module imports nothing of ours, so that every room may use it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from attrs import define
@@ -67,9 +66,6 @@ class RateLimitedLog:
         self._tallies: dict[tuple[str, str], _Tally] = {}
         #: Sources told apart now, per kind.
         self._sources: dict[str, int] = {}
-        #: Per kind, no period of it ends before this (so a flood of new sources at the
-        #: bound looks for places to free once per period ending, not once per event).
-        self._first_end: dict[str, float] = {}
         self._flush_call: IDelayedCall | None = None
 
     def warn(self, kind: str, source: str, format: str, /, **fields: Any) -> None:
@@ -85,18 +81,14 @@ class RateLimitedLog:
         key = (kind, source)
         tally = self._current(key, now)
         if tally is None:
-            full = self._sources.get(kind, 0) >= self._max_sources
-            if full and now >= self._first_end.get(kind, math.inf):
-                self._end_periods(now, kind)  # sources whose period ended free their place
-                full = self._sources.get(kind, 0) >= self._max_sources
-            if full:
+            if self._sources.get(kind, 0) >= self._max_sources:
+                self._end_periods(now)  # sources whose period ended free their place
+            if self._sources.get(kind, 0) >= self._max_sources:
                 key = (kind, OTHER_SOURCES)
                 tally = self._current(key, now)
             if tally is None:
                 tally = self._tallies[key] = _Tally(level, now)
                 self._sources[kind] = self._sources.get(kind, 0) + 1
-                ends = min(self._first_end.get(kind, math.inf), now + self._period)
-                self._first_end[kind] = ends
         tally.count += 1
         if tally.count == 1:
             fields.setdefault("source", source)
@@ -112,7 +104,6 @@ class RateLimitedLog:
         now = self._clock.seconds()
         for key, tally in list(self._tallies.items()):
             self._end(key, tally, now)
-        self._first_end = {}
 
     def _current(self, key: tuple[str, str], now: float) -> _Tally | None:
         """``key``'s tally if its period still runs (one that ended is ended first)."""
@@ -141,21 +132,15 @@ class RateLimitedLog:
                 suppressed=True,
             )
 
-    def _end_periods(self, now: float, kind: str | None = None) -> None:
-        """End every period that ran out (of ``kind`` only, if given)."""
-        ends: dict[str, float] = {}
-        for key, tally in list(self._tallies.items()):
-            if kind is not None and key[0] != kind:
-                continue
-            end = tally.started + self._period
-            if now >= end:
-                self._end(key, tally, now)
-            else:
-                ends[key[0]] = min(ends.get(key[0], math.inf), end)
-        if kind is None:
-            self._first_end = ends
-        else:
-            self._first_end[kind] = ends.get(kind, math.inf)
+    def _end_periods(self, now: float) -> None:
+        """End every period that ran out. The tallies are kept in the order their periods
+        began, all of one length: those that ended are the first ones, up to one that has not
+        (a flood of new sources at the bound looks at one tally per event, not at all)."""
+        while self._tallies:
+            key, tally = next(iter(self._tallies.items()))
+            if now < tally.started + self._period:
+                return
+            self._end(key, tally, now)
 
     def _wake_at(self, when: float, now: float) -> None:
         """Have the timer fire by ``when`` (a count is due to be written then)."""
