@@ -54,7 +54,6 @@ from zope.interface import implementer
 
 from nanocore.cluster.cells import (
     CellDirectory,
-    CellLiveness,
     CellObserver,
     CellStatus,
     CellUnavailable,
@@ -322,7 +321,7 @@ class Migrations:
         return pool, found
 
     def linked(self, cell: str) -> bool:
-        return self._cells.state(cell) in (CellLiveness.ALIVE, CellLiveness.CONNECTED)
+        return self._access.linked(cell)
 
     def _claimed(
         self, spec: MigrationSpec, pool: ComputePool, instances: list[Instance]

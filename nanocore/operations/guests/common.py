@@ -27,7 +27,7 @@ from typing import Any, TypeVar, cast
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from nanocore.cluster.cells import CellDirectory, CoreStopping
+from nanocore.cluster.cells import CellDirectory, CellLiveness, CoreStopping
 from nanocore.cluster.message import Message
 from nanocore.cluster.transactions import CellError, TransactionTimeout
 from nanocore.cluster.transport import LinkError
@@ -105,6 +105,10 @@ class GuestAccess:
         self.unfinished_deletes: dict[str, str] = {}
         #: The disk images guests' system disks are being written from (not to be deleted).
         self.clones = Clones(lambda: context.view.instances)
+
+    def linked(self, cell: str) -> bool:
+        """Whether ``cell`` has a link now (a request to it can be sent)."""
+        return self.cells.state(cell) in (CellLiveness.ALIVE, CellLiveness.CONNECTED)
 
     def recorded_after_cell(self, cell: str, committing: Deferred[None]) -> Deferred[None]:
         """The record of a change ``cell`` has made already. If the store cannot save it, the

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanocore.cluster.cells import CellDirectory, CellLiveness
+from nanocore.cluster.cells import CellDirectory
 from nanocore.cluster.message import Message, MessageID, ParamKey
 from nanocore.durations import Durations
 from nanocore.model import Instance, InstanceStatus, PendingError
@@ -141,13 +141,14 @@ class GuestOperations:
                 # Nothing is left to ask a Cell, whatever the record says of running.
                 forgetting = self._forget(instance_id, lost=True)
                 return forgetting.addCallback(lambda _: self._volumes_left(instance))
-            if instance.status is InstanceStatus.CREATING and not self._linked(instance.cell):
+            linked = self.access.linked(instance.cell)
+            if instance.status is InstanceStatus.CREATING and not linked:
                 return self._forget_creation(instance)
             if instance.running:
                 raise InvalidRequest(f"instance '{instance_id}' is still running")
             self.access.refuse_migrating(instance)
             self.access.refuse_capturing(instance_id)
-            if not self._linked(instance.cell):
+            if not linked:
                 # Refused here, so that nothing waits for the Cell's word on it: a delete that
                 # never reached the Cell must not be finished when it comes back (QA pass 25).
                 raise not_connected(instance.cell)
@@ -176,9 +177,6 @@ class GuestOperations:
 
         return asking.addCallbacks(deleted, unanswered)
 
-    def _linked(self, cell: str) -> bool:
-        return self._cells.state(cell) in (CellLiveness.ALIVE, CellLiveness.CONNECTED)
-
     def _forget_creation(self, instance: Instance) -> Deferred[None]:
         """A guest being created on a Cell that is away: deleted without asking it, its name
         and addresses free again (QA pass 25: a Cell that died mid-creation left it neither
@@ -189,7 +187,7 @@ class GuestOperations:
         def decide(current: Instance | None) -> list[Change]:
             if current is None:
                 return []
-            if current.status is not InstanceStatus.CREATING or self._linked(cell):
+            if current.status is not InstanceStatus.CREATING or self.access.linked(cell):
                 raise InvalidRequest(f"instance '{instance.id}' changed, retry")
             self.placement.release(instance.id)
             gone = PendingError(instance.id, f"deleted while cell '{cell}' was away", cell=cell,
